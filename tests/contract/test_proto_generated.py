@@ -1,0 +1,83 @@
+"""The committed device plugin gRPC code must equal what hack/gen-proto.sh generates now."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GENERATED = ROOT / "src" / "hami" / "deviceplugin" / "api"
+FILES = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
+
+
+def test_generated_code_matches_proto(tmp_path: Path) -> None:
+    pytest.importorskip("grpc_tools")
+    subprocess.run(
+        ["bash", str(ROOT / "hack" / "gen-proto.sh"), str(tmp_path)],
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+    )
+    stale = [f for f in FILES if (tmp_path / f).read_bytes() != (GENERATED / f).read_bytes()]
+    assert not stale, f"generated code is stale, run hack/gen-proto.sh: {stale}"
+
+
+def test_wire_names_and_numbers() -> None:
+    from hami.deviceplugin.api import api_pb2
+
+    fd = api_pb2.DESCRIPTOR
+    assert fd.package == "v1beta1"
+    services = {s.name: [m.name for m in s.methods] for s in fd.services_by_name.values()}
+    assert services == {
+        "Registration": ["Register"],
+        "DevicePlugin": [
+            "GetDevicePluginOptions",
+            "ListAndWatch",
+            "GetPreferredAllocation",
+            "Allocate",
+            "PreStartContainer",
+        ],
+    }
+    assert fd.services_by_name["DevicePlugin"].methods_by_name["ListAndWatch"].server_streaming
+    expected = {
+        "RegisterRequest": {"version": 1, "endpoint": 2, "resource_name": 3, "options": 4},
+        "DevicePluginOptions": {"pre_start_required": 1, "get_preferred_allocation_available": 2},
+        "Device": {"ID": 1, "health": 2, "topology": 3},
+        "TopologyInfo": {"nodes": 1},
+        "NUMANode": {"ID": 1},
+        "ListAndWatchResponse": {"devices": 1},
+        "PreferredAllocationRequest": {"container_requests": 1},
+        "ContainerPreferredAllocationRequest": {
+            "available_deviceIDs": 1,
+            "must_include_deviceIDs": 2,
+            "allocation_size": 3,
+        },
+        "PreferredAllocationResponse": {"container_responses": 1},
+        "ContainerPreferredAllocationResponse": {"deviceIDs": 1},
+        "AllocateRequest": {"container_requests": 1},
+        "ContainerAllocateRequest": {"devices_ids": 1},
+        "AllocateResponse": {"container_responses": 1},
+        "ContainerAllocateResponse": {
+            "envs": 1,
+            "mounts": 2,
+            "devices": 3,
+            "annotations": 4,
+            "cdi_devices": 5,
+        },
+        "Mount": {"container_path": 1, "host_path": 2, "read_only": 3},
+        "DeviceSpec": {"container_path": 1, "host_path": 2, "permissions": 3},
+        "CDIDevice": {"name": 1},
+        "PreStartContainerRequest": {"devices_ids": 1},
+        "PreStartContainerResponse": {},
+        "Empty": {},
+    }
+    got = {name: {f.name: f.number for f in fd.message_types_by_name[name].fields} for name in expected}
+    assert got == expected
+    car = fd.message_types_by_name["ContainerAllocateResponse"]
+    assert car.fields_by_name["envs"].message_type.GetOptions().map_entry
+    assert car.fields_by_name["annotations"].message_type.GetOptions().map_entry
+    # Full method paths the kubelet calls.
+    assert fd.services_by_name["DevicePlugin"].full_name == "v1beta1.DevicePlugin"
+    assert fd.services_by_name["Registration"].full_name == "v1beta1.Registration"
