@@ -1,0 +1,58 @@
+"""Annotation keys, label keys and well-known values of HAMi v2.10, in one place."""
+
+from typing import Final
+
+# --- node annotations -------------------------------------------------------------------------
+NODE_NVIDIA_REGISTER: Final = "hami.io/node-nvidia-register"
+NODE_NVIDIA_SCORE: Final = "hami.io/node-nvidia-score"
+NODE_HANDSHAKE: Final = "hami.io/node-handshake"
+NODE_LOCK: Final = "hami.io/mutex.lock"
+DEVICE_CORDON: Final = "hami.io/device-cordon"
+
+# --- pod annotations written by the scheduler / device plugin ---------------------------------
+VGPU_NODE: Final = "hami.io/vgpu-node"
+VGPU_TIME: Final = "hami.io/vgpu-time"
+VGPU_DEVICES_TO_ALLOCATE: Final = "hami.io/vgpu-devices-to-allocate"
+VGPU_DEVICES_ALLOCATED: Final = "hami.io/vgpu-devices-allocated"
+VGPU_MIG_ALLOCATIONS: Final = "hami.io/vgpu-mig-allocations"
+BIND_PHASE: Final = "hami.io/bind-phase"
+BIND_TIME: Final = "hami.io/bind-time"
+BIND_PHASE_ALLOCATING: Final = "allocating"
+BIND_PHASE_SUCCESS: Final = "success"
+BIND_PHASE_FAILED: Final = "failed"
+
+# --- pod annotations set by users -------------------------------------------------------------
+NODE_SCHEDULER_POLICY: Final = "hami.io/node-scheduler-policy"
+GPU_SCHEDULER_POLICY: Final = "hami.io/gpu-scheduler-policy"
+DEVICE_SCORING_WEIGHTS: Final = "hami.io/device-scoring-weights"
+NVIDIA_USE_GPUTYPE: Final = "nvidia.com/use-gputype"
+NVIDIA_NOUSE_GPUTYPE: Final = "nvidia.com/nouse-gputype"
+NVIDIA_USE_GPUUUID: Final = "nvidia.com/use-gpuuuid"
+NVIDIA_NOUSE_GPUUUID: Final = "nvidia.com/nouse-gpuuuid"
+NVIDIA_NUMA_BIND: Final = "nvidia.com/numa-bind"
+NVIDIA_VGPU_MODE: Final = "nvidia.com/vgpu-mode"
+
+# --- labels -----------------------------------------------------------------------------------
+WEBHOOK_LABEL: Final = "hami.io/webhook"
+WEBHOOK_IGNORE: Final = "ignore"
+SCHEDULER_ROLE_LABEL: Final = "hami.io/scheduler-role"
+POD_GROUP_LABEL: Final = "scheduling.x-k8s.io/pod-group"
+
+# --- vendor keys (HAMi "CommonWord") ----------------------------------------------------------
+VENDOR_NVIDIA: Final = "NVIDIA"
+
+# --- device modes -----------------------------------------------------------------------------
+MODE_HAMI_CORE: Final = "hami-core"
+MODE_MIG: Final = "mig"
+MODE_MPS: Final = "mps"
+
+# --- container environment (HAMi-core / device plugin) ----------------------------------------
+ENV_VISIBLE_DEVICES: Final = "NVIDIA_VISIBLE_DEVICES"
+ENV_MEMORY_LIMIT: Final = "CUDA_DEVICE_MEMORY_LIMIT"
+ENV_SM_LIMIT: Final = "CUDA_DEVICE_SM_LIMIT"
+ENV_SHARED_CACHE: Final = "CUDA_DEVICE_MEMORY_SHARED_CACHE"
+ENV_CORE_POLICY: Final = "GPU_CORE_UTILIZATION_POLICY"
+ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
+ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
+ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
+ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"

@@ -1,0 +1,267 @@
+"""Node registration codecs: HAMi's JSON ``DeviceInfo`` list (v2.8+), the legacy colon form, and pair scores.
+
+JSON form (``hami.io/node-nvidia-register``)::
+
+    [{"id":"GPU-1","index":1,"count":10,"devmem":8192,"devcore":100,"type":"NVIDIA-A100",
+      "numa":1,"mode":"hami-core","health":true}]
+
+Go's ``omitempty`` drops zero values (``index:0``, ``numa:0``, ``health:false``, empty ``mode``), so
+the decoder treats a missing field as its zero value; ``custominfo`` and unknown fields are ignored.
+
+Legacy form: ``uuid,count,devmem,devcore,type,numa,health[,index,mode]:`` repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from hami.protocol.errors import ProtocolError
+from hami.protocol.keys import MODE_HAMI_CORE
+
+
+@dataclass(frozen=True, slots=True)
+class MigPlacement:
+    """A legal placement of a MIG profile: first memory slice and slice count."""
+
+    start: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MigProfile:
+    """A MIG profile a card can host (e.g. ``1g.10gb``)."""
+
+    name: str
+    memory_mb: int
+    core: int
+    slice_count: int
+    placements: tuple[MigPlacement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One physical card as a node registers it."""
+
+    id: str
+    count: int
+    devmem: int
+    devcore: int
+    type: str
+    index: int = 0
+    numa: int = 0
+    mode: str = ""
+    health: bool = True
+    mig_profiles: tuple[MigProfile, ...] = field(default=())
+
+
+def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    value = obj.get(key, 0)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where}: field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: field {key!r} must be a string, got {value!r}")
+    return value
+
+
+def _decode_mig_profile(raw: Any, where: str) -> MigProfile:
+    if not isinstance(raw, dict):
+        raise ProtocolError(f"{where}: MIG profile must be an object, got {raw!r}")
+    placements_raw = raw.get("placements") or []
+    if not isinstance(placements_raw, list):
+        raise ProtocolError(f"{where}: field 'placements' must be a list")
+    placements = []
+    for p in placements_raw:
+        if not isinstance(p, dict):
+            raise ProtocolError(f"{where}: MIG placement must be an object, got {p!r}")
+        placements.append(MigPlacement(start=_int(p, "start", where), size=_int(p, "size", where)))
+    return MigProfile(
+        name=_str(raw, "name", where),
+        memory_mb=_int(raw, "memoryMB", where),
+        core=_int(raw, "core", where),
+        slice_count=_int(raw, "sliceCount", where),
+        placements=tuple(placements),
+    )
+
+
+def _decode_json_devices(value: str) -> list[DeviceInfo]:
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"node register annotation is not valid JSON: {exc}") from None
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ProtocolError("node register annotation must be a JSON array of devices")
+    devices = []
+    for i, item in enumerate(raw):
+        where = f"device[{i}]"
+        if not isinstance(item, dict):
+            raise ProtocolError(f"{where}: must be an object, got {item!r}")
+        dev_id = _str(item, "id", where)
+        if not dev_id:
+            raise ProtocolError(f"{where}: field 'id' is missing or empty")
+        health = item.get("health", False)
+        if not isinstance(health, bool):
+            raise ProtocolError(f"{where}: field 'health' must be a boolean, got {health!r}")
+        profiles_raw = item.get("migProfiles") or []
+        if not isinstance(profiles_raw, list):
+            raise ProtocolError(f"{where}: field 'migProfiles' must be a list")
+        devices.append(
+            DeviceInfo(
+                id=dev_id,
+                index=_int(item, "index", where),
+                count=_int(item, "count", where),
+                devmem=_int(item, "devmem", where),
+                devcore=_int(item, "devcore", where),
+                type=_str(item, "type", where),
+                numa=_int(item, "numa", where),
+                mode=_str(item, "mode", where) or MODE_HAMI_CORE,
+                health=health,
+                mig_profiles=tuple(_decode_mig_profile(p, where) for p in profiles_raw),
+            )
+        )
+    return devices
+
+
+def _parse_legacy_int(text: str, name: str, where: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ProtocolError(f"{where}: field {name!r} must be an integer, got {text!r}") from None
+
+
+def _decode_legacy_devices(value: str) -> list[DeviceInfo]:
+    devices = []
+    for i, entry in enumerate(value.split(":")):
+        if not entry.strip():
+            continue
+        where = f"device[{i}]"
+        fields = entry.split(",")
+        if len(fields) not in (7, 9):
+            raise ProtocolError(f"{where}: legacy entry must have 7 or 9 comma fields, got {len(fields)}")
+        health_text = fields[6].strip().lower()
+        if health_text not in ("true", "false"):
+            raise ProtocolError(f"{where}: field 'health' must be true or false, got {fields[6]!r}")
+        devices.append(
+            DeviceInfo(
+                id=fields[0].strip(),
+                count=_parse_legacy_int(fields[1], "count", where),
+                devmem=_parse_legacy_int(fields[2], "devmem", where),
+                devcore=_parse_legacy_int(fields[3], "devcore", where),
+                type=fields[4],
+                numa=_parse_legacy_int(fields[5], "numa", where),
+                health=health_text == "true",
+                index=_parse_legacy_int(fields[7], "index", where) if len(fields) == 9 else 0,
+                mode=(fields[8].strip() or MODE_HAMI_CORE) if len(fields) == 9 else MODE_HAMI_CORE,
+            )
+        )
+    return devices
+
+
+def decode_node_devices(value: str) -> list[DeviceInfo]:
+    """Decode a node register annotation in either the JSON or the legacy colon form."""
+    text = value.strip()
+    if not text:
+        return []
+    if text[0] in "[{n":
+        return _decode_json_devices(text)
+    return _decode_legacy_devices(text)
+
+
+def _device_json(dev: DeviceInfo) -> dict[str, Any]:
+    # Field order and omission follow Go's encoding/json with `omitempty` on the zero-able fields.
+    out: dict[str, Any] = {"id": dev.id}
+    if dev.index:
+        out["index"] = dev.index
+    out["count"] = dev.count
+    out["devmem"] = dev.devmem
+    out["devcore"] = dev.devcore
+    out["type"] = dev.type
+    if dev.numa:
+        out["numa"] = dev.numa
+    if dev.mode:
+        out["mode"] = dev.mode
+    if dev.mig_profiles:
+        out["migProfiles"] = [
+            {
+                "name": p.name,
+                "memoryMB": p.memory_mb,
+                "core": p.core,
+                "sliceCount": p.slice_count,
+                "placements": [{"start": pl.start, "size": pl.size} for pl in p.placements],
+            }
+            for p in dev.mig_profiles
+        ]
+    if dev.health:
+        out["health"] = True
+    return out
+
+
+def encode_node_devices(devices: Iterable[DeviceInfo]) -> str:
+    """Encode devices as the JSON register annotation HAMi v2.8+ writes."""
+    return orjson.dumps([_device_json(d) for d in devices]).decode()
+
+
+def encode_node_devices_legacy(devices: Iterable[DeviceInfo]) -> str:
+    """Encode devices in the legacy colon form (9 fields each)."""
+    parts = []
+    for d in devices:
+        for name, text in (("id", d.id), ("type", d.type), ("mode", d.mode)):
+            if "," in text or ":" in text:
+                raise ProtocolError(f"device {d.id!r}: field {name!r} cannot hold ',' or ':' in legacy form")
+        health = "true" if d.health else "false"
+        mode = d.mode or MODE_HAMI_CORE
+        parts.append(f"{d.id},{d.count},{d.devmem},{d.devcore},{d.type},{d.numa},{health},{d.index},{mode}:")
+    return "".join(parts)
+
+
+PairScores = dict[str, dict[str, int]]
+
+
+def decode_pair_scores(value: str) -> PairScores:
+    """Decode ``hami.io/node-nvidia-score``: ``[{"uuid":"GPU-a","score":{"GPU-b":400}}]``."""
+    text = value.strip()
+    if not text:
+        return {}
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"pair-score annotation is not valid JSON: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise ProtocolError("pair-score annotation must be a JSON array")
+    out: PairScores = {}
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not isinstance(item.get("uuid"), str):
+            raise ProtocolError(f"pair-score entry [{i}] must be an object with a string 'uuid'")
+        scores = item.get("score") or {}
+        if not isinstance(scores, dict):
+            raise ProtocolError(f"pair-score entry [{i}]: field 'score' must be an object")
+        row: dict[str, int] = {}
+        for peer, score in scores.items():
+            if isinstance(score, bool) or not isinstance(score, int):
+                raise ProtocolError(f"pair-score entry [{i}]: score for {peer!r} must be an integer")
+            row[str(peer)] = score
+        out[item["uuid"]] = row
+    return out
+
+
+def encode_pair_scores(scores: Mapping[str, Mapping[str, int]]) -> str:
+    """Encode pair scores in HAMi's JSON form, sorted by UUID for stable output."""
+    return orjson.dumps(
+        [{"uuid": uuid, "score": dict(sorted(row.items()))} for uuid, row in sorted(scores.items())]
+    ).decode()

@@ -1,0 +1,54 @@
+"""The node lock value ``hami.io/mutex.lock``: ``<RFC3339>,<namespace>,<name>`` (legacy: bare timestamp)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hami.protocol.errors import ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLock:
+    """Who holds a node's lock and since when. ``namespace``/``name`` are None for a legacy value."""
+
+    time: datetime
+    namespace: str | None = None
+    name: str | None = None
+
+    def owned_by(self, namespace: str, name: str) -> bool:
+        return self.namespace == namespace and self.name == name
+
+
+def format_rfc3339(when: datetime) -> str:
+    """Format like Go's ``time.RFC3339`` (seconds precision, ``Z`` for UTC)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    text = when.replace(microsecond=0).isoformat()
+    return text.replace("+00:00", "Z")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ProtocolError(f"node lock time {text!r} is not RFC3339") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def encode_node_lock(lock: NodeLock) -> str:
+    stamp = format_rfc3339(lock.time)
+    if lock.namespace is None or lock.name is None:
+        return stamp
+    return f"{stamp},{lock.namespace},{lock.name}"
+
+
+def decode_node_lock(value: str) -> NodeLock:
+    parts = value.split(",")
+    if len(parts) == 1:
+        return NodeLock(time=parse_rfc3339(parts[0]))
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ProtocolError(f"node lock {value!r} must be '<RFC3339>,<namespace>,<name>'")
+    return NodeLock(time=parse_rfc3339(parts[0]), namespace=parts[1], name=parts[2])
