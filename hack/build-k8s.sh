@@ -10,7 +10,8 @@ set -euo pipefail
 version="${K8S_VERSION:-v1.34.4}"
 cache="${HAMI_CACHE_DIR:-$HOME/.cache/hami}"
 out="$cache/k8s-$version"
-if [[ -x "$out/kube-apiserver" && -x "$out/kube-scheduler" ]]; then
+if [[ -x "$out/kube-apiserver" && -x "$out/kube-scheduler" ]] \
+   && "$out/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $version"; then
   echo "$out"; exit 0
 fi
 command -v go >/dev/null || { echo "build-k8s: Go toolchain not found (needed to build kube-apiserver)" >&2; exit 1; }
@@ -45,5 +46,8 @@ import (
 GO
 go mod tidy >&2 || true
 echo "build-k8s: compiling kube-apiserver and kube-scheduler $version (first time takes 10-25 min)" >&2
-go build -p 2 -trimpath -ldflags='-s -w' -o "$out/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler >&2
+pkg=k8s.io/component-base/version
+ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+go build -p 2 -trimpath -ldflags="$ldflags" -o "$out/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler >&2
 echo "$out"
