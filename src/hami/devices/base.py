@@ -1,0 +1,213 @@
+"""The vendor backend protocol and the value types every backend shares.
+
+A backend knows four things about its vendor: which container resources it reads (``parse_container``),
+how a node advertises its cards (``node_cards``), which cards a pod may use (``selector``; the fit
+mechanism itself is shared, in :mod:`hami.scheduling.fit`), and which pod annotations record the
+decision (``decision_annotations`` / ``decode_allocation``). Nothing else in hami is vendor-specific.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from hami.protocol.node import MigProfile, PairScores
+from hami.protocol.pod import ContainerDevice, MigAllocation
+
+
+class RequestError(ValueError):
+    """A container's device request is invalid; the message is fit to show as an admission denial."""
+
+    def __init__(self, *, container: str, resource: str, reason: str) -> None:
+        self.container = container
+        self.resource = resource
+        self.reason = reason
+        super().__init__(f"container {container!r}: {resource}: {reason}")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """What one container asks of one vendor. ``mem_percentage`` None means "not given"."""
+
+    vendor: str
+    count: int
+    mem: int = 0
+    mem_percentage: int | None = None
+    cores: int = 0
+    priority: int | None = None
+
+    def mem_for(self, totalmem: int) -> int:
+        """Memory (MiB) this request takes on a card with ``totalmem`` MiB."""
+        if self.mem_percentage is not None:
+            return totalmem * self.mem_percentage // 100
+        return self.mem
+
+
+class Card:
+    """One physical card on a node: its inventory and its current usage (mutated by the ledger)."""
+
+    __slots__ = (
+        "count",
+        "health",
+        "index",
+        "mig_in_use",
+        "mig_profiles",
+        "mode",
+        "numa",
+        "totalcores",
+        "totalmem",
+        "type",
+        "used",
+        "usedcores",
+        "usedmem",
+        "uuid",
+        "vendor",
+    )
+
+    def __init__(
+        self,
+        *,
+        uuid: str,
+        vendor: str,
+        type: str,
+        count: int,
+        totalmem: int,
+        totalcores: int,
+        index: int = 0,
+        numa: int = 0,
+        mode: str = "hami-core",
+        health: bool = True,
+        mig_profiles: tuple[MigProfile, ...] = (),
+    ) -> None:
+        self.uuid = uuid
+        self.vendor = vendor
+        self.type = type
+        self.count = count
+        self.totalmem = totalmem
+        self.totalcores = totalcores
+        self.index = index
+        self.numa = numa
+        self.mode = mode
+        self.health = health
+        self.mig_profiles = mig_profiles
+        self.used = 0
+        self.usedmem = 0
+        self.usedcores = 0
+        self.mig_in_use: list[tuple[int, int]] = []
+
+    def copy(self) -> Card:
+        """A scratch copy for trial placements (usage included)."""
+        c = Card.__new__(Card)
+        for name in Card.__slots__:
+            setattr(c, name, getattr(self, name))
+        c.mig_in_use = list(self.mig_in_use)
+        return c
+
+    def __repr__(self) -> str:
+        return (
+            f"Card({self.uuid} {self.type} used={self.used}/{self.count} "
+            f"mem={self.usedmem}/{self.totalmem} cores={self.usedcores}/{self.totalcores})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCards:
+    """A node's cards of one vendor, as its annotations describe them."""
+
+    cards: tuple[Card, ...]
+    pair_scores: PairScores = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """One card chosen for one container: the wire record plus an optional MIG reservation."""
+
+    device: ContainerDevice
+    mig: MigAllocation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CardSelector:
+    """A pod's card filters. Type rules are case-insensitive substrings, UUID rules exact (HAMi semantics).
+
+    Empty tuples mean "no constraint". ``modes`` (from e.g. ``nvidia.com/vgpu-mode``) must contain the
+    card's mode when given.
+    """
+
+    use_types: tuple[str, ...] = ()
+    nouse_types: tuple[str, ...] = ()
+    use_uuids: frozenset[str] = frozenset()
+    nouse_uuids: frozenset[str] = frozenset()
+    mode: str | None = None
+
+    def rejection(self, card: Card) -> str | None:
+        t = card.type.lower()
+        if self.use_types and not any(u in t for u in self.use_types):
+            return "CardTypeMismatch"
+        if self.nouse_types and any(u in t for u in self.nouse_types):
+            return "CardTypeMismatch"
+        if self.mode is not None and card.mode not in self.mode:
+            return "CardTypeMismatch"
+        if self.use_uuids and card.uuid not in self.use_uuids:
+            return "CardUuidMismatch"
+        if card.uuid in self.nouse_uuids:
+            return "CardUuidMismatch"
+        return None
+
+
+def split_list(value: str | None, *, lower: bool = False) -> tuple[str, ...]:
+    """Split a comma list annotation, dropping blanks."""
+    if not value:
+        return ()
+    items = (v.strip() for v in value.split(","))
+    return tuple((v.lower() if lower else v) for v in items if v)
+
+
+class DeviceBackend(Protocol):
+    """What hami needs from a vendor. Implementations are plain classes registered in a registry."""
+
+    @property
+    def vendor(self) -> str:
+        """HAMi's CommonWord for the vendor (``NVIDIA``); the key of per-vendor maps."""
+        ...
+
+    @property
+    def resource_names(self) -> tuple[str, ...]:
+        """Every container resource this backend manages (for the extender's managedResources)."""
+        ...
+
+    @property
+    def allocated_key(self) -> str:
+        """The pod annotation holding the decision (``hami.io/vgpu-devices-allocated`` for NVIDIA)."""
+        ...
+
+    @property
+    def to_allocate_key(self) -> str:
+        """The pod annotation the device plugin consumes container by container."""
+        ...
+
+    @property
+    def lock_key(self) -> str | None:
+        """The node annotation used as the bind lock, or None when the vendor takes no lock."""
+        ...
+
+    def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:
+        """The container's request for this vendor (None if it asks for none); raises RequestError."""
+        ...
+
+    def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
+        """The node's cards of this vendor (None if it has none); raises ProtocolError when corrupt."""
+        ...
+
+    def selector(self, annotations: Mapping[str, str]) -> CardSelector:
+        """The pod's card filters (type, UUID, mode) read once per pod from its annotations."""
+        ...
+
+    def decision_annotations(self, containers: Sequence[Sequence[Placement]]) -> dict[str, str]:
+        """Pod annotations recording the decision; ``containers`` has one entry per container."""
+        ...
+
+    def decode_allocation(self, annotations: Mapping[str, str]) -> list[tuple[Placement, ...]] | None:
+        """A running pod's allocation from its annotations (None if it has none for this vendor)."""
+        ...

@@ -1,0 +1,223 @@
+"""The decision: fit a pod's containers on candidate nodes, pick the node, reserve, describe it.
+
+``Scheduler.decide`` is HAMi's Filter without its costs: node scores come from running totals kept
+by the ledger (O(1) per node), nodes are tried best-first and the first one that fits wins, so a
+typical decision touches a handful of nodes. Only when nothing fits is every node evaluated, to
+give each a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hami.devices.base import Card, Placement, RequestError
+from hami.devices.registry import BackendRegistry
+from hami.protocol import keys
+from hami.protocol.errors import ProtocolError
+from hami.scheduling.fit import FitRequest, fit_container
+from hami.scheduling.policy import PodPolicy, pod_policy
+from hami.scheduling.requests import PodRequest, pod_requests
+from hami.scheduling.state import ClusterState, NodeState, PodAllocation
+
+NODE_UNREGISTERED = "node unregistered"
+
+
+@dataclass(slots=True)
+class Decision:
+    """The outcome of scheduling one pod.
+
+    ``node`` is None when the pod cannot be placed; then ``reason`` says why and ``failed`` holds a
+    reason per rejected node. ``placements`` maps vendor to one tuple of placements per container.
+    """
+
+    pod: str
+    node: str | None
+    annotations: dict[str, str] = field(default_factory=dict)
+    placements: dict[str, list[tuple[Placement, ...]]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    reason: str | None = None
+    invalid: bool = False
+
+
+def summarize(failed: Mapping[str, str], total: int) -> str:
+    """``0/3 nodes are available: 2 nodes 8/8 CardInsufficientMemory (n1, n2); 1 node unregistered (n3)``."""
+    groups: dict[str, list[str]] = {}
+    for node, reason in sorted(failed.items()):
+        groups.setdefault(reason, []).append(node)
+    parts = []
+    for reason, nodes in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        noun = "node" if len(nodes) == 1 else "nodes"
+        shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
+        parts.append(f"{len(nodes)} {noun} {reason} ({shown})")
+    return f"0/{total} nodes are available: " + "; ".join(parts)
+
+
+def pod_key(pod: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = pod.get("metadata") or {}
+    ns = str(meta.get("namespace") or "default")
+    name = str(meta.get("name") or "")
+    uid = str(meta.get("uid") or f"{ns}/{name}")
+    return uid, ns, name
+
+
+class Scheduler:
+    """The pure scheduling core around a :class:`ClusterState` and a backend registry."""
+
+    def __init__(
+        self,
+        registry: BackendRegistry,
+        state: ClusterState | None = None,
+        *,
+        node_policy: str = "binpack",
+        gpu_policy: str = "spread",
+    ) -> None:
+        self.registry = registry
+        self.state = state if state is not None else ClusterState()
+        self.node_policy = node_policy
+        self.gpu_policy = gpu_policy
+        self.node_errors: dict[str, str] = {}
+
+    # --- inventory ---------------------------------------------------------------------------
+    def observe_node(self, node: Mapping[str, Any]) -> str | None:
+        """Read a Node manifest's registration annotations; returns an error (node marked bad) or None."""
+        meta = node.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        annotations = meta.get("annotations") or {}
+        cards: list[Card] = []
+        pair_scores: dict[str, dict[str, int]] = {}
+        try:
+            for backend in self.registry:
+                found = backend.node_cards(node)
+                if found is not None:
+                    cards.extend(found.cards)
+                    pair_scores.update(found.pair_scores)
+        except ProtocolError as exc:
+            error = f"node {name}: {exc}"
+            self.node_errors[name] = error
+            self.state.remove_node(name)
+            return error
+        self.node_errors.pop(name, None)
+        if not cards:
+            self.state.remove_node(name)
+            return None
+        cordon = annotations.get(keys.DEVICE_CORDON, "")
+        cordoned = [u.strip() for u in cordon.split(",") if u.strip()]
+        self.state.set_node(name, cards, pair_scores=pair_scores, cordoned=cordoned)
+        return None
+
+    def allocation_of(self, pod: Mapping[str, Any], node: str) -> PodAllocation | None:
+        """A bound pod's allocation from its annotations (None if it has none); raises ProtocolError."""
+        uid, ns, name = pod_key(pod)
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        containers: dict[str, list[tuple[Placement, ...]]] = {}
+        for backend in self.registry:
+            decoded = backend.decode_allocation(annotations)
+            if decoded is not None:
+                containers[backend.vendor] = decoded
+        if not containers:
+            return None
+        init_count = len((pod.get("spec") or {}).get("initContainers") or [])
+        return PodAllocation(
+            uid=uid, namespace=ns, name=name, node=node, containers=containers, init_count=init_count
+        )
+
+    # --- decisions ---------------------------------------------------------------------------
+    def decide(
+        self,
+        pod: Mapping[str, Any],
+        *,
+        candidates: Iterable[str] | None = None,
+        now: int = 0,
+        reserve: bool = True,
+    ) -> Decision:
+        """Schedule one pod. Drops any earlier reservation of the pod first (no stale reservation)."""
+        uid, ns, name = pod_key(pod)
+        display = f"{ns}/{name}"
+        self.state.remove_pod(uid)
+        annotations: Mapping[str, str] = (pod.get("metadata") or {}).get("annotations") or {}
+        try:
+            request = pod_requests(pod, self.registry)
+            policy = pod_policy(annotations, node_default=self.node_policy, card_default=self.gpu_policy)
+        except (RequestError, ProtocolError) as exc:
+            return Decision(pod=display, node=None, reason=str(exc), invalid=True)
+        if request.empty:
+            return Decision(pod=display, node=None, reason="pod requests no managed device", invalid=True)
+        selectors = {b.vendor: b.selector(annotations) for b in self.registry if b.vendor in request.vendors}
+
+        names = list(candidates) if candidates is not None else list(self.state.nodes)
+        failed: dict[str, str] = {}
+        known: list[NodeState] = []
+        for n in names:
+            node = self.state.nodes.get(n)
+            if node is None:
+                failed[n] = self.node_errors.get(n, NODE_UNREGISTERED)
+            else:
+                known.append(node)
+        sign = -1.0 if policy.node_policy == "binpack" else 1.0
+        known.sort(key=lambda nd: (sign * nd.score(), nd.name))
+        for node in known:
+            placed = self._fit_node(node, request, policy, selectors)
+            if isinstance(placed, str):
+                failed[node.name] = placed
+                continue
+            alloc = PodAllocation(
+                uid=uid,
+                namespace=ns,
+                name=name,
+                node=node.name,
+                containers=placed,
+                init_count=request.init_count,
+            )
+            if reserve:
+                self.state.add_pod(alloc)
+            out_annotations = {keys.VGPU_NODE: node.name, keys.VGPU_TIME: str(now)}
+            for vendor, per_container in placed.items():
+                out_annotations.update(self.registry.get(vendor).decision_annotations(per_container))
+            return Decision(
+                pod=display, node=node.name, annotations=out_annotations, placements=placed, failed=failed
+            )
+        return Decision(pod=display, node=None, failed=failed, reason=summarize(failed, len(names)))
+
+    def _fit_node(
+        self,
+        node: NodeState,
+        request: PodRequest,
+        policy: PodPolicy,
+        selectors: Mapping[str, Any],
+    ) -> dict[str, list[tuple[Placement, ...]]] | str:
+        by_vendor = {v: node.vendor_cards(v) for v in request.vendors}
+        for vendor, cards in by_vendor.items():
+            if not cards:
+                return f"0/0 {vendor} {'NodeInsufficientDevice'}"
+        placed: dict[str, list[tuple[Placement, ...]]] = {v: [] for v in request.vendors}
+        app_scratch = {v: [c.copy() for c in cards] for v, cards in by_vendor.items()}
+        for ci, container in enumerate(request.containers):
+            # init containers run one at a time: each fits against the node as it is;
+            # app containers run together: each fits on top of the previous ones.
+            scratch = (
+                {v: [c.copy() for c in by_vendor[v]] for v in container.devices}
+                if container.init
+                else app_scratch
+            )
+            for vendor in request.vendors:
+                req = container.devices.get(vendor)
+                if req is None:
+                    placed[vendor].append(())
+                    continue
+                fr = FitRequest(
+                    request=req,
+                    container_index=ci,
+                    selector=selectors[vendor],
+                    policy=policy.card_policy,
+                    weights=policy.weights,
+                    numa_bind=policy.numa_bind,
+                    cordoned=node.cordoned,
+                    pair_scores=node.pair_scores,
+                )
+                chosen, reason = fit_container(scratch[vendor], fr)
+                if chosen is None:
+                    return reason
+                placed[vendor].append(tuple(chosen))
+        return placed

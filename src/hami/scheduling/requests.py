@@ -1,0 +1,75 @@
+"""Turn a Pod manifest into per-container, per-vendor device requests (init containers first)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hami.devices.base import DeviceRequest, RequestError
+from hami.devices.registry import BackendRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRequest:
+    """One container's requests, keyed by vendor (empty when it asks for no managed device)."""
+
+    name: str
+    init: bool
+    devices: Mapping[str, DeviceRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class PodRequest:
+    """Every container of a pod, init containers first (the order of HAMi's pod device encoding)."""
+
+    containers: tuple[ContainerRequest, ...]
+    init_count: int
+
+    @property
+    def vendors(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for c in self.containers:
+            for v in c.devices:
+                seen[v] = None
+        return list(seen)
+
+    @property
+    def empty(self) -> bool:
+        return not any(c.devices for c in self.containers)
+
+
+def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodRequest:
+    """Parse every container; raises :class:`RequestError` naming the container, resource and reason."""
+    spec = pod.get("spec") or {}
+    init = spec.get("initContainers") or []
+    app = spec.get("containers") or []
+    containers: list[ContainerRequest] = []
+    for is_init, group in ((True, init), (False, app)):
+        for container in group:
+            if not isinstance(container, Mapping):
+                raise RequestError(
+                    container="?", resource="spec.containers", reason="container must be an object"
+                )
+            devices: dict[str, DeviceRequest] = {}
+            for backend in registry:
+                req = backend.parse_container(container)
+                if req is not None:
+                    devices[backend.vendor] = req
+            containers.append(
+                ContainerRequest(name=str(container.get("name", "?")), init=is_init, devices=devices)
+            )
+    return PodRequest(containers=tuple(containers), init_count=len(init))
+
+
+def check_against_largest_card(request: PodRequest, largest_mem: Mapping[str, int]) -> None:
+    """Reject memory larger than any card of the vendor in the cluster (``largest_mem`` by vendor)."""
+    for c in request.containers:
+        for vendor, req in c.devices.items():
+            biggest = largest_mem.get(vendor)
+            if biggest is not None and req.mem_percentage is None and req.mem > biggest:
+                raise RequestError(
+                    container=c.name,
+                    resource=f"{vendor} memory",
+                    reason=f"{req.mem} MiB is more than the largest {vendor} card in the cluster ({biggest} MiB)",
+                )

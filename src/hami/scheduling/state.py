@@ -1,0 +1,217 @@
+"""Cluster state: every node's cards and a usage ledger updated incrementally.
+
+The ledger holds one :class:`PodAllocation` per pod UID. Adding, removing or replacing a pod adjusts
+only the cards it touches; a filter never re-decodes annotations. A pod's usage on a card is its
+*collapsed* usage (HAMi semantics): init containers run one after another, so they count as
+``max(init)``, app containers as ``sum(app)``, and the card carries ``max(init, app)`` until the init
+containers have finished, after which only ``sum(app)`` remains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from hami.devices.base import Card, Placement
+from hami.protocol.node import PairScores
+
+# uuid -> (slots, mem, cores, mig placements)
+Usage = dict[str, tuple[int, int, int, tuple[tuple[int, int], ...]]]
+
+
+@dataclass(slots=True)
+class PodAllocation:
+    """Which cards a pod holds: per vendor, one tuple of placements per container (init first)."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    containers: Mapping[str, Sequence[tuple[Placement, ...]]]
+    init_count: int
+    init_released: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def usage(self) -> Usage:
+        """Collapsed per-card usage: ``max(init peak, app sum)``, or app only once init has finished."""
+        init: dict[str, list[int]] = {}
+        app: dict[str, list[int]] = {}
+        migs: dict[str, list[tuple[int, int]]] = {}
+        for per_container in self.containers.values():
+            for ci, placements in enumerate(per_container):
+                is_init = ci < self.init_count
+                if is_init and self.init_released:
+                    continue
+                for p in placements:
+                    d = p.device
+                    if is_init:
+                        acc = init.setdefault(d.uuid, [0, 0, 0])
+                        acc[0] = 1
+                        acc[1] = max(acc[1], d.usedmem)
+                        acc[2] = max(acc[2], d.usedcores)
+                    else:
+                        acc = app.setdefault(d.uuid, [0, 0, 0])
+                        acc[0] += 1
+                        acc[1] += d.usedmem
+                        acc[2] += d.usedcores
+                    if p.mig is not None and not is_init:
+                        migs.setdefault(d.uuid, []).append((p.mig.placement_start, p.mig.placement_size))
+        out: Usage = {}
+        for uuid in init.keys() | app.keys():
+            i = init.get(uuid, [0, 0, 0])
+            a = app.get(uuid, [0, 0, 0])
+            out[uuid] = (max(i[0], a[0]), max(i[1], a[1]), max(i[2], a[2]), tuple(migs.get(uuid, ())))
+        return out
+
+
+@dataclass(slots=True)
+class NodeState:
+    """One node: its cards (all vendors), pair scores, cordoned UUIDs and running usage totals."""
+
+    name: str
+    cards: list[Card]
+    pair_scores: PairScores = field(default_factory=dict)
+    cordoned: frozenset[str] = frozenset()
+    by_uuid: dict[str, Card] = field(default_factory=dict)
+    total_count: int = 0
+    total_mem: int = 0
+    total_cores: int = 0
+    used: int = 0
+    usedmem: int = 0
+    usedcores: int = 0
+
+    def __post_init__(self) -> None:
+        self.by_uuid = {c.uuid: c for c in self.cards}
+        self.total_count = sum(c.count for c in self.cards)
+        self.total_mem = sum(c.totalmem for c in self.cards)
+        self.total_cores = sum(c.totalcores for c in self.cards)
+
+    def score(self) -> float:
+        """HAMi's node score: 10 x (slot + core + memory utilisation) over all cards, before placement."""
+        s = 0.0
+        if self.total_count:
+            s += self.used / self.total_count
+        if self.total_cores:
+            s += self.usedcores / self.total_cores
+        if self.total_mem:
+            s += self.usedmem / self.total_mem
+        return 10.0 * s
+
+    def vendor_cards(self, vendor: str) -> list[Card]:
+        return [c for c in self.cards if c.vendor == vendor]
+
+
+class ClusterState:
+    """Nodes and the usage ledger. Not thread-safe: the owner serialises mutations."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeState] = {}
+        self.pods: dict[str, PodAllocation] = {}
+        self._applied: dict[str, Usage] = {}
+        self._by_node: dict[str, set[str]] = {}
+
+    # --- nodes ------------------------------------------------------------------------------
+    def set_node(
+        self,
+        name: str,
+        cards: Iterable[Card],
+        *,
+        pair_scores: PairScores | None = None,
+        cordoned: Iterable[str] = (),
+    ) -> NodeState:
+        """Add or replace a node's inventory, re-applying the usage of pods already on it."""
+        for uid in self._by_node.get(name, set()):
+            self._applied.pop(uid, None)
+        node = NodeState(
+            name=name, cards=list(cards), pair_scores=dict(pair_scores or {}), cordoned=frozenset(cordoned)
+        )
+        self.nodes[name] = node
+        for uid in sorted(self._by_node.get(name, set())):
+            self._apply(uid, sign=1)
+        return node
+
+    def remove_node(self, name: str) -> None:
+        """Forget a node's cards; its pods stay in the ledger and re-apply if the node comes back."""
+        self.nodes.pop(name, None)
+        for uid in self._by_node.get(name, set()):
+            self._applied.pop(uid, None)
+
+    # --- pods -------------------------------------------------------------------------------
+    def add_pod(self, alloc: PodAllocation) -> None:
+        """Record (or replace) a pod's allocation and add its usage to its node's cards."""
+        self.remove_pod(alloc.uid)
+        self.pods[alloc.uid] = alloc
+        self._by_node.setdefault(alloc.node, set()).add(alloc.uid)
+        self._apply(alloc.uid, sign=1)
+
+    def remove_pod(self, uid: str) -> PodAllocation | None:
+        """Drop a pod and its usage; returns what it held (None if it held nothing)."""
+        alloc = self.pods.get(uid)
+        if alloc is None:
+            return None
+        self._apply(uid, sign=-1)
+        del self.pods[uid]
+        on_node = self._by_node.get(alloc.node)
+        if on_node is not None:
+            on_node.discard(uid)
+            if not on_node:
+                del self._by_node[alloc.node]
+        return alloc
+
+    def release_init(self, uid: str) -> bool:
+        """The pod's init containers finished: shrink its usage to app containers only."""
+        alloc = self.pods.get(uid)
+        if alloc is None or alloc.init_released or alloc.init_count == 0:
+            return False
+        self._apply(uid, sign=-1)
+        alloc.init_released = True
+        self._apply(uid, sign=1)
+        return True
+
+    def pods_on(self, node: str) -> list[PodAllocation]:
+        return [self.pods[uid] for uid in sorted(self._by_node.get(node, set()))]
+
+    # --- internals --------------------------------------------------------------------------
+    def _apply(self, uid: str, *, sign: int) -> None:
+        alloc = self.pods[uid]
+        node = self.nodes.get(alloc.node)
+        if sign > 0:
+            if node is None:
+                return
+            usage = alloc.usage()
+            applied: Usage = {}
+            for uuid, u in usage.items():
+                card = node.by_uuid.get(uuid)
+                if card is None:
+                    continue  # card unknown on this node (yet): counted once it registers
+                _add(node, card, u, 1)
+                applied[uuid] = u
+            self._applied[uid] = applied
+        else:
+            done = self._applied.pop(uid, None)
+            if done is None or node is None:
+                return
+            for uuid, u in done.items():
+                card = node.by_uuid.get(uuid)
+                if card is not None:
+                    _add(node, card, u, -1)
+
+
+def _add(
+    node: NodeState, card: Card, u: tuple[int, int, int, tuple[tuple[int, int], ...]], sign: int
+) -> None:
+    slots, mem, cores, migs = u
+    card.used += sign * slots
+    card.usedmem += sign * mem
+    card.usedcores += sign * cores
+    node.used += sign * slots
+    node.usedmem += sign * mem
+    node.usedcores += sign * cores
+    for m in migs:
+        if sign > 0:
+            card.mig_in_use.append(m)
+        elif m in card.mig_in_use:
+            card.mig_in_use.remove(m)
