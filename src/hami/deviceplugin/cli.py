@@ -1,0 +1,100 @@
+"""`hami device-plugin`: serve the node's GPUs to the kubelet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+import click
+
+from hami.deviceplugin.api import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
+from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
+from hami.deviceplugin.settings import SettingsError, load_settings
+from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
+from hami.deviceplugin.sources.fake import FakeSource, FakeSpecError
+
+log = logging.getLogger("hami.deviceplugin")
+
+
+def make_source(fake_node: str | None, node_name: str) -> DeviceSource:
+    if fake_node:
+        return FakeSource.from_file(fake_node, node_name=node_name)
+    from hami.deviceplugin.sources.nvml import NvmlSource
+
+    return NvmlSource()
+
+
+async def _run(server: DevicePluginServer) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.restart()))
+    await server.run(stop)
+
+
+@click.command("device-plugin")
+@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
+@click.option(
+    "--fake-node",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use a fake device source described by this YAML file instead of NVML.",
+)
+@click.option(
+    "--device-config-file", type=click.Path(dir_okay=False), help="device-config.yaml (nvidia section)."
+)
+@click.option(
+    "--node-config-file",
+    type=click.Path(dir_okay=False),
+    help="Plugin config.json with per-node `nodeconfig`.",
+)
+@click.option(
+    "--plugin-dir", default=DEVICE_PLUGIN_PATH, show_default=True, help="Kubelet device-plugins dir."
+)
+@click.option("--socket-name", default=DEFAULT_SOCKET_NAME, show_default=True)
+@click.option("--kubelet-socket", "kubelet_socket_name", default=KUBELET_SOCKET_NAME, show_default=True)
+@click.option("--resource-name", default=None, help="Override the resource name (nvidia.com/gpu).")
+@click.option("--device-split-count", "split_count", type=int, default=None)
+@click.option("--device-memory-scaling", "memory_scaling", type=float, default=None)
+@click.option("--device-cores-scaling", "core_scaling", type=float, default=None)
+@click.option("--operating-mode", type=click.Choice(["hami-core", "mig", "mps"]), default=None)
+@click.option("--enable-numa-topology/--no-enable-numa-topology", default=None)
+@click.option(
+    "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def device_plugin(
+    node_name: str,
+    fake_node: str | None,
+    device_config_file: str | None,
+    node_config_file: str | None,
+    plugin_dir: str,
+    socket_name: str,
+    kubelet_socket_name: str,
+    log_level: str,
+    **overrides: Any,
+) -> None:
+    """Serve the node's GPUs to the kubelet as nvidia.com/gpu slices."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides["topology_score"] = os.environ.get("ENABLE_TOPOLOGY_SCORE", "").lower() == "true" or None
+    try:
+        settings = load_settings(
+            node_name=node_name,
+            device_config_file=device_config_file,
+            node_config_file=node_config_file,
+            overrides=overrides,
+        )
+        source = make_source(fake_node, node_name)
+    except (SettingsError, FakeSpecError, DeviceSourceError) as e:
+        raise click.ClickException(str(e)) from e
+    server = DevicePluginServer(
+        source,
+        settings,
+        plugin_dir=plugin_dir,
+        socket_name=socket_name,
+        kubelet_socket_name=kubelet_socket_name,
+    )
+    asyncio.run(_run(server))

@@ -1,0 +1,376 @@
+"""A device source described by a YAML file: cards, links, MIG profiles, injected failures.
+
+Used by the contract tests and the local sandbox. Schema (every key but `cards` optional)::
+
+    cards:
+      - uuid: GPU-00000000-0000-0000-0000-000000000000   # default GPU-fake-<node>-<index>
+        index: 0                                         # default: position in the list
+        model: NVIDIA A100-SXM4-40GB
+        memory: 40960                                    # MiB
+        numa: 0
+        healthy: true
+        mig: true                                        # MIG capable
+        sm: 108
+        mig_profiles: a100-40gb                          # key of mig_profile_sets
+    links:
+      - {a: GPU-..., b: GPU-..., type: SameBoard, nvlinks: 12}
+    mig_profile_sets:
+      a100-40gb:
+        - {name: 1g.5gb, memory: 4864, core: 13, slices: 1, instances: 7,
+           placements: [[0, 1], [1, 1], [2, 1]]}
+    failures:                                            # applied after N seconds
+      - {uuid: GPU-..., after_seconds: 2, xid: 79}
+    health_file: health.txt                              # relative to the YAML file
+    fail_mig_create: [GPU-...]                           # MIG creation errors on these cards
+
+The health file is re-read whenever it changes: each non-empty line `<uuid> [xid]` marks that
+card unhealthy; removing the line makes it healthy again. `inject_health()` does the same from
+code. MIG instances are simulated in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hami.deviceplugin.sources.base import (
+    Card,
+    DeviceSource,
+    DeviceSourceError,
+    HealthEvent,
+    MigInstance,
+    MigPlacement,
+    MigProfile,
+    PairLink,
+    parse_link_type,
+    xid_is_critical,
+)
+
+
+class FakeSpecError(ValueError):
+    """The fake node file is invalid; the message names the file, key and value."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    uuid: str
+    after_seconds: float
+    xid: int
+
+
+def _req(where: str, d: dict[str, Any], key: str, typ: type, default: Any = ...) -> Any:
+    if key not in d:
+        if default is ...:
+            raise FakeSpecError(f"{where}: missing key {key!r}")
+        return default
+    value = d[key]
+    if typ is int and isinstance(value, bool):
+        raise FakeSpecError(f"{where}.{key}: expected an integer, got {value!r}")
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, typ):
+        raise FakeSpecError(f"{where}.{key}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+class FakeSource(DeviceSource):
+    """Deterministic, in-memory device source."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        *,
+        origin: str = "<fake source>",
+        base_dir: Path | None = None,
+        node_name: str = "node",
+        poll_interval: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._origin = origin
+        self._clock = clock
+        self._started = clock()
+        self.poll_interval = poll_interval
+        self._lock = threading.Lock()
+        if not isinstance(spec, dict):
+            raise FakeSpecError(f"{origin}: expected a mapping at the top level, got {spec!r}")
+        profile_sets = self._parse_profile_sets(spec.get("mig_profile_sets") or {})
+        self._cards: dict[str, Card] = {}
+        self._profiles: dict[str, list[MigProfile]] = {}
+        raw_cards = spec.get("cards")
+        if not isinstance(raw_cards, list) or not raw_cards:
+            raise FakeSpecError(f"{origin}: 'cards' must be a non-empty list, got {raw_cards!r}")
+        for pos, raw in enumerate(raw_cards):
+            where = f"{origin}: cards[{pos}]"
+            if not isinstance(raw, dict):
+                raise FakeSpecError(f"{where}: expected a mapping, got {raw!r}")
+            index = _req(where, raw, "index", int, pos)
+            card = Card(
+                uuid=_req(where, raw, "uuid", str, f"GPU-fake-{node_name}-{index}"),
+                index=index,
+                model=_req(where, raw, "model", str, "NVIDIA A100-SXM4-40GB"),
+                memory_mib=_req(where, raw, "memory", int, 40960),
+                numa=_req(where, raw, "numa", int, 0),
+                healthy=_req(where, raw, "healthy", bool, True),
+                mig_capable=_req(where, raw, "mig", bool, False),
+                mig_enabled=_req(where, raw, "mig_enabled", bool, False),
+                sm_count=_req(where, raw, "sm", int, 0),
+            )
+            if card.memory_mib <= 0:
+                raise FakeSpecError(f"{where}.memory: must be > 0, got {card.memory_mib}")
+            if card.uuid in self._cards:
+                raise FakeSpecError(f"{where}.uuid: duplicate card {card.uuid!r}")
+            if any(c.index == card.index for c in self._cards.values()):
+                raise FakeSpecError(f"{where}.index: duplicate index {card.index}")
+            self._cards[card.uuid] = card
+            set_name = raw.get("mig_profiles")
+            if set_name is not None:
+                if set_name not in profile_sets:
+                    raise FakeSpecError(
+                        f"{where}.mig_profiles: unknown profile set {set_name!r}; "
+                        f"defined: {sorted(profile_sets)}"
+                    )
+                self._profiles[card.uuid] = profile_sets[set_name]
+        self._base_health = {u: c.healthy for u, c in self._cards.items()}
+        self._links = self._parse_links(spec.get("links") or [])
+        self._failures = self._parse_failures(spec.get("failures") or [])
+        self._fired: set[int] = set()
+        self._failed: dict[str, int | None] = {}  # uuid -> xid, from failures/injection
+        self._file_failed: dict[str, int | None] = {}
+        health_file = spec.get("health_file")
+        self.health_file: Path | None = None
+        if health_file is not None:
+            if not isinstance(health_file, str):
+                raise FakeSpecError(f"{origin}: health_file: expected a path, got {health_file!r}")
+            p = Path(health_file)
+            self.health_file = p if p.is_absolute() or base_dir is None else base_dir / p
+        self._health_file_stamp: tuple[int, int, int] | None = None
+        fail_mig = spec.get("fail_mig_create") or []
+        if not isinstance(fail_mig, list):
+            raise FakeSpecError(f"{origin}: fail_mig_create: expected a list, got {fail_mig!r}")
+        self.fail_mig_create: set[str] = {str(u) for u in fail_mig}
+        self._instances: dict[str, dict[int, MigInstance]] = {}
+        self._generation = 0
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, node_name: str = "node", **kw: Any) -> FakeSource:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as e:
+            raise FakeSpecError(f"{p}: cannot read fake node file: {e}") from e
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise FakeSpecError(f"{p}: invalid YAML: {e}") from e
+        return cls(spec, origin=str(p), base_dir=p.parent, node_name=node_name, **kw)
+
+    def _parse_profile_sets(self, raw: Any) -> dict[str, list[MigProfile]]:
+        if not isinstance(raw, dict):
+            raise FakeSpecError(f"{self._origin}: mig_profile_sets: expected a mapping, got {raw!r}")
+        out: dict[str, list[MigProfile]] = {}
+        for set_name, items in raw.items():
+            where = f"{self._origin}: mig_profile_sets.{set_name}"
+            if not isinstance(items, list):
+                raise FakeSpecError(f"{where}: expected a list, got {items!r}")
+            profiles = []
+            for i, item in enumerate(items):
+                w = f"{where}[{i}]"
+                if not isinstance(item, dict):
+                    raise FakeSpecError(f"{w}: expected a mapping, got {item!r}")
+                placements = []
+                for pl in _req(w, item, "placements", list, []):
+                    if (
+                        not isinstance(pl, list | tuple)
+                        or len(pl) != 2
+                        or not all(isinstance(x, int) for x in pl)
+                    ):
+                        raise FakeSpecError(f"{w}.placements: expected [start, size], got {pl!r}")
+                    placements.append(MigPlacement(pl[0], pl[1]))
+                profiles.append(
+                    MigProfile(
+                        name=_req(w, item, "name", str),
+                        memory_mb=_req(w, item, "memory", int),
+                        core=_req(w, item, "core", int, 0),
+                        slice_count=_req(w, item, "slices", int),
+                        placements=tuple(placements),
+                        instance_count=_req(w, item, "instances", int, len(placements)),
+                    )
+                )
+            out[str(set_name)] = profiles
+        return out
+
+    def _parse_links(self, raw: Any) -> list[PairLink]:
+        if not isinstance(raw, list):
+            raise FakeSpecError(f"{self._origin}: links: expected a list, got {raw!r}")
+        links: dict[frozenset[str], PairLink] = {}
+        for i, item in enumerate(raw):
+            w = f"{self._origin}: links[{i}]"
+            if not isinstance(item, dict):
+                raise FakeSpecError(f"{w}: expected a mapping, got {item!r}")
+            a, b = _req(w, item, "a", str), _req(w, item, "b", str)
+            for key, u in (("a", a), ("b", b)):
+                if u not in self._cards:
+                    raise FakeSpecError(f"{w}.{key}: unknown card {u!r}")
+            if a == b:
+                raise FakeSpecError(f"{w}: a link needs two different cards, got {a!r} twice")
+            try:
+                link_type = parse_link_type(_req(w, item, "type", str))
+            except ValueError as e:
+                raise FakeSpecError(f"{w}.type: {e}") from None
+            nvlinks = _req(w, item, "nvlinks", int, 0)
+            if nvlinks < 0:
+                raise FakeSpecError(f"{w}.nvlinks: must be >= 0, got {nvlinks}")
+            links[frozenset((a, b))] = PairLink(a, b, link_type, nvlinks)
+        return list(links.values())
+
+    def _parse_failures(self, raw: Any) -> list[_Failure]:
+        if not isinstance(raw, list):
+            raise FakeSpecError(f"{self._origin}: failures: expected a list, got {raw!r}")
+        out = []
+        for i, item in enumerate(raw):
+            w = f"{self._origin}: failures[{i}]"
+            if not isinstance(item, dict):
+                raise FakeSpecError(f"{w}: expected a mapping, got {item!r}")
+            u = _req(w, item, "uuid", str)
+            if u not in self._cards:
+                raise FakeSpecError(f"{w}.uuid: unknown card {u!r}")
+            out.append(_Failure(u, _req(w, item, "after_seconds", float, 0.0), _req(w, item, "xid", int, 79)))
+        return out
+
+    # ---- health -------------------------------------------------------------------------
+
+    def inject_health(self, uuid: str, healthy: bool, xid: int | None = None) -> None:
+        """Mark a card (un)healthy now, as if the driver reported it."""
+        if uuid not in self._cards:
+            raise DeviceSourceError(f"unknown card {uuid!r}")
+        with self._lock:
+            if healthy:
+                self._failed.pop(uuid, None)
+            elif xid is None or xid_is_critical(xid):
+                self._failed[uuid] = xid
+
+    def _poll(self) -> None:
+        now = self._clock() - self._started
+        with self._lock:
+            for i, f in enumerate(self._failures):
+                if i not in self._fired and now >= f.after_seconds:
+                    self._fired.add(i)
+                    if xid_is_critical(f.xid):
+                        self._failed[f.uuid] = f.xid
+        self._read_health_file()
+
+    def _read_health_file(self) -> None:
+        if self.health_file is None:
+            return
+        try:
+            st = self.health_file.stat()
+        except FileNotFoundError:
+            stamp = None
+        else:
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp == self._health_file_stamp:
+            return
+        self._health_file_stamp = stamp
+        failed: dict[str, int | None] = {}
+        if stamp is not None:
+            for line in self.health_file.read_text().splitlines():
+                parts = line.split("#", 1)[0].split()
+                if not parts or parts[0] not in self._cards:
+                    continue
+                xid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+                if xid is None or xid_is_critical(xid):
+                    failed[parts[0]] = xid
+        with self._lock:
+            self._file_failed = failed
+
+    def _is_healthy(self, uuid: str) -> bool:
+        return self._base_health[uuid] and uuid not in self._failed and uuid not in self._file_failed
+
+    async def health_events(self) -> AsyncIterator[HealthEvent]:
+        seen = {c.uuid: c.healthy for c in self.cards()}
+        while True:
+            for c in self.cards():
+                if c.healthy != seen[c.uuid]:
+                    seen[c.uuid] = c.healthy
+                    xid = self._failed.get(c.uuid, self._file_failed.get(c.uuid))
+                    reason = "healthy" if c.healthy else f"XID {xid}" if xid is not None else "unhealthy"
+                    yield HealthEvent(c.uuid, c.healthy, None if c.healthy else xid, reason)
+            await asyncio.sleep(self.poll_interval)
+
+    # ---- inventory ----------------------------------------------------------------------
+
+    def cards(self) -> list[Card]:
+        self._poll()
+        with self._lock:
+            out = [replace(c, healthy=self._is_healthy(c.uuid)) for c in self._cards.values()]
+        return sorted(out, key=lambda c: c.index)
+
+    def links(self) -> list[PairLink]:
+        return list(self._links)
+
+    def mig_profiles(self, uuid: str) -> list[MigProfile]:
+        card = self._card(uuid)
+        return list(self._profiles.get(uuid, [])) if card.mig_capable else []
+
+    def _card(self, uuid: str) -> Card:
+        try:
+            return self._cards[uuid]
+        except KeyError:
+            raise DeviceSourceError(f"unknown card {uuid!r}") from None
+
+    # ---- MIG ----------------------------------------------------------------------------
+
+    def create_mig_instance(self, uuid: str, profile: str, placement: MigPlacement) -> MigInstance:
+        card = self._card(uuid)
+        if not card.mig_capable:
+            raise DeviceSourceError(f"card {uuid} is not MIG capable")
+        if uuid in self.fail_mig_create:
+            raise DeviceSourceError(f"injected MIG creation failure on {uuid}")
+        prof = next((p for p in self.mig_profiles(uuid) if p.name == profile), None)
+        if prof is None:
+            raise DeviceSourceError(f"card {uuid} has no MIG profile {profile!r}")
+        if prof.placements and placement not in prof.placements:
+            raise DeviceSourceError(
+                f"placement {placement.start}+{placement.size} is not legal for {profile} on {uuid}"
+            )
+        with self._lock:
+            existing = self._instances.setdefault(uuid, {})
+            clash = [i for i in existing.values() if i.placement.overlaps(placement)]
+            if clash:
+                raise DeviceSourceError(
+                    f"placement {placement.start}+{placement.size} on {uuid} overlaps "
+                    f"GPU instance {clash[0].gpu_instance_id} ({clash[0].profile})"
+                )
+            gi = next(i for i in range(1, len(existing) + 2) if i not in existing)
+            self._generation += 1
+            mig_uuid = "MIG-" + str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{uuid}/{gi}/{self._generation}"))
+            inst = MigInstance(uuid, profile, placement, mig_uuid, gi, 0)
+            existing[gi] = inst
+            return inst
+
+    def destroy_mig_instance(self, uuid: str, gpu_instance_id: int) -> None:
+        self._card(uuid)
+        with self._lock:
+            if self._instances.get(uuid, {}).pop(gpu_instance_id, None) is None:
+                raise DeviceSourceError(f"card {uuid} has no GPU instance {gpu_instance_id}")
+
+    def list_mig_instances(self, uuid: str | None = None) -> list[MigInstance]:
+        with self._lock:
+            if uuid is not None:
+                self._card(uuid)
+                return sorted(self._instances.get(uuid, {}).values(), key=lambda i: i.gpu_instance_id)
+            return [
+                i
+                for u in sorted(self._instances)
+                for i in sorted(self._instances[u].values(), key=lambda i: i.gpu_instance_id)
+            ]
