@@ -178,6 +178,11 @@ class DeviceBackend(Protocol):
         ...
 
     @property
+    def memory_resource(self) -> str:
+        """The container resource holding memory (named in errors about memory)."""
+        ...
+
+    @property
     def allocated_key(self) -> str:
         """The pod annotation holding the decision (``hami.io/vgpu-devices-allocated`` for NVIDIA)."""
         ...

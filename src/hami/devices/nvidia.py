@@ -74,6 +74,10 @@ class NvidiaBackend:
         self.config = config if config is not None else NvidiaConfig()
 
     @property
+    def memory_resource(self) -> str:
+        return self.config.resource_memory_name
+
+    @property
     def resource_names(self) -> tuple[str, ...]:
         c = self.config
         return (

@@ -18,7 +18,7 @@ from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
 from hami.scheduling.fit import FitRequest, fit_container
 from hami.scheduling.policy import PodPolicy, pod_policy
-from hami.scheduling.requests import PodRequest, pod_requests
+from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 NODE_UNREGISTERED = "node unregistered"
@@ -42,7 +42,7 @@ class Decision:
 
 
 def summarize(failed: Mapping[str, str], total: int) -> str:
-    """``0/3 nodes are available: 2 nodes 8/8 CardInsufficientMemory (n1, n2); 1 node unregistered (n3)``."""
+    """``0/3 nodes are available: 2 nodes (n1, n2): 8/8 CardInsufficientMemory; 1 node (n3): node unregistered``."""
     groups: dict[str, list[str]] = {}
     for node, reason in sorted(failed.items()):
         groups.setdefault(reason, []).append(node)
@@ -50,7 +50,7 @@ def summarize(failed: Mapping[str, str], total: int) -> str:
     for reason, nodes in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         noun = "node" if len(nodes) == 1 else "nodes"
         shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
-        parts.append(f"{len(nodes)} {noun} {reason} ({shown})")
+        parts.append(f"{len(nodes)} {noun} ({shown}): {reason}")
     return f"0/{total} nodes are available: " + "; ".join(parts)
 
 
@@ -144,6 +144,10 @@ class Scheduler:
             return Decision(pod=display, node=None, reason=str(exc), invalid=True)
         if request.empty:
             return Decision(pod=display, node=None, reason="pod requests no managed device", invalid=True)
+        try:
+            check_against_largest_card(request, self.state.largest_mem(), self.registry)
+        except RequestError as exc:
+            return Decision(pod=display, node=None, reason=str(exc), invalid=True)
         selectors = {b.vendor: b.selector(annotations) for b in self.registry if b.vendor in request.vendors}
 
         names = list(candidates) if candidates is not None else list(self.state.nodes)

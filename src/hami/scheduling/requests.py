@@ -62,7 +62,9 @@ def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodReques
     return PodRequest(containers=tuple(containers), init_count=len(init))
 
 
-def check_against_largest_card(request: PodRequest, largest_mem: Mapping[str, int]) -> None:
+def check_against_largest_card(
+    request: PodRequest, largest_mem: Mapping[str, int], registry: BackendRegistry
+) -> None:
     """Reject memory larger than any card of the vendor in the cluster (``largest_mem`` by vendor)."""
     for c in request.containers:
         for vendor, req in c.devices.items():
@@ -70,6 +72,6 @@ def check_against_largest_card(request: PodRequest, largest_mem: Mapping[str, in
             if biggest is not None and req.mem_percentage is None and req.mem > biggest:
                 raise RequestError(
                     container=c.name,
-                    resource=f"{vendor} memory",
+                    resource=registry.get(vendor).memory_resource,
                     reason=f"{req.mem} MiB is more than the largest {vendor} card in the cluster ({biggest} MiB)",
                 )

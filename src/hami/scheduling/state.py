@@ -112,6 +112,17 @@ class ClusterState:
         self.pods: dict[str, PodAllocation] = {}
         self._applied: dict[str, Usage] = {}
         self._by_node: dict[str, set[str]] = {}
+        self._largest_mem: dict[str, int] | None = None
+
+    def largest_mem(self) -> dict[str, int]:
+        """The largest card memory (MiB) per vendor across all nodes (cached until inventory changes)."""
+        if self._largest_mem is None:
+            out: dict[str, int] = {}
+            for node in self.nodes.values():
+                for c in node.cards:
+                    out[c.vendor] = max(out.get(c.vendor, 0), c.totalmem)
+            self._largest_mem = out
+        return self._largest_mem
 
     # --- nodes ------------------------------------------------------------------------------
     def set_node(
@@ -129,6 +140,7 @@ class ClusterState:
             name=name, cards=list(cards), pair_scores=dict(pair_scores or {}), cordoned=frozenset(cordoned)
         )
         self.nodes[name] = node
+        self._largest_mem = None
         for uid in sorted(self._by_node.get(name, set())):
             self._apply(uid, sign=1)
         return node
@@ -136,6 +148,7 @@ class ClusterState:
     def remove_node(self, name: str) -> None:
         """Forget a node's cards; its pods stay in the ledger and re-apply if the node comes back."""
         self.nodes.pop(name, None)
+        self._largest_mem = None
         for uid in self._by_node.get(name, set()):
             self._applied.pop(uid, None)
 
