@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hami.config import ConfigError
 from hami.deviceplugin.api import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
 from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
 from hami.deviceplugin.settings import SettingsError, load_settings
@@ -88,7 +89,7 @@ def device_plugin(
             overrides=overrides,
         )
         source = make_source(fake_node, node_name)
-    except (SettingsError, FakeSpecError, DeviceSourceError) as e:
+    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
         raise click.ClickException(str(e)) from e
     server = DevicePluginServer(
         source,

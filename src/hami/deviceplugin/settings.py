@@ -7,14 +7,20 @@ it to the source's cards the way HAMi's plugin does (`register.go: getAPIDevices
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import logging
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-import yaml
-
+from hami.config import (
+    DeviceConfig,
+    EffectiveNodeConfig,
+    effective_node_config,
+    load_device_config,
+    load_node_config_file,
+)
 from hami.deviceplugin.sources.base import Card, DeviceSource, MigProfile
+
+log = logging.getLogger(__name__)
 
 HAMI_CORE = "hami-core"
 MIG = "mig"
@@ -141,57 +147,41 @@ def build_inventory(source: DeviceSource, settings: NodeSettings) -> list[Physic
     return out
 
 
-def _read_structured(path: str) -> Any:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise SettingsError(f"{path}: cannot read: {e}") from e
-    try:
-        return json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise SettingsError(f"{path}: invalid {'JSON' if p.suffix == '.json' else 'YAML'}: {e}") from e
-
-
 class SettingsError(ValueError):
-    """A configuration file is invalid; the message names the file, key and value."""
+    """The resolved settings are invalid (e.g. a bad command-line override)."""
 
 
-def _typed(source: str, key: str, value: Any, typ: type) -> Any:
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if typ is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if typ is int and isinstance(value, bool):
-        raise SettingsError(f"{source}: {key}: expected an integer, got {value!r}")
-    if not isinstance(value, typ):
-        raise SettingsError(f"{source}: {key}: expected {typ.__name__}, got {value!r}")
-    return value
-
-
-#: device-config.yaml `nvidia.<key>` -> (NodeSettings field, type)
-_DEVICE_KEYS: dict[str, tuple[str, type]] = {
-    "resourceCountName": ("resource_name", str),
-    "deviceSplitCount": ("split_count", int),
-    "deviceMemoryScaling": ("memory_scaling", float),
-    "deviceCoreScaling": ("core_scaling", float),
-    "preConfiguredDeviceMemory": ("preconfigured_memory", int),
-    "libCudaLogLevel": ("libcuda_log_level", str),
-    "enableNumaTopology": ("enable_numa_topology", bool),
-    "disableCoreLimit": ("disable_core_limit", bool),
-    "gpuCorePolicy": ("gpu_core_policy", str),
-}
-#: config.json `nodeconfig[].<key>` -> (NodeSettings field, type)
-_NODE_KEYS: dict[str, tuple[str, type]] = {
-    "operatingmode": ("operating_mode", str),
-    "devicesplitcount": ("split_count", int),
-    "devicememoryscaling": ("memory_scaling", float),
-    "devicecorescaling": ("core_scaling", float),
-    "preconfigureddevicememory": ("preconfigured_memory", int),
-    "libcudaloglevel": ("libcuda_log_level", str),
-    "enablenumatopology": ("enable_numa_topology", bool),
-    "enablegetpreferredallocation": ("enable_preferred_allocation", bool),
-}
+def settings_from_config(
+    device_config: DeviceConfig,
+    node: EffectiveNodeConfig,
+    *,
+    hook_path: str = "/usr/local",
+    topology_score: bool = False,
+) -> NodeSettings:
+    """NodeSettings from the validated device-config.yaml and the node's effective config."""
+    nv = device_config.nvidia
+    return NodeSettings(
+        node_name=node.node_name,
+        resource_name=nv.resource_count_name,
+        operating_mode=node.operating_mode,
+        split_count=node.device_split_count,
+        memory_scaling=node.device_memory_scaling,
+        core_scaling=node.device_core_scaling,
+        preconfigured_memory=node.pre_configured_device_memory,
+        enable_numa_topology=node.enable_numa_topology,
+        enable_preferred_allocation=node.enable_get_preferred_allocation,
+        filter_uuids=frozenset(node.filter_devices.uuid),
+        filter_indexes=frozenset(node.filter_devices.index),
+        libcuda_log_level=str(node.lib_cuda_log_level),
+        disable_core_limit=node.disable_core_limit,
+        gpu_core_policy=str(nv.gpu_core_policy),
+        mig_allowlist=tuple(
+            MigAllowRule(tuple(r.models), tuple(str(p) for p in r.profiles)) for r in nv.mig_profile_allowlist
+        ),
+        enforcement_opt_out_namespaces=frozenset(device_config.hami.enforcement_opt_out_namespaces),
+        hook_path=hook_path,
+        topology_score=topology_score,
+    )
 
 
 def load_settings(
@@ -201,60 +191,21 @@ def load_settings(
     node_config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> NodeSettings:
-    """Resolve NodeSettings: defaults < device-config.yaml `nvidia` < config.json node entry < overrides."""
-    values: dict[str, Any] = {"node_name": node_name}
+    """Resolve NodeSettings: chart defaults < device-config.yaml `nvidia` < config.json node entry
+    < non-None `overrides` (NodeSettings field names). Raises ConfigError for bad files."""
     if device_config_file:
-        doc = _read_structured(device_config_file) or {}
-        if not isinstance(doc, dict):
-            raise SettingsError(f"{device_config_file}: expected a mapping at the top level")
-        nv = doc.get("nvidia") or {}
-        if not isinstance(nv, dict):
-            raise SettingsError(f"{device_config_file}: nvidia: expected a mapping, got {nv!r}")
-        for key, (attr, typ) in _DEVICE_KEYS.items():
-            if nv.get(key) is not None:
-                values[attr] = _typed(device_config_file, f"nvidia.{key}", nv[key], typ)
-        rules = []
-        for i, rule in enumerate(nv.get("migProfileAllowlist") or []):
-            if not isinstance(rule, dict):
-                raise SettingsError(
-                    f"{device_config_file}: nvidia.migProfileAllowlist[{i}]: expected a mapping"
-                )
-            rules.append(
-                MigAllowRule(
-                    tuple(str(m) for m in rule.get("models") or ()),
-                    tuple(str(p) for p in rule.get("profiles") or ()),
-                )
-            )
-        values["mig_allowlist"] = tuple(rules)
-        hami = doc.get("hami") or {}
-        if isinstance(hami, dict) and hami.get("enforcementOptOutNamespaces"):
-            values["enforcement_opt_out_namespaces"] = frozenset(
-                str(n) for n in hami["enforcementOptOutNamespaces"]
-            )
-    if node_config_file:
-        doc = _read_structured(node_config_file) or {}
-        entries = doc.get("nodeconfig") if isinstance(doc, dict) else None
-        if entries is not None and not isinstance(entries, list):
-            raise SettingsError(f"{node_config_file}: nodeconfig: expected a list, got {entries!r}")
-        for i, entry in enumerate(entries or []):
-            if not isinstance(entry, dict) or entry.get("name") != node_name:
-                continue
-            where = f"nodeconfig[{i}]"
-            for key, (attr, typ) in _NODE_KEYS.items():
-                if entry.get(key) is not None and entry.get(key) != "":
-                    values[attr] = _typed(node_config_file, f"{where}.{key}", entry[key], typ)
-            filt = entry.get("filterdevices") or {}
-            if not isinstance(filt, dict):
-                raise SettingsError(f"{node_config_file}: {where}.filterdevices: expected a mapping")
-            values["filter_uuids"] = frozenset(str(u) for u in filt.get("uuid") or ())
-            try:
-                values["filter_indexes"] = frozenset(int(x) for x in filt.get("index") or ())
-            except (TypeError, ValueError):
-                raise SettingsError(
-                    f"{node_config_file}: {where}.filterdevices.index: expected integers, got {filt.get('index')!r}"
-                ) from None
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        device_config, warnings = load_device_config(device_config_file)
+        for w in warnings:
+            log.warning("%s", w)
+    else:
+        device_config = DeviceConfig.default()
+    node_file = load_node_config_file(node_config_file) if node_config_file else None
+    for w in node_file.warnings if node_file is not None else ():
+        log.warning("%s", w)
+    node = effective_node_config(device_config, node_name, node_file)
+    settings = settings_from_config(device_config, node)
+    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
-        return NodeSettings(**values)
-    except ValueError as e:
-        raise SettingsError(f"{node_config_file or device_config_file or 'settings'}: {e}") from None
+        return replace(settings, **changes)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(f"invalid device plugin setting: {e}") from None

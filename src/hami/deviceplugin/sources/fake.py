@@ -297,7 +297,9 @@ class FakeSource(DeviceSource):
         return self._base_health[uuid] and uuid not in self._failed and uuid not in self._file_failed
 
     async def health_events(self) -> AsyncIterator[HealthEvent]:
-        seen = {c.uuid: c.healthy for c in self.cards()}
+        # Start from the file's health, not the current one: a change that happened before the
+        # consumer subscribed is still reported (consumers treat events as idempotent triggers).
+        seen = dict(self._base_health)
         while True:
             for c in self.cards():
                 if c.healthy != seen[c.uuid]:
