@@ -58,6 +58,7 @@ class Card:
         "totalcores",
         "totalmem",
         "type",
+        "type_lower",
         "used",
         "usedcores",
         "usedmem",
@@ -83,6 +84,7 @@ class Card:
         self.uuid = uuid
         self.vendor = vendor
         self.type = type
+        self.type_lower = type.lower()
         self.count = count
         self.totalmem = totalmem
         self.totalcores = totalcores
@@ -141,8 +143,14 @@ class CardSelector:
     nouse_uuids: frozenset[str] = frozenset()
     mode: str | None = None
 
+    empty: bool = field(init=False, default=True)
+
+    def __post_init__(self) -> None:
+        has_rules = self.use_types or self.nouse_types or self.use_uuids or self.nouse_uuids or self.mode
+        object.__setattr__(self, "empty", not has_rules)
+
     def rejection(self, card: Card) -> str | None:
-        t = card.type.lower()
+        t = card.type_lower
         if self.use_types and not any(u in t for u in self.use_types):
             return "CardTypeMismatch"
         if self.nouse_types and any(u in t for u in self.nouse_types):

@@ -36,16 +36,22 @@ from hami.protocol.quantity import parse_int_quantity
 _INT32_MAX = 2**31 - 1
 
 
-def _resource(container: Mapping[str, Any], name: str) -> Any:
+def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
     resources = container.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise RequestError(container=cname, resource="resources", reason="must be an object")
     limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    for part, value in (("limits", limits), ("requests", requests)):
+        if not isinstance(value, Mapping):
+            raise RequestError(container=cname, resource=f"resources.{part}", reason="must be an object")
     if name in limits:
         return limits[name]
-    return (resources.get("requests") or {}).get(name)
+    return requests.get(name)
 
 
 def _int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | None:
-    raw = _resource(container, name)
+    raw = _resource(container, cname, name)
     if raw is None:
         return None
     try:

@@ -8,6 +8,7 @@ give each a reason.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +17,8 @@ from hami.devices.base import Card, Placement, RequestError
 from hami.devices.registry import BackendRegistry
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.scheduling.fit import FitRequest, fit_container
-from hami.scheduling.policy import PodPolicy, pod_policy
+from hami.scheduling.fit import NODE_INSUFFICIENT_DEVICE, FitRequest, fit_container, precheck
+from hami.scheduling.policy import pod_policy
 from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
@@ -149,6 +150,20 @@ class Scheduler:
         except RequestError as exc:
             return Decision(pod=display, node=None, reason=str(exc), invalid=True)
         selectors = {b.vendor: b.selector(annotations) for b in self.registry if b.vendor in request.vendors}
+        fit_requests = [
+            {
+                vendor: FitRequest(
+                    request=req,
+                    container_index=ci,
+                    selector=selectors[vendor],
+                    policy=policy.card_policy,
+                    weights=policy.weights,
+                    numa_bind=policy.numa_bind,
+                )
+                for vendor, req in container.devices.items()
+            }
+            for ci, container in enumerate(request.containers)
+        ]
 
         names = list(candidates) if candidates is not None else list(self.state.nodes)
         failed: dict[str, str] = {}
@@ -160,9 +175,13 @@ class Scheduler:
             else:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
-        known.sort(key=lambda nd: (sign * nd.score(), nd.name))
-        for node in known:
-            placed = self._fit_node(node, request, policy, selectors)
+        # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
+        # first node that fits usually comes after a handful of pops
+        heap = [(sign * nd.score(), nd.name, nd) for nd in known]
+        heapq.heapify(heap)
+        while heap:
+            node = heapq.heappop(heap)[2]
+            placed = self._fit_node(node, request, fit_requests)
             if isinstance(placed, str):
                 failed[node.name] = placed
                 continue
@@ -188,39 +207,35 @@ class Scheduler:
         self,
         node: NodeState,
         request: PodRequest,
-        policy: PodPolicy,
-        selectors: Mapping[str, Any],
+        fit_requests: list[dict[str, FitRequest]],
     ) -> dict[str, list[tuple[Placement, ...]]] | str:
         by_vendor = {v: node.vendor_cards(v) for v in request.vendors}
         for vendor, cards in by_vendor.items():
             if not cards:
-                return f"0/0 {vendor} {'NodeInsufficientDevice'}"
+                return f"0/0 {vendor} {NODE_INSUFFICIENT_DEVICE}"
+        # cheap read-only rejection first: most unfit nodes never get their cards copied
+        for per_vendor in fit_requests:
+            for vendor, pre in per_vendor.items():
+                reason = precheck(by_vendor[vendor], pre, node.cordoned)
+                if reason is not None:
+                    return reason
         placed: dict[str, list[tuple[Placement, ...]]] = {v: [] for v in request.vendors}
         app_scratch = {v: [c.copy() for c in cards] for v, cards in by_vendor.items()}
         for ci, container in enumerate(request.containers):
             # init containers run one at a time: each fits against the node as it is;
             # app containers run together: each fits on top of the previous ones.
-            scratch = (
-                {v: [c.copy() for c in by_vendor[v]] for v in container.devices}
-                if container.init
-                else app_scratch
-            )
+            if container.init:
+                scratch = {v: [c.copy() for c in by_vendor[v]] for v in container.devices}
+            else:
+                scratch = app_scratch
             for vendor in request.vendors:
-                req = container.devices.get(vendor)
-                if req is None:
+                fr = fit_requests[ci].get(vendor)
+                if fr is None:
                     placed[vendor].append(())
                     continue
-                fr = FitRequest(
-                    request=req,
-                    container_index=ci,
-                    selector=selectors[vendor],
-                    policy=policy.card_policy,
-                    weights=policy.weights,
-                    numa_bind=policy.numa_bind,
-                    cordoned=node.cordoned,
-                    pair_scores=node.pair_scores,
+                chosen, reason = fit_container(
+                    scratch[vendor], fr, cordoned=node.cordoned, pair_scores=node.pair_scores
                 )
-                chosen, reason = fit_container(scratch[vendor], fr)
                 if chosen is None:
                     return reason
                 placed[vendor].append(tuple(chosen))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hami.devices.base import Card, CardSelector, DeviceRequest, Placement
@@ -34,7 +34,7 @@ ALLOCATED_CARDS_INSUFFICIENT = "AllocatedCardsInsufficientRequest"
 
 @dataclass(frozen=True, slots=True)
 class FitRequest:
-    """One container's request of one vendor, with the pod-wide context a fit needs."""
+    """One container's request of one vendor, with the pod-wide context a fit needs (built once per pod)."""
 
     request: DeviceRequest
     container_index: int
@@ -42,8 +42,6 @@ class FitRequest:
     policy: CardPolicy
     weights: ScoringWeights
     numa_bind: bool
-    cordoned: frozenset[str]
-    pair_scores: PairScores
 
 
 def _mig_choice(card: Card, mem: int) -> tuple[MigProfile, int] | None:
@@ -62,16 +60,17 @@ def _mig_choice(card: Card, mem: int) -> tuple[MigProfile, int] | None:
     return None
 
 
-def rejection(card: Card, fr: FitRequest) -> str | None:
+def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     """Why this card cannot take one more slice of the request right now, in HAMi's check order."""
     req = fr.request
     if not card.health:
         return CARD_NOT_HEALTHY
-    if card.uuid in fr.cordoned:
+    if cordoned and card.uuid in cordoned:
         return CARD_CORDONED
-    reason = fr.selector.rejection(card)
-    if reason is not None:
-        return reason
+    if not fr.selector.empty:
+        reason = fr.selector.rejection(card)
+        if reason is not None:
+            return reason
     if card.count <= card.used:
         return CARD_SLOTS_EXHAUSTED
     if fr.policy.mutex and card.used > 0:
@@ -137,12 +136,38 @@ def _topology_pick(eligible: list[Card], count: int, scores: PairScores) -> list
     return list(best)
 
 
-def format_reasons(reasons: Counter[str], total: int) -> str:
+def format_reasons(reasons: Mapping[str, int], total: int) -> str:
     """``"3/8 CardInsufficientMemory, 5/8 CardInsufficientCore"`` (sorted, like HAMi's GenReason)."""
     return ", ".join(f"{n}/{total} {r}" for r, n in sorted(reasons.items()))
 
 
-def fit_container(cards: list[Card], fr: FitRequest) -> tuple[list[Placement] | None, str]:
+def precheck(cards: Sequence[Card], fr: FitRequest, cordoned: frozenset[str]) -> str | None:
+    """Read-only test on the node's real cards: the reason the request cannot fit even alone, or None.
+
+    Exact for a pod with one device container; a necessary condition otherwise. It lets a filter
+    reject most unfit nodes without copying their cards. One pass, reasons counted as it goes.
+    """
+    need = fr.request.count
+    if need > len(cards) and not any(c.mode == keys.MODE_MIG for c in cards):
+        return f"{len(cards)}/{need} {NODE_INSUFFICIENT_DEVICE}"
+    eligible = 0
+    reasons: dict[str, int] = {}
+    for card in cards:
+        r = rejection(card, fr, cordoned)
+        if r is None:
+            eligible += max(1, card.count - card.used) if card.mode == keys.MODE_MIG else 1
+        else:
+            reasons[r] = reasons.get(r, 0) + 1
+    if eligible >= need:
+        return None
+    if eligible:
+        reasons[ALLOCATED_CARDS_INSUFFICIENT] = eligible
+    return format_reasons(reasons, len(cards))
+
+
+def fit_container(
+    cards: list[Card], fr: FitRequest, *, cordoned: frozenset[str], pair_scores: PairScores
+) -> tuple[list[Placement] | None, str]:
     """Choose cards for one container on scratch ``cards`` (mutated on success). Returns (placements, reason)."""
     need = fr.request.count
     if need > len(cards) and not any(c.mode == keys.MODE_MIG for c in cards):
@@ -150,7 +175,7 @@ def fit_container(cards: list[Card], fr: FitRequest) -> tuple[list[Placement] | 
     reasons: Counter[str] = Counter()
     eligible: list[Card] = []
     for card in cards:
-        r = rejection(card, fr)
+        r = rejection(card, fr, cordoned)
         if r is None:
             eligible.append(card)
         else:
@@ -162,16 +187,16 @@ def fit_container(cards: list[Card], fr: FitRequest) -> tuple[list[Placement] | 
         groups: dict[int, list[Card]] = {}
         for c in ordered:
             groups.setdefault(c.numa, []).append(c)
-        fitting = [g for g in groups.values() if _capacity(g, fr) >= need]
+        fitting = [g for g in groups.values() if _capacity(g) >= need]
         if not fitting:
             reasons[NUMA_NOT_FIT] += len(eligible)
             return None, format_reasons(reasons, len(cards))
         ordered = fitting[0]
     if fr.policy.topology_aware and all(c.mode != keys.MODE_MIG for c in ordered):
-        ordered = _topology_pick(ordered, need, fr.pair_scores)
+        ordered = _topology_pick(ordered, need, pair_scores)
     placements: list[Placement] = []
     for card in ordered:
-        while len(placements) < need and rejection(card, fr) is None:
+        while len(placements) < need and rejection(card, fr, cordoned) is None:
             placements.append(_take(card, fr, len(placements)))
             if card.mode != keys.MODE_MIG:
                 break
@@ -181,6 +206,6 @@ def fit_container(cards: list[Card], fr: FitRequest) -> tuple[list[Placement] | 
     return None, format_reasons(reasons, len(cards))
 
 
-def _capacity(group: list[Card], fr: FitRequest) -> int:
+def _capacity(group: list[Card]) -> int:
     """How many slices of the request a group of eligible cards can hold (1 per card, more for MIG)."""
     return sum(max(1, c.count - c.used) if c.mode == keys.MODE_MIG else 1 for c in group)
