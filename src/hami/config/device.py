@@ -9,7 +9,6 @@ values, i.e. empty resource names); see ``docs/configuration.md``.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 import yaml
@@ -522,10 +521,15 @@ class VNPUConfig(ConfigModel):
                 self.memory_allocatable,
                 f"must be <= memoryCapacity ({self.memory_capacity})",
             )
-        names = Counter(t.name for t in self.templates)
+        first: dict[str, int] = {}
         for i, t in enumerate(self.templates):
-            if names[t.name] > 1:
-                raise cross_error(f"templates[{i}].name", t.name, "template names must be unique")
+            if t.name in first:
+                raise cross_error(
+                    f"templates[{i}].name",
+                    t.name,
+                    f"template names must be unique (also templates[{first[t.name]}])",
+                )
+            first[t.name] = i
             if self.memory_capacity and t.memory > self.memory_capacity:
                 raise cross_error(
                     f"templates[{i}].memory", t.memory, f"must be <= memoryCapacity ({self.memory_capacity})"
@@ -641,10 +645,15 @@ class AscendConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _unique(self) -> AscendConfig:
-        words = Counter(c.common_word for c in self.configs)
+        first: dict[str, int] = {}
         for i, c in enumerate(self.configs):
-            if words[c.common_word] > 1:
-                raise cross_error(f"configs[{i}].commonWord", c.common_word, "commonWord must be unique")
+            if c.common_word in first:
+                raise cross_error(
+                    f"configs[{i}].commonWord",
+                    c.common_word,
+                    f"commonWord must be unique (also configs[{first[c.common_word]}])",
+                )
+            first[c.common_word] = i
         return self
 
 
@@ -725,6 +734,15 @@ class DeviceConfig(ConfigModel):
 
     @model_validator(mode="after")
     def _distinct_resources(self) -> DeviceConfig:
+        first: dict[str, int] = {}
+        for i, il in enumerate(self.iluvatars):
+            if il.common_word in first:
+                raise cross_error(
+                    f"iluvatars[{i}].commonWord",
+                    il.common_word,
+                    f"commonWord must be unique (also iluvatars[{first[il.common_word]}])",
+                )
+            first[il.common_word] = i
         owner: dict[str, str] = {}
         for path, name in self.resource_names():
             if name in owner:
@@ -799,6 +817,13 @@ def parse_device_config(text: str, *, source: str = "<string>") -> tuple[DeviceC
     warnings: list[str] = []
     errors: list[str] = []
     cleaned = clean(DeviceConfig, data, (), source, warnings, errors)
+    if not cleaned and not errors:
+        # Only unknown keys (or nulls): HAMi would see every section empty, too.
+        raise ConfigError(
+            [f"{source}: all configurations are empty (no known section; see the warnings)"],
+            source=source,
+            warnings=warnings,
+        )
     config, invalid = validate_model(DeviceConfig, cleaned, source)
     errors += invalid
     if errors or config is None:

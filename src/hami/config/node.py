@@ -8,7 +8,6 @@ of ``device-config.yaml``. JSON (as HAMi's chart writes it) or YAML is accepted.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -87,14 +86,15 @@ class NodeConfigFile(ConfigModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> NodeConfigFile:
-        names = Counter(n.name for n in self.nodeconfig)
+        first: dict[str, int] = {}
         for i, entry in enumerate(self.nodeconfig):
-            if names[entry.name] > 1:
-                first = next(j for j, e in enumerate(self.nodeconfig) if e.name == entry.name)
-                if first != i:
-                    raise cross_error(
-                        f"nodeconfig[{i}].name", entry.name, f"duplicate node name (also nodeconfig[{first}])"
-                    )
+            if entry.name in first:
+                raise cross_error(
+                    f"nodeconfig[{i}].name",
+                    entry.name,
+                    f"duplicate node name (also nodeconfig[{first[entry.name]}])",
+                )
+            first[entry.name] = i
         return self
 
     def for_node(self, node_name: str) -> NodeConfig | None:
