@@ -1,0 +1,395 @@
+"""The admission decision for one Pod: allow, deny (with a message), or allow with a JSON patch.
+
+Pure: no I/O, no clocks, no globals. :func:`mutate_pod` takes the Pod exactly as the API server puts
+it in ``AdmissionReview.request.object``, the request's namespace, that namespace's labels (or None
+when unknown) and a :class:`WebhookPolicy`; it returns a :class:`Decision` whose ``patch`` is a list
+of RFC 6902 operations against that same Pod.
+
+Rules, in order (HAMi v2.10 ``pkg/scheduler/webhook.go`` + ``nvidia/device.go: MutateAdmission``,
+plus hami's hardening):
+
+1. pod or namespace labelled ``hami.io/webhook: ignore`` → allowed, untouched;
+2. no containers → denied;
+3. ``schedulerName`` set to another scheduler → allowed, untouched (``default-scheduler`` is taken
+   over when ``force_overwrite_default_scheduler``);
+4. containers (init first) that switch enforcement off (``CUDA_DISABLE_CONTROL`` true-ish,
+   ``GPU_CORE_UTILIZATION_POLICY=disable``, or either from ``valueFrom``) → denied unless the
+   namespace is an enforcement opt-out namespace;
+5. every container's requests are parsed by every backend; an invalid one → denied naming the
+   container, resource and reason;
+6. NVIDIA defaults: ``nvidia.com/gpu: <defaultGPUNum>`` when only memory/cores are given; exclusive
+   ``nvidia.com/gpucores: 100`` for whole-card requests; ``CUDA_TASK_PRIORITY`` from
+   ``nvidia.com/priority``; ``GPU_CORE_UTILIZATION_POLICY`` when ``gpuCorePolicy`` is not default;
+   ``NVIDIA_VISIBLE_DEVICES=none`` on GPU-less containers when ``overwriteEnv``;
+7. when any container asks for a managed device: privileged containers → denied; ``spec.nodeName``
+   already set → denied; ``schedulerName`` → hami's; ``runtimeClassName`` when configured and unset.
+
+Every denial reason is collected, so one answer tells the user everything that is wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hami.config import DeviceConfig, NvidiaConfig
+from hami.devices.base import DeviceRequest, RequestError
+from hami.devices.registry import BackendRegistry, default_registry
+from hami.protocol import keys
+
+__all__ = [
+    "DEFAULT_SCHEDULER",
+    "Decision",
+    "WebhookPolicy",
+    "escape_pointer",
+    "mutate_pod",
+]
+
+DEFAULT_SCHEDULER = "default-scheduler"
+
+JsonPatchOp = dict[str, Any]
+
+# strconv.ParseBool spellings of false: HAMi's device plugin mounts the shim unless the value parses true.
+_FALSE_SPELLINGS = frozenset({"", "0", "f", "false"})
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookPolicy:
+    """Everything the decision depends on besides the pod itself."""
+
+    registry: BackendRegistry
+    nvidia: NvidiaConfig
+    scheduler_name: str = "hami-scheduler"
+    force_overwrite_default_scheduler: bool = True
+    enforcement_opt_out_namespaces: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: DeviceConfig,
+        *,
+        force_overwrite_default_scheduler: bool = True,
+        registry: BackendRegistry | None = None,
+    ) -> WebhookPolicy:
+        return cls(
+            registry=registry if registry is not None else default_registry(config),
+            nvidia=config.nvidia,
+            scheduler_name=config.hami.scheduler_name,
+            force_overwrite_default_scheduler=force_overwrite_default_scheduler,
+            enforcement_opt_out_namespaces=frozenset(config.hami.enforcement_opt_out_namespaces),
+        )
+
+    @classmethod
+    def default(cls) -> WebhookPolicy:
+        return cls.from_config(DeviceConfig.default())
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one pod.
+
+    ``code`` is the HTTP-style status put in a denial's ``status.code`` (403 policy, 400 invalid
+    request). ``skipped`` says the pod was left alone on purpose (``reason`` says why).
+    """
+
+    allowed: bool
+    patch: tuple[JsonPatchOp, ...] = ()
+    message: str = ""
+    code: int = 200
+    skipped: bool = False
+    reason: str = ""
+    warnings: tuple[str, ...] = ()
+    managed: bool = False
+
+    @staticmethod
+    def skip(reason: str) -> Decision:
+        return Decision(allowed=True, skipped=True, reason=reason)
+
+    @staticmethod
+    def deny(messages: Sequence[str], code: int = 403) -> Decision:
+        return Decision(allowed=False, message="; ".join(messages), code=code, reason="denied")
+
+
+def escape_pointer(token: str) -> str:
+    """One JSON-pointer reference token (RFC 6901): ``~`` → ``~0``, ``/`` → ``~1``."""
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _denial(container: str, resource: str, reason: str) -> str:
+    """The same shape as :class:`RequestError`: ``container 'c': <resource>: <reason>``."""
+    return str(RequestError(container=container, resource=resource, reason=reason))
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return {}
+    labels = meta.get("labels")
+    return labels if isinstance(labels, Mapping) else {}
+
+
+def _ignored(labels: Mapping[str, Any] | None) -> bool:
+    return labels is not None and labels.get(keys.WEBHOOK_LABEL) == keys.WEBHOOK_IGNORE
+
+
+class _ContainerEdit:
+    """JSON-patch operations against one container, tracking the container as patched so far."""
+
+    def __init__(self, base: str, container: Mapping[str, Any], ops: list[JsonPatchOp]) -> None:
+        self.base = base
+        self.c: dict[str, Any] = copy.deepcopy(dict(container))
+        self.ops = ops
+
+    def set_limit(self, name: str, value: str) -> None:
+        resources = self.c.get("resources")
+        if not isinstance(resources, dict):
+            self.c["resources"] = {"limits": {name: value}}
+            self.ops.append(
+                {"op": "add", "path": f"{self.base}/resources", "value": {"limits": {name: value}}}
+            )
+            return
+        limits = resources.get("limits")
+        if not isinstance(limits, dict):
+            resources["limits"] = {name: value}
+            self.ops.append({"op": "add", "path": f"{self.base}/resources/limits", "value": {name: value}})
+            return
+        op = "replace" if name in limits else "add"
+        limits[name] = value
+        self.ops.append(
+            {"op": op, "path": f"{self.base}/resources/limits/{escape_pointer(name)}", "value": value}
+        )
+
+    def set_env(self, name: str, value: str) -> bool:
+        """Set ``name=value``, replacing the last existing entry; returns True if a different value was replaced."""
+        entry = {"name": name, "value": value}
+        env = self.c.get("env")
+        if not isinstance(env, list):
+            self.c["env"] = [entry]
+            self.ops.append({"op": "add", "path": f"{self.base}/env", "value": [entry]})
+            return False
+        for i in range(len(env) - 1, -1, -1):
+            e = env[i]
+            if isinstance(e, Mapping) and e.get("name") == name:
+                if e == entry:
+                    return False
+                env[i] = entry
+                self.ops.append({"op": "replace", "path": f"{self.base}/env/{i}", "value": entry})
+                return True
+        env.append(entry)
+        self.ops.append({"op": "add", "path": f"{self.base}/env/-", "value": entry})
+        return False
+
+    def env_value(self, name: str) -> str | None:
+        env = self.c.get("env")
+        if not isinstance(env, list):
+            return None
+        found: str | None = None
+        for e in env:
+            if isinstance(e, Mapping) and e.get("name") == name:
+                v = e.get("value")
+                found = v if isinstance(v, str) else ""
+        return found
+
+
+def _has_resource(container: Mapping[str, Any], name: str) -> bool:
+    resources = container.get("resources")
+    if not isinstance(resources, Mapping):
+        return False
+    for part in ("limits", "requests"):
+        values = resources.get(part)
+        if isinstance(values, Mapping) and name in values:
+            return True
+    return False
+
+
+def _enforcement_violations(cname: str, container: Mapping[str, Any]) -> list[str]:
+    """Reasons this container switches enforcement off through its ``env`` list."""
+    out: list[str] = []
+    env = container.get("env")
+    if not isinstance(env, list):
+        return out
+    for e in env:
+        if not isinstance(e, Mapping):
+            continue
+        name = e.get("name")
+        if name not in (keys.ENV_DISABLE_CONTROL, keys.ENV_CORE_POLICY):
+            continue
+        if e.get("valueFrom") is not None:
+            out.append(
+                _denial(
+                    cname,
+                    f"env {name}",
+                    "may not come from valueFrom (it could switch GPU enforcement off)",
+                )
+            )
+            continue
+        raw = e.get("value")
+        value = raw.strip() if isinstance(raw, str) else ""
+        if name == keys.ENV_DISABLE_CONTROL and value.lower() not in _FALSE_SPELLINGS:
+            out.append(_denial(cname, f"env {name}", f"{raw!r} switches GPU enforcement off"))
+        elif name == keys.ENV_CORE_POLICY and value.lower() == "disable":
+            out.append(_denial(cname, f"env {name}", f"{raw!r} switches the GPU core limit off"))
+    return out
+
+
+def _is_privileged(container: Mapping[str, Any]) -> bool:
+    sc = container.get("securityContext")
+    return isinstance(sc, Mapping) and sc.get("privileged") is True
+
+
+def mutate_pod(
+    pod: Mapping[str, Any],
+    *,
+    namespace: str,
+    namespace_labels: Mapping[str, Any] | None,
+    policy: WebhookPolicy,
+) -> Decision:
+    """Decide on one Pod CREATE. ``namespace`` is ``AdmissionRequest.namespace`` (the pod's own
+    ``metadata.namespace`` is often empty on CREATE); ``namespace_labels`` None means unknown."""
+    if _ignored(_labels(pod)):
+        return Decision.skip(f"pod labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
+    if _ignored(namespace_labels):
+        return Decision.skip(f"namespace {namespace!r} labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
+
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping):
+        return Decision.deny(["pod has no spec"], code=400)
+    containers = spec.get("containers")
+    init_containers = spec.get("initContainers")
+    if not isinstance(containers, list) or not containers:
+        return Decision.deny(["pod has no containers"], code=400)
+    if init_containers is None:
+        init_containers = []
+    if not isinstance(init_containers, list):
+        return Decision.deny(["spec.initContainers must be a list"], code=400)
+
+    scheduler = spec.get("schedulerName")
+    if (
+        scheduler
+        and scheduler != policy.scheduler_name
+        and not (scheduler == DEFAULT_SCHEDULER and policy.force_overwrite_default_scheduler)
+    ):
+        return Decision.skip(f"schedulerName {scheduler!r} belongs to another scheduler")
+
+    ops: list[JsonPatchOp] = []
+    denials: list[str] = []
+    invalid: list[str] = []
+    warnings: list[str] = []
+    opted_out = namespace in policy.enforcement_opt_out_namespaces
+    nvidia_backend = next((b for b in policy.registry if b.vendor == keys.VENDOR_NVIDIA), None)
+    nv = policy.nvidia
+
+    managed = False
+    privileged: list[str] = []
+    nvidia_used = False
+    entries = [("initContainers", i, c) for i, c in enumerate(init_containers)] + [
+        ("containers", i, c) for i, c in enumerate(containers)
+    ]
+    for field_name, index, container in entries:
+        if not isinstance(container, Mapping):
+            invalid.append(f"spec.{field_name}[{index}] must be an object")
+            continue
+        cname = str(container.get("name") or f"{field_name}[{index}]")
+        if not opted_out:
+            denials += _enforcement_violations(cname, container)
+        if _is_privileged(container):
+            privileged.append(cname)
+
+        requests: dict[str, DeviceRequest] = {}
+        bad = False
+        for backend in policy.registry:
+            try:
+                req = backend.parse_container(container)
+            except RequestError as exc:
+                invalid.append(str(exc))
+                bad = True
+                continue
+            if req is not None:
+                requests[backend.vendor] = req
+        if bad:
+            continue
+        if requests:
+            managed = True
+
+        edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, ops)
+        if nvidia_backend is None:
+            continue
+        nvreq = requests.get(nvidia_backend.vendor)
+        if nvreq is None:
+            given = [
+                n
+                for n in (nv.resource_memory_name, nv.resource_memory_percentage_name, nv.resource_core_name)
+                if _has_resource(container, n)
+            ]
+            if given and not _has_resource(container, nv.resource_count_name) and nv.default_gpu_num == 0:
+                invalid.append(
+                    _denial(
+                        cname,
+                        nv.resource_count_name,
+                        f"missing: {', '.join(given)} given without a GPU count and defaultGPUNum is 0",
+                    )
+                )
+                continue
+            if nv.overwrite_env and edit.set_env(keys.ENV_VISIBLE_DEVICES, "none"):
+                warnings.append(
+                    f"container {cname!r}: {keys.ENV_VISIBLE_DEVICES} set to 'none' (no GPU requested)"
+                )
+            continue
+
+        nvidia_used = True
+        if not _has_resource(container, nv.resource_count_name):
+            edit.set_limit(nv.resource_count_name, str(nvreq.count))
+        if (
+            not _has_resource(container, nv.resource_core_name)
+            and nvreq.mem == 0
+            and nvreq.mem_percentage == 100
+            and nvreq.cores == 100
+        ):
+            edit.set_limit(nv.resource_core_name, "100")  # exclusive whole card (HAMi PR #1354)
+        if nvreq.priority is not None and edit.set_env(keys.ENV_TASK_PRIORITY, str(nvreq.priority)):
+            warnings.append(
+                f"container {cname!r}: {keys.ENV_TASK_PRIORITY} set from {nv.resource_priority_name}"
+            )
+        if nv.gpu_core_policy != "default":
+            current = edit.env_value(keys.ENV_CORE_POLICY)
+            if not (opted_out and current is not None and current.strip().lower() == "disable"):
+                edit.set_env(keys.ENV_CORE_POLICY, nv.gpu_core_policy)
+
+    if invalid:
+        return Decision.deny(invalid + denials, code=400)
+
+    if managed:
+        for cname in privileged:
+            denials.append(
+                _denial(
+                    cname,
+                    "securityContext.privileged",
+                    "privileged containers may not run in a pod that uses shared devices "
+                    "(a privileged container sees every device on the node)",
+                )
+            )
+        node_name = spec.get("nodeName")
+        if node_name:
+            denials.append(
+                f"pod: spec.nodeName: already set to {node_name!r}; a pod that uses shared devices must be "
+                f"placed by {policy.scheduler_name!r}"
+            )
+    if denials:
+        return Decision.deny(denials, code=403)
+
+    if managed:
+        if scheduler != policy.scheduler_name:
+            op = "replace" if "schedulerName" in spec else "add"
+            ops.append({"op": op, "path": "/spec/schedulerName", "value": policy.scheduler_name})
+        if nvidia_used and nv.runtime_class_name and not spec.get("runtimeClassName"):
+            ops.append({"op": "add", "path": "/spec/runtimeClassName", "value": nv.runtime_class_name})
+
+    return Decision(
+        allowed=True,
+        patch=tuple(ops),
+        managed=managed,
+        reason="mutated" if ops else "unchanged",
+        warnings=tuple(warnings),
+    )

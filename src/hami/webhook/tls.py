@@ -1,0 +1,273 @@
+"""Serving certificates for the webhook: from files (reloaded when they change) or self-signed in process.
+
+Self-signed mode makes a private CA and a serving certificate for the given DNS names / IP
+addresses (``cryptography``, ECDSA P-256), serves with them, and puts the CA into the
+``MutatingWebhookConfiguration``'s ``caBundle`` (:func:`inject_ca_bundle`) so the API server trusts
+it. File mode reads ``--cert-file``/``--key-file`` (e.g. a cert-manager Secret volume) and reloads
+them into the same ``SSLContext`` when their modification time changes, so a rotated certificate is
+used for new connections without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import ipaddress
+import logging
+import os
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CertReloader",
+    "SelfSigned",
+    "generate_self_signed",
+    "inject_ca_bundle",
+    "server_context_from_pem",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SelfSigned:
+    """PEM bytes of a private CA and of a serving certificate it signed."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    @property
+    def ca_bundle(self) -> str:
+        """base64 of the CA PEM, the form ``clientConfig.caBundle`` takes."""
+        return base64.b64encode(self.ca_pem).decode("ascii")
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for h in hosts:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            out.append(x509.DNSName(h))
+    return out
+
+
+def generate_self_signed(
+    hosts: Sequence[str], *, valid_days: int = 3650, now: dt.datetime | None = None
+) -> SelfSigned:
+    """A CA and a serving certificate for ``hosts`` (DNS names and/or IP addresses)."""
+    hosts = [h.strip() for h in hosts if h.strip()]
+    if not hosts:
+        raise ValueError("at least one DNS name or IP address is needed for the serving certificate")
+    start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
+    end = start + dt.timedelta(days=valid_days)
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("hami-webhook-ca")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(hosts[0]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return SelfSigned(
+        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+    )
+
+
+def _new_server_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def server_context_from_pem(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """A server ``SSLContext`` from in-memory PEM (written to a private temp dir only while loading)."""
+    ctx = _new_server_context()
+    with tempfile.TemporaryDirectory(prefix="hami-webhook-tls-") as d:
+        cert_path = os.path.join(d, "tls.crt")
+        key_path = os.path.join(d, "tls.key")
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        with open(cert_path, "wb") as f:
+            f.write(cert_pem)
+        ctx.load_cert_chain(cert_path, key_path)
+    return ctx
+
+
+class CertReloader:
+    """Owns a server ``SSLContext`` loaded from ``cert_file``/``key_file``; :meth:`maybe_reload`
+    loads them again into the same context when either file changed (new handshakes use them)."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file = cert_file
+        self.key_file = key_file
+        self.context = _new_server_context()
+        self._stamp = self._current_stamp()
+        self.context.load_cert_chain(cert_file, key_file)
+
+    def _current_stamp(self) -> tuple[float, int, float, int]:
+        c = os.stat(self.cert_file)
+        k = os.stat(self.key_file)
+        return (c.st_mtime, c.st_size, k.st_mtime, k.st_size)
+
+    def maybe_reload(self) -> bool:
+        """Reload when the files changed; returns True if it did. A bad pair keeps the old one."""
+        try:
+            stamp = self._current_stamp()
+        except OSError as exc:
+            log.warning("webhook TLS: cannot stat %s / %s: %s", self.cert_file, self.key_file, exc)
+            return False
+        if stamp == self._stamp:
+            return False
+        try:
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            # Secret volumes update cert and key in one atomic symlink swap, but other writers may
+            # not: keep serving the old pair and retry on the next tick.
+            log.warning(
+                "webhook TLS: reloading %s failed, keeping the old certificate: %s", self.cert_file, exc
+            )
+            return False
+        self._stamp = stamp
+        log.info("webhook TLS: reloaded %s", self.cert_file)
+        return True
+
+    async def watch(self, interval_s: float = 10.0) -> None:
+        """Poll forever (run as a task; cancel to stop)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.maybe_reload()
+
+
+class JsonPatchClient(Protocol):
+    """The two calls :func:`inject_ca_bundle` needs; :class:`hami.kube.client.KubeClient` has both."""
+
+    async def get(self, path: str) -> dict[str, Any]: ...
+
+    async def json_patch(self, path: str, ops: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+
+MWC_PATH = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
+
+
+async def inject_ca_bundle(
+    client: JsonPatchClient,
+    config_name: str,
+    ca_bundle: str,
+    *,
+    webhook_names: Sequence[str] | None = None,
+) -> int:
+    """Set ``clientConfig.caBundle`` of the webhooks (all, or those named) of a
+    MutatingWebhookConfiguration; returns how many were patched.
+
+    Each operation is guarded by a ``test`` of the webhook's name at that index, so a concurrent
+    edit that reorders the list makes the patch fail (the API server answers 422) instead of
+    writing the CA into the wrong webhook.
+    """
+    path = MWC_PATH + config_name
+    current = await client.get(path)
+    webhooks = current.get("webhooks") or []
+    ops: list[dict[str, Any]] = []
+    for i, wh in enumerate(webhooks):
+        name = wh.get("name")
+        if webhook_names is not None and name not in webhook_names:
+            continue
+        if (wh.get("clientConfig") or {}).get("caBundle") == ca_bundle:
+            continue
+        ops.append({"op": "test", "path": f"/webhooks/{i}/name", "value": name})
+        ops.append({"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle})
+    if ops:
+        await client.json_patch(path, ops)
+    return len(ops) // 2
+
+
+async def inject_with_retry(
+    inject: Callable[[], Awaitable[int]],
+    *,
+    attempts: int = 10,
+    delay_s: float = 1.0,
+    max_delay_s: float = 30.0,
+) -> int:
+    """Retry :func:`inject_ca_bundle` (the configuration may not exist yet at start-up)."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            return await inject()
+        except Exception as exc:
+            last = exc
+            log.warning("webhook: caBundle injection attempt %d/%d failed: %s", attempt + 1, attempts, exc)
+            await asyncio.sleep(min(delay_s * 2**attempt, max_delay_s))
+    assert last is not None
+    raise last
