@@ -28,6 +28,11 @@ class ConfigModel(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
 
+    @classmethod
+    def file_shape(cls, data: Any) -> Any:
+        """Rewrite an accepted alternative file form into the canonical one (before key checks)."""
+        return data
+
 
 # ------------------------------------------------------------------------------ schema inspection
 
@@ -87,6 +92,8 @@ def clean(
     Values of the wrong shape (a list where a mapping belongs, ...) are passed through untouched for
     the validator to reject with a proper message.
     """
+    if issubclass(model, ConfigModel):
+        data = model.file_shape(data)
     if not isinstance(data, Mapping):
         return data
     known: dict[str, tuple[str, FieldInfo]] = {}

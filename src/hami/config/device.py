@@ -638,10 +638,14 @@ class AscendConfig(ConfigModel):
     )
     configs: list[VNPUConfig] = Field(default_factory=_default_vnpus)
 
+    @classmethod
+    def file_shape(cls, data: Any) -> Any:
+        return {"configs": data} if isinstance(data, list) else data
+
     @model_validator(mode="before")
     @classmethod
     def _legacy_list(cls, data: Any) -> Any:
-        return {"configs": data} if isinstance(data, list) else data
+        return cls.file_shape(data)
 
     @model_validator(mode="after")
     def _unique(self) -> AscendConfig:

@@ -432,8 +432,12 @@ def test_written_keys_are_hamis() -> None:
 
 
 def test_legacy_vnpus_list_form() -> None:
-    config, warnings = parse("vnpus:\n- chipName: 910B3\n  commonWord: Ascend910B3\n  aiCore: 20\n")
-    assert warnings == []
+    config, warnings = parse(
+        "vnpus:\n- chipName: 910B3\n  commonWord: Ascend910B3\n  aiCore: 20\n  aicore: 3\n"
+    )
+    assert warnings == [
+        "device-config.yaml: vnpus.configs[0].aicore: unknown key, ignored (did you mean 'aiCore'?)"
+    ]
     (only,) = config.ascend.configs
     assert only.resource_name == "huawei.com/Ascend910B3"
     assert only.resource_memory_name == "huawei.com/Ascend910B3-memory"
