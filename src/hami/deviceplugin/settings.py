@@ -58,6 +58,11 @@ class NodeSettings:
     #: HAMi's HOOK_PATH: libvgpu.so, ld.so.preload and container cache dirs live under <hook>/vgpu.
     hook_path: str = "/usr/local"
     topology_score: bool = False
+    #: Container resource whose limit becomes CUDA_TASK_PRIORITY.
+    priority_resource_name: str = "nvidia.com/priority"
+    #: MPS control daemon directories on the host (mps operating mode).
+    mps_pipe_dir: str = "/tmp/nvidia-mps"
+    mps_log_dir: str = "/tmp/nvidia-log"
 
     def __post_init__(self) -> None:
         if self.operating_mode not in OPERATING_MODES:
@@ -163,6 +168,7 @@ def settings_from_config(
     return NodeSettings(
         node_name=node.node_name,
         resource_name=nv.resource_count_name,
+        priority_resource_name=nv.resource_priority_name,
         operating_mode=node.operating_mode,
         split_count=node.device_split_count,
         memory_scaling=node.device_memory_scaling,
