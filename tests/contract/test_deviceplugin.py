@@ -207,6 +207,7 @@ def test_sigterm_stops_cli_cleanly(plugin_dir: Path, tmp_path: Path) -> None:
                 "n1",
                 "--device-split-count",
                 "2",
+                "--standalone",
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

@@ -11,11 +11,14 @@ from typing import Any
 import click
 
 from hami.config import ConfigError
+from hami.deviceplugin.agent import NodeAgent
 from hami.deviceplugin.api import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
-from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
-from hami.deviceplugin.settings import SettingsError, load_settings
+from hami.deviceplugin.kubeops import ClientKubeOps
+from hami.deviceplugin.server import DEFAULT_SOCKET_NAME
+from hami.deviceplugin.settings import NodeSettings, SettingsError, load_settings
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
 from hami.deviceplugin.sources.fake import FakeSource, FakeSpecError
+from hami.kube.config import KubeConfigError
 
 log = logging.getLogger("hami.deviceplugin")
 
@@ -28,13 +31,26 @@ def make_source(fake_node: str | None, node_name: str) -> DeviceSource:
     return NvmlSource()
 
 
-async def _run(server: DevicePluginServer) -> None:
+async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | None, **kw: Any) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    client = None
+    kube = None
+    if kubeconfig != "":
+        from hami.kube.client import KubeClient
+        from hami.kube.config import load_config
+
+        client = KubeClient(load_config(kubeconfig))
+        kube = ClientKubeOps(client, host=settings.node_name)
+    agent = NodeAgent(source, settings, kube=kube, **kw)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(server.restart()))
-    await server.run(stop)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(agent.server.restart()))
+    try:
+        await agent.run(stop)
+    finally:
+        if client is not None:
+            await client.close()
 
 
 @click.command("device-plugin")
@@ -66,6 +82,17 @@ async def _run(server: DevicePluginServer) -> None:
 @click.option(
     "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
 )
+@click.option(
+    "--kubeconfig",
+    envvar="KUBECONFIG",
+    default=None,
+    help="Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).",
+)
+@click.option(
+    "--standalone",
+    is_flag=True,
+    help="Run without the Kubernetes API: no node registration; Allocate answers an error.",
+)
 @click.option("--log-level", default="INFO", show_default=True)
 def device_plugin(
     node_name: str,
@@ -75,6 +102,8 @@ def device_plugin(
     plugin_dir: str,
     socket_name: str,
     kubelet_socket_name: str,
+    kubeconfig: str | None,
+    standalone: bool,
     log_level: str,
     **overrides: Any,
 ) -> None:
@@ -91,11 +120,16 @@ def device_plugin(
         source = make_source(fake_node, node_name)
     except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
         raise click.ClickException(str(e)) from e
-    server = DevicePluginServer(
-        source,
-        settings,
-        plugin_dir=plugin_dir,
-        socket_name=socket_name,
-        kubelet_socket_name=kubelet_socket_name,
-    )
-    asyncio.run(_run(server))
+    try:
+        asyncio.run(
+            _run(
+                source,
+                settings,
+                "" if standalone else kubeconfig,
+                plugin_dir=plugin_dir,
+                socket_name=socket_name,
+                kubelet_socket_name=kubelet_socket_name,
+            )
+        )
+    except KubeConfigError as e:
+        raise click.ClickException(f"{e} (use --standalone to run without the Kubernetes API)") from e

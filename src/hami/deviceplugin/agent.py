@@ -1,0 +1,92 @@
+"""The node agent: device plugin server + node registration + Allocate + MIG reconciler.
+
+`run_agent` wires the pieces together; `hami device-plugin` and the sandbox call it. Without a
+`KubeOps` (standalone) only the kubelet side runs: ListAndWatch works, Allocate answers an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from hami.deviceplugin.allocate import PodAllocator
+from hami.deviceplugin.api import KUBELET_SOCKET_NAME
+from hami.deviceplugin.kubeops import KubeOps
+from hami.deviceplugin.register import NodeRegistrar
+from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
+from hami.deviceplugin.settings import MIG, NodeSettings
+from hami.deviceplugin.sources.base import DeviceSource
+
+log = logging.getLogger(__name__)
+
+
+class NodeAgent:
+    """Everything the device plugin runs on one node."""
+
+    def __init__(
+        self,
+        source: DeviceSource,
+        settings: NodeSettings,
+        *,
+        kube: KubeOps | None = None,
+        plugin_dir: str | Path = "/var/lib/kubelet/device-plugins/",
+        socket_name: str = DEFAULT_SOCKET_NAME,
+        kubelet_socket_name: str = KUBELET_SOCKET_NAME,
+        register_interval: float = 30.0,
+        mig_reconcile_interval: float = 5.0,
+        watch_interval: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.server = DevicePluginServer(
+            source,
+            settings,
+            plugin_dir=plugin_dir,
+            socket_name=socket_name,
+            kubelet_socket_name=kubelet_socket_name,
+            watch_interval=watch_interval,
+        )
+        self.allocator: PodAllocator | None = None
+        self.registrar: NodeRegistrar | None = None
+        self.mig_reconcile_interval = mig_reconcile_interval
+        if kube is not None:
+            self.allocator = PodAllocator(kube, settings, source, lambda: self.server.devices)
+            self.server.allocator = self.allocator
+            self.registrar = NodeRegistrar(
+                kube,
+                settings.node_name,
+                lambda: self.server.devices,
+                pair_scores=source.pair_scores if settings.topology_score else None,
+                interval=register_interval,
+            )
+            registrar = self.registrar
+            self.server.add_listener(lambda _devices: registrar.poke())
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.server.start()
+        if self.registrar is not None:
+            self._tasks.append(asyncio.create_task(self.registrar.run(), name="node-register"))
+        if self.allocator is not None and self.settings.operating_mode == MIG:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.allocator.run_mig_reconciler(self.mig_reconcile_interval), name="mig-reconcile"
+                )
+            )
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks = []
+        await self.server.stop()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
