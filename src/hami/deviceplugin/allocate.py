@@ -71,6 +71,15 @@ def _remaining(entries: list[ContainerDevices]) -> bool:
     return any(entries)
 
 
+def _other_vendors_pending(ann: dict[str, str]) -> bool:
+    """Another vendor's `*-devices-to-allocate` still holds devices (multi-vendor pod): its device
+    plugin sets the final bind-phase and releases the lock, as in HAMi's PodAllocationTrySuccess."""
+    return any(
+        k != keys.VGPU_DEVICES_TO_ALLOCATE and k.endswith("devices-to-allocate") and ":" in v
+        for k, v in ann.items()
+    )
+
+
 class PodAllocator:
     """Allocator for `DevicePluginServer` backed by the Kubernetes API (via `KubeOps`)."""
 
@@ -243,7 +252,7 @@ class PodAllocator:
                         "could not roll back MIG instance %s on %s: %s", inst.mig_uuid, inst.gpu_uuid, e
                     )
             raise
-        if not _remaining(entries):
+        if not _remaining(entries) and not _other_vendors_pending(_ann(pod)):
             await self._release_lock(pod)
         return resp
 
@@ -255,7 +264,7 @@ class PodAllocator:
         patch: dict[str, str] = {keys.VGPU_DEVICES_TO_ALLOCATE: encode_pod_devices(entries)}
         if migs is not None:
             patch[keys.VGPU_MIG_ALLOCATIONS] = encode_mig_allocations(migs)
-        if not _remaining(entries):
+        if not _remaining(entries) and not _other_vendors_pending(_ann(pod)):
             patch[keys.BIND_PHASE] = keys.BIND_PHASE_SUCCESS
         current = pod
         for _ in range(5):

@@ -378,3 +378,17 @@ async def test_preferred_cards_are_the_schedulers(tmp_path: Path) -> None:
     )
     alloc, _ = make(kube, tmp_path)
     assert await alloc.preferred_cards(2) == [C, A]
+
+
+async def test_multi_vendor_pod_leaves_phase_and_lock_to_the_last_plugin(tmp_path: Path) -> None:
+    p = pod(
+        "p1",
+        f"{A},NVIDIA,1000,0:;",
+        extra={"hami.io/cambricon-mlu-devices-to-allocate": "mlu-0,MLU,256,10:;"},
+    )
+    kube = MemoryKube([node(f"{LOCK_TIME},default,p1")], [p])
+    alloc, _ = make(kube, tmp_path)
+    await alloc.allocate(request(1))
+    assert ann(kube, "p1")[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING
+    assert ann(kube, "p1")[keys.VGPU_DEVICES_TO_ALLOCATE] == ";"
+    assert lock_of(kube) is not None
