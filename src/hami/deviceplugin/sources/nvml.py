@@ -173,9 +173,15 @@ class NvmlSource(DeviceSource):
         n = self._nvml
         try:
             devs = [(_s(n.nvmlDeviceGetUUID(h)), h) for _, h in self._handles()]
-            info = {u: (self._bus_id(h), *self._nvlink_peers(h)) for u, h in devs}
         except n.NVMLError as e:
-            raise DeviceSourceError(f"NVML topology query failed: {e}") from e
+            raise DeviceSourceError(f"NVML device enumeration failed: {e}") from e
+        info: dict[str, tuple[str, dict[str, int], int]] = {}
+        for u, h in devs:
+            try:
+                info[u] = (self._bus_id(h), *self._nvlink_peers(h))
+            except n.NVMLError as e:
+                log.warning("no PCI/NVLink data for %s: %s", u, e)
+                info[u] = ("", {}, 0)
         out = []
         for i, (ua, ha) in enumerate(devs):
             for ub, hb in devs[i + 1 :]:
@@ -369,7 +375,11 @@ class NvmlSource(DeviceSource):
             | n.nvmlEventTypeDoubleBitEccError
             | n.nvmlEventTypeSingleBitEccError
         )
-        event_set = n.nvmlEventSetCreate()
+        try:
+            event_set = n.nvmlEventSetCreate()
+        except n.NVMLError as e:
+            log.error("NVML health events unavailable (%s); cards will not be marked unhealthy", e)
+            return
         try:
             uuids = []
             for _, h in self._handles():
