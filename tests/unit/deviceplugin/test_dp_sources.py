@@ -58,6 +58,12 @@ def test_example_file_loads() -> None:
     assert [p.name for p in src.mig_profiles(a)][:2] == ["1g.5gb", "1g.10gb"]
 
 
+def test_small_example_generates_per_node_uuids() -> None:
+    src = FakeSource.from_file(ROOT / "examples" / "fake-node-small.yaml", node_name="w1")
+    assert [c.uuid for c in src.cards()] == ["GPU-fake-w1-0", "GPU-fake-w1-1"]
+    assert src.links() == []
+
+
 def test_defaults_and_generated_uuids() -> None:
     src = FakeSource({"cards": [{}, {"model": "Tesla T4"}]}, node_name="n7")
     c0, c1 = src.cards()
