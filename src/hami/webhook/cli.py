@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from hami.config import ConfigError, DeviceConfig, load_device_config
+from hami.kube.errors import KubeError
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.server import NamespaceLabelCache, NamespaceLabels, set_ready, start_webhook
 from hami.webhook.tls import (
@@ -24,6 +25,7 @@ from hami.webhook.tls import (
     inject_ca_bundle,
     inject_with_retry,
     server_context_from_pem,
+    shared_ca,
 )
 
 log = logging.getLogger("hami.webhook")
@@ -50,6 +52,7 @@ class _Options:
     write_ca: str | None
     namespace_lookup: bool
     reload_interval_s: float
+    ca_secret: tuple[str, str] | None = None
 
 
 def _kube_client(kubeconfig: str | None, required: bool) -> Any:
@@ -67,21 +70,22 @@ def _kube_client(kubeconfig: str | None, required: bool) -> Any:
 
 
 async def _serve(policy: WebhookPolicy, o: _Options) -> None:
+    client = None
+    if o.webhook_config_name or o.ca_secret or o.namespace_lookup:
+        client = _kube_client(o.kubeconfig, required=bool(o.webhook_config_name or o.ca_secret))
+
     reloader: CertReloader | None = None
     self_signed: SelfSigned | None = None
     if o.cert_file and o.key_file:
         reloader = CertReloader(o.cert_file, o.key_file)
         ctx: ssl.SSLContext = reloader.context
     else:
-        self_signed = generate_self_signed(o.hosts)
+        ca = await shared_ca(client, *o.ca_secret) if o.ca_secret and client is not None else None
+        self_signed = generate_self_signed(o.hosts, ca=ca)
         ctx = server_context_from_pem(self_signed.cert_pem, self_signed.key_pem)
         if o.write_ca:
             with open(o.write_ca, "wb") as f:
                 f.write(self_signed.ca_pem)
-
-    client = None
-    if o.webhook_config_name or o.namespace_lookup:
-        client = _kube_client(o.kubeconfig, required=bool(o.webhook_config_name))
     labels: NamespaceLabels | None = NamespaceLabelCache(client) if client and o.namespace_lookup else None
 
     runner = await start_webhook(
@@ -108,7 +112,7 @@ async def _serve(policy: WebhookPolicy, o: _Options) -> None:
     try:
         if o.webhook_config_name and self_signed is not None and client is not None:
             name, bundle = o.webhook_config_name, self_signed.ca_bundle
-            n = await inject_with_retry(lambda: inject_ca_bundle(client, name, bundle), attempts=30)
+            n = await inject_with_retry(lambda: inject_ca_bundle(client, name, bundle), attempts=None)
             log.info("caBundle of MutatingWebhookConfiguration %s set (%d webhooks changed)", name, n)
             set_ready(runner, True)
         await stop.wait()
@@ -154,6 +158,11 @@ async def _serve(policy: WebhookPolicy, o: _Options) -> None:
     show_default=True,
     help="Look up namespace labels (hami.io/webhook=ignore) through the API.",
 )
+@click.option(
+    "--ca-secret",
+    default=None,
+    help="namespace/name of a Secret holding the self-signed CA (created if missing); needed with several replicas.",
+)
 @click.option("--write-ca", type=click.Path(dir_okay=False), help="Also write the self-signed CA (PEM) here.")
 @click.option("--cert-reload-interval", "reload_interval_s", type=float, default=10.0, show_default=True)
 @click.option("--log-level", default="INFO", show_default=True)
@@ -167,6 +176,7 @@ def webhook(
     kubeconfig: str | None,
     force_overwrite_default_scheduler: bool,
     namespace_lookup: bool,
+    ca_secret: str | None,
     write_ca: str | None,
     reload_interval_s: float,
     log_level: str,
@@ -185,6 +195,14 @@ def webhook(
         raise click.UsageError(
             "--webhook-config-name needs --self-signed-hosts (with files, inject the CA yourself)"
         )
+    secret: tuple[str, str] | None = None
+    if ca_secret:
+        ns, sep, name = ca_secret.partition("/")
+        if not sep or not ns or not name:
+            raise click.BadParameter(f"{ca_secret!r} is not namespace/name", param_hint="--ca-secret")
+        if not hosts:
+            raise click.UsageError("--ca-secret needs --self-signed-hosts")
+        secret = (ns, name)
     config = DeviceConfig.default()
     if device_config:
         try:
@@ -207,9 +225,10 @@ def webhook(
         write_ca=write_ca,
         namespace_lookup=namespace_lookup,
         reload_interval_s=reload_interval_s,
+        ca_secret=secret,
     )
     try:
         asyncio.run(_serve(policy, options))
-    except (OSError, ssl.SSLError, ValueError) as exc:
+    except (OSError, ssl.SSLError, ValueError, KubeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

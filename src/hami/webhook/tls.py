@@ -30,9 +30,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "CertReloader",
     "SelfSigned",
+    "generate_ca",
     "generate_self_signed",
     "inject_ca_bundle",
+    "inject_with_retry",
+    "issue_serving_cert",
     "server_context_from_pem",
+    "shared_ca",
 ]
 
 log = logging.getLogger(__name__)
@@ -66,16 +70,9 @@ def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
     return out
 
 
-def generate_self_signed(
-    hosts: Sequence[str], *, valid_days: int = 3650, now: dt.datetime | None = None
-) -> SelfSigned:
-    """A CA and a serving certificate for ``hosts`` (DNS names and/or IP addresses)."""
-    hosts = [h.strip() for h in hosts if h.strip()]
-    if not hosts:
-        raise ValueError("at least one DNS name or IP address is needed for the serving certificate")
+def generate_ca(*, valid_days: int = 3650, now: dt.datetime | None = None) -> tuple[bytes, bytes]:
+    """A private CA: ``(certificate PEM, key PEM)``."""
     start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
-    end = start + dt.timedelta(days=valid_days)
-
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("hami-webhook-ca")
     ca_cert = (
@@ -85,50 +82,44 @@ def generate_self_signed(
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(end)
+        .not_valid_after(start + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(cert_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_cert.public_bytes(serialization.Encoding.PEM), _key_pem(ca_key)
 
+
+def issue_serving_cert(
+    ca_pem: bytes,
+    ca_key_pem: bytes,
+    hosts: Sequence[str],
+    *,
+    valid_days: int = 3650,
+    now: dt.datetime | None = None,
+) -> tuple[bytes, bytes]:
+    """A serving certificate for ``hosts`` (DNS names and/or IPs) signed by the CA: ``(cert, key)``."""
+    hosts = [h.strip() for h in hosts if h.strip()]
+    if not hosts:
+        raise ValueError("at least one DNS name or IP address is needed for the serving certificate")
+    ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the webhook CA key must be an EC key")
+    start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
+    end = min(start + dt.timedelta(days=valid_days), ca_cert.not_valid_after_utc)
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(hosts[0]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
         .add_extension(
@@ -136,12 +127,41 @@ def generate_self_signed(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    return SelfSigned(
-        ca_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def generate_self_signed(
+    hosts: Sequence[str],
+    *,
+    ca: tuple[bytes, bytes] | None = None,
+    valid_days: int = 3650,
+    now: dt.datetime | None = None,
+) -> SelfSigned:
+    """A serving certificate for ``hosts`` signed by ``ca`` (``(cert PEM, key PEM)``), or by a new CA."""
+    if not [h for h in hosts if h.strip()]:
+        raise ValueError("at least one DNS name or IP address is needed for the serving certificate")
+    ca_pem, ca_key_pem = ca if ca is not None else generate_ca(valid_days=valid_days, now=now)
+    cert_pem, key_pem = issue_serving_cert(ca_pem, ca_key_pem, hosts, valid_days=valid_days, now=now)
+    return SelfSigned(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
@@ -211,6 +231,70 @@ class CertReloader:
             self.maybe_reload()
 
 
+class SecretClient(Protocol):
+    """The calls :func:`shared_ca` needs; :class:`hami.kube.client.KubeClient` has them."""
+
+    async def get(self, path: str) -> dict[str, Any]: ...
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
+CA_CERT_KEY = "ca.crt"
+CA_KEY_KEY = "ca.key"
+
+
+def _status(exc: Exception) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+async def shared_ca(client: SecretClient, namespace: str, name: str) -> tuple[bytes, bytes]:
+    """The webhook CA kept in Secret ``namespace/name`` (``ca.crt``, ``ca.key``), created on first use.
+
+    Every replica signs its own serving certificate with this one CA, so the single ``caBundle``
+    trusts them all (a CA per replica would have each replica overwrite the others' bundle).
+    Two replicas racing to create the Secret both end up with the winner's CA.
+    """
+    from urllib.parse import quote
+
+    coll = f"/api/v1/namespaces/{quote(namespace, safe='')}/secrets"
+    path = f"{coll}/{quote(name, safe='')}"
+    for _ in range(3):
+        try:
+            secret = await client.get(path)
+        except Exception as exc:
+            if _status(exc) != 404:
+                raise
+        else:
+            data = secret.get("data") or {}
+            try:
+                return base64.b64decode(data[CA_CERT_KEY]), base64.b64decode(data[CA_KEY_KEY])
+            except (KeyError, ValueError) as exc:
+                raise ValueError(
+                    f"secret {namespace}/{name} has no valid {CA_CERT_KEY}/{CA_KEY_KEY}"
+                ) from exc
+        ca_pem, ca_key_pem = generate_ca()
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/name": "hami"}},
+            "type": "Opaque",
+            "data": {
+                CA_CERT_KEY: base64.b64encode(ca_pem).decode("ascii"),
+                CA_KEY_KEY: base64.b64encode(ca_key_pem).decode("ascii"),
+            },
+        }
+        try:
+            await client.create(coll, body)
+        except Exception as exc:
+            if _status(exc) == 409:
+                continue  # another replica won: read its CA
+            raise
+        log.info("webhook: created CA secret %s/%s", namespace, name)
+        return ca_pem, ca_key_pem
+    raise RuntimeError(f"could not read or create secret {namespace}/{name}")
+
+
 class JsonPatchClient(Protocol):
     """The two calls :func:`inject_ca_bundle` needs; :class:`hami.kube.client.KubeClient` has both."""
 
@@ -256,18 +340,24 @@ async def inject_ca_bundle(
 async def inject_with_retry(
     inject: Callable[[], Awaitable[int]],
     *,
-    attempts: int = 10,
+    attempts: int | None = 10,
     delay_s: float = 1.0,
     max_delay_s: float = 30.0,
 ) -> int:
-    """Retry :func:`inject_ca_bundle` (the configuration may not exist yet at start-up)."""
-    last: Exception | None = None
-    for attempt in range(attempts):
+    """Retry :func:`inject_ca_bundle` (the configuration may not exist yet at start-up);
+    ``attempts=None`` retries forever. Raises the last error when attempts run out."""
+    attempt = 0
+    while True:
         try:
             return await inject()
         except Exception as exc:
-            last = exc
-            log.warning("webhook: caBundle injection attempt %d/%d failed: %s", attempt + 1, attempts, exc)
-            await asyncio.sleep(min(delay_s * 2**attempt, max_delay_s))
-    assert last is not None
-    raise last
+            attempt += 1
+            if attempts is not None and attempt >= attempts:
+                raise
+            log.warning(
+                "webhook: caBundle injection attempt %d%s failed: %s",
+                attempt,
+                f"/{attempts}" if attempts is not None else "",
+                exc,
+            )
+            await asyncio.sleep(min(delay_s * 2 ** (attempt - 1), max_delay_s))

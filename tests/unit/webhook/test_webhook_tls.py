@@ -17,10 +17,12 @@ from cryptography.hazmat.primitives import serialization
 
 from hami.webhook.tls import (
     CertReloader,
+    generate_ca,
     generate_self_signed,
     inject_ca_bundle,
     inject_with_retry,
     server_context_from_pem,
+    shared_ca,
 )
 
 
@@ -157,3 +159,65 @@ async def test_inject_with_retry_gives_up() -> None:
         await inject_with_retry(
             lambda: inject_ca_bundle(api, "hami-webhook", "Q0E="), attempts=3, delay_s=0.001
         )
+
+
+class ApiStatusError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class FakeSecrets:
+    """404 until created; ``race`` makes the first create lose to another replica's Secret."""
+
+    def __init__(self, race: dict[str, Any] | None = None) -> None:
+        self.secret: dict[str, Any] | None = None
+        self.race = race
+        self.creates = 0
+
+    async def get(self, path: str) -> dict[str, Any]:
+        assert path == "/api/v1/namespaces/kube-system/secrets/hami-webhook-ca"
+        if self.secret is None:
+            raise ApiStatusError(404)
+        return self.secret
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert path == "/api/v1/namespaces/kube-system/secrets"
+        self.creates += 1
+        if self.race is not None:
+            self.secret, self.race = self.race, None
+            raise ApiStatusError(409)
+        self.secret = body
+        return body
+
+
+async def test_shared_ca_is_created_once_and_reused() -> None:
+    api = FakeSecrets()
+    first = await shared_ca(api, "kube-system", "hami-webhook-ca")
+    second = await shared_ca(api, "kube-system", "hami-webhook-ca")
+    assert first == second and api.creates == 1
+    a = generate_self_signed(["localhost"], ca=first)
+    b = generate_self_signed(["localhost"], ca=second)
+    ca = x509.load_pem_x509_certificate(first[0])
+    for s in (a, b):  # both replicas' certificates chain to the one CA in the bundle
+        x509.load_pem_x509_certificate(s.cert_pem).verify_directly_issued_by(ca)
+    assert a.cert_pem != b.cert_pem
+
+
+async def test_shared_ca_loses_a_race_gracefully() -> None:
+    winner_pem, winner_key = generate_ca()
+    race = {
+        "data": {
+            "ca.crt": base64.b64encode(winner_pem).decode(),
+            "ca.key": base64.b64encode(winner_key).decode(),
+        }
+    }
+    api = FakeSecrets(race=race)
+    assert await shared_ca(api, "kube-system", "hami-webhook-ca") == (winner_pem, winner_key)
+
+
+async def test_shared_ca_rejects_a_broken_secret() -> None:
+    api = FakeSecrets()
+    api.secret = {"data": {"ca.crt": "eA=="}}
+    with pytest.raises(ValueError, match=r"ca\.key"):
+        await shared_ca(api, "kube-system", "hami-webhook-ca")
