@@ -1,0 +1,203 @@
+#define _GNU_SOURCE
+#include "fake_state.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+static struct fk_state *g_S;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static _Atomic int g_me = -1;
+static pthread_mutex_t g_me_mu = PTHREAD_MUTEX_INITIALIZER;
+
+uint64_t fk_mono_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+uint64_t fk_real_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+}
+
+uint64_t fk_env_size(const char *name, uint64_t dflt) {
+    const char *s = getenv(name);
+    if (!s || !*s) return dflt;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    switch (*end) {
+    case 'k': case 'K': v <<= 10; break;
+    case 'm': case 'M': v <<= 20; break;
+    case 'g': case 'G': v <<= 30; break;
+    default: break;
+    }
+    return v;
+}
+
+static void init_state(struct fk_state *S) {
+    memset(S, 0, sizeof *S);
+    S->ndev = (uint32_t)fk_env_size("FAKECUDA_DEVICES", 1);
+    if (S->ndev < 1) S->ndev = 1;
+    if (S->ndev > FK_MAX_DEV) S->ndev = FK_MAX_DEV;
+    S->driver_version = (int32_t)fk_env_size("FAKECUDA_DRIVER_VERSION", 13000);
+    for (uint32_t d = 0; d < S->ndev; d++) {
+        S->dev[d].total = fk_env_size("FAKECUDA_TOTAL_MEM", 16ULL << 30);
+        S->dev[d].sm_count = (uint32_t)fk_env_size("FAKECUDA_SM_COUNT", 108);
+    }
+    atomic_store(&S->magic, FK_MAGIC);
+}
+
+static void open_state(void) {
+    const char *path = getenv("FAKECUDA_STATE");
+    if (path && *path) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+        if (fd >= 0 && flock(fd, LOCK_EX) == 0) {
+            if (ftruncate(fd, sizeof(struct fk_state)) == 0) {
+                void *p = mmap(NULL, sizeof(struct fk_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+                if (p != MAP_FAILED) {
+                    g_S = p;
+                    if (atomic_load(&g_S->magic) != FK_MAGIC) init_state(g_S);
+                }
+            }
+            flock(fd, LOCK_UN);
+        }
+        if (fd >= 0) close(fd);
+        if (!g_S) fprintf(stderr, "[fakecuda] cannot use FAKECUDA_STATE=%s: %s\n", path, strerror(errno));
+    }
+    if (!g_S) {
+        void *p = mmap(NULL, sizeof(struct fk_state), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) abort();
+        g_S = p;
+        init_state(g_S);
+    }
+}
+
+static void child(void) {
+    atomic_store(&g_me, -1);
+    pthread_mutex_init(&g_me_mu, NULL);
+}
+
+struct fk_state *fk_state(void) {
+    if (!g_S) {
+        pthread_once(&g_once, open_state);
+        static _Atomic int reg;
+        if (!atomic_exchange(&reg, 1)) pthread_atfork(NULL, NULL, child);
+    }
+    return g_S;
+}
+
+static int alive(int32_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno != ESRCH); }
+
+static void release_proc(struct fk_state *S, struct fk_proc *p) {
+    for (int d = 0; d < FK_MAX_DEV; d++) {
+        uint64_t m = atomic_exchange(&p->mem[d], 0);
+        if (m) atomic_fetch_sub(&S->dev[d].used, m);
+    }
+}
+
+/* the real driver frees a dead process's memory; so does the fake */
+void fk_reap(struct fk_state *S) {
+    for (int i = 0; i < FK_MAX_PROC; i++) {
+        int32_t pid = atomic_load(&S->proc[i].pid);
+        if (pid > 0 && !alive(pid) && atomic_compare_exchange_strong(&S->proc[i].pid, &pid, -1)) {
+            release_proc(S, &S->proc[i]);
+            atomic_store(&S->proc[i].pid, 0);
+        }
+    }
+}
+
+struct fk_proc *fk_me(void) {
+    struct fk_state *S = fk_state();
+    int me = atomic_load(&g_me);
+    if (me >= 0) return &S->proc[me];
+    pthread_mutex_lock(&g_me_mu);
+    me = atomic_load(&g_me);
+    if (me < 0) {
+        int32_t pid = (int32_t)getpid();
+        for (int pass = 0; pass < 2 && me < 0; pass++) {
+            if (pass) fk_reap(S);
+            for (int i = 0; i < FK_MAX_PROC && me < 0; i++) {
+                int32_t z = 0;
+                if (atomic_load(&S->proc[i].pid) == pid) me = i; /* stale slot of a recycled pid */
+                else if (atomic_compare_exchange_strong(&S->proc[i].pid, &z, -1)) me = i;
+                if (me == i) {
+                    struct fk_proc *p = &S->proc[i];
+                    release_proc(S, p);
+                    for (int d = 0; d < FK_MAX_DEV; d++) atomic_store(&p->busy_total[d], 0);
+                    atomic_store(&p->last_end, 0);
+                    atomic_store(&p->head, 0);
+                    memset((void *)p->ring, 0, sizeof p->ring);
+                    atomic_store(&p->pid, pid);
+                }
+            }
+        }
+        if (me < 0) {
+            fprintf(stderr, "[fakecuda] process table full\n");
+            abort();
+        }
+        atomic_store(&g_me, me);
+    }
+    pthread_mutex_unlock(&g_me_mu);
+    return &S->proc[me];
+}
+
+uint64_t fk_busy_between(struct fk_proc *p, int dev, uint64_t t0, uint64_t t1) {
+    uint64_t head = atomic_load(&p->head), busy = 0;
+    uint64_t n = head < FK_RING ? head : FK_RING;
+    for (uint64_t k = 0; k < n; k++) {
+        struct fk_iv *iv = &p->ring[(head - 1 - k) % FK_RING];
+        if ((int)atomic_load(&iv->dev) != dev) continue;
+        uint64_t s = atomic_load(&iv->s), e = atomic_load(&iv->e);
+        if (e <= t0 && s < t0 && k > 64) break; /* older entries end earlier still */
+        uint64_t a = s > t0 ? s : t0, b = e < t1 ? e : t1;
+        if (b > a) busy += b - a;
+    }
+    return busy;
+}
+
+/* FAKECUDA_FAIL="cuMemAlloc_v2@3=2,cuCtxGetDevice@*=201": the 3rd call of cuMemAlloc_v2 returns 2 */
+#define MAX_RULES 16
+static struct rule {
+    char fn[64];
+    long nth; /* 0 = every call */
+    int code;
+    _Atomic long calls;
+} g_rules[MAX_RULES];
+static int g_nrules = -1;
+static pthread_once_t g_rules_once = PTHREAD_ONCE_INIT;
+
+static void parse_rules(void) {
+    g_nrules = 0;
+    const char *s = getenv("FAKECUDA_FAIL");
+    if (!s) return;
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok && g_nrules < MAX_RULES;
+         tok = strtok_r(NULL, ",", &save)) {
+        char *at = strchr(tok, '@'), *eq = strchr(tok, '=');
+        if (!at || !eq || eq < at) continue;
+        struct rule *r = &g_rules[g_nrules++];
+        snprintf(r->fn, sizeof r->fn, "%.*s", (int)(at - tok), tok);
+        r->nth = at[1] == '*' ? 0 : strtol(at + 1, NULL, 10);
+        r->code = (int)strtol(eq + 1, NULL, 10);
+    }
+}
+
+int fk_fault(const char *fn) {
+    pthread_once(&g_rules_once, parse_rules);
+    for (int i = 0; i < g_nrules; i++) {
+        if (strcmp(g_rules[i].fn, fn)) continue;
+        long c = atomic_fetch_add(&g_rules[i].calls, 1) + 1;
+        if (!g_rules[i].nth || c == g_rules[i].nth) return g_rules[i].code;
+    }
+    return 0;
+}

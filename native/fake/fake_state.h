@@ -1,0 +1,56 @@
+/* State of the simulated GPU(s), shared by every process that names the same FAKECUDA_STATE file.
+ * Kernel time is a shared timeline (a busy-until timestamp per device): a launch is queued after
+ * whatever is already queued, whatever process queued it, so processes compete for one device and
+ * utilisation does not depend on host CPU load. */
+#ifndef HAMI_FAKE_STATE_H
+#define HAMI_FAKE_STATE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#define FK_MAX_DEV 8
+#define FK_MAX_PROC 32
+#define FK_RING 4096
+#define FK_MAGIC 0x4b4146454755504bULL
+
+struct fk_iv {
+    _Atomic uint64_t s, e;
+    _Atomic uint32_t dev;
+    uint32_t pad;
+};
+struct fk_proc {
+    _Atomic int32_t pid;
+    int32_t pad;
+    _Atomic uint64_t mem[FK_MAX_DEV];
+    _Atomic uint64_t busy_total[FK_MAX_DEV]; /* ns of kernel time ever queued */
+    _Atomic uint64_t last_end;               /* end of this process's last queued kernel */
+    _Atomic uint64_t head;
+    struct fk_iv ring[FK_RING];
+};
+struct fk_dev {
+    _Atomic uint64_t busy_until;
+    _Atomic uint64_t used;
+    uint64_t total;
+    uint32_t sm_count;
+    uint32_t pad;
+};
+struct fk_state {
+    _Atomic uint64_t magic;
+    uint32_t ndev;
+    int32_t driver_version;
+    struct fk_dev dev[FK_MAX_DEV];
+    struct fk_proc proc[FK_MAX_PROC];
+};
+
+struct fk_state *fk_state(void);
+struct fk_proc *fk_me(void);
+uint64_t fk_mono_ns(void);
+uint64_t fk_real_us(void);
+uint64_t fk_env_size(const char *name, uint64_t dflt);
+void fk_reap(struct fk_state *S);
+/* kernel time of `p` on `dev` overlapping [t0, t1) */
+uint64_t fk_busy_between(struct fk_proc *p, int dev, uint64_t t0, uint64_t t1);
+/* fault injection: returns the code to fail with, or 0 */
+int fk_fault(const char *fn);
+
+#endif

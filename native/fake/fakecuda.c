@@ -1,0 +1,735 @@
+/* Fake libcuda.so.1 for GPU-free tests: the driver API subset libvgpu and its tests use, on host
+ * memory, with simulated kernel time on a shared timeline (see fake_state.h).
+ * Environment: FAKECUDA_STATE (shared file), FAKECUDA_DEVICES, FAKECUDA_TOTAL_MEM, FAKECUDA_SM_COUNT,
+ * FAKECUDA_DRIVER_VERSION, FAKECUDA_CTX_BYTES (charged per process per device with a context),
+ * FAKECUDA_KERNEL_NS (default kernel duration), FAKECUDA_GRAPH_NS, FAKECUDA_QUEUE_NS (launch queue
+ * depth in time before a launch blocks), FAKECUDA_FAIL (fault injection), FAKECUDA_GPA_ALIAS=1
+ * (cuGetProcAddress hands out internal aliases instead of the exported functions). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../include/cuda_abi.h"
+#include "fake_state.h"
+
+#define API __attribute__((visibility("default")))
+#define FAULT(name)                                                                              \
+    do {                                                                                         \
+        int c_ = fk_fault(#name);                                                                \
+        if (c_) return c_;                                                                       \
+    } while (0)
+
+static _Atomic int g_inited;
+static uint64_t g_kernel_ns, g_graph_ns, g_queue_ns, g_ctx_bytes;
+static pthread_once_t g_env_once = PTHREAD_ONCE_INIT;
+static void load_env(void) {
+    g_kernel_ns = fk_env_size("FAKECUDA_KERNEL_NS", 10000);
+    g_graph_ns = fk_env_size("FAKECUDA_GRAPH_NS", g_kernel_ns);
+    g_queue_ns = fk_env_size("FAKECUDA_QUEUE_NS", 20000000);
+    g_ctx_bytes = fk_env_size("FAKECUDA_CTX_BYTES", 0);
+}
+static void env(void) { pthread_once(&g_env_once, load_env); }
+
+static void sleep_ns(uint64_t ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+/* ---------------------------------------------------------------- init / device */
+API CUresult cuInit(unsigned int flags) {
+    FAULT(cuInit);
+    (void)flags;
+    env();
+    fk_state();
+    atomic_store(&g_inited, 1);
+    return CUDA_SUCCESS;
+}
+#define NEED_INIT()                                                                              \
+    do {                                                                                         \
+        if (!atomic_load_explicit(&g_inited, memory_order_relaxed)) return CUDA_ERROR_NOT_INITIALIZED; \
+    } while (0)
+
+API CUresult cuDriverGetVersion(int *v) {
+    if (!v) return CUDA_ERROR_INVALID_VALUE;
+    *v = fk_state()->driver_version;
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceGetCount(int *n) {
+    NEED_INIT();
+    FAULT(cuDeviceGetCount);
+    *n = (int)fk_state()->ndev;
+    return CUDA_SUCCESS;
+}
+static int bad_dev(CUdevice d) { return d < 0 || (uint32_t)d >= fk_state()->ndev; }
+API CUresult cuDeviceGet(CUdevice *d, int ordinal) {
+    NEED_INIT();
+    if (bad_dev(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
+    *d = ordinal;
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    snprintf(name, (size_t)len, "Fake GPU %d", d);
+    return CUDA_SUCCESS;
+}
+static void fill_uuid(CUuuid *u, CUdevice d) {
+    memset(u, 0, sizeof *u);
+    u->bytes[0] = (char)0xfa;
+    u->bytes[1] = (char)0xce;
+    u->bytes[15] = (char)d;
+}
+API CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d) {
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    fill_uuid(u, d);
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d) { return cuDeviceGetUuid(u, d); }
+API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    switch (attr) {
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = (int)fk_state()->dev[d].sm_count; break;
+    case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: *v = 2048; break;
+    default: *v = 0;
+    }
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice d) {
+    NEED_INIT();
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    *bytes = fk_state()->dev[d].total;
+    return CUDA_SUCCESS;
+}
+API CUresult cuGetErrorName(CUresult e, const char **s) {
+    switch (e) {
+    case 0: *s = "CUDA_SUCCESS"; break;
+    case 1: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+    case 2: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+    case 3: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
+    case 201: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
+    case 500: *s = "CUDA_ERROR_NOT_FOUND"; break;
+    default: *s = "CUDA_ERROR_UNKNOWN";
+    }
+    return CUDA_SUCCESS;
+}
+API CUresult cuGetErrorString(CUresult e, const char **s) { return cuGetErrorName(e, s); }
+API CUresult cuGetExportTable(const void **t, const CUuuid *id) {
+    (void)t;
+    (void)id;
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+/* ---------------------------------------------------------------- contexts */
+struct CUctx_st {
+    int dev;
+    int primary;
+};
+static __thread CUcontext t_cur;
+static __thread CUcontext t_stack[16];
+static __thread int t_depth;
+static pthread_mutex_t g_ctx_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct CUctx_st g_prim[FK_MAX_DEV];
+static int g_prim_ref[FK_MAX_DEV];
+static int g_ctx_count[FK_MAX_DEV]; /* live contexts of this process per device */
+
+static CUresult ctx_charge(int dev, int delta) {
+    /* the first context on a device costs FAKECUDA_CTX_BYTES of device memory, like a real driver */
+    env();
+    struct fk_state *S = fk_state();
+    pthread_mutex_lock(&g_ctx_mu);
+    int before = g_ctx_count[dev];
+    g_ctx_count[dev] += delta;
+    if (before == 0 && delta > 0 && g_ctx_bytes) {
+        if (atomic_fetch_add(&S->dev[dev].used, g_ctx_bytes) + g_ctx_bytes > S->dev[dev].total) {
+            atomic_fetch_sub(&S->dev[dev].used, g_ctx_bytes);
+            g_ctx_count[dev] = 0;
+            pthread_mutex_unlock(&g_ctx_mu);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        atomic_fetch_add(&fk_me()->mem[dev], g_ctx_bytes);
+    } else if (g_ctx_count[dev] == 0 && before > 0 && g_ctx_bytes) {
+        atomic_fetch_sub(&S->dev[dev].used, g_ctx_bytes);
+        atomic_fetch_sub(&fk_me()->mem[dev], g_ctx_bytes);
+    }
+    pthread_mutex_unlock(&g_ctx_mu);
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice d) {
+    NEED_INIT();
+    FAULT(cuDevicePrimaryCtxRetain);
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&g_ctx_mu);
+    int first = g_prim_ref[d]++ == 0;
+    g_prim[d].dev = d;
+    g_prim[d].primary = 1;
+    pthread_mutex_unlock(&g_ctx_mu);
+    if (first) {
+        CUresult r = ctx_charge(d, 1);
+        if (r) {
+            pthread_mutex_lock(&g_ctx_mu);
+            g_prim_ref[d]--;
+            pthread_mutex_unlock(&g_ctx_mu);
+            return r;
+        }
+    }
+    *pctx = &g_prim[d];
+    return CUDA_SUCCESS;
+}
+static CUresult prim_drop(CUdevice d, int all) {
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&g_ctx_mu);
+    int last = g_prim_ref[d] > 0 && (all || g_prim_ref[d] == 1);
+    if (g_prim_ref[d] > 0) g_prim_ref[d] = all ? 0 : g_prim_ref[d] - 1;
+    pthread_mutex_unlock(&g_ctx_mu);
+    if (last) ctx_charge(d, -1);
+    return CUDA_SUCCESS;
+}
+API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { return prim_drop(d, 0); }
+API CUresult cuDevicePrimaryCtxReset_v2(CUdevice d) { return prim_drop(d, 1); }
+
+static CUresult ctx_new(CUcontext *pctx, CUdevice d) {
+    NEED_INIT();
+    if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
+    CUresult r = ctx_charge(d, 1);
+    if (r) return r;
+    CUcontext c = calloc(1, sizeof *c);
+    c->dev = d;
+    *pctx = c;
+    t_cur = c;
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice d) {
+    FAULT(cuCtxCreate_v2);
+    (void)flags;
+    return ctx_new(pctx, d);
+}
+API CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *p, int n, unsigned int flags, CUdevice d) {
+    FAULT(cuCtxCreate_v3);
+    (void)p;
+    (void)n;
+    (void)flags;
+    return ctx_new(pctx, d);
+}
+API CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *p, unsigned int flags, CUdevice d) {
+    FAULT(cuCtxCreate_v4);
+    (void)p;
+    (void)flags;
+    return ctx_new(pctx, d);
+}
+API CUresult cuCtxDestroy_v2(CUcontext c) {
+    if (!c || c->primary) return CUDA_ERROR_INVALID_CONTEXT;
+    ctx_charge(c->dev, -1);
+    if (t_cur == c) t_cur = NULL;
+    free(c);
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxGetCurrent(CUcontext *c) {
+    *c = t_cur;
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxSetCurrent(CUcontext c) {
+    t_cur = c;
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxPushCurrent_v2(CUcontext c) {
+    if (t_depth < 16) t_stack[t_depth++] = t_cur;
+    t_cur = c;
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxPopCurrent_v2(CUcontext *c) {
+    if (c) *c = t_cur;
+    t_cur = t_depth ? t_stack[--t_depth] : NULL;
+    return CUDA_SUCCESS;
+}
+API CUresult cuCtxGetDevice(CUdevice *d) {
+    FAULT(cuCtxGetDevice);
+    if (!t_cur) return CUDA_ERROR_INVALID_CONTEXT;
+    *d = t_cur->dev;
+    return CUDA_SUCCESS;
+}
+static int cur_dev(void) { return t_cur ? t_cur->dev : 0; }
+
+/* ---------------------------------------------------------------- execution */
+static void sync_me(void) {
+    struct fk_proc *p = fk_me();
+    for (;;) {
+        uint64_t now = fk_mono_ns(), le = atomic_load(&p->last_end);
+        if (le <= now) return;
+        sleep_ns(le - now);
+    }
+}
+API CUresult cuCtxSynchronize(void) {
+    NEED_INIT();
+    sync_me();
+    return CUDA_SUCCESS;
+}
+API CUresult cuStreamSynchronize(CUstream s) {
+    (void)s;
+    NEED_INIT();
+    sync_me();
+    return CUDA_SUCCESS;
+}
+API CUresult cuStreamSynchronize_ptsz(CUstream s) { return cuStreamSynchronize(s); }
+API CUresult cuStreamCreate(CUstream *s, unsigned int flags) {
+    (void)flags;
+    *s = (CUstream)calloc(1, 16);
+    return CUDA_SUCCESS;
+}
+API CUresult cuStreamDestroy_v2(CUstream s) {
+    free(s);
+    return CUDA_SUCCESS;
+}
+
+static void enqueue(int dev, uint64_t dur) {
+    if (!dur) return;
+    struct fk_state *S = fk_state();
+    struct fk_proc *p = fk_me();
+    uint64_t now = fk_mono_ns();
+    for (;;) { /* a full launch queue blocks the launching thread, as on a real GPU */
+        uint64_t le = atomic_load(&p->last_end);
+        if (le <= now + g_queue_ns) break;
+        sleep_ns(le - now - g_queue_ns);
+        now = fk_mono_ns();
+    }
+    struct fk_dev *D = &S->dev[dev];
+    uint64_t bu = atomic_load(&D->busy_until), s, e;
+    do {
+        s = bu > now ? bu : now;
+        e = s + dur;
+    } while (!atomic_compare_exchange_weak(&D->busy_until, &bu, e));
+    uint64_t h = atomic_fetch_add(&p->head, 1);
+    struct fk_iv *iv = &p->ring[h % FK_RING];
+    atomic_store(&iv->dev, (uint32_t)dev);
+    atomic_store(&iv->s, s);
+    atomic_store(&iv->e, e);
+    uint64_t le = atomic_load(&p->last_end);
+    while (le < e && !atomic_compare_exchange_weak(&p->last_end, &le, e)) {
+    }
+    atomic_fetch_add(&p->busy_total[dev], dur);
+}
+
+struct CUfunc_st {
+    int busy; /* "busy*" kernels take their duration in ns from their first parameter */
+    char name[64];
+};
+struct CUmod_st {
+    int dummy;
+};
+API CUresult cuModuleLoadData(CUmodule *m, const void *image) {
+    NEED_INIT();
+    (void)image;
+    *m = calloc(1, sizeof **m);
+    return CUDA_SUCCESS;
+}
+API CUresult cuModuleUnload(CUmodule m) {
+    free(m);
+    return CUDA_SUCCESS;
+}
+API CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
+    (void)m;
+    *f = calloc(1, sizeof **f);
+    (*f)->busy = !strncmp(name, "busy", 4);
+    snprintf((*f)->name, sizeof (*f)->name, "%s", name);
+    return CUDA_SUCCESS;
+}
+static uint64_t kernel_ns(CUfunction f, void **params) {
+    if (f && f->busy && params && params[0]) return *(const uint64_t *)params[0];
+    return g_kernel_ns;
+}
+static CUresult launch(CUfunction f, void **params) {
+    NEED_INIT();
+    FAULT(cuLaunchKernel);
+    env();
+    enqueue(cur_dev(), kernel_ns(f, params));
+    return CUDA_SUCCESS;
+}
+API CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                            unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
+    (void)gx, (void)gy, (void)gz, (void)bx, (void)by, (void)bz, (void)smem, (void)s, (void)extra;
+    return launch(f, params);
+}
+API CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                 unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
+    return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
+}
+API CUresult cuLaunchKernelEx(const CUlaunchConfig *c, CUfunction f, void **params, void **extra) {
+    (void)c, (void)extra;
+    return launch(f, params);
+}
+API CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *c, CUfunction f, void **params, void **extra) {
+    return cuLaunchKernelEx(c, f, params, extra);
+}
+API CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                       unsigned by, unsigned bz, unsigned smem, CUstream s, void **params) {
+    (void)gx, (void)gy, (void)gz, (void)bx, (void)by, (void)bz, (void)smem, (void)s;
+    return launch(f, params);
+}
+API CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                            unsigned by, unsigned bz, unsigned smem, CUstream s, void **params) {
+    return cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, smem, s, params);
+}
+struct CUgraph_st {
+    int dummy;
+};
+struct CUgraphExec_st {
+    int dummy;
+};
+API CUresult cuGraphCreate(CUgraph *g, unsigned int flags) {
+    (void)flags;
+    *g = calloc(1, sizeof **g);
+    return CUDA_SUCCESS;
+}
+API CUresult cuGraphDestroy(CUgraph g) {
+    free(g);
+    return CUDA_SUCCESS;
+}
+API CUresult cuGraphInstantiateWithFlags(CUgraphExec *e, CUgraph g, unsigned long long flags) {
+    (void)g, (void)flags;
+    *e = calloc(1, sizeof **e);
+    return CUDA_SUCCESS;
+}
+API CUresult cuGraphExecDestroy(CUgraphExec e) {
+    free(e);
+    return CUDA_SUCCESS;
+}
+API CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+    (void)e, (void)s;
+    NEED_INIT();
+    env();
+    enqueue(cur_dev(), g_graph_ns);
+    return CUDA_SUCCESS;
+}
+API CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s) { return cuGraphLaunch(e, s); }
+
+/* ---------------------------------------------------------------- memory */
+#define HDR 256
+static CUresult dev_alloc(CUdeviceptr *dptr, size_t size, int dev) {
+    NEED_INIT();
+    if (!dptr) return CUDA_ERROR_INVALID_VALUE;
+    if (!size) return CUDA_ERROR_INVALID_VALUE;
+    struct fk_state *S = fk_state();
+    if (atomic_fetch_add(&S->dev[dev].used, size) + size > S->dev[dev].total) {
+        atomic_fetch_sub(&S->dev[dev].used, size);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    char *p = malloc(HDR + (size < 64 ? size : 64)); /* host memory; only the head is backed */
+    if (!p) {
+        atomic_fetch_sub(&S->dev[dev].used, size);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    ((uint64_t *)p)[0] = size;
+    ((uint64_t *)p)[1] = (uint64_t)dev;
+    atomic_fetch_add(&fk_me()->mem[dev], size);
+    *dptr = (CUdeviceptr)(uintptr_t)(p + HDR);
+    return CUDA_SUCCESS;
+}
+static CUresult dev_free(CUdeviceptr d) {
+    if (!d) return CUDA_SUCCESS;
+    char *p = (char *)(uintptr_t)d - HDR;
+    uint64_t size = ((uint64_t *)p)[0];
+    int dev = (int)((uint64_t *)p)[1];
+    atomic_fetch_sub(&fk_state()->dev[dev].used, size);
+    atomic_fetch_sub(&fk_me()->mem[dev], size);
+    free(p);
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t size) {
+    FAULT(cuMemAlloc_v2);
+    return dev_alloc(dptr, size, cur_dev());
+}
+API CUresult cuMemFree_v2(CUdeviceptr d) {
+    FAULT(cuMemFree_v2);
+    return dev_free(d);
+}
+API CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t size, unsigned int flags) {
+    FAULT(cuMemAllocManaged);
+    (void)flags;
+    return dev_alloc(dptr, size, cur_dev());
+}
+API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size_t h, unsigned int elem) {
+    FAULT(cuMemAllocPitch_v2);
+    (void)elem;
+    if (!pitch) return CUDA_ERROR_INVALID_VALUE;
+    *pitch = (w + 511) / 512 * 512;
+    return dev_alloc(dptr, *pitch * h, cur_dev());
+}
+API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t size, CUstream s) {
+    FAULT(cuMemAllocAsync);
+    (void)s;
+    return dev_alloc(dptr, size, cur_dev());
+}
+API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream s) { return cuMemAllocAsync(dptr, size, s); }
+API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
+    FAULT(cuMemAllocFromPoolAsync);
+    (void)pool, (void)s;
+    return dev_alloc(dptr, size, cur_dev());
+}
+API CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
+    return cuMemAllocFromPoolAsync(dptr, size, pool, s);
+}
+API CUresult cuMemFreeAsync(CUdeviceptr d, CUstream s) {
+    (void)s;
+    return dev_free(d);
+}
+API CUresult cuMemFreeAsync_ptsz(CUdeviceptr d, CUstream s) { return cuMemFreeAsync(d, s); }
+API CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
+    NEED_INIT();
+    struct fk_state *S = fk_state();
+    int d = cur_dev();
+    uint64_t u = atomic_load(&S->dev[d].used);
+    *total = S->dev[d].total;
+    *free = u >= *total ? 0 : *total - u;
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
+    memcpy((void *)(uintptr_t)dst, src, n < 64 ? n : 64);
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
+    memcpy(dst, (const void *)(uintptr_t)src, n < 64 ? n : 64);
+    return CUDA_SUCCESS;
+}
+
+/* VMM: physical handles carry their size; freed on release once unmapped */
+struct vmm {
+    uint64_t size;
+    int dev;
+    int maps;
+    int released;
+};
+API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
+                         unsigned long long flags) {
+    FAULT(cuMemCreate);
+    NEED_INIT();
+    (void)flags;
+    if (!h || !prop || !size) return CUDA_ERROR_INVALID_VALUE;
+    int dev = prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE ? prop->location.id : -1;
+    if (dev >= 0) {
+        if (bad_dev(dev)) return CUDA_ERROR_INVALID_DEVICE;
+        struct fk_state *S = fk_state();
+        if (atomic_fetch_add(&S->dev[dev].used, size) + size > S->dev[dev].total) {
+            atomic_fetch_sub(&S->dev[dev].used, size);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        atomic_fetch_add(&fk_me()->mem[dev], size);
+    }
+    struct vmm *v = calloc(1, sizeof *v);
+    v->size = size;
+    v->dev = dev;
+    *h = (CUmemGenericAllocationHandle)(uintptr_t)v;
+    return CUDA_SUCCESS;
+}
+static void vmm_maybe_free(struct vmm *v) {
+    if (!v->released || v->maps) return;
+    if (v->dev >= 0) {
+        atomic_fetch_sub(&fk_state()->dev[v->dev].used, v->size);
+        atomic_fetch_sub(&fk_me()->mem[v->dev], v->size);
+    }
+    free(v);
+}
+static pthread_mutex_t g_vmm_mu = PTHREAD_MUTEX_INITIALIZER;
+API CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
+    if (!h) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_vmm_mu);
+    struct vmm *v = (struct vmm *)(uintptr_t)h;
+    v->released = 1;
+    vmm_maybe_free(v);
+    pthread_mutex_unlock(&g_vmm_mu);
+    return CUDA_SUCCESS;
+}
+static struct {
+    CUdeviceptr va;
+    struct vmm *v;
+} g_maps[256];
+API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t off, CUmemGenericAllocationHandle h,
+                      unsigned long long flags) {
+    (void)size, (void)off, (void)flags;
+    pthread_mutex_lock(&g_vmm_mu);
+    for (int i = 0; i < 256; i++)
+        if (!g_maps[i].va) {
+            g_maps[i].va = ptr;
+            g_maps[i].v = (struct vmm *)(uintptr_t)h;
+            g_maps[i].v->maps++;
+            pthread_mutex_unlock(&g_vmm_mu);
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&g_vmm_mu);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
+    (void)size;
+    pthread_mutex_lock(&g_vmm_mu);
+    for (int i = 0; i < 256; i++)
+        if (g_maps[i].va == ptr) {
+            struct vmm *v = g_maps[i].v;
+            g_maps[i].va = 0;
+            v->maps--;
+            vmm_maybe_free(v);
+            pthread_mutex_unlock(&g_vmm_mu);
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&g_vmm_mu);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+static _Atomic uint64_t g_va = 0x100000000000ULL;
+API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align, CUdeviceptr addr,
+                                 unsigned long long flags) {
+    (void)align, (void)addr, (void)flags;
+    *ptr = atomic_fetch_add(&g_va, (size + 0x1fffffULL) & ~0x1fffffULL);
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+    (void)ptr, (void)size;
+    return CUDA_SUCCESS;
+}
+
+/* arrays: charged at element size x channels x extent */
+struct CUarray_st {
+    CUdeviceptr mem;
+};
+static size_t fmt_bytes(CUarray_format f) {
+    return f == CU_AD_FORMAT_UNSIGNED_INT8 || f == CU_AD_FORMAT_SIGNED_INT8 ? 1
+           : f == CU_AD_FORMAT_UNSIGNED_INT16 || f == CU_AD_FORMAT_SIGNED_INT16 || f == CU_AD_FORMAT_HALF ? 2
+                                                                                                           : 4;
+}
+static CUresult arr_new(CUarray *a, size_t bytes) {
+    struct CUarray_st *x = calloc(1, sizeof *x);
+    CUresult r = dev_alloc(&x->mem, bytes ? bytes : 1, cur_dev());
+    if (r) {
+        free(x);
+        return r;
+    }
+    *a = x;
+    return CUDA_SUCCESS;
+}
+API CUresult cuArrayCreate_v2(CUarray *a, const CUDA_ARRAY_DESCRIPTOR *d) {
+    FAULT(cuArrayCreate_v2);
+    return arr_new(a, d->Width * (d->Height ? d->Height : 1) * fmt_bytes(d->Format) * d->NumChannels);
+}
+API CUresult cuArray3DCreate_v2(CUarray *a, const CUDA_ARRAY3D_DESCRIPTOR *d) {
+    FAULT(cuArray3DCreate_v2);
+    return arr_new(a, d->Width * (d->Height ? d->Height : 1) * (d->Depth ? d->Depth : 1) * fmt_bytes(d->Format) *
+                          d->NumChannels);
+}
+API CUresult cuArrayDestroy(CUarray a) {
+    if (!a) return CUDA_ERROR_INVALID_HANDLE;
+    dev_free(a->mem);
+    free(a);
+    return CUDA_SUCCESS;
+}
+API CUresult cuMipmappedArrayCreate(CUmipmappedArray *m, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels) {
+    (void)levels;
+    CUarray a;
+    CUresult r = cuArray3DCreate_v2(&a, d);
+    if (!r) *m = (CUmipmappedArray)a;
+    return r;
+}
+API CUresult cuMipmappedArrayDestroy(CUmipmappedArray m) { return cuArrayDestroy((CUarray)m); }
+
+/* ---------------------------------------------------------------- cuGetProcAddress */
+static CUresult alias_cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return cuMemAlloc_v2(p, n); }
+static CUresult alias_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                                     unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
+    return cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
+}
+static CUresult alias_cuLaunchKernel_ptsz(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
+                                          unsigned by, unsigned bz, unsigned smem, CUstream s, void **params,
+                                          void **extra) {
+    return cuLaunchKernel_ptsz(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
+}
+
+API CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags);
+API CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags,
+                                 CUdriverProcAddressQueryResult *st);
+static const struct gpa {
+    const char *base;
+    int ver, ptsz;
+    void *fn, *alias;
+} g_gpa[] = {
+#define E(base, ver, ptsz, fn) {#base, ver, ptsz, (void *)&fn, NULL},
+#define A(base, ver, ptsz, fn) {#base, ver, ptsz, (void *)&fn, (void *)&alias_##fn},
+    E(cuInit, 2000, 0, cuInit) E(cuDriverGetVersion, 2020, 0, cuDriverGetVersion)
+    E(cuGetProcAddress, 11030, 0, cuGetProcAddress) E(cuGetProcAddress, 12000, 0, cuGetProcAddress_v2)
+    E(cuDeviceGet, 2000, 0, cuDeviceGet) E(cuDeviceGetCount, 2000, 0, cuDeviceGetCount)
+    E(cuDeviceGetName, 2000, 0, cuDeviceGetName) E(cuDeviceGetUuid, 9020, 0, cuDeviceGetUuid)
+    E(cuDeviceGetUuid, 11040, 0, cuDeviceGetUuid_v2) E(cuDeviceGetAttribute, 2000, 0, cuDeviceGetAttribute)
+    E(cuDeviceTotalMem, 3020, 0, cuDeviceTotalMem_v2)
+    E(cuDevicePrimaryCtxRetain, 7000, 0, cuDevicePrimaryCtxRetain)
+    E(cuDevicePrimaryCtxRelease, 11000, 0, cuDevicePrimaryCtxRelease_v2)
+    E(cuDevicePrimaryCtxReset, 11000, 0, cuDevicePrimaryCtxReset_v2)
+    E(cuCtxCreate, 3020, 0, cuCtxCreate_v2) E(cuCtxCreate, 11040, 0, cuCtxCreate_v3)
+    E(cuCtxCreate, 12050, 0, cuCtxCreate_v4) E(cuCtxDestroy, 4000, 0, cuCtxDestroy_v2)
+    E(cuCtxSetCurrent, 4000, 0, cuCtxSetCurrent) E(cuCtxGetCurrent, 4000, 0, cuCtxGetCurrent)
+    E(cuCtxGetDevice, 2000, 0, cuCtxGetDevice) E(cuCtxSynchronize, 2000, 0, cuCtxSynchronize)
+    A(cuMemAlloc, 3020, 0, cuMemAlloc_v2) E(cuMemFree, 3020, 0, cuMemFree_v2)
+    E(cuMemAllocPitch, 3020, 0, cuMemAllocPitch_v2) E(cuMemAllocManaged, 6000, 0, cuMemAllocManaged)
+    E(cuMemGetInfo, 3020, 0, cuMemGetInfo_v2) E(cuMemAllocAsync, 11020, 0, cuMemAllocAsync)
+    E(cuMemAllocAsync, 11020, 1, cuMemAllocAsync_ptsz) E(cuMemFreeAsync, 11020, 0, cuMemFreeAsync)
+    E(cuMemFreeAsync, 11020, 1, cuMemFreeAsync_ptsz)
+    E(cuMemAllocFromPoolAsync, 11020, 0, cuMemAllocFromPoolAsync)
+    E(cuMemAllocFromPoolAsync, 11020, 1, cuMemAllocFromPoolAsync_ptsz)
+    E(cuMemCreate, 10020, 0, cuMemCreate) E(cuMemRelease, 10020, 0, cuMemRelease) E(cuMemMap, 10020, 0, cuMemMap)
+    E(cuMemUnmap, 10020, 0, cuMemUnmap) E(cuArrayCreate, 3020, 0, cuArrayCreate_v2)
+    E(cuArray3DCreate, 3020, 0, cuArray3DCreate_v2) E(cuArrayDestroy, 2000, 0, cuArrayDestroy)
+    E(cuModuleLoadData, 2000, 0, cuModuleLoadData) E(cuModuleGetFunction, 2000, 0, cuModuleGetFunction)
+    A(cuLaunchKernel, 4000, 0, cuLaunchKernel) A(cuLaunchKernel, 7000, 1, cuLaunchKernel_ptsz)
+    E(cuLaunchKernelEx, 11060, 0, cuLaunchKernelEx) E(cuLaunchKernelEx, 11060, 1, cuLaunchKernelEx_ptsz)
+    E(cuLaunchCooperativeKernel, 9000, 0, cuLaunchCooperativeKernel)
+    E(cuLaunchCooperativeKernel, 9000, 1, cuLaunchCooperativeKernel_ptsz)
+    E(cuGraphLaunch, 10000, 0, cuGraphLaunch) E(cuGraphLaunch, 10000, 1, cuGraphLaunch_ptsz)
+    E(cuStreamSynchronize, 2000, 0, cuStreamSynchronize) E(cuStreamSynchronize, 7000, 1, cuStreamSynchronize_ptsz)
+#undef E
+#undef A
+};
+
+static CUresult gpa(const char *sym, void **pfn, int ver, cuuint64_t flags, CUdriverProcAddressQueryResult *st) {
+    if (!sym || !pfn) return CUDA_ERROR_INVALID_VALUE;
+    *pfn = NULL;
+    if (ver > fk_state()->driver_version) return CUDA_ERROR_INVALID_VALUE;
+    int want_pt = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0, found = 0;
+    const struct gpa *best = NULL;
+    for (size_t i = 0; i < sizeof g_gpa / sizeof *g_gpa; i++) {
+        const struct gpa *g = &g_gpa[i];
+        if (strcmp(g->base, sym)) continue;
+        found = 1;
+        if (g->ver > ver || (g->ptsz && !want_pt)) continue;
+        if (!best || (g->ptsz == want_pt && best->ptsz != want_pt) ||
+            (g->ptsz == best->ptsz && g->ver > best->ver))
+            best = g;
+    }
+    if (!best) {
+        if (st) *st = found ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+        return CUDA_SUCCESS;
+    }
+    const char *alias = getenv("FAKECUDA_GPA_ALIAS");
+    *pfn = (alias && *alias == '1' && best->alias) ? best->alias : best->fn;
+    if (st) *st = CU_GET_PROC_ADDRESS_SUCCESS;
+    return CUDA_SUCCESS;
+}
+API CUresult cuGetProcAddress(const char *sym, void **pfn, int ver, cuuint64_t flags) {
+    return gpa(sym, pfn, ver, flags, NULL);
+}
+API CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_t flags,
+                                 CUdriverProcAddressQueryResult *st) {
+    return gpa(sym, pfn, ver, flags, st);
+}
+
+/* test helper: kernel ns this process has executed on `dev` up to now */
+API uint64_t fakecuda_busy_ns(int pid, int dev) {
+    struct fk_state *S = fk_state();
+    uint64_t now = fk_mono_ns();
+    for (int i = 0; i < FK_MAX_PROC; i++) {
+        struct fk_proc *p = &S->proc[i];
+        if (atomic_load(&p->pid) != pid) continue;
+        uint64_t total = atomic_load(&p->busy_total[dev]);
+        uint64_t future = fk_busy_between(p, dev, now, UINT64_MAX); /* queued, not yet run */
+        return total > future ? total - future : 0;
+    }
+    return 0;
+}

@@ -1,0 +1,348 @@
+/* Compute limiter. Container-wide token bucket per device in the shared region, counted in
+ * launches. One process (the holder of the leader lock) measures the container's utilisation
+ * through NVML every period, learns the GPU time one launch costs, and sets the refill rate to
+ *   rate = L% * 1 s / cost * gain
+ * where gain is a bounded integral correction applied only while the container is actually
+ * throttled (no wind-up when the application asks for less than its share). The launch path is one
+ * relaxed load when no limit is configured, and one atomic fetch_sub on the shared bucket when it is;
+ * only a launch that finds the bucket empty sleeps. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "vgpu.h"
+
+_Atomic int vgpu_gate_any;
+static _Atomic int g_launched; /* process-local: a launch happened since the last tick */
+static _Atomic int g_thread_started;
+static int g_limited[VGPU_MAX_DEV];
+static int g_single_dev = -1;
+
+static void sleep_ns(uint64_t ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+    }
+}
+
+static void refill(struct vgpu_dev *D, uint64_t now) {
+    uint64_t last = atomic_load_explicit(&D->last_refill_ns, memory_order_relaxed);
+    uint64_t rate = atomic_load_explicit(&D->rate, memory_order_relaxed);
+    if (now <= last || !rate) return;
+    uint64_t dt = now - last;
+    if (dt > 1000000000ULL) dt = 1000000000ULL; /* after a long idle the cap applies anyway */
+    int64_t add = (int64_t)((__uint128_t)dt * rate / 1000000000ULL);
+    if (add <= 0) return;
+    uint64_t used_ns = (uint64_t)((__uint128_t)add * 1000000000ULL / rate);
+    uint64_t next = (now - last > 1000000000ULL) ? now : last + used_ns;
+    if (!atomic_compare_exchange_strong(&D->last_refill_ns, &last, next)) return; /* someone else did */
+    int64_t cap = (int64_t)atomic_load_explicit(&D->burst, memory_order_relaxed);
+    int64_t cur = atomic_load(&D->tokens), nv;
+    do {
+        nv = cur + add;
+        if (nv > cap) nv = cap > cur ? cap : cur;
+    } while (!atomic_compare_exchange_weak(&D->tokens, &cur, nv));
+    atomic_fetch_add(&D->refilled, (uint64_t)(nv - cur));
+}
+
+void vgpu_launch_slow(void) {
+    struct vgpu_region *R = vgpu_R;
+    if (!R) return;
+    atomic_store_explicit(&g_launched, 1, memory_order_relaxed);
+    if (unlikely(atomic_load_explicit(&R->recent_kernel, memory_order_relaxed) < 0)) {
+        /* a node monitor blocks this container for a higher-priority task */
+        while (atomic_load(&R->recent_kernel) < 0) sleep_ns(10000000);
+    }
+    int d = g_single_dev >= 0 ? g_single_dev : vgpu_current_device();
+    if (!g_limited[d]) return;
+    struct vgpu_dev *D = &R->dev[d];
+    if (!atomic_load_explicit(&D->limiting, memory_order_relaxed)) return;
+    if (atomic_fetch_sub_explicit(&D->tokens, VGPU_UNIT, memory_order_relaxed) - VGPU_UNIT >= 0) return;
+    /* empty bucket: this launch has taken its token on credit; wait until the debt is repaid */
+    atomic_store_explicit(&D->throttled, 1, memory_order_relaxed);
+    for (;;) {
+        refill(D, vgpu_now_ns());
+        int64_t t = atomic_load(&D->tokens);
+        if (t >= 0 || !atomic_load(&D->limiting)) return;
+        uint64_t rate = atomic_load(&D->rate);
+        uint64_t wait = rate ? (uint64_t)((__uint128_t)(uint64_t)(-t) * 1000000000ULL / rate) : 1000000;
+        if (wait < 20000) wait = 20000;
+        if (wait > 5000000) wait = 5000000;
+        sleep_ns(wait);
+    }
+}
+
+#define LAUNCH_GATE()                                                                            \
+    do {                                                                                         \
+        if (unlikely(atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed))) vgpu_launch_slow(); \
+    } while (0)
+
+CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                        unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void **params,
+                        void **extra) {
+    cuLaunchKernel_fn real = REAL_PTR(cuLaunchKernel);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
+}
+CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
+                             unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void **params,
+                             void **extra) {
+    cuLaunchKernel_ptsz_fn real = REAL_PTR(cuLaunchKernel_ptsz);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
+}
+CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
+    cuLaunchKernelEx_fn real = REAL_PTR(cuLaunchKernelEx);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(config, f, params, extra);
+}
+CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
+    cuLaunchKernelEx_ptsz_fn real = REAL_PTR(cuLaunchKernelEx_ptsz);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(config, f, params, extra);
+}
+CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                   unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
+                                   CUstream s, void **params) {
+    cuLaunchCooperativeKernel_fn real = REAL_PTR(cuLaunchCooperativeKernel);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(f, gx, gy, gz, bx, by, bz, smem, s, params);
+}
+CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
+                                        CUstream s, void **params) {
+    cuLaunchCooperativeKernel_ptsz_fn real = REAL_PTR(cuLaunchCooperativeKernel_ptsz);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(f, gx, gy, gz, bx, by, bz, smem, s, params);
+}
+CUresult cuGraphLaunch(CUgraphExec g, CUstream s) {
+    cuGraphLaunch_fn real = REAL_PTR(cuGraphLaunch);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(g, s);
+}
+CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) {
+    cuGraphLaunch_ptsz_fn real = REAL_PTR(cuGraphLaunch_ptsz);
+    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
+    LAUNCH_GATE();
+    return real(g, s);
+}
+
+/* ---------------------------------------------------------------- controller (leader only) */
+struct ctl {
+    uint64_t last_ns, last_refilled;
+    int64_t last_tokens;
+    unsigned long long last_seen_us;
+    nvmlDevice_t h;
+};
+static struct ctl g_ctl[VGPU_MAX_DEV];
+
+static uint64_t realtime_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
+}
+
+static int container_pid(struct vgpu_region *R, unsigned pid) {
+    uint32_t hwm = atomic_load(&R->slot_hwm);
+    for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++)
+        if (atomic_load(&R->slot[i].state) == SLOT_LIVE &&
+            ((unsigned)R->slot[i].pid == pid || (R->slot[i].hostpid && (unsigned)R->slot[i].hostpid == pid)))
+            return 1;
+    return 0;
+}
+
+/* container utilisation in percent over (last_seen, now] from NVML per-process samples */
+static double measure(struct vgpu_region *R, struct ctl *c) {
+    nvmlProcessUtilizationSample_t s[256];
+    unsigned n = 256;
+    unsigned long long seen = c->last_seen_us;
+    c->last_seen_us = realtime_us();
+    nvmlReturn_t r = NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)(c->h, s, &n, seen);
+    if (r != NVML_SUCCESS || n == 0) return 0.0;
+    if (n > 256) n = 256;
+    double total = 0, other = 0;
+    unsigned pids[256], cnt[256], np = 0;
+    double sum[256];
+    for (unsigned i = 0; i < n; i++) {
+        unsigned k = 0;
+        while (k < np && pids[k] != s[i].pid) k++;
+        if (k == np) {
+            pids[np] = s[i].pid;
+            cnt[np] = 0;
+            sum[np++] = 0;
+        }
+        cnt[k]++;
+        sum[k] += s[i].smUtil;
+    }
+    int matched = 0;
+    for (unsigned k = 0; k < np; k++) {
+        double avg = sum[k] / cnt[k];
+        if (container_pid(R, pids[k])) {
+            total += avg;
+            matched = 1;
+        } else {
+            other += avg;
+        }
+    }
+    if (!matched && other > 0) {
+        static int warned;
+        if (!warned++)
+            LOG_WARN("NVML reports no process of this container (host PIDs unknown?); pacing on the whole "
+                     "device's utilisation");
+        total = other;
+    }
+    return total > 100 ? 100 : total;
+}
+
+static void control_step(struct vgpu_region *R, int d, uint64_t now) {
+    struct vgpu_dev *D = &R->dev[d];
+    struct ctl *c = &g_ctl[d];
+    uint32_t L = D->sm_limit;
+    int on = R->policy == POLICY_FORCE || (R->policy == POLICY_DEFAULT && atomic_load(&R->utilization_switch));
+    if (!c->h) c->h = vgpu_nvml_device(d);
+    if (!c->h) on = 0;
+    if (!c->last_ns) { /* first step as leader: start from a neutral estimate */
+        uint64_t cost = atomic_load(&D->cost_ns);
+        if (!cost) atomic_store(&D->cost_ns, cost = 1000000);
+        uint64_t g = atomic_load(&D->gain_ppm);
+        if (!g) atomic_store(&D->gain_ppm, 1000000);
+        uint64_t rate = (uint64_t)((double)L / 100.0 * 1e9 / (double)cost * VGPU_UNIT);
+        atomic_store(&D->rate, rate ? rate : 1);
+        atomic_store(&D->burst, (uint64_t)(rate / 20 > 2 * VGPU_UNIT ? rate / 20 : 2 * VGPU_UNIT));
+        atomic_store(&D->last_refill_ns, now);
+        c->last_ns = now;
+        c->last_refilled = atomic_load(&D->refilled);
+        c->last_tokens = atomic_load(&D->tokens);
+        c->last_seen_us = realtime_us();
+        atomic_store(&D->limiting, (uint32_t)on);
+        return;
+    }
+    double dt = (double)(now - c->last_ns);
+    double u = measure(R, c);
+    uint64_t refilled = atomic_load(&D->refilled);
+    int64_t tokens = atomic_load(&D->tokens);
+    double launches = ((double)(refilled - c->last_refilled) - (double)(tokens - c->last_tokens)) / VGPU_UNIT;
+    c->last_ns = now;
+    c->last_refilled = refilled;
+    c->last_tokens = tokens;
+    int throttled = atomic_exchange(&D->throttled, 0);
+    double cost = (double)atomic_load(&D->cost_ns);
+    double gain = atomic_load(&D->gain_ppm) / 1e6;
+    if (launches >= 1.0) {
+        double sample = u / 100.0 * dt / launches;
+        if (u < 0.5) sample = cost / 4; /* launches that cost no measurable time */
+        cost = 0.5 * cost + 0.5 * sample;
+        if (cost < 100) cost = 100;
+        if (cost > 1e9) cost = 1e9;
+    }
+    if (throttled && launches >= 1.0 && u > 0.5) {
+        double err = ((double)L - u) / (double)L;
+        if (err > 0.5) err = 0.5;
+        if (err < -0.5) err = -0.5;
+        gain *= 1.0 + 0.25 * err;
+        if (gain < 0.3) gain = 0.3;
+        if (gain > 3.0) gain = 3.0;
+    }
+    double rate = (double)L / 100.0 * 1e9 / cost * gain * VGPU_UNIT;
+    if (rate < 1) rate = 1;
+    atomic_store(&D->cost_ns, (uint64_t)cost);
+    atomic_store(&D->gain_ppm, (uint64_t)(gain * 1e6));
+    atomic_store(&D->rate, (uint64_t)rate);
+    double burst = rate / 20; /* 50 ms of launches, at least two */
+    atomic_store(&D->burst, (uint64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT));
+    atomic_store(&D->util_x100, (uint64_t)(u * 100));
+    atomic_store(&D->limiting, (uint32_t)on);
+    LOG_DEBUG("limiter dev=%d L=%u u=%.1f launches=%.0f cost=%.0fns gain=%.3f rate=%.1f/s", d, L, u, launches,
+              cost, gain, rate / VGPU_UNIT);
+}
+
+static void *watcher(void *arg) {
+    (void)arg;
+    uint64_t last_ctl = 0, last_reap = 0;
+    for (;;) {
+        struct vgpu_region *R = vgpu_R;
+        if (!R) break; /* forked child without re-attach: the child starts its own thread */
+        uint64_t now = vgpu_now_ns();
+        int leader = vgpu_gate_any && vgpu_is_leader_try();
+        if (leader) {
+            for (int d = 0; d < VGPU_MAX_DEV; d++)
+                if (g_limited[d]) refill(&R->dev[d], now);
+            if (now - last_ctl >= (uint64_t)vgpu_cfg.period_ms * 1000000ULL) {
+                for (int d = 0; d < VGPU_MAX_DEV; d++)
+                    if (g_limited[d]) control_step(R, d, now);
+                last_ctl = now;
+            }
+        }
+        if (now - last_reap >= 100000000ULL) {
+            vgpu_reap_dead(1);
+            if (atomic_exchange(&g_launched, 0)) {
+                int32_t rk = atomic_load(&R->recent_kernel);
+                if (rk >= 0) atomic_store(&R->recent_kernel, 2);
+                atomic_store(&R->last_kernel_ns, now);
+            }
+            last_reap = now;
+        }
+        sleep_ns(leader ? 5000000ULL : 50000000ULL);
+    }
+    return NULL;
+}
+
+void vgpu_limiter_start(void) {
+    struct vgpu_region *R = vgpu_region();
+    int any = 0, nlim = 0, last = -1;
+    for (int d = 0; d < VGPU_MAX_DEV; d++) {
+        uint32_t L = R->dev[d].sm_limit;
+        g_limited[d] = L > 0 && L < 100 && R->policy != POLICY_DISABLE;
+        if (g_limited[d]) {
+            any = 1;
+            nlim++;
+            last = d;
+        }
+    }
+    g_single_dev = (vgpu_ndev == 1 && g_limited[0]) ? 0 : (nlim == 1 && vgpu_ndev <= 1 ? last : -1);
+    if (any) {
+        vgpu_nvml_load();
+        if (!vgpu_nvml_ok || !NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)) {
+            static int warned;
+            if (!warned++)
+                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: the compute limiter stands down "
+                         "(memory limits still apply)");
+            any = 0;
+        }
+    }
+    if (R->policy == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");
+    atomic_store(&vgpu_gate_any, any);
+    if (atomic_exchange(&g_thread_started, 1)) return;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the watcher never takes the application's signals */
+    pthread_attr_t a;
+    pthread_attr_init(&a);
+    pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&a, 256 * 1024);
+    pthread_t t;
+    int r = pthread_create(&t, &a, watcher, NULL);
+    pthread_attr_destroy(&a);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (r) {
+        LOG_ERR("cannot start the watcher thread: %s; the compute limiter stands down", strerror(r));
+        atomic_store(&vgpu_gate_any, 0);
+    }
+}
+
+void vgpu_limiter_atfork_child(void) {
+    atomic_store(&g_thread_started, 0);
+    atomic_store(&vgpu_gate_any, 0); /* re-enabled when the child initialises CUDA */
+    memset(g_ctl, 0, sizeof g_ctl);
+}

@@ -1,0 +1,221 @@
+/* Symbol resolution: the hook table, lazy driver loading, the dlsym filter (entered through a
+ * tail-jumping trampoline so RTLD_NEXT keeps its caller) and cuGetProcAddress translation. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vgpu.h"
+
+const struct vgpu_hook_info vgpu_hooks[H_COUNT] = {
+#define CU_HOOK(name, base, ver, ptsz, params, args) {#name, #base, ver, ptsz, (void *)&name},
+#include "hooks.def"
+#undef CU_HOOK
+};
+static const char *const helper_names[X_COUNT] = {
+#define CU_HELPER(name, params) #name,
+#define NVML_HELPER(name, params)
+#include "helpers.def"
+#undef CU_HELPER
+#undef NVML_HELPER
+};
+
+void *_Atomic vgpu_real[H_COUNT];
+void *vgpu_helper[X_COUNT];
+struct vgpu_config vgpu_cfg;
+int vgpu_ndev;
+
+/* used by the assembly trampoline */
+VGPU_HIDDEN void *vgpu_real_dlsym_ptr;
+typedef void *(*dlsym_fn)(void *, const char *);
+#define REAL_DLSYM ((dlsym_fn)vgpu_real_dlsym_ptr)
+
+static pthread_once_t g_dlsym_once = PTHREAD_ONCE_INIT;
+static pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
+static _Atomic int g_ready;
+static __thread int t_in_init;
+static void *g_driver;
+static void *g_driver_base;
+
+static void find_real_dlsym(void) {
+    static const char *const vers[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
+    for (size_t i = 0; i < sizeof vers / sizeof *vers && !vgpu_real_dlsym_ptr; i++)
+        vgpu_real_dlsym_ptr = dlvsym(RTLD_NEXT, "dlsym", vers[i]);
+    if (!vgpu_real_dlsym_ptr) {
+        static const char msg[] = "[libvgpu ERROR] cannot find the C library's dlsym\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        abort();
+    }
+}
+
+static void fork_prepare(void) {
+    vgpu_region_atfork_prepare();
+    vgpu_mem_atfork_prepare();
+}
+static void fork_parent(void) {
+    vgpu_mem_atfork_parent();
+    vgpu_region_atfork_parent();
+}
+static _Atomic int g_post_done;
+static pthread_mutex_t g_post_mu = PTHREAD_MUTEX_INITIALIZER;
+static void fork_child(void) {
+    vgpu_mem_atfork_child();
+    vgpu_region_atfork_child();
+    vgpu_limiter_atfork_child();
+    pthread_mutex_init(&g_post_mu, NULL);
+    atomic_store(&g_post_done, 0);
+}
+
+static void init_once(void) {
+    t_in_init = 1;
+    pthread_once(&g_dlsym_once, find_real_dlsym);
+    vgpu_log_init();
+    vgpu_config_load(&vgpu_cfg);
+    const char *path = getenv("LIBVGPU_REAL_LIBCUDA");
+    if (!path || !*path) path = "libcuda.so.1";
+    g_driver = dlopen(path, RTLD_NOW | RTLD_NODELETE);
+    if (!g_driver) {
+        LOG_WARN("cannot load the CUDA driver %s: %s", path, dlerror());
+    } else {
+        int missing = 0;
+        for (int i = 0; i < H_COUNT; i++) {
+            void *p = REAL_DLSYM(g_driver, vgpu_hooks[i].name);
+            atomic_store(&vgpu_real[i], p);
+            if (!p) missing++;
+        }
+        for (int i = 0; i < X_COUNT; i++) vgpu_helper[i] = REAL_DLSYM(g_driver, helper_names[i]);
+        Dl_info di;
+        void *probe = atomic_load(&vgpu_real[H_cuInit]);
+        if (probe && dladdr(probe, &di)) g_driver_base = di.dli_fbase;
+        LOG_DEBUG("driver %s: %d of %d hooked entry points present", path, H_COUNT - missing, H_COUNT);
+    }
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    atomic_store_explicit(&g_ready, 1, memory_order_release);
+    t_in_init = 0;
+}
+
+void vgpu_init(void) {
+    if (likely(atomic_load_explicit(&g_ready, memory_order_acquire))) return;
+    if (t_in_init) return;
+    pthread_once(&g_init_once, init_once);
+}
+
+void *vgpu_resolve_slow(int idx) {
+    vgpu_init();
+    return atomic_load(&vgpu_real[idx]);
+}
+
+void vgpu_post_init(void) {
+    if (likely(atomic_load_explicit(&g_post_done, memory_order_acquire))) return;
+    vgpu_init();
+    pthread_mutex_lock(&g_post_mu);
+    if (!atomic_load(&g_post_done)) {
+        int n = 0;
+        if (HELPER(cuDeviceGetCount) && HELPER(cuDeviceGetCount)(&n) == CUDA_SUCCESS && n > 0)
+            vgpu_ndev = n > VGPU_MAX_DEV ? VGPU_MAX_DEV : n;
+        struct vgpu_region *R = vgpu_region();
+        for (int d = 0; d < vgpu_ndev; d++) {
+            CUuuid u;
+            CUresult r = CUDA_ERROR_NOT_FOUND;
+            if (HELPER(cuDeviceGetUuid_v2)) r = HELPER(cuDeviceGetUuid_v2)(&u, d);
+            else if (HELPER(cuDeviceGetUuid)) r = HELPER(cuDeviceGetUuid)(&u, d);
+            if (r == CUDA_SUCCESS && !R->dev[d].uuid[0]) vgpu_uuid_str(&u, R->dev[d].uuid, sizeof R->dev[d].uuid);
+        }
+        if (vgpu_log_level >= VLOG_INFO) {
+            for (int d = 0; d < (vgpu_ndev ? vgpu_ndev : 1); d++)
+                LOG_INFO("device %d: memory limit %.1f MiB, SM limit %u%%, region %s slot %d", d,
+                         R->dev[d].limit / 1048576.0, R->dev[d].sm_limit, vgpu_cfg.cache_path, vgpu_slot_index());
+        }
+        vgpu_limiter_start();
+        atomic_store_explicit(&g_post_done, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&g_post_mu);
+}
+
+/* ---------------------------------------------------------------- dlsym */
+static int find_hook(const char *name) {
+    for (int i = 0; i < H_COUNT; i++)
+        if (!strcmp(vgpu_hooks[i].name, name)) return i;
+    return -1;
+}
+
+static int caller_in(void *caller, void *base) {
+    Dl_info di;
+    return base && caller && dladdr(caller, &di) && di.dli_fbase == base;
+}
+
+extern VGPU_HIDDEN void *vgpu_nvml_hook_ptr(const char *name, void *caller);
+
+/* Returns the pointer to hand back, or NULL to let the C library's dlsym answer the caller
+ * (the trampoline then jumps there with the caller's own return address). */
+VGPU_HIDDEN void *vgpu_dlsym_filter(void *handle, const char *name, void *caller);
+void *vgpu_dlsym_filter(void *handle, const char *name, void *caller) {
+    pthread_once(&g_dlsym_once, find_real_dlsym);
+    if (!name || handle == RTLD_NEXT || t_in_init) return NULL;
+    if (name[0] == 'c' && name[1] == 'u') {
+        int i = find_hook(name);
+        if (i < 0) return NULL;
+        vgpu_init();
+        if (!atomic_load(&vgpu_real[i]) || caller_in(caller, g_driver_base)) return NULL;
+        if (!REAL_DLSYM(handle, name)) return NULL; /* not in that object: let dlsym report it */
+        return vgpu_hooks[i].hook;
+    }
+    if (name[0] == 'n' && !strncmp(name, "nvml", 4)) return vgpu_nvml_hook_ptr(name, caller);
+    return NULL;
+}
+
+void *vgpu_dlsym_in_object(void *handle, const char *name) { return REAL_DLSYM(handle, name); }
+
+#if !defined(__x86_64__)
+/* Portable fallback: a C tail call. gcc emits a jump at -O2, which preserves the caller for
+ * RTLD_NEXT, but that is not guaranteed; x86-64 uses the assembly trampoline in dlsym_x86_64.S. */
+VGPU_EXPORT void *dlsym(void *handle, const char *name) {
+    void *p = vgpu_dlsym_filter(handle, name, __builtin_return_address(0));
+    if (p) return p;
+    return REAL_DLSYM(handle, name);
+}
+#endif
+
+/* ---------------------------------------------------------------- cuGetProcAddress */
+static void *translate(const char *symbol, void *p, int version, cuuint64_t flags) {
+    int best = -1;
+    for (int i = 0; i < H_COUNT; i++) {
+        if (strcmp(vgpu_hooks[i].base, symbol)) continue;
+        if (atomic_load(&vgpu_real[i]) == p) return vgpu_hooks[i].hook; /* exact variant identified */
+        if (vgpu_hooks[i].version > version) continue;
+        int want_pt = (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) != 0;
+        if (best < 0) { best = i; continue; }
+        int bp = vgpu_hooks[best].ptsz == want_pt, ip = vgpu_hooks[i].ptsz == want_pt;
+        if (ip > bp || (ip == bp && vgpu_hooks[i].version > vgpu_hooks[best].version)) best = i;
+    }
+    if (best < 0) return p; /* not a hooked symbol */
+    /* The driver handed out an internal address: pick the variant by the documented rules. */
+    void *expect = NULL;
+    if (atomic_compare_exchange_strong(&vgpu_real[best], &expect, p))
+        LOG_DEBUG("cuGetProcAddress(%s, %d, %llu): using driver pointer for %s", symbol, version,
+                  (unsigned long long)flags, vgpu_hooks[best].name);
+    return vgpu_hooks[best].hook;
+}
+
+CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
+    CUresult r = CALL_REAL(cuGetProcAddress, symbol, pfn, cudaVersion, flags);
+    if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
+    return r;
+}
+
+CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
+                             CUdriverProcAddressQueryResult *status) {
+    CUresult r = CALL_REAL(cuGetProcAddress_v2, symbol, pfn, cudaVersion, flags, status);
+    if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
+    return r;
+}
+
+CUresult cuInit(unsigned int flags) {
+    CUresult r = CALL_REAL(cuInit, flags);
+    if (r == CUDA_SUCCESS) vgpu_post_init();
+    return r;
+}

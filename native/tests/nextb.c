@@ -1,0 +1,2 @@
+const char *nexttest(void);
+const char *nexttest(void) { return "B"; }

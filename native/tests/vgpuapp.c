@@ -1,0 +1,473 @@
+/* A scriptable CUDA driver-API client for the native tests: each argument is one operation.
+ * It is linked against libcuda.so.1 (the fake) and run with or without libvgpu.so preloaded. */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../include/cuda_abi.h"
+#include "../include/nvml_abi.h"
+
+CUresult cuInit(unsigned);
+CUresult cuDevicePrimaryCtxRetain(CUcontext *, CUdevice);
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice);
+CUresult cuCtxSetCurrent(CUcontext);
+CUresult cuCtxCreate_v2(CUcontext *, unsigned, CUdevice);
+CUresult cuCtxDestroy_v2(CUcontext);
+CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
+CUresult cuMemFree_v2(CUdeviceptr);
+CUresult cuMemAllocManaged(CUdeviceptr *, size_t, unsigned);
+CUresult cuMemAllocPitch_v2(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
+CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
+CUresult cuMemAllocAsync_ptsz(CUdeviceptr *, size_t, CUstream);
+CUresult cuMemAllocFromPoolAsync(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+CUresult cuMemCreate(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+CUresult cuMemRelease(CUmemGenericAllocationHandle);
+CUresult cuMemMap(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
+CUresult cuMemUnmap(CUdeviceptr, size_t);
+CUresult cuMemAddressReserve(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+CUresult cuArrayCreate_v2(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+CUresult cuArray3DCreate_v2(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR *);
+CUresult cuArrayDestroy(CUarray);
+CUresult cuMipmappedArrayCreate(CUmipmappedArray *, const CUDA_ARRAY3D_DESCRIPTOR *, unsigned);
+CUresult cuMipmappedArrayDestroy(CUmipmappedArray);
+CUresult cuMemGetInfo_v2(size_t *, size_t *);
+CUresult cuDeviceTotalMem_v2(size_t *, CUdevice);
+CUresult cuModuleLoadData(CUmodule *, const void *);
+CUresult cuModuleGetFunction(CUfunction *, CUmodule, const char *);
+CUresult cuLaunchKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
+                        void **, void **);
+CUresult cuLaunchKernel_ptsz(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             CUstream, void **, void **);
+CUresult cuLaunchKernelEx(const CUlaunchConfig *, CUfunction, void **, void **);
+CUresult cuLaunchCooperativeKernel(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                   CUstream, void **);
+CUresult cuLaunchCooperativeKernel_ptsz(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                        unsigned, CUstream, void **);
+CUresult cuGraphCreate(CUgraph *, unsigned);
+CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long);
+CUresult cuGraphLaunch(CUgraphExec, CUstream);
+CUresult cuGraphLaunch_ptsz(CUgraphExec, CUstream);
+CUresult cuCtxSynchronize(void);
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+static void sleep_ms(double ms) {
+    struct timespec ts = {(time_t)(ms / 1000), (long)((ms - (double)(time_t)(ms / 1000) * 1000) * 1e6)};
+    nanosleep(&ts, NULL);
+}
+static size_t parse_size(const char *s) {
+    char *e;
+    unsigned long long v = strtoull(s, &e, 10);
+    if (*e == 'k' || *e == 'K') v <<= 10;
+    if (*e == 'm' || *e == 'M') v <<= 20;
+    if (*e == 'g' || *e == 'G') v <<= 30;
+    return (size_t)v;
+}
+
+/* ---------------------------------------------------------------- allocations by kind */
+struct obj {
+    int kind;
+    uint64_t h, va;
+    size_t size;
+};
+enum { LINEAR, MANAGED, PITCH, ASYNC, ASYNC_PTSZ, POOL, VMM, ARRAY, ARRAY3D, MIPMAP, CTX, NKIND };
+static const char *kind_names[] = {"linear", "managed", "pitch", "async", "async_ptsz", "pool",
+                                   "vmm",    "array",   "array3d", "mipmap", "ctx"};
+static int kind_of(const char *s) {
+    for (int i = 0; i < NKIND; i++)
+        if (!strcmp(s, kind_names[i])) return i;
+    fprintf(stderr, "unknown kind %s\n", s);
+    exit(2);
+}
+
+static CUresult do_alloc(int kind, size_t size, struct obj *o) {
+    o->kind = kind;
+    o->size = size;
+    o->va = 0;
+    CUdeviceptr p = 0;
+    CUresult r;
+    switch (kind) {
+    case LINEAR: r = cuMemAlloc_v2(&p, size); break;
+    case MANAGED: r = cuMemAllocManaged(&p, size, 1); break;
+    case PITCH: {
+        size_t pitch;
+        r = cuMemAllocPitch_v2(&p, &pitch, size / 1024, 1024, 4);
+        break;
+    }
+    case ASYNC: r = cuMemAllocAsync(&p, size, NULL); break;
+    case ASYNC_PTSZ: r = cuMemAllocAsync_ptsz(&p, size, NULL); break;
+    case POOL: r = cuMemAllocFromPoolAsync(&p, size, NULL, NULL); break;
+    case VMM: {
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof prop);
+        prop.type = 1;
+        prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.id = 0;
+        CUmemGenericAllocationHandle h = 0;
+        r = cuMemCreate(&h, size, &prop, 0);
+        if (r == CUDA_SUCCESS) {
+            CUdeviceptr va;
+            cuMemAddressReserve(&va, size, 0, 0, 0);
+            cuMemMap(va, size, 0, h, 0);
+            o->va = va;
+        }
+        o->h = h;
+        return r;
+    }
+    case ARRAY: {
+        CUDA_ARRAY_DESCRIPTOR d = {size / 4096, 1024, CU_AD_FORMAT_FLOAT, 1};
+        CUarray a = NULL;
+        r = cuArrayCreate_v2(&a, &d);
+        o->h = (uint64_t)(uintptr_t)a;
+        return r;
+    }
+    case ARRAY3D: {
+        CUDA_ARRAY3D_DESCRIPTOR d = {size / 4096 / 16, 64, 16, CU_AD_FORMAT_UNSIGNED_INT8, 4, 0};
+        CUarray a = NULL;
+        r = cuArray3DCreate_v2(&a, &d);
+        o->h = (uint64_t)(uintptr_t)a;
+        return r;
+    }
+    case MIPMAP: {
+        CUDA_ARRAY3D_DESCRIPTOR d = {size / 4096, 1024, 0, CU_AD_FORMAT_FLOAT, 1, 0};
+        CUmipmappedArray m = NULL;
+        r = cuMipmappedArrayCreate(&m, &d, 1);
+        o->h = (uint64_t)(uintptr_t)m;
+        return r;
+    }
+    case CTX: {
+        CUcontext c = NULL, prev = NULL;
+        extern CUresult cuCtxGetCurrent(CUcontext *);
+        cuCtxGetCurrent(&prev);
+        r = cuCtxCreate_v2(&c, 0, 0);
+        cuCtxSetCurrent(prev);
+        o->h = (uint64_t)(uintptr_t)c;
+        return r;
+    }
+    default: return CUDA_ERROR_INVALID_VALUE;
+    }
+    o->h = p;
+    return r;
+}
+
+static CUresult do_free(struct obj *o) {
+    switch (o->kind) {
+    case ASYNC: case ASYNC_PTSZ: case POOL: return cuMemFreeAsync(o->h, NULL);
+    case VMM: {
+        /* release first, unmap second: memory must stay charged until the last mapping goes */
+        CUresult r = cuMemRelease(o->h);
+        if (r == CUDA_SUCCESS && o->va) r = cuMemUnmap(o->va, o->size);
+        return r;
+    }
+    case ARRAY: case ARRAY3D: return cuArrayDestroy((CUarray)(uintptr_t)o->h);
+    case MIPMAP: return cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)o->h);
+    case CTX: return cuCtxDestroy_v2((CUcontext)(uintptr_t)o->h);
+    default: return cuMemFree_v2(o->h);
+    }
+}
+
+#define MAXOBJ 4096
+static struct obj g_objs[MAXOBJ];
+static int g_nobj;
+static CUcontext g_ctx;
+
+static void need_ctx(void) {
+    if (g_ctx) return;
+    cuInit(0);
+    CUresult r = cuDevicePrimaryCtxRetain(&g_ctx, 0);
+    if (r) {
+        printf("ctx rc=%d\n", r);
+        fflush(stdout);
+        exit(3);
+    }
+    cuCtxSetCurrent(g_ctx);
+}
+
+/* ---------------------------------------------------------------- cross-process barrier */
+static _Atomic long *g_bar;
+static int g_bar_n;
+static long g_bar_gen;
+static void barrier_open(const char *path, int n) {
+    int fd = open(path, O_RDWR | O_CREAT, 0666);
+    if (fd < 0 || ftruncate(fd, 4096) < 0) exit(4);
+    g_bar = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    g_bar_n = n;
+}
+static void barrier(void) {
+    g_bar_gen++;
+    atomic_fetch_add(g_bar, 1);
+    long target = g_bar_gen * g_bar_n;
+    uint64_t t0 = now_ns();
+    while (atomic_load(g_bar) < target) {
+        if (now_ns() - t0 > 20000000000ULL) {
+            printf("barrier timeout\n");
+            exit(5);
+        }
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* ---------------------------------------------------------------- threads */
+struct targ {
+    long n;
+    size_t size;
+    long fails;
+};
+static void *thr(void *p) {
+    struct targ *a = p;
+    cuCtxSetCurrent(g_ctx);
+    for (long i = 0; i < a->n; i++) {
+        struct obj o;
+        int kind = (int)(i % 4 == 3 ? ASYNC : LINEAR);
+        if (do_alloc(kind, a->size, &o) != CUDA_SUCCESS) {
+            a->fails++;
+            continue;
+        }
+        do_free(&o);
+    }
+    return NULL;
+}
+
+typedef uint64_t (*busy_fn)(int, int);
+
+static void launch_loop(const char *mode, double secs, uint64_t kns, double warm) {
+    need_ctx();
+    CUmodule m;
+    CUfunction f;
+    cuModuleLoadData(&m, "kernel busy");
+    cuModuleGetFunction(&f, m, "busy");
+    CUgraph g;
+    CUgraphExec ge;
+    cuGraphCreate(&g, 0);
+    cuGraphInstantiateWithFlags(&ge, g, 0);
+    uint64_t ns = kns;
+    void *params[] = {&ns};
+    CUlaunchConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDimX = cfg.blockDimX = 1;
+    busy_fn busy = (busy_fn)dlsym(RTLD_DEFAULT, "fakecuda_busy_ns");
+    if (!busy) {
+        printf("no fakecuda_busy_ns\n");
+        exit(6);
+    }
+    uint64_t t_start = now_ns(), t0 = 0, b0 = 0;
+    long launches = 0;
+    for (;;) {
+        uint64_t now = now_ns();
+        if (!t0 && now - t_start >= (uint64_t)(warm * 1e9)) {
+            t0 = now;
+            b0 = busy(getpid(), 0);
+            launches = 0;
+        }
+        if (t0 && now - t0 >= (uint64_t)(secs * 1e9)) break;
+        CUresult r;
+        if (!strcmp(mode, "kernel")) r = cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+        else if (!strcmp(mode, "ptsz")) r = cuLaunchKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+        else if (!strcmp(mode, "ex")) r = cuLaunchKernelEx(&cfg, f, params, NULL);
+        else if (!strcmp(mode, "coop")) r = cuLaunchCooperativeKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
+        else if (!strcmp(mode, "coop_ptsz")) r = cuLaunchCooperativeKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
+        else if (!strcmp(mode, "graph")) r = cuGraphLaunch(ge, NULL);
+        else if (!strcmp(mode, "graph_ptsz")) r = cuGraphLaunch_ptsz(ge, NULL);
+        else {
+            printf("bad mode %s\n", mode);
+            exit(2);
+        }
+        if (r) {
+            printf("launch rc=%d\n", r);
+            exit(7);
+        }
+        launches++;
+    }
+    uint64_t t1 = now_ns(), b1 = busy(getpid(), 0);
+    printf("launch mode=%s util=%.2f launches=%ld secs=%.2f\n", mode, 100.0 * (double)(b1 - b0) / (double)(t1 - t0),
+           launches, (double)(t1 - t0) / 1e9);
+}
+
+typedef nvmlReturn_t (*nvml0)(void);
+typedef nvmlReturn_t (*nvmlh)(unsigned, nvmlDevice_t *);
+typedef nvmlReturn_t (*nvmlm)(nvmlDevice_t, nvmlMemory_t *);
+typedef nvmlReturn_t (*nvmlm2)(nvmlDevice_t, nvmlMemory_v2_t *);
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (int i = 1; i < argc; i++) {
+        char op[512];
+        snprintf(op, sizeof op, "%s", argv[i]);
+        char *a[8] = {0};
+        int na = 0;
+        for (char *s = NULL, *t = strtok_r(op, ":", &s); t && na < 8; t = strtok_r(NULL, ":", &s)) a[na++] = t;
+        if (!na) continue;
+        if (!strcmp(a[0], "init")) {
+            printf("init rc=%d\n", cuInit(0));
+        } else if (!strcmp(a[0], "ctx")) {
+            need_ctx();
+            printf("ctx ok\n");
+        } else if (!strcmp(a[0], "alloc")) {
+            need_ctx();
+            struct obj o;
+            CUresult r = do_alloc(kind_of(a[1]), parse_size(a[2]), &o);
+            if (r == CUDA_SUCCESS && g_nobj < MAXOBJ) g_objs[g_nobj++] = o;
+            printf("alloc %s %s rc=%d id=%d\n", a[1], a[2], r, r == CUDA_SUCCESS ? g_nobj - 1 : -1);
+        } else if (!strcmp(a[0], "free")) {
+            int id = atoi(a[1]);
+            printf("free %d rc=%d\n", id, do_free(&g_objs[id]));
+            g_objs[id].kind = -1;
+        } else if (!strcmp(a[0], "freeall")) {
+            int bad = 0;
+            for (int k = 0; k < g_nobj; k++)
+                if (g_objs[k].kind >= 0 && do_free(&g_objs[k]) != CUDA_SUCCESS) bad++;
+            g_nobj = 0;
+            printf("freeall bad=%d\n", bad);
+        } else if (!strcmp(a[0], "info")) {
+            need_ctx();
+            size_t fr = 0, tot = 0;
+            CUresult r = cuMemGetInfo_v2(&fr, &tot);
+            printf("info rc=%d free=%zu total=%zu\n", r, fr, tot);
+        } else if (!strcmp(a[0], "totalmem")) {
+            need_ctx();
+            size_t t = 0;
+            CUresult r = cuDeviceTotalMem_v2(&t, 0);
+            printf("totalmem rc=%d total=%zu\n", r, t);
+        } else if (!strcmp(a[0], "release")) {
+            printf("release rc=%d\n", cuDevicePrimaryCtxRelease_v2(0));
+            g_ctx = NULL;
+        } else if (!strcmp(a[0], "nvml")) {
+            void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+            if (!h) {
+                printf("nvml unavailable\n");
+                continue;
+            }
+            nvml0 init = (nvml0)dlsym(h, "nvmlInit_v2");
+            nvmlh get = (nvmlh)dlsym(h, "nvmlDeviceGetHandleByIndex_v2");
+            nvmlm mem = (nvmlm)dlsym(h, "nvmlDeviceGetMemoryInfo");
+            nvmlm2 mem2 = (nvmlm2)dlsym(h, "nvmlDeviceGetMemoryInfo_v2");
+            nvmlDevice_t d;
+            init();
+            get(0, &d);
+            nvmlMemory_t m;
+            nvmlReturn_t r = mem(d, &m);
+            nvmlMemory_v2_t m2;
+            m2.version = NVML_MEMORY_V2_VERSION;
+            nvmlReturn_t r2 = mem2(d, &m2);
+            printf("nvml rc=%d total=%llu used=%llu free=%llu rc2=%d total2=%llu used2=%llu free2=%llu\n", r,
+                   m.total, m.used, m.free, r2, m2.total, m2.used, m2.free);
+        } else if (!strcmp(a[0], "cycles")) {
+            need_ctx();
+            long n = atol(a[1]), fails = 0;
+            size_t size = parse_size(a[2]);
+            for (long k = 0; k < n; k++) {
+                struct obj o;
+                int kind = (int)(k % 16 == 15 ? (k / 16) % 10 : LINEAR); /* mostly linear, every kind */
+                if (do_alloc(kind, size, &o) != CUDA_SUCCESS || do_free(&o) != CUDA_SUCCESS) fails++;
+            }
+            printf("cycles n=%ld fails=%ld\n", n, fails);
+        } else if (!strcmp(a[0], "threads")) {
+            need_ctx();
+            int nt = atoi(a[1]);
+            pthread_t t[64];
+            struct targ ta[64];
+            for (int k = 0; k < nt && k < 64; k++) {
+                ta[k] = (struct targ){atol(a[2]), parse_size(a[3]), 0};
+                pthread_create(&t[k], NULL, thr, &ta[k]);
+            }
+            long fails = 0;
+            for (int k = 0; k < nt && k < 64; k++) {
+                pthread_join(t[k], NULL);
+                fails += ta[k].fails;
+            }
+            printf("threads fails=%ld\n", fails);
+        } else if (!strcmp(a[0], "fork")) {
+            pid_t p = fork();
+            if (p == 0) {
+                /* the child charges its own slot and exits without freeing */
+                g_ctx = NULL;
+                need_ctx();
+                struct obj o;
+                CUresult r = do_alloc(LINEAR, parse_size(a[1]), &o);
+                printf("child alloc rc=%d\n", r);
+                _exit(r == CUDA_SUCCESS ? 0 : 1);
+            }
+            int st;
+            waitpid(p, &st, 0);
+            printf("fork child exit=%d\n", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        } else if (!strcmp(a[0], "barrier_open")) {
+            barrier_open(a[1], atoi(a[2]));
+        } else if (!strcmp(a[0], "race")) {
+            need_ctx();
+            int rounds = atoi(a[1]);
+            size_t size = parse_size(a[2]);
+            for (int k = 0; k < rounds; k++) {
+                barrier();
+                CUdeviceptr p = 0;
+                CUresult r = cuMemAlloc_v2(&p, size);
+                barrier();
+                printf("round %d rc=%d\n", k, r);
+                if (r == CUDA_SUCCESS) cuMemFree_v2(p);
+                barrier();
+            }
+        } else if (!strcmp(a[0], "ready")) {
+            int fd = open(a[1], O_CREAT | O_WRONLY, 0644);
+            close(fd);
+        } else if (!strcmp(a[0], "waitfile")) {
+            struct stat st;
+            while (stat(a[1], &st) != 0) sleep_ms(1);
+        } else if (!strcmp(a[0], "sleep")) {
+            sleep_ms(atof(a[1]));
+        } else if (!strcmp(a[0], "hammer")) {
+            /* allocate and free forever from several threads, for kill -9 tests */
+            need_ctx();
+            struct targ ta[4];
+            pthread_t t[4];
+            for (int k = 0; k < 4; k++) {
+                ta[k] = (struct targ){1L << 40, parse_size(a[1]), 0};
+                pthread_create(&t[k], NULL, thr, &ta[k]);
+            }
+            printf("hammering\n");
+            for (;;) sleep_ms(1000);
+        } else if (!strcmp(a[0], "pollfree")) {
+            need_ctx();
+            size_t want = parse_size(a[1]);
+            double timeout = atof(a[2]);
+            uint64_t t0 = now_ns();
+            size_t fr = 0, tot = 0;
+            for (;;) {
+                cuMemGetInfo_v2(&fr, &tot);
+                double ms = (double)(now_ns() - t0) / 1e6;
+                if (fr >= want) {
+                    printf("pollfree ok ms=%.1f free=%zu\n", ms, fr);
+                    break;
+                }
+                if (ms > timeout) {
+                    printf("pollfree timeout free=%zu\n", fr);
+                    break;
+                }
+                sleep_ms(2);
+            }
+        } else if (!strcmp(a[0], "launch")) {
+            launch_loop(a[1], atof(a[2]), parse_size(a[3]), na > 4 ? atof(a[4]) : 0);
+        } else if (!strcmp(a[0], "sync")) {
+            printf("sync rc=%d\n", cuCtxSynchronize());
+        } else {
+            fprintf(stderr, "unknown op %s\n", a[0]);
+            return 2;
+        }
+    }
+    return 0;
+}
