@@ -39,6 +39,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -114,7 +115,8 @@ def free_port() -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    # PR_SET_PDEATHSIG: if the test process is SIGKILLed, take the component down too.
+    # PR_SET_PDEATHSIG: if the test process is SIGKILLed, take the component down too. The signal
+    # fires when the *thread* that forked exits, so this is only used from the main thread.
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
 
@@ -136,7 +138,9 @@ class Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent
+                if threading.current_thread() is threading.main_thread()
+                else None,
                 env=dict(env) if env is not None else None,
             )
 
@@ -399,7 +403,8 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
-            "--disable-admission-plugins=ServiceAccount",
+            # no ServiceAccount controller runs; no node controller lifts the not-ready taint either
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",

@@ -47,29 +47,34 @@ __all__ = [
 ]
 
 _ACTIVE: list[ControlPlane] = []
+_REFS = [0]
 
 
 @pytest.fixture(scope="session")
 def control_plane() -> Iterator[ControlPlane]:
-    required = os.environ.get("HAMI_REQUIRE_INTEGRATION") == "1"
+    """One control plane per test session, shared even when several conftests import this fixture."""
+    if not _ACTIVE:
+        required = os.environ.get("HAMI_REQUIRE_INTEGRATION") == "1"
+        try:
+            binaries = find_binaries()
+        except BinariesMissingError as exc:
+            if required:
+                pytest.fail(f"HAMI_REQUIRE_INTEGRATION=1 but {exc}", pytrace=False)
+            pytest.skip(str(exc))
+        cp = ControlPlane(binaries)
+        try:
+            cp.start()
+        except ControlPlaneError as exc:
+            cp.stop()
+            pytest.fail(f"control plane failed to start: {exc}", pytrace=False)
+        _ACTIVE.append(cp)
+    _REFS[0] += 1
     try:
-        binaries = find_binaries()
-    except BinariesMissingError as exc:
-        if required:
-            pytest.fail(f"HAMI_REQUIRE_INTEGRATION=1 but {exc}", pytrace=False)
-        pytest.skip(str(exc))
-    cp = ControlPlane(binaries)
-    try:
-        cp.start()
-    except ControlPlaneError as exc:
-        cp.stop()
-        pytest.fail(f"control plane failed to start: {exc}", pytrace=False)
-    _ACTIVE.append(cp)
-    try:
-        yield cp
+        yield _ACTIVE[0]
     finally:
-        _ACTIVE.remove(cp)
-        cp.stop()
+        _REFS[0] -= 1
+        if _REFS[0] == 0:
+            _ACTIVE.pop().stop()
 
 
 @pytest.fixture
