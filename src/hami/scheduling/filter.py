@@ -52,6 +52,8 @@ def summarize(failed: Mapping[str, str], total: int) -> str:
         noun = "node" if len(nodes) == 1 else "nodes"
         shown = ", ".join(nodes[:5]) + (", ..." if len(nodes) > 5 else "")
         parts.append(f"{len(nodes)} {noun} ({shown}): {reason}")
+    if not parts:
+        return f"0/{total} nodes are available"
     return f"0/{total} nodes are available: " + "; ".join(parts)
 
 

@@ -57,7 +57,7 @@ class PodAllocation:
                         acc[0] += 1
                         acc[1] += d.usedmem
                         acc[2] += d.usedcores
-                    if p.mig is not None and not is_init:
+                    if p.mig is not None:  # init instances exist until the init containers finish
                         migs.setdefault(d.uuid, []).append((p.mig.placement_start, p.mig.placement_size))
         out: Usage = {}
         for uuid in init.keys() | app.keys():
