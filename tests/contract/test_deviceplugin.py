@@ -160,7 +160,22 @@ async def test_kubelet_restart_reregisters(kubelet: FakeKubelet, plugin: DeviceP
     assert req.resource_name == RES
     await kubelet.wait_for(lambda: len(kubelet.devices.get(RES, {})) == 6)
     assert (plugin.plugin_dir / "nvidia-gpu.sock").is_socket()
+    await plugin.wait_registered(5)
     assert plugin.registrations == 2
+
+
+async def test_plugin_waits_for_a_late_kubelet_and_stops_without_one(plugin_dir: Path) -> None:
+    p = make_plugin(plugin_dir, FakeSource(spec()))
+    await p.start()  # no kubelet yet: serving, registration retried in the background
+    assert (plugin_dir / "nvidia-gpu.sock").is_socket()
+    async with FakeKubelet(plugin_dir) as k:
+        await k.wait_registrations(1, timeout=10)
+        await k.wait_for(lambda: len(k.devices.get(RES, {})) == 6)
+    await p.stop()
+    assert not (plugin_dir / "nvidia-gpu.sock").exists()
+    lonely = make_plugin(plugin_dir, FakeSource(spec()))
+    await lonely.start()
+    await asyncio.wait_for(lonely.stop(), 5)  # never blocks on the absent kubelet
 
 
 async def test_preferred_allocation_prestart_and_allocate_without_allocator(

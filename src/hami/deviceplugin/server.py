@@ -118,6 +118,7 @@ class DevicePluginServer:
         self._own_stamp: _FileStamp | None = None
         self._kubelet_stamp: _FileStamp | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._registered = asyncio.Event()
         self._stopping = False
         self.registrations = 0  # successful Register calls (observability, tests)
         self._listeners: list[Callable[[list[PhysicalDevice]], None]] = []
@@ -260,36 +261,64 @@ class DevicePluginServer:
         self.registrations += 1
         log.info("registered %s with kubelet (%s)", self.settings.resource_name, self.kubelet_socket)
 
-    async def _register_with_retry(self) -> None:
-        delay = 0.2
-        while not self._stopping:
-            try:
-                await self.register()
-                return
-            except (grpc.aio.AioRpcError, OSError) as e:
-                log.warning("kubelet registration failed (%s); retrying in %.1fs", e, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def start(self) -> None:
-        """Serve, register and start the watchers. Returns once registered."""
+        """Serve and start the background loops (registration with the kubelet included).
+
+        Returns once the socket is served; use `wait_registered()` to wait for the kubelet.
+        Registration is retried until it succeeds, so a missing kubelet never blocks stop().
+        """
         self._stopping = False
         await self.refresh()
         await self._serve()
-        await self._register_with_retry()
         self._tasks = [
+            asyncio.create_task(self._registration_loop(), name="dp-registration"),
             asyncio.create_task(self._health_loop(), name="dp-health"),
-            asyncio.create_task(self._kubelet_watch(), name="dp-kubelet-watch"),
             asyncio.create_task(self._refresh_loop(), name="dp-refresh"),
         ]
 
+    async def wait_registered(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._registered.wait(), timeout)
+
     async def restart(self) -> None:
-        """Restart the gRPC server (new socket) and register again (kubelet restarted)."""
-        log.info("restarting device plugin server and re-registering")
+        """Restart the gRPC server (new socket); the registration loop registers again."""
+        log.info("restarting device plugin server")
+        self._registered.clear()
+        self._kubelet_stamp = None
         await self._stop_serving()
         await self.refresh()
         await self._serve()
-        await self._register_with_retry()
+
+    async def _registration_loop(self) -> None:
+        """Register; then watch kubelet.sock and our socket and restart + re-register on change."""
+        delay = 0.2
+        while not self._stopping:
+            if not self._registered.is_set():
+                try:
+                    await self.register()
+                    self._registered.set()
+                    delay = 0.2
+                except (grpc.aio.AioRpcError, OSError) as e:
+                    log.warning(
+                        "kubelet registration failed (%s); retrying in %.1fs",
+                        e.details() if isinstance(e, grpc.aio.AioRpcError) else e,
+                        delay,
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+            await asyncio.sleep(self.watch_interval)
+            kubelet = _stamp(self.kubelet_socket)
+            own = _stamp(self.socket_path)
+            if kubelet is None:
+                continue  # kubelet down: wait for it to come back
+            if kubelet != self._kubelet_stamp or own != self._own_stamp:
+                why = "kubelet.sock recreated" if kubelet != self._kubelet_stamp else "our socket vanished"
+                log.info("%s: restarting and registering again", why)
+                try:
+                    await self.restart()
+                except Exception:
+                    log.exception("restart after %s failed", why)
+                    await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """Stop serving, end ListAndWatch streams, remove the socket."""
@@ -331,21 +360,6 @@ class DevicePluginServer:
                 await self.refresh()
             except Exception:
                 log.exception("periodic inventory refresh failed")
-
-    async def _kubelet_watch(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.watch_interval)
-            kubelet = _stamp(self.kubelet_socket)
-            own = _stamp(self.socket_path)
-            if kubelet is None:
-                continue  # kubelet down: wait for it to come back
-            if kubelet != self._kubelet_stamp or own != self._own_stamp:
-                why = "kubelet.sock recreated" if kubelet != self._kubelet_stamp else "our socket vanished"
-                log.info("%s", why)
-                try:
-                    await self.restart()
-                except Exception:
-                    log.exception("restart after %s failed", why)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then serve until `stop` is set, then stop cleanly."""
