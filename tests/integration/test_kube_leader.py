@@ -138,10 +138,3 @@ async def test_partitioned_leader_steps_down_before_takeover(
             finally:
                 await a.stop()
                 await b.stop()
-
-
-async def test_parameter_validation(kube_client: KubeClient) -> None:
-    with pytest.raises(ValueError):
-        LeaderElector(kube_client, namespace="n", name="l", identity="x", lease_duration=1, renew_deadline=2)
-    with pytest.raises(ValueError):
-        LeaderElector(kube_client, namespace="n", name="l", identity="", **FAST)
