@@ -82,3 +82,12 @@ def simulate(
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=False))
     else:
         click.echo(render_table(result))
+
+
+def _register_subcommands() -> None:
+    from hami.scheduler.cli import scheduler_command
+
+    main.add_command(scheduler_command)
+
+
+_register_subcommands()

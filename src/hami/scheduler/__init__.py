@@ -1,1 +1,1 @@
-"""hami.scheduler package."""
+"""``hami scheduler``: the kube-scheduler extender service around the pure scheduling core."""

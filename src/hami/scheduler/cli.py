@@ -1,0 +1,90 @@
+"""``hami scheduler``: run the kube-scheduler extender."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import click
+
+
+@click.command("scheduler")
+@click.option("--bind", "bind", default="127.0.0.1:8080", show_default=True, help="host:port to serve on")
+@click.option("--cert-file", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (HTTPS)")
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), help="TLS key (HTTPS)")
+@click.option(
+    "--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig (default: in-cluster/KUBECONFIG)"
+)
+@click.option("--device-config", "device_config", type=click.Path(dir_okay=False), help="device-config.yaml")
+@click.option("--node-scheduler-policy", type=click.Choice(["binpack", "spread"]), help="default node policy")
+@click.option(
+    "--gpu-scheduler-policy",
+    type=click.Choice(["binpack", "spread", "topology-aware"]),
+    help="default card policy",
+)
+@click.option("--node-lock-timeout", type=float, help="seconds after which a node lock expires")
+@click.option(
+    "--bind-lock-wait",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="seconds a bind waits for another pod's node lock",
+)
+@click.option("--leader-elect/--no-leader-elect", default=False, show_default=True)
+@click.option("--lease-namespace", default="kube-system", show_default=True)
+@click.option("--lease-name", default="hami-scheduler-extender", show_default=True)
+@click.option("-v", "--verbose", count=True)
+def scheduler_command(
+    bind: str,
+    cert_file: str | None,
+    key_file: str | None,
+    kubeconfig: str | None,
+    device_config: str | None,
+    node_scheduler_policy: str | None,
+    gpu_scheduler_policy: str | None,
+    node_lock_timeout: float | None,
+    bind_lock_wait: float,
+    leader_elect: bool,
+    lease_namespace: str,
+    lease_name: str,
+    verbose: int,
+) -> None:
+    """Serve /filter and /bind for kube-scheduler (see deploy/scheduler-config.yaml)."""
+    from hami.cli import load_config_or_exit
+    from hami.kube.config import load_config
+    from hami.scheduler.runner import Extender, ExtenderSettings, default_identity
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    host, _, port = bind.rpartition(":")
+    settings = ExtenderSettings(
+        host=host or "0.0.0.0",
+        port=int(port),
+        cert_file=cert_file,
+        key_file=key_file,
+        device_config=load_config_or_exit(device_config),
+        node_policy=node_scheduler_policy,
+        gpu_policy=gpu_scheduler_policy,
+        node_lock_expiry=node_lock_timeout,
+        bind_lock_wait=bind_lock_wait,
+        leader_elect=leader_elect,
+        lease_namespace=lease_namespace,
+        lease_name=lease_name,
+        identity=default_identity(),
+    )
+    extender = Extender(load_config(kubeconfig), settings)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await extender.run_forever()
+
+    asyncio.run(main())

@@ -1,0 +1,50 @@
+"""The ``KubeSchedulerConfiguration`` that plugs hami into a stock kube-scheduler as an extender.
+
+``filterVerb``/``bindVerb``, ``nodeCacheCapable: true`` (kube-scheduler sends node names, not whole
+Node objects) and every managed resource ``ignoredByScheduler`` so the in-tree NodeResourcesFit
+plugin does not count slices as whole devices. ``deploy/scheduler-config.yaml`` is generated from
+this function (a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hami.devices.registry import BackendRegistry
+
+
+def scheduler_configuration(
+    *,
+    extender_url: str,
+    registry: BackendRegistry,
+    scheduler_name: str = "hami-scheduler",
+    leader_elect: bool = False,
+    kubeconfig: str | None = None,
+    http_timeout: str = "30s",
+    insecure_tls: bool = True,
+) -> dict[str, Any]:
+    extender: dict[str, Any] = {
+        "urlPrefix": extender_url,
+        "filterVerb": "filter",
+        "bindVerb": "bind",
+        "enableHTTPS": extender_url.startswith("https://"),
+        "nodeCacheCapable": True,
+        "weight": 1,
+        "httpTimeout": http_timeout,
+        "ignorable": False,
+        "managedResources": [{"name": n, "ignoredByScheduler": True} for n in registry.resource_names()],
+    }
+    if extender["enableHTTPS"]:
+        extender["tlsConfig"] = {"insecure": insecure_tls}
+    cfg: dict[str, Any] = {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "leaderElection": {"leaderElect": leader_elect},
+        "profiles": [{"schedulerName": scheduler_name}],
+        "extenders": [extender],
+    }
+    if leader_elect:
+        cfg["leaderElection"].update({"resourceName": scheduler_name, "resourceNamespace": "kube-system"})
+    if kubeconfig:
+        cfg["clientConnection"] = {"kubeconfig": kubeconfig}
+    return cfg

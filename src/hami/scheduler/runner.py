@@ -1,0 +1,175 @@
+"""Assembles the extender: API client, node and pod informers, leader election, HTTP(S) server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import socket
+import ssl
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from hami.config import DeviceConfig
+from hami.devices.registry import default_registry
+from hami.kube.client import KubeClient
+from hami.kube.config import KubeConfig
+from hami.kube.informer import Informer
+from hami.kube.leader import LeaderElector
+from hami.kube.paths import api_path
+from hami.scheduler.metrics import Metrics
+from hami.scheduler.nodelock import NodeLocker
+from hami.scheduler.server import make_app
+from hami.scheduler.service import ExtenderService, owner_alive_from
+from hami.scheduler.sync import LedgerSync
+from hami.scheduling.filter import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtenderSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    cert_file: str | None = None
+    key_file: str | None = None
+    device_config: DeviceConfig = field(default_factory=DeviceConfig.default)
+    node_policy: str | None = None
+    gpu_policy: str | None = None
+    node_lock_expiry: float | None = None
+    bind_lock_wait: float = 20.0
+    leader_elect: bool = False
+    lease_namespace: str = "kube-system"
+    lease_name: str = "hami-scheduler-extender"
+    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    sync_timeout: float = 120.0
+
+
+class Extender:
+    """The running service. ``await start()``, then ``url``; ``await stop()`` to shut down."""
+
+    def __init__(self, kube_config: KubeConfig, settings: ExtenderSettings) -> None:
+        self.settings = settings
+        cfg = settings.device_config
+        sched_cfg = cfg.hami.scheduler
+        self.client = KubeClient(kube_config)
+        self.scheduler = Scheduler(
+            default_registry(cfg),
+            node_policy=settings.node_policy or sched_cfg.node_scheduler_policy,
+            gpu_policy=settings.gpu_policy or sched_cfg.gpu_scheduler_policy,
+        )
+        self.sync = LedgerSync(self.scheduler)
+        self.nodes = Informer(
+            self.client,
+            api_path("v1", "nodes"),
+            on_add=self.sync.node_changed,
+            on_update=lambda _old, new: self.sync.node_changed(new),
+            on_delete=self.sync.node_deleted,
+            name="nodes",
+        )
+        self.pods = Informer(
+            self.client,
+            api_path("v1", "pods"),
+            on_add=self.sync.pod_changed,
+            on_update=lambda _old, new: self.sync.pod_changed(new),
+            on_delete=self.sync.pod_deleted,
+            name="pods",
+        )
+        self.elector: LeaderElector | None = None
+        if settings.leader_elect:
+            self.elector = LeaderElector(
+                self.client,
+                namespace=settings.lease_namespace,
+                name=settings.lease_name,
+                identity=settings.identity,
+            )
+        expiry = (
+            settings.node_lock_expiry
+            if settings.node_lock_expiry is not None
+            else float(sched_cfg.node_lock_timeout_seconds)
+        )
+        self.locker = NodeLocker(
+            self.client,
+            expiry=expiry,
+            wait=settings.bind_lock_wait,
+            owner_alive=lambda ns, name: owner_alive_from(self._pod, self.client, ns, name),
+        )
+        self.service = ExtenderService(
+            scheduler=self.scheduler,
+            sync=self.sync,
+            client=self.client,
+            locker=self.locker,
+            pod_lookup=self._pod,
+            is_leader=self._is_leader,
+            is_synced=self._is_synced,
+            scheduler_name=cfg.hami.scheduler_name,
+        )
+        self.metrics = Metrics(self.scheduler.state)
+        self._runner: web.AppRunner | None = None
+        self.port = settings.port
+
+    def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(f"{namespace}/{name}")
+
+    def _is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader
+
+    def _is_synced(self) -> bool:
+        return self.nodes.has_synced and self.pods.has_synced
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.settings.cert_file else "http"
+        return f"{scheme}://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        self.nodes.start()
+        await self.nodes.wait_synced(timeout=self.settings.sync_timeout)
+        self.pods.start()
+        await self.pods.wait_synced(timeout=self.settings.sync_timeout)
+        gc.collect()
+        gc.freeze()  # the synced cache is long-lived: keep it out of the collector's scans
+        if self.elector is not None:
+            self.elector.start()
+        ssl_ctx: ssl.SSLContext | None = None
+        if self.settings.cert_file:
+            ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_ctx.load_cert_chain(self.settings.cert_file, self.settings.key_file)
+        self._runner = web.AppRunner(make_app(self.service, self.metrics), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=ssl_ctx)
+        await site.start()
+        if self.settings.port == 0:
+            for addr in self._runner.addresses:
+                self.port = int(addr[1])
+        log.info(
+            "hami scheduler extender listening on %s (%d nodes, %d pods cached)",
+            self.url,
+            len(self.scheduler.state.nodes),
+            len(self.pods),
+        )
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self.elector is not None:
+            await self.elector.stop()
+        await self.pods.stop()
+        await self.nodes.stop()
+        await self.client.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+def default_identity() -> str:
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,107 @@
+"""The extender's HTTP(S) endpoints: ``/filter``, ``/bind``, ``/healthz``, ``/readyz``, ``/metrics``.
+
+Errors are answered the way kube-scheduler expects: HTTP 200 with ``Error`` set. A body that is not
+an extender request gets HTTP 400 naming what is wrong; bodies over 1 MiB are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from hami.scheduler.metrics import Metrics
+from hami.scheduler.service import ExtenderService, NotLeader
+from hami.scheduler.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1 << 20
+SERVICE_KEY = web.AppKey("service", ExtenderService)
+METRICS_KEY = web.AppKey("metrics", Metrics)
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _body(request: web.Request) -> object:
+    raw = await request.read()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(text=f"request body is not JSON: {exc}") from None
+
+
+async def handle_filter(request: web.Request) -> web.Response:
+    service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
+    started = time.perf_counter()
+    try:
+        args = ExtenderArgs.parse(await _body(request))
+    except WireError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    try:
+        outcome = await service.filter(args)
+    except NotLeader as exc:
+        metrics.filter_results.labels("not_leader").inc()
+        return _json(filter_result(node_names=None, error=str(exc)))
+    except Exception as exc:  # a bug must not take the loop down: report it to kube-scheduler
+        log.exception("filter failed")
+        metrics.filter_results.labels("error").inc()
+        return _json(filter_result(node_names=None, error=f"internal error: {exc}"))
+    finally:
+        metrics.filter_seconds.observe(time.perf_counter() - started)
+    result = "error" if outcome.error else ("scheduled" if outcome.node_names else "unschedulable")
+    metrics.filter_results.labels(result).inc()
+    return _json(filter_result(node_names=outcome.node_names, failed=outcome.failed, error=outcome.error))
+
+
+async def handle_bind(request: web.Request) -> web.Response:
+    service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
+    started = time.perf_counter()
+    try:
+        args = BindingArgs.parse(await _body(request))
+    except WireError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    try:
+        error = await service.bind(args)
+    except NotLeader as exc:
+        error = str(exc)
+    except Exception as exc:
+        log.exception("bind failed")
+        error = f"internal error: {exc}"
+    finally:
+        metrics.bind_seconds.observe(time.perf_counter() - started)
+    metrics.bind_results.labels("error" if error else "bound").inc()
+    return _json(binding_result(error))
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    if not service.is_synced():
+        return web.Response(status=503, text="cache not synced")
+    return web.Response(text="ok" if service.is_leader() else "ok (follower)")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(service: ExtenderService, metrics: Metrics) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[SERVICE_KEY] = service
+    app[METRICS_KEY] = metrics
+    app.router.add_post("/filter", handle_filter)
+    app.router.add_post("/bind", handle_bind)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app

@@ -1,0 +1,215 @@
+"""Filter and bind: the extender's two verbs, wiring the pure core to the API server.
+
+* **filter** decides synchronously (no ``await`` between reading and reserving, so concurrent
+  binds cannot interleave with a decision), then writes the decision annotations (HAMi keys) on the
+  pod; a failed write rolls the reservation back. An unschedulable pod gets a Warning event that
+  says why, per group of nodes.
+* **bind** re-validates the reservation (re-deciding on the chosen node if this process holds none,
+  e.g. after a restart), takes the node lock, and binds with the pod UID as precondition, setting
+  ``hami.io/bind-phase=allocating`` and ``bind-time`` atomically with the binding. Every failure
+  rolls the reservation back and releases the lock; kube-scheduler then retries the pod.
+* Only the leader decides; other replicas answer with an error so kube-scheduler retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hami.kube.client import KubeClient
+from hami.kube.errors import ConflictError, KubeError, NotFoundError
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.scheduler.nodelock import NodeLockContention, NodeLocker
+from hami.scheduler.sync import TERMINAL_PHASES, LedgerSync
+from hami.scheduler.wire import BindingArgs, ExtenderArgs
+from hami.scheduling.filter import Decision, Scheduler
+
+log = logging.getLogger(__name__)
+
+PodLookup = Callable[[str, str], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class FilterOutcome:
+    node_names: list[str]
+    failed: dict[str, str]
+    error: str = ""
+
+
+class NotLeader(RuntimeError):
+    pass
+
+
+class ExtenderService:
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        sync: LedgerSync,
+        client: KubeClient,
+        locker: NodeLocker,
+        pod_lookup: PodLookup,
+        is_leader: Callable[[], bool] = lambda: True,
+        is_synced: Callable[[], bool] = lambda: True,
+        scheduler_name: str = "hami-scheduler",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.scheduler = scheduler
+        self.sync = sync
+        self.client = client
+        self.locker = locker
+        self.pod_lookup = pod_lookup
+        self.is_leader = is_leader
+        self.is_synced = is_synced
+        self.scheduler_name = scheduler_name
+        self.clock = clock
+        self._last_event: dict[str, tuple[str, float]] = {}
+
+    def _check_ready(self) -> None:
+        if not self.is_leader():
+            raise NotLeader("this hami scheduler replica is not the leader; retry")
+        if not self.is_synced():
+            raise NotLeader("hami scheduler cache is not synced yet; retry")
+
+    # ------------------------------------------------------------------------------ filter
+    async def filter(self, args: ExtenderArgs) -> FilterOutcome:
+        self._check_ready()
+        pod = args.pod
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        decision = self.scheduler.decide(pod, candidates=args.node_names, now=int(self.clock()))
+        if decision.node is None:
+            if decision.invalid:
+                failed = dict.fromkeys(args.node_names, decision.reason or "invalid request")
+            else:
+                failed = decision.failed
+            await self._event(pod, "FilteringFailed", decision.reason or "no node fits", warning=True)
+            return FilterOutcome(node_names=[], failed=failed)
+        self.sync.assumed.add(uid)
+        try:
+            await self._write_decision(pod, decision)
+        except KubeError as exc:
+            self.sync.forget(uid)
+            return FilterOutcome(
+                node_names=[], failed={}, error=f"writing the decision on the pod failed: {exc}"
+            )
+        return FilterOutcome(node_names=[decision.node], failed=decision.failed)
+
+    async def _write_decision(self, pod: Mapping[str, Any], decision: Decision) -> None:
+        meta = pod.get("metadata") or {}
+        ns, name = meta.get("namespace") or "default", meta.get("name") or ""
+        patch = {
+            "metadata": {
+                "annotations": decision.annotations,
+                "labels": {keys.VGPU_NODE: decision.node},
+            }
+        }
+        await self.client.merge_patch(api_path("v1", "pods", namespace=ns, name=name), patch)
+
+    # ------------------------------------------------------------------------------ bind
+    async def bind(self, args: BindingArgs) -> str:
+        """Bind; returns "" on success or the error kube-scheduler should see."""
+        self._check_ready()
+        ns, name, uid, node = args.pod_namespace, args.pod_name, args.pod_uid, args.node
+        pod = self.pod_lookup(ns, name)
+        if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+            try:
+                pod = await self.client.get(api_path("v1", "pods", namespace=ns, name=name))
+            except NotFoundError:
+                self.sync.forget(uid)
+                return f"pod {ns}/{name} not found"
+        if (pod.get("metadata") or {}).get("uid") != uid:
+            self.sync.forget(uid)
+            return f"pod {ns}/{name} was replaced (uid changed)"
+        alloc = self.scheduler.state.pods.get(uid)
+        if alloc is None or alloc.node != node:
+            # no reservation here (restart, or a decision this process did not make): decide again
+            decision = self.scheduler.decide(pod, candidates=[node], now=int(self.clock()))
+            if decision.node is None:
+                return f"pod {ns}/{name} no longer fits node {node}: {decision.reason}"
+            self.sync.assumed.add(uid)
+            try:
+                await self._write_decision(pod, decision)
+            except KubeError as exc:
+                self.sync.forget(uid)
+                return f"writing the decision on pod {ns}/{name} failed: {exc}"
+            alloc = self.scheduler.state.pods[uid]
+        needs_lock = self._needs_lock(alloc.containers, alloc.init_count)
+        if needs_lock:
+            try:
+                await self.locker.acquire(node, ns, name)
+            except (NodeLockContention, KubeError) as exc:
+                self.sync.forget(uid)
+                return f"binding pod {ns}/{name} to {node}: {exc}"
+        try:
+            await self.client.bind_pod(
+                ns,
+                name,
+                uid=uid,
+                node=node,
+                annotations={
+                    keys.BIND_PHASE: keys.BIND_PHASE_ALLOCATING,
+                    keys.BIND_TIME: str(int(self.clock())),
+                },
+            )
+        except KubeError as exc:
+            self.sync.forget(uid)
+            if needs_lock:
+                try:
+                    await self.locker.release(node, ns, name)
+                except KubeError as rel_exc:
+                    log.warning("releasing lock on %s after failed bind: %s", node, rel_exc)
+            if isinstance(exc, ConflictError):
+                return f"binding pod {ns}/{name} to {node} was refused: {exc}"
+            return f"binding pod {ns}/{name} to {node} failed: {exc}"
+        return ""
+
+    def _needs_lock(self, containers: Mapping[str, Any], init_count: int) -> bool:
+        """HAMi locks a node only for vendors that regular (non-init) containers use."""
+        for vendor, per_container in containers.items():
+            if self.scheduler.registry.get(vendor).lock_key is None:
+                continue
+            if any(per_container[i] for i in range(init_count, len(per_container))):
+                return True
+        return False
+
+    # ------------------------------------------------------------------------------ events
+    async def _event(self, pod: Mapping[str, Any], reason: str, message: str, *, warning: bool) -> None:
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        now = self.clock()
+        last = self._last_event.get(uid)
+        if last is not None and last[0] == message and now - last[1] < 30:
+            return  # kube-scheduler retries often; one event per distinct message is enough
+        self._last_event[uid] = (message, now)
+        if len(self._last_event) > 10000:
+            self._last_event.clear()
+        try:
+            await self.client.create_event(
+                dict(pod),
+                reason=reason,
+                message=message,
+                type="Warning" if warning else "Normal",
+                component=self.scheduler_name,
+            )
+        except KubeError as exc:
+            log.warning("could not record event on %s: %s", uid, exc)
+
+
+async def owner_alive_from(pod_lookup: PodLookup, client: KubeClient, namespace: str, name: str) -> bool:
+    """Is the lock owner still waiting for its allocation? Gone / finished / allocated means no."""
+    pod = pod_lookup(namespace, name)
+    if pod is None:
+        try:
+            pod = await client.get(api_path("v1", "pods", namespace=namespace, name=name))
+        except NotFoundError:
+            return False
+    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+        return False
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    phase = ((pod.get("metadata") or {}).get("annotations") or {}).get(keys.BIND_PHASE)
+    return phase not in (keys.BIND_PHASE_SUCCESS, keys.BIND_PHASE_FAILED)

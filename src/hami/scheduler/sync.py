@@ -1,0 +1,111 @@
+"""Feeding the scheduling core from watch events: which pod updates change the usage ledger.
+
+Rules (they fix HAMi's phantom reservations, finding F2):
+
+* a *bound* pod (``spec.nodeName`` set) carrying an allocation annotation counts on its node;
+* an *unbound* pod counts only while this process holds a reservation for it (it was just
+  decided); annotations left on an unbound pod by an earlier decision are ignored;
+* a pod in phase Succeeded/Failed, or deleted, holds nothing;
+* once every init container has exited 0, only the app containers' usage remains.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from hami.protocol.errors import ProtocolError
+from hami.scheduling.filter import Scheduler, pod_key
+
+log = logging.getLogger(__name__)
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+def init_containers_done(pod: Mapping[str, Any]) -> bool:
+    """True when the pod has init containers and every one of them terminated with exit code 0."""
+    init = (pod.get("spec") or {}).get("initContainers") or []
+    if not init:
+        return False
+    statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
+    if len(statuses) < len(init):
+        return False
+    for s in statuses:
+        term = ((s or {}).get("state") or {}).get("terminated")
+        if not term or term.get("exitCode") != 0:
+            return False
+    return True
+
+
+class LedgerSync:
+    """Applies pod and node events to a :class:`Scheduler`'s state. Pure bookkeeping, no I/O."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        #: pods decided by this process and not yet seen bound
+        self.assumed: set[str] = set()
+        #: pods whose annotations could not be decoded (uid -> error)
+        self.pod_errors: dict[str, str] = {}
+        self._node_seen: dict[str, tuple[Any, ...]] = {}
+
+    # --- nodes --------------------------------------------------------------------------------
+    def node_changed(self, node: Mapping[str, Any]) -> None:
+        meta = node.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        annotations = meta.get("annotations") or {}
+        fingerprint = tuple(
+            sorted(
+                (k, v)
+                for k, v in annotations.items()
+                if k.startswith(("hami.io/node-", "hami.io/device-cordon"))
+            )
+        )
+        if self._node_seen.get(name) == fingerprint and name in self.scheduler.state.nodes:
+            return
+        self._node_seen[name] = fingerprint
+        error = self.scheduler.observe_node(node)
+        if error:
+            log.warning("ignoring node inventory: %s", error)
+
+    def node_deleted(self, node: Mapping[str, Any]) -> None:
+        name = str((node.get("metadata") or {}).get("name") or "")
+        self._node_seen.pop(name, None)
+        self.scheduler.node_errors.pop(name, None)
+        self.scheduler.state.remove_node(name)
+
+    # --- pods ---------------------------------------------------------------------------------
+    def pod_changed(self, pod: Mapping[str, Any]) -> None:
+        uid, _, _ = pod_key(pod)
+        state = self.scheduler.state
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in TERMINAL_PHASES:
+            self.forget(uid)
+            return
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not node:
+            if uid not in self.assumed:
+                state.remove_pod(uid)  # stale annotations of an earlier decision hold nothing
+            return
+        try:
+            alloc = self.scheduler.allocation_of(pod, str(node))
+        except ProtocolError as exc:
+            self.pod_errors[uid] = str(exc)
+            log.warning("pod %s: ignoring corrupt allocation annotation: %s", uid, exc)
+            return
+        self.pod_errors.pop(uid, None)
+        if alloc is None:
+            return  # bound without a hami allocation: not ours (or our bind annotation not visible yet)
+        alloc.init_released = init_containers_done(pod)
+        if state.pods.get(uid) != alloc:
+            state.add_pod(alloc)
+        self.assumed.discard(uid)
+
+    def pod_deleted(self, pod: Mapping[str, Any]) -> None:
+        uid, _, _ = pod_key(pod)
+        self.forget(uid)
+
+    def forget(self, uid: str) -> None:
+        self.assumed.discard(uid)
+        self.pod_errors.pop(uid, None)
+        self.scheduler.state.remove_pod(uid)

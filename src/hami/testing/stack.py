@@ -1,0 +1,122 @@
+"""A hami control-plane stack for e2e tests and benchmarks: extender in-process + kube-scheduler + fake node agent."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hami.config import DeviceConfig
+from hami.devices.registry import default_registry
+from hami.kube.client import KubeClient
+from hami.kube.config import KubeConfig
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.protocol.node import decode_node_devices
+from hami.protocol.pod import decode_pod_devices
+from hami.scheduler.kubeconfig import scheduler_configuration
+from hami.scheduler.runner import Extender, ExtenderSettings
+from hami.testing.controlplane import SchedulerHandle, free_port
+from hami.testing.gpucluster import AllocationCompleter
+
+
+class Stack:
+    def __init__(
+        self,
+        kube_config: KubeConfig,
+        start_scheduler: Callable[..., SchedulerHandle],
+        *,
+        lock_expiry: float = 60.0,
+    ) -> None:
+        self.kube_config = kube_config
+        self.start_scheduler = start_scheduler
+        self.port = free_port()
+        self.lock_expiry = lock_expiry
+        self.extender: Extender | None = None
+        self.completer: AllocationCompleter | None = None
+        self.kube_scheduler: SchedulerHandle | None = None
+
+    def _settings(self) -> ExtenderSettings:
+        return ExtenderSettings(
+            host="127.0.0.1",
+            port=self.port,
+            device_config=DeviceConfig.default(),
+            node_lock_expiry=self.lock_expiry,
+            bind_lock_wait=20.0,
+        )
+
+    async def start_extender(self) -> Extender:
+        self.extender = Extender(self.kube_config, self._settings())
+        await self.extender.start()
+        return self.extender
+
+    async def stop_extender(self) -> None:
+        if self.extender is not None:
+            await self.extender.stop()
+            self.extender = None
+
+    async def __aenter__(self) -> Stack:
+        await self.start_extender()
+        self.completer = AllocationCompleter(KubeClient(self.kube_config))
+        await self.completer.start()
+        cfg = scheduler_configuration(
+            extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry()
+        )
+        cfg["profiles"][0]["pluginConfig"] = [
+            {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
+        ]
+        self.kube_scheduler = await asyncio.to_thread(self.start_scheduler, cfg)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.kube_scheduler is not None:
+            self.kube_scheduler.stop()
+        if self.completer is not None:
+            await self.completer.stop()
+            await self.completer.client.close()
+        await self.stop_extender()
+
+
+async def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        await asyncio.sleep(interval)
+
+
+async def list_pods(client: KubeClient, namespace: str) -> list[dict[str, Any]]:
+    out = await client.get(api_path("v1", "pods", namespace=namespace))
+    items: list[dict[str, Any]] = out.get("items") or []
+    return items
+
+
+async def assert_no_overcommit(client: KubeClient, namespace: str, nodes: list[str]) -> dict[str, list[int]]:
+    """From API objects only: on every card, the sum of allocations is within its capacity."""
+    usage: dict[str, list[int]] = {}
+    capacity: dict[str, tuple[int, int, int]] = {}
+    for name in nodes:
+        node = await client.get(api_path("v1", "nodes", name=name))
+        for d in decode_node_devices(node["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER]):
+            capacity[d.id] = (d.count, d.devmem, d.devcore)
+    for pod in await list_pods(client, namespace):
+        if not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        value = (pod["metadata"].get("annotations") or {}).get(keys.VGPU_DEVICES_ALLOCATED, "")
+        for container in decode_pod_devices(value):
+            for dev in container:
+                u = usage.setdefault(dev.uuid, [0, 0, 0])
+                u[0] += 1
+                u[1] += dev.usedmem
+                u[2] += dev.usedcores
+    for uuid, (slots, mem, cores) in usage.items():
+        assert uuid in capacity, f"pod allocated unknown card {uuid}"
+        cap = capacity[uuid]
+        assert slots <= cap[0] and mem <= cap[1] and cores <= cap[2], (
+            f"card {uuid} over-committed: {usage[uuid]} > {cap}"
+        )
+    return usage
