@@ -133,3 +133,5 @@ def device_plugin(
         )
     except KubeConfigError as e:
         raise click.ClickException(f"{e} (use --standalone to run without the Kubernetes API)") from e
+    except DeviceSourceError as e:
+        raise click.ClickException(str(e)) from e
