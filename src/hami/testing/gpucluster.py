@@ -60,7 +60,7 @@ async def create_gpu_node(
             "annotations": {keys.NODE_NVIDIA_REGISTER: encode_node_devices(cards)},
         },
     }
-    node = await client.create(api_path("v1", "nodes"), body)
+    await client.create(api_path("v1", "nodes"), body)
     capacity = {
         "pods": "500",
         "cpu": "256",
