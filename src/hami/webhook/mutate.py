@@ -204,8 +204,12 @@ def _has_resource(container: Mapping[str, Any], name: str) -> bool:
     return False
 
 
-def _enforcement_violations(cname: str, container: Mapping[str, Any]) -> list[str]:
-    """Reasons this container switches enforcement off through its ``env`` list."""
+def _enforcement_violations(cname: str, container: Mapping[str, Any], core_limit_off: bool) -> list[str]:
+    """Reasons this container switches enforcement off through its ``env`` list.
+
+    ``core_limit_off``: the administrator already switched the core limit off for everyone
+    (``gpuCorePolicy: disable`` or ``disableCoreLimit``), so a tenant's ``disable`` changes nothing.
+    """
     out: list[str] = []
     env = container.get("env")
     if not isinstance(env, list):
@@ -216,7 +220,7 @@ def _enforcement_violations(cname: str, container: Mapping[str, Any]) -> list[st
         name = e.get("name")
         if name not in (keys.ENV_DISABLE_CONTROL, keys.ENV_CORE_POLICY):
             continue
-        if e.get("valueFrom") is not None:
+        if e.get("valueFrom") is not None and not (name == keys.ENV_CORE_POLICY and core_limit_off):
             out.append(
                 _denial(
                     cname,
@@ -229,7 +233,7 @@ def _enforcement_violations(cname: str, container: Mapping[str, Any]) -> list[st
         value = raw.strip() if isinstance(raw, str) else ""
         if name == keys.ENV_DISABLE_CONTROL and value.lower() not in _FALSE_SPELLINGS:
             out.append(_denial(cname, f"env {name}", f"{raw!r} switches GPU enforcement off"))
-        elif name == keys.ENV_CORE_POLICY and value.lower() == "disable":
+        elif name == keys.ENV_CORE_POLICY and value.lower() == "disable" and not core_limit_off:
             out.append(_denial(cname, f"env {name}", f"{raw!r} switches the GPU core limit off"))
     return out
 
@@ -280,6 +284,7 @@ def mutate_pod(
     opted_out = namespace in policy.enforcement_opt_out_namespaces
     nvidia_backend = next((b for b in policy.registry if b.vendor == keys.VENDOR_NVIDIA), None)
     nv = policy.nvidia
+    core_limit_off = nv.gpu_core_policy == "disable" or nv.disable_core_limit
 
     managed = False
     privileged: list[str] = []
@@ -293,7 +298,7 @@ def mutate_pod(
             continue
         cname = str(container.get("name") or f"{field_name}[{index}]")
         if not opted_out:
-            denials += _enforcement_violations(cname, container)
+            denials += _enforcement_violations(cname, container, core_limit_off)
         if _is_privileged(container):
             privileged.append(cname)
 

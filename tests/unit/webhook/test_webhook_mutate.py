@@ -7,6 +7,8 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hami.config import DeviceConfig, parse_device_config
 from hami.webhook.mutate import Decision, WebhookPolicy, escape_pointer, mutate_pod
@@ -448,6 +450,17 @@ def test_enforcement_off_allowed_in_opt_out_namespace() -> None:
     assert not d2.allowed
 
 
+@pytest.mark.parametrize(
+    "yaml_text", ["nvidia:\n  gpuCorePolicy: disable\n", "nvidia:\n  disableCoreLimit: true\n"]
+)
+def test_core_policy_disable_allowed_when_admin_already_disabled_it(yaml_text: str) -> None:
+    c = ctr("main", limits={GPU: 1}, env=[{"name": "GPU_CORE_UTILIZATION_POLICY", "value": "disable"}])
+    d, _ = run(pod(c), policy(yaml_text))
+    assert d.allowed
+    c2 = ctr("main", limits={GPU: 1}, env=[{"name": "CUDA_DISABLE_CONTROL", "value": "true"}])
+    assert not run(pod(c2), policy(yaml_text))[0].allowed  # the shim itself stays mandatory
+
+
 def test_all_denials_are_reported_together() -> None:
     c = ctr("main", limits={GPU: 1}, env=[{"name": "CUDA_DISABLE_CONTROL", "value": "true"}])
     d, _ = run(pod(c, ctr("dbg", securityContext={"privileged": True}), nodeName="n1"))
@@ -459,3 +472,85 @@ def test_decision_is_deterministic() -> None:
     p = pod(ctr("a", limits={MEM: "10"}), ctr("b", limits={GPU: 2, PRIO: 1}), init=[ctr("i")])
     pol = policy("nvidia:\n  overwriteEnv: true\n  gpuCorePolicy: force\n  runtimeClassName: nvidia\n")
     assert run(p, pol)[0] == run(p, pol)[0]
+
+
+# ------------------------------------------------------------------------------------- properties
+
+_quantity = st.one_of(st.integers(0, 100), st.integers(0, 100).map(str))
+_resources = st.one_of(
+    st.none(),
+    st.just({}),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "limits": st.one_of(
+                st.none(),
+                st.dictionaries(st.sampled_from([GPU, MEM, PCT, CORES, PRIO, "cpu"]), _quantity, max_size=5),
+            ),
+            "requests": st.dictionaries(st.sampled_from(["cpu", "memory"]), st.just("1"), max_size=2),
+        },
+    ),
+)
+_env = st.one_of(
+    st.none(),
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.sampled_from(
+                    ["A", "NVIDIA_VISIBLE_DEVICES", "CUDA_TASK_PRIORITY", "GPU_CORE_UTILIZATION_POLICY"]
+                )
+            },
+            optional={"value": st.sampled_from(["", "all", "0", "force", "default"])},
+        ),
+        max_size=4,
+    ),
+)
+
+
+@st.composite
+def _containers(draw: st.DrawFn, prefix: str) -> list[dict[str, Any]]:
+    n = draw(st.integers(0, 3))
+    out = []
+    for i in range(n):
+        c: dict[str, Any] = {"name": f"{prefix}{i}", "image": "x"}
+        res = draw(_resources)
+        if res is not None or draw(st.booleans()):
+            c["resources"] = res
+        e = draw(_env)
+        if e is not None or draw(st.booleans()):
+            c["env"] = e
+        out.append(c)
+    return out
+
+
+_policies = [
+    policy(),
+    policy("nvidia:\n  overwriteEnv: true\n  gpuCorePolicy: force\n  runtimeClassName: nvidia\n"),
+    policy("nvidia:\n  defaultMemory: 1000\n  defaultGPUNum: 2\n  gpuCorePolicy: disable\n"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    app=_containers("c").filter(bool),
+    init=_containers("i"),
+    pol=st.sampled_from(_policies),
+    scheduler=st.sampled_from([None, "default-scheduler", "hami-scheduler"]),
+)
+def test_patch_always_applies_and_webhook_is_idempotent(
+    app: list[dict[str, Any]], init: list[dict[str, Any]], pol: WebhookPolicy, scheduler: str | None
+) -> None:
+    p = pod(*app, init=init or None)
+    if scheduler is None:
+        del p["spec"]["schedulerName"]
+    else:
+        p["spec"]["schedulerName"] = scheduler
+    d, out = run(p, pol)
+    assert d.allowed, d.message
+    paths = [op["path"] for op in d.patch if not op["path"].endswith("/-")]
+    assert len(paths) == len(set(paths)), paths  # no location written twice
+    again, out2 = run(out, pol)
+    assert again.allowed and not again.patch, again.patch  # reinvocation changes nothing
+    assert out2 == out
+    if d.managed:
+        assert out["spec"]["schedulerName"] == pol.scheduler_name
