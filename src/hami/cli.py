@@ -91,3 +91,4 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+main.add_command(__import__("hami.webhook.cli", fromlist=["webhook"]).webhook)
