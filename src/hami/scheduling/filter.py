@@ -223,11 +223,16 @@ class Scheduler:
                     return reason
         placed: dict[str, list[tuple[Placement, ...]]] = {v: [] for v in request.vendors}
         app_scratch = {v: [c.copy() for c in cards] for v, cards in by_vendor.items()}
+        # MIG instances are created for every container at admission and live until teardown,
+        # so later containers (init ones included) must avoid the slices earlier init ones took
+        init_migs: list[tuple[str, tuple[int, int]]] = []
         for ci, container in enumerate(request.containers):
             # init containers run one at a time: each fits against the node as it is;
             # app containers run together: each fits on top of the previous ones.
             if container.init:
                 scratch = {v: [c.copy() for c in by_vendor[v]] for v in container.devices}
+                if init_migs:
+                    _reserve_migs(scratch, init_migs)
             else:
                 scratch = app_scratch
             for vendor in request.vendors:
@@ -241,4 +246,20 @@ class Scheduler:
                 if chosen is None:
                     return reason
                 placed[vendor].append(tuple(chosen))
+                if container.init:
+                    taken = [
+                        (p.device.uuid, (p.mig.placement_start, p.mig.placement_size))
+                        for p in chosen
+                        if p.mig
+                    ]
+                    if taken:
+                        init_migs.extend(taken)
+                        _reserve_migs(app_scratch, taken)
         return placed
+
+
+def _reserve_migs(scratch: Mapping[str, list[Card]], migs: list[tuple[str, tuple[int, int]]]) -> None:
+    """Mark MIG slices taken by this pod's init containers on scratch cards."""
+    for cards in scratch.values():
+        for card in cards:
+            card.mig_in_use.extend(span for uuid, span in migs if uuid == card.uuid)

@@ -43,10 +43,13 @@ class PodAllocation:
         for per_container in self.containers.values():
             for ci, placements in enumerate(per_container):
                 is_init = ci < self.init_count
-                if is_init and self.init_released:
-                    continue
                 for p in placements:
                     d = p.device
+                    if p.mig is not None:
+                        # a MIG instance lives until the pod is torn down, init containers' too
+                        migs.setdefault(d.uuid, []).append((p.mig.placement_start, p.mig.placement_size))
+                    if is_init and self.init_released:
+                        continue
                     if is_init:
                         acc = init.setdefault(d.uuid, [0, 0, 0])
                         acc[0] = 1
@@ -57,10 +60,8 @@ class PodAllocation:
                         acc[0] += 1
                         acc[1] += d.usedmem
                         acc[2] += d.usedcores
-                    if p.mig is not None:  # init instances exist until the init containers finish
-                        migs.setdefault(d.uuid, []).append((p.mig.placement_start, p.mig.placement_size))
         out: Usage = {}
-        for uuid in init.keys() | app.keys():
+        for uuid in init.keys() | app.keys() | migs.keys():
             i = init.get(uuid, [0, 0, 0])
             a = app.get(uuid, [0, 0, 0])
             out[uuid] = (max(i[0], a[0]), max(i[1], a[1]), max(i[2], a[2]), tuple(migs.get(uuid, ())))

@@ -383,3 +383,22 @@ def test_round_trip_annotations_rebuild_the_same_usage(policy: str) -> None:
         rebuilt.state.add_pod(alloc)
     assert all_usage(rebuilt.state) == all_usage(sched.state)
     assert sorted(rebuilt.state.pods) == sorted(sched.state.pods)
+
+
+@pytest.mark.parametrize(
+    "annotations",
+    [
+        {ALLOCATED: "GPU-a,NVIDIA,lots,0:;"},
+        {ALLOCATED: "GPU-a,NVIDIA:;"},
+        {ALLOCATED: "GPU-a,NVIDIA,1,0:;", keys.VGPU_MIG_ALLOCATIONS: "[{"},
+        {ALLOCATED: "GPU-a,NVIDIA,1,0:;", keys.VGPU_MIG_ALLOCATIONS: '[{"containerIndex":0}]'},
+    ],
+    ids=["mem", "fields", "mig-json", "mig-fields"],
+)
+def test_corrupt_allocation_annotations_raise_protocol_error(annotations: dict[str, str]) -> None:
+    from hami.protocol import ProtocolError
+
+    sched = scheduler(node("n1", [gpu("GPU-a")]))
+    with pytest.raises(ProtocolError):
+        sched.allocation_of(gpu_pod("p", annotations=annotations), "n1")
+    assert idle(sched.state)

@@ -303,30 +303,20 @@ def reference(inventory: dict[str, tuple[str, ...]], pods: dict[str, PodAllocati
             if a.node != name:
                 continue
             for u in uuids:
-                init = [
-                    p
+                held = [
+                    (ci < a.init_count, p)
                     for ci, c in enumerate(a.containers[keys.VENDOR_NVIDIA])
-                    if ci < a.init_count and not a.init_released
                     for p in c
                     if p.device.uuid == u
                 ]
-                app = [
-                    p
-                    for ci, c in enumerate(a.containers[keys.VENDOR_NVIDIA])
-                    if ci >= a.init_count
-                    for p in c
-                    if p.device.uuid == u
-                ]
+                init = [p.device for is_init, p in held if is_init and not a.init_released]
+                app = [p.device for is_init, p in held if not is_init]
                 acc = per[u]
                 acc[0] += max(1 if init else 0, len(app))
-                acc[1] += max(
-                    max((p.device.usedmem for p in init), default=0), sum(p.device.usedmem for p in app)
-                )
-                acc[2] += max(
-                    max((p.device.usedcores for p in init), default=0), sum(p.device.usedcores for p in app)
-                )
-                # MIG instances are real until released: init ones until the init containers finish
-                acc[3].extend((p.mig.placement_start, p.mig.placement_size) for p in init + app if p.mig)
+                acc[1] += max(max((d.usedmem for d in init), default=0), sum(d.usedmem for d in app))
+                acc[2] += max(max((d.usedcores for d in init), default=0), sum(d.usedcores for d in app))
+                # MIG instances live as long as the pod, init containers' included
+                acc[3].extend((p.mig.placement_start, p.mig.placement_size) for _, p in held if p.mig)
         out[name] = {u: (v[0], v[1], v[2], tuple(sorted(v[3]))) for u, v in per.items()}
     return out
 

@@ -190,7 +190,8 @@ def test_percentage_requests_resolve_against_the_gpu_memory() -> None:
     assert migs(d)[0].profile == MIG_3G.name
 
 
-def test_init_container_instances_stay_reserved_until_init_finishes() -> None:
+def test_init_container_instances_stay_reserved_for_the_pods_lifetime() -> None:
+    """MIG instances are created at admission for every container and destroyed at pod teardown."""
     from schedkit import container, pod
 
     sched = scheduler(node("n1", [mig_gpu("GPU-m")]))
@@ -202,11 +203,33 @@ def test_init_container_instances_stay_reserved_until_init_finishes() -> None:
         (0, "2g.10gb", 0),
         (1, "1g.5gb", 6),
     ]
-    # the init container's instance exists while it runs: nobody else may take its slices
+    # nobody else may take the init container's slices
     assert layout(sched) == [(0, 2), (6, 1)]
     other = migs(sched.decide(gpu_pod("other", mem=9000)))[0]
     assert (other.placement_start, other.placement_size) == (2, 2)
     sched.state.remove_pod("uid-other")
+    # init finished: its memory and cores go, its instance stays until the pod goes
     assert sched.state.release_init("uid-p")
-    assert layout(sched) == [(6, 1)]
     assert usage(sched.state, "n1") == {"GPU-m": (1, MIG_1G.memory_mb, MIG_1G.core)}
+    assert layout(sched) == [(0, 2), (6, 1)]
+    sched.state.remove_pod("uid-p")
+    assert layout(sched) == []
+
+
+def test_a_pods_instances_never_overlap_each_other() -> None:
+    """Init and app instances coexist, so the pod's own containers must not share slices."""
+    from schedkit import container, pod
+
+    sched = scheduler(node("n1", [mig_gpu("GPU-m")]))
+    p = pod(
+        "p",
+        container("app1", gpu=1, mem=4000),
+        container("app2", gpu=1, mem=4000),
+        init=[container("init1", gpu=1, mem=4000), container("init2", gpu=1, mem=4000)],
+    )
+    d = sched.decide(p)
+    assert d.node == "n1", d.reason
+    spans = [(m.placement_start, m.placement_size) for m in migs(d)]
+    assert len(spans) == 4
+    assert not overlaps(spans), spans
+    assert layout(sched) == sorted(spans)
