@@ -114,6 +114,7 @@ class DevicePluginServer:
         self._devices: list[PhysicalDevice] = []
         self._version = 0
         self._changed = asyncio.Condition()
+        self._refresh_lock = asyncio.Lock()
         self._server: grpc.aio.Server | None = None
         self._own_stamp: _FileStamp | None = None
         self._kubelet_stamp: _FileStamp | None = None
@@ -140,6 +141,10 @@ class DevicePluginServer:
 
     async def refresh(self) -> bool:
         """Re-read the source; notify ListAndWatch streams when anything changed."""
+        async with self._refresh_lock:  # concurrent refreshes never apply an older snapshot last
+            return await self._refresh()
+
+    async def _refresh(self) -> bool:
         devices = await asyncio.to_thread(build_inventory, self.source, self.settings)
         if devices == self._devices:
             return False
