@@ -21,8 +21,8 @@ async def make_node(kc: KubeClient, name: str) -> None:
     await kc.create(
         api_path("v1", "nodes"), {"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}}}
     )
-    # The TaintNodesByCondition admission plugin adds node.kubernetes.io/not-ready:NoSchedule on
-    # create and no node controller runs to lift it: clear the taints by hand.
+    # No node controller runs to lift a not-ready taint (the control plane also disables the
+    # TaintNodesByCondition admission plugin); clearing taints keeps this test independent of that.
     await kc.merge_patch(api_path("v1", "nodes", name=name), {"spec": {"taints": None}})
     res = {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "4"}
     await kc.merge_patch(
