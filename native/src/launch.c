@@ -144,6 +144,7 @@ struct ctl {
     int64_t last_tokens;
     unsigned long long last_seen_us;
     nvmlDevice_t h;
+    int have_cost;
 };
 static struct ctl g_ctl[VGPU_MAX_DEV];
 
@@ -239,18 +240,27 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     int throttled = atomic_exchange(&D->throttled, 0);
     double cost = (double)atomic_load(&D->cost_ns);
     double gain = atomic_load(&D->gain_ppm) / 1e6;
+    int settled = 0;
     if (launches >= 1.0) {
         double sample = u / 100.0 * dt / launches;
         if (u < 0.5) sample = cost / 4; /* launches that cost no measurable time */
-        cost = 0.5 * cost + 0.5 * sample;
+        if (!c->have_cost && u >= 0.5) {
+            cost = sample; /* first real measurement replaces the neutral guess outright */
+            c->have_cost = 1;
+        } else {
+            settled = c->have_cost && sample < cost * 1.25 && sample > cost * 0.8;
+            cost = 0.5 * cost + 0.5 * sample;
+        }
         if (cost < 100) cost = 100;
         if (cost > 1e9) cost = 1e9;
     }
-    if (throttled && launches >= 1.0 && u > 0.5) {
+    /* integral correction: always pulls down when over the limit; pushes up only while the
+     * container is actually being throttled (no wind-up while the application asks for less) */
+    if (settled && u > 0.5) {
         double err = ((double)L - u) / (double)L;
         if (err > 0.5) err = 0.5;
         if (err < -0.5) err = -0.5;
-        gain *= 1.0 + 0.25 * err;
+        if (err < 0 || throttled) gain *= 1.0 + 0.25 * err;
         if (gain < 0.3) gain = 0.3;
         if (gain > 3.0) gain = 3.0;
     }
@@ -301,8 +311,9 @@ static void *watcher(void *arg) {
 void vgpu_limiter_start(void) {
     struct vgpu_region *R = vgpu_region();
     int any = 0, nlim = 0, last = -1;
+    int ndev = vgpu_ndev > 0 ? vgpu_ndev : 1;
     for (int d = 0; d < VGPU_MAX_DEV; d++) {
-        uint32_t L = R->dev[d].sm_limit;
+        uint32_t L = d < ndev ? R->dev[d].sm_limit : 0;
         g_limited[d] = L > 0 && L < 100 && R->policy != POLICY_DISABLE;
         if (g_limited[d]) {
             any = 1;

@@ -37,8 +37,7 @@ static void nvml_load_once(void) {
     if (!path || !*path) path = "libnvidia-ml.so.1";
     g_nvml = dlopen(path, RTLD_NOW | RTLD_NODELETE);
     if (!g_nvml) {
-        LOG_WARN("cannot load %s (%s): memory limits still hold, the compute limiter stands down", path,
-                 dlerror());
+        LOG_INFO("cannot load %s (%s)", path, dlerror());
         return;
     }
     for (int i = 0; i < N_COUNT; i++) vgpu_nvml_helper[i] = vgpu_dlsym_in_object(g_nvml, nvml_helper_names[i]);
@@ -48,7 +47,7 @@ static void nvml_load_once(void) {
     if (NVML_HELPER_FN(nvmlInit_v2) && NVML_HELPER_FN(nvmlInit_v2)() == NVML_SUCCESS)
         vgpu_nvml_ok = 1;
     else
-        LOG_WARN("nvmlInit_v2 failed: the compute limiter stands down");
+        LOG_INFO("nvmlInit_v2 failed");
 }
 
 void vgpu_nvml_load(void) { pthread_once(&g_nvml_once, nvml_load_once); }

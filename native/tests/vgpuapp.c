@@ -137,7 +137,7 @@ static CUresult do_alloc(int kind, size_t size, struct obj *o) {
         return r;
     }
     case ARRAY3D: {
-        CUDA_ARRAY3D_DESCRIPTOR d = {size / 4096 / 16, 64, 16, CU_AD_FORMAT_UNSIGNED_INT8, 4, 0};
+        CUDA_ARRAY3D_DESCRIPTOR d = {size / (64 * 16 * 4), 64, 16, CU_AD_FORMAT_UNSIGNED_INT8, 4, 0};
         CUarray a = NULL;
         r = cuArray3DCreate_v2(&a, &d);
         o->h = (uint64_t)(uintptr_t)a;

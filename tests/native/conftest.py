@@ -1,0 +1,102 @@
+"""Fixtures for the native tier: build libvgpu.so + the fake driver once, then run test programs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NATIVE = ROOT / "native"
+BUILD = NATIVE / "build"
+SHIM = BUILD / "libvgpu.so"
+FAKE = BUILD / "fake"
+APP = BUILD / "tests" / "vgpuapp"
+
+# environment variables that would leak the caller's settings into a test
+MiB = 1 << 20
+
+_SCRUB = ("CUDA_", "GPU_CORE_UTILIZATION_POLICY", "LIBCUDA_LOG_LEVEL", "LIBVGPU_", "FAKECUDA_", "LD_PRELOAD")
+
+
+def _make(*targets: str) -> None:
+    subprocess.run(["make", "-s", "-C", str(NATIVE), *targets], check=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def native_build() -> Path:
+    """Builds native/ (no-op when up to date) and returns the build directory."""
+    _make("all")
+    return BUILD
+
+
+@pytest.fixture(scope="session")
+def asan_build() -> Path:
+    _make("asan")
+    return BUILD / "asan"
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+
+
+@dataclass
+class Sandbox:
+    """One simulated container: a private region file, a private fake device."""
+
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> Path:
+        return self.tmp / "vgpu.cache"
+
+    def make_env(self, shim: bool = True, **extra: str) -> dict[str, str]:
+        env = base_env()
+        env.update(
+            LD_LIBRARY_PATH=str(FAKE),
+            FAKECUDA_STATE=str(self.tmp / "fake.state"),
+            CUDA_DEVICE_MEMORY_SHARED_CACHE=str(self.cache),
+        )
+        if shim:
+            env["LD_PRELOAD"] = str(SHIM)
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def run(self, *ops: str, shim: bool = True, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(APP), *ops],
+            env=self.make_env(shim, **extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *ops: str, shim: bool = True, **extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(APP), *ops],
+            env=self.make_env(shim, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+@pytest.fixture
+def sandbox(native_build: Path, tmp_path: Path) -> Iterator[Sandbox]:
+    yield Sandbox(tmp_path)
+
+
+def lines(out: str, prefix: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith(prefix)]
+
+
+def kv(line: str) -> dict[str, str]:
+    """'info rc=0 free=1 total=2' -> {'rc': '0', 'free': '1', 'total': '2'}"""
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)

@@ -1,0 +1,125 @@
+"""Memory limits inside one process: every allocation family, virtualised queries, parsing."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import BUILD, MiB, Sandbox, kv, lines
+
+pytestmark = pytest.mark.native
+
+GiB = 1 << 30
+
+
+def test_parser_unit(native_build: object) -> None:
+    r = subprocess.run([str(BUILD / "tests" / "parse_test")], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stdout
+
+
+@pytest.mark.parametrize(
+    "kind", ["linear", "managed", "pitch", "async", "async_ptsz", "pool", "vmm", "array", "array3d", "mipmap"]
+)
+def test_every_allocation_family_is_limited(sandbox: Sandbox, kind: str) -> None:
+    r = sandbox.run(
+        f"alloc:{kind}:600m",
+        f"alloc:{kind}:600m",  # 1.2 GiB > 1 GiB: refused with CUDA_ERROR_OUT_OF_MEMORY
+        "info",
+        "free:0",
+        "info",
+        f"alloc:{kind}:600m",  # room again after the free
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+    )
+    allocs = lines(r.stdout, "alloc ")
+    assert [kv(a)["rc"] for a in allocs] == ["0", "2", "0"], r.stdout + r.stderr
+    infos = [kv(i) for i in lines(r.stdout, "info ")]
+    assert int(infos[0]["total"]) == GiB
+    assert int(infos[0]["free"]) <= GiB - 600 * MiB  # charged at least the request
+    assert int(infos[1]["free"]) == GiB  # fully uncharged: no drift
+    assert "OOM dev=0" in r.stderr and "CUDA_ERROR_OUT_OF_MEMORY" in r.stderr
+
+
+def test_vmm_stays_charged_until_last_unmap(sandbox: Sandbox) -> None:
+    # do_free releases the handle first and unmaps second; between the two the memory is still mapped
+    r = sandbox.run("alloc:vmm:512m", "alloc:linear:600m", "free:0", "alloc:linear:600m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "0"], r.stdout
+
+
+def test_per_device_limit_overrides_global(sandbox: Sandbox) -> None:
+    r = sandbox.run("alloc:linear:300m", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", CUDA_DEVICE_MEMORY_LIMIT_0="256Mi")
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "2"
+    assert int(kv(lines(r.stdout, "info ")[0])["total"]) == 256 * MiB
+
+
+def test_no_limit_passes_through(sandbox: Sandbox) -> None:
+    r = sandbox.run("alloc:linear:8g", "info")
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "0"
+    assert int(kv(lines(r.stdout, "info ")[0])["total"]) == 16 * GiB  # the fake card
+
+
+@pytest.mark.parametrize("value", ["1.5g", "08x", "-1", "0x10000000", "8 g", "lots"])
+def test_malformed_limit_denies_and_logs(sandbox: Sandbox, value: str) -> None:
+    r = sandbox.run("alloc:linear:1m", CUDA_DEVICE_MEMORY_LIMIT=value)
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "2", "a malformed limit must never mean unlimited"
+    assert "CUDA_DEVICE_MEMORY_LIMIT" in r.stderr and "malformed" in r.stderr
+
+
+def test_leading_zero_is_decimal_not_octal(sandbox: Sandbox) -> None:
+    r = sandbox.run("info", CUDA_DEVICE_MEMORY_LIMIT="010m")
+    assert int(kv(lines(r.stdout, "info ")[0])["total"]) == 10 * MiB
+
+
+def test_queries_agree_and_never_underflow(sandbox: Sandbox) -> None:
+    # the context alone (64 MiB on the fake) exceeds a 32 MiB limit: free must be 0, not 2^64 - x
+    r = sandbox.run("info", "totalmem", "nvml", CUDA_DEVICE_MEMORY_LIMIT="32m", FAKECUDA_CTX_BYTES="64m")
+    info = kv(lines(r.stdout, "info ")[0])
+    assert info["rc"] == "0" and int(info["free"]) == 0 and int(info["total"]) == 32 * MiB
+    assert int(kv(lines(r.stdout, "totalmem ")[0])["total"]) == 32 * MiB
+    nv = kv(lines(r.stdout, "nvml ")[0])
+    assert int(nv["total"]) == 32 * MiB and int(nv["free"]) == 0 and int(nv["used"]) == 32 * MiB
+    assert int(nv["total2"]) == 32 * MiB and int(nv["free2"]) == 0
+
+
+def test_nvml_reports_the_slice(sandbox: Sandbox) -> None:
+    r = sandbox.run("alloc:linear:100m", "nvml", "info", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    nv = kv(lines(r.stdout, "nvml ")[0])
+    info = kv(lines(r.stdout, "info ")[0])
+    assert int(nv["total"]) == GiB and int(nv["used"]) == 100 * MiB
+    assert int(nv["free"]) == int(info["free"]) == GiB - 100 * MiB
+
+
+def test_context_overhead_is_measured_and_charged(sandbox: Sandbox) -> None:
+    r = sandbox.run(
+        "info", "alloc:ctx:0", "info", "free:0", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", FAKECUDA_CTX_BYTES="100m"
+    )
+    frees = [int(kv(i)["free"]) for i in lines(r.stdout, "info ")]
+    # primary context measured through NVML (100 MiB), then a second context charged and released
+    assert frees == [GiB - 100 * MiB, GiB - 200 * MiB, GiB - 100 * MiB], r.stdout + r.stderr
+
+
+def test_configured_context_overhead_refuses_a_context_that_does_not_fit(sandbox: Sandbox) -> None:
+    # primary context 200 MiB + 700 MiB = 900 MiB; a second context would need another 200 MiB
+    r = sandbox.run("alloc:linear:700m", "alloc:ctx:0", CUDA_DEVICE_MEMORY_LIMIT="1g", LIBVGPU_CONTEXT_OVERHEAD="200m")
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2"], r.stdout
+
+
+def test_log_level(sandbox: Sandbox) -> None:
+    quiet = sandbox.run("alloc:linear:2g", CUDA_DEVICE_MEMORY_LIMIT="1g", LIBCUDA_LOG_LEVEL="0")
+    assert "OOM dev=0" in quiet.stderr and "INFO" not in quiet.stderr  # errors always print
+    loud = sandbox.run("alloc:linear:1m", CUDA_DEVICE_MEMORY_LIMIT="1g", LIBCUDA_LOG_LEVEL="4")
+    assert "DEBUG" in loud.stderr and "memory limit 1024.0 MiB" in loud.stderr
+
+
+def test_without_nvml_memory_limit_holds_and_limiter_stands_down(sandbox: Sandbox) -> None:
+    r = sandbox.run(
+        "alloc:linear:600m",
+        "alloc:linear:600m",
+        "launch:kernel:0.5:1000000",
+        LD_LIBRARY_PATH=str(BUILD / "nonvml"),
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+        CUDA_DEVICE_SM_LIMIT="20",
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2"], r.stdout + r.stderr
+    assert r.stderr.count("compute limiter stands down") == 1, r.stderr
+    util = float(kv(lines(r.stdout, "launch ")[0])["util"])
+    assert util > 80, "with no NVML the limiter must stand down, not block"
