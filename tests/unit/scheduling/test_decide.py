@@ -22,8 +22,10 @@ from schedkit import (
 )
 
 from hami.config import NvidiaConfig
-from hami.devices import RequestError
+from hami.devices import BackendRegistry, RequestError
+from hami.devices.nvidia import NvidiaBackend
 from hami.protocol import keys
+from hami.protocol.node import encode_node_devices
 from hami.protocol.pod import decode_pod_devices
 from hami.scheduling import Scheduler, pod_requests
 from hami.scheduling.requests import check_against_largest_card
@@ -402,3 +404,69 @@ def test_corrupt_allocation_annotations_raise_protocol_error(annotations: dict[s
     with pytest.raises(ProtocolError):
         sched.allocation_of(gpu_pod("p", annotations=annotations), "n1")
     assert idle(sched.state)
+
+
+# --- a second vendor: padding is per vendor key -------------------------------------------------------------------
+
+
+class OtherBackend(NvidiaBackend):
+    """A stand-in second vendor: NVIDIA's mechanics under other names and keys."""
+
+    vendor = "OTHER"
+    allocated_key = "other.example/devices-allocated"
+    to_allocate_key = "other.example/devices-to-allocate"
+    register_key = "other.example/node-register"
+
+
+def two_vendor_scheduler() -> Scheduler:
+    other_cfg = NvidiaConfig(
+        resource_count_name="other.example/dev",
+        resource_memory_name="other.example/mem",
+        resource_memory_percentage_name="other.example/mem-percentage",
+        resource_core_name="other.example/cores",
+        resource_priority_name="other.example/priority",
+    )
+    sched = Scheduler(BackendRegistry([NvidiaBackend(), OtherBackend(other_cfg)]))
+    n = node("n1", [gpu("GPU-n")])
+    n["metadata"]["annotations"][OtherBackend.register_key] = encode_node_devices(
+        [gpu("OTH-o", type="Other-X1")]
+    )
+    assert sched.observe_node(n) is None
+    return sched
+
+
+def other(name: str, mem: int) -> dict[str, Any]:
+    return {"name": name, "resources": {"limits": {"other.example/dev": 1, "other.example/mem": mem}}}
+
+
+def test_each_vendor_annotation_has_one_entry_per_container() -> None:
+    sched = two_vendor_scheduler()
+    p = pod(
+        "p",
+        other("o", 100),
+        container("n", gpu=1, mem=200, cores=5),
+        container("side"),
+        init=[container("init")],
+    )
+    d = sched.decide(p)
+    assert d.node == "n1", d.reason
+    assert d.annotations[ALLOCATED] == ";;GPU-n,NVIDIA,200,5:;;"
+    assert d.annotations[OtherBackend.allocated_key] == ";OTH-o,OTHER,100,0:;;;"
+    assert usage(sched.state, "n1") == {"GPU-n": (1, 200, 5), "OTH-o": (1, 100, 0)}
+    # and both come back from the annotations
+    rebuilt = two_vendor_scheduler()
+    alloc = rebuilt.allocation_of(with_annotations(p, d.annotations, "n1"), "n1")
+    assert alloc is not None
+    assert set(alloc.containers) == {"NVIDIA", "OTHER"}
+    rebuilt.state.add_pod(alloc)
+    assert usage(rebuilt.state, "n1") == usage(sched.state, "n1")
+    # the node score spans every vendor's cards
+    assert rebuilt.state.nodes["n1"].total_count == 20
+
+
+def test_a_vendor_missing_on_the_node_rejects_it() -> None:
+    sched = scheduler(node("n1", [gpu("GPU-a")]))
+    sched.registry.register(OtherBackend(NvidiaConfig(resource_count_name="other.example/dev")))
+    d = sched.decide(pod("p", other("o", 1)))
+    assert d.node is None
+    assert d.failed == {"n1": "0/0 OTHER NodeInsufficientDevice"}
