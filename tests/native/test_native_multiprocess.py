@@ -1,0 +1,151 @@
+"""Several processes sharing one region: atomic admission, kill -9, fork, threads, drift."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import MiB, Sandbox, kv, lines
+
+pytestmark = pytest.mark.native
+
+GiB = 1 << 30
+
+
+def _wait_for(path_or_proc: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if getattr(path_or_proc, "exists", None) and path_or_proc.exists():  # type: ignore[attr-defined]
+            return
+        time.sleep(0.005)
+    raise TimeoutError(str(path_or_proc))
+
+
+def test_two_processes_asking_60_percent_exactly_one_wins(sandbox: Sandbox) -> None:
+    rounds = 40
+    bar = sandbox.tmp / "barrier"
+    procs = [
+        sandbox.popen(f"barrier_open:{bar}:2", f"race:{rounds}:600m", CUDA_DEVICE_MEMORY_LIMIT="1g") for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    results = [{int(ln.split()[1]): kv(ln)["rc"] for ln in lines(o, "round ")} for o, _ in outs]
+    assert all(len(r) == rounds for r in results), outs
+    for k in range(rounds):
+        got = sorted([results[0][k], results[1][k]])
+        assert got == ["0", "2"], f"round {k}: {got} (both passing would over-commit the card)"
+
+
+def test_four_processes_never_exceed_the_limit(sandbox: Sandbox) -> None:
+    bar = sandbox.tmp / "barrier"
+    procs = [
+        sandbox.popen(f"barrier_open:{bar}:4", "race:25:300m", CUDA_DEVICE_MEMORY_LIMIT="1g") for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    for k in range(25):
+        wins = sum(kv(ln)["rc"] == "0" for o in outs for ln in lines(o, f"round {k} "))
+        assert wins == 3, f"round {k}: {wins} x 300 MiB admitted against 1 GiB"
+
+
+def test_killed_holder_is_reclaimed_within_one_second(sandbox: Sandbox) -> None:
+    a_ready, b_ready, killed = (sandbox.tmp / n for n in ("a", "b", "killed"))
+    holder = sandbox.popen("alloc:linear:700m", f"ready:{a_ready}", "sleep:60000", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    _wait_for(a_ready)
+    other = sandbox.popen(
+        "alloc:linear:100m",
+        "alloc:linear:500m",  # refused while the holder lives
+        f"ready:{b_ready}",
+        f"waitfile:{killed}",
+        "pollfree:924m:3000",
+        "alloc:linear:800m",  # fits once the dead holder's 700 MiB is back
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+    )
+    _wait_for(b_ready)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    killed.touch()
+    out, err = other.communicate(timeout=30)
+    assert [kv(a)["rc"] for a in lines(out, "alloc ")] == ["0", "2", "0"], out + err
+    poll = lines(out, "pollfree ")[0]
+    assert poll.startswith("pollfree ok"), out
+    assert float(kv(poll)["ms"]) < 1000.0
+
+
+def test_kill_mid_allocation_never_hangs_others(sandbox: Sandbox) -> None:
+    """SIGKILL a process hammering alloc/free from 4 threads (often inside the admission lock)."""
+    rng = random.Random(5)
+    for rnd in range(6):
+        ready, killed = sandbox.tmp / f"b{rnd}", sandbox.tmp / f"k{rnd}"
+        other = sandbox.popen(
+            "alloc:linear:100m",
+            f"ready:{ready}",
+            f"waitfile:{killed}",
+            "pollfree:924m:3000",
+            "alloc:linear:800m",
+            "info",
+            CUDA_DEVICE_MEMORY_LIMIT="1g",
+        )
+        _wait_for(ready)
+        hammer = sandbox.popen("hammer:60m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+        assert hammer.stdout is not None
+        assert hammer.stdout.readline().startswith("hammering")
+        time.sleep(rng.uniform(0.02, 0.3))
+        hammer.send_signal(signal.SIGKILL)
+        hammer.wait()
+        killed.touch()
+        out, err = other.communicate(timeout=30)
+        poll = lines(out, "pollfree ")[0]
+        assert poll.startswith("pollfree ok") and float(kv(poll)["ms"]) < 1000.0, out + err
+        assert kv(lines(out, "alloc linear 800m")[0])["rc"] == "0", out + err
+        assert int(kv(lines(out, "info ")[0])["free"]) == GiB - 900 * MiB, out
+
+
+def test_threads_and_fork(sandbox: Sandbox) -> None:
+    r = sandbox.run(
+        "threads:8:5000:1m",
+        "fork:64m",  # the child charges 64 MiB to its own slot and exits without freeing
+        "sleep:400",
+        "info",
+        "alloc:linear:1000m",
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+    )
+    assert kv(lines(r.stdout, "threads ")[0])["fails"] == "0", r.stdout + r.stderr
+    assert "child alloc rc=0" in r.stdout and "fork child exit=0" in r.stdout
+    assert int(kv(lines(r.stdout, "info ")[0])["free"]) == GiB, "the exited child's charge must be reclaimed"
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "0"
+
+
+def test_million_cycles_zero_drift(sandbox: Sandbox) -> None:
+    r = sandbox.run("cycles:1000000:1m", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", timeout=180)
+    assert kv(lines(r.stdout, "cycles ")[0])["fails"] == "0", r.stdout + r.stderr
+    info = kv(lines(r.stdout, "info ")[0])
+    assert int(info["free"]) == int(info["total"]) == GiB, "usage drifted after 1,000,000 alloc/free cycles"
+
+
+def test_region_limits_are_container_wide_and_first_writer_wins(sandbox: Sandbox) -> None:
+    a = sandbox.tmp / "a"
+    holder = sandbox.popen("alloc:linear:600m", f"ready:{a}", "sleep:5000", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    _wait_for(a)
+    # a second process with a different (larger) env limit still obeys the region's 1 GiB
+    r = sandbox.run("alloc:linear:600m", CUDA_DEVICE_MEMORY_LIMIT="4g")
+    holder.kill()
+    holder.wait()
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "2"
+    assert "the region's value applies" in r.stderr
+
+
+def test_non_cuda_programs_are_untouched(sandbox: Sandbox) -> None:
+    env = sandbox.make_env(CUDA_DEVICE_MEMORY_LIMIT="1g", LIBCUDA_LOG_LEVEL="4")
+    r = subprocess.run(
+        ["python3", "-c", "import ctypes, ctypes.util; print(ctypes.CDLL(None).getpid() > 0)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "True"
+    assert "libvgpu" not in r.stderr, "a process that never touches CUDA must not even initialise the shim"
+    assert not sandbox.cache.exists()
