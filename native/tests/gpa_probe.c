@@ -66,7 +66,8 @@ int main(int argc, char **argv) {
                 printf("gpa %s %d %d -> rc=%d st=%d %s\n", syms[s], vers[v], fl, r, st, who(p, buf, sizeof buf));
             }
     void *p = NULL;
-    printf("gpa1 cuMemAlloc 12000 0 -> rc=%d %s\n", gpa1("cuMemAlloc", &p, 12000, 0), who(p, buf, sizeof buf));
+    CUresult r1 = gpa1("cuMemAlloc", &p, 12000, 0);
+    printf("gpa1 cuMemAlloc 12000 0 -> rc=%d %s\n", r1, who(p, buf, sizeof buf));
     printf("gpa cuMemAlloc 99000 0 -> rc=%d\n", gpa2("cuMemAlloc", &p, 99000, 0, &st));
     /* chained: the cuGetProcAddress handed out by cuGetProcAddress must still be the shim */
     gpa2_fn chained = NULL;

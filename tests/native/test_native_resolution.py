@@ -1,0 +1,107 @@
+"""Symbol resolution: dlsym on the driver handle, cuGetProcAddress(_v2) per version and flags,
+RTLD_NEXT for other interposers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+from conftest import BUILD, FAKE, SHIM, Sandbox, base_env
+
+pytestmark = pytest.mark.native
+
+PROBE = BUILD / "tests" / "gpa_probe"
+
+
+def _probe(sandbox: Sandbox, *args: str, **extra: str) -> dict[str, str]:
+    env = sandbox.make_env(**extra)
+    r = subprocess.run([str(PROBE), *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out: dict[str, str] = {}
+    for ln in r.stdout.splitlines():
+        key, _, val = ln.partition(" -> ")
+        out[key] = val
+    return out
+
+
+def _target(val: str) -> str:
+    return val.split()[-1]
+
+
+def test_exports_are_visible(native_build: object) -> None:
+    syms = subprocess.run(["nm", "-D", "--defined-only", str(SHIM)], capture_output=True, text=True, check=True)
+    names = {ln.split()[-1] for ln in syms.stdout.splitlines()}
+    hooks = re.findall(r"^CU_HOOK\((\w+),", (BUILD.parent / "src" / "hooks.def").read_text(), re.M)
+    assert len(hooks) >= 38
+    missing = [h for h in hooks if h not in names]
+    assert not missing, f"hooks not exported: {missing}"
+    assert {"dlsym", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetMemoryInfo_v2"} <= names
+    internal = [n for n in names if n.startswith("vgpu_")]
+    assert not internal, f"internal symbols leak: {internal}"
+
+
+def test_dlsym_on_driver_handle(sandbox: Sandbox) -> None:
+    out = _probe(sandbox, "1")
+    assert out["dlsym cuGetProcAddress_v2"] == "libvgpu.so:cuGetProcAddress_v2"
+    assert out["dlsym cuGetProcAddress"] == "libvgpu.so:cuGetProcAddress"
+    assert out["dlsym cuMemAlloc_v2"] == "libvgpu.so:cuMemAlloc_v2"
+    assert out["dlsym cuDeviceGetName"] == "libcuda.so.1:cuDeviceGetName", "unhooked names stay with the driver"
+    assert out["dlsym cuNoSuchFunction"] == "NULL err=yes", "a missing symbol must still set dlerror()"
+
+
+EXPECT = {
+    # (symbol, version, flags) -> exported variant that must come back from the shim
+    ("cuMemAlloc", 11080, 0): "libvgpu.so:cuMemAlloc_v2",
+    ("cuMemAlloc", 3000, 0): "NULL",  # only the 32-bit v1 existed then: the fake reports version too old
+    ("cuCtxCreate", 11080, 0): "libvgpu.so:cuCtxCreate_v3",
+    ("cuCtxCreate", 12020, 0): "libvgpu.so:cuCtxCreate_v3",
+    ("cuCtxCreate", 13000, 0): "libvgpu.so:cuCtxCreate_v4",
+    ("cuLaunchKernel", 12020, 0): "libvgpu.so:cuLaunchKernel",
+    ("cuLaunchKernel", 12020, 1): "libvgpu.so:cuLaunchKernel",
+    ("cuLaunchKernel", 12020, 2): "libvgpu.so:cuLaunchKernel_ptsz",
+    ("cuLaunchKernelEx", 13000, 2): "libvgpu.so:cuLaunchKernelEx_ptsz",
+    ("cuLaunchCooperativeKernel", 13000, 2): "libvgpu.so:cuLaunchCooperativeKernel_ptsz",
+    ("cuGraphLaunch", 12020, 2): "libvgpu.so:cuGraphLaunch_ptsz",
+    ("cuGraphLaunch", 12020, 0): "libvgpu.so:cuGraphLaunch",
+    ("cuMemAllocAsync", 12020, 2): "libvgpu.so:cuMemAllocAsync_ptsz",
+    ("cuMemFreeAsync", 12020, 0): "libvgpu.so:cuMemFreeAsync",
+    ("cuGetProcAddress", 12020, 0): "libvgpu.so:cuGetProcAddress_v2",
+    ("cuGetProcAddress", 11080, 0): "libvgpu.so:cuGetProcAddress",
+    ("cuDeviceGetName", 12020, 0): "libcuda.so.1:cuDeviceGetName",
+    ("cuStreamSynchronize", 12020, 2): "libcuda.so.1:cuStreamSynchronize_ptsz",
+    ("cuNoSuchFunction", 12020, 0): "NULL",
+}
+
+
+@pytest.mark.parametrize("alias", ["0", "1"], ids=["exported-pointers", "driver-internal-pointers"])
+def test_get_proc_address_honours_version_and_flags(sandbox: Sandbox, alias: str) -> None:
+    # alias=1: the fake hands out internal addresses (as a real driver may); the shim then picks the
+    # variant from the table's version ladder and the per-thread flag instead of by pointer identity
+    out = _probe(sandbox, "1", FAKECUDA_GPA_ALIAS=alias)
+    for (sym, ver, flags), want in EXPECT.items():
+        got = _target(out[f"gpa {sym} {ver} {flags}"])
+        assert got == want, f"{sym}@{ver} flags={flags}: {got}"
+    assert "st=1" in out["gpa cuNoSuchFunction 12020 0"]  # SYMBOL_NOT_FOUND passed through
+    assert "st=2" in out["gpa cuMemAlloc 3000 0"]  # VERSION_NOT_SUFFICIENT passed through
+    assert out["gpa cuMemAlloc 99000 0"] == "rc=1", "a version above the driver's is the driver's error"
+    assert _target(out["gpa1 cuMemAlloc 12000 0"]) == "libvgpu.so:cuMemAlloc_v2"
+    assert out["chained cuMemAlloc"] == "libvgpu.so:cuMemAlloc_v2"
+
+
+def test_limit_enforced_through_get_proc_address(sandbox: Sandbox) -> None:
+    env = sandbox.make_env(CUDA_DEVICE_MEMORY_LIMIT="1m")
+    r = subprocess.run([str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert "alloc via gpa rc=2" in r.stdout, r.stdout + r.stderr
+    env["LD_PRELOAD"] = ""
+    r = subprocess.run([str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert "alloc via gpa rc=0" in r.stdout, "without the shim the fake driver allows it"
+
+
+def test_rtld_next_of_a_later_interposer_is_not_broken(native_build: object) -> None:
+    env = base_env()
+    env["LD_LIBRARY_PATH"] = str(FAKE)
+    libs = BUILD / "tests"
+    env["LD_PRELOAD"] = f"{SHIM} {libs / 'libnexta.so'} {libs / 'libnextb.so'}"
+    r = subprocess.run([str(PROBE), "next"], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert r.stdout.strip() == "next B", r.stdout + r.stderr
