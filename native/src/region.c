@@ -170,16 +170,20 @@ static struct vgpu_region *anon_region(const char *why) {
 }
 
 static void check_config(struct vgpu_region *R) {
+    int nm = 0, ns = 0, fm = -1, fs = -1;
     for (int d = 0; d < VGPU_MAX_DEV; d++) {
-        if (R->dev[d].limit != vgpu_cfg.mem_limit[d])
-            LOG_WARN("device %d: this process asks for memory limit %llu but the container region %s holds "
-                     "%llu; the region's value applies",
-                     d, (unsigned long long)vgpu_cfg.mem_limit[d], vgpu_cfg.cache_path,
-                     (unsigned long long)R->dev[d].limit);
-        if (R->dev[d].sm_limit != vgpu_cfg.sm_limit[d])
-            LOG_WARN("device %d: SM limit %u here, %u in the region; the region's value applies", d,
-                     vgpu_cfg.sm_limit[d], R->dev[d].sm_limit);
+        if (R->dev[d].limit != vgpu_cfg.mem_limit[d] && nm++ == 0) fm = d;
+        if (R->dev[d].sm_limit != vgpu_cfg.sm_limit[d] && ns++ == 0) fs = d;
     }
+    if (nm)
+        LOG_WARN("memory limit differs from the container region %s on %d device(s) (device %d: %llu here, %llu "
+                 "in the region); the region's value applies",
+                 vgpu_cfg.cache_path, nm, fm, (unsigned long long)vgpu_cfg.mem_limit[fm],
+                 (unsigned long long)R->dev[fm].limit);
+    if (ns)
+        LOG_WARN("SM limit differs from the container region on %d device(s) (device %d: %u here, %u in the "
+                 "region); the region's value applies",
+                 ns, fs, vgpu_cfg.sm_limit[fs], R->dev[fs].sm_limit);
 }
 
 static void claim_slot(struct vgpu_region *R) {

@@ -33,18 +33,22 @@ VGPU_HIDDEN void *vgpu_real_dlsym_ptr;
 typedef void *(*dlsym_fn)(void *, const char *);
 #define REAL_DLSYM ((dlsym_fn)vgpu_real_dlsym_ptr)
 
-static pthread_once_t g_dlsym_once = PTHREAD_ONCE_INIT;
 static pthread_once_t g_init_once = PTHREAD_ONCE_INIT;
 static _Atomic int g_ready;
-static __thread int t_in_init;
+static __thread int t_in_init __attribute__((tls_model("initial-exec")));
 static void *g_driver;
 static void *g_driver_base;
 
-static void find_real_dlsym(void) {
+/* The dlsym path can run before a sanitizer runtime has set up its shadow memory (ASan resolves
+ * its interceptors through dlsym from its own constructor), so it is never instrumented. */
+#define NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
+
+NO_SANITIZE static void find_real_dlsym(void) {
     static const char *const vers[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", "GLIBC_2.0"};
-    for (size_t i = 0; i < sizeof vers / sizeof *vers && !vgpu_real_dlsym_ptr; i++)
-        vgpu_real_dlsym_ptr = dlvsym(RTLD_NEXT, "dlsym", vers[i]);
-    if (!vgpu_real_dlsym_ptr) {
+    void *p = NULL;
+    for (size_t i = 0; i < sizeof vers / sizeof *vers && !p; i++) p = dlvsym(RTLD_NEXT, "dlsym", vers[i]);
+    if (p) __atomic_store_n(&vgpu_real_dlsym_ptr, p, __ATOMIC_RELEASE);
+    if (!p) {
         static const char msg[] = "[libvgpu ERROR] cannot find the C library's dlsym\n";
         ssize_t w = write(2, msg, sizeof msg - 1);
         (void)w;
@@ -72,7 +76,7 @@ static void fork_child(void) {
 
 static void init_once(void) {
     t_in_init = 1;
-    pthread_once(&g_dlsym_once, find_real_dlsym);
+    if (!__atomic_load_n(&vgpu_real_dlsym_ptr, __ATOMIC_ACQUIRE)) find_real_dlsym();
     vgpu_log_init();
     vgpu_config_load(&vgpu_cfg);
     const char *path = getenv("LIBVGPU_REAL_LIBCUDA");
@@ -137,7 +141,7 @@ void vgpu_post_init(void) {
 }
 
 /* ---------------------------------------------------------------- dlsym */
-static int find_hook(const char *name) {
+NO_SANITIZE static int find_hook(const char *name) {
     for (int i = 0; i < H_COUNT; i++)
         if (!strcmp(vgpu_hooks[i].name, name)) return i;
     return -1;
@@ -153,8 +157,10 @@ extern VGPU_HIDDEN void *vgpu_nvml_hook_ptr(const char *name, void *caller);
 /* Returns the pointer to hand back, or NULL to let the C library's dlsym answer the caller
  * (the trampoline then jumps there with the caller's own return address). */
 VGPU_HIDDEN void *vgpu_dlsym_filter(void *handle, const char *name, void *caller);
-void *vgpu_dlsym_filter(void *handle, const char *name, void *caller) {
-    pthread_once(&g_dlsym_once, find_real_dlsym);
+NO_SANITIZE void *vgpu_dlsym_filter(void *handle, const char *name, void *caller) {
+    /* no pthread_once/strcmp here: under a sanitizer runtime those may be interceptors that are not
+     * set up yet. Racing first calls both store the same pointer. */
+    if (unlikely(!__atomic_load_n(&vgpu_real_dlsym_ptr, __ATOMIC_ACQUIRE))) find_real_dlsym();
     if (!name || handle == RTLD_NEXT || t_in_init) return NULL;
     if (name[0] == 'c' && name[1] == 'u') {
         int i = find_hook(name);
@@ -164,7 +170,7 @@ void *vgpu_dlsym_filter(void *handle, const char *name, void *caller) {
         if (!REAL_DLSYM(handle, name)) return NULL; /* not in that object: let dlsym report it */
         return vgpu_hooks[i].hook;
     }
-    if (name[0] == 'n' && !strncmp(name, "nvml", 4)) return vgpu_nvml_hook_ptr(name, caller);
+    if (name[0] == 'n' && name[1] == 'v' && name[2] == 'm' && name[3] == 'l') return vgpu_nvml_hook_ptr(name, caller);
     return NULL;
 }
 

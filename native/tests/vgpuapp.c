@@ -296,6 +296,12 @@ static void launch_loop(const char *mode, double secs, uint64_t kns, double warm
         launches++;
     }
     uint64_t t1 = now_ns(), b1 = busy(getpid(), 0);
+    extern CUresult cuModuleUnload(CUmodule);
+    extern CUresult cuGraphExecDestroy(CUgraphExec);
+    extern CUresult cuGraphDestroy(CUgraph);
+    cuGraphExecDestroy(ge);
+    cuGraphDestroy(g);
+    cuModuleUnload(m);
     printf("launch mode=%s util=%.2f launches=%ld secs=%.2f\n", mode, 100.0 * (double)(b1 - b0) / (double)(t1 - t0),
            launches, (double)(t1 - t0) / 1e9);
 }

@@ -68,7 +68,9 @@ class Sandbox:
         env.update(extra)
         return env
 
-    def run(self, *ops: str, shim: bool = True, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *ops: str, shim: bool = True, timeout: float = 60, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(APP), *ops],
             env=self.make_env(shim, **extra),

@@ -49,12 +49,23 @@ def results(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for target, mode, kns in TARGETS:
         procs[f"t{target}"] = [_start(tmp, f"t{target}", mode, kns, CUDA_DEVICE_SM_LIMIT=str(target))]
     # two processes of one container share one 40 % budget
-    procs["shared40"] = [_start(tmp, "shared40", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="40") for _ in range(2)]
+    procs["shared40"] = [
+        _start(tmp, "shared40", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="40") for _ in range(2)
+    ]
     procs["disabled"] = [
-        _start(tmp, "disabled", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="30", GPU_CORE_UTILIZATION_POLICY="disable")
+        _start(
+            tmp,
+            "disabled",
+            "kernel",
+            1_000_000,
+            CUDA_DEVICE_SM_LIMIT="30",
+            GPU_CORE_UTILIZATION_POLICY="disable",
+        )
     ]
     procs["force"] = [
-        _start(tmp, "force", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="25", GPU_CORE_UTILIZATION_POLICY="FORCE")
+        _start(
+            tmp, "force", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="25", GPU_CORE_UTILIZATION_POLICY="FORCE"
+        )
     ]
     out: dict[str, list[float]] = {}
     for name, ps in procs.items():

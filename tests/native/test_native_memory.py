@@ -41,12 +41,16 @@ def test_every_allocation_family_is_limited(sandbox: Sandbox, kind: str) -> None
 
 def test_vmm_stays_charged_until_last_unmap(sandbox: Sandbox) -> None:
     # do_free releases the handle first and unmaps second; between the two the memory is still mapped
-    r = sandbox.run("alloc:vmm:512m", "alloc:linear:600m", "free:0", "alloc:linear:600m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    r = sandbox.run(
+        "alloc:vmm:512m", "alloc:linear:600m", "free:0", "alloc:linear:600m", CUDA_DEVICE_MEMORY_LIMIT="1g"
+    )
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "0"], r.stdout
 
 
 def test_per_device_limit_overrides_global(sandbox: Sandbox) -> None:
-    r = sandbox.run("alloc:linear:300m", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", CUDA_DEVICE_MEMORY_LIMIT_0="256Mi")
+    r = sandbox.run(
+        "alloc:linear:300m", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", CUDA_DEVICE_MEMORY_LIMIT_0="256Mi"
+    )
     assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "2"
     assert int(kv(lines(r.stdout, "info ")[0])["total"]) == 256 * MiB
 
@@ -90,7 +94,13 @@ def test_nvml_reports_the_slice(sandbox: Sandbox) -> None:
 
 def test_context_overhead_is_measured_and_charged(sandbox: Sandbox) -> None:
     r = sandbox.run(
-        "info", "alloc:ctx:0", "info", "free:0", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", FAKECUDA_CTX_BYTES="100m"
+        "info",
+        "alloc:ctx:0",
+        "info",
+        "free:0",
+        "info",
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+        FAKECUDA_CTX_BYTES="100m",
     )
     frees = [int(kv(i)["free"]) for i in lines(r.stdout, "info ")]
     # primary context measured through NVML (100 MiB), then a second context charged and released
@@ -99,7 +109,9 @@ def test_context_overhead_is_measured_and_charged(sandbox: Sandbox) -> None:
 
 def test_configured_context_overhead_refuses_a_context_that_does_not_fit(sandbox: Sandbox) -> None:
     # primary context 200 MiB + 700 MiB = 900 MiB; a second context would need another 200 MiB
-    r = sandbox.run("alloc:linear:700m", "alloc:ctx:0", CUDA_DEVICE_MEMORY_LIMIT="1g", LIBVGPU_CONTEXT_OVERHEAD="200m")
+    r = sandbox.run(
+        "alloc:linear:700m", "alloc:ctx:0", CUDA_DEVICE_MEMORY_LIMIT="1g", LIBVGPU_CONTEXT_OVERHEAD="200m"
+    )
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2"], r.stdout
 
 

@@ -28,7 +28,8 @@ def test_two_processes_asking_60_percent_exactly_one_wins(sandbox: Sandbox) -> N
     rounds = 40
     bar = sandbox.tmp / "barrier"
     procs = [
-        sandbox.popen(f"barrier_open:{bar}:2", f"race:{rounds}:600m", CUDA_DEVICE_MEMORY_LIMIT="1g") for _ in range(2)
+        sandbox.popen(f"barrier_open:{bar}:2", f"race:{rounds}:600m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+        for _ in range(2)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
     results = [{int(ln.split()[1]): kv(ln)["rc"] for ln in lines(o, "round ")} for o, _ in outs]
@@ -41,7 +42,8 @@ def test_two_processes_asking_60_percent_exactly_one_wins(sandbox: Sandbox) -> N
 def test_four_processes_never_exceed_the_limit(sandbox: Sandbox) -> None:
     bar = sandbox.tmp / "barrier"
     procs = [
-        sandbox.popen(f"barrier_open:{bar}:4", "race:25:300m", CUDA_DEVICE_MEMORY_LIMIT="1g") for _ in range(4)
+        sandbox.popen(f"barrier_open:{bar}:4", "race:25:300m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+        for _ in range(4)
     ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     for k in range(25):
@@ -51,7 +53,9 @@ def test_four_processes_never_exceed_the_limit(sandbox: Sandbox) -> None:
 
 def test_killed_holder_is_reclaimed_within_one_second(sandbox: Sandbox) -> None:
     a_ready, b_ready, killed = (sandbox.tmp / n for n in ("a", "b", "killed"))
-    holder = sandbox.popen("alloc:linear:700m", f"ready:{a_ready}", "sleep:60000", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    holder = sandbox.popen(
+        "alloc:linear:700m", f"ready:{a_ready}", "sleep:60000", CUDA_DEVICE_MEMORY_LIMIT="1g"
+    )
     _wait_for(a_ready)
     other = sandbox.popen(
         "alloc:linear:100m",

@@ -30,7 +30,9 @@ def _target(val: str) -> str:
 
 
 def test_exports_are_visible(native_build: object) -> None:
-    syms = subprocess.run(["nm", "-D", "--defined-only", str(SHIM)], capture_output=True, text=True, check=True)
+    syms = subprocess.run(
+        ["nm", "-D", "--defined-only", str(SHIM)], capture_output=True, text=True, check=True
+    )
     names = {ln.split()[-1] for ln in syms.stdout.splitlines()}
     hooks = re.findall(r"^CU_HOOK\((\w+),", (BUILD.parent / "src" / "hooks.def").read_text(), re.M)
     assert len(hooks) >= 38
@@ -46,7 +48,9 @@ def test_dlsym_on_driver_handle(sandbox: Sandbox) -> None:
     assert out["dlsym cuGetProcAddress_v2"] == "libvgpu.so:cuGetProcAddress_v2"
     assert out["dlsym cuGetProcAddress"] == "libvgpu.so:cuGetProcAddress"
     assert out["dlsym cuMemAlloc_v2"] == "libvgpu.so:cuMemAlloc_v2"
-    assert out["dlsym cuDeviceGetName"] == "libcuda.so.1:cuDeviceGetName", "unhooked names stay with the driver"
+    assert out["dlsym cuDeviceGetName"] == "libcuda.so.1:cuDeviceGetName", (
+        "unhooked names stay with the driver"
+    )
     assert out["dlsym cuNoSuchFunction"] == "NULL err=yes", "a missing symbol must still set dlerror()"
 
 
@@ -91,10 +95,14 @@ def test_get_proc_address_honours_version_and_flags(sandbox: Sandbox, alias: str
 
 def test_limit_enforced_through_get_proc_address(sandbox: Sandbox) -> None:
     env = sandbox.make_env(CUDA_DEVICE_MEMORY_LIMIT="1m")
-    r = subprocess.run([str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert "alloc via gpa rc=2" in r.stdout, r.stdout + r.stderr
     env["LD_PRELOAD"] = ""
-    r = subprocess.run([str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert "alloc via gpa rc=0" in r.stdout, "without the shim the fake driver allows it"
 
 
