@@ -28,6 +28,7 @@ static double now(void) {
 int main(int argc, char **argv) {
     int batches = argc > 1 ? atoi(argv[1]) : 200;
     int per = argc > 2 ? atoi(argv[2]) : 20000;
+    double warm = argc > 3 ? atof(argv[3]) : 0.5; /* seconds of launches before measuring */
     CUcontext c;
     CUmodule m;
     CUfunction f;
@@ -36,6 +37,8 @@ int main(int argc, char **argv) {
     cuCtxSetCurrent(c);
     cuModuleLoadData(&m, "bench");
     cuModuleGetFunction(&f, m, "noop");
+    for (double t = now(); now() - t < warm * 1e9;)
+        for (int i = 0; i < 1000; i++) cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, NULL, NULL);
     for (int b = 0; b < batches; b++) {
         double t0 = now();
         for (int i = 0; i < per; i++)

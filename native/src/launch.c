@@ -243,7 +243,7 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     int settled = 0;
     if (launches >= 1.0) {
         double sample = u / 100.0 * dt / launches;
-        if (u < 0.5) sample = cost / 4; /* launches that cost no measurable time */
+        if (u < 0.5) sample = cost / 8; /* launches that cost no measurable GPU time */
         if (!c->have_cost && u >= 0.5) {
             cost = sample; /* first real measurement replaces the neutral guess outright */
             c->have_cost = 1;
@@ -251,7 +251,7 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
             settled = c->have_cost && sample < cost * 1.25 && sample > cost * 0.8;
             cost = 0.5 * cost + 0.5 * sample;
         }
-        if (cost < 100) cost = 100;
+        if (cost < 10) cost = 10;
         if (cost > 1e9) cost = 1e9;
     }
     /* integral correction: always pulls down when over the limit; pushes up only while the
