@@ -17,7 +17,17 @@
 
 _Static_assert(sizeof(struct vgpu_slot) == 192, "slot layout");
 _Static_assert(sizeof(struct vgpu_dev) == 256, "dev layout");
+_Static_assert(offsetof(struct vgpu_region, policy) == 32, "region layout");
+_Static_assert(offsetof(struct vgpu_region, utilization_switch) == 40, "region layout");
+_Static_assert(offsetof(struct vgpu_region, recent_kernel) == 44, "region layout");
+_Static_assert(offsetof(struct vgpu_region, slot_hwm) == 56, "region layout");
 _Static_assert(offsetof(struct vgpu_region, lock) == 128, "region layout");
+_Static_assert(offsetof(struct vgpu_dev, used) == 8, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, sm_limit) == 32, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, uuid) == 40, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, tokens) == 128, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, util_x100) == 192, "dev layout");
+_Static_assert(offsetof(struct vgpu_slot, used) == 24, "slot layout");
 _Static_assert(offsetof(struct vgpu_region, dev) == 192, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot) == 4288, "region layout");
 _Static_assert(sizeof(struct vgpu_region) == 200896, "region layout");

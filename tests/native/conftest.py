@@ -102,3 +102,17 @@ def lines(out: str, prefix: str) -> list[str]:
 def kv(line: str) -> dict[str, str]:
     """'info rc=0 free=1 total=2' -> {'rc': '0', 'free': '1', 'total': '2'}"""
     return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+# offsets in the shared region (ABI v1, asserted in native/src/region.c)
+REGION_UTILIZATION_SWITCH = 40
+REGION_RECENT_KERNEL = 44
+
+
+def region_poke(path: Path, offset: int, value: int) -> None:
+    """Writes an int32 into a region file, as a node monitor would."""
+    import mmap
+    import struct
+
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+        struct.pack_into("<i", mm, offset, value)

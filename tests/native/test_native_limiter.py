@@ -7,10 +7,11 @@ and independent of host CPU load."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import APP, Sandbox, kv, lines
+from conftest import APP, REGION_RECENT_KERNEL, REGION_UTILIZATION_SWITCH, Sandbox, kv, lines, region_poke
 
 pytestmark = pytest.mark.native
 
@@ -94,3 +95,23 @@ def test_share_is_container_wide(results: dict[str, list[float]]) -> None:
 def test_policy_disable_and_force(results: dict[str, list[float]]) -> None:
     assert results["disabled"][0] > 90, "GPU_CORE_UTILIZATION_POLICY=disable must not limit"
     assert abs(results["force"][0] - 25) <= 5.0
+
+
+def test_default_policy_follows_the_monitor_switch(sandbox: Sandbox) -> None:
+    env = {"CUDA_DEVICE_SM_LIMIT": "30"}
+    assert sandbox.run("init", **env).returncode == 0  # creates the region
+    region_poke(sandbox.cache, REGION_UTILIZATION_SWITCH, 0)  # monitor: no contention on this GPU
+    r = sandbox.run("launch:kernel:2:1000000:0.5", **env)
+    assert float(kv(lines(r.stdout, "launch ")[0])["util"]) > 90, r.stdout + r.stderr
+
+
+def test_priority_block_from_the_monitor(sandbox: Sandbox) -> None:
+    env = {"CUDA_DEVICE_SM_LIMIT": "50"}
+    assert sandbox.run("init", **env).returncode == 0
+    region_poke(sandbox.cache, REGION_RECENT_KERNEL, -1)  # monitor: a higher-priority task is active
+    p = sandbox.popen("launch:kernel:2:1000000:0", **env)
+    time.sleep(1.0)
+    region_poke(sandbox.cache, REGION_RECENT_KERNEL, 0)
+    out, err = p.communicate(timeout=30)
+    util = float(kv(lines(out, "launch ")[0])["util"])
+    assert 10 < util < 35, f"blocked ~1 s then 50 % for ~1 s, measured {util:.1f}% ({err})"
