@@ -80,6 +80,7 @@ static size_t parse_size(const char *s) {
 }
 
 /* ---------------------------------------------------------------- allocations by kind */
+static int g_dev;
 struct obj {
     int kind;
     uint64_t h, va;
@@ -117,7 +118,7 @@ static CUresult do_alloc(int kind, size_t size, struct obj *o) {
         memset(&prop, 0, sizeof prop);
         prop.type = 1;
         prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        prop.location.id = 0;
+        prop.location.id = g_dev;
         CUmemGenericAllocationHandle h = 0;
         r = cuMemCreate(&h, size, &prop, 0);
         if (r == CUDA_SUCCESS) {
@@ -154,7 +155,7 @@ static CUresult do_alloc(int kind, size_t size, struct obj *o) {
         CUcontext c = NULL, prev = NULL;
         extern CUresult cuCtxGetCurrent(CUcontext *);
         cuCtxGetCurrent(&prev);
-        r = cuCtxCreate_v2(&c, 0, 0);
+        r = cuCtxCreate_v2(&c, 0, g_dev);
         cuCtxSetCurrent(prev);
         o->h = (uint64_t)(uintptr_t)c;
         return r;
@@ -189,7 +190,7 @@ static CUcontext g_ctx;
 static void need_ctx(void) {
     if (g_ctx) return;
     cuInit(0);
-    CUresult r = cuDevicePrimaryCtxRetain(&g_ctx, 0);
+    CUresult r = cuDevicePrimaryCtxRetain(&g_ctx, g_dev);
     if (r) {
         printf("ctx rc=%d\n", r);
         fflush(stdout);
@@ -322,6 +323,12 @@ int main(int argc, char **argv) {
         if (!na) continue;
         if (!strcmp(a[0], "init")) {
             printf("init rc=%d\n", cuInit(0));
+        } else if (!strcmp(a[0], "dev")) {
+            /* switch to device N's primary context */
+            g_dev = atoi(a[1]);
+            g_ctx = NULL;
+            need_ctx();
+            printf("dev %d\n", g_dev);
         } else if (!strcmp(a[0], "ctx")) {
             need_ctx();
             printf("ctx ok\n");
@@ -349,7 +356,7 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a[0], "totalmem")) {
             need_ctx();
             size_t t = 0;
-            CUresult r = cuDeviceTotalMem_v2(&t, 0);
+            CUresult r = cuDeviceTotalMem_v2(&t, g_dev);
             printf("totalmem rc=%d total=%zu\n", r, t);
         } else if (!strcmp(a[0], "release")) {
             printf("release rc=%d\n", cuDevicePrimaryCtxRelease_v2(0));
@@ -366,7 +373,7 @@ int main(int argc, char **argv) {
             nvmlm2 mem2 = (nvmlm2)dlsym(h, "nvmlDeviceGetMemoryInfo_v2");
             nvmlDevice_t d;
             init();
-            get(0, &d);
+            get((unsigned)g_dev, &d);
             nvmlMemory_t m;
             nvmlReturn_t r = mem(d, &m);
             nvmlMemory_v2_t m2;

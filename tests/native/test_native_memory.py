@@ -135,3 +135,24 @@ def test_without_nvml_memory_limit_holds_and_limiter_stands_down(sandbox: Sandbo
     assert r.stderr.count("compute limiter stands down") == 1, r.stderr
     util = float(kv(lines(r.stdout, "launch ")[0])["util"])
     assert util > 80, "with no NVML the limiter must stand down, not block"
+
+
+def test_two_devices_have_independent_limits(sandbox: Sandbox) -> None:
+    r = sandbox.run(
+        "alloc:linear:600m",  # device 0: 1 GiB
+        "dev:1",
+        "alloc:linear:300m",  # device 1: 256 MiB -> refused
+        "alloc:vmm:200m",
+        "info",
+        "totalmem",
+        "nvml",
+        FAKECUDA_DEVICES="2",
+        CUDA_DEVICE_MEMORY_LIMIT_0="1g",
+        CUDA_DEVICE_MEMORY_LIMIT_1="256m",
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "0"], r.stdout + r.stderr
+    info = kv(lines(r.stdout, "info ")[0])
+    assert int(info["total"]) == 256 * MiB and int(info["free"]) == 56 * MiB
+    assert int(kv(lines(r.stdout, "totalmem ")[0])["total"]) == 256 * MiB
+    nv = kv(lines(r.stdout, "nvml ")[0])
+    assert int(nv["total"]) == 256 * MiB and int(nv["used"]) == 200 * MiB, "NVML maps device 1 by UUID"
