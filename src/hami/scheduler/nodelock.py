@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, NotFoundError
@@ -38,22 +39,42 @@ class NodeLocker:
         expiry: float = 60.0,
         wait: float = 20.0,
         owner_alive: OwnerCheck | None = None,
+        node_lookup: Callable[[str], dict[str, Any] | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.client = client
         self.expiry = timedelta(seconds=expiry)
         self.wait = wait
         self.owner_alive = owner_alive
+        self.node_lookup = node_lookup
         self.clock = clock
+        self._changed: dict[str, asyncio.Event] = {}
+
+    def node_changed(self, node: str) -> None:
+        """Wake binds waiting for ``node``'s lock (call from the node informer)."""
+        event = self._changed.get(node)
+        if event is not None:
+            event.set()
+
+    async def _wait_change(self, node: str, timeout: float) -> None:
+        event = self._changed.setdefault(node, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            event.clear()
 
     async def acquire(self, node: str, namespace: str, name: str) -> float:
         """Take the lock for ``namespace/name``; returns seconds waited. Raises NodeLockContention."""
         path = api_path("v1", "nodes", name=node)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        delay = 0.05
+        fresh = self.node_lookup is None
         while True:
-            obj = await self.client.get(path)
+            cached = None if fresh or self.node_lookup is None else self.node_lookup(node)
+            obj = cached if cached is not None else await self.client.get(path)
+            fresh = False
             meta = obj.get("metadata") or {}
             value = (meta.get("annotations") or {}).get(keys.NODE_LOCK)
             if value and not await self._stale(value, node, namespace, name):
@@ -62,8 +83,9 @@ class NodeLocker:
                     return loop.time() - started
                 if loop.time() - started > self.wait:
                     raise NodeLockContention(f"node {node} is locked by {holder} (bind in progress)")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
+                # woken by the node watch when the lock is released; re-read at least every 0.5 s
+                await self._wait_change(node, 0.5)
+                fresh = self.node_lookup is None
                 continue
             lock = encode_node_lock(NodeLock(self.clock(), namespace, name))
             try:
@@ -74,7 +96,8 @@ class NodeLocker:
                 )
                 return loop.time() - started
             except ConflictError:
-                continue  # someone else changed the node: look again
+                fresh = True  # our copy was stale or someone raced us: read it from the server
+                continue
 
     async def _stale(self, value: str, node: str, namespace: str, name: str) -> bool:
         try:

@@ -97,6 +97,7 @@ class Extender:
             expiry=expiry,
             wait=settings.bind_lock_wait,
             owner_alive=lambda ns, name: owner_alive_from(self._pod, self.client, ns, name),
+            node_lookup=self.nodes.get,
         )
         self.service = ExtenderService(
             scheduler=self.scheduler,
@@ -111,6 +112,10 @@ class Extender:
         self.metrics = Metrics(self.scheduler.state)
         self._runner: web.AppRunner | None = None
         self.port = settings.port
+
+    def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
+        self.sync.node_changed(new)
+        self.locker.node_changed(str((new.get("metadata") or {}).get("name") or ""))
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")
@@ -131,8 +136,11 @@ class Extender:
         await self.nodes.wait_synced(timeout=self.settings.sync_timeout)
         self.pods.start()
         await self.pods.wait_synced(timeout=self.settings.sync_timeout)
+        # The caches are large and long-lived; the default thresholds make the collector walk them
+        # every few thousand allocations, which shows up as multi-millisecond /filter pauses.
         gc.collect()
-        gc.freeze()  # the synced cache is long-lived: keep it out of the collector's scans
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 100)
         if self.elector is not None:
             self.elector.start()
         ssl_ctx: ssl.SSLContext | None = None

@@ -1,18 +1,24 @@
 """Filter and bind: the extender's two verbs, wiring the pure core to the API server.
 
 * **filter** decides synchronously (no ``await`` between reading and reserving, so concurrent
-  binds cannot interleave with a decision), then writes the decision annotations (HAMi keys) on the
-  pod; a failed write rolls the reservation back. An unschedulable pod gets a Warning event that
-  says why, per group of nodes.
-* **bind** re-validates the reservation (re-deciding on the chosen node if this process holds none,
-  e.g. after a restart), takes the node lock, and binds with the pod UID as precondition, setting
-  ``hami.io/bind-phase=allocating`` and ``bind-time`` atomically with the binding. Every failure
-  rolls the reservation back and releases the lock; kube-scheduler then retries the pod.
+  binds cannot interleave with a decision) and answers at once; the decision annotations (HAMi
+  keys) are written on the pod by a background task. kube-scheduler calls filter one pod at a
+  time, so not waiting for that API round trip is what makes the extender fast. An unschedulable
+  pod gets a Warning event that says why, per group of nodes.
+* **bind** waits for that write, re-validates the reservation (re-deciding on the chosen node if
+  this process holds none, e.g. after a restart), takes the node lock, and binds with the pod UID
+  as precondition. The Binding itself carries the decision annotations plus
+  ``hami.io/bind-phase=allocating`` and ``bind-time``, which the API server merges into the pod
+  atomically with the bind — so a bound pod always has its allocation, even if the background
+  write failed. Every failure rolls the reservation back and releases the lock; kube-scheduler then
+  retries the pod.
 * Only the leader decides; other replicas answer with an error so kube-scheduler retries.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -68,6 +74,14 @@ class ExtenderService:
         self.scheduler_name = scheduler_name
         self.clock = clock
         self._last_event: dict[str, tuple[str, float]] = {}
+        #: decisions made by filter and not yet bound: uid -> (annotations, background write)
+        self._decided: dict[str, tuple[dict[str, str], asyncio.Task[None]]] = {}
+        sync.on_forget.append(self._drop_decision)
+
+    def _drop_decision(self, uid: str) -> None:
+        decided = self._decided.pop(uid, None)
+        if decided is not None and not decided[1].done():
+            decided[1].cancel()
 
     def _check_ready(self) -> None:
         if not self.is_leader():
@@ -83,6 +97,7 @@ class ExtenderService:
         uid = str(meta.get("uid") or "")
         decision = self.scheduler.decide(pod, candidates=args.node_names, now=int(self.clock()))
         if decision.node is None:
+            self._drop_decision(uid)
             if decision.invalid:
                 failed = dict.fromkeys(args.node_names, decision.reason or "invalid request")
             else:
@@ -90,14 +105,16 @@ class ExtenderService:
             await self._event(pod, "FilteringFailed", decision.reason or "no node fits", warning=True)
             return FilterOutcome(node_names=[], failed=failed)
         self.sync.assumed.add(uid)
+        self._drop_decision(uid)
+        task = asyncio.create_task(self._write_decision_quietly(pod, decision))
+        self._decided[uid] = (decision.annotations, task)
+        return FilterOutcome(node_names=[decision.node], failed=decision.failed)
+
+    async def _write_decision_quietly(self, pod: Mapping[str, Any], decision: Decision) -> None:
         try:
             await self._write_decision(pod, decision)
-        except KubeError as exc:
-            self.sync.forget(uid)
-            return FilterOutcome(
-                node_names=[], failed={}, error=f"writing the decision on the pod failed: {exc}"
-            )
-        return FilterOutcome(node_names=[decision.node], failed=decision.failed)
+        except KubeError as exc:  # the bind carries the annotations anyway
+            log.warning("writing the decision on pod %s failed: %s", decision.pod, exc)
 
     async def _write_decision(self, pod: Mapping[str, Any], decision: Decision) -> None:
         meta = pod.get("metadata") or {}
@@ -125,13 +142,20 @@ class ExtenderService:
         if (pod.get("metadata") or {}).get("uid") != uid:
             self.sync.forget(uid)
             return f"pod {ns}/{name} was replaced (uid changed)"
+        decided = self._decided.pop(uid, None)
+        annotations: dict[str, str] = {}
+        if decided is not None:
+            annotations = dict(decided[0])
+            with contextlib.suppress(asyncio.CancelledError):
+                await decided[1]
         alloc = self.scheduler.state.pods.get(uid)
-        if alloc is None or alloc.node != node:
+        if alloc is None or alloc.node != node or annotations.get(keys.VGPU_NODE) != node:
             # no reservation here (restart, or a decision this process did not make): decide again
             decision = self.scheduler.decide(pod, candidates=[node], now=int(self.clock()))
             if decision.node is None:
                 return f"pod {ns}/{name} no longer fits node {node}: {decision.reason}"
             self.sync.assumed.add(uid)
+            annotations = dict(decision.annotations)
             try:
                 await self._write_decision(pod, decision)
             except KubeError as exc:

@@ -12,7 +12,7 @@ Rules (they fix HAMi's phantom reservations, finding F2):
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hami.protocol.errors import ProtocolError
@@ -48,6 +48,8 @@ class LedgerSync:
         #: pods whose annotations could not be decoded (uid -> error)
         self.pod_errors: dict[str, str] = {}
         self._node_seen: dict[str, tuple[Any, ...]] = {}
+        #: called with the uid whenever a pod is forgotten (deleted, finished, bind failed)
+        self.on_forget: list[Callable[[str], None]] = []
 
     # --- nodes --------------------------------------------------------------------------------
     def node_changed(self, node: Mapping[str, Any]) -> None:
@@ -106,6 +108,8 @@ class LedgerSync:
         self.forget(uid)
 
     def forget(self, uid: str) -> None:
+        for callback in self.on_forget:
+            callback(uid)
         self.assumed.discard(uid)
         self.pod_errors.pop(uid, None)
         self.scheduler.state.remove_pod(uid)
