@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import APP, REGION_RECENT_KERNEL, REGION_UTILIZATION_SWITCH, Sandbox, kv, lines, region_poke
+from native_helpers import (
+    APP,
+    REGION_RECENT_KERNEL,
+    REGION_UTILIZATION_SWITCH,
+    Sandbox,
+    kv,
+    lines,
+    region_poke,
+)
 
 pytestmark = pytest.mark.native
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import BUILD, MiB, Sandbox, kv, lines
+from native_helpers import BUILD, MiB, Sandbox, kv, lines
 
 pytestmark = pytest.mark.native
 

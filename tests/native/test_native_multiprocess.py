@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import MiB, Sandbox, kv, lines
+from native_helpers import MiB, Sandbox, kv, lines
 
 pytestmark = pytest.mark.native
 

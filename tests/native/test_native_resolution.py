@@ -7,7 +7,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import BUILD, FAKE, SHIM, Sandbox, base_env
+from native_helpers import BUILD, FAKE, SHIM, Sandbox, base_env
 
 pytestmark = pytest.mark.native
 

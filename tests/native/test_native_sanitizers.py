@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BUILD, Sandbox
+from native_helpers import BUILD, Sandbox
 
 pytestmark = pytest.mark.native
 

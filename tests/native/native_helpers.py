@@ -1,0 +1,93 @@
+"""Helpers for the native tier (kept out of conftest.py so the import name is unique)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NATIVE = ROOT / "native"
+BUILD = NATIVE / "build"
+SHIM = BUILD / "libvgpu.so"
+FAKE = BUILD / "fake"
+APP = BUILD / "tests" / "vgpuapp"
+
+# environment variables that would leak the caller's settings into a test
+MiB = 1 << 20
+
+_SCRUB = ("CUDA_", "GPU_CORE_UTILIZATION_POLICY", "LIBCUDA_LOG_LEVEL", "LIBVGPU_", "FAKECUDA_", "LD_PRELOAD")
+
+
+def base_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+
+
+@dataclass
+class Sandbox:
+    """One simulated container: a private region file, a private fake device."""
+
+    tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cache(self) -> Path:
+        return self.tmp / "vgpu.cache"
+
+    def make_env(self, shim: bool = True, **extra: str) -> dict[str, str]:
+        env = base_env()
+        env.update(
+            LD_LIBRARY_PATH=str(FAKE),
+            FAKECUDA_STATE=str(self.tmp / "fake.state"),
+            CUDA_DEVICE_MEMORY_SHARED_CACHE=str(self.cache),
+        )
+        if shim:
+            env["LD_PRELOAD"] = str(SHIM)
+        env.update(self.env)
+        env.update(extra)
+        return env
+
+    def run(
+        self, *ops: str, shim: bool = True, timeout: float = 60, **extra: str
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(APP), *ops],
+            env=self.make_env(shim, **extra),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *ops: str, shim: bool = True, **extra: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(APP), *ops],
+            env=self.make_env(shim, **extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def lines(out: str, prefix: str) -> list[str]:
+    return [ln for ln in out.splitlines() if ln.startswith(prefix)]
+
+
+def kv(line: str) -> dict[str, str]:
+    """'info rc=0 free=1 total=2' -> {'rc': '0', 'free': '1', 'total': '2'}"""
+    return dict(part.split("=", 1) for part in line.split() if "=" in part)
+
+
+# offsets in the shared region (ABI v1, asserted in native/src/region.c)
+REGION_UTILIZATION_SWITCH = 40
+REGION_RECENT_KERNEL = 44
+
+
+def region_poke(path: Path, offset: int, value: int) -> None:
+    """Writes an int32 into a region file, as a node monitor would."""
+    import mmap
+    import struct
+
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+        struct.pack_into("<i", mm, offset, value)
