@@ -277,6 +277,10 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
               cost, gain, rate / VGPU_UNIT);
 }
 
+/* One thread per process. The process holding the container's leader lock runs the controller and
+ * the periodic reaper (so a container of N processes makes one scan, not N); the others only retry
+ * the leader lock (one fcntl every 50 ms, so a dead leader is replaced promptly) and report launch
+ * activity for the node monitor. */
 static void *watcher(void *arg) {
     (void)arg;
     uint64_t last_ctl = 0, last_reap = 0;
@@ -284,8 +288,9 @@ static void *watcher(void *arg) {
         struct vgpu_region *R = vgpu_R;
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
         uint64_t now = vgpu_now_ns();
-        int leader = vgpu_gate_any && vgpu_is_leader_try();
-        if (leader) {
+        int leader = vgpu_is_leader_try();
+        int limiting = leader && atomic_load(&vgpu_gate_any);
+        if (limiting) {
             for (int d = 0; d < VGPU_MAX_DEV; d++)
                 if (g_limited[d]) refill(&R->dev[d], now);
             if (now - last_ctl >= (uint64_t)vgpu_cfg.period_ms * 1000000ULL) {
@@ -295,7 +300,7 @@ static void *watcher(void *arg) {
             }
         }
         if (now - last_reap >= 100000000ULL) {
-            vgpu_reap_dead(1);
+            if (leader) vgpu_reap_dead(1);
             if (atomic_exchange(&g_launched, 0)) {
                 int32_t rk = atomic_load(&R->recent_kernel);
                 if (rk >= 0) atomic_store(&R->recent_kernel, 2);
@@ -303,7 +308,7 @@ static void *watcher(void *arg) {
             }
             last_reap = now;
         }
-        sleep_ns(leader ? 5000000ULL : 50000000ULL);
+        sleep_ns(limiting ? 5000000ULL : 50000000ULL);
     }
     return NULL;
 }
