@@ -3,11 +3,14 @@ RTLD_NEXT for other interposers."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
-from native_helpers import BUILD, FAKE, SHIM, Sandbox, base_env
+from native_helpers import APP, BUILD, FAKE, SHIM, Sandbox, base_env, kv, lines
 
 pytestmark = pytest.mark.native
 
@@ -113,3 +116,49 @@ def test_rtld_next_of_a_later_interposer_is_not_broken(native_build: object) -> 
     env["LD_PRELOAD"] = f"{SHIM} {libs / 'libnexta.so'} {libs / 'libnextb.so'}"
     r = subprocess.run([str(PROBE), "next"], env=env, capture_output=True, text=True, timeout=60, check=False)
     assert r.stdout.strip() == "next B", r.stdout + r.stderr
+
+
+def _can_overlay_etc(tmp: Path) -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    (tmp / "u").mkdir()
+    (tmp / "w").mkdir()
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _overlay_cmd(tmp, "true")],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return r.returncode == 0
+
+
+def _overlay_cmd(tmp: Path, inner: str) -> str:
+    # a private mount namespace with an overlay on /etc: the host's /etc is never touched
+    return (
+        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={tmp}/u,workdir={tmp}/w /etc && "
+        f"echo {SHIM} > /etc/ld.so.preload && {inner}"
+    )
+
+
+def test_etc_ld_so_preload(sandbox: Sandbox) -> None:
+    """The Kubernetes path: /etc/ld.so.preload instead of LD_PRELOAD."""
+    ov = sandbox.tmp / "ov"
+    ov.mkdir()
+    if not _can_overlay_etc(ov):
+        pytest.skip("needs root and mount namespaces to overlay /etc privately")
+    env = sandbox.make_env(shim=False, CUDA_DEVICE_MEMORY_LIMIT="1g")
+    inner = (
+        f"{APP} alloc:linear:600m alloc:linear:600m && "
+        "grep -c libvgpu /proc/self/maps && python3 -c 'print(\"python ok\")'"
+    )
+    r = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", _overlay_cmd(ov, inner)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert "LD_PRELOAD" not in env
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2"], r.stdout + r.stderr
+    assert "python ok" in r.stdout, "unrelated programs keep working with the preload"
