@@ -348,6 +348,8 @@ int main(int argc, char **argv) {
                 if (g_objs[k].kind >= 0 && do_free(&g_objs[k]) != CUDA_SUCCESS) bad++;
             g_nobj = 0;
             printf("freeall bad=%d\n", bad);
+        } else if (!strcmp(a[0], "pid")) {
+            printf("pid pid=%d\n", (int)getpid());
         } else if (!strcmp(a[0], "info")) {
             need_ctx();
             size_t fr = 0, tot = 0;

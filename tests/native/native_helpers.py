@@ -6,6 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "native"
@@ -91,3 +92,14 @@ def region_poke(path: Path, offset: int, value: int) -> None:
 
     with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
         struct.pack_into("<i", mm, offset, value)
+
+
+def region_state(path: Path) -> dict[str, Any]:
+    """The region as native/build/vgpuctl reports it (JSON)."""
+    import json
+
+    r = subprocess.run(
+        [str(BUILD / "vgpuctl"), str(path)], capture_output=True, text=True, check=True, timeout=30
+    )
+    state: dict[str, Any] = json.loads(r.stdout)
+    return state

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 import pytest
-from native_helpers import MiB, Sandbox, kv, lines
+from native_helpers import MiB, Sandbox, kv, lines, region_state
 
 pytestmark = pytest.mark.native
 
@@ -75,6 +75,14 @@ def test_killed_holder_is_reclaimed_within_one_second(sandbox: Sandbox) -> None:
     poll = lines(out, "pollfree ")[0]
     assert poll.startswith("pollfree ok"), out
     assert float(kv(poll)["ms"]) < 1000.0
+    state = region_state(sandbox.cache)
+    assert all(s["pid"] != holder.pid for s in state["slots"]), "the killed holder's slot was reclaimed"
+    # the other process exited normally; its slot is reclaimed by the next process that attaches
+    after = sandbox.run("pid", "info", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    assert int(kv(lines(after.stdout, "info ")[0])["free"]) == GiB
+    assert [s["pid"] for s in region_state(sandbox.cache)["slots"]] == [
+        int(kv(lines(after.stdout, "pid ")[0])["pid"])
+    ]
 
 
 def test_kill_mid_allocation_never_hangs_others(sandbox: Sandbox) -> None:
@@ -104,6 +112,7 @@ def test_kill_mid_allocation_never_hangs_others(sandbox: Sandbox) -> None:
         assert poll.startswith("pollfree ok") and float(kv(poll)["ms"]) < 1000.0, out + err
         assert kv(lines(out, "alloc linear 800m")[0])["rc"] == "0", out + err
         assert int(kv(lines(out, "info ")[0])["free"]) == GiB - 900 * MiB, out
+        assert all(not s["alive"] for s in region_state(sandbox.cache)["slots"]), "no live slot after exit"
 
 
 def test_threads_and_fork(sandbox: Sandbox) -> None:
