@@ -19,7 +19,7 @@ import logging
 import os
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.kubeops import KubeOps, Obj
@@ -65,6 +65,48 @@ def pod_containers(pod: Obj) -> list[Obj]:
 def container_env(container: Obj) -> dict[str, str]:
     """Literal env values of a container spec (valueFrom entries are ignored)."""
     return {e["name"]: str(e["value"]) for e in container.get("env") or [] if "name" in e and "value" in e}
+
+
+#: Values of CUDA_DISABLE_CONTROL that leave enforcement on (as the admission webhook reads them).
+FALSE_SPELLINGS = frozenset({"", "0", "f", "false"})
+
+
+@dataclass(frozen=True)
+class OptOutRequest:
+    """What a container's own env asks of enforcement (HAMi-core mode)."""
+
+    #: CUDA_DISABLE_CONTROL is anything but empty/0/f/false (any case), or comes from valueFrom.
+    disable_control: bool
+    #: CUDA_DISABLE_CONTROL has a literal value (a valueFrom value cannot be known here).
+    disable_control_literal: bool
+    #: GPU_CORE_UTILIZATION_POLICY is `disable` (any case), or comes from valueFrom.
+    core_policy_off: bool
+
+
+def opt_out_request(container: Obj) -> OptOutRequest:
+    """Read a container's opt-out env like the webhook does: the kubelet passes both the device
+    plugin's and the container's env to the runtime, so whatever the container says must be
+    judged here too (the last entry of a name wins, as in the kubelet)."""
+    literal: dict[str, str] = {}
+    from_ref: set[str] = set()
+    for e in container.get("env") or []:
+        name = e.get("name")
+        if name not in (keys.ENV_DISABLE_CONTROL, keys.ENV_CORE_POLICY):
+            continue
+        if e.get("valueFrom") is not None:
+            from_ref.add(name)
+            literal.pop(name, None)
+        else:
+            from_ref.discard(name)
+            literal[name] = str(e.get("value") or "").strip().lower()
+    dc_literal = (
+        keys.ENV_DISABLE_CONTROL in literal and literal[keys.ENV_DISABLE_CONTROL] not in FALSE_SPELLINGS
+    )
+    return OptOutRequest(
+        disable_control=dc_literal or keys.ENV_DISABLE_CONTROL in from_ref,
+        disable_control_literal=dc_literal,
+        core_policy_off=literal.get(keys.ENV_CORE_POLICY) == "disable" or keys.ENV_CORE_POLICY in from_ref,
+    )
 
 
 def _remaining(entries: list[ContainerDevices]) -> bool:
@@ -285,10 +327,11 @@ class PodAllocator:
     def _opt_out_allowed(self, pod: Obj) -> bool:
         return (pod.get("metadata") or {}).get("namespace") in self.settings.enforcement_opt_out_namespaces
 
-    def _core_policy(self) -> str | None:
+    def _core_policy(self) -> str:
+        """The configured policy (`disableCoreLimit` means `disable`)."""
         if self.settings.disable_core_limit:
             return "disable"
-        return self.settings.gpu_core_policy if self.settings.gpu_core_policy != "default" else None
+        return self.settings.gpu_core_policy or "default"
 
     def _priority(self, ctr: Obj) -> str | None:
         res = ctr.get("resources") or {}
@@ -313,27 +356,42 @@ class PodAllocator:
         env[keys.ENV_LOG_LEVEL] = s.libcuda_log_level
         if s.memory_scaling > 1:
             env[keys.ENV_OVERSUBSCRIBE] = "true"
-        policy = self._core_policy()
         priority = self._priority(ctr)
         if priority is not None:
             env[keys.ENV_TASK_PRIORITY] = priority
-        tenant = container_env(ctr)
+        # Enforcement: the kubelet hands the runtime the device plugin's env *and* the container's,
+        # so both opt-out variables are always set explicitly, and the preload mount (the part a
+        # container cannot override) is dropped only where the configuration allows opting out.
+        policy = self._core_policy()
+        want = opt_out_request(ctr)
         allowed = self._opt_out_allowed(pod)
-        disable_control = tenant.get(keys.ENV_DISABLE_CONTROL, "").lower() == "true"
-        tenant_policy_off = tenant.get(keys.ENV_CORE_POLICY, "").lower() == "disable"
-        if (disable_control or tenant_policy_off) and not allowed:
+        denied: list[str] = []
+        if want.disable_control and not allowed:
+            denied.append(keys.ENV_DISABLE_CONTROL)
+        if want.core_policy_off and policy != "disable":
+            if allowed:
+                policy = "disable"
+            else:
+                denied.append(f"{keys.ENV_CORE_POLICY}=disable")
+        if denied:
             await self._event(
                 pod,
                 "EnforcementOptOutDenied",
-                f"container {ctr.get('name')!r}: {keys.ENV_DISABLE_CONTROL}/{keys.ENV_CORE_POLICY}=disable "
-                f"ignored: namespace is not in hami.enforcementOptOutNamespaces",
+                f"container {ctr.get('name')!r}: {' and '.join(denied)} ignored: namespace is not in "
+                "hami.enforcementOptOutNamespaces",
                 warning=True,
             )
+        disable_control = allowed and want.disable_control_literal
+        if allowed and want.disable_control and not disable_control:
+            log.info(
+                "pod %s container %r: %s from valueFrom cannot be read here; enforcement stays on",
+                _key(pod),
+                ctr.get("name"),
+                keys.ENV_DISABLE_CONTROL,
+            )
+        if not disable_control:
             env[keys.ENV_DISABLE_CONTROL] = "false"
-            if tenant_policy_off:
-                policy = policy if policy not in (None, "disable") else "default"
-        if policy is not None:
-            env[keys.ENV_CORE_POLICY] = policy
+        env[keys.ENV_CORE_POLICY] = policy
         uid = (pod.get("metadata") or {}).get("uid", "")
         cache_dir = f"{vgpu}/containers/{uid}_{ctr.get('name')}"
         if self._make_dirs:
@@ -341,7 +399,7 @@ class PodAllocator:
         car.mounts.add(container_path=f"{vgpu}/libvgpu.so", host_path=f"{vgpu}/libvgpu.so", read_only=True)
         car.mounts.add(container_path=vgpu, host_path=cache_dir, read_only=False)
         car.mounts.add(container_path="/tmp/vgpulock", host_path="/tmp/vgpulock", read_only=False)
-        if not (disable_control and allowed):
+        if not disable_control:
             car.mounts.add(
                 container_path="/etc/ld.so.preload", host_path=f"{vgpu}/ld.so.preload", read_only=True
             )

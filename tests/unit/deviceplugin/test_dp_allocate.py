@@ -119,6 +119,9 @@ async def test_lock_owner_gets_env_mounts_and_success(tmp_path: Path) -> None:
         "CUDA_DEVICE_SM_LIMIT": "30",
         "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"{vgpu}/cache0.cache",
         "LIBCUDA_LOG_LEVEL": "3",
+        # always explicit, so a container's own env cannot be the only value the runtime sees
+        "GPU_CORE_UTILIZATION_POLICY": "default",
+        "CUDA_DISABLE_CONTROL": "false",
     }
     assert [(m.container_path, m.host_path, m.read_only) for m in car.mounts] == [
         (f"{vgpu}/libvgpu.so", f"{vgpu}/libvgpu.so", True),
