@@ -9,6 +9,7 @@ The compare-and-swap is a merge patch carrying the Node's resourceVersion (409 o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ class NodeLocker:
         *,
         expiry: float = 60.0,
         wait: float = 20.0,
+        poll: float = 0.5,
         owner_alive: OwnerCheck | None = None,
         node_lookup: Callable[[str], dict[str, Any] | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -45,33 +47,38 @@ class NodeLocker:
         self.client = client
         self.expiry = timedelta(seconds=expiry)
         self.wait = wait
+        #: while waiting, re-read the lock at least this often (node watch events wake us sooner)
+        self.poll = poll
         self.owner_alive = owner_alive
         self.node_lookup = node_lookup
         self.clock = clock
-        self._changed: dict[str, asyncio.Event] = {}
+        #: one event per waiting acquire, set by :meth:`node_changed`
+        self._waiters: dict[str, set[asyncio.Event]] = {}
 
     def node_changed(self, node: str) -> None:
         """Wake binds waiting for ``node``'s lock (call from the node informer)."""
-        event = self._changed.get(node)
-        if event is not None:
+        for event in self._waiters.get(node, ()):
             event.set()
-
-    async def _wait_change(self, node: str, timeout: float) -> None:
-        event = self._changed.setdefault(node, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except TimeoutError:
-            pass
-        finally:
-            event.clear()
 
     async def acquire(self, node: str, namespace: str, name: str) -> float:
         """Take the lock for ``namespace/name``; returns seconds waited. Raises NodeLockContention."""
+        changed = asyncio.Event()
+        waiters = self._waiters.setdefault(node, set())
+        waiters.add(changed)
+        try:
+            return await self._acquire(node, namespace, name, changed)
+        finally:
+            waiters.discard(changed)
+            if not waiters and self._waiters.get(node) is waiters:
+                del self._waiters[node]
+
+    async def _acquire(self, node: str, namespace: str, name: str, changed: asyncio.Event) -> float:
         path = api_path("v1", "nodes", name=node)
         loop = asyncio.get_running_loop()
         started = loop.time()
         fresh = self.node_lookup is None
         while True:
+            changed.clear()  # cleared before reading: a change after this read wakes the wait below
             cached = None if fresh or self.node_lookup is None else self.node_lookup(node)
             obj = cached if cached is not None else await self.client.get(path)
             fresh = False
@@ -83,8 +90,10 @@ class NodeLocker:
                     return loop.time() - started
                 if loop.time() - started > self.wait:
                     raise NodeLockContention(f"node {node} is locked by {holder} (bind in progress)")
-                # woken by the node watch when the lock is released; re-read at least every 0.5 s
-                await self._wait_change(node, 0.5)
+                # woken by the node watch when the lock is released; re-read at least every poll
+                remaining = self.wait - (loop.time() - started)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), max(0.0, min(self.poll, remaining)) + 0.01)
                 fresh = self.node_lookup is None
                 continue
             lock = encode_node_lock(NodeLock(self.clock(), namespace, name))
@@ -123,10 +132,17 @@ class NodeLocker:
         return False
 
     async def release(self, node: str, namespace: str, name: str) -> bool:
-        """Remove the lock if ``namespace/name`` owns it (or it is a legacy bare timestamp)."""
+        """Remove the lock if ``namespace/name`` owns it (or it is a legacy bare timestamp).
+
+        Returns True if a lock was removed; False if there was none, another pod owns it, it is
+        corrupt (left for the next acquire to replace), or the node is gone.
+        """
         path = api_path("v1", "nodes", name=node)
+        removed = False
 
         def mutate(obj: dict[str, object]) -> dict[str, object] | None:
+            nonlocal removed
+            removed = False  # called again after a conflict
             meta = obj.get("metadata") or {}
             assert isinstance(meta, dict)
             value = (meta.get("annotations") or {}).get(keys.NODE_LOCK)
@@ -138,10 +154,11 @@ class NodeLocker:
                 return None
             if lock.namespace is not None and not lock.owned_by(namespace, name):
                 return None
+            removed = True
             return {"metadata": {"annotations": {keys.NODE_LOCK: None}}}
 
         try:
             await self.client.patch_with_retry(path, mutate)
-            return True
         except NotFoundError:
             return False
+        return removed

@@ -45,6 +45,9 @@ class ExtenderSettings:
     leader_elect: bool = False
     lease_namespace: str = "kube-system"
     lease_name: str = "hami-scheduler-extender"
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
     sync_timeout: float = 120.0
 
@@ -67,8 +70,8 @@ class Extender:
             self.client,
             api_path("v1", "nodes"),
             on_add=self.sync.node_changed,
-            on_update=lambda _old, new: self.sync.node_changed(new),
-            on_delete=self.sync.node_deleted,
+            on_update=self._node_updated,
+            on_delete=self._node_deleted,
             name="nodes",
         )
         self.pods = Informer(
@@ -86,6 +89,9 @@ class Extender:
                 namespace=settings.lease_namespace,
                 name=settings.lease_name,
                 identity=settings.identity,
+                lease_duration=settings.lease_duration,
+                renew_deadline=settings.renew_deadline,
+                retry_period=settings.retry_period,
             )
         expiry = (
             settings.node_lock_expiry
@@ -116,6 +122,10 @@ class Extender:
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
         self.sync.node_changed(new)
         self.locker.node_changed(str((new.get("metadata") or {}).get("name") or ""))
+
+    def _node_deleted(self, node: dict[str, Any]) -> None:
+        self.sync.node_deleted(node)
+        self.locker.node_changed(str((node.get("metadata") or {}).get("name") or ""))
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")

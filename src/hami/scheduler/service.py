@@ -176,6 +176,7 @@ class ExtenderService:
                 uid=uid,
                 node=node,
                 annotations={
+                    **annotations,
                     keys.BIND_PHASE: keys.BIND_PHASE_ALLOCATING,
                     keys.BIND_TIME: str(int(self.clock())),
                 },
