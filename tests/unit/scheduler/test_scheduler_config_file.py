@@ -1,0 +1,51 @@
+"""deploy/scheduler-config.yaml is exactly what ``scheduler_configuration`` generates for a deployment.
+
+The file was generated with the extender on ``https://127.0.0.1:443`` (same pod as kube-scheduler),
+the default device registry and ``leader_elect=True``; editing one without the other fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from hami.devices.registry import default_registry
+from hami.scheduler.kubeconfig import scheduler_configuration
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "scheduler-config.yaml"
+
+
+def test_deploy_file_equals_the_generated_configuration() -> None:
+    shipped = yaml.safe_load(DEPLOY.read_text())
+    generated = scheduler_configuration(
+        extender_url="https://127.0.0.1:443", registry=default_registry(), leader_elect=True
+    )
+    assert shipped == generated
+
+
+def test_every_managed_resource_is_ignored_by_the_in_tree_fit_plugin() -> None:
+    cfg = yaml.safe_load(DEPLOY.read_text())
+    (ext,) = cfg["extenders"]
+    names = [r["name"] for r in ext["managedResources"]]
+    assert names == default_registry().resource_names()
+    assert {"nvidia.com/gpu", "nvidia.com/gpumem", "nvidia.com/gpucores"} <= set(names)
+    assert all(r["ignoredByScheduler"] is True for r in ext["managedResources"])
+    # HAMi's verbs and mode: filter + bind, no prioritize/preempt, node names instead of Node objects
+    assert ext["filterVerb"] == "filter" and ext["bindVerb"] == "bind"
+    assert "prioritizeVerb" not in ext and "preemptVerb" not in ext
+    assert ext["nodeCacheCapable"] is True and ext["ignorable"] is False
+    # v1 spells it enableHTTPS (the legacy Policy JSON used enableHttps)
+    assert ext["enableHTTPS"] is True and ext["tlsConfig"] == {"insecure": True}
+    assert cfg["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert cfg["profiles"] == [{"schedulerName": "hami-scheduler"}]
+
+
+def test_plain_http_and_no_leader_election() -> None:
+    cfg = scheduler_configuration(
+        extender_url="http://127.0.0.1:8080", registry=default_registry(), kubeconfig="/etc/k.conf"
+    )
+    (ext,) = cfg["extenders"]
+    assert ext["enableHTTPS"] is False and "tlsConfig" not in ext
+    assert cfg["leaderElection"] == {"leaderElect": False}
+    assert cfg["clientConnection"] == {"kubeconfig": "/etc/k.conf"}
