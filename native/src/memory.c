@@ -226,27 +226,31 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CU
     return r;
 }
 
-/* physical memory goes away when the handle is released and no mapping remains */
+/* Physical memory goes away when the handle is released and no mapping remains. The entry is taken
+ * out of the map before the driver call, so a handle value the driver reuses right after the release
+ * can never be confused with this one; it is put back if the release fails. */
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
-    CUresult r = CALL_REAL(cuMemRelease, handle);
-    if (r != CUDA_SUCCESS) return r;
-    uint64_t dev = 0, size = 0;
-    int uncharge = 0;
+    struct ment t;
+    int had = 0, mapped = 0;
     pthread_mutex_lock(&g_mu);
     struct ment *e = hfind(&m_handle, handle);
     if (e) {
-        if (e->aux == 0) {
-            struct ment t;
-            htake(&m_handle, handle, &t);
-            uncharge = 1;
-            dev = (uint64_t)t.dev;
-            size = t.size;
-        } else {
-            e->released = 1;
-        }
+        if (e->aux == 0) had = htake(&m_handle, handle, &t);
+        else mapped = 1;
     }
     pthread_mutex_unlock(&g_mu);
-    if (uncharge) vgpu_mem_unreserve((int)dev, size);
+    CUresult r = CALL_REAL(cuMemRelease, handle);
+    if (r != CUDA_SUCCESS) {
+        if (had) track(&m_handle, t.key, t.size, t.dev, t.kind);
+        return r;
+    }
+    if (had) vgpu_mem_unreserve(t.dev, t.size);
+    if (mapped) {
+        pthread_mutex_lock(&g_mu);
+        struct ment *m = hfind(&m_handle, handle);
+        if (m) m->released = 1; /* uncharged by the last cuMemUnmap */
+        pthread_mutex_unlock(&g_mu);
+    }
     return r;
 }
 
@@ -337,14 +341,21 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     else track(&m_obj, (uint64_t)(uintptr_t)*pHandle, n, dev, K_MIPMAP);
     return r;
 }
-static CUresult obj_release(uint64_t key, CUresult r) {
-    struct ment e;
-    if (r == CUDA_SUCCESS && untrack(&m_obj, key, &e)) vgpu_mem_unreserve(e.dev, e.size);
-    return r;
-}
-CUresult cuArrayDestroy(CUarray h) { return obj_release((uint64_t)(uintptr_t)h, CALL_REAL(cuArrayDestroy, h)); }
+/* untrack first (see cuMemRelease), call the driver, put back on failure */
+#define OBJ_RELEASE(k_, call)                                                                   \
+    do {                                                                                         \
+        struct ment e_;                                                                          \
+        int had_ = untrack(&m_obj, (k_), &e_);                                                   \
+        CUresult r_ = (call);                                                                    \
+        if (had_) {                                                                              \
+            if (r_ == CUDA_SUCCESS) vgpu_mem_unreserve(e_.dev, e_.size);                         \
+            else track(&m_obj, e_.key, e_.size, e_.dev, e_.kind);                                \
+        }                                                                                        \
+        return r_;                                                                               \
+    } while (0)
+CUresult cuArrayDestroy(CUarray h) { OBJ_RELEASE((uint64_t)(uintptr_t)h, CALL_REAL(cuArrayDestroy, h)); }
 CUresult cuMipmappedArrayDestroy(CUmipmappedArray h) {
-    return obj_release((uint64_t)(uintptr_t)h, CALL_REAL(cuMipmappedArrayDestroy, h));
+    OBJ_RELEASE((uint64_t)(uintptr_t)h, CALL_REAL(cuMipmappedArrayDestroy, h));
 }
 
 /* ---------------------------------------------------------------- contexts */
@@ -464,9 +475,7 @@ CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int
     if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
     return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v4, pctx, params, flags, dev), ch);
 }
-CUresult cuCtxDestroy_v2(CUcontext ctx) {
-    return obj_release((uint64_t)(uintptr_t)ctx, CALL_REAL(cuCtxDestroy_v2, ctx));
-}
+CUresult cuCtxDestroy_v2(CUcontext ctx) { OBJ_RELEASE((uint64_t)(uintptr_t)ctx, CALL_REAL(cuCtxDestroy_v2, ctx)); }
 
 /* ---------------------------------------------------------------- virtualised queries */
 CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {

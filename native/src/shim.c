@@ -74,6 +74,37 @@ static void fork_child(void) {
     atomic_store(&g_post_done, 0);
 }
 
+static void resolve_from(void *h, const char *what) {
+    int missing = 0;
+    for (int i = 0; i < H_COUNT; i++) {
+        void *p = REAL_DLSYM(h, vgpu_hooks[i].name);
+        atomic_store(&vgpu_real[i], p);
+        if (!p) missing++;
+    }
+    for (int i = 0; i < X_COUNT; i++) vgpu_helper[i] = REAL_DLSYM(h, helper_names[i]);
+    Dl_info di;
+    void *probe = atomic_load(&vgpu_real[H_cuInit]);
+    if (probe && dladdr(probe, &di)) g_driver_base = di.dli_fbase;
+    LOG_DEBUG("driver %s: %d of %d hooked entry points present", what, H_COUNT - missing, H_COUNT);
+}
+
+/* The driver could not be loaded by soname at initialisation (say it lives outside the loader path
+ * and the application dlopen()s it by absolute path later): adopt the first real handle that
+ * exports cuInit when a hooked name is looked up in it. */
+static pthread_mutex_t g_adopt_mu = PTHREAD_MUTEX_INITIALIZER;
+static void adopt_driver(void *handle) {
+    static char self;
+    Dl_info me, it;
+    void *p = REAL_DLSYM(handle, "cuInit");
+    if (!p || !dladdr(&self, &me) || !dladdr(p, &it) || it.dli_fbase == me.dli_fbase) return;
+    pthread_mutex_lock(&g_adopt_mu);
+    if (!g_driver) {
+        g_driver = handle;
+        resolve_from(handle, it.dli_fname ? it.dli_fname : "(adopted)");
+    }
+    pthread_mutex_unlock(&g_adopt_mu);
+}
+
 static void init_once(void) {
     t_in_init = 1;
     if (!__atomic_load_n(&vgpu_real_dlsym_ptr, __ATOMIC_ACQUIRE)) find_real_dlsym();
@@ -82,21 +113,10 @@ static void init_once(void) {
     const char *path = getenv("LIBVGPU_REAL_LIBCUDA");
     if (!path || !*path) path = "libcuda.so.1";
     g_driver = dlopen(path, RTLD_NOW | RTLD_NODELETE);
-    if (!g_driver) {
-        LOG_WARN("cannot load the CUDA driver %s: %s", path, dlerror());
-    } else {
-        int missing = 0;
-        for (int i = 0; i < H_COUNT; i++) {
-            void *p = REAL_DLSYM(g_driver, vgpu_hooks[i].name);
-            atomic_store(&vgpu_real[i], p);
-            if (!p) missing++;
-        }
-        for (int i = 0; i < X_COUNT; i++) vgpu_helper[i] = REAL_DLSYM(g_driver, helper_names[i]);
-        Dl_info di;
-        void *probe = atomic_load(&vgpu_real[H_cuInit]);
-        if (probe && dladdr(probe, &di)) g_driver_base = di.dli_fbase;
-        LOG_DEBUG("driver %s: %d of %d hooked entry points present", path, H_COUNT - missing, H_COUNT);
-    }
+    if (!g_driver)
+        LOG_INFO("cannot load the CUDA driver %s yet: %s", path, dlerror());
+    else
+        resolve_from(g_driver, path);
     pthread_atfork(fork_prepare, fork_parent, fork_child);
     atomic_store_explicit(&g_ready, 1, memory_order_release);
     t_in_init = 0;
@@ -166,6 +186,7 @@ NO_SANITIZE void *vgpu_dlsym_filter(void *handle, const char *name, void *caller
         int i = find_hook(name);
         if (i < 0) return NULL;
         vgpu_init();
+        if (unlikely(!g_driver) && handle != RTLD_DEFAULT) adopt_driver(handle);
         if (!atomic_load(&vgpu_real[i]) || caller_in(caller, g_driver_base)) return NULL;
         if (!REAL_DLSYM(handle, name)) return NULL; /* not in that object: let dlsym report it */
         return vgpu_hooks[i].hook;

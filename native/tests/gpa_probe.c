@@ -34,7 +34,10 @@ int main(int argc, char **argv) {
         printf("next %s\n", f ? f() : "missing");
         return 0;
     }
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    const char *late = getenv("PROBE_LIBCUDA");
+    if (late) /* a lookup before the driver is loadable by soname, then dlopen by absolute path */
+        printf("early dlsym cuInit -> %s\n", who(dlsym(RTLD_DEFAULT, "cuInit"), buf, sizeof buf));
+    void *h = dlopen(late ? late : "libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!h) {
         printf("dlopen failed: %s\n", dlerror());
         return 1;

@@ -162,3 +162,14 @@ def test_etc_ld_so_preload(sandbox: Sandbox) -> None:
     assert "LD_PRELOAD" not in env
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2"], r.stdout + r.stderr
     assert "python ok" in r.stdout, "unrelated programs keep working with the preload"
+
+
+def test_driver_loaded_late_by_absolute_path(sandbox: Sandbox) -> None:
+    """A lookup before libcuda is loadable by soname, then dlopen() by path: the shim adopts it."""
+    env = sandbox.make_env(CUDA_DEVICE_MEMORY_LIMIT="1m", PROBE_LIBCUDA=str(FAKE / "libcuda.so.1"))
+    env.pop("LD_LIBRARY_PATH")
+    r = subprocess.run(
+        [str(PROBE), str(2 << 20)], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "dlsym cuGetProcAddress_v2 -> libvgpu.so:cuGetProcAddress_v2" in r.stdout, r.stdout + r.stderr
+    assert "alloc via gpa rc=2" in r.stdout, r.stdout + r.stderr
