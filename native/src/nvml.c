@@ -88,9 +88,14 @@ nvmlDevice_t vgpu_nvml_device(int cudadev) {
 static int cuda_index(nvmlDevice_t dev) {
     struct vgpu_region *R = vgpu_region();
     char uuid[96];
-    if (NVML_HELPER_FN(nvmlDeviceGetUUID) && NVML_HELPER_FN(nvmlDeviceGetUUID)(dev, uuid, sizeof uuid) == 0)
-        for (int d = 0; d < VGPU_MAX_DEV; d++)
+    int known = 0;
+    if (NVML_HELPER_FN(nvmlDeviceGetUUID) && NVML_HELPER_FN(nvmlDeviceGetUUID)(dev, uuid, sizeof uuid) == 0) {
+        for (int d = 0; d < VGPU_MAX_DEV; d++) {
+            known |= R->dev[d].uuid[0] != 0;
             if (R->dev[d].uuid[0] && !strcmp(R->dev[d].uuid, uuid)) return d;
+        }
+        if (known) return -1; /* a GPU this container's CUDA does not see: not part of the slice */
+    }
     unsigned idx = 0;
     if (NVML_HELPER_FN(nvmlDeviceGetIndex) && NVML_HELPER_FN(nvmlDeviceGetIndex)(dev, &idx) == 0 &&
         idx < VGPU_MAX_DEV)
