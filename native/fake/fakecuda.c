@@ -192,6 +192,8 @@ static CUresult prim_drop(CUdevice d, int all) {
 }
 API CUresult cuDevicePrimaryCtxRelease_v2(CUdevice d) { return prim_drop(d, 0); }
 API CUresult cuDevicePrimaryCtxReset_v2(CUdevice d) { return prim_drop(d, 1); }
+API CUresult cuDevicePrimaryCtxRelease(CUdevice d) { return prim_drop(d, 0); }
+API CUresult cuDevicePrimaryCtxReset(CUdevice d) { return prim_drop(d, 1); }
 
 static CUresult ctx_new(CUcontext *pctx, CUdevice d) {
     NEED_INIT();
@@ -663,7 +665,9 @@ static const struct gpa {
     E(cuDeviceGetUuid, 11040, 0, cuDeviceGetUuid_v2) E(cuDeviceGetAttribute, 2000, 0, cuDeviceGetAttribute)
     E(cuDeviceTotalMem, 3020, 0, cuDeviceTotalMem_v2)
     E(cuDevicePrimaryCtxRetain, 7000, 0, cuDevicePrimaryCtxRetain)
+    E(cuDevicePrimaryCtxRelease, 7000, 0, cuDevicePrimaryCtxRelease)
     E(cuDevicePrimaryCtxRelease, 11000, 0, cuDevicePrimaryCtxRelease_v2)
+    E(cuDevicePrimaryCtxReset, 7000, 0, cuDevicePrimaryCtxReset)
     E(cuDevicePrimaryCtxReset, 11000, 0, cuDevicePrimaryCtxReset_v2)
     E(cuCtxCreate, 3020, 0, cuCtxCreate_v2) E(cuCtxCreate, 11040, 0, cuCtxCreate_v3)
     E(cuCtxCreate, 12050, 0, cuCtxCreate_v4) E(cuCtxDestroy, 4000, 0, cuCtxDestroy_v2)
@@ -679,6 +683,12 @@ static const struct gpa {
     E(cuMemCreate, 10020, 0, cuMemCreate) E(cuMemRelease, 10020, 0, cuMemRelease) E(cuMemMap, 10020, 0, cuMemMap)
     E(cuMemUnmap, 10020, 0, cuMemUnmap) E(cuArrayCreate, 3020, 0, cuArrayCreate_v2)
     E(cuArray3DCreate, 3020, 0, cuArray3DCreate_v2) E(cuArrayDestroy, 2000, 0, cuArrayDestroy)
+    E(cuMipmappedArrayCreate, 5000, 0, cuMipmappedArrayCreate) E(cuMipmappedArrayDestroy, 5000, 0, cuMipmappedArrayDestroy)
+    E(cuCtxPushCurrent, 4000, 0, cuCtxPushCurrent_v2) E(cuCtxPopCurrent, 4000, 0, cuCtxPopCurrent_v2)
+    E(cuMemAddressReserve, 10020, 0, cuMemAddressReserve) E(cuMemAddressFree, 10020, 0, cuMemAddressFree)
+    E(cuGraphCreate, 10000, 0, cuGraphCreate) E(cuGraphInstantiate, 11040, 0, cuGraphInstantiateWithFlags)
+    E(cuModuleUnload, 2000, 0, cuModuleUnload)
+    E(cuGetErrorName, 6000, 0, cuGetErrorName) E(cuGetErrorString, 6000, 0, cuGetErrorString)
     E(cuModuleLoadData, 2000, 0, cuModuleLoadData) E(cuModuleGetFunction, 2000, 0, cuModuleGetFunction)
     A(cuLaunchKernel, 4000, 0, cuLaunchKernel) A(cuLaunchKernel, 7000, 1, cuLaunchKernel_ptsz)
     E(cuLaunchKernelEx, 11060, 0, cuLaunchKernelEx) E(cuLaunchKernelEx, 11060, 1, cuLaunchKernelEx_ptsz)

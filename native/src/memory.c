@@ -445,6 +445,17 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     if (r == CUDA_SUCCESS) prim_drop(dev, 0);
     return r;
 }
+/* the pre-11.0 names: same signature; CUDA 12 runtimes still ask for them at version 7000 */
+CUresult cuDevicePrimaryCtxRelease(CUdevice dev) {
+    CUresult r = CALL_REAL(cuDevicePrimaryCtxRelease, dev);
+    if (r == CUDA_SUCCESS) prim_drop(dev, 0);
+    return r;
+}
+CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
+    CUresult r = CALL_REAL(cuDevicePrimaryCtxReset, dev);
+    if (r == CUDA_SUCCESS) prim_drop(dev, 1);
+    return r;
+}
 CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     CUresult r = CALL_REAL(cuDevicePrimaryCtxReset_v2, dev);
     if (r == CUDA_SUCCESS) prim_drop(dev, 1);

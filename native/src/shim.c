@@ -228,16 +228,30 @@ static void *translate(const char *symbol, void *p, int version, cuuint64_t flag
     return vgpu_hooks[best].hook;
 }
 
+static void gpa_log(const char *fn, const char *symbol, int version, cuuint64_t flags, CUresult r, void *orig,
+                    void *out) {
+    if (vgpu_log_level < VLOG_DEBUG) return;
+    const char *v = "driver";
+    for (int i = 0; i < H_COUNT; i++)
+        if (out && out == vgpu_hooks[i].hook) v = vgpu_hooks[i].name;
+    LOG_DEBUG("%s(%s, %d, %llu) = %d -> %s", fn, symbol ? symbol : "(null)", version, (unsigned long long)flags, r,
+              !orig ? "NULL" : out != orig ? v : "driver");
+}
+
 CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
     CUresult r = CALL_REAL(cuGetProcAddress, symbol, pfn, cudaVersion, flags);
+    void *orig = pfn ? *pfn : NULL;
     if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
+    gpa_log("cuGetProcAddress", symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
     return r;
 }
 
 CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
                              CUdriverProcAddressQueryResult *status) {
     CUresult r = CALL_REAL(cuGetProcAddress_v2, symbol, pfn, cudaVersion, flags, status);
+    void *orig = pfn ? *pfn : NULL;
     if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
+    gpa_log("cuGetProcAddress_v2", symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
     return r;
 }
 

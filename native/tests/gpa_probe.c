@@ -58,8 +58,9 @@ int main(int argc, char **argv) {
     static const char *syms[] = {"cuInit", "cuMemAlloc", "cuMemFree", "cuMemGetInfo", "cuCtxCreate",
                                  "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
                                  "cuGraphLaunch", "cuMemAllocAsync", "cuMemFreeAsync", "cuDeviceGetName",
-                                 "cuGetProcAddress", "cuNoSuchFunction", "cuStreamSynchronize"};
-    static const int vers[] = {3000, 11080, 12020, 13000};
+                                 "cuGetProcAddress", "cuNoSuchFunction", "cuStreamSynchronize",
+                                 "cuDevicePrimaryCtxRelease"};
+    static const int vers[] = {3000, 7000, 11080, 12020, 13000};
     for (size_t s = 0; s < sizeof syms / sizeof *syms; s++)
         for (size_t v = 0; v < sizeof vers / sizeof *vers; v++)
             for (int fl = 0; fl < 3; fl++) {

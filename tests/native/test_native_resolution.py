@@ -78,6 +78,9 @@ EXPECT = {
     ("cuDeviceGetName", 12020, 0): "libcuda.so.1:cuDeviceGetName",
     ("cuStreamSynchronize", 12020, 2): "libcuda.so.1:cuStreamSynchronize_ptsz",
     ("cuNoSuchFunction", 12020, 0): "NULL",
+    # CUDA 12 runtimes ask for the pre-11.0 name at 7000 (seen with libcudart 12.9)
+    ("cuDevicePrimaryCtxRelease", 7000, 0): "libvgpu.so:cuDevicePrimaryCtxRelease",
+    ("cuDevicePrimaryCtxRelease", 12020, 0): "libvgpu.so:cuDevicePrimaryCtxRelease_v2",
 }
 
 
@@ -173,3 +176,29 @@ def test_driver_loaded_late_by_absolute_path(sandbox: Sandbox) -> None:
     )
     assert "dlsym cuGetProcAddress_v2 -> libvgpu.so:cuGetProcAddress_v2" in r.stdout, r.stdout + r.stderr
     assert "alloc via gpa rc=2" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(
+    not os.environ.get("HAMI_TEST_CUDART"), reason="set HAMI_TEST_CUDART=/path/to/libcudart.so.12"
+)
+def test_real_cudart_resolves_through_the_shim(sandbox: Sandbox) -> None:
+    """Best effort with a real CUDA runtime and no GPU: cudart's driver lookups must come back as the
+    right hooked variants (it then fails at cuGetExportTable, which the fake does not provide)."""
+    env = sandbox.make_env(LIBCUDA_LOG_LEVEL="4")
+    r = subprocess.run(
+        [str(BUILD / "tests" / "cudart_smoke"), os.environ["HAMI_TEST_CUDART"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    for want in (
+        "(cuMemAlloc, 3020, 0) = 0 -> cuMemAlloc_v2",
+        "(cuLaunchKernel, 7000, 2) = 0 -> cuLaunchKernel_ptsz",
+        "(cuGraphLaunch, 10000, 2) = 0 -> cuGraphLaunch_ptsz",
+        "(cuMemAllocAsync, 11020, 2) = 0 -> cuMemAllocAsync_ptsz",
+        "(cuDevicePrimaryCtxRelease, 7000, 0) = 0 -> cuDevicePrimaryCtxRelease",
+        "(cuMemGetInfo, 3020, 0) = 0 -> cuMemGetInfo_v2",
+    ):
+        assert want in r.stderr, f"{want!r} not in the shim's log:\n{r.stderr[-3000:]}"
