@@ -156,3 +156,23 @@ def test_two_devices_have_independent_limits(sandbox: Sandbox) -> None:
     assert int(kv(lines(r.stdout, "totalmem ")[0])["total"]) == 256 * MiB
     nv = kv(lines(r.stdout, "nvml ")[0])
     assert int(nv["total"]) == 256 * MiB and int(nv["used"]) == 200 * MiB, "NVML maps device 1 by UUID"
+
+
+def test_old_driver_missing_symbols_are_tolerated(sandbox: Sandbox) -> None:
+    """A driver without the stream-ordered allocator, cuLaunchKernelEx, cuCtxCreate_v3/v4 and
+    cuGetProcAddress_v2 (native/fake/old_driver.map): the rest keeps working and stays limited."""
+    r = sandbox.run(
+        "alloc:linear:600m",
+        "alloc:linear:600m",
+        "alloc:async:1m",  # the application calls an entry point the driver does not have
+        "alloc:vmm:100m",
+        "info",
+        LD_LIBRARY_PATH=str(BUILD / "olddrv"),
+        FAKECUDA_DRIVER_VERSION="11010",
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+        LIBCUDA_LOG_LEVEL="4",
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "500", "0"], r.stdout + r.stderr
+    assert "30 of 41 hooked entry points present" in r.stderr
+    assert int(kv(lines(r.stdout, "info ")[0])["free"]) == (1 << 30) - 700 * MiB
