@@ -28,11 +28,16 @@ class Stack:
         start_scheduler: Callable[..., SchedulerHandle],
         *,
         lock_expiry: float = 60.0,
+        completer: bool = True,
     ) -> None:
+        """``completer=False`` runs without the :class:`AllocationCompleter`: pods stay in bind-phase
+        ``allocating`` holding the node lock until a device plugin's Allocate (or the test) completes
+        them (see :class:`hami.testing.pluginnode.PluginNode`)."""
         self.kube_config = kube_config
         self.start_scheduler = start_scheduler
         self.port = free_port()
         self.lock_expiry = lock_expiry
+        self.use_completer = completer
         self.extender: Extender | None = None
         self.completer: AllocationCompleter | None = None
         self.kube_scheduler: SchedulerHandle | None = None
@@ -58,8 +63,9 @@ class Stack:
 
     async def __aenter__(self) -> Stack:
         await self.start_extender()
-        self.completer = AllocationCompleter(KubeClient(self.kube_config))
-        await self.completer.start()
+        if self.use_completer:
+            self.completer = AllocationCompleter(KubeClient(self.kube_config))
+            await self.completer.start()
         cfg = scheduler_configuration(
             extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry()
         )
