@@ -179,7 +179,7 @@ class Scheduler:
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
-        heap = [(sign * nd.score(), nd.name, nd) for nd in known]
+        heap = [(sign * nd.cached_score, nd.name, nd) for nd in known]
         heapq.heapify(heap)
         while heap:
             node = heapq.heappop(heap)[2]

@@ -70,27 +70,37 @@ class PodAllocation:
 
 @dataclass(slots=True)
 class NodeState:
-    """One node: its cards (all vendors), pair scores, cordoned UUIDs and running usage totals."""
+    """One node: its cards (all vendors), pair scores, cordoned UUIDs and running usage totals.
+
+    The usage totals and the node score are maintained by the ledger as pods come and go, so a
+    filter reads a node's score in O(1).
+    """
 
     name: str
     cards: list[Card]
     pair_scores: PairScores = field(default_factory=dict)
     cordoned: frozenset[str] = frozenset()
     by_uuid: dict[str, Card] = field(default_factory=dict)
+    by_vendor: dict[str, list[Card]] = field(default_factory=dict)
     total_count: int = 0
     total_mem: int = 0
     total_cores: int = 0
     used: int = 0
     usedmem: int = 0
     usedcores: int = 0
+    cached_score: float = 0.0
 
     def __post_init__(self) -> None:
         self.by_uuid = {c.uuid: c for c in self.cards}
+        self.by_vendor = {}
+        for c in self.cards:
+            self.by_vendor.setdefault(c.vendor, []).append(c)
         self.total_count = sum(c.count for c in self.cards)
         self.total_mem = sum(c.totalmem for c in self.cards)
         self.total_cores = sum(c.totalcores for c in self.cards)
+        self.refresh_score()
 
-    def score(self) -> float:
+    def refresh_score(self) -> None:
         """HAMi's node score: 10 x (slot + core + memory utilisation) over all cards, before placement."""
         s = 0.0
         if self.total_count:
@@ -99,10 +109,13 @@ class NodeState:
             s += self.usedcores / self.total_cores
         if self.total_mem:
             s += self.usedmem / self.total_mem
-        return 10.0 * s
+        self.cached_score = 10.0 * s
+
+    def score(self) -> float:
+        return self.cached_score
 
     def vendor_cards(self, vendor: str) -> list[Card]:
-        return [c for c in self.cards if c.vendor == vendor]
+        return self.by_vendor.get(vendor, [])
 
 
 class ClusterState:
@@ -224,6 +237,7 @@ def _add(
     node.used += sign * slots
     node.usedmem += sign * mem
     node.usedcores += sign * cores
+    node.refresh_score()
     for m in migs:
         if sign > 0:
             card.mig_in_use.append(m)
