@@ -56,7 +56,13 @@ async def handle_filter(request: web.Request) -> web.Response:
         metrics.filter_seconds.observe(time.perf_counter() - started)
     result = "error" if outcome.error else ("scheduled" if outcome.node_names else "unschedulable")
     metrics.filter_results.labels(result).inc()
-    return _json(filter_result(node_names=outcome.node_names, failed=outcome.failed, error=outcome.error))
+    nodes = None
+    if args.nodes is not None:  # nodeCacheCapable: false -- kube-scheduler reads only Nodes
+        chosen = set(outcome.node_names)
+        nodes = [n for n in args.nodes if (n.get("metadata") or {}).get("name") in chosen]
+    return _json(
+        filter_result(node_names=outcome.node_names, failed=outcome.failed, error=outcome.error, nodes=nodes)
+    )
 
 
 async def handle_bind(request: web.Request) -> web.Response:

@@ -29,6 +29,8 @@ def _ci_get(obj: Mapping[str, Any], key: str) -> Any:
 class ExtenderArgs:
     pod: dict[str, Any]
     node_names: list[str]
+    #: the Node objects, when kube-scheduler sent ``Nodes`` (``nodeCacheCapable: false``)
+    nodes: list[dict[str, Any]] | None = None
 
     @classmethod
     def parse(cls, body: Any) -> ExtenderArgs:
@@ -38,13 +40,23 @@ class ExtenderArgs:
         if not isinstance(pod, dict) or not isinstance(pod.get("metadata"), dict):
             raise WireError("ExtenderArgs.Pod must be a Pod object with metadata")
         names = _ci_get(body, "NodeNames")
+        objects: list[dict[str, Any]] | None = None
         if names is None:
-            nodes = _ci_get(body, "Nodes") or {}
-            items = nodes.get("items") if isinstance(nodes, Mapping) else None
-            names = [((n or {}).get("metadata") or {}).get("name") for n in (items or [])]
+            node_list = _ci_get(body, "Nodes")
+            if node_list is None:
+                node_list = {}
+            if not isinstance(node_list, Mapping):
+                raise WireError("ExtenderArgs.Nodes must be a NodeList object")
+            items = _ci_get(node_list, "items") or []
+            if not isinstance(items, list) or not all(isinstance(n, dict) for n in items):
+                raise WireError("ExtenderArgs.Nodes.items must be a list of Node objects")
+            objects = items
+            names = [(n.get("metadata") or {}).get("name") for n in items]
+            if not all(isinstance(n, str) and n for n in names):
+                raise WireError("ExtenderArgs.Nodes.items: every Node needs metadata.name")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise WireError("ExtenderArgs.NodeNames must be a list of node names")
-        return cls(pod=pod, node_names=names)
+        return cls(pod=pod, node_names=names, nodes=objects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +80,19 @@ class BindingArgs:
 
 
 def filter_result(
-    *, node_names: list[str] | None, failed: Mapping[str, str] | None = None, error: str = ""
+    *,
+    node_names: list[str] | None,
+    failed: Mapping[str, str] | None = None,
+    error: str = "",
+    nodes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """``ExtenderFilterResult`` with Go field names; ``Nodes`` is null in node-cache-capable mode."""
+    """``ExtenderFilterResult`` with Go field names.
+
+    ``Nodes`` is null in node-cache-capable mode. Without ``nodeCacheCapable`` kube-scheduler reads
+    only ``Nodes`` (it ignores ``NodeNames``), so pass the chosen Node objects as ``nodes`` then.
+    """
     return {
-        "Nodes": None,
+        "Nodes": None if nodes is None else {"metadata": {}, "items": nodes},
         "NodeNames": node_names,
         "FailedNodes": dict(failed or {}),
         "FailedAndUnresolvableNodes": {},
