@@ -248,7 +248,39 @@ static void *thr(void *p) {
 
 typedef uint64_t (*busy_fn)(int, int);
 
-static void launch_loop(const char *mode, double secs, uint64_t kns, double warm) {
+struct lctx {
+    const char *mode;
+    uint64_t deadline;
+    CUfunction f;
+    CUgraphExec ge;
+    uint64_t ns;
+    long n;
+};
+static CUresult launch_one(const char *mode, CUfunction f, CUgraphExec ge, void **params, CUlaunchConfig *cfg) {
+    if (!strcmp(mode, "kernel")) return cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+    if (!strcmp(mode, "ptsz")) return cuLaunchKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+    if (!strcmp(mode, "ex")) return cuLaunchKernelEx(cfg, f, params, NULL);
+    if (!strcmp(mode, "coop")) return cuLaunchCooperativeKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
+    if (!strcmp(mode, "coop_ptsz")) return cuLaunchCooperativeKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
+    if (!strcmp(mode, "graph")) return cuGraphLaunch(ge, NULL);
+    if (!strcmp(mode, "graph_ptsz")) return cuGraphLaunch_ptsz(ge, NULL);
+    printf("bad mode %s\n", mode);
+    exit(2);
+}
+static void *launch_thread(void *p) {
+    struct lctx *c = p;
+    cuCtxSetCurrent(g_ctx);
+    void *params[] = {&c->ns};
+    CUlaunchConfig cfg;
+    memset(&cfg, 0, sizeof cfg);
+    while (now_ns() < c->deadline) {
+        if (launch_one(c->mode, c->f, c->ge, params, &cfg)) exit(7);
+        c->n++;
+    }
+    return NULL;
+}
+
+static void launch_loop(const char *mode, double secs, uint64_t kns, double warm, int nthreads) {
     need_ctx();
     CUmodule m;
     CUfunction f;
@@ -268,6 +300,26 @@ static void launch_loop(const char *mode, double secs, uint64_t kns, double warm
         printf("no fakecuda_busy_ns\n");
         exit(6);
     }
+    if (nthreads > 1) {
+        /* several threads launching at once through one shared bucket */
+        pthread_t t[16];
+        struct lctx c[16];
+        sleep_ms(warm * 1000);
+        uint64_t t0 = now_ns(), b0 = busy(getpid(), 0);
+        for (int k = 0; k < nthreads && k < 16; k++) {
+            c[k] = (struct lctx){mode, t0 + (uint64_t)(secs * 1e9), f, ge, kns, 0};
+            pthread_create(&t[k], NULL, launch_thread, &c[k]);
+        }
+        long total = 0;
+        for (int k = 0; k < nthreads && k < 16; k++) {
+            pthread_join(t[k], NULL);
+            total += c[k].n;
+        }
+        uint64_t t1 = now_ns(), b1 = busy(getpid(), 0);
+        printf("launch mode=%s util=%.2f launches=%ld secs=%.2f threads=%d\n", mode,
+               100.0 * (double)(b1 - b0) / (double)(t1 - t0), total, (double)(t1 - t0) / 1e9, nthreads);
+        return;
+    }
     uint64_t t_start = now_ns(), t0 = 0, b0 = 0;
     long launches = 0;
     for (;;) {
@@ -278,18 +330,7 @@ static void launch_loop(const char *mode, double secs, uint64_t kns, double warm
             launches = 0;
         }
         if (t0 && now - t0 >= (uint64_t)(secs * 1e9)) break;
-        CUresult r;
-        if (!strcmp(mode, "kernel")) r = cuLaunchKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
-        else if (!strcmp(mode, "ptsz")) r = cuLaunchKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
-        else if (!strcmp(mode, "ex")) r = cuLaunchKernelEx(&cfg, f, params, NULL);
-        else if (!strcmp(mode, "coop")) r = cuLaunchCooperativeKernel(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
-        else if (!strcmp(mode, "coop_ptsz")) r = cuLaunchCooperativeKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
-        else if (!strcmp(mode, "graph")) r = cuGraphLaunch(ge, NULL);
-        else if (!strcmp(mode, "graph_ptsz")) r = cuGraphLaunch_ptsz(ge, NULL);
-        else {
-            printf("bad mode %s\n", mode);
-            exit(2);
-        }
+        CUresult r = launch_one(mode, f, ge, params, &cfg);
         if (r) {
             printf("launch rc=%d\n", r);
             exit(7);
@@ -476,7 +517,7 @@ int main(int argc, char **argv) {
                 sleep_ms(2);
             }
         } else if (!strcmp(a[0], "launch")) {
-            launch_loop(a[1], atof(a[2]), parse_size(a[3]), na > 4 ? atof(a[4]) : 0);
+            launch_loop(a[1], atof(a[2]), parse_size(a[3]), na > 4 ? atof(a[4]) : 0, na > 5 ? atoi(a[5]) : 1);
         } else if (!strcmp(a[0], "sync")) {
             printf("sync rc=%d\n", cuCtxSynchronize());
         } else {

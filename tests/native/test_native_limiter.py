@@ -38,12 +38,12 @@ TARGETS = [
 ]
 
 
-def _start(tmp: Path, name: str, mode: str, kns: int, **env: str) -> subprocess.Popen[str]:
+def _start(tmp: Path, name: str, mode: str, kns: int, threads: int = 1, **env: str) -> subprocess.Popen[str]:
     d = tmp / name
     d.mkdir(exist_ok=True)
     sb = Sandbox(d)
     return subprocess.Popen(
-        [str(APP), f"launch:{mode}:{SECS}:{kns}:{WARM}"],
+        [str(APP), f"launch:{mode}:{SECS}:{kns}:{WARM}:{threads}"],
         env=sb.make_env(FAKECUDA_GRAPH_NS=str(kns), **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -61,6 +61,8 @@ def results(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     procs["shared40"] = [
         _start(tmp, "shared40", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="40") for _ in range(2)
     ]
+    # four threads of one process launching through the same bucket
+    procs["threads35"] = [_start(tmp, "threads35", "kernel", 500_000, threads=4, CUDA_DEVICE_SM_LIMIT="35")]
     procs["disabled"] = [
         _start(
             tmp,
@@ -98,6 +100,10 @@ def test_share_is_container_wide(results: dict[str, list[float]]) -> None:
     a, b = results["shared40"]
     assert abs(a + b - 40) <= 5.0, f"two processes of one container used {a:.1f}% + {b:.1f}%"
     assert min(a, b) > 10, f"one process starved: {a:.1f}% / {b:.1f}%"
+
+
+def test_threads_share_one_budget(results: dict[str, list[float]]) -> None:
+    assert abs(results["threads35"][0] - 35) <= 5.0, f"4 launching threads: {results['threads35'][0]:.1f}%"
 
 
 def test_policy_disable_and_force(results: dict[str, list[float]]) -> None:
