@@ -152,7 +152,7 @@ def check_memory(tmp: Path, device: int, limit_mib: int) -> dict[str, Any]:
                 "--query-gpu=memory.total,memory.used",
                 "--format=csv,noheader,nounits",
                 "-i",
-                "0",
+                str(device),
             ],
             env=env,
             capture_output=True,
