@@ -258,8 +258,11 @@ def main() -> int:
     args = ap.parse_args()
     if not SHIM.exists():
         subprocess.run(["make", "-C", str(ROOT / "native")], check=True)
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        print("validate_gpu.py needs PyTorch with CUDA (and nvidia-ml-py) on a GPU host", file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("no CUDA device visible to torch: nothing to validate", file=sys.stderr)
         return 2
