@@ -257,8 +257,69 @@ API CUresult cuCtxGetDevice(CUdevice *d) {
 }
 static int cur_dev(void) { return t_cur ? t_cur->dev : 0; }
 
+/* ---------------------------------------------------------------- stream-ordered pools */
+/* Per process, one default pool per device. Freed blocks stay reserved in the pool (device memory
+ * still in use) until a synchronisation trims the pool down to max(used, release threshold). */
+struct CUmemPoolHandle_st {
+    int dev;
+    uint64_t reserved, reserved_high, used, threshold;
+};
+static struct CUmemPoolHandle_st g_pool[FK_MAX_DEV];
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static void pools_trim(uint64_t keep_min, CUmemoryPool only) {
+    struct fk_state *S = fk_state();
+    pthread_mutex_lock(&g_pool_mu);
+    for (int d = 0; d < FK_MAX_DEV; d++) {
+        struct CUmemPoolHandle_st *p = &g_pool[d];
+        if (only && only != p) continue;
+        uint64_t keep = p->used > p->threshold ? p->used : p->threshold;
+        if (only && keep < p->used + keep_min) keep = p->used > keep_min ? p->used : keep_min;
+        if (p->reserved > keep) {
+            uint64_t rel = p->reserved - keep;
+            atomic_fetch_sub(&S->dev[d].used, rel);
+            atomic_fetch_sub(&fk_me()->mem[d], rel);
+            p->reserved = keep;
+        }
+    }
+    pthread_mutex_unlock(&g_pool_mu);
+}
+API CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice d) {
+    if (bad_dev(d) || !pool) return CUDA_ERROR_INVALID_VALUE;
+    g_pool[d].dev = d;
+    *pool = &g_pool[d];
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice d) { return cuDeviceGetMemPool(pool, d); }
+enum { ATTR_RELEASE_THRESHOLD = 4, ATTR_RESERVED_CURRENT = 5, ATTR_RESERVED_HIGH = 6, ATTR_USED_CURRENT = 7 };
+API CUresult cuMemPoolGetAttribute(CUmemoryPool pool, int attr, void *value) {
+    FAULT(cuMemPoolGetAttribute);
+    if (!pool || !value) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_mu);
+    uint64_t v = attr == ATTR_RELEASE_THRESHOLD ? pool->threshold
+                 : attr == ATTR_RESERVED_CURRENT ? pool->reserved
+                 : attr == ATTR_RESERVED_HIGH    ? pool->reserved_high
+                 : attr == ATTR_USED_CURRENT     ? pool->used
+                                                 : 0;
+    pthread_mutex_unlock(&g_pool_mu);
+    *(uint64_t *)value = v;
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemPoolSetAttribute(CUmemoryPool pool, int attr, void *value) {
+    if (!pool || !value || attr != ATTR_RELEASE_THRESHOLD) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_mu);
+    pool->threshold = *(uint64_t *)value;
+    pthread_mutex_unlock(&g_pool_mu);
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t keep) {
+    if (!pool) return CUDA_ERROR_INVALID_VALUE;
+    pools_trim(keep, pool);
+    return CUDA_SUCCESS;
+}
+
 /* ---------------------------------------------------------------- execution */
 static void sync_me(void) {
+    pools_trim(0, NULL);
     struct fk_proc *p = fk_me();
     for (;;) {
         uint64_t now = fk_mono_ns(), le = atomic_load(&p->last_end);
@@ -429,6 +490,7 @@ static CUresult dev_alloc(CUdeviceptr *dptr, size_t size, int dev) {
     }
     ((uint64_t *)p)[0] = size;
     ((uint64_t *)p)[1] = (uint64_t)dev;
+    ((uint64_t *)p)[2] = 0; /* not from a pool */
     atomic_fetch_add(&fk_me()->mem[dev], size);
     *dptr = (CUdeviceptr)(uintptr_t)(p + HDR);
     return CUDA_SUCCESS;
@@ -438,6 +500,14 @@ static CUresult dev_free(CUdeviceptr d) {
     char *p = (char *)(uintptr_t)d - HDR;
     uint64_t size = ((uint64_t *)p)[0];
     int dev = (int)((uint64_t *)p)[1];
+    struct CUmemPoolHandle_st *pool = (struct CUmemPoolHandle_st *)(uintptr_t)((uint64_t *)p)[2];
+    if (pool) { /* back to the pool's cache: still reserved device memory until a trim */
+        pthread_mutex_lock(&g_pool_mu);
+        pool->used -= size;
+        pthread_mutex_unlock(&g_pool_mu);
+        free(p);
+        return CUDA_SUCCESS;
+    }
     atomic_fetch_sub(&fk_state()->dev[dev].used, size);
     atomic_fetch_sub(&fk_me()->mem[dev], size);
     free(p);
@@ -463,16 +533,44 @@ API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size
     *pitch = (w + 511) / 512 * 512;
     return dev_alloc(dptr, *pitch * h, cur_dev());
 }
+static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool) {
+    NEED_INIT();
+    if (!dptr || !size) return CUDA_ERROR_INVALID_VALUE;
+    if (!pool) cuDeviceGetMemPool(&pool, cur_dev());
+    struct fk_state *S = fk_state();
+    int dev = pool->dev;
+    pthread_mutex_lock(&g_pool_mu);
+    uint64_t cached = pool->reserved - pool->used;
+    if (cached < size) { /* grow the pool's reservation of device memory */
+        uint64_t grow = size - cached;
+        if (atomic_fetch_add(&S->dev[dev].used, grow) + grow > S->dev[dev].total) {
+            atomic_fetch_sub(&S->dev[dev].used, grow);
+            pthread_mutex_unlock(&g_pool_mu);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        atomic_fetch_add(&fk_me()->mem[dev], grow);
+        pool->reserved += grow;
+        if (pool->reserved > pool->reserved_high) pool->reserved_high = pool->reserved;
+    }
+    pool->used += size;
+    pthread_mutex_unlock(&g_pool_mu);
+    char *p = malloc(HDR + (size < 64 ? size : 64));
+    ((uint64_t *)p)[0] = size;
+    ((uint64_t *)p)[1] = (uint64_t)dev;
+    ((uint64_t *)p)[2] = (uint64_t)(uintptr_t)pool;
+    *dptr = (CUdeviceptr)(uintptr_t)(p + HDR);
+    return CUDA_SUCCESS;
+}
 API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t size, CUstream s) {
     FAULT(cuMemAllocAsync);
     (void)s;
-    return dev_alloc(dptr, size, cur_dev());
+    return pool_alloc(dptr, size, NULL);
 }
 API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream s) { return cuMemAllocAsync(dptr, size, s); }
 API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
     FAULT(cuMemAllocFromPoolAsync);
-    (void)pool, (void)s;
-    return dev_alloc(dptr, size, cur_dev());
+    (void)s;
+    return pool_alloc(dptr, size, pool);
 }
 API CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
     return cuMemAllocFromPoolAsync(dptr, size, pool, s);
@@ -680,6 +778,9 @@ static const struct gpa {
     E(cuMemFreeAsync, 11020, 1, cuMemFreeAsync_ptsz)
     E(cuMemAllocFromPoolAsync, 11020, 0, cuMemAllocFromPoolAsync)
     E(cuMemAllocFromPoolAsync, 11020, 1, cuMemAllocFromPoolAsync_ptsz)
+    E(cuDeviceGetMemPool, 11020, 0, cuDeviceGetMemPool) E(cuDeviceGetDefaultMemPool, 11020, 0, cuDeviceGetDefaultMemPool)
+    E(cuMemPoolGetAttribute, 11020, 0, cuMemPoolGetAttribute) E(cuMemPoolSetAttribute, 11020, 0, cuMemPoolSetAttribute)
+    E(cuMemPoolTrimTo, 11020, 0, cuMemPoolTrimTo)
     E(cuMemCreate, 10020, 0, cuMemCreate) E(cuMemRelease, 10020, 0, cuMemRelease) E(cuMemMap, 10020, 0, cuMemMap)
     E(cuMemUnmap, 10020, 0, cuMemUnmap) E(cuArrayCreate, 3020, 0, cuArrayCreate_v2)
     E(cuArray3DCreate, 3020, 0, cuArray3DCreate_v2) E(cuArrayDestroy, 2000, 0, cuArrayDestroy)

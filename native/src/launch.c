@@ -301,6 +301,7 @@ static void *watcher(void *arg) {
         }
         if (now - last_reap >= 100000000ULL) {
             if (leader) vgpu_reap_dead(1);
+            vgpu_pools_resample(); /* pools shrink at synchronisation: follow them */
             if (atomic_exchange(&g_launched, 0)) {
                 int32_t rk = atomic_load(&R->recent_kernel);
                 if (rk >= 0) atomic_store(&R->recent_kernel, 2);

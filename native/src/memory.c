@@ -6,7 +6,7 @@
 #include "vgpu.h"
 
 /* ---------------------------------------------------------------- open-addressing maps */
-enum { K_LINEAR = 1, K_ASYNC, K_MANAGED, K_PITCH, K_VMM, K_ARRAY, K_MIPMAP, K_CTX };
+enum { K_LINEAR = 1, K_ASYNC, K_MANAGED, K_PITCH, K_VMM, K_ARRAY, K_MIPMAP, K_CTX, K_POOLED };
 struct ment {
     uint64_t key; /* 0 = empty */
     uint64_t size;
@@ -91,7 +91,56 @@ void vgpu_mem_atfork_prepare(void) { pthread_mutex_lock(&g_mu); }
 void vgpu_mem_atfork_parent(void) { pthread_mutex_unlock(&g_mu); }
 static int g_prim_ref[VGPU_MAX_DEV];
 static uint64_t g_prim_charge[VGPU_MAX_DEV];
+
+/* Stream-ordered pools: what a pool holds is device memory whether or not it is handed out, so the
+ * charge of a pool is its RESERVED_MEM_CURRENT, re-sampled after each pool operation, on the OOM
+ * path, on memory queries and every 100 ms by the watcher (a pool shrinks at synchronisation). */
+#define MAX_POOLS 64
+enum { POOL_ATTR_RESERVED_CURRENT = 5, POOL_ATTR_USED_CURRENT = 7 };
+static struct pooltrack {
+    CUmemoryPool pool;
+    int dev;
+    uint64_t charged;
+} g_pools[MAX_POOLS];
+static int g_npools;
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static uint64_t pool_attr(CUmemoryPool pool, int attr, int *ok) {
+    cuuint64_t v = 0;
+    *ok = HELPER(cuMemPoolGetAttribute) && HELPER(cuMemPoolGetAttribute)(pool, attr, &v) == CUDA_SUCCESS;
+    return *ok ? v : 0;
+}
+
+/* brings the charge of pool i to its current reservation; caller holds g_pool_mu */
+static void pool_settle_locked(int i) {
+    int ok;
+    uint64_t cur = pool_attr(g_pools[i].pool, POOL_ATTR_RESERVED_CURRENT, &ok); /* destroyed pool: 0 */
+    uint64_t was = g_pools[i].charged;
+    g_pools[i].charged = cur;
+    if (cur > was) vgpu_mem_force(g_pools[i].dev, cur - was);
+    else if (cur < was) vgpu_mem_unreserve(g_pools[i].dev, was - cur);
+}
+
+static int pool_index(CUmemoryPool pool, int dev) {
+    for (int i = 0; i < g_npools; i++)
+        if (g_pools[i].pool == pool) return i;
+    if (g_npools == MAX_POOLS) return -1;
+    g_pools[g_npools] = (struct pooltrack){pool, dev, 0};
+    return g_npools++;
+}
+
+int vgpu_pools_resample(void) {
+    pthread_mutex_lock(&g_pool_mu);
+    int n = g_npools;
+    for (int i = 0; i < n; i++) pool_settle_locked(i);
+    pthread_mutex_unlock(&g_pool_mu);
+    return n;
+}
+
 void vgpu_mem_atfork_child(void) {
+    pthread_mutex_init(&g_pool_mu, NULL);
+    memset(g_pools, 0, sizeof g_pools);
+    g_npools = 0;
     /* CUDA state does not survive fork: the child starts with nothing charged */
     pthread_mutex_init(&g_mu, NULL);
     struct hmap *all[] = {&m_ptr, &m_handle, &m_va, &m_obj};
@@ -115,13 +164,47 @@ int vgpu_current_device(void) {
 static CUresult alloc_common(CUdeviceptr *dptr, size_t size, int kind, const char *what, CUresult (*call)(void *),
                              void *ctx) {
     int dev = vgpu_current_device();
-    if (vgpu_mem_reserve(dev, size, what)) return CUDA_ERROR_OUT_OF_MEMORY;
+    if (vgpu_mem_reserve(dev, size, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(dev, size, what)))
+        return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult r = call(ctx);
     if (r != CUDA_SUCCESS || !dptr || !*dptr) {
         vgpu_mem_unreserve(dev, size);
         return r;
     }
     track(&m_ptr, *dptr, size, dev, kind);
+    return r;
+}
+
+/* Pooled allocation: admit the part the pool cannot serve from its cache, call, then charge the
+ * pool's actual growth. Falls back to per-allocation charging without the pool attribute API. */
+static CUresult alloc_pooled(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, const char *what,
+                             CUresult (*call)(void *), void *ctx) {
+    int dev = vgpu_current_device();
+    if (!pool && HELPER(cuDeviceGetMemPool) && HELPER(cuDeviceGetMemPool)(&pool, dev) != CUDA_SUCCESS) pool = NULL;
+    int ok1, ok2;
+    uint64_t reserved = pool ? pool_attr(pool, POOL_ATTR_RESERVED_CURRENT, &ok1) : 0;
+    uint64_t inuse = pool ? pool_attr(pool, POOL_ATTR_USED_CURRENT, &ok2) : 0;
+    if (!pool || !ok1 || !ok2) return alloc_common(dptr, size, K_ASYNC, what, call, ctx);
+    pthread_mutex_lock(&g_pool_mu);
+    int i = pool_index(pool, dev);
+    if (i >= 0) pool_settle_locked(i); /* a pool seen for the first time may already hold memory */
+    pthread_mutex_unlock(&g_pool_mu);
+    if (i < 0) return alloc_common(dptr, size, K_ASYNC, what, call, ctx);
+    uint64_t cached = reserved > inuse ? reserved - inuse : 0;
+    uint64_t need = size > cached ? size - cached : 0;
+    if (need && vgpu_mem_reserve(dev, need, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(dev, need, what)))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = call(ctx);
+    pthread_mutex_lock(&g_pool_mu);
+    pool_settle_locked(i); /* charge what the pool really grew by ... */
+    pthread_mutex_unlock(&g_pool_mu);
+    vgpu_mem_unreserve(dev, need); /* ... and drop the admission hold */
+    if (r == CUDA_SUCCESS && dptr && *dptr) {
+        struct ment e = {.key = *dptr, .size = size, .aux = (uint64_t)(uintptr_t)pool, .dev = dev, .kind = K_POOLED};
+        pthread_mutex_lock(&g_mu);
+        hput(&m_ptr, &e);
+        pthread_mutex_unlock(&g_mu);
+    }
     return r;
 }
 
@@ -151,19 +234,19 @@ static CUresult call_async(void *c) {
 }
 CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t n, CUstream s) {
     struct a_async a = {dptr, n, s, NULL, 0};
-    return alloc_common(dptr, n, K_ASYNC, "cuMemAllocAsync", call_async, &a);
+    return alloc_pooled(dptr, n, NULL, "cuMemAllocAsync", call_async, &a);
 }
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t n, CUstream s) {
     struct a_async a = {dptr, n, s, NULL, 1};
-    return alloc_common(dptr, n, K_ASYNC, "cuMemAllocAsync", call_async, &a);
+    return alloc_pooled(dptr, n, NULL, "cuMemAllocAsync", call_async, &a);
 }
 CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
     struct a_async a = {dptr, n, s, pool, 2};
-    return alloc_common(dptr, n, K_ASYNC, "cuMemAllocFromPoolAsync", call_async, &a);
+    return alloc_pooled(dptr, n, pool, "cuMemAllocFromPoolAsync", call_async, &a);
 }
 CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
     struct a_async a = {dptr, n, s, pool, 3};
-    return alloc_common(dptr, n, K_ASYNC, "cuMemAllocFromPoolAsync", call_async, &a);
+    return alloc_pooled(dptr, n, pool, "cuMemAllocFromPoolAsync", call_async, &a);
 }
 
 #define PITCH_ALIGN 512
@@ -184,11 +267,20 @@ CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, siz
 }
 
 static CUresult free_common(CUdeviceptr p, CUresult r_after_call, struct ment *e, int had) {
-    if (had) {
-        if (r_after_call == CUDA_SUCCESS) vgpu_mem_unreserve(e->dev, e->size);
-        else track(&m_ptr, e->key, e->size, e->dev, e->kind); /* still allocated */
-    }
     (void)p;
+    if (!had) return r_after_call;
+    if (r_after_call != CUDA_SUCCESS) { /* still allocated */
+        pthread_mutex_lock(&g_mu);
+        hput(&m_ptr, e);
+        pthread_mutex_unlock(&g_mu);
+    } else if (e->kind == K_POOLED) { /* back in the pool's cache: the pool's charge says what is held */
+        pthread_mutex_lock(&g_pool_mu);
+        for (int i = 0; i < g_npools; i++)
+            if ((uint64_t)(uintptr_t)g_pools[i].pool == e->aux) pool_settle_locked(i);
+        pthread_mutex_unlock(&g_pool_mu);
+    } else {
+        vgpu_mem_unreserve(e->dev, e->size);
+    }
     return r_after_call;
 }
 
@@ -490,6 +582,7 @@ CUresult cuCtxDestroy_v2(CUcontext ctx) { OBJ_RELEASE((uint64_t)(uintptr_t)ctx, 
 
 /* ---------------------------------------------------------------- virtualised queries */
 CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
+    vgpu_pools_resample();
     CUresult r = CALL_REAL(cuMemGetInfo_v2, free, total);
     if (r != CUDA_SUCCESS || !free || !total) return r;
     struct vgpu_region *R = vgpu_region();

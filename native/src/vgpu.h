@@ -218,6 +218,7 @@ VGPU_HIDDEN int vgpu_current_device(void);
 
 /* memory.c */
 VGPU_HIDDEN void vgpu_mem_atfork_child(void);
+VGPU_HIDDEN int vgpu_pools_resample(void);
 /* launch.c */
 extern VGPU_HIDDEN _Atomic int vgpu_gate_any;
 VGPU_HIDDEN void vgpu_launch_slow(void);

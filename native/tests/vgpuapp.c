@@ -389,6 +389,16 @@ int main(int argc, char **argv) {
                 if (g_objs[k].kind >= 0 && do_free(&g_objs[k]) != CUDA_SUCCESS) bad++;
             g_nobj = 0;
             printf("freeall bad=%d\n", bad);
+        } else if (!strcmp(a[0], "poolthreshold")) {
+            /* the release threshold of the current device's default pool ("max" keeps everything) */
+            extern CUresult cuDeviceGetMemPool(CUmemoryPool *, CUdevice);
+            extern CUresult cuMemPoolSetAttribute(CUmemoryPool, int, void *);
+            need_ctx();
+            CUmemoryPool pool;
+            cuuint64_t v = !strcmp(a[1], "max") ? UINT64_MAX : parse_size(a[1]);
+            CUresult r = cuDeviceGetMemPool(&pool, g_dev);
+            if (!r) r = cuMemPoolSetAttribute(pool, 4, &v);
+            printf("poolthreshold rc=%d\n", r);
         } else if (!strcmp(a[0], "pid")) {
             printf("pid pid=%d\n", (int)getpid());
         } else if (!strcmp(a[0], "info")) {

@@ -26,6 +26,7 @@ def test_every_allocation_family_is_limited(sandbox: Sandbox, kind: str) -> None
         f"alloc:{kind}:600m",  # 1.2 GiB > 1 GiB: refused with CUDA_ERROR_OUT_OF_MEMORY
         "info",
         "free:0",
+        "sync",  # a stream-ordered pool gives memory back at synchronisation
         "info",
         f"alloc:{kind}:600m",  # room again after the free
         CUDA_DEVICE_MEMORY_LIMIT="1g",
@@ -176,3 +177,23 @@ def test_old_driver_missing_symbols_are_tolerated(sandbox: Sandbox) -> None:
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "500", "0"], r.stdout + r.stderr
     assert "30 of 41 hooked entry points present" in r.stderr
     assert int(kv(lines(r.stdout, "info ")[0])["free"]) == (1 << 30) - 700 * MiB
+
+
+def test_memory_a_pool_keeps_stays_charged(sandbox: Sandbox) -> None:
+    """Freed stream-ordered memory stays in the pool (release threshold) and is still device memory."""
+    r = sandbox.run(
+        "poolthreshold:max",  # what PyTorch's cudaMallocAsync backend does
+        "alloc:async:600m",
+        "free:0",
+        "alloc:async:600m",  # served from the pool's cache: no second charge, no false OOM
+        "free:1",
+        "sync",
+        "alloc:linear:600m",  # the pool still holds 600 MiB of the 1 GiB
+        "poolthreshold:0",
+        "sync",  # the pool trims itself
+        "alloc:linear:600m",
+        "info",
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "0", "2", "0"], r.stdout + r.stderr
+    assert int(kv(lines(r.stdout, "info ")[0])["free"]) == GiB - 600 * MiB

@@ -118,6 +118,7 @@ def test_kill_mid_allocation_never_hangs_others(sandbox: Sandbox) -> None:
 def test_threads_and_fork(sandbox: Sandbox) -> None:
     r = sandbox.run(
         "threads:8:5000:1m",
+        "sync",
         "fork:64m",  # the child charges 64 MiB to its own slot and exits without freeing
         "sleep:400",
         "info",
@@ -131,7 +132,7 @@ def test_threads_and_fork(sandbox: Sandbox) -> None:
 
 
 def test_million_cycles_zero_drift(sandbox: Sandbox) -> None:
-    r = sandbox.run("cycles:1000000:1m", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", timeout=180)
+    r = sandbox.run("cycles:1000000:1m", "sync", "info", CUDA_DEVICE_MEMORY_LIMIT="1g", timeout=180)
     assert kv(lines(r.stdout, "cycles ")[0])["fails"] == "0", r.stdout + r.stderr
     info = kv(lines(r.stdout, "info ")[0])
     assert int(info["free"]) == int(info["total"]) == GiB, "usage drifted after 1,000,000 alloc/free cycles"

@@ -31,6 +31,7 @@ SCENARIO = (
     "fork:1m",
     "launch:kernel:0.6:1000000:0.3",
     "launch:graph_ptsz:0.3:1000000",
+    "sync",
     "info",
 )
 
