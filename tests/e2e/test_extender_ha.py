@@ -5,13 +5,15 @@ timings, so fail-over takes seconds). A follower answers ``/filter`` and ``/bind
 (HTTP 200), which makes kube-scheduler retry the pod, and decides nothing. When the leader stops
 (gracefully, releasing the Lease, or by crashing, leaving it to expire) the other replica takes
 over and schedules -- checked through direct HTTP calls and through two real kube-schedulers,
-each pointed at its own replica as in HAMi's pod layout (kube-scheduler + extender per pod).
+each pointed at its own replica as in HAMi's pod layout (kube-scheduler + extender per pod), and
+``follow_scheduler_lease``: leading exactly while the kube-scheduler of the same pod holds its Lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -273,3 +275,91 @@ async def test_failover_behind_real_kube_schedulers(
         assert keys.NODE_LOCK not in (n["metadata"].get("annotations") or {})
     ledger = {a.name for a in follower.scheduler.state.pods.values() if a.namespace == namespace}
     assert ledger == {f"before-{i}" for i in range(6)} | {f"after-{i}" for i in range(6)}
+
+
+async def test_following_the_kube_scheduler_lease(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+) -> None:
+    """``follow_scheduler_lease``: the extender leads exactly while the kube-scheduler in its pod
+    (same hostname) holds kube-scheduler's own Lease -- so, with kube-scheduler's leader election
+    on, the scheduling kube-scheduler always talks to the deciding extender."""
+    ours = Extender(
+        kube_config,
+        ExtenderSettings(
+            port=0,
+            device_config=DeviceConfig.default(),
+            follow_scheduler_lease=True,
+            lease_namespace=namespace,
+            lease_name="hami-scheduler",
+            retry_period=0.3,
+        ),
+    )
+    other = Extender(
+        kube_config,
+        ExtenderSettings(
+            port=0,
+            device_config=DeviceConfig.default(),
+            follow_scheduler_lease=True,
+            lease_namespace=namespace,
+            lease_name="hami-scheduler",
+            lease_holder_prefix="another-pod",
+            retry_period=0.3,
+        ),
+    )
+    await ours.start()
+    await other.start()
+    try:
+        assert not ours.service.is_leader() and not other.service.is_leader()  # no Lease yet
+        nodes = await make_nodes(kube_client, namespace, 1)
+        cfg = scheduler_configuration(extender_url=ours.url, registry=default_registry())
+        cfg["leaderElection"] = {
+            "leaderElect": True,
+            "resourceName": "hami-scheduler",
+            "resourceNamespace": namespace,
+            "leaseDuration": "4s",
+            "renewDeadline": "3s",
+            "retryPeriod": "1s",
+        }
+        handle = await asyncio.to_thread(start_scheduler, cfg)
+
+        async def ours_leads() -> bool:
+            return ours.service.is_leader()
+
+        await wait_for(ours_leads, timeout=30, interval=0.1)
+        assert (await holder_of(kube_client, namespace, "hami-scheduler")).startswith(
+            socket.gethostname() + "_"
+        )
+        assert not other.service.is_leader()
+        # the pair schedules
+        completer = AllocationCompleter(KubeClient(kube_config))
+        await completer.start()
+        try:
+            await create_pod(kube_client, namespace, "led")
+
+            async def bound() -> bool:
+                p = await kube_client.get(api_path("v1", "pods", namespace=namespace, name="led"))
+                return p["spec"].get("nodeName") == nodes[0]
+
+            await wait_for(bound, timeout=60, interval=0.2)
+        finally:
+            await completer.stop()
+            await completer.client.close()
+        # kube-scheduler goes away: the extender stops deciding within a lease duration
+        await asyncio.to_thread(handle.kill)
+
+        async def ours_follows() -> bool:
+            return not ours.service.is_leader()
+
+        await wait_for(ours_follows, timeout=15, interval=0.1)
+    finally:
+        await ours.stop()
+        await other.stop()
+
+
+async def holder_of(kc: KubeClient, namespace: str, name: str) -> str:
+    lease = await kc.get(api_path("coordination.k8s.io/v1", "leases", namespace=namespace, name=name))
+    value: str = lease["spec"].get("holderIdentity") or ""
+    return value

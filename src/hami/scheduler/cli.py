@@ -32,9 +32,23 @@ import click
     show_default=True,
     help="seconds a bind waits for another pod's node lock",
 )
-@click.option("--leader-elect/--no-leader-elect", default=False, show_default=True)
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    default=False,
+    show_default=True,
+    help="run a Lease election among extender replicas",
+)
+@click.option(
+    "--follow-scheduler-lease",
+    is_flag=True,
+    help="lead while the kube-scheduler in this pod (identity <hostname>_...) holds its Lease",
+)
 @click.option("--lease-namespace", default="kube-system", show_default=True)
-@click.option("--lease-name", default="hami-scheduler-extender", show_default=True)
+@click.option(
+    "--lease-name",
+    default=None,
+    help="Lease name (default: hami-scheduler-extender; with --follow-scheduler-lease: hami-scheduler)",
+)
 @click.option("-v", "--verbose", count=True)
 def scheduler_command(
     bind: str,
@@ -47,8 +61,9 @@ def scheduler_command(
     node_lock_timeout: float | None,
     bind_lock_wait: float,
     leader_elect: bool,
+    follow_scheduler_lease: bool,
     lease_namespace: str,
-    lease_name: str,
+    lease_name: str | None,
     verbose: int,
 ) -> None:
     """Serve /filter and /bind for kube-scheduler (see deploy/scheduler-config.yaml)."""
@@ -60,6 +75,10 @@ def scheduler_command(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if leader_elect and follow_scheduler_lease:
+        raise click.UsageError("--leader-elect and --follow-scheduler-lease are exclusive")
+    if lease_name is None:
+        lease_name = "hami-scheduler" if follow_scheduler_lease else "hami-scheduler-extender"
     host, _, port = bind.rpartition(":")
     settings = ExtenderSettings(
         host=host or "0.0.0.0",
@@ -72,6 +91,7 @@ def scheduler_command(
         node_lock_expiry=node_lock_timeout,
         bind_lock_wait=bind_lock_wait,
         leader_elect=leader_elect,
+        follow_scheduler_lease=follow_scheduler_lease,
         lease_namespace=lease_namespace,
         lease_name=lease_name,
         identity=default_identity(),

@@ -21,6 +21,7 @@ from hami.kube.config import KubeConfig
 from hami.kube.informer import Informer
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
+from hami.scheduler.leasefollow import LeaseFollower
 from hami.scheduler.metrics import Metrics
 from hami.scheduler.nodelock import NodeLocker
 from hami.scheduler.server import make_app
@@ -43,6 +44,10 @@ class ExtenderSettings:
     node_lock_expiry: float | None = None
     bind_lock_wait: float = 20.0
     leader_elect: bool = False
+    #: instead of electing, lead while the kube-scheduler in this pod holds *its* Lease
+    #: (``lease_namespace``/``lease_name`` then name kube-scheduler's Lease; see leasefollow.py)
+    follow_scheduler_lease: bool = False
+    lease_holder_prefix: str = field(default_factory=socket.gethostname)
     lease_namespace: str = "kube-system"
     lease_name: str = "hami-scheduler-extender"
     lease_duration: float = 15.0
@@ -83,6 +88,17 @@ class Extender:
             name="pods",
         )
         self.elector: LeaderElector | None = None
+        self.follower: LeaseFollower | None = None
+        if settings.leader_elect and settings.follow_scheduler_lease:
+            raise ValueError("leader_elect and follow_scheduler_lease are exclusive")
+        if settings.follow_scheduler_lease:
+            self.follower = LeaseFollower(
+                self.client,
+                namespace=settings.lease_namespace,
+                name=settings.lease_name,
+                holder_prefix=settings.lease_holder_prefix,
+                poll=settings.retry_period,
+            )
         if settings.leader_elect:
             self.elector = LeaderElector(
                 self.client,
@@ -131,7 +147,11 @@ class Extender:
         return self.pods.get(f"{namespace}/{name}")
 
     def _is_leader(self) -> bool:
-        return self.elector is None or self.elector.is_leader
+        if self.elector is not None:
+            return self.elector.is_leader
+        if self.follower is not None:
+            return self.follower.is_leader
+        return True
 
     def _is_synced(self) -> bool:
         return self.nodes.has_synced and self.pods.has_synced
@@ -153,6 +173,8 @@ class Extender:
         gc.set_threshold(50_000, 20, 100)
         if self.elector is not None:
             self.elector.start()
+        if self.follower is not None:
+            self.follower.start()
         ssl_ctx: ssl.SSLContext | None = None
         if self.settings.cert_file:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -177,6 +199,8 @@ class Extender:
             self._runner = None
         if self.elector is not None:
             await self.elector.stop()
+        if self.follower is not None:
+            await self.follower.stop()
         await self.pods.stop()
         await self.nodes.stop()
         await self.client.close()
