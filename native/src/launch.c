@@ -249,7 +249,9 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
             c->have_cost = 1;
         } else {
             settled = c->have_cost && sample < cost * 1.25 && sample > cost * 0.8;
-            cost = 0.5 * cost + 0.5 * sample;
+            /* kernels got costlier: believe it at once (overshoot hurts other tenants); cheaper:
+             * move halfway (a short idle-looking window must not open the gates) */
+            cost = sample > cost * 1.25 ? sample : 0.5 * cost + 0.5 * sample;
         }
         if (cost < 10) cost = 10;
         if (cost > 1e9) cost = 1e9;
@@ -270,7 +272,13 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     atomic_store(&D->gain_ppm, (uint64_t)(gain * 1e6));
     atomic_store(&D->rate, (uint64_t)rate);
     double burst = rate / 20; /* 50 ms of launches, at least two */
-    atomic_store(&D->burst, (uint64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT));
+    int64_t cap = (int64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT);
+    atomic_store(&D->burst, (uint64_t)cap);
+    /* a lower rate must not leave a bucket full of tokens saved at the old, cheaper cost */
+    int64_t t = atomic_load(&D->tokens);
+    while (t > cap && !atomic_compare_exchange_weak(&D->tokens, &t, cap)) {
+    }
+    if (t > cap) c->last_tokens = cap; /* the clamp is not consumption */
     atomic_store(&D->util_x100, (uint64_t)(u * 100));
     atomic_store(&D->limiting, (uint32_t)on);
     LOG_DEBUG("limiter dev=%d L=%u u=%.1f launches=%.0f cost=%.0fns gain=%.3f rate=%.1f/s", d, L, u, launches,

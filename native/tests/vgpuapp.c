@@ -330,7 +330,12 @@ static void launch_loop(const char *mode, double secs, uint64_t kns, double warm
             launches = 0;
         }
         if (t0 && now - t0 >= (uint64_t)(secs * 1e9)) break;
-        CUresult r = launch_one(mode, f, ge, params, &cfg);
+        /* "mixed": kernels of three sizes in a fixed pattern (1x, 1/10x, 3x the given length) */
+        if (!strcmp(mode, "mixed")) ns = launches % 3 == 0 ? kns : launches % 3 == 1 ? kns / 10 : kns * 3;
+        /* "phase": 1/10x kernels for the first half of the run, then 3x kernels */
+        if (!strcmp(mode, "phase")) ns = (t0 && now - t0 < (uint64_t)(secs * 0.5e9)) || !t0 ? kns / 10 : kns * 3;
+        int plain = !strcmp(mode, "mixed") || !strcmp(mode, "phase");
+        CUresult r = launch_one(plain ? "kernel" : mode, f, ge, params, &cfg);
         if (r) {
             printf("launch rc=%d\n", r);
             exit(7);

@@ -61,6 +61,9 @@ def results(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     procs["shared40"] = [
         _start(tmp, "shared40", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="40") for _ in range(2)
     ]
+    # heterogeneous kernels: a fixed 1x/0.1x/3x pattern, and a switch from 0.1 ms to 3 ms kernels halfway
+    procs["mixed45"] = [_start(tmp, "mixed45", "mixed", 1_000_000, CUDA_DEVICE_SM_LIMIT="45")]
+    procs["phase30"] = [_start(tmp, "phase30", "phase", 1_000_000, CUDA_DEVICE_SM_LIMIT="30")]
     # four threads of one process launching through the same bucket
     procs["threads35"] = [_start(tmp, "threads35", "kernel", 500_000, threads=4, CUDA_DEVICE_SM_LIMIT="35")]
     procs["disabled"] = [
@@ -100,6 +103,11 @@ def test_share_is_container_wide(results: dict[str, list[float]]) -> None:
     a, b = results["shared40"]
     assert abs(a + b - 40) <= 5.0, f"two processes of one container used {a:.1f}% + {b:.1f}%"
     assert min(a, b) > 10, f"one process starved: {a:.1f}% / {b:.1f}%"
+
+
+def test_heterogeneous_kernels(results: dict[str, list[float]]) -> None:
+    assert abs(results["mixed45"][0] - 45) <= 5.0, f"mixed kernel sizes: {results['mixed45'][0]:.1f}%"
+    assert abs(results["phase30"][0] - 30) <= 5.0, f"kernels 30x longer halfway: {results['phase30'][0]:.1f}%"
 
 
 def test_threads_share_one_budget(results: dict[str, list[float]]) -> None:
