@@ -139,7 +139,8 @@ async def test_only_the_lease_holder_decides_and_the_follower_takes_over(
         reply = await post(http, follower, "bind", bind_args)
         assert "not the leader" in reply["Error"]
         await asyncio.sleep(0.3)
-        assert not follower.scheduler.state.pods and not follower.sync.assumed
+        assert not [a for a in follower.scheduler.state.pods.values() if a.namespace == namespace]
+        assert not follower.sync.assumed
         p = await kube_client.get(pod_path)
         assert not p["spec"].get("nodeName") and keys.VGPU_NODE not in (
             p["metadata"].get("annotations") or {}
