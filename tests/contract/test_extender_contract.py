@@ -14,6 +14,7 @@ behind it talks to a real kube-apiserver (pods, nodes, bindings, events).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hami.devices.registry import default_registry
 from hami.kube.client import KubeClient
-from hami.kube.errors import ApiError
+from hami.kube.errors import ApiError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.pod import decode_pod_devices
@@ -189,6 +190,16 @@ async def served(kube_client: KubeClient, namespace: str) -> AsyncIterator[Serve
             for _, task in list(service._decided.values()):
                 task.cancel()
             await runner.cleanup()
+            # these pods name hami-scheduler and no node selector: a kube-scheduler started by a
+            # later test would place them on its nodes, so they must not outlive this test
+            for pod in (await kube_client.get(api_path("v1", "pods", namespace=namespace))).get(
+                "items"
+            ) or []:
+                with contextlib.suppress(NotFoundError):
+                    await kube_client.delete(
+                        api_path("v1", "pods", namespace=namespace, name=pod["metadata"]["name"]),
+                        grace_period_seconds=0,
+                    )
             for name in (n1, n2):
                 await kube_client.delete(api_path("v1", "nodes", name=name))
 

@@ -76,7 +76,8 @@ async def make_pod(
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "annotations": annotations or {}, "finalizers": finalizers or []},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+        # no scheduler handles it: a kube-scheduler started by another test must not place it
+        "spec": {"schedulerName": "no-scheduler", "containers": [{"name": "c", "image": "busybox"}]},
     }
     return await kc.create(api_path("v1", "pods", namespace=namespace), body)
 
