@@ -8,7 +8,11 @@ success + node lock released). Then it creates P pods as fast as the API accepts
 * pods/s from the first creation to the last pod bound (``spec.nodeName`` set);
 * the extender's /filter and /bind latency (p50/p99) as seen inside the service.
 
-Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--policy binpack|spread]
+With ``--baseline`` it measures the stock kube-scheduler alone on the same machine (pods asking for
+the ``nvidia.com/gpu`` extended resource, no extender, kube-scheduler binds itself): the ceiling
+the API server and kube-scheduler allow here.
+
+Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--policy binpack|spread] [--baseline]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hami.kube.client import KubeClient
+from hami.kube.informer import Informer
 from hami.kube.paths import api_path
 from hami.testing.controlplane import ControlPlane
 from hami.testing.gpucluster import create_gpu_node, gpu_cards, gpu_pod
@@ -58,11 +63,16 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.gather(*(node(i) for i in range(args.nodes)))
         print(f"created {args.nodes} nodes x 8 cards in {time.perf_counter() - t0:.1f}s")
 
+        if args.baseline:
+            return await baseline(cp, client, args, sem)
+
         def start_sched(cfg: dict[str, Any], **kw: Any) -> Any:
             cfg["clientConnection"] = {"qps": 500, "burst": 1000}
             return cp.start_scheduler(cfg, **kw)
 
-        async with Stack(kc, start_sched) as stack:
+        stack_cm = Stack(kc, start_sched)
+        stack_cm.annotate_at_filter = not args.annotate_at_bind
+        async with stack_cm as stack:
             assert stack.extender is not None
             svc = stack.extender.service
             filter_lat: list[float] = []
@@ -100,7 +110,7 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
                 "nodes": args.nodes,
                 "pods": args.pods,
                 "bound": bound,
-                "policy": args.policy,
+                "policy": args.policy + (" annotate-at-bind" if args.annotate_at_bind else ""),
                 "seconds": elapsed,
                 "pods_per_s": bound / elapsed,
                 "filter_p50_ms": pct(filter_lat, 0.5),
@@ -113,12 +123,53 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
             }
 
 
+async def baseline(
+    cp: ControlPlane, client: KubeClient, args: argparse.Namespace, sem: asyncio.Semaphore
+) -> dict[str, Any]:
+    sched = await asyncio.to_thread(cp.start_scheduler, {"clientConnection": {"qps": 500, "burst": 1000}})
+    watch = Informer(client, api_path("v1", "pods", namespace="bench"), name="bench-pods")
+    watch.start()
+    await watch.wait_synced(timeout=30)
+    try:
+        pods = []
+        for i in range(args.pods):
+            p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
+            p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+            pods.append(p)
+        start = time.perf_counter()
+
+        async def create(p: dict[str, Any]) -> None:
+            async with sem:
+                await client.create(api_path("v1", "pods", namespace="bench"), p)
+
+        creating = asyncio.gather(*(create(p) for p in pods))
+        bound = 0
+        while bound < args.pods and time.perf_counter() - start < args.timeout:
+            await asyncio.sleep(0.1)
+            bound = sum(1 for p in watch.values() if (p.get("spec") or {}).get("nodeName"))
+        elapsed = time.perf_counter() - start
+        await creating
+        return {
+            "nodes": args.nodes,
+            "pods": args.pods,
+            "bound": bound,
+            "policy": "kube-scheduler only",
+            "seconds": elapsed,
+            "pods_per_s": bound / elapsed,
+        }
+    finally:
+        await watch.stop()
+        sched.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=500)
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--policy", choices=["binpack", "spread"], default="binpack")
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--baseline", action="store_true", help="stock kube-scheduler alone, for comparison")
+    ap.add_argument("--annotate-at-bind", action="store_true", help="extender --annotate-at-bind mode")
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()} ({__import__('os').cpu_count()} cores), python {platform.python_version()}"

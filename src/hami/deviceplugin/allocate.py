@@ -312,7 +312,9 @@ class PodAllocator:
         for _ in range(5):
             rv = current["metadata"].get("resourceVersion")
             try:
-                await self.kube.patch_pod(ns, name, {"metadata": {"annotations": patch}}, resource_version=rv)
+                # the label lets the monitor select this node's pods; the extender may not have set it
+                meta = {"annotations": patch, "labels": {keys.VGPU_NODE: self.node_name}}
+                await self.kube.patch_pod(ns, name, {"metadata": meta}, resource_version=rv)
                 return
             except ConflictError:
                 current = await self.kube.get_pod(ns, name)

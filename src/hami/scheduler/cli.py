@@ -60,6 +60,7 @@ def scheduler_command(
     gpu_scheduler_policy: str | None,
     node_lock_timeout: float | None,
     bind_lock_wait: float,
+    annotate_at_filter: bool,
     leader_elect: bool,
     follow_scheduler_lease: bool,
     lease_namespace: str,
@@ -95,6 +96,7 @@ def scheduler_command(
         lease_namespace=lease_namespace,
         lease_name=lease_name,
         identity=default_identity(),
+        annotate_at_filter=annotate_at_filter,
     )
     extender = Extender(load_config(kubeconfig), settings)
 

@@ -55,6 +55,9 @@ class ExtenderSettings:
     retry_period: float = 2.0
     identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
     sync_timeout: float = 120.0
+    #: write the decision annotations on the pod at filter time (HAMi's behaviour); when False only
+    #: the Binding carries them, which saves one API write per pod
+    annotate_at_filter: bool = True
 
 
 class Extender:
@@ -130,6 +133,7 @@ class Extender:
             is_leader=self._is_leader,
             is_synced=self._is_synced,
             scheduler_name=cfg.hami.scheduler_name,
+            annotate_at_filter=settings.annotate_at_filter,
         )
         self.metrics = Metrics(self.scheduler.state)
         self._runner: web.AppRunner | None = None

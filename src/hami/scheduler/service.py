@@ -62,6 +62,7 @@ class ExtenderService:
         is_leader: Callable[[], bool] = lambda: True,
         is_synced: Callable[[], bool] = lambda: True,
         scheduler_name: str = "hami-scheduler",
+        annotate_at_filter: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.scheduler = scheduler
@@ -72,6 +73,7 @@ class ExtenderService:
         self.is_leader = is_leader
         self.is_synced = is_synced
         self.scheduler_name = scheduler_name
+        self.annotate_at_filter = annotate_at_filter
         self.clock = clock
         self._last_event: dict[str, tuple[str, float]] = {}
         #: decisions made by filter and not yet bound: uid -> (annotations, background write)
@@ -106,7 +108,10 @@ class ExtenderService:
             return FilterOutcome(node_names=[], failed=failed)
         self.sync.assumed.add(uid)
         self._drop_decision(uid)
-        task = asyncio.create_task(self._write_decision_quietly(pod, decision))
+        if self.annotate_at_filter:
+            task = asyncio.create_task(self._write_decision_quietly(pod, decision))
+        else:  # the Binding alone carries the annotations: one API write less per pod
+            task = asyncio.create_task(asyncio.sleep(0))
         self._decided[uid] = (decision.annotations, task)
         return FilterOutcome(node_names=[decision.node], failed=decision.failed)
 

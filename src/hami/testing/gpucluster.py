@@ -162,7 +162,12 @@ class AllocationCompleter:
                 await asyncio.sleep(self.delay)
             await self.client.merge_patch(
                 api_path("v1", "pods", namespace=ns, name=name),
-                {"metadata": {"annotations": {keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS}}},
+                {
+                    "metadata": {
+                        "annotations": {keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS},
+                        "labels": {keys.VGPU_NODE: node},
+                    }
+                },
             )
             node_path = api_path("v1", "nodes", name=node)
 

@@ -42,6 +42,8 @@ class Stack:
         self.completer: AllocationCompleter | None = None
         self.kube_scheduler: SchedulerHandle | None = None
 
+    annotate_at_filter: bool = True
+
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
             host="127.0.0.1",
@@ -49,6 +51,7 @@ class Stack:
             device_config=DeviceConfig.default(),
             node_lock_expiry=self.lock_expiry,
             bind_lock_wait=20.0,
+            annotate_at_filter=self.annotate_at_filter,
         )
 
     async def start_extender(self) -> Extender:
