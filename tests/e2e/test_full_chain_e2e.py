@@ -1,0 +1,126 @@
+"""The whole control-plane chain on a real API server: webhook -> kube-scheduler -> extender -> bind.
+
+A plain pod (no schedulerName, only ``nvidia.com/gpumem``) is created through the API. The
+MutatingWebhookConfiguration from ``deploy/webhook.yaml`` (pointed at an in-process HTTPS webhook)
+routes it to hami and applies HAMi's defaults; the real kube-scheduler calls the extender, which
+places, locks and binds it; the fake node agent completes the allocation. A pod that tries to switch
+enforcement off is denied at admission.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hami.config import DeviceConfig
+from hami.kube.client import KubeClient
+from hami.kube.config import KubeConfig
+from hami.kube.errors import ApiError
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.protocol.pod import decode_pod_devices
+from hami.testing.controlplane import SchedulerHandle
+from hami.testing.gpucluster import create_gpu_node, gpu_cards
+from hami.testing.stack import Stack, wait_for
+from hami.webhook.mutate import WebhookPolicy
+from hami.webhook.server import NamespaceLabelCache, runner_port, start_webhook
+from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook.yaml"
+MWC = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+def plain_pod(
+    name: str, namespace: str, limits: dict[str, Any], env: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": "registry.invalid/cuda:12",
+        "resources": {"limits": limits},
+    }
+    if env:
+        container["env"] = env
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "containers": [container],
+            "nodeSelector": {"hami-test": namespace},
+            "terminationGracePeriodSeconds": 0,
+        },
+    }
+
+
+async def test_webhook_to_bound_pod(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+) -> None:
+    node = f"{namespace}-n0"
+    await create_gpu_node(kube_client, node, gpu_cards(node, n=2, mem=16000), labels={"hami-test": namespace})
+    certs = generate_self_signed(["127.0.0.1"])
+    runner = await start_webhook(
+        WebhookPolicy.from_config(DeviceConfig.default()),
+        ssl_context=server_context_from_pem(certs.cert_pem, certs.key_pem),
+        namespace_labels=NamespaceLabelCache(kube_client),
+    )
+    doc = yaml.safe_load(DEPLOY.read_text())
+    doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"
+    hook = doc["webhooks"][0]
+    hook["clientConfig"] = {"url": f"https://127.0.0.1:{runner_port(runner)}/webhook"}
+    hook["namespaceSelector"]["matchExpressions"].append(
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
+    )
+    await kube_client.create(MWC, doc)
+    try:
+        assert await inject_ca_bundle(kube_client, doc["metadata"]["name"], certs.ca_bundle) == 1
+        async with Stack(kube_config, start_scheduler):
+            created: dict[str, Any] | None = None
+            for i in range(50):  # the API server picks a new webhook configuration up asynchronously
+                created = await kube_client.create(
+                    api_path("v1", "pods", namespace=namespace),
+                    plain_pod(f"train-{i}", namespace, {"nvidia.com/gpumem": "3000"}),
+                )
+                if created["spec"]["schedulerName"] == "hami-scheduler":
+                    break
+                await kube_client.delete(api_path("v1", "pods", namespace=namespace, name=f"train-{i}"))
+                await asyncio.sleep(0.2)
+            assert created is not None and created["spec"]["schedulerName"] == "hami-scheduler"
+            limits = created["spec"]["containers"][0]["resources"]["limits"]
+            assert limits["nvidia.com/gpu"] == "1"  # defaultGPUNum added by the webhook
+            name = created["metadata"]["name"]
+            path = api_path("v1", "pods", namespace=namespace, name=name)
+
+            async def bound() -> dict[str, Any] | None:
+                p = await kube_client.get(path)
+                ann = p["metadata"].get("annotations") or {}
+                return p if ann.get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS else None
+
+            pod = await wait_for(bound, timeout=60)
+            assert pod["spec"]["nodeName"] == node
+            [[dev]] = decode_pod_devices(pod["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED])
+            assert dev.usedmem == 3000 and dev.uuid.startswith(f"GPU-{node}-")
+
+            # enforcement cannot be switched off by a tenant: denied before it reaches the scheduler
+            with pytest.raises(ApiError) as info:
+                await kube_client.create(
+                    api_path("v1", "pods", namespace=namespace),
+                    plain_pod(
+                        "sneaky",
+                        namespace,
+                        {"nvidia.com/gpu": 1},
+                        env=[{"name": "GPU_CORE_UTILIZATION_POLICY", "value": "disable"}],
+                    ),
+                )
+            assert info.value.status == 403 and "GPU_CORE_UTILIZATION_POLICY" in str(info.value)
+    finally:
+        await kube_client.delete(f"{MWC}/{doc['metadata']['name']}")
+        await runner.cleanup()
