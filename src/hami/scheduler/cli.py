@@ -33,6 +33,13 @@ import click
     help="seconds a bind waits for another pod's node lock",
 )
 @click.option(
+    "--annotate-at-filter/--annotate-at-bind",
+    "annotate_at_filter",
+    default=True,
+    show_default=True,
+    help="write the decision annotations on the pod at filter time (HAMi), or only through the Binding",
+)
+@click.option(
     "--leader-elect/--no-leader-elect",
     default=False,
     show_default=True,
