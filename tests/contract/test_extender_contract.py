@@ -477,3 +477,21 @@ async def test_metrics_parse_and_carry_hamis_card_gauges(served: Served) -> None
         s for s in families["hami_scheduler_filter_duration_seconds"].samples if s.name.endswith("_count")
     )
     assert count.value == 2
+
+
+async def test_annotate_at_bind_writes_only_through_the_binding(served: Served) -> None:
+    served.service.annotate_at_filter = False
+    body, created = await served.filter_args("late")
+    status, _, raw = await served.post("filter", body)
+    assert status == 200 and orjson.loads(raw)["NodeNames"] == [served.nodes[0]]
+    await asyncio.sleep(0.3)
+    pod = await served.kc.get(api_path("v1", "pods", namespace=served.namespace, name="late"))
+    assert keys.VGPU_NODE not in (pod["metadata"].get("annotations") or {})  # no write at filter
+    bind = fill(GOLDEN_BIND_ARGS, NS=served.namespace, UID=created["metadata"]["uid"], N1=served.nodes[0])
+    status, _, raw = await served.post("bind", bind.replace(b'"gpu-pod"', b'"late"'))
+    assert (status, raw) == (200, b'{"Error":""}')
+    pod = await served.kc.get(api_path("v1", "pods", namespace=served.namespace, name="late"))
+    ann = pod["metadata"]["annotations"]
+    assert pod["spec"]["nodeName"] == served.nodes[0] and ann[keys.VGPU_NODE] == served.nodes[0]
+    assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING
+    assert decode_pod_devices(ann[keys.VGPU_DEVICES_TO_ALLOCATE])[0][0].usedmem == 4000
