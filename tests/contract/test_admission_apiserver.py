@@ -130,3 +130,7 @@ async def test_registration_and_webhook_on_kube_apiserver(kube_client: KubeClien
     finally:
         await kc.delete(f"{MWC}/{doc['metadata']['name']}")
         await runner.cleanup()
+        # the GPU pods created here name hami-scheduler and no node: remove them so that a later
+        # test's kube-scheduler does not place them on its GPU nodes
+        for ns in (team, research, quiet):
+            await kc.request("DELETE", api_path("v1", "pods", namespace=ns), params={"gracePeriodSeconds": 0})
