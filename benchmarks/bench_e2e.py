@@ -72,6 +72,7 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
 
         stack_cm = Stack(kc, start_sched)
         stack_cm.annotate_at_filter = not args.annotate_at_bind
+        stack_cm.bind_queue_limit = args.bind_queue_limit
         async with stack_cm as stack:
             assert stack.extender is not None
             svc = stack.extender.service
@@ -106,11 +107,20 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
                     break
             elapsed = time.perf_counter() - start
             await creating
+            used = {
+                p["spec"]["nodeName"]
+                for p in informer.values()
+                if (p.get("metadata") or {}).get("namespace") == "bench"
+                and (p.get("spec") or {}).get("nodeName")
+            }
             return {
+                "nodes_used": len(used),
                 "nodes": args.nodes,
                 "pods": args.pods,
                 "bound": bound,
-                "policy": args.policy + (" annotate-at-bind" if args.annotate_at_bind else ""),
+                "policy": args.policy
+                + (" annotate-at-bind" if args.annotate_at_bind else "")
+                + (f" bind-queue-limit={args.bind_queue_limit}" if args.bind_queue_limit else ""),
                 "seconds": elapsed,
                 "pods_per_s": bound / elapsed,
                 "filter_p50_ms": pct(filter_lat, 0.5),
@@ -170,6 +180,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--baseline", action="store_true", help="stock kube-scheduler alone, for comparison")
     ap.add_argument("--annotate-at-bind", action="store_true", help="extender --annotate-at-bind mode")
+    ap.add_argument("--bind-queue-limit", type=int, default=0, help="extender --bind-queue-limit")
     args = ap.parse_args()
     print(
         f"machine: {platform.machine()} ({__import__('os').cpu_count()} cores), python {platform.python_version()}"

@@ -40,6 +40,13 @@ import click
     help="write the decision annotations on the pod at filter time (HAMi), or only through the Binding",
 )
 @click.option(
+    "--bind-queue-limit",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="try a node after all others once this many of its pods wait for allocation (0: off)",
+)
+@click.option(
     "--leader-elect/--no-leader-elect",
     default=False,
     show_default=True,
@@ -68,6 +75,7 @@ def scheduler_command(
     node_lock_timeout: float | None,
     bind_lock_wait: float,
     annotate_at_filter: bool,
+    bind_queue_limit: int,
     leader_elect: bool,
     follow_scheduler_lease: bool,
     lease_namespace: str,
@@ -104,6 +112,7 @@ def scheduler_command(
         lease_name=lease_name,
         identity=default_identity(),
         annotate_at_filter=annotate_at_filter,
+        bind_queue_limit=bind_queue_limit,
     )
     extender = Extender(load_config(kubeconfig), settings)
 

@@ -58,6 +58,9 @@ class ExtenderSettings:
     #: write the decision annotations on the pod at filter time (HAMi's behaviour); when False only
     #: the Binding carries them, which saves one API write per pod
     annotate_at_filter: bool = True
+    #: > 0: a node with this many pods decided but not yet allocated is tried after all others, so
+    #: a binpack burst does not queue every bind on one node lock (0 = plain policy order)
+    bind_queue_limit: int = 0
 
 
 class Extender:
@@ -134,6 +137,7 @@ class Extender:
             is_synced=self._is_synced,
             scheduler_name=cfg.hami.scheduler_name,
             annotate_at_filter=settings.annotate_at_filter,
+            bind_queue_limit=settings.bind_queue_limit,
         )
         self.metrics = Metrics(self.scheduler.state)
         self._runner: web.AppRunner | None = None

@@ -63,6 +63,7 @@ class ExtenderService:
         is_synced: Callable[[], bool] = lambda: True,
         scheduler_name: str = "hami-scheduler",
         annotate_at_filter: bool = True,
+        bind_queue_limit: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.scheduler = scheduler
@@ -74,13 +75,41 @@ class ExtenderService:
         self.is_synced = is_synced
         self.scheduler_name = scheduler_name
         self.annotate_at_filter = annotate_at_filter
+        #: with N > 0, a node with N pods decided but not yet allocated is tried after all others
+        self.bind_queue_limit = bind_queue_limit
+        self._inflight: dict[str, set[str]] = {}
+        self._inflight_node: dict[str, str] = {}
+        sync.on_pod.append(self._pod_seen)
         self.clock = clock
         self._last_event: dict[str, tuple[str, float]] = {}
         #: decisions made by filter and not yet bound: uid -> (annotations, background write)
         self._decided: dict[str, tuple[dict[str, str], asyncio.Task[None]]] = {}
         sync.on_forget.append(self._drop_decision)
 
+    def _pod_seen(self, pod: Mapping[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        phase = (meta.get("annotations") or {}).get(keys.BIND_PHASE)
+        if phase in (keys.BIND_PHASE_SUCCESS, keys.BIND_PHASE_FAILED):
+            self._settle(str(meta.get("uid") or ""))
+
+    def _settle(self, uid: str) -> None:
+        """The pod's allocation on its node finished (or it is gone): it no longer queues there."""
+        node = self._inflight_node.pop(uid, None)
+        if node is not None:
+            waiting = self._inflight.get(node)
+            if waiting is not None:
+                waiting.discard(uid)
+                if not waiting:
+                    del self._inflight[node]
+
+    def congested_nodes(self) -> frozenset[str]:
+        limit = self.bind_queue_limit
+        if limit <= 0 or not self._inflight:
+            return frozenset()
+        return frozenset(n for n, uids in self._inflight.items() if len(uids) >= limit)
+
     def _drop_decision(self, uid: str) -> None:
+        self._settle(uid)
         decided = self._decided.pop(uid, None)
         if decided is not None and not decided[1].done():
             decided[1].cancel()
@@ -97,7 +126,9 @@ class ExtenderService:
         pod = args.pod
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid") or "")
-        decision = self.scheduler.decide(pod, candidates=args.node_names, now=int(self.clock()))
+        decision = self.scheduler.decide(
+            pod, candidates=args.node_names, now=int(self.clock()), congested=self.congested_nodes()
+        )
         if decision.node is None:
             self._drop_decision(uid)
             if decision.invalid:
@@ -113,6 +144,8 @@ class ExtenderService:
         else:  # the Binding alone carries the annotations: one API write less per pod
             task = asyncio.create_task(asyncio.sleep(0))
         self._decided[uid] = (decision.annotations, task)
+        self._inflight.setdefault(decision.node, set()).add(uid)
+        self._inflight_node[uid] = decision.node
         return FilterOutcome(node_names=[decision.node], failed=decision.failed)
 
     async def _write_decision_quietly(self, pod: Mapping[str, Any], decision: Decision) -> None:

@@ -50,6 +50,8 @@ class LedgerSync:
         self._node_seen: dict[str, tuple[Any, ...]] = {}
         #: called with the uid whenever a pod is forgotten (deleted, finished, bind failed)
         self.on_forget: list[Callable[[str], None]] = []
+        #: called with every pod event that reaches :meth:`pod_changed`
+        self.on_pod: list[Callable[[Mapping[str, Any]], None]] = []
 
     # --- nodes --------------------------------------------------------------------------------
     def node_changed(self, node: Mapping[str, Any]) -> None:
@@ -78,6 +80,8 @@ class LedgerSync:
 
     # --- pods ---------------------------------------------------------------------------------
     def pod_changed(self, pod: Mapping[str, Any]) -> None:
+        for callback in self.on_pod:
+            callback(pod)
         uid, _, _ = pod_key(pod)
         state = self.scheduler.state
         phase = (pod.get("status") or {}).get("phase")

@@ -9,7 +9,7 @@ give each a reason.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,8 +134,13 @@ class Scheduler:
         candidates: Iterable[str] | None = None,
         now: int = 0,
         reserve: bool = True,
+        congested: Container[str] = frozenset(),
     ) -> Decision:
-        """Schedule one pod. Drops any earlier reservation of the pod first (no stale reservation)."""
+        """Schedule one pod. Drops any earlier reservation of the pod first (no stale reservation).
+
+        Nodes in ``congested`` (e.g. with many binds waiting for their node lock) are tried only
+        after every other candidate, keeping the policy's order within each group.
+        """
         uid, ns, name = pod_key(pod)
         display = f"{ns}/{name}"
         self.state.remove_pod(uid)
@@ -179,10 +184,13 @@ class Scheduler:
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
-        heap = [(sign * nd.cached_score, nd.name, nd) for nd in known]
+        if congested:
+            heap = [(nd.name in congested, sign * nd.cached_score, nd.name, nd) for nd in known]
+        else:
+            heap = [(False, sign * nd.cached_score, nd.name, nd) for nd in known]
         heapq.heapify(heap)
         while heap:
-            node = heapq.heappop(heap)[2]
+            node = heapq.heappop(heap)[3]
             placed = self._fit_node(node, request, fit_requests)
             if isinstance(placed, str):
                 failed[node.name] = placed

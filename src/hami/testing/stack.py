@@ -43,6 +43,7 @@ class Stack:
         self.kube_scheduler: SchedulerHandle | None = None
 
     annotate_at_filter: bool = True
+    bind_queue_limit: int = 0
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
@@ -52,6 +53,7 @@ class Stack:
             node_lock_expiry=self.lock_expiry,
             bind_lock_wait=20.0,
             annotate_at_filter=self.annotate_at_filter,
+            bind_queue_limit=self.bind_queue_limit,
         )
 
     async def start_extender(self) -> Extender:
