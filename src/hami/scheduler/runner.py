@@ -53,7 +53,7 @@ class ExtenderSettings:
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
-    identity: str = field(default_factory=lambda: f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}")
+    identity: str = field(default_factory=lambda: default_identity())
     sync_timeout: float = 120.0
     #: write the decision annotations on the pod at filter time (HAMi's behaviour); when False only
     #: the Binding carries them, which saves one API write per pod
