@@ -3,6 +3,7 @@ RTLD_NEXT for other interposers."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -178,15 +179,25 @@ def test_driver_loaded_late_by_absolute_path(sandbox: Sandbox) -> None:
     assert "alloc via gpa rc=2" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.skipif(
-    not os.environ.get("HAMI_TEST_CUDART"), reason="set HAMI_TEST_CUDART=/path/to/libcudart.so.12"
-)
+def _cudart() -> str:
+    """libcudart.so.12: HAMI_TEST_CUDART, else the one the nvidia-cuda-runtime-cu12 dev dependency ships."""
+    if os.environ.get("HAMI_TEST_CUDART"):
+        return os.environ["HAMI_TEST_CUDART"]
+    spec = importlib.util.find_spec("nvidia.cuda_runtime")
+    assert spec is not None and spec.submodule_search_locations, (
+        "install the dev dependency nvidia-cuda-runtime-cu12 (or set HAMI_TEST_CUDART)"
+    )
+    lib = Path(next(iter(spec.submodule_search_locations))) / "lib" / "libcudart.so.12"
+    assert lib.is_file(), f"{lib} missing"
+    return str(lib)
+
+
 def test_real_cudart_resolves_through_the_shim(sandbox: Sandbox) -> None:
-    """Best effort with a real CUDA runtime and no GPU: cudart's driver lookups must come back as the
-    right hooked variants (it then fails at cuGetExportTable, which the fake does not provide)."""
+    """A real CUDA runtime (libcudart 12 from PyPI) and no GPU: cudart's driver lookups must come back
+    as the right hooked variants (it then fails at cuGetExportTable, which the fake does not provide)."""
     env = sandbox.make_env(LIBCUDA_LOG_LEVEL="4")
     r = subprocess.run(
-        [str(BUILD / "tests" / "cudart_smoke"), os.environ["HAMI_TEST_CUDART"]],
+        [str(BUILD / "tests" / "cudart_smoke"), _cudart()],
         env=env,
         capture_output=True,
         text=True,
