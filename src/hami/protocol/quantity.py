@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, DecimalException, InvalidOperation
 
 from hami.protocol.errors import ProtocolError
 
@@ -20,6 +20,11 @@ _DECIMAL = {
     "P": Decimal("1e15"),
     "E": Decimal("1e18"),
 }
+#: Largest decimal exponent accepted (``1e30``); a larger one only ever spells a value beyond int64
+#: and ``Decimal(10) ** 999999`` followed by ``int()`` builds a million-digit number (seconds of CPU).
+MAX_EXPONENT = 30
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 _RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
 
 
@@ -35,17 +40,24 @@ def parse_quantity(value: object) -> Decimal:
         raise ProtocolError(f"quantity {value!r} is not a string or number")
     m = _RE.match(value.strip())
     if not m:
-        raise ProtocolError(f"quantity {value!r} is not a valid Kubernetes quantity")
+        raise ProtocolError(f"quantity {_show(value)} is not a valid Kubernetes quantity")
+    suffix = m.group(2) or ""
+    if suffix not in _BINARY and suffix not in _DECIMAL:  # an exponent: e3, E+6, e-3
+        exp_digits = suffix[1:].lstrip("+-").lstrip("0")
+        if len(exp_digits) > 2 or int(exp_digits or "0") > MAX_EXPONENT:
+            raise ProtocolError(f"quantity {_show(value)} has an exponent beyond ±{MAX_EXPONENT}")
     try:
         number = Decimal(m.group(1))
     except InvalidOperation:
-        raise ProtocolError(f"quantity {value!r} is not a valid Kubernetes quantity") from None
-    suffix = m.group(2) or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return number * _DECIMAL[suffix]
-    return number * (Decimal(10) ** int(suffix[1:]))
+        raise ProtocolError(f"quantity {_show(value)} is not a valid Kubernetes quantity") from None
+    try:
+        if suffix in _BINARY:
+            return number * _BINARY[suffix]
+        if suffix in _DECIMAL:
+            return number * _DECIMAL[suffix]
+        return number * (Decimal(10) ** int(suffix[1:]))
+    except DecimalException:  # InvalidOperation, Overflow (a mantissa of a million digits times 2**60)
+        raise ProtocolError(f"quantity {_show(value)} is out of range") from None
 
 
 def parse_int_quantity(value: object, *, field: str) -> int:
@@ -54,6 +66,15 @@ def parse_int_quantity(value: object, *, field: str) -> int:
         q = parse_quantity(value)
     except ProtocolError as exc:
         raise ProtocolError(f"{field}: {exc}") from None
+    # Checked before to_integral_value()/int(): int() of 1E+999998 takes seconds.
+    if not q.is_finite() or not INT64_MIN <= q <= INT64_MAX:
+        raise ProtocolError(f"{field}: {_show(value)} is out of range (more than a 64-bit integer holds)")
     if q != q.to_integral_value():
-        raise ProtocolError(f"{field}: {value!r} must be a whole number")
+        raise ProtocolError(f"{field}: {_show(value)} must be a whole number")
     return int(q)
+
+
+def _show(value: object) -> str:
+    """``repr(value)``, cut short so that a huge input does not make a huge error message."""
+    text = repr(value)
+    return text if len(text) <= 64 else f"{text[:60]}...{text[-1]}"

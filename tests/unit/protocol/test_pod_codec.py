@@ -1,5 +1,6 @@
 """Pod device encoding, MIG allocation JSON, node lock, handshake, weights and quantities."""
 
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -123,3 +124,31 @@ def test_quantities() -> None:
         parse_int_quantity("1.5", field="nvidia.com/gpu")
     with pytest.raises(ProtocolError, match="valid Kubernetes quantity"):
         parse_quantity("ten")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1e999998",  # was ~26 s in int() building a million-digit number
+        "1e999999999",  # was decimal.Overflow, not ProtocolError
+        "1E31",
+        "1e-999999999",
+        "9223372036854775808",  # 2**63
+        "-9223372036854775809",
+        "8Ei",  # 2**63
+        "1" + "0" * 2_000_000 + "Ei",  # mantissa so long that scaling overflows Decimal
+    ],
+)
+def test_huge_int_quantities_are_refused_quickly(value: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(ProtocolError, match=r"nvidia\.com/gpumem") as exc:
+        parse_int_quantity(value, field="nvidia.com/gpumem")
+    assert time.monotonic() - start < 1.0
+    assert value[:20] in str(exc.value)  # names the value
+
+
+def test_int_quantity_limits_are_int64() -> None:
+    assert parse_int_quantity("9223372036854775807", field="x") == 2**63 - 1
+    assert parse_int_quantity("-9223372036854775808", field="x") == -(2**63)
+    assert parse_int_quantity("1e18", field="x") == 10**18
+    assert parse_int_quantity("7Ei", field="x") == 7 * 2**60
