@@ -176,9 +176,19 @@ def decode_node_devices(value: str) -> list[DeviceInfo]:
     text = value.strip()
     if not text:
         return []
-    if text[0] in "[{n":
-        return _decode_json_devices(text)
-    return _decode_legacy_devices(text)
+    devices = _decode_json_devices(text) if text[0] in "[{n" else _decode_legacy_devices(text)
+    _refuse_duplicate_ids(devices)
+    return devices
+
+
+def _refuse_duplicate_ids(devices: list[DeviceInfo]) -> None:
+    """Every card is known by its id (pod annotations, the ledger); two cards with one id would let
+    usage be charged to one while the other looks empty, so such a registration is refused whole."""
+    seen: dict[str, int] = {}
+    for i, d in enumerate(devices):
+        if d.id in seen:
+            raise ProtocolError(f"device[{i}]: duplicate device id {d.id!r} (also device[{seen[d.id]}])")
+        seen[d.id] = i
 
 
 def _device_json(dev: DeviceInfo) -> dict[str, Any]:

@@ -84,6 +84,21 @@ def test_malformed_register_values_name_the_field(value: str, needle: str) -> No
         decode_node_devices(value)
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        '[{"id":"GPU-1","count":10,"devmem":8192},{"id":"GPU-2","count":10,"devmem":8192},'
+        '{"id":"GPU-1","index":1,"count":10,"devmem":8192}]',
+        "GPU-1,10,8192,100,T4,0,true,0,hami-core:GPU-1,10,8192,100,T4,0,true,1,hami-core:",
+        "GPU-1,10,8192,100,T4,0,true: GPU-1 ,10,8192,100,T4,0,true:",  # legacy ids are stripped
+    ],
+)
+def test_duplicate_device_ids_are_refused(value: str) -> None:
+    """Two cards with one id would let the ledger charge usage to one while the other looks empty."""
+    with pytest.raises(ProtocolError, match=r"duplicate device id 'GPU-1'"):
+        decode_node_devices(value)
+
+
 def test_mig_profiles_round_trip() -> None:
     dev = DeviceInfo(
         id="GPU-m",
@@ -112,12 +127,14 @@ _device = st.builds(
 )
 
 
-@given(st.lists(_device, max_size=8))
+@given(st.lists(_device, max_size=8, unique_by=lambda d: d.id))
 def test_json_round_trip(devices: list[DeviceInfo]) -> None:
     assert decode_node_devices(encode_node_devices(devices)) == devices
 
 
-@given(st.lists(_device.filter(lambda d: d.id[0] not in "[{n"), min_size=1, max_size=8))
+@given(
+    st.lists(_device.filter(lambda d: d.id[0] not in "[{n"), min_size=1, max_size=8, unique_by=lambda d: d.id)
+)
 def test_legacy_round_trip(devices: list[DeviceInfo]) -> None:
     assert decode_node_devices(encode_node_devices_legacy(devices)) == devices
 
