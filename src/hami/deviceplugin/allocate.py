@@ -351,8 +351,11 @@ class PodAllocator:
         car = api_pb2.ContainerAllocateResponse()
         env = car.envs
         env[keys.ENV_VISIBLE_DEVICES] = ",".join(d.uuid for d in devs)
+        # Per card as well as plain: the shim prefers CUDA_DEVICE_SM_LIMIT_<i>, so a plain
+        # CUDA_DEVICE_SM_LIMIT from the container's envFrom (invisible at admission) changes nothing.
         for i, d in enumerate(devs):
             env[f"{keys.ENV_MEMORY_LIMIT}_{i}"] = f"{d.usedmem}m"
+            env[f"{keys.ENV_SM_LIMIT}_{i}"] = str(d.usedcores)
         env[keys.ENV_SM_LIMIT] = str(devs[0].usedcores)
         env[keys.ENV_SHARED_CACHE] = f"{vgpu}/{self._new_cache_id()}.cache"
         env[keys.ENV_LOG_LEVEL] = s.libcuda_log_level

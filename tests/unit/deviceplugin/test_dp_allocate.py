@@ -117,6 +117,8 @@ async def test_lock_owner_gets_env_mounts_and_success(tmp_path: Path) -> None:
         "CUDA_DEVICE_MEMORY_LIMIT_0": "3000m",
         "CUDA_DEVICE_MEMORY_LIMIT_1": "4000m",
         "CUDA_DEVICE_SM_LIMIT": "30",
+        "CUDA_DEVICE_SM_LIMIT_0": "30",
+        "CUDA_DEVICE_SM_LIMIT_1": "30",
         "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"{vgpu}/cache0.cache",
         "LIBCUDA_LOG_LEVEL": "3",
         # always explicit, so a container's own env cannot be the only value the runtime sees
@@ -135,6 +137,22 @@ async def test_lock_owner_gets_env_mounts_and_success(tmp_path: Path) -> None:
     assert a[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
     assert a[keys.VGPU_DEVICES_ALLOCATED] == f"{A},NVIDIA,3000,30:{B},NVIDIA,4000,30:;"  # never modified
     assert lock_of(kube) is None
+
+
+async def test_every_allocated_card_gets_its_own_sm_limit(tmp_path: Path) -> None:
+    """The shim prefers CUDA_DEVICE_SM_LIMIT_<i> over CUDA_DEVICE_SM_LIMIT (native/src/config.c), and
+    a container's own env (envFrom included, which admission cannot see) overrides the device
+    plugin's: with a per-card value set here, a plain CUDA_DEVICE_SM_LIMIT from the tenant is moot."""
+    kube = MemoryKube(
+        [node(f"{LOCK_TIME},default,p1")],
+        [pod("p1", f"{A},NVIDIA,3000,30:{B},NVIDIA,4000,20:{C},NVIDIA,1000,10:;")],
+    )
+    alloc, _ = make(kube, tmp_path)
+    envs = dict((await alloc.allocate(request(3))).container_responses[0].envs)
+    assert envs["NVIDIA_VISIBLE_DEVICES"] == f"{A},{B},{C}"
+    assert [envs.get(f"CUDA_DEVICE_SM_LIMIT_{i}") for i in range(4)] == ["30", "20", "10", None]
+    assert [envs.get(f"CUDA_DEVICE_MEMORY_LIMIT_{i}") for i in range(4)] == ["3000m", "4000m", "1000m", None]
+    assert envs["CUDA_DEVICE_SM_LIMIT"] == "30"  # kept for HAMi compatibility
 
 
 async def test_single_pending_pod_found_without_lock(tmp_path: Path) -> None:
