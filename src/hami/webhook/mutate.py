@@ -13,8 +13,13 @@ plus hami's hardening):
 3. ``schedulerName`` set to another scheduler → allowed, untouched (``default-scheduler`` is taken
    over when ``force_overwrite_default_scheduler``);
 4. containers (init first) that switch enforcement off (``CUDA_DISABLE_CONTROL`` true-ish,
-   ``GPU_CORE_UTILIZATION_POLICY=disable``, or either from ``valueFrom``) → denied unless the
-   namespace is an enforcement opt-out namespace;
+   ``GPU_CORE_UTILIZATION_POLICY=disable``, or either from ``valueFrom``) or that set a variable
+   the device plugin sets for the shim (``CUDA_DEVICE_MEMORY_LIMIT[_<n>]``,
+   ``CUDA_DEVICE_SM_LIMIT[_<n>]``, ``CUDA_DEVICE_MEMORY_SHARED_CACHE``, ``CUDA_OVERSUBSCRIBE``,
+   ``LIBVGPU_*``; any value, ``valueFrom`` included), and GPU containers that set
+   ``NVIDIA_VISIBLE_DEVICES`` to anything but ``none``/``void`` → denied unless the namespace is
+   an enforcement opt-out namespace (the kubelet lets a container's env override the device
+   plugin's; ``envFrom`` keys cannot be seen here);
 5. every container's requests are parsed by every backend; an invalid one → denied naming the
    container, resource and reason;
 6. NVIDIA defaults: ``nvidia.com/gpu: <defaultGPUNum>`` when only memory/cores are given; exclusive
@@ -30,6 +35,7 @@ Every denial reason is collected, so one answer tells the user everything that i
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +59,17 @@ JsonPatchOp = dict[str, Any]
 
 # strconv.ParseBool spellings of false: HAMi's device plugin mounts the shim unless the value parses true.
 _FALSE_SPELLINGS = frozenset({"", "0", "f", "false"})
+
+# Variables the device plugin sets for the in-container shim (native/src/config.c reads them). The
+# kubelet lets a container's own env override the device plugin's, and a per-device
+# ``CUDA_DEVICE_SM_LIMIT_<i>`` overrides the plain one, so a tenant may set none of them, to any
+# value (an empty value unsets the limit).
+_SHIM_VARIABLE = re.compile(
+    r"(?:CUDA_DEVICE_MEMORY_LIMIT|CUDA_DEVICE_SM_LIMIT)(?:_[0-9]+)?"
+    r"|CUDA_DEVICE_MEMORY_SHARED_CACHE|CUDA_OVERSUBSCRIBE|LIBVGPU_.*"
+)
+# NVIDIA_VISIBLE_DEVICES values that give a container no GPU (nvidia-container-toolkit).
+_NO_GPU_VISIBLE_DEVICES = frozenset({"none", "void"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +222,8 @@ def _has_resource(container: Mapping[str, Any], name: str) -> bool:
 
 
 def _enforcement_violations(cname: str, container: Mapping[str, Any], core_limit_off: bool) -> list[str]:
-    """Reasons this container switches enforcement off through its ``env`` list.
+    """Reasons this container switches enforcement off, or sets a limit the device plugin sets,
+    through its ``env`` list.
 
     ``core_limit_off``: the administrator already switched the core limit off for everyone
     (``gpuCorePolicy: disable`` or ``disableCoreLimit``), so a tenant's ``disable`` changes nothing.
@@ -218,6 +236,16 @@ def _enforcement_violations(cname: str, container: Mapping[str, Any], core_limit
         if not isinstance(e, Mapping):
             continue
         name = e.get("name")
+        if isinstance(name, str) and _SHIM_VARIABLE.fullmatch(name):
+            out.append(
+                _denial(
+                    cname,
+                    f"env {name}",
+                    "is set by hami's device plugin for the GPU limits; a container may not set or "
+                    "override it (it could lift the memory or compute limit)",
+                )
+            )
+            continue
         if name not in (keys.ENV_DISABLE_CONTROL, keys.ENV_CORE_POLICY):
             continue
         if e.get("valueFrom") is not None and not (name == keys.ENV_CORE_POLICY and core_limit_off):
@@ -235,6 +263,41 @@ def _enforcement_violations(cname: str, container: Mapping[str, Any], core_limit
             out.append(_denial(cname, f"env {name}", f"{raw!r} switches GPU enforcement off"))
         elif name == keys.ENV_CORE_POLICY and value.lower() == "disable" and not core_limit_off:
             out.append(_denial(cname, f"env {name}", f"{raw!r} switches the GPU core limit off"))
+    return out
+
+
+def _visible_devices_violations(cname: str, container: Mapping[str, Any]) -> list[str]:
+    """Reasons a container that gets GPUs overrides the device plugin's ``NVIDIA_VISIBLE_DEVICES``
+    (``all`` or a UUID list would expose cards hami did not allocate to it)."""
+    env = container.get("env")
+    if not isinstance(env, list):
+        return []
+    out: list[str] = []
+    name = keys.ENV_VISIBLE_DEVICES
+    for e in env:
+        if not isinstance(e, Mapping) or e.get("name") != name:
+            continue
+        if e.get("valueFrom") is not None:
+            out.append(
+                _denial(
+                    cname,
+                    f"env {name}",
+                    "may not come from valueFrom in a container that gets GPUs "
+                    "(hami's device plugin sets it to the allocated cards)",
+                )
+            )
+            continue
+        raw = e.get("value")
+        if not (isinstance(raw, str) and raw in _NO_GPU_VISIBLE_DEVICES):
+            shown = raw if isinstance(raw, str) else ""
+            out.append(
+                _denial(
+                    cname,
+                    f"env {name}",
+                    f"{shown!r} would override the cards hami's device plugin allocates to this "
+                    "container (only 'none' or 'void' may be set)",
+                )
+            )
     return out
 
 
@@ -344,6 +407,8 @@ def mutate_pod(
             continue
 
         nvidia_used = True
+        if not opted_out:
+            denials += _visible_devices_violations(cname, container)
         if not _has_resource(container, nv.resource_count_name):
             edit.set_limit(nv.resource_count_name, str(nvreq.count))
         if (

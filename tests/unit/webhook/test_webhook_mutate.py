@@ -461,6 +461,121 @@ def test_core_policy_disable_allowed_when_admin_already_disabled_it(yaml_text: s
     assert not run(pod(c2), policy(yaml_text))[0].allowed  # the shim itself stays mandatory
 
 
+# The shim reads these from the container's environment, and the kubelet lets a container's own env
+# override the device plugin's: a tenant setting them could lift the memory or compute limit.
+LIMIT_VARS = [
+    "CUDA_DEVICE_MEMORY_LIMIT",
+    "CUDA_DEVICE_MEMORY_LIMIT_0",
+    "CUDA_DEVICE_MEMORY_LIMIT_15",
+    "CUDA_DEVICE_SM_LIMIT",
+    "CUDA_DEVICE_SM_LIMIT_0",
+    "CUDA_DEVICE_SM_LIMIT_3",
+    "CUDA_DEVICE_MEMORY_SHARED_CACHE",
+    "CUDA_OVERSUBSCRIBE",
+    "LIBVGPU_REAL_LIBCUDA",
+    "LIBVGPU_LIMITER_PERIOD_MS",
+]
+
+
+@pytest.mark.parametrize("name", LIMIT_VARS)
+@pytest.mark.parametrize("value", ["100", "80g", ""])
+def test_limit_variables_are_denied(name: str, value: str) -> None:
+    c = ctr("main", limits={GPU: 1, MEM: 1000, CORES: 10}, env=[{"name": name, "value": value}])
+    d, _ = run(pod(c))
+    assert not d.allowed and d.code == 403
+    assert "container 'main'" in d.message and f"env {name}:" in d.message
+    assert "set by hami" in d.message
+
+
+@pytest.mark.parametrize("name", ["CUDA_DEVICE_SM_LIMIT_1", "LIBVGPU_CONTEXT_OVERHEAD"])
+def test_limit_variables_from_value_from_or_without_value_are_denied(name: str) -> None:
+    vf = {"secretKeyRef": {"name": "s", "key": "k"}}
+    d, _ = run(pod(ctr("main", limits={GPU: 1}, env=[{"name": name, "valueFrom": vf}])))
+    assert not d.allowed and name in d.message
+    d, _ = run(pod(ctr("main", limits={GPU: 1}, env=[{"name": name}])))
+    assert not d.allowed and name in d.message
+
+
+def test_limit_variables_are_denied_in_any_container() -> None:
+    """Like CUDA_DISABLE_CONTROL: init containers and GPU-less containers too."""
+    init = [ctr("setup", env=[{"name": "CUDA_DEVICE_SM_LIMIT", "value": "100"}])]
+    side = ctr("side", env=[{"name": "LIBVGPU_REAL_LIBCUDA", "value": "/x.so"}])
+    d, _ = run(pod(ctr(limits={GPU: 1}), side, init=init))
+    assert not d.allowed
+    assert "container 'setup'" in d.message and "container 'side'" in d.message
+    d2, _ = run(pod(ctr("cpu", env=[{"name": "CUDA_DEVICE_MEMORY_LIMIT_0", "value": "80g"}])))
+    assert not d2.allowed
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "LIBCUDA_LOG_LEVEL",
+        "CUDA_DEVICE_SM_LIMITS",
+        "CUDA_DEVICE_SM_LIMIT_X",
+        "MY_CUDA_DEVICE_SM_LIMIT",
+        "LIBVGPU",
+    ],
+)
+def test_similar_names_are_not_limit_variables(name: str) -> None:
+    d, _ = run(pod(ctr("main", limits={GPU: 1}, env=[{"name": name, "value": "1"}])))
+    assert d.allowed, d.message
+
+
+@pytest.mark.parametrize("value", ["all", "0", "GPU-1234", "", " none", "NONE"])
+def test_visible_devices_on_gpu_container_is_denied(value: str) -> None:
+    c = ctr("main", limits={GPU: 1}, env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": value}])
+    d, _ = run(pod(c))
+    assert not d.allowed and d.code == 403
+    assert "container 'main'" in d.message and "env NVIDIA_VISIBLE_DEVICES:" in d.message
+
+
+def test_visible_devices_on_gpu_init_container_or_from_value_from_is_denied() -> None:
+    vf = {"configMapKeyRef": {"name": "cm", "key": "k"}}
+    init = [ctr("warm", limits={MEM: 100}, env=[{"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": vf}])]
+    d, _ = run(pod(ctr("cpu"), init=init))
+    assert not d.allowed and "container 'warm'" in d.message and "NVIDIA_VISIBLE_DEVICES" in d.message
+
+
+@pytest.mark.parametrize("value", ["none", "void"])
+def test_visible_devices_none_or_void_on_gpu_container_is_allowed(value: str) -> None:
+    c = ctr("main", limits={GPU: 1}, env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": value}])
+    assert run(pod(c))[0].allowed
+
+
+def test_visible_devices_on_gpu_less_container_is_not_denied() -> None:
+    c = ctr("cpu", env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])
+    assert run(pod(ctr("gpu", limits={GPU: 1}), c))[0].allowed
+    assert run(pod(ctr("gpu", limits={GPU: 0}, env=c["env"])))[0].allowed  # zero GPUs: not managed
+
+
+def test_limit_and_visible_devices_variables_allowed_in_opt_out_namespace() -> None:
+    pol = policy("hami:\n  enforcementOptOutNamespaces: [research]\n")
+    c = ctr(
+        "main",
+        limits={GPU: 1},
+        env=[
+            {"name": "CUDA_DEVICE_SM_LIMIT_0", "value": "100"},
+            {"name": "LIBVGPU_LIMITER_PERIOD_MS", "value": "50"},
+            {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
+        ],
+    )
+    assert run(pod(c), pol, namespace="research")[0].allowed
+    d, _ = run(pod(c), pol, namespace="team-a")
+    assert not d.allowed
+    assert all(
+        n in d.message
+        for n in ("CUDA_DEVICE_SM_LIMIT_0", "LIBVGPU_LIMITER_PERIOD_MS", "NVIDIA_VISIBLE_DEVICES")
+    )
+
+
+def test_env_from_is_not_inspected() -> None:
+    """envFrom keys are invisible at admission (docs/webhook.md); the device plugin's per-device
+    limits are what keep a whole CUDA_DEVICE_SM_LIMIT from a ConfigMap from taking effect."""
+    c = ctr("main", limits={GPU: 1}, envFrom=[{"configMapRef": {"name": "cm"}}])
+    assert run(pod(c))[0].allowed
+
+
 def test_all_denials_are_reported_together() -> None:
     c = ctr("main", limits={GPU: 1}, env=[{"name": "CUDA_DISABLE_CONTROL", "value": "true"}])
     d, _ = run(pod(c, ctr("dbg", securityContext={"privileged": True}), nodeName="n1"))
@@ -546,6 +661,15 @@ def test_patch_always_applies_and_webhook_is_idempotent(
     else:
         p["spec"]["schedulerName"] = scheduler
     d, out = run(p, pol)
+    if not d.allowed:
+        # The one denial generated pods can earn: NVIDIA_VISIBLE_DEVICES (other than none/void) on a
+        # container that gets GPUs. Drop it from the containers named and go on with the rest.
+        reasons = d.message.split("; ")
+        assert all("env NVIDIA_VISIBLE_DEVICES:" in r for r in reasons), d.message
+        for c in [*p["spec"]["containers"], *p["spec"].get("initContainers", [])]:
+            if f"container {c['name']!r}:" in d.message:
+                c["env"] = [e for e in c["env"] if e["name"] != "NVIDIA_VISIBLE_DEVICES"]
+        d, out = run(p, pol)
     assert d.allowed, d.message
     paths = [op["path"] for op in d.patch if not op["path"].endswith("/-")]
     assert len(paths) == len(set(paths)), paths  # no location written twice
