@@ -39,12 +39,20 @@ pytestmark = pytest.mark.integration
 LEASE = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.5}
 
 
+# The replicas answer to a scheduler name no running kube-scheduler uses, so the pods of these tests
+# are touched only by the calls the tests make (and the ledger trusts only pods of that name).
+HA_SCHEDULER = "nobody"
+HA_CONFIG = DeviceConfig.default().model_copy(
+    update={"hami": DeviceConfig.default().hami.model_copy(update={"scheduler_name": HA_SCHEDULER})}
+)
+
+
 def replica(kube_config: KubeConfig, namespace: str, identity: str) -> Extender:
     return Extender(
         kube_config,
         ExtenderSettings(
             port=0,
-            device_config=DeviceConfig.default(),
+            device_config=HA_CONFIG,
             node_lock_expiry=60,
             bind_lock_wait=10,
             leader_elect=True,
@@ -121,7 +129,7 @@ async def test_only_the_lease_holder_decides_and_the_follower_takes_over(
     follower = next(r for r in replicas if r is not leader)
     assert await holder(kube_client, namespace) == leader.settings.identity
     # a Pod no kube-scheduler handles: only our calls below touch it
-    pod = await create_pod(kube_client, namespace, "p1", scheduler="nobody")
+    pod = await create_pod(kube_client, namespace, "p1", scheduler=HA_SCHEDULER)
     uid = pod["metadata"]["uid"]
     pod_path = api_path("v1", "pods", namespace=namespace, name="p1")
     filter_args = {"Pod": pod, "Nodes": None, "NodeNames": nodes}
@@ -176,7 +184,7 @@ async def test_only_the_lease_holder_decides_and_the_follower_takes_over(
         # (the lock of p1 is still held: its owner is bound and allocating, so p2 may only wait
         # for it; release it as the device plugin would once Allocate is done)
         await kube_client.merge_patch(pod_path, {"metadata": {"annotations": {keys.BIND_PHASE: "success"}}})
-        pod2 = await create_pod(kube_client, namespace, "p2", scheduler="nobody")
+        pod2 = await create_pod(kube_client, namespace, "p2", scheduler=HA_SCHEDULER)
         reply = await post(http, follower, "filter", {"Pod": pod2, "Nodes": None, "NodeNames": nodes})
         assert reply["NodeNames"] == nodes and reply["Error"] == ""
         bind2 = {
@@ -231,7 +239,9 @@ async def test_failover_behind_real_kube_schedulers(
     await completer.start()
     kube_schedulers: dict[str, SchedulerHandle] = {}
     for ext in replicas:
-        cfg = scheduler_configuration(extender_url=ext.url, registry=default_registry())
+        cfg = scheduler_configuration(
+            extender_url=ext.url, registry=default_registry(), scheduler_name=HA_SCHEDULER
+        )
         kube_schedulers[ext.settings.identity] = await asyncio.to_thread(start_scheduler, cfg)
     try:
 
@@ -248,7 +258,7 @@ async def test_failover_behind_real_kube_schedulers(
             return len(done) == count
 
         for i in range(6):
-            await create_pod(kube_client, namespace, f"before-{i}")
+            await create_pod(kube_client, namespace, f"before-{i}", scheduler=HA_SCHEDULER)
         await wait_for(lambda: bound("before-", 6), timeout=90, interval=0.5)
         # bound exactly once, and only by the leader (the API refuses a second binding anyway)
         assert leader.metrics.bind_results.labels("bound")._value.get() == 6
@@ -262,7 +272,7 @@ async def test_failover_behind_real_kube_schedulers(
         replicas.remove(leader)
         await asyncio.to_thread(kube_schedulers[leader.settings.identity].stop)
         for i in range(6):
-            await create_pod(kube_client, namespace, f"after-{i}")
+            await create_pod(kube_client, namespace, f"after-{i}", scheduler=HA_SCHEDULER)
         await wait_for(lambda: bound("after-", 6), timeout=90, interval=0.5)
         assert follower.service.is_leader()
         assert follower.metrics.bind_results.labels("bound")._value.get() == 6

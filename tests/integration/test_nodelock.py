@@ -312,3 +312,24 @@ async def test_extender_wakes_lock_waiters_from_its_node_informer(
         assert decode_node_lock(await lock_value(kube_client, node) or "").owned_by(namespace, "next")
     finally:
         await ext.stop()
+
+
+async def test_cached_lock_of_ours_is_verified_on_the_server_and_restamped(
+    kube_client: KubeClient, make_node: NodeFactory
+) -> None:
+    """Review finding: a cached copy still showing our lock (informer lag after a release) must not
+    count as holding it; and a lock we do hold is re-stamped so it cannot expire under the bind."""
+    node = await make_node()
+    old = format_rfc3339(datetime.now(UTC) - timedelta(seconds=50))
+    stale_cache = {"metadata": {"name": node, "annotations": {keys.NODE_LOCK: f"{old},ns,p"}}}
+    locker = NodeLocker(kube_client, expiry=60, wait=2, node_lookup=lambda _n: stale_cache)
+    # the server has no lock at all: acquiring must write one
+    await locker.acquire(node, "ns", "p")
+    value = await lock_value(kube_client, node)
+    assert value is not None and value.endswith(",ns,p")
+    # the server holds our 50 s old lock: acquiring again re-stamps it
+    await set_lock(kube_client, node, f"{old},ns,p")
+    await locker.acquire(node, "ns", "p")
+    value = await lock_value(kube_client, node)
+    assert value is not None
+    assert datetime.now(UTC) - decode_node_lock(value).time < timedelta(seconds=10)

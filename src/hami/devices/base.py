@@ -201,6 +201,11 @@ class DeviceBackend(Protocol):
         ...
 
     @property
+    def decision_keys(self) -> tuple[str, ...]:
+        """Every pod annotation ``decision_annotations`` may write (stale ones are removed)."""
+        ...
+
+    @property
     def lock_key(self) -> str | None:
         """The node annotation used as the bind lock, or None when the vendor takes no lock."""
         ...

@@ -75,6 +75,7 @@ class NvidiaBackend:
     to_allocate_key = keys.VGPU_DEVICES_TO_ALLOCATE
     lock_key: str | None = keys.NODE_LOCK
     register_key = keys.NODE_NVIDIA_REGISTER
+    decision_keys = (keys.VGPU_DEVICES_TO_ALLOCATE, keys.VGPU_DEVICES_ALLOCATED, keys.VGPU_MIG_ALLOCATIONS)
 
     def __init__(self, config: NvidiaConfig | None = None) -> None:
         self.config = config if config is not None else NvidiaConfig()

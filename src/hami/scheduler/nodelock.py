@@ -84,10 +84,14 @@ class NodeLocker:
             fresh = False
             meta = obj.get("metadata") or {}
             value = (meta.get("annotations") or {}).get(keys.NODE_LOCK)
-            if value and not await self._stale(value, node, namespace, name):
+            if value and value.endswith(f",{namespace},{name}"):
+                if cached is not None:
+                    # a cached "ours" may already be released on the server (informer lag): check
+                    fresh = True
+                    continue
+                # ours on the server: fall through and re-stamp it, so it cannot expire under us
+            elif value and not await self._stale(value, node, namespace, name):
                 holder = value.split(",", 1)[-1]
-                if value.endswith(f",{namespace},{name}"):
-                    return loop.time() - started
                 if loop.time() - started > self.wait:
                     raise NodeLockContention(f"node {node} is locked by {holder} (bind in progress)")
                 # woken by the node watch when the lock is released; re-read at least every poll

@@ -76,7 +76,7 @@ class Extender:
             node_policy=settings.node_policy or sched_cfg.node_scheduler_policy,
             gpu_policy=settings.gpu_policy or sched_cfg.gpu_scheduler_policy,
         )
-        self.sync = LedgerSync(self.scheduler)
+        self.sync = LedgerSync(self.scheduler, scheduler_name=cfg.hami.scheduler_name)
         self.nodes = Informer(
             self.client,
             api_path("v1", "nodes"),

@@ -84,6 +84,7 @@ class ExtenderService:
         self._last_event: dict[str, tuple[str, float]] = {}
         #: decisions made by filter and not yet bound: uid -> (annotations, background write)
         self._decided: dict[str, tuple[dict[str, str], asyncio.Task[None]]] = {}
+        self._decision_keys = [k for b in scheduler.registry for k in b.decision_keys]
         sync.on_forget.append(self._drop_decision)
 
     def _pod_seen(self, pod: Mapping[str, Any]) -> None:
@@ -108,6 +109,18 @@ class ExtenderService:
             return frozenset()
         return frozenset(n for n, uids in self._inflight.items() if len(uids) >= limit)
 
+    def _bound_node(self, pod: Mapping[str, Any]) -> str | None:
+        """The node the pod is bound to, from the request or from the (fresher) informer copy."""
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node:
+            return str(node)
+        meta = pod.get("metadata") or {}
+        cached = self.pod_lookup(str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        if cached is not None and (cached.get("metadata") or {}).get("uid") == meta.get("uid"):
+            node = (cached.get("spec") or {}).get("nodeName")
+            return str(node) if node else None
+        return None
+
     def _drop_decision(self, uid: str) -> None:
         self._settle(uid)
         decided = self._decided.pop(uid, None)
@@ -126,6 +139,11 @@ class ExtenderService:
         pod = args.pod
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid") or "")
+        bound_to = self._bound_node(pod)
+        if bound_to:
+            # kube-scheduler filtering a stale copy (e.g. after a bind it timed out on): deciding
+            # again would drop the running pod's usage and rewrite its annotations
+            return FilterOutcome(node_names=[], failed={}, error=f"pod is already bound to node {bound_to}")
         decision = self.scheduler.decide(
             pod, candidates=args.node_names, now=int(self.clock()), congested=self.congested_nodes()
         )
@@ -154,16 +172,18 @@ class ExtenderService:
         except KubeError as exc:  # the bind carries the annotations anyway
             log.warning("writing the decision on pod %s failed: %s", decision.pod, exc)
 
+    def decision_patch(self, decision: Decision) -> dict[str, Any]:
+        """The merge patch recording a decision; decision keys it does not use are removed."""
+        annotations: dict[str, str | None] = dict.fromkeys(self._decision_keys)
+        annotations.update(decision.annotations)
+        return {"metadata": {"annotations": annotations, "labels": {keys.VGPU_NODE: decision.node}}}
+
     async def _write_decision(self, pod: Mapping[str, Any], decision: Decision) -> None:
         meta = pod.get("metadata") or {}
         ns, name = meta.get("namespace") or "default", meta.get("name") or ""
-        patch = {
-            "metadata": {
-                "annotations": decision.annotations,
-                "labels": {keys.VGPU_NODE: decision.node},
-            }
-        }
-        await self.client.merge_patch(api_path("v1", "pods", namespace=ns, name=name), patch)
+        await self.client.merge_patch(
+            api_path("v1", "pods", namespace=ns, name=name), self.decision_patch(decision)
+        )
 
     # ------------------------------------------------------------------------------ bind
     async def bind(self, args: BindingArgs) -> str:
@@ -180,6 +200,9 @@ class ExtenderService:
         if (pod.get("metadata") or {}).get("uid") != uid:
             self.sync.forget(uid)
             return f"pod {ns}/{name} was replaced (uid changed)"
+        bound_to = (pod.get("spec") or {}).get("nodeName")
+        if bound_to:
+            return "" if bound_to == node else f"pod {ns}/{name} is already bound to node {bound_to}"
         decided = self._decided.pop(uid, None)
         annotations: dict[str, str] = {}
         if decided is not None:
@@ -220,6 +243,8 @@ class ExtenderService:
                 },
             )
         except KubeError as exc:
+            if await self._bound_here(ns, name, uid, node):
+                return ""  # the binding landed (a lost reply, or a retried bind): nothing to undo
             self.sync.forget(uid)
             if needs_lock:
                 try:
@@ -231,12 +256,24 @@ class ExtenderService:
             return f"binding pod {ns}/{name} to {node} failed: {exc}"
         return ""
 
+    async def _bound_here(self, ns: str, name: str, uid: str, node: str) -> bool:
+        try:
+            pod = await self.client.get(api_path("v1", "pods", namespace=ns, name=name))
+        except KubeError:
+            return False
+        meta = pod.get("metadata") or {}
+        return meta.get("uid") == uid and (pod.get("spec") or {}).get("nodeName") == node
+
     def _needs_lock(self, containers: Mapping[str, Any], init_count: int) -> bool:
-        """HAMi locks a node only for vendors that regular (non-init) containers use."""
+        """Lock the node when any container (init containers too) gets a card of a locking vendor.
+
+        HAMi locks only for regular containers; then an init-only pod is allocated without the lock
+        and the device plugin can serve it another pod's cards.
+        """
         for vendor, per_container in containers.items():
             if self.scheduler.registry.get(vendor).lock_key is None:
                 continue
-            if any(per_container[i] for i in range(init_count, len(per_container))):
+            if any(per_container):
                 return True
         return False
 

@@ -2,7 +2,8 @@
 
 Rules (they fix HAMi's phantom reservations, finding F2):
 
-* a *bound* pod (``spec.nodeName`` set) carrying an allocation annotation counts on its node;
+* a *bound* pod (``spec.nodeName`` set) carrying an allocation annotation counts on its node —
+  only if hami scheduled it (``spec.schedulerName``), so forged annotations elsewhere count nothing;
 * an *unbound* pod counts only while this process holds a reservation for it (it was just
   decided); annotations left on an unbound pod by an earlier decision are ignored;
 * a pod in phase Succeeded/Failed, or deleted, holds nothing;
@@ -41,8 +42,11 @@ def init_containers_done(pod: Mapping[str, Any]) -> bool:
 class LedgerSync:
     """Applies pod and node events to a :class:`Scheduler`'s state. Pure bookkeeping, no I/O."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, *, scheduler_name: str | None = None) -> None:
         self.scheduler = scheduler
+        #: when set, only pods with this ``spec.schedulerName`` are read from their annotations:
+        #: anyone can put a forged allocation annotation on some other pod to make capacity look used
+        self.scheduler_name = scheduler_name
         #: pods decided by this process and not yet seen bound
         self.assumed: set[str] = set()
         #: pods whose annotations could not be decoded (uid -> error)
@@ -93,6 +97,11 @@ class LedgerSync:
             if uid not in self.assumed:
                 state.remove_pod(uid)  # stale annotations of an earlier decision hold nothing
             return
+        if (
+            self.scheduler_name is not None
+            and (pod.get("spec") or {}).get("schedulerName") != self.scheduler_name
+        ):
+            return  # not placed by hami: its annotations say nothing we can trust
         try:
             alloc = self.scheduler.allocation_of(pod, str(node))
         except ProtocolError as exc:
