@@ -25,15 +25,25 @@ TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 def init_containers_done(pod: Mapping[str, Any]) -> bool:
-    """True when the pod has init containers and every one of them terminated with exit code 0."""
-    init = (pod.get("spec") or {}).get("initContainers") or []
+    """True when the pod has init containers and every one that must finish has exited 0.
+
+    Native sidecars (init containers with ``restartPolicy: Always``) keep running and are counted
+    like app containers, so they are not waited for.
+    """
+    init = [c for c in (pod.get("spec") or {}).get("initContainers") or [] if isinstance(c, Mapping)]
     if not init:
         return False
-    statuses = (pod.get("status") or {}).get("initContainerStatuses") or []
-    if len(statuses) < len(init):
-        return False
-    for s in statuses:
-        term = ((s or {}).get("state") or {}).get("terminated")
+    statuses = [
+        s for s in (pod.get("status") or {}).get("initContainerStatuses") or [] if isinstance(s, Mapping)
+    ]
+    by_name = {s.get("name"): s for s in statuses if s.get("name")}
+    for i, container in enumerate(init):
+        if container.get("restartPolicy") == "Always":
+            continue
+        status = by_name.get(container.get("name"))
+        if status is None and i < len(statuses) and not statuses[i].get("name"):
+            status = statuses[i]  # a status without a name: matched by position
+        term = ((status or {}).get("state") or {}).get("terminated")
         if not term or term.get("exitCode") != 0:
             return False
     return True

@@ -121,9 +121,19 @@ class Scheduler:
                 containers[backend.vendor] = decoded
         if not containers:
             return None
-        init_count = len((pod.get("spec") or {}).get("initContainers") or [])
+        init = (pod.get("spec") or {}).get("initContainers") or []
+        init_count = len(init)
+        sidecars = frozenset(
+            i for i, c in enumerate(init) if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"
+        )
         return PodAllocation(
-            uid=uid, namespace=ns, name=name, node=node, containers=containers, init_count=init_count
+            uid=uid,
+            namespace=ns,
+            name=name,
+            node=node,
+            containers=containers,
+            init_count=init_count,
+            sidecars=sidecars,
         )
 
     # --- decisions ---------------------------------------------------------------------------
@@ -202,6 +212,7 @@ class Scheduler:
                 node=node.name,
                 containers=placed,
                 init_count=request.init_count,
+                sidecars=request.sidecars,
             )
             if reserve:
                 self.state.add_pod(alloc)
@@ -231,16 +242,15 @@ class Scheduler:
                     return reason
         placed: dict[str, list[tuple[Placement, ...]]] = {v: [] for v in request.vendors}
         app_scratch = {v: [c.copy() for c in cards] for v, cards in by_vendor.items()}
-        # MIG instances are created for every container at admission and live until teardown,
-        # so later containers (init ones included) must avoid the slices earlier init ones took
-        init_migs: list[tuple[str, tuple[int, int]]] = []
+        # MIG instances are created for every container at admission and live until teardown, so
+        # the slices an init container takes are also marked on app_scratch, which later init
+        # containers copy: nobody after it reuses them
         for ci, container in enumerate(request.containers):
-            # init containers run one at a time: each fits against the node as it is;
-            # app containers run together: each fits on top of the previous ones.
-            if container.init:
-                scratch = {v: [c.copy() for c in by_vendor[v]] for v in container.devices}
-                if init_migs:
-                    _reserve_migs(scratch, init_migs)
+            # init containers run one at a time: each fits against the node plus the sidecars
+            # already started; sidecars and app containers run together, each on top of the others
+            sequential = container.init and not container.sidecar
+            if sequential:
+                scratch = {v: [c.copy() for c in app_scratch[v]] for v in container.devices}
             else:
                 scratch = app_scratch
             for vendor in request.vendors:
@@ -254,14 +264,13 @@ class Scheduler:
                 if chosen is None:
                     return reason
                 placed[vendor].append(tuple(chosen))
-                if container.init:
+                if sequential:
                     taken = [
                         (p.device.uuid, (p.mig.placement_start, p.mig.placement_size))
                         for p in chosen
                         if p.mig
                     ]
                     if taken:
-                        init_migs.extend(taken)
                         _reserve_migs(app_scratch, taken)
         return placed
 

@@ -17,6 +17,9 @@ class ContainerRequest:
     name: str
     init: bool
     devices: Mapping[str, DeviceRequest]
+    #: an init container with ``restartPolicy: Always`` (a native sidecar): it keeps running
+    #: beside the app containers, so it is fitted and counted like one
+    sidecar: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,10 @@ class PodRequest:
             for v in c.devices:
                 seen[v] = None
         return list(seen)
+
+    @property
+    def sidecars(self) -> frozenset[int]:
+        return frozenset(i for i, c in enumerate(self.containers) if c.sidecar)
 
     @property
     def empty(self) -> bool:
@@ -57,7 +64,12 @@ def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodReques
                 if req is not None:
                     devices[backend.vendor] = req
             containers.append(
-                ContainerRequest(name=str(container.get("name", "?")), init=is_init, devices=devices)
+                ContainerRequest(
+                    name=str(container.get("name", "?")),
+                    init=is_init,
+                    devices=devices,
+                    sidecar=is_init and container.get("restartPolicy") == "Always",
+                )
             )
     return PodRequest(containers=tuple(containers), init_count=len(init))
 

@@ -30,36 +30,50 @@ class PodAllocation:
     containers: Mapping[str, Sequence[tuple[Placement, ...]]]
     init_count: int
     init_released: bool = False
+    #: indices of init containers that are native sidecars (``restartPolicy: Always``): they run
+    #: beside the app containers and count like them
+    sidecars: frozenset[int] = frozenset()
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
 
     def usage(self) -> Usage:
-        """Collapsed per-card usage: ``max(init peak, app sum)``, or app only once init has finished."""
+        """Collapsed per-card usage: ``max(init peak, app sum)``, or app only once init has finished.
+
+        Init containers run one at a time, each beside the native sidecars started before it;
+        sidecars and app containers run together for the pod's life.
+        """
         init: dict[str, list[int]] = {}
         app: dict[str, list[int]] = {}
         migs: dict[str, list[tuple[int, int]]] = {}
         for per_container in self.containers.values():
+            sidecars_so_far: dict[str, list[int]] = {}
             for ci, placements in enumerate(per_container):
-                is_init = ci < self.init_count
+                sequential_init = ci < self.init_count and ci not in self.sidecars
                 for p in placements:
                     d = p.device
                     if p.mig is not None:
                         # a MIG instance lives until the pod is torn down, init containers' too
                         migs.setdefault(d.uuid, []).append((p.mig.placement_start, p.mig.placement_size))
-                    if is_init and self.init_released:
-                        continue
-                    if is_init:
+                    if sequential_init:
+                        if self.init_released:
+                            continue
+                        side = sidecars_so_far.get(d.uuid, [0, 0, 0])
                         acc = init.setdefault(d.uuid, [0, 0, 0])
-                        acc[0] = 1
-                        acc[1] = max(acc[1], d.usedmem)
-                        acc[2] = max(acc[2], d.usedcores)
-                    else:
-                        acc = app.setdefault(d.uuid, [0, 0, 0])
-                        acc[0] += 1
-                        acc[1] += d.usedmem
-                        acc[2] += d.usedcores
+                        acc[0] = max(acc[0], 1 + side[0])
+                        acc[1] = max(acc[1], d.usedmem + side[1])
+                        acc[2] = max(acc[2], d.usedcores + side[2])
+                        continue
+                    acc = app.setdefault(d.uuid, [0, 0, 0])
+                    acc[0] += 1
+                    acc[1] += d.usedmem
+                    acc[2] += d.usedcores
+                    if ci in self.sidecars:
+                        side = sidecars_so_far.setdefault(d.uuid, [0, 0, 0])
+                        side[0] += 1
+                        side[1] += d.usedmem
+                        side[2] += d.usedcores
         out: Usage = {}
         for uuid in init.keys() | app.keys() | migs.keys():
             i = init.get(uuid, [0, 0, 0])
