@@ -64,6 +64,7 @@ class ExtenderService:
         scheduler_name: str = "hami-scheduler",
         annotate_at_filter: bool = True,
         bind_queue_limit: int = 0,
+        reservation_ttl: float = 300.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.scheduler = scheduler
@@ -84,6 +85,11 @@ class ExtenderService:
         self._last_event: dict[str, tuple[str, float]] = {}
         #: decisions made by filter and not yet bound: uid -> (annotations, background write)
         self._decided: dict[str, tuple[dict[str, str], asyncio.Task[None]]] = {}
+        #: when each pending decision was made; one never followed by a bind (kube-scheduler gave
+        #: the pod up after filter) is dropped after ``reservation_ttl`` seconds
+        self._decided_at: dict[str, float] = {}
+        self.reservation_ttl = reservation_ttl
+        self._last_sweep = 0.0
         self._decision_keys = [k for b in scheduler.registry for k in b.decision_keys]
         sync.on_forget.append(self._drop_decision)
 
@@ -123,9 +129,23 @@ class ExtenderService:
 
     def _drop_decision(self, uid: str) -> None:
         self._settle(uid)
+        self._decided_at.pop(uid, None)
         decided = self._decided.pop(uid, None)
         if decided is not None and not decided[1].done():
             decided[1].cancel()
+
+    def _expire_reservations(self) -> None:
+        """Forget decisions kube-scheduler never bound (checked at most every 10 s, on filter)."""
+        now = self.clock()
+        if now - self._last_sweep < 10.0:
+            return
+        self._last_sweep = now
+        for uid, at in list(self._decided_at.items()):
+            if now - at > self.reservation_ttl and uid in self.sync.assumed:
+                log.info(
+                    "dropping the reservation of pod %s: decided %.0f s ago and never bound", uid, now - at
+                )
+                self.sync.forget(uid)
 
     def _check_ready(self) -> None:
         if not self.is_leader():
@@ -136,6 +156,7 @@ class ExtenderService:
     # ------------------------------------------------------------------------------ filter
     async def filter(self, args: ExtenderArgs) -> FilterOutcome:
         self._check_ready()
+        self._expire_reservations()
         pod = args.pod
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid") or "")
@@ -162,6 +183,7 @@ class ExtenderService:
         else:  # the Binding alone carries the annotations: one API write less per pod
             task = asyncio.create_task(asyncio.sleep(0))
         self._decided[uid] = (decision.annotations, task)
+        self._decided_at[uid] = self.clock()
         self._inflight.setdefault(decision.node, set()).add(uid)
         self._inflight_node[uid] = decision.node
         return FilterOutcome(node_names=[decision.node], failed=decision.failed)
@@ -204,6 +226,7 @@ class ExtenderService:
         if bound_to:
             return "" if bound_to == node else f"pod {ns}/{name} is already bound to node {bound_to}"
         decided = self._decided.pop(uid, None)
+        self._decided_at.pop(uid, None)
         annotations: dict[str, str] = {}
         if decided is not None:
             annotations = dict(decided[0])

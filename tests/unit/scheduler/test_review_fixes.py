@@ -120,3 +120,29 @@ async def test_bind_of_an_already_bound_pod_is_idempotent_and_never_forgets_it()
     assert await svc.bind(BindingArgs("late", "ns", "uid-late", "a")) == ""
     assert "already bound to node a" in await svc.bind(BindingArgs("late", "ns", "uid-late", "b"))
     assert svc.scheduler.state.nodes["a"].usedmem == 1000
+
+
+async def test_a_decision_never_bound_is_dropped_after_the_reservation_ttl() -> None:
+    now = [1000.0]
+    sched = Scheduler(default_registry())
+    sched.observe_node(_node("a"))
+    sync = LedgerSync(sched, scheduler_name="hami-scheduler")
+    svc = ExtenderService(
+        scheduler=sched,
+        sync=sync,
+        client=None,
+        locker=None,  # type: ignore[arg-type]
+        pod_lookup=lambda ns, n: None,
+        annotate_at_filter=False,
+        reservation_ttl=300,
+        clock=lambda: now[0],
+    )
+    await svc.filter(ExtenderArgs(pod=_pod("abandoned"), node_names=["a"]))
+    assert "uid-abandoned" in sched.state.pods
+    now[0] += 200
+    await svc.filter(ExtenderArgs(pod=_pod("other"), node_names=["a"]))
+    assert "uid-abandoned" in sched.state.pods  # still within the TTL
+    now[0] += 150
+    await svc.filter(ExtenderArgs(pod=_pod("third"), node_names=["a"]))
+    assert "uid-abandoned" not in sched.state.pods and "uid-abandoned" not in sync.assumed
+    assert "uid-other" in sched.state.pods  # 150 s old: kept
