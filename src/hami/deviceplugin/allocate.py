@@ -29,7 +29,7 @@ from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigI
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.protocol.nodelock import decode_node_lock
+from hami.protocol.nodelock import decode_node_lock, releasable_by
 from hami.protocol.pod import (
     ContainerDevices,
     MigAllocation,
@@ -505,14 +505,8 @@ class PodAllocator:
             try:
                 node = await self.kube.get_node(self.node_name)
                 value = _ann(node).get(keys.NODE_LOCK)
-                if not value:
-                    return
-                try:
-                    lock = decode_node_lock(value)
-                except ProtocolError:
-                    lock = None
-                if lock is not None and lock.namespace is not None and not lock.owned_by(ns, name):
-                    return  # someone else's lock
+                if not value or not releasable_by(value, ns, name):
+                    return  # no lock, someone else's, or unreadable (the next acquire replaces it)
                 await self.kube.patch_node(
                     self.node_name,
                     {"metadata": {"annotations": {keys.NODE_LOCK: None}}},

@@ -45,6 +45,17 @@ def encode_node_lock(lock: NodeLock) -> str:
     return f"{stamp},{lock.namespace},{lock.name}"
 
 
+def releasable_by(value: str, namespace: str, name: str) -> bool:
+    """May ``namespace/name`` remove this lock value? Yes if it owns it or the value is a legacy bare
+    timestamp (no owner to check). A value that cannot be read is left alone: it blocks nobody (the
+    next acquire replaces it) and deleting what one cannot read is never safe."""
+    try:
+        lock = decode_node_lock(value)
+    except ProtocolError:
+        return False
+    return lock.namespace is None or lock.owned_by(namespace, name)
+
+
 def decode_node_lock(value: str) -> NodeLock:
     parts = value.split(",")
     if len(parts) == 1:

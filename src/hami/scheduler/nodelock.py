@@ -20,7 +20,7 @@ from hami.kube.errors import ConflictError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.protocol.nodelock import NodeLock, decode_node_lock, encode_node_lock
+from hami.protocol.nodelock import NodeLock, decode_node_lock, encode_node_lock, releasable_by
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +150,7 @@ class NodeLocker:
             meta = obj.get("metadata") or {}
             assert isinstance(meta, dict)
             value = (meta.get("annotations") or {}).get(keys.NODE_LOCK)
-            if not value:
-                return None
-            try:
-                lock = decode_node_lock(value)
-            except ProtocolError:
-                return None
-            if lock.namespace is not None and not lock.owned_by(namespace, name):
+            if not value or not releasable_by(value, namespace, name):
                 return None
             removed = True
             return {"metadata": {"annotations": {keys.NODE_LOCK: None}}}

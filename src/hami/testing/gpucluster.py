@@ -19,7 +19,7 @@ from hami.kube.informer import Informer
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
-from hami.protocol.nodelock import decode_node_lock
+from hami.protocol.nodelock import releasable_by
 
 
 def gpu_cards(
@@ -173,7 +173,7 @@ class AllocationCompleter:
 
             def release(obj: dict[str, Any]) -> dict[str, Any] | None:
                 value = ((obj.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
-                if value and decode_node_lock(value).owned_by(ns, name):
+                if value and releasable_by(value, ns, name):
                     return {"metadata": {"annotations": {keys.NODE_LOCK: None}}}
                 return None
 

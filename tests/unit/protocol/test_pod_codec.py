@@ -152,3 +152,12 @@ def test_int_quantity_limits_are_int64() -> None:
     assert parse_int_quantity("-9223372036854775808", field="x") == -(2**63)
     assert parse_int_quantity("1e18", field="x") == 10**18
     assert parse_int_quantity("7Ei", field="x") == 7 * 2**60
+
+
+def test_who_may_release_a_node_lock() -> None:
+    from hami.protocol.nodelock import releasable_by
+
+    assert releasable_by("2026-08-21T08:20:39Z,default,pod-a", "default", "pod-a")
+    assert not releasable_by("2026-08-21T08:20:39Z,default,pod-b", "default", "pod-a")
+    assert releasable_by("2026-08-21T08:20:39Z", "default", "pod-a")  # legacy: no owner recorded
+    assert not releasable_by("garbage", "default", "pod-a")  # unreadable: left for acquire to replace
