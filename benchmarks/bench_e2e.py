@@ -22,7 +22,7 @@ import asyncio
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from hami.kube.client import KubeClient
@@ -47,6 +47,37 @@ def timed(fn: Callable[..., Awaitable[Any]], into: list[float]) -> Callable[...,
             into.append(time.perf_counter() - t0)
 
     return wrapper
+
+
+async def create_and_wait(
+    client: KubeClient,
+    sem: asyncio.Semaphore,
+    pods: list[dict[str, Any]],
+    cached_pods: Callable[[], Iterable[dict[str, Any]]],
+    timeout: float,
+) -> tuple[list[str], float]:
+    """Create ``pods`` in namespace bench as fast as the API takes them; wait until all are bound.
+
+    Returns the node of every bound pod (read from a watch cache) and the seconds it took.
+    """
+    start = time.perf_counter()
+
+    async def create(p: dict[str, Any]) -> None:
+        async with sem:
+            await client.create(api_path("v1", "pods", namespace="bench"), p)
+
+    creating = asyncio.gather(*(create(p) for p in pods))
+    nodes: list[str] = []
+    while len(nodes) < len(pods) and time.perf_counter() - start < timeout:
+        await asyncio.sleep(0.1)
+        nodes = [
+            p["spec"]["nodeName"]
+            for p in cached_pods()
+            if (p.get("metadata") or {}).get("namespace") == "bench" and (p.get("spec") or {}).get("nodeName")
+        ]
+    elapsed = time.perf_counter() - start
+    await creating
+    return nodes, elapsed
 
 
 async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
@@ -84,35 +115,12 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
             pods = [
                 gpu_pod(f"p-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(args.pods)
             ]
-            start = time.perf_counter()
-
-            async def create(p: dict[str, Any]) -> None:
-                async with sem:
-                    await client.create(api_path("v1", "pods", namespace="bench"), p)
-
-            creating = asyncio.gather(*(create(p) for p in pods))
-            bound = 0
-            informer = (
-                stack.extender.pods
-            )  # count from the watch cache: polling LISTs would load the API server
-            while bound < args.pods:
-                await asyncio.sleep(0.1)
-                bound = sum(
-                    1
-                    for p in informer.values()
-                    if (p.get("metadata") or {}).get("namespace") == "bench"
-                    and (p.get("spec") or {}).get("nodeName")
-                )
-                if time.perf_counter() - start > args.timeout:
-                    break
-            elapsed = time.perf_counter() - start
-            await creating
-            used = {
-                p["spec"]["nodeName"]
-                for p in informer.values()
-                if (p.get("metadata") or {}).get("namespace") == "bench"
-                and (p.get("spec") or {}).get("nodeName")
-            }
+            # count from the extender's watch cache: polling LISTs would load the API server
+            bound_nodes, elapsed = await create_and_wait(
+                client, sem, pods, lambda: stack.extender.pods.values(), args.timeout
+            )
+            bound = len(bound_nodes)
+            used = set(bound_nodes)
             return {
                 "nodes_used": len(used),
                 "nodes": args.nodes,
@@ -146,19 +154,8 @@ async def baseline(
             p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
             p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
             pods.append(p)
-        start = time.perf_counter()
-
-        async def create(p: dict[str, Any]) -> None:
-            async with sem:
-                await client.create(api_path("v1", "pods", namespace="bench"), p)
-
-        creating = asyncio.gather(*(create(p) for p in pods))
-        bound = 0
-        while bound < args.pods and time.perf_counter() - start < args.timeout:
-            await asyncio.sleep(0.1)
-            bound = sum(1 for p in watch.values() if (p.get("spec") or {}).get("nodeName"))
-        elapsed = time.perf_counter() - start
-        await creating
+        bound_nodes, elapsed = await create_and_wait(client, sem, pods, watch.values, args.timeout)
+        bound = len(bound_nodes)
         return {
             "nodes": args.nodes,
             "pods": args.pods,
