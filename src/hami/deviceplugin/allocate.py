@@ -28,6 +28,8 @@ from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance, MigPlacement
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.protocol import keys
+from hami.protocol.enforcement import FALSE_SPELLINGS as FALSE_SPELLINGS  # re-exported
+from hami.protocol.enforcement import disables_control, disables_core_limit
 from hami.protocol.errors import ProtocolError
 from hami.protocol.nodelock import decode_node_lock, releasable_by
 from hami.protocol.pod import (
@@ -62,15 +64,6 @@ def pod_containers(pod: Obj) -> list[Obj]:
     return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
 
 
-def container_env(container: Obj) -> dict[str, str]:
-    """Literal env values of a container spec (valueFrom entries are ignored)."""
-    return {e["name"]: str(e["value"]) for e in container.get("env") or [] if "name" in e and "value" in e}
-
-
-#: Values of CUDA_DISABLE_CONTROL that leave enforcement on (as the admission webhook reads them).
-FALSE_SPELLINGS = frozenset({"", "0", "f", "false"})
-
-
 @dataclass(frozen=True)
 class OptOutRequest:
     """What a container's own env asks of enforcement (HAMi-core mode)."""
@@ -98,14 +91,13 @@ def opt_out_request(container: Obj) -> OptOutRequest:
             literal.pop(name, None)
         else:
             from_ref.discard(name)
-            literal[name] = str(e.get("value") or "").strip().lower()
-    dc_literal = (
-        keys.ENV_DISABLE_CONTROL in literal and literal[keys.ENV_DISABLE_CONTROL] not in FALSE_SPELLINGS
-    )
+            literal[name] = str(e.get("value") or "")
+    dc_literal = keys.ENV_DISABLE_CONTROL in literal and disables_control(literal[keys.ENV_DISABLE_CONTROL])
     return OptOutRequest(
         disable_control=dc_literal or keys.ENV_DISABLE_CONTROL in from_ref,
         disable_control_literal=dc_literal,
-        core_policy_off=literal.get(keys.ENV_CORE_POLICY) == "disable" or keys.ENV_CORE_POLICY in from_ref,
+        core_policy_off=disables_core_limit(literal.get(keys.ENV_CORE_POLICY, ""))
+        or keys.ENV_CORE_POLICY in from_ref,
     )
 
 

@@ -44,6 +44,7 @@ from hami.config import DeviceConfig, NvidiaConfig
 from hami.devices.base import DeviceRequest, RequestError
 from hami.devices.registry import BackendRegistry, default_registry
 from hami.protocol import keys
+from hami.protocol.enforcement import FALSE_SPELLINGS, disables_control, disables_core_limit
 
 __all__ = [
     "DEFAULT_SCHEDULER",
@@ -57,8 +58,7 @@ DEFAULT_SCHEDULER = "default-scheduler"
 
 JsonPatchOp = dict[str, Any]
 
-# strconv.ParseBool spellings of false: HAMi's device plugin mounts the shim unless the value parses true.
-_FALSE_SPELLINGS = frozenset({"", "0", "f", "false"})
+_FALSE_SPELLINGS = FALSE_SPELLINGS  # the shared rule (hami.protocol.enforcement)
 
 # Variables the device plugin sets for the in-container shim (native/src/config.c reads them). The
 # kubelet lets a container's own env override the device plugin's, and a per-device
@@ -259,9 +259,9 @@ def _enforcement_violations(cname: str, container: Mapping[str, Any], core_limit
             continue
         raw = e.get("value")
         value = raw.strip() if isinstance(raw, str) else ""
-        if name == keys.ENV_DISABLE_CONTROL and value.lower() not in _FALSE_SPELLINGS:
+        if name == keys.ENV_DISABLE_CONTROL and disables_control(value):
             out.append(_denial(cname, f"env {name}", f"{raw!r} switches GPU enforcement off"))
-        elif name == keys.ENV_CORE_POLICY and value.lower() == "disable" and not core_limit_off:
+        elif name == keys.ENV_CORE_POLICY and disables_core_limit(value) and not core_limit_off:
             out.append(_denial(cname, f"env {name}", f"{raw!r} switches the GPU core limit off"))
     return out
 
