@@ -2,22 +2,45 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+CACHE  ?= $(HOME)/.cache/hami
+# Every Python package comes from uv.lock, installed by the pinned uv (hack/ensure-uv.sh) and cached
+# under ~/.cache/hami. `make lock` is the one way the lock changes.
+export UV_CACHE_DIR ?= $(CACHE)/uv
+export UV_PYTHON ?= $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+UV_BIN := $(CACHE)/uv-$(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' hack/uv-requirements.txt)/bin/uv
+STAMP  := $(VENV)/.installed-dev
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: demo test venv native lint typecheck unit native-test integration clean
+.PHONY: demo test venv runtime-venv lock native lint typecheck unit native-test integration clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+$(UV_BIN): hack/uv-requirements.txt
+	hack/ensure-uv.sh >/dev/null
+
+# Runtime and development packages (what `make test` needs), exactly as locked.
+$(STAMP): pyproject.toml uv.lock $(UV_BIN)
+	$(UV_BIN) sync --frozen
 	touch $(STAMP)
 
+# Runtime packages only (what `make demo` needs); keeps dev packages already there.
+$(RUNTIME_STAMP): pyproject.toml uv.lock $(UV_BIN)
+	$(UV_BIN) sync --frozen --no-dev --inexact
+	touch $(RUNTIME_STAMP)
+
+# Re-resolve every dependency to the newest versions pyproject.toml allows and rewrite uv.lock.
+# Run it on purpose, then `make test`; commit uv.lock with what the update needed.
+lock: $(UV_BIN)
+	$(UV_BIN) lock --upgrade
+
 venv: $(STAMP)
+
+runtime-venv: $(RUNTIME_STAMP)
 
 native:
 	$(MAKE) -C native all
 
-demo: venv native
+demo: runtime-venv native
 	$(BIN)/hami simulate --nodes examples/nodes.yaml --pods examples/pods.yaml --config examples/device-config.yaml
 
 lint: venv
