@@ -13,7 +13,7 @@ from hami.manifests import ManifestError, load_manifests
 
 
 @click.group()
-@click.version_option(package_name="hami")
+@click.version_option(package_name="hami", prog_name="hami", message="%(prog)s %(version)s")
 def main() -> None:
     """hami: share accelerators between Kubernetes containers safely."""
 
@@ -82,6 +82,14 @@ def simulate(
         click.echo(json.dumps(result.as_json(), indent=2, sort_keys=False))
     else:
         click.echo(render_table(result))
+
+
+@main.command()
+def version() -> None:
+    """Print hami's version."""
+    from importlib.metadata import version as package_version
+
+    click.echo(f"hami {package_version('hami')}")
 
 
 def _register_subcommands() -> None:

@@ -11,7 +11,19 @@ import click
 
 
 @click.command("scheduler")
-@click.option("--bind", "bind", default="127.0.0.1:8080", show_default=True, help="host:port to serve on")
+@click.option(
+    "--bind",
+    "bind",
+    default="127.0.0.1:8080",
+    show_default=True,
+    help="host:port for /filter and /bind (kube-scheduler in the same pod calls it)",
+)
+@click.option(
+    "--metrics-bind",
+    default="0.0.0.0:9395",
+    show_default=True,
+    help="host:port for /metrics, /healthz and /readyz only (HAMi's 9395); '' serves them on --bind alone",
+)
 @click.option("--cert-file", type=click.Path(exists=True, dir_okay=False), help="TLS certificate (HTTPS)")
 @click.option("--key-file", type=click.Path(exists=True, dir_okay=False), help="TLS key (HTTPS)")
 @click.option(
@@ -57,7 +69,13 @@ import click
     is_flag=True,
     help="lead while the kube-scheduler in this pod (identity <hostname>_...) holds its Lease",
 )
-@click.option("--lease-namespace", default="kube-system", show_default=True)
+@click.option(
+    "--lease-namespace",
+    envvar="POD_NAMESPACE",
+    default="kube-system",
+    show_default=True,
+    help="namespace of the Lease (env POD_NAMESPACE: the pod's own, set from the downward API)",
+)
 @click.option(
     "--lease-name",
     default=None,
@@ -66,6 +84,7 @@ import click
 @click.option("-v", "--verbose", count=True)
 def scheduler_command(
     bind: str,
+    metrics_bind: str,
     cert_file: str | None,
     key_file: str | None,
     kubeconfig: str | None,
@@ -84,7 +103,9 @@ def scheduler_command(
 ) -> None:
     """Serve /filter and /bind for kube-scheduler (see deploy/scheduler-config.yaml)."""
     from hami.cli import load_config_or_exit
-    from hami.kube.config import load_config
+    from hami.cliutil import parse_bind
+    from hami.kube.config import KubeConfigError, load_config
+    from hami.kube.errors import KubeError
     from hami.scheduler.runner import Extender, ExtenderSettings, default_identity
 
     logging.basicConfig(
@@ -95,10 +116,13 @@ def scheduler_command(
         raise click.UsageError("--leader-elect and --follow-scheduler-lease are exclusive")
     if lease_name is None:
         lease_name = "hami-scheduler" if follow_scheduler_lease else "hami-scheduler-extender"
-    host, _, port = bind.rpartition(":")
+    host, port = parse_bind(bind)
+    metrics_host, metrics_port = parse_bind(metrics_bind, "--metrics-bind") if metrics_bind else (None, None)
     settings = ExtenderSettings(
-        host=host or "0.0.0.0",
-        port=int(port),
+        host=host,
+        port=port,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
         cert_file=cert_file,
         key_file=key_file,
         device_config=load_config_or_exit(device_config),
@@ -114,7 +138,11 @@ def scheduler_command(
         annotate_at_filter=annotate_at_filter,
         bind_queue_limit=bind_queue_limit,
     )
-    extender = Extender(load_config(kubeconfig), settings)
+    try:
+        kube_config = load_config(kubeconfig)
+    except KubeConfigError as exc:
+        raise click.ClickException(f"cannot reach the Kubernetes API: {exc}") from exc
+    extender = Extender(kube_config, settings)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -125,4 +153,8 @@ def scheduler_command(
         with contextlib.suppress(asyncio.CancelledError):
             await extender.run_forever()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (OSError, TimeoutError, KubeError) as exc:
+        # a port in use, an API server that never answered the first list, a refused credential
+        raise click.ClickException(str(exc) or type(exc).__name__) from exc

@@ -24,7 +24,7 @@ from hami.kube.paths import api_path
 from hami.scheduler.leasefollow import LeaseFollower
 from hami.scheduler.metrics import Metrics
 from hami.scheduler.nodelock import NodeLocker
-from hami.scheduler.server import make_app
+from hami.scheduler.server import make_app, make_ops_app
 from hami.scheduler.service import ExtenderService, owner_alive_from
 from hami.scheduler.sync import LedgerSync
 from hami.scheduling.filter import Scheduler
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 class ExtenderSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    #: ``/metrics``, ``/healthz`` and ``/readyz`` on their own address, served from before the caches
+    #: sync (None: only on the extender's port); port 0 picks a free one (see ``Extender.metrics_port``)
+    metrics_host: str | None = None
+    metrics_port: int | None = None
     cert_file: str | None = None
     key_file: str | None = None
     device_config: DeviceConfig = field(default_factory=DeviceConfig.default)
@@ -141,7 +145,9 @@ class Extender:
         )
         self.metrics = Metrics(self.scheduler.state)
         self._runner: web.AppRunner | None = None
+        self._ops_runner: web.AppRunner | None = None
         self.port = settings.port
+        self.metrics_port = settings.metrics_port
 
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
         self.sync.node_changed(new)
@@ -169,7 +175,18 @@ class Extender:
         scheme = "https" if self.settings.cert_file else "http"
         return f"{scheme}://{self.settings.host}:{self.port}"
 
+    async def _start_ops(self) -> None:
+        if self.settings.metrics_port is None:
+            return
+        host = self.settings.metrics_host or "0.0.0.0"
+        self._ops_runner = web.AppRunner(make_ops_app(self.service, self.metrics), access_log=None)
+        await self._ops_runner.setup()
+        await web.TCPSite(self._ops_runner, host, self.settings.metrics_port).start()
+        self.metrics_port = int(self._ops_runner.addresses[0][1])
+        log.info("hami scheduler metrics and probes on %s:%d", host, self.metrics_port)
+
     async def start(self) -> None:
+        await self._start_ops()
         self.nodes.start()
         await self.nodes.wait_synced(timeout=self.settings.sync_timeout)
         self.pods.start()
@@ -202,9 +219,10 @@ class Extender:
         )
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        for runner in (self._runner, self._ops_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._ops_runner = None
         if self.elector is not None:
             await self.elector.stop()
         if self.follower is not None:
@@ -214,8 +232,9 @@ class Extender:
         await self.client.close()
 
     async def run_forever(self) -> None:
-        await self.start()
+        """Start and serve until cancelled; everything started is stopped, also when start fails midway."""
         try:
+            await self.start()
             await asyncio.Event().wait()
         finally:
             await self.stop()

@@ -1,5 +1,10 @@
 """The extender's HTTP(S) endpoints: ``/filter``, ``/bind``, ``/healthz``, ``/readyz``, ``/metrics``.
 
+Two applications: :func:`make_app` serves all five for kube-scheduler; :func:`make_ops_app` serves
+only the probes and ``/metrics`` on a port of their own (HAMi's 9395), so Prometheus and the kubelet
+never reach ``/filter`` or ``/bind``, and so the probes answer while the caches are still syncing
+(``/healthz`` 200, ``/readyz`` 503 until synced).
+
 Errors are answered the way kube-scheduler expects: HTTP 200 with ``Error`` set. A body that is not
 an extender request gets HTTP 400 naming what is wrong; bodies over 1 MiB are refused.
 """
@@ -101,13 +106,20 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(service: ExtenderService, metrics: Metrics) -> web.Application:
+def make_ops_app(service: ExtenderService, metrics: Metrics) -> web.Application:
+    """``/healthz``, ``/readyz`` and ``/metrics`` only."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
     app[METRICS_KEY] = metrics
-    app.router.add_post("/filter", handle_filter)
-    app.router.add_post("/bind", handle_bind)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+def make_app(service: ExtenderService, metrics: Metrics) -> web.Application:
+    """What kube-scheduler calls (``/filter``, ``/bind``) plus the probes and ``/metrics``."""
+    app = make_ops_app(service, metrics)
+    app.router.add_post("/filter", handle_filter)
+    app.router.add_post("/bind", handle_bind)
     return app

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from hami.cliutil import parse_bind
 from hami.config import ConfigError, DeviceConfig, load_device_config
 from hami.kube.errors import KubeError
 from hami.webhook.mutate import WebhookPolicy
@@ -29,15 +30,6 @@ from hami.webhook.tls import (
 )
 
 log = logging.getLogger("hami.webhook")
-
-
-def parse_bind(bind: str) -> tuple[str, int]:
-    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``."""
-    host, sep, port_s = bind.rpartition(":")
-    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-        raise click.BadParameter(f"{bind!r} is not host:port", param_hint="--bind")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_s)
 
 
 @dataclass

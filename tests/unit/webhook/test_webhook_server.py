@@ -19,8 +19,9 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
+from hami.cliutil import parse_bind
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
-from hami.webhook.cli import parse_bind, webhook
+from hami.webhook.cli import webhook
 from hami.webhook.mutate import Decision, WebhookPolicy
 from hami.webhook.server import NamespaceLabelCache, decide
 
