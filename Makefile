@@ -20,12 +20,12 @@ $(UV_BIN): hack/uv-requirements.txt
 
 # Runtime and development packages (what `make test` needs), exactly as locked.
 $(STAMP): pyproject.toml uv.lock $(UV_BIN)
-	$(UV_BIN) sync --frozen
+	$(UV_BIN) sync --locked
 	touch $(STAMP)
 
 # Runtime packages only (what `make demo` needs); keeps dev packages already there.
 $(RUNTIME_STAMP): pyproject.toml uv.lock $(UV_BIN)
-	$(UV_BIN) sync --frozen --no-dev --inexact
+	$(UV_BIN) sync --locked --no-dev --inexact
 	touch $(RUNTIME_STAMP)
 
 # Re-resolve every dependency to the newest versions pyproject.toml allows and rewrite uv.lock.
