@@ -88,11 +88,21 @@ async def test_registration_and_webhook_on_kube_apiserver(kube_client: KubeClien
         assert await inject_ca_bundle(kc, doc["metadata"]["name"], certs.ca_bundle) == 1
 
         gpu: dict[str, Any] | None = None
-        for _ in range(50):  # the apiserver picks the new configuration up asynchronously
-            gpu = await _create(
-                kc, team, _pod(f"gpu-{uuid.uuid4().hex[:4]}", {"nvidia.com/gpu": 1, "nvidia.com/priority": 0})
-            )
-            if gpu["spec"]["schedulerName"] == "hami-scheduler":
+        for _ in range(50):
+            # The apiserver picks configurations up asynchronously: first none (the pod is admitted
+            # unmutated), possibly the one created before the caBundle was injected (the call fails
+            # TLS verification and failurePolicy Fail refuses the pod), then the injected one.
+            try:
+                gpu = await _create(
+                    kc,
+                    team,
+                    _pod(f"gpu-{uuid.uuid4().hex[:4]}", {"nvidia.com/gpu": 1, "nvidia.com/priority": 0}),
+                )
+            except ApiError as exc:
+                if "certificate signed by unknown authority" not in str(exc):
+                    raise
+                gpu = None
+            if gpu is not None and gpu["spec"]["schedulerName"] == "hami-scheduler":
                 break
             await asyncio.sleep(0.2)
         assert gpu is not None and gpu["spec"]["schedulerName"] == "hami-scheduler"

@@ -32,6 +32,7 @@ from yarl import URL
 
 from hami.kube.config import KubeConfig
 from hami.kube.errors import ConflictError, TransportError, error_from_status
+from hami.kube.execauth import ExecCredential, ExecCredentialError
 from hami.kube.paths import api_path
 from hami.kube.times import rfc3339
 
@@ -98,6 +99,8 @@ class KubeClient:
         self._base = config.server.rstrip("/")
         self._ssl = config.ssl_context()
         self._session: aiohttp.ClientSession | None = None
+        #: the exec-plugin credential whose client certificate the current session presents
+        self._session_cred: ExecCredential | None = None
 
     # ------------------------------------------------------------------------------ lifecycle
 
@@ -130,14 +133,40 @@ class KubeClient:
         q = _query(params)
         return URL(f"{self._base}{path}{'?' + q if q else ''}", encoded=True)
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
+    async def _prepare(self, content_type: str | None) -> tuple[aiohttp.ClientSession, dict[str, str]]:
+        """The session and headers for one request, with fresh exec-plugin credentials.
+
+        A plugin's client certificate lives in the TLS context, so a new one (rotation, or after a
+        401) replaces the session; requests in flight on the old one fail and are retried by their
+        callers like any dropped connection.
+        """
         h = {"Accept": "application/json", "User-Agent": self._user_agent}
         if content_type:
             h["Content-Type"] = content_type
-        token = self.config.bearer_token()
+        source = self.config.exec_source
+        if source is None:
+            token = self.config.bearer_token()
+        else:
+            try:
+                cred = await source.credential_async()
+            except ExecCredentialError as exc:
+                raise TransportError(f"credentials: {exc}") from exc
+            if cred.client_cert_data and cred.client_key_data and cred is not self._session_cred:
+                self._ssl = self.config.ssl_context((cred.client_cert_data, cred.client_key_data))
+                self._session_cred = cred
+                await self.close()
+            token = cred.token or self.config.token
         if token:
             h["Authorization"] = f"Bearer {token}"
-        return h
+        return self._get_session(), h
+
+    def _unauthorized(self) -> bool:
+        """After a 401: drop exec-plugin credentials so the next attempt runs the plugin again.
+        True when a retry can help."""
+        if self.config.exec_source is None:
+            return False
+        self.config.exec_source.invalidate()
+        return True
 
     # ------------------------------------------------------------------------------ raw request
 
@@ -157,24 +186,28 @@ class KubeClient:
         :class:`~hami.kube.errors.ApiError` subclass for status >= 400 and
         :class:`~hami.kube.errors.TransportError` when no answer arrives.
         """
-        session = self._get_session()
         data = None if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
         kwargs: dict[str, Any] = {}
         if self.config.tls_server_name:
             kwargs["server_hostname"] = self.config.tls_server_name
-        try:
-            async with session.request(
-                method,
-                self._url(path, params),
-                data=data,
-                headers=self._headers(content_type if data is not None else None),
-                timeout=aiohttp.ClientTimeout(total=timeout if timeout is not None else self.timeout),
-                **kwargs,
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        for attempt in (1, 2):
+            session, headers = await self._prepare(content_type if data is not None else None)
+            try:
+                async with session.request(
+                    method,
+                    self._url(path, params),
+                    data=data,
+                    headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout if timeout is not None else self.timeout),
+                    **kwargs,
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            # a refused exec-plugin credential (revoked, clock skew) is fetched again once
+            if not (status == 401 and attempt == 1 and self._unauthorized()):
+                break
         if status >= 400:
             raise error_from_status(status, _decode(raw))
         decoded = _decode(raw)
@@ -485,14 +518,14 @@ class WatchStream:
 
     async def _open(self) -> None:
         c = self._client
-        session = c._get_session()
+        session, headers = await c._prepare(None)
         kwargs: dict[str, Any] = {}
         if c.config.tls_server_name:
             kwargs["server_hostname"] = c.config.tls_server_name
         try:
             resp = await session.get(
                 c._url(self.path, self._params),
-                headers=c._headers(None),
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, connect=c.timeout, sock_read=self._read_timeout),
                 **kwargs,
             )
@@ -505,6 +538,8 @@ class WatchStream:
                 raw = b""
             finally:
                 resp.close()
+            if resp.status == 401:
+                c._unauthorized()  # the caller's re-open runs the exec plugin again
             raise error_from_status(resp.status, _decode(raw))
         self._resp = resp
         self._chunks = resp.content.iter_any().__aiter__()

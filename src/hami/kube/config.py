@@ -10,8 +10,9 @@ service-account token, which the kubelet rotates) are re-read through a :class:`
 long-running client keeps working after rotation. :meth:`KubeConfig.ssl_context` builds the
 ``ssl.SSLContext`` (server CA, client certificate) used by :class:`hami.kube.client.KubeClient`.
 
-Only static credentials are supported: client certificates, bearer tokens and token files.
-``exec`` and ``auth-provider`` plugins raise :class:`KubeConfigError` with a clear message.
+Credentials: client certificates, bearer tokens, token files, and ``exec`` credential plugins
+(:mod:`hami.kube.execauth`, client-go's protocol: EKS, GKE, OIDC helpers). The legacy
+``auth-provider`` plugins and basic auth raise :class:`KubeConfigError` with a clear message.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hami.kube.execauth import ExecCredentialError, ExecCredentialSource, ExecSpec, cluster_info
 
 __all__ = [
     "SERVICE_ACCOUNT_DIR",
@@ -97,6 +100,8 @@ class KubeConfig:
     namespace: str = "default"
     source: str = ""
     _token_source: TokenSource | None = field(default=None, repr=False, compare=False)
+    #: credentials from a kubeconfig ``exec`` plugin (token and/or client certificate)
+    exec_source: ExecCredentialSource | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.token_file and self._token_source is None:
@@ -107,13 +112,22 @@ class KubeConfig:
             )
 
     def bearer_token(self) -> str | None:
-        """The token to send as ``Authorization: Bearer``; a token file wins over a static token."""
+        """The token to send as ``Authorization: Bearer``: a token file, else an exec plugin's token
+        (running the plugin when none is cached; async callers use the source directly), else the
+        static token."""
         if self._token_source is not None:
             return self._token_source.token()
+        if self.exec_source is not None:
+            try:
+                return self.exec_source.credential().token or self.token
+            except ExecCredentialError as exc:
+                raise KubeConfigError(str(exc)) from exc
         return self.token
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """A client ``SSLContext`` for ``https`` servers (``None`` for plain ``http``)."""
+    def ssl_context(self, client_cert: tuple[bytes, bytes] | None = None) -> ssl.SSLContext | None:
+        """A client ``SSLContext`` for ``https`` servers (``None`` for plain ``http``).
+
+        ``client_cert`` (PEM certificate, key) replaces the configured one: an exec plugin's."""
         if not self.server.startswith("https"):
             return None
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -122,7 +136,9 @@ class KubeConfig:
             ctx.verify_mode = ssl.CERT_NONE
         elif self.ca_data:
             ctx.load_verify_locations(cadata=self.ca_data.decode())
-        if self.client_cert_data and self.client_key_data:
+        if client_cert is not None:
+            _load_cert_chain_from_memory(ctx, *client_cert)
+        elif self.client_cert_data and self.client_key_data:
             _load_cert_chain_from_memory(ctx, self.client_cert_data, self.client_key_data)
         return ctx
 
@@ -251,11 +267,24 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | N
     server = cluster.get("server")
     if not isinstance(server, str) or not server:
         raise KubeConfigError(f"{where}: cluster {cluster_name!r} has no server")
-    if user.get("exec") or user.get("auth-provider"):
+    if user.get("auth-provider"):
         raise KubeConfigError(
-            f"{where}: user {user_name!r} uses an exec/auth-provider plugin, which hami does not support; "
-            "use a client certificate or a token"
+            f"{where}: user {user_name!r} uses a legacy auth-provider plugin, which hami does not support; "
+            "use an exec credential plugin, a client certificate or a token"
         )
+    ca_data = _data_or_file(cluster, "certificate-authority-data", "certificate-authority", where)
+    exec_source = None
+    if user.get("exec") is not None:
+        try:
+            spec = ExecSpec.parse(
+                user["exec"],
+                where=f"{where}, user {user_name!r}",
+                kubeconfig_dir=str(user.get("__dir__", "")),
+                cluster=cluster_info(cluster, ca_data),
+            )
+        except ExecCredentialError as exc:
+            raise KubeConfigError(str(exc)) from exc
+        exec_source = ExecCredentialSource(spec)
     token = user.get("token")
     token_file = user.get("tokenFile")
     if token_file:
@@ -267,7 +296,7 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | N
         raise KubeConfigError(f"{where}: basic auth (username/password) is not supported")
     return KubeConfig(
         server=server.rstrip("/"),
-        ca_data=_data_or_file(cluster, "certificate-authority-data", "certificate-authority", where),
+        ca_data=ca_data,
         client_cert_data=_data_or_file(user, "client-certificate-data", "client-certificate", where),
         client_key_data=_data_or_file(user, "client-key-data", "client-key", where),
         token=str(token) if token else None,
@@ -276,6 +305,7 @@ def load_kubeconfig(path: str | os.PathLike[str] | None = None, context: str | N
         tls_server_name=cluster.get("tls-server-name") or None,
         namespace=str(ctx.get("namespace") or "default"),
         source=where,
+        exec_source=exec_source,
     )
 
 

@@ -142,7 +142,38 @@ def test_kubeconfig_env_list_merges_first_wins(
         (lambda d: d["contexts"][0]["context"].update({"cluster": "zz"}), "unknown cluster"),
         (lambda d: d["contexts"][0]["context"].update({"user": "zz"}), "unknown user"),
         (lambda d: d["clusters"][0]["cluster"].pop("server"), "has no server"),
-        (lambda d: d["users"][0]["user"].update({"exec": {"command": "aws"}}), "exec/auth-provider"),
+        (lambda d: d["users"][0]["user"].update({"auth-provider": {"name": "gcp"}}), "legacy auth-provider"),
+        (lambda d: d["users"][0]["user"].update({"exec": {"command": "aws"}}), "exec.apiVersion None is not"),
+        (
+            lambda d: d["users"][0]["user"].update(
+                {"exec": {"apiVersion": "client.authentication.k8s.io/v1"}}
+            ),
+            "exec.command is required",
+        ),
+        (
+            lambda d: d["users"][0]["user"].update(
+                {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                        "command": "x",
+                        "env": [{"name": "A"}],
+                    }
+                }
+            ),
+            r"exec.env\[0\] needs a 'name' and a 'value'",
+        ),
+        (
+            lambda d: d["users"][0]["user"].update(
+                {
+                    "exec": {
+                        "apiVersion": "client.authentication.k8s.io/v1",
+                        "command": "x",
+                        "interactiveMode": "Always",
+                    }
+                }
+            ),
+            "runs without a terminal",
+        ),
         (lambda d: d["users"][0]["user"].pop("client-key-data"), "certificate and key must be set together"),
         (lambda d: d["users"][0]["user"].update({"username": "x", "password": "y"}), "basic auth"),
         (lambda d: d.update({"clusters": {"not": "a list"}}), "must be a list"),
