@@ -9,7 +9,6 @@ Needs the control-plane binaries (skipped without them unless HAMI_REQUIRE_INTEG
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
 from hami.testing.fixtures import control_plane, kube_client, kube_config  # noqa: F401
+from hami.testing.webhooks import create_until_admitted_by_webhook
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.server import NamespaceLabelCache, runner_port, start_webhook
 from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
@@ -87,25 +87,12 @@ async def test_registration_and_webhook_on_kube_apiserver(kube_client: KubeClien
     try:
         assert await inject_ca_bundle(kc, doc["metadata"]["name"], certs.ca_bundle) == 1
 
-        gpu: dict[str, Any] | None = None
-        for _ in range(50):
-            # The apiserver picks configurations up asynchronously: first none (the pod is admitted
-            # unmutated), possibly the one created before the caBundle was injected (the call fails
-            # TLS verification and failurePolicy Fail refuses the pod), then the injected one.
-            try:
-                gpu = await _create(
-                    kc,
-                    team,
-                    _pod(f"gpu-{uuid.uuid4().hex[:4]}", {"nvidia.com/gpu": 1, "nvidia.com/priority": 0}),
-                )
-            except ApiError as exc:
-                if "certificate signed by unknown authority" not in str(exc):
-                    raise
-                gpu = None
-            if gpu is not None and gpu["spec"]["schedulerName"] == "hami-scheduler":
-                break
-            await asyncio.sleep(0.2)
-        assert gpu is not None and gpu["spec"]["schedulerName"] == "hami-scheduler"
+        gpu = await create_until_admitted_by_webhook(
+            lambda _: _create(
+                kc, team, _pod(f"gpu-{uuid.uuid4().hex[:4]}", {"nvidia.com/gpu": 1, "nvidia.com/priority": 0})
+            ),
+            lambda pod: pod["spec"]["schedulerName"] == "hami-scheduler",
+        )
         main = gpu["spec"]["containers"][0]
         assert main["resources"]["limits"]["nvidia.com/gpucores"] == "100"
         assert main["resources"]["requests"]["nvidia.com/gpucores"] == "100"  # defaulted after the patch

@@ -9,7 +9,6 @@ enforcement off is denied at admission.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from hami.protocol.pod import decode_pod_devices
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import create_gpu_node, gpu_cards
 from hami.testing.stack import Stack, wait_for
+from hami.testing.webhooks import create_until_admitted_by_webhook
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.server import NamespaceLabelCache, runner_port, start_webhook
 from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
@@ -83,17 +83,18 @@ async def test_webhook_to_bound_pod(
     try:
         assert await inject_ca_bundle(kube_client, doc["metadata"]["name"], certs.ca_bundle) == 1
         async with Stack(kube_config, start_scheduler):
-            created: dict[str, Any] | None = None
-            for i in range(50):  # the API server picks a new webhook configuration up asynchronously
-                created = await kube_client.create(
-                    api_path("v1", "pods", namespace=namespace),
-                    plain_pod(f"train-{i}", namespace, {"nvidia.com/gpumem": "3000"}),
-                )
-                if created["spec"]["schedulerName"] == "hami-scheduler":
-                    break
-                await kube_client.delete(api_path("v1", "pods", namespace=namespace, name=f"train-{i}"))
-                await asyncio.sleep(0.2)
-            assert created is not None and created["spec"]["schedulerName"] == "hami-scheduler"
+            pods = api_path("v1", "pods", namespace=namespace)
+
+            async def discard(pod: dict[str, Any]) -> None:
+                await kube_client.delete(f"{pods}/{pod['metadata']['name']}")
+
+            created = await create_until_admitted_by_webhook(
+                lambda i: kube_client.create(
+                    pods, plain_pod(f"train-{i}", namespace, {"nvidia.com/gpumem": "3000"})
+                ),
+                lambda pod: pod["spec"]["schedulerName"] == "hami-scheduler",
+                discard=discard,
+            )
             limits = created["spec"]["containers"][0]["resources"]["limits"]
             assert limits["nvidia.com/gpu"] == "1"  # defaultGPUNum added by the webhook
             name = created["metadata"]["name"]
