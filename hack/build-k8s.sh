@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-scheduler and kube-controller-manager (the last only type-checks
-# admission policies in the tests) from the k8s.io/kubernetes Go module
+# Builds kube-apiserver, kube-scheduler, kube-controller-manager (type-checks admission policies in
+# the tests), kubelet (the real-node tier and `make demo`) and kubectl (for people using the
+# sandbox) from the k8s.io/kubernetes Go module
 # (through a wrapper module that pins the staging modules) and caches them outside
 # the repository. Prints the directory holding the binaries.
 #
-#   hack/build-k8s.sh            -> ~/.cache/hami/k8s-<version>/{kube-apiserver,kube-scheduler,kube-controller-manager}
+#   hack/build-k8s.sh            -> ~/.cache/hami/k8s-<version>/{kube-apiserver,kube-scheduler,kube-controller-manager,kubelet,kubectl}
 #   K8S_VERSION=v1.34.4 hack/build-k8s.sh
 set -euo pipefail
 
 version="${K8S_VERSION:-v1.34.4}"
 cache="${HAMI_CACHE_DIR:-$HOME/.cache/hami}"
 out="$cache/k8s-$version"
-if [[ -x "$out/kube-apiserver" && -x "$out/kube-scheduler" && -x "$out/kube-controller-manager" ]] \
-   && "$out/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $version"; then
+binaries=(kube-apiserver kube-scheduler kube-controller-manager kubelet kubectl)
+have_all=1
+for b in "${binaries[@]}"; do [[ -x "$out/$b" ]] || have_all=0; done
+if (( have_all )) && "$out/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $version"; then
   echo "$out"; exit 0
 fi
 command -v go >/dev/null || { echo "build-k8s: Go toolchain not found (needed to build kube-apiserver)" >&2; exit 1; }
@@ -44,13 +47,16 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
 go mod tidy >&2 || true
-echo "build-k8s: compiling kube-apiserver, kube-scheduler and kube-controller-manager $version (first time takes 10-25 min)" >&2
+echo "build-k8s: compiling ${binaries[*]} $version (first time takes 10-25 min)" >&2
 pkg=k8s.io/component-base/version
 ldflags="-s -w -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
 ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 go build -p 2 -trimpath -ldflags="$ldflags" -o "$out/" k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager >&2
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl >&2
 echo "$out"

@@ -276,6 +276,12 @@ class ControlPlane:
 
     :param apiserver_args: extra ``kube-apiserver`` flags (appended, so they override defaults).
     :param workdir: where PKI, kubeconfig, configs and logs go (default: a new temp dir).
+    :param host: the address kube-apiserver binds, advertises and is reached at (loopback by default;
+        the sandbox gives it an address on its own bridge so that pods on real nodes reach it).
+    :param disabled_admission: admission plugins switched off (the sandbox, which runs the service
+        account controller, keeps ``ServiceAccount`` on).
+    :param client_certs: more client certificates to issue before the API server starts (for flags
+        such as ``--kubelet-client-certificate`` that name them).
     """
 
     def __init__(
@@ -285,8 +291,15 @@ class ControlPlane:
         apiserver_args: Sequence[str] = (),
         workdir: str | os.PathLike[str] | None = None,
         start_timeout: float = 120.0,
+        host: str = "127.0.0.1",
+        client_certs: Mapping[str, tuple[str, Sequence[str]]] | None = None,
+        disabled_admission: Sequence[str] = ("ServiceAccount", "TaintNodesByCondition"),
     ) -> None:
         self.binaries = binaries or find_binaries()
+        self.host = host
+        #: file stem -> (user, groups): more client certificates written to ``pki/<stem>.{crt,key}``
+        self.client_certs = dict(client_certs or {})
+        self.disabled_admission = list(disabled_admission)
         self.apiserver_args = list(apiserver_args)
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
@@ -298,6 +311,7 @@ class ControlPlane:
         self._etcd_dir = Path(tempfile.mkdtemp(prefix="hami-etcd-", dir=base))
         self.etcd: Process | None = None
         self.apiserver: Process | None = None
+        self.controller_manager: Process | None = None
         self.schedulers: list[SchedulerHandle] = []
         self.etcd_port = 0
         self.apiserver_port = 0
@@ -336,7 +350,7 @@ class ControlPlane:
         self._stopped = True
         for s in self.schedulers:
             s.stop()
-        for p in (self.apiserver, self.etcd):
+        for p in (self.controller_manager, self.apiserver, self.etcd):
             if p is not None:
                 p.stop()
         shutil.rmtree(self._etcd_dir, ignore_errors=True)
@@ -351,11 +365,13 @@ class ControlPlane:
         serving = self.ca.issue(
             "kube-apiserver",
             dns=["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"],
-            ips=["127.0.0.1", "10.0.0.1"],
+            ips=sorted({"127.0.0.1", "10.0.0.1", self.host}),
         )
         serving.write(self.pki, "apiserver")
         self.admin = self.ca.issue("hami-admin", organizations=["system:masters"], client=True)
         self.admin.write(self.pki, "admin")
+        for stem, (user, groups) in self.client_certs.items():
+            self.ca.issue(user, organizations=list(groups), client=True).write(self.pki, stem)
         sa_key, sa_pub = rsa_key_pair()
         (self.pki / "sa.key").write_bytes(sa_key)
         (self.pki / "sa.key").chmod(0o600)
@@ -388,13 +404,13 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         self.apiserver_port = free_port()
-        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.server = f"https://{self.host}:{self.apiserver_port}"
         pki = self.pki
         argv = [
             str(self.binaries.kube_apiserver),
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.host}",
+            f"--advertise-address={self.host}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -403,8 +419,9 @@ class ControlPlane:
             "--service-cluster-ip-range=10.0.0.0/24",
             "--allow-privileged=true",
             "--authorization-mode=RBAC",
-            # no ServiceAccount controller runs; no node controller lifts the not-ready taint either
-            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+            # by default no ServiceAccount controller runs; no node controller lifts the not-ready
+            # taint either
+            f"--disable-admission-plugins={','.join(self.disabled_admission)}",
             f"--service-account-issuer={self.server}",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -532,8 +549,33 @@ class ControlPlane:
 
     # ------------------------------------------------------------------------------ diagnostics
 
+    def start_controller_manager(self, controllers: Sequence[str], extra_args: Sequence[str] = ()) -> Process:
+        """Start kube-controller-manager running ``controllers`` (stopped with the control plane)."""
+        binary = self.binaries.kube_apiserver.parent / "kube-controller-manager"
+        if not os.access(binary, os.X_OK):
+            raise BinariesMissingError(f"{binary} is missing (run hack/build-k8s.sh)")
+        argv = [
+            str(binary),
+            f"--kubeconfig={self.kubeconfig_path}",
+            f"--authentication-kubeconfig={self.kubeconfig_path}",
+            f"--authorization-kubeconfig={self.kubeconfig_path}",
+            f"--root-ca-file={self.pki / 'ca.crt'}",
+            f"--service-account-private-key-file={self.pki / 'sa.key'}",
+            "--use-service-account-credentials=false",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={free_port()}",
+            f"--cert-dir={self.workdir / 'kcm-certs'}",
+            f"--controllers={','.join(controllers)}",
+            *extra_args,
+        ]
+        self.controller_manager = Process(
+            "kube-controller-manager", argv, self.logdir / "kube-controller-manager.log"
+        )
+        return self.controller_manager
+
     def processes(self) -> list[Process]:
-        procs = [p for p in (self.etcd, self.apiserver) if p is not None]
+        procs = [p for p in (self.etcd, self.apiserver, self.controller_manager) if p is not None]
         procs += [s.process for s in self.schedulers if s.process is not None]
         return procs
 

@@ -1,0 +1,246 @@
+"""A whole Kubernetes cluster on this machine: control plane, controllers and real nodes.
+
+``Sandbox.start()`` brings up, in order: the host changes (:class:`~hami.sandbox.host.HostGuard`:
+the ``hami0`` bridge holding the sandbox's addresses, the ``kubernetes`` Service NAT, saved
+sysctls, node cgroup roots), etcd + kube-apiserver on ``API_IP`` (so that pods reach it through
+the Service IP like in any cluster), kube-controller-manager (Deployments, DaemonSets, service
+accounts, namespaces, garbage collection, EndpointSlices), and the nodes (:class:`RealNode`), each
+with the local images imported; it returns once every node is Ready. ``stop()`` undoes all of it.
+
+A stock kube-scheduler serves ``default-scheduler``; hami's own is installed by its chart.
+The API server reaches webhooks through their endpoints (``--enable-aggregator-routing``), since no
+kube-proxy runs; pods reach the API server through the NAT rule for ``10.0.0.1:443``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from hami.kube.config import KubeConfig
+from hami.sandbox.host import HostGuard
+from hami.sandbox.node import NodeBinaries, RealNode
+from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
+
+__all__ = ["API_IP", "NodeSpec", "Sandbox"]
+
+SUBNET = "10.213.0.0/24"
+API_IP = "10.213.0.1"
+SERVICE_IP = "10.0.0.1"
+CONTROLLERS = (
+    "serviceaccount-controller",
+    "serviceaccount-token-controller",
+    "root-ca-certificate-publisher-controller",
+    "namespace-controller",
+    "garbage-collector-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "endpoints-controller",
+    "endpointslice-controller",
+)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Sandbox:
+    """Control plane + real nodes under ``state`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: Path,
+        binaries: Binaries,
+        node_binaries: NodeBinaries,
+        nodes: Sequence[NodeSpec],
+        images: Sequence[Path] = (),
+    ) -> None:
+        if not 1 <= len(nodes) <= 9:
+            raise ValueError("a sandbox has 1 to 9 nodes")
+        self.state = state
+        self.binaries = binaries
+        self.node_binaries = node_binaries
+        self.node_specs = list(nodes)
+        self.images = list(images)
+        self.host = HostGuard(state)
+        self.cp: ControlPlane | None = None
+        self.nodes: list[RealNode] = []
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------ start
+
+    def start(self, ready_timeout: float = 120.0) -> Self:
+        self.host.recover()
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.host.save_sysctls()
+        self.host.set_sysctl("net.ipv4.ip_forward", "1")
+        node_ips = [f"10.213.0.{11 + i}" for i in range(len(self.node_specs))]
+        self.host.bridge([f"{ip}/24" for ip in (API_IP, *node_ips)])
+        self._start_control_plane()
+        assert self.cp is not None
+        self.host.service_nat(SERVICE_IP, 443, f"{API_IP}:{self.cp.apiserver_port}")
+        for i, (spec, ip) in enumerate(zip(self.node_specs, node_ips, strict=True)):
+            self.host.cgroup_root(f"hami-{spec.name}")
+            node = RealNode(
+                self.cp,
+                self.node_binaries,
+                name=spec.name,
+                ip=ip,
+                state=self.state / "nodes" / spec.name,
+                pod_cidr=f"10.214.{i}.0/24",
+                labels=spec.labels,
+            )
+            self.nodes.append(node)
+            node.start_containerd()
+            for image in self.images:
+                node.import_image(image)
+            node.start_kubelet()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def _start_control_plane(self) -> None:
+        cp_dir = self.state / "control-plane"
+        shutil.rmtree(cp_dir, ignore_errors=True)
+        cp_dir.mkdir(parents=True)
+        pki = cp_dir / "pki"
+        self.cp = ControlPlane(
+            self.binaries,
+            workdir=cp_dir,
+            host=API_IP,
+            client_certs={"kubelet-client": ("kube-apiserver-kubelet-client", ["system:masters"])},
+            # nodes would start tainted not-ready, and no node lifecycle controller runs to lift it
+            disabled_admission=["TaintNodesByCondition"],
+            apiserver_args=[
+                # webhooks are reached through their endpoints: no kube-proxy runs here
+                "--enable-aggregator-routing=true",
+                # logs, exec, port-forward: the nodes' InternalIP and a client certificate their
+                # webhook authorizer accepts
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            ],
+        )
+        self.cp.start()
+        self.cp.start_controller_manager(CONTROLLERS)
+        # the cluster's default-scheduler (hami's own kube-scheduler comes with its chart)
+        self.cp.start_scheduler(None, name="default-scheduler")
+        self._bind_node_role()
+
+    def _bind_node_role(self) -> None:
+        """kubelets authenticate as group system:nodes; RBAC's system:node role is what they need."""
+        import asyncio
+
+        from hami.kube.client import KubeClient
+
+        async def bind() -> None:
+            assert self.cp is not None
+            async with KubeClient(self.cp.kube_config()) as kc:
+                await kc.create(
+                    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                    {
+                        "metadata": {"name": "hami-sandbox:nodes"},
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "ClusterRole",
+                            "name": "system:node",
+                        },
+                        "subjects": [
+                            {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
+                        ],
+                    },
+                )
+
+        asyncio.run(bind())
+
+    def wait_ready(self, timeout: float) -> None:
+        import asyncio
+
+        from hami.kube.client import KubeClient
+
+        async def ready() -> tuple[set[str], bool]:
+            """(Ready nodes, whether the service account controller has made default/default)."""
+            assert self.cp is not None
+            async with KubeClient(self.cp.kube_config()) as kc:
+                nodes = (await kc.get("/api/v1/nodes")).get("items") or []
+                accounts = (await kc.get("/api/v1/namespaces/default/serviceaccounts")).get("items") or []
+            out = set()
+            for n in nodes:
+                for cond in (n.get("status") or {}).get("conditions") or []:
+                    if cond.get("type") == "Ready" and cond.get("status") == "True":
+                        out.add(n["metadata"]["name"])
+            return out, any(a["metadata"]["name"] == "default" for a in accounts)
+
+        want = {s.name for s in self.node_specs}
+        deadline = time.monotonic() + timeout
+        while True:
+            for p in self.processes():
+                if not p.alive:
+                    raise ControlPlaneError(f"{p.name} exited while starting:\n{p.tail()}")
+            got, accounts = asyncio.run(ready())
+            if want <= got and accounts:
+                return
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(
+                    f"nodes not Ready after {timeout:.0f}s: {sorted(want - got)}\n{self.logs_tail()}"
+                )
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------------------ stop
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.stop()
+        self.nodes = []
+        if self.cp is not None:
+            self.cp.stop()
+            self.cp = None
+        self.host.restore()
+
+    # ------------------------------------------------------------------------------ access
+
+    def kube_config(self) -> KubeConfig:
+        assert self.cp is not None
+        return self.cp.kube_config()
+
+    def processes(self) -> list[Process]:
+        procs = self.cp.processes() if self.cp is not None else []
+        for node in self.nodes:
+            procs += node.processes()
+        return procs
+
+    def logs_tail(self, lines: int = 40) -> str:
+        parts: list[str] = []
+        for p in self.processes():
+            state = "running" if p.alive else f"exited {p.popen.returncode}"
+            parts.append(f"---- {p.name} ({state}) {p.log_path}\n{p.tail(lines)}")
+        return "\n".join(parts)
+
+    def describe(self) -> dict[str, Any]:
+        assert self.cp is not None
+        return {
+            "server": self.cp.server,
+            "kubeconfig": str(self.cp.kubeconfig_path),
+            "nodes": [n.name for n in self.nodes],
+        }

@@ -1,0 +1,309 @@
+"""One real Kubernetes node on this machine: containerd v2 + runc + kubelet, joined to a control plane.
+
+Guarantees:
+
+* everything the node writes lives under its ``state`` directory (containerd root/state/socket, CNI
+  config, kubelet root dir, certificates, logs), except what kubelet and runc write in fixed places:
+  ``/var/lib/kubelet/device-plugins`` (hard-coded in kubelet), ``/var/log/pods`` and
+  ``/var/log/containers``, ``/run/containerd/runc``, the ``kubepods`` cgroups and the CNI bridge;
+  :class:`hami.sandbox.host.HostGuard` undoes those and the sysctls kubelet rewrites;
+* containerd runs with ``restrict_oom_score_adj`` (root here lacks ``CAP_SYS_RESOURCE``, so runc
+  could not lower a sandbox's OOM score and every pod would fail), its CDI spec directory under
+  ``state``, network namespaces under ``state``, and ``sandbox`` pinned to a locally imported pause
+  image (there is no registry);
+* kubelet authenticates as ``system:node:<name>`` (group ``system:nodes``), serves its API with a
+  certificate for the node IP signed by the cluster CA, and accepts only clients the API server
+  vouches for (x509 + webhook authn/authz) — so ``kubectl logs``/``exec`` work through the API;
+* :meth:`stop` stops kubelet, then every pod sandbox through the CRI, then containerd.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hami.testing.controlplane import ControlPlane, ControlPlaneError, Process, free_port
+
+__all__ = ["SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
+
+#: the pause image containerd pins as every pod's sandbox (built and imported by the sandbox)
+SANDBOX_IMAGE = "hami.local/pause:3.10"
+CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+RUNC = "/usr/sbin/runc"
+
+
+@dataclass(frozen=True)
+class NodeBinaries:
+    kubelet: Path
+    containerd_dir: Path  # containerd, containerd-shim-runc-v2, ctr
+
+    @property
+    def containerd(self) -> Path:
+        return self.containerd_dir / "containerd"
+
+    @property
+    def ctr(self) -> Path:
+        return self.containerd_dir / "ctr"
+
+
+class RealNode:
+    """A kubelet + containerd pair named ``name`` with IP ``ip`` (an address the sandbox owns)."""
+
+    def __init__(
+        self,
+        cp: ControlPlane,
+        binaries: NodeBinaries,
+        *,
+        name: str,
+        ip: str,
+        state: Path,
+        pod_cidr: str,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        self.cp = cp
+        self.binaries = binaries
+        self.name = name
+        self.ip = ip
+        self.state = state
+        self.pod_cidr = pod_cidr
+        self.labels = dict(labels or {})
+        self.containerd: Process | None = None
+        self.kubelet: Process | None = None
+        self.sock = state / "containerd" / "containerd.sock"
+        self.root_dir = state / "kubelet"
+        self.logdir = state / "logs"
+
+    # ------------------------------------------------------------------------------ containerd
+
+    def _containerd_config(self) -> str:
+        c = self.state / "containerd"
+        cni_conf = self.state / "cni"
+        cfg = f"""version = 3
+root = "{c / "root"}"
+state = "{c / "state"}"
+
+[grpc]
+  address = "{self.sock}"
+
+[plugins."io.containerd.cri.v1.images".pinned_images]
+  sandbox = "{SANDBOX_IMAGE}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  cdi_spec_dirs = ["{self.state / "cdi"}"]
+
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+  BinaryName = "{RUNC}"
+  SystemdCgroup = false
+
+[plugins."io.containerd.cri.v1.runtime".cni]
+  bin_dirs = {json.dumps([d for d in CNI_BIN_DIRS if Path(d).is_dir()])}
+  conf_dir = "{cni_conf}"
+"""
+        return cfg
+
+    def _cni_config(self) -> dict[str, Any]:
+        bridge = f"hamicni{self.name[-1]}" if self.name[-1].isdigit() else "hamicni0"
+        return {
+            "cniVersion": "1.0.0",
+            "name": f"hami-{self.name}",
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": bridge,
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "hairpinMode": True,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": self.pod_cidr}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": str(self.state / "cni-ipam"),
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+                {"type": "loopback"},
+            ],
+        }
+
+    def start_containerd(self, timeout: float = 60.0) -> None:
+        for d in ("containerd/root", "containerd/state", "cni", "cdi", "cni-ipam"):
+            (self.state / d).mkdir(parents=True, exist_ok=True)
+        cfg = self.state / "containerd" / "config.toml"
+        cfg.write_text(self._containerd_config())
+        (self.state / "cni" / "10-hami.conflist").write_text(json.dumps(self._cni_config(), indent=2))
+        env = {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
+        self.containerd = Process(
+            f"containerd-{self.name}",
+            [str(self.binaries.containerd), "--config", str(cfg)],
+            self.logdir / "containerd.log",
+            env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.containerd.alive:
+                raise ControlPlaneError(f"containerd for {self.name} exited:\n{self.containerd.tail()}")
+            if self.sock.exists() and self.ctr("version", check=False).returncode == 0:
+                return
+            time.sleep(0.2)
+        raise ControlPlaneError(
+            f"containerd for {self.name} not ready in {timeout:.0f}s:\n{self.containerd.tail()}"
+        )
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``ctr`` against this node's containerd in the ``k8s.io`` namespace."""
+        out = subprocess.run(
+            [str(self.binaries.ctr), "--address", str(self.sock), "--namespace", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and out.returncode != 0:
+            raise ControlPlaneError(f"ctr {' '.join(args)} on {self.name}: {out.stderr.strip()}")
+        return out
+
+    def import_image(self, archive: Path) -> None:
+        self.ctr("images", "import", "--no-unpack=false", str(archive))
+
+    # ------------------------------------------------------------------------------ kubelet
+
+    def _write_kubelet_files(self) -> tuple[Path, Path]:
+        assert self.cp.ca is not None
+        pki = self.state / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        client = self.cp.ca.issue(f"system:node:{self.name}", organizations=["system:nodes"], client=True)
+        client.write(pki, "kubelet-client")
+        serving = self.cp.ca.issue(self.name, dns=[self.name], ips=[self.ip])
+        serving.write(pki, "kubelet-serving")
+        (pki / "ca.crt").write_bytes(self.cp.ca.cert_pem)
+        kubeconfig = self.state / "kubelet.kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [
+                        {
+                            "name": "c",
+                            "cluster": {
+                                "server": self.cp.server,
+                                "certificate-authority": str(pki / "ca.crt"),
+                            },
+                        }
+                    ],
+                    "users": [
+                        {
+                            "name": "u",
+                            "user": {
+                                "client-certificate": str(pki / "kubelet-client.crt"),
+                                "client-key": str(pki / "kubelet-client.key"),
+                            },
+                        }
+                    ],
+                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        self.kubelet_port = free_port()
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            "address": self.ip,
+            "port": self.kubelet_port,
+            "readOnlyPort": 0,
+            "healthzBindAddress": "127.0.0.1",
+            "healthzPort": free_port(),
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/hami-{self.name}",
+            "failSwapOn": False,
+            "failCgroupV1": False,
+            "containerRuntimeEndpoint": f"unix://{self.sock}",
+            "tlsCertFile": str(pki / "kubelet-serving.crt"),
+            "tlsPrivateKeyFile": str(pki / "kubelet-serving.key"),
+            "authentication": {
+                "anonymous": {"enabled": False},
+                "webhook": {"enabled": True},
+                "x509": {"clientCAFile": str(pki / "ca.crt")},
+            },
+            "authorization": {"mode": "Webhook"},
+            "evictionHard": {
+                "memory.available": "1%",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "resolvConf": "",
+            "podCIDR": self.pod_cidr,
+            "maxPods": 50,
+            "registerNode": True,
+            "serializeImagePulls": False,
+            "nodeStatusUpdateFrequency": "2s",
+            "syncFrequency": "5s",
+            "fileCheckFrequency": "5s",
+            "protectKernelDefaults": False,
+            "makeIPTablesUtilChains": False,
+        }
+        path = self.state / "kubelet-config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path, kubeconfig
+
+    def start_kubelet(self) -> None:
+        config, kubeconfig = self._write_kubelet_files()
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        labels = ",".join(f"{k}={v}" for k, v in sorted(self.labels.items()))
+        argv = [
+            str(self.binaries.kubelet),
+            f"--config={config}",
+            f"--kubeconfig={kubeconfig}",
+            f"--root-dir={self.root_dir}",
+            f"--hostname-override={self.name}",
+            f"--node-ip={self.ip}",
+            "--v=1",
+        ]
+        if labels:
+            argv.append(f"--node-labels={labels}")
+        env = {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
+        self.kubelet = Process(f"kubelet-{self.name}", argv, self.logdir / "kubelet.log", env=env)
+
+    def restart_kubelet(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.stop()
+        self.start_kubelet()
+
+    def stop(self) -> None:
+        if self.kubelet is not None:
+            self.kubelet.stop()
+        if self.containerd is not None and self.containerd.alive:
+            self._remove_pods()
+            self.containerd.stop()
+
+    def _remove_pods(self) -> None:
+        """Stop and remove every container and sandbox this containerd runs (tasks first)."""
+        out = self.ctr("tasks", "list", "--quiet", check=False)
+        for task in out.stdout.split():
+            self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
+        time.sleep(0.5)
+        for task in out.stdout.split():
+            self.ctr("tasks", "delete", "--force", task, check=False)
+        for c in self.ctr("containers", "list", "--quiet", check=False).stdout.split():
+            self.ctr("containers", "delete", c, check=False)
+
+    def processes(self) -> list[Process]:
+        return [p for p in (self.containerd, self.kubelet) if p is not None]
