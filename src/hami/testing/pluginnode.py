@@ -23,7 +23,7 @@ from typing import Any
 
 from hami.deviceplugin.agent import NodeAgent
 from hami.deviceplugin.api import api_pb2
-from hami.deviceplugin.kubeops import ClientKubeOps
+from hami.deviceplugin.kubeops import ClientKubeOps, KubeOps
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.kube.client import KubeClient
@@ -61,7 +61,11 @@ def _gpu_count(container: dict[str, Any], resource: str) -> int:
 
 
 class PluginNode:
-    """One Node object whose GPUs are registered and allocated by a real NodeAgent."""
+    """One Node object whose GPUs are registered and allocated by a real NodeAgent.
+
+    ``kube`` is the agent's API access (default: :class:`ClientKubeOps` over ``client``); a test
+    may pass one that acts between the plugin's calls.
+    """
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class PluginNode:
         *,
         labels: dict[str, str] | None = None,
         hook_path: str | Path | None = None,
+        kube: KubeOps | None = None,
         **settings: Any,
     ) -> None:
         self.client = client
@@ -87,7 +92,7 @@ class PluginNode:
         self.agent = NodeAgent(
             self.source,
             self.settings,
-            kube=ClientKubeOps(client, host=name),
+            kube=kube if kube is not None else ClientKubeOps(client, host=name),
             plugin_dir=self.plugin_dir,
             watch_interval=0.1,
         )
