@@ -534,47 +534,57 @@ async def test_allocates_final_write_is_a_compare_and_swap(
         assert keys.NODE_LOCK not in await node.annotations()
 
 
-@pytest.mark.parametrize("apps", [(1, 1), (2,)], ids=["two-app-containers", "one-app-container-2-gpus"])
-async def test_init_containers_device_ids_are_reused_by_the_app_containers(
+def gpu_container(name: str, gpus: int, *, sidecar: bool = False) -> dict[str, Any]:
+    limits = {"nvidia.com/gpu": gpus, "nvidia.com/gpumem": 2000, "nvidia.com/gpucores": 20}
+    ctr: dict[str, Any] = {"name": name, "image": "registry.invalid/cuda:12", "resources": {"limits": limits}}
+    if sidecar:
+        ctr["restartPolicy"] = "Always"
+    return ctr
+
+
+@pytest.mark.parametrize(
+    ("init", "apps"),
+    [
+        ([gpu_container("setup", 1)], [gpu_container("main", 1), gpu_container("app1", 1)]),
+        ([gpu_container("setup", 1)], [gpu_container("main", 2)]),
+        ([gpu_container("setup", 1), gpu_container("sidecar", 1, sidecar=True)], [gpu_container("main", 1)]),
+    ],
+    ids=["two-app-containers", "app-container-with-2-gpus", "native-sidecar"],
+)
+async def test_init_containers_device_ids_are_reused_by_the_next_container(
     kube_config: KubeConfig,
     kube_client: KubeClient,
     namespace: str,
     start_scheduler: Callable[..., SchedulerHandle],
     gpu_node: PluginNode,
-    apps: tuple[int, ...],
+    init: list[dict[str, Any]],
+    apps: list[dict[str, Any]],
 ) -> None:
-    """The kubelet hands a GPU init container's device IDs on to the app containers after it (its
-    device manager's devicesToReuse), so the app container's Allocate carries IDs of the init
-    container's card. Every container still gets the cards the scheduler chose for it."""
-    limits = {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 2000, "nvidia.com/gpucores": 20}
-    setup = {"name": "setup", "image": "registry.invalid/cuda:12", "resources": {"limits": limits}}
-    pod = gpu_pod("reuse", gpus=apps[0], mem=3000, cores=30, init=[setup])
-    for i, gpus in enumerate(apps[1:], start=1):
-        ctr = {**pod["spec"]["containers"][0], "name": f"app{i}"}
-        ctr["resources"] = {"limits": {**ctr["resources"]["limits"], "nvidia.com/gpu": gpus}}
-        pod["spec"]["containers"].append(ctr)
+    """The kubelet hands a finished GPU init container's device IDs on to the next container that
+    asks for GPUs (its device manager's devicesToReuse), and only to that one (an app container or
+    a native sidecar keeps them), so that container's Allocate carries IDs of the init container's
+    card. Every container still gets the cards the scheduler chose for it."""
+    pod = gpu_pod("reuse", init=init)
+    pod["spec"]["containers"] = apps
     async with Stack(kube_config, start_scheduler, completer=False):
         await kube_client.create(api_path("v1", "pods", namespace=namespace), pinned(pod, namespace))
         bound = await wait_bound(kube_client, namespace, "reuse")
         devices = decode_pod_devices(ann(bound)[keys.VGPU_DEVICES_TO_ALLOCATE])
-        assert [len(c) for c in devices] == [1, *apps]
+        wanted = [c["resources"]["limits"]["nvidia.com/gpu"] for c in init + apps]
+        assert [len(c) for c in devices] == wanted
 
         admissions = await gpu_node.admit(namespace, "reuse")
-        assert [a.container for a in admissions] == [
-            "setup",
-            "main",
-            *(f"app{i}" for i in range(1, len(apps))),
-        ]
-        init, first, *rest = admissions
-        # the kubelet: the init container's ID goes on to the first app container (which must
-        # include it in a preferred allocation when it needs more), and only to that one
-        assert set(init.device_ids) <= set(first.device_ids)
-        if apps[0] == 1:
-            assert first.preferred is None  # nothing left to choose
+        assert [a.container for a in admissions] == [c["name"] for c in init + apps]
+        setup, following, *rest = admissions
+        # the kubelet: the init container's ID goes on to the next container (which must include
+        # it in a preferred allocation when it needs more), and only to that one
+        assert set(setup.device_ids) <= set(following.device_ids)
+        if len(following.device_ids) == 1:
+            assert following.preferred is None  # nothing left to choose
         else:
-            assert first.preferred is not None and set(init.device_ids) <= set(first.preferred)
+            assert following.preferred is not None and set(setup.device_ids) <= set(following.preferred)
         for later in rest:
-            assert not set(later.device_ids) & set(init.device_ids)
+            assert not set(later.device_ids) & set(setup.device_ids)
         # hami: each container gets its own cards, whatever the IDs
         for adm, devs in zip(admissions, devices, strict=True):
             assert_hami_core_response(adm, gpu_node, bound, list(devs))
