@@ -52,9 +52,13 @@ typecheck: venv
 
 # Every tier: lint, types, unit + contract + native + integration (real etcd, kube-apiserver,
 # kube-scheduler — built once from Go modules into ~/.cache/hami, see hack/build-k8s.sh).
+# HAMI_REQUIRE_ALL=1: a test whose prerequisite is missing fails, saying what to install, instead
+# of skipping (hami.testing.prereq).
 test: venv native lint typecheck
 	hack/ensure-etcd.sh
-	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q -p no:cacheprovider
+	hack/ensure-debian-tool.sh valgrind valgrind
+	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 HAMI_REQUIRE_ALL=1 \
+	  $(BIN)/pytest -q -p no:cacheprovider
 
 unit: venv
 	$(BIN)/pytest -q tests/unit tests/contract

@@ -27,6 +27,7 @@ from hami.protocol import keys
 from hami.testing.controlplane import ControlPlane, Process, SchedulerHandle
 from hami.testing.gpucluster import gpu_pod
 from hami.testing.pluginnode import PluginNode
+from hami.testing.prereq import missing
 from hami.testing.stack import Stack, wait_for
 
 POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "admission-policy.yaml"
@@ -477,9 +478,7 @@ async def test_policy_type_checks_without_warnings(
     kcm = _controller_manager(control_plane)
     if kcm is None:
         message = "no kube-controller-manager binary (hack/build-k8s.sh builds it; or set HAMI_KUBE_CONTROLLER_MANAGER)"
-        if os.environ.get("HAMI_REQUIRE_INTEGRATION") == "1":
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(message, integration=True)
     proc = Process(
         "kube-controller-manager",
         [

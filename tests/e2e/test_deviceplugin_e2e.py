@@ -14,7 +14,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import grpc
 import pytest
 import yaml
 
+from hami.deviceplugin.kubeops import ClientKubeOps, KubeOps
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
@@ -60,20 +61,26 @@ def write_fake_node(path: Path, node: str, cards: int, memory: int) -> Path:
     return path
 
 
-@pytest.fixture
-async def gpu_node(kube_client: KubeClient, namespace: str, tmp_path: Path) -> AsyncIterator[PluginNode]:
+def plugin_node(
+    client: KubeClient, namespace: str, tmp_path: Path, kube: KubeOps | None = None
+) -> PluginNode:
     """3 cards x 16384 MiB, split 4, registered by the device plugin; pods pin to it by label."""
     name = f"{namespace}-dp"
     fake = write_fake_node(tmp_path / "fake-node.yaml", name, cards=3, memory=16384)
-    node = PluginNode(
-        kube_client,
+    return PluginNode(
+        client,
         name,
         fake,
         labels={"hami-test": namespace},
+        kube=kube,
         split_count=4,
         libcuda_log_level="2",
     )
-    async with node:
+
+
+@pytest.fixture
+async def gpu_node(kube_client: KubeClient, namespace: str, tmp_path: Path) -> AsyncIterator[PluginNode]:
+    async with plugin_node(kube_client, namespace, tmp_path) as node:
         yield node
 
 
@@ -426,3 +433,161 @@ async def test_lock_is_released_only_by_its_owner(
     await set_lock(kube_client, gpu_node.name, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     assert card_uuids(await gpu_node.allocate(1)) == [card_uuid(gpu_node.name, 0)]
     assert keys.NODE_LOCK not in await gpu_node.annotations()
+
+
+@pytest.mark.parametrize("impostor", ["terminating", "running", "bound-elsewhere"])
+async def test_a_lock_owner_the_kubelet_cannot_be_admitting_is_passed_over(
+    kube_client: KubeClient, namespace: str, gpu_node: PluginNode, impostor: str
+) -> None:
+    """A pod holding this node's lock, annotated for this node with cards left to allocate, that is
+    being deleted, is past Pending, or is bound to another node is not the pod whose container the
+    kubelet is admitting here: its cards must not go to that container. Allocate passes it over
+    and serves the single pod that is waiting."""
+    pods = api_path("v1", "pods", namespace=namespace)
+    path = api_path("v1", "pods", namespace=namespace, name="impostor")
+    body = pending_pod(gpu_node.name, "impostor", one_card(gpu_node, 0))
+    if impostor == "terminating":
+        body["metadata"]["finalizers"] = ["hami.io/test-hold"]
+    if impostor == "bound-elsewhere":
+        body["spec"]["nodeName"] = f"{gpu_node.name}-other"
+    await kube_client.create(pods, body)
+    try:
+        if impostor == "terminating":
+            await kube_client.delete(path)
+            assert (await kube_client.get(path))["metadata"].get("deletionTimestamp")
+        if impostor == "running":
+            status = api_path("v1", "pods", namespace=namespace, name="impostor", subresource="status")
+            await kube_client.merge_patch(status, {"status": {"phase": "Running"}})
+        await set_lock(kube_client, gpu_node.name, hami_lock(namespace, "impostor"))
+        await kube_client.create(pods, pending_pod(gpu_node.name, "waiting", one_card(gpu_node, 1)))
+
+        adm = await gpu_node.allocate(1)
+        assert card_uuids(adm) == [card_uuid(gpu_node.name, 1)]
+        assert (
+            ann(await get_pod(kube_client, namespace, "waiting"))[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
+        )
+        left = ann(await get_pod(kube_client, namespace, "impostor"))
+        assert left[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING
+        assert left[keys.VGPU_DEVICES_TO_ALLOCATE] == one_card(gpu_node, 0)
+    finally:
+        if impostor == "terminating":
+            await kube_client.merge_patch(path, {"metadata": {"finalizers": None}})
+
+
+class WriterInBetween(ClientKubeOps):
+    """The device plugin's API access, unchanged — except that another client's write lands on the
+    pod between Allocate's read of it and Allocate's final annotation write (the patch that erases
+    the container's entry of hami.io/vgpu-devices-to-allocate)."""
+
+    def __init__(self, client: KubeClient, host: str, write: Callable[[str, str], Awaitable[object]]) -> None:
+        super().__init__(client, host=host)
+        self._write: Callable[[str, str], Awaitable[object]] | None = write
+
+    async def patch_pod(
+        self, namespace: str, name: str, patch: dict[str, Any], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        annotations = (patch.get("metadata") or {}).get("annotations") or {}
+        if self._write is not None and keys.VGPU_DEVICES_TO_ALLOCATE in annotations:
+            write, self._write = self._write, None
+            await write(namespace, name)
+        return await super().patch_pod(namespace, name, patch, resource_version=resource_version)
+
+
+@pytest.mark.parametrize("writer", ["unrelated", "reassigns-cards"])
+async def test_allocates_final_write_is_a_compare_and_swap(
+    kube_client: KubeClient, namespace: str, tmp_path: Path, writer: str
+) -> None:
+    """Allocate writes its result with the resourceVersion it read. An unrelated concurrent update
+    (a label, the kubelet's status) costs a retry and is kept; a concurrent change of the cards to
+    allocate is never overwritten with the erased old value: the allocation is refused."""
+    name = f"{namespace}-dp"
+    reassigned = encode_pod_devices([(Dev(card_uuid(name, 2), "NVIDIA", 2000, 10),)])
+
+    async def write(ns: str, pod: str) -> None:
+        path = api_path("v1", "pods", namespace=ns, name=pod)
+        if writer == "unrelated":
+            await kube_client.merge_patch(path, {"metadata": {"labels": {"team": "vision"}}})
+        else:
+            await kube_client.merge_patch(
+                path, {"metadata": {"annotations": {keys.VGPU_DEVICES_TO_ALLOCATE: reassigned}}}
+            )
+
+    kube = WriterInBetween(kube_client, name, write)
+    async with plugin_node(kube_client, namespace, tmp_path, kube=kube) as node:
+        pods = api_path("v1", "pods", namespace=namespace)
+        await kube_client.create(pods, pending_pod(node.name, "p", one_card(node, 0)))
+        await set_lock(kube_client, node.name, hami_lock(namespace, "p"))
+        if writer == "unrelated":
+            adm = await node.allocate(1)
+            assert card_uuids(adm) == [card_uuid(node.name, 0)]
+            after = await get_pod(kube_client, namespace, "p")
+            assert after["metadata"]["labels"]["team"] == "vision"  # the other write is kept
+            assert ann(after)[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
+            assert not any(decode_pod_devices(ann(after)[keys.VGPU_DEVICES_TO_ALLOCATE]))
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await node.allocate(1)
+            assert "changed during allocation" in (err.value.details() or "")
+            after = await get_pod(kube_client, namespace, "p")
+            assert ann(after)[keys.VGPU_DEVICES_TO_ALLOCATE] == reassigned  # not overwritten
+            assert ann(after)[keys.BIND_PHASE] == keys.BIND_PHASE_FAILED
+        assert keys.NODE_LOCK not in await node.annotations()
+
+
+def gpu_container(name: str, gpus: int, *, sidecar: bool = False) -> dict[str, Any]:
+    limits = {"nvidia.com/gpu": gpus, "nvidia.com/gpumem": 2000, "nvidia.com/gpucores": 20}
+    ctr: dict[str, Any] = {"name": name, "image": "registry.invalid/cuda:12", "resources": {"limits": limits}}
+    if sidecar:
+        ctr["restartPolicy"] = "Always"
+    return ctr
+
+
+@pytest.mark.parametrize(
+    ("init", "apps"),
+    [
+        ([gpu_container("setup", 1)], [gpu_container("main", 1), gpu_container("app1", 1)]),
+        ([gpu_container("setup", 1)], [gpu_container("main", 2)]),
+        ([gpu_container("setup", 1), gpu_container("sidecar", 1, sidecar=True)], [gpu_container("main", 1)]),
+    ],
+    ids=["two-app-containers", "app-container-with-2-gpus", "native-sidecar"],
+)
+async def test_init_containers_device_ids_are_reused_by_the_next_container(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+    gpu_node: PluginNode,
+    init: list[dict[str, Any]],
+    apps: list[dict[str, Any]],
+) -> None:
+    """The kubelet hands a finished GPU init container's device IDs on to the next container that
+    asks for GPUs (its device manager's devicesToReuse), and only to that one (an app container or
+    a native sidecar keeps them), so that container's Allocate carries IDs of the init container's
+    card. Every container still gets the cards the scheduler chose for it."""
+    pod = gpu_pod("reuse", init=init)
+    pod["spec"]["containers"] = apps
+    async with Stack(kube_config, start_scheduler, completer=False):
+        await kube_client.create(api_path("v1", "pods", namespace=namespace), pinned(pod, namespace))
+        bound = await wait_bound(kube_client, namespace, "reuse")
+        devices = decode_pod_devices(ann(bound)[keys.VGPU_DEVICES_TO_ALLOCATE])
+        wanted = [c["resources"]["limits"]["nvidia.com/gpu"] for c in init + apps]
+        assert [len(c) for c in devices] == wanted
+
+        admissions = await gpu_node.admit(namespace, "reuse")
+        assert [a.container for a in admissions] == [c["name"] for c in init + apps]
+        setup, following, *rest = admissions
+        # the kubelet: the init container's ID goes on to the next container (which must include
+        # it in a preferred allocation when it needs more), and only to that one
+        assert set(setup.device_ids) <= set(following.device_ids)
+        if len(following.device_ids) == 1:
+            assert following.preferred is None  # nothing left to choose
+        else:
+            assert following.preferred is not None and set(setup.device_ids) <= set(following.preferred)
+        for later in rest:
+            assert not set(later.device_ids) & set(setup.device_ids)
+        # hami: each container gets its own cards, whatever the IDs
+        for adm, devs in zip(admissions, devices, strict=True):
+            assert_hami_core_response(adm, gpu_node, bound, list(devs))
+        after = ann(await get_pod(kube_client, namespace, "reuse"))
+        assert after[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
+        assert keys.NODE_LOCK not in await gpu_node.annotations()

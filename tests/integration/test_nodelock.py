@@ -105,9 +105,15 @@ async def test_acquire_release_and_the_hami_value(
     assert (ns, name) == (namespace, "a") and stamp.endswith("Z")
     lock = decode_node_lock(value)
     assert before <= lock.time <= datetime.now(UTC)
-    # re-acquiring by the same owner is idempotent (a multi-vendor pod locks once per vendor)
-    assert await locker.acquire(node, namespace, "a") < 1.0
-    assert await lock_value(kube_client, node) == value
+    # re-acquiring by the same owner (a multi-vendor pod locks once per vendor) keeps the lock and
+    # re-stamps it with the locker's clock, so it cannot expire under the bind; a fixed clock makes
+    # the stamp exact (the real clock may tick to the next second between the two calls)
+    later = lock.time + timedelta(seconds=7)
+    again = NodeLocker(kube_client, expiry=60, wait=1, clock=lambda: later)
+    await again.acquire(node, namespace, "a")
+    assert await lock_value(kube_client, node) == f"{format_rfc3339(later)},{namespace},a"
+    await again.acquire(node, namespace, "a")
+    assert await lock_value(kube_client, node) == f"{format_rfc3339(later)},{namespace},a"
     assert await locker.release(node, namespace, "a") is True
     assert await lock_value(kube_client, node) is None
     assert await locker.release(node, namespace, "a") is False  # nothing left to release
@@ -158,8 +164,15 @@ async def test_contention_times_out(kube_client: KubeClient, namespace: str, mak
 async def test_two_binds_racing_for_a_free_node_exactly_one_wins(
     kube_client: KubeClient, namespace: str, make_node: NodeFactory
 ) -> None:
+    """Every bind reads the node before any of them writes — deterministically: each locker's
+    node cache (the extender's informer) holds the same copy of the free node, so every first
+    write carries that copy's resourceVersion and only the lock's compare-and-swap can stop the
+    losers from overwriting the winner's lock."""
     node = await make_node()
-    lockers = [NodeLocker(kube_client, expiry=60, wait=1.0, poll=0.1) for _ in range(4)]
+    free = await kube_client.get(api_path("v1", "nodes", name=node))
+    lockers = [
+        NodeLocker(kube_client, expiry=60, wait=1.0, poll=0.1, node_lookup=lambda _n: free) for _ in range(4)
+    ]
     results = await asyncio.gather(
         *(lk.acquire(node, namespace, f"p{i}") for i, lk in enumerate(lockers)), return_exceptions=True
     )

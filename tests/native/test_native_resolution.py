@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from native_helpers import APP, BUILD, FAKE, SHIM, Sandbox, base_env, kv, lines
 
+from hami.testing.prereq import missing
+
 pytestmark = pytest.mark.native
 
 PROBE = BUILD / "tests" / "gpa_probe"
@@ -149,7 +151,10 @@ def test_etc_ld_so_preload(sandbox: Sandbox) -> None:
     ov = sandbox.tmp / "ov"
     ov.mkdir()
     if not _can_overlay_etc(ov):
-        pytest.skip("needs root and mount namespaces to overlay /etc privately")
+        missing(
+            "overlaying /etc privately needs root and mount namespaces: `unshare --mount` and an "
+            "overlay mount must work (in a container: run it privileged, or with CAP_SYS_ADMIN)"
+        )
     env = sandbox.make_env(shim=False, CUDA_DEVICE_MEMORY_LIMIT="1g")
     inner = (
         f"{APP} alloc:linear:600m alloc:linear:600m && "

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from native_helpers import BUILD, Sandbox
 
+from hami.testing.prereq import missing
+
 pytestmark = pytest.mark.native
 
 SCENARIO = (
@@ -82,8 +84,9 @@ def test_asan_ubsan(asan_build: Path, tmp_path: Path) -> None:
     assert probe.returncode == 0 and "alloc via gpa rc=2" in probe.stdout, probe.stdout + probe.stderr[-4000:]
 
 
-@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
 def test_valgrind_clean(native_build: Path, tmp_path: Path) -> None:
+    if shutil.which("valgrind") is None:
+        missing("valgrind is not installed (apt-get install valgrind; make test installs it as root)")
     sb = Sandbox(tmp_path)
     r = subprocess.run(
         [

@@ -28,7 +28,6 @@ from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance, MigPlacement
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.protocol import keys
-from hami.protocol.enforcement import FALSE_SPELLINGS as FALSE_SPELLINGS  # re-exported
 from hami.protocol.enforcement import disables_control, disables_core_limit
 from hami.protocol.errors import ProtocolError
 from hami.protocol.nodelock import decode_node_lock, releasable_by

@@ -5,7 +5,8 @@
 Fixtures:
 
 * ``control_plane`` (session) — a started :class:`~hami.testing.controlplane.ControlPlane`.
-  Missing binaries skip the test, or fail it loudly when ``HAMI_REQUIRE_INTEGRATION=1``.
+  Missing binaries skip the test, or fail it loudly when ``HAMI_REQUIRE_INTEGRATION=1`` or
+  ``HAMI_REQUIRE_ALL=1`` (see :mod:`hami.testing.prereq`).
 * ``kube_config`` — admin :class:`~hami.kube.config.KubeConfig` for it.
 * ``kube_client`` — an open :class:`~hami.kube.client.KubeClient` (closed after the test).
 * ``namespace`` — a fresh namespace name for this test (created; never deleted, since no
@@ -18,7 +19,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator
@@ -36,6 +36,7 @@ from hami.testing.controlplane import (
     SchedulerHandle,
     find_binaries,
 )
+from hami.testing.prereq import missing
 
 __all__ = [
     "control_plane",
@@ -54,13 +55,10 @@ _REFS = [0]
 def control_plane() -> Iterator[ControlPlane]:
     """One control plane per test session, shared even when several conftests import this fixture."""
     if not _ACTIVE:
-        required = os.environ.get("HAMI_REQUIRE_INTEGRATION") == "1"
         try:
             binaries = find_binaries()
         except BinariesMissingError as exc:
-            if required:
-                pytest.fail(f"HAMI_REQUIRE_INTEGRATION=1 but {exc}", pytrace=False)
-            pytest.skip(str(exc))
+            missing(str(exc), integration=True)
         cp = ControlPlane(binaries)
         try:
             cp.start()

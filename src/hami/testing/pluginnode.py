@@ -5,10 +5,15 @@
 talking to the API server (``ClientKubeOps``): the plugin itself writes
 ``hami.io/node-nvidia-register``. The harness plays the kubelet's part: it copies the plugin's
 ListAndWatch device count into the Node's allocatable ``nvidia.com/gpu`` and marks the node Ready,
-and :meth:`PluginNode.admit` admits a pod the way the kubelet's device manager does — for every
-container (init containers first) that asks for ``nvidia.com/gpu``: GetPreferredAllocation (when
-the plugin offers it) over the free healthy replica IDs, then one Allocate per container over the
-plugin's unix socket.
+and :meth:`PluginNode.admit` admits a pod the way the kubelet's device manager does
+(``pkg/kubelet/cm/devicemanager/manager.go``, v1.34) — for every container (init containers first)
+that asks for ``nvidia.com/gpu``: IDs from the pod's reuse pool first, then GetPreferredAllocation
+(when the plugin offers it and IDs are still needed) over the free healthy replica IDs plus the
+reused ones (which it must include), then one Allocate per container over the plugin's unix
+socket. The reuse pool is the kubelet's ``devicesToReuse``: the IDs of a finished init container
+go back to the pod, so the containers after it are handed the *same* IDs; a native sidecar
+(``restartPolicy: Always``) or an app container takes its IDs out of the pool again. The pool
+belongs to one pod: admitting another pod drops it.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 from hami.deviceplugin.agent import NodeAgent
 from hami.deviceplugin.api import api_pb2
-from hami.deviceplugin.kubeops import ClientKubeOps
+from hami.deviceplugin.kubeops import ClientKubeOps, KubeOps
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.kube.client import KubeClient
@@ -61,7 +66,11 @@ def _gpu_count(container: dict[str, Any], resource: str) -> int:
 
 
 class PluginNode:
-    """One Node object whose GPUs are registered and allocated by a real NodeAgent."""
+    """One Node object whose GPUs are registered and allocated by a real NodeAgent.
+
+    ``kube`` is the agent's API access (default: :class:`ClientKubeOps` over ``client``); a test
+    may pass one that acts between the plugin's calls.
+    """
 
     def __init__(
         self,
@@ -71,6 +80,7 @@ class PluginNode:
         *,
         labels: dict[str, str] | None = None,
         hook_path: str | Path | None = None,
+        kube: KubeOps | None = None,
         **settings: Any,
     ) -> None:
         self.client = client
@@ -87,12 +97,14 @@ class PluginNode:
         self.agent = NodeAgent(
             self.source,
             self.settings,
-            kube=ClientKubeOps(client, host=name),
+            kube=kube if kube is not None else ClientKubeOps(client, host=name),
             plugin_dir=self.plugin_dir,
             watch_interval=0.1,
         )
         #: replica IDs handed to containers so far (the kubelet's own bookkeeping)
         self.assigned: set[str] = set()
+        #: the kubelet's ``devicesToReuse``: (pod UID, IDs its finished init containers free)
+        self._reuse: tuple[str, set[str]] = ("", set())
 
     @property
     def resource(self) -> str:
@@ -174,32 +186,48 @@ class PluginNode:
             content_type="application/strategic-merge-patch+json",
         )
 
-    async def allocate(self, count: int, container: str = "main") -> Admission:
-        """One container's admission: preferred allocation (if offered) + Allocate of `count` IDs."""
-        free = [i for i in self.healthy_ids() if i not in self.assigned]
-        if len(free) < count:
-            raise AssertionError(f"node {self.name}: {count} {self.resource} wanted, {len(free)} free")
-        options = self.kubelet.options(self.resource)
+    async def allocate(
+        self, count: int, container: str = "main", *, reusable: frozenset[str] = frozenset()
+    ) -> Admission:
+        """One container's admission, as the kubelet's ``devicesToAllocate``: IDs from `reusable`
+        first; if more are needed, the preferred allocation (if offered) over the free IDs plus the
+        reused ones, which it must include; then Allocate of `count` IDs."""
+        ids = sorted(reusable)[:count]
         preferred: list[str] | None = None
-        ids = free[:count]
-        if options is not None and options.get_preferred_allocation_available:
-            preferred = await self.plugin.preferred(free, count)
-            if len(preferred) == count and set(preferred) <= set(free):
-                ids = preferred
+        if len(ids) < count:
+            free = [i for i in self.healthy_ids() if i not in self.assigned]
+            needed = count - len(ids)
+            if len(free) < needed:
+                raise AssertionError(f"node {self.name}: {count} {self.resource} wanted, {len(free)} free")
+            options = self.kubelet.options(self.resource)
+            if options is not None and options.get_preferred_allocation_available:
+                preferred = await self.plugin.preferred(sorted({*free, *ids}), count, must_include=ids)
+            picked = [i for i in preferred or () if i in free][:needed]
+            ids += picked + [i for i in free if i not in picked][: needed - len(picked)]
         resp = await self.plugin.allocate(ids)
         self.assigned |= set(ids)
         return Admission(container, ids, preferred, resp.container_responses[0])
 
     async def admit(self, namespace: str, name: str) -> list[Admission]:
-        """Admit a pod bound to this node as the kubelet would; raises grpc.aio.AioRpcError when
-        the plugin refuses a container."""
+        """Admit a pod bound to this node as the kubelet would (see the module doc); raises
+        grpc.aio.AioRpcError when the plugin refuses a container."""
         pod = await self.client.get(api_path("v1", "pods", namespace=namespace, name=name))
         if pod["spec"].get("nodeName") != self.name:
             raise AssertionError(f"pod {namespace}/{name} is not bound to {self.name}")
         spec = pod["spec"]
+        uid = pod["metadata"]["uid"]
+        if self._reuse[0] != uid:
+            self._reuse = (uid, set())
+        reuse = self._reuse[1]
         out = []
-        for ctr in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        init = [(c, c.get("restartPolicy") != "Always") for c in spec.get("initContainers") or []]
+        for ctr, gives_back in init + [(c, False) for c in spec.get("containers") or []]:
             n = _gpu_count(ctr, self.resource)
             if n > 0:
-                out.append(await self.allocate(n, ctr["name"]))
+                adm = await self.allocate(n, ctr["name"], reusable=frozenset(reuse))
+                out.append(adm)
+                if gives_back:
+                    reuse |= set(adm.device_ids)
+                else:
+                    reuse -= set(adm.device_ids)
         return out

@@ -44,7 +44,7 @@ from hami.config import DeviceConfig, NvidiaConfig
 from hami.devices.base import DeviceRequest, RequestError
 from hami.devices.registry import BackendRegistry, default_registry
 from hami.protocol import keys
-from hami.protocol.enforcement import FALSE_SPELLINGS, disables_control, disables_core_limit
+from hami.protocol.enforcement import disables_control, disables_core_limit
 
 __all__ = [
     "DEFAULT_SCHEDULER",
@@ -58,7 +58,6 @@ DEFAULT_SCHEDULER = "default-scheduler"
 
 JsonPatchOp = dict[str, Any]
 
-_FALSE_SPELLINGS = FALSE_SPELLINGS  # the shared rule (hami.protocol.enforcement)
 
 # Variables the device plugin sets for the in-container shim (native/src/config.c reads them). The
 # kubelet lets a container's own env override the device plugin's, and a per-device

@@ -20,7 +20,6 @@ from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.settings import NodeSettings, build_inventory
 from hami.deviceplugin.sources import FakeSource
 from hami.protocol import keys
-from hami.webhook.mutate import _FALSE_SPELLINGS
 
 NODE = "n1"
 GPU = "GPU-aaaa"
@@ -71,12 +70,6 @@ async def allocate(kube: MemoryKube, tmp_path: Path, **settings: Any) -> api_pb2
 
 def mounts(car: api_pb2.ContainerAllocateResponse) -> list[str]:
     return [m.container_path for m in car.mounts]
-
-
-def test_false_spellings_match_the_webhook() -> None:
-    from hami.deviceplugin.allocate import FALSE_SPELLINGS
-
-    assert FALSE_SPELLINGS == _FALSE_SPELLINGS
 
 
 @pytest.mark.parametrize("value", OFF_VALUES)
