@@ -13,7 +13,7 @@ UV_BIN := $(CACHE)/uv-$(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' hack/uv-requireme
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: demo test venv runtime-venv lock native lint typecheck unit native-test integration clean
+.PHONY: demo test venv runtime-venv lock native images lint typecheck unit native-test integration clean
 
 $(UV_BIN): hack/uv-requirements.txt
 	hack/ensure-uv.sh >/dev/null
@@ -43,16 +43,21 @@ native:
 demo: runtime-venv native
 	$(BIN)/hami simulate --nodes examples/nodes.yaml --pods examples/pods.yaml --config examples/device-config.yaml
 
+# OCI image archives in dist/images (docs/images.md): built from images/debian.lock, uv.lock, the
+# source tree, libvgpu.so and the cached kube-scheduler; skipped when none of those changed.
+images: venv native
+	PYTHONPATH=images $(BIN)/python -m ocibuild --out dist/images --k8s-bin "$$(hack/build-k8s.sh)"
+
 lint: venv
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts images
+	$(BIN)/ruff format --check src tests benchmarks scripts images
 
 typecheck: venv
 	$(BIN)/mypy
 
 # Every tier: lint, types, unit + contract + native + integration (real etcd, kube-apiserver,
 # kube-scheduler — built once from Go modules into ~/.cache/hami, see hack/build-k8s.sh).
-test: venv native lint typecheck
+test: venv native lint typecheck images
 	hack/ensure-etcd.sh
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q -p no:cacheprovider
 
@@ -67,4 +72,4 @@ integration: venv native
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e
 
 clean:
-	rm -rf $(VENV) native/build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) native/build dist .pytest_cache .mypy_cache .ruff_cache

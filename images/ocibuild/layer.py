@@ -1,0 +1,136 @@
+"""Deterministic image layers: a directory tree packed as a sorted, normalised, gzipped tar.
+
+Guarantees: the bytes of a layer depend only on the paths, file types, permission bits, contents
+and link targets under the directory, plus the `mtime` given (SOURCE_DATE_EPOCH). Entries are
+sorted by path, every entry has that mtime, owner 0:0 (or the owner named in `owners`) and no user
+or group names; the tar is GNU format (long names without PAX time records); gzip has mtime 0 and
+no file name. Files linked together (same inode) become hard-link entries to the first path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+GZIP_LEVEL = 6
+
+
+class LayerError(Exception):
+    """The tree holds something a layer cannot carry (a device, a socket, a fifo)."""
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A written layer blob: gzip digest and size (the blob), tar digest and size (the diff)."""
+
+    path: Path
+    digest: str
+    size: int
+    diff_id: str
+    uncompressed_size: int
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes and counts what passes through to `sink` (or discards it)."""
+
+    def __init__(self, sink: BinaryIO | None) -> None:
+        super().__init__()
+        self.sink = sink
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(data)
+        self.sha.update(view)
+        self.count += len(view)
+        if self.sink is not None:
+            self.sink.write(view)
+        return len(view)
+
+
+def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every path under `root` (relative, `/`-separated), parents before children, sorted by name."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        base = root / rel if rel else root
+        with os.scandir(base) as it:
+            names = sorted(e.name for e in it)
+        children = []
+        for name in names:
+            child = f"{rel}/{name}" if rel else name
+            st = os.lstat(root / child)
+            yield child, st
+            if stat.S_ISDIR(st.st_mode):
+                children.append(child)
+        # depth-first in sorted order: push in reverse so the smallest name is visited first
+        stack.extend(reversed(children))
+
+
+def _entries(root: Path, mtime: int, owners: Mapping[str, tuple[int, int]]) -> Iterator[tarfile.TarInfo]:
+    seen: dict[tuple[int, int], str] = {}
+    for rel, st in walk(root):
+        info = tarfile.TarInfo(rel)
+        info.mtime = mtime
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = owners.get(rel, (0, 0))
+        info.uname = info.gname = ""
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(st.st_mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(root / rel)
+        elif stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in seen:
+                info.type = tarfile.LNKTYPE
+                info.linkname = seen[key]
+            else:
+                seen[key] = rel
+                info.type = tarfile.REGTYPE
+                info.size = st.st_size
+        else:
+            raise LayerError(f"{root / rel}: not a file, directory or symlink; a layer cannot carry it")
+        yield info
+
+
+def tar_tree(
+    root: Path, out: BinaryIO, *, mtime: int, owners: Mapping[str, tuple[int, int]] | None = None
+) -> None:
+    """Write the deterministic (uncompressed) tar of `root` to `out`."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+        for info in _entries(root, mtime, owners or {}):
+            if info.type == tarfile.REGTYPE:
+                with (root / info.name).open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+
+
+def write_layer(
+    root: Path, out: Path, *, mtime: int, owners: Mapping[str, tuple[int, int]] | None = None
+) -> Layer:
+    """Pack `root` into the gzipped layer file `out` and return its digests and sizes."""
+    with out.open("wb") as raw:
+        blob = _HashingWriter(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=blob, mtime=0, compresslevel=GZIP_LEVEL) as gz:
+            diff = _HashingWriter(gz)  # type: ignore[arg-type]
+            tar_tree(root, diff, mtime=mtime, owners=owners)  # type: ignore[arg-type]
+    return Layer(
+        path=out,
+        digest=f"sha256:{blob.sha.hexdigest()}",
+        size=blob.count,
+        diff_id=f"sha256:{diff.sha.hexdigest()}",
+        uncompressed_size=diff.count,
+    )
