@@ -59,23 +59,19 @@ class _HashingWriter(io.RawIOBase):
         return len(view)
 
 
-def walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """Every path under `root` (relative, `/`-separated), parents before children, sorted by name."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        base = root / rel if rel else root
-        with os.scandir(base) as it:
-            names = sorted(e.name for e in it)
-        children = []
-        for name in names:
-            child = f"{rel}/{name}" if rel else name
-            st = os.lstat(root / child)
-            yield child, st
-            if stat.S_ISDIR(st.st_mode):
-                children.append(child)
-        # depth-first in sorted order: push in reverse so the smallest name is visited first
-        stack.extend(reversed(children))
+def walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
+    """Every path under `root` (relative, `/`-separated), depth first, each directory sorted by name.
+
+    That is the order of the paths' component lists: a directory comes right before its contents.
+    """
+    with os.scandir(root / rel if rel else root) as it:
+        names = sorted(e.name for e in it)
+    for name in names:
+        child = f"{rel}/{name}" if rel else name
+        st = os.lstat(root / child)
+        yield child, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from walk(root, child)
 
 
 def _entries(root: Path, mtime: int, owners: Mapping[str, tuple[int, int]]) -> Iterator[tarfile.TarInfo]:
