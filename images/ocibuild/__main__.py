@@ -55,6 +55,8 @@ class BuildError(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     repo = Path(args.repo).resolve()
+    # wheels come from the same cache `make venv` fills, also when run outside make
+    os.environ.setdefault("UV_CACHE_DIR", str(Path(args.cache) / "uv"))
     try:
         if args.update_lock:
             lock = repo / "images" / "debian.lock"

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import stat
 import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Protocol, cast
 
 GZIP_LEVEL = 6
 
@@ -38,25 +37,30 @@ class Layer:
     uncompressed_size: int
 
 
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes and counts what passes through to `sink` (or discards it)."""
+class Sink(Protocol):
+    """Where bytes are written: a file, a gzip stream, a hashing writer."""
 
-    def __init__(self, sink: BinaryIO | None) -> None:
-        super().__init__()
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+class _HashingWriter:
+    """A write-only stream that hashes and counts what passes through to `sink`."""
+
+    def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self.sha = hashlib.sha256()
         self.count = 0
 
-    def writable(self) -> bool:
-        return True
+    def write(self, data: bytes, /) -> int:
+        self.sha.update(data)
+        self.count += len(data)
+        self.sink.write(data)
+        return len(data)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(data)
-        self.sha.update(view)
-        self.count += len(view)
-        if self.sink is not None:
-            self.sink.write(view)
-        return len(view)
+    def flush(self) -> None:
+        self.sink.flush()
 
 
 def walk(root: Path, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
@@ -102,10 +106,11 @@ def _entries(root: Path, mtime: int, owners: Mapping[str, tuple[int, int]]) -> I
 
 
 def tar_tree(
-    root: Path, out: BinaryIO, *, mtime: int, owners: Mapping[str, tuple[int, int]] | None = None
+    root: Path, out: Sink, *, mtime: int, owners: Mapping[str, tuple[int, int]] | None = None
 ) -> None:
     """Write the deterministic (uncompressed) tar of `root` to `out`."""
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+    # stream mode ("w|") only ever writes to the file object; typeshed wants a whole file
+    with tarfile.open(fileobj=cast("IO[bytes]", out), mode="w|", format=tarfile.GNU_FORMAT) as tar:
         for info in _entries(root, mtime, owners or {}):
             if info.type == tarfile.REGTYPE:
                 with (root / info.name).open("rb") as f:
@@ -121,8 +126,8 @@ def write_layer(
     with out.open("wb") as raw:
         blob = _HashingWriter(raw)
         with gzip.GzipFile(filename="", mode="wb", fileobj=blob, mtime=0, compresslevel=GZIP_LEVEL) as gz:
-            diff = _HashingWriter(gz)  # type: ignore[arg-type]
-            tar_tree(root, diff, mtime=mtime, owners=owners)  # type: ignore[arg-type]
+            diff = _HashingWriter(gz)
+            tar_tree(root, diff, mtime=mtime, owners=owners)
     return Layer(
         path=out,
         digest=f"sha256:{blob.sha.hexdigest()}",
