@@ -13,7 +13,7 @@ UV_BIN := $(CACHE)/uv-$(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' hack/uv-requireme
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
-.PHONY: demo test venv runtime-venv lock native lint typecheck unit native-test integration clean
+.PHONY: demo test venv runtime-venv lock native images lint typecheck unit native-test integration clean
 
 $(UV_BIN): hack/uv-requirements.txt
 	hack/ensure-uv.sh >/dev/null
@@ -43,9 +43,14 @@ native:
 demo: runtime-venv native
 	$(BIN)/hami simulate --nodes examples/nodes.yaml --pods examples/pods.yaml --config examples/device-config.yaml
 
+# OCI image archives in dist/images (docs/images.md): built from images/debian.lock, uv.lock, the
+# source tree, libvgpu.so and the cached kube-scheduler; skipped when none of those changed.
+images: venv native
+	PYTHONPATH=images $(BIN)/python -m ocibuild --out dist/images --k8s-bin "$$(hack/build-k8s.sh)"
+
 lint: venv
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts images
+	$(BIN)/ruff format --check src tests benchmarks scripts images
 
 typecheck: venv
 	$(BIN)/mypy
@@ -54,7 +59,7 @@ typecheck: venv
 # kube-scheduler — built once from Go modules into ~/.cache/hami, see hack/build-k8s.sh).
 # HAMI_REQUIRE_ALL=1: a test whose prerequisite is missing fails, saying what to install, instead
 # of skipping (hami.testing.prereq).
-test: venv native lint typecheck
+test: venv native lint typecheck images
 	hack/ensure-etcd.sh
 	hack/ensure-debian-tool.sh valgrind valgrind
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 HAMI_REQUIRE_ALL=1 \
@@ -71,4 +76,4 @@ integration: venv native
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e
 
 clean:
-	rm -rf $(VENV) native/build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) native/build dist .pytest_cache .mypy_cache .ruff_cache

@@ -101,3 +101,6 @@ def _register_subcommands() -> None:
 _register_subcommands()
 main.add_command(__import__("hami.webhook.cli", fromlist=["webhook"]).webhook)
 main.add_command(__import__("hami.deviceplugin.cli", fromlist=["device_plugin"]).device_plugin)
+main.add_command(
+    __import__("hami.deviceplugin.install_cli", fromlist=["install_host_command"]).install_host_command
+)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from hami.deviceplugin.api import api_pb2
+from hami.deviceplugin.hostinstall import LIBRARY_NAME, PRELOAD_NAME, vgpu_dir
 from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
@@ -338,7 +339,7 @@ class PodAllocator:
         self, pod: Obj, ctr: Obj, devs: ContainerDevices
     ) -> api_pb2.ContainerAllocateResponse:
         s = self.settings
-        vgpu = f"{s.hook_path.rstrip('/')}/vgpu"
+        vgpu = vgpu_dir(s.hook_path)
         car = api_pb2.ContainerAllocateResponse()
         env = car.envs
         env[keys.ENV_VISIBLE_DEVICES] = ",".join(d.uuid for d in devs)
@@ -392,12 +393,13 @@ class PodAllocator:
         cache_dir = f"{vgpu}/containers/{uid}_{ctr.get('name')}"
         if self._make_dirs:
             await asyncio.to_thread(_make_cache_dir, cache_dir)
-        car.mounts.add(container_path=f"{vgpu}/libvgpu.so", host_path=f"{vgpu}/libvgpu.so", read_only=True)
+        library = f"{vgpu}/{LIBRARY_NAME}"
+        car.mounts.add(container_path=library, host_path=library, read_only=True)
         car.mounts.add(container_path=vgpu, host_path=cache_dir, read_only=False)
         car.mounts.add(container_path="/tmp/vgpulock", host_path="/tmp/vgpulock", read_only=False)
         if not disable_control:
             car.mounts.add(
-                container_path="/etc/ld.so.preload", host_path=f"{vgpu}/ld.so.preload", read_only=True
+                container_path="/etc/ld.so.preload", host_path=f"{vgpu}/{PRELOAD_NAME}", read_only=True
             )
         return car
 

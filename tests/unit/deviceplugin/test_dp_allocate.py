@@ -9,6 +9,7 @@ import pytest
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
+from hami.deviceplugin.hostinstall import install_host
 from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import NodeSettings, build_inventory
@@ -132,6 +133,14 @@ async def test_lock_owner_gets_env_mounts_and_success(tmp_path: Path) -> None:
         ("/etc/ld.so.preload", f"{vgpu}/ld.so.preload", True),
     ]
     assert (tmp_path / "vgpu" / "containers" / "uid-p1_main").is_dir()
+    # what `hami install-host` puts on the node is exactly what these mounts expect
+    lib_src = tmp_path / "built-libvgpu.so"
+    lib_src.write_bytes(b"\x7fELF-test")
+    installed = install_host(str(tmp_path), lib_src)
+    assert {str(installed.library), str(installed.preload)} == {
+        m.host_path for m in car.mounts if m.read_only
+    }
+    assert installed.preload.read_text().strip() == car.mounts[0].container_path
     a = ann(kube, "p1")
     assert a[keys.VGPU_DEVICES_TO_ALLOCATE] == ";"
     assert a[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
