@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocibuild import debs, hami_image, inputs, layer, oci, python_env, rootfs, scheduler_image
+from ocibuild import debs, hami_image, inputs, layer, oci, pause_image, python_env, rootfs, scheduler_image
 
-IMAGES = ("hami", "kube-scheduler")
+IMAGES = ("hami", "kube-scheduler", "pause")
 #: repository files the hami image is built from, besides src/ and libvgpu.so
 HAMI_INPUT_FILES = (
     "pyproject.toml",
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         layer.LayerError,
         python_env.PythonEnvError,
         rootfs.RootfsError,
+        pause_image.PauseBuildError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -120,11 +121,12 @@ def build(args: argparse.Namespace, repo: Path) -> list[str]:
     summaries = []
     for image in args.image or IMAGES:
         started = time.monotonic()
-        plan = (
-            _hami_plan(args, repo, cache, epoch, out)
-            if image == "hami"
-            else _scheduler_plan(args, repo, epoch, out)
-        )
+        if image == "hami":
+            plan = _hami_plan(args, repo, cache, epoch, out)
+        elif image == "kube-scheduler":
+            plan = _scheduler_plan(args, repo, epoch, out)
+        else:
+            plan = _pause_plan(repo, epoch, out)
         key = inputs.fingerprint([*builder, *plan.files], plan.values)
         if not args.force and inputs.up_to_date(plan.archive, key):
             summaries.append(f"{plan.archive}: up to date (inputs unchanged)")
@@ -183,6 +185,19 @@ def _scheduler_plan(args: argparse.Namespace, repo: Path, epoch: int, out: Path)
     archive = out / f"kube-scheduler-{version}.tar"
     values = {"epoch": str(epoch), **sched_inputs.labels}
     return Plan(archive, [binary], values, lambda work: scheduler_image.build(sched_inputs, work, archive))
+
+
+def _pause_plan(repo: Path, epoch: int, out: Path) -> Plan:
+    pause_inputs = pause_image.PauseInputs(
+        source=repo / "images" / "sandbox" / "pause.c",
+        epoch=epoch,
+        labels=labels(repo, pause_image.TAG, "pod sandbox for hami's local cluster"),
+    )
+    archive = out / f"pause-{pause_image.TAG}.tar"
+    values = {"epoch": str(epoch), **pause_inputs.labels}
+    return Plan(
+        archive, [pause_inputs.source], values, lambda work: pause_image.build(pause_inputs, work, archive)
+    )
 
 
 def project_version(repo: Path) -> str:

@@ -179,10 +179,12 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float | None = None,
+        raw: bool = False,
     ) -> Any:
         """Send one request and return the decoded JSON reply (``None`` for an empty body).
 
-        ``body`` is JSON-encoded unless it is already ``bytes``. Raises an
+        ``body`` is JSON-encoded unless it is already ``bytes``; ``raw`` returns the reply's bytes
+        undecoded. Raises an
         :class:`~hami.kube.errors.ApiError` subclass for status >= 400 and
         :class:`~hami.kube.errors.TransportError` when no answer arrives.
         """
@@ -201,7 +203,7 @@ class KubeClient:
                     timeout=aiohttp.ClientTimeout(total=timeout if timeout is not None else self.timeout),
                     **kwargs,
                 ) as resp:
-                    raw = await resp.read()
+                    body_bytes = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
@@ -209,8 +211,10 @@ class KubeClient:
             if not (status == 401 and attempt == 1 and self._unauthorized()):
                 break
         if status >= 400:
-            raise error_from_status(status, _decode(raw))
-        decoded = _decode(raw)
+            raise error_from_status(status, _decode(body_bytes))
+        if raw:
+            return body_bytes
+        decoded = _decode(body_bytes)
         if isinstance(decoded, bytes):
             raise TransportError(f"{method} {path}: reply is not JSON: {decoded[:200]!r}")
         return decoded
@@ -221,6 +225,11 @@ class KubeClient:
         """GET one object (or any JSON document, e.g. ``/version``)."""
         out: Obj = await self.request("GET", path, params=params)
         return out
+
+    async def get_text(self, path: str, *, params: Mapping[str, ParamValue] | None = None) -> str:
+        """GET a plain-text document (e.g. ``pods/<name>/log``)."""
+        body: bytes = await self.request("GET", path, params=params, raw=True)
+        return body.decode(errors="replace")
 
     async def list(
         self,

@@ -94,6 +94,8 @@ class Sandbox:
         self.host.recover()
         self.state.mkdir(parents=True, exist_ok=True)
         self.host.save_sysctls()
+        self.host.fixed_paths()
+        self.host.mounts_under(self.state)
         self.host.set_sysctl("net.ipv4.ip_forward", "1")
         node_ips = [f"10.213.0.{11 + i}" for i in range(len(self.node_specs))]
         self.host.bridge([f"{ip}/24" for ip in (API_IP, *node_ips)])

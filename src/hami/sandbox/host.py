@@ -143,6 +143,28 @@ class HostGuard:
                     if not (d / f).read_text().strip():
                         (d / f).write_text((hierarchy / f).read_text())
 
+    def fixed_paths(self) -> None:
+        """Snapshot the fixed host directories kubelet and runc write to (``FIXED_PATHS``): entries
+        that appear in them are removed on restore, and so is the topmost directory that did not
+        exist (kubelet creates ``/var/lib/kubelet`` for its device-plugin socket directory)."""
+        snap = self.record.setdefault("fixed", {})
+        for path in FIXED_PATHS:
+            if path in snap:
+                continue
+            p = Path(path)
+            snap[path] = sorted(e.name for e in p.iterdir()) if p.is_dir() else None
+            if snap[path] is None:
+                top = p
+                while not top.parent.exists():
+                    top = top.parent
+                self.remember("dir", str(top))
+        self._save()
+
+    def mounts_under(self, root: Path) -> None:
+        """Unmount everything below ``root`` on restore (kubelet bind-mounts its root dir and pod
+        volumes there)."""
+        self.remember("mount_root", str(root))
+
     def remember(self, kind: str, value: str) -> None:
         """Record another path to remove on restore (``mount`` to unmount, ``dir`` to delete)."""
         items = self.record.setdefault(kind, [])
@@ -161,8 +183,13 @@ class HostGuard:
             except (OSError, HostError, subprocess.SubprocessError) as exc:
                 errors.append(f"{what}: {exc}")
 
+        for root in self.record.get("mount_root", []):
+            for path in mounts_below(root):
+                attempt(f"unmount {path}", self._unmount, path)
         for path in reversed(self.record.get("mount", [])):
             attempt(f"unmount {path}", self._unmount, path)
+        for path, before in self.record.get("fixed", {}).items():
+            attempt(f"clean {path}", _clean_fixed, path, before)
         for name in self.record.get("cgroups", []):
             attempt(f"cgroup {name}", self._remove_cgroup, name)
         if self.record.get("nat_chain"):
@@ -224,6 +251,33 @@ class HostGuard:
     def _unmount(path: str) -> None:
         if _run("mountpoint", "-q", path, check=False).returncode == 0:
             _run("umount", "-l", path)
+
+
+def mounts_below(root: str) -> list[str]:
+    """Mount points at or below ``root``, deepest first."""
+    prefix = root.rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point == root or point.startswith(prefix):
+                points.append(point)
+    return sorted(set(points), key=lambda p: (-p.count("/"), p))
+
+
+def _clean_fixed(path: str, before: list[str] | None) -> None:
+    p = Path(path)
+    if not p.exists():
+        return
+    if before is None:
+        shutil.rmtree(p)
+        return
+    for entry in p.iterdir():
+        if entry.name not in before:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def _cni_bridges() -> list[str]:

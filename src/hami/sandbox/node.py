@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from hami.sandbox.host import mounts_below
 from hami.testing.controlplane import ControlPlane, ControlPlaneError, Process, free_port
 
 __all__ = ["SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
@@ -293,6 +294,8 @@ state = "{c / "state"}"
         if self.containerd is not None and self.containerd.alive:
             self._remove_pods()
             self.containerd.stop()
+        for point in mounts_below(str(self.state)):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
     def _remove_pods(self) -> None:
         """Stop and remove every container and sandbox this containerd runs (tasks first)."""

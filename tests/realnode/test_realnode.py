@@ -1,0 +1,214 @@
+"""hami on a real node: real kubelet, containerd and runc, hami's image in real containers.
+
+What the kubelet stand-in of the other tiers cannot show: kubelet's device-plugin registration and
+its Allocate call, the container a GPU pod really gets (environment, mounts, preload), pods that
+reach the API server in-cluster, and registration surviving a kubelet restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hami.kube.client import KubeClient
+from hami.kube.errors import NotFoundError
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.sandbox.cluster import Sandbox
+from hami.testing.controlplane import Process
+from hami.testing.stack import Stack, wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = "node1"
+IMAGE = "hami.local/hami:0.1.0"
+CARDS = 2
+SPLIT = 10  # devicePlugin.deviceSplitCount default
+
+PRINT_CONTAINER = """
+import json, os
+env = {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "NVIDIA_", "GPU_", "LIBCUDA"))}
+preload = open("/etc/ld.so.preload").read() if os.path.exists("/etc/ld.so.preload") else None
+lib = [l for l in (preload or "").split() if l]
+print(json.dumps({"env": env, "preload": preload, "lib_present": all(os.path.exists(p) for p in lib)}))
+"""
+
+
+@pytest.fixture
+async def kc(sandbox: Sandbox) -> AsyncIterator[KubeClient]:
+    async with KubeClient(sandbox.kube_config()) as client:
+        yield client
+
+
+@pytest.fixture
+async def ns(kc: KubeClient) -> str:
+    name = f"rn-{uuid.uuid4().hex[:6]}"
+    await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
+
+    async def has_account() -> bool:
+        try:
+            await kc.get(api_path("v1", "serviceaccounts", namespace=name, name="default"))
+        except NotFoundError:
+            return False
+        return True
+
+    await wait_for(has_account, timeout=30)
+    return name
+
+
+@pytest.fixture(scope="module")
+def device_plugin(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """hami's device plugin on the node (as a host process: the chart's DaemonSet comes later),
+    with the fake device source and libvgpu.so installed under its own hook path."""
+    assert sandbox.cp is not None
+    work = tmp_path_factory.mktemp("device-plugin")
+    fake = work / "fake-node.yaml"
+    fake.write_text((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    hook = work / "hook"
+    hami = str(ROOT / ".venv" / "bin" / "hami")
+    lib = ROOT / "native" / "build" / "libvgpu.so"
+    install = Process(
+        "install-host",
+        [hami, "install-host", "--hook-path", str(hook), "--library", str(lib)],
+        work / "install.log",
+    )
+    assert install.popen.wait(60) == 0, install.tail()
+    proc = Process(
+        "device-plugin",
+        [
+            hami,
+            "device-plugin",
+            "--node-name",
+            NODE,
+            "--fake-node",
+            str(fake),
+            "--kubeconfig",
+            str(sandbox.cp.kubeconfig_path),
+            "--hook-path",
+            str(hook),
+        ],
+        work / "device-plugin.log",
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def _allocatable(kc: KubeClient) -> int:
+    node = await kc.get(api_path("v1", "nodes", name=NODE))
+    return int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0"))
+
+
+async def _finished(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    async def done() -> dict[str, Any] | None:
+        pod = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    pod: dict[str, Any] = await wait_for(done, timeout=120, interval=0.5)
+    return pod
+
+
+async def _logs(kc: KubeClient, ns: str, name: str) -> str:
+    return await kc.get_text(api_path("v1", "pods", namespace=ns, name=name) + "/log")
+
+
+def _pod(name: str, command: list[str], limits: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "main", "image": IMAGE, "command": command}
+    if limits:
+        container["resources"] = {"limits": limits}
+    return {"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [container], **spec}}
+
+
+async def test_a_pod_reaches_the_api_server_in_cluster(kc: KubeClient, ns: str) -> None:
+    """Node, CNI, service account token, the kubernetes Service IP and `kubectl logs` all work."""
+    script = (
+        "import asyncio\nfrom hami.kube.config import load_config\nfrom hami.kube.client import KubeClient\n"
+        "async def m():\n    async with KubeClient(load_config()) as k:\n        print((await k.version())['gitVersion'])\n"
+        "asyncio.run(m())\n"
+    )
+    await kc.create(api_path("v1", "pods", namespace=ns), _pod("incluster", ["python3", "-c", script]))
+    pod = await _finished(kc, ns, "incluster")
+    assert pod["status"]["phase"] == "Succeeded", pod["status"]
+    assert pod["spec"]["nodeName"] == NODE
+    assert (await _logs(kc, ns, "incluster")).strip() == "v1.34.4"
+
+
+async def test_device_plugin_registers_with_the_real_kubelet(kc: KubeClient, device_plugin: Process) -> None:
+    async def registered() -> bool:
+        assert device_plugin.alive, device_plugin.tail()
+        return await _allocatable(kc) == CARDS * SPLIT
+
+    await wait_for(registered, timeout=60, interval=0.5)
+    node = await kc.get(api_path("v1", "nodes", name=NODE))
+    assert keys.NODE_NVIDIA_REGISTER in node["metadata"]["annotations"]
+
+
+async def test_gpu_pod_runs_with_its_slice_through_the_real_kubelet(
+    sandbox: Sandbox, kc: KubeClient, ns: str, device_plugin: Process
+) -> None:
+    """webhook-equivalent pod -> kube-scheduler -> hami extender -> kubelet Allocate -> container."""
+    assert sandbox.cp is not None
+    await wait_for(lambda: _is(_allocatable(kc), CARDS * SPLIT), timeout=60, interval=0.5)
+    async with Stack(sandbox.kube_config(), sandbox.cp.start_scheduler, completer=False):
+        pod = _pod(
+            "gpu",
+            ["python3", "-c", PRINT_CONTAINER],
+            {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 3000, "nvidia.com/gpucores": 30},
+            schedulerName="hami-scheduler",
+        )
+        await kc.create(api_path("v1", "pods", namespace=ns), pod)
+        done = await _finished(kc, ns, "gpu")
+    assert done["status"]["phase"] == "Succeeded", (done["status"], device_plugin.tail())
+    ann = done["metadata"]["annotations"]
+    assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
+    seen = json.loads((await _logs(kc, ns, "gpu")).strip().splitlines()[-1])
+    env = seen["env"]
+    assert env["CUDA_DEVICE_MEMORY_LIMIT_0"] == "3000m"
+    assert env["CUDA_DEVICE_SM_LIMIT"] == "30"
+    assert env["NVIDIA_VISIBLE_DEVICES"].startswith(f"GPU-fake-{NODE}-")
+    # libvgpu.so is preloaded from where the host installer put it, inside the container too
+    assert seen["preload"] is not None and seen["preload"].strip().endswith("/vgpu/libvgpu.so")
+    assert seen["lib_present"] is True
+
+
+async def _is(value: Any, want: int) -> bool:
+    return bool(await value == want)
+
+
+async def test_kubelet_restart_the_plugin_registers_again(
+    sandbox: Sandbox, kc: KubeClient, ns: str, device_plugin: Process
+) -> None:
+    """After a kubelet restart the plugin registers again (its own log says so, the kubelet's
+    socket is new), and a GPU pod admitted afterwards still gets its Allocate."""
+    assert sandbox.cp is not None
+    await wait_for(lambda: _is(_allocatable(kc), CARDS * SPLIT), timeout=60, interval=0.5)
+    registrations = device_plugin.tail(100000).count("registered nvidia.com/gpu with kubelet")
+    (node,) = sandbox.nodes
+    node.restart_kubelet()
+
+    async def re_registered() -> bool:
+        assert device_plugin.alive, device_plugin.tail()
+        return device_plugin.tail(100000).count("registered nvidia.com/gpu with kubelet") > registrations
+
+    await wait_for(re_registered, timeout=60, interval=0.2)
+    async with Stack(sandbox.kube_config(), sandbox.cp.start_scheduler, completer=False):
+        pod = _pod(
+            "after-restart",
+            ["python3", "-c", PRINT_CONTAINER],
+            {"nvidia.com/gpu": 1},
+            schedulerName="hami-scheduler",
+        )
+        await kc.create(api_path("v1", "pods", namespace=ns), pod)
+        done = await _finished(kc, ns, "after-restart")
+    assert done["status"]["phase"] == "Succeeded", (done["status"], device_plugin.tail())
+    seen = json.loads((await _logs(kc, ns, "after-restart")).strip().splitlines()[-1])
+    assert seen["env"]["NVIDIA_VISIBLE_DEVICES"].startswith(f"GPU-fake-{NODE}-")
