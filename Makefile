@@ -50,11 +50,13 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# Every tier: lint, types, unit + contract + native + integration (real etcd, kube-apiserver,
-# kube-scheduler — built once from Go modules into ~/.cache/hami, see hack/build-k8s.sh).
+# Every tier: lint, types, unit + contract + native + integration + chart (real etcd, kube-apiserver,
+# kube-scheduler and helm — built once from Go modules into ~/.cache/hami, see hack/build-k8s.sh and
+# hack/build-helm.sh).
 test: venv native lint typecheck
 	hack/ensure-etcd.sh
-	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q -p no:cacheprovider
+	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
+	  HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q -p no:cacheprovider
 
 unit: venv
 	$(BIN)/pytest -q tests/unit tests/contract
@@ -64,7 +66,8 @@ native-test: venv native
 
 integration: venv native
 	hack/ensure-etcd.sh
-	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e
+	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
+	  HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e tests/chart
 
 clean:
 	rm -rf $(VENV) native/build .pytest_cache .mypy_cache .ruff_cache

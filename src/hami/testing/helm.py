@@ -1,6 +1,6 @@
 """Run the helm binary (built by ``hack/build-helm.sh``) on a chart: lint and render.
 
-helm is looked up in ``$HAMI_HELM``, then ``~/.cache/hami/helm-<version>/helm``, then ``PATH``.
+helm is ``$HAMI_HELM`` when set, else ``~/.cache/hami/helm-<version>/helm``, else the one on ``PATH``.
 Every call runs with private ``HELM_{CACHE,CONFIG,DATA}_HOME`` directories, so nothing outside
 the call's temporary directory is read or written, and no repository or cluster is contacted.
 """
@@ -32,24 +32,24 @@ class HelmMissingError(HelmError):
 
 
 def find_helm(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The helm binary to use; raises :class:`HelmMissingError` naming the places looked at."""
-    tried: list[str] = []
-    candidates: list[str] = []
-    if explicit:
-        candidates.append(os.fspath(explicit))
-    if os.environ.get("HAMI_HELM"):
-        candidates.append(os.environ["HAMI_HELM"])
-    cache = Path(os.environ.get("HAMI_CACHE_DIR", Path.home() / ".cache" / "hami"))
-    candidates.append(str(cache / f"helm-{HELM_VERSION}" / "helm"))
-    on_path = shutil.which("helm")
-    if on_path:
-        candidates.append(on_path)
+    """The helm binary to use; raises :class:`HelmMissingError` naming the places looked at.
+
+    ``explicit`` or ``$HAMI_HELM``, when given, is the only place looked at.
+    """
+    named = os.fspath(explicit) if explicit else os.environ.get("HAMI_HELM", "")
+    if named:
+        candidates = [named]
+    else:
+        cache = Path(os.environ.get("HAMI_CACHE_DIR", Path.home() / ".cache" / "hami"))
+        candidates = [str(cache / f"helm-{HELM_VERSION}" / "helm")]
+        on_path = shutil.which("helm")
+        if on_path:
+            candidates.append(on_path)
     for c in candidates:
-        tried.append(c)
         if os.path.isfile(c) and os.access(c, os.X_OK):
             return Path(c)
     raise HelmMissingError(
-        f"helm not found (tried {', '.join(tried)}); build it with hack/build-helm.sh or set HAMI_HELM"
+        f"helm not found (tried {', '.join(candidates)}); build it with hack/build-helm.sh or set HAMI_HELM"
     )
 
 
