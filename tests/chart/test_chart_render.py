@@ -75,7 +75,7 @@ def test_node_config_json_is_valid(rendered: Render) -> None:
 @pytest.mark.parametrize("name", ["default", "full", "certmanager"])
 def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: str) -> None:
     """The chart's KubeSchedulerConfiguration is what hami.scheduler.kubeconfig generates for the
-    same values, except that the kube-scheduler Lease lives in the release namespace."""
+    same values."""
     r = rendered(name)
     cfg, _ = _device_config(r)
     shipped = yaml.safe_load(r.get("ConfigMap", f"{r.values.fullname}-scheduler")["data"]["config.yaml"])
@@ -87,10 +87,9 @@ def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: st
         registry=default_registry(cfg),
         scheduler_name=values.get("schedulerName", "hami-scheduler"),
         leader_elect=leader,
+        lease_namespace=r.values.namespace,
         http_timeout=f"{sched_values.get('extenderHTTPTimeout', 30)}s",
     )
-    if leader:
-        expected["leaderElection"]["resourceNamespace"] = r.values.namespace
     assert shipped == expected
 
 

@@ -3,7 +3,8 @@
 ``filterVerb``/``bindVerb``, ``nodeCacheCapable: true`` (kube-scheduler sends node names, not whole
 Node objects) and every managed resource ``ignoredByScheduler`` so the in-tree NodeResourcesFit
 plugin does not count slices as whole devices. ``deploy/scheduler-config.yaml`` is generated from
-this function (a test keeps the two equal).
+this function (a test keeps the two equal). With ``leader_elect`` kube-scheduler elects on the Lease
+``<scheduler_name>`` in ``lease_namespace`` (charts/hami: the release namespace).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def scheduler_configuration(
     registry: BackendRegistry,
     scheduler_name: str = "hami-scheduler",
     leader_elect: bool = False,
+    lease_namespace: str = "kube-system",
     kubeconfig: str | None = None,
     http_timeout: str = "30s",
     insecure_tls: bool = True,
@@ -44,7 +46,7 @@ def scheduler_configuration(
         "extenders": [extender],
     }
     if leader_elect:
-        cfg["leaderElection"].update({"resourceName": scheduler_name, "resourceNamespace": "kube-system"})
+        cfg["leaderElection"].update({"resourceName": scheduler_name, "resourceNamespace": lease_namespace})
     if kubeconfig:
         cfg["clientConnection"] = {"kubeconfig": kubeconfig}
     return cfg

@@ -1,7 +1,8 @@
 """deploy/scheduler-config.yaml is exactly what ``scheduler_configuration`` generates for a deployment.
 
 The file was generated with the extender on ``https://127.0.0.1:443`` (same pod as kube-scheduler),
-the default device registry and ``leader_elect=True``; editing one without the other fails here.
+the default device registry, ``leader_elect=True`` and the Lease in ``hami-system`` (where
+``helm install hami charts/hami -n hami-system`` puts it); editing one without the other fails here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "scheduler-config.yaml
 def test_deploy_file_equals_the_generated_configuration() -> None:
     shipped = yaml.safe_load(DEPLOY.read_text())
     generated = scheduler_configuration(
-        extender_url="https://127.0.0.1:443", registry=default_registry(), leader_elect=True
+        extender_url="https://127.0.0.1:443",
+        registry=default_registry(),
+        leader_elect=True,
+        lease_namespace="hami-system",
     )
     assert shipped == generated
 
