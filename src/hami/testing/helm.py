@@ -54,13 +54,16 @@ def find_helm(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 class Helm:
-    """One helm binary; :meth:`render` and :meth:`lint` never touch a cluster."""
+    """One helm binary. :meth:`render` and :meth:`lint` never touch a cluster; :meth:`release`
+    runs ``install``/``upgrade``/``uninstall`` against the cluster of a kubeconfig."""
 
     def __init__(self, binary: str | os.PathLike[str], *, kube_version: str = "1.34.4") -> None:
         self.binary = Path(binary)
         self.kube_version = kube_version
 
-    def _run(self, args: Sequence[str], values: Mapping[str, Any] | None) -> str:
+    def _run(
+        self, args: Sequence[str], values: Mapping[str, Any] | None, kubeconfig: str | None = None
+    ) -> str:
         with tempfile.TemporaryDirectory(prefix="hami-helm-") as tmp:
             env = {
                 **os.environ,
@@ -68,6 +71,8 @@ class Helm:
                 "HELM_CONFIG_HOME": f"{tmp}/config",
                 "HELM_DATA_HOME": f"{tmp}/data",
             }
+            if kubeconfig is not None:
+                env["KUBECONFIG"] = kubeconfig
             argv = [str(self.binary), *args]
             if values is not None:
                 vfile = Path(tmp) / "values.yaml"
@@ -104,3 +109,25 @@ class Helm:
             values,
         )
         return [d for d in yaml.safe_load_all(out) if d]
+
+    def release(
+        self,
+        command: str,
+        release: str,
+        *,
+        namespace: str,
+        kubeconfig: str | os.PathLike[str],
+        chart: str | os.PathLike[str] | None = None,
+        values: Mapping[str, Any] | None = None,
+    ) -> str:
+        """``helm install|upgrade <release> <chart>`` or ``helm uninstall <release>`` (no waiting
+        for workloads to become ready); returns helm's output."""
+        args = [command, release]
+        if command in {"install", "upgrade"}:
+            if chart is None:
+                raise ValueError(f"helm {command} needs a chart")
+            args.append(os.fspath(chart))
+        args += ["--namespace", namespace]
+        if command == "install":
+            args.append("--create-namespace")
+        return self._run(args, values, os.fspath(kubeconfig))
