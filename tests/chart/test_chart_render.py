@@ -292,3 +292,61 @@ def test_every_object_is_labelled_and_in_the_release_namespace(rendered: Render)
                 assert (obj["kind"], meta["namespace"]) == ("RoleBinding", "kube-system")
             elif "namespace" in meta:
                 assert meta["namespace"] == r.values.namespace, (obj["kind"], meta["name"])
+
+
+def test_schema_refuses_bad_values(helm: Helm) -> None:
+    bad = {"scheduler": {"defaultSchedulerPolicy": {"gpuSchedulerPolicy": "packed"}}}
+    with pytest.raises(HelmError, match="gpuSchedulerPolicy"):
+        helm.render(CHART, release="hami", namespace="x", values=bad)
+    with pytest.raises(HelmError, match="deviceSplitCount"):
+        helm.render(CHART, release="hami", namespace="x", values={"devicePlugin": {"deviceSplitCount": 0}})
+
+
+def test_kubernetes_older_than_1_30_is_refused(helm: Helm) -> None:
+    old = Helm(helm.binary, kube_version="1.29.9")
+    with pytest.raises(HelmError, match="kubeVersion"):
+        old.render(CHART, release="hami", namespace="x")
+
+
+# A values file written for HAMi's chart: its shapes (string booleans, null lists, its own
+# --config line, keys hami does not have) must render, with the shared knobs honoured.
+HAMI_STYLE_VALUES: dict[str, Any] = {
+    "global": {"gpuHookPath": "/opt/hami-hook"},
+    "resourceMem": "nvidia.com/gpumem",
+    "scheduler": {
+        "overwriteEnv": "false",
+        "defaultSchedulerPolicy": {"nodeSchedulerPolicy": "spread", "gpuSchedulerPolicy": "binpack"},
+        "kubeScheduler": {"enabled": True, "extraNewArgs": ["--config=/config/config.yaml", "-v=4"]},
+        "admissionWebhook": {"whitelistNamespaces": None, "namespaceSelector": {"matchLabels": None}},
+        "patch": {"enabled": True, "image": {"repository": "jettech/kube-webhook-certgen"}},
+        "nodeLabelSelector": {"gpu": "on"},
+    },
+    "devicePlugin": {
+        "deviceSplitCount": 20,
+        "disablecorelimit": "true",
+        "libPath": "/usr/local/vgpu",
+        "deviceListStrategy": "envvar",
+        "monitor": {"ctrPath": "/usr/local/vgpu/containers"},
+    },
+    "mluResourceName": "cambricon.com/vmlu",
+    "podSecurityPolicy": {"enabled": False},
+}
+
+
+def test_a_hami_values_file_carries_over(helm: Helm) -> None:
+    helm.lint(CHART, HAMI_STYLE_VALUES)
+    r = Rendered(
+        VALUE_SETS["default"],
+        helm.render(CHART, release="hami", namespace="hami-system", values=HAMI_STYLE_VALUES),
+    )
+    cfg, warnings = _device_config(r)
+    assert warnings == []
+    assert (cfg.nvidia.device_split_count, cfg.nvidia.disable_core_limit) == (20, True)
+    assert cfg.hami.scheduler.node_scheduler_policy == "spread"
+    ks = r.container("Deployment", "hami-scheduler", "kube-scheduler")
+    assert ks["command"] == ["/usr/local/bin/kube-scheduler", "--config=/config/config.yaml", "-v=4"]
+    installer = r.container("DaemonSet", "hami-device-plugin", "install-host")
+    assert installer["args"] == ["install-host", "--hook-path", "/opt/hami-hook"]
+    assert installer["volumeMounts"] == [{"name": "vgpu", "mountPath": "/opt/hami-hook/vgpu"}]
+    hook = r.get("MutatingWebhookConfiguration", "hami-webhook")["webhooks"][0]
+    assert "matchLabels" not in hook["namespaceSelector"]
