@@ -9,17 +9,14 @@ answer, and the policy would forbid the test identities to write hami's annotati
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from chart_apply import DRY_RUN_KINDS, install
 from chart_values import VALUE_SETS, Rendered
 
 from hami.kube.client import KubeClient
-from hami.kube.errors import ConflictError, NotFoundError
-from hami.kube.paths import api_path
 from hami.testing.apply import Applier, can_i, service_account_user
 
 pytestmark = pytest.mark.integration
@@ -27,83 +24,13 @@ pytestmark = pytest.mark.integration
 Render = Callable[[str], Rendered]
 Obj = dict[str, Any]
 
-DRY_RUN_KINDS = {
-    "MutatingWebhookConfiguration",
-    "ValidatingAdmissionPolicy",
-    "ValidatingAdmissionPolicyBinding",
-}
-
-
-def _crd(group: str, kind: str, plural: str) -> Obj:
-    """A CRD that accepts any spec: stands in for cert-manager's and the Prometheus operator's."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{group}"},
-        "spec": {
-            "group": group,
-            "scope": "Namespaced",
-            "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-                    },
-                }
-            ],
-        },
-    }
-
-
-THIRD_PARTY_CRDS = [
-    _crd("cert-manager.io", "Issuer", "issuers"),
-    _crd("cert-manager.io", "Certificate", "certificates"),
-    _crd("monitoring.coreos.com", "ServiceMonitor", "servicemonitors"),
-]
-
-
-async def _ensure_namespace(kc: KubeClient, name: str) -> None:
-    with contextlib.suppress(ConflictError):
-        await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
-
-
-async def _install(kc: KubeClient, r: Rendered, *, only_rbac: bool = False) -> list[Obj]:
-    """Apply a rendering into its namespace; returns what the API server answered per object."""
-    applier = Applier(kc, field_manager="hami-chart-test")
-    await _ensure_namespace(kc, r.values.namespace)
-    if any(o["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/")) for o in r.objects):
-        for crd in THIRD_PARTY_CRDS:
-            await applier.apply(crd)
-            await _wait_served(applier, f"{crd['spec']['group']}/v1", crd["spec"]["names"]["kind"])
-    rbac = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
-    out = []
-    for obj in r.objects:
-        if only_rbac and obj["kind"] not in rbac:
-            continue
-        out.append(await applier.apply(obj, dry_run=obj["kind"] in DRY_RUN_KINDS))
-    return out
-
-
-async def _wait_served(applier: Applier, api_version: str, kind: str) -> None:
-    """Wait until discovery lists a just-created CRD's kind (the API server adds it asynchronously)."""
-    for _ in range(200):
-        try:
-            await applier.resource(api_version, kind, refresh=True)
-            return
-        except NotFoundError:
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{kind} in {api_version} never became served")
-
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 async def test_every_rendered_object_is_accepted(
     kube_client: KubeClient, rendered: Render, name: str
 ) -> None:
     r = rendered(name)
-    answers = await _install(kube_client, r)
+    answers = await install(kube_client, r)
     assert len(answers) == len(r.objects)
     applier = Applier(kube_client)
     for obj, answer in zip(r.objects, answers, strict=True):
@@ -299,7 +226,7 @@ async def _assert_rbac(
 
 async def test_rbac_default(kube_client: KubeClient, rendered: Render) -> None:
     r = rendered("default")
-    await _install(kube_client, r, only_rbac=True)
+    await install(kube_client, r, only_rbac=True)
     await _assert_rbac(kube_client, r, "scheduler", SCHEDULER_ALLOWED, SCHEDULER_DENIED)
     await _assert_rbac(kube_client, r, "device-plugin", DEVICE_PLUGIN_ALLOWED, DEVICE_PLUGIN_DENIED)
     # no monitor: its ServiceAccount has nothing
@@ -308,7 +235,7 @@ async def test_rbac_default(kube_client: KubeClient, rendered: Render) -> None:
 
 async def test_rbac_with_monitor_and_other_names(kube_client: KubeClient, rendered: Render) -> None:
     r = rendered("full")
-    await _install(kube_client, r, only_rbac=True)
+    await install(kube_client, r, only_rbac=True)
     await _assert_rbac(kube_client, r, "scheduler", SCHEDULER_ALLOWED, SCHEDULER_DENIED)
     await _assert_rbac(kube_client, r, "device-plugin", DEVICE_PLUGIN_ALLOWED, DEVICE_PLUGIN_DENIED)
     await _assert_rbac(kube_client, r, "monitor", MONITOR_ALLOWED, MONITOR_DENIED)
@@ -316,7 +243,7 @@ async def test_rbac_with_monitor_and_other_names(kube_client: KubeClient, render
 
 async def test_rbac_cert_manager(kube_client: KubeClient, rendered: Render) -> None:
     r = rendered("certmanager")
-    await _install(kube_client, r, only_rbac=True)
+    await install(kube_client, r, only_rbac=True)
     webhook_self_signed = {
         c for c in SCHEDULER_ALLOWED if c[1] in {"secrets", "mutatingwebhookconfigurations"}
     }
