@@ -6,12 +6,22 @@ made with the identity the chart gives the component, so a missing permission fa
 
 The extender listens on a free port instead of 127.0.0.1:8080 (the only change to the chart's
 configuration), since other processes on the test machine may hold 8080.
+
+The webhook runs as the real `hami webhook` command with the chart's arguments (loopback port and
+files of this machine swapped in), creates its CA Secret, patches the caBundle of the chart's
+MutatingWebhookConfiguration and mutates a GPU pod, as the scheduler's ServiceAccount. That
+configuration is stored for real here, narrowed to the test's own namespace and pointed at the
+loopback URL (the API server has no route to a Service), and deleted afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import copy
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +33,11 @@ from chart_values import CHART, Rendered, ValueSet
 from hami.config.device import parse_device_config
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
+from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.scheduler.runner import Extender, ExtenderSettings
-from hami.testing.apply import service_account_user
+from hami.testing.apply import Applier, service_account_user
 from hami.testing.controlplane import ControlPlane, SchedulerHandle, free_port
 from hami.testing.helm import Helm
 from hami.testing.pluginnode import PluginNode
@@ -159,3 +170,93 @@ async def _bound(kc: KubeClient, ns: str, name: str) -> dict[str, Any] | None:
 
 async def _leads(extender: Extender) -> bool:
     return extender.service.is_leader()
+
+
+def _webhook_argv(r: Rendered, port: int, device_config: Path, kubeconfig: Path) -> list[str]:
+    """The chart's webhook container arguments, for a process on this machine."""
+    argv = [sys.executable, "-c", "from hami.cli import main; main()"]
+    for arg in r.container("Deployment", "run-hami-scheduler", "webhook")["args"]:
+        if arg.startswith("--bind="):
+            arg = f"--bind=127.0.0.1:{port}"
+        elif arg.startswith("--device-config="):
+            arg = f"--device-config={device_config}"
+        elif arg.startswith("--self-signed-hosts="):
+            arg += ",127.0.0.1"  # the test API server calls it by URL
+        argv.append(arg)
+    return [*argv, f"--kubeconfig={kubeconfig}"]
+
+
+async def test_webhook_runs_with_the_charts_identity(
+    helm: Helm, control_plane: ControlPlane, kube_client: KubeClient, namespace: str, tmp_path: Path
+) -> None:
+    r = Rendered(RUN, helm.render(CHART, release=RUN.release, namespace=RUN.namespace, values=RUN.values))
+    await install(kube_client, r, only_rbac=True)
+    device_config = tmp_path / "device-config.yaml"
+    device_config.write_text(r.get("ConfigMap", "run-hami-device-config")["data"]["device-config.yaml"])
+    port = free_port()
+    argv = _webhook_argv(r, port, device_config, _kubeconfig_as(control_plane, "run-hami-scheduler"))
+
+    mwc = copy.deepcopy(r.get("MutatingWebhookConfiguration", "run-hami-webhook"))
+    hook = mwc["webhooks"][0]
+    hook["clientConfig"] = {"url": f"https://127.0.0.1:{port}/webhook"}
+    hook["namespaceSelector"]["matchExpressions"].append(
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
+    )
+    applier = Applier(kube_client, field_manager="hami-chart-test")
+    mwc_path = await applier.path(mwc)
+    await applier.apply(mwc)
+    log = tmp_path / "webhook.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        try:
+            await wait_for(lambda: _running(proc, _ca_bundle(kube_client, mwc_path)), timeout=60)
+            pod = await wait_for(lambda: _running(proc, _mutated(kube_client, namespace)), timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nwebhook log:\n{log.read_text()[-4000:]}") from None
+        assert pod["spec"]["schedulerName"] == "chart-run-scheduler"
+        secret = await kube_client.get(
+            api_path("v1", "secrets", namespace=RUN.namespace, name="run-hami-webhook-ca")
+        )
+        assert {"ca.crt", "ca.key"} <= set(secret["data"])
+    finally:
+        await kube_client.delete(mwc_path)
+        proc.terminate()
+        await asyncio.to_thread(proc.wait, 30)
+
+
+async def _running(proc: subprocess.Popen[bytes], check: Coroutine[Any, Any, Any]) -> Any:
+    """``await check``, failing at once when the webhook process has exited."""
+    if proc.poll() is not None:
+        check.close()  # never awaited
+        raise AssertionError(f"hami webhook exited with {proc.returncode}")
+    return await check
+
+
+async def _ca_bundle(kc: KubeClient, path: str) -> str | None:
+    mwc = await kc.get(path)
+    bundle = mwc["webhooks"][0]["clientConfig"].get("caBundle")
+    return str(bundle) if bundle else None
+
+
+async def _mutated(kc: KubeClient, ns: str) -> dict[str, Any] | None:
+    """Create a GPU pod; it once the API server has the new configuration and the webhook answers."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"gpu-{uuid.uuid4().hex[:6]}"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.invalid/cuda:12",
+                    "resources": {"limits": {"nvidia.com/gpu": 1}},
+                }
+            ]
+        },
+    }
+    try:
+        created: dict[str, Any] = await kc.create(api_path("v1", "pods", namespace=ns), pod)
+    except ApiError:  # failurePolicy Fail: refused until the API server trusts the new caBundle
+        return None
+    return created if created["spec"]["schedulerName"] != "default-scheduler" else None
