@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from chart_apply import DRY_RUN_KINDS, install
+from chart_apply import DRY_RUN_KINDS, ensure_namespace, install
 from chart_values import VALUE_SETS, Rendered
 
 from hami.kube.client import KubeClient
+from hami.kube.paths import api_path
 from hami.testing.apply import Applier, can_i, service_account_user
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,32 @@ async def test_every_rendered_object_is_accepted(
             assert stored["data"] == obj["data"]
         if "rules" in obj:
             assert stored["rules"] == obj["rules"]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+async def test_workload_pods_pass_pod_admission(kube_client: KubeClient, rendered: Render, name: str) -> None:
+    """Each pod template, created as a Pod (dryRun=All) so that pod admission runs on it: the
+    scheduler pod under Pod Security "restricted", the node agents (root, hostPath) in a namespace
+    that allows privileged pods, as docs/install.md asks of the release namespace."""
+    r = rendered(name)
+    await install(kube_client, r)  # what the pods refer to at admission (RuntimeClass)
+    restricted = f"{r.values.namespace}-restricted"
+    for ns, level in ((restricted, "restricted"), (r.values.namespace, "privileged")):
+        labels = {"pod-security.kubernetes.io/enforce": level, "pod-security.kubernetes.io/warn": level}
+        await ensure_namespace(kube_client, ns)
+        await kube_client.merge_patch(api_path("v1", "namespaces", name=ns), {"metadata": {"labels": labels}})
+    workloads = r.of_kind("Deployment") + r.of_kind("DaemonSet")
+    assert workloads
+    for w in workloads:
+        ns = restricted if w["kind"] == "Deployment" else r.values.namespace
+        template = w["spec"]["template"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"{w['metadata']['name']}-probe", "labels": template["metadata"]["labels"]},
+            "spec": template["spec"],
+        }
+        await kube_client.create(api_path("v1", "pods", namespace=ns), pod, params={"dryRun": "All"})
 
 
 def _assert_subset(want: Any, got: Any, where: str) -> None:
