@@ -4,6 +4,7 @@ configuration files are exactly what hami's own code reads and generates."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -350,3 +351,34 @@ def test_a_hami_values_file_carries_over(helm: Helm) -> None:
     assert installer["volumeMounts"] == [{"name": "vgpu", "mountPath": "/opt/hami-hook/vgpu"}]
     hook = r.get("MutatingWebhookConfiguration", "hami-webhook")["webhooks"][0]
     assert "matchLabels" not in hook["namespaceSelector"]
+
+
+def test_device_plugin_command_line_parses(
+    rendered: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's device plugin arguments and environment, parsed by the real `hami device-plugin`
+    command (the ConfigMap mounts replaced by files here)."""
+    from hami.deviceplugin.cli import device_plugin
+
+    r = rendered("full")
+    plugin = r.container("DaemonSet", "gpu-hami-device-plugin", "device-plugin")
+    files = {
+        "/device-config/device-config.yaml": r.get("ConfigMap", "gpu-hami-device-config")["data"][
+            "device-config.yaml"
+        ],
+        "/node-config/config.json": r.get("ConfigMap", "gpu-hami-node-config")["data"]["config.json"],
+        "/fake-node/fake-node.yaml": r.get("ConfigMap", "gpu-hami-fake-node")["data"]["fake-node.yaml"],
+    }
+    args = plugin["args"][1:]
+    for mounted, content in files.items():
+        local = tmp_path / Path(mounted).name
+        local.write_text(content)
+        args = [a.replace(mounted, str(local)) for a in args]
+    for env in plugin["env"]:
+        monkeypatch.setenv(env["name"], env.get("value", "n1"))  # fieldRef spec.nodeName -> "n1"
+    assert plugin["args"][0] == "device-plugin"
+    ctx = device_plugin.make_context("device-plugin", args)
+    assert ctx.params["node_name"] == "n1"
+    assert ctx.params["hook_path"] == "/usr/local"
+    assert ctx.params["plugin_dir"] == "/var/lib/kubelet/device-plugins/"
+    assert ctx.params["fake_node"] == str(tmp_path / "fake-node.yaml")
