@@ -192,7 +192,6 @@ def test_device_plugin_daemonset(rendered: Render) -> None:
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
     assert host == {
         "device-plugins": "/var/lib/kubelet/device-plugins",
-        "pod-resources": "/var/lib/kubelet/pod-resources",
         "vgpu": "/usr/local/vgpu",
         "vgpulock": "/tmp/vgpulock",
     }
