@@ -97,6 +97,16 @@ def _assert_subset(want: Any, got: Any, where: str) -> None:
 # name "<fullname>" is replaced by the chart's fullname.
 Check = tuple[str, str, str, str | None, str | None, str | None]
 
+ADMISSION = "admissionregistration.k8s.io"
+PATCH_OWN_WEBHOOK_CONFIG: Check = (
+    "patch",
+    "mutatingwebhookconfigurations",
+    ADMISSION,
+    None,
+    "<fullname>-webhook",
+    None,
+)
+
 SCHEDULER_ALLOWED: list[Check] = [
     # extender: informers, filter-time annotations, bind, node lock, events
     ("list", "pods", "", None, None, None),
@@ -123,19 +133,12 @@ SCHEDULER_ALLOWED: list[Check] = [
     (
         "get",
         "mutatingwebhookconfigurations",
-        "admissionregistration.k8s.io",
+        ADMISSION,
         None,
         "<fullname>-webhook",
         None,
     ),
-    (
-        "patch",
-        "mutatingwebhookconfigurations",
-        "admissionregistration.k8s.io",
-        None,
-        "<fullname>-webhook",
-        None,
-    ),
+    PATCH_OWN_WEBHOOK_CONFIG,
     ("get", "secrets", "", "<ns>", "<fullname>-webhook-ca", None),
     ("create", "secrets", "", "<ns>", None, None),
 ]
@@ -145,11 +148,11 @@ SCHEDULER_DENIED: list[Check] = [
     ("list", "secrets", "", "<ns>", None, None),
     ("get", "secrets", "", "tenant", "db-password", None),
     ("create", "secrets", "", "tenant", None, None),
-    ("patch", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", None, "someone-elses", None),
+    ("patch", "mutatingwebhookconfigurations", ADMISSION, None, "someone-elses", None),
     (
         "update",
         "validatingadmissionpolicies",
-        "admissionregistration.k8s.io",
+        ADMISSION,
         None,
         "<fullname>-protect-annotations",
         None,
@@ -183,14 +186,7 @@ DEVICE_PLUGIN_DENIED: list[Check] = [
     ("create", "pods", "", "tenant", "p", "binding"),
     ("get", "secrets", "", "<ns>", "<fullname>-webhook-ca", None),
     ("list", "secrets", "", None, None, None),
-    (
-        "patch",
-        "mutatingwebhookconfigurations",
-        "admissionregistration.k8s.io",
-        None,
-        "<fullname>-webhook",
-        None,
-    ),
+    PATCH_OWN_WEBHOOK_CONFIG,
     ("update", "leases", "coordination.k8s.io", "<ns>", "<scheduler>", None),
 ]
 
@@ -211,7 +207,7 @@ MONITOR_DENIED: list[Check] = [
 CERT_MANAGER_DENIED: list[Check] = [
     ("create", "secrets", "", "<ns>", None, None),
     ("get", "secrets", "", "<ns>", "hami-cm-webhook-ca", None),
-    ("patch", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", None, "hami-cm-webhook", None),
+    ("patch", "mutatingwebhookconfigurations", ADMISSION, None, "hami-cm-webhook", None),
 ]
 
 
