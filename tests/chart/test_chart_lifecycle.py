@@ -1,11 +1,14 @@
 """helm install, upgrade and uninstall of charts/hami against the real kube-apiserver, the way
 docs/install.md tells an administrator to do it.
 
-The webhook configuration and the admission policy are switched off here: once stored they would
-act on every other test sharing this API server. test_chart_apiserver.py admits them (dry run).
+The admission policy is switched off and the webhook configuration narrowed to namespaces that
+carry a label no namespace has: once stored, either would act on every other test sharing this API
+server. test_chart_apiserver.py admits both unchanged (dry run).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from chart_values import CHART
@@ -15,16 +18,31 @@ from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
 from hami.testing.controlplane import ControlPlane
 from hami.testing.helm import Helm
+from hami.webhook.tls import generate_self_signed, inject_ca_bundle
 
 pytestmark = pytest.mark.integration
 
 RELEASE, NS = "life", "chart-lifecycle"
-QUIET = {"scheduler": {"admissionWebhook": {"enabled": False}}, "admissionPolicy": {"enabled": False}}
+QUIET: dict[str, Any] = {
+    "scheduler": {"admissionWebhook": {"namespaceSelector": {"matchLabels": {"hami-test/none": "x"}}}},
+    "admissionPolicy": {"enabled": False},
+}
+UPGRADED: dict[str, Any] = {
+    **QUIET,
+    "scheduler": {**QUIET["scheduler"], "replicas": 2},
+    "devicePlugin": {"deviceSplitCount": 5},
+}
 
+DEPLOYMENT = api_path("apps/v1", "deployments", namespace=NS, name="life-hami-scheduler")
+DEVICE_CONFIG = api_path("v1", "configmaps", namespace=NS, name="life-hami-device-config")
+WEBHOOK_CONFIG = api_path(
+    "admissionregistration.k8s.io/v1", "mutatingwebhookconfigurations", name="life-hami-webhook"
+)
 OBJECTS = [
-    api_path("apps/v1", "deployments", namespace=NS, name="life-hami-scheduler"),
+    DEPLOYMENT,
+    DEVICE_CONFIG,
+    WEBHOOK_CONFIG,
     api_path("apps/v1", "daemonsets", namespace=NS, name="life-hami-device-plugin"),
-    api_path("v1", "configmaps", namespace=NS, name="life-hami-device-config"),
     api_path("v1", "services", namespace=NS, name="life-hami-scheduler"),
     api_path("v1", "serviceaccounts", namespace=NS, name="life-hami-scheduler"),
     api_path("rbac.authorization.k8s.io/v1", "clusterroles", name="life-hami-scheduler"),
@@ -48,31 +66,33 @@ async def _exists(kc: KubeClient, path: str) -> bool:
     return True
 
 
+def _checksum(deployment: dict[str, Any]) -> str:
+    return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/device-config"])
+
+
 async def test_install_upgrade_uninstall(
     helm: Helm, control_plane: ControlPlane, kube_client: KubeClient
 ) -> None:
     kubeconfig = control_plane.kubeconfig_path
     helm.release("install", RELEASE, namespace=NS, kubeconfig=kubeconfig, chart=CHART, values=QUIET)
     assert [p for p in OBJECTS if not await _exists(kube_client, p)] == []
-    dep = await kube_client.get(OBJECTS[0])
+    dep = await kube_client.get(DEPLOYMENT)
     assert dep["spec"]["replicas"] == 1
-    before = dep["spec"]["template"]["metadata"]["annotations"]["checksum/device-config"]
+    # what the webhook does at start-up: its CA into caBundle, as its own field manager
+    bundle = generate_self_signed([f"life-hami-scheduler.{NS}.svc"]).ca_bundle
+    assert await inject_ca_bundle(kube_client, "life-hami-webhook", bundle) == 1
 
-    upgraded = {
-        **QUIET,
-        "scheduler": {**QUIET["scheduler"], "replicas": 2},
-        "devicePlugin": {"deviceSplitCount": 5},
-    }
-    helm.release("upgrade", RELEASE, namespace=NS, kubeconfig=kubeconfig, chart=CHART, values=upgraded)
-    dep = await kube_client.get(OBJECTS[0])
-    assert dep["spec"]["replicas"] == 2
-    # a changed device config rolls the pods
-    assert dep["spec"]["template"]["metadata"]["annotations"]["checksum/device-config"] != before
-    cm = await kube_client.get(OBJECTS[2])
+    helm.release("upgrade", RELEASE, namespace=NS, kubeconfig=kubeconfig, chart=CHART, values=UPGRADED)
+    upgraded = await kube_client.get(DEPLOYMENT)
+    assert upgraded["spec"]["replicas"] == 2
+    assert _checksum(upgraded) != _checksum(dep)  # a changed device config rolls the pods
+    cm = await kube_client.get(DEVICE_CONFIG)
     assert "deviceSplitCount: 5" in cm["data"]["device-config.yaml"]
-    assert await _exists(
-        kube_client, api_path("policy/v1", "poddisruptionbudgets", namespace=NS, name="life-hami-scheduler")
-    )
+    pdb = api_path("policy/v1", "poddisruptionbudgets", namespace=NS, name="life-hami-scheduler")
+    assert await _exists(kube_client, pdb)
+    # the chart does not manage caBundle, so the upgrade keeps the webhook's
+    mwc = await kube_client.get(WEBHOOK_CONFIG)
+    assert mwc["webhooks"][0]["clientConfig"]["caBundle"] == bundle
 
     helm.release("uninstall", RELEASE, namespace=NS, kubeconfig=kubeconfig)
-    assert [p for p in OBJECTS if await _exists(kube_client, p)] == []
+    assert [p for p in [*OBJECTS, pdb] if await _exists(kube_client, p)] == []
