@@ -64,7 +64,7 @@ namespace: {{ include "hami.namespace" $root }}
 {{ include "hami.clusterMetadata" . }}
 {{- end -}}
 
-{{/* metadata for a cluster-scoped object: include "hami.clusterMetadata" (list . "scheduler" "name") */}}
+{{/* labels and annotations of any object (after its name): include "hami.clusterMetadata" (list . "scheduler") */}}
 {{- define "hami.clusterMetadata" -}}
 {{- $root := index . 0 -}}
 labels:
