@@ -13,6 +13,11 @@ UV_BIN := $(CACHE)/uv-$(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' hack/uv-requireme
 STAMP  := $(VENV)/.installed-dev
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 
+# What a real node needs from Debian (the real-node tier and the sandbox).
+ENSURE_NODE_TOOLS = hack/ensure-debian-tool.sh runc runc && \
+	hack/ensure-debian-tool.sh /usr/lib/cni/bridge containernetworking-plugins && \
+	hack/ensure-debian-tool.sh iptables iptables && hack/ensure-debian-tool.sh conntrack conntrack
+
 .PHONY: demo test venv runtime-venv lock native images lint typecheck unit native-test integration clean
 
 $(UV_BIN): hack/uv-requirements.txt
@@ -55,15 +60,18 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-# Every tier: lint, types, unit + contract + native + integration (real etcd, kube-apiserver,
-# kube-scheduler — built once from Go modules into ~/.cache/hami, see hack/build-k8s.sh).
+# Every tier: lint, types, unit + contract + native + integration + chart + real node (real etcd,
+# kube-apiserver, kube-scheduler, kubelet, containerd and helm — built once from Go modules into
+# ~/.cache/hami, see hack/build-*.sh — and Debian's runc and CNI plugins).
 # HAMI_REQUIRE_ALL=1: a test whose prerequisite is missing fails, saying what to install, instead
 # of skipping (hami.testing.prereq).
 test: venv native lint typecheck images
 	hack/ensure-etcd.sh
 	hack/ensure-debian-tool.sh valgrind valgrind
-	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 HAMI_REQUIRE_ALL=1 \
-	  $(BIN)/pytest -q -p no:cacheprovider
+	$(ENSURE_NODE_TOOLS)
+	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
+	  HAMI_CONTAINERD_BIN="$${HAMI_CONTAINERD_BIN:-$$(hack/build-containerd.sh)}" \
+	  HAMI_REQUIRE_INTEGRATION=1 HAMI_REQUIRE_ALL=1 $(BIN)/pytest -q -p no:cacheprovider
 
 unit: venv
 	$(BIN)/pytest -q tests/unit tests/contract
@@ -73,7 +81,8 @@ native-test: venv native
 
 integration: venv native
 	hack/ensure-etcd.sh
-	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e
+	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
+	  HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e tests/chart
 
 clean:
 	rm -rf $(VENV) native/build dist .pytest_cache .mypy_cache .ruff_cache

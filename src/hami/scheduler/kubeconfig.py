@@ -5,7 +5,8 @@ Node objects) and every managed resource ``ignoredByScheduler`` so the in-tree N
 plugin does not count slices as whole devices. ``deploy/scheduler-config.yaml`` is generated from
 this function (a test keeps the two equal): the extender in the same pod as kube-scheduler, on plain
 HTTP at ``127.0.0.1:8080`` (``hami scheduler``'s default ``--bind``; nothing outside the pod reaches
-it), with leader election on the Lease ``hami-scheduler`` in the release namespace.
+it). With ``leader_elect`` kube-scheduler elects on the Lease ``<scheduler_name>`` in
+``lease_namespace`` (charts/hami: the release namespace).
 """
 
 from __future__ import annotations

@@ -81,8 +81,12 @@ class PluginNode:
         labels: dict[str, str] | None = None,
         hook_path: str | Path | None = None,
         kube: KubeOps | None = None,
+        agent_client: KubeClient | None = None,
         **settings: Any,
     ) -> None:
+        """``client`` plays the kubelet (creates the Node, writes its status); the device plugin
+        talks to the API server through ``agent_client`` (default: ``client``), e.g. as the
+        plugin's own ServiceAccount."""
         self.client = client
         self.name = name
         self.fake_node = Path(fake_node)
@@ -97,7 +101,7 @@ class PluginNode:
         self.agent = NodeAgent(
             self.source,
             self.settings,
-            kube=kube if kube is not None else ClientKubeOps(client, host=name),
+            kube=kube if kube is not None else ClientKubeOps(agent_client or client, host=name),
             plugin_dir=self.plugin_dir,
             watch_interval=0.1,
         )

@@ -1,0 +1,147 @@
+{{/* Names. A release called "hami" gets hami-scheduler, hami-device-plugin, ... */}}
+{{- define "hami.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "hami.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hami.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride -}}
+{{- end -}}
+
+{{- define "hami.scheduler" -}}{{ include "hami.fullname" . }}-scheduler{{- end -}}
+{{- define "hami.devicePlugin" -}}{{ include "hami.fullname" . }}-device-plugin{{- end -}}
+{{- define "hami.monitor" -}}{{ include "hami.fullname" . }}-monitor{{- end -}}
+{{- define "hami.webhook" -}}{{ include "hami.fullname" . }}-webhook{{- end -}}
+{{- define "hami.webhookCASecret" -}}{{ include "hami.fullname" . }}-webhook-ca{{- end -}}
+{{- define "hami.webhookTLSSecret" -}}{{ include "hami.fullname" . }}-webhook-tls{{- end -}}
+{{- define "hami.deviceConfig" -}}{{ include "hami.fullname" . }}-device-config{{- end -}}
+{{- define "hami.nodeConfig" -}}
+{{- default (printf "%s-node-config" (include "hami.fullname" .)) .Values.devicePlugin.nodeConfiguration.externalConfigName -}}
+{{- end -}}
+
+{{/* The full user name of one of the chart's ServiceAccounts: include "hami.saUser" (list . "scheduler") */}}
+{{- define "hami.saUser" -}}
+{{- $root := index . 0 -}}
+system:serviceaccount:{{ include "hami.namespace" $root }}:{{ include "hami.fullname" $root }}-{{ index . 1 }}
+{{- end -}}
+
+{{/* Labels: include "hami.labels" (list . "scheduler") */}}
+{{- define "hami.labels" -}}
+{{- $root := index . 0 -}}
+helm.sh/chart: {{ printf "%s-%s" $root.Chart.Name $root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "hami.selectorLabels" . }}
+app.kubernetes.io/version: {{ $root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ $root.Release.Service }}
+{{- with $root.Values.global.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "hami.selectorLabels" -}}
+{{- $root := index . 0 -}}
+app.kubernetes.io/name: {{ include "hami.name" $root }}
+app.kubernetes.io/instance: {{ $root.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{/* metadata for a namespaced object: include "hami.metadata" (list . "scheduler" "name") */}}
+{{- define "hami.metadata" -}}
+{{- $root := index . 0 -}}
+name: {{ index . 2 }}
+namespace: {{ include "hami.namespace" $root }}
+{{ include "hami.clusterMetadata" . }}
+{{- end -}}
+
+{{/* labels and annotations of any object (after its name): include "hami.clusterMetadata" (list . "scheduler") */}}
+{{- define "hami.clusterMetadata" -}}
+{{- $root := index . 0 -}}
+labels:
+  {{- include "hami.labels" (list $root (index . 1)) | nindent 2 }}
+{{- with $root.Values.global.annotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* An image reference: include "hami.image" (list . .Values.devicePlugin.image) */}}
+{{- define "hami.image" -}}
+{{- $root := index . 0 -}}
+{{- $img := index . 1 -}}
+{{- $registry := default $img.registry $root.Values.global.imageRegistry -}}
+{{- $tag := $img.tag | default $root.Values.global.imageTag | default $root.Chart.AppVersion -}}
+{{- if $registry -}}{{ $registry }}/{{- end -}}{{ $img.repository }}:{{ $tag }}
+{{- end -}}
+
+{{- define "hami.imagePullSecrets" -}}
+{{- with .Values.global.imagePullSecrets -}}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* The NVIDIA resource names, in the order the extender lists them (managedResources). */}}
+{{- define "hami.resourceNames" -}}
+{{- $v := .Values -}}
+{{- toJson (list $v.resourceName $v.resourceMem $v.resourceMemPercentage $v.resourceCores $v.resourcePriority) -}}
+{{- end -}}
+
+{{/* The distinct domains ("nvidia.com/") of the resource names, as a JSON list. */}}
+{{- define "hami.resourcePrefixes" -}}
+{{- $out := list -}}
+{{- range (include "hami.resourceNames" . | fromJsonArray) -}}
+{{- $out = append $out (printf "%s/" (regexReplaceAll "/.*$" . "")) -}}
+{{- end -}}
+{{- toJson (uniq $out) -}}
+{{- end -}}
+
+{{/* nodeLockExpire ("90s", "5m", "1h") in whole seconds. */}}
+{{- define "hami.nodeLockSeconds" -}}
+{{- $v := toString .Values.scheduler.nodeLockExpire -}}
+{{- if not (regexMatch "^[0-9]+(s|m|h)$" $v) -}}
+{{- fail (printf "scheduler.nodeLockExpire %q: use <n>s, <n>m or <n>h" $v) -}}
+{{- end -}}
+{{- $n := regexFind "^[0-9]+" $v | int -}}
+{{- $unit := trimPrefix (toString $n) $v -}}
+{{- if eq $unit "m" }}{{ mul $n 60 }}{{ else if eq $unit "h" }}{{ mul $n 3600 }}{{ else }}{{ $n }}{{ end -}}
+{{- end -}}
+
+{{/* The extender's metrics address: ":9395" -> "0.0.0.0:9395". */}}
+{{- define "hami.metricsBind" -}}
+{{- $a := toString .Values.scheduler.metricsBindAddress -}}
+{{- if hasPrefix ":" $a }}0.0.0.0{{ $a }}{{ else }}{{ $a }}{{ end -}}
+{{- end -}}
+
+{{- define "hami.metricsPort" -}}
+{{- regexFind "[0-9]+$" (toString .Values.scheduler.metricsBindAddress) -}}
+{{- end -}}
+
+{{- define "hami.hookPath" -}}{{ trimSuffix "/" .Values.global.gpuHookPath }}{{- end -}}
+{{- define "hami.vgpuPath" -}}{{ include "hami.hookPath" . }}/vgpu{{- end -}}
+
+{{/* Checksum of a rendered template, to roll pods when their configuration changes. */}}
+{{- define "hami.checksum" -}}
+{{- $root := index . 0 -}}
+{{- include (print $root.Template.BasePath "/" (index . 1)) $root | sha256sum -}}
+{{- end -}}
+
+{{/* The container securityContext of every non-root container. */}}
+{{- define "hami.restrictedContainer" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end -}}

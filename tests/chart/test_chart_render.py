@@ -1,0 +1,383 @@
+"""charts/hami rendered by helm: lint, what each value set produces, and that the generated
+configuration files are exactly what hami's own code reads and generates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from chart_values import CHART, VALUE_SETS, Rendered
+
+from hami.config.device import DeviceConfig, parse_device_config
+from hami.config.node import parse_node_config_file
+from hami.devices.registry import default_registry
+from hami.scheduler.kubeconfig import scheduler_configuration
+from hami.testing.helm import Helm, HelmError
+
+pytestmark = pytest.mark.integration
+
+Render = Callable[[str], Rendered]
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint_strict(helm: Helm, name: str) -> None:
+    report = helm.lint(CHART, VALUE_SETS[name].values)
+    assert "0 chart(s) failed" in report
+
+
+def _device_config(r: Rendered) -> tuple[DeviceConfig, list[str]]:
+    cm = r.get("ConfigMap", f"{r.values.fullname}-device-config")
+    return parse_device_config(cm["data"]["device-config.yaml"], source="chart")
+
+
+def test_default_device_config_is_hamis_default(rendered: Render) -> None:
+    cfg, warnings = _device_config(rendered("default"))
+    assert warnings == []
+    assert cfg.model_dump() == DeviceConfig.default().model_dump()
+
+
+def test_values_reach_the_device_config(rendered: Render) -> None:
+    cfg, warnings = _device_config(rendered("full"))
+    assert warnings == []
+    nv = cfg.nvidia
+    assert nv.resource_names() == {
+        "resourceCountName": "example.com/vgpu",
+        "resourceMemoryName": "example.com/vgpu-mem",
+        "resourceMemoryPercentageName": "example.com/vgpu-mem-pct",
+        "resourceCoreName": "example.com/vgpu-cores",
+        "resourcePriorityName": "example.com/vgpu-priority",
+    }
+    assert (nv.device_split_count, nv.device_memory_scaling, nv.mig_strategy) == (4, 1.5, "mixed")
+    assert (nv.disable_core_limit, nv.gpu_core_policy, nv.lib_cuda_log_level) == (True, "force", 3)
+    assert nv.runtime_class_name == "nvidia-hami"
+    sched = cfg.hami.scheduler
+    assert (sched.node_scheduler_policy, sched.gpu_scheduler_policy) == ("spread", "topology-aware")
+    assert sched.node_lock_timeout_seconds == 300  # nodeLockExpire: 5m
+    assert cfg.hami.scheduler_name == "gpu-sched"
+    assert cfg.hami.enforcement_opt_out_namespaces == ["research"]
+
+
+def test_device_config_content_replaces_the_file(rendered: Render) -> None:
+    cm = rendered("minimal").get("ConfigMap", "bare-hami-device-config")
+    assert cm["data"]["device-config.yaml"].strip() == "nvidia:\n  deviceSplitCount: 7"
+
+
+def test_node_config_json_is_valid(rendered: Render) -> None:
+    default = rendered("default").get("ConfigMap", "hami-node-config")["data"]["config.json"]
+    assert parse_node_config_file(default).nodeconfig == []
+    full = rendered("full").get("ConfigMap", "gpu-hami-node-config")["data"]["config.json"]
+    (entry,) = parse_node_config_file(full).nodeconfig
+    assert (entry.name, entry.devicesplitcount) == ("n1", 2)
+
+
+@pytest.mark.parametrize("name", ["default", "full", "certmanager"])
+def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: str) -> None:
+    """The chart's KubeSchedulerConfiguration is what hami.scheduler.kubeconfig generates for the
+    same values."""
+    r = rendered(name)
+    cfg, _ = _device_config(r)
+    shipped = yaml.safe_load(r.get("ConfigMap", f"{r.values.fullname}-scheduler")["data"]["config.yaml"])
+    values: dict[str, Any] = r.values.values
+    sched_values = values.get("scheduler", {})
+    leader = sched_values.get("leaderElect", True)
+    expected = scheduler_configuration(
+        extender_url="http://127.0.0.1:8080",
+        registry=default_registry(cfg),
+        scheduler_name=values.get("schedulerName", "hami-scheduler"),
+        leader_elect=leader,
+        lease_namespace=r.values.namespace,
+        http_timeout=f"{sched_values.get('extenderHTTPTimeout', 30)}s",
+    )
+    assert shipped == expected
+
+
+def test_scheduler_pod(rendered: Render) -> None:
+    r = rendered("default")
+    dep = r.get("Deployment", "hami-scheduler")
+    pod = dep["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["kube-scheduler", "vgpu-scheduler-extender", "webhook"]
+    assert pod["serviceAccountName"] == "hami-scheduler"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    for c in pod["containers"]:
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    ks = r.container("Deployment", "hami-scheduler", "kube-scheduler")
+    assert ks["image"] == "hami.local/kube-scheduler:v1.34.4"
+    assert ks["command"][:2] == ["/usr/local/bin/kube-scheduler", "--config=/config/config.yaml"]
+    ext = r.container("Deployment", "hami-scheduler", "vgpu-scheduler-extender")
+    assert ext["image"] == "hami.local/hami:0.1.0" and ext["imagePullPolicy"] == "IfNotPresent"
+    assert ext["args"] == [
+        "scheduler",
+        "--bind=127.0.0.1:8080",
+        "--metrics-bind=0.0.0.0:9395",
+        "--device-config=/device-config/device-config.yaml",
+        "--follow-scheduler-lease",
+        "--lease-namespace=hami-system",
+        "--lease-name=hami-scheduler",
+    ]
+    wh = r.container("Deployment", "hami-scheduler", "webhook")
+    assert wh["args"] == [
+        "webhook",
+        "--bind=0.0.0.0:9443",
+        "--device-config=/device-config/device-config.yaml",
+        "--force-overwrite-default-scheduler",
+        "--self-signed-hosts=hami-scheduler.hami-system.svc,hami-scheduler.hami-system.svc.cluster.local",
+        "--webhook-config-name=hami-webhook",
+        "--ca-secret=hami-system/hami-webhook-ca",
+    ]
+    svc = r.get("Service", "hami-scheduler")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "http": (443, "webhook"),
+        "monitor": (9395, "metrics"),
+    }
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    mwc = r.get("MutatingWebhookConfiguration", "hami-webhook")
+    assert mwc["webhooks"][0]["clientConfig"]["service"] == {
+        "name": "hami-scheduler",
+        "namespace": "hami-system",
+        "path": "/webhook",
+        "port": 443,
+    }
+    assert not r.has("PodDisruptionBudget", "hami-scheduler")  # one replica: a PDB would block drains
+
+
+def test_full_values_reach_the_scheduler_pod(rendered: Render) -> None:
+    r = rendered("full")
+    dep = r.get("Deployment", "gpu-hami-scheduler")
+    assert dep["spec"]["replicas"] == 3
+    assert r.get("PodDisruptionBudget", "gpu-hami-scheduler")["spec"]["minAvailable"] == 1
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "pull"}]
+    ext = r.container("Deployment", "gpu-hami-scheduler", "vgpu-scheduler-extender")
+    assert ext["image"] == "registry.example/hami:v9"
+    assert "--metrics-bind=0.0.0.0:9500" in ext["args"] and ext["args"][-1] == "--bind-queue-limit=4"
+    assert "--lease-name=gpu-sched" in ext["args"]
+    wh = r.container("Deployment", "gpu-hami-scheduler", "webhook")
+    assert "--no-force-overwrite-default-scheduler" in wh["args"]
+    svc = r.get("Service", "gpu-hami-scheduler")
+    assert svc["spec"]["type"] == "NodePort"
+    assert {p["name"]: p["nodePort"] for p in svc["spec"]["ports"]} == {"http": 31998, "monitor": 31993}
+    hook = r.get("MutatingWebhookConfiguration", "gpu-hami-webhook")["webhooks"][0]
+    assert hook["failurePolicy"] == "Ignore"
+    assert hook["namespaceSelector"]["matchLabels"] == {"gpu-tenant": "yes"}
+    assert {
+        "key": "kubernetes.io/metadata.name",
+        "operator": "NotIn",
+        "values": ["chart-full", "kube-system", "batch"],
+    } in hook["namespaceSelector"]["matchExpressions"]
+    (cond,) = hook["matchConditions"]
+    assert "k.startsWith('example.com/')" in cond["expression"]
+    assert "nvidia.com" not in cond["expression"]
+    monitors = {m["metadata"]["name"]: m for m in r.of_kind("ServiceMonitor")}
+    assert sorted(monitors) == ["gpu-hami-monitor", "gpu-hami-scheduler"]
+    assert monitors["gpu-hami-scheduler"]["metadata"]["labels"]["release"] == "kube-prometheus"
+    assert r.get("RuntimeClass", "nvidia-hami")["handler"] == "nvidia"
+
+
+def test_overwrite_env_sends_every_pod_to_the_webhook(helm: Helm) -> None:
+    objs = helm.render(CHART, release="hami", namespace="x", values={"scheduler": {"overwriteEnv": "true"}})
+    (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]
+    assert "matchConditions" not in mwc["webhooks"][0]
+
+
+def test_device_plugin_daemonset(rendered: Render) -> None:
+    r = rendered("default")
+    ds = r.get("DaemonSet", "hami-device-plugin")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"gpu": "on"}
+    assert pod["serviceAccountName"] == "hami-device-plugin"
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host == {
+        "device-plugins": "/var/lib/kubelet/device-plugins",
+        "vgpu": "/usr/local/vgpu",
+        "vgpulock": "/tmp/vgpulock",
+    }
+    installer = r.container("DaemonSet", "hami-device-plugin", "install-host")
+    assert installer["args"] == ["install-host", "--hook-path", "/usr/local"]
+    assert installer["volumeMounts"] == [{"name": "vgpu", "mountPath": "/usr/local/vgpu"}]
+    plugin = r.container("DaemonSet", "hami-device-plugin", "device-plugin")
+    # the plugin mounts <hook>/vgpu/libvgpu.so into containers from the same host path the
+    # installer wrote, and creates the per-container directories there
+    mounts = {m["name"]: m["mountPath"] for m in plugin["volumeMounts"]}
+    assert mounts["vgpu"] == "/usr/local/vgpu" and mounts["vgpulock"] == "/tmp/vgpulock"
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in plugin["env"]}
+    assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["HOOK_PATH"] == "/usr/local"
+    assert plugin["securityContext"]["runAsUser"] == 0
+    assert plugin["args"] == [
+        "device-plugin",
+        "--device-config-file=/device-config/device-config.yaml",
+        "--node-config-file=/node-config/config.json",
+        "--plugin-dir=/var/lib/kubelet/device-plugins/",
+    ]
+
+
+def test_full_values_reach_the_device_plugin(rendered: Render) -> None:
+    r = rendered("full")
+    pod = r.get("DaemonSet", "gpu-hami-device-plugin")["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia-hami"
+    plugin = r.container("DaemonSet", "gpu-hami-device-plugin", "device-plugin")
+    assert "--fake-node=/fake-node/fake-node.yaml" in plugin["args"]
+    env = {e["name"]: e.get("value") for e in plugin["env"]}
+    assert env["ENABLE_TOPOLOGY_SCORE"] == "true" and env["LOG_LEVEL"] == "debug"
+    assert r.get("ConfigMap", "gpu-hami-fake-node")["data"]["fake-node.yaml"] == "cards: []\n"
+    monitor = r.container("DaemonSet", "gpu-hami-monitor", "monitor")
+    assert monitor["args"] == ["monitor", "--metrics-bind=0.0.0.0:9394"]
+
+
+def test_cert_manager_variant(rendered: Render) -> None:
+    r = rendered("certmanager")
+    wh = r.container("Deployment", "hami-cm-scheduler", "webhook")
+    assert "--cert-file=/tls/tls.crt" in wh["args"] and "--key-file=/tls/tls.key" in wh["args"]
+    assert not any(a.startswith(("--self-signed-hosts", "--ca-secret")) for a in wh["args"])
+    cert = r.get("Certificate", "hami-cm-webhook")["spec"]
+    assert cert["secretName"] == "hami-cm-webhook-tls"
+    assert cert["dnsNames"][0] == "hami-cm-scheduler.chart-certmanager.svc"
+    mwc = r.get("MutatingWebhookConfiguration", "hami-cm-webhook")
+    assert (
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"]
+        == "chart-certmanager/hami-cm-webhook"
+    )
+    ext = r.container("Deployment", "hami-cm-scheduler", "vgpu-scheduler-extender")
+    assert not any("lease" in a for a in ext["args"])  # leaderElect: false
+
+
+def test_minimal_variant(rendered: Render) -> None:
+    r = rendered("minimal")
+    kinds = {k for k, _ in r.kinds()}
+    assert not kinds & {"DaemonSet", "MutatingWebhookConfiguration", "ValidatingAdmissionPolicy"}
+    pod = r.get("Deployment", "bare-hami-scheduler")["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["kube-scheduler", "vgpu-scheduler-extender"]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("90s", 90), ("5m", 300), ("1h", 3600)])
+def test_node_lock_expire_durations(helm: Helm, value: str, seconds: int) -> None:
+    objs = helm.render(CHART, release="hami", namespace="x", values={"scheduler": {"nodeLockExpire": value}})
+    (cm,) = [o for o in objs if o["metadata"]["name"] == "hami-device-config"]
+    cfg, _ = parse_device_config(cm["data"]["device-config.yaml"])
+    assert cfg.hami.scheduler.node_lock_timeout_seconds == seconds
+
+
+def test_bad_node_lock_expire_is_refused(helm: Helm) -> None:
+    with pytest.raises(HelmError, match=r"scheduler.nodeLockExpire \\?\"5 minutes\\?\""):
+        helm.render(
+            CHART, release="hami", namespace="x", values={"scheduler": {"nodeLockExpire": "5 minutes"}}
+        )
+
+
+def test_admission_policy_trusts_this_releases_service_accounts(rendered: Render) -> None:
+    r = rendered("full")
+    policy = r.get("ValidatingAdmissionPolicy", "gpu-hami-protect-annotations")
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["allowedUsers"] == (
+        "['system:serviceaccount:chart-full:gpu-hami-scheduler', "
+        "'system:serviceaccount:chart-full:gpu-hami-device-plugin']"
+    )
+    assert variables["deviceResourcePrefixes"] == "['example.com/']"
+    binding = r.get("ValidatingAdmissionPolicyBinding", "gpu-hami-protect-annotations")
+    assert binding["spec"] == {"policyName": "gpu-hami-protect-annotations", "validationActions": ["Deny"]}
+
+
+def test_every_object_is_labelled_and_in_the_release_namespace(rendered: Render) -> None:
+    for name in VALUE_SETS:
+        r = rendered(name)
+        for obj in r.objects:
+            meta = obj["metadata"]
+            assert meta["labels"]["app.kubernetes.io/instance"] == r.values.release, meta["name"]
+            assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm", meta["name"]
+            if meta["name"].endswith("-auth-reader"):  # kube-scheduler's authentication ConfigMap reader
+                assert (obj["kind"], meta["namespace"]) == ("RoleBinding", "kube-system")
+            elif "namespace" in meta:
+                assert meta["namespace"] == r.values.namespace, (obj["kind"], meta["name"])
+
+
+def test_schema_refuses_bad_values(helm: Helm) -> None:
+    bad = {"scheduler": {"defaultSchedulerPolicy": {"gpuSchedulerPolicy": "packed"}}}
+    with pytest.raises(HelmError, match="gpuSchedulerPolicy"):
+        helm.render(CHART, release="hami", namespace="x", values=bad)
+    with pytest.raises(HelmError, match="deviceSplitCount"):
+        helm.render(CHART, release="hami", namespace="x", values={"devicePlugin": {"deviceSplitCount": 0}})
+
+
+def test_kubernetes_older_than_1_30_is_refused(helm: Helm) -> None:
+    old = Helm(helm.binary, kube_version="1.29.9")
+    with pytest.raises(HelmError, match="kubeVersion"):
+        old.render(CHART, release="hami", namespace="x")
+
+
+# A values file written for HAMi's chart: its shapes (string booleans, null lists, its own
+# --config line, keys hami does not have) must render, with the shared knobs honoured.
+HAMI_STYLE_VALUES: dict[str, Any] = {
+    "global": {"gpuHookPath": "/opt/hami-hook"},
+    "resourceMem": "nvidia.com/gpumem",
+    "scheduler": {
+        "overwriteEnv": "false",
+        "defaultSchedulerPolicy": {"nodeSchedulerPolicy": "spread", "gpuSchedulerPolicy": "binpack"},
+        "kubeScheduler": {"enabled": True, "extraNewArgs": ["--config=/config/config.yaml", "-v=4"]},
+        "admissionWebhook": {"whitelistNamespaces": None, "namespaceSelector": {"matchLabels": None}},
+        "patch": {"enabled": True, "image": {"repository": "jettech/kube-webhook-certgen"}},
+        "nodeLabelSelector": {"gpu": "on"},
+    },
+    "devicePlugin": {
+        "deviceSplitCount": 20,
+        "disablecorelimit": "true",
+        "libPath": "/usr/local/vgpu",
+        "deviceListStrategy": "envvar",
+        "monitor": {"ctrPath": "/usr/local/vgpu/containers"},
+    },
+    "mluResourceName": "cambricon.com/vmlu",
+    "podSecurityPolicy": {"enabled": False},
+}
+
+
+def test_a_hami_values_file_carries_over(helm: Helm) -> None:
+    helm.lint(CHART, HAMI_STYLE_VALUES)
+    r = Rendered(
+        VALUE_SETS["default"],
+        helm.render(CHART, release="hami", namespace="hami-system", values=HAMI_STYLE_VALUES),
+    )
+    cfg, warnings = _device_config(r)
+    assert warnings == []
+    assert (cfg.nvidia.device_split_count, cfg.nvidia.disable_core_limit) == (20, True)
+    assert cfg.hami.scheduler.node_scheduler_policy == "spread"
+    ks = r.container("Deployment", "hami-scheduler", "kube-scheduler")
+    assert ks["command"] == ["/usr/local/bin/kube-scheduler", "--config=/config/config.yaml", "-v=4"]
+    installer = r.container("DaemonSet", "hami-device-plugin", "install-host")
+    assert installer["args"] == ["install-host", "--hook-path", "/opt/hami-hook"]
+    assert installer["volumeMounts"] == [{"name": "vgpu", "mountPath": "/opt/hami-hook/vgpu"}]
+    hook = r.get("MutatingWebhookConfiguration", "hami-webhook")["webhooks"][0]
+    assert "matchLabels" not in hook["namespaceSelector"]
+
+
+def test_device_plugin_command_line_parses(
+    rendered: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's device plugin arguments and environment, parsed by the real `hami device-plugin`
+    command (the ConfigMap mounts replaced by files here)."""
+    from hami.deviceplugin.cli import device_plugin
+
+    r = rendered("full")
+    plugin = r.container("DaemonSet", "gpu-hami-device-plugin", "device-plugin")
+    files = {
+        "/device-config/device-config.yaml": r.get("ConfigMap", "gpu-hami-device-config")["data"][
+            "device-config.yaml"
+        ],
+        "/node-config/config.json": r.get("ConfigMap", "gpu-hami-node-config")["data"]["config.json"],
+        "/fake-node/fake-node.yaml": r.get("ConfigMap", "gpu-hami-fake-node")["data"]["fake-node.yaml"],
+    }
+    args = plugin["args"][1:]
+    for mounted, content in files.items():
+        local = tmp_path / Path(mounted).name
+        local.write_text(content)
+        args = [a.replace(mounted, str(local)) for a in args]
+    for env in plugin["env"]:
+        monkeypatch.setenv(env["name"], env.get("value", "n1"))  # fieldRef spec.nodeName -> "n1"
+    assert plugin["args"][0] == "device-plugin"
+    ctx = device_plugin.make_context("device-plugin", args)
+    assert ctx.params["node_name"] == "n1"
+    assert ctx.params["hook_path"] == "/usr/local"
+    assert ctx.params["plugin_dir"] == "/var/lib/kubelet/device-plugins/"
+    assert ctx.params["fake_node"] == str(tmp_path / "fake-node.yaml")
