@@ -72,14 +72,16 @@ VALUE_SETS: dict[str, ValueSet] = {
             "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus"}},
         },
     ),
-    # webhook certificate from cert-manager; one scheduler replica without leader election
+    # webhook certificate from cert-manager; one scheduler replica without leader election; every
+    # pod sent to the webhook
     "certmanager": ValueSet(
         "hami",
         "chart-certmanager",
         "hami-cm",
         {
             "fullnameOverride": "hami-cm",
-            "scheduler": {"certManager": {"enabled": True}, "leaderElect": False},
+            # overwriteEnv: every pod reaches the webhook, so hami's namespace and kube-system are skipped
+            "scheduler": {"certManager": {"enabled": True}, "leaderElect": False, "overwriteEnv": True},
         },
     ),
     # the bare extender: no webhook, no device plugin, no policy, the device config given whole

@@ -166,7 +166,7 @@ def test_full_values_reach_the_scheduler_pod(rendered: Render) -> None:
     assert {
         "key": "kubernetes.io/metadata.name",
         "operator": "NotIn",
-        "values": ["chart-full", "kube-system", "batch"],
+        "values": ["batch"],
     } in hook["namespaceSelector"]["matchExpressions"]
     (cond,) = hook["matchConditions"]
     assert "k.startsWith('example.com/')" in cond["expression"]
@@ -381,3 +381,23 @@ def test_device_plugin_command_line_parses(
     assert ctx.params["hook_path"] == "/usr/local"
     assert ctx.params["plugin_dir"] == "/var/lib/kubelet/device-plugins/"
     assert ctx.params["fake_node"] == str(tmp_path / "fake-node.yaml")
+
+
+def _skipped_by_name(r: Rendered, name: str) -> list[str] | None:
+    hook = r.get("MutatingWebhookConfiguration", name)["webhooks"][0]
+    for e in hook["namespaceSelector"]["matchExpressions"]:
+        if e["key"] == "kubernetes.io/metadata.name":
+            assert e["operator"] == "NotIn"
+            return list(e["values"])
+    return None
+
+
+def test_webhook_skips_no_namespace_by_name_unless_every_pod_is_sent(rendered: Render) -> None:
+    """HAMi skips no namespace: with matchConditions only GPU pods come, so kube-system's GPU pods
+    are hami's too; with overwriteEnv every pod comes, and hami's own namespace and kube-system stay
+    out so that an outage cannot stop hami or the control plane."""
+    assert _skipped_by_name(rendered("default"), "hami-webhook") is None
+    assert rendered("default").get("MutatingWebhookConfiguration", "hami-webhook")["webhooks"][0]["matchConditions"]
+    certmanager = rendered("certmanager")
+    assert _skipped_by_name(certmanager, "hami-cm-webhook") == ["chart-certmanager", "kube-system"]
+    assert "matchConditions" not in certmanager.get("MutatingWebhookConfiguration", "hami-cm-webhook")["webhooks"][0]

@@ -214,7 +214,7 @@ def test_hami_version(hami_root: tuple[Image, Path]) -> None:
     img, root = hami_root
     done = chroot(root, img, *img.config()["config"]["Entrypoint"], "--version")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"hami, version {version()}"
+    assert done.stdout.strip() == f"hami {version()}"
 
 
 def test_runtime_imports_succeed(hami_root: tuple[Image, Path]) -> None:

@@ -12,15 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from hami.kube.client import KubeClient
+from hami.kube.errors import NotFoundError
+from hami.kube.paths import api_path
 from hami.sandbox.cluster import NodeSpec, Sandbox
 from hami.sandbox.node import RUNC, NodeBinaries
 from hami.testing.controlplane import BinariesMissingError, ControlPlaneError, find_binaries
 from hami.testing.prereq import missing
+from hami.testing.stack import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "dist" / "images"
@@ -72,6 +77,29 @@ def sandbox() -> Iterator[Sandbox]:
         sb.stop()
         if os.environ.get("HAMI_KEEP_SANDBOX") != "1":
             shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.fixture
+async def kc(sandbox: Sandbox) -> AsyncIterator[KubeClient]:
+    async with KubeClient(sandbox.kube_config()) as client:
+        yield client
+
+
+@pytest.fixture
+async def ns(kc: KubeClient) -> str:
+    """A fresh namespace whose default ServiceAccount exists (pods need it to be admitted)."""
+    name = f"rn-{uuid.uuid4().hex[:6]}"
+    await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
+
+    async def has_account() -> bool:
+        try:
+            await kc.get(api_path("v1", "serviceaccounts", namespace=name, name="default"))
+        except NotFoundError:
+            return False
+        return True
+
+    await wait_for(has_account, timeout=30)
+    return name
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hami.kube.client import KubeClient
-from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
@@ -39,28 +37,6 @@ preload = open("/etc/ld.so.preload").read() if os.path.exists("/etc/ld.so.preloa
 lib = [l for l in (preload or "").split() if l]
 print(json.dumps({"env": env, "preload": preload, "lib_present": all(os.path.exists(p) for p in lib)}))
 """
-
-
-@pytest.fixture
-async def kc(sandbox: Sandbox) -> AsyncIterator[KubeClient]:
-    async with KubeClient(sandbox.kube_config()) as client:
-        yield client
-
-
-@pytest.fixture
-async def ns(kc: KubeClient) -> str:
-    name = f"rn-{uuid.uuid4().hex[:6]}"
-    await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
-
-    async def has_account() -> bool:
-        try:
-            await kc.get(api_path("v1", "serviceaccounts", namespace=name, name="default"))
-        except NotFoundError:
-            return False
-        return True
-
-    await wait_for(has_account, timeout=30)
-    return name
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,172 @@
+"""hami installed by its own chart on a real node, then used as a user would.
+
+``helm install charts/hami`` with the locally built images: kube-scheduler + extender + webhook in
+the scheduler pod, the device plugin (fake device source) in its DaemonSet with the host installer
+in front. Then a plain GPU pod (no schedulerName) goes webhook -> kube-scheduler -> extender ->
+kubelet Allocate -> a running container that sees its slice, and a pod that cannot fit is told why.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hami.kube.client import KubeClient
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.sandbox.cluster import Sandbox
+from hami.testing.helm import Helm, HelmMissingError, find_helm
+from hami.testing.prereq import missing
+from hami.testing.stack import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE, NAMESPACE = "hami", "hami-system"
+NODE = "node1"
+CARDS, SPLIT = 2, 10
+
+PRINT_CONTAINER = """
+import json, os
+env = {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "NVIDIA_", "GPU_"))}
+preload = open("/etc/ld.so.preload").read() if os.path.exists("/etc/ld.so.preload") else None
+print(json.dumps({"env": env, "preload": preload}))
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(sandbox: Sandbox) -> Iterator[Helm]:
+    """The chart installed into the sandbox (uninstalled again at the end of the module)."""
+    assert sandbox.cp is not None
+    try:
+        helm = Helm(find_helm())
+    except HelmMissingError as exc:
+        missing(str(exc), integration=True)
+    values: dict[str, Any] = {
+        # the installer writes libvgpu.so under the sandbox's own state, not the host's /usr/local
+        "global": {"gpuHookPath": str(sandbox.state / "hook")},
+        "devicePlugin": {"fakeNode": (ROOT / "examples" / "fake-node-small.yaml").read_text()},
+    }
+    kubeconfig = str(sandbox.cp.kubeconfig_path)
+    helm.release(
+        "install",
+        RELEASE,
+        namespace=NAMESPACE,
+        kubeconfig=kubeconfig,
+        chart=ROOT / "charts" / "hami",
+        values=values,
+    )
+    try:
+        yield helm
+    finally:
+        helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+async def _ready(kc: KubeClient, kind: str, name: str) -> bool:
+    obj = await kc.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/{kind}/{name}")
+    status = obj.get("status") or {}
+    if kind == "deployments":
+        return bool(status.get("availableReplicas", 0) >= (obj["spec"].get("replicas") or 1))
+    return bool(
+        status.get("desiredNumberScheduled", 0) >= 1
+        and status.get("numberReady") == status.get("desiredNumberScheduled")
+    )
+
+
+async def _pods_summary(kc: KubeClient) -> list[Any]:
+    pods = (await kc.get(api_path("v1", "pods", namespace=NAMESPACE))).get("items") or []
+    return [
+        (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods
+    ]
+
+
+async def test_chart_components_run_on_the_node(installed: Helm, sandbox: Sandbox, kc: KubeClient) -> None:
+    async def running() -> bool:
+        return await _ready(kc, "deployments", "hami-scheduler") and await _ready(
+            kc, "daemonsets", "hami-device-plugin"
+        )
+
+    try:
+        await wait_for(running, timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {await _pods_summary(kc)}") from None
+
+    async def registered() -> bool:
+        node = await kc.get(api_path("v1", "nodes", name=NODE))
+        alloc = int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0"))
+        return alloc == CARDS * SPLIT and keys.NODE_NVIDIA_REGISTER in node["metadata"]["annotations"]
+
+    await wait_for(registered, timeout=60, interval=0.5)
+    # the installer (init container) put libvgpu.so and ld.so.preload on the node's hook path
+    vgpu = sandbox.state / "hook" / "vgpu"
+    assert (vgpu / "libvgpu.so").stat().st_size > 0
+    assert (vgpu / "ld.so.preload").read_text().strip() == str(vgpu / "libvgpu.so")
+
+
+async def test_plain_gpu_pod_runs_with_its_slice(installed: Helm, kc: KubeClient, ns: str) -> None:
+    pod = {
+        "metadata": {"name": "train"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "hami.local/hami:0.1.0",
+                    "command": ["python3", "-c", PRINT_CONTAINER],
+                    "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 4000}},
+                }
+            ],
+        },
+    }
+    created = await kc.create(api_path("v1", "pods", namespace=ns), pod)
+    assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
+
+    async def finished() -> dict[str, Any] | None:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name="train"))
+        return p if p["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    done: dict[str, Any] = await wait_for(finished, timeout=120, interval=0.5)
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["spec"]["nodeName"] == NODE
+    assert done["metadata"]["annotations"][keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
+    seen = json.loads(
+        (await kc.get_text(api_path("v1", "pods", namespace=ns, name="train") + "/log"))
+        .strip()
+        .splitlines()[-1]
+    )
+    assert seen["env"]["CUDA_DEVICE_MEMORY_LIMIT_0"] == "4000m"
+    assert seen["env"]["NVIDIA_VISIBLE_DEVICES"].startswith(f"GPU-fake-{NODE}-")
+    assert seen["preload"] is not None and seen["preload"].strip().endswith("/vgpu/libvgpu.so")
+
+
+async def test_a_pod_that_cannot_fit_is_told_why(installed: Helm, kc: KubeClient, ns: str) -> None:
+    pod = {
+        "metadata": {"name": "too-big"},
+        "spec": {
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "hami.local/hami:0.1.0",
+                    "command": ["python3", "-c", "pass"],
+                    "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 100000}},
+                }
+            ]
+        },
+    }
+    await kc.create(api_path("v1", "pods", namespace=ns), pod)
+
+    async def reasons() -> list[str]:
+        events = (await kc.get(api_path("v1", "events", namespace=ns))).get("items") or []
+        return [
+            str(e.get("message"))
+            for e in events
+            if (e.get("involvedObject") or {}).get("name") == "too-big"
+            and e.get("reason") == "FailedScheduling"
+        ]
+
+    messages = await wait_for(reasons, timeout=60, interval=0.5)
+    assert any(NODE in m and "memory" in m.lower() for m in messages), messages
