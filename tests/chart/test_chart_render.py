@@ -397,7 +397,12 @@ def test_webhook_skips_no_namespace_by_name_unless_every_pod_is_sent(rendered: R
     are hami's too; with overwriteEnv every pod comes, and hami's own namespace and kube-system stay
     out so that an outage cannot stop hami or the control plane."""
     assert _skipped_by_name(rendered("default"), "hami-webhook") is None
-    assert rendered("default").get("MutatingWebhookConfiguration", "hami-webhook")["webhooks"][0]["matchConditions"]
+    assert rendered("default").get("MutatingWebhookConfiguration", "hami-webhook")["webhooks"][0][
+        "matchConditions"
+    ]
     certmanager = rendered("certmanager")
     assert _skipped_by_name(certmanager, "hami-cm-webhook") == ["chart-certmanager", "kube-system"]
-    assert "matchConditions" not in certmanager.get("MutatingWebhookConfiguration", "hami-cm-webhook")["webhooks"][0]
+    assert (
+        "matchConditions"
+        not in certmanager.get("MutatingWebhookConfiguration", "hami-cm-webhook")["webhooks"][0]
+    )

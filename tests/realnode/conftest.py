@@ -55,16 +55,16 @@ def sandbox() -> Iterator[Sandbox]:
         binaries = find_binaries()
     except BinariesMissingError as exc:
         missing(str(exc))
-    images = sorted(IMAGES.glob("hami-*.tar")) + sorted(IMAGES.glob("pause-*.tar"))
-    if len(images) != 2:
-        missing(f"{IMAGES} lacks the hami and pause images (run make images)")
+    images = [sorted(IMAGES.glob(f"{name}-*.tar")) for name in ("hami", "kube-scheduler", "pause")]
+    if not all(images):
+        missing(f"{IMAGES} lacks the hami, kube-scheduler or pause image (run make images)")
     state = Path(tempfile.mkdtemp(prefix="hami-realnode-"))
     sb = Sandbox(
         state,
         binaries,
         _node_binaries(binaries.kube_apiserver.parent),
         [NodeSpec(NODE, {"gpu": "on"})],
-        images=images,
+        images=[found[-1] for found in images],
     )
     try:
         sb.start()

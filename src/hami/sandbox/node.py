@@ -7,6 +7,8 @@ Guarantees:
   ``/var/lib/kubelet/device-plugins`` (hard-coded in kubelet), ``/var/log/pods`` and
   ``/var/log/containers``, ``/run/containerd/runc``, the ``kubepods`` cgroups and the CNI bridge;
   :class:`hami.sandbox.host.HostGuard` undoes those and the sysctls kubelet rewrites;
+* no image is ever pulled from outside: every registry host resolves to a closed loopback port, so
+  only images imported with :meth:`import_image` run;
 * containerd runs with ``restrict_oom_score_adj`` (root here lacks ``CAP_SYS_RESOURCE``, so runc
   could not lower a sandbox's OOM score and every pod would fail), its CDI spec directory under
   ``state``, network namespaces under ``state``, and ``sandbox`` pinned to a locally imported pause
@@ -38,6 +40,8 @@ __all__ = ["SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
 SANDBOX_IMAGE = "hami.local/pause:3.10"
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 RUNC = "/usr/sbin/runc"
+#: where image pulls are sent: a loopback port nothing listens on (port 1, tcpmux, is never served here)
+NO_REGISTRY_PORT = 1
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,9 @@ state = "{c / "state"}"
 [plugins."io.containerd.cri.v1.images".pinned_images]
   sandbox = "{SANDBOX_IMAGE}"
 
+[plugins."io.containerd.cri.v1.images".registry]
+  config_path = "{self.state / "registry"}"
+
 [plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
@@ -144,6 +151,11 @@ state = "{c / "state"}"
     def start_containerd(self, timeout: float = 60.0) -> None:
         for d in ("containerd/root", "containerd/state", "cni", "cdi", "cni-ipam"):
             (self.state / d).mkdir(parents=True, exist_ok=True)
+        # every registry resolves to a closed loopback port: an image that was not imported fails
+        # to pull at once, and no pull ever leaves the machine (not even a DNS lookup)
+        default_hosts = self.state / "registry" / "_default" / "hosts.toml"
+        default_hosts.parent.mkdir(parents=True, exist_ok=True)
+        default_hosts.write_text(f'server = "https://127.0.0.1:{NO_REGISTRY_PORT}"\n')
         cfg = self.state / "containerd" / "config.toml"
         cfg.write_text(self._containerd_config())
         (self.state / "cni" / "10-hami.conflist").write_text(json.dumps(self._cni_config(), indent=2))
