@@ -18,7 +18,7 @@ ENSURE_NODE_TOOLS = hack/ensure-debian-tool.sh runc runc && \
 	hack/ensure-debian-tool.sh /usr/lib/cni/bridge containernetworking-plugins && \
 	hack/ensure-debian-tool.sh iptables iptables && hack/ensure-debian-tool.sh conntrack conntrack
 
-.PHONY: demo test venv runtime-venv lock native images lint typecheck unit native-test integration clean
+.PHONY: demo demo-down simulate test venv runtime-venv lock native images lint typecheck unit native-test integration clean
 
 $(UV_BIN): hack/uv-requirements.txt
 	hack/ensure-uv.sh >/dev/null
@@ -45,12 +45,27 @@ runtime-venv: $(RUNTIME_STAMP)
 native:
 	$(MAKE) -C native all
 
-demo: runtime-venv native
+# The sandbox: a control plane and a real kubelet + containerd node on this machine with simulated
+# GPUs, hami installed by its chart, the demo workload applied and its placements printed. It keeps
+# running (a second `make demo` reuses it); `make demo-down` removes it and restores the host.
+SANDBOX_STATE ?= /var/tmp/hami-sandbox
+demo: runtime-venv native images
+	hack/ensure-etcd.sh
+	@$(ENSURE_NODE_TOOLS)
+	@echo "==> building or reusing the Kubernetes, containerd and helm binaries in $(CACHE) (first time: 10-25 min)" >&2
+	$(BIN)/hami sandbox up --state $(SANDBOX_STATE) --k8s-bin "$$(hack/build-k8s.sh)" \
+	  --containerd-bin "$$(hack/build-containerd.sh)" --helm "$$(hack/build-helm.sh)"
+
+demo-down: runtime-venv
+	$(BIN)/hami sandbox down --state $(SANDBOX_STATE)
+
+# What-if scheduling offline: the scheduling core over examples/ without any cluster.
+simulate: runtime-venv
 	$(BIN)/hami simulate --nodes examples/nodes.yaml --pods examples/pods.yaml --config examples/device-config.yaml
 
 # OCI image archives in dist/images (docs/images.md): built from images/debian.lock, uv.lock, the
 # source tree, libvgpu.so and the cached kube-scheduler; skipped when none of those changed.
-images: venv native
+images: runtime-venv native
 	PYTHONPATH=images $(BIN)/python -m ocibuild --out dist/images --k8s-bin "$$(hack/build-k8s.sh)"
 
 lint: venv

@@ -104,3 +104,4 @@ main.add_command(__import__("hami.deviceplugin.cli", fromlist=["device_plugin"])
 main.add_command(
     __import__("hami.deviceplugin.install_cli", fromlist=["install_host_command"]).install_host_command
 )
+main.add_command(__import__("hami.sandbox.cli", fromlist=["sandbox_command"]).sandbox_command)

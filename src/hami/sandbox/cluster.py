@@ -15,7 +15,11 @@ kube-proxy runs; pods reach the API server through the NAT rule for ``10.0.0.1:4
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import signal
+import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,10 +29,40 @@ from typing import Any, Self
 
 from hami.kube.config import KubeConfig
 from hami.sandbox.host import HostGuard
-from hami.sandbox.node import NodeBinaries, RealNode
+from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
 
-__all__ = ["API_IP", "NodeSpec", "Sandbox"]
+__all__ = ["API_IP", "NodeSpec", "Sandbox", "SandboxError"]
+
+RECORD = "sandbox.json"
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not be brought up (the message says which step and why)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill(procs: list[dict[str, Any]], timeout: float = 10.0) -> None:
+    """SIGTERM the process groups, then SIGKILL what is left after ``timeout``."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(p["pid"]), signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(int(p["pid"])) for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(p["pid"]), signal.SIGKILL)
+
 
 SUBNET = "10.213.0.0/24"
 API_IP = "10.213.0.1"
@@ -64,7 +98,10 @@ class Sandbox:
         node_binaries: NodeBinaries,
         nodes: Sequence[NodeSpec],
         images: Sequence[Path] = (),
+        detach: bool = False,
     ) -> None:
+        """``detach``: the cluster outlives this process (``make demo``); :meth:`stop_detached`
+        stops it later from what :meth:`start` wrote to ``<state>/sandbox.json``."""
         if not 1 <= len(nodes) <= 9:
             raise ValueError("a sandbox has 1 to 9 nodes")
         self.state = state
@@ -73,6 +110,7 @@ class Sandbox:
         self.node_specs = list(nodes)
         self.images = list(images)
         self.host = HostGuard(state)
+        self.detach = detach
         self.cp: ControlPlane | None = None
         self.nodes: list[RealNode] = []
 
@@ -112,6 +150,7 @@ class Sandbox:
                 state=self.state / "nodes" / spec.name,
                 pod_cidr=f"10.214.{i}.0/24",
                 labels=spec.labels,
+                detach=self.detach,
             )
             self.nodes.append(node)
             node.start_containerd()
@@ -119,7 +158,52 @@ class Sandbox:
                 node.import_image(image)
             node.start_kubelet()
         self.wait_ready(ready_timeout)
+        if self.detach:
+            self._write_record()
         return self
+
+    # ------------------------------------------------------------------------------ detached
+
+    def _write_record(self) -> None:
+        assert self.cp is not None
+        record = {
+            "kubeconfig": str(self.cp.kubeconfig_path),
+            "server": self.cp.server,
+            "processes": [{"name": p.name, "pid": p.pid} for p in self.processes()],
+            "nodes": [{"name": n.name, "sock": str(n.sock), "ctr": str(n.binaries.ctr)} for n in self.nodes],
+        }
+        (self.state / RECORD).write_text(json.dumps(record, indent=2))
+
+    @staticmethod
+    def running_kubeconfig(state: Path) -> str | None:
+        """The kubeconfig of a detached sandbox whose processes all still run in ``state``."""
+        try:
+            record = json.loads((state / RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        if all(_alive(int(p["pid"])) for p in record.get("processes", [])):
+            return str(record["kubeconfig"])
+        return None
+
+    @staticmethod
+    def stop_detached(state: Path) -> bool:
+        """Stop a detached sandbox (kubelets, pods, containerd, control plane), restore the host
+        and remove ``state``. Also cleans up after a killed run. False when nothing was there."""
+        try:
+            record = json.loads((state / RECORD).read_text())
+        except (OSError, ValueError):
+            record = {}
+        found = bool(record) or (state / "host.json").exists()
+        procs = record.get("processes", [])
+        _kill([p for p in procs if str(p["name"]).startswith("kubelet-")])
+        for node in record.get("nodes", []):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                remove_containers(Path(node["ctr"]), Path(node["sock"]))
+        _kill([p for p in procs if not str(p["name"]).startswith("kubelet-")])
+        host = HostGuard(state)
+        host.recover()
+        shutil.rmtree(state, ignore_errors=True)
+        return found
 
     def _start_control_plane(self) -> None:
         cp_dir = self.state / "control-plane"
@@ -129,6 +213,7 @@ class Sandbox:
         self.cp = ControlPlane(
             self.binaries,
             workdir=cp_dir,
+            detach=self.detach,
             host=API_IP,
             client_certs={"kubelet-client": ("kube-apiserver-kubelet-client", ["system:masters"])},
             # nodes would start tainted not-ready, and no node lifecycle controller runs to lift it

@@ -71,8 +71,10 @@ class RealNode:
         state: Path,
         pod_cidr: str,
         labels: dict[str, str] | None = None,
+        detach: bool = False,
     ) -> None:
         self.cp = cp
+        self.detach = detach
         self.binaries = binaries
         self.name = name
         self.ip = ip
@@ -165,6 +167,7 @@ state = "{c / "state"}"
             [str(self.binaries.containerd), "--config", str(cfg)],
             self.logdir / "containerd.log",
             env=env,
+            detach=self.detach,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -293,7 +296,9 @@ state = "{c / "state"}"
         if labels:
             argv.append(f"--node-labels={labels}")
         env = {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
-        self.kubelet = Process(f"kubelet-{self.name}", argv, self.logdir / "kubelet.log", env=env)
+        self.kubelet = Process(
+            f"kubelet-{self.name}", argv, self.logdir / "kubelet.log", env=env, detach=self.detach
+        )
 
     def restart_kubelet(self) -> None:
         if self.kubelet is not None:
@@ -310,15 +315,30 @@ state = "{c / "state"}"
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
     def _remove_pods(self) -> None:
-        """Stop and remove every container and sandbox this containerd runs (tasks first)."""
-        out = self.ctr("tasks", "list", "--quiet", check=False)
-        for task in out.stdout.split():
-            self.ctr("tasks", "kill", "--signal", "SIGKILL", task, check=False)
-        time.sleep(0.5)
-        for task in out.stdout.split():
-            self.ctr("tasks", "delete", "--force", task, check=False)
-        for c in self.ctr("containers", "list", "--quiet", check=False).stdout.split():
-            self.ctr("containers", "delete", c, check=False)
+        remove_containers(self.binaries.ctr, self.sock)
 
     def processes(self) -> list[Process]:
         return [p for p in (self.containerd, self.kubelet) if p is not None]
+
+
+def remove_containers(ctr: Path, sock: Path) -> None:
+    """Stop and remove every container and pod sandbox a containerd runs (tasks first)."""
+
+    def run(*args: str) -> str:
+        out = subprocess.run(
+            [str(ctr), "--address", str(sock), "--namespace", "k8s.io", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        return out.stdout
+
+    tasks = run("tasks", "list", "--quiet").split()
+    for task in tasks:
+        run("tasks", "kill", "--signal", "SIGKILL", task)
+    time.sleep(0.5)
+    for task in tasks:
+        run("tasks", "delete", "--force", task)
+    for c in run("containers", "list", "--quiet").split():
+        run("containers", "delete", c)

@@ -124,7 +124,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 class Process:
     """One component process in its own process group, logging to a file."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        detach: bool = False,
+    ):
+        """``detach``: the process outlives this one (no parent-death signal); stop it by pid."""
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
@@ -139,7 +148,7 @@ class Process:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent
-                if threading.current_thread() is threading.main_thread()
+                if threading.current_thread() is threading.main_thread() and not detach
                 else None,
                 env=dict(env) if env is not None else None,
             )
@@ -240,7 +249,7 @@ class SchedulerHandle:
             f"--authorization-kubeconfig={self._cp.kubeconfig_path}",
             *self.extra_args,
         ]
-        self.process = Process(self.name, argv, self._cp.logdir / f"{self.name}.log")
+        self.process = Process(self.name, argv, self._cp.logdir / f"{self.name}.log", detach=self._cp.detach)
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE
@@ -294,12 +303,16 @@ class ControlPlane:
         host: str = "127.0.0.1",
         client_certs: Mapping[str, tuple[str, Sequence[str]]] | None = None,
         disabled_admission: Sequence[str] = ("ServiceAccount", "TaintNodesByCondition"),
+        detach: bool = False,
     ) -> None:
         self.binaries = binaries or find_binaries()
         self.host = host
         #: file stem -> (user, groups): more client certificates written to ``pki/<stem>.{crt,key}``
         self.client_certs = dict(client_certs or {})
         self.disabled_admission = list(disabled_admission)
+        #: components outlive this process (the sandbox behind `make demo`): no parent-death signal,
+        #: no stop at exit, etcd's data under ``workdir``
+        self.detach = detach
         self.apiserver_args = list(apiserver_args)
         self.start_timeout = start_timeout
         self._own_workdir = workdir is None
@@ -308,7 +321,11 @@ class ControlPlane:
         self.pki = self.workdir / "pki"
         shm = Path("/dev/shm")
         base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
-        self._etcd_dir = Path(tempfile.mkdtemp(prefix="hami-etcd-", dir=base))
+        if detach:
+            self._etcd_dir = self.workdir / "etcd"
+            self._etcd_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            self._etcd_dir = Path(tempfile.mkdtemp(prefix="hami-etcd-", dir=base))
         self.etcd: Process | None = None
         self.apiserver: Process | None = None
         self.controller_manager: Process | None = None
@@ -337,7 +354,8 @@ class ControlPlane:
 
     def start(self) -> Self:
         """Start etcd and kube-apiserver and wait until the API is ready (raises ControlPlaneError)."""
-        atexit.register(self.stop)
+        if not self.detach:
+            atexit.register(self.stop)
         self._write_pki()
         self._start_etcd()
         self._start_apiserver()
@@ -395,7 +413,7 @@ class ControlPlane:
             "--log-level=warn",
             "--quota-backend-bytes=8589934592",
         ]
-        self.etcd = Process("etcd", argv, self.logdir / "etcd.log")
+        self.etcd = Process("etcd", argv, self.logdir / "etcd.log", detach=self.detach)
         _wait_http(f"{client_url}/health", None, self.etcd, 30)
 
     @property
@@ -430,7 +448,9 @@ class ControlPlane:
             "--endpoint-reconciler-type=none",
             *self.apiserver_args,
         ]
-        self.apiserver = Process("kube-apiserver", argv, self.logdir / "kube-apiserver.log")
+        self.apiserver = Process(
+            "kube-apiserver", argv, self.logdir / "kube-apiserver.log", detach=self.detach
+        )
         self._write_kubeconfig(self.kubeconfig_path, self.admin)
         ctx = self.kube_config().ssl_context()
         _wait_http(f"{self.server}/readyz", ctx, self.apiserver, self.start_timeout)

@@ -1,0 +1,203 @@
+"""``hami sandbox up|down``: a local cluster with real nodes and simulated GPUs, hami installed by helm.
+
+``up`` brings the sandbox up under ``--state`` (or reuses one already running there), installs
+``charts/hami`` with the locally built images and the fake device source, applies the demo
+workload (:mod:`hami.sandbox.demo`) and prints where each pod landed and what its container sees.
+The cluster keeps running; ``down`` stops it and restores the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hami.kube.client import KubeClient
+from hami.kube.config import load_kubeconfig
+from hami.kube.errors import AlreadyExistsError, ApiError, KubeError, NotFoundError
+from hami.kube.paths import api_path
+
+DEFAULT_STATE = "/var/tmp/hami-sandbox"
+RELEASE, RELEASE_NS = "hami", "hami-system"
+
+
+def _step(message: str) -> float:
+    click.echo(f"==> {message}", err=True)
+    return time.monotonic()
+
+
+def _done(started: float) -> None:
+    click.echo(f"    done in {time.monotonic() - started:.1f} s", err=True)
+
+
+@click.group("sandbox")
+def sandbox_command() -> None:
+    """A local Kubernetes cluster with real kubelet + containerd nodes and simulated GPUs."""
+
+
+@sandbox_command.command("up")
+@click.option("--state", default=DEFAULT_STATE, show_default=True, type=click.Path(file_okay=False))
+@click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--k8s-bin", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--containerd-bin", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--helm", "helm_path", required=True, type=click.Path(dir_okay=False, exists=True))
+def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str) -> None:
+    """Start (or reuse) the sandbox, install hami, run the demo workload and print the table."""
+    from hami.sandbox.cluster import NodeSpec, Sandbox, SandboxError
+    from hami.sandbox.node import NodeBinaries
+    from hami.testing.controlplane import ControlPlaneError, find_binaries
+    from hami.testing.helm import Helm, HelmError
+
+    root, state_dir = Path(repo).resolve(), Path(state).resolve()
+    images = root / "dist" / "images"
+    archives = [sorted(images.glob(f"{n}-*.tar")) for n in ("hami", "kube-scheduler", "pause")]
+    if not all(archives):
+        raise click.ClickException(
+            f"{images} lacks the hami, kube-scheduler or pause image (run make images)"
+        )
+    kubeconfig = Sandbox.running_kubeconfig(state_dir)
+    if kubeconfig is not None:
+        click.echo(f"==> reusing the sandbox running in {state_dir}", err=True)
+    else:
+        started = _step(f"starting the sandbox in {state_dir}: control plane, node1 (kubelet + containerd)")
+        binaries = find_binaries(k8s_bin)
+        sb = Sandbox(
+            state_dir,
+            binaries,
+            NodeBinaries(Path(k8s_bin) / "kubelet", Path(containerd_bin)),
+            [NodeSpec("node1", {"gpu": "on"})],
+            images=[a[-1] for a in archives],
+            detach=True,
+        )
+        try:
+            sb.start()
+        except (ControlPlaneError, SandboxError, OSError) as exc:
+            sb.stop()
+            raise click.ClickException(f"the sandbox did not start: {exc}") from exc
+        kubeconfig = Sandbox.running_kubeconfig(state_dir)
+        assert kubeconfig is not None
+        _done(started)
+        started = _step("installing hami with helm (charts/hami, images hami.local/*)")
+        values: dict[str, Any] = {
+            "global": {"gpuHookPath": str(state_dir / "hook")},
+            "devicePlugin": {"fakeNode": (root / "examples" / "fake-node.yaml").read_text()},
+        }
+        try:
+            Helm(helm_path).release(
+                "install",
+                RELEASE,
+                namespace=RELEASE_NS,
+                kubeconfig=kubeconfig,
+                chart=root / "charts" / "hami",
+                values=values,
+            )
+        except HelmError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _done(started)
+    try:
+        asyncio.run(_demo(kubeconfig))
+    except (KubeError, TimeoutError) as exc:
+        raise click.ClickException(f"demo workload: {exc}") from exc
+    click.echo("")
+    click.echo(f"KUBECONFIG={kubeconfig}")
+    click.echo(f"  kubectl:  KUBECONFIG={kubeconfig} {Path(k8s_bin) / 'kubectl'} get pods -A")
+    click.echo(
+        f"  metrics:  KUBECONFIG={kubeconfig} {Path(k8s_bin) / 'kubectl'} -n {RELEASE_NS} "
+        "port-forward deploy/hami-scheduler 9395  (then http://127.0.0.1:9395/metrics)"
+    )
+    click.echo("  the cluster keeps running; `make demo-down` removes it and restores the host")
+
+
+async def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
+        await asyncio.sleep(1)
+
+
+async def _demo(kubeconfig: str) -> None:
+    from hami.sandbox.demo import NAMESPACE, render_table, row_for, workload
+
+    async with KubeClient(load_kubeconfig(kubeconfig)) as kc:
+        started = _step(
+            "waiting for hami: scheduler pod and device plugin ready, node1 advertising GPU slices"
+        )
+
+        async def hami_ready() -> bool:
+            node = await kc.get(api_path("v1", "nodes", name="node1"))
+            slices = int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0"))
+            dep = await kc.get(f"/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/hami-scheduler")
+            return slices > 0 and (dep.get("status") or {}).get("availableReplicas", 0) >= 1
+
+        await _wait(hami_ready, 300, "hami ready")
+        _done(started)
+        started = _step(f"applying the demo workload in namespace {NAMESPACE}")
+        with contextlib.suppress(AlreadyExistsError):
+            await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
+
+        async def account() -> bool:
+            try:
+                await kc.get(api_path("v1", "serviceaccounts", namespace=NAMESPACE, name="default"))
+            except NotFoundError:
+                return False
+            return True
+
+        await _wait(account, 60, "service account")
+        pods = workload()
+        for pod in pods:
+            with contextlib.suppress(AlreadyExistsError):
+                await kc.create(api_path("v1", "pods", namespace=NAMESPACE), pod)
+
+        async def settled() -> bool:
+            for pod in pods:
+                got = await kc.get(api_path("v1", "pods", namespace=NAMESPACE, name=pod["metadata"]["name"]))
+                running = got["status"].get("phase") == "Running"
+                if not running and not await _reason(kc, NAMESPACE, pod["metadata"]["name"]):
+                    return False
+            return True
+
+        await _wait(settled, 180, "every demo pod running or explained")
+        _done(started)
+        rows = []
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            got = await kc.get(api_path("v1", "pods", namespace=NAMESPACE, name=name))
+            log = None
+            if got["status"].get("phase") == "Running":
+                try:
+                    log = await kc.get_text(api_path("v1", "pods", namespace=NAMESPACE, name=name) + "/log")
+                except ApiError:
+                    log = None
+            rows.append(row_for(got, log, await _reason(kc, NAMESPACE, name)))
+        click.echo(render_table(rows))
+
+
+async def _reason(kc: KubeClient, namespace: str, name: str) -> str | None:
+    events = (await kc.get(api_path("v1", "events", namespace=namespace))).get("items") or []
+    for e in reversed(events):
+        if (e.get("involvedObject") or {}).get("name") == name and e.get("reason") == "FailedScheduling":
+            return str(e.get("message"))
+    return None
+
+
+@sandbox_command.command("down")
+@click.option("--state", default=DEFAULT_STATE, show_default=True, type=click.Path(file_okay=False))
+def down(state: str) -> None:
+    """Stop the sandbox running in --state and restore the host (also after a killed run)."""
+    from hami.sandbox.cluster import Sandbox
+
+    state_dir = Path(state).resolve()
+    if Sandbox.stop_detached(state_dir):
+        click.echo(f"sandbox in {state_dir} stopped; host restored")
+    else:
+        click.echo(f"no sandbox in {state_dir}", err=True)
+        sys.exit(0)

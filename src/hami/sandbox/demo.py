@@ -1,0 +1,126 @@
+"""The demo workload: what `make demo` applies to the sandbox and the table it prints.
+
+A small mix that shows what hami does: three pods sharing one card, a pod that takes a whole card
+(``gpucores: 100``), a percentage request, a two-card pod placed by NVLink topology, and a pod that
+cannot fit (it stays Pending, and the table says why). Every container prints what it was given
+(its environment: visible cards, memory and compute limits, the preloaded library) and sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hami.protocol import keys
+from hami.protocol.pod import decode_pod_devices
+
+__all__ = ["NAMESPACE", "DemoRow", "render_table", "row_for", "workload"]
+
+NAMESPACE = "hami-demo"
+IMAGE = "hami.local/hami:0.1.0"
+#: pack these onto one card (the chart's default card policy is HAMi's spread)
+BINPACK = {"hami.io/gpu-scheduler-policy": "binpack"}
+REPORT = """
+import json, os, time
+env = os.environ
+cards = env.get("NVIDIA_VISIBLE_DEVICES", "")
+seen = {"cards": cards.split(",") if cards else [],
+        "memory": [env[k] for k in sorted(env) if k.startswith("CUDA_DEVICE_MEMORY_LIMIT")],
+        "cores": env.get("CUDA_DEVICE_SM_LIMIT", ""),
+        "preload": open("/etc/ld.so.preload").read().strip() if os.path.exists("/etc/ld.so.preload") else ""}
+print(json.dumps(seen), flush=True)
+time.sleep(10**9)
+"""
+
+
+def _pod(name: str, limits: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations or {}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": IMAGE,
+                    "command": ["python3", "-c", REPORT],
+                    "resources": {"limits": limits},
+                }
+            ],
+        },
+    }
+
+
+def workload() -> list[dict[str, Any]]:
+    """The demo pods, in the order they are created."""
+    return [
+        _pod("nvlink-pair", {"nvidia.com/gpu": 2}, {"hami.io/gpu-scheduler-policy": "topology-aware"}),
+        _pod(
+            "share-a", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 10000, "nvidia.com/gpucores": 30}, BINPACK
+        ),
+        _pod(
+            "share-b", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 10000, "nvidia.com/gpucores": 30}, BINPACK
+        ),
+        _pod("quarter", {"nvidia.com/gpu": 1, "nvidia.com/gpumem-percentage": 25}, BINPACK),
+        _pod("whole-card", {"nvidia.com/gpu": 1, "nvidia.com/gpucores": 100}),
+        _pod("too-big", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 100000}),
+    ]
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    pod: str
+    status: str
+    node: str
+    cards: str
+    memory: str
+    cores: str
+    sees: str
+
+
+def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow:
+    """One table row from the pod, the first line its container printed, and a scheduling reason."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    ann = meta.get("annotations") or {}
+    cards, mem, cores = [], [], []
+    for container in decode_pod_devices(ann.get(keys.VGPU_DEVICES_ALLOCATED, "")):
+        for dev in container:
+            cards.append(f"GPU-…{dev.uuid[-4:]}")
+            mem.append(f"{dev.usedmem}")
+            cores.append(f"{dev.usedcores}")
+    sees = ""
+    if log:
+        try:
+            seen = json.loads(log.strip().splitlines()[0])
+            sm = seen["cores"]
+            sees = (
+                f"{len(seen['cards'])} card(s), memory limit {'/'.join(seen['memory']) or '-'}"
+                f", SM {'unlimited' if sm in ('', '0') else sm + '%'}"
+                f", libvgpu.so {'preloaded' if seen['preload'] else 'NOT preloaded'}"
+            )
+        except (ValueError, KeyError, IndexError):
+            sees = log.strip()[:60]
+    phase = str(status.get("phase") or "?")
+    if phase == "Pending" and reason:
+        sees = reason
+    return DemoRow(
+        pod=str(meta.get("name")),
+        status=phase,
+        node=str((pod.get("spec") or {}).get("nodeName") or "-"),
+        cards=",".join(cards) or "-",
+        memory="+".join(mem) + " MiB" if mem else "-",
+        cores="+".join(cores) + " %" if cores else "-",
+        sees=sees,
+    )
+
+
+def render_table(rows: list[DemoRow]) -> str:
+    head = ("POD", "STATUS", "NODE", "CARD(S)", "MEMORY", "CORES", "WHAT THE CONTAINER SEES / WHY PENDING")
+    table = [head, *((r.pod, r.status, r.node, r.cards, r.memory, r.cores, r.sees) for r in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(head) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1]
+        for line in table
+    )
