@@ -21,7 +21,7 @@ from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
 from hami.testing.helm import Helm, HelmMissingError, find_helm
 from hami.testing.prereq import missing
-from hami.testing.stack import wait_for
+from hami.testing.stack import assert_no_overcommit, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +173,101 @@ async def test_a_pod_that_cannot_fit_is_told_why(installed: Helm, kc: KubeClient
     assert any(
         "container 'main'" in m and "nvidia.com/gpumem: 100000 MiB" in m and "largest" in m for m in messages
     ), messages
+
+
+def _gpu_pod(name: str, limits: dict[str, Any], script: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "hami.local/hami:0.1.0",
+                    "command": ["python3", "-c", script],
+                    "resources": {"limits": limits},
+                }
+            ],
+        },
+    }
+
+
+async def _phase(kc: KubeClient, ns: str, name: str, phases: tuple[str, ...]) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        return p if p["status"].get("phase") in phases else None
+
+    pod: dict[str, Any] = await wait_for(reached, timeout=120, interval=0.5)
+    return pod
+
+
+async def test_device_plugin_pod_deleted_comes_back_and_running_pods_keep_their_cards(
+    installed: Helm, kc: KubeClient, ns: str
+) -> None:
+    """The DaemonSet replaces a deleted plugin pod, which registers with kubelet again; a pod
+    running meanwhile keeps its card untouched, and a pod admitted afterwards gets Allocate."""
+    await kc.create(
+        api_path("v1", "pods", namespace=ns),
+        _gpu_pod(
+            "keeper", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 2000}, "import time; time.sleep(10**6)"
+        ),
+    )
+    keeper = await _phase(kc, ns, "keeper", ("Running",))
+    allocation = keeper["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED]
+    selector = "app.kubernetes.io/component=device-plugin"
+    pods = api_path("v1", "pods", namespace=NAMESPACE)
+    (old,) = (await kc.list(pods, label_selector=selector))["items"]
+    await kc.request("DELETE", f"{pods}/{old['metadata']['name']}", params={"gracePeriodSeconds": 0})
+
+    async def replaced() -> str | None:
+        for p in (await kc.list(pods, label_selector=selector))["items"]:
+            ready = any(c.get("ready") for c in p["status"].get("containerStatuses") or [])
+            if p["metadata"]["uid"] != old["metadata"]["uid"] and ready:
+                log = await kc.get_text(
+                    f"{pods}/{p['metadata']['name']}/log", params={"container": "device-plugin"}
+                )
+                if "registered nvidia.com/gpu with kubelet" in log:
+                    return str(p["metadata"]["name"])
+        return None
+
+    await wait_for(replaced, timeout=120, interval=0.5)
+    await kc.create(
+        api_path("v1", "pods", namespace=ns),
+        _gpu_pod("after", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 2000}, "pass"),
+    )
+    after = await _phase(kc, ns, "after", ("Succeeded", "Failed"))
+    assert after["status"]["phase"] == "Succeeded", after["status"]
+    keeper = await kc.get(api_path("v1", "pods", namespace=ns, name="keeper"))
+    assert keeper["status"]["phase"] == "Running"
+    assert keeper["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert keeper["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED] == allocation
+    await assert_no_overcommit(kc, ns, [NODE])
+
+
+async def test_pods_deleted_before_they_start_leave_no_reservation_or_lock(
+    installed: Helm, kc: KubeClient, ns: str
+) -> None:
+    """Both cards asked for whole, the pods deleted at once: afterwards both cards are free again
+    for two new whole-card pods, and the node lock is not left behind."""
+    whole = {"nvidia.com/gpu": 1, "nvidia.com/gpumem-percentage": 100}
+    for i in range(CARDS):
+        await kc.create(
+            api_path("v1", "pods", namespace=ns),
+            _gpu_pod(f"gone-{i}", whole, "import time; time.sleep(10**6)"),
+        )
+    for i in range(CARDS):
+        await kc.request(
+            "DELETE", api_path("v1", "pods", namespace=ns, name=f"gone-{i}"), params={"gracePeriodSeconds": 0}
+        )
+    for i in range(CARDS):
+        await kc.create(api_path("v1", "pods", namespace=ns), _gpu_pod(f"next-{i}", whole, "pass"))
+    for i in range(CARDS):
+        done = await _phase(kc, ns, f"next-{i}", ("Succeeded", "Failed"))
+        assert done["status"]["phase"] == "Succeeded", done["status"]
+
+    async def unlocked() -> bool:
+        node = await kc.get(api_path("v1", "nodes", name=NODE))
+        return keys.NODE_LOCK not in (node["metadata"].get("annotations") or {})
+
+    await wait_for(unlocked, timeout=30, interval=0.5)
