@@ -65,6 +65,7 @@ def sandbox() -> Iterator[Sandbox]:
         _node_binaries(binaries.kube_apiserver.parent),
         [NodeSpec(NODE, {"gpu": "on"})],
         images=[found[-1] for found in images],
+        driver=ROOT / "native" / "build" / "fake",
     )
     try:
         sb.start()
@@ -108,4 +109,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     report = outcome.get_result()
     sb = getattr(item, "funcargs", {}).get("sandbox")
     if report.failed and isinstance(sb, Sandbox):
-        report.sections.append(("sandbox logs", sb.logs_tail()))
+        report.sections.append(("sandbox logs", sb.logs_tail(15)))

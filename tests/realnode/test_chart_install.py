@@ -19,6 +19,7 @@ from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
+from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE
 from hami.testing.helm import Helm, HelmMissingError, find_helm
 from hami.testing.prereq import missing
 from hami.testing.stack import assert_no_overcommit, wait_for
@@ -29,13 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RELEASE, NAMESPACE = "hami", "hami-system"
 NODE = "node1"
 CARDS, SPLIT = 2, 10
-
-PRINT_CONTAINER = """
-import json, os
-env = {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "NVIDIA_", "GPU_"))}
-preload = open("/etc/ld.so.preload").read() if os.path.exists("/etc/ld.so.preload") else None
-print(json.dumps({"env": env, "preload": preload}))
-"""
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +43,9 @@ def installed(sandbox: Sandbox) -> Iterator[Helm]:
     values: dict[str, Any] = {
         # the installer writes libvgpu.so under the sandbox's own state, not the host's /usr/local
         "global": {"gpuHookPath": str(sandbox.state / "hook")},
-        "devicePlugin": {"fakeNode": (ROOT / "examples" / "fake-node-small.yaml").read_text()},
+        "devicePlugin": {
+            "fakeNode": sandbox.fake_node_spec((ROOT / "examples" / "fake-node-small.yaml").read_text())
+        },
     }
     kubeconfig = str(sandbox.cp.kubeconfig_path)
     helm.release(
@@ -116,7 +112,7 @@ async def test_plain_gpu_pod_runs_with_its_slice(installed: Helm, kc: KubeClient
                 {
                     "name": "main",
                     "image": "hami.local/hami:0.1.0",
-                    "command": ["python3", "-c", PRINT_CONTAINER],
+                    "command": ["python3", "-c", PROBE],
                     "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 4000}},
                 }
             ],
@@ -138,9 +134,11 @@ async def test_plain_gpu_pod_runs_with_its_slice(installed: Helm, kc: KubeClient
         .strip()
         .splitlines()[-1]
     )
-    assert seen["env"]["CUDA_DEVICE_MEMORY_LIMIT_0"] == "4000m"
-    assert seen["env"]["NVIDIA_VISIBLE_DEVICES"].startswith(f"GPU-fake-{NODE}-")
-    assert seen["preload"] is not None and seen["preload"].strip().endswith("/vgpu/libvgpu.so")
+    assert seen["memory"] == ["4000m"] and seen["cards"][0].startswith(f"GPU-fake-{NODE}-")
+    assert seen["preload"].endswith("/vgpu/libvgpu.so")
+    # the CUDA driver API inside the container reports the slice and refuses more
+    assert seen.get("total_mib") == 4000, json.dumps(seen)
+    assert (seen["alloc_half"], seen["alloc_beyond"]) == (0, CUDA_OUT_OF_MEMORY)
 
 
 async def test_a_pod_that_cannot_fit_is_told_why(installed: Helm, kc: KubeClient, ns: str) -> None:

@@ -19,6 +19,7 @@ from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
+from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE
 from hami.testing.controlplane import Process
 from hami.testing.stack import Stack, wait_for
 
@@ -30,14 +31,6 @@ IMAGE = "hami.local/hami:0.1.0"
 CARDS = 2
 SPLIT = 10  # devicePlugin.deviceSplitCount default
 
-PRINT_CONTAINER = """
-import json, os
-env = {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "NVIDIA_", "GPU_", "LIBCUDA"))}
-preload = open("/etc/ld.so.preload").read() if os.path.exists("/etc/ld.so.preload") else None
-lib = [l for l in (preload or "").split() if l]
-print(json.dumps({"env": env, "preload": preload, "lib_present": all(os.path.exists(p) for p in lib)}))
-"""
-
 
 @pytest.fixture(scope="module")
 def device_plugin(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
@@ -46,7 +39,7 @@ def device_plugin(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) ->
     assert sandbox.cp is not None
     work = tmp_path_factory.mktemp("device-plugin")
     fake = work / "fake-node.yaml"
-    fake.write_text((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    fake.write_text(sandbox.fake_node_spec((ROOT / "examples" / "fake-node-small.yaml").read_text()))
     hook = work / "hook"
     hami = str(ROOT / ".venv" / "bin" / "hami")
     lib = ROOT / "native" / "build" / "libvgpu.so"
@@ -137,7 +130,7 @@ async def test_gpu_pod_runs_with_its_slice_through_the_real_kubelet(
     async with Stack(sandbox.kube_config(), sandbox.cp.start_scheduler, completer=False):
         pod = _pod(
             "gpu",
-            ["python3", "-c", PRINT_CONTAINER],
+            ["python3", "-c", PROBE],
             {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 3000, "nvidia.com/gpucores": 30},
             schedulerName="hami-scheduler",
         )
@@ -147,13 +140,14 @@ async def test_gpu_pod_runs_with_its_slice_through_the_real_kubelet(
     ann = done["metadata"]["annotations"]
     assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
     seen = json.loads((await _logs(kc, ns, "gpu")).strip().splitlines()[-1])
-    env = seen["env"]
-    assert env["CUDA_DEVICE_MEMORY_LIMIT_0"] == "3000m"
-    assert env["CUDA_DEVICE_SM_LIMIT"] == "30"
-    assert env["NVIDIA_VISIBLE_DEVICES"].startswith(f"GPU-fake-{NODE}-")
-    # libvgpu.so is preloaded from where the host installer put it, inside the container too
-    assert seen["preload"] is not None and seen["preload"].strip().endswith("/vgpu/libvgpu.so")
-    assert seen["lib_present"] is True
+    assert seen["memory"] == ["3000m"] and seen["cores"] == "30"
+    assert len(seen["cards"]) == 1 and seen["cards"][0].startswith(f"GPU-fake-{NODE}-")
+    # libvgpu.so is preloaded from where the host installer put it, inside the container too,
+    # and an unmodified CUDA program sees its slice, not the card, and is refused beyond it
+    assert seen["preload"].endswith("/vgpu/libvgpu.so")
+    assert (seen["cuInit"], seen["cuCtxCreate"]) == (0, 0), seen
+    assert seen.get("total_mib") == 3000, seen
+    assert (seen["alloc_half"], seen["alloc_beyond"]) == (0, CUDA_OUT_OF_MEMORY)
 
 
 async def _is(value: Any, want: int) -> bool:
@@ -179,7 +173,7 @@ async def test_kubelet_restart_the_plugin_registers_again(
     async with Stack(sandbox.kube_config(), sandbox.cp.start_scheduler, completer=False):
         pod = _pod(
             "after-restart",
-            ["python3", "-c", PRINT_CONTAINER],
+            ["python3", "-c", PROBE],
             {"nvidia.com/gpu": 1},
             schedulerName="hami-scheduler",
         )
@@ -187,4 +181,4 @@ async def test_kubelet_restart_the_plugin_registers_again(
         done = await _finished(kc, ns, "after-restart")
     assert done["status"]["phase"] == "Succeeded", (done["status"], device_plugin.tail())
     seen = json.loads((await _logs(kc, ns, "after-restart")).strip().splitlines()[-1])
-    assert seen["env"]["NVIDIA_VISIBLE_DEVICES"].startswith(f"GPU-fake-{NODE}-")
+    assert seen["cards"][0].startswith(f"GPU-fake-{NODE}-")

@@ -401,6 +401,11 @@ class PodAllocator:
             car.mounts.add(
                 container_path="/etc/ld.so.preload", host_path=f"{vgpu}/{PRELOAD_NAME}", read_only=True
             )
+        driver = self.source.driver_edits([d.uuid for d in devs])
+        for k, v in driver.env.items():
+            env.setdefault(k, v)
+        for container_path, host_path in driver.mounts:
+            car.mounts.add(container_path=container_path, host_path=host_path, read_only=True)
         return car
 
     def _mps_response(self, devs: ContainerDevices) -> api_pb2.ContainerAllocateResponse:

@@ -73,6 +73,7 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
             [NodeSpec("node1", {"gpu": "on"})],
             images=[a[-1] for a in archives],
             detach=True,
+            driver=root / "native" / "build" / "fake",
         )
         try:
             sb.start()
@@ -85,7 +86,9 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
         started = _step("installing hami with helm (charts/hami, images hami.local/*)")
         values: dict[str, Any] = {
             "global": {"gpuHookPath": str(state_dir / "hook")},
-            "devicePlugin": {"fakeNode": (root / "examples" / "fake-node.yaml").read_text()},
+            "devicePlugin": {
+                "fakeNode": sb.fake_node_spec((root / "examples" / "fake-node.yaml").read_text())
+            },
         }
         try:
             Helm(helm_path).release(

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import yaml
+
 from hami.kube.config import KubeConfig
 from hami.sandbox.host import HostGuard
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
@@ -99,9 +101,12 @@ class Sandbox:
         nodes: Sequence[NodeSpec],
         images: Sequence[Path] = (),
         detach: bool = False,
+        driver: Path | None = None,
     ) -> None:
         """``detach``: the cluster outlives this process (``make demo``); :meth:`stop_detached`
-        stops it later from what :meth:`start` wrote to ``<state>/sandbox.json``."""
+        stops it later from what :meth:`start` wrote to ``<state>/sandbox.json``. ``driver``: a
+        directory with the fake ``libcuda.so.1`` / ``libnvidia-ml.so.1`` (``native/build/fake``),
+        installed on the "host" at :attr:`driver_root` like a GPU driver."""
         if not 1 <= len(nodes) <= 9:
             raise ValueError("a sandbox has 1 to 9 nodes")
         self.state = state
@@ -111,6 +116,8 @@ class Sandbox:
         self.images = list(images)
         self.host = HostGuard(state)
         self.detach = detach
+        self.driver = driver
+        self.driver_root = state / "driver"
         self.cp: ControlPlane | None = None
         self.nodes: list[RealNode] = []
 
@@ -131,6 +138,8 @@ class Sandbox:
     def start(self, ready_timeout: float = 120.0) -> Self:
         self.host.recover()
         self.state.mkdir(parents=True, exist_ok=True)
+        if self.driver is not None:
+            self._install_driver(self.driver)
         self.host.save_sysctls()
         self.host.fixed_paths()
         self.host.mounts_under(self.state)
@@ -204,6 +213,21 @@ class Sandbox:
         host.recover()
         shutil.rmtree(state, ignore_errors=True)
         return found
+
+    def _install_driver(self, source: Path) -> None:
+        self.driver_root.mkdir(parents=True, exist_ok=True)
+        for lib in ("libcuda.so.1", "libnvidia-ml.so.1"):
+            if not (source / lib).is_file():
+                raise SandboxError(f"{source / lib}: missing (make -C native builds the fake driver)")
+            shutil.copyfile(source / lib, self.driver_root / lib)
+            (self.driver_root / lib).chmod(0o755)
+
+    def fake_node_spec(self, text: str) -> str:
+        """A fake device source file (YAML) with this sandbox's simulated driver added."""
+        spec = yaml.safe_load(text) or {}
+        if self.driver is not None:
+            spec["driver"] = {"root": str(self.driver_root)}
+        return yaml.safe_dump(spec, sort_keys=False)
 
     def _start_control_plane(self) -> None:
         cp_dir = self.state / "control-plane"

@@ -3,7 +3,8 @@
 A small mix that shows what hami does: three pods sharing one card, a pod that takes a whole card
 (``gpucores: 100``), a percentage request, a two-card pod placed by NVLink topology, and a pod that
 cannot fit (it stays Pending, and the table says why). Every container prints what it was given
-(its environment: visible cards, memory and compute limits, the preloaded library) and sleeps.
+(:mod:`hami.sandbox.probe`: the memory the CUDA driver API reports through ``libvgpu.so``, and
+whether an allocation beyond it is refused) and sleeps.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from hami.protocol import keys
 from hami.protocol.pod import decode_pod_devices
+from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE
 
 __all__ = ["NAMESPACE", "DemoRow", "render_table", "row_for", "workload"]
 
@@ -21,17 +23,7 @@ NAMESPACE = "hami-demo"
 IMAGE = "hami.local/hami:0.1.0"
 #: pack these onto one card (the chart's default card policy is HAMi's spread)
 BINPACK = {"hami.io/gpu-scheduler-policy": "binpack"}
-REPORT = """
-import json, os, time
-env = os.environ
-cards = env.get("NVIDIA_VISIBLE_DEVICES", "")
-seen = {"cards": cards.split(",") if cards else [],
-        "memory": [env[k] for k in sorted(env) if k.startswith("CUDA_DEVICE_MEMORY_LIMIT")],
-        "cores": env.get("CUDA_DEVICE_SM_LIMIT", ""),
-        "preload": open("/etc/ld.so.preload").read().strip() if os.path.exists("/etc/ld.so.preload") else ""}
-print(json.dumps(seen), flush=True)
-time.sleep(10**9)
-"""
+REPORT = PROBE + "\nimport time\ntime.sleep(10**9)\n"
 
 
 def _pod(name: str, limits: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -95,10 +87,14 @@ def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow
         try:
             seen = json.loads(log.strip().splitlines()[0])
             sm = seen["cores"]
+            cuda = (
+                f"CUDA sees {seen['total_mib']} MiB, over it refused"
+                if seen.get("alloc_beyond") == CUDA_OUT_OF_MEMORY
+                else f"CUDA: {seen.get('driver') or seen.get('total_mib', '?')}"
+            )
             sees = (
-                f"{len(seen['cards'])} card(s), memory limit {'/'.join(seen['memory']) or '-'}"
-                f", SM {'unlimited' if sm in ('', '0') else sm + '%'}"
-                f", libvgpu.so {'preloaded' if seen['preload'] else 'NOT preloaded'}"
+                f"{cuda}; SM {'unlimited' if sm in ('', '0') else sm + '%'}"
+                f"; libvgpu.so {'preloaded' if seen['preload'] else 'NOT preloaded'}"
             )
         except (ValueError, KeyError, IndexError):
             sees = log.strip()[:60]

@@ -422,3 +422,30 @@ async def test_multi_vendor_pod_leaves_phase_and_lock_to_the_last_plugin(tmp_pat
     assert ann(kube, "p1")[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING
     assert ann(kube, "p1")[keys.VGPU_DEVICES_TO_ALLOCATE] == ";"
     assert lock_of(kube) is not None
+
+
+async def test_a_simulated_driver_reaches_the_container_like_a_real_one(tmp_path: Path) -> None:
+    """With the fake source's ``driver`` set, the container also gets the fake driver's libraries
+    where the NVIDIA runtime puts the real ones, and the fake driver's description of its cards;
+    hami's own variables win over anything the driver section would set."""
+    spec = {**SPEC, "driver": {"root": "/sandbox/driver"}}
+    kube = MemoryKube(
+        [node(f"{LOCK_TIME},default,p1")], [pod("p1", f"{A},NVIDIA,3000,30:{C},NVIDIA,4000,30:;")]
+    )
+    alloc, _ = make(kube, tmp_path, source=FakeSource(spec))
+    car = (await alloc.allocate(request(2))).container_responses[0]
+    env = dict(car.envs)
+    assert (env["FAKECUDA_DEVICES"], env["FAKECUDA_TOTAL_MEM"]) == ("2", "15360m")  # the smaller card
+    assert env["CUDA_DEVICE_MEMORY_LIMIT_0"] == "3000m"
+    mounts = [(m.container_path, m.host_path, m.read_only) for m in car.mounts]
+    assert mounts[-2:] == [
+        ("/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/sandbox/driver/libcuda.so.1", True),
+        ("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1", "/sandbox/driver/libnvidia-ml.so.1", True),
+    ]
+    # without a driver section (and on NVML nodes) the container runtime provides the driver
+    plain, _ = make(
+        MemoryKube([node(f"{LOCK_TIME},default,p1")], [pod("p1", f"{A},NVIDIA,3000,30:;")]), tmp_path
+    )
+    car = (await plain.allocate(request(1))).container_responses[0]
+    assert not any(k.startswith("FAKECUDA") for k in car.envs)
+    assert not any("libcuda" in m.container_path for m in car.mounts)

@@ -74,6 +74,12 @@ def test_defaults_and_generated_uuids() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
+        ({"cards": [{}], "driver": "dir"}, "driver: expected a mapping"),
+        ({"cards": [{}], "driver": {"root": "relative"}}, "driver.root: must be an absolute path"),
+        (
+            {"cards": [{}], "driver": {"root": "/d", "libdir": "lib"}},
+            "driver.libdir: must be an absolute path",
+        ),
         ({}, "'cards' must be a non-empty list"),
         ({"cards": [{"memory": "lots"}]}, "cards[0].memory: expected int, got 'lots'"),
         ({"cards": [{"uuid": "GPU-x"}, {"uuid": "GPU-x"}]}, "duplicate card 'GPU-x'"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class DeviceSourceError(RuntimeError):
@@ -156,6 +156,15 @@ def xid_is_critical(
     return xid not in APPLICATION_XIDS and xid not in skipped
 
 
+@dataclass(frozen=True)
+class DriverEdits:
+    """What a container needs from the node's GPU driver besides hami's own edits: environment and
+    read-only bind mounts (container path, host path). Data, rendered into an Allocate response."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[tuple[str, str], ...] = ()
+
+
 class DeviceSource(abc.ABC):
     """Everything the device plugin reads from or does to the GPUs of one node."""
 
@@ -189,6 +198,11 @@ class DeviceSource(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release driver resources."""
+
+    def driver_edits(self, uuids: list[str]) -> DriverEdits:
+        """The driver's part of a container that gets these cards. On a real node the container
+        runtime's NVIDIA hook provides the driver, so nothing; a simulated node hands out its own."""
+        return DriverEdits()
 
     def pair_scores(self) -> dict[str, dict[str, int]]:
         """Symmetric map uuid -> {other uuid -> pair score} from `links()`."""

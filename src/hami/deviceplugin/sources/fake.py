@@ -22,6 +22,14 @@ Used by the contract tests and the local sandbox. Schema (every key but `cards` 
       - {uuid: GPU-..., after_seconds: 2, xid: 79}
     health_file: health.txt                              # relative to the YAML file
     fail_mig_create: [GPU-...]                           # MIG creation errors on these cards
+    driver:                                              # the simulated driver GPU containers get
+      root: /var/lib/hami-sandbox/driver                 # host dir with libcuda.so.1, libnvidia-ml.so.1
+      libdir: /usr/lib/x86_64-linux-gnu                  # where a real driver's libraries appear
+
+With ``driver`` set, every GPU container gets the fake driver's libraries mounted where the NVIDIA
+container runtime would put the real ones, and ``FAKECUDA_DEVICES`` / ``FAKECUDA_TOTAL_MEM`` /
+``FAKECUDA_SM_COUNT`` describing its cards, so unmodified CUDA programs run against it (with
+``libvgpu.so`` preloaded, as on a GPU node).
 
 The health file is re-read whenever it changes: each non-empty line `<uuid> [xid]` marks that
 card unhealthy; removing the line makes it healthy again. `inject_health()` does the same from
@@ -45,6 +53,7 @@ from hami.deviceplugin.sources.base import (
     Card,
     DeviceSource,
     DeviceSourceError,
+    DriverEdits,
     HealthEvent,
     MigInstance,
     MigPlacement,
@@ -138,6 +147,7 @@ class FakeSource(DeviceSource):
                         f"defined: {sorted(profile_sets)}"
                     )
                 self._profiles[card.uuid] = profile_sets[set_name]
+        self._driver = self._parse_driver(spec.get("driver"))
         self._base_health = {u: c.healthy for u, c in self._cards.items()}
         self._links = self._parse_links(spec.get("links") or [])
         self._failures = self._parse_failures(spec.get("failures") or [])
@@ -173,6 +183,36 @@ class FakeSource(DeviceSource):
         except yaml.YAMLError as e:
             raise FakeSpecError(f"{p}: invalid YAML: {e}") from e
         return cls(spec, origin=str(p), base_dir=p.parent, node_name=node_name, **kw)
+
+    DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
+
+    def _parse_driver(self, raw: Any) -> tuple[str, str] | None:
+        if raw is None:
+            return None
+        where = f"{self._origin}: driver"
+        if not isinstance(raw, dict):
+            raise FakeSpecError(f"{where}: expected a mapping with 'root', got {raw!r}")
+        root = _req(where, raw, "root", str, "")
+        libdir = _req(where, raw, "libdir", str, "/usr/lib/x86_64-linux-gnu")
+        for key, value in (("root", root), ("libdir", libdir)):
+            if not value.startswith("/"):
+                raise FakeSpecError(f"{where}.{key}: must be an absolute path, got {value!r}")
+        return root, libdir
+
+    def driver_edits(self, uuids: list[str]) -> DriverEdits:
+        if self._driver is None or not uuids:
+            return DriverEdits()
+        root, libdir = self._driver
+        cards = [self._cards[u] for u in uuids if u in self._cards]
+        env = {"FAKECUDA_DEVICES": str(len(uuids))}
+        if cards:
+            # the fake driver models one card size; a container given several models sees the smallest
+            env["FAKECUDA_TOTAL_MEM"] = f"{min(c.memory_mib for c in cards)}m"
+            sms = [c.sm_count for c in cards if c.sm_count > 0]
+            if sms:
+                env["FAKECUDA_SM_COUNT"] = str(min(sms))
+        mounts = tuple((f"{libdir}/{lib}", f"{root}/{lib}") for lib in self.DRIVER_LIBS)
+        return DriverEdits(env=env, mounts=mounts)
 
     def _parse_profile_sets(self, raw: Any) -> dict[str, list[MigProfile]]:
         if not isinstance(raw, dict):

@@ -1,0 +1,38 @@
+"""What a GPU container in the sandbox runs to report what it sees: an unmodified CUDA driver-API
+program (Python ctypes on ``libcuda.so.1``, as PyTorch loads it), so ``libvgpu.so`` — preloaded
+through ``/etc/ld.so.preload`` — stands between it and the (simulated) driver exactly as on a GPU
+node. It prints one JSON line: the cards and limits it was handed (environment), the device memory
+the driver API reports, and the results of allocating half of it and then more than what is left.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CUDA_OUT_OF_MEMORY", "PROBE"]
+
+#: CUresult of an allocation refused for lack of memory
+CUDA_OUT_OF_MEMORY = 2
+
+PROBE = """
+import ctypes, json, os
+env = os.environ
+cards = env.get("NVIDIA_VISIBLE_DEVICES", "")
+seen = {"cards": cards.split(",") if cards else [],
+        "memory": [env[k] for k in sorted(env) if k.startswith("CUDA_DEVICE_MEMORY_LIMIT_")],
+        "cores": env.get("CUDA_DEVICE_SM_LIMIT", ""),
+        "preload": open("/etc/ld.so.preload").read().strip() if os.path.exists("/etc/ld.so.preload") else ""}
+try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+    seen["cuInit"] = cuda.cuInit(0)
+    dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+    cuda.cuDeviceGet(ctypes.byref(dev), 0)
+    seen["cuCtxCreate"] = cuda.cuCtxCreate_v2(ctypes.byref(ctx), ctypes.c_uint(0), dev)
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    cuda.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total))
+    seen["total_mib"] = total.value >> 20
+    a, b = ctypes.c_uint64(), ctypes.c_uint64()
+    seen["alloc_half"] = cuda.cuMemAlloc_v2(ctypes.byref(a), ctypes.c_size_t(total.value // 2))
+    seen["alloc_beyond"] = cuda.cuMemAlloc_v2(ctypes.byref(b), ctypes.c_size_t(total.value // 2 + (1 << 20)))
+except OSError as exc:
+    seen["driver"] = str(exc)
+print(json.dumps(seen), flush=True)
+"""
