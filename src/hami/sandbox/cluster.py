@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -30,9 +31,11 @@ from typing import Any, Self
 import yaml
 
 from hami.kube.config import KubeConfig
-from hami.sandbox.host import HostGuard
+from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
+
+log = logging.getLogger(__name__)
 
 __all__ = ["API_IP", "NodeSpec", "Sandbox", "SandboxError"]
 
@@ -185,13 +188,17 @@ class Sandbox:
 
     @staticmethod
     def running_kubeconfig(state: Path) -> str | None:
-        """The kubeconfig of a detached sandbox whose processes all still run in ``state``."""
+        """The kubeconfig of a detached sandbox whose processes all still run in ``state``; a
+        sandbox there with any process gone is stopped and cleaned up (None then)."""
         try:
             record = json.loads((state / RECORD).read_text())
         except (OSError, ValueError):
             return None
-        if all(_alive(int(p["pid"])) for p in record.get("processes", [])):
+        dead = [p["name"] for p in record.get("processes", []) if not _alive(int(p["pid"]))]
+        if not dead:
             return str(record["kubeconfig"])
+        log.warning("sandbox in %s lost %s; stopping what is left", state, ", ".join(dead))
+        Sandbox.stop_detached(state)
         return None
 
     @staticmethod
@@ -211,6 +218,8 @@ class Sandbox:
         _kill([p for p in procs if not str(p["name"]).startswith("kubelet-")])
         host = HostGuard(state)
         host.recover()
+        for point in mounts_below(str(state)):  # also what a run that never wrote host.json left
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
         shutil.rmtree(state, ignore_errors=True)
         return found
 

@@ -85,7 +85,8 @@ def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow
     sees = ""
     if log:
         try:
-            seen = json.loads(log.strip().splitlines()[0])
+            # libvgpu.so's own messages (the refused allocation) share the log with the report
+            seen = json.loads(next(line for line in reversed(log.splitlines()) if line.startswith("{")))
             sm = seen["cores"]
             cuda = (
                 f"CUDA sees {seen['total_mib']} MiB, over it refused"
@@ -96,7 +97,7 @@ def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow
                 f"{cuda}; SM {'unlimited' if sm in ('', '0') else sm + '%'}"
                 f"; libvgpu.so {'preloaded' if seen['preload'] else 'NOT preloaded'}"
             )
-        except (ValueError, KeyError, IndexError):
+        except (ValueError, KeyError, IndexError, StopIteration):
             sees = log.strip()[:60]
     phase = str(status.get("phase") or "?")
     if phase == "Pending" and reason:

@@ -590,7 +590,7 @@ class ControlPlane:
             *extra_args,
         ]
         self.controller_manager = Process(
-            "kube-controller-manager", argv, self.logdir / "kube-controller-manager.log"
+            "kube-controller-manager", argv, self.logdir / "kube-controller-manager.log", detach=self.detach
         )
         return self.controller_manager
 

@@ -27,8 +27,11 @@ def test_a_running_pod_shows_its_cards_and_what_its_container_sees() -> None:
             "memory": ["40960m", "40960m"],
             "cores": "0",
             "preload": "/x/libvgpu.so",
+            "total_mib": 40960,
+            "alloc_beyond": 2,
         }
     )
+    log = "[libvgpu ERROR pid=1] OOM dev=0 cuMemAlloc ... -> CUDA_ERROR_OUT_OF_MEMORY\n" + log
     row = row_for(pod, log + "\n", None)
     assert (row.node, row.cards, row.memory, row.cores) == (
         "node1",
@@ -36,7 +39,7 @@ def test_a_running_pod_shows_its_cards_and_what_its_container_sees() -> None:
         "40960+40960 MiB",
         "100+100 %",
     )
-    assert row.sees == "2 card(s), memory limit 40960m/40960m, SM unlimited, libvgpu.so preloaded"
+    assert row.sees == "CUDA sees 40960 MiB, over it refused; SM unlimited; libvgpu.so preloaded"
 
 
 def test_a_pending_pod_shows_the_scheduler_reason() -> None:
