@@ -201,3 +201,32 @@ int fk_fault(const char *fn) {
     }
     return 0;
 }
+
+static struct fk_noise g_noise;
+static pthread_once_t g_noise_once = PTHREAD_ONCE_INIT;
+static void parse_noise(void) {
+    g_noise.seed = fk_env_size("FAKECUDA_SEED", 1);
+    g_noise.epoch_ns = fk_env_size("FAKECUDA_CLOCK_EPOCH_MS", 250) * 1000000ULL;
+    if (!g_noise.epoch_ns) g_noise.epoch_ns = 1000000;
+    double *f[] = {&g_noise.jitter, &g_noise.drift, &g_noise.nvml};
+    const char *names[] = {"FAKECUDA_KERNEL_JITTER", "FAKECUDA_CLOCK_DRIFT", "FAKECUDA_NVML_NOISE"};
+    for (int i = 0; i < 3; i++) {
+        uint64_t pct = fk_env_size(names[i], 0);
+        *f[i] = (double)(pct > 90 ? 90 : pct) / 100.0;
+    }
+}
+const struct fk_noise *fk_noise(void) {
+    pthread_once(&g_noise_once, parse_noise);
+    return &g_noise;
+}
+
+static uint64_t mix64(uint64_t x) { /* splitmix64's finaliser */
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+double fk_draw(uint64_t stream, uint64_t index) {
+    uint64_t h = mix64(mix64(fk_noise()->seed ^ mix64(stream)) ^ index);
+    return (double)(h >> 11) / 4503599627370496.0 - 1.0; /* 53 bits -> [0, 2) -> [-1, 1) */
+}

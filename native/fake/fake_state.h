@@ -53,4 +53,21 @@ uint64_t fk_busy_between(struct fk_proc *p, int dev, uint64_t t0, uint64_t t1);
 /* fault injection: returns the code to fail with, or 0 */
 int fk_fault(const char *fn);
 
+/* Deterministic noise, so that the limiter is tested against a device whose costs are not exact.
+ * Off unless set; every draw is a hash of FAKECUDA_SEED (default 1) and a counter, so a run is
+ * reproducible for a given seed and launch sequence.
+ *   FAKECUDA_KERNEL_JITTER=<pct>   each kernel takes its nominal time x U(1-pct, 1+pct)
+ *   FAKECUDA_CLOCK_DRIFT=<pct>     the device's speed changes every FAKECUDA_CLOCK_EPOCH_MS (250):
+ *                                  kernels starting in an epoch take x U(1-pct, 1+pct) (boost clocks,
+ *                                  thermal throttling, other work on the SMs)
+ *   FAKECUDA_NVML_NOISE=<pct>      each per-process utilisation NVML reports is x U(1-pct, 1+pct)
+ *                                  (NVML samples; it does not measure kernel time exactly) */
+struct fk_noise {
+    uint64_t seed, epoch_ns;
+    double jitter, drift, nvml; /* fractions */
+};
+const struct fk_noise *fk_noise(void);
+/* a uniform draw in [-1, 1) from (seed, stream, index) */
+double fk_draw(uint64_t stream, uint64_t index);
+
 #endif

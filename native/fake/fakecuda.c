@@ -4,7 +4,9 @@
  * FAKECUDA_DRIVER_VERSION, FAKECUDA_CTX_BYTES (charged per process per device with a context),
  * FAKECUDA_KERNEL_NS (default kernel duration), FAKECUDA_GRAPH_NS, FAKECUDA_QUEUE_NS (launch queue
  * depth in time before a launch blocks), FAKECUDA_FAIL (fault injection), FAKECUDA_GPA_ALIAS=1
- * (cuGetProcAddress hands out internal aliases instead of the exported functions). */
+ * (cuGetProcAddress hands out internal aliases instead of the exported functions), FAKECUDA_SEED,
+ * FAKECUDA_KERNEL_JITTER, FAKECUDA_CLOCK_DRIFT, FAKECUDA_CLOCK_EPOCH_MS (seeded cost noise, see
+ * fake_state.h). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -360,11 +362,19 @@ static void enqueue(int dev, uint64_t dur) {
         sleep_ns(le - now - g_queue_ns);
         now = fk_mono_ns();
     }
+    const struct fk_noise *N = fk_noise();
+    if (N->jitter > 0) { /* this kernel's own variation */
+        static _Atomic uint64_t draws;
+        double f = 1.0 + N->jitter * fk_draw(0x6a177e5ULL + (uint64_t)(p - S->proc), atomic_fetch_add(&draws, 1));
+        dur = (uint64_t)((double)dur * f) + 1;
+    }
     struct fk_dev *D = &S->dev[dev];
     uint64_t bu = atomic_load(&D->busy_until), s, e;
     do {
         s = bu > now ? bu : now;
-        e = s + dur;
+        /* the device's speed in the epoch the kernel starts in */
+        double f = N->drift > 0 ? 1.0 + N->drift * fk_draw(0xd81f7ULL + (uint64_t)dev, s / N->epoch_ns) : 1.0;
+        e = s + (uint64_t)((double)dur * f) + (N->drift > 0);
     } while (!atomic_compare_exchange_weak(&D->busy_until, &bu, e));
     uint64_t h = atomic_fetch_add(&p->head, 1);
     struct fk_iv *iv = &p->ring[h % FK_RING];
@@ -374,7 +384,7 @@ static void enqueue(int dev, uint64_t dur) {
     uint64_t le = atomic_load(&p->last_end);
     while (le < e && !atomic_compare_exchange_weak(&p->last_end, &le, e)) {
     }
-    atomic_fetch_add(&p->busy_total[dev], dur);
+    atomic_fetch_add(&p->busy_total[dev], e - s);
 }
 
 struct CUfunc_st {

@@ -161,7 +161,13 @@ API nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtil
         if (n < cap) {
             s[n].pid = (unsigned)pid;
             s[n].timeStamp = rt;
-            s[n].smUtil = (unsigned)((busy * 100 + (now - t0) / 2) / (now - t0));
+            double util = (double)busy * 100.0 / (double)(now - t0);
+            const struct fk_noise *N = fk_noise();
+            if (N->nvml > 0) { /* NVML samples the SMs; its figure is not the exact kernel time */
+                static _Atomic uint64_t draws;
+                util *= 1.0 + N->nvml * fk_draw(0x9e31ULL + (uint64_t)pid, atomic_fetch_add(&draws, 1));
+            }
+            s[n].smUtil = util >= 100.0 ? 100u : (unsigned)(util + 0.5);
             s[n].memUtil = s[n].encUtil = s[n].decUtil = 0;
         }
         n++;

@@ -353,6 +353,74 @@ static void launch_loop(const char *mode, double secs, uint64_t kns, double warm
            launches, (double)(t1 - t0) / 1e9);
 }
 
+/* ---------------------------------------------------------------- load patterns for the limiter */
+static CUfunction g_kf;
+static busy_fn g_busy;
+static uint64_t g_kns;
+static void kernel_setup(uint64_t kns) {
+    need_ctx();
+    CUmodule m;
+    cuModuleLoadData(&m, "kernel busy");
+    cuModuleGetFunction(&g_kf, m, "busy");
+    g_busy = (busy_fn)dlsym(RTLD_DEFAULT, "fakecuda_busy_ns");
+    if (!g_busy) {
+        printf("no fakecuda_busy_ns\n");
+        exit(6);
+    }
+    g_kns = kns;
+}
+static void kernel_once(void) {
+    void *params[] = {&g_kns};
+    CUresult r = cuLaunchKernel(g_kf, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL);
+    if (r) {
+        printf("launch rc=%d\n", r);
+        exit(7);
+    }
+}
+/* GPU utilisation (%) of this process between two (time, busy) marks */
+struct mark {
+    uint64_t t, b;
+};
+static struct mark mark_now(void) { return (struct mark){now_ns(), g_busy(getpid(), 0)}; }
+static double util_between(struct mark a, struct mark b) { return 100.0 * (double)(b.b - a.b) / (double)(b.t - a.t); }
+
+/* "duty": a training loop with host work: <n> launches, then <host_ms> on the CPU (the GPU idles
+ * unless the launches are still queued), for <secs1> s; then launching without pause for <secs2> s.
+ * Prints the utilisation of the duty phase (after its first <warm> s) and of the last <tail> s. */
+static void duty_loop(double secs1, double secs2, uint64_t kns, long n, double host_ms, double tail, double warm) {
+    kernel_setup(kns);
+    uint64_t t_start = now_ns(), end1 = t_start + (uint64_t)(secs1 * 1e9), end2 = end1 + (uint64_t)(secs2 * 1e9);
+    struct mark a = {0, 0}, b, c = {0, 0};
+    while (now_ns() < end1) {
+        if (!a.t && now_ns() - t_start >= (uint64_t)(warm * 1e9)) a = mark_now();
+        for (long k = 0; k < n; k++) kernel_once();
+        sleep_ms(host_ms);
+    }
+    b = mark_now();
+    for (uint64_t now = now_ns(); now < end2; now = now_ns()) {
+        if (!c.t && now >= end2 - (uint64_t)(tail * 1e9)) c = mark_now();
+        kernel_once();
+    }
+    struct mark d = mark_now();
+    printf("duty util=%.2f tail=%.2f\n", a.t ? util_between(a, b) : -1.0, c.t ? util_between(c, d) : -1.0);
+}
+
+/* "idleburst": 1 s of steady launching (the controller learns the cost), then <cycles> times: idle
+ * for <idle_ms>, then launch without pause for <window_ms>. Prints each window's utilisation. */
+static void idle_burst(uint64_t kns, double idle_ms, double window_ms, int cycles) {
+    kernel_setup(kns);
+    for (uint64_t end = now_ns() + 1000000000ULL; now_ns() < end;) kernel_once();
+    printf("idleburst");
+    for (int k = 0; k < cycles; k++) {
+        cuCtxSynchronize();
+        sleep_ms(idle_ms);
+        struct mark a = mark_now();
+        for (uint64_t end = a.t + (uint64_t)(window_ms * 1e6); now_ns() < end;) kernel_once();
+        printf(" %.2f", util_between(a, mark_now()));
+    }
+    printf("\n");
+}
+
 typedef nvmlReturn_t (*nvml0)(void);
 typedef nvmlReturn_t (*nvmlh)(unsigned, nvmlDevice_t *);
 typedef nvmlReturn_t (*nvmlm)(nvmlDevice_t, nvmlMemory_t *);
@@ -533,6 +601,11 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(a[0], "launch")) {
             launch_loop(a[1], atof(a[2]), parse_size(a[3]), na > 4 ? atof(a[4]) : 0, na > 5 ? atoi(a[5]) : 1);
+        } else if (!strcmp(a[0], "duty")) {
+            duty_loop(atof(a[1]), atof(a[2]), parse_size(a[3]), atol(a[4]), atof(a[5]), atof(a[6]),
+                      na > 7 ? atof(a[7]) : 1.0);
+        } else if (!strcmp(a[0], "idleburst")) {
+            idle_burst(parse_size(a[1]), atof(a[2]), atof(a[3]), atoi(a[4]));
         } else if (!strcmp(a[0], "sync")) {
             printf("sync rc=%d\n", cuCtxSynchronize());
         } else {

@@ -83,6 +83,8 @@ def kv(line: str) -> dict[str, str]:
 # offsets in the shared region (ABI v1, asserted in native/src/region.c)
 REGION_UTILIZATION_SWITCH = 40
 REGION_RECENT_KERNEL = 44
+# dev[0] starts at 192; its limiter's gain_ppm (u64, 1e6 = 1.0) sits at 184 within it (native/src/vgpu.h)
+REGION_DEV0_GAIN_PPM = 192 + 184
 
 
 def region_poke(path: Path, offset: int, value: int) -> None:
@@ -92,6 +94,15 @@ def region_poke(path: Path, offset: int, value: int) -> None:
 
     with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
         struct.pack_into("<i", mm, offset, value)
+
+
+def region_poke64(path: Path, offset: int, value: int) -> None:
+    """Writes a uint64 into a region file."""
+    import mmap
+    import struct
+
+    with open(path, "r+b") as f, mmap.mmap(f.fileno(), 4096) as mm:
+        struct.pack_into("<Q", mm, offset, value)
 
 
 def region_state(path: Path) -> dict[str, Any]:

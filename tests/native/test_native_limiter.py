@@ -2,7 +2,13 @@
 
 All scenarios run at once (each on its own fake device and region, so they do not interfere), which
 keeps the wall time near 12 s. Utilisation is read from the fake device's timeline, which is exact
-and independent of host CPU load."""
+and independent of host CPU load.
+
+Exact kernel costs make the controller's cost estimate exact, and then its correction terms never
+matter; the NOISY scenarios give the fake device seeded cost noise (every kernel +-50 %, the device's
+speed +-30 % per 250 ms epoch, NVML's per-process figure +-30 %), and the scenarios below
+TARGETS each exercise one term of the controller: the gain (kernels longer than a control period),
+the over-limit pull-down (recovery from a wound-up gain) and the bucket cap (bursts after idle)."""
 
 from __future__ import annotations
 
@@ -13,12 +19,15 @@ from pathlib import Path
 import pytest
 from native_helpers import (
     APP,
+    REGION_DEV0_GAIN_PPM,
     REGION_RECENT_KERNEL,
     REGION_UTILIZATION_SWITCH,
     Sandbox,
     kv,
     lines,
     region_poke,
+    region_poke64,
+    region_state,
 )
 
 pytestmark = pytest.mark.native
@@ -38,12 +47,26 @@ TARGETS = [
 ]
 
 
-def _start(tmp: Path, name: str, mode: str, kns: int, threads: int = 1, **env: str) -> subprocess.Popen[str]:
+# seeded cost noise in the fake driver (native/fake/fake_state.h)
+NOISE = {
+    "FAKECUDA_SEED": "7",
+    "FAKECUDA_KERNEL_JITTER": "50",
+    "FAKECUDA_CLOCK_DRIFT": "30",
+    "FAKECUDA_NVML_NOISE": "30",
+}
+NOISY = [(30, 1_000_000), (60, 1_000_000), (90, 1_000_000)]
+# a burst after idle: 1 s steady, then 4 x (1 s idle, 200 ms of launching without pause) at 30 %
+IDLE_BURST = "idleburst:1000000:1000:200:4"
+
+
+def _start(
+    tmp: Path, name: str, mode: str, kns: int, threads: int = 1, op: str = "", **env: str
+) -> subprocess.Popen[str]:
     d = tmp / name
     d.mkdir(exist_ok=True)
     sb = Sandbox(d)
     return subprocess.Popen(
-        [str(APP), f"launch:{mode}:{SECS}:{kns}:{WARM}:{threads}"],
+        [str(APP), op or f"launch:{mode}:{SECS}:{kns}:{WARM}:{threads}"],
         env=sb.make_env(FAKECUDA_GRAPH_NS=str(kns), **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -51,12 +74,48 @@ def _start(tmp: Path, name: str, mode: str, kns: int, threads: int = 1, **env: s
     )
 
 
+def _wound_up(tmp: Path, name: str, **env: str) -> Sandbox:
+    """A container whose controller state was left with the gain at its 3.0 bound (by an earlier phase
+    or an earlier leader: the region outlives processes)."""
+    sb = Sandbox(tmp / name)
+    sb.tmp.mkdir(exist_ok=True)
+    assert sb.run("init", **env).returncode == 0  # creates the region
+    region_poke64(sb.cache, REGION_DEV0_GAIN_PPM, 3_000_000)
+    assert [d["gain"] for d in region_state(sb.cache)["devices"]] == [3.0]
+    return sb
+
+
 @pytest.fixture(scope="module")
-def results(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[float]]:
+def outputs(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """stdout of every scenario's processes, all run at once"""
     tmp = tmp_path_factory.mktemp("limiter")
     procs: dict[str, list[subprocess.Popen[str]]] = {}
     for target, mode, kns in TARGETS:
         procs[f"t{target}"] = [_start(tmp, f"t{target}", mode, kns, CUDA_DEVICE_SM_LIMIT=str(target))]
+    for target, kns in NOISY:
+        procs[f"noisy{target}"] = [
+            _start(tmp, f"noisy{target}", "kernel", kns, CUDA_DEVICE_SM_LIMIT=str(target), **NOISE)
+        ]
+    # kernels of 60..180 ms, longer than the 100 ms control period: most periods see no launch or one,
+    # so the cost estimate swings and only the gain's integral keeps the share on target
+    procs["long30"] = [_start(tmp, "long30", "kernel", 120_000_000, CUDA_DEVICE_SM_LIMIT="30", **NOISE)]
+    # the application runs below the rate a gain of 3 allows (5 x 1 ms kernels every 8 ms, about 60 %
+    # of the GPU) but above its 30 % share: it is over the limit without ever being throttled
+    wound = _wound_up(tmp, "overlimit30", CUDA_DEVICE_SM_LIMIT="30", **NOISE)
+    procs["overlimit30"] = [wound.popen("duty:6:0:1000000:5:8:0:2", CUDA_DEVICE_SM_LIMIT="30", **NOISE)]
+    procs["idleburst30"] = [_start(tmp, "idleburst30", "", 0, op=IDLE_BURST, CUDA_DEVICE_SM_LIMIT="30")]
+    # the same with a controller that steps every 10 s: only the bucket's own cap bounds the burst
+    procs["idleburst30slow"] = [
+        _start(
+            tmp,
+            "idleburst30slow",
+            "",
+            0,
+            op=IDLE_BURST,
+            CUDA_DEVICE_SM_LIMIT="30",
+            LIBVGPU_LIMITER_PERIOD_MS="10000",
+        )
+    ]
     # two processes of one container share one 40 % budget
     procs["shared40"] = [
         _start(tmp, "shared40", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="40") for _ in range(2)
@@ -81,15 +140,24 @@ def results(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             tmp, "force", "kernel", 1_000_000, CUDA_DEVICE_SM_LIMIT="25", GPU_CORE_UTILIZATION_POLICY="FORCE"
         )
     ]
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[str]] = {}
     for name, ps in procs.items():
-        utils = []
+        out[name] = []
         for p in ps:
             stdout, stderr = p.communicate(timeout=90)
-            got = lines(stdout, "launch ")
-            assert got, f"{name}: {stdout} {stderr}"
-            utils.append(float(kv(got[0])["util"]))
-        out[name] = utils
+            assert p.returncode == 0, f"{name}: {stdout} {stderr}"
+            out[name].append(stdout)
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(outputs: dict[str, list[str]]) -> dict[str, list[float]]:
+    """the measured utilisation of every steady-launch scenario"""
+    out: dict[str, list[float]] = {}
+    for name, stdouts in outputs.items():
+        got = [lines(s, "launch ") for s in stdouts]
+        if all(got):
+            out[name] = [float(kv(g[0])["util"]) for g in got]
     return out
 
 
@@ -97,6 +165,40 @@ def results(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_accuracy(results: dict[str, list[float]], target: int, mode: str, kns: int) -> None:
     util = results[f"t{target}"][0]
     assert abs(util - target) <= 5.0, f"target {target}% via {mode} ({kns} ns kernels): measured {util:.1f}%"
+
+
+@pytest.mark.parametrize(("target", "kns"), NOISY, ids=[f"{t}%" for t, _ in NOISY])
+def test_accuracy_with_cost_noise(results: dict[str, list[float]], target: int, kns: int) -> None:
+    util = results[f"noisy{target}"][0]
+    assert abs(util - target) <= 5.0, (
+        f"target {target}% with noisy kernel costs and NVML: measured {util:.1f}%"
+    )
+
+
+def test_kernels_longer_than_the_control_period(results: dict[str, list[float]]) -> None:
+    """Without the gain the container gets 50..60 % of the GPU here (rate = L / cost alone)."""
+    util = results["long30"][0]
+    assert abs(util - 30) <= 10.0, f"30 % with 60..180 ms kernels: measured {util:.1f}%"
+
+
+def test_recovery_when_over_the_limit_without_being_throttled(outputs: dict[str, list[str]]) -> None:
+    """A gain left at 3.0 lets the application run at its own pace (~60 %); the controller must pull
+    the gain down because the container is over its share, although no launch was ever throttled
+    (without that pull-down the container stays at ~60 %). Measured from 2 s to 6 s."""
+    util = float(kv(lines(outputs["overlimit30"][0], "duty ")[0])["util"])
+    assert util <= 36.0, f"30 % share, gain left wound up: {util:.1f}% over 2..6 s"
+    assert util >= 15.0, f"the pull-down overshot: {util:.1f}%"
+
+
+@pytest.mark.parametrize("name", ["idleburst30", "idleburst30slow"])
+def test_burst_after_idle_is_bounded(outputs: dict[str, list[str]], name: str) -> None:
+    """After 1 s idle the bucket holds at most its cap (50 ms of launches at the rate, i.e. 15 ms of GPU
+    at 30 %): a 200 ms window of launching gets about 30 % + 15 ms / 200 ms = 37.5 % (uncapped, the
+    tokens saved while idle run the GPU at 100 %). Each window still gets the application its share."""
+    windows = [float(w) for w in lines(outputs[name][0], "idleburst")[0].split()[1:]]
+    assert len(windows) == 4
+    assert max(windows) <= 55.0, f"{name}: GPU share in the 200 ms after each idle second: {windows}"
+    assert min(windows) >= 15.0, f"{name}: starved after idle: {windows}"
 
 
 def test_share_is_container_wide(results: dict[str, list[float]]) -> None:

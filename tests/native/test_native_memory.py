@@ -197,3 +197,57 @@ def test_memory_a_pool_keeps_stays_charged(sandbox: Sandbox) -> None:
     )
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "0", "2", "0"], r.stdout + r.stderr
     assert int(kv(lines(r.stdout, "info ")[0])["free"]) == GiB - 600 * MiB
+
+
+# Every family's charge for these vgpuapp sizes is exactly the size asked (pitch rows of 512 KiB are
+# already 512-aligned, arrays are whole 512-byte multiples), so the accounting unit here is the byte.
+FAMILIES = ["linear", "managed", "pitch", "async", "async_ptsz", "pool", "vmm", "array", "array3d", "mipmap"]
+HALF = 512 * MiB
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_exact_fit_is_admitted(sandbox: Sandbox, kind: str) -> None:
+    """Usage may reach the limit exactly (from empty and from half full); one byte more is refused."""
+    r = sandbox.run(
+        f"alloc:{kind}:1g",  # the whole slice in one allocation
+        "info",
+        "alloc:linear:1",  # the slice is full: not one more byte
+        "freeall",
+        "sync",  # pools give their memory back at synchronisation
+        f"alloc:{kind}:{HALF}",
+        f"alloc:{kind}:{HALF}",  # usage > 0 and reaches the limit exactly
+        "info",
+        "alloc:linear:1",
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "0", "0", "2"], r.stdout + r.stderr
+    for info in lines(r.stdout, "info "):
+        assert (int(kv(info)["free"]), int(kv(info)["total"])) == (0, GiB), r.stdout
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_one_byte_over_the_limit_is_refused(sandbox: Sandbox, kind: str) -> None:
+    """The same allocations against a limit one byte smaller: each one that would end one byte over is
+    refused, and the byte-exact remainder still fits."""
+    r = sandbox.run(
+        f"alloc:{kind}:1g",
+        f"alloc:{kind}:{HALF}",
+        f"alloc:{kind}:{HALF}",  # would end at 1 GiB = limit + 1
+        f"alloc:linear:{HALF - 1}",  # ends exactly at the limit
+        "info",
+        CUDA_DEVICE_MEMORY_LIMIT=str(GiB - 1),
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["2", "0", "2", "0"], r.stdout + r.stderr
+    assert int(kv(lines(r.stdout, "info ")[0])["free"]) == 0, r.stdout
+
+
+@pytest.mark.parametrize(("limit", "expect"), [(GiB, ["0", "0", "0", "2"]), (GiB - 1, ["0", "0", "2", "2"])])
+def test_context_overhead_exact_fit(sandbox: Sandbox, limit: int, expect: list[str]) -> None:
+    """Contexts charge their overhead through the same admission: the primary context and three
+    created ones are exactly 1 GiB."""
+    r = sandbox.run(
+        *["alloc:ctx:0"] * 4,
+        CUDA_DEVICE_MEMORY_LIMIT=str(limit),
+        LIBVGPU_CONTEXT_OVERHEAD="256m",
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == expect, r.stdout + r.stderr

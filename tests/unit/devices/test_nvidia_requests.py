@@ -228,3 +228,14 @@ def test_malformed_resources_are_a_request_error_not_a_crash(container: dict[str
         NvidiaBackend().parse_container(container)
     assert info.value.container == "train"
     assert "resources" in info.value.resource
+
+
+@pytest.mark.parametrize("resource", [GPU, MEM])
+def test_int32_bound_is_inclusive(resource: str) -> None:
+    """2**31 - 1 is the largest value accepted (the boundary from both sides; found by mutation testing)."""
+    limits: dict[str, Any] = {GPU: 1, resource: 2**31 - 1}
+    r = parse(limits)
+    assert r is not None
+    assert (r.count if resource == GPU else r.mem) == 2**31 - 1
+    with pytest.raises(RequestError, match="too large"):
+        parse({**limits, resource: 2**31})
