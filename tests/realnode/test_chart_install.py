@@ -19,7 +19,7 @@ from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
-from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE
+from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
 from hami.testing.prereq import missing
 from hami.testing.stack import assert_no_overcommit, wait_for
@@ -129,11 +129,7 @@ async def test_plain_gpu_pod_runs_with_its_slice(installed: Helm, kc: KubeClient
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert done["spec"]["nodeName"] == NODE
     assert done["metadata"]["annotations"][keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
-    seen = json.loads(
-        (await kc.get_text(api_path("v1", "pods", namespace=ns, name="train") + "/log"))
-        .strip()
-        .splitlines()[-1]
-    )
+    seen = report(await kc.get_text(api_path("v1", "pods", namespace=ns, name="train") + "/log"))
     assert seen["memory"] == ["4000m"] and seen["cards"][0].startswith(f"GPU-fake-{NODE}-")
     assert seen["preload"].endswith("/vgpu/libvgpu.so")
     # the CUDA driver API inside the container reports the slice and refuses more

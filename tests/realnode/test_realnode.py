@@ -7,7 +7,6 @@ reach the API server in-cluster, and registration surviving a kubelet restart.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
-from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE
+from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE, report
 from hami.testing.controlplane import Process
 from hami.testing.stack import Stack, wait_for
 
@@ -139,7 +138,7 @@ async def test_gpu_pod_runs_with_its_slice_through_the_real_kubelet(
     assert done["status"]["phase"] == "Succeeded", (done["status"], device_plugin.tail())
     ann = done["metadata"]["annotations"]
     assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
-    seen = json.loads((await _logs(kc, ns, "gpu")).strip().splitlines()[-1])
+    seen = report(await _logs(kc, ns, "gpu"))
     assert seen["memory"] == ["3000m"] and seen["cores"] == "30"
     assert len(seen["cards"]) == 1 and seen["cards"][0].startswith(f"GPU-fake-{NODE}-")
     # libvgpu.so is preloaded from where the host installer put it, inside the container too,
@@ -180,5 +179,5 @@ async def test_kubelet_restart_the_plugin_registers_again(
         await kc.create(api_path("v1", "pods", namespace=ns), pod)
         done = await _finished(kc, ns, "after-restart")
     assert done["status"]["phase"] == "Succeeded", (done["status"], device_plugin.tail())
-    seen = json.loads((await _logs(kc, ns, "after-restart")).strip().splitlines()[-1])
+    seen = report(await _logs(kc, ns, "after-restart"))
     assert seen["cards"][0].startswith(f"GPU-fake-{NODE}-")

@@ -9,13 +9,12 @@ whether an allocation beyond it is refused) and sleeps.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from hami.protocol import keys
 from hami.protocol.pod import decode_pod_devices
-from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE
+from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE, report
 
 __all__ = ["NAMESPACE", "DemoRow", "render_table", "row_for", "workload"]
 
@@ -85,8 +84,7 @@ def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow
     sees = ""
     if log:
         try:
-            # libvgpu.so's own messages (the refused allocation) share the log with the report
-            seen = json.loads(next(line for line in reversed(log.splitlines()) if line.startswith("{")))
+            seen = report(log)
             sm = seen["cores"]
             cuda = (
                 f"CUDA sees {seen['total_mib']} MiB, over it refused"
@@ -97,7 +95,7 @@ def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow
                 f"{cuda}; SM {'unlimited' if sm in ('', '0') else sm + '%'}"
                 f"; libvgpu.so {'preloaded' if seen['preload'] else 'NOT preloaded'}"
             )
-        except (ValueError, KeyError, IndexError, StopIteration):
+        except (ValueError, KeyError):
             sees = log.strip()[:60]
     phase = str(status.get("phase") or "?")
     if phase == "Pending" and reason:

@@ -7,7 +7,10 @@ the driver API reports, and the results of allocating half of it and then more t
 
 from __future__ import annotations
 
-__all__ = ["CUDA_OUT_OF_MEMORY", "PROBE"]
+import json
+from typing import Any
+
+__all__ = ["CUDA_OUT_OF_MEMORY", "PROBE", "report"]
 
 #: CUresult of an allocation refused for lack of memory
 CUDA_OUT_OF_MEMORY = 2
@@ -36,3 +39,13 @@ except OSError as exc:
     seen["driver"] = str(exc)
 print(json.dumps(seen), flush=True)
 """
+
+
+def report(log: str) -> dict[str, Any]:
+    """The probe's JSON line from a container log. The log also holds ``libvgpu.so``'s own
+    messages (stderr), in any order relative to the report (stdout). ValueError when absent."""
+    for line in reversed(log.splitlines()):
+        if line.startswith("{"):
+            out: dict[str, Any] = json.loads(line)
+            return out
+    raise ValueError(f"no probe report in the log: {log[-300:]!r}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from hami.protocol import keys
 from hami.sandbox.demo import NAMESPACE, render_table, row_for, workload
 
@@ -62,3 +64,13 @@ def test_the_workload_covers_sharing_a_whole_card_a_percentage_topology_and_a_mi
     assert "nvidia.com/gpumem-percentage" in limits["quarter"]
     assert pods["nvlink-pair"]["metadata"]["annotations"]["hami.io/gpu-scheduler-policy"] == "topology-aware"
     assert limits["too-big"]["nvidia.com/gpumem"] > 40960
+
+
+def test_the_probe_report_is_found_whatever_the_order_of_the_streams() -> None:
+    from hami.sandbox.probe import report
+
+    line = json.dumps({"total_mib": 3000})
+    oom = "[libvgpu ERROR pid=1] OOM dev=0 ... -> CUDA_ERROR_OUT_OF_MEMORY"
+    assert report(f"{oom}\n{line}\n") == report(f"{line}\n{oom}\n") == {"total_mib": 3000}
+    with pytest.raises(ValueError, match="no probe report"):
+        report(oom)
