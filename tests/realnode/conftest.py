@@ -19,13 +19,10 @@ from pathlib import Path
 import pytest
 
 from hami.kube.client import KubeClient
-from hami.kube.errors import NotFoundError
-from hami.kube.paths import api_path
-from hami.sandbox.cluster import NodeSpec, Sandbox
+from hami.sandbox.cluster import NodeSpec, Sandbox, ensure_namespace
 from hami.sandbox.node import RUNC, NodeBinaries
 from hami.testing.controlplane import BinariesMissingError, ControlPlaneError, find_binaries
 from hami.testing.prereq import missing
-from hami.testing.stack import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "dist" / "images"
@@ -90,16 +87,7 @@ async def kc(sandbox: Sandbox) -> AsyncIterator[KubeClient]:
 async def ns(kc: KubeClient) -> str:
     """A fresh namespace whose default ServiceAccount exists (pods need it to be admitted)."""
     name = f"rn-{uuid.uuid4().hex[:6]}"
-    await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
-
-    async def has_account() -> bool:
-        try:
-            await kc.get(api_path("v1", "serviceaccounts", namespace=name, name="default"))
-        except NotFoundError:
-            return False
-        return True
-
-    await wait_for(has_account, timeout=30)
+    await ensure_namespace(kc, name, timeout=30)
     return name
 
 

@@ -19,7 +19,7 @@ import click
 
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
-from hami.kube.errors import AlreadyExistsError, ApiError, KubeError, NotFoundError
+from hami.kube.errors import AlreadyExistsError, ApiError, KubeError
 from hami.kube.paths import api_path
 
 DEFAULT_STATE = "/var/tmp/hami-sandbox"
@@ -128,6 +128,7 @@ async def _wait(predicate: Any, timeout: float, what: str) -> Any:
 
 
 async def _demo(kubeconfig: str) -> None:
+    from hami.sandbox.cluster import ensure_namespace
     from hami.sandbox.demo import NAMESPACE, render_table, row_for, workload
 
     async with KubeClient(load_kubeconfig(kubeconfig)) as kc:
@@ -144,17 +145,7 @@ async def _demo(kubeconfig: str) -> None:
         await _wait(hami_ready, 300, "hami ready")
         _done(started)
         started = _step(f"applying the demo workload in namespace {NAMESPACE}")
-        with contextlib.suppress(AlreadyExistsError):
-            await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
-
-        async def account() -> bool:
-            try:
-                await kc.get(api_path("v1", "serviceaccounts", namespace=NAMESPACE, name="default"))
-            except NotFoundError:
-                return False
-            return True
-
-        await _wait(account, 60, "service account")
+        await ensure_namespace(kc, NAMESPACE)
         pods = workload()
         for pod in pods:
             with contextlib.suppress(AlreadyExistsError):

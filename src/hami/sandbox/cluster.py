@@ -14,6 +14,7 @@ kube-proxy runs; pods reach the API server through the NAT rule for ``10.0.0.1:4
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -30,20 +31,41 @@ from typing import Any, Self
 
 import yaml
 
+from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
+from hami.kube.errors import AlreadyExistsError, NotFoundError
+from hami.kube.paths import api_path
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
 
 log = logging.getLogger(__name__)
 
-__all__ = ["API_IP", "NodeSpec", "Sandbox", "SandboxError"]
+__all__ = ["API_IP", "NodeSpec", "Sandbox", "SandboxError", "ensure_namespace"]
 
 RECORD = "sandbox.json"
 
 
 class SandboxError(RuntimeError):
     """The sandbox could not be brought up (the message says which step and why)."""
+
+
+async def ensure_namespace(kc: KubeClient, name: str, timeout: float = 60.0) -> None:
+    """Create namespace ``name`` (if missing) and wait until the service account controller has
+    made its ``default`` ServiceAccount, without which pods there are refused."""
+    with contextlib.suppress(AlreadyExistsError):
+        await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await kc.get(api_path("v1", "serviceaccounts", namespace=name, name="default"))
+            return
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"namespace {name}: no default ServiceAccount after {timeout:.0f} s"
+                ) from None
+        await asyncio.sleep(0.25)
 
 
 def _alive(pid: int) -> bool:
