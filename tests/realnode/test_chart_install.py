@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from hami.kube.client import KubeClient
+from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
@@ -73,6 +74,40 @@ async def _ready(kc: KubeClient, kind: str, name: str) -> bool:
     )
 
 
+@pytest.fixture
+async def leading(installed: Helm, kc: KubeClient) -> None:
+    """hami is up and its extender leads: the scheduler pod's /readyz (through the API server's pod
+    proxy) says "ok", not "ok (follower)" — the extender follows kube-scheduler's Lease, and until it
+    sees it, kube-scheduler's first attempts are answered "not the leader" and retried later."""
+
+    async def ready() -> bool:
+        if not (
+            await _ready(kc, "deployments", "hami-scheduler")
+            and await _ready(kc, "daemonsets", "hami-device-plugin")
+        ):
+            return False
+        pods = await kc.list(
+            api_path("v1", "pods", namespace=NAMESPACE),
+            label_selector="app.kubernetes.io/component=scheduler",
+        )
+        for p in pods["items"]:
+            proxy = (
+                f"{api_path('v1', 'pods', namespace=NAMESPACE, name=p['metadata']['name'])}:9395/proxy/readyz"
+            )
+            try:
+                said = await kc.get_text(proxy)
+            except KubeError:
+                continue
+            if said.strip() == "ok":
+                return True
+        return False
+
+    try:
+        await wait_for(ready, timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {await _pods_summary(kc)}") from None
+
+
 async def _pods_summary(kc: KubeClient) -> list[Any]:
     pods = (await kc.get(api_path("v1", "pods", namespace=NAMESPACE))).get("items") or []
     return [
@@ -103,7 +138,7 @@ async def test_chart_components_run_on_the_node(installed: Helm, sandbox: Sandbo
     assert (vgpu / "ld.so.preload").read_text().strip() == str(vgpu / "libvgpu.so")
 
 
-async def test_plain_gpu_pod_runs_with_its_slice(installed: Helm, kc: KubeClient, ns: str) -> None:
+async def test_plain_gpu_pod_runs_with_its_slice(leading: None, kc: KubeClient, ns: str) -> None:
     pod = {
         "metadata": {"name": "train"},
         "spec": {
@@ -137,7 +172,7 @@ async def test_plain_gpu_pod_runs_with_its_slice(installed: Helm, kc: KubeClient
     assert (seen["alloc_half"], seen["alloc_beyond"]) == (0, CUDA_OUT_OF_MEMORY)
 
 
-async def test_a_pod_that_cannot_fit_is_told_why(installed: Helm, kc: KubeClient, ns: str) -> None:
+async def test_a_pod_that_cannot_fit_is_told_why(leading: None, kc: KubeClient, ns: str) -> None:
     pod = {
         "metadata": {"name": "too-big"},
         "spec": {
@@ -160,6 +195,8 @@ async def test_a_pod_that_cannot_fit_is_told_why(installed: Helm, kc: KubeClient
             for e in events
             if (e.get("involvedObject") or {}).get("name") == "too-big"
             and e.get("reason") == "FailedScheduling"
+            # hami's verdict, not a transient "not the leader" from before the extender led
+            and "container 'main'" in str(e.get("message"))
         ]
 
     messages = await wait_for(reasons, timeout=60, interval=0.5)
@@ -197,7 +234,7 @@ async def _phase(kc: KubeClient, ns: str, name: str, phases: tuple[str, ...]) ->
 
 
 async def test_device_plugin_pod_deleted_comes_back_and_running_pods_keep_their_cards(
-    installed: Helm, kc: KubeClient, ns: str
+    leading: None, kc: KubeClient, ns: str
 ) -> None:
     """The DaemonSet replaces a deleted plugin pod, which registers with kubelet again; a pod
     running meanwhile keeps its card untouched, and a pod admitted afterwards gets Allocate."""
@@ -240,7 +277,7 @@ async def test_device_plugin_pod_deleted_comes_back_and_running_pods_keep_their_
 
 
 async def test_pods_deleted_before_they_start_leave_no_reservation_or_lock(
-    installed: Helm, kc: KubeClient, ns: str
+    leading: None, kc: KubeClient, ns: str
 ) -> None:
     """Both cards asked for whole, the pods deleted at once: afterwards both cards are free again
     for two new whole-card pods, and the node lock is not left behind."""

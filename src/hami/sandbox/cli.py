@@ -152,10 +152,14 @@ async def _demo(kubeconfig: str) -> None:
                 await kc.create(api_path("v1", "pods", namespace=NAMESPACE), pod)
 
         async def settled() -> bool:
+            """Every pod runs, or kube-scheduler has said why it cannot place it; a reason that only
+            says the extender is not leading yet (it follows kube-scheduler's Lease) is not an answer."""
             for pod in pods:
                 got = await kc.get(api_path("v1", "pods", namespace=NAMESPACE, name=pod["metadata"]["name"]))
-                running = got["status"].get("phase") == "Running"
-                if not running and not await _reason(kc, NAMESPACE, pod["metadata"]["name"]):
+                if got["status"].get("phase") == "Running":
+                    continue
+                reason = await _reason(kc, NAMESPACE, pod["metadata"]["name"])
+                if not reason or "not the leader" in reason:
                     return False
             return True
 
