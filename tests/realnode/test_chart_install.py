@@ -229,7 +229,16 @@ async def _phase(kc: KubeClient, ns: str, name: str, phases: tuple[str, ...]) ->
         p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
         return p if p["status"].get("phase") in phases else None
 
-    pod: dict[str, Any] = await wait_for(reached, timeout=120, interval=0.5)
+    try:
+        pod: dict[str, Any] = await wait_for(reached, timeout=120, interval=0.5)
+    except AssertionError:
+        got = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        events = (await kc.get(api_path("v1", "events", namespace=ns))).get("items") or []
+        seen = [(e.get("involvedObject", {}).get("name"), e.get("reason"), e.get("message")) for e in events]
+        raise AssertionError(
+            f"pod {name} never reached {phases}: status {got['status']}, annotations "
+            f"{got['metadata'].get('annotations')}, events {seen}"
+        ) from None
     return pod
 
 

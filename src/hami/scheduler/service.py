@@ -160,6 +160,11 @@ class ExtenderService:
         pod = args.pod
         meta = pod.get("metadata") or {}
         uid = str(meta.get("uid") or "")
+        if uid and self.sync.was_deleted(uid):
+            # kube-scheduler still had it queued: a decision now would hold a card for nobody
+            return FilterOutcome(
+                node_names=[], failed={}, error=f"pod {meta.get('namespace')}/{meta.get('name')} was deleted"
+            )
         bound_to = self._bound_node(pod)
         if bound_to:
             # kube-scheduler filtering a stale copy (e.g. after a bind it timed out on): deciding
@@ -212,6 +217,9 @@ class ExtenderService:
         """Bind; returns "" on success or the error kube-scheduler should see."""
         self._check_ready()
         ns, name, uid, node = args.pod_namespace, args.pod_name, args.pod_uid, args.node
+        if self.sync.was_deleted(uid):
+            self.sync.forget(uid)
+            return f"pod {ns}/{name} was deleted"
         pod = self.pod_lookup(ns, name)
         if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
             try:

@@ -6,13 +6,16 @@ Rules (they fix HAMi's phantom reservations, finding F2):
   only if hami scheduled it (``spec.schedulerName``), so forged annotations elsewhere count nothing;
 * an *unbound* pod counts only while this process holds a reservation for it (it was just
   decided); annotations left on an unbound pod by an earlier decision are ignored;
-* a pod in phase Succeeded/Failed, or deleted, holds nothing;
+* a pod in phase Succeeded/Failed, or deleted, holds nothing; a deleted pod's uid is remembered
+  (the last ``MAX_TOMBSTONES``), so a decision kube-scheduler asks for after the deletion reached
+  this process reserves nothing — it would otherwise hold the card until the reservation TTL;
 * once every init container has exited 0, only the app containers' usage remains.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +25,7 @@ from hami.scheduling.filter import Scheduler, pod_key
 log = logging.getLogger(__name__)
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+MAX_TOMBSTONES = 4096
 
 
 def init_containers_done(pod: Mapping[str, Any]) -> bool:
@@ -66,6 +70,8 @@ class LedgerSync:
         self.on_forget: list[Callable[[str], None]] = []
         #: called with every pod event that reaches :meth:`pod_changed`
         self.on_pod: list[Callable[[Mapping[str, Any]], None]] = []
+        #: uids of the most recently deleted pods (insertion order, oldest first)
+        self._tombstones: OrderedDict[str, None] = OrderedDict()
 
     # --- nodes --------------------------------------------------------------------------------
     def node_changed(self, node: Mapping[str, Any]) -> None:
@@ -128,7 +134,16 @@ class LedgerSync:
 
     def pod_deleted(self, pod: Mapping[str, Any]) -> None:
         uid, _, _ = pod_key(pod)
+        if uid:
+            self._tombstones[uid] = None
+            self._tombstones.move_to_end(uid)
+            while len(self._tombstones) > MAX_TOMBSTONES:
+                self._tombstones.popitem(last=False)
         self.forget(uid)
+
+    def was_deleted(self, uid: str) -> bool:
+        """True when a delete event for this uid has been seen (uids are never reused)."""
+        return uid in self._tombstones
 
     def forget(self, uid: str) -> None:
         for callback in self.on_forget:

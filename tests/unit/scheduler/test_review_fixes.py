@@ -146,3 +146,29 @@ async def test_a_decision_never_bound_is_dropped_after_the_reservation_ttl() -> 
     await svc.filter(ExtenderArgs(pod=_pod("third"), node_names=["a"]))
     assert "uid-abandoned" not in sched.state.pods and "uid-abandoned" not in sync.assumed
     assert "uid-other" in sched.state.pods  # 150 s old: kept
+
+
+async def test_a_pod_deleted_before_kube_scheduler_asks_reserves_nothing() -> None:
+    """kube-scheduler still had the pod queued when its delete event reached hami: filtering it
+    then must not hold a card for nobody until the reservation TTL, and a bind is refused."""
+    svc = _service(_node("a"))
+    gone = _pod("gone")
+    svc.sync.pod_deleted(gone)
+    out = await svc.filter(ExtenderArgs(pod=gone, node_names=["a"]))
+    assert out.node_names == [] and "was deleted" in out.error
+    assert "uid-gone" not in svc.scheduler.state.pods and "uid-gone" not in svc.sync.assumed
+    assert svc.scheduler.state.nodes["a"].usedmem == 0
+    assert "was deleted" in await svc.bind(BindingArgs("gone", "ns", "uid-gone", "a"))
+    # a pod of the same name but a new uid (recreated) is decided normally
+    again = _pod("gone")
+    again["metadata"]["uid"] = "uid-gone-2"
+    assert (await svc.filter(ExtenderArgs(pod=again, node_names=["a"]))).node_names == ["a"]
+
+
+def test_tombstones_are_bounded() -> None:
+    from hami.scheduler.sync import MAX_TOMBSTONES
+
+    svc = _service(_node("a"))
+    for i in range(MAX_TOMBSTONES + 10):
+        svc.sync.pod_deleted({"metadata": {"uid": f"u{i}", "name": f"p{i}", "namespace": "ns"}})
+    assert not svc.sync.was_deleted("u0") and svc.sync.was_deleted(f"u{MAX_TOMBSTONES + 9}")
