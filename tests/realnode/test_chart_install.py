@@ -41,13 +41,7 @@ def installed(sandbox: Sandbox) -> Iterator[Helm]:
         helm = Helm(find_helm())
     except HelmMissingError as exc:
         missing(str(exc), integration=True)
-    values: dict[str, Any] = {
-        # the installer writes libvgpu.so under the sandbox's own state, not the host's /usr/local
-        "global": {"gpuHookPath": str(sandbox.state / "hook")},
-        "devicePlugin": {
-            "fakeNode": sandbox.fake_node_spec((ROOT / "examples" / "fake-node-small.yaml").read_text())
-        },
-    }
+    values = sandbox.chart_values((ROOT / "examples" / "fake-node-small.yaml").read_text())
     kubeconfig = str(sandbox.cp.kubeconfig_path)
     helm.release(
         "install",

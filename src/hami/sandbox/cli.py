@@ -21,6 +21,7 @@ from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import AlreadyExistsError, ApiError, KubeError
 from hami.kube.paths import api_path
+from hami.kube.poll import poll_until
 
 DEFAULT_STATE = "/var/tmp/hami-sandbox"
 RELEASE, RELEASE_NS = "hami", "hami-system"
@@ -84,12 +85,7 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
         assert kubeconfig is not None
         _done(started)
         started = _step("installing hami with helm (charts/hami, images hami.local/*)")
-        values: dict[str, Any] = {
-            "global": {"gpuHookPath": str(state_dir / "hook")},
-            "devicePlugin": {
-                "fakeNode": sb.fake_node_spec((root / "examples" / "fake-node.yaml").read_text())
-            },
-        }
+        values = sb.chart_values((root / "examples" / "fake-node.yaml").read_text())
         try:
             Helm(helm_path).release(
                 "install",
@@ -117,14 +113,10 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
 
 
 async def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
-        await asyncio.sleep(1)
+    try:
+        return await poll_until(predicate, timeout=timeout, interval=1.0)
+    except TimeoutError:
+        raise TimeoutError(f"{what} not reached within {timeout:.0f} s") from None
 
 
 async def _demo(kubeconfig: str) -> None:

@@ -35,6 +35,7 @@ from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import AlreadyExistsError, NotFoundError
 from hami.kube.paths import api_path
+from hami.kube.poll import poll_until
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
@@ -55,17 +56,18 @@ async def ensure_namespace(kc: KubeClient, name: str, timeout: float = 60.0) -> 
     made its ``default`` ServiceAccount, without which pods there are refused."""
     with contextlib.suppress(AlreadyExistsError):
         await kc.create(api_path("v1", "namespaces"), {"metadata": {"name": name}})
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def has_account() -> bool:
         try:
             await kc.get(api_path("v1", "serviceaccounts", namespace=name, name="default"))
-            return
         except NotFoundError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"namespace {name}: no default ServiceAccount after {timeout:.0f} s"
-                ) from None
-        await asyncio.sleep(0.25)
+            return False
+        return True
+
+    try:
+        await poll_until(has_account, timeout=timeout)
+    except TimeoutError:
+        raise TimeoutError(f"namespace {name}: no default ServiceAccount after {timeout:.0f} s") from None
 
 
 def _alive(pid: int) -> bool:
@@ -260,6 +262,15 @@ class Sandbox:
             spec["driver"] = {"root": str(self.driver_root)}
         return yaml.safe_dump(spec, sort_keys=False)
 
+    def chart_values(self, fake_node: str) -> dict[str, Any]:
+        """helm values that fit hami's chart to this sandbox: the host installer writes under the
+        sandbox's state (not the host's /usr/local), and the device plugin uses the fake device
+        source ``fake_node`` (YAML) with the simulated driver."""
+        return {
+            "global": {"gpuHookPath": str(self.state / "hook")},
+            "devicePlugin": {"fakeNode": self.fake_node_spec(fake_node)},
+        }
+
     def _start_control_plane(self) -> None:
         cp_dir = self.state / "control-plane"
         shutil.rmtree(cp_dir, ignore_errors=True)
@@ -291,7 +302,6 @@ class Sandbox:
 
     def _bind_node_role(self) -> None:
         """kubelets authenticate as group system:nodes; RBAC's system:node role is what they need."""
-        import asyncio
 
         from hami.kube.client import KubeClient
 
@@ -316,7 +326,6 @@ class Sandbox:
         asyncio.run(bind())
 
     def wait_ready(self, timeout: float) -> None:
-        import asyncio
 
         from hami.kube.client import KubeClient
 

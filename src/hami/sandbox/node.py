@@ -87,6 +87,10 @@ class RealNode:
         self.root_dir = state / "kubelet"
         self.logdir = state / "logs"
 
+    def _env(self) -> dict[str, str]:
+        """This environment with containerd's directory first on PATH (its shim is looked up there)."""
+        return {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
+
     # ------------------------------------------------------------------------------ containerd
 
     def _containerd_config(self) -> str:
@@ -161,7 +165,7 @@ state = "{c / "state"}"
         cfg = self.state / "containerd" / "config.toml"
         cfg.write_text(self._containerd_config())
         (self.state / "cni" / "10-hami.conflist").write_text(json.dumps(self._cni_config(), indent=2))
-        env = {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
+        env = self._env()
         self.containerd = Process(
             f"containerd-{self.name}",
             [str(self.binaries.containerd), "--config", str(cfg)],
@@ -182,12 +186,7 @@ state = "{c / "state"}"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``ctr`` against this node's containerd in the ``k8s.io`` namespace."""
-        out = subprocess.run(
-            [str(self.binaries.ctr), "--address", str(self.sock), "--namespace", "k8s.io", *args],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = run_ctr(self.binaries.ctr, self.sock, *args)
         if check and out.returncode != 0:
             raise ControlPlaneError(f"ctr {' '.join(args)} on {self.name}: {out.stderr.strip()}")
         return out
@@ -202,39 +201,11 @@ state = "{c / "state"}"
         pki = self.state / "pki"
         pki.mkdir(parents=True, exist_ok=True)
         client = self.cp.ca.issue(f"system:node:{self.name}", organizations=["system:nodes"], client=True)
-        client.write(pki, "kubelet-client")
         serving = self.cp.ca.issue(self.name, dns=[self.name], ips=[self.ip])
         serving.write(pki, "kubelet-serving")
         (pki / "ca.crt").write_bytes(self.cp.ca.cert_pem)
         kubeconfig = self.state / "kubelet.kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [
-                        {
-                            "name": "c",
-                            "cluster": {
-                                "server": self.cp.server,
-                                "certificate-authority": str(pki / "ca.crt"),
-                            },
-                        }
-                    ],
-                    "users": [
-                        {
-                            "name": "u",
-                            "user": {
-                                "client-certificate": str(pki / "kubelet-client.crt"),
-                                "client-key": str(pki / "kubelet-client.key"),
-                            },
-                        }
-                    ],
-                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-                    "current-context": "c",
-                }
-            )
-        )
+        self.cp.write_kubeconfig(kubeconfig, client)
         self.kubelet_port = free_port()
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
@@ -295,7 +266,7 @@ state = "{c / "state"}"
         ]
         if labels:
             argv.append(f"--node-labels={labels}")
-        env = {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
+        env = self._env()
         self.kubelet = Process(
             f"kubelet-{self.name}", argv, self.logdir / "kubelet.log", env=env, detach=self.detach
         )
@@ -321,18 +292,22 @@ state = "{c / "state"}"
         return [p for p in (self.containerd, self.kubelet) if p is not None]
 
 
+def run_ctr(ctr: Path, sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ctr`` against the containerd at ``sock``, namespace ``k8s.io`` (never raises on failure)."""
+    return subprocess.run(
+        [str(ctr), "--address", str(sock), "--namespace", "k8s.io", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def remove_containers(ctr: Path, sock: Path) -> None:
     """Stop and remove every container and pod sandbox a containerd runs (tasks first)."""
 
     def run(*args: str) -> str:
-        out = subprocess.run(
-            [str(ctr), "--address", str(sock), "--namespace", "k8s.io", *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        return out.stdout
+        return run_ctr(ctr, sock, *args).stdout
 
     tasks = run("tasks", "list", "--quiet").split()
     for task in tasks:

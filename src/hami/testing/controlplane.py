@@ -451,7 +451,7 @@ class ControlPlane:
         self.apiserver = Process(
             "kube-apiserver", argv, self.logdir / "kube-apiserver.log", detach=self.detach
         )
-        self._write_kubeconfig(self.kubeconfig_path, self.admin)
+        self.write_kubeconfig(self.kubeconfig_path, self.admin)
         ctx = self.kube_config().ssl_context()
         _wait_http(f"{self.server}/readyz", ctx, self.apiserver, self.start_timeout)
         # The bootstrap controller creates the "default" namespace shortly after /readyz.
@@ -459,7 +459,8 @@ class ControlPlane:
 
     # ------------------------------------------------------------------------------ access
 
-    def _write_kubeconfig(self, path: Path, pair: KeyPair | None) -> None:
+    def write_kubeconfig(self, path: Path, pair: KeyPair | None) -> None:
+        """A kubeconfig (mode 0600) for this API server that authenticates with ``pair``."""
         assert self.ca is not None and pair is not None
 
         def b64(data: bytes) -> str:
@@ -498,7 +499,7 @@ class ControlPlane:
         assert self.ca is not None
         pair = self.ca.issue(user, organizations=list(groups), client=True)
         path = self.workdir / f"kubeconfig-{user.replace(':', '_')}"
-        self._write_kubeconfig(path, pair)
+        self.write_kubeconfig(path, pair)
         return path
 
     @property

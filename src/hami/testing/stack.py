@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from hami.devices.registry import default_registry
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
+from hami.kube.poll import poll_until
 from hami.protocol import keys
 from hami.protocol.node import decode_node_devices
 from hami.protocol.pod import decode_pod_devices
@@ -90,14 +90,11 @@ class Stack:
 
 
 async def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        await asyncio.sleep(interval)
+    """:func:`hami.kube.poll.poll_until` for tests: a timeout is an AssertionError."""
+    try:
+        return await poll_until(predicate, timeout=timeout, interval=interval)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 async def list_pods(client: KubeClient, namespace: str) -> list[dict[str, Any]]:
