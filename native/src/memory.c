@@ -1,88 +1,25 @@
 /* Memory hooks: reserve in the shared region, call the driver, commit or roll back. */
 #define _GNU_SOURCE
-#include <stdlib.h>
 #include <string.h>
 
-#include "vgpu.h"
+#include "ptrmap.h"
 
-/* ---------------------------------------------------------------- open-addressing maps */
+/* ---------------------------------------------------------------- tracked allocations */
 enum { K_LINEAR = 1, K_ASYNC, K_MANAGED, K_PITCH, K_VMM, K_ARRAY, K_MIPMAP, K_CTX, K_POOLED };
-struct ment {
-    uint64_t key; /* 0 = empty */
-    uint64_t size;
-    uint64_t aux; /* VMM: map count; VA map: handle */
-    int32_t dev;
-    uint16_t kind;
-    uint16_t released;
-};
-struct hmap {
-    struct ment *t;
-    size_t cap, n;
-};
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct hmap m_ptr, m_handle, m_va, m_obj;
+static struct ptrmap m_ptr, m_handle, m_va, m_obj;
 
-static inline size_t hslot(uint64_t k, size_t cap) { return (size_t)((k * 0x9E3779B97F4A7C15ULL) >> 17) & (cap - 1); }
-
-static struct ment *hfind(struct hmap *m, uint64_t k) {
-    if (!m->cap) return NULL;
-    for (size_t i = hslot(k, m->cap);; i = (i + 1) & (m->cap - 1)) {
-        if (m->t[i].key == k) return &m->t[i];
-        if (!m->t[i].key) return NULL;
-    }
-}
-
-static int hput(struct hmap *m, const struct ment *e) {
-    if ((m->n + 1) * 2 > m->cap) {
-        size_t nc = m->cap ? m->cap * 2 : 64;
-        struct ment *nt = calloc(nc, sizeof *nt);
-        if (!nt) return -1;
-        for (size_t i = 0; i < m->cap; i++) {
-            if (!m->t[i].key) continue;
-            size_t j = hslot(m->t[i].key, nc);
-            while (nt[j].key) j = (j + 1) & (nc - 1);
-            nt[j] = m->t[i];
-        }
-        free(m->t);
-        m->t = nt;
-        m->cap = nc;
-    }
-    size_t i = hslot(e->key, m->cap);
-    while (m->t[i].key && m->t[i].key != e->key) i = (i + 1) & (m->cap - 1);
-    if (!m->t[i].key) m->n++;
-    m->t[i] = *e;
-    return 0;
-}
-
-/* remove with backward-shift deletion: no tombstones, so a million cycles leave no residue */
-static int htake(struct hmap *m, uint64_t k, struct ment *out) {
-    struct ment *e = hfind(m, k);
-    if (!e) return 0;
-    *out = *e;
-    size_t i = (size_t)(e - m->t), mask = m->cap - 1;
-    for (size_t j = (i + 1) & mask; m->t[j].key; j = (j + 1) & mask) {
-        size_t h = hslot(m->t[j].key, m->cap);
-        if (((j - h) & mask) >= ((j - i) & mask)) {
-            m->t[i] = m->t[j];
-            i = j;
-        }
-    }
-    memset(&m->t[i], 0, sizeof m->t[i]);
-    m->n--;
-    return 1;
-}
-
-static void track(struct hmap *m, uint64_t key, uint64_t size, int dev, int kind) {
+static void track(struct ptrmap *m, uint64_t key, uint64_t size, int dev, int kind) {
     struct ment e = {.key = key, .size = size, .dev = dev, .kind = (uint16_t)kind};
     pthread_mutex_lock(&g_mu);
-    int r = hput(m, &e);
+    int r = ptrmap_put(m, &e);
     pthread_mutex_unlock(&g_mu);
     if (r) LOG_ERR("out of host memory tracking an allocation; it stays charged until the process exits");
 }
 
-static int untrack(struct hmap *m, uint64_t key, struct ment *out) {
+static int untrack(struct ptrmap *m, uint64_t key, struct ment *out) {
     pthread_mutex_lock(&g_mu);
-    int r = htake(m, key, out);
+    int r = ptrmap_take(m, key, out);
     pthread_mutex_unlock(&g_mu);
     return r;
 }
@@ -143,11 +80,8 @@ void vgpu_mem_atfork_child(void) {
     g_npools = 0;
     /* CUDA state does not survive fork: the child starts with nothing charged */
     pthread_mutex_init(&g_mu, NULL);
-    struct hmap *all[] = {&m_ptr, &m_handle, &m_va, &m_obj};
-    for (size_t i = 0; i < 4; i++) {
-        free(all[i]->t);
-        memset(all[i], 0, sizeof *all[i]);
-    }
+    struct ptrmap *all[] = {&m_ptr, &m_handle, &m_va, &m_obj};
+    for (size_t i = 0; i < 4; i++) ptrmap_clear(all[i]);
     memset(g_prim_ref, 0, sizeof g_prim_ref);
     memset(g_prim_charge, 0, sizeof g_prim_charge);
 }
@@ -202,7 +136,7 @@ static CUresult alloc_pooled(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, 
     if (r == CUDA_SUCCESS && dptr && *dptr) {
         struct ment e = {.key = *dptr, .size = size, .aux = (uint64_t)(uintptr_t)pool, .dev = dev, .kind = K_POOLED};
         pthread_mutex_lock(&g_mu);
-        hput(&m_ptr, &e);
+        ptrmap_put(&m_ptr, &e);
         pthread_mutex_unlock(&g_mu);
     }
     return r;
@@ -271,7 +205,7 @@ static CUresult free_common(CUdeviceptr p, CUresult r_after_call, struct ment *e
     if (!had) return r_after_call;
     if (r_after_call != CUDA_SUCCESS) { /* still allocated */
         pthread_mutex_lock(&g_mu);
-        hput(&m_ptr, e);
+        ptrmap_put(&m_ptr, e);
         pthread_mutex_unlock(&g_mu);
     } else if (e->kind == K_POOLED) { /* back in the pool's cache: the pool's charge says what is held */
         pthread_mutex_lock(&g_pool_mu);
@@ -325,9 +259,9 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     struct ment t;
     int had = 0, mapped = 0;
     pthread_mutex_lock(&g_mu);
-    struct ment *e = hfind(&m_handle, handle);
+    struct ment *e = ptrmap_find(&m_handle, handle);
     if (e) {
-        if (e->aux == 0) had = htake(&m_handle, handle, &t);
+        if (e->aux == 0) had = ptrmap_take(&m_handle, handle, &t);
         else mapped = 1;
     }
     pthread_mutex_unlock(&g_mu);
@@ -339,7 +273,7 @@ CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     if (had) vgpu_mem_unreserve(t.dev, t.size);
     if (mapped) {
         pthread_mutex_lock(&g_mu);
-        struct ment *m = hfind(&m_handle, handle);
+        struct ment *m = ptrmap_find(&m_handle, handle);
         if (m) m->released = 1; /* uncharged by the last cuMemUnmap */
         pthread_mutex_unlock(&g_mu);
     }
@@ -351,11 +285,11 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
     CUresult r = CALL_REAL(cuMemMap, ptr, size, offset, handle, flags);
     if (r != CUDA_SUCCESS) return r;
     pthread_mutex_lock(&g_mu);
-    struct ment *e = hfind(&m_handle, handle);
+    struct ment *e = ptrmap_find(&m_handle, handle);
     if (e) {
         e->aux++;
         struct ment v = {.key = ptr, .size = size, .aux = handle, .kind = K_VMM};
-        if (hput(&m_va, &v)) e->aux--;
+        if (ptrmap_put(&m_va, &v)) e->aux--;
     }
     pthread_mutex_unlock(&g_mu);
     return r;
@@ -368,11 +302,11 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
     uint64_t bytes = 0;
     pthread_mutex_lock(&g_mu);
     struct ment v;
-    if (htake(&m_va, ptr, &v)) {
-        struct ment *e = hfind(&m_handle, v.aux);
+    if (ptrmap_take(&m_va, ptr, &v)) {
+        struct ment *e = ptrmap_find(&m_handle, v.aux);
         if (e && e->aux && --e->aux == 0 && e->released) {
             struct ment t;
-            htake(&m_handle, v.aux, &t);
+            ptrmap_take(&m_handle, v.aux, &t);
             uncharge = 1;
             dev = t.dev;
             bytes = t.size;
