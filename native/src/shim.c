@@ -68,6 +68,7 @@ static _Atomic int g_post_done;
 static pthread_mutex_t g_post_mu = PTHREAD_MUTEX_INITIALIZER;
 static void fork_child(void) {
     vgpu_mem_atfork_child();
+    vgpu_ctx_atfork_child();
     vgpu_region_atfork_child();
     vgpu_limiter_atfork_child();
     pthread_mutex_init(&g_post_mu, NULL);
@@ -158,6 +159,14 @@ void vgpu_post_init(void) {
         atomic_store_explicit(&g_post_done, 1, memory_order_release);
     }
     pthread_mutex_unlock(&g_post_mu);
+}
+
+int vgpu_current_device(void) {
+    CUdevice d = 0;
+    if (vgpu_ndev == 1) return 0;
+    if (HELPER(cuCtxGetDevice) && HELPER(cuCtxGetDevice)(&d) == CUDA_SUCCESS && d >= 0 && d < VGPU_MAX_DEV)
+        return d;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- dlsym */

@@ -216,9 +216,11 @@ VGPU_HIDDEN void vgpu_mem_atfork_parent(void);
 VGPU_HIDDEN uint64_t vgpu_now_ns(void);
 VGPU_HIDDEN int vgpu_current_device(void);
 
-/* memory.c */
+/* alloc_account.c */
 VGPU_HIDDEN void vgpu_mem_atfork_child(void);
 VGPU_HIDDEN int vgpu_pools_resample(void);
+/* context_account.c */
+VGPU_HIDDEN void vgpu_ctx_atfork_child(void);
 /* launch.c */
 extern VGPU_HIDDEN _Atomic int vgpu_gate_any;
 VGPU_HIDDEN void vgpu_launch_slow(void);

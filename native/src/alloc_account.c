@@ -1,12 +1,14 @@
-/* Memory hooks: reserve in the shared region, call the driver, commit or roll back. */
+/* Allocation accounting: every allocation hook reserves in the shared region, calls the driver, then
+ * commits (remembers what it charged) or rolls back; the free hooks uncharge what was remembered.
+ * Linear, managed, pitch, stream-ordered and pooled memory, VMM handles and mappings, arrays. */
 #define _GNU_SOURCE
+#include <stdlib.h>
 #include <string.h>
 
-#include "ptrmap.h"
+#include "account.h"
 
 /* ---------------------------------------------------------------- tracked allocations */
-enum { K_LINEAR = 1, K_ASYNC, K_MANAGED, K_PITCH, K_VMM, K_ARRAY, K_MIPMAP, K_CTX, K_POOLED };
-static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER; /* all four maps */
 static struct ptrmap m_ptr, m_handle, m_va, m_obj;
 
 static void track(struct ptrmap *m, uint64_t key, uint64_t size, int dev, int kind) {
@@ -24,14 +26,23 @@ static int untrack(struct ptrmap *m, uint64_t key, struct ment *out) {
     return r;
 }
 
+void vgpu_obj_track(uint64_t key, uint64_t size, int dev, int kind) { track(&m_obj, key, size, dev, kind); }
+int vgpu_obj_untrack(uint64_t key, struct ment *out) { return untrack(&m_obj, key, out); }
+CUresult vgpu_obj_released(const struct ment *e, int had, CUresult r) {
+    if (had) {
+        if (r == CUDA_SUCCESS) vgpu_mem_unreserve(e->dev, e->size);
+        else track(&m_obj, e->key, e->size, e->dev, e->kind);
+    }
+    return r;
+}
+
 void vgpu_mem_atfork_prepare(void) { pthread_mutex_lock(&g_mu); }
 void vgpu_mem_atfork_parent(void) { pthread_mutex_unlock(&g_mu); }
-static int g_prim_ref[VGPU_MAX_DEV];
-static uint64_t g_prim_charge[VGPU_MAX_DEV];
 
-/* Stream-ordered pools: what a pool holds is device memory whether or not it is handed out, so the
- * charge of a pool is its RESERVED_MEM_CURRENT, re-sampled after each pool operation, on the OOM
- * path, on memory queries and every 100 ms by the watcher (a pool shrinks at synchronisation). */
+/* ---------------------------------------------------------------- stream-ordered pools */
+/* What a pool holds is device memory whether or not it is handed out, so the charge of a pool is its
+ * RESERVED_MEM_CURRENT, re-sampled after each pool operation, on the OOM path, on memory queries and
+ * every 100 ms by the watcher (a pool shrinks at synchronisation). */
 #define MAX_POOLS 64
 enum { POOL_ATTR_RESERVED_CURRENT = 5, POOL_ATTR_USED_CURRENT = 7 };
 static struct pooltrack {
@@ -82,16 +93,6 @@ void vgpu_mem_atfork_child(void) {
     pthread_mutex_init(&g_mu, NULL);
     struct ptrmap *all[] = {&m_ptr, &m_handle, &m_va, &m_obj};
     for (size_t i = 0; i < 4; i++) ptrmap_clear(all[i]);
-    memset(g_prim_ref, 0, sizeof g_prim_ref);
-    memset(g_prim_charge, 0, sizeof g_prim_charge);
-}
-
-int vgpu_current_device(void) {
-    CUdevice d = 0;
-    if (vgpu_ndev == 1) return 0;
-    if (HELPER(cuCtxGetDevice) && HELPER(cuCtxGetDevice)(&d) == CUDA_SUCCESS && d >= 0 && d < VGPU_MAX_DEV)
-        return d;
-    return 0;
 }
 
 /* ---------------------------------------------------------------- linear family */
@@ -367,175 +368,13 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     else track(&m_obj, (uint64_t)(uintptr_t)*pHandle, n, dev, K_MIPMAP);
     return r;
 }
-/* untrack first (see cuMemRelease), call the driver, put back on failure */
-#define OBJ_RELEASE(k_, call)                                                                   \
-    do {                                                                                         \
-        struct ment e_;                                                                          \
-        int had_ = untrack(&m_obj, (k_), &e_);                                                   \
-        CUresult r_ = (call);                                                                    \
-        if (had_) {                                                                              \
-            if (r_ == CUDA_SUCCESS) vgpu_mem_unreserve(e_.dev, e_.size);                         \
-            else track(&m_obj, e_.key, e_.size, e_.dev, e_.kind);                                \
-        }                                                                                        \
-        return r_;                                                                               \
-    } while (0)
-CUresult cuArrayDestroy(CUarray h) { OBJ_RELEASE((uint64_t)(uintptr_t)h, CALL_REAL(cuArrayDestroy, h)); }
+CUresult cuArrayDestroy(CUarray h) {
+    struct ment e;
+    int had = vgpu_obj_untrack((uint64_t)(uintptr_t)h, &e);
+    return vgpu_obj_released(&e, had, CALL_REAL(cuArrayDestroy, h));
+}
 CUresult cuMipmappedArrayDestroy(CUmipmappedArray h) {
-    OBJ_RELEASE((uint64_t)(uintptr_t)h, CALL_REAL(cuMipmappedArrayDestroy, h));
-}
-
-/* ---------------------------------------------------------------- contexts */
-/* Bytes one context costs on `dev`: configured, else measured once through NVML and shared. */
-static uint64_t ctx_known(int dev) { return atomic_load(&vgpu_region()->dev[dev].ctx_overhead); }
-
-static uint64_t ctx_measure(int dev) {
-    uint64_t known = ctx_known(dev);
-    if (known || vgpu_cfg.ctx_overhead_set) return known;
-    nvmlDevice_t h = vgpu_nvml_device(dev);
-    if (!h || !NVML_HELPER_FN(nvmlDeviceGetComputeRunningProcesses_v3)) return 0;
-    nvmlProcessInfo_t infos[64];
-    unsigned n = 64;
-    if (NVML_HELPER_FN(nvmlDeviceGetComputeRunningProcesses_v3)(h, &n, infos) != NVML_SUCCESS) return 0;
-    struct vgpu_region *R = vgpu_region();
-    int slot = vgpu_slot_index();
-    uint64_t mine = slot >= 0 ? atomic_load(&R->slot[slot].used[dev]) : 0;
-    unsigned pid = (unsigned)R->slot[slot >= 0 ? slot : 0].pid;
-    for (unsigned i = 0; i < n && i < 64; i++) {
-        if (infos[i].pid != pid) continue;
-        uint64_t m = infos[i].usedGpuMemory > mine ? infos[i].usedGpuMemory - mine : 0;
-        uint64_t expect = 0;
-        atomic_compare_exchange_strong(&R->dev[dev].ctx_overhead, &expect, m);
-        LOG_INFO("device %d: measured context overhead %.1f MiB", dev, m / 1048576.0);
-        return m;
-    }
-    return 0;
-}
-
-/* charge before creating when the size is known (so a full slice refuses the context), else after */
-static int ctx_pre(int dev, uint64_t *charged) {
-    *charged = 0;
-    if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
-    uint64_t k = ctx_known(dev);
-    if (k) {
-        if (vgpu_mem_reserve(dev, k, "context")) return -1;
-        *charged = k;
-    }
-    return 0;
-}
-static uint64_t ctx_post(int dev, CUresult r, uint64_t charged) {
-    if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
-    if (r != CUDA_SUCCESS) {
-        vgpu_mem_unreserve(dev, charged);
-        return 0;
-    }
-    if (!charged) {
-        charged = ctx_measure(dev);
-        vgpu_mem_force(dev, charged);
-    }
-    return charged;
-}
-
-CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
-    vgpu_post_init();
-    int first = 0;
-    uint64_t ch = 0;
-    pthread_mutex_lock(&g_mu);
-    first = dev >= 0 && dev < VGPU_MAX_DEV && g_prim_ref[dev] == 0;
-    pthread_mutex_unlock(&g_mu);
-    if (first && ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxRetain, pctx, dev);
-    if (first) ch = ctx_post(dev, r, ch);
-    if (r == CUDA_SUCCESS && dev >= 0 && dev < VGPU_MAX_DEV) {
-        pthread_mutex_lock(&g_mu);
-        if (g_prim_ref[dev]++ == 0) g_prim_charge[dev] = ch;
-        else if (ch) { pthread_mutex_unlock(&g_mu); vgpu_mem_unreserve(dev, ch); pthread_mutex_lock(&g_mu); }
-        pthread_mutex_unlock(&g_mu);
-    }
-    return r;
-}
-
-static void prim_drop(CUdevice dev, int all) {
-    if (dev < 0 || dev >= VGPU_MAX_DEV) return;
-    uint64_t ch = 0;
-    pthread_mutex_lock(&g_mu);
-    if (g_prim_ref[dev] > 0 && (all || --g_prim_ref[dev] == 0)) {
-        g_prim_ref[dev] = 0;
-        ch = g_prim_charge[dev];
-        g_prim_charge[dev] = 0;
-    }
-    pthread_mutex_unlock(&g_mu);
-    vgpu_mem_unreserve(dev, ch);
-}
-CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxRelease_v2, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 0);
-    return r;
-}
-/* the pre-11.0 names: same signature; CUDA 12 runtimes still ask for them at version 7000 */
-CUresult cuDevicePrimaryCtxRelease(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxRelease, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 0);
-    return r;
-}
-CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxReset, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 1);
-    return r;
-}
-CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxReset_v2, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 1);
-    return r;
-}
-
-static CUresult ctx_created(CUcontext *pctx, CUdevice dev, CUresult r, uint64_t ch) {
-    ch = ctx_post(dev, r, ch);
-    if (r == CUDA_SUCCESS && pctx && *pctx) track(&m_obj, (uint64_t)(uintptr_t)*pctx, ch, dev, K_CTX);
-    return r;
-}
-CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev) {
-    vgpu_post_init();
-    uint64_t ch;
-    if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v2, pctx, flags, dev), ch);
-}
-CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int numParams, unsigned int flags,
-                        CUdevice dev) {
-    vgpu_post_init();
-    uint64_t ch;
-    if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v3, pctx, params, numParams, flags, dev), ch);
-}
-CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev) {
-    vgpu_post_init();
-    uint64_t ch;
-    if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v4, pctx, params, flags, dev), ch);
-}
-CUresult cuCtxDestroy_v2(CUcontext ctx) { OBJ_RELEASE((uint64_t)(uintptr_t)ctx, CALL_REAL(cuCtxDestroy_v2, ctx)); }
-
-/* ---------------------------------------------------------------- virtualised queries */
-CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
-    vgpu_pools_resample();
-    CUresult r = CALL_REAL(cuMemGetInfo_v2, free, total);
-    if (r != CUDA_SUCCESS || !free || !total) return r;
-    struct vgpu_region *R = vgpu_region();
-    int d = vgpu_current_device();
-    uint64_t lim = R->dev[d].limit;
-    if (!lim) return r;
-    uint64_t t = lim < *total ? lim : *total;
-    uint64_t u = atomic_load(&R->dev[d].used);
-    uint64_t f = u >= t ? 0 : t - u; /* never underflows, never an error */
-    if (f > *free) f = *free;
-    *total = t;
-    *free = f;
-    return r;
-}
-
-CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
-    CUresult r = CALL_REAL(cuDeviceTotalMem_v2, bytes, dev);
-    if (r != CUDA_SUCCESS || !bytes || dev < 0 || dev >= VGPU_MAX_DEV) return r;
-    uint64_t lim = vgpu_region()->dev[dev].limit;
-    if (lim && lim < *bytes) *bytes = lim;
-    return r;
+    struct ment e;
+    int had = vgpu_obj_untrack((uint64_t)(uintptr_t)h, &e);
+    return vgpu_obj_released(&e, had, CALL_REAL(cuMipmappedArrayDestroy, h));
 }
