@@ -27,14 +27,6 @@ static int untrack(struct ptrmap *m, uint64_t key, struct ment *out) {
 }
 
 void vgpu_obj_track(uint64_t key, uint64_t size, int dev, int kind) { track(&m_obj, key, size, dev, kind); }
-int vgpu_obj_untrack(uint64_t key, struct ment *out) { return untrack(&m_obj, key, out); }
-CUresult vgpu_obj_released(const struct ment *e, int had, CUresult r) {
-    if (had) {
-        if (r == CUDA_SUCCESS) vgpu_mem_unreserve(e->dev, e->size);
-        else track(&m_obj, e->key, e->size, e->dev, e->kind);
-    }
-    return r;
-}
 
 void vgpu_mem_atfork_prepare(void) { pthread_mutex_lock(&g_mu); }
 void vgpu_mem_atfork_parent(void) { pthread_mutex_unlock(&g_mu); }
@@ -96,93 +88,92 @@ void vgpu_mem_atfork_child(void) {
 }
 
 /* ---------------------------------------------------------------- linear family */
-static CUresult alloc_common(CUdeviceptr *dptr, size_t size, int kind, const char *what, CUresult (*call)(void *),
-                             void *ctx) {
-    int dev = vgpu_current_device();
-    if (vgpu_mem_reserve(dev, size, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(dev, size, what)))
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult r = call(ctx);
-    if (r != CUDA_SUCCESS || !dptr || !*dptr) {
-        vgpu_mem_unreserve(dev, size);
-        return r;
-    }
-    track(&m_ptr, *dptr, size, dev, kind);
-    return r;
+/* An allocation between admission and commit: admit_*() reserves, the driver is called, commit()
+ * tracks the pointer or rolls the reservation back. */
+struct hold {
+    int dev;
+    int kind;
+    size_t size;
+    int pool_i;    /* index into g_pools for a pooled allocation, else -1 */
+    uint64_t need; /* pooled: the admission hold, dropped once the pool's growth is charged */
+    CUmemoryPool pool;
+};
+
+static int admit(struct hold *h, size_t size, int kind, const char *what) {
+    *h = (struct hold){.dev = vgpu_current_device(), .kind = kind, .size = size, .pool_i = -1};
+    return vgpu_mem_reserve(h->dev, size, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(h->dev, size, what));
 }
 
 /* Pooled allocation: admit the part the pool cannot serve from its cache, call, then charge the
  * pool's actual growth. Falls back to per-allocation charging without the pool attribute API. */
-static CUresult alloc_pooled(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, const char *what,
-                             CUresult (*call)(void *), void *ctx) {
+static int admit_pooled(struct hold *h, size_t size, CUmemoryPool pool, const char *what) {
     int dev = vgpu_current_device();
     if (!pool && HELPER(cuDeviceGetMemPool) && HELPER(cuDeviceGetMemPool)(&pool, dev) != CUDA_SUCCESS) pool = NULL;
     int ok1, ok2;
     uint64_t reserved = pool ? pool_attr(pool, POOL_ATTR_RESERVED_CURRENT, &ok1) : 0;
     uint64_t inuse = pool ? pool_attr(pool, POOL_ATTR_USED_CURRENT, &ok2) : 0;
-    if (!pool || !ok1 || !ok2) return alloc_common(dptr, size, K_ASYNC, what, call, ctx);
+    if (!pool || !ok1 || !ok2) return admit(h, size, K_ASYNC, what);
     pthread_mutex_lock(&g_pool_mu);
     int i = pool_index(pool, dev);
     if (i >= 0) pool_settle_locked(i); /* a pool seen for the first time may already hold memory */
     pthread_mutex_unlock(&g_pool_mu);
-    if (i < 0) return alloc_common(dptr, size, K_ASYNC, what, call, ctx);
+    if (i < 0) return admit(h, size, K_ASYNC, what);
     uint64_t cached = reserved > inuse ? reserved - inuse : 0;
     uint64_t need = size > cached ? size - cached : 0;
     if (need && vgpu_mem_reserve(dev, need, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(dev, need, what)))
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult r = call(ctx);
-    pthread_mutex_lock(&g_pool_mu);
-    pool_settle_locked(i); /* charge what the pool really grew by ... */
-    pthread_mutex_unlock(&g_pool_mu);
-    vgpu_mem_unreserve(dev, need); /* ... and drop the admission hold */
-    if (r == CUDA_SUCCESS && dptr && *dptr) {
-        struct ment e = {.key = *dptr, .size = size, .aux = (uint64_t)(uintptr_t)pool, .dev = dev, .kind = K_POOLED};
-        pthread_mutex_lock(&g_mu);
-        ptrmap_put(&m_ptr, &e);
-        pthread_mutex_unlock(&g_mu);
+        return 1;
+    *h = (struct hold){.dev = dev, .kind = K_POOLED, .size = size, .pool_i = i, .need = need, .pool = pool};
+    return 0;
+}
+
+static CUresult commit(const struct hold *h, CUresult r, CUdeviceptr *dptr) {
+    if (h->pool_i >= 0) {
+        pthread_mutex_lock(&g_pool_mu);
+        pool_settle_locked(h->pool_i); /* charge what the pool really grew by ... */
+        pthread_mutex_unlock(&g_pool_mu);
+        vgpu_mem_unreserve(h->dev, h->need); /* ... and drop the admission hold */
+        if (r == CUDA_SUCCESS && dptr && *dptr) {
+            struct ment e = {.key = *dptr, .size = h->size, .aux = (uint64_t)(uintptr_t)h->pool, .dev = h->dev,
+                             .kind = K_POOLED};
+            pthread_mutex_lock(&g_mu);
+            ptrmap_put(&m_ptr, &e);
+            pthread_mutex_unlock(&g_mu);
+        }
+        return r;
     }
+    if (r != CUDA_SUCCESS || !dptr || !*dptr) {
+        vgpu_mem_unreserve(h->dev, h->size);
+        return r;
+    }
+    track(&m_ptr, *dptr, h->size, h->dev, h->kind);
     return r;
 }
 
-struct a_lin { CUdeviceptr *p; size_t n; };
-static CUresult call_lin(void *c) { struct a_lin *a = c; return CALL_REAL(cuMemAlloc_v2, a->p, a->n); }
 CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
-    struct a_lin a = {dptr, bytesize};
-    return alloc_common(dptr, bytesize, K_LINEAR, "cuMemAlloc", call_lin, &a);
+    struct hold h;
+    if (admit(&h, bytesize, K_LINEAR, "cuMemAlloc")) return CUDA_ERROR_OUT_OF_MEMORY;
+    return commit(&h, CALL_REAL(cuMemAlloc_v2, dptr, bytesize), dptr);
 }
 
-struct a_man { CUdeviceptr *p; size_t n; unsigned f; };
-static CUresult call_man(void *c) { struct a_man *a = c; return CALL_REAL(cuMemAllocManaged, a->p, a->n, a->f); }
 CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
-    struct a_man a = {dptr, bytesize, flags};
-    return alloc_common(dptr, bytesize, K_MANAGED, "cuMemAllocManaged", call_man, &a);
+    struct hold h;
+    if (admit(&h, bytesize, K_MANAGED, "cuMemAllocManaged")) return CUDA_ERROR_OUT_OF_MEMORY;
+    return commit(&h, CALL_REAL(cuMemAllocManaged, dptr, bytesize, flags), dptr);
 }
 
-struct a_async { CUdeviceptr *p; size_t n; CUstream s; CUmemoryPool pool; int which; };
-static CUresult call_async(void *c) {
-    struct a_async *a = c;
-    switch (a->which) {
-    case 0: return CALL_REAL(cuMemAllocAsync, a->p, a->n, a->s);
-    case 1: return CALL_REAL(cuMemAllocAsync_ptsz, a->p, a->n, a->s);
-    case 2: return CALL_REAL(cuMemAllocFromPoolAsync, a->p, a->n, a->pool, a->s);
-    default: return CALL_REAL(cuMemAllocFromPoolAsync_ptsz, a->p, a->n, a->pool, a->s);
+/* cuMemAllocAsync[_ptsz] take the device's current pool, cuMemAllocFromPoolAsync[_ptsz] name one */
+#define WRAP_alloc_async(name, base, params, args)                                               \
+    CUresult name params {                                                                       \
+        struct hold h;                                                                           \
+        if (admit_pooled(&h, bytesize, NULL, #base)) return CUDA_ERROR_OUT_OF_MEMORY;            \
+        return commit(&h, CALL_REAL_ARGS(name, args), dptr);                                     \
     }
-}
-CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t n, CUstream s) {
-    struct a_async a = {dptr, n, s, NULL, 0};
-    return alloc_pooled(dptr, n, NULL, "cuMemAllocAsync", call_async, &a);
-}
-CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t n, CUstream s) {
-    struct a_async a = {dptr, n, s, NULL, 1};
-    return alloc_pooled(dptr, n, NULL, "cuMemAllocAsync", call_async, &a);
-}
-CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
-    struct a_async a = {dptr, n, s, pool, 2};
-    return alloc_pooled(dptr, n, pool, "cuMemAllocFromPoolAsync", call_async, &a);
-}
-CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t n, CUmemoryPool pool, CUstream s) {
-    struct a_async a = {dptr, n, s, pool, 3};
-    return alloc_pooled(dptr, n, pool, "cuMemAllocFromPoolAsync", call_async, &a);
-}
+#define WRAP_alloc_from_pool(name, base, params, args)                                           \
+    CUresult name params {                                                                       \
+        struct hold h;                                                                           \
+        if (admit_pooled(&h, bytesize, pool, #base)) return CUDA_ERROR_OUT_OF_MEMORY;            \
+        return commit(&h, CALL_REAL_ARGS(name, args), dptr);                                     \
+    }
 
 #define PITCH_ALIGN 512
 CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, size_t height, unsigned int elemSize) {
@@ -201,8 +192,7 @@ CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, siz
     return r;
 }
 
-static CUresult free_common(CUdeviceptr p, CUresult r_after_call, struct ment *e, int had) {
-    (void)p;
+static CUresult freed(CUresult r_after_call, struct ment *e, int had) {
     if (!had) return r_after_call;
     if (r_after_call != CUDA_SUCCESS) { /* still allocated */
         pthread_mutex_lock(&g_mu);
@@ -219,21 +209,13 @@ static CUresult free_common(CUdeviceptr p, CUresult r_after_call, struct ment *e
     return r_after_call;
 }
 
-CUresult cuMemFree_v2(CUdeviceptr dptr) {
-    struct ment e;
-    int had = untrack(&m_ptr, dptr, &e); /* unknown pointers are always forwarded, never swallowed */
-    return free_common(dptr, CALL_REAL(cuMemFree_v2, dptr), &e, had);
-}
-CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream s) {
-    struct ment e;
-    int had = untrack(&m_ptr, dptr, &e);
-    return free_common(dptr, CALL_REAL(cuMemFreeAsync, dptr, s), &e, had);
-}
-CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream s) {
-    struct ment e;
-    int had = untrack(&m_ptr, dptr, &e);
-    return free_common(dptr, CALL_REAL(cuMemFreeAsync_ptsz, dptr, s), &e, had);
-}
+/* cuMemFree_v2, cuMemFreeAsync[_ptsz]: unknown pointers are always forwarded, never swallowed */
+#define WRAP_mem_free(name, base, params, args)                                                  \
+    CUresult name params {                                                                       \
+        struct ment e;                                                                           \
+        int had = untrack(&m_ptr, dptr, &e);                                                     \
+        return freed(CALL_REAL_ARGS(name, args), &e, had);                                       \
+    }
 
 /* ---------------------------------------------------------------- VMM */
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
@@ -368,13 +350,22 @@ CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DE
     else track(&m_obj, (uint64_t)(uintptr_t)*pHandle, n, dev, K_MIPMAP);
     return r;
 }
-CUresult cuArrayDestroy(CUarray h) {
-    struct ment e;
-    int had = vgpu_obj_untrack((uint64_t)(uintptr_t)h, &e);
-    return vgpu_obj_released(&e, had, CALL_REAL(cuArrayDestroy, h));
+
+/* ---------------------------------------------------------------- destroying tracked objects */
+static CUresult obj_destroyed(const struct ment *e, int had, CUresult r) {
+    if (had) {
+        if (r == CUDA_SUCCESS) vgpu_mem_unreserve(e->dev, e->size);
+        else track(&m_obj, e->key, e->size, e->dev, e->kind);
+    }
+    return r;
 }
-CUresult cuMipmappedArrayDestroy(CUmipmappedArray h) {
-    struct ment e;
-    int had = vgpu_obj_untrack((uint64_t)(uintptr_t)h, &e);
-    return vgpu_obj_released(&e, had, CALL_REAL(cuMipmappedArrayDestroy, h));
-}
+/* cuArrayDestroy, cuMipmappedArrayDestroy, cuCtxDestroy_v2 (rows whose one parameter is the object):
+ * untracked before the driver call (see cuMemRelease), tracked again if the driver refuses */
+#define WRAP_obj_destroy(name, base, params, args)                                               \
+    CUresult name params {                                                                       \
+        struct ment e;                                                                           \
+        int had = untrack(&m_obj, (uint64_t)(uintptr_t)args, &e);                                \
+        return obj_destroyed(&e, had, CALL_REAL_ARGS(name, args));                               \
+    }
+
+#include "hooks_gen.h"

@@ -87,8 +87,9 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     return r;
 }
 
-static void prim_drop(CUdevice dev, int all) {
-    if (dev < 0 || dev >= VGPU_MAX_DEV) return;
+/* after a successful release (all = 0) or reset (all = 1): uncharge once the last reference is gone */
+static CUresult prim_drop(CUdevice dev, int all, CUresult r) {
+    if (r != CUDA_SUCCESS || dev < 0 || dev >= VGPU_MAX_DEV) return r;
     uint64_t ch = 0;
     pthread_mutex_lock(&g_prim_mu);
     if (g_prim_ref[dev] > 0 && (all || --g_prim_ref[dev] == 0)) {
@@ -98,28 +99,13 @@ static void prim_drop(CUdevice dev, int all) {
     }
     pthread_mutex_unlock(&g_prim_mu);
     vgpu_mem_unreserve(dev, ch);
-}
-CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxRelease_v2, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 0);
     return r;
 }
-/* the pre-11.0 names: same signature; CUDA 12 runtimes still ask for them at version 7000 */
-CUresult cuDevicePrimaryCtxRelease(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxRelease, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 0);
-    return r;
-}
-CUresult cuDevicePrimaryCtxReset(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxReset, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 1);
-    return r;
-}
-CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
-    CUresult r = CALL_REAL(cuDevicePrimaryCtxReset_v2, dev);
-    if (r == CUDA_SUCCESS) prim_drop(dev, 1);
-    return r;
-}
+/* cuDevicePrimaryCtxRelease[_v2], cuDevicePrimaryCtxReset[_v2] */
+#define WRAP_primary_release(name, base, params, args)                                           \
+    CUresult name params { return prim_drop(dev, 0, CALL_REAL_ARGS(name, args)); }
+#define WRAP_primary_reset(name, base, params, args)                                             \
+    CUresult name params { return prim_drop(dev, 1, CALL_REAL_ARGS(name, args)); }
 
 /* ---------------------------------------------------------------- created contexts */
 static CUresult ctx_created(CUcontext *pctx, CUdevice dev, CUresult r, uint64_t ch) {
@@ -127,27 +113,14 @@ static CUresult ctx_created(CUcontext *pctx, CUdevice dev, CUresult r, uint64_t 
     if (r == CUDA_SUCCESS && pctx && *pctx) vgpu_obj_track((uint64_t)(uintptr_t)*pctx, ch, dev, K_CTX);
     return r;
 }
-CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev) {
-    vgpu_post_init();
-    uint64_t ch;
-    if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v2, pctx, flags, dev), ch);
-}
-CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int numParams, unsigned int flags,
-                        CUdevice dev) {
-    vgpu_post_init();
-    uint64_t ch;
-    if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v3, pctx, params, numParams, flags, dev), ch);
-}
-CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags, CUdevice dev) {
-    vgpu_post_init();
-    uint64_t ch;
-    if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
-    return ctx_created(pctx, dev, CALL_REAL(cuCtxCreate_v4, pctx, params, flags, dev), ch);
-}
-CUresult cuCtxDestroy_v2(CUcontext ctx) {
-    struct ment e;
-    int had = vgpu_obj_untrack((uint64_t)(uintptr_t)ctx, &e);
-    return vgpu_obj_released(&e, had, CALL_REAL(cuCtxDestroy_v2, ctx));
-}
+/* cuCtxCreate_v2 / _v3 / _v4 */
+#define WRAP_ctx_create(name, base, params, args)                                                \
+    CUresult name params {                                                                       \
+        vgpu_post_init();                                                                        \
+        uint64_t ch;                                                                             \
+        if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;                                  \
+        return ctx_created(pctx, dev, CALL_REAL_ARGS(name, args), ch);                           \
+    }
+/* cuCtxDestroy_v2 is an obj_destroy row of hooks.def: alloc_account.c uncharges it with the other objects */
+
+#include "hooks_gen.h"
