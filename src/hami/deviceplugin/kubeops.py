@@ -8,9 +8,12 @@ Objects are raw dicts. Errors are `hami.kube.errors` exceptions (NotFoundError, 
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hami.kube.errors import ConflictError, NotFoundError
+
+if TYPE_CHECKING:
+    from hami.kube.client import KubeClient
 
 Obj = dict[str, Any]
 
@@ -35,7 +38,7 @@ class ClientKubeOps:
     """KubeOps over the real API server."""
 
     def __init__(
-        self, client: Any, *, component: str = "hami-device-plugin", host: str | None = None
+        self, client: KubeClient, *, component: str = "hami-device-plugin", host: str | None = None
     ) -> None:
         from hami.kube.paths import api_path
 
@@ -45,18 +48,15 @@ class ClientKubeOps:
         self._host = host
 
     async def get_node(self, name: str) -> Obj:
-        out: Obj = await self._kc.get(self._path("v1", "nodes", name=name))
-        return out
+        return await self._kc.get(self._path("v1", "nodes", name=name))
 
     async def patch_node(self, name: str, patch: Obj, *, resource_version: str | None = None) -> Obj:
-        out: Obj = await self._kc.merge_patch(
+        return await self._kc.merge_patch(
             self._path("v1", "nodes", name=name), patch, resource_version=resource_version
         )
-        return out
 
     async def get_pod(self, namespace: str, name: str) -> Obj:
-        out: Obj = await self._kc.get(self._path("v1", "pods", namespace=namespace, name=name))
-        return out
+        return await self._kc.get(self._path("v1", "pods", namespace=namespace, name=name))
 
     async def list_node_pods(self, node: str) -> list[Obj]:
         page = await self._kc.list(self._path("v1", "pods"), field_selector=f"spec.nodeName={node}")
@@ -66,10 +66,9 @@ class ClientKubeOps:
     async def patch_pod(
         self, namespace: str, name: str, patch: Obj, *, resource_version: str | None = None
     ) -> Obj:
-        out: Obj = await self._kc.merge_patch(
+        return await self._kc.merge_patch(
             self._path("v1", "pods", namespace=namespace, name=name), patch, resource_version=resource_version
         )
-        return out
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None:
         await self._kc.create_event(
