@@ -2,14 +2,17 @@
 
 `KubeOps` is implemented by `ClientKubeOps` (a `hami.kube.KubeClient`) and by `MemoryKube`
 (in-memory nodes and pods with resourceVersion preconditions, for unit tests and the sandbox).
-Objects are raw dicts. Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
+Objects are raw dicts; `patch_pod_with_retry` is the optimistic read-modify-write over either.
+Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from hami.kube.client import retry_merge_patch
 from hami.kube.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
@@ -32,6 +35,32 @@ class KubeOps(Protocol):
     ) -> Obj: ...
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None: ...
+
+
+async def patch_pod_with_retry(
+    kube: KubeOps,
+    namespace: str,
+    name: str,
+    mutate: Callable[[Obj], Obj | None],
+    *,
+    current: Obj | None = None,
+    attempts: int = 8,
+) -> Obj:
+    """`KubeClient.patch_with_retry` for a pod through `KubeOps` (the same loop,
+    `hami.kube.client.retry_merge_patch`): each try merge-patches with the resourceVersion of the
+    pod `mutate` saw; a conflict re-reads the pod and asks `mutate` again."""
+
+    async def send(patch: Obj, rv: str | None) -> Obj:
+        return await kube.patch_pod(namespace, name, patch, resource_version=rv)
+
+    return await retry_merge_patch(
+        mutate,
+        fetch=lambda: kube.get_pod(namespace, name),
+        send=send,
+        current=current,
+        attempts=attempts,
+        what=f"pod {namespace}/{name}",
+    )
 
 
 class ClientKubeOps:
