@@ -4,8 +4,9 @@
 whichever path hands it to the runtime: `allocate_response` for the kubelet's Allocate,
 `cdi_spec` for a CDI spec file (the lock-free path and DRA prepare results use CDI's
 `containerEdits` shape too). Guarantees: pure (no I/O, no clocks); env names and annotation keys
-are unique (rejected with ValueError otherwise); every renderer keeps the order of env entries,
-mounts and device nodes as built; rendering the same value twice gives equal results.
+are unique (rejected with ValueError otherwise); mounts and device nodes keep the order they were
+built in (env too, where the target has an order: CDI's list; protobuf maps have none); rendering
+the same value twice gives equal results.
 """
 
 from __future__ import annotations
