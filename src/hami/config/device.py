@@ -727,6 +727,10 @@ class DeviceConfig(ConfigModel):
         """HAMi's chart defaults (``charts/hami/templates/scheduler/device-configmap.yaml``)."""
         return cls()
 
+    def sections(self) -> dict[str, Any]:
+        """Every vendor section by attribute name (list-valued sections as lists), for the registry."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name != "hami"}
+
     @property
     def vnpus(self) -> AscendConfig:
         """The ``vnpus:`` section under its HAMi name (same object as ``ascend``)."""
