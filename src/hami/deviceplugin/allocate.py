@@ -27,11 +27,12 @@ from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance, MigPlacement
+from hami.devices.nvidia import NvidiaBackend
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
+from hami.kube.nodelock import release_node_lock
 from hami.protocol import keys
 from hami.protocol.enforcement import disables_control, disables_core_limit
 from hami.protocol.errors import ProtocolError
-from hami.protocol.nodelock import decode_node_lock, releasable_by
 from hami.protocol.pod import (
     ContainerDevices,
     MigAllocation,
@@ -166,10 +167,10 @@ class PodAllocator:
     async def find_pod(self) -> Obj:
         """The pod being allocated on this node (see module doc); AllocationError otherwise."""
         node = await self.kube.get_node(self.node_name)
-        lock_value = _ann(node).get(keys.NODE_LOCK)
+        lock_value = _ann(node).get(NvidiaBackend.node_lock.key)
         if lock_value:
             try:
-                lock = decode_node_lock(lock_value)
+                lock = NvidiaBackend.node_lock.decode(lock_value)
             except ProtocolError as e:
                 log.warning("node %s: unreadable node lock %r: %s", self.node_name, lock_value, e)
                 lock = None
@@ -501,14 +502,8 @@ class PodAllocator:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         for _ in range(self._lock_release_attempts):
             try:
-                node = await self.kube.get_node(self.node_name)
-                value = _ann(node).get(keys.NODE_LOCK)
-                if not value or not releasable_by(value, ns, name):
-                    return  # no lock, someone else's, or unreadable (the next acquire replaces it)
-                await self.kube.patch_node(
-                    self.node_name,
-                    {"metadata": {"annotations": {keys.NODE_LOCK: None}}},
-                    resource_version=node["metadata"].get("resourceVersion"),
+                await release_node_lock(
+                    self.kube, self.node_name, ns, name, codec=NvidiaBackend.node_lock, attempts=1
                 )
                 return
             except ConflictError:

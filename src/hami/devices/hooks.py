@@ -21,6 +21,7 @@ hook                       what the backend decides                  shared defa
 :class:`Admission`         webhook defaulting/validation             none
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
+:class:`NodeHandshake`     the node handshake annotation             none
 =========================  ========================================  ===================================
 
 Guarantees: resolving is pure and done once per backend; every default is a plain function here or
@@ -124,6 +125,15 @@ class NodeLockFormat(Protocol):
 
     @property
     def node_lock(self) -> NodeLockCodec: ...
+
+
+@runtime_checkable
+class NodeHandshake(Protocol):
+    """The node annotation the scheduler and the vendor's device plugin handshake on
+    (``hami.io/node-handshake`` for NVIDIA; ``Requesting_<time>`` / ``Reported <time>``)."""
+
+    @property
+    def handshake_key(self) -> str: ...
 
 
 @runtime_checkable
@@ -247,6 +257,7 @@ class VendorHooks:
     annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
+    handshake_key: str | None = None
 
 
 DEFAULT_HOOKS = VendorHooks()
@@ -275,4 +286,5 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         else hami_decision_annotations(backend),
         admission=b if isinstance(b, Admission) else None,
         node_lock=node_lock,
+        handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,
     )
