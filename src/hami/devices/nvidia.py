@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Self, cast
 
-from hami.config import NvidiaConfig
 from hami.devices.base import (
     Card,
     CardSelector,
@@ -31,6 +30,7 @@ from hami.devices.base import (
     split_list,
 )
 from hami.devices.hooks import AdmissionOutcome, ContainerEditor, default_fits
+from hami.devices.nvidia_config import NvidiaConfig
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.node import MigProfile, decode_node_devices, decode_pair_scores
