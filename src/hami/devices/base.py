@@ -152,14 +152,26 @@ class NodeCards:
     pair_scores: PairScores = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Placement:
     """One card chosen for one container: the wire record plus the vendor's payload (an immutable
     value, e.g. a MIG allocation; None for most placements). A placement payload is held on its
-    card for the pod's whole life, init containers' included."""
+    card for the pod's whole life, init containers' included.
+
+    Placements are values: a vendor subclass (a typed view of its payload) compares equal to a
+    plain :class:`Placement` with the same record and payload.
+    """
 
     device: ContainerDevice
     payload: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Placement):
+            return NotImplemented
+        return self.device == other.device and self.payload == other.payload
+
+    def __hash__(self) -> int:
+        return hash((self.device, self.payload))
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ checks a type or names a vendor on its hot path.
 hook                       what the backend decides                  shared default
 =========================  ========================================  ===================================
 :class:`CardRejection`     an extra reason a card is refused         none
+:class:`ModeScoped`        card modes the card-level hooks apply to  every card
 :class:`Sizing`            whether a request fits a card's free      HAMi's memory/core checks; the
                            capacity, and what one slice takes        request's MiB and cores, no payload
 :class:`MultiSlice`        how many slices of one container's        one (distinct cards)
@@ -74,6 +75,15 @@ class Sizing(Protocol):
     def size(
         self, card: Card, request: DeviceRequest, container_index: int, device_index: int
     ) -> Placement: ...
+
+
+@runtime_checkable
+class ModeScoped(Protocol):
+    """The card modes (``Card.mode``) the card-level hooks (rejection, sizing, multi-slice) apply
+    to; cards in other modes take the shared defaults without a call (NVIDIA: only ``mig``)."""
+
+    @property
+    def hooked_modes(self) -> frozenset[str]: ...
 
 
 @runtime_checkable
@@ -247,6 +257,8 @@ def hami_decision_annotations(
 class VendorHooks:
     """One backend's hooks resolved to callables; None means "the shared default" (the fast path)."""
 
+    #: the card-level hooks (reject, fits, size, slices) apply to cards in these modes (None: all)
+    modes: frozenset[str] | None = None
     reject: Callable[[Card, DeviceRequest], str | None] | None = None
     fits: Callable[[Card, DeviceRequest], str | None] | None = None
     size: Callable[[Card, DeviceRequest, int, int], Placement] | None = None
@@ -258,6 +270,16 @@ class VendorHooks:
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
     handshake_key: str | None = None
+
+    def on(self, card: Card) -> bool:
+        """Do the card-level hooks apply to ``card``?"""
+        return self.modes is None or card.mode in self.modes
+
+    def card_slices(self, card: Card) -> int | None:
+        """The multi-slice hook's answer for ``card`` (None: one slice, the default)."""
+        if self.slices is None or (self.modes is not None and card.mode not in self.modes):
+            return None
+        return self.slices(card)
 
 
 DEFAULT_HOOKS = VendorHooks()
@@ -274,6 +296,7 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
     else:
         node_lock = None
     return VendorHooks(
+        modes=b.hooked_modes if isinstance(b, ModeScoped) else None,
         reject=b.reject_card if isinstance(b, CardRejection) else None,
         fits=b.fits if isinstance(b, Sizing) else None,
         size=b.size if isinstance(b, Sizing) else None,

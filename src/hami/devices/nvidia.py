@@ -29,7 +29,7 @@ from hami.devices.base import (
     RequestError,
     split_list,
 )
-from hami.devices.hooks import AdmissionOutcome, ContainerEditor, default_fits
+from hami.devices.hooks import AdmissionOutcome, ContainerEditor
 from hami.devices.nvidia_config import NvidiaConfig
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
@@ -94,21 +94,21 @@ class MigSlices:
 
 
 class NvidiaCard(Card):
-    """An NVIDIA card: its payload is always a :class:`MigSlices` (empty for non-MIG cards)."""
+    """An NVIDIA card; its payload is a :class:`MigSlices` (node registrations give one to MIG cards
+    only, so other cards copy with no extra allocation; a card built directly always has one)."""
 
     __slots__ = ()
-    payload: MigSlices
 
-    def __init__(self, *, mig_profiles: tuple[MigProfile, ...] = (), **kw: Any) -> None:
-        super().__init__(payload=MigSlices(mig_profiles), **kw)
+    def __init__(self, *, mig_profiles: tuple[MigProfile, ...] = (), mig: bool = True, **kw: Any) -> None:
+        super().__init__(payload=MigSlices(mig_profiles) if mig else None, **kw)
 
     @property
     def mig_profiles(self) -> tuple[MigProfile, ...]:
-        return self.payload.profiles
+        return self.payload.profiles if isinstance(self.payload, MigSlices) else ()
 
     @property
     def mig_in_use(self) -> list[tuple[int, int]]:
-        return self.payload.in_use
+        return self.payload.in_use if isinstance(self.payload, MigSlices) else []
 
 
 class NvidiaPlacement(Placement):
@@ -254,6 +254,7 @@ class NvidiaBackend:
                 mode=d.mode or keys.MODE_HAMI_CORE,
                 health=d.health,
                 mig_profiles=d.mig_profiles,
+                mig=d.mode == keys.MODE_MIG,
             )
             for d in devices
         )
@@ -296,19 +297,17 @@ class NvidiaBackend:
             for ci, container in enumerate(pod)
         ]
 
-    # --- hooks: MIG (Sizing, MultiSlice) ---------------------------------------------------------
+    # --- hooks: MIG (ModeScoped, Sizing, MultiSlice) ----------------------------------------------
+    #: the card-level hooks below see MIG cards only; other cards take the shared defaults
+    hooked_modes = frozenset({keys.MODE_MIG})
+
     def fits(self, card: Card, request: DeviceRequest) -> str | None:
-        if card.mode == keys.MODE_MIG:
-            slices = cast(MigSlices, card.payload)
-            return None if slices.choice(request.mem_for(card.totalmem)) else CARD_MIG_INFEASIBLE
-        return default_fits(card, request)
+        slices = cast(MigSlices, card.payload)
+        return None if slices.choice(request.mem_for(card.totalmem)) else CARD_MIG_INFEASIBLE
 
     def size(self, card: Card, request: DeviceRequest, container_index: int, device_index: int) -> Placement:
-        mem = request.mem_for(card.totalmem)
-        if card.mode != keys.MODE_MIG:
-            return NvidiaPlacement(ContainerDevice(card.uuid, request.vendor, mem, request.cores))
         slices = cast(MigSlices, card.payload)
-        choice = slices.choice(mem)
+        choice = slices.choice(request.mem_for(card.totalmem))
         assert choice is not None
         prof, start = choice
         mig = MigAllocation(
@@ -323,7 +322,7 @@ class NvidiaBackend:
 
     def card_slices(self, card: Card) -> int | None:
         """A MIG card holds one instance per free slot, several of them for one request."""
-        return max(1, card.count - card.used) if card.mode == keys.MODE_MIG else None
+        return max(1, card.count - card.used)
 
     # --- hook: Admission -------------------------------------------------------------------------
     def core_limit_off(self) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hami.devices.base import Card, CardSelector, DeviceRequest, Placement
@@ -85,6 +85,8 @@ def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | Non
     if fr.policy.mutex and card.used > 0:
         return EXCLUSIVE_CONFLICT
     hooks = fr.hooks
+    if hooks.modes is not None and card.mode not in hooks.modes:
+        return default_fits(card, fr.request)
     if hooks.reject is not None:
         reason = hooks.reject(card, fr.request)
         if reason is not None:
@@ -96,7 +98,7 @@ def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | Non
 
 def _take(card: Card, fr: FitRequest, device_index: int) -> Placement:
     hooks = fr.hooks
-    size = hooks.size if hooks.size is not None else default_size
+    size = hooks.size if hooks.size is not None and hooks.on(card) else default_size
     placement = size(card, fr.request, fr.container_index, device_index)
     d = placement.device
     payloads = () if placement.payload is None else (placement.payload,)
@@ -130,18 +132,15 @@ def format_reasons(reasons: Mapping[str, int], total: int) -> str:
     return ", ".join(f"{n}/{total} {r}" for r, n in sorted(reasons.items()))
 
 
-def _slices(slices: Callable[[Card], int | None] | None, card: Card) -> int:
+def _slices(hooks: VendorHooks, card: Card) -> int:
     """How many slices of one request ``card`` may hold (1 unless a MultiSlice hook says more)."""
-    if slices is None:
-        return 1
-    n = slices(card)
+    n = hooks.card_slices(card)
     return 1 if n is None else n
 
 
-def _too_few_cards(cards: Sequence[Card], need: int, slices: Callable[[Card], int | None] | None) -> bool:
-    if need <= len(cards):
-        return False
-    return slices is None or all(slices(c) is None for c in cards)
+def _too_few_cards(cards: Sequence[Card], need: int, hooks: VendorHooks) -> bool:
+    """More cards asked than the node has, and none of them holds several slices."""
+    return need > len(cards) and all(hooks.card_slices(c) is None for c in cards)
 
 
 def precheck(cards: Sequence[Card], fr: FitRequest, cordoned: frozenset[str]) -> str | None:
@@ -151,15 +150,16 @@ def precheck(cards: Sequence[Card], fr: FitRequest, cordoned: frozenset[str]) ->
     reject most unfit nodes without copying their cards. One pass, reasons counted as it goes.
     """
     need = fr.request.count
-    slices = fr.hooks.slices
-    if _too_few_cards(cards, need, slices):
+    hooks = fr.hooks
+    if need > len(cards) and _too_few_cards(cards, need, hooks):
         return f"{len(cards)}/{need} {NODE_INSUFFICIENT_DEVICE}"
+    multi = hooks.slices is not None
     eligible = 0
     reasons: dict[str, int] = {}
     for card in cards:
         r = rejection(card, fr, cordoned)
         if r is None:
-            eligible += 1 if slices is None else _slices(slices, card)
+            eligible += _slices(hooks, card) if multi else 1
         else:
             reasons[r] = reasons.get(r, 0) + 1
     if eligible >= need:
@@ -174,10 +174,10 @@ def default_choice(
     need: int,
     policy: CardPolicy,
     pair_scores: PairScores,
-    slices: Callable[[Card], int | None] | None = None,
+    hooks: VendorHooks = DEFAULT_HOOKS,
 ) -> list[Card]:
     """The NVLink topology pick when the policy asks for it and every card holds one slice."""
-    if policy.topology_aware and (slices is None or all(slices(c) is None for c in ordered)):
+    if policy.topology_aware and all(hooks.card_slices(c) is None for c in ordered):
         return _topology_pick(ordered, need, pair_scores)
     return ordered
 
@@ -188,8 +188,7 @@ def fit_container(
     """Choose cards for one container on scratch ``cards`` (mutated on success). Returns (placements, reason)."""
     need = fr.request.count
     hooks = fr.hooks
-    slices = hooks.slices
-    if _too_few_cards(cards, need, slices):
+    if need > len(cards) and _too_few_cards(cards, need, hooks):
         return None, f"{len(cards)}/{need} {NODE_INSUFFICIENT_DEVICE}"
     reasons: Counter[str] = Counter()
     eligible: list[Card] = []
@@ -206,7 +205,7 @@ def fit_container(
         groups: dict[int, list[Card]] = {}
         for c in ordered:
             groups.setdefault(c.numa, []).append(c)
-        fitting = [g for g in groups.values() if sum(_slices(slices, c) for c in g) >= need]
+        fitting = [g for g in groups.values() if sum(_slices(hooks, c) for c in g) >= need]
         if not fitting:
             reasons[NUMA_NOT_FIT] += len(eligible)
             return None, format_reasons(reasons, len(cards))
@@ -214,12 +213,12 @@ def fit_container(
     if hooks.choose is not None:
         ordered = hooks.choose(ordered, need, fr.policy, pair_scores)
     else:
-        ordered = default_choice(ordered, need, fr.policy, pair_scores, slices)
+        ordered = default_choice(ordered, need, fr.policy, pair_scores, hooks)
     placements: list[Placement] = []
     for card in ordered:
         while len(placements) < need and rejection(card, fr, cordoned) is None:
             placements.append(_take(card, fr, len(placements)))
-            if slices is None or slices(card) is None:
+            if hooks.card_slices(card) is None:
                 break
         if len(placements) == need:
             return placements, ""
