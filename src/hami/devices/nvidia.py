@@ -240,6 +240,14 @@ class NvidiaBackend:
         value = annotations.get(self.register_key)
         if not value:
             return None
+        # HAMi's NVIDIA health rule: when kubelet lists the count resource but none of it is
+        # allocatable, the device plugin is gone (uninstalled, crashed, restarting) and the
+        # registration annotation is stale — kubelet would refuse every Allocate there
+        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get(
+            self.config.resource_count_name
+        )
+        if allocatable is not None and str(allocatable).strip() == "0":
+            return None
         devices = decode_node_devices(value)
         cards = tuple(
             NvidiaCard(
