@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hami.scheduler.metrics import Metrics
-from hami.scheduler.service import ExtenderService, NotLeader
+from hami.scheduler.service import BindRefused, ExtenderService, NotLeader
 from hami.scheduler.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
+A = TypeVar("A")
 SERVICE_KEY = web.AppKey("service", ExtenderService)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 
@@ -33,21 +36,21 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _body(request: web.Request) -> object:
+async def _args(request: web.Request, parse: Callable[[object], A]) -> A:
+    """The request body parsed as an extender request; HTTP 400 naming what is wrong otherwise."""
     raw = await request.read()
     try:
-        return orjson.loads(raw)
+        return parse(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
         raise web.HTTPBadRequest(text=f"request body is not JSON: {exc}") from None
+    except WireError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
 
 
 async def handle_filter(request: web.Request) -> web.Response:
     service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
     started = time.perf_counter()
-    try:
-        args = ExtenderArgs.parse(await _body(request))
-    except WireError as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
+    args = await _args(request, ExtenderArgs.parse)
     try:
         outcome = await service.filter(args)
     except NotLeader as exc:
@@ -73,12 +76,10 @@ async def handle_filter(request: web.Request) -> web.Response:
 async def handle_bind(request: web.Request) -> web.Response:
     service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
     started = time.perf_counter()
+    args = await _args(request, BindingArgs.parse)
     try:
-        args = BindingArgs.parse(await _body(request))
-    except WireError as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
-    try:
-        error = await service.bind(args)
+        result = await service.bind_pod(args)
+        error = result.reason if isinstance(result, BindRefused) else ""
     except NotLeader as exc:
         error = str(exc)
     except Exception as exc:
