@@ -10,7 +10,7 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from aiohttp import web
 
@@ -67,6 +67,11 @@ class ExtenderSettings:
     bind_queue_limit: int = 0
 
 
+class _Lease(TypedDict):
+    namespace: str
+    name: str
+
+
 class Extender:
     """The running service. ``await start()``, then ``url``; ``await stop()`` to shut down."""
 
@@ -97,28 +102,30 @@ class Extender:
             on_delete=self.sync.pod_deleted,
             name="pods",
         )
-        self.elector: LeaderElector | None = None
-        self.follower: LeaseFollower | None = None
         if settings.leader_elect and settings.follow_scheduler_lease:
             raise ValueError("leader_elect and follow_scheduler_lease are exclusive")
-        if settings.follow_scheduler_lease:
-            self.follower = LeaseFollower(
-                self.client,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
-                holder_prefix=settings.lease_holder_prefix,
-                poll=settings.retry_period,
+        lease = _Lease(namespace=settings.lease_namespace, name=settings.lease_name)
+        #: with --follow-scheduler-lease: leads while kube-scheduler in this pod holds its Lease
+        self.follower: LeaseFollower | None = (
+            LeaseFollower(
+                self.client, **lease, holder_prefix=settings.lease_holder_prefix, poll=settings.retry_period
             )
-        if settings.leader_elect:
-            self.elector = LeaderElector(
+            if settings.follow_scheduler_lease
+            else None
+        )
+        #: with --leader-elect: an election of its own among the extender replicas
+        self.elector: LeaderElector | None = (
+            LeaderElector(
                 self.client,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
+                **lease,
                 identity=settings.identity,
                 lease_duration=settings.lease_duration,
                 renew_deadline=settings.renew_deadline,
                 retry_period=settings.retry_period,
             )
+            if settings.leader_elect
+            else None
+        )
         expiry = (
             settings.node_lock_expiry
             if settings.node_lock_expiry is not None
