@@ -35,13 +35,7 @@ def main() -> None:
 @click.option(
     "--pods", "pods_path", required=True, type=click.Path(dir_okay=False), help="Pod manifests (YAML)."
 )
-@cliutil.option(
-    "--config",
-    "config_path",
-    aliases=("--device-config",),
-    type=click.Path(dir_okay=False),
-    help="device-config.yaml",
-)
+@cliutil.device_config_option("config_path", shown="--config")
 @cliutil.policy_options(
     "--node-policy", "--gpu-policy", help=("Node policy (default: config).", "Card policy.")
 )

@@ -92,15 +92,18 @@ def tls_options(cert_help: str, key_help: str) -> Decorator:
     return lambda f: cert(key(f))
 
 
+def device_config_option(
+    dest: str = "device_config", *, shown: str = "--device-config", help: str = "device-config.yaml"
+) -> Decorator:
+    """The device-config.yaml path, shown as ``shown``; ``--device-config`` and HAMi's
+    ``--device-config-file`` are accepted everywhere."""
+    aliases = tuple(s for s in ("--device-config", "--device-config-file") if s != shown)
+    return option(shown, dest, aliases=aliases, type=click.Path(dir_okay=False), help=help)
+
+
 def device_config_options(help: str = "device-config.yaml") -> Decorator:
     """``--device-config`` and ``--scheduler-name``: read together by :func:`device_config`."""
-    path = option(
-        "--device-config",
-        "device_config",
-        aliases=("--device-config-file",),
-        type=click.Path(dir_okay=False),
-        help=help,
-    )
+    path = device_config_option(help=help)
     name = option(
         "--scheduler-name",
         default=None,

@@ -60,13 +60,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
     type=click.Path(exists=True, dir_okay=False),
     help="Use a fake device source described by this YAML file instead of NVML.",
 )
-@cliutil.option(
-    "--device-config",
-    "device_config_file",
-    aliases=("--device-config-file",),
-    type=click.Path(dir_okay=False),
-    help="device-config.yaml (nvidia section).",
-)
+@cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section).")
 @click.option(
     "--node-config-file",
     type=click.Path(dir_okay=False),
