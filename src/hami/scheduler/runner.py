@@ -24,6 +24,7 @@ from hami.kube.paths import api_path
 from hami.scheduler.leasefollow import LeaseFollower
 from hami.scheduler.metrics import Metrics
 from hami.scheduler.nodelock import NodeLocker
+from hami.scheduler.reservations import Reservations
 from hami.scheduler.server import make_app, make_ops_app
 from hami.scheduler.service import ExtenderService, owner_alive_from
 from hami.scheduler.sync import LedgerSync
@@ -85,7 +86,12 @@ class Extender:
             node_policy=settings.node_policy or sched_cfg.node_scheduler_policy,
             gpu_policy=settings.gpu_policy or sched_cfg.gpu_scheduler_policy,
         )
-        self.sync = LedgerSync(self.scheduler, scheduler_name=cfg.hami.scheduler_name)
+        #: what this process decided and the API server does not show yet: written by the
+        #: service's filter and bind, read and settled by the sync's pod events
+        self.reservations: Reservations[asyncio.Task[None]] = Reservations()
+        self.sync = LedgerSync(
+            self.scheduler, scheduler_name=cfg.hami.scheduler_name, reservations=self.reservations
+        )
         self.nodes = Informer(
             self.client,
             api_path("v1", "nodes"),
