@@ -81,62 +81,16 @@ void vgpu_launch_slow(void) {
         if (unlikely(atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed))) vgpu_launch_slow(); \
     } while (0)
 
-CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                        unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void **params,
-                        void **extra) {
-    cuLaunchKernel_fn real = REAL_PTR(cuLaunchKernel);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
-}
-CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                             unsigned int by, unsigned int bz, unsigned int smem, CUstream s, void **params,
-                             void **extra) {
-    cuLaunchKernel_ptsz_fn real = REAL_PTR(cuLaunchKernel_ptsz);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(f, gx, gy, gz, bx, by, bz, smem, s, params, extra);
-}
-CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
-    cuLaunchKernelEx_fn real = REAL_PTR(cuLaunchKernelEx);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(config, f, params, extra);
-}
-CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **params, void **extra) {
-    cuLaunchKernelEx_ptsz_fn real = REAL_PTR(cuLaunchKernelEx_ptsz);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(config, f, params, extra);
-}
-CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
-                                   unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
-                                   CUstream s, void **params) {
-    cuLaunchCooperativeKernel_fn real = REAL_PTR(cuLaunchCooperativeKernel);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(f, gx, gy, gz, bx, by, bz, smem, s, params);
-}
-CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
-                                        unsigned int bx, unsigned int by, unsigned int bz, unsigned int smem,
-                                        CUstream s, void **params) {
-    cuLaunchCooperativeKernel_ptsz_fn real = REAL_PTR(cuLaunchCooperativeKernel_ptsz);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(f, gx, gy, gz, bx, by, bz, smem, s, params);
-}
-CUresult cuGraphLaunch(CUgraphExec g, CUstream s) {
-    cuGraphLaunch_fn real = REAL_PTR(cuGraphLaunch);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(g, s);
-}
-CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s) {
-    cuGraphLaunch_ptsz_fn real = REAL_PTR(cuGraphLaunch_ptsz);
-    if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;
-    LAUNCH_GATE();
-    return real(g, s);
-}
+/* every launch path of hooks.def (cuLaunchKernel, cuLaunchKernelEx, cuLaunchCooperativeKernel,
+ * cuGraphLaunch and their _ptsz twins): the gate, then the driver */
+#define WRAP_launch_gate(name, base, params, args)                                               \
+    CUresult name params {                                                                       \
+        name##_fn real = REAL_PTR(name);                                                         \
+        if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;                                        \
+        LAUNCH_GATE();                                                                           \
+        return real args;                                                                        \
+    }
+#include "hooks_gen.h"
 
 /* ---------------------------------------------------------------- controller (leader only) */
 struct ctl {

@@ -11,7 +11,7 @@
 #include "vgpu.h"
 
 const struct vgpu_hook_info vgpu_hooks[H_COUNT] = {
-#define CU_HOOK(name, base, ver, ptsz, params, args) {#name, #base, ver, ptsz, (void *)&name},
+#define CU_HOOK(name, base, ver, ptsz, wrap, params, args) {#name, #base, ver, ptsz, (void *)&name},
 #include "hooks.def"
 #undef CU_HOOK
 };
@@ -68,6 +68,7 @@ static _Atomic int g_post_done;
 static pthread_mutex_t g_post_mu = PTHREAD_MUTEX_INITIALIZER;
 static void fork_child(void) {
     vgpu_mem_atfork_child();
+    vgpu_ctx_atfork_child();
     vgpu_region_atfork_child();
     vgpu_limiter_atfork_child();
     pthread_mutex_init(&g_post_mu, NULL);
@@ -160,6 +161,14 @@ void vgpu_post_init(void) {
     pthread_mutex_unlock(&g_post_mu);
 }
 
+int vgpu_current_device(void) {
+    CUdevice d = 0;
+    if (vgpu_ndev == 1) return 0;
+    if (HELPER(cuCtxGetDevice) && HELPER(cuCtxGetDevice)(&d) == CUDA_SUCCESS && d >= 0 && d < VGPU_MAX_DEV)
+        return d;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- dlsym */
 NO_SANITIZE static int find_hook(const char *name) {
     for (int i = 0; i < H_COUNT; i++)
@@ -238,22 +247,17 @@ static void gpa_log(const char *fn, const char *symbol, int version, cuuint64_t 
               !orig ? "NULL" : out != orig ? v : "driver");
 }
 
-CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
-    CUresult r = CALL_REAL(cuGetProcAddress, symbol, pfn, cudaVersion, flags);
+/* cuGetProcAddress / _v2 */
+static CUresult gpa_done(const char *fn, CUresult r, const char *symbol, void **pfn, int cudaVersion,
+                         cuuint64_t flags) {
     void *orig = pfn ? *pfn : NULL;
     if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
-    gpa_log("cuGetProcAddress", symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
+    gpa_log(fn, symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
     return r;
 }
-
-CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
-                             CUdriverProcAddressQueryResult *status) {
-    CUresult r = CALL_REAL(cuGetProcAddress_v2, symbol, pfn, cudaVersion, flags, status);
-    void *orig = pfn ? *pfn : NULL;
-    if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
-    gpa_log("cuGetProcAddress_v2", symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
-    return r;
-}
+#define WRAP_proc_address(name, base, params, args)                                              \
+    CUresult name params { return gpa_done(#name, CALL_REAL_ARGS(name, args), symbol, pfn, cudaVersion, flags); }
+#include "hooks_gen.h"
 
 CUresult cuInit(unsigned int flags) {
     CUresult r = CALL_REAL(cuInit, flags);

@@ -20,7 +20,7 @@
 
 /* ---------------------------------------------------------------- hook table */
 enum {
-#define CU_HOOK(name, base, ver, ptsz, params, args) H_##name,
+#define CU_HOOK(name, base, ver, ptsz, wrap, params, args) H_##name,
 #include "hooks.def"
 #undef CU_HOOK
     H_COUNT
@@ -48,7 +48,7 @@ enum {
     NH_COUNT
 };
 
-#define CU_HOOK(name, base, ver, ptsz, params, args) typedef CUresult(*name##_fn) params;
+#define CU_HOOK(name, base, ver, ptsz, wrap, params, args) typedef CUresult(*name##_fn) params;
 #include "hooks.def"
 #undef CU_HOOK
 #define CU_HELPER(name, params) typedef CUresult(*name##_fn) params;
@@ -61,7 +61,7 @@ enum {
 #undef NVML_HOOK
 
 /* exported wrappers: declared from the table so a mismatching definition is a compile error */
-#define CU_HOOK(name, base, ver, ptsz, params, args) VGPU_EXPORT CUresult name params;
+#define CU_HOOK(name, base, ver, ptsz, wrap, params, args) VGPU_EXPORT CUresult name params;
 #include "hooks.def"
 #undef CU_HOOK
 #define NVML_HOOK(name, params, args) VGPU_EXPORT nvmlReturn_t name params;
@@ -90,11 +90,13 @@ VGPU_HIDDEN void *vgpu_resolve_slow(int idx);
         if (unlikely(!p_)) p_ = vgpu_resolve_slow(H_##name);                                     \
         (name##_fn) p_;                                                                          \
     })
-#define CALL_REAL(name, ...)                                                                     \
+/* calls the real driver function for hook `name` with `args`, a parenthesised list as in hooks.def */
+#define CALL_REAL_ARGS(name, args)                                                               \
     ({                                                                                           \
         name##_fn f_ = REAL_PTR(name);                                                           \
-        f_ ? f_(__VA_ARGS__) : (CUresult)CUDA_ERROR_NOT_FOUND;                                   \
+        f_ ? f_ args : (CUresult)CUDA_ERROR_NOT_FOUND;                                           \
     })
+#define CALL_REAL(name, ...) CALL_REAL_ARGS(name, (__VA_ARGS__))
 #define HELPER(name) ((name##_fn)vgpu_helper[X_##name])
 #define NVML_HELPER_FN(name) ((name##_fn)vgpu_nvml_helper[N_##name])
 
@@ -216,9 +218,11 @@ VGPU_HIDDEN void vgpu_mem_atfork_parent(void);
 VGPU_HIDDEN uint64_t vgpu_now_ns(void);
 VGPU_HIDDEN int vgpu_current_device(void);
 
-/* memory.c */
+/* alloc_account.c */
 VGPU_HIDDEN void vgpu_mem_atfork_child(void);
 VGPU_HIDDEN int vgpu_pools_resample(void);
+/* context_account.c */
+VGPU_HIDDEN void vgpu_ctx_atfork_child(void);
 /* launch.c */
 extern VGPU_HIDDEN _Atomic int vgpu_gate_any;
 VGPU_HIDDEN void vgpu_launch_slow(void);

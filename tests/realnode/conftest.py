@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from hami.kube.client import KubeClient
+from hami.kube.paths import api_path
+from hami.kube.poll import poll_until
 from hami.sandbox.cluster import NodeSpec, Sandbox, ensure_namespace
 from hami.sandbox.node import RUNC, NodeBinaries
 from hami.testing.controlplane import BinariesMissingError, ControlPlaneError, find_binaries
@@ -26,7 +28,8 @@ from hami.testing.prereq import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "dist" / "images"
-NODE = "node1"
+#: two nodes side by side, each with its own containerd, cgroup root and mount namespace
+NODES = ("node1", "node2")
 
 
 def _node_binaries(k8s_dir: Path) -> NodeBinaries:
@@ -60,7 +63,7 @@ def sandbox() -> Iterator[Sandbox]:
         state,
         binaries,
         _node_binaries(binaries.kube_apiserver.parent),
-        [NodeSpec(NODE, {"gpu": "on"})],
+        [NodeSpec(name, {"gpu": "on"}) for name in NODES],
         images=[found[-1] for found in images],
         driver=ROOT / "native" / "build" / "fake",
     )
@@ -84,11 +87,20 @@ async def kc(sandbox: Sandbox) -> AsyncIterator[KubeClient]:
 
 
 @pytest.fixture
-async def ns(kc: KubeClient) -> str:
-    """A fresh namespace whose default ServiceAccount exists (pods need it to be admitted)."""
+async def ns(kc: KubeClient) -> AsyncIterator[str]:
+    """A fresh namespace whose default ServiceAccount exists (pods need it to be admitted). Its
+    pods are deleted at the end and waited for, so no test's cards stay taken for the next one."""
     name = f"rn-{uuid.uuid4().hex[:6]}"
     await ensure_namespace(kc, name, timeout=30)
-    return name
+    yield name
+    pods = api_path("v1", "pods", namespace=name)
+    await kc.request("DELETE", pods, params={"gracePeriodSeconds": 0})
+
+    async def gone() -> bool:
+        return not (await kc.get(pods)).get("items")
+
+    await poll_until(gone, timeout=60)
+    await kc.request("DELETE", api_path("v1", "namespaces", name=name))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RELEASE, NAMESPACE = "hami", "hami-system"
-NODE = "node1"
-CARDS, SPLIT = 2, 10
+NODES = ("node1", "node2")
+CARDS, SPLIT = 2, 10  # per node (examples/fake-node-small.yaml; devicePlugin.deviceSplitCount)
 
 
 @pytest.fixture(scope="module")
@@ -121,15 +122,20 @@ async def test_chart_components_run_on_the_node(installed: Helm, sandbox: Sandbo
         raise AssertionError(f"{exc}: {await _pods_summary(kc)}") from None
 
     async def registered() -> bool:
-        node = await kc.get(api_path("v1", "nodes", name=NODE))
-        alloc = int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0"))
-        return alloc == CARDS * SPLIT and keys.NODE_NVIDIA_REGISTER in node["metadata"]["annotations"]
+        for name in NODES:
+            node = await kc.get(api_path("v1", "nodes", name=name))
+            alloc = int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0"))
+            if alloc != CARDS * SPLIT or keys.NODE_NVIDIA_REGISTER not in node["metadata"]["annotations"]:
+                return False
+        return True
 
     await wait_for(registered, timeout=60, interval=0.5)
-    # the installer (init container) put libvgpu.so and ld.so.preload on the node's hook path
-    vgpu = sandbox.state / "hook" / "vgpu"
-    assert (vgpu / "libvgpu.so").stat().st_size > 0
-    assert (vgpu / "ld.so.preload").read_text().strip() == str(vgpu / "libvgpu.so")
+    # on each node the installer (init container) put libvgpu.so and ld.so.preload on that node's
+    # own hook path (the chart's gpuHookPath, private to each node like on separate machines)
+    for node in sandbox.nodes:
+        own = node.state / "hook" / "vgpu"
+        assert (own / "libvgpu.so").stat().st_size > 0
+        assert (own / "ld.so.preload").read_text().strip() == str(sandbox.hook_path / "vgpu" / "libvgpu.so")
 
 
 async def test_plain_gpu_pod_runs_with_its_slice(leading: None, kc: KubeClient, ns: str) -> None:
@@ -156,10 +162,11 @@ async def test_plain_gpu_pod_runs_with_its_slice(leading: None, kc: KubeClient, 
 
     done: dict[str, Any] = await wait_for(finished, timeout=120, interval=0.5)
     assert done["status"]["phase"] == "Succeeded", done["status"]
-    assert done["spec"]["nodeName"] == NODE
+    node = done["spec"]["nodeName"]
+    assert node in NODES
     assert done["metadata"]["annotations"][keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
     seen = report(await kc.get_text(api_path("v1", "pods", namespace=ns, name="train") + "/log"))
-    assert seen["memory"] == ["4000m"] and seen["cards"][0].startswith(f"GPU-fake-{NODE}-")
+    assert seen["memory"] == ["4000m"] and seen["cards"][0].startswith(f"GPU-fake-{node}-")
     assert seen["preload"].endswith("/vgpu/libvgpu.so")
     # the CUDA driver API inside the container reports the slice and refuses more
     assert seen.get("total_mib") == 4000, json.dumps(seen)
@@ -249,23 +256,36 @@ async def test_device_plugin_pod_deleted_comes_back_and_running_pods_keep_their_
     )
     keeper = await _phase(kc, ns, "keeper", ("Running",))
     allocation = keeper["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED]
+    node = keeper["spec"]["nodeName"]
     selector = "app.kubernetes.io/component=device-plugin"
     pods = api_path("v1", "pods", namespace=NAMESPACE)
-    (old,) = (await kc.list(pods, label_selector=selector))["items"]
+    (old,) = [
+        p
+        for p in (await kc.list(pods, label_selector=selector))["items"]
+        if p["spec"].get("nodeName") == node
+    ]
     await kc.request("DELETE", f"{pods}/{old['metadata']['name']}", params={"gracePeriodSeconds": 0})
 
-    async def replaced() -> str | None:
+    async def started() -> tuple[str, datetime] | None:
         for p in (await kc.list(pods, label_selector=selector))["items"]:
-            ready = any(c.get("ready") for c in p["status"].get("containerStatuses") or [])
-            if p["metadata"]["uid"] != old["metadata"]["uid"] and ready:
-                log = await kc.get_text(
-                    f"{pods}/{p['metadata']['name']}/log", params={"container": "device-plugin"}
-                )
-                if "registered nvidia.com/gpu with kubelet" in log:
-                    return str(p["metadata"]["name"])
+            if p["metadata"]["uid"] == old["metadata"]["uid"] or p["spec"].get("nodeName") != node:
+                continue
+            for c in p["status"].get("containerStatuses") or []:
+                since = ((c.get("state") or {}).get("running") or {}).get("startedAt")
+                if c["name"] == "device-plugin" and since:
+                    return str(p["metadata"]["name"]), datetime.fromisoformat(since)
         return None
 
-    await wait_for(replaced, timeout=120, interval=0.5)
+    new, since = await wait_for(started, timeout=120, interval=0.2)
+
+    async def registered() -> bool:
+        log = await kc.get_text(f"{pods}/{new}/log", params={"container": "device-plugin"})
+        return "registered nvidia.com/gpu with kubelet" in log
+
+    await wait_for(registered, timeout=30, interval=0.2)
+    # within 5 s of its container starting (startedAt has whole seconds: one more is allowed)
+    took = (datetime.now(UTC) - since).total_seconds()
+    assert took <= 6.0, f"the replacement plugin took {took:.1f} s to register"
     await kc.create(
         api_path("v1", "pods", namespace=ns),
         _gpu_pod("after", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 2000}, "pass"),
@@ -276,7 +296,7 @@ async def test_device_plugin_pod_deleted_comes_back_and_running_pods_keep_their_
     assert keeper["status"]["phase"] == "Running"
     assert keeper["status"]["containerStatuses"][0]["restartCount"] == 0
     assert keeper["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED] == allocation
-    await assert_no_overcommit(kc, ns, [NODE])
+    await assert_no_overcommit(kc, ns, list(NODES))
 
 
 async def test_pods_deleted_before_they_start_leave_no_reservation_or_lock(
@@ -301,7 +321,59 @@ async def test_pods_deleted_before_they_start_leave_no_reservation_or_lock(
         assert done["status"]["phase"] == "Succeeded", done["status"]
 
     async def unlocked() -> bool:
-        node = await kc.get(api_path("v1", "nodes", name=NODE))
-        return keys.NODE_LOCK not in (node["metadata"].get("annotations") or {})
+        for name in NODES:
+            node = await kc.get(api_path("v1", "nodes", name=name))
+            if keys.NODE_LOCK in (node["metadata"].get("annotations") or {}):
+                return False
+        return True
 
     await wait_for(unlocked, timeout=30, interval=0.5)
+
+
+BINPACK = {"hami.io/node-scheduler-policy": "binpack", "hami.io/gpu-scheduler-policy": "binpack"}
+
+
+async def test_two_pods_on_one_card_each_see_their_own_limit_and_region(
+    leading: None, sandbox: Sandbox, kc: KubeClient, ns: str
+) -> None:
+    """Two pods packed onto one card: each CUDA program sees its own memory limit, holds half of it
+    while the other runs, and its own accounting shows only its own allocation — each container has
+    a usage region of its own on its node, never a shared one."""
+    hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
+    uids: dict[str, str] = {}
+    seen: dict[str, dict[str, Any]] = {}
+    for name, mem in (("share-a", 3000), ("share-b", 5000)):
+        pod = _gpu_pod(name, {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}, hold)
+        pod["metadata"]["annotations"] = BINPACK
+        await kc.create(api_path("v1", "pods", namespace=ns), pod)
+        running = await _phase(kc, ns, name, ("Running",))
+        uids[name] = running["metadata"]["uid"]
+
+        async def reported(name: str = name) -> dict[str, Any] | None:
+            try:
+                return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name=name) + "/log"))
+            except ValueError:
+                return None
+
+        seen[name] = await wait_for(reported, timeout=60, interval=0.5)
+    a = await kc.get(api_path("v1", "pods", namespace=ns, name="share-a"))
+    b = await kc.get(api_path("v1", "pods", namespace=ns, name="share-b"))
+    assert a["spec"]["nodeName"] == b["spec"]["nodeName"]
+    assert seen["share-a"]["cards"] == seen["share-b"]["cards"] and len(seen["share-a"]["cards"]) == 1
+    for name, mem in (("share-a", 3000), ("share-b", 5000)):
+        got = seen[name]
+        assert got["total_mib"] == mem and got["alloc_half"] == 0, got
+        # only its own half is counted, although the other pod holds memory on the same card
+        assert got["free_after_half_mib"] == mem - mem // 2, got
+        assert got["alloc_beyond"] == CUDA_OUT_OF_MEMORY, got
+    # each container's region is a file in a directory of its own on the node's hook path
+    node = next(n for n in sandbox.nodes if n.name == a["spec"]["nodeName"])
+    regions = []
+    for name, uid in uids.items():
+        own = node.state / "hook" / "vgpu" / "containers" / f"{uid}_main"
+        files = sorted(own.glob("*.cache"))
+        assert len(files) == 1, (name, files)
+        assert Path(seen[name]["region"]).name == files[0].name
+        regions.append(files[0].stat().st_ino)
+    assert regions[0] != regions[1]
+    await assert_no_overcommit(kc, ns, list(NODES))

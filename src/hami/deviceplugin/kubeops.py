@@ -2,15 +2,21 @@
 
 `KubeOps` is implemented by `ClientKubeOps` (a `hami.kube.KubeClient`) and by `MemoryKube`
 (in-memory nodes and pods with resourceVersion preconditions, for unit tests and the sandbox).
-Objects are raw dicts. Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
+Objects are raw dicts; `patch_pod_with_retry` is the optimistic read-modify-write over either.
+Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from hami.kube.client import retry_merge_patch
 from hami.kube.errors import ConflictError, NotFoundError
+
+if TYPE_CHECKING:
+    from hami.kube.client import KubeClient
 
 Obj = dict[str, Any]
 
@@ -31,11 +37,37 @@ class KubeOps(Protocol):
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None: ...
 
 
+async def patch_pod_with_retry(
+    kube: KubeOps,
+    namespace: str,
+    name: str,
+    mutate: Callable[[Obj], Obj | None],
+    *,
+    current: Obj | None = None,
+    attempts: int = 8,
+) -> Obj:
+    """`KubeClient.patch_with_retry` for a pod through `KubeOps` (the same loop,
+    `hami.kube.client.retry_merge_patch`): each try merge-patches with the resourceVersion of the
+    pod `mutate` saw; a conflict re-reads the pod and asks `mutate` again."""
+
+    async def send(patch: Obj, rv: str | None) -> Obj:
+        return await kube.patch_pod(namespace, name, patch, resource_version=rv)
+
+    return await retry_merge_patch(
+        mutate,
+        fetch=lambda: kube.get_pod(namespace, name),
+        send=send,
+        current=current,
+        attempts=attempts,
+        what=f"pod {namespace}/{name}",
+    )
+
+
 class ClientKubeOps:
     """KubeOps over the real API server."""
 
     def __init__(
-        self, client: Any, *, component: str = "hami-device-plugin", host: str | None = None
+        self, client: KubeClient, *, component: str = "hami-device-plugin", host: str | None = None
     ) -> None:
         from hami.kube.paths import api_path
 
@@ -45,18 +77,15 @@ class ClientKubeOps:
         self._host = host
 
     async def get_node(self, name: str) -> Obj:
-        out: Obj = await self._kc.get(self._path("v1", "nodes", name=name))
-        return out
+        return await self._kc.get(self._path("v1", "nodes", name=name))
 
     async def patch_node(self, name: str, patch: Obj, *, resource_version: str | None = None) -> Obj:
-        out: Obj = await self._kc.merge_patch(
+        return await self._kc.merge_patch(
             self._path("v1", "nodes", name=name), patch, resource_version=resource_version
         )
-        return out
 
     async def get_pod(self, namespace: str, name: str) -> Obj:
-        out: Obj = await self._kc.get(self._path("v1", "pods", namespace=namespace, name=name))
-        return out
+        return await self._kc.get(self._path("v1", "pods", namespace=namespace, name=name))
 
     async def list_node_pods(self, node: str) -> list[Obj]:
         page = await self._kc.list(self._path("v1", "pods"), field_selector=f"spec.nodeName={node}")
@@ -66,10 +95,9 @@ class ClientKubeOps:
     async def patch_pod(
         self, namespace: str, name: str, patch: Obj, *, resource_version: str | None = None
     ) -> Obj:
-        out: Obj = await self._kc.merge_patch(
+        return await self._kc.merge_patch(
             self._path("v1", "pods", namespace=namespace, name=name), patch, resource_version=resource_version
         )
-        return out
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None:
         await self._kc.create_event(

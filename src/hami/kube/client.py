@@ -42,6 +42,7 @@ __all__ = [
     "STRATEGIC_MERGE_PATCH",
     "KubeClient",
     "WatchStream",
+    "retry_merge_patch",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,36 @@ def _query(params: Mapping[str, ParamValue] | None) -> str:
             continue
         flat.append((k, ("true" if v else "false") if isinstance(v, bool) else str(v)))
     return urlencode(flat)
+
+
+async def retry_merge_patch(
+    mutate: Callable[[Obj], Obj | None],
+    *,
+    fetch: Callable[[], Awaitable[Obj]],
+    send: Callable[[Obj, str | None], Awaitable[Obj]],
+    current: Obj | None = None,
+    attempts: int = 8,
+    what: str = "object",
+) -> Obj:
+    """The loop behind :meth:`KubeClient.patch_with_retry`, over any way of reading (``fetch()``)
+    and merge-patching (``send(patch, resourceVersion)``) one object: for API access that is not a
+    bare KubeClient (the device plugin's ``KubeOps``, test doubles). Same contract: ``mutate``
+    returns the patch or ``None``; conflicts re-read and retry; after ``attempts`` conflicts the
+    last ConflictError propagates; anything ``mutate`` raises propagates at once."""
+    obj = current if current is not None else await fetch()
+    for attempt in range(1, attempts + 1):
+        patch = mutate(obj)
+        if patch is None:
+            return obj
+        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        try:
+            return await send(patch, rv)
+        except ConflictError:
+            if attempt == attempts:
+                raise
+            log.debug("conflict patching %s (attempt %d); re-reading", what, attempt)
+            obj = await fetch()
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 class KubeClient:
@@ -356,26 +387,20 @@ class KubeClient:
         resourceVersion as precondition; on :class:`~hami.kube.errors.ConflictError` the object
         is read again (``getter()``, default GET ``path``) and ``mutate`` is called again.
         ``current`` (e.g. from an informer cache) saves the first GET. After ``attempts``
-        conflicts the last ConflictError propagates.
+        conflicts the last ConflictError propagates. The loop is :func:`retry_merge_patch`.
         """
 
-        async def fetch() -> Obj:
-            return await getter() if getter is not None else await self.get(path)
+        async def send(patch: Obj, rv: str | None) -> Obj:
+            return await self.merge_patch(path, patch, resource_version=rv)
 
-        obj = current if current is not None else await fetch()
-        for attempt in range(1, attempts + 1):
-            patch = mutate(obj)
-            if patch is None:
-                return obj
-            rv = (obj.get("metadata") or {}).get("resourceVersion")
-            try:
-                return await self.merge_patch(path, patch, resource_version=rv)
-            except ConflictError:
-                if attempt == attempts:
-                    raise
-                log.debug("conflict patching %s (attempt %d); re-reading", path, attempt)
-                obj = await fetch()
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await retry_merge_patch(
+            mutate,
+            fetch=getter if getter is not None else lambda: self.get(path),
+            send=send,
+            current=current,
+            attempts=attempts,
+            what=path,
+        )
 
     async def delete(
         self,

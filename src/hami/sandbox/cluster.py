@@ -145,6 +145,8 @@ class Sandbox:
         self.detach = detach
         self.driver = driver
         self.driver_root = state / "driver"
+        #: the GPU hook path the chart is given (``global.gpuHookPath``): private to each node
+        self.hook_path = state / "hook"
         self.cp: ControlPlane | None = None
         self.nodes: list[RealNode] = []
 
@@ -187,6 +189,9 @@ class Sandbox:
                 pod_cidr=f"10.214.{i}.0/24",
                 labels=spec.labels,
                 detach=self.detach,
+                # each node installs libvgpu.so and keeps its containers' regions in a hook
+                # directory of its own, like separate machines
+                private={str(self.hook_path): self.state / "nodes" / spec.name / "hook"},
             )
             self.nodes.append(node)
             node.start_containerd()
@@ -267,7 +272,7 @@ class Sandbox:
         sandbox's state (not the host's /usr/local), and the device plugin uses the fake device
         source ``fake_node`` (YAML) with the simulated driver."""
         return {
-            "global": {"gpuHookPath": str(self.state / "hook")},
+            "global": {"gpuHookPath": str(self.hook_path)},
             "devicePlugin": {"fakeNode": self.fake_node_spec(fake_node)},
         }
 

@@ -31,9 +31,11 @@ BRIDGE = "hami0"
 NAT_CHAIN = "HAMI-SANDBOX"
 SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops", "net.ipv4.ip_forward")
 CGROUP_V1 = Path("/sys/fs/cgroup")
-#: directories kubelet and runc use whatever their configuration says (see real-node facts)
+#: directories kubelet and runc use whatever their configuration says (see real-node facts), and
+#: the mount points of the nodes' private directories (:data:`hami.sandbox.node.PRIVATE_DIRS`)
 FIXED_PATHS = (
     "/var/lib/kubelet/device-plugins",
+    "/tmp/vgpulock",
     "/run/containerd/runc",
     "/var/log/pods",
     "/var/log/containers",

@@ -4,9 +4,16 @@ Guarantees:
 
 * everything the node writes lives under its ``state`` directory (containerd root/state/socket, CNI
   config, kubelet root dir, certificates, logs), except what kubelet and runc write in fixed places:
-  ``/var/lib/kubelet/device-plugins`` (hard-coded in kubelet), ``/var/log/pods`` and
-  ``/var/log/containers``, ``/run/containerd/runc``, the ``kubepods`` cgroups and the CNI bridge;
-  :class:`hami.sandbox.host.HostGuard` undoes those and the sysctls kubelet rewrites;
+  ``/var/log/pods`` and ``/var/log/containers``, ``/run/containerd/runc``, the node's cgroup root
+  and its CNI bridge; :class:`hami.sandbox.host.HostGuard` undoes those and the sysctls kubelet
+  rewrites;
+* the node's containerd and kubelet (and so every container they start) run in a mount namespace
+  of the node's own, pinned at ``<state>/ns/mnt``, in which each host directory of
+  :data:`PRIVATE_DIRS` (and any ``private`` directory the caller adds) is a directory of the node's
+  own state: kubelet's hard-coded ``/var/lib/kubelet/device-plugins`` (a starting kubelet deletes
+  every other socket in it) and the node-lock directory ``/tmp/vgpulock`` — so several nodes share
+  this machine as if each had its own. The host's copies stay empty mount points; a host process
+  that plays a node's device plugin uses :attr:`RealNode.plugin_dir`;
 * no image is ever pulled from outside: every registry host resolves to a closed loopback port, so
   only images imported with :meth:`import_image` run;
 * containerd runs with ``restrict_oom_score_adj`` (root here lacks ``CAP_SYS_RESOURCE``, so runc
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass
@@ -34,7 +42,10 @@ import yaml
 from hami.sandbox.host import mounts_below
 from hami.testing.controlplane import ControlPlane, ControlPlaneError, Process, free_port
 
-__all__ = ["SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
+__all__ = ["PRIVATE_DIRS", "SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
+
+#: host directories every node gets a private copy of (see the module docstring)
+PRIVATE_DIRS = ("/var/lib/kubelet/device-plugins", "/tmp/vgpulock")
 
 #: the pause image containerd pins as every pod's sandbox (built and imported by the sandbox)
 SANDBOX_IMAGE = "hami.local/pause:3.10"
@@ -72,7 +83,10 @@ class RealNode:
         pod_cidr: str,
         labels: dict[str, str] | None = None,
         detach: bool = False,
+        private: dict[str, Path] | None = None,
     ) -> None:
+        """``private``: more host directories (key) that are the given directory of the node's own
+        (value) inside its mount namespace (the sandbox makes the GPU hook path per node)."""
         self.cp = cp
         self.detach = detach
         self.binaries = binaries
@@ -86,10 +100,55 @@ class RealNode:
         self.sock = state / "containerd" / "containerd.sock"
         self.root_dir = state / "kubelet"
         self.logdir = state / "logs"
+        self.mntns = state / "ns" / "mnt"
+        #: what the node's kubelet sees as /var/lib/kubelet/device-plugins
+        self.plugin_dir = state / "device-plugins"
+        self.private = {PRIVATE_DIRS[0]: self.plugin_dir, PRIVATE_DIRS[1]: state / "vgpulock"}
+        self.private.update(private or {})
 
     def _env(self) -> dict[str, str]:
         """This environment with containerd's directory first on PATH (its shim is looked up there)."""
         return {**os.environ, "PATH": f"{self.binaries.containerd_dir}:{os.environ.get('PATH', '')}"}
+
+    # ------------------------------------------------------------------------------ namespace
+
+    def _make_namespace(self) -> None:
+        """Create the node's mount namespace (see the module docstring) unless it exists."""
+        ns_dir = self.mntns.parent
+        ns_dir.mkdir(parents=True, exist_ok=True)
+        if _mountpoint(self.mntns):
+            return
+        # a namespace can only be pinned to a file on a private mount
+        if not _mountpoint(ns_dir):
+            _mount("--bind", str(ns_dir), str(ns_dir))
+            _mount("--make-private", str(ns_dir))
+        self.mntns.touch()
+        script = ["set -e"]
+        for host_dir, own in sorted(self.private.items()):
+            own.mkdir(parents=True, exist_ok=True)
+            Path(host_dir).mkdir(parents=True, exist_ok=True)
+            script.append(f"mount --bind {shlex.quote(str(own))} {shlex.quote(host_dir)}")
+        out = subprocess.run(
+            [
+                "unshare",
+                f"--mount={self.mntns}",
+                "--propagation",
+                "slave",
+                "--",
+                "sh",
+                "-c",
+                "\n".join(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise ControlPlaneError(f"mount namespace for {self.name}: {out.stderr.strip()}")
+
+    def _in_namespace(self, argv: list[str]) -> list[str]:
+        return ["nsenter", f"--mount={self.mntns}", "--", *argv]
 
     # ------------------------------------------------------------------------------ containerd
 
@@ -164,11 +223,12 @@ state = "{c / "state"}"
         default_hosts.write_text(f'server = "https://127.0.0.1:{NO_REGISTRY_PORT}"\n')
         cfg = self.state / "containerd" / "config.toml"
         cfg.write_text(self._containerd_config())
+        self._make_namespace()
         (self.state / "cni" / "10-hami.conflist").write_text(json.dumps(self._cni_config(), indent=2))
         env = self._env()
         self.containerd = Process(
             f"containerd-{self.name}",
-            [str(self.binaries.containerd), "--config", str(cfg)],
+            self._in_namespace([str(self.binaries.containerd), "--config", str(cfg)]),
             self.logdir / "containerd.log",
             env=env,
             detach=self.detach,
@@ -268,7 +328,11 @@ state = "{c / "state"}"
             argv.append(f"--node-labels={labels}")
         env = self._env()
         self.kubelet = Process(
-            f"kubelet-{self.name}", argv, self.logdir / "kubelet.log", env=env, detach=self.detach
+            f"kubelet-{self.name}",
+            self._in_namespace(argv),
+            self.logdir / "kubelet.log",
+            env=env,
+            detach=self.detach,
         )
 
     def restart_kubelet(self) -> None:
@@ -290,6 +354,16 @@ state = "{c / "state"}"
 
     def processes(self) -> list[Process]:
         return [p for p in (self.containerd, self.kubelet) if p is not None]
+
+
+def _mountpoint(path: Path) -> bool:
+    return subprocess.run(["mountpoint", "-q", str(path)], check=False).returncode == 0
+
+
+def _mount(*args: str) -> None:
+    out = subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30, check=False)
+    if out.returncode != 0:
+        raise ControlPlaneError(f"mount {' '.join(args)}: {out.stderr.strip()}")
 
 
 def run_ctr(ctr: Path, sock: Path, *args: str) -> subprocess.CompletedProcess[str]:

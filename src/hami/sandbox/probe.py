@@ -2,7 +2,9 @@
 program (Python ctypes on ``libcuda.so.1``, as PyTorch loads it), so ``libvgpu.so`` — preloaded
 through ``/etc/ld.so.preload`` — stands between it and the (simulated) driver exactly as on a GPU
 node. It prints one JSON line: the cards and limits it was handed (environment), the device memory
-the driver API reports, and the results of allocating half of it and then more than what is left.
+the driver API reports, the results of allocating half of it and then more than what is left, the
+memory free once half is held (what this container's own accounting says: a region shared with
+another container would show that one's allocations too), and where its usage region lives.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ cards = env.get("NVIDIA_VISIBLE_DEVICES", "")
 seen = {"cards": cards.split(",") if cards else [],
         "memory": [env[k] for k in sorted(env) if k.startswith("CUDA_DEVICE_MEMORY_LIMIT_")],
         "cores": env.get("CUDA_DEVICE_SM_LIMIT", ""),
+        "region": env.get("CUDA_DEVICE_MEMORY_SHARED_CACHE", ""),
         "preload": open("/etc/ld.so.preload").read().strip() if os.path.exists("/etc/ld.so.preload") else ""}
 try:
     cuda = ctypes.CDLL("libcuda.so.1")
@@ -34,6 +37,8 @@ try:
     seen["total_mib"] = total.value >> 20
     a, b = ctypes.c_uint64(), ctypes.c_uint64()
     seen["alloc_half"] = cuda.cuMemAlloc_v2(ctypes.byref(a), ctypes.c_size_t(total.value // 2))
+    cuda.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total))
+    seen["free_after_half_mib"] = free.value >> 20
     seen["alloc_beyond"] = cuda.cuMemAlloc_v2(ctypes.byref(b), ctypes.c_size_t(total.value // 2 + (1 << 20)))
 except OSError as exc:
     seen["driver"] = str(exc)

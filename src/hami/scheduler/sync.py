@@ -12,7 +12,9 @@ Rules (they fix HAMi's phantom reservations, finding F2):
 * a pod in phase Succeeded/Failed, or deleted, holds nothing; a deleted pod's uid is remembered
   (the last ``MAX_TOMBSTONES``), so a decision kube-scheduler asks for after the deletion reached
   this process reserves nothing — it would otherwise hold the card until the reservation TTL;
-* once every init container has exited 0, only the app containers' usage remains.
+* once every init container has exited 0, only the app containers' usage remains;
+* a node's inventory is read again whenever its registration annotations or its allocatable
+  resources change (a backend drops the cards of a node whose device plugin kubelet lost).
 """
 
 from __future__ import annotations
@@ -97,12 +99,18 @@ class LedgerSync:
         meta = node.get("metadata") or {}
         name = str(meta.get("name") or "")
         annotations = meta.get("annotations") or {}
-        fingerprint = tuple(
-            sorted(
-                (k, v)
-                for k, v in annotations.items()
-                if k.startswith(("hami.io/node-", "hami.io/device-cordon"))
-            )
+        # what the inventory is read from: the registration annotations, and what kubelet says is
+        # allocatable (a backend drops a node whose device plugin is gone)
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        fingerprint = (
+            tuple(
+                sorted(
+                    (k, v)
+                    for k, v in annotations.items()
+                    if k.startswith(("hami.io/node-", "hami.io/device-cordon"))
+                )
+            ),
+            tuple(sorted((str(k), str(v)) for k, v in allocatable.items())),
         )
         if self._node_seen.get(name) == fingerprint and name in self.scheduler.state.nodes:
             return

@@ -449,3 +449,35 @@ async def test_a_simulated_driver_reaches_the_container_like_a_real_one(tmp_path
     car = (await plain.allocate(request(1))).container_responses[0]
     assert not any(k.startswith("FAKECUDA") for k in car.envs)
     assert not any("libcuda" in m.container_path for m in car.mounts)
+
+
+@pytest.mark.parametrize("reassign_on_last", [False, True])
+async def test_commit_gives_up_after_five_conflicting_patches(tmp_path: Path, reassign_on_last: bool) -> None:
+    """Five patches, each beaten by another write; the pod read after the last one decides the
+    message: the cards were reassigned, or the conflicts simply did not stop."""
+    kube = MemoryKube([node(f"{LOCK_TIME},default,p1")], [pod("p1", f"{A},NVIDIA,1000,0:;")])
+    alloc, _ = make(kube, tmp_path)
+    original = kube.patch_pod
+    tries = []
+
+    async def always_beaten(
+        ns: str, name: str, patch: dict[str, Any], *, resource_version: str | None = None
+    ) -> Any:
+        if resource_version is not None:  # the commit's compare-and-swap, not mark_failed
+            tries.append(1)
+            late = (
+                {keys.VGPU_DEVICES_TO_ALLOCATE: f"{B},NVIDIA,1000,0:;"}
+                if reassign_on_last and len(tries) == 5
+                else {}
+            )
+            await original(ns, name, {"metadata": {"labels": {"n": str(len(tries))}, "annotations": late}})
+        return await original(ns, name, patch, resource_version=resource_version)
+
+    kube.patch_pod = always_beaten  # type: ignore[method-assign]
+    message = (
+        "changed during allocation" if reassign_on_last else r"could not update annotations \(conflicts\)"
+    )
+    with pytest.raises(AllocationError, match=message):
+        await alloc.allocate(request(1))
+    assert len(tries) == 5
+    assert ann(kube, "p1")[keys.BIND_PHASE] == keys.BIND_PHASE_FAILED

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from hami.config import DeviceConfig, NvidiaConfig
-from hami.devices import BackendRegistry, Card, CardSelector, Placement, default_registry
+from hami.devices import BackendRegistry, CardSelector, default_registry
 from hami.devices.nvidia import NvidiaBackend
+from hami.devices.nvidia import NvidiaCard as Card
+from hami.devices.nvidia import NvidiaPlacement as Placement
 from hami.protocol import ProtocolError, keys
 from hami.protocol.node import (
     DeviceInfo,
@@ -255,3 +257,16 @@ def test_card_copy_is_independent() -> None:
     d.used += 1
     d.mig_in_use.append((1, 1))
     assert (c.used, c.mig_in_use) == (1, [(0, 1)])
+
+
+def test_node_whose_device_plugin_is_gone_has_no_cards() -> None:
+    """kubelet still lists nvidia.com/gpu but none is allocatable: the registration is stale."""
+    node = node_manifest({keys.NODE_NVIDIA_REGISTER: encode_node_devices(DEVICES)})
+    node["status"] = {"capacity": {"nvidia.com/gpu": "30"}, "allocatable": {"nvidia.com/gpu": "0"}}
+    assert NvidiaBackend().node_cards(node) is None
+    node["status"]["allocatable"]["nvidia.com/gpu"] = "30"
+    found = NvidiaBackend().node_cards(node)
+    assert found is not None and len(found.cards) == len(DEVICES)
+    # a node kubelet has not reported the resource for (simulated nodes, a fresh registration)
+    del node["status"]["allocatable"]["nvidia.com/gpu"]
+    assert NvidiaBackend().node_cards(node) is not None

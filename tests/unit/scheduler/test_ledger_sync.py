@@ -298,3 +298,19 @@ def test_usage_survives_a_node_reregistration(sync: LedgerSync, sched: Scheduler
     sync.pod_changed(annotated(p, decide(sync, p), "n1"))
     sync.node_changed(gpu_node("n1", extra={"hami.io/node-handshake": "Reported 2026-11-22 08:00:00"}))
     assert used_mem(sched) == 4000
+
+
+def test_a_node_whose_device_plugin_is_gone_offers_no_cards(sched: Scheduler) -> None:
+    """kubelet's allocatable is part of what is watched: when the plugin goes (allocatable 0 with
+    the registration annotation left behind) the node's cards go, and come back with the plugin."""
+    sync = LedgerSync(sched)
+    n = gpu_node("n1")
+    n["status"] = {"allocatable": {"nvidia.com/gpu": "20", "cpu": "2"}}
+    sync.node_changed(n)
+    assert "n1" in sched.state.nodes
+    gone = copy.deepcopy(n)
+    gone["status"]["allocatable"]["nvidia.com/gpu"] = "0"
+    sync.node_changed(gone)
+    assert "n1" not in sched.state.nodes
+    sync.node_changed(n)
+    assert "n1" in sched.state.nodes

@@ -1,0 +1,126 @@
+/* Context accounting: a CUDA context costs device memory the allocation hooks never see, so every
+ * context is charged: the primary context of a device once however often it is retained, every
+ * created context on its own. */
+#define _GNU_SOURCE
+#include <string.h>
+
+#include "account.h"
+
+static pthread_mutex_t g_prim_mu = PTHREAD_MUTEX_INITIALIZER;
+static int g_prim_ref[VGPU_MAX_DEV];
+static uint64_t g_prim_charge[VGPU_MAX_DEV];
+
+void vgpu_ctx_atfork_child(void) {
+    /* CUDA state does not survive fork: the child starts with nothing charged */
+    pthread_mutex_init(&g_prim_mu, NULL);
+    memset(g_prim_ref, 0, sizeof g_prim_ref);
+    memset(g_prim_charge, 0, sizeof g_prim_charge);
+}
+
+/* Bytes one context costs on `dev`: configured, else measured once through NVML and shared. */
+static uint64_t ctx_known(int dev) { return atomic_load(&vgpu_region()->dev[dev].ctx_overhead); }
+
+static uint64_t ctx_measure(int dev) {
+    uint64_t known = ctx_known(dev);
+    if (known || vgpu_cfg.ctx_overhead_set) return known;
+    nvmlDevice_t h = vgpu_nvml_device(dev);
+    if (!h || !NVML_HELPER_FN(nvmlDeviceGetComputeRunningProcesses_v3)) return 0;
+    nvmlProcessInfo_t infos[64];
+    unsigned n = 64;
+    if (NVML_HELPER_FN(nvmlDeviceGetComputeRunningProcesses_v3)(h, &n, infos) != NVML_SUCCESS) return 0;
+    struct vgpu_region *R = vgpu_region();
+    int slot = vgpu_slot_index();
+    uint64_t mine = slot >= 0 ? atomic_load(&R->slot[slot].used[dev]) : 0;
+    unsigned pid = (unsigned)R->slot[slot >= 0 ? slot : 0].pid;
+    for (unsigned i = 0; i < n && i < 64; i++) {
+        if (infos[i].pid != pid) continue;
+        uint64_t m = infos[i].usedGpuMemory > mine ? infos[i].usedGpuMemory - mine : 0;
+        uint64_t expect = 0;
+        atomic_compare_exchange_strong(&R->dev[dev].ctx_overhead, &expect, m);
+        LOG_INFO("device %d: measured context overhead %.1f MiB", dev, m / 1048576.0);
+        return m;
+    }
+    return 0;
+}
+
+/* charge before creating when the size is known (so a full slice refuses the context), else after */
+static int ctx_pre(int dev, uint64_t *charged) {
+    *charged = 0;
+    if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
+    uint64_t k = ctx_known(dev);
+    if (k) {
+        if (vgpu_mem_reserve(dev, k, "context")) return -1;
+        *charged = k;
+    }
+    return 0;
+}
+static uint64_t ctx_post(int dev, CUresult r, uint64_t charged) {
+    if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
+    if (r != CUDA_SUCCESS) {
+        vgpu_mem_unreserve(dev, charged);
+        return 0;
+    }
+    if (!charged) {
+        charged = ctx_measure(dev);
+        vgpu_mem_force(dev, charged);
+    }
+    return charged;
+}
+
+/* ---------------------------------------------------------------- primary contexts */
+CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
+    vgpu_post_init();
+    int first = 0;
+    uint64_t ch = 0;
+    pthread_mutex_lock(&g_prim_mu);
+    first = dev >= 0 && dev < VGPU_MAX_DEV && g_prim_ref[dev] == 0;
+    pthread_mutex_unlock(&g_prim_mu);
+    if (first && ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = CALL_REAL(cuDevicePrimaryCtxRetain, pctx, dev);
+    if (first) ch = ctx_post(dev, r, ch);
+    if (r == CUDA_SUCCESS && dev >= 0 && dev < VGPU_MAX_DEV) {
+        pthread_mutex_lock(&g_prim_mu);
+        if (g_prim_ref[dev]++ == 0) g_prim_charge[dev] = ch;
+        else if (ch) { pthread_mutex_unlock(&g_prim_mu); vgpu_mem_unreserve(dev, ch); pthread_mutex_lock(&g_prim_mu); }
+        pthread_mutex_unlock(&g_prim_mu);
+    }
+    return r;
+}
+
+/* after a successful release (all = 0) or reset (all = 1): uncharge once the last reference is gone */
+static CUresult prim_drop(CUdevice dev, int all, CUresult r) {
+    if (r != CUDA_SUCCESS || dev < 0 || dev >= VGPU_MAX_DEV) return r;
+    uint64_t ch = 0;
+    pthread_mutex_lock(&g_prim_mu);
+    if (g_prim_ref[dev] > 0 && (all || --g_prim_ref[dev] == 0)) {
+        g_prim_ref[dev] = 0;
+        ch = g_prim_charge[dev];
+        g_prim_charge[dev] = 0;
+    }
+    pthread_mutex_unlock(&g_prim_mu);
+    vgpu_mem_unreserve(dev, ch);
+    return r;
+}
+/* cuDevicePrimaryCtxRelease[_v2], cuDevicePrimaryCtxReset[_v2] */
+#define WRAP_primary_release(name, base, params, args)                                           \
+    CUresult name params { return prim_drop(dev, 0, CALL_REAL_ARGS(name, args)); }
+#define WRAP_primary_reset(name, base, params, args)                                             \
+    CUresult name params { return prim_drop(dev, 1, CALL_REAL_ARGS(name, args)); }
+
+/* ---------------------------------------------------------------- created contexts */
+static CUresult ctx_created(CUcontext *pctx, CUdevice dev, CUresult r, uint64_t ch) {
+    ch = ctx_post(dev, r, ch);
+    if (r == CUDA_SUCCESS && pctx && *pctx) vgpu_obj_track((uint64_t)(uintptr_t)*pctx, ch, dev, K_CTX);
+    return r;
+}
+/* cuCtxCreate_v2 / _v3 / _v4 */
+#define WRAP_ctx_create(name, base, params, args)                                                \
+    CUresult name params {                                                                       \
+        vgpu_post_init();                                                                        \
+        uint64_t ch;                                                                             \
+        if (ctx_pre(dev, &ch)) return CUDA_ERROR_OUT_OF_MEMORY;                                  \
+        return ctx_created(pctx, dev, CALL_REAL_ARGS(name, args), ch);                           \
+    }
+/* cuCtxDestroy_v2 is an obj_destroy row of hooks.def: alloc_account.c uncharges it with the other objects */
+
+#include "hooks_gen.h"
