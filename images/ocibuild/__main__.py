@@ -121,7 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         "--uv", help="uv binary (default <cache>/uv-<version>/bin/uv from hack/uv-requirements.txt)"
     )
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
-    p.add_argument("--update-lock", action="store_true", help="re-pin images/debian.lock and images/standin.lock and exit")
+    p.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="re-pin images/debian.lock and images/standin.lock and exit",
+    )
     return p
 
 

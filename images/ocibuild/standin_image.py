@@ -41,7 +41,9 @@ def build(inputs: StandinInputs, work: Path, out: Path) -> oci.Archive:
     blobs.mkdir(parents=True)
     rootfs.base_files(tree)
     for deb in debs.read_lock(inputs.lock):
-        debs.unpack(debs.fetch(deb, inputs.deb_cache), tree, lambda name: name not in ("usr", "usr/bin", BUSYBOX))
+        debs.unpack(
+            debs.fetch(deb, inputs.deb_cache), tree, lambda name: name not in ("usr", "usr/bin", BUSYBOX)
+        )
     rootfs.merged_usr_links(tree)
     applets = subprocess.run(
         [str(tree / BUSYBOX), "--list"], capture_output=True, text=True, check=False
