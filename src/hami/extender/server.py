@@ -21,9 +21,9 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from hami.scheduler.metrics import Metrics
-from hami.scheduler.service import BindRefused, Bound, ExtenderService, NotLeader
-from hami.scheduler.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
+from hami.extender.metrics import Metrics
+from hami.extender.service import BindRefused, Bound, ExtenderService, NotLeader
+from hami.extender.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@
 * Only the leader decides; other replicas answer with an error so kube-scheduler retries.
 * What a pod holds between its decision and its bound copy reaching the informer (assumed, the
   pending decision and its write, the decided-at TTL, its place in flight on the node) lives in one
-  :class:`~hami.scheduler.reservations.Reservations`, shared with the ledger sync.
+  :class:`~hami.extender.reservations.Reservations`, shared with the ledger sync.
 * A bind ends in a :data:`BindResult`: :class:`Bound` or :class:`BindRefused` with the reason
   kube-scheduler sees.
 """
@@ -30,15 +30,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hami.extender.nodelock import NodeLockContention, NodeLocker
+from hami.extender.reservations import Reservations
+from hami.extender.sync import TERMINAL_PHASES, LedgerSync
+from hami.extender.wire import BindingArgs, ExtenderArgs
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import keys
-from hami.scheduler.nodelock import NodeLockContention, NodeLocker
-from hami.scheduler.reservations import Reservations
-from hami.scheduler.sync import TERMINAL_PHASES, LedgerSync
-from hami.scheduler.wire import BindingArgs, ExtenderArgs
-from hami.scheduling.filter import Decision, Scheduler
+from hami.scheduling.decide import Decision, Scheduler
 
 log = logging.getLogger(__name__)
 

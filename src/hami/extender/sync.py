@@ -5,7 +5,7 @@ Rules (they fix HAMi's phantom reservations, finding F2):
 * a *bound* pod (``spec.nodeName`` set) carrying an allocation annotation counts on its node —
   only if hami scheduled it (``spec.schedulerName``), so forged annotations elsewhere count nothing;
 * an *unbound* pod counts only while this process holds a reservation for it (it was just
-  decided: assumed in :class:`~hami.scheduler.reservations.Reservations`); annotations left on an
+  decided: assumed in :class:`~hami.extender.reservations.Reservations`); annotations left on an
   unbound pod by an earlier decision are ignored;
 * a pod event carrying ``hami.io/bind-phase`` success or failed ends the pod's place in flight on
   its node (its allocation finished);
@@ -25,10 +25,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hami.extender.reservations import Reservations
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.scheduler.reservations import Reservations
-from hami.scheduling.filter import Scheduler, pod_key
+from hami.scheduling.decide import Scheduler, pod_key
 
 log = logging.getLogger(__name__)
 
