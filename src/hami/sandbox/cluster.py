@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
@@ -38,7 +37,7 @@ from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
-from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
+from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Lifecycle, Process
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-class Sandbox:
+class Sandbox(Lifecycle):
     """Control plane + real nodes under ``state`` (see the module docstring)."""
 
     def __init__(
@@ -149,18 +148,6 @@ class Sandbox:
         self.hook_path = state / "hook"
         self.cp: ControlPlane | None = None
         self.nodes: list[RealNode] = []
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------------ start
 
