@@ -31,6 +31,7 @@ from typing import Any, Self
 
 import yaml
 
+from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import AlreadyExistsError, NotFoundError
@@ -342,10 +343,10 @@ class Sandbox:
                 accounts = (await kc.get("/api/v1/namespaces/default/serviceaccounts")).get("items") or []
             out = set()
             for n in nodes:
-                for cond in (n.get("status") or {}).get("conditions") or []:
+                for cond in bodies.conditions(n):
                     if cond.get("type") == "Ready" and cond.get("status") == "True":
-                        out.add(n["metadata"]["name"])
-            return out, any(a["metadata"]["name"] == "default" for a in accounts)
+                        out.add(bodies.name(n))
+            return out, any(bodies.name(a) == "default" for a in accounts)
 
         want = {s.name for s in self.node_specs}
         deadline = time.monotonic() + timeout

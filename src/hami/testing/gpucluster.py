@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.informer import Informer
@@ -141,10 +142,9 @@ class AllocationCompleter:
         )
 
     def _seen(self, pod: dict[str, Any]) -> None:
-        meta = pod.get("metadata") or {}
-        uid = str(meta.get("uid"))
-        phase = (meta.get("annotations") or {}).get(keys.BIND_PHASE)
-        if phase != keys.BIND_PHASE_ALLOCATING or not (pod.get("spec") or {}).get("nodeName"):
+        uid = bodies.uid(pod)
+        phase = bodies.annotations(pod).get(keys.BIND_PHASE)
+        if phase != keys.BIND_PHASE_ALLOCATING or not bodies.node_name(pod):
             return
         if uid in self.completed or uid in self._pending:
             return
@@ -172,7 +172,7 @@ class AllocationCompleter:
             node_path = api_path("v1", "nodes", name=node)
 
             def release(obj: dict[str, Any]) -> dict[str, Any] | None:
-                value = ((obj.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
+                value = bodies.annotations(obj).get(keys.NODE_LOCK)
                 if value and releasable_by(value, ns, name):
                     return {"metadata": {"annotations": {keys.NODE_LOCK: None}}}
                 return None
