@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.devices.registry import default_registry
+from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError, NotFoundError
 from hami.kube.paths import api_path
@@ -243,7 +244,7 @@ async def test_golden_filter_and_bind_exact_bytes(served: Served) -> None:
         served.kc,
         served.namespace,
         "gpu-pod",
-        lambda p: keys.VGPU_NODE in (p["metadata"].get("annotations") or {}),
+        lambda p: keys.VGPU_NODE in bodies.annotations(p),
     )
     assert pod["metadata"]["annotations"][keys.VGPU_NODE] == n1
     assert pod["metadata"]["labels"][keys.VGPU_NODE] == n1

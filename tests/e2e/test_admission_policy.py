@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import ApiError
@@ -501,7 +502,7 @@ async def test_policy_type_checks_without_warnings(
         async def checked() -> dict[str, Any] | None:
             assert proc.alive, proc.tail()
             obj = await kube_client.get(path)
-            status: dict[str, Any] = obj.get("status") or {}
+            status = bodies.status(obj)
             return status if status.get("observedGeneration") == obj["metadata"]["generation"] else None
 
         status = await wait_for(checked, timeout=60)
@@ -565,7 +566,7 @@ async def test_hami_runs_unimpeded_under_the_policy(
 
             async def bound() -> dict[str, Any] | None:
                 p = await env.admin.get(env.pods("infer"))
-                return p if p["spec"].get("nodeName") else None
+                return p if bodies.node_name(p) else None
 
             p = await wait_for(bound, timeout=60, interval=0.1)
             ann = p["metadata"]["annotations"]

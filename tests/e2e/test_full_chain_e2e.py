@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from hami.config import DeviceConfig
+from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import ApiError
@@ -102,7 +103,7 @@ async def test_webhook_to_bound_pod(
 
             async def bound() -> dict[str, Any] | None:
                 p = await kube_client.get(path)
-                ann = p["metadata"].get("annotations") or {}
+                ann = bodies.annotations(p)
                 return p if ann.get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS else None
 
             pod = await wait_for(bound, timeout=60)

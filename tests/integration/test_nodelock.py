@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hami.config import DeviceConfig
+from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import NotFoundError
@@ -54,8 +55,7 @@ async def make_node(kube_client: KubeClient) -> AsyncIterator[NodeFactory]:
 
 async def lock_value(kc: KubeClient, node: str) -> str | None:
     n = await kc.get(api_path("v1", "nodes", name=node))
-    value: str | None = (n["metadata"].get("annotations") or {}).get(keys.NODE_LOCK)
-    return value
+    return bodies.annotations(n).get(keys.NODE_LOCK)
 
 
 async def set_lock(kc: KubeClient, node: str, value: str | None) -> None:
