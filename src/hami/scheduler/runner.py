@@ -21,6 +21,7 @@ from hami.kube.config import KubeConfig
 from hami.kube.informer import Informer
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
+from hami.protocol.nodelock import HAMI_NODE_LOCK
 from hami.scheduler.leasefollow import LeaseFollower
 from hami.scheduler.metrics import Metrics
 from hami.scheduler.nodelock import NodeLocker
@@ -130,6 +131,7 @@ class Extender:
             wait=settings.bind_lock_wait,
             owner_alive=lambda ns, name: owner_alive_from(self._pod, self.client, ns, name),
             node_lookup=self.nodes.get,
+            codec=self.scheduler.registry.node_lock() or HAMI_NODE_LOCK,
         )
         self.service = ExtenderService(
             scheduler=self.scheduler,

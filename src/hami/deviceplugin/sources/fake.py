@@ -21,6 +21,8 @@ Used by the contract tests and the local sandbox. Schema (every key but `cards` 
     failures:                                            # applied after N seconds
       - {uuid: GPU-..., after_seconds: 2, xid: 79}
     health_file: health.txt                              # relative to the YAML file
+    nodes:                                               # per node: these keys replace the top-level ones
+      node2: {cards: [...], links: [...]}
     fail_mig_create: [GPU-...]                           # MIG creation errors on these cards
     driver:                                              # the simulated driver GPU containers get
       root: /var/lib/hami-sandbox/driver                 # host dir with libcuda.so.1, libnvidia-ml.so.1
@@ -75,6 +77,18 @@ class _Failure:
     xid: int
 
 
+def _for_node(spec: dict[str, Any], node_name: str, origin: str) -> dict[str, Any]:
+    """The spec as node ``node_name`` sees it: the top-level keys, with those of
+    ``nodes.<node_name>`` (when present) in their place — one file describes a whole cluster."""
+    nodes = spec.get("nodes")
+    if nodes is None:
+        return spec
+    if not isinstance(nodes, dict) or not all(isinstance(v, dict) for v in nodes.values()):
+        raise FakeSpecError(f"{origin}: 'nodes' must map node names to mappings, got {nodes!r}")
+    own: dict[str, Any] = nodes.get(node_name) or {}
+    return {**{k: v for k, v in spec.items() if k != "nodes"}, **own}
+
+
 def _req(where: str, d: dict[str, Any], key: str, typ: type, default: Any = ...) -> Any:
     if key not in d:
         if default is ...:
@@ -110,6 +124,7 @@ class FakeSource(DeviceSource):
         self._lock = threading.Lock()
         if not isinstance(spec, dict):
             raise FakeSpecError(f"{origin}: expected a mapping at the top level, got {spec!r}")
+        spec = _for_node(spec, node_name, origin)
         profile_sets = self._parse_profile_sets(spec.get("mig_profile_sets") or {})
         self._cards: dict[str, Card] = {}
         self._profiles: dict[str, list[MigProfile]] = {}
