@@ -45,6 +45,7 @@ from typing import Any, Literal, TypedDict
 
 __all__ = [
     "Body",
+    "Condition",
     "Container",
     "ContainerKind",
     "ContainerState",
@@ -52,14 +53,12 @@ __all__ = [
     "EnvVar",
     "ListMeta",
     "Node",
-    "NodeCondition",
     "NodeSpec",
     "NodeStatus",
     "ObjectList",
     "ObjectMeta",
     "OwnerReference",
     "Pod",
-    "PodCondition",
     "PodSpec",
     "PodStatus",
     "ResourceRequirements",
@@ -94,13 +93,19 @@ Body = Mapping[str, Any]
 # --- shapes ----------------------------------------------------------------------------------
 
 
-class OwnerReference(TypedDict, total=False):
+class _Kinded(TypedDict, total=False):
+    """``apiVersion`` and ``kind``: set on objects read one by one, absent on LIST items."""
+
     apiVersion: str
     kind: str
+
+
+class OwnerReference(_Kinded, total=False):
+    """One entry of ``metadata.ownerReferences`` (a ReplicaSet owning a pod, …)."""
+
     name: str
     uid: str
     controller: bool
-    blockOwnerDeletion: bool
 
 
 class ObjectMeta(TypedDict, total=False):
@@ -114,7 +119,6 @@ class ObjectMeta(TypedDict, total=False):
     generation: int
     creationTimestamp: str
     deletionTimestamp: str
-    deletionGracePeriodSeconds: int
     labels: dict[str, str]
     annotations: dict[str, str]
     ownerReferences: list[OwnerReference]
@@ -127,11 +131,9 @@ ListMeta = TypedDict(
 )
 
 
-class ObjectList(TypedDict, total=False):
-    """A LIST response: ``items`` carry no ``kind`` / ``apiVersion`` of their own."""
+class ObjectList(_Kinded, total=False):
+    """A LIST response (``PodList``, ``NodeList``, …): its items carry no ``kind`` of their own."""
 
-    apiVersion: str
-    kind: str
     metadata: ListMeta
     items: list[dict[str, Any]]
 
@@ -155,10 +157,8 @@ class Container(TypedDict, total=False):
     name: str
     image: str
     command: list[str]
-    args: list[str]
     env: list[EnvVar]
     resources: ResourceRequirements
-    volumeMounts: list[dict[str, Any]]
     #: only on init containers: ``"Always"`` makes it a native sidecar (Kubernetes ≥ 1.28)
     restartPolicy: str
 
@@ -167,11 +167,8 @@ class PodSpec(TypedDict, total=False):
     nodeName: str
     schedulerName: str
     priorityClassName: str
-    restartPolicy: str
-    runtimeClassName: str
     initContainers: list[Container]
     containers: list[Container]
-    volumes: list[dict[str, Any]]
 
 
 class ContainerState(TypedDict, total=False):
@@ -185,15 +182,14 @@ class ContainerState(TypedDict, total=False):
 class ContainerStatus(TypedDict, total=False):
     name: str
     ready: bool
-    started: bool
     restartCount: int
-    image: str
-    containerID: str
     state: ContainerState
-    lastState: ContainerState
 
 
-class PodCondition(TypedDict, total=False):
+class Condition(TypedDict, total=False):
+    """One entry of ``status.conditions`` (pods, nodes): ``status`` is ``"True"``, ``"False"`` or
+    ``"Unknown"`` — a string."""
+
     type: str
     status: str
     reason: str
@@ -204,15 +200,15 @@ class PodCondition(TypedDict, total=False):
 class PodStatus(TypedDict, total=False):
     phase: str
     reason: str
-    message: str
-    conditions: list[PodCondition]
+    conditions: list[Condition]
     initContainerStatuses: list[ContainerStatus]
     containerStatuses: list[ContainerStatus]
 
 
-class Pod(TypedDict, total=False):
-    apiVersion: str
-    kind: str
+class Pod(_Kinded, total=False):
+    """A core/v1 Pod as the API server sends it (read :func:`node_name`, :func:`phase`,
+    :func:`all_containers`, … rather than indexing it by hand)."""
+
     metadata: ObjectMeta
     spec: PodSpec
     status: PodStatus
@@ -221,29 +217,17 @@ class Pod(TypedDict, total=False):
 class NodeSpec(TypedDict, total=False):
     unschedulable: bool
     taints: list[dict[str, Any]]
-    podCIDR: str
-
-
-class NodeCondition(TypedDict, total=False):
-    type: str
-    status: str
-    reason: str
-    message: str
-    lastHeartbeatTime: str
-    lastTransitionTime: str
 
 
 class NodeStatus(TypedDict, total=False):
     capacity: dict[str, str]
     allocatable: dict[str, str]
-    conditions: list[NodeCondition]
-    addresses: list[dict[str, str]]
-    nodeInfo: dict[str, str]
+    conditions: list[Condition]
 
 
-class Node(TypedDict, total=False):
-    apiVersion: str
-    kind: str
+class Node(_Kinded, total=False):
+    """A core/v1 Node; hami's device registration lives in its annotations."""
+
     metadata: ObjectMeta
     spec: NodeSpec
     status: NodeStatus
@@ -352,7 +336,7 @@ def status(obj: Body) -> dict[str, Any]:
     return s if s else {}
 
 
-def conditions(obj: Body) -> list[dict[str, Any]]:
+def conditions(obj: Body) -> list[Condition]:
     """``obj.status.conditions`` (pods, nodes, …); a new ``[]`` when any level is missing or null."""
     s = obj.get("status")
     c = s.get("conditions") if s else None
