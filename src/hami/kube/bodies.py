@@ -67,6 +67,8 @@ __all__ = [
     "annotations",
     "app_containers",
     "conditions",
+    "container_statuses",
+    "init_container_statuses",
     "init_containers",
     "is_deleting",
     "is_sidecar",
@@ -405,3 +407,19 @@ def all_containers(pod: Body) -> Iterator[tuple[ContainerKind, Container]]:
         yield ("sidecar" if isinstance(c, Mapping) and c.get("restartPolicy") == "Always" else "init"), c
     for c in app_containers(pod):
         yield "app", c
+
+
+def init_container_statuses(pod: Body) -> list[ContainerStatus]:
+    """``pod.status.initContainerStatuses`` (sidecars included); a new ``[]`` when any level is
+    missing or null. Match them to containers by ``name``: the kubelet does not promise order."""
+    s = pod.get("status")
+    c = s.get("initContainerStatuses") if s else None
+    return c if c else []
+
+
+def container_statuses(pod: Body) -> list[ContainerStatus]:
+    """``pod.status.containerStatuses`` (app containers); a new ``[]`` when any level is missing
+    or null."""
+    s = pod.get("status")
+    c = s.get("containerStatuses") if s else None
+    return c if c else []

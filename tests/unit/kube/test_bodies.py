@@ -49,6 +49,8 @@ def _objects(draw: st.DrawFn) -> dict[str, Any]:
     status = _build(
         phase=draw(_maybe(draw(st.sampled_from(["Pending", "Running", "Succeeded", "Failed"])))),
         conditions=draw(_maybe([{"type": "Ready", "status": "True"}])),
+        initContainerStatuses=draw(_maybe([{"name": "i", "state": {"terminated": {"exitCode": 0}}}])),
+        containerStatuses=draw(_maybe([{"name": "a", "ready": True}])),
         allocatable=draw(_maybe({"nvidia.com/gpu": "10"})),
     )
     return _build(
@@ -80,6 +82,8 @@ def test_readers_equal_the_chains_they_replace(obj: dict[str, Any]) -> None:
     assert bodies.phase(obj) == ("Pending" if reported is None else reported)
     assert bodies.conditions(obj) == (st_.get("conditions") or [])
     assert bodies.allocatable(obj) == (st_.get("allocatable") or {})
+    assert bodies.init_container_statuses(obj) == (st_.get("initContainerStatuses") or [])
+    assert bodies.container_statuses(obj) == (st_.get("containerStatuses") or [])
     assert bodies.init_containers(obj) == (s.get("initContainers") or [])
     assert bodies.app_containers(obj) == (s.get("containers") or [])
     assert bodies.pod_containers(obj) == list(s.get("initContainers") or []) + list(s.get("containers") or [])
@@ -99,6 +103,7 @@ def test_missing_and_null_levels_read_as_empty() -> None:
         assert bodies.node_name(obj) is None and bodies.phase(obj) == "Pending"
         assert bodies.conditions(obj) == [] and bodies.allocatable(obj) == {}
         assert bodies.init_containers(obj) == [] and bodies.app_containers(obj) == []
+        assert bodies.init_container_statuses(obj) == [] and bodies.container_statuses(obj) == []
         assert bodies.pod_containers(obj) == [] and list(bodies.all_containers(obj)) == []
 
 
