@@ -27,11 +27,10 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.devices.registry import default_registry
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError, NotFoundError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
 from hami.scheduler.metrics import Metrics
 from hami.scheduler.nodelock import NodeLocker

@@ -19,12 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.testing.controlplane import ControlPlane, Process, SchedulerHandle
 from hami.testing.gpucluster import gpu_pod
 from hami.testing.pluginnode import PluginNode

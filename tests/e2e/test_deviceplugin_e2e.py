@@ -24,11 +24,10 @@ import pytest
 import yaml
 
 from hami.deviceplugin.kubeops import ClientKubeOps, KubeOps
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import decode_node_devices
 from hami.protocol.nodelock import NodeLock, decode_node_lock, encode_node_lock
 from hami.protocol.pod import ContainerDevice as Dev

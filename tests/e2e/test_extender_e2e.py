@@ -7,11 +7,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import create_gpu_node, gpu_cards, gpu_pod

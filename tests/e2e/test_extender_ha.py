@@ -24,11 +24,10 @@ import pytest
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.scheduler.kubeconfig import scheduler_configuration
 from hami.scheduler.runner import Extender, ExtenderSettings
 from hami.testing.controlplane import SchedulerHandle

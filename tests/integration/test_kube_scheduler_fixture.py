@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.testing.controlplane import SchedulerHandle
 
 pytestmark = pytest.mark.integration

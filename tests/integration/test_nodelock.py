@@ -18,12 +18,11 @@ from typing import Any
 import pytest
 
 from hami.config import DeviceConfig
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.nodelock import decode_node_lock, format_rfc3339
 from hami.scheduler.nodelock import NodeLockContention, NodeLocker
 from hami.scheduler.runner import Extender, ExtenderSettings

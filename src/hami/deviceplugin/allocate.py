@@ -36,9 +36,8 @@ from hami.deviceplugin.modes import (
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance
-from hami.kube import bodies
 from hami.kube.errors import KubeError
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import ContainerDevices, decode_mig_allocations, decode_pod_devices
 

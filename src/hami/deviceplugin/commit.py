@@ -20,10 +20,9 @@ import logging
 from hami.deviceplugin.kubeops import KubeOps, Obj, patch_pod_with_retry
 from hami.deviceplugin.server import AllocationError
 from hami.devices.nvidia import NvidiaBackend
-from hami.kube import bodies
 from hami.kube.errors import ConflictError, KubeError
 from hami.kube.nodelock import release_node_lock
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import ContainerDevices, MigAllocation, encode_mig_allocations, encode_pod_devices
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,8 @@ import logging
 from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
 from hami.devices.nvidia import NvidiaBackend
-from hami.kube import bodies
 from hami.kube.errors import NotFoundError
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
 

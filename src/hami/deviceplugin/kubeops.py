@@ -12,9 +12,9 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hami.kube import bodies
 from hami.kube.client import retry_merge_patch
 from hami.kube.errors import ConflictError, NotFoundError
+from hami.protocol import bodies
 
 if TYPE_CHECKING:
     from hami.kube.client import KubeClient

@@ -23,8 +23,7 @@ from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance, MigPlacement
-from hami.kube import bodies
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import ContainerDevices, MigAllocation, decode_mig_allocations
 

@@ -14,8 +14,7 @@ from collections.abc import Callable
 
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.settings import PhysicalDevice
-from hami.kube import bodies
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import DeviceInfo, encode_node_devices, encode_pair_scores
 from hami.protocol.node import MigPlacement as WireMigPlacement
 from hami.protocol.node import MigProfile as WireMigProfile

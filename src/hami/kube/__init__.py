@@ -7,15 +7,13 @@ Modules (one job each):
   delete, RV-precondition merge patches with conflict retry, uid-checked binding, events.
 * :mod:`hami.kube.informer` — :class:`Informer`: list+watch cache with bookmarks and 410 re-list.
 * :mod:`hami.kube.leader` — :class:`LeaderElector`: Lease-based leader election.
-* :mod:`hami.kube.bodies` — TypedDicts of raw API objects and the readers of their fields
-  (``bodies.annotations(pod)``, ``bodies.pod_key(pod)``, ``bodies.all_containers(pod)``, …).
 * :mod:`hami.kube.errors` — typed errors; :mod:`hami.kube.paths` — REST paths and cache keys;
   :mod:`hami.kube.times` — Kubernetes timestamp formats.
 
-See ``docs/kube.md`` for the design notes.
+The raw objects these return are read with :mod:`hami.protocol.bodies` (pure, so the scheduling
+core uses it too). See ``docs/kube.md`` for the design notes.
 """
 
-from hami.kube import bodies
 from hami.kube.client import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, KubeClient, WatchStream
 from hami.kube.config import KubeConfig, KubeConfigError, load_config, load_incluster_config, load_kubeconfig
 from hami.kube.errors import (
@@ -49,7 +47,6 @@ __all__ = [
     "TransportError",
     "WatchStream",
     "api_path",
-    "bodies",
     "load_config",
     "load_incluster_config",
     "load_kubeconfig",

@@ -30,12 +30,12 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from hami.kube import bodies
 from hami.kube.config import KubeConfig
 from hami.kube.errors import ConflictError, TransportError, error_from_status
 from hami.kube.execauth import ExecCredential, ExecCredentialError
 from hami.kube.paths import api_path
 from hami.kube.times import rfc3339
+from hami.protocol import bodies
 
 __all__ = [
     "JSON_PATCH",

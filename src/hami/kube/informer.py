@@ -41,9 +41,9 @@ import random
 from collections.abc import Callable, ItemsView, Iterator, ValuesView
 from typing import Any
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError, GoneError, KubeError
+from hami.protocol import bodies
 
 __all__ = ["Informer"]
 

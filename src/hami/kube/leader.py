@@ -38,11 +38,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.times import micro_time
+from hami.protocol import bodies
 
 __all__ = ["LeaderElector"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, NotFoundError
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 
 Obj = dict[str, Any]

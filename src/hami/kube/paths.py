@@ -1,4 +1,4 @@
-"""REST paths for Kubernetes resources and cache keys (readers of raw objects: :mod:`hami.kube.bodies`).
+"""REST paths for Kubernetes resources and cache keys (readers of raw objects: :mod:`hami.protocol.bodies`).
 
 >>> api_path("v1", "pods", namespace="default", name="p", subresource="binding")
 '/api/v1/namespaces/default/pods/p/binding'
@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from hami.kube import bodies
-from hami.kube.bodies import object_key
+from hami.protocol import bodies
+from hami.protocol.bodies import object_key
 
 __all__ = ["api_path", "object_key", "object_path", "split_key"]
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import click
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import AlreadyExistsError, ApiError, KubeError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import bodies
 
 DEFAULT_STATE = "/var/tmp/hami-sandbox"
 RELEASE, RELEASE_NS = "hami", "hami-system"

@@ -31,12 +31,12 @@ from typing import Any, Self
 
 import yaml
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import AlreadyExistsError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import bodies
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hami.devices.registry import BackendRegistry
-from hami.kube import bodies
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
 from hami.scheduling.filter import Scheduler

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 
 __all__ = ["APPLY_PATCH", "Applier", "ResourceInfo", "can_i", "service_account_user"]
 

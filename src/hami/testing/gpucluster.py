@@ -13,13 +13,12 @@ import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.informer import Informer
 from hami.kube.nodelock import ClientNodes, release_node_lock
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
 
 

@@ -32,10 +32,9 @@ from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.kubeops import ClientKubeOps, KubeOps
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.testing.kubelet import FakeKubelet, PluginClient
 
 

@@ -8,12 +8,11 @@ from typing import Any
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
-from hami.kube import bodies
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import decode_node_devices
 from hami.protocol.pod import decode_pod_devices
 from hami.scheduler.kubeconfig import scheduler_configuration

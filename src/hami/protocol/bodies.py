@@ -2,9 +2,11 @@
 
 hami keeps Kubernetes objects as the plain dicts the API server sends (no model classes on the hot
 path). This module names their shapes and gives each commonly read field one reader, in the spirit
-of kopf's ``bodies``::
+of kopf's ``bodies``. It lives beside the other wire formats, not in :mod:`hami.kube`, because the
+pure core (scheduling, device backends, admission logic) reads these objects too and must not
+import the API client::
 
-    from hami.kube import bodies
+    from hami.protocol import bodies
 
     ann = bodies.annotations(pod)                    # {} when metadata or annotations is missing/null
     if bodies.node_name(pod) == node and not bodies.is_deleting(pod):

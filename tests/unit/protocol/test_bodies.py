@@ -1,4 +1,4 @@
-"""hami.kube.bodies: the readers of raw API objects.
+"""hami.protocol.bodies: the readers of raw API objects.
 
 Each reader must give exactly what the hand-written chain it replaced gave for missing and null
 levels, must hand back the object's own dict/list (no copy), and the container readers must
@@ -13,8 +13,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hami.kube import bodies
 from hami.kube.paths import object_key
+from hami.protocol import bodies
 
 #: a level that may be missing, null, empty or filled
 _ABSENT = object()
