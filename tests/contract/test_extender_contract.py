@@ -187,8 +187,7 @@ async def served(kube_client: KubeClient, namespace: str) -> AsyncIterator[Serve
         try:
             yield s
         finally:
-            for _, task in list(service._decided.values()):
-                task.cancel()
+            service.reservations.cancel_writes()
             await runner.cleanup()
             # these pods name hami-scheduler and no node selector: a kube-scheduler started by a
             # later test would place them on its nodes, so they must not outlive this test

@@ -61,10 +61,12 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
 
     root, state_dir = Path(repo).resolve(), Path(state).resolve()
     images = root / "dist" / "images"
-    archives = [sorted(images.glob(f"{n}-*.tar")) for n in ("hami", "kube-scheduler", "pause")]
+    archives = [
+        sorted(images.glob(f"{n}-*.tar")) for n in ("hami", "kube-scheduler", "pause", "ubuntu-standin")
+    ]
     if not all(archives):
         raise click.ClickException(
-            f"{images} lacks the hami, kube-scheduler or pause image (run make images)"
+            f"{images} lacks the hami, kube-scheduler, pause or ubuntu-standin image (run make images)"
         )
     kubeconfig = Sandbox.running_kubeconfig(state_dir)
     if kubeconfig is not None:

@@ -10,7 +10,7 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from aiohttp import web
 
@@ -25,6 +25,7 @@ from hami.protocol.nodelock import HAMI_NODE_LOCK
 from hami.scheduler.leasefollow import LeaseFollower
 from hami.scheduler.metrics import Metrics
 from hami.scheduler.nodelock import NodeLocker
+from hami.scheduler.reservations import Reservations
 from hami.scheduler.server import make_app, make_ops_app
 from hami.scheduler.service import ExtenderService, owner_alive_from
 from hami.scheduler.sync import LedgerSync
@@ -68,6 +69,11 @@ class ExtenderSettings:
     bind_queue_limit: int = 0
 
 
+class _Lease(TypedDict):
+    namespace: str
+    name: str
+
+
 class Extender:
     """The running service. ``await start()``, then ``url``; ``await stop()`` to shut down."""
 
@@ -81,7 +87,12 @@ class Extender:
             node_policy=settings.node_policy or sched_cfg.node_scheduler_policy,
             gpu_policy=settings.gpu_policy or sched_cfg.gpu_scheduler_policy,
         )
-        self.sync = LedgerSync(self.scheduler, scheduler_name=cfg.hami.scheduler_name)
+        #: what this process decided and the API server does not show yet: written by the
+        #: service's filter and bind, read and settled by the sync's pod events
+        self.reservations: Reservations[asyncio.Task[None]] = Reservations()
+        self.sync = LedgerSync(
+            self.scheduler, scheduler_name=cfg.hami.scheduler_name, reservations=self.reservations
+        )
         self.nodes = Informer(
             self.client,
             api_path("v1", "nodes"),
@@ -98,28 +109,30 @@ class Extender:
             on_delete=self.sync.pod_deleted,
             name="pods",
         )
-        self.elector: LeaderElector | None = None
-        self.follower: LeaseFollower | None = None
         if settings.leader_elect and settings.follow_scheduler_lease:
             raise ValueError("leader_elect and follow_scheduler_lease are exclusive")
-        if settings.follow_scheduler_lease:
-            self.follower = LeaseFollower(
-                self.client,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
-                holder_prefix=settings.lease_holder_prefix,
-                poll=settings.retry_period,
+        lease = _Lease(namespace=settings.lease_namespace, name=settings.lease_name)
+        #: with --follow-scheduler-lease: leads while kube-scheduler in this pod holds its Lease
+        self.follower: LeaseFollower | None = (
+            LeaseFollower(
+                self.client, **lease, holder_prefix=settings.lease_holder_prefix, poll=settings.retry_period
             )
-        if settings.leader_elect:
-            self.elector = LeaderElector(
+            if settings.follow_scheduler_lease
+            else None
+        )
+        #: with --leader-elect: an election of its own among the extender replicas
+        self.elector: LeaderElector | None = (
+            LeaderElector(
                 self.client,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
+                **lease,
                 identity=settings.identity,
                 lease_duration=settings.lease_duration,
                 renew_deadline=settings.renew_deadline,
                 retry_period=settings.retry_period,
             )
+            if settings.leader_elect
+            else None
+        )
         expiry = (
             settings.node_lock_expiry
             if settings.node_lock_expiry is not None
