@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hami.kube.client import retry_merge_patch
 from hami.kube.errors import ConflictError, NotFoundError
+from hami.protocol import bodies
 
 if TYPE_CHECKING:
     from hami.kube.client import KubeClient
@@ -160,7 +161,7 @@ class MemoryKube:
 
     @staticmethod
     def _check_rv(obj: Obj, patch: Obj, resource_version: str | None) -> None:
-        want = resource_version or (patch.get("metadata") or {}).get("resourceVersion")
+        want = resource_version or bodies.resource_version(patch)
         if want is not None and want != obj["metadata"]["resourceVersion"]:
             raise ConflictError(409, "Conflict", "the object has been modified")
 
@@ -191,7 +192,7 @@ class MemoryKube:
 
     async def list_node_pods(self, node: str) -> list[Obj]:
         self.calls.append(f"list pods on {node}")
-        return [copy.deepcopy(p) for p in self.pods.values() if (p.get("spec") or {}).get("nodeName") == node]
+        return [copy.deepcopy(p) for p in self.pods.values() if bodies.node_name(p) == node]
 
     async def patch_pod(
         self, namespace: str, name: str, patch: Obj, *, resource_version: str | None = None
@@ -208,5 +209,4 @@ class MemoryKube:
         return copy.deepcopy(pod)
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None:
-        meta = pod.get("metadata") or {}
-        self.events.append((f"{meta.get('namespace')}/{meta.get('name')}", reason, message))
+        self.events.append((bodies.pod_key(pod), reason, message))

@@ -35,6 +35,7 @@ from hami.kube.config import KubeConfig
 from hami.kube.errors import AlreadyExistsError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import bodies
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Lifecycle, Process
@@ -329,10 +330,10 @@ class Sandbox(Lifecycle):
                 accounts = (await kc.get("/api/v1/namespaces/default/serviceaccounts")).get("items") or []
             out = set()
             for n in nodes:
-                for cond in (n.get("status") or {}).get("conditions") or []:
+                for cond in bodies.conditions(n):
                     if cond.get("type") == "Ready" and cond.get("status") == "True":
-                        out.add(n["metadata"]["name"])
-            return out, any(a["metadata"]["name"] == "default" for a in accounts)
+                        out.add(bodies.name(n))
+            return out, any(bodies.name(a) == "default" for a in accounts)
 
         want = {s.name for s in self.node_specs}
         deadline = time.monotonic() + timeout
