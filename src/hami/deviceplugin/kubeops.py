@@ -1,7 +1,7 @@
 """The few Kubernetes operations the device plugin needs, behind one small interface.
 
 `KubeOps` is implemented by `ClientKubeOps` (a `hami.kube.KubeClient`) and, in tests, by `hami.testing.memkube.MemoryKube`
-(in-memory nodes and pods with resourceVersion preconditions, for unit tests and the sandbox).
+(in-memory nodes and pods with resourceVersion preconditions, for unit and contract tests).
 Objects are raw dicts; `patch_pod_with_retry` is the optimistic read-modify-write over either.
 Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
 """
