@@ -105,3 +105,4 @@ main.add_command(
     __import__("hami.deviceplugin.install_cli", fromlist=["install_host_command"]).install_host_command
 )
 main.add_command(__import__("hami.sandbox.cli", fromlist=["sandbox_command"]).sandbox_command)
+main.add_command(__import__("hami.monitor.cli", fromlist=["monitor"]).monitor)

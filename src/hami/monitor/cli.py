@@ -1,0 +1,80 @@
+"""`hami monitor`: the node monitor (container regions and cards -> Prometheus metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+
+import click
+
+from hami.cliutil import parse_bind
+from hami.monitor.runner import Monitor, MonitorSettings
+
+
+async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    client = None
+    if kubeconfig != "":
+        from hami.kube.client import KubeClient
+        from hami.kube.config import load_config
+
+        client = KubeClient(load_config(kubeconfig))
+    try:
+        await Monitor(settings, client).run(stop)
+    finally:
+        if client is not None:
+            await client.close()
+
+
+@click.command("monitor")
+@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
+@click.option(
+    "--hook-path",
+    envvar="HOOK_PATH",
+    default="/usr/local",
+    show_default=True,
+    help="HAMi's HOOK_PATH; the container regions are under <hook-path>/vgpu/containers.",
+)
+@click.option("--metrics-bind", default="0.0.0.0:9394", show_default=True, help="host:port of /metrics.")
+@click.option("--kubeconfig", default=None, help="Kubeconfig (default: in-cluster); '' runs without the API.")
+@click.option(
+    "--gc-grace",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds a directory whose pod is gone is kept (absent from the pod list and unchanged).",
+)
+@click.option("--gc-interval", type=float, default=30.0, show_default=True)
+@click.option("--no-nvml", is_flag=True, help="Do not read the cards through NVML (no host metrics).")
+@click.option("-v", "--verbose", is_flag=True)
+def monitor(
+    node_name: str,
+    hook_path: str,
+    metrics_bind: str,
+    kubeconfig: str | None,
+    gc_grace: float,
+    gc_interval: float,
+    no_nvml: bool,
+    verbose: bool,
+) -> None:
+    """Serve per-container GPU usage (HAMi's metric names) and collect regions of deleted pods."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    host, port = parse_bind(metrics_bind, "--metrics-bind")
+    settings = MonitorSettings(
+        node_name=node_name,
+        hook_path=hook_path,
+        metrics_host=host,
+        metrics_port=port,
+        gc_grace=gc_grace,
+        gc_interval=gc_interval,
+        nvml=not no_nvml,
+    )
+    asyncio.run(_run(settings, kubeconfig))
