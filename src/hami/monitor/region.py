@@ -34,8 +34,9 @@ HAMI_CORE_MAGIC = 19920718  # HAMi-core's region (int32 at offset 0): not this l
 SLOT_LIVE = 1
 # byte-range locks beyond the data (vgpu.h VGPU_LOCK_*): slot i's owner holds LOCK_BASE + 64 + i
 LOCK_BASE = (REGION_SIZE + 4095) & ~4095
+F_OFD_SETLK = 37
 F_OFD_GETLK = 36  # Linux; the kernel drops an open-file-description lock when its owner dies
-_FLOCK = struct.Struct("@hh4xqqi4x")  # struct flock on 64-bit Linux
+FLOCK = struct.Struct("@hh4xqqi4x")  # struct flock on 64-bit Linux
 
 _HEADER = struct.Struct("<Q6I4iQ2I")  # magic .. leader_pid (64 bytes)
 # limit, used, peak, ctx_overhead, sm_limit, pad0, uuid[48]
@@ -207,9 +208,9 @@ def read_region(path: str) -> Region:
 
 def slot_held(fd: int, slot: int) -> bool:
     """Whether some process holds slot ``slot``'s liveness lock (True when it cannot be told)."""
-    probe = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, LOCK_BASE + 64 + slot, 1, 0)
+    probe = FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, LOCK_BASE + 64 + slot, 1, 0)
     try:
         out = fcntl.fcntl(fd, F_OFD_GETLK, probe)
     except OSError:
         return True
-    return bool(_FLOCK.unpack(out)[0] != fcntl.F_UNLCK)
+    return bool(FLOCK.unpack(out)[0] != fcntl.F_UNLCK)
