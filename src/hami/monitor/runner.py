@@ -1,7 +1,7 @@
 """`hami monitor`'s service: the pod list, the metrics endpoint and the directory collector.
 
-Threads: the informer and the collection loop run on the asyncio loop; the metrics endpoint is
-prometheus-client's WSGI server on its own thread, which calls :class:`MonitorCollector` at each
+Threads: the informer and the collection loop run on the asyncio loop; the metrics endpoint
+(:mod:`hami.monitor.http`) serves on its own thread and runs :class:`MonitorCollector` at each
 scrape (it reads the pod list through :class:`PodDirectory`'s lock).
 """
 
@@ -15,11 +15,9 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import start_wsgi_server
-
 from hami.deviceplugin.hostinstall import vgpu_dir
 from hami.monitor.cards import CardReader
+from hami.monitor.http import MetricsServer
 from hami.monitor.layout import GarbageCollector, PodDirectory
 from hami.monitor.metrics import MonitorCollector
 
@@ -55,20 +53,16 @@ class Monitor:
         self.client = client
         self.pods = PodDirectory()
         self.cards = CardReader() if settings.nvml else None
-        self.registry = CollectorRegistry()
-        self.registry.register(
-            MonitorCollector(
-                settings.containers_dir, settings.node_name, self.pods, self.cards, version=_version()
-            )
+        self.collector = MonitorCollector(
+            settings.containers_dir, settings.node_name, self.pods, self.cards, version=_version()
         )
         self.gc = GarbageCollector(settings.containers_dir, self.pods, grace=settings.gc_grace)
         self.metrics_port: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        server, _thread = start_wsgi_server(
-            self.settings.metrics_port, self.settings.metrics_host, registry=self.registry
-        )
-        self.metrics_port = int(server.server_port)
+        server = MetricsServer(self.settings.metrics_host, self.settings.metrics_port, self.collector)
+        server.start()
+        self.metrics_port = server.port
         log.info(
             "serving metrics on %s:%d; reading %s for node %s",
             self.settings.metrics_host,
@@ -90,8 +84,7 @@ class Monitor:
         finally:
             if informer is not None:
                 await informer.stop()
-            server.shutdown()
-            server.server_close()
+            server.stop()
             if self.cards is not None:
                 self.cards.close()
 

@@ -259,3 +259,21 @@ def test_no_nvml_no_host_series(node: tuple[Path, PodDirectory]) -> None:
     f = scrape(*node, [])
     assert f["hami_host_gpu_memory_used_bytes"].samples == []
     assert not [s for s in f["hami_vgpu_memory_limit_bytes"].samples if s.labels["pod"] == "pb"]
+
+
+def test_fast_render_equals_prometheus_client(node: tuple[Path, PodDirectory]) -> None:
+    root, pods = node
+    odd = [HostCard(0, CARD0, 'Card "X" \\ 1\nB', 40 * GiB, 5, 0.25, 1e-9)]
+    collector = MonitorCollector(str(root), "n1", pods, FakeCards(odd), version="1", monotonic_ns=lambda: NOW_NS)
+    reg = CollectorRegistry()
+    reg.register(collector)
+
+    def parsed(text: str) -> list[tuple[str, list[tuple[str, tuple[tuple[str, str], ...], float]]]]:
+        return [
+            (f.name, sorted((s.name, tuple(sorted(s.labels.items())), s.value) for s in f.samples))
+            for f in text_string_to_metric_families(text)
+        ]
+
+    fast = collector.render().decode()
+    assert parsed(fast) == parsed(generate_latest(reg).decode())
+    assert 'device_type="Card \\"X\\" \\\\ 1\\nB"' in fast
