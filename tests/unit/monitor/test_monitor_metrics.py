@@ -264,7 +264,9 @@ def test_no_nvml_no_host_series(node: tuple[Path, PodDirectory]) -> None:
 def test_fast_render_equals_prometheus_client(node: tuple[Path, PodDirectory]) -> None:
     root, pods = node
     odd = [HostCard(0, CARD0, 'Card "X" \\ 1\nB', 40 * GiB, 5, 0.25, 1e-9)]
-    collector = MonitorCollector(str(root), "n1", pods, FakeCards(odd), version="1", monotonic_ns=lambda: NOW_NS)
+    collector = MonitorCollector(
+        str(root), "n1", pods, FakeCards(odd), version="1", monotonic_ns=lambda: NOW_NS
+    )
     reg = CollectorRegistry()
     reg.register(collector)
 
