@@ -279,3 +279,10 @@ def test_fast_render_equals_prometheus_client(node: tuple[Path, PodDirectory]) -
     fast = collector.render().decode()
     assert parsed(fast) == parsed(generate_latest(reg).decode())
     assert 'device_type="Card \\"X\\" \\\\ 1\\nB"' in fast
+
+
+def test_without_nvml_the_reader_is_empty_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
+    r = CardReader(library="/nonexistent/libnvidia-ml.so.1")
+    assert r.read() == [] and r.read() == []
+    assert caplog.text.count("NVML unavailable") == 1  # retried at most once a minute
+    r.close()
