@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -112,86 +112,52 @@ class _Families:
 
     @classmethod
     def new(cls) -> _Families:
-        g = Family
+        return cls(*(Family(name, doc, label_names) for name, doc, label_names in FAMILIES))
 
-        return cls(
-            host_mem=g("hami_host_gpu_memory_used_bytes", "GPU device memory used (NVML)", HOST_LABELS),
-            host_util=g(
-                "hami_host_gpu_utilization_ratio", "GPU core utilisation, percent (NVML)", HOST_LABELS
-            ),
-            host_mc_util=g(
-                "hami_host_gpu_memory_controller_utilization_ratio",
-                "GPU memory controller utilisation, percent (NVML)",
-                HOST_LABELS,
-            ),
-            used=g("hami_vgpu_memory_used_bytes", "vGPU device memory used by the container", CTR_LABELS),
-            limit=g("hami_vgpu_memory_limit_bytes", "vGPU device memory limit of the container", CTR_LABELS),
-            ctr_mem=g(
-                "hami_container_device_memory_bytes",
-                "Device memory held by the container's live processes",
-                CTR_LABELS,
-            ),
-            ctr_util=g(
-                "hami_container_device_utilization_ratio",
-                "The container's utilisation of the card, percent",
-                CTR_LABELS,
-            ),
-            last_kernel=g(
-                "hami_container_last_kernel_elapsed_seconds",
-                "Seconds since the container last launched work",
-                CTR_LABELS,
-            ),
-            mig=g("hami_mig_device_info", "MIG instance given to the container", MIG_LABELS),
-            context=g("hami_vgpu_memory_context_bytes", "Device memory charged for contexts", CTR_LABELS),
-            module=g("hami_vgpu_memory_module_bytes", "Device memory charged for modules", CTR_LABELS),
-            buffer=g("hami_vgpu_memory_buffer_bytes", "Device memory charged for allocations", CTR_LABELS),
-            peak=g("hami_vgpu_memory_peak_bytes", "High-water mark of the container's memory", CTR_LABELS),
-            core_limit=g("hami_vgpu_core_limit_ratio", "The container's core limit, percent", CTR_LABELS),
-            throttled=g(
-                "hami_container_device_throttled",
-                "1 while the container's launches are being paced by its core limit",
-                CTR_LABELS,
-            ),
-            processes=g("hami_container_processes", "Live processes in the container's region", PROC_LABELS),
-            ns_used=g(
-                "hami_namespace_gpu_memory_used_bytes",
-                "Device memory used by the namespace's containers on this node",
-                NS_LABELS,
-            ),
-            ns_limit=g(
-                "hami_namespace_gpu_memory_limit_bytes",
-                "Device memory allocated (limits) to the namespace's containers on this node",
-                NS_LABELS,
-            ),
-            regions=g(
-                "hami_monitor_regions",
-                "Container directories on the node by state (ok, unknown_pod, unreadable, empty)",
-                STATE_LABELS,
-            ),
-        )
+    def all(self) -> list[Family]:
+        return [getattr(self, f.name) for f in fields(self)]
 
-    def all(self) -> Iterator[Family]:
-        yield from (
-            self.host_mem,
-            self.host_util,
-            self.host_mc_util,
-            self.used,
-            self.limit,
-            self.ctr_mem,
-            self.ctr_util,
-            self.last_kernel,
-            self.mig,
-            self.context,
-            self.module,
-            self.buffer,
-            self.peak,
-            self.core_limit,
-            self.throttled,
-            self.processes,
-            self.ns_used,
-            self.ns_limit,
-            self.regions,
-        )
+
+_H = "GPU {} (NVML)"
+_C = "The container's {} on the card"
+#: (name, help, labels) in :class:`_Families`' field order
+FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("hami_host_gpu_memory_used_bytes", _H.format("memory used"), HOST_LABELS),
+    ("hami_host_gpu_utilization_ratio", _H.format("utilisation, percent"), HOST_LABELS),
+    (
+        "hami_host_gpu_memory_controller_utilization_ratio",
+        _H.format("memory controller utilisation, %"),
+        HOST_LABELS,
+    ),
+    ("hami_vgpu_memory_used_bytes", _C.format("memory used by running processes"), CTR_LABELS),
+    ("hami_vgpu_memory_limit_bytes", _C.format("memory limit"), CTR_LABELS),
+    ("hami_container_device_memory_bytes", _C.format("memory held by running processes"), CTR_LABELS),
+    ("hami_container_device_utilization_ratio", _C.format("utilisation, percent,"), CTR_LABELS),
+    (
+        "hami_container_last_kernel_elapsed_seconds",
+        "Seconds since the container last launched work",
+        CTR_LABELS,
+    ),
+    ("hami_mig_device_info", "MIG instance given to the container", MIG_LABELS),
+    ("hami_vgpu_memory_context_bytes", _C.format("memory charged for contexts"), CTR_LABELS),
+    ("hami_vgpu_memory_module_bytes", _C.format("memory charged for modules"), CTR_LABELS),
+    ("hami_vgpu_memory_buffer_bytes", _C.format("memory charged for allocations"), CTR_LABELS),
+    ("hami_vgpu_memory_peak_bytes", _C.format("memory high-water mark"), CTR_LABELS),
+    ("hami_vgpu_core_limit_ratio", _C.format("core limit, percent,"), CTR_LABELS),
+    ("hami_container_device_throttled", "1 while the core limit paces the container's launches", CTR_LABELS),
+    ("hami_container_processes", "Running processes in the container's region", PROC_LABELS),
+    ("hami_namespace_gpu_memory_used_bytes", "Device memory used by the namespace on the node", NS_LABELS),
+    (
+        "hami_namespace_gpu_memory_limit_bytes",
+        "Device memory allocated to the namespace on the node",
+        NS_LABELS,
+    ),
+    (
+        "hami_monitor_regions",
+        "Container directories by state (ok, unknown_pod, unreadable, empty)",
+        STATE_LABELS,
+    ),
+)
 
 
 def build_info(version: str, revision: str = "") -> Family:

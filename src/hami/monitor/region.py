@@ -156,30 +156,13 @@ def decode(header_and_devs: bytes, slots: bytes, alive: Callable[[int], bool] | 
         if not (limit or used or uuid_raw[0]):
             continue
         limiting, throttled, _cost, _gain, util_x100 = _DEV_B.unpack_from(header_and_devs, off + _DEV_B_AT)
+        util = min(util_x100, 1_000_000) / 100.0
+        uuid = _text(uuid_raw)
         devices.append(
-            DeviceUsage(
-                index=d,
-                uuid=_text(uuid_raw),
-                limit=limit,
-                used=used,
-                peak=peak,
-                ctx_overhead=ctx,
-                sm_limit=sm_limit,
-                limiting=bool(limiting),
-                throttled=bool(throttled),
-                util_percent=min(util_x100, 1_000_000) / 100.0,
-            )
+            DeviceUsage(d, uuid, limit, used, peak, ctx, sm_limit, bool(limiting), bool(throttled), util)
         )
-    return Region(
-        abi_minor=minor,
-        policy=policy,
-        priority=priority,
-        utilization_switch=util_switch,
-        recent_kernel=recent_kernel,
-        last_kernel_ns=last_kernel_ns,
-        devices=tuple(devices),
-        processes=tuple(processes),
-    )
+    procs = tuple(processes)
+    return Region(minor, policy, priority, util_switch, recent_kernel, last_kernel_ns, tuple(devices), procs)
 
 
 def read_region(path: str) -> Region:
