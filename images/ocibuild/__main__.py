@@ -19,9 +19,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ocibuild import debs, hami_image, inputs, layer, oci, pause_image, python_env, rootfs, scheduler_image
+from ocibuild import (
+    debs,
+    hami_image,
+    inputs,
+    layer,
+    oci,
+    pause_image,
+    python_env,
+    rootfs,
+    scheduler_image,
+    standin_image,
+)
 
-IMAGES = ("hami", "kube-scheduler", "pause")
+IMAGES = ("hami", "kube-scheduler", "pause", "ubuntu-standin")
 #: repository files the hami image is built from, besides src/ and libvgpu.so
 HAMI_INPUT_FILES = (
     "pyproject.toml",
@@ -48,6 +59,10 @@ DEBIAN_PACKAGES = (
 )
 
 
+#: the Debian package of the sandbox's ubuntu stand-in (images/ocibuild/standin_image.py)
+STANDIN_PACKAGES = ("busybox-static",)
+
+
 class BuildError(Exception):
     """A build input is missing or wrong; the message names it."""
 
@@ -59,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("UV_CACHE_DIR", str(Path(args.cache) / "uv"))
     try:
         if args.update_lock:
-            lock = repo / "images" / "debian.lock"
-            debs.write_lock(lock, debs.resolve(DEBIAN_PACKAGES), _LOCK_HEADER)
-            print(f"wrote {lock}")
+            for name, packages, header in (
+                ("debian.lock", DEBIAN_PACKAGES, _LOCK_HEADER),
+                ("standin.lock", STANDIN_PACKAGES, _STANDIN_LOCK_HEADER),
+            ):
+                lock = repo / "images" / name
+                debs.write_lock(lock, debs.resolve(packages), header)
+                print(f"wrote {lock}")
             return 0
         for line in build(args, repo):
             print(line)
@@ -72,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         python_env.PythonEnvError,
         rootfs.RootfsError,
         pause_image.PauseBuildError,
+        standin_image.StandinBuildError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -81,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
 _LOCK_HEADER = """Debian bookworm packages of the hami image: name, exact version, SHA-256 of the .deb.
 Written by `PYTHONPATH=images python -m ocibuild --update-lock` (apt's current candidates); the
 build fetches exactly these (apt-get download) and refuses a .deb with another hash."""
+
+
+_STANDIN_LOCK_HEADER = """Debian bookworm package of the sandbox's ubuntu stand-in image: name, exact version, SHA-256.
+Written by `PYTHONPATH=images python -m ocibuild --update-lock`, like images/debian.lock."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +121,11 @@ def _parser() -> argparse.ArgumentParser:
         "--uv", help="uv binary (default <cache>/uv-<version>/bin/uv from hack/uv-requirements.txt)"
     )
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")
-    p.add_argument("--update-lock", action="store_true", help="re-pin images/debian.lock and exit")
+    p.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="re-pin images/debian.lock and images/standin.lock and exit",
+    )
     return p
 
 
@@ -125,8 +153,10 @@ def build(args: argparse.Namespace, repo: Path) -> list[str]:
             plan = _hami_plan(args, repo, cache, epoch, out)
         elif image == "kube-scheduler":
             plan = _scheduler_plan(args, repo, epoch, out)
-        else:
+        elif image == "pause":
             plan = _pause_plan(repo, epoch, out)
+        else:
+            plan = _standin_plan(repo, cache, epoch, out)
         key = inputs.fingerprint([*builder, *plan.files], plan.values)
         if not args.force and inputs.up_to_date(plan.archive, key):
             summaries.append(f"{plan.archive}: up to date (inputs unchanged)")
@@ -198,6 +228,20 @@ def _pause_plan(repo: Path, epoch: int, out: Path) -> Plan:
     return Plan(
         archive, [pause_inputs.source], values, lambda work: pause_image.build(pause_inputs, work, archive)
     )
+
+
+def _standin_plan(repo: Path, cache: Path, epoch: int, out: Path) -> Plan:
+    standin_inputs = standin_image.StandinInputs(
+        lock=repo / "images" / "standin.lock",
+        bash_source=repo / "images" / "sandbox" / "bash.c",
+        deb_cache=cache / "debs",
+        epoch=epoch,
+        labels=labels(repo, standin_image.TAG, "busybox standing in for ubuntu in hami's local cluster"),
+    )
+    archive = out / f"ubuntu-standin-{standin_image.TAG}.tar"
+    values = {"epoch": str(epoch), **standin_inputs.labels}
+    files = [standin_inputs.lock, standin_inputs.bash_source]
+    return Plan(archive, files, values, lambda work: standin_image.build(standin_inputs, work, archive))
 
 
 def project_version(repo: Path) -> str:

@@ -52,10 +52,16 @@ class ImageSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     cmd: Sequence[str] = ()
     workdir: str = "/"
+    #: more full references the archive names the same image by
+    also: Sequence[str] = ()
 
     @property
     def reference(self) -> str:
         return f"{self.repository}:{self.tag}"
+
+    @property
+    def references(self) -> list[str]:
+        return [self.reference, *self.also]
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,9 @@ def write_archive(spec: ImageSpec, out: Path) -> Archive:
                     "digest": manifest_digest,
                     "size": len(manifest),
                     "platform": {"architecture": "amd64", "os": "linux"},
-                    "annotations": {IMAGE_NAME_ANNOTATION: spec.reference, REF_NAME_ANNOTATION: spec.tag},
+                    "annotations": {IMAGE_NAME_ANNOTATION: ref, REF_NAME_ANNOTATION: ref.rsplit(":", 1)[1]},
                 }
+                for ref in spec.references
             ],
         }
     )
@@ -143,7 +150,7 @@ def write_archive(spec: ImageSpec, out: Path) -> Archive:
         [
             {
                 "Config": _blob_name(config_digest),
-                "RepoTags": [spec.reference],
+                "RepoTags": spec.references,
                 "Layers": [_blob_name(ls.layer.digest) for ls in spec.layers],
             }
         ]

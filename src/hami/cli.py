@@ -1,4 +1,9 @@
-"""The `hami` command line: thin entry points that parse flags, build objects and run them."""
+"""The `hami` command line: one group, one subcommand per service or tool.
+
+Each service is a ``runner`` module (what runs) and a thin ``cli`` module (its flags); the flags
+every service shares are declared once in :mod:`hami.cliutil`. Subcommands are registered in one
+place, :data:`COMMANDS`; no subcommand module imports this one.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,20 @@ import time
 
 import click
 
-from hami.config import ConfigError, DeviceConfig, load_device_config
+from hami import cliutil
+from hami.deviceplugin.cli import device_plugin
+from hami.deviceplugin.install_cli import install_host_command
+from hami.extender.cli import scheduler_command
 from hami.manifests import ManifestError, load_manifests
+from hami.monitor.cli import monitor
+from hami.sandbox.cli import sandbox_command
+from hami.webhook.cli import webhook
 
 
 @click.group()
 @click.version_option(package_name="hami", prog_name="hami", message="%(prog)s %(version)s")
 def main() -> None:
     """hami: share accelerators between Kubernetes containers safely."""
-
-
-def load_config_or_exit(path: str | None) -> DeviceConfig:
-    """Load device-config.yaml (or the defaults), printing warnings; exit 2 with the error on bad input."""
-    if path is None:
-        return DeviceConfig.default()
-    try:
-        config, warnings = load_device_config(path)
-    except ConfigError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    for w in warnings:
-        click.echo(f"warning: {w}", err=True)
-    return config
 
 
 @main.command()
@@ -39,11 +36,10 @@ def load_config_or_exit(path: str | None) -> DeviceConfig:
 @click.option(
     "--pods", "pods_path", required=True, type=click.Path(dir_okay=False), help="Pod manifests (YAML)."
 )
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="device-config.yaml")
-@click.option(
-    "--node-policy", type=click.Choice(["binpack", "spread"]), help="Node policy (default: config)."
+@cliutil.device_config_option("config_path", shown="--config")
+@cliutil.policy_options(
+    "--node-policy", "--gpu-policy", help=("Node policy (default: config).", "Card policy.")
 )
-@click.option("--gpu-policy", type=click.Choice(["binpack", "spread", "topology-aware"]), help="Card policy.")
 @click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.option("--now", type=int, default=None, help="Unix time written as hami.io/vgpu-time (default: now).")
 def simulate(
@@ -57,10 +53,10 @@ def simulate(
 ) -> None:
     """Schedule PODS onto NODES offline with the real scheduling core and print the placements."""
     from hami.devices.registry import default_registry
-    from hami.sandbox.simulate import render_table
-    from hami.sandbox.simulate import simulate as run
+    from hami.simulate import render_table
+    from hami.simulate import simulate as run
 
-    config = load_config_or_exit(config_path)
+    config = cliutil.device_config(config_path, error=cliutil.InputError)
     try:
         nodes = load_manifests(nodes_path, kind="Node")
         pods = load_manifests(pods_path, kind="Pod")
@@ -92,17 +88,14 @@ def version() -> None:
     click.echo(f"hami {package_version('hami')}")
 
 
-def _register_subcommands() -> None:
-    from hami.scheduler.cli import scheduler_command
-
-    main.add_command(scheduler_command)
-
-
-_register_subcommands()
-main.add_command(__import__("hami.webhook.cli", fromlist=["webhook"]).webhook)
-main.add_command(__import__("hami.deviceplugin.cli", fromlist=["device_plugin"]).device_plugin)
-main.add_command(
-    __import__("hami.deviceplugin.install_cli", fromlist=["install_host_command"]).install_host_command
+#: every subcommand besides the two above, in ``hami --help`` order
+COMMANDS: tuple[click.Command, ...] = (
+    scheduler_command,
+    webhook,
+    device_plugin,
+    install_host_command,
+    sandbox_command,
+    monitor,
 )
-main.add_command(__import__("hami.sandbox.cli", fromlist=["sandbox_command"]).sandbox_command)
-main.add_command(__import__("hami.monitor.cli", fromlist=["monitor"]).monitor)
+for _command in COMMANDS:
+    main.add_command(_command)

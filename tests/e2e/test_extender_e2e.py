@@ -184,7 +184,7 @@ async def test_bind_refuses_a_replaced_pod(
     start_scheduler: Callable[..., SchedulerHandle],
 ) -> None:
     """A bind whose pod UID no longer matches (deleted and recreated) is refused; nothing leaks."""
-    from hami.scheduler.wire import BindingArgs
+    from hami.extender.wire import BindingArgs
 
     nodes = await make_nodes(kube_client, namespace, 1, n=1, mem=16000)
     stack = Stack(kube_config, start_scheduler)

@@ -1,6 +1,6 @@
 """Several extender replicas on one Lease: only the holder decides; a follower takes over.
 
-Two :class:`~hami.scheduler.runner.Extender` replicas with ``leader_elect=True`` share a Lease (short
+Two :class:`~hami.extender.runner.Extender` replicas with ``leader_elect=True`` share a Lease (short
 timings, so fail-over takes seconds). A follower answers ``/filter`` and ``/bind`` with ``Error`` set
 (HTTP 200), which makes kube-scheduler retry the pod, and decides nothing. When the leader stops
 (gracefully, releasing the Lease, or by crashing, leaving it to expire) the other replica takes
@@ -24,12 +24,12 @@ import pytest
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.runner import Extender, ExtenderSettings
+from hami.extender.schedulerconfig import scheduler_configuration
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
 from hami.protocol import keys
-from hami.scheduler.kubeconfig import scheduler_configuration
-from hami.scheduler.runner import Extender, ExtenderSettings
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import AllocationCompleter, create_gpu_node, gpu_cards, gpu_pod
 from hami.testing.stack import assert_no_overcommit, list_pods, wait_for

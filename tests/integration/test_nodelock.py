@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 
 from hami.config import DeviceConfig
+from hami.extender.nodelock import NodeLockContention, NodeLocker
+from hami.extender.runner import Extender, ExtenderSettings
+from hami.extender.service import owner_alive_from
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.nodelock import decode_node_lock, format_rfc3339
-from hami.scheduler.nodelock import NodeLockContention, NodeLocker
-from hami.scheduler.runner import Extender, ExtenderSettings
-from hami.scheduler.service import owner_alive_from
 
 pytestmark = pytest.mark.integration
 

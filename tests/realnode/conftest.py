@@ -55,9 +55,11 @@ def sandbox() -> Iterator[Sandbox]:
         binaries = find_binaries()
     except BinariesMissingError as exc:
         missing(str(exc))
-    images = [sorted(IMAGES.glob(f"{name}-*.tar")) for name in ("hami", "kube-scheduler", "pause")]
+    images = [
+        sorted(IMAGES.glob(f"{name}-*.tar")) for name in ("hami", "kube-scheduler", "pause", "ubuntu-standin")
+    ]
     if not all(images):
-        missing(f"{IMAGES} lacks the hami, kube-scheduler or pause image (run make images)")
+        missing(f"{IMAGES} lacks the hami, kube-scheduler, pause or ubuntu-standin image (run make images)")
     state = Path(tempfile.mkdtemp(prefix="hami-realnode-"))
     sb = Sandbox(
         state,

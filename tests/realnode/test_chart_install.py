@@ -377,3 +377,122 @@ async def test_two_pods_on_one_card_each_see_their_own_limit_and_region(
         regions.append(files[0].stat().st_ino)
     assert regions[0] != regions[1]
     await assert_no_overcommit(kc, ns, list(NODES))
+
+
+# HAMi v2.10's NVIDIA example pods (examples/nvidia/*.yaml), their wire content transcribed as data
+# (names, images, commands, resources, annotations; HAMi's comments left out). They are applied as
+# they are: no schedulerName, ubuntu images (the sandbox imports a busybox stand-in under those
+# names), `bash -c "sleep 86400"`.
+def _example(name: str, image: str, limits: dict[str, int], annotations: dict[str, str] | None = None) -> str:
+    meta = {"name": name, **({"annotations": annotations} if annotations else {})}
+    container = {
+        "name": "ubuntu-container",
+        "image": image,
+        "command": ["bash", "-c", "sleep 86400"],
+        "resources": {"limits": limits},
+    }
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"containers": [container]}}
+    )
+
+
+HAMI_EXAMPLES = {
+    "default_use": [
+        _example(
+            "gpu-pod",
+            "ubuntu:22.04",
+            {"nvidia.com/gpu": 2, "nvidia.com/gpumem": 3000, "nvidia.com/gpucores": 30},
+        )
+    ],
+    "use_exclusive_card": [
+        _example(
+            "gpu-pod1",
+            "ubuntu:18.04",
+            {"nvidia.com/gpu": 2, "nvidia.com/gpumem-percentage": 100, "nvidia.com/gpucores": 100},
+        )
+    ],
+    "use_memory_fraction": [
+        _example(
+            "gpu-pod",
+            "ubuntu:18.04",
+            {"nvidia.com/gpu": 2, "nvidia.com/gpumem-percentage": 50, "nvidia.com/gpucores": 30},
+        )
+    ],
+    "use_sharing_card": [
+        _example(
+            "gpu-pod1",
+            "ubuntu:18.04",
+            {"nvidia.com/gpu": 1, "nvidia.com/gpumem-percentage": 40, "nvidia.com/gpucores": 60},
+        ),
+        _example(
+            "gpu-pod2",
+            "ubuntu:18.04",
+            {"nvidia.com/gpu": 1, "nvidia.com/gpumem-percentage": 60, "nvidia.com/gpucores": 40},
+        ),
+    ],
+}
+#: what each example's containers must be given on the sandbox's Tesla T4 (15360 MiB) cards:
+#: pod -> (cards, MiB per card, cores per card)
+EXPECTED = {
+    "default_use": {"gpu-pod": (2, 3000, 30)},
+    "use_exclusive_card": {"gpu-pod1": (2, 15360, 100)},
+    "use_memory_fraction": {"gpu-pod": (2, 7680, 30)},
+    "use_sharing_card": {"gpu-pod1": (1, 6144, 60), "gpu-pod2": (1, 9216, 40)},
+}
+
+
+def _container_env(sandbox: Sandbox, pod: dict[str, Any]) -> tuple[dict[str, str], Path]:
+    """The environment of the pod's running container process, and its root, read on the host."""
+    node = next(n for n in sandbox.nodes if n.name == pod["spec"]["nodeName"])
+    cid = pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+    tasks = node.ctr("tasks", "ls").stdout.splitlines()[1:]
+    (pid,) = [int(line.split()[1]) for line in tasks if line.split()[0] == cid]
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+    return env, Path(f"/proc/{pid}/root")
+
+
+@pytest.mark.parametrize("example", sorted(HAMI_EXAMPLES))
+async def test_hami_nvidia_example_runs_unchanged(
+    example: str, leading: None, sandbox: Sandbox, kc: KubeClient, ns: str
+) -> None:
+    """webhook -> kube-scheduler -> extender -> real kubelet Allocate -> a running container whose
+    process holds exactly the cards, memory and core limits the example asks for, with libvgpu.so
+    preloaded; no card is given out beyond its capacity (HAMi's default card policy, spread, puts
+    use_sharing_card's two pods on two cards; 40 % + 60 % could share one)."""
+    for text in HAMI_EXAMPLES[example]:
+        await kc.create(api_path("v1", "pods", namespace=ns), json.loads(text))
+    for name, (count, mem, cores) in EXPECTED[example].items():
+        pod = await _phase(kc, ns, name, ("Running",))
+        assert pod["spec"]["schedulerName"] == "hami-scheduler"
+        env, root = _container_env(sandbox, pod)
+        cards = env["NVIDIA_VISIBLE_DEVICES"].split(",")
+        assert len(cards) == count and all(
+            c.startswith(f"GPU-fake-{pod['spec']['nodeName']}-") for c in cards
+        )
+        assert [env[f"CUDA_DEVICE_MEMORY_LIMIT_{i}"] for i in range(count)] == [f"{mem}m"] * count
+        assert env["CUDA_DEVICE_SM_LIMIT"] == str(cores)
+        assert (root / "etc" / "ld.so.preload").read_text().strip().endswith("/vgpu/libvgpu.so")
+    await assert_no_overcommit(kc, ns, list(NODES))
+
+
+async def test_hami_example_asking_for_a_card_type_the_cluster_lacks_waits_with_the_reason(
+    leading: None, kc: KubeClient, ns: str
+) -> None:
+    """examples/nvidia/specify_card_type_to_use.yaml on a cluster of Tesla T4: Pending, and the
+    scheduler's event says the card type is what does not match."""
+    pod = _example("gpu-pod", "ubuntu:18.04", {"nvidia.com/gpu": 2}, {"nvidia.com/use-gputype": "A100,V100"})
+    await kc.create(api_path("v1", "pods", namespace=ns), json.loads(pod))
+
+    async def reason() -> str | None:
+        events = (await kc.get(api_path("v1", "events", namespace=ns))).get("items") or []
+        for e in events:
+            message = str(e.get("message"))
+            if e.get("reason") == "FailedScheduling" and "CardTypeMismatch" in message:
+                return message
+        return None
+
+    message = await wait_for(reason, timeout=60, interval=0.5)
+    assert "0/2 nodes are available" in message, message
+    got = await kc.get(api_path("v1", "pods", namespace=ns, name="gpu-pod"))
+    assert got["status"].get("phase") == "Pending"

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
 from hami.config._types import CROSS_ERROR, RULE_ERROR
@@ -32,6 +32,46 @@ class ConfigModel(BaseModel):
     def file_shape(cls, data: Any) -> Any:
         """Rewrite an accepted alternative file form into the canonical one (before key checks)."""
         return data
+
+
+#: words HAMi spells in capitals inside a file key (``defaultGPUNum``, ``aiCPU``, ``resourceVCountName``)
+_FILE_KEY_WORDS = {
+    "gpu": "GPU",
+    "cpu": "CPU",
+    "gcu": "GCU",
+    "drs": "DRS",
+    "vgcu": "VGCU",
+    "vcount": "VCount",
+    "vmemory": "VMemory",
+    "vcore": "VCore",
+}
+
+
+def file_key(name: str) -> str:
+    """HAMi's file key for an attribute: camelCase, with HAMi's capitalised words
+    (``default_gpu_num`` → ``defaultGPUNum``, ``resource_name_drs_gcu`` → ``resourceNameDRSGCU``)."""
+    first, *rest = name.split("_")
+    return first + "".join(_FILE_KEY_WORDS.get(w, w.capitalize()) for w in rest)
+
+
+class SectionModel(ConfigModel):
+    """A ``device-config.yaml`` model: every file key comes from :func:`file_key` (one alias
+    generator); a field with extra accepted spellings says so with its own ``Field`` aliases."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(validation_alias=file_key, serialization_alias=file_key)
+    )
+
+
+def resource_names(model: BaseModel) -> dict[str, str]:
+    """File key -> resource name for every non-empty ``resource_*`` field of a vendor section."""
+    out: dict[str, str] = {}
+    for name, info in type(model).model_fields.items():
+        if name.startswith("resource_"):
+            value = getattr(model, name)
+            if isinstance(value, str) and value:
+                out[info.serialization_alias or info.alias or name] = value
+    return out
 
 
 # ------------------------------------------------------------------------------ schema inspection

@@ -4,6 +4,11 @@ Mirrors HAMi v2.10's ``pkg/scheduler/config/config.go: Config`` (and the chart's
 ``templates/scheduler/device-configmap.yaml``) key for key, plus a ``hami:`` section for settings
 HAMi lacks. Missing keys take HAMi's chart defaults (HAMi itself would leave them as Go zero
 values, i.e. empty resource names); see ``docs/configuration.md``.
+
+A vendor with a backend keeps its section next to it (``nvidia:`` is
+:mod:`hami.devices.nvidia_config`); :class:`DeviceConfig` composes the sections. Every file key
+comes from one alias generator (:func:`hami.config._base.file_key`); a field names its own aliases
+only where HAMi accepts a second spelling.
 """
 
 from __future__ import annotations
@@ -12,29 +17,25 @@ import os
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import Field, model_validator
 
-from hami.config._base import ConfigModel, clean, load_yaml, validate_model
+from hami.config._base import SectionModel, clean, load_yaml, validate_model
+from hami.config._base import resource_names as _resource_names
 from hami.config._types import (
     Bool,
     DNSSubdomain,
-    GPUCorePolicyField,
     GPUSchedulerPolicyField,
-    LogLevel,
-    MigProfile,
-    MigStrategyField,
     Namespace,
     NodeSchedulerPolicyField,
     NonEmptyStr,
     NonNegInt,
     OptionalDNSSubdomain,
-    Percent,
-    PositiveFloat,
     PositiveInt,
     ResourceName,
     cross_error,
 )
 from hami.config.errors import ConfigError
+from hami.devices.nvidia_config import MigProfileAllow, NvidiaConfig
 
 __all__ = [
     "AMDConfig",
@@ -61,336 +62,90 @@ __all__ = [
 ]
 
 
-# -------------------------------------------------------------------------------------------- NVIDIA
-
-
-class MigProfileAllow(ConfigModel):
-    """One ``migProfileAllowlist`` entry: the MIG profiles allowed on GPUs whose model name contains
-    one of ``models``."""
-
-    models: list[NonEmptyStr]
-    profiles: list[MigProfile]
-
-    @model_validator(mode="after")
-    def _non_empty(self) -> MigProfileAllow:
-        if not self.models:
-            raise cross_error("models", self.models, "must list at least one GPU model")
-        if not self.profiles:
-            raise cross_error("profiles", self.profiles, "must list at least one MIG profile")
-        return self
-
-
-def _default_mig_allowlist() -> list[MigProfileAllow]:
-    table = [
-        (["A30"], ["1g.6gb", "2g.12gb", "4g.24gb"]),
-        (["A100-SXM4-40GB", "A100-40GB-PCIe", "A100-PCIE-40GB"], ["1g.5gb", "2g.10gb", "3g.20gb", "7g.40gb"]),
-        (
-            ["A100-SXM4-80GB", "A100-80GB-PCIe", "A100-PCIE-80GB"],
-            ["1g.10gb", "2g.20gb", "3g.40gb", "7g.79gb"],
-        ),
-        (["H100-PCIE-80GB", "H100-SXM5-80GB"], ["1g.10gb", "2g.20gb", "3g.40gb", "7g.80gb"]),
-        (["H100-PCIE-94GB", "H100-SXM5-94GB"], ["1g.12gb", "2g.24gb", "3g.47gb", "7g.94gb"]),
-        (["H20", "H100 on GH200"], ["1g.12gb", "2g.24gb", "3g.48gb", "7g.96gb"]),
-        (["H200 NVL", "H200-SXM5"], ["1g.18gb", "2g.35gb", "3g.71gb", "7g.141gb"]),
-        (["B200"], ["1g.23gb", "2g.45gb", "3g.90gb", "7g.180gb"]),
-        (["RTX PRO 6000 Blackwell Server Edition"], ["1g.24gb", "2g.48gb", "4g.96gb"]),
-    ]
-    return [MigProfileAllow(models=m, profiles=p) for m, p in table]
-
-
-class NvidiaConfig(ConfigModel):
-    """``nvidia:`` — HAMi ``nvidia.NvidiaConfig`` plus its inline node defaults."""
-
-    resource_count_name: ResourceName = Field(
-        default="nvidia.com/gpu",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_memory_name: ResourceName = Field(
-        default="nvidia.com/gpumem",
-        validation_alias="resourceMemoryName",
-        serialization_alias="resourceMemoryName",
-    )
-    resource_memory_percentage_name: ResourceName = Field(
-        default="nvidia.com/gpumem-percentage",
-        validation_alias="resourceMemoryPercentageName",
-        serialization_alias="resourceMemoryPercentageName",
-    )
-    resource_core_name: ResourceName = Field(
-        default="nvidia.com/gpucores",
-        validation_alias="resourceCoreName",
-        serialization_alias="resourceCoreName",
-    )
-    resource_priority_name: ResourceName = Field(
-        default="nvidia.com/priority",
-        validation_alias="resourcePriorityName",
-        serialization_alias="resourcePriorityName",
-    )
-    overwrite_env: Bool = Field(
-        default=False, validation_alias="overwriteEnv", serialization_alias="overwriteEnv"
-    )
-    default_memory: NonNegInt = Field(
-        default=0,
-        validation_alias=AliasChoices("defaultMemory", "defaultMem"),
-        serialization_alias="defaultMemory",
-    )
-    default_cores: Percent = Field(
-        default=0, validation_alias="defaultCores", serialization_alias="defaultCores"
-    )
-    default_gpu_num: NonNegInt = Field(
-        default=1, validation_alias="defaultGPUNum", serialization_alias="defaultGPUNum"
-    )
-    memory_factor: PositiveInt = Field(
-        default=1, validation_alias="memoryFactor", serialization_alias="memoryFactor"
-    )
-    disable_core_limit: Bool = Field(
-        default=False,
-        validation_alias=AliasChoices("disableCoreLimit", "disablecorelimit"),
-        serialization_alias="disableCoreLimit",
-    )
-    gpu_core_policy: GPUCorePolicyField = Field(
-        default="default", validation_alias="gpuCorePolicy", serialization_alias="gpuCorePolicy"
-    )
-    runtime_class_name: OptionalDNSSubdomain = Field(
-        default="", validation_alias="runtimeClassName", serialization_alias="runtimeClassName"
-    )
-    mig_profile_allowlist: list[MigProfileAllow] = Field(
-        default_factory=_default_mig_allowlist,
-        validation_alias="migProfileAllowlist",
-        serialization_alias="migProfileAllowlist",
-    )
-    # Inline node defaults (HAMi ``NodeDefaultConfig``); config.json entries override them per node.
-    device_split_count: PositiveInt = Field(
-        default=10, validation_alias="deviceSplitCount", serialization_alias="deviceSplitCount"
-    )
-    device_memory_scaling: PositiveFloat = Field(
-        default=1.0, validation_alias="deviceMemoryScaling", serialization_alias="deviceMemoryScaling"
-    )
-    device_core_scaling: PositiveFloat = Field(
-        default=1.0, validation_alias="deviceCoreScaling", serialization_alias="deviceCoreScaling"
-    )
-    pre_configured_device_memory: NonNegInt = Field(
-        default=0,
-        validation_alias="preConfiguredDeviceMemory",
-        serialization_alias="preConfiguredDeviceMemory",
-    )
-    lib_cuda_log_level: LogLevel = Field(
-        default=1, validation_alias="libCudaLogLevel", serialization_alias="libCudaLogLevel"
-    )
-    enable_numa_topology: Bool = Field(
-        default=False, validation_alias="enableNumaTopology", serialization_alias="enableNumaTopology"
-    )
-    mig_strategy: MigStrategyField = Field(
-        default="none", validation_alias="migStrategy", serialization_alias="migStrategy"
-    )
-
-    def resource_names(self) -> dict[str, str]:
-        """File key -> resource name, for every resource this vendor answers to (empty ones left out)."""
-        return _resource_names(self)
-
-
 # ----------------------------------------------------------------------------------- other vendors
 
 
-class CambriconConfig(ConfigModel):
+class CambriconConfig(SectionModel):
     """``cambricon:`` — MLU (memory in units of 256 MiB, vcore 100 per card)."""
 
-    resource_count_name: ResourceName = Field(
-        default="cambricon.com/vmlu",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_memory_name: ResourceName = Field(
-        default="cambricon.com/mlu.smlu.vmemory",
-        validation_alias="resourceMemoryName",
-        serialization_alias="resourceMemoryName",
-    )
-    resource_core_name: ResourceName = Field(
-        default="cambricon.com/mlu.smlu.vcore",
-        validation_alias="resourceCoreName",
-        serialization_alias="resourceCoreName",
-    )
+    resource_count_name: ResourceName = "cambricon.com/vmlu"
+    resource_memory_name: ResourceName = "cambricon.com/mlu.smlu.vmemory"
+    resource_core_name: ResourceName = "cambricon.com/mlu.smlu.vcore"
 
 
-class HygonConfig(ConfigModel):
+class HygonConfig(SectionModel):
     """``hygon:`` — DCU."""
 
-    resource_count_name: ResourceName = Field(
-        default="hygon.com/dcunum",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_memory_name: ResourceName = Field(
-        default="hygon.com/dcumem",
-        validation_alias="resourceMemoryName",
-        serialization_alias="resourceMemoryName",
-    )
-    resource_core_name: ResourceName = Field(
-        default="hygon.com/dcucores",
-        validation_alias="resourceCoreName",
-        serialization_alias="resourceCoreName",
-    )
-    memory_factor: PositiveInt = Field(
-        default=1, validation_alias="memoryFactor", serialization_alias="memoryFactor"
-    )
+    resource_count_name: ResourceName = "hygon.com/dcunum"
+    resource_memory_name: ResourceName = "hygon.com/dcumem"
+    resource_core_name: ResourceName = "hygon.com/dcucores"
+    memory_factor: PositiveInt = 1
 
 
-class MetaxConfig(ConfigModel):
+class MetaxConfig(SectionModel):
     """``metax:`` — whole GPUs (``resourceCountName``) and sGPU slices (``resourceV*``)."""
 
-    resource_count_name: ResourceName = Field(
-        default="metax-tech.com/gpu",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_vcount_name: ResourceName = Field(
-        default="metax-tech.com/sgpu",
-        validation_alias="resourceVCountName",
-        serialization_alias="resourceVCountName",
-    )
-    resource_vmemory_name: ResourceName = Field(
-        default="metax-tech.com/vmemory",
-        validation_alias="resourceVMemoryName",
-        serialization_alias="resourceVMemoryName",
-    )
-    resource_vcore_name: ResourceName = Field(
-        default="metax-tech.com/vcore",
-        validation_alias="resourceVCoreName",
-        serialization_alias="resourceVCoreName",
-    )
-    sgpu_topology_aware: Bool = Field(
-        default=False, validation_alias="sgpuTopologyAware", serialization_alias="sgpuTopologyAware"
-    )
+    resource_count_name: ResourceName = "metax-tech.com/gpu"
+    resource_vcount_name: ResourceName = "metax-tech.com/sgpu"
+    resource_vmemory_name: ResourceName = "metax-tech.com/vmemory"
+    resource_vcore_name: ResourceName = "metax-tech.com/vcore"
+    sgpu_topology_aware: Bool = False
 
 
-class MthreadsConfig(ConfigModel):
+class MthreadsConfig(SectionModel):
     """``mthreads:`` — memory in units of 512 MiB, 16 cores per GPU."""
 
-    resource_count_name: ResourceName = Field(
-        default="mthreads.com/vgpu",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_memory_name: ResourceName = Field(
-        default="mthreads.com/sgpu-memory",
-        validation_alias="resourceMemoryName",
-        serialization_alias="resourceMemoryName",
-    )
-    resource_core_name: ResourceName = Field(
-        default="mthreads.com/sgpu-core",
-        validation_alias="resourceCoreName",
-        serialization_alias="resourceCoreName",
-    )
+    resource_count_name: ResourceName = "mthreads.com/vgpu"
+    resource_memory_name: ResourceName = "mthreads.com/sgpu-memory"
+    resource_core_name: ResourceName = "mthreads.com/sgpu-core"
     # Memory units (512 MiB each) per card model present in the cluster; 96 = MTT S4000 (48 GiB).
-    memory_per_card: list[PositiveInt] = Field(
-        default_factory=lambda: [96], validation_alias="memoryPerCard", serialization_alias="memoryPerCard"
-    )
+    memory_per_card: list[PositiveInt] = Field(default_factory=lambda: [96])
 
 
-class EnflameConfig(ConfigModel):
+class EnflameConfig(SectionModel):
     """``enflame:`` — whole GCUs, DRS slices, and the legacy shared-GCU names."""
 
-    resource_name_gcu: ResourceName = Field(
-        default="enflame.com/gcu", validation_alias="resourceNameGCU", serialization_alias="resourceNameGCU"
-    )
-    resource_name_drs_gcu: ResourceName = Field(
-        default="enflame.com/drs-gcu",
-        validation_alias="resourceNameDRSGCU",
-        serialization_alias="resourceNameDRSGCU",
-    )
-    resource_name_gcu_memory: ResourceName = Field(
-        default="enflame.com/gcu-memory",
-        validation_alias="resourceNameGCUMemory",
-        serialization_alias="resourceNameGCUMemory",
-    )
-    resource_name_gcu_core: ResourceName = Field(
-        default="enflame.com/gcu-core",
-        validation_alias="resourceNameGCUCore",
-        serialization_alias="resourceNameGCUCore",
-    )
-    resource_name_vgcu: ResourceName = Field(
-        default="enflame.com/vgcu",
-        validation_alias="resourceNameVGCU",
-        serialization_alias="resourceNameVGCU",
-    )
-    resource_name_vgcu_percentage: ResourceName = Field(
-        default="enflame.com/vgcu-percentage",
-        validation_alias="resourceNameVGCUPercentage",
-        serialization_alias="resourceNameVGCUPercentage",
-    )
+    resource_name_gcu: ResourceName = "enflame.com/gcu"
+    resource_name_drs_gcu: ResourceName = "enflame.com/drs-gcu"
+    resource_name_gcu_memory: ResourceName = "enflame.com/gcu-memory"
+    resource_name_gcu_core: ResourceName = "enflame.com/gcu-core"
+    resource_name_vgcu: ResourceName = "enflame.com/vgcu"
+    resource_name_vgcu_percentage: ResourceName = "enflame.com/vgcu-percentage"
 
 
-class KunlunConfig(ConfigModel):
+class KunlunConfig(SectionModel):
     """``kunlun:`` — whole XPUs and vXPU slices."""
 
-    resource_count_name: ResourceName = Field(
-        default="kunlunxin.com/xpu",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_vcount_name: ResourceName = Field(
-        default="kunlunxin.com/vxpu",
-        validation_alias="resourceVCountName",
-        serialization_alias="resourceVCountName",
-    )
-    resource_vmemory_name: ResourceName = Field(
-        default="kunlunxin.com/vxpu-memory",
-        validation_alias="resourceVMemoryName",
-        serialization_alias="resourceVMemoryName",
-    )
+    resource_count_name: ResourceName = "kunlunxin.com/xpu"
+    resource_vcount_name: ResourceName = "kunlunxin.com/vxpu"
+    resource_vmemory_name: ResourceName = "kunlunxin.com/vxpu-memory"
 
 
-class AWSNeuronConfig(ConfigModel):
+class AWSNeuronConfig(SectionModel):
     """``awsneuron:`` — whole Neuron devices or NeuronCores."""
 
-    resource_count_name: ResourceName = Field(
-        default="aws.amazon.com/neuron",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
-    resource_core_name: ResourceName = Field(
-        default="aws.amazon.com/neuroncore",
-        validation_alias="resourceCoreName",
-        serialization_alias="resourceCoreName",
-    )
+    resource_count_name: ResourceName = "aws.amazon.com/neuron"
+    resource_core_name: ResourceName = "aws.amazon.com/neuroncore"
 
 
-class AMDConfig(ConfigModel):
+class AMDConfig(SectionModel):
     """``amd:`` — memory in MiB, cores in percent."""
 
-    resource_count_name: ResourceName = Field(
-        default="amd.com/gpu", validation_alias="resourceCountName", serialization_alias="resourceCountName"
-    )
-    resource_memory_name: ResourceName = Field(
-        default="amd.com/gpumem",
-        validation_alias="resourceMemoryName",
-        serialization_alias="resourceMemoryName",
-    )
-    resource_core_name: ResourceName = Field(
-        default="amd.com/gpucores",
-        validation_alias="resourceCoreName",
-        serialization_alias="resourceCoreName",
-    )
+    resource_count_name: ResourceName = "amd.com/gpu"
+    resource_memory_name: ResourceName = "amd.com/gpumem"
+    resource_core_name: ResourceName = "amd.com/gpucores"
 
 
-class VastaiConfig(ConfigModel):
+class VastaiConfig(SectionModel):
     """``vastai:`` — whole devices."""
 
-    resource_count_name: ResourceName = Field(
-        default="vastaitech.com/va",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
+    resource_count_name: ResourceName = "vastaitech.com/va"
 
 
-class BirenConfig(ConfigModel):
+class BirenConfig(SectionModel):
     """``biren:`` — whole devices."""
 
-    resource_count_name: ResourceName = Field(
-        default="birentech.com/gpu",
-        validation_alias="resourceCountName",
-        serialization_alias="resourceCountName",
-    )
+    resource_count_name: ResourceName = "birentech.com/gpu"
 
 
 def _fill(data: Any, defaults: dict[tuple[str, str], str]) -> Any:
@@ -408,23 +163,15 @@ def _get(data: dict[str, Any], alias: str, name: str) -> Any:
     return data.get(alias, data.get(name))
 
 
-class IluvatarConfig(ConfigModel):
+class IluvatarConfig(SectionModel):
     """One ``iluvatars:`` entry. Only ``chipName`` is required; the rest default from it the way the
     HAMi chart spells them (``iluvatar.ai/<chip>-vgpu``, ``.vMem``, ``.vCore``)."""
 
-    chip_name: NonEmptyStr = Field(validation_alias="chipName", serialization_alias="chipName")
-    common_word: NonEmptyStr = Field(
-        default="", validation_alias="commonWord", serialization_alias="commonWord"
-    )
-    resource_count_name: ResourceName = Field(
-        default="", validation_alias="resourceCountName", serialization_alias="resourceCountName"
-    )
-    resource_memory_name: ResourceName = Field(
-        default="", validation_alias="resourceMemoryName", serialization_alias="resourceMemoryName"
-    )
-    resource_core_name: ResourceName = Field(
-        default="", validation_alias="resourceCoreName", serialization_alias="resourceCoreName"
-    )
+    chip_name: NonEmptyStr
+    common_word: NonEmptyStr = ""
+    resource_count_name: ResourceName = ""
+    resource_memory_name: ResourceName = ""
+    resource_core_name: ResourceName = ""
 
     @model_validator(mode="before")
     @classmethod
@@ -450,48 +197,32 @@ def _default_iluvatars() -> list[IluvatarConfig]:
     return [IluvatarConfig(chip_name=c) for c in ("MR-V100", "MR-V50", "BI-V150", "BI-V100")]
 
 
-class AscendTemplate(ConfigModel):
+class AscendTemplate(SectionModel):
     """A vNPU template (``vir02``, ``vir05_1c_16g``, ...): memory in MiB, AI cores and AI CPUs."""
 
     name: NonEmptyStr
     memory: PositiveInt
-    ai_core: NonNegInt = Field(default=0, validation_alias="aiCore", serialization_alias="aiCore")
-    ai_cpu: NonNegInt = Field(default=0, validation_alias="aiCPU", serialization_alias="aiCPU")
+    ai_core: NonNegInt = 0
+    ai_cpu: NonNegInt = 0
 
 
-class VNPUConfig(ConfigModel):
+class VNPUConfig(SectionModel):
     """One ``vnpus.configs`` entry (one Ascend chip type). ``chipName`` and ``commonWord`` are
     required; resource names default to ``huawei.com/<commonWord>`` (``-memory``, ``-core``)."""
 
-    chip_name: NonEmptyStr = Field(validation_alias="chipName", serialization_alias="chipName")
-    common_word: NonEmptyStr = Field(validation_alias="commonWord", serialization_alias="commonWord")
-    resource_name: ResourceName = Field(
-        default="", validation_alias="resourceName", serialization_alias="resourceName"
-    )
-    resource_memory_name: ResourceName = Field(
-        default="", validation_alias="resourceMemoryName", serialization_alias="resourceMemoryName"
-    )
-    resource_core_name: ResourceName = Field(
-        default="", validation_alias="resourceCoreName", serialization_alias="resourceCoreName"
-    )
-    memory_allocatable: NonNegInt = Field(
-        default=0, validation_alias="memoryAllocatable", serialization_alias="memoryAllocatable"
-    )
-    memory_capacity: NonNegInt = Field(
-        default=0, validation_alias="memoryCapacity", serialization_alias="memoryCapacity"
-    )
-    memory_factor: PositiveInt = Field(
-        default=1, validation_alias="memoryFactor", serialization_alias="memoryFactor"
-    )
-    ai_core: NonNegInt = Field(default=0, validation_alias="aiCore", serialization_alias="aiCore")
-    ai_cpu: NonNegInt = Field(default=0, validation_alias="aiCPU", serialization_alias="aiCPU")
-    runtime_class_name: OptionalDNSSubdomain = Field(
-        default="", validation_alias="runtimeClassName", serialization_alias="runtimeClassName"
-    )
-    overwrite_env: Bool = Field(
-        default=False, validation_alias="overwriteEnv", serialization_alias="overwriteEnv"
-    )
-    super_pod: Bool = Field(default=False, validation_alias="superPod", serialization_alias="superPod")
+    chip_name: NonEmptyStr
+    common_word: NonEmptyStr
+    resource_name: ResourceName = ""
+    resource_memory_name: ResourceName = ""
+    resource_core_name: ResourceName = ""
+    memory_allocatable: NonNegInt = 0
+    memory_capacity: NonNegInt = 0
+    memory_factor: PositiveInt = 1
+    ai_core: NonNegInt = 0
+    ai_cpu: NonNegInt = 0
+    runtime_class_name: OptionalDNSSubdomain = ""
+    overwrite_env: Bool = False
+    super_pod: Bool = False
     templates: list[AscendTemplate] = Field(default_factory=list)
 
     @model_validator(mode="before")
@@ -629,13 +360,11 @@ def _default_vnpus() -> list[VNPUConfig]:
     ]
 
 
-class AscendConfig(ConfigModel):
+class AscendConfig(SectionModel):
     """``vnpus:`` — Huawei Ascend. HAMi releases before the ``{hamiVnpuCore, configs}`` form took a
     bare list of chip configs; that form is accepted too."""
 
-    hami_vnpu_core: Bool = Field(
-        default=False, validation_alias="hamiVnpuCore", serialization_alias="hamiVnpuCore"
-    )
+    hami_vnpu_core: Bool = False
     configs: list[VNPUConfig] = Field(default_factory=_default_vnpus)
 
     @classmethod
@@ -664,33 +393,21 @@ class AscendConfig(ConfigModel):
 # ------------------------------------------------------------------------------------ hami section
 
 
-class SchedulerConfig(ConfigModel):
+class SchedulerConfig(SectionModel):
     """``hami.scheduler:`` — scheduler defaults (HAMi has these only as command-line flags)."""
 
-    node_scheduler_policy: NodeSchedulerPolicyField = Field(
-        default="binpack", validation_alias="nodeSchedulerPolicy", serialization_alias="nodeSchedulerPolicy"
-    )
-    gpu_scheduler_policy: GPUSchedulerPolicyField = Field(
-        default="spread", validation_alias="gpuSchedulerPolicy", serialization_alias="gpuSchedulerPolicy"
-    )
+    node_scheduler_policy: NodeSchedulerPolicyField = "binpack"
+    gpu_scheduler_policy: GPUSchedulerPolicyField = "spread"
     # HAMi's node lock expires after 5 minutes (--node-lock-timeout); a crashed binder then blocks
     # a node for that long. hami expires it sooner; raise it if binds legitimately take longer.
-    node_lock_timeout_seconds: PositiveInt = Field(
-        default=60, validation_alias="nodeLockTimeoutSeconds", serialization_alias="nodeLockTimeoutSeconds"
-    )
+    node_lock_timeout_seconds: PositiveInt = 60
 
 
-class HamiSection(ConfigModel):
+class HamiSection(SectionModel):
     """``hami:`` — settings HAMi does not have. HAMi ignores this section."""
 
-    enforcement_opt_out_namespaces: list[Namespace] = Field(
-        default_factory=list,
-        validation_alias="enforcementOptOutNamespaces",
-        serialization_alias="enforcementOptOutNamespaces",
-    )
-    scheduler_name: DNSSubdomain = Field(
-        default="hami-scheduler", validation_alias="schedulerName", serialization_alias="schedulerName"
-    )
+    enforcement_opt_out_namespaces: list[Namespace] = Field(default_factory=list)
+    scheduler_name: DNSSubdomain = "hami-scheduler"
     scheduler: SchedulerConfig = Field(default_factory=lambda: SchedulerConfig())
 
     def may_opt_out(self, namespace: str) -> bool:
@@ -702,7 +419,7 @@ class HamiSection(ConfigModel):
 # ------------------------------------------------------------------------------------ DeviceConfig
 
 
-class DeviceConfig(ConfigModel):
+class DeviceConfig(SectionModel):
     """The whole ``device-config.yaml``. Every section is optional and defaults to HAMi's chart."""
 
     nvidia: NvidiaConfig = Field(default_factory=lambda: NvidiaConfig())
@@ -726,6 +443,10 @@ class DeviceConfig(ConfigModel):
     def default(cls) -> DeviceConfig:
         """HAMi's chart defaults (``charts/hami/templates/scheduler/device-configmap.yaml``)."""
         return cls()
+
+    def sections(self) -> dict[str, Any]:
+        """Every vendor section by attribute name (list-valued sections as lists), for the registry."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name != "hami"}
 
     @property
     def vnpus(self) -> AscendConfig:
@@ -785,16 +506,6 @@ class DeviceConfig(ConfigModel):
     def to_yaml(self) -> str:
         """A complete ``device-config.yaml`` that :func:`parse_device_config` reads back unchanged."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def _resource_names(model: ConfigModel) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, info in type(model).model_fields.items():
-        if name.startswith("resource_"):
-            value = getattr(model, name)
-            if isinstance(value, str) and value:
-                out[info.serialization_alias or info.alias or name] = value
-    return out
 
 
 # ------------------------------------------------------------------------------------------ parsing

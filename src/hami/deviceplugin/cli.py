@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from hami import cliutil
 from hami.config import ConfigError
 from hami.deviceplugin.agent import NodeAgent
 from hami.deviceplugin.api import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
@@ -43,8 +44,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
         client = KubeClient(load_config(kubeconfig))
         kube = ClientKubeOps(client, host=settings.node_name)
     agent = NodeAgent(source, settings, kube=kube, **kw)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    cliutil.on_stop_signals(stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(agent.server.restart()))
     try:
         await agent.run(stop)
@@ -60,9 +60,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
     type=click.Path(exists=True, dir_okay=False),
     help="Use a fake device source described by this YAML file instead of NVML.",
 )
-@click.option(
-    "--device-config-file", type=click.Path(dir_okay=False), help="device-config.yaml (nvidia section)."
-)
+@cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section).")
 @click.option(
     "--node-config-file",
     type=click.Path(dir_okay=False),
@@ -93,7 +91,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
     is_flag=True,
     help="Run without the Kubernetes API: no node registration; Allocate answers an error.",
 )
-@click.option("--log-level", default="INFO", show_default=True)
+@cliutil.log_level_option("INFO")
 def device_plugin(
     node_name: str,
     fake_node: str | None,
@@ -108,7 +106,7 @@ def device_plugin(
     **overrides: Any,
 ) -> None:
     """Serve the node's GPUs to the kubelet as nvidia.com/gpu slices."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cliutil.setup_logging(log_level)
     overrides["topology_score"] = os.environ.get("ENABLE_TOPOLOGY_SCORE", "").lower() == "true" or None
     try:
         settings = load_settings(

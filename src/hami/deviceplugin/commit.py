@@ -20,9 +20,10 @@ import logging
 from hami.deviceplugin.identify import annotations_of, pod_key
 from hami.deviceplugin.kubeops import KubeOps, Obj, patch_pod_with_retry
 from hami.deviceplugin.server import AllocationError
+from hami.devices.nvidia import NvidiaBackend
 from hami.kube.errors import ConflictError, KubeError
+from hami.kube.nodelock import release_node_lock
 from hami.protocol import keys
-from hami.protocol.nodelock import releasable_by
 from hami.protocol.pod import ContainerDevices, MigAllocation, encode_mig_allocations, encode_pod_devices
 
 log = logging.getLogger(__name__)
@@ -106,14 +107,8 @@ class AllocationWriter:
         ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         for _ in range(self._lock_release_attempts):
             try:
-                node = await self.kube.get_node(self.node_name)
-                value = annotations_of(node).get(keys.NODE_LOCK)
-                if not value or not releasable_by(value, ns, name):
-                    return  # no lock, someone else's, or unreadable (the next acquire replaces it)
-                await self.kube.patch_node(
-                    self.node_name,
-                    {"metadata": {"annotations": {keys.NODE_LOCK: None}}},
-                    resource_version=node["metadata"].get("resourceVersion"),
+                await release_node_lock(
+                    self.kube, self.node_name, ns, name, codec=NvidiaBackend.node_lock, attempts=1
                 )
                 return
             except ConflictError:

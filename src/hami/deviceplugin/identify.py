@@ -14,10 +14,10 @@ import logging
 
 from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
+from hami.devices.nvidia import NvidiaBackend
 from hami.kube.errors import NotFoundError
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.protocol.nodelock import decode_node_lock
 from hami.protocol.pod import decode_pod_devices
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,10 @@ def waits_for_allocation(pod: Obj, node_name: str) -> bool:
 async def find_pod(kube: KubeOps, node_name: str) -> Obj:
     """The pod being allocated on `node_name` (see module doc); AllocationError otherwise."""
     node = await kube.get_node(node_name)
-    lock_value = annotations_of(node).get(keys.NODE_LOCK)
+    lock_value = annotations_of(node).get(NvidiaBackend.node_lock.key)
     if lock_value:
         try:
-            lock = decode_node_lock(lock_value)
+            lock = NvidiaBackend.node_lock.decode(lock_value)
         except ProtocolError as e:
             log.warning("node %s: unreadable node lock %r: %s", node_name, lock_value, e)
             lock = None

@@ -1,5 +1,10 @@
-"""Vendor backends behind one small protocol (:mod:`hami.devices.base`) and their registry."""
+"""Vendor backends behind one small protocol (:mod:`hami.devices.base`), optional hooks
+(:mod:`hami.devices.hooks`) and their registry. Each vendor's config section lives next to its
+backend (``nvidia_config``) and :class:`hami.config.DeviceConfig` composes them."""
 
+# hami.config composes the vendor sections defined here: initialise it first, whichever package a
+# caller imports first, so that neither sees the other half-built
+import hami.config  # noqa: F401
 from hami.devices.base import (
     Card,
     CardSelector,

@@ -1,19 +1,28 @@
 """The vendor backend protocol and the value types every backend shares.
 
-A backend knows four things about its vendor: which container resources it reads (``parse_container``),
-how a node advertises its cards (``node_cards``), which cards a pod may use (``selector``; the fit
-mechanism itself is shared, in :mod:`hami.scheduling.fit`), and which pod annotations record the
-decision (``decision_annotations`` / ``decode_allocation``). Nothing else in hami is vendor-specific.
+A backend must know five things about its vendor: which container resources it reads
+(``parse_container``), how a node advertises its cards (``node_cards``), which cards a pod may use
+(``selector``), which pod annotations record the decision (``decision_annotations`` /
+``decode_allocation``) and which node annotation is its bind lock (``lock_key``). Everything else a
+vendor may do differently is an optional hook (:mod:`hami.devices.hooks`) with a shared default.
+
+Guarantees:
+
+* Shared modules never name a vendor. Vendor-only state rides in the *payload* slots (HAMi's
+  ``CustomInfo``): :attr:`Card.payload` (mutable per-card state such as MIG slices in use; it
+  copies itself with the card and absorbs placement payloads), :attr:`Placement.payload` (an
+  immutable value such as a MIG allocation) and :attr:`DeviceRequest.payload` (e.g. a template).
+* A card without a payload copies in O(slots) with no extra allocation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
-from hami.protocol.node import MigProfile, PairScores
-from hami.protocol.pod import ContainerDevice, MigAllocation
+from hami.protocol.node import PairScores
+from hami.protocol.pod import ContainerDevice
 
 
 class RequestError(ValueError):
@@ -28,7 +37,11 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DeviceRequest:
-    """What one container asks of one vendor. ``mem_percentage`` None means "not given"."""
+    """What one container asks of one vendor. ``mem_percentage`` None means "not given".
+
+    ``payload`` is the vendor's own part of the request (a template or profile name, ...): shared
+    code carries it, only the vendor's hooks read it.
+    """
 
     vendor: str
     count: int
@@ -36,6 +49,7 @@ class DeviceRequest:
     mem_percentage: int | None = None
     cores: int = 0
     priority: int | None = None
+    payload: Any = None
 
     def mem_for(self, totalmem: int) -> int:
         """Memory (MiB) this request takes on a card with ``totalmem`` MiB."""
@@ -44,17 +58,34 @@ class DeviceRequest:
         return self.mem
 
 
+class CardPayload(Protocol):
+    """A card's vendor state (HAMi ``CustomInfo``), mutable: trial placements work on a copy.
+
+    ``add``/``remove`` absorb and release one placement's payload (see :class:`Placement`); the
+    shared per-card usage arithmetic calls them for every placement payload on the card.
+    """
+
+    def copy(self) -> Self: ...
+
+    def add(self, placement_payload: Any) -> None: ...
+
+    def remove(self, placement_payload: Any) -> None: ...
+
+
 class Card:
-    """One physical card on a node: its inventory and its current usage (mutated by the ledger)."""
+    """One physical card on a node: its inventory and its current usage (mutated by the ledger).
+
+    ``payload`` is the vendor's per-card state (None for most cards); vendors may subclass
+    :class:`Card` (with ``__slots__ = ()``) to give that state a typed view.
+    """
 
     __slots__ = (
         "count",
         "health",
         "index",
-        "mig_in_use",
-        "mig_profiles",
         "mode",
         "numa",
+        "payload",
         "totalcores",
         "totalmem",
         "type",
@@ -79,7 +110,7 @@ class Card:
         numa: int = 0,
         mode: str = "hami-core",
         health: bool = True,
-        mig_profiles: tuple[MigProfile, ...] = (),
+        payload: CardPayload | None = None,
     ) -> None:
         self.uuid = uuid
         self.vendor = vendor
@@ -92,18 +123,18 @@ class Card:
         self.numa = numa
         self.mode = mode
         self.health = health
-        self.mig_profiles = mig_profiles
+        self.payload = payload
         self.used = 0
         self.usedmem = 0
         self.usedcores = 0
-        self.mig_in_use: list[tuple[int, int]] = []
 
-    def copy(self) -> Card:
-        """A scratch copy for trial placements (usage included)."""
-        c = Card.__new__(Card)
+    def copy(self) -> Self:
+        """A scratch copy for trial placements (usage and payload included, independent of this one)."""
+        c = object.__new__(type(self))
         for name in Card.__slots__:
             setattr(c, name, getattr(self, name))
-        c.mig_in_use = list(self.mig_in_use)
+        if self.payload is not None:
+            c.payload = self.payload.copy()
         return c
 
     def __repr__(self) -> str:
@@ -121,20 +152,35 @@ class NodeCards:
     pair_scores: PairScores = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Placement:
-    """One card chosen for one container: the wire record plus an optional MIG reservation."""
+    """One card chosen for one container: the wire record plus the vendor's payload (an immutable
+    value, e.g. a MIG allocation; None for most placements). A placement payload is held on its
+    card for the pod's whole life, init containers' included.
+
+    Placements are values: a vendor subclass (a typed view of its payload) compares equal to a
+    plain :class:`Placement` with the same record and payload.
+    """
 
     device: ContainerDevice
-    mig: MigAllocation | None = None
+    payload: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Placement):
+            return NotImplemented
+        return self.device == other.device and self.payload == other.payload
+
+    def __hash__(self) -> int:
+        return hash((self.device, self.payload))
 
 
 @dataclass(frozen=True, slots=True)
 class CardSelector:
     """A pod's card filters. Type rules are case-insensitive substrings, UUID rules exact (HAMi semantics).
 
-    Empty tuples mean "no constraint". ``modes`` (from e.g. ``nvidia.com/vgpu-mode``) must contain the
-    card's mode when given.
+    Empty tuples mean "no constraint". ``mode`` (from e.g. ``nvidia.com/vgpu-mode``) must contain the
+    card's mode when given. ``numa_bind``: every card of one container must share a NUMA node (the
+    backend reads it from its own annotation, e.g. ``nvidia.com/numa-bind``).
     """
 
     use_types: tuple[str, ...] = ()
@@ -142,6 +188,7 @@ class CardSelector:
     use_uuids: frozenset[str] = frozenset()
     nouse_uuids: frozenset[str] = frozenset()
     mode: str | None = None
+    numa_bind: bool = False
 
     empty: bool = field(init=False, default=True)
 
@@ -207,7 +254,10 @@ class DeviceBackend(Protocol):
 
     @property
     def lock_key(self) -> str | None:
-        """The node annotation used as the bind lock, or None when the vendor takes no lock."""
+        """The node annotation used as the bind lock, or None when the vendor takes no lock.
+
+        The value's format is HAMi's unless the backend implements
+        :class:`~hami.devices.hooks.NodeLockFormat`."""
         ...
 
     def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:

@@ -5,14 +5,21 @@ configured memory factor), ``gpumem-percentage``, ``gpucores``, ``priority``. Wh
 percentage is given the request is ``defaultMemory`` or, failing that, the whole card; a whole-card
 request without ``gpucores`` gets 100 cores (exclusive), as HAMi's webhook defaults it. Unlike HAMi,
 out-of-range values are rejected instead of clamped.
+
+Hooks (:mod:`hami.devices.hooks`): MIG lives here, in the card payload (:class:`MigSlices`: the
+card's profiles and the slices in use) and the placement payload (a :class:`MigAllocation`).
+A MIG card takes the smallest profile with enough memory that has a free placement (``Sizing``),
+holds as many instances of one request as it has free slots (``MultiSlice``), and the instance
+lives as long as the pod. Admission (``Admission``) adds HAMi's webhook defaults: the GPU count,
+exclusive cores for whole cards, ``CUDA_TASK_PRIORITY``, ``GPU_CORE_UTILIZATION_POLICY``,
+``NVIDIA_VISIBLE_DEVICES=none`` on GPU-less containers and the runtime class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self, cast
 
-from hami.config import NvidiaConfig
 from hami.devices.base import (
     Card,
     CardSelector,
@@ -22,10 +29,15 @@ from hami.devices.base import (
     RequestError,
     split_list,
 )
+from hami.devices.hooks import AdmissionOutcome, ContainerEditor
+from hami.devices.nvidia_config import NvidiaConfig
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.protocol.node import decode_node_devices, decode_pair_scores
+from hami.protocol.node import MigProfile, decode_node_devices, decode_pair_scores
+from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 from hami.protocol.pod import (
+    ContainerDevice,
+    MigAllocation,
     decode_mig_allocations,
     decode_pod_devices,
     encode_mig_allocations,
@@ -34,6 +46,84 @@ from hami.protocol.pod import (
 from hami.protocol.quantity import parse_int_quantity
 
 _INT32_MAX = 2**31 - 1
+
+CARD_MIG_INFEASIBLE = "CardMigTopologyInfeasible"
+# NVIDIA_VISIBLE_DEVICES values that give a container no GPU (nvidia-container-toolkit).
+_NO_GPU_VISIBLE_DEVICES = frozenset({"none", "void"})
+
+
+# ------------------------------------------------------------------------------------- MIG payloads
+
+
+class MigSlices:
+    """An NVIDIA card's payload: the MIG profiles it hosts and the slice spans ``(start, size)`` in use."""
+
+    __slots__ = ("in_use", "profiles")
+
+    def __init__(self, profiles: tuple[MigProfile, ...] = (), in_use: list[tuple[int, int]] | None = None):
+        self.profiles = profiles
+        self.in_use: list[tuple[int, int]] = in_use if in_use is not None else []
+
+    def copy(self) -> Self:
+        return type(self)(self.profiles, list(self.in_use))
+
+    def add(self, placement_payload: Any) -> None:
+        if isinstance(placement_payload, MigAllocation):
+            self.in_use.append((placement_payload.placement_start, placement_payload.placement_size))
+
+    def remove(self, placement_payload: Any) -> None:
+        if isinstance(placement_payload, MigAllocation):
+            span = (placement_payload.placement_start, placement_payload.placement_size)
+            if span in self.in_use:
+                self.in_use.remove(span)
+
+    def choice(self, mem: int) -> tuple[MigProfile, int] | None:
+        """The smallest profile with enough memory that has a free placement, and that placement's start."""
+        profiles = sorted(self.profiles, key=lambda p: (p.memory_mb, p.slice_count, p.name))
+        for prof in profiles:
+            if prof.memory_mb < mem:
+                continue
+            placements = sorted(
+                prof.placements, key=lambda pl: pl.start, reverse=prof.name.startswith(("1g.", "3g."))
+            )
+            for pl in placements:
+                end = pl.start + pl.size
+                if all(end <= s or pl.start >= s + z for s, z in self.in_use):
+                    return prof, pl.start
+        return None
+
+
+class NvidiaCard(Card):
+    """An NVIDIA card; its payload is a :class:`MigSlices` (node registrations give one to MIG cards
+    only, so other cards copy with no extra allocation; a card built directly always has one)."""
+
+    __slots__ = ()
+
+    def __init__(self, *, mig_profiles: tuple[MigProfile, ...] = (), mig: bool = True, **kw: Any) -> None:
+        super().__init__(payload=MigSlices(mig_profiles) if mig else None, **kw)
+
+    @property
+    def mig_profiles(self) -> tuple[MigProfile, ...]:
+        return self.payload.profiles if isinstance(self.payload, MigSlices) else ()
+
+    @property
+    def mig_in_use(self) -> list[tuple[int, int]]:
+        return self.payload.in_use if isinstance(self.payload, MigSlices) else []
+
+
+class NvidiaPlacement(Placement):
+    """An NVIDIA placement: its payload is the MIG allocation (None outside MIG)."""
+
+    __slots__ = ()
+
+    def __init__(self, device: ContainerDevice, mig: MigAllocation | None = None) -> None:
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "payload", mig)
+
+    @property
+    def mig(self) -> MigAllocation | None:
+        m: MigAllocation | None = self.payload
+        return m
 
 
 def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
@@ -74,6 +164,8 @@ class NvidiaBackend:
     allocated_key = keys.VGPU_DEVICES_ALLOCATED
     to_allocate_key = keys.VGPU_DEVICES_TO_ALLOCATE
     lock_key: str | None = keys.NODE_LOCK
+    node_lock: NodeLockCodec = HAMI_NODE_LOCK
+    handshake_key = keys.NODE_HANDSHAKE
     register_key = keys.NODE_NVIDIA_REGISTER
     decision_keys = (keys.VGPU_DEVICES_TO_ALLOCATE, keys.VGPU_DEVICES_ALLOCATED, keys.VGPU_MIG_ALLOCATIONS)
 
@@ -158,7 +250,7 @@ class NvidiaBackend:
             return None
         devices = decode_node_devices(value)
         cards = tuple(
-            Card(
+            NvidiaCard(
                 uuid=d.id,
                 vendor=self.vendor,
                 type=d.type,
@@ -170,6 +262,7 @@ class NvidiaBackend:
                 mode=d.mode or keys.MODE_HAMI_CORE,
                 health=d.health,
                 mig_profiles=d.mig_profiles,
+                mig=d.mode == keys.MODE_MIG,
             )
             for d in devices
         )
@@ -185,12 +278,13 @@ class NvidiaBackend:
             use_uuids=frozenset(split_list(annotations.get(keys.NVIDIA_USE_GPUUUID))),
             nouse_uuids=frozenset(split_list(annotations.get(keys.NVIDIA_NOUSE_GPUUUID))),
             mode=mode.strip() if mode and mode.strip() else None,
+            numa_bind=annotations.get(keys.NVIDIA_NUMA_BIND, "").strip().lower() == "true",
         )
 
     def decision_annotations(self, containers: Sequence[Sequence[Placement]]) -> dict[str, str]:
         encoded = encode_pod_devices([[p.device for p in c] for c in containers])
         out = {self.to_allocate_key: encoded, self.allocated_key: encoded}
-        migs = [p.mig for c in containers for p in c if p.mig is not None]
+        migs = [p.payload for c in containers for p in c if isinstance(p.payload, MigAllocation)]
         if migs:
             out[keys.VGPU_MIG_ALLOCATIONS] = encode_mig_allocations(migs)
         return out
@@ -207,6 +301,130 @@ class NvidiaBackend:
             else {}
         )
         return [
-            tuple(Placement(device=d, mig=migs.get((ci, di))) for di, d in enumerate(container))
+            tuple(NvidiaPlacement(d, migs.get((ci, di))) for di, d in enumerate(container))
             for ci, container in enumerate(pod)
         ]
+
+    # --- hooks: MIG (ModeScoped, Sizing, MultiSlice) ----------------------------------------------
+    #: the card-level hooks below see MIG cards only; other cards take the shared defaults
+    hooked_modes = frozenset({keys.MODE_MIG})
+
+    def fits(self, card: Card, request: DeviceRequest) -> str | None:
+        slices = cast(MigSlices, card.payload)
+        return None if slices.choice(request.mem_for(card.totalmem)) else CARD_MIG_INFEASIBLE
+
+    def size(self, card: Card, request: DeviceRequest, container_index: int, device_index: int) -> Placement:
+        slices = cast(MigSlices, card.payload)
+        choice = slices.choice(request.mem_for(card.totalmem))
+        assert choice is not None
+        prof, start = choice
+        mig = MigAllocation(
+            container_index=container_index,
+            device_index=device_index,
+            gpu_uuid=card.uuid,
+            profile=prof.name,
+            placement_start=start,
+            placement_size=prof.slice_count,
+        )
+        return NvidiaPlacement(ContainerDevice(card.uuid, request.vendor, prof.memory_mb, prof.core), mig)
+
+    def card_slices(self, card: Card) -> int | None:
+        """A MIG card holds one instance per free slot, several of them for one request."""
+        return max(1, card.count - card.used)
+
+    # --- hook: Admission -------------------------------------------------------------------------
+    def core_limit_off(self) -> bool:
+        return self.config.gpu_core_policy == "disable" or self.config.disable_core_limit
+
+    def admit_container(
+        self,
+        container: Mapping[str, Any],
+        name: str,
+        request: DeviceRequest | None,
+        edit: ContainerEditor,
+        out: AdmissionOutcome,
+    ) -> None:
+        c = self.config
+        if request is None:
+            given = [
+                n
+                for n in (c.resource_memory_name, c.resource_memory_percentage_name, c.resource_core_name)
+                if edit.has_resource(n)
+            ]
+            if given and not edit.has_resource(c.resource_count_name) and c.default_gpu_num == 0:
+                out.invalid.append(
+                    _denial(
+                        name,
+                        c.resource_count_name,
+                        f"missing: {', '.join(given)} given without a GPU count and defaultGPUNum is 0",
+                    )
+                )
+                return
+            if c.overwrite_env and edit.set_env(keys.ENV_VISIBLE_DEVICES, "none"):
+                out.warnings.append(
+                    f"container {name!r}: {keys.ENV_VISIBLE_DEVICES} set to 'none' (no GPU requested)"
+                )
+            return
+        if not out.opted_out:
+            out.denials += _visible_devices_violations(name, container)
+        if not edit.has_resource(c.resource_count_name):
+            edit.set_limit(c.resource_count_name, str(request.count))
+        if (
+            not edit.has_resource(c.resource_core_name)
+            and request.mem == 0
+            and request.mem_percentage == 100
+            and request.cores == 100
+        ):
+            edit.set_limit(c.resource_core_name, "100")  # exclusive whole card (HAMi PR #1354)
+        if request.priority is not None and edit.set_env(keys.ENV_TASK_PRIORITY, str(request.priority)):
+            out.warnings.append(
+                f"container {name!r}: {keys.ENV_TASK_PRIORITY} set from {c.resource_priority_name}"
+            )
+        if c.gpu_core_policy != "default":
+            current = edit.env_value(keys.ENV_CORE_POLICY)
+            if not (out.opted_out and current is not None and current.strip().lower() == "disable"):
+                edit.set_env(keys.ENV_CORE_POLICY, c.gpu_core_policy)
+
+    def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]:
+        if used and self.config.runtime_class_name and not spec.get("runtimeClassName"):
+            return [{"op": "add", "path": "/spec/runtimeClassName", "value": self.config.runtime_class_name}]
+        return []
+
+
+def _denial(container: str, resource: str, reason: str) -> str:
+    return str(RequestError(container=container, resource=resource, reason=reason))
+
+
+def _visible_devices_violations(cname: str, container: Mapping[str, Any]) -> list[str]:
+    """Reasons a container that gets GPUs overrides the device plugin's ``NVIDIA_VISIBLE_DEVICES``
+    (``all`` or a UUID list would expose cards hami did not allocate to it)."""
+    env = container.get("env")
+    if not isinstance(env, list):
+        return []
+    out: list[str] = []
+    name = keys.ENV_VISIBLE_DEVICES
+    for e in env:
+        if not isinstance(e, Mapping) or e.get("name") != name:
+            continue
+        if e.get("valueFrom") is not None:
+            out.append(
+                _denial(
+                    cname,
+                    f"env {name}",
+                    "may not come from valueFrom in a container that gets GPUs "
+                    "(hami's device plugin sets it to the allocated cards)",
+                )
+            )
+            continue
+        raw = e.get("value")
+        if not (isinstance(raw, str) and raw in _NO_GPU_VISIBLE_DEVICES):
+            shown = raw if isinstance(raw, str) else ""
+            out.append(
+                _denial(
+                    cname,
+                    f"env {name}",
+                    f"{shown!r} would override the cards hami's device plugin allocates to this "
+                    "container (only 'none' or 'void' may be set)",
+                )
+            )
+    return out

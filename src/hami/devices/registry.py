@@ -1,11 +1,26 @@
-"""The backend registry: which vendors this deployment handles, looked up by vendor key or resource."""
+"""The backend registry: which vendors this deployment handles, looked up by vendor key or resource.
+
+Guarantees: each backend's optional hooks are resolved once, when it is registered
+(:func:`hami.devices.hooks.resolve_hooks`), so the scheduling core only reads plain callables.
+A registry is built from the config sections present (:func:`registry_from_sections`): each section
+with a backend factory gives one backend, a list-valued section one backend per entry.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from hami.config import DeviceConfig
 from hami.devices.base import DeviceBackend
+from hami.devices.hooks import Admission, CardUse, VendorHooks, resolve_hooks
+from hami.protocol.nodelock import NodeLockCodec
+
+if TYPE_CHECKING:
+    from hami.config import DeviceConfig
+    from hami.devices.base import Card
+
+#: builds one backend from one config section (or one entry of a list-valued section)
+BackendFactory = Callable[[Any], DeviceBackend]
 
 
 class BackendRegistry:
@@ -13,6 +28,7 @@ class BackendRegistry:
 
     def __init__(self, backends: list[DeviceBackend] | None = None) -> None:
         self._by_vendor: dict[str, DeviceBackend] = {}
+        self._hooks: dict[str, VendorHooks] = {}
         for b in backends or []:
             self.register(b)
 
@@ -20,9 +36,14 @@ class BackendRegistry:
         if backend.vendor in self._by_vendor:
             raise ValueError(f"backend for vendor {backend.vendor!r} registered twice")
         self._by_vendor[backend.vendor] = backend
+        self._hooks[backend.vendor] = resolve_hooks(backend)
 
     def get(self, vendor: str) -> DeviceBackend:
         return self._by_vendor[vendor]
+
+    def hooks(self, vendor: str) -> VendorHooks:
+        """The vendor's resolved hooks (None fields: the shared default)."""
+        return self._hooks[vendor]
 
     def __iter__(self) -> Iterator[DeviceBackend]:
         return iter(self._by_vendor.values())
@@ -34,10 +55,47 @@ class BackendRegistry:
         """Every managed resource name, for the extender's ``managedResources``."""
         return [name for b in self for name in b.resource_names]
 
+    def card_usage(self) -> dict[str, Callable[[Card, CardUse, int], None]]:
+        """Per-vendor card usage arithmetic for the ledger."""
+        return {v: h.usage for v, h in self._hooks.items()}
 
-def default_registry(config: DeviceConfig | None = None) -> BackendRegistry:
-    """The registry for a device config: NVIDIA today; other vendors plug in here."""
+    def admissions(self) -> list[tuple[str, Admission]]:
+        """``(vendor, hook)`` for every backend with an admission hook, in registration order."""
+        return [(v, h.admission) for v, h in self._hooks.items() if h.admission is not None]
+
+    def node_locks(self) -> dict[str, NodeLockCodec]:
+        """Per-vendor node-lock codec, for vendors that take a lock."""
+        return {v: h.node_lock for v, h in self._hooks.items() if h.node_lock is not None}
+
+    def node_lock(self) -> NodeLockCodec | None:
+        """The node lock of the first locking vendor (what a single-lock extender takes)."""
+        return next(iter(self.node_locks().values()), None)
+
+
+def registry_from_sections(
+    sections: Mapping[str, Any], factories: Mapping[str, BackendFactory]
+) -> BackendRegistry:
+    """One backend per section that has a factory (one per entry for a list), in ``factories`` order."""
+    backends: list[DeviceBackend] = []
+    for name, factory in factories.items():
+        if name not in sections:
+            continue
+        value = sections[name]
+        for item in value if isinstance(value, list) else [value]:
+            backends.append(factory(item))
+    return BackendRegistry(backends)
+
+
+def default_factories() -> dict[str, BackendFactory]:
+    """The built-in backends, by config section."""
     from hami.devices.nvidia import NvidiaBackend
 
+    return {"nvidia": NvidiaBackend}
+
+
+def default_registry(config: DeviceConfig | None = None) -> BackendRegistry:
+    """The registry for a device config: the built-in backends whose sections it has."""
+    from hami.config import DeviceConfig
+
     cfg = config if config is not None else DeviceConfig.default()
-    return BackendRegistry([NvidiaBackend(cfg.nvidia)])
+    return registry_from_sections(cfg.sections(), default_factories())

@@ -1,4 +1,10 @@
-"""`hami monitor`: the node monitor (container regions and cards -> Prometheus metrics)."""
+"""`hami monitor`: the node monitor (container regions and cards -> Prometheus metrics).
+
+Flags are spelled as the other services' (``--metrics-bind`` with HAMi's ``--metrics-bind-address``
+accepted, ``--kubeconfig``, ``--log-level``), but declared here: :mod:`hami.cliutil` loads the
+device-config models (pydantic, ~14 MB resident) that the monitor never needs, and the monitor's
+budget is 60 MB (``python -m hami.monitor`` loads this module alone).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,23 @@ import asyncio
 import logging
 import os
 import signal
+from urllib.parse import urlsplit
 
 import click
 
-from hami.cliutil import parse_bind
 from hami.monitor.runner import Monitor, MonitorSettings
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """``host:port``, ``:port`` (all interfaces) or ``[v6]:port``."""
+    try:
+        where = urlsplit("//" + value)
+        port = where.port
+    except ValueError:
+        port = None
+    if port is None:
+        raise click.BadParameter(f"{value!r} is not host:port", param_hint="--metrics-bind")
+    return where.hostname or "0.0.0.0", port
 
 
 async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
@@ -40,8 +58,17 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
     show_default=True,
     help="HAMi's HOOK_PATH; the container regions are under <hook-path>/vgpu/containers.",
 )
-@click.option("--metrics-bind", default="0.0.0.0:9394", show_default=True, help="host:port of /metrics.")
-@click.option("--kubeconfig", default=None, help="Kubeconfig (default: in-cluster); '' runs without the API.")
+@click.option(
+    "--metrics-bind",
+    "--metrics-bind-address",
+    "metrics_bind",
+    default="0.0.0.0:9394",
+    show_default=True,
+    help="host:port of /metrics and /healthz (HAMi's 9394).",
+)
+@click.option(
+    "--kubeconfig", default=None, help="kubeconfig (default: in-cluster/KUBECONFIG); '' runs without the API."
+)
 @click.option(
     "--gc-grace",
     type=float,
@@ -51,7 +78,12 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
 )
 @click.option("--gc-interval", type=float, default=30.0, show_default=True)
 @click.option("--no-nvml", is_flag=True, help="Do not read the cards through NVML (no host metrics).")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
 def monitor(
     node_name: str,
     hook_path: str,
@@ -60,14 +92,11 @@ def monitor(
     gc_grace: float,
     gc_interval: float,
     no_nvml: bool,
-    verbose: bool,
+    log_level: str,
 ) -> None:
     """Serve per-container GPU usage (HAMi's metric names) and collect regions of deleted pods."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    host, port = parse_bind(metrics_bind, "--metrics-bind")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, port = _host_port(metrics_bind)
     settings = MonitorSettings(
         node_name=node_name,
         hook_path=hook_path,

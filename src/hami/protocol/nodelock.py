@@ -1,11 +1,18 @@
-"""The node lock value ``hami.io/mutex.lock``: ``<RFC3339>,<namespace>,<name>`` (legacy: bare timestamp)."""
+"""The node lock value ``hami.io/mutex.lock``: ``<RFC3339>,<namespace>,<name>`` (legacy: bare timestamp).
+
+A :class:`NodeLockCodec` bundles a lock's node annotation key with its value format; each backend
+names its own (HAMi's is :data:`HAMI_NODE_LOCK`), and the extender's locker and the device plugin
+use exactly that.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from hami.protocol.errors import ProtocolError
+from hami.protocol.keys import NODE_LOCK
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +56,7 @@ def releasable_by(value: str, namespace: str, name: str) -> bool:
     """May ``namespace/name`` remove this lock value? Yes if it owns it or the value is a legacy bare
     timestamp (no owner to check). A value that cannot be read is left alone: it blocks nobody (the
     next acquire replaces it) and deleting what one cannot read is never safe."""
-    try:
-        lock = decode_node_lock(value)
-    except ProtocolError:
-        return False
-    return lock.namespace is None or lock.owned_by(namespace, name)
+    return _releasable(HAMI_NODE_LOCK, value, namespace, name)
 
 
 def decode_node_lock(value: str) -> NodeLock:
@@ -63,3 +66,38 @@ def decode_node_lock(value: str) -> NodeLock:
     if len(parts) != 3 or not parts[1] or not parts[2]:
         raise ProtocolError(f"node lock {value!r} must be '<RFC3339>,<namespace>,<name>'")
     return NodeLock(time=parse_rfc3339(parts[0]), namespace=parts[1], name=parts[2])
+
+
+def _releasable(codec: NodeLockCodec, value: str, namespace: str, name: str) -> bool:
+    try:
+        lock = codec.decode(value)
+    except ProtocolError:
+        return False
+    return lock.namespace is None or lock.owned_by(namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLockCodec:
+    """A node lock: the Node annotation ``key`` and how its value is written and read."""
+
+    key: str
+    encode: Callable[[NodeLock], str] = encode_node_lock
+    decode: Callable[[str], NodeLock] = decode_node_lock
+
+    def with_key(self, key: str) -> NodeLockCodec:
+        return self if key == self.key else replace(self, key=key)
+
+    def releasable_by(self, value: str, namespace: str, name: str) -> bool:
+        """:func:`releasable_by` in this codec's format."""
+        return _releasable(self, value, namespace, name)
+
+    def held_by(self, value: str, namespace: str, name: str) -> bool:
+        """Is ``value`` a readable lock owned by ``namespace/name``?"""
+        try:
+            return self.decode(value).owned_by(namespace, name)
+        except ProtocolError:
+            return False
+
+
+#: HAMi's NVIDIA lock (``hami.io/mutex.lock``, ``<RFC3339>,<namespace>,<name>``)
+HAMI_NODE_LOCK = NodeLockCodec(key=NODE_LOCK)

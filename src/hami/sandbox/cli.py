@@ -36,6 +36,10 @@ def _done(started: float) -> None:
     click.echo(f"    done in {time.monotonic() - started:.1f} s", err=True)
 
 
+#: the sandbox's nodes; examples/fake-sandbox.yaml describes each one's simulated GPUs
+NODES = ("node1", "node2")
+
+
 @click.group("sandbox")
 def sandbox_command() -> None:
     """A local Kubernetes cluster with real kubelet + containerd nodes and simulated GPUs."""
@@ -56,22 +60,26 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
 
     root, state_dir = Path(repo).resolve(), Path(state).resolve()
     images = root / "dist" / "images"
-    archives = [sorted(images.glob(f"{n}-*.tar")) for n in ("hami", "kube-scheduler", "pause")]
+    archives = [
+        sorted(images.glob(f"{n}-*.tar")) for n in ("hami", "kube-scheduler", "pause", "ubuntu-standin")
+    ]
     if not all(archives):
         raise click.ClickException(
-            f"{images} lacks the hami, kube-scheduler or pause image (run make images)"
+            f"{images} lacks the hami, kube-scheduler, pause or ubuntu-standin image (run make images)"
         )
     kubeconfig = Sandbox.running_kubeconfig(state_dir)
     if kubeconfig is not None:
         click.echo(f"==> reusing the sandbox running in {state_dir}", err=True)
     else:
-        started = _step(f"starting the sandbox in {state_dir}: control plane, node1 (kubelet + containerd)")
+        started = _step(
+            f"starting the sandbox in {state_dir}: control plane, {' and '.join(NODES)} (kubelet + containerd each)"
+        )
         binaries = find_binaries(k8s_bin)
         sb = Sandbox(
             state_dir,
             binaries,
             NodeBinaries(Path(k8s_bin) / "kubelet", Path(containerd_bin)),
-            [NodeSpec("node1", {"gpu": "on"})],
+            [NodeSpec(name, {"gpu": "on"}) for name in NODES],
             images=[a[-1] for a in archives],
             detach=True,
             driver=root / "native" / "build" / "fake",
@@ -85,7 +93,7 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
         assert kubeconfig is not None
         _done(started)
         started = _step("installing hami with helm (charts/hami, images hami.local/*)")
-        values = sb.chart_values((root / "examples" / "fake-node.yaml").read_text())
+        values = sb.chart_values((root / "examples" / "fake-sandbox.yaml").read_text())
         try:
             Helm(helm_path).release(
                 "install",
@@ -125,14 +133,16 @@ async def _demo(kubeconfig: str) -> None:
 
     async with KubeClient(load_kubeconfig(kubeconfig)) as kc:
         started = _step(
-            "waiting for hami: scheduler pod and device plugin ready, node1 advertising GPU slices"
+            "waiting for hami: scheduler pod and device plugins ready, every node advertising GPU slices"
         )
 
         async def hami_ready() -> bool:
-            node = await kc.get(api_path("v1", "nodes", name="node1"))
-            slices = int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0"))
+            for name in NODES:
+                node = await kc.get(api_path("v1", "nodes", name=name))
+                if int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0")) == 0:
+                    return False
             dep = await kc.get(f"/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/hami-scheduler")
-            return slices > 0 and (dep.get("status") or {}).get("availableReplicas", 0) >= 1
+            return bool((dep.get("status") or {}).get("availableReplicas", 0) >= 1)
 
         await _wait(hami_ready, 300, "hami ready")
         _done(started)

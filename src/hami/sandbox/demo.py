@@ -1,8 +1,9 @@
 """The demo workload: what `make demo` applies to the sandbox and the table it prints.
 
 A small mix that shows what hami does: three pods sharing one card, a pod that takes a whole card
-(``gpucores: 100``), a percentage request, a two-card pod placed by NVLink topology, and a pod that
-cannot fit (it stays Pending, and the table says why). Every container prints what it was given
+(``gpucores: 100``), a percentage request, a two-card pod placed by NVLink topology, a pod that
+asks for one card model (``nvidia.com/use-gputype: L4``, found on node2 only), and a pod that cannot
+fit (it stays Pending, and the table says why). Every container prints what it was given
 (:mod:`hami.sandbox.probe`: the memory the CUDA driver API reports through ``libvgpu.so``, and
 whether an allocation beyond it is refused) and sleeps.
 """
@@ -56,6 +57,7 @@ def workload() -> list[dict[str, Any]]:
         ),
         _pod("quarter", {"nvidia.com/gpu": 1, "nvidia.com/gpumem-percentage": 25}, BINPACK),
         _pod("whole-card", {"nvidia.com/gpu": 1, "nvidia.com/gpucores": 100}),
+        _pod("l4-only", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 8000}, {"nvidia.com/use-gputype": "L4"}),
         _pod("too-big", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 100000}),
     ]
 

@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BRIDGE", "NAT_CHAIN", "HostError", "HostGuard"]
+__all__ = ["BRIDGE", "FIXED_PATHS", "NAT_CHAIN", "SYSCTLS", "HostError", "HostGuard", "sysctl_path"]
 
 BRIDGE = "hami0"
 NAT_CHAIN = "HAMI-SANDBOX"
@@ -53,7 +53,7 @@ def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return out
 
 
-def _sysctl_path(name: str) -> Path:
+def sysctl_path(name: str) -> Path:
     return Path("/proc/sys") / name.replace(".", "/")
 
 
@@ -90,12 +90,12 @@ class HostGuard:
         saved = self.record.setdefault("sysctls", {})
         for name in SYSCTLS:
             with contextlib.suppress(OSError):
-                saved.setdefault(name, _sysctl_path(name).read_text().strip())
+                saved.setdefault(name, sysctl_path(name).read_text().strip())
         self._save()
 
     def set_sysctl(self, name: str, value: str) -> None:
         assert name in self.record.get("sysctls", {}), f"save {name} before changing it"
-        _sysctl_path(name).write_text(value)
+        sysctl_path(name).write_text(value)
 
     def bridge(self, addresses: list[str]) -> None:
         """Create the bridge holding the sandbox's own addresses (``a.b.c.d/len``)."""
@@ -201,7 +201,7 @@ class HostGuard:
         if self.record.get("bridge"):
             attempt("bridge", self._remove_bridge)
         for name, value in self.record.get("sysctls", {}).items():
-            attempt(f"sysctl {name}", _sysctl_path(name).write_text, value)
+            attempt(f"sysctl {name}", sysctl_path(name).write_text, value)
         for path in self.record.get("dir", []):
             attempt(f"remove {path}", shutil.rmtree, path, True)
         if errors:

@@ -1,8 +1,11 @@
 """The shared fit mechanism: which cards of a node can serve one container's request, and which are chosen.
 
-Every vendor goes through the same checks, in HAMi's order, each with HAMi's reason name. The
-checks are applied to *scratch* copies of the node's cards so that later containers of the same
-pod see earlier containers' placements.
+Every vendor goes through the same checks, in HAMi's order, each with HAMi's reason name: health,
+cordon, the pod's card selector, free slots, mutex; then the backend's extra rejection and its
+capacity check (:mod:`hami.devices.hooks`; default: HAMi's memory/core checks). The checks are
+applied to *scratch* copies of the node's cards so that later containers of the same pod see earlier
+containers' placements. Backend hooks arrive resolved in :attr:`FitRequest.hooks`; when a backend
+implements none, every check runs the shared default with no extra indirection.
 """
 
 from __future__ import annotations
@@ -13,20 +16,42 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hami.devices.base import Card, CardSelector, DeviceRequest, Placement
-from hami.protocol import keys
-from hami.protocol.node import MigProfile, PairScores
-from hami.protocol.pod import ContainerDevice, MigAllocation
+from hami.devices.hooks import (
+    CARD_COMPUTE_EXHAUSTED,
+    CARD_INSUFFICIENT_CORE,
+    CARD_INSUFFICIENT_MEMORY,
+    DEFAULT_HOOKS,
+    EXCLUSIVE_CONFLICT,
+    CardUse,
+    VendorHooks,
+    default_fits,
+    default_size,
+)
+from hami.protocol.node import PairScores
 from hami.protocol.weights import ScoringWeights
 from hami.scheduling.policy import CardPolicy, order_cards
+
+__all__ = [
+    "ALLOCATED_CARDS_INSUFFICIENT",
+    "CARD_COMPUTE_EXHAUSTED",
+    "CARD_CORDONED",
+    "CARD_INSUFFICIENT_CORE",
+    "CARD_INSUFFICIENT_MEMORY",
+    "CARD_NOT_HEALTHY",
+    "CARD_SLOTS_EXHAUSTED",
+    "EXCLUSIVE_CONFLICT",
+    "NODE_INSUFFICIENT_DEVICE",
+    "NUMA_NOT_FIT",
+    "FitRequest",
+    "fit_container",
+    "format_reasons",
+    "precheck",
+    "rejection",
+]
 
 CARD_NOT_HEALTHY = "CardNotHealth"
 CARD_CORDONED = "CardCordoned"
 CARD_SLOTS_EXHAUSTED = "CardTimeSlicingExhausted"
-EXCLUSIVE_CONFLICT = "ExclusiveDeviceAllocateConflict"
-CARD_INSUFFICIENT_MEMORY = "CardInsufficientMemory"
-CARD_INSUFFICIENT_CORE = "CardInsufficientCore"
-CARD_COMPUTE_EXHAUSTED = "CardComputeUnitsExhausted"
-CARD_MIG_INFEASIBLE = "CardMigTopologyInfeasible"
 NODE_INSUFFICIENT_DEVICE = "NodeInsufficientDevice"
 NUMA_NOT_FIT = "NumaNotFit"
 ALLOCATED_CARDS_INSUFFICIENT = "AllocatedCardsInsufficientRequest"
@@ -42,27 +67,11 @@ class FitRequest:
     policy: CardPolicy
     weights: ScoringWeights
     numa_bind: bool
-
-
-def _mig_choice(card: Card, mem: int) -> tuple[MigProfile, int] | None:
-    """The smallest profile with enough memory that has a free placement, and that placement's start."""
-    profiles = sorted(card.mig_profiles, key=lambda p: (p.memory_mb, p.slice_count, p.name))
-    for prof in profiles:
-        if prof.memory_mb < mem:
-            continue
-        placements = sorted(
-            prof.placements, key=lambda pl: pl.start, reverse=prof.name.startswith(("1g.", "3g."))
-        )
-        for pl in placements:
-            end = pl.start + pl.size
-            if all(end <= s or pl.start >= s + z for s, z in card.mig_in_use):
-                return prof, pl.start
-    return None
+    hooks: VendorHooks = DEFAULT_HOOKS
 
 
 def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     """Why this card cannot take one more slice of the request right now, in HAMi's check order."""
-    req = fr.request
     if not card.health:
         return CARD_NOT_HEALTHY
     if cordoned and card.uuid in cordoned:
@@ -75,44 +84,26 @@ def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | Non
         return CARD_SLOTS_EXHAUSTED
     if fr.policy.mutex and card.used > 0:
         return EXCLUSIVE_CONFLICT
-    if card.mode == keys.MODE_MIG:
-        return None if _mig_choice(card, req.mem_for(card.totalmem)) else CARD_MIG_INFEASIBLE
-    if card.totalmem - card.usedmem < req.mem_for(card.totalmem):
-        return CARD_INSUFFICIENT_MEMORY
-    if card.totalcores - card.usedcores < req.cores:
-        return CARD_INSUFFICIENT_CORE
-    if card.totalcores == 100 and req.cores == 100 and card.used > 0:
-        return EXCLUSIVE_CONFLICT
-    if card.usedcores >= card.totalcores and req.cores == 0:
-        return CARD_COMPUTE_EXHAUSTED
-    return None
+    hooks = fr.hooks
+    if hooks.modes is not None and card.mode not in hooks.modes:
+        return default_fits(card, fr.request)
+    if hooks.reject is not None:
+        reason = hooks.reject(card, fr.request)
+        if reason is not None:
+            return reason
+    if hooks.fits is not None:
+        return hooks.fits(card, fr.request)
+    return default_fits(card, fr.request)
 
 
 def _take(card: Card, fr: FitRequest, device_index: int) -> Placement:
-    req = fr.request
-    mem = req.mem_for(card.totalmem)
-    cores = req.cores
-    mig: MigAllocation | None = None
-    if card.mode == keys.MODE_MIG:
-        choice = _mig_choice(card, mem)
-        assert choice is not None
-        prof, start = choice
-        mem, cores = prof.memory_mb, prof.core
-        mig = MigAllocation(
-            container_index=fr.container_index,
-            device_index=device_index,
-            gpu_uuid=card.uuid,
-            profile=prof.name,
-            placement_start=start,
-            placement_size=prof.slice_count,
-        )
-        card.mig_in_use.append((start, prof.slice_count))
-    card.used += 1
-    card.usedmem += mem
-    card.usedcores += cores
-    return Placement(
-        device=ContainerDevice(uuid=card.uuid, type=req.vendor, usedmem=mem, usedcores=cores), mig=mig
-    )
+    hooks = fr.hooks
+    size = hooks.size if hooks.size is not None and hooks.on(card) else default_size
+    placement = size(card, fr.request, fr.container_index, device_index)
+    d = placement.device
+    payloads = () if placement.payload is None else (placement.payload,)
+    hooks.usage(card, CardUse(1, d.usedmem, d.usedcores, payloads), 1)
+    return placement
 
 
 def _pair_sum(a: Card, others: Sequence[Card], scores: PairScores) -> int:
@@ -141,6 +132,17 @@ def format_reasons(reasons: Mapping[str, int], total: int) -> str:
     return ", ".join(f"{n}/{total} {r}" for r, n in sorted(reasons.items()))
 
 
+def _slices(hooks: VendorHooks, card: Card) -> int:
+    """How many slices of one request ``card`` may hold (1 unless a MultiSlice hook says more)."""
+    n = hooks.card_slices(card)
+    return 1 if n is None else n
+
+
+def _too_few_cards(cards: Sequence[Card], need: int, hooks: VendorHooks) -> bool:
+    """More cards asked than the node has, and none of them holds several slices."""
+    return need > len(cards) and all(hooks.card_slices(c) is None for c in cards)
+
+
 def precheck(cards: Sequence[Card], fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     """Read-only test on the node's real cards: the reason the request cannot fit even alone, or None.
 
@@ -148,14 +150,16 @@ def precheck(cards: Sequence[Card], fr: FitRequest, cordoned: frozenset[str]) ->
     reject most unfit nodes without copying their cards. One pass, reasons counted as it goes.
     """
     need = fr.request.count
-    if need > len(cards) and not any(c.mode == keys.MODE_MIG for c in cards):
+    hooks = fr.hooks
+    if need > len(cards) and _too_few_cards(cards, need, hooks):
         return f"{len(cards)}/{need} {NODE_INSUFFICIENT_DEVICE}"
+    multi = hooks.slices is not None
     eligible = 0
     reasons: dict[str, int] = {}
     for card in cards:
         r = rejection(card, fr, cordoned)
         if r is None:
-            eligible += max(1, card.count - card.used) if card.mode == keys.MODE_MIG else 1
+            eligible += _slices(hooks, card) if multi else 1
         else:
             reasons[r] = reasons.get(r, 0) + 1
     if eligible >= need:
@@ -165,12 +169,26 @@ def precheck(cards: Sequence[Card], fr: FitRequest, cordoned: frozenset[str]) ->
     return format_reasons(reasons, len(cards))
 
 
+def default_choice(
+    ordered: list[Card],
+    need: int,
+    policy: CardPolicy,
+    pair_scores: PairScores,
+    hooks: VendorHooks = DEFAULT_HOOKS,
+) -> list[Card]:
+    """The NVLink topology pick when the policy asks for it and every card holds one slice."""
+    if policy.topology_aware and all(hooks.card_slices(c) is None for c in ordered):
+        return _topology_pick(ordered, need, pair_scores)
+    return ordered
+
+
 def fit_container(
     cards: list[Card], fr: FitRequest, *, cordoned: frozenset[str], pair_scores: PairScores
 ) -> tuple[list[Placement] | None, str]:
     """Choose cards for one container on scratch ``cards`` (mutated on success). Returns (placements, reason)."""
     need = fr.request.count
-    if need > len(cards) and not any(c.mode == keys.MODE_MIG for c in cards):
+    hooks = fr.hooks
+    if need > len(cards) and _too_few_cards(cards, need, hooks):
         return None, f"{len(cards)}/{need} {NODE_INSUFFICIENT_DEVICE}"
     reasons: Counter[str] = Counter()
     eligible: list[Card] = []
@@ -187,25 +205,22 @@ def fit_container(
         groups: dict[int, list[Card]] = {}
         for c in ordered:
             groups.setdefault(c.numa, []).append(c)
-        fitting = [g for g in groups.values() if _capacity(g) >= need]
+        fitting = [g for g in groups.values() if sum(_slices(hooks, c) for c in g) >= need]
         if not fitting:
             reasons[NUMA_NOT_FIT] += len(eligible)
             return None, format_reasons(reasons, len(cards))
         ordered = fitting[0]
-    if fr.policy.topology_aware and all(c.mode != keys.MODE_MIG for c in ordered):
-        ordered = _topology_pick(ordered, need, pair_scores)
+    if hooks.choose is not None:
+        ordered = hooks.choose(ordered, need, fr.policy, pair_scores)
+    else:
+        ordered = default_choice(ordered, need, fr.policy, pair_scores, hooks)
     placements: list[Placement] = []
     for card in ordered:
         while len(placements) < need and rejection(card, fr, cordoned) is None:
             placements.append(_take(card, fr, len(placements)))
-            if card.mode != keys.MODE_MIG:
+            if hooks.card_slices(card) is None:
                 break
         if len(placements) == need:
             return placements, ""
     reasons[ALLOCATED_CARDS_INSUFFICIENT] += 1
     return None, format_reasons(reasons, len(cards))
-
-
-def _capacity(group: list[Card]) -> int:
-    """How many slices of the request a group of eligible cards can hold (1 per card, more for MIG)."""
-    return sum(max(1, c.count - c.used) if c.mode == keys.MODE_MIG else 1 for c in group)

@@ -63,6 +63,7 @@ def pod_policy(annotations: Mapping[str, str], *, node_default: str, card_defaul
     card_policy = CardPolicy.parse(card_value, source=keys.GPU_SCHEDULER_POLICY)
     weights_value = annotations.get(keys.DEVICE_SCORING_WEIGHTS)
     weights = decode_scoring_weights(weights_value) if weights_value else DEFAULT_WEIGHTS
+    # kept for callers of PodPolicy; the decision takes NUMA binding from each backend's selector
     numa_bind = annotations.get(keys.NVIDIA_NUMA_BIND, "").strip().lower() == "true"
     return PodPolicy(node_policy=node_policy, card_policy=card_policy, weights=weights, numa_bind=numa_bind)
 

@@ -4,19 +4,29 @@ The ledger holds one :class:`PodAllocation` per pod UID. Adding, removing or rep
 only the cards it touches; a filter never re-decodes annotations. A pod's usage on a card is its
 *collapsed* usage (HAMi semantics): init containers run one after another, so they count as
 ``max(init)``, app containers as ``sum(app)``, and the card carries ``max(init, app)`` until the init
-containers have finished, after which only ``sum(app)`` remains.
+containers have finished, after which only ``sum(app)`` remains. Placement payloads (vendor state
+such as a MIG instance) are not collapsed: they are held for the pod's whole life, init containers'
+included.
+
+The per-card arithmetic is the vendor's (:class:`~hami.devices.hooks.CardUsage`, given per vendor
+as ``card_usage``; default: counters plus the card payload absorbing placement payloads); the node
+totals follow each card's change, so they always equal the sum over the cards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from hami.devices.base import Card, Placement
+from hami.devices.hooks import CardUse, default_apply_usage
 from hami.protocol.node import PairScores
 
-# uuid -> (slots, mem, cores, mig placements)
-Usage = dict[str, tuple[int, int, int, tuple[tuple[int, int], ...]]]
+# uuid -> what the pod holds on that card
+Usage = dict[str, CardUse]
+#: one vendor's per-card usage arithmetic: ``(card, use, sign)``
+CardUsageFn = Callable[[Card, CardUse, int], None]
 
 
 @dataclass(slots=True)
@@ -46,16 +56,16 @@ class PodAllocation:
         """
         init: dict[str, list[int]] = {}
         app: dict[str, list[int]] = {}
-        migs: dict[str, list[tuple[int, int]]] = {}
+        payloads: dict[str, list[Any]] = {}
         for per_container in self.containers.values():
             sidecars_so_far: dict[str, list[int]] = {}
             for ci, placements in enumerate(per_container):
                 sequential_init = ci < self.init_count and ci not in self.sidecars
                 for p in placements:
                     d = p.device
-                    if p.mig is not None:
-                        # a MIG instance lives until the pod is torn down, init containers' too
-                        migs.setdefault(d.uuid, []).append((p.mig.placement_start, p.mig.placement_size))
+                    if p.payload is not None:
+                        # vendor state (a MIG instance) lives until the pod is torn down, init containers' too
+                        payloads.setdefault(d.uuid, []).append(p.payload)
                     if sequential_init:
                         if self.init_released:
                             continue
@@ -75,10 +85,12 @@ class PodAllocation:
                         side[1] += d.usedmem
                         side[2] += d.usedcores
         out: Usage = {}
-        for uuid in init.keys() | app.keys() | migs.keys():
+        for uuid in init.keys() | app.keys() | payloads.keys():
             i = init.get(uuid, [0, 0, 0])
             a = app.get(uuid, [0, 0, 0])
-            out[uuid] = (max(i[0], a[0]), max(i[1], a[1]), max(i[2], a[2]), tuple(migs.get(uuid, ())))
+            out[uuid] = CardUse(
+                max(i[0], a[0]), max(i[1], a[1]), max(i[2], a[2]), tuple(payloads.get(uuid, ()))
+            )
         return out
 
 
@@ -135,7 +147,9 @@ class NodeState:
 class ClusterState:
     """Nodes and the usage ledger. Not thread-safe: the owner serialises mutations."""
 
-    def __init__(self) -> None:
+    def __init__(self, card_usage: Mapping[str, CardUsageFn] | None = None) -> None:
+        #: per-vendor card arithmetic (vendors not named use the shared default); set before pods come
+        self.card_usage: dict[str, CardUsageFn] = dict(card_usage or {})
         self.nodes: dict[str, NodeState] = {}
         self.pods: dict[str, PodAllocation] = {}
         self._applied: dict[str, Usage] = {}
@@ -228,7 +242,7 @@ class ClusterState:
                 card = node.by_uuid.get(uuid)
                 if card is None:
                     continue  # card unknown on this node (yet): counted once it registers
-                _add(node, card, u, 1)
+                self._add(node, card, u, 1)
                 applied[uuid] = u
             self._applied[uid] = applied
         else:
@@ -238,22 +252,12 @@ class ClusterState:
             for uuid, u in done.items():
                 card = node.by_uuid.get(uuid)
                 if card is not None:
-                    _add(node, card, u, -1)
+                    self._add(node, card, u, -1)
 
-
-def _add(
-    node: NodeState, card: Card, u: tuple[int, int, int, tuple[tuple[int, int], ...]], sign: int
-) -> None:
-    slots, mem, cores, migs = u
-    card.used += sign * slots
-    card.usedmem += sign * mem
-    card.usedcores += sign * cores
-    node.used += sign * slots
-    node.usedmem += sign * mem
-    node.usedcores += sign * cores
-    node.refresh_score()
-    for m in migs:
-        if sign > 0:
-            card.mig_in_use.append(m)
-        elif m in card.mig_in_use:
-            card.mig_in_use.remove(m)
+    def _add(self, node: NodeState, card: Card, use: CardUse, sign: int) -> None:
+        used, usedmem, usedcores = card.used, card.usedmem, card.usedcores
+        self.card_usage.get(card.vendor, default_apply_usage)(card, use, sign)
+        node.used += card.used - used
+        node.usedmem += card.usedmem - usedmem
+        node.usedcores += card.usedcores - usedcores
+        node.refresh_score()

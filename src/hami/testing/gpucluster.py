@@ -16,10 +16,10 @@ from typing import Any
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.informer import Informer
+from hami.kube.nodelock import ClientNodes, release_node_lock
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
-from hami.protocol.nodelock import releasable_by
 
 
 def gpu_cards(
@@ -169,15 +169,7 @@ class AllocationCompleter:
                     }
                 },
             )
-            node_path = api_path("v1", "nodes", name=node)
-
-            def release(obj: dict[str, Any]) -> dict[str, Any] | None:
-                value = ((obj.get("metadata") or {}).get("annotations") or {}).get(keys.NODE_LOCK)
-                if value and releasable_by(value, ns, name):
-                    return {"metadata": {"annotations": {keys.NODE_LOCK: None}}}
-                return None
-
-            await self.client.patch_with_retry(node_path, release)
+            await release_node_lock(ClientNodes(self.client), node, ns, name)
             self.completed.add(uid)
         except (NotFoundError, ConflictError):
             pass

@@ -8,6 +8,8 @@ from typing import Any
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.runner import Extender, ExtenderSettings
+from hami.extender.schedulerconfig import scheduler_configuration
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
@@ -15,8 +17,6 @@ from hami.kube.poll import poll_until
 from hami.protocol import keys
 from hami.protocol.node import decode_node_devices
 from hami.protocol.pod import decode_pod_devices
-from hami.scheduler.kubeconfig import scheduler_configuration
-from hami.scheduler.runner import Extender, ExtenderSettings
 from hami.testing.controlplane import SchedulerHandle, free_port
 from hami.testing.gpucluster import AllocationCompleter
 

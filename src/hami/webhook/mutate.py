@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clocks, no globals. :func:`mutate_pod` takes the Pod exactly as the API server puts
 it in ``AdmissionReview.request.object``, the request's namespace, that namespace's labels (or None
-when unknown) and a :class:`WebhookPolicy`; it returns a :class:`Decision` whose ``patch`` is a list
+when unknown) and a :class:`WebhookPolicy`; it returns an :class:`AdmissionDecision` whose ``patch`` is a list
 of RFC 6902 operations against that same Pod.
 
 Rules, in order (HAMi v2.10 ``pkg/scheduler/webhook.go`` + ``nvidia/device.go: MutateAdmission``,
@@ -16,18 +16,20 @@ plus hami's hardening):
    ``GPU_CORE_UTILIZATION_POLICY=disable``, or either from ``valueFrom``) or that set a variable
    the device plugin sets for the shim (``CUDA_DEVICE_MEMORY_LIMIT[_<n>]``,
    ``CUDA_DEVICE_SM_LIMIT[_<n>]``, ``CUDA_DEVICE_MEMORY_SHARED_CACHE``, ``CUDA_OVERSUBSCRIBE``,
-   ``LIBVGPU_*``; any value, ``valueFrom`` included), and GPU containers that set
-   ``NVIDIA_VISIBLE_DEVICES`` to anything but ``none``/``void`` → denied unless the namespace is
-   an enforcement opt-out namespace (the kubelet lets a container's env override the device
+   ``LIBVGPU_*``; any value, ``valueFrom`` included) → denied unless the namespace is an
+   enforcement opt-out namespace (the kubelet lets a container's env override the device
    plugin's; ``envFrom`` keys cannot be seen here);
 5. every container's requests are parsed by every backend; an invalid one → denied naming the
    container, resource and reason;
-6. NVIDIA defaults: ``nvidia.com/gpu: <defaultGPUNum>`` when only memory/cores are given; exclusive
-   ``nvidia.com/gpucores: 100`` for whole-card requests; ``CUDA_TASK_PRIORITY`` from
+6. each backend's admission hook (:class:`hami.devices.hooks.Admission`) defaults and validates
+   the container (NVIDIA: ``nvidia.com/gpu: <defaultGPUNum>`` when only memory/cores are given;
+   exclusive ``nvidia.com/gpucores: 100`` for whole-card requests; ``CUDA_TASK_PRIORITY`` from
    ``nvidia.com/priority``; ``GPU_CORE_UTILIZATION_POLICY`` when ``gpuCorePolicy`` is not default;
-   ``NVIDIA_VISIBLE_DEVICES=none`` on GPU-less containers when ``overwriteEnv``;
+   ``NVIDIA_VISIBLE_DEVICES=none`` on GPU-less containers when ``overwriteEnv``; GPU containers
+   may not override ``NVIDIA_VISIBLE_DEVICES``);
 7. when any container asks for a managed device: privileged containers → denied; ``spec.nodeName``
-   already set → denied; ``schedulerName`` → hami's; ``runtimeClassName`` when configured and unset.
+   already set → denied; ``schedulerName`` → hami's; then each backend's pod-level admission edits
+   (NVIDIA: ``runtimeClassName`` when configured and unset).
 
 Every denial reason is collected, so one answer tells the user everything that is wrong.
 """
@@ -40,15 +42,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hami.config import DeviceConfig, NvidiaConfig
+from hami.config import DeviceConfig
 from hami.devices.base import DeviceRequest, RequestError
+from hami.devices.hooks import AdmissionOutcome
 from hami.devices.registry import BackendRegistry, default_registry
 from hami.protocol import keys
 from hami.protocol.enforcement import disables_control, disables_core_limit
 
 __all__ = [
     "DEFAULT_SCHEDULER",
-    "Decision",
+    "AdmissionDecision",
     "WebhookPolicy",
     "escape_pointer",
     "mutate_pod",
@@ -67,8 +70,6 @@ _SHIM_VARIABLE = re.compile(
     r"(?:CUDA_DEVICE_MEMORY_LIMIT|CUDA_DEVICE_SM_LIMIT)(?:_[0-9]+)?"
     r"|CUDA_DEVICE_MEMORY_SHARED_CACHE|CUDA_OVERSUBSCRIBE|LIBVGPU_.*"
 )
-# NVIDIA_VISIBLE_DEVICES values that give a container no GPU (nvidia-container-toolkit).
-_NO_GPU_VISIBLE_DEVICES = frozenset({"none", "void"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,6 @@ class WebhookPolicy:
     """Everything the decision depends on besides the pod itself."""
 
     registry: BackendRegistry
-    nvidia: NvidiaConfig
     scheduler_name: str = "hami-scheduler"
     force_overwrite_default_scheduler: bool = True
     enforcement_opt_out_namespaces: frozenset[str] = frozenset()
@@ -91,7 +91,6 @@ class WebhookPolicy:
     ) -> WebhookPolicy:
         return cls(
             registry=registry if registry is not None else default_registry(config),
-            nvidia=config.nvidia,
             scheduler_name=config.hami.scheduler_name,
             force_overwrite_default_scheduler=force_overwrite_default_scheduler,
             enforcement_opt_out_namespaces=frozenset(config.hami.enforcement_opt_out_namespaces),
@@ -103,7 +102,7 @@ class WebhookPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AdmissionDecision:
     """The answer for one pod.
 
     ``code`` is the HTTP-style status put in a denial's ``status.code`` (403 policy, 400 invalid
@@ -120,12 +119,12 @@ class Decision:
     managed: bool = False
 
     @staticmethod
-    def skip(reason: str) -> Decision:
-        return Decision(allowed=True, skipped=True, reason=reason)
+    def skip(reason: str) -> AdmissionDecision:
+        return AdmissionDecision(allowed=True, skipped=True, reason=reason)
 
     @staticmethod
-    def deny(messages: Sequence[str], code: int = 403) -> Decision:
-        return Decision(allowed=False, message="; ".join(messages), code=code, reason="denied")
+    def deny(messages: Sequence[str], code: int = 403) -> AdmissionDecision:
+        return AdmissionDecision(allowed=False, message="; ".join(messages), code=code, reason="denied")
 
 
 def escape_pointer(token: str) -> str:
@@ -155,8 +154,13 @@ class _ContainerEdit:
 
     def __init__(self, base: str, container: Mapping[str, Any], ops: list[JsonPatchOp]) -> None:
         self.base = base
+        self.original = container
         self.c: dict[str, Any] = copy.deepcopy(dict(container))
         self.ops = ops
+
+    def has_resource(self, name: str) -> bool:
+        """Whether the container as submitted names ``name`` in its limits or requests."""
+        return _has_resource(self.original, name)
 
     def set_limit(self, name: str, value: str) -> None:
         resources = self.c.get("resources")
@@ -265,41 +269,6 @@ def _enforcement_violations(cname: str, container: Mapping[str, Any], core_limit
     return out
 
 
-def _visible_devices_violations(cname: str, container: Mapping[str, Any]) -> list[str]:
-    """Reasons a container that gets GPUs overrides the device plugin's ``NVIDIA_VISIBLE_DEVICES``
-    (``all`` or a UUID list would expose cards hami did not allocate to it)."""
-    env = container.get("env")
-    if not isinstance(env, list):
-        return []
-    out: list[str] = []
-    name = keys.ENV_VISIBLE_DEVICES
-    for e in env:
-        if not isinstance(e, Mapping) or e.get("name") != name:
-            continue
-        if e.get("valueFrom") is not None:
-            out.append(
-                _denial(
-                    cname,
-                    f"env {name}",
-                    "may not come from valueFrom in a container that gets GPUs "
-                    "(hami's device plugin sets it to the allocated cards)",
-                )
-            )
-            continue
-        raw = e.get("value")
-        if not (isinstance(raw, str) and raw in _NO_GPU_VISIBLE_DEVICES):
-            shown = raw if isinstance(raw, str) else ""
-            out.append(
-                _denial(
-                    cname,
-                    f"env {name}",
-                    f"{shown!r} would override the cards hami's device plugin allocates to this "
-                    "container (only 'none' or 'void' may be set)",
-                )
-            )
-    return out
-
-
 def _is_privileged(container: Mapping[str, Any]) -> bool:
     sc = container.get("securityContext")
     return isinstance(sc, Mapping) and sc.get("privileged") is True
@@ -311,25 +280,27 @@ def mutate_pod(
     namespace: str,
     namespace_labels: Mapping[str, Any] | None,
     policy: WebhookPolicy,
-) -> Decision:
+) -> AdmissionDecision:
     """Decide on one Pod CREATE. ``namespace`` is ``AdmissionRequest.namespace`` (the pod's own
     ``metadata.namespace`` is often empty on CREATE); ``namespace_labels`` None means unknown."""
     if _ignored(_labels(pod)):
-        return Decision.skip(f"pod labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
+        return AdmissionDecision.skip(f"pod labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
     if _ignored(namespace_labels):
-        return Decision.skip(f"namespace {namespace!r} labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
+        return AdmissionDecision.skip(
+            f"namespace {namespace!r} labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}"
+        )
 
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
-        return Decision.deny(["pod has no spec"], code=400)
+        return AdmissionDecision.deny(["pod has no spec"], code=400)
     containers = spec.get("containers")
     init_containers = spec.get("initContainers")
     if not isinstance(containers, list) or not containers:
-        return Decision.deny(["pod has no containers"], code=400)
+        return AdmissionDecision.deny(["pod has no containers"], code=400)
     if init_containers is None:
         init_containers = []
     if not isinstance(init_containers, list):
-        return Decision.deny(["spec.initContainers must be a list"], code=400)
+        return AdmissionDecision.deny(["spec.initContainers must be a list"], code=400)
 
     scheduler = spec.get("schedulerName")
     if (
@@ -337,20 +308,20 @@ def mutate_pod(
         and scheduler != policy.scheduler_name
         and not (scheduler == DEFAULT_SCHEDULER and policy.force_overwrite_default_scheduler)
     ):
-        return Decision.skip(f"schedulerName {scheduler!r} belongs to another scheduler")
+        return AdmissionDecision.skip(f"schedulerName {scheduler!r} belongs to another scheduler")
 
     ops: list[JsonPatchOp] = []
     denials: list[str] = []
     invalid: list[str] = []
     warnings: list[str] = []
     opted_out = namespace in policy.enforcement_opt_out_namespaces
-    nvidia_backend = next((b for b in policy.registry if b.vendor == keys.VENDOR_NVIDIA), None)
-    nv = policy.nvidia
-    core_limit_off = nv.gpu_core_policy == "disable" or nv.disable_core_limit
+    admissions = policy.registry.admissions()
+    core_limit_off = any(adm.core_limit_off() for _, adm in admissions)
+    out = AdmissionOutcome(opted_out=opted_out, invalid=invalid, denials=denials, warnings=warnings)
 
     managed = False
     privileged: list[str] = []
-    nvidia_used = False
+    used: set[str] = set()
     entries = [("initContainers", i, c) for i, c in enumerate(init_containers)] + [
         ("containers", i, c) for i, c in enumerate(containers)
     ]
@@ -360,7 +331,7 @@ def mutate_pod(
             continue
         cname = str(container.get("name") or f"{field_name}[{index}]")
         if not opted_out:
-            denials += _enforcement_violations(cname, container, core_limit_off)
+            out.denials += _enforcement_violations(cname, container, core_limit_off)
         if _is_privileged(container):
             privileged.append(cname)
 
@@ -379,55 +350,14 @@ def mutate_pod(
             continue
         if requests:
             managed = True
+        used.update(requests)
 
         edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, ops)
-        if nvidia_backend is None:
-            continue
-        nvreq = requests.get(nvidia_backend.vendor)
-        if nvreq is None:
-            given = [
-                n
-                for n in (nv.resource_memory_name, nv.resource_memory_percentage_name, nv.resource_core_name)
-                if _has_resource(container, n)
-            ]
-            if given and not _has_resource(container, nv.resource_count_name) and nv.default_gpu_num == 0:
-                invalid.append(
-                    _denial(
-                        cname,
-                        nv.resource_count_name,
-                        f"missing: {', '.join(given)} given without a GPU count and defaultGPUNum is 0",
-                    )
-                )
-                continue
-            if nv.overwrite_env and edit.set_env(keys.ENV_VISIBLE_DEVICES, "none"):
-                warnings.append(
-                    f"container {cname!r}: {keys.ENV_VISIBLE_DEVICES} set to 'none' (no GPU requested)"
-                )
-            continue
-
-        nvidia_used = True
-        if not opted_out:
-            denials += _visible_devices_violations(cname, container)
-        if not _has_resource(container, nv.resource_count_name):
-            edit.set_limit(nv.resource_count_name, str(nvreq.count))
-        if (
-            not _has_resource(container, nv.resource_core_name)
-            and nvreq.mem == 0
-            and nvreq.mem_percentage == 100
-            and nvreq.cores == 100
-        ):
-            edit.set_limit(nv.resource_core_name, "100")  # exclusive whole card (HAMi PR #1354)
-        if nvreq.priority is not None and edit.set_env(keys.ENV_TASK_PRIORITY, str(nvreq.priority)):
-            warnings.append(
-                f"container {cname!r}: {keys.ENV_TASK_PRIORITY} set from {nv.resource_priority_name}"
-            )
-        if nv.gpu_core_policy != "default":
-            current = edit.env_value(keys.ENV_CORE_POLICY)
-            if not (opted_out and current is not None and current.strip().lower() == "disable"):
-                edit.set_env(keys.ENV_CORE_POLICY, nv.gpu_core_policy)
+        for vendor, admission in admissions:
+            admission.admit_container(container, cname, requests.get(vendor), edit, out)
 
     if invalid:
-        return Decision.deny(invalid + denials, code=400)
+        return AdmissionDecision.deny(invalid + denials, code=400)
 
     if managed:
         for cname in privileged:
@@ -446,16 +376,16 @@ def mutate_pod(
                 f"placed by {policy.scheduler_name!r}"
             )
     if denials:
-        return Decision.deny(denials, code=403)
+        return AdmissionDecision.deny(denials, code=403)
 
     if managed:
         if scheduler != policy.scheduler_name:
             op = "replace" if "schedulerName" in spec else "add"
             ops.append({"op": op, "path": "/spec/schedulerName", "value": policy.scheduler_name})
-        if nvidia_used and nv.runtime_class_name and not spec.get("runtimeClassName"):
-            ops.append({"op": "add", "path": "/spec/runtimeClassName", "value": nv.runtime_class_name})
+        for vendor, admission in admissions:
+            ops += admission.admit_pod(spec, vendor in used)
 
-    return Decision(
+    return AdmissionDecision(
         allowed=True,
         patch=tuple(ops),
         managed=managed,

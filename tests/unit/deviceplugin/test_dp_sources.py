@@ -64,6 +64,27 @@ def test_small_example_generates_per_node_uuids() -> None:
     assert src.links() == []
 
 
+def test_one_file_describes_every_node_of_the_sandbox() -> None:
+    """``nodes.<name>`` replaces the top-level keys on that node; other nodes get the top level."""
+    path = ROOT / "examples" / "fake-sandbox.yaml"
+    node1 = FakeSource.from_file(path, node_name="node1")
+    assert [c.model for c in node1.cards()] == ["NVIDIA A100-SXM4-40GB"] * 4
+    assert {c.numa for c in node1.cards()} == {0, 1}
+    assert [c.mig_capable for c in node1.cards()] == [True, True, False, False]
+    assert node1.pair_scores()["GPU-fake-node1-0"]["GPU-fake-node1-1"] > 1000
+    node2 = FakeSource.from_file(path, node_name="node2")
+    assert [(c.uuid, c.model, c.memory_mib) for c in node2.cards()] == [
+        ("GPU-fake-node2-0", "Tesla T4", 15360),
+        ("GPU-fake-node2-1", "Tesla T4", 15360),
+        ("GPU-fake-node2-2", "NVIDIA L4", 23034),
+    ]
+    assert node2.links() == []
+    other = FakeSource.from_file(path, node_name="node3")
+    assert [c.model for c in other.cards()] == ["Tesla T4"]
+    with pytest.raises(FakeSpecError, match="'nodes' must map node names"):
+        FakeSource({"cards": [{}], "nodes": ["node1"]})
+
+
 def test_defaults_and_generated_uuids() -> None:
     src = FakeSource({"cards": [{}, {"model": "Tesla T4"}]}, node_name="n7")
     c0, c1 = src.cards()

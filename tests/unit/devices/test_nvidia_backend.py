@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from hami.config import DeviceConfig, NvidiaConfig
-from hami.devices import BackendRegistry, Card, CardSelector, Placement, default_registry
+from hami.devices import BackendRegistry, CardSelector, default_registry
 from hami.devices.nvidia import NvidiaBackend
+from hami.devices.nvidia import NvidiaCard as Card
+from hami.devices.nvidia import NvidiaPlacement as Placement
 from hami.protocol import ProtocolError, keys
 from hami.protocol.node import (
     DeviceInfo,

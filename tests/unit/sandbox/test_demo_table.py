@@ -64,6 +64,7 @@ def test_the_workload_covers_sharing_a_whole_card_a_percentage_topology_and_a_mi
     assert "nvidia.com/gpumem-percentage" in limits["quarter"]
     assert pods["nvlink-pair"]["metadata"]["annotations"]["hami.io/gpu-scheduler-policy"] == "topology-aware"
     assert limits["too-big"]["nvidia.com/gpumem"] > 40960
+    assert pods["l4-only"]["metadata"]["annotations"]["nvidia.com/use-gputype"] == "L4"
 
 
 def test_the_probe_report_is_found_whatever_the_order_of_the_streams() -> None:

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from schedkit import container, gpu, gpu_pod, node, pod, scheduler, usage, with_annotations
 
-from hami.devices import Card, Placement
+from hami.devices.nvidia import NvidiaCard as Card
+from hami.devices.nvidia import NvidiaPlacement as Placement
 from hami.protocol import keys
 from hami.protocol.pod import ContainerDevice, MigAllocation
 from hami.scheduling import ClusterState, PodAllocation

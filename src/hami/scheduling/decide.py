@@ -77,7 +77,11 @@ class Scheduler:
         gpu_policy: str = "spread",
     ) -> None:
         self.registry = registry
-        self.state = state if state is not None else ClusterState()
+        if state is None:
+            state = ClusterState()
+        for vendor, usage in registry.card_usage().items():
+            state.card_usage.setdefault(vendor, usage)
+        self.state = state
         self.node_policy = node_policy
         self.gpu_policy = gpu_policy
         self.node_errors: dict[str, str] = {}
@@ -167,6 +171,7 @@ class Scheduler:
         except RequestError as exc:
             return Decision(pod=display, node=None, reason=str(exc), invalid=True)
         selectors = {b.vendor: b.selector(annotations) for b in self.registry if b.vendor in request.vendors}
+        hooks = {vendor: self.registry.hooks(vendor) for vendor in request.vendors}
         fit_requests = [
             {
                 vendor: FitRequest(
@@ -175,7 +180,8 @@ class Scheduler:
                     selector=selectors[vendor],
                     policy=policy.card_policy,
                     weights=policy.weights,
-                    numa_bind=policy.numa_bind,
+                    numa_bind=selectors[vendor].numa_bind,
+                    hooks=hooks[vendor],
                 )
                 for vendor, req in container.devices.items()
             }
@@ -192,9 +198,24 @@ class Scheduler:
             else:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
+        terms = [
+            (vendor, h.score, [c.devices[vendor] for c in request.containers if vendor in c.devices])
+            for vendor, h in hooks.items()
+            if h.score is not None
+        ]
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
-        if congested:
+        if terms:
+            heap = [
+                (
+                    nd.name in congested,
+                    sign * (nd.cached_score + sum(f(nd.vendor_cards(v), reqs) for v, f, reqs in terms)),
+                    nd.name,
+                    nd,
+                )
+                for nd in known
+            ]
+        elif congested:
             heap = [(nd.name in congested, sign * nd.cached_score, nd.name, nd) for nd in known]
         else:
             heap = [(False, sign * nd.cached_score, nd.name, nd) for nd in known]
@@ -218,7 +239,9 @@ class Scheduler:
                 self.state.add_pod(alloc)
             out_annotations = {keys.VGPU_NODE: node.name, keys.VGPU_TIME: str(now)}
             for vendor, per_container in placed.items():
-                out_annotations.update(self.registry.get(vendor).decision_annotations(per_container))
+                annotate = hooks[vendor].annotate
+                assert annotate is not None
+                out_annotations.update(annotate(pod, per_container))
             return Decision(
                 pod=display, node=node.name, annotations=out_annotations, placements=placed, failed=failed
             )
@@ -242,9 +265,9 @@ class Scheduler:
                     return reason
         placed: dict[str, list[tuple[Placement, ...]]] = {v: [] for v in request.vendors}
         app_scratch = {v: [c.copy() for c in cards] for v, cards in by_vendor.items()}
-        # MIG instances are created for every container at admission and live until teardown, so
-        # the slices an init container takes are also marked on app_scratch, which later init
-        # containers copy: nobody after it reuses them
+        # placement payloads (MIG instances) are created for every container at admission and live
+        # until teardown, so what an init container takes is also marked on app_scratch, which
+        # later init containers copy: nobody after it reuses them
         for ci, container in enumerate(request.containers):
             # init containers run one at a time: each fits against the node plus the sidecars
             # already started; sidecars and app containers run together, each on top of the others
@@ -265,18 +288,16 @@ class Scheduler:
                     return reason
                 placed[vendor].append(tuple(chosen))
                 if sequential:
-                    taken = [
-                        (p.device.uuid, (p.mig.placement_start, p.mig.placement_size))
-                        for p in chosen
-                        if p.mig
-                    ]
-                    if taken:
-                        _reserve_migs(app_scratch, taken)
+                    held = [(p.device.uuid, p.payload) for p in chosen if p.payload is not None]
+                    if held:
+                        _hold_payloads(app_scratch[vendor], held)
         return placed
 
 
-def _reserve_migs(scratch: Mapping[str, list[Card]], migs: list[tuple[str, tuple[int, int]]]) -> None:
-    """Mark MIG slices taken by this pod's init containers on scratch cards."""
-    for cards in scratch.values():
-        for card in cards:
-            card.mig_in_use.extend(span for uuid, span in migs if uuid == card.uuid)
+def _hold_payloads(cards: list[Card], held: list[tuple[str, Any]]) -> None:
+    """Mark placement payloads taken by this pod's init containers (held for the pod's life) on scratch cards."""
+    for card in cards:
+        if card.payload is not None:
+            for uuid, payload in held:
+                if uuid == card.uuid:
+                    card.payload.add(payload)

@@ -13,7 +13,7 @@ from hami.devices.registry import BackendRegistry
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.devices.base import Card, Placement
+from hami.extender.metrics import Metrics
 from hami.protocol import keys
 from hami.protocol.pod import ContainerDevice, MigAllocation
-from hami.scheduler.metrics import Metrics
 from hami.scheduling.state import ClusterState, PodAllocation
 
 MiB = 1 << 20
@@ -19,7 +19,9 @@ POD = ("zone", "namespace", "node", "pod", "container_index", "device_uuid")
 
 
 def place(uuid: str, mem: int, cores: int, mig: MigAllocation | None = None) -> Placement:
-    return Placement(device=ContainerDevice(uuid=uuid, type="NVIDIA", usedmem=mem, usedcores=cores), mig=mig)
+    return Placement(
+        device=ContainerDevice(uuid=uuid, type="NVIDIA", usedmem=mem, usedcores=cores), payload=mig
+    )
 
 
 def scrape() -> dict[str, Any]:

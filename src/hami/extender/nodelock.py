@@ -1,5 +1,8 @@
 """The HAMi node lock (``hami.io/mutex.lock`` on the Node) taken at bind, released by the device plugin.
 
+The key and value format are the backend's (:class:`~hami.protocol.nodelock.NodeLockCodec`, HAMi's
+by default); release is :func:`hami.kube.nodelock.release_node_lock`, shared with the device plugin.
+
 Fixes over HAMi: a short, configurable expiry (HAMi: 5 minutes); a lock whose owner pod is gone,
 finished, or already past allocation (bind-phase success/failed) is taken over at once (HAMi
 #1271, #3047); contention is waited out briefly inside ``/bind`` instead of failing the bind.
@@ -16,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hami.kube.client import KubeClient
-from hami.kube.errors import ConflictError, NotFoundError
+from hami.kube.errors import ConflictError
+from hami.kube.nodelock import ClientNodes, release_node_lock
 from hami.kube.paths import api_path
-from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.protocol.nodelock import NodeLock, decode_node_lock, encode_node_lock, releasable_by
+from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLock, NodeLockCodec
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,10 @@ class NodeLocker:
         owner_alive: OwnerCheck | None = None,
         node_lookup: Callable[[str], dict[str, Any] | None] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        codec: NodeLockCodec = HAMI_NODE_LOCK,
     ) -> None:
         self.client = client
+        self.codec = codec
         self.expiry = timedelta(seconds=expiry)
         self.wait = wait
         #: while waiting, re-read the lock at least this often (node watch events wake us sooner)
@@ -83,15 +88,15 @@ class NodeLocker:
             obj = cached if cached is not None else await self.client.get(path)
             fresh = False
             meta = obj.get("metadata") or {}
-            value = (meta.get("annotations") or {}).get(keys.NODE_LOCK)
-            if value and value.endswith(f",{namespace},{name}"):
+            value = (meta.get("annotations") or {}).get(self.codec.key)
+            if value and self.codec.held_by(value, namespace, name):
                 if cached is not None:
                     # a cached "ours" may already be released on the server (informer lag): check
                     fresh = True
                     continue
                 # ours on the server: fall through and re-stamp it, so it cannot expire under us
             elif value and not await self._stale(value, node, namespace, name):
-                holder = value.split(",", 1)[-1]
+                holder = _holder(self.codec, value)
                 if loop.time() - started > self.wait:
                     raise NodeLockContention(f"node {node} is locked by {holder} (bind in progress)")
                 # woken by the node watch when the lock is released; re-read at least every poll
@@ -100,11 +105,11 @@ class NodeLocker:
                     await asyncio.wait_for(changed.wait(), max(0.0, min(self.poll, remaining)) + 0.01)
                 fresh = self.node_lookup is None
                 continue
-            lock = encode_node_lock(NodeLock(self.clock(), namespace, name))
+            lock = self.codec.encode(NodeLock(self.clock(), namespace, name))
             try:
                 await self.client.merge_patch(
                     path,
-                    {"metadata": {"annotations": {keys.NODE_LOCK: lock}}},
+                    {"metadata": {"annotations": {self.codec.key: lock}}},
                     resource_version=meta.get("resourceVersion"),
                 )
                 return loop.time() - started
@@ -114,7 +119,7 @@ class NodeLocker:
 
     async def _stale(self, value: str, node: str, namespace: str, name: str) -> bool:
         try:
-            lock = decode_node_lock(value)
+            lock = self.codec.decode(value)
         except ProtocolError as exc:
             log.warning("node %s: replacing corrupt lock %r: %s", node, value, exc)
             return True
@@ -141,22 +146,12 @@ class NodeLocker:
         Returns True if a lock was removed; False if there was none, another pod owns it, it is
         corrupt (left for the next acquire to replace), or the node is gone.
         """
-        path = api_path("v1", "nodes", name=node)
-        removed = False
+        return await release_node_lock(ClientNodes(self.client), node, namespace, name, codec=self.codec)
 
-        def mutate(obj: dict[str, object]) -> dict[str, object] | None:
-            nonlocal removed
-            removed = False  # called again after a conflict
-            meta = obj.get("metadata") or {}
-            assert isinstance(meta, dict)
-            value = (meta.get("annotations") or {}).get(keys.NODE_LOCK)
-            if not value or not releasable_by(value, namespace, name):
-                return None
-            removed = True
-            return {"metadata": {"annotations": {keys.NODE_LOCK: None}}}
 
-        try:
-            await self.client.patch_with_retry(path, mutate)
-        except NotFoundError:
-            return False
-        return removed
+def _holder(codec: NodeLockCodec, value: str) -> str:
+    try:
+        lock = codec.decode(value)
+    except ProtocolError:
+        return value
+    return f"{lock.namespace},{lock.name}" if lock.namespace is not None else value

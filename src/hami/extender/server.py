@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from hami.scheduler.metrics import Metrics
-from hami.scheduler.service import ExtenderService, NotLeader
-from hami.scheduler.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
+from hami.extender.metrics import Metrics
+from hami.extender.service import BindRefused, Bound, ExtenderService, NotLeader
+from hami.extender.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1 << 20
+A = TypeVar("A")
+R = TypeVar("R")
 SERVICE_KEY = web.AppKey("service", ExtenderService)
 METRICS_KEY = web.AppKey("metrics", Metrics)
 
@@ -33,32 +38,45 @@ def _json(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _body(request: web.Request) -> object:
+async def _args(request: web.Request, parse: Callable[[object], A]) -> A:
+    """The request body parsed as an extender request; HTTP 400 naming what is wrong otherwise."""
     raw = await request.read()
     try:
-        return orjson.loads(raw)
+        return parse(orjson.loads(raw))
     except orjson.JSONDecodeError as exc:
         raise web.HTTPBadRequest(text=f"request body is not JSON: {exc}") from None
+    except WireError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A verb that did not run: this replica does not lead (yet), or a bug (``internal error``)."""
+
+    label: str
+    error: str
+
+
+async def _run(verb: str, call: Awaitable[R], seconds: Histogram, started: float) -> R | _Failed:
+    try:
+        return await call
+    except NotLeader as exc:
+        return _Failed("not_leader", str(exc))
+    except Exception as exc:  # a bug must not take the loop down: report it to kube-scheduler
+        log.exception("%s failed", verb)
+        return _Failed("error", f"internal error: {exc}")
+    finally:
+        seconds.observe(time.perf_counter() - started)
 
 
 async def handle_filter(request: web.Request) -> web.Response:
     service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
     started = time.perf_counter()
-    try:
-        args = ExtenderArgs.parse(await _body(request))
-    except WireError as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
-    try:
-        outcome = await service.filter(args)
-    except NotLeader as exc:
-        metrics.filter_results.labels("not_leader").inc()
-        return _json(filter_result(node_names=None, error=str(exc)))
-    except Exception as exc:  # a bug must not take the loop down: report it to kube-scheduler
-        log.exception("filter failed")
-        metrics.filter_results.labels("error").inc()
-        return _json(filter_result(node_names=None, error=f"internal error: {exc}"))
-    finally:
-        metrics.filter_seconds.observe(time.perf_counter() - started)
+    args = await _args(request, ExtenderArgs.parse)
+    outcome = await _run("filter", service.filter(args), metrics.filter_seconds, started)
+    if isinstance(outcome, _Failed):
+        metrics.filter_results.labels(outcome.label).inc()
+        return _json(filter_result(node_names=None, error=outcome.error))
     result = "error" if outcome.error else ("scheduled" if outcome.node_names else "unschedulable")
     metrics.filter_results.labels(result).inc()
     nodes = None
@@ -73,19 +91,13 @@ async def handle_filter(request: web.Request) -> web.Response:
 async def handle_bind(request: web.Request) -> web.Response:
     service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
     started = time.perf_counter()
-    try:
-        args = BindingArgs.parse(await _body(request))
-    except WireError as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from None
-    try:
-        error = await service.bind(args)
-    except NotLeader as exc:
-        error = str(exc)
-    except Exception as exc:
-        log.exception("bind failed")
-        error = f"internal error: {exc}"
-    finally:
-        metrics.bind_seconds.observe(time.perf_counter() - started)
+    args = await _args(request, BindingArgs.parse)
+    result = await _run("bind", service.bind_pod(args), metrics.bind_seconds, started)
+    match result:
+        case Bound():
+            error = ""
+        case BindRefused(reason=error) | _Failed(error=error):
+            pass
     metrics.bind_results.labels("error" if error else "bound").inc()
     return _json(binding_result(error))
 

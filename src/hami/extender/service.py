@@ -13,6 +13,11 @@
   write failed. Every failure rolls the reservation back and releases the lock; kube-scheduler then
   retries the pod.
 * Only the leader decides; other replicas answer with an error so kube-scheduler retries.
+* What a pod holds between its decision and its bound copy reaching the informer (assumed, the
+  pending decision and its write, the decided-at TTL, its place in flight on the node) lives in one
+  :class:`~hami.extender.reservations.Reservations`, shared with the ledger sync.
+* A bind ends in a :data:`BindResult`: :class:`Bound` or :class:`BindRefused` with the reason
+  kube-scheduler sees.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hami.extender.nodelock import NodeLockContention, NodeLocker
+from hami.extender.reservations import Reservations
+from hami.extender.sync import TERMINAL_PHASES, LedgerSync
+from hami.extender.wire import BindingArgs, ExtenderArgs
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import keys
-from hami.scheduler.nodelock import NodeLockContention, NodeLocker
-from hami.scheduler.sync import TERMINAL_PHASES, LedgerSync
-from hami.scheduler.wire import BindingArgs, ExtenderArgs
-from hami.scheduling.filter import Decision, Scheduler
+from hami.scheduling.decide import Decision, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,23 @@ class FilterOutcome:
     node_names: list[str]
     failed: dict[str, str]
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """The pod is bound to ``node``: by this call, or already before it (a retried or lost reply)."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class BindRefused:
+    """The pod was not bound; ``reason`` is the error kube-scheduler sees (it retries the pod)."""
+
+    reason: str
+
+
+BindResult = Bound | BindRefused
 
 
 class NotLeader(RuntimeError):
@@ -78,42 +101,19 @@ class ExtenderService:
         self.annotate_at_filter = annotate_at_filter
         #: with N > 0, a node with N pods decided but not yet allocated is tried after all others
         self.bind_queue_limit = bind_queue_limit
-        self._inflight: dict[str, set[str]] = {}
-        self._inflight_node: dict[str, str] = {}
-        sync.on_pod.append(self._pod_seen)
         self.clock = clock
         self._last_event: dict[str, tuple[str, float]] = {}
-        #: decisions made by filter and not yet bound: uid -> (annotations, background write)
-        self._decided: dict[str, tuple[dict[str, str], asyncio.Task[None]]] = {}
-        #: when each pending decision was made; one never followed by a bind (kube-scheduler gave
-        #: the pod up after filter) is dropped after ``reservation_ttl`` seconds
-        self._decided_at: dict[str, float] = {}
+        #: a decision never followed by a bind (kube-scheduler gave the pod up after filter) is
+        #: dropped after this many seconds
         self.reservation_ttl = reservation_ttl
-        self._last_sweep = 0.0
         self._decision_keys = [k for b in scheduler.registry for k in b.decision_keys]
-        sync.on_forget.append(self._drop_decision)
 
-    def _pod_seen(self, pod: Mapping[str, Any]) -> None:
-        meta = pod.get("metadata") or {}
-        phase = (meta.get("annotations") or {}).get(keys.BIND_PHASE)
-        if phase in (keys.BIND_PHASE_SUCCESS, keys.BIND_PHASE_FAILED):
-            self._settle(str(meta.get("uid") or ""))
-
-    def _settle(self, uid: str) -> None:
-        """The pod's allocation on its node finished (or it is gone): it no longer queues there."""
-        node = self._inflight_node.pop(uid, None)
-        if node is not None:
-            waiting = self._inflight.get(node)
-            if waiting is not None:
-                waiting.discard(uid)
-                if not waiting:
-                    del self._inflight[node]
+    @property
+    def reservations(self) -> Reservations[asyncio.Task[None]]:
+        return self.sync.reservations
 
     def congested_nodes(self) -> frozenset[str]:
-        limit = self.bind_queue_limit
-        if limit <= 0 or not self._inflight:
-            return frozenset()
-        return frozenset(n for n, uids in self._inflight.items() if len(uids) >= limit)
+        return self.reservations.congested(self.bind_queue_limit)
 
     def _bound_node(self, pod: Mapping[str, Any]) -> str | None:
         """The node the pod is bound to, from the request or from the (fresher) informer copy."""
@@ -127,25 +127,12 @@ class ExtenderService:
             return str(node) if node else None
         return None
 
-    def _drop_decision(self, uid: str) -> None:
-        self._settle(uid)
-        self._decided_at.pop(uid, None)
-        decided = self._decided.pop(uid, None)
-        if decided is not None and not decided[1].done():
-            decided[1].cancel()
-
     def _expire_reservations(self) -> None:
         """Forget decisions kube-scheduler never bound (checked at most every 10 s, on filter)."""
         now = self.clock()
-        if now - self._last_sweep < 10.0:
-            return
-        self._last_sweep = now
-        for uid, at in list(self._decided_at.items()):
-            if now - at > self.reservation_ttl and uid in self.sync.assumed:
-                log.info(
-                    "dropping the reservation of pod %s: decided %.0f s ago and never bound", uid, now - at
-                )
-                self.sync.forget(uid)
+        for uid, at in self.reservations.expired(now=now, ttl=self.reservation_ttl):
+            log.info("dropping the reservation of pod %s: decided %.0f s ago and never bound", uid, now - at)
+            self.sync.forget(uid)
 
     def _check_ready(self) -> None:
         if not self.is_leader():
@@ -174,23 +161,18 @@ class ExtenderService:
             pod, candidates=args.node_names, now=int(self.clock()), congested=self.congested_nodes()
         )
         if decision.node is None:
-            self._drop_decision(uid)
+            self.reservations.withdraw(uid)
             if decision.invalid:
                 failed = dict.fromkeys(args.node_names, decision.reason or "invalid request")
             else:
                 failed = decision.failed
             await self._event(pod, "FilteringFailed", decision.reason or "no node fits", warning=True)
             return FilterOutcome(node_names=[], failed=failed)
-        self.sync.assumed.add(uid)
-        self._drop_decision(uid)
         if self.annotate_at_filter:
             task = asyncio.create_task(self._write_decision_quietly(pod, decision))
         else:  # the Binding alone carries the annotations: one API write less per pod
             task = asyncio.create_task(asyncio.sleep(0))
-        self._decided[uid] = (decision.annotations, task)
-        self._decided_at[uid] = self.clock()
-        self._inflight.setdefault(decision.node, set()).add(uid)
-        self._inflight_node[uid] = decision.node
+        self.reservations.decided(uid, decision.node, decision.annotations, task, now=self.clock())
         return FilterOutcome(node_names=[decision.node], failed=decision.failed)
 
     async def _write_decision_quietly(self, pod: Mapping[str, Any], decision: Decision) -> None:
@@ -214,53 +196,58 @@ class ExtenderService:
 
     # ------------------------------------------------------------------------------ bind
     async def bind(self, args: BindingArgs) -> str:
-        """Bind; returns "" on success or the error kube-scheduler should see."""
+        """:meth:`bind_pod` in kube-scheduler's wire form: "" when bound, else the error."""
+        result = await self.bind_pod(args)
+        return result.reason if isinstance(result, BindRefused) else ""
+
+    def _refuse(self, uid: str, reason: str) -> BindRefused:
+        """Refuse the bind and forget the pod's reservation (kube-scheduler retries from filter)."""
+        self.sync.forget(uid)
+        return BindRefused(reason)
+
+    async def bind_pod(self, args: BindingArgs) -> BindResult:
         self._check_ready()
         ns, name, uid, node = args.pod_namespace, args.pod_name, args.pod_uid, args.node
         if self.sync.was_deleted(uid):
-            self.sync.forget(uid)
-            return f"pod {ns}/{name} was deleted"
+            return self._refuse(uid, f"pod {ns}/{name} was deleted")
         pod = self.pod_lookup(ns, name)
         if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
             try:
                 pod = await self.client.get(api_path("v1", "pods", namespace=ns, name=name))
             except NotFoundError:
-                self.sync.forget(uid)
-                return f"pod {ns}/{name} not found"
+                return self._refuse(uid, f"pod {ns}/{name} not found")
         if (pod.get("metadata") or {}).get("uid") != uid:
-            self.sync.forget(uid)
-            return f"pod {ns}/{name} was replaced (uid changed)"
+            return self._refuse(uid, f"pod {ns}/{name} was replaced (uid changed)")
         bound_to = (pod.get("spec") or {}).get("nodeName")
         if bound_to:
-            return "" if bound_to == node else f"pod {ns}/{name} is already bound to node {bound_to}"
-        decided = self._decided.pop(uid, None)
-        self._decided_at.pop(uid, None)
+            if bound_to == node:
+                return Bound(node)
+            return BindRefused(f"pod {ns}/{name} is already bound to node {bound_to}")
+        pending = self.reservations.take(uid)
         annotations: dict[str, str] = {}
-        if decided is not None:
-            annotations = dict(decided[0])
+        if pending is not None:
+            annotations = dict(pending.annotations)
             with contextlib.suppress(asyncio.CancelledError):
-                await decided[1]
+                await pending.write
         alloc = self.scheduler.state.pods.get(uid)
         if alloc is None or alloc.node != node or annotations.get(keys.VGPU_NODE) != node:
             # no reservation here (restart, or a decision this process did not make): decide again
             decision = self.scheduler.decide(pod, candidates=[node], now=int(self.clock()))
             if decision.node is None:
-                return f"pod {ns}/{name} no longer fits node {node}: {decision.reason}"
-            self.sync.assumed.add(uid)
+                return BindRefused(f"pod {ns}/{name} no longer fits node {node}: {decision.reason}")
+            self.reservations.assume(uid)
             annotations = dict(decision.annotations)
             try:
                 await self._write_decision(pod, decision)
             except KubeError as exc:
-                self.sync.forget(uid)
-                return f"writing the decision on pod {ns}/{name} failed: {exc}"
+                return self._refuse(uid, f"writing the decision on pod {ns}/{name} failed: {exc}")
             alloc = self.scheduler.state.pods[uid]
         needs_lock = self._needs_lock(alloc.containers, alloc.init_count)
         if needs_lock:
             try:
                 await self.locker.acquire(node, ns, name)
             except (NodeLockContention, KubeError) as exc:
-                self.sync.forget(uid)
-                return f"binding pod {ns}/{name} to {node}: {exc}"
+                return self._refuse(uid, f"binding pod {ns}/{name} to {node}: {exc}")
         try:
             await self.client.bind_pod(
                 ns,
@@ -275,7 +262,7 @@ class ExtenderService:
             )
         except KubeError as exc:
             if await self._bound_here(ns, name, uid, node):
-                return ""  # the binding landed (a lost reply, or a retried bind): nothing to undo
+                return Bound(node)  # the binding landed (a lost reply, or a retried bind): nothing to undo
             self.sync.forget(uid)
             if needs_lock:
                 try:
@@ -283,9 +270,9 @@ class ExtenderService:
                 except KubeError as rel_exc:
                     log.warning("releasing lock on %s after failed bind: %s", node, rel_exc)
             if isinstance(exc, ConflictError):
-                return f"binding pod {ns}/{name} to {node} was refused: {exc}"
-            return f"binding pod {ns}/{name} to {node} failed: {exc}"
-        return ""
+                return BindRefused(f"binding pod {ns}/{name} to {node} was refused: {exc}")
+            return BindRefused(f"binding pod {ns}/{name} to {node} failed: {exc}")
+        return Bound(node)
 
     async def _bound_here(self, ns: str, name: str, uid: str, node: str) -> bool:
         try:

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from hami.protocol.pod import MigAllocation
 from hami.scheduling.state import ClusterState
 
 MIB = 1024 * 1024
@@ -116,8 +117,8 @@ class _CardCollector(Collector):
                         lv = [ZONE, alloc.namespace, alloc.node, alloc.name, str(ci), d.uuid]
                         mem.add_metric(lv, d.usedmem * MIB)
                         cores.add_metric(lv, d.usedcores)
-                        m = p.mig
-                        if m is None:
+                        m = p.payload  # a MIG reservation rides on the placement as its payload
+                        if not isinstance(m, MigAllocation):
                             continue
                         card = node.by_uuid.get(d.uuid) if node is not None else None
                         mig.add_metric(

@@ -5,7 +5,10 @@ Rules (they fix HAMi's phantom reservations, finding F2):
 * a *bound* pod (``spec.nodeName`` set) carrying an allocation annotation counts on its node —
   only if hami scheduled it (``spec.schedulerName``), so forged annotations elsewhere count nothing;
 * an *unbound* pod counts only while this process holds a reservation for it (it was just
-  decided); annotations left on an unbound pod by an earlier decision are ignored;
+  decided: assumed in :class:`~hami.extender.reservations.Reservations`); annotations left on an
+  unbound pod by an earlier decision are ignored;
+* a pod event carrying ``hami.io/bind-phase`` success or failed ends the pod's place in flight on
+  its node (its allocation finished);
 * a pod in phase Succeeded/Failed, or deleted, holds nothing; a deleted pod's uid is remembered
   (the last ``MAX_TOMBSTONES``), so a decision kube-scheduler asks for after the deletion reached
   this process reserves nothing — it would otherwise hold the card until the reservation TTL;
@@ -16,13 +19,16 @@ Rules (they fix HAMi's phantom reservations, finding F2):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from hami.extender.reservations import Reservations
+from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
-from hami.scheduling.filter import Scheduler, pod_key
+from hami.scheduling.decide import Scheduler, pod_key
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +64,21 @@ def init_containers_done(pod: Mapping[str, Any]) -> bool:
 class LedgerSync:
     """Applies pod and node events to a :class:`Scheduler`'s state. Pure bookkeeping, no I/O."""
 
-    def __init__(self, scheduler: Scheduler, *, scheduler_name: str | None = None) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        scheduler_name: str | None = None,
+        reservations: Reservations[asyncio.Task[None]] | None = None,
+    ) -> None:
         self.scheduler = scheduler
         #: when set, only pods with this ``spec.schedulerName`` are read from their annotations:
         #: anyone can put a forged allocation annotation on some other pod to make capacity look used
         self.scheduler_name = scheduler_name
-        #: pods decided by this process and not yet seen bound
-        self.assumed: set[str] = set()
+        #: what this process decided and the API server does not show yet
+        self.reservations: Reservations[asyncio.Task[None]] = (
+            reservations if reservations is not None else Reservations()
+        )
         #: pods whose annotations could not be decoded (uid -> error)
         self.pod_errors: dict[str, str] = {}
         self._node_seen: dict[str, tuple[Any, ...]] = {}
@@ -74,6 +88,11 @@ class LedgerSync:
         self.on_pod: list[Callable[[Mapping[str, Any]], None]] = []
         #: uids of the most recently deleted pods (insertion order, oldest first)
         self._tombstones: OrderedDict[str, None] = OrderedDict()
+
+    @property
+    def assumed(self) -> set[str]:
+        """Pods decided by this process and not yet seen bound (the reservations' set)."""
+        return self.reservations.assumed
 
     # --- nodes --------------------------------------------------------------------------------
     def node_changed(self, node: Mapping[str, Any]) -> None:
@@ -110,6 +129,12 @@ class LedgerSync:
     def pod_changed(self, pod: Mapping[str, Any]) -> None:
         for callback in self.on_pod:
             callback(pod)
+        meta = pod.get("metadata") or {}
+        if (meta.get("annotations") or {}).get(keys.BIND_PHASE) in (
+            keys.BIND_PHASE_SUCCESS,
+            keys.BIND_PHASE_FAILED,
+        ):
+            self.reservations.allocation_finished(str(meta.get("uid") or ""))
         uid, _, _ = pod_key(pod)
         state = self.scheduler.state
         phase = (pod.get("status") or {}).get("phase")
@@ -118,7 +143,7 @@ class LedgerSync:
             return
         node = (pod.get("spec") or {}).get("nodeName")
         if not node:
-            if uid not in self.assumed:
+            if not self.reservations.is_assumed(uid):
                 state.remove_pod(uid)  # stale annotations of an earlier decision hold nothing
             return
         if (
@@ -138,7 +163,7 @@ class LedgerSync:
         alloc.init_released = init_containers_done(pod)
         if state.pods.get(uid) != alloc:
             state.add_pod(alloc)
-        self.assumed.discard(uid)
+        self.reservations.confirmed(uid)
 
     def pod_deleted(self, pod: Mapping[str, Any]) -> None:
         uid, _, _ = pod_key(pod)
@@ -154,8 +179,8 @@ class LedgerSync:
         return uid in self._tombstones
 
     def forget(self, uid: str) -> None:
+        self.reservations.forget(uid)
         for callback in self.on_forget:
             callback(uid)
-        self.assumed.discard(uid)
         self.pod_errors.pop(uid, None)
         self.scheduler.state.remove_pod(uid)

@@ -10,24 +10,26 @@ import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from aiohttp import web
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.leasefollow import LeaseFollower
+from hami.extender.metrics import Metrics
+from hami.extender.nodelock import NodeLocker
+from hami.extender.reservations import Reservations
+from hami.extender.server import make_app, make_ops_app
+from hami.extender.service import ExtenderService, owner_alive_from
+from hami.extender.sync import LedgerSync
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.informer import Informer
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
-from hami.scheduler.leasefollow import LeaseFollower
-from hami.scheduler.metrics import Metrics
-from hami.scheduler.nodelock import NodeLocker
-from hami.scheduler.server import make_app, make_ops_app
-from hami.scheduler.service import ExtenderService, owner_alive_from
-from hami.scheduler.sync import LedgerSync
-from hami.scheduling.filter import Scheduler
+from hami.protocol.nodelock import HAMI_NODE_LOCK
+from hami.scheduling.decide import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,11 @@ class ExtenderSettings:
     bind_queue_limit: int = 0
 
 
+class _Lease(TypedDict):
+    namespace: str
+    name: str
+
+
 class Extender:
     """The running service. ``await start()``, then ``url``; ``await stop()`` to shut down."""
 
@@ -80,7 +87,12 @@ class Extender:
             node_policy=settings.node_policy or sched_cfg.node_scheduler_policy,
             gpu_policy=settings.gpu_policy or sched_cfg.gpu_scheduler_policy,
         )
-        self.sync = LedgerSync(self.scheduler, scheduler_name=cfg.hami.scheduler_name)
+        #: what this process decided and the API server does not show yet: written by the
+        #: service's filter and bind, read and settled by the sync's pod events
+        self.reservations: Reservations[asyncio.Task[None]] = Reservations()
+        self.sync = LedgerSync(
+            self.scheduler, scheduler_name=cfg.hami.scheduler_name, reservations=self.reservations
+        )
         self.nodes = Informer(
             self.client,
             api_path("v1", "nodes"),
@@ -97,28 +109,30 @@ class Extender:
             on_delete=self.sync.pod_deleted,
             name="pods",
         )
-        self.elector: LeaderElector | None = None
-        self.follower: LeaseFollower | None = None
         if settings.leader_elect and settings.follow_scheduler_lease:
             raise ValueError("leader_elect and follow_scheduler_lease are exclusive")
-        if settings.follow_scheduler_lease:
-            self.follower = LeaseFollower(
-                self.client,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
-                holder_prefix=settings.lease_holder_prefix,
-                poll=settings.retry_period,
+        lease = _Lease(namespace=settings.lease_namespace, name=settings.lease_name)
+        #: with --follow-scheduler-lease: leads while kube-scheduler in this pod holds its Lease
+        self.follower: LeaseFollower | None = (
+            LeaseFollower(
+                self.client, **lease, holder_prefix=settings.lease_holder_prefix, poll=settings.retry_period
             )
-        if settings.leader_elect:
-            self.elector = LeaderElector(
+            if settings.follow_scheduler_lease
+            else None
+        )
+        #: with --leader-elect: an election of its own among the extender replicas
+        self.elector: LeaderElector | None = (
+            LeaderElector(
                 self.client,
-                namespace=settings.lease_namespace,
-                name=settings.lease_name,
+                **lease,
                 identity=settings.identity,
                 lease_duration=settings.lease_duration,
                 renew_deadline=settings.renew_deadline,
                 retry_period=settings.retry_period,
             )
+            if settings.leader_elect
+            else None
+        )
         expiry = (
             settings.node_lock_expiry
             if settings.node_lock_expiry is not None
@@ -130,6 +144,7 @@ class Extender:
             wait=settings.bind_lock_wait,
             owner_alive=lambda ns, name: owner_alive_from(self._pod, self.client, ns, name),
             node_lookup=self.nodes.get,
+            codec=self.scheduler.registry.node_lock() or HAMI_NODE_LOCK,
         )
         self.service = ExtenderService(
             scheduler=self.scheduler,

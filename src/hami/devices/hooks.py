@@ -1,0 +1,313 @@
+"""Optional backend hooks, kube-scheduler style: small protocols, each with a shared default.
+
+A backend implements only the hooks its vendor needs; :func:`resolve_hooks` checks each protocol
+with ``isinstance`` once, when the backend is registered, and stores plain callables (or None for
+"use the shared default") in a :class:`VendorHooks`. The scheduling core reads that record and never
+checks a type or names a vendor on its hot path.
+
+=========================  ========================================  ===================================
+hook                       what the backend decides                  shared default
+=========================  ========================================  ===================================
+:class:`CardRejection`     an extra reason a card is refused         none
+:class:`ModeScoped`        card modes the card-level hooks apply to  every card
+:class:`Sizing`            whether a request fits a card's free      HAMi's memory/core checks; the
+                           capacity, and what one slice takes        request's MiB and cores, no payload
+:class:`MultiSlice`        how many slices of one container's        one (distinct cards)
+                           request one card may hold
+:class:`CardChoice`        which of the ordered eligible cards a     NVLink topology pick when the
+                           multi-card request takes                  policy asks for it, else in order
+:class:`CardUsage`         per-card usage add/remove                 counters, then the card payload
+                                                                     absorbs/releases placement payloads
+:class:`NodeScore`         a term added to the node's score          none
+:class:`Admission`         webhook defaulting/validation             none
+:class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
+:class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
+:class:`NodeHandshake`     the node handshake annotation             none
+=========================  ========================================  ===================================
+
+Guarantees: resolving is pure and done once per backend; every default is a plain function here or
+in :mod:`hami.scheduling.fit`, usable by a backend that wraps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+
+from hami.devices.base import Card, DeviceBackend, DeviceRequest, Placement
+from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
+from hami.protocol.pod import ContainerDevice
+
+if TYPE_CHECKING:
+    from hami.scheduling.policy import CardPolicy
+
+
+class CardUse(NamedTuple):
+    """What one pod holds on one card: collapsed slots, MiB and cores, plus every placement payload."""
+
+    slots: int
+    mem: int
+    cores: int
+    payloads: tuple[Any, ...] = ()
+
+
+# --------------------------------------------------------------------------------------- protocols
+
+
+@runtime_checkable
+class CardRejection(Protocol):
+    """An extra reason to refuse a card, checked after the shared gates (health, cordon, selector,
+    slots, mutex) and before the capacity check. Return a reason name, or None to go on."""
+
+    def reject_card(self, card: Card, request: DeviceRequest) -> str | None: ...
+
+
+@runtime_checkable
+class Sizing(Protocol):
+    """What a request takes on a card. ``fits`` replaces the shared memory/core checks (call
+    :func:`hami.scheduling.fit.default_fits` for cards the vendor treats normally); ``size`` is
+    called only on a card ``fits`` accepted and returns one slice's placement (wire record + payload)
+    without changing the card (the usage hook does that)."""
+
+    def fits(self, card: Card, request: DeviceRequest) -> str | None: ...
+
+    def size(
+        self, card: Card, request: DeviceRequest, container_index: int, device_index: int
+    ) -> Placement: ...
+
+
+@runtime_checkable
+class ModeScoped(Protocol):
+    """The card modes (``Card.mode``) the card-level hooks (rejection, sizing, multi-slice) apply
+    to; cards in other modes take the shared defaults without a call (NVIDIA: only ``mig``)."""
+
+    @property
+    def hooked_modes(self) -> frozenset[str]: ...
+
+
+@runtime_checkable
+class MultiSlice(Protocol):
+    """How many slices of one container's request ``card`` may hold, or None for "one" (the
+    default: a multi-card request takes distinct cards)."""
+
+    def card_slices(self, card: Card) -> int | None: ...
+
+
+@runtime_checkable
+class CardChoice(Protocol):
+    """Which of the eligible cards (best first) a request of ``need`` cards takes; may return fewer
+    cards than ``ordered`` holds, in the order they are to be used."""
+
+    def choose_cards(
+        self, ordered: list[Card], need: int, policy: CardPolicy, pair_scores: Mapping[str, Mapping[str, int]]
+    ) -> list[Card]: ...
+
+
+@runtime_checkable
+class CardUsage(Protocol):
+    """Add (``sign`` 1) or remove (``sign`` -1) one pod's use of a card. The ledger keeps the
+    init/app collapse rule and the node totals (from the card's change); this is the per-card part."""
+
+    def apply_usage(self, card: Card, use: CardUse, sign: int) -> None: ...
+
+
+@runtime_checkable
+class NodeScore(Protocol):
+    """A term added to a node's score (higher means fuller: binpack prefers it, spread avoids it)
+    for a pod asking this vendor for ``requests``; called once per candidate node."""
+
+    def node_score(self, cards: Sequence[Card], requests: Sequence[DeviceRequest]) -> float: ...
+
+
+@runtime_checkable
+class PodAnnotations(Protocol):
+    """Decision annotations that see the pod (replaces ``decision_annotations`` when implemented)."""
+
+    def pod_decision_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]]
+    ) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class NodeLockFormat(Protocol):
+    """The backend's node-lock key and value format (when it is not HAMi's ``<time>,<ns>,<name>``)."""
+
+    @property
+    def node_lock(self) -> NodeLockCodec: ...
+
+
+@runtime_checkable
+class NodeHandshake(Protocol):
+    """The node annotation the scheduler and the vendor's device plugin handshake on
+    (``hami.io/node-handshake`` for NVIDIA; ``Requesting_<time>`` / ``Reported <time>``)."""
+
+    @property
+    def handshake_key(self) -> str: ...
+
+
+@runtime_checkable
+class Admission(Protocol):
+    """The webhook's per-vendor part: defaulting (JSON-patch edits) and validation of one container.
+
+    ``request`` is this vendor's parsed request for the container (None when it asks for none).
+    Denials go into ``out.invalid`` (bad request, 400) or ``out.denials`` (policy, 403); edits are
+    made through ``edit``. ``admit_pod`` runs once after every container when the pod asks this
+    vendor for a device (``used``), to add pod-level edits (e.g. ``runtimeClassName``).
+    """
+
+    def admit_container(
+        self,
+        container: Mapping[str, Any],
+        name: str,
+        request: DeviceRequest | None,
+        edit: ContainerEditor,
+        out: AdmissionOutcome,
+    ) -> None: ...
+
+    def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]: ...
+
+    def core_limit_off(self) -> bool:
+        """The administrator switched the in-container core limit off for every pod of this vendor."""
+        ...
+
+
+class ContainerEditor(Protocol):
+    """JSON-patch edits to one container (implemented by the webhook)."""
+
+    def set_limit(self, name: str, value: str) -> None: ...
+
+    def set_env(self, name: str, value: str) -> bool: ...
+
+    def env_value(self, name: str) -> str | None: ...
+
+    def has_resource(self, name: str) -> bool: ...
+
+
+@dataclass(slots=True)
+class AdmissionOutcome:
+    """What admission hooks report for one pod (the webhook collects it)."""
+
+    opted_out: bool
+    invalid: list[str]
+    denials: list[str]
+    warnings: list[str]
+
+
+# ----------------------------------------------------------------------------------------- defaults
+
+CARD_INSUFFICIENT_MEMORY = "CardInsufficientMemory"
+CARD_INSUFFICIENT_CORE = "CardInsufficientCore"
+CARD_COMPUTE_EXHAUSTED = "CardComputeUnitsExhausted"
+EXCLUSIVE_CONFLICT = "ExclusiveDeviceAllocateConflict"
+
+
+def default_fits(card: Card, request: DeviceRequest) -> str | None:
+    """HAMi's capacity checks, in its order: free memory, free cores, exclusive use, compute left."""
+    if card.totalmem - card.usedmem < request.mem_for(card.totalmem):
+        return CARD_INSUFFICIENT_MEMORY
+    if card.totalcores - card.usedcores < request.cores:
+        return CARD_INSUFFICIENT_CORE
+    if card.totalcores == 100 and request.cores == 100 and card.used > 0:
+        return EXCLUSIVE_CONFLICT
+    if card.usedcores >= card.totalcores and request.cores == 0:
+        return CARD_COMPUTE_EXHAUSTED
+    return None
+
+
+def default_size(card: Card, request: DeviceRequest, _container_index: int, _device_index: int) -> Placement:
+    """One slice takes the request's memory (MiB, or its percentage of the card) and cores."""
+    return Placement(
+        device=ContainerDevice(
+            uuid=card.uuid,
+            type=request.vendor,
+            usedmem=request.mem_for(card.totalmem),
+            usedcores=request.cores,
+        )
+    )
+
+
+def default_apply_usage(card: Card, use: CardUse, sign: int) -> None:
+    """Counters move by ``sign`` times the use; the card payload absorbs/releases placement payloads."""
+    card.used += sign * use.slots
+    card.usedmem += sign * use.mem
+    card.usedcores += sign * use.cores
+    if use.payloads and card.payload is not None:
+        if sign > 0:
+            for p in use.payloads:
+                card.payload.add(p)
+        else:
+            for p in use.payloads:
+                card.payload.remove(p)
+
+
+def hami_decision_annotations(
+    backend: DeviceBackend,
+) -> Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]]:
+    def annotate(_pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]]) -> dict[str, str]:
+        return backend.decision_annotations(containers)
+
+    return annotate
+
+
+# ----------------------------------------------------------------------------------------- resolved
+
+
+@dataclass(frozen=True, slots=True)
+class VendorHooks:
+    """One backend's hooks resolved to callables; None means "the shared default" (the fast path)."""
+
+    #: the card-level hooks (reject, fits, size, slices) apply to cards in these modes (None: all)
+    modes: frozenset[str] | None = None
+    reject: Callable[[Card, DeviceRequest], str | None] | None = None
+    fits: Callable[[Card, DeviceRequest], str | None] | None = None
+    size: Callable[[Card, DeviceRequest, int, int], Placement] | None = None
+    slices: Callable[[Card], int | None] | None = None
+    choose: Callable[[list[Card], int, CardPolicy, Mapping[str, Mapping[str, int]]], list[Card]] | None = None
+    usage: Callable[[Card, CardUse, int], None] = default_apply_usage
+    score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
+    annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
+    admission: Admission | None = None
+    node_lock: NodeLockCodec | None = None
+    handshake_key: str | None = None
+
+    def on(self, card: Card) -> bool:
+        """Do the card-level hooks apply to ``card``?"""
+        return self.modes is None or card.mode in self.modes
+
+    def card_slices(self, card: Card) -> int | None:
+        """The multi-slice hook's answer for ``card`` (None: one slice, the default)."""
+        if self.slices is None or (self.modes is not None and card.mode not in self.modes):
+            return None
+        return self.slices(card)
+
+
+DEFAULT_HOOKS = VendorHooks()
+
+
+def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
+    """Check every hook protocol once and keep what the backend implements."""
+    b: Any = backend
+    lock_key = backend.lock_key
+    if isinstance(b, NodeLockFormat):
+        node_lock: NodeLockCodec | None = b.node_lock
+    elif lock_key is not None:
+        node_lock = HAMI_NODE_LOCK.with_key(lock_key)
+    else:
+        node_lock = None
+    return VendorHooks(
+        modes=b.hooked_modes if isinstance(b, ModeScoped) else None,
+        reject=b.reject_card if isinstance(b, CardRejection) else None,
+        fits=b.fits if isinstance(b, Sizing) else None,
+        size=b.size if isinstance(b, Sizing) else None,
+        slices=b.card_slices if isinstance(b, MultiSlice) else None,
+        choose=b.choose_cards if isinstance(b, CardChoice) else None,
+        usage=b.apply_usage if isinstance(b, CardUsage) else default_apply_usage,
+        score=b.node_score if isinstance(b, NodeScore) else None,
+        annotate=b.pod_decision_annotations
+        if isinstance(b, PodAnnotations)
+        else hami_decision_annotations(backend),
+        admission=b if isinstance(b, Admission) else None,
+        node_lock=node_lock,
+        handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,
+    )
