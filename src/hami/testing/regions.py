@@ -11,7 +11,7 @@ import fcntl
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hami.monitor.region import (
     DEV_SIZE,
@@ -28,17 +28,35 @@ from hami.monitor.region import (
 )
 
 
-@dataclass
-class FakeDevice:
-    uuid: str = ""
-    limit: int = 0
-    used: int = 0
-    peak: int = 0
-    ctx_overhead: int = 0
-    sm_limit: int = 0
-    limiting: bool = False
-    throttled: bool = False
-    util_x100: int = 0
+class _Fields:
+    """Named integer fields with defaults (``DEFAULTS``); an unknown name is a TypeError."""
+
+    DEFAULTS: dict[str, int] = {}
+
+    def __init__(self, **values: int) -> None:
+        unknown = set(values) - set(self.DEFAULTS)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}: unknown fields {sorted(unknown)}")
+        self.values = {**self.DEFAULTS, **values}
+
+    def __getattr__(self, name: str) -> int:
+        try:
+            return self.__dict__["values"][name]  # type: ignore[no-any-return]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class FakeDevice(_Fields):
+    """One device record: ``limit, used, peak (default: used), ctx_overhead, sm_limit, limiting,
+    throttled, util_x100``."""
+
+    DEFAULTS = dict.fromkeys(
+        ("limit", "used", "peak", "ctx_overhead", "sm_limit", "limiting", "throttled", "util_x100"), 0
+    )
+
+    def __init__(self, uuid: str = "", **values: int) -> None:
+        super().__init__(**values)
+        self.uuid = uuid
 
 
 @dataclass
@@ -49,17 +67,19 @@ class FakeProcess:
     start_ns: int = 0
 
 
-@dataclass
-class FakeRegion:
-    devices: list[FakeDevice] = field(default_factory=list)
-    processes: list[FakeProcess] = field(default_factory=list)
-    policy: int = 0
-    priority: int = 1
-    utilization_switch: int = 1
-    recent_kernel: int = 0
-    last_kernel_ns: int = 0
-    magic: int = MAGIC
-    abi_major: int = 1
+class FakeRegion(_Fields):
+    """Header fields ``policy, priority, utilization_switch, recent_kernel, last_kernel_ns, magic,
+    abi_major``, plus the device records and the live process slots."""
+
+    DEFAULTS = {"policy": 0, "priority": 1, "utilization_switch": 1, "recent_kernel": 0, "last_kernel_ns": 0}
+    DEFAULTS |= {"magic": MAGIC, "abi_major": 1}
+
+    def __init__(
+        self, devices: Sequence[FakeDevice] = (), processes: Sequence[FakeProcess] = (), **header: int
+    ) -> None:
+        super().__init__(**header)
+        self.devices = list(devices)
+        self.processes = list(processes)
 
 
 def encode_region(r: FakeRegion) -> bytes:
