@@ -79,6 +79,13 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
 @click.option("--gc-interval", type=float, default=30.0, show_default=True)
 @click.option("--no-nvml", is_flag=True, help="Do not read the cards through NVML (no host metrics).")
 @click.option(
+    "--feedback-interval",
+    type=float,
+    default=0.2,
+    show_default=True,
+    help="Seconds between priority-feedback passes (holds, core-limit switch); 0 turns it off.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"], case_sensitive=False),
     default="INFO",
@@ -92,6 +99,7 @@ def monitor(
     gc_grace: float,
     gc_interval: float,
     no_nvml: bool,
+    feedback_interval: float,
     log_level: str,
 ) -> None:
     """Serve per-container GPU usage (HAMi's metric names) and collect regions of deleted pods."""
@@ -105,5 +113,6 @@ def monitor(
         gc_grace=gc_grace,
         gc_interval=gc_interval,
         nvml=not no_nvml,
+        feedback_interval=feedback_interval or None,
     )
     asyncio.run(_run(settings, kubeconfig))

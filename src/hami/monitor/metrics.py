@@ -106,6 +106,8 @@ class _Families:
     core_limit: Family
     throttled: Family
     processes: Family
+    priority: Family
+    held: Family
     ns_used: Family
     ns_limit: Family
     regions: Family
@@ -146,6 +148,8 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("hami_vgpu_core_limit_ratio", _C.format("core limit, percent,"), CTR_LABELS),
     ("hami_container_device_throttled", "1 while the core limit paces the container's launches", CTR_LABELS),
     ("hami_container_processes", "Running processes in the container's region", PROC_LABELS),
+    ("hami_container_priority", "The container's task priority (0 high, 1 low)", PROC_LABELS),
+    ("hami_container_priority_held", "1 while a higher-priority container holds its launches", PROC_LABELS),
     ("hami_namespace_gpu_memory_used_bytes", "Device memory used by the namespace on the node", NS_LABELS),
     (
         "hami_namespace_gpu_memory_limit_bytes",
@@ -271,7 +275,10 @@ class MonitorCollector(Collector):
         """Adds one container's series; returns its (used, limit) bytes summed over its cards."""
         allocated = pod.uuids_of(container)
         running = r.alive()
-        f.processes.add(labels(PROC_LABELS, (ZONE, pod.namespace, pod.name, container)), len(running))
+        ident = labels(PROC_LABELS, (ZONE, pod.namespace, pod.name, container))
+        f.processes.add(ident, len(running))
+        f.priority.add(ident, r.priority)
+        f.held.add(ident, 1 if r.recent_kernel < 0 else 0)
         elapsed = (now_ns - r.last_kernel_ns) / 1e9 if r.last_kernel_ns else None
         sum_used = sum_limit = 0
         for dev in r.devices:

@@ -17,6 +17,7 @@ from typing import Any
 
 from hami.deviceplugin.hostinstall import vgpu_dir
 from hami.monitor.cards import CardReader
+from hami.monitor.feedback import Feedback
 from hami.monitor.http import MetricsServer
 from hami.monitor.layout import GarbageCollector, PodDirectory
 from hami.monitor.metrics import MonitorCollector
@@ -34,6 +35,8 @@ class MonitorSettings:
     gc_grace: float = 300.0
     gc_interval: float = 30.0
     nvml: bool = True
+    #: seconds between priority-feedback passes (None: off); see :mod:`hami.monitor.feedback`
+    feedback_interval: float | None = 0.2
 
     @property
     def containers_dir(self) -> str:
@@ -71,6 +74,7 @@ class Monitor:
             self.settings.node_name,
         )
         informer = None
+        feedback = asyncio.create_task(self._feedback()) if self.settings.feedback_interval else None
         try:
             if self.client is not None:
                 informer = await self._start_informer()
@@ -82,11 +86,26 @@ class Monitor:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.settings.gc_interval)
         finally:
+            if feedback is not None:
+                feedback.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feedback
             if informer is not None:
                 await informer.stop()
             server.stop()
             if self.cards is not None:
                 self.cards.close()
+
+    async def _feedback(self) -> None:
+        """Priority feedback passes (they need no pod list: regions carry priority and cards)."""
+        fb = Feedback(self.settings.containers_dir)
+        interval = self.settings.feedback_interval or 0.2
+        while True:
+            try:
+                await asyncio.to_thread(fb.step, time.monotonic_ns())
+            except Exception:  # a bug must not stop the loop for good; libvgpu drops stale holds
+                log.exception("priority feedback pass failed")
+            await asyncio.sleep(interval)
 
     async def _start_informer(self) -> Any:
         from hami.kube.informer import Informer
