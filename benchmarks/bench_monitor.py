@@ -10,7 +10,8 @@ pynvml, as in the monitor.
 A scrape is what the monitor's ``/metrics`` handler does: ``MonitorCollector.render()``, i.e. list
 the directories, read and validate every region, query NVML for every card, build and render every
 family; ``gzip`` adds the level-1 compression the handler applies when Prometheus asks for it
-(it always does). For comparison, ``generic`` is the same collector rendered by prometheus-client's
+(it always does). ``feedback_pass`` is one priority-feedback pass over the same node (every 0.2 s
+by default). For comparison, ``generic`` is the same collector rendered by prometheus-client's
 ``generate_latest``. CPU is ``time.process_time()`` per scrape (p50 / p99 / mean over
 ``--scrapes``); resident memory is the process's VmRSS and VmHWM after the scrapes (before the generic comparison), with every
 module the running ``hami monitor`` imports (its runner, HTTP server, API client and informer)
@@ -136,6 +137,10 @@ def main() -> None:
     cpu_ms, wall_ms = timed(collector.render, args.scrapes)
     gz_ms, _ = timed(lambda: gzip.compress(collector.render(), 1), args.scrapes)
     gz_bytes = len(gzip.compress(body, 1))
+    from hami.monitor.feedback import Feedback
+
+    fb = Feedback(str(root))
+    fb_ms, _ = timed(lambda: fb.step(time.monotonic_ns()), args.scrapes)
     rss, hwm = _status("VmRSS"), _status("VmHWM")  # before the generic renderer's own garbage
     generic_ms, _ = timed(lambda: generate_latest(registry), max(10, args.scrapes // 10))
     holder.close()
@@ -153,6 +158,7 @@ def main() -> None:
         "gzip_cpu_ms_p50": round(statistics.median(gz_ms), 2),
         "gzip_body_bytes": gz_bytes,
         "generic_cpu_ms_p50": round(statistics.median(generic_ms), 2),
+        "feedback_pass_cpu_ms_p50": round(statistics.median(fb_ms), 2),
         "rss_mb": round(rss / 1e6, 1),
         "rss_peak_mb": round(hwm / 1e6, 1),
         "nvml": "fake" if nvml else "none",

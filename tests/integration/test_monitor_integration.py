@@ -4,7 +4,8 @@ A node's hook directory holds the region that the real libvgpu.so writes for a r
 (fake driver, LD_PRELOAD) in ``<podUID>_main``, whose pod exists in the API server with
 ``spec.nodeName`` set to the monitor's node, plus a directory of a pod that does not exist. The
 monitor (``python -m hami.monitor``, as the chart runs it, NVML from the fake driver) must label
-the program's usage with the pod's namespace/name/container, serve the host card families, remove
+the program's usage with the pod's namespace/name/container, serve the host card families, run its
+priority feedback on the region (heartbeat, core-limit switch off for a container alone), remove
 the orphan's directory once its grace period is over and — after the pod is deleted — the pod's.
 """
 
@@ -14,6 +15,7 @@ import asyncio
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -144,6 +146,14 @@ async def test_monitor_labels_real_usage_and_collects_gone_pods(
         assert _series(fams, "hami_build_info")
         ns = _series(fams, "hami_namespace_gpu_memory_used_bytes", namespace=namespace)
         assert ns[0].value == 164 * MiB
+
+        # the priority feedback runs: its heartbeat is in the region, and the container, alone on
+        # its card, has the core-limit switch off (policy default) and is not held
+        switch, recent = struct.unpack_from("<ii", (mine / "abc.cache").read_bytes(), 40)
+        (heartbeat,) = struct.unpack_from("<Q", (mine / "abc.cache").read_bytes(), 64)
+        assert (switch, recent >= 0) == (0, True) and 0 < heartbeat <= time.monotonic_ns()
+        assert _series(fams, "hami_container_priority", **ident)[0].value == 1
+        assert _series(fams, "hami_container_priority_held", **ident)[0].value == 0
 
         # the orphan (no such pod, untouched for long) is collected; the live pod's is not
         await wait_for(lambda: _true(lambda: not orphan.exists()), timeout=30)

@@ -81,7 +81,7 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
 @click.option(
     "--feedback-interval",
     type=float,
-    default=0.2,
+    default=0.5,
     show_default=True,
     help="Seconds between priority-feedback passes (holds, core-limit switch); 0 turns it off.",
 )

@@ -20,6 +20,7 @@ must not be able to crash the monitor), after the same validation as the metrics
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import os
@@ -33,7 +34,7 @@ from hami.monitor.region import REGION_SIZE, SLOTS_OFFSET, Region, RegionError, 
 
 log = logging.getLogger(__name__)
 
-ACTIVE_NS = 500_000_000
+ACTIVE_NS = 300_000_000  # libvgpu stamps last_kernel_ns every 100 ms while launching
 OFF_SWITCH, OFF_RECENT, OFF_MONITOR = 40, 44, 64
 _I32 = struct.Struct("<i")
 _U64 = struct.Struct("<Q")
@@ -46,6 +47,7 @@ class Tenant:
     active: bool
     cards: frozenset[str]
     held: bool  # recent_kernel < 0 now
+    switch: int  # utilization_switch now
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,16 +59,24 @@ class Decision:
 def decide(tenants: Iterable[Tenant]) -> dict[str, Decision]:
     """Pure: each container's hold and core-limit switch from its card-mates' priority and activity."""
     ts = list(tenants)
-    by_card: dict[str, list[Tenant]] = {}
+    active: dict[str, list[int]] = {}  # card -> sorted priorities of its active containers
     for t in ts:
-        for c in t.cards:
-            by_card.setdefault(c, []).append(t)
+        if t.active:
+            for c in t.cards:
+                active.setdefault(c, []).append(t.priority)
+    for ps in active.values():
+        ps.sort()
     out = {}
     for t in ts:
-        mates = {o.path: o for c in t.cards for o in by_card[c] if o.path != t.path and o.active}.values()
-        hold = any(o.priority < t.priority for o in mates)
-        switch = int(any(o.priority <= t.priority for o in mates))
-        out[t.path] = Decision(hold, switch)
+        hold = switch = False
+        for c in t.cards:
+            mates = active.get(c)
+            if not mates:
+                continue
+            hold = hold or mates[0] < t.priority  # never itself: its own priority is not below itself
+            # another active one of the same or a higher priority (itself discounted)
+            switch = switch or bisect.bisect_right(mates, t.priority) - int(t.active) > 0
+        out[t.path] = Decision(hold, int(switch))
     return out
 
 
@@ -122,7 +132,8 @@ class Feedback:
     def _apply(fd: int, t: Tenant, d: Decision, now_ns: int) -> None:
         try:
             os.pwrite(fd, _U64.pack(now_ns), OFF_MONITOR)  # the heartbeat first: a hold needs it
-            os.pwrite(fd, _I32.pack(d.switch), OFF_SWITCH)
+            if d.switch != t.switch:
+                os.pwrite(fd, _I32.pack(d.switch), OFF_SWITCH)
             if d.hold:
                 os.pwrite(fd, _I32.pack(-1), OFF_RECENT)
             elif t.held:
@@ -136,4 +147,4 @@ class Feedback:
 def _tenant(path: str, r: Region, now_ns: int) -> Tenant:
     active = bool(r.last_kernel_ns) and now_ns - r.last_kernel_ns < ACTIVE_NS
     cards = frozenset(dev.uuid for dev in r.devices if dev.uuid)
-    return Tenant(path, r.priority, active, cards, r.recent_kernel < 0)
+    return Tenant(path, r.priority, active, cards, r.recent_kernel < 0, r.utilization_switch)

@@ -8,7 +8,7 @@ does not parse that way is not one of ours and is reported, never guessed at.
 :class:`PodDirectory` is the monitor's view of the node's pods (fed by an informer's handlers,
 read by the scrape thread under a lock). :func:`stale_dirs` decides which directories may be
 removed: only when the pod list is synced, the pod has been absent from it for the grace period
-*and* nothing in the directory changed for that long.
+*and* the directory is older than that (no entry created or removed in it for as long).
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ class ContainerDir:
     pod_uid: str
     container: str
     cache: str | None  # the region file; None when the directory holds none yet
-    mtime: float  # newest of the directory's and the cache file's mtimes
+    #: the directory's own mtime (its entries created or removed); not the region's, which the
+    #: monitor's own priority-feedback writes keep fresh
+    mtime: float
 
 
 def parse_dir_name(name: str) -> tuple[str, str] | None:
@@ -82,7 +84,6 @@ def scan(root: str, *, warned: set[str] | None = None) -> list[ContainerDir]:
         cache = None
         if caches:
             caches.sort()
-            mtime = max(mtime, caches[-1][0])
             cache = caches[-1][2]
             if len(caches) > 1 and entry.name not in seen:
                 seen.add(entry.name)

@@ -36,7 +36,7 @@ class MonitorSettings:
     gc_interval: float = 30.0
     nvml: bool = True
     #: seconds between priority-feedback passes (None: off); see :mod:`hami.monitor.feedback`
-    feedback_interval: float | None = 0.2
+    feedback_interval: float | None = 0.5
 
     @property
     def containers_dir(self) -> str:
@@ -99,7 +99,7 @@ class Monitor:
     async def _feedback(self) -> None:
         """Priority feedback passes (they need no pod list: regions carry priority and cards)."""
         fb = Feedback(self.settings.containers_dir)
-        interval = self.settings.feedback_interval or 0.2
+        interval = self.settings.feedback_interval or 0.5
         while True:
             try:
                 await asyncio.to_thread(fb.step, time.monotonic_ns())

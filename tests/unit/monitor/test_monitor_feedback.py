@@ -15,7 +15,7 @@ NOW = 100 * 10**9
 
 
 def t(path: str, priority: int, active: bool, *cards: str, held: bool = False) -> Tenant:
-    return Tenant(path, priority, active, frozenset(cards), held)
+    return Tenant(path, priority, active, frozenset(cards), held, 1)
 
 
 def test_a_busy_higher_priority_container_holds_lower_ones_on_its_cards() -> None:
