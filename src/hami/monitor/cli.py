@@ -32,25 +32,21 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    client = None
-    if kubeconfig != "":
-        from hami.kube.client import KubeClient
-        from hami.kube.config import load_config
+    if kubeconfig == "":
+        await Monitor(settings, None).run(stop)
+        return
+    from hami.kube.client import KubeClient
+    from hami.kube.config import load_config
 
-        client = KubeClient(load_config(kubeconfig))
-    try:
+    async with KubeClient(load_config(kubeconfig)) as client:
         await Monitor(settings, client).run(stop)
-    finally:
-        if client is not None:
-            await client.close()
 
 
 @click.command("monitor")
-@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
 @click.option(
     "--hook-path",
     envvar="HOOK_PATH",
@@ -58,6 +54,7 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
     show_default=True,
     help="HAMi's HOOK_PATH; the container regions are under <hook-path>/vgpu/containers.",
 )
+@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
 @click.option(
     "--metrics-bind",
     "--metrics-bind-address",

@@ -96,6 +96,8 @@ def scan(root: str, *, warned: set[str] | None = None) -> list[ContainerDir]:
 
 @dataclass(frozen=True, slots=True)
 class PodRef:
+    """What the monitor keeps of a pod: its names, and the cards its containers were given."""
+
     uid: str
     namespace: str
     name: str
