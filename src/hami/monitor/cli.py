@@ -82,6 +82,7 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
     show_default=True,
     help="Seconds between priority-feedback passes (holds, core-limit switch); 0 turns it off.",
 )
+@click.option("--legacy-metrics", is_flag=True, help="Also export HAMi's pre-2.10 metric names.")
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL"], case_sensitive=False),
@@ -97,6 +98,7 @@ def monitor(
     gc_interval: float,
     no_nvml: bool,
     feedback_interval: float,
+    legacy_metrics: bool,
     log_level: str,
 ) -> None:
     """Serve per-container GPU usage (HAMi's metric names) and collect regions of deleted pods."""
@@ -111,5 +113,6 @@ def monitor(
         gc_interval=gc_interval,
         nvml=not no_nvml,
         feedback_interval=feedback_interval or None,
+        legacy_metrics=legacy_metrics,
     )
     asyncio.run(_run(settings, kubeconfig))

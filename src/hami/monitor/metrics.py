@@ -164,6 +164,39 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+LEGACY_HOST = ("zone", "nodeid", "deviceidx", "deviceuuid", "devicetype")
+LEGACY_CTR = ("zone", "podnamespace", "podname", "ctrname", "vdeviceid", "deviceuuid")
+#: ``--legacy-metrics``: HAMi's names before v2.10 for the same rows (attribute, name, labels)
+LEGACY = (
+    ("host_mem", "HostGPUMemoryUsage", LEGACY_HOST),
+    ("host_util", "HostCoreUtilization", LEGACY_HOST),
+    ("used", "vGPU_device_memory_usage_in_bytes", LEGACY_CTR),
+    ("limit", "vGPU_device_memory_limit_in_bytes", LEGACY_CTR),
+    ("ctr_util", "Device_utilization_desc_of_container", LEGACY_CTR),
+    ("last_kernel", "Device_last_kernel_of_container", LEGACY_CTR),
+)
+
+
+def legacy_families(f: _Families) -> list[Family]:
+    """HAMi's legacy families for this scrape's rows (``Device_memory_desc_of_container`` carries
+    the context/module/data/offset split as label values, as HAMi did)."""
+    out = []
+    for attr, name, names in LEGACY:
+        new: Family = getattr(f, attr)
+        fam = Family(name, new.doc, names)
+        fam.rows = [(labels(names, values), v) for (values, _t), v in new.rows]
+        out.append(fam)
+    desc_names = (*LEGACY_CTR, "context", "module", "data", "offset")
+    desc = Family("Device_memory_desc_of_container", "Container device memory description", desc_names)
+    for ((values, _t), used), (_l, ctx), (_m, module), (_b, data) in zip(
+        f.ctr_mem.rows, f.context.rows, f.module.rows, f.buffer.rows, strict=True
+    ):
+        split = (ctx, module, data, used - ctx - module - data)
+        desc.add(labels(desc_names, (*values, *(str(int(x)) for x in split))), used)
+    out.append(desc)
+    return out
+
+
 def build_info(version: str, revision: str = "") -> Family:
     """``hami_build_info`` with HAMi's label names (``go_version`` holds the Python version)."""
     info = Family("hami_build_info", "Build information", BUILD_LABELS)
@@ -190,6 +223,7 @@ class MonitorCollector(Collector):
         cards: CardReader | None,
         *,
         version: str = "",
+        legacy: bool = False,
         monotonic_ns: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.root = root
@@ -197,6 +231,7 @@ class MonitorCollector(Collector):
         self.pods = pods
         self.cards = cards
         self.version = version
+        self.legacy = legacy
         self.monotonic_ns = monotonic_ns
         self._warned: set[str] = set()
         self._bad: dict[str, str] = {}  # path -> last error logged, so a bad file warns once
@@ -257,7 +292,7 @@ class MonitorCollector(Collector):
             f.ns_limit.add(lv, ns_limit[ns])
         for state, n in counts.items():
             f.regions.add(labels(STATE_LABELS, (ZONE, self.node, state)), n)
-        return [*f.all(), self._build_info]
+        return [*f.all(), *(legacy_families(f) if self.legacy else ()), self._build_info]
 
     def _host(self, f: _Families, cards: list[HostCard]) -> None:
         for c in cards:

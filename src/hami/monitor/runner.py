@@ -37,6 +37,8 @@ class MonitorSettings:
     nvml: bool = True
     #: seconds between priority-feedback passes (None: off); see :mod:`hami.monitor.feedback`
     feedback_interval: float | None = 0.5
+    #: also export HAMi's pre-2.10 metric names (HAMi's --legacy-metrics)
+    legacy_metrics: bool = False
 
     @property
     def containers_dir(self) -> str:
@@ -57,7 +59,12 @@ class Monitor:
         self.pods = PodDirectory()
         self.cards = CardReader() if settings.nvml else None
         self.collector = MonitorCollector(
-            settings.containers_dir, settings.node_name, self.pods, self.cards, version=_version()
+            settings.containers_dir,
+            settings.node_name,
+            self.pods,
+            self.cards,
+            version=_version(),
+            legacy=settings.legacy_metrics,
         )
         self.gc = GarbageCollector(settings.containers_dir, self.pods, grace=settings.gc_grace)
         self.metrics_port: int | None = None

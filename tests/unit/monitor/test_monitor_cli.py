@@ -59,6 +59,7 @@ def test_flags_reach_the_settings(runs: list[Any]) -> None:
     r = CliRunner().invoke(cli.monitor, args)
     assert r.exit_code == 0, r.output
     s, kubeconfig = runs[0]
+    assert s.legacy_metrics and s.feedback_interval == 0.5
     assert (s.node_name, s.containers_dir, s.gc_grace, s.gc_interval, s.nvml, kubeconfig) == (
         "x",
         "/k/vgpu/containers",

@@ -286,3 +286,30 @@ def test_without_nvml_the_reader_is_empty_and_says_why(caplog: pytest.LogCapture
     assert r.read() == [] and r.read() == []
     assert caplog.text.count("NVML unavailable") == 1  # retried at most once a minute
     r.close()
+
+
+def test_legacy_names_only_when_asked(node: tuple[Path, PodDirectory]) -> None:
+    root, pods = node
+    assert "HostGPUMemoryUsage" not in scrape(root, pods, CARDS)
+    collector = MonitorCollector(
+        str(root), "n1", pods, FakeCards(CARDS), legacy=True, monotonic_ns=lambda: NOW_NS
+    )
+    reg = CollectorRegistry()
+    reg.register(collector)
+    f = {m.name: m for m in text_string_to_metric_families(generate_latest(reg).decode())}
+    assert {m.name for m in text_string_to_metric_families(collector.render().decode())} == set(f)
+    (host,) = [s for s in f["HostGPUMemoryUsage"].samples if s.labels["deviceuuid"] == CARD0]
+    assert host.value == 5 * GiB and host.labels == {
+        "zone": "vGPU", "nodeid": "n1", "deviceidx": "0", "deviceuuid": CARD0, "devicetype": "NVIDIA A100"
+    }  # fmt: skip
+    a0 = {"podnamespace": "team-a", "podname": "pa", "ctrname": "a", "vdeviceid": "0", "deviceuuid": CARD0}
+    assert by(f["vGPU_device_memory_usage_in_bytes"], **a0) == 500 * MiB
+    assert by(f["vGPU_device_memory_limit_in_bytes"], **a0) == 2 * GiB
+    assert by(f["Device_utilization_desc_of_container"], **a0) == 25.0
+    assert by(f["Device_last_kernel_of_container"], **a0) == 2.0
+    (desc,) = [s for s in f["Device_memory_desc_of_container"].samples if s.labels["podname"] == "pa"
+               and s.labels["vdeviceid"] == "0"]  # fmt: skip
+    assert desc.value == 500 * MiB
+    split = (desc.labels["context"], desc.labels["module"], desc.labels["data"], desc.labels["offset"])
+    assert split == (str(200 * MiB), "0", str(300 * MiB), "0")
+    assert "hami_vgpu_memory_used_bytes" in f  # the current names stay
