@@ -55,6 +55,7 @@ def test_flags_reach_the_settings(runs: list[Any]) -> None:
         "--gc-grace=5",
         "--gc-interval=1",
         "--no-nvml",
+        "--legacy-metrics",
     ]
     r = CliRunner().invoke(cli.monitor, args)
     assert r.exit_code == 0, r.output
