@@ -35,7 +35,7 @@ from hami.extender.sync import LedgerSync
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError, NotFoundError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
 from hami.scheduling.decide import Scheduler
 from hami.testing.fixtures import control_plane, kube_client, kube_config, namespace  # noqa: F401
@@ -242,7 +242,7 @@ async def test_golden_filter_and_bind_exact_bytes(served: Served) -> None:
         served.kc,
         served.namespace,
         "gpu-pod",
-        lambda p: keys.VGPU_NODE in (p["metadata"].get("annotations") or {}),
+        lambda p: keys.VGPU_NODE in bodies.annotations(p),
     )
     assert pod["metadata"]["annotations"][keys.VGPU_NODE] == n1
     assert pod["metadata"]["labels"][keys.VGPU_NODE] == n1

@@ -29,7 +29,7 @@ from hami.extender.schedulerconfig import scheduler_configuration
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import AllocationCompleter, create_gpu_node, gpu_cards, gpu_pod
 from hami.testing.stack import assert_no_overcommit, list_pods, wait_for
@@ -252,8 +252,8 @@ async def test_failover_behind_real_kube_schedulers(
             done = [
                 p
                 for p in pods
-                if p["spec"].get("nodeName")
-                and (p["metadata"].get("annotations") or {}).get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS
+                if bodies.node_name(p)
+                and bodies.annotations(p).get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS
             ]
             return len(done) == count
 
@@ -352,7 +352,7 @@ async def test_following_the_kube_scheduler_lease(
 
             async def bound() -> bool:
                 p = await kube_client.get(api_path("v1", "pods", namespace=namespace, name="led"))
-                return p["spec"].get("nodeName") == nodes[0]
+                return bodies.node_name(p) == nodes[0]
 
             await wait_for(bound, timeout=60, interval=0.2)
         finally:

@@ -28,6 +28,7 @@ from hami.kube.config import KubeConfig
 from hami.kube.informer import Informer
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.protocol.nodelock import HAMI_NODE_LOCK
 from hami.scheduling.decide import Scheduler
 
@@ -166,11 +167,11 @@ class Extender:
 
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
         self.sync.node_changed(new)
-        self.locker.node_changed(str((new.get("metadata") or {}).get("name") or ""))
+        self.locker.node_changed(bodies.name(new))
 
     def _node_deleted(self, node: dict[str, Any]) -> None:
         self.sync.node_deleted(node)
-        self.locker.node_changed(str((node.get("metadata") or {}).get("name") or ""))
+        self.locker.node_changed(bodies.name(node))
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")

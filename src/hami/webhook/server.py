@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from hami.protocol import bodies
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
 from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, mutate_pod
 
@@ -112,7 +113,7 @@ class NamespaceLabelCache:
         except Exception as exc:
             log.warning("webhook: cannot read namespace %r labels: %s", namespace, exc)
             return stale
-        labels = (ns.get("metadata") or {}).get("labels") or {}
+        labels = bodies.labels(ns)
         labels = labels if isinstance(labels, Mapping) else {}
         self._cache[namespace] = (self._clock(), labels)
         return labels
