@@ -49,14 +49,24 @@ static void refill(struct vgpu_dev *D, uint64_t now) {
     atomic_fetch_add(&D->refilled, (uint64_t)(nv - cur));
 }
 
+/* a node monitor holds this container's launches (recent_kernel < 0) and is still alive */
+static int held(struct vgpu_region *R, uint64_t now) {
+    if (atomic_load_explicit(&R->recent_kernel, memory_order_relaxed) >= 0) return 0;
+    uint64_t seen = atomic_load_explicit(&R->monitor_ns, memory_order_relaxed);
+    uint64_t age = now > seen ? now - seen : seen - now; /* a garbage future stamp is stale too */
+    return seen && age < VGPU_MONITOR_STALE_NS;
+}
+
 void vgpu_launch_slow(void) {
     struct vgpu_region *R = vgpu_R;
     if (!R) return;
-    atomic_store_explicit(&g_launched, 1, memory_order_relaxed);
-    if (unlikely(atomic_load_explicit(&R->recent_kernel, memory_order_relaxed) < 0)) {
-        /* a node monitor blocks this container for a higher-priority task */
-        while (atomic_load(&R->recent_kernel) < 0) sleep_ns(10000000);
+    int gate = atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed);
+    if (gate & GATE_HOLD) {
+        /* a higher-priority container is busy on one of our cards: wait while the monitor says so */
+        while (held(R, vgpu_now_ns())) sleep_ns(10000000);
+        atomic_fetch_and(&vgpu_gate_any, ~GATE_HOLD);
     }
+    if (!(gate & GATE_LIMIT)) return;
     int d = g_single_dev >= 0 ? g_single_dev : vgpu_current_device();
     if (!g_limited[d]) return;
     struct vgpu_dev *D = &R->dev[d];
@@ -76,8 +86,12 @@ void vgpu_launch_slow(void) {
     }
 }
 
+/* launch activity for the node monitor: a load of a read-mostly flag, a store once per watcher
+ * tick; then the slow branch only while a limit or a monitor's hold is on */
 #define LAUNCH_GATE()                                                                            \
     do {                                                                                         \
+        if (unlikely(!atomic_load_explicit(&g_launched, memory_order_relaxed)))                  \
+            atomic_store_explicit(&g_launched, 1, memory_order_relaxed);                         \
         if (unlikely(atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed))) vgpu_launch_slow(); \
     } while (0)
 
@@ -164,7 +178,12 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     struct vgpu_dev *D = &R->dev[d];
     struct ctl *c = &g_ctl[d];
     uint32_t L = D->sm_limit;
-    int on = R->policy == POLICY_FORCE || (R->policy == POLICY_DEFAULT && atomic_load(&R->utilization_switch));
+    /* default policy: limit while the node monitor says the card is contended; a monitor gone
+     * silent (heartbeat over 2 s old) falls back to limiting */
+    uint64_t seen = atomic_load(&R->monitor_ns);
+    int stale = seen && (now > seen ? now - seen : seen - now) >= VGPU_MONITOR_STALE_NS;
+    int on = R->policy == POLICY_FORCE ||
+             (R->policy == POLICY_DEFAULT && (stale || atomic_load(&R->utilization_switch)));
     if (!c->h) c->h = vgpu_nvml_device(d);
     if (!c->h) on = 0;
     if (!c->last_ns) { /* first step as leader: start from a neutral estimate */
@@ -251,7 +270,8 @@ static void *watcher(void *arg) {
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
         uint64_t now = vgpu_now_ns();
         int leader = vgpu_is_leader_try();
-        int limiting = leader && atomic_load(&vgpu_gate_any);
+        int limiting = leader && (atomic_load(&vgpu_gate_any) & GATE_LIMIT);
+        if (held(R, now)) atomic_fetch_or(&vgpu_gate_any, GATE_HOLD);
         if (limiting) {
             for (int d = 0; d < VGPU_MAX_DEV; d++)
                 if (g_limited[d]) refill(&R->dev[d], now);
@@ -266,7 +286,8 @@ static void *watcher(void *arg) {
             vgpu_pools_resample(); /* pools shrink at synchronisation: follow them */
             if (atomic_exchange(&g_launched, 0)) {
                 int32_t rk = atomic_load(&R->recent_kernel);
-                if (rk >= 0) atomic_store(&R->recent_kernel, 2);
+                /* never overwrite a hold the monitor sets meanwhile */
+                if (rk >= 0) atomic_compare_exchange_strong(&R->recent_kernel, &rk, 2);
                 atomic_store(&R->last_kernel_ns, now);
             }
             last_reap = now;
@@ -301,7 +322,8 @@ void vgpu_limiter_start(void) {
         }
     }
     if (R->policy == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");
-    atomic_store(&vgpu_gate_any, any);
+    if (any) atomic_fetch_or(&vgpu_gate_any, GATE_LIMIT);
+    else atomic_fetch_and(&vgpu_gate_any, ~GATE_LIMIT);
     if (atomic_exchange(&g_thread_started, 1)) return;
     sigset_t all, old;
     sigfillset(&all);
@@ -316,7 +338,7 @@ void vgpu_limiter_start(void) {
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (r) {
         LOG_ERR("cannot start the watcher thread: %s; the compute limiter stands down", strerror(r));
-        atomic_store(&vgpu_gate_any, 0);
+        atomic_fetch_and(&vgpu_gate_any, ~GATE_LIMIT);
     }
 }
 

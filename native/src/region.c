@@ -21,6 +21,7 @@ _Static_assert(offsetof(struct vgpu_region, policy) == 32, "region layout");
 _Static_assert(offsetof(struct vgpu_region, utilization_switch) == 40, "region layout");
 _Static_assert(offsetof(struct vgpu_region, recent_kernel) == 44, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot_hwm) == 56, "region layout");
+_Static_assert(offsetof(struct vgpu_region, monitor_ns) == 64, "region layout");
 _Static_assert(offsetof(struct vgpu_region, lock) == 128, "region layout");
 _Static_assert(offsetof(struct vgpu_dev, used) == 8, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, sm_limit) == 32, "dev layout");

@@ -137,7 +137,7 @@ VGPU_HIDDEN void vgpu_config_load(struct vgpu_config *c);
 /* ---------------------------------------------------------------- shared region (ABI v1) */
 #define VGPU_REGION_MAGIC 0x315550475649414dULL /* "MAIVGPU1" little-endian */
 #define VGPU_REGION_ABI_MAJOR 1
-#define VGPU_REGION_ABI_MINOR 0
+#define VGPU_REGION_ABI_MINOR 1 /* 1: monitor_ns */
 
 enum { SLOT_FREE = 0, SLOT_LIVE = 1 };
 
@@ -186,7 +186,10 @@ struct vgpu_region {
     _Atomic uint64_t last_kernel_ns;
     _Atomic uint32_t slot_hwm;          /* highest slot index ever used + 1 */
     _Atomic uint32_t leader_pid;
-    uint64_t reserved0[4];
+    /* CLOCK_MONOTONIC of the node monitor's last pass over this region (0: no monitor). A block
+     * (recent_kernel < 0) is honoured only while this is fresh: a dead monitor never holds anyone. */
+    _Atomic uint64_t monitor_ns;
+    uint64_t reserved0[3];
     _Alignas(64) pthread_mutex_t lock; /* robust, process-shared: admission + slot table */
     _Alignas(64) struct vgpu_dev dev[VGPU_MAX_DEV];
     _Alignas(64) struct vgpu_slot slot[VGPU_MAX_SLOTS];
@@ -224,7 +227,9 @@ VGPU_HIDDEN int vgpu_pools_resample(void);
 /* context_account.c */
 VGPU_HIDDEN void vgpu_ctx_atfork_child(void);
 /* launch.c */
-extern VGPU_HIDDEN _Atomic int vgpu_gate_any;
+extern VGPU_HIDDEN _Atomic int vgpu_gate_any; /* GATE_LIMIT | GATE_HOLD: the launch path's slow branch */
+enum { GATE_LIMIT = 1, GATE_HOLD = 2 };
+#define VGPU_MONITOR_STALE_NS 2000000000ULL /* a monitor silent this long no longer holds launches */
 VGPU_HIDDEN void vgpu_launch_slow(void);
 VGPU_HIDDEN void vgpu_limiter_start(void);
 VGPU_HIDDEN void vgpu_limiter_atfork_child(void);

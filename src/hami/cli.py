@@ -18,6 +18,7 @@ from hami.deviceplugin.cli import device_plugin
 from hami.deviceplugin.install_cli import install_host_command
 from hami.extender.cli import scheduler_command
 from hami.manifests import ManifestError, load_manifests
+from hami.monitor.cli import monitor
 from hami.sandbox.cli import sandbox_command
 from hami.webhook.cli import webhook
 
@@ -94,6 +95,7 @@ COMMANDS: tuple[click.Command, ...] = (
     device_plugin,
     install_host_command,
     sandbox_command,
+    monitor,
 )
 for _command in COMMANDS:
     main.add_command(_command)

@@ -225,7 +225,8 @@ def test_full_values_reach_the_device_plugin(rendered: Render) -> None:
     assert env["ENABLE_TOPOLOGY_SCORE"] == "true" and env["LOG_LEVEL"] == "debug"
     assert r.get("ConfigMap", "gpu-hami-fake-node")["data"]["fake-node.yaml"] == "cards: []\n"
     monitor = r.container("DaemonSet", "gpu-hami-monitor", "monitor")
-    assert monitor["args"] == ["monitor", "--metrics-bind=0.0.0.0:9394"]
+    assert monitor["command"] == ["python3", "-m", "hami.monitor"]
+    assert monitor["args"] == ["--metrics-bind=0.0.0.0:9394"]
 
 
 def test_cert_manager_variant(rendered: Render) -> None:

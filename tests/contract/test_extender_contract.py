@@ -460,7 +460,14 @@ async def test_metrics_parse_and_carry_hamis_card_gauges(served: Served) -> None
     assert set(allocated) == {f"GPU-{n1}-0", f"GPU-{n1}-1", f"GPU-{n2}-0"}
     assert sorted(allocated.values()) == [0, 0, 4000 * MIB]
     sample = next(s for s in families["hami_gpu_memory_allocated_bytes"].samples if s.value)
-    assert set(sample.labels) == {"node", "device_uuid", "device_index", "device_type", "device_cores"}
+    assert set(sample.labels) == {
+        "zone",
+        "node",
+        "device_uuid",
+        "device_index",
+        "device_type",
+        "device_cores",
+    }
     assert sample.labels["node"] == n1 and sample.labels["device_cores"] == "100"
     limits = {s.labels["device_uuid"]: s.value for s in families["hami_gpu_memory_limit_bytes"].samples}
     assert limits[f"GPU-{n2}-0"] == 2000 * MIB

@@ -83,6 +83,7 @@ def kv(line: str) -> dict[str, str]:
 # offsets in the shared region (ABI v1, asserted in native/src/region.c)
 REGION_UTILIZATION_SWITCH = 40
 REGION_RECENT_KERNEL = 44
+REGION_MONITOR_NS = 64  # the node monitor's heartbeat (CLOCK_MONOTONIC ns): a hold needs a fresh one
 # dev[0] starts at 192; its limiter's gain_ppm (u64, 1e6 = 1.0) sits at 184 within it (native/src/vgpu.h)
 REGION_DEV0_GAIN_PPM = 192 + 184
 

@@ -20,6 +20,7 @@ import pytest
 from native_helpers import (
     APP,
     REGION_DEV0_GAIN_PPM,
+    REGION_MONITOR_NS,
     REGION_RECENT_KERNEL,
     REGION_UTILIZATION_SWITCH,
     Sandbox,
@@ -232,6 +233,7 @@ def test_default_policy_follows_the_monitor_switch(sandbox: Sandbox) -> None:
 def test_priority_block_from_the_monitor(sandbox: Sandbox) -> None:
     env = {"CUDA_DEVICE_SM_LIMIT": "50"}
     assert sandbox.run("init", **env).returncode == 0
+    region_poke64(sandbox.cache, REGION_MONITOR_NS, time.monotonic_ns())  # a live monitor's heartbeat
     region_poke(sandbox.cache, REGION_RECENT_KERNEL, -1)  # monitor: a higher-priority task is active
     p = sandbox.popen("launch:kernel:2:1000000:0", **env)
     time.sleep(1.0)

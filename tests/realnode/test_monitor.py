@@ -1,0 +1,174 @@
+"""The node monitor installed by the chart on real nodes, scraped through the API server.
+
+``helm install charts/hami`` with ``monitor.enabled`` (and a short collection grace period); a
+GPU pod runs the probe program (an unmodified CUDA driver-API client with ``libvgpu.so``
+preloaded) and keeps half of its slice allocated. The monitor pod on the probe's node, scraped
+through the API server's pod proxy, must report exactly that container's usage under HAMi's family
+names and labels; the scheduler's families must show the same pod's allocation. Once the pod is
+deleted, its series disappear and its region directory is removed from the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from hami.kube.client import KubeClient
+from hami.kube.errors import KubeError
+from hami.kube.paths import api_path
+from hami.sandbox.cluster import Sandbox
+from hami.sandbox.probe import PROBE, report
+from hami.testing.helm import Helm, HelmMissingError, find_helm
+from hami.testing.prereq import missing
+from hami.testing.stack import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE, NAMESPACE = "hami", "hami-system"
+MiB = 1 << 20
+SLICE_MIB = 3000
+MONITOR_PORT, SCHEDULER_PORT = 9394, 9395
+
+
+@pytest.fixture(scope="module")
+def installed(sandbox: Sandbox) -> Iterator[Helm]:
+    assert sandbox.cp is not None
+    try:
+        helm = Helm(find_helm())
+    except HelmMissingError as exc:
+        missing(str(exc), integration=True)
+    values = sandbox.chart_values((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    values["monitor"] = {"enabled": True, "extraArgs": ["--gc-grace=3", "--gc-interval=1"]}
+    kubeconfig = str(sandbox.cp.kubeconfig_path)
+    helm.release(
+        "install",
+        RELEASE,
+        namespace=NAMESPACE,
+        kubeconfig=kubeconfig,
+        chart=ROOT / "charts" / "hami",
+        values=values,
+    )
+    try:
+        yield helm
+    finally:
+        helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+async def _scrape(kc: KubeClient, component: str, node: str | None, port: int) -> dict[str, Any] | None:
+    """The metrics of ``component``'s pod (on ``node``), through the API server's pod proxy."""
+    pods = await kc.list(
+        api_path("v1", "pods", namespace=NAMESPACE), label_selector=f"app.kubernetes.io/component={component}"
+    )
+    for p in pods["items"]:
+        if node is not None and p["spec"].get("nodeName") != node:
+            continue
+        proxy = (
+            f"{api_path('v1', 'pods', namespace=NAMESPACE, name=p['metadata']['name'])}:{port}/proxy/metrics"
+        )
+        try:
+            text = await kc.get_text(proxy)
+        except KubeError:
+            continue
+        return {f.name: f for f in text_string_to_metric_families(text)}
+    return None
+
+
+def _samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
+    fam = fams.get(name)
+    return [s for s in (fam.samples if fam else []) if all(s.labels.get(k) == v for k, v in match.items())]
+
+
+async def test_monitor_reports_what_the_probe_container_holds(
+    installed: Helm, sandbox: Sandbox, kc: KubeClient, ns: str
+) -> None:
+    hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
+    await kc.create(
+        api_path("v1", "pods", namespace=ns),
+        {
+            "metadata": {"name": "probe"},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 1,
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "hami.local/hami:0.1.0",
+                        "command": ["python3", "-c", hold],
+                        "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": SLICE_MIB}},
+                    }
+                ],
+            },
+        },
+    )
+
+    async def reported() -> dict[str, Any] | None:
+        try:
+            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name="probe") + "/log"))
+        except (KubeError, ValueError):
+            return None
+
+    seen: dict[str, Any] = await wait_for(reported, timeout=180, interval=1)
+    assert seen["alloc_half"] == 0 and seen["total_mib"] == SLICE_MIB, seen
+    pod = await kc.get(api_path("v1", "pods", namespace=ns, name="probe"))
+    node, uid, card = pod["spec"]["nodeName"], pod["metadata"]["uid"], seen["cards"][0]
+    ident = {"zone": "vGPU", "namespace": ns, "pod": "probe", "container": "main"}
+    dev = {**ident, "vdevice_index": "0", "device_uuid": card}
+
+    async def monitored() -> dict[str, Any] | None:
+        fams = await _scrape(kc, "monitor", node, MONITOR_PORT)
+        return fams if fams and _samples(fams, "hami_vgpu_memory_used_bytes", **dev) else None
+
+    fams: dict[str, Any] = await wait_for(monitored, timeout=180, interval=1)
+    half = SLICE_MIB * MiB // 2
+    (used,) = _samples(fams, "hami_vgpu_memory_used_bytes", **dev)
+    (limit,) = _samples(fams, "hami_vgpu_memory_limit_bytes", **dev)
+    (context,) = _samples(fams, "hami_vgpu_memory_context_bytes", **dev)
+    (buffer,) = _samples(fams, "hami_vgpu_memory_buffer_bytes", **dev)
+    assert limit.value == SLICE_MIB * MiB
+    assert buffer.value == half, (used.value, context.value, buffer.value)  # the probe's half, exactly
+    assert used.value == buffer.value + context.value
+    assert _samples(fams, "hami_container_device_memory_bytes", **dev)[0].value == used.value
+    assert _samples(fams, "hami_container_processes", **ident)[0].value == 1
+    assert _samples(fams, "hami_vgpu_memory_module_bytes", **dev)[0].value == 0
+    for name in ("hami_container_device_utilization_ratio", "hami_vgpu_core_limit_ratio"):
+        assert _samples(fams, name, **dev), name
+    assert (
+        _samples(fams, "hami_namespace_gpu_memory_used_bytes", namespace=ns, node=node)[0].value == used.value
+    )
+    assert _samples(fams, "hami_monitor_regions", node=node, state="ok")[0].value >= 1
+    assert _samples(fams, "hami_build_info")
+    # host families, where the monitor reaches NVML (not in the sandbox): HAMi's label set
+    for s in _samples(fams, "hami_host_gpu_memory_used_bytes"):
+        assert set(s.labels) == {"zone", "node", "device_index", "device_uuid", "device_type"}
+
+    # the scheduler's view of the same pod
+    sched = await wait_for(lambda: _scrape(kc, "scheduler", None, SCHEDULER_PORT), timeout=60, interval=1)
+    alloc = _samples(sched, "hami_vgpu_memory_allocated_bytes", namespace=ns, pod="probe", device_uuid=card)
+    assert [s.value for s in alloc] == [SLICE_MIB * MiB] and alloc[0].labels["node"] == node
+    overview = _samples(sched, "hami_node_gpu_overview", node=node, device_uuid=card)
+    assert overview and overview[0].value >= SLICE_MIB * MiB
+
+    # the pod goes: its series go, and its region directory is removed from the node
+    await kc.request(
+        "DELETE", api_path("v1", "pods", namespace=ns, name="probe"), params={"gracePeriodSeconds": 0}
+    )
+    regions = next(n for n in sandbox.nodes if n.name == node).state / "hook" / "vgpu" / "containers"
+    assert (regions / f"{uid}_main").exists()
+
+    async def forgotten() -> bool:
+        fams = await _scrape(kc, "monitor", node, MONITOR_PORT)
+        return fams is not None and not _samples(
+            fams, "hami_vgpu_memory_used_bytes", pod="probe", namespace=ns
+        )
+
+    await wait_for(forgotten, timeout=120, interval=1)
+
+    async def collected() -> bool:
+        return not (regions / f"{uid}_main").exists()
+
+    await wait_for(collected, timeout=120, interval=1)
