@@ -15,21 +15,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from realnode_chart import NAMESPACE, chart_installed, hami_leading, pods_summary, workload_ready
 
 from hami.kube.client import KubeClient
-from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
 from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE, report
-from hami.testing.helm import Helm, HelmMissingError, find_helm
-from hami.testing.prereq import missing
+from hami.testing.helm import Helm
 from hami.testing.stack import assert_no_overcommit, wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASE, NAMESPACE = "hami", "hami-system"
 NODES = ("node1", "node2")
 CARDS, SPLIT = 2, 10  # per node (examples/fake-node-small.yaml; devicePlugin.deviceSplitCount)
 
@@ -37,89 +35,25 @@ CARDS, SPLIT = 2, 10  # per node (examples/fake-node-small.yaml; devicePlugin.de
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
     """The chart installed into the sandbox (uninstalled again at the end of the module)."""
-    assert sandbox.cp is not None
-    try:
-        helm = Helm(find_helm())
-    except HelmMissingError as exc:
-        missing(str(exc), integration=True)
-    values = sandbox.chart_values((ROOT / "examples" / "fake-node-small.yaml").read_text())
-    kubeconfig = str(sandbox.cp.kubeconfig_path)
-    helm.release(
-        "install",
-        RELEASE,
-        namespace=NAMESPACE,
-        kubeconfig=kubeconfig,
-        chart=ROOT / "charts" / "hami",
-        values=values,
-    )
-    try:
+    with chart_installed(sandbox) as helm:
         yield helm
-    finally:
-        helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
-
-
-async def _ready(kc: KubeClient, kind: str, name: str) -> bool:
-    obj = await kc.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/{kind}/{name}")
-    status = obj.get("status") or {}
-    if kind == "deployments":
-        return bool(status.get("availableReplicas", 0) >= (obj["spec"].get("replicas") or 1))
-    return bool(
-        status.get("desiredNumberScheduled", 0) >= 1
-        and status.get("numberReady") == status.get("desiredNumberScheduled")
-    )
 
 
 @pytest.fixture
 async def leading(installed: Helm, kc: KubeClient) -> None:
-    """hami is up and its extender leads: the scheduler pod's /readyz (through the API server's pod
-    proxy) says "ok", not "ok (follower)" — the extender follows kube-scheduler's Lease, and until it
-    sees it, kube-scheduler's first attempts are answered "not the leader" and retried later."""
-
-    async def ready() -> bool:
-        if not (
-            await _ready(kc, "deployments", "hami-scheduler")
-            and await _ready(kc, "daemonsets", "hami-device-plugin")
-        ):
-            return False
-        pods = await kc.list(
-            api_path("v1", "pods", namespace=NAMESPACE),
-            label_selector="app.kubernetes.io/component=scheduler",
-        )
-        for p in pods["items"]:
-            proxy = (
-                f"{api_path('v1', 'pods', namespace=NAMESPACE, name=p['metadata']['name'])}:9395/proxy/readyz"
-            )
-            try:
-                said = await kc.get_text(proxy)
-            except KubeError:
-                continue
-            if said.strip() == "ok":
-                return True
-        return False
-
-    try:
-        await wait_for(ready, timeout=180, interval=1)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}: {await _pods_summary(kc)}") from None
-
-
-async def _pods_summary(kc: KubeClient) -> list[Any]:
-    pods = (await kc.get(api_path("v1", "pods", namespace=NAMESPACE))).get("items") or []
-    return [
-        (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods
-    ]
+    await hami_leading(kc)
 
 
 async def test_chart_components_run_on_the_node(installed: Helm, sandbox: Sandbox, kc: KubeClient) -> None:
     async def running() -> bool:
-        return await _ready(kc, "deployments", "hami-scheduler") and await _ready(
+        return await workload_ready(kc, "deployments", "hami-scheduler") and await workload_ready(
             kc, "daemonsets", "hami-device-plugin"
         )
 
     try:
         await wait_for(running, timeout=180, interval=1)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: {await _pods_summary(kc)}") from None
+        raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
 
     async def registered() -> bool:
         for name in NODES:

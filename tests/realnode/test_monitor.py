@@ -16,20 +16,19 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from realnode_chart import NAMESPACE, chart_installed, hami_leading
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.sandbox.cluster import Sandbox
 from hami.sandbox.probe import PROBE, report
-from hami.testing.helm import Helm, HelmMissingError, find_helm
-from hami.testing.prereq import missing
+from hami.testing.helm import Helm
 from hami.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-RELEASE, NAMESPACE = "hami", "hami-system"
 MiB = 1 << 20
 SLICE_MIB = 3000
 MONITOR_PORT, SCHEDULER_PORT = 9394, 9395
@@ -37,26 +36,15 @@ MONITOR_PORT, SCHEDULER_PORT = 9394, 9395
 
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
-    assert sandbox.cp is not None
-    try:
-        helm = Helm(find_helm())
-    except HelmMissingError as exc:
-        missing(str(exc), integration=True)
-    values = sandbox.chart_values((ROOT / "examples" / "fake-node-small.yaml").read_text())
-    values["monitor"] = {"enabled": True, "extraArgs": ["--gc-grace=3", "--gc-interval=1"]}
-    kubeconfig = str(sandbox.cp.kubeconfig_path)
-    helm.release(
-        "install",
-        RELEASE,
-        namespace=NAMESPACE,
-        kubeconfig=kubeconfig,
-        chart=ROOT / "charts" / "hami",
-        values=values,
-    )
-    try:
+    """The chart with the monitor on (and a short collection grace period)."""
+    extra = {"monitor": {"enabled": True, "extraArgs": ["--gc-grace=3", "--gc-interval=1"]}}
+    with chart_installed(sandbox, extra) as helm:
         yield helm
-    finally:
-        helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+@pytest.fixture
+async def leading(installed: Helm, kc: KubeClient) -> None:
+    await hami_leading(kc)
 
 
 async def _scrape(kc: KubeClient, component: str, node: str | None, port: int) -> dict[str, Any] | None:
@@ -78,13 +66,33 @@ async def _scrape(kc: KubeClient, component: str, node: str | None, port: int) -
     return None
 
 
+async def _monitor_state(kc: KubeClient, node: str) -> str:
+    """The monitor pod's status, log tail and what it serves, for a failure message."""
+    pods = await kc.list(
+        api_path("v1", "pods", namespace=NAMESPACE), label_selector="app.kubernetes.io/component=monitor"
+    )
+    parts = []
+    for p in pods["items"]:
+        if p["spec"].get("nodeName") != node:
+            continue
+        path = api_path("v1", "pods", namespace=NAMESPACE, name=p["metadata"]["name"])
+        parts.append(f"phase {p['status'].get('phase')} {p['status'].get('containerStatuses')}")
+        for what, url in (("log", f"{path}/log"), ("metrics", f"{path}:{MONITOR_PORT}/proxy/metrics")):
+            try:
+                text = await kc.get_text(url)
+            except KubeError as exc:
+                text = f"({exc})"
+            parts.append(f"{what}: {text[-3000:]}")
+    return "\n".join(parts) or "no monitor pod"
+
+
 def _samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
     fam = fams.get(name)
     return [s for s in (fam.samples if fam else []) if all(s.labels.get(k) == v for k, v in match.items())]
 
 
 async def test_monitor_reports_what_the_probe_container_holds(
-    installed: Helm, sandbox: Sandbox, kc: KubeClient, ns: str
+    leading: None, sandbox: Sandbox, kc: KubeClient, ns: str
 ) -> None:
     hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
     await kc.create(
@@ -123,7 +131,10 @@ async def test_monitor_reports_what_the_probe_container_holds(
         fams = await _scrape(kc, "monitor", node, MONITOR_PORT)
         return fams if fams and _samples(fams, "hami_vgpu_memory_used_bytes", **dev) else None
 
-    fams: dict[str, Any] = await wait_for(monitored, timeout=180, interval=1)
+    try:
+        fams: dict[str, Any] = await wait_for(monitored, timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the monitor on {node}: {await _monitor_state(kc, node)}") from None
     half = SLICE_MIB * MiB // 2
     (used,) = _samples(fams, "hami_vgpu_memory_used_bytes", **dev)
     (limit,) = _samples(fams, "hami_vgpu_memory_limit_bytes", **dev)

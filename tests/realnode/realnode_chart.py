@@ -1,0 +1,97 @@
+"""hami installed by its own chart into the real-node sandbox, and the wait until it leads."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hami.kube.client import KubeClient
+from hami.kube.errors import KubeError
+from hami.kube.paths import api_path
+from hami.sandbox.cluster import Sandbox
+from hami.testing.helm import Helm, HelmMissingError, find_helm
+from hami.testing.prereq import missing
+from hami.testing.stack import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+RELEASE, NAMESPACE = "hami", "hami-system"
+
+
+@contextlib.contextmanager
+def chart_installed(sandbox: Sandbox, extra: dict[str, Any] | None = None) -> Iterator[Helm]:
+    """``helm install`` of charts/hami with the sandbox's values (the fake device source of
+    examples/fake-node-small.yaml on every node) plus ``extra``; uninstalled on exit."""
+    assert sandbox.cp is not None
+    try:
+        helm = Helm(find_helm())
+    except HelmMissingError as exc:
+        missing(str(exc), integration=True)
+    values = sandbox.chart_values((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    values.update(extra or {})
+    kubeconfig = str(sandbox.cp.kubeconfig_path)
+    helm.release(
+        "install",
+        RELEASE,
+        namespace=NAMESPACE,
+        kubeconfig=kubeconfig,
+        chart=ROOT / "charts" / "hami",
+        values=values,
+    )
+    try:
+        yield helm
+    finally:
+        helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+async def workload_ready(kc: KubeClient, kind: str, name: str) -> bool:
+    """A Deployment with its replicas available, or a DaemonSet ready on every node it wants."""
+    obj = await kc.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/{kind}/{name}")
+    status = obj.get("status") or {}
+    if kind == "deployments":
+        return bool(status.get("availableReplicas", 0) >= (obj["spec"].get("replicas") or 1))
+    return bool(
+        status.get("desiredNumberScheduled", 0) >= 1
+        and status.get("numberReady") == status.get("desiredNumberScheduled")
+    )
+
+
+async def pods_summary(kc: KubeClient) -> list[Any]:
+    pods = (await kc.get(api_path("v1", "pods", namespace=NAMESPACE))).get("items") or []
+    return [
+        (p["metadata"]["name"], p["status"].get("phase"), p["status"].get("containerStatuses")) for p in pods
+    ]
+
+
+async def hami_leading(kc: KubeClient) -> None:
+    """hami is up and its extender leads: the scheduler pod's /readyz (through the API server's pod
+    proxy) says "ok", not "ok (follower)" — the extender follows kube-scheduler's Lease, and until it
+    sees it, kube-scheduler's first attempts are answered "not the leader" and retried later."""
+
+    async def ready() -> bool:
+        if not (
+            await workload_ready(kc, "deployments", "hami-scheduler")
+            and await workload_ready(kc, "daemonsets", "hami-device-plugin")
+        ):
+            return False
+        pods = await kc.list(
+            api_path("v1", "pods", namespace=NAMESPACE),
+            label_selector="app.kubernetes.io/component=scheduler",
+        )
+        for p in pods["items"]:
+            proxy = (
+                f"{api_path('v1', 'pods', namespace=NAMESPACE, name=p['metadata']['name'])}:9395/proxy/readyz"
+            )
+            try:
+                said = await kc.get_text(proxy)
+            except KubeError:
+                continue
+            if said.strip() == "ok":
+                return True
+        return False
+
+    try:
+        await wait_for(ready, timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
