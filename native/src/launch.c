@@ -163,8 +163,8 @@ static double measure(struct vgpu_region *R, struct ctl *c) {
 static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     struct vgpu_dev *D = &R->dev[d];
     struct ctl *c = &g_ctl[d];
-    uint32_t L = D->sm_limit;
-    int on = R->policy == POLICY_FORCE || (R->policy == POLICY_DEFAULT && atomic_load(&R->utilization_switch));
+    uint32_t L = vgpu_sm_limit(R, d);
+    int on = vgpu_policy(R) == POLICY_FORCE || (vgpu_policy(R) == POLICY_DEFAULT && atomic_load(&R->utilization_switch));
     if (!c->h) c->h = vgpu_nvml_device(d);
     if (!c->h) on = 0;
     if (!c->last_ns) { /* first step as leader: start from a neutral estimate */
@@ -281,8 +281,8 @@ void vgpu_limiter_start(void) {
     int any = 0, nlim = 0, last = -1;
     int ndev = vgpu_ndev > 0 ? vgpu_ndev : 1;
     for (int d = 0; d < VGPU_MAX_DEV; d++) {
-        uint32_t L = d < ndev ? R->dev[d].sm_limit : 0;
-        g_limited[d] = L > 0 && L < 100 && R->policy != POLICY_DISABLE;
+        uint32_t L = d < ndev ? vgpu_sm_limit(R, d) : 0;
+        g_limited[d] = L > 0 && L < 100 && vgpu_policy(R) != POLICY_DISABLE;
         if (g_limited[d]) {
             any = 1;
             nlim++;
@@ -300,7 +300,7 @@ void vgpu_limiter_start(void) {
             any = 0;
         }
     }
-    if (R->policy == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");
+    if (vgpu_policy(R) == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");
     atomic_store(&vgpu_gate_any, any);
     if (atomic_exchange(&g_thread_started, 1)) return;
     sigset_t all, old;

@@ -7,7 +7,7 @@ CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
     if (r != CUDA_SUCCESS || !free || !total) return r;
     struct vgpu_region *R = vgpu_region();
     int d = vgpu_current_device();
-    uint64_t lim = R->dev[d].limit;
+    uint64_t lim = vgpu_mem_limit(R, d);
     if (!lim) return r;
     uint64_t t = lim < *total ? lim : *total;
     uint64_t u = atomic_load(&R->dev[d].used);
@@ -21,7 +21,7 @@ CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
 CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     CUresult r = CALL_REAL(cuDeviceTotalMem_v2, bytes, dev);
     if (r != CUDA_SUCCESS || !bytes || dev < 0 || dev >= VGPU_MAX_DEV) return r;
-    uint64_t lim = vgpu_region()->dev[dev].limit;
+    uint64_t lim = vgpu_mem_limit(vgpu_region(), dev);
     if (lim && lim < *bytes) *bytes = lim;
     return r;
 }

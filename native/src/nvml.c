@@ -33,7 +33,7 @@ extern void *vgpu_dlsym_in_object(void *handle, const char *name);
 
 static void nvml_load_once(void) {
     vgpu_init();
-    const char *path = getenv("LIBVGPU_REAL_LIBNVML");
+    const char *path = vgpu_knob("LIBVGPU_REAL_LIBNVML");
     if (!path || !*path) path = "libnvidia-ml.so.1";
     g_nvml = dlopen(path, RTLD_NOW | RTLD_NODELETE);
     if (!g_nvml) {
@@ -106,8 +106,9 @@ static int cuda_index(nvmlDevice_t dev) {
 /* total = min(limit, physical); used = min(container charge, total); free = total - used. */
 static int virtualize(int d, unsigned long long *total, unsigned long long *used, unsigned long long *free) {
     struct vgpu_region *R = vgpu_region();
-    if (d < 0 || !R->dev[d].limit) return 0;
-    unsigned long long t = R->dev[d].limit < *total ? R->dev[d].limit : *total;
+    uint64_t lim = d < 0 ? 0 : vgpu_mem_limit(R, d);
+    if (!lim) return 0;
+    unsigned long long t = lim < *total ? lim : *total;
     unsigned long long u = atomic_load(&R->dev[d].used);
     if (u > t) u = t;
     unsigned long long f = t - u;

@@ -156,6 +156,7 @@ static void init_region(struct vgpu_region *R) {
         R->dev[d].limit = vgpu_cfg.mem_limit[d];
         R->dev[d].sm_limit = vgpu_cfg.sm_limit[d];
         if (vgpu_cfg.ctx_overhead_set) atomic_store(&R->dev[d].ctx_overhead, vgpu_cfg.ctx_overhead);
+        if (d < vgpu_cfg.nuuid) memcpy(R->dev[d].uuid, vgpu_cfg.uuid[d], sizeof R->dev[d].uuid);
         atomic_store(&R->dev[d].gain_ppm, 1000000);
     }
     pthread_mutexattr_t a;
@@ -179,7 +180,31 @@ static struct vgpu_region *anon_region(const char *why) {
     return p;
 }
 
+/* The configuration file governs: a region that disagrees with it (written by a process of the
+ * container, or created before the file existed) is put back to the file's values. */
+static void restore_config(struct vgpu_region *R) {
+    int n = R->policy != vgpu_cfg.policy || R->priority != vgpu_cfg.priority;
+    for (int d = 0; d < VGPU_MAX_DEV; d++) {
+        n += R->dev[d].limit != vgpu_cfg.mem_limit[d] || R->dev[d].sm_limit != vgpu_cfg.sm_limit[d];
+        if (d < vgpu_cfg.nuuid && strncmp(R->dev[d].uuid, vgpu_cfg.uuid[d], sizeof R->dev[d].uuid)) n++;
+    }
+    if (!n) return;
+    LOG_WARN("the region %s disagrees with %s in %d field(s); restoring the file's limits, policy and cards",
+             vgpu_cfg.cache_path, VGPU_CONF_PATH, n);
+    R->policy = vgpu_cfg.policy;
+    R->priority = vgpu_cfg.priority;
+    for (int d = 0; d < VGPU_MAX_DEV; d++) {
+        R->dev[d].limit = vgpu_cfg.mem_limit[d];
+        R->dev[d].sm_limit = vgpu_cfg.sm_limit[d];
+        if (d < vgpu_cfg.nuuid) memcpy(R->dev[d].uuid, vgpu_cfg.uuid[d], sizeof R->dev[d].uuid);
+    }
+}
+
 static void check_config(struct vgpu_region *R) {
+    if (vgpu_cfg.from_file) {
+        restore_config(R);
+        return;
+    }
     int nm = 0, ns = 0, fm = -1, fs = -1;
     for (int d = 0; d < VGPU_MAX_DEV; d++) {
         if (R->dev[d].limit != vgpu_cfg.mem_limit[d] && nm++ == 0) fm = d;
@@ -313,7 +338,7 @@ int vgpu_mem_reserve(int dev, uint64_t bytes, const char *what) {
     struct vgpu_region *R = vgpu_region();
     if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
     region_lock(R);
-    uint64_t lim = R->dev[dev].limit, used = atomic_load(&R->dev[dev].used);
+    uint64_t lim = vgpu_mem_limit(R, dev), used = atomic_load(&R->dev[dev].used);
     if (lim && (bytes > lim || used > lim - bytes)) {
         if (reap_dead_locked(R)) used = atomic_load(&R->dev[dev].used);
         if (bytes > lim || used > lim - bytes) {

@@ -111,7 +111,7 @@ static void init_once(void) {
     if (!__atomic_load_n(&vgpu_real_dlsym_ptr, __ATOMIC_ACQUIRE)) find_real_dlsym();
     vgpu_log_init();
     vgpu_config_load(&vgpu_cfg);
-    const char *path = getenv("LIBVGPU_REAL_LIBCUDA");
+    const char *path = vgpu_knob("LIBVGPU_REAL_LIBCUDA");
     if (!path || !*path) path = "libcuda.so.1";
     g_driver = dlopen(path, RTLD_NOW | RTLD_NODELETE);
     if (!g_driver)
@@ -153,7 +153,7 @@ void vgpu_post_init(void) {
         if (vgpu_log_level >= VLOG_INFO) {
             for (int d = 0; d < (vgpu_ndev ? vgpu_ndev : 1); d++)
                 LOG_INFO("device %d: memory limit %.1f MiB, SM limit %u%%, region %s slot %d", d,
-                         R->dev[d].limit / 1048576.0, R->dev[d].sm_limit, vgpu_cfg.cache_path, vgpu_slot_index());
+                         vgpu_mem_limit(R, d) / 1048576.0, vgpu_sm_limit(R, d), vgpu_cfg.cache_path, vgpu_slot_index());
         }
         vgpu_limiter_start();
         atomic_store_explicit(&g_post_done, 1, memory_order_release);
