@@ -251,3 +251,18 @@ def test_context_overhead_exact_fit(sandbox: Sandbox, limit: int, expect: list[s
         LIBVGPU_CONTEXT_OVERHEAD="256m",
     )
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == expect, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CUDA_DEVICE_MEMORY_LIMIT": "0m"},
+        {"CUDA_DEVICE_MEMORY_LIMIT": "0"},
+        {"CUDA_DEVICE_MEMORY_LIMIT_0": "0m"},  # a card registered with 0 MiB
+        {"CUDA_DEVICE_MEMORY_LIMIT": "1g", "CUDA_DEVICE_MEMORY_LIMIT_0": "0Mi"},
+    ],
+)
+def test_zero_limit_is_a_misconfiguration_not_unlimited(sandbox: Sandbox, env: dict[str, str]) -> None:
+    r = sandbox.run("alloc:linear:1m", "info", **env)
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "2", "0 must never mean unlimited: " + r.stdout
+    assert "zero memory limit" in r.stderr and "misconfiguration" in r.stderr

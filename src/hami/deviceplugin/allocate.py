@@ -143,6 +143,12 @@ class PodAllocator:
                         )
                     if not phys.healthy:
                         raise AllocationError(f"pod {pod_key(pod)}: card {d.uuid} is unhealthy")
+                    if d.usedmem <= 0 and phys.mode not in (MIG, MPS):
+                        # 0 must never reach a hami-core container as a limit
+                        raise AllocationError(
+                            f"pod {pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a "
+                            "0-MiB slice"
+                        )
                 ctr_migs = sorted((a for a in migs if a.container_index == idx), key=lambda a: a.device_index)
                 modes = {inventory[d.uuid].mode for d in devs}
                 if ctr_migs or MIG in modes:

@@ -249,6 +249,8 @@ async def test_containers_in_order_with_init_container(tmp_path: Path) -> None:
         ),
         ("GPU-elsewhere,NVIDIA,1000,0:;", (1,), "card GPU-elsewhere is not on node n1"),
         ("garbage;", (1,), "bad hami.io/vgpu-devices-to-allocate annotation"),
+        # 0 MiB never reaches a container as a limit (the library and MPS would read "none")
+        (f"{A},NVIDIA,0,30:;", (1,), "refusing a 0-MiB slice"),
     ],
 )
 async def test_errors_fail_the_pod_and_release_the_lock(
