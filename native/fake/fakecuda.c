@@ -226,6 +226,12 @@ API CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *p, unsigned int 
     (void)flags;
     return ctx_new(pctx, d);
 }
+API CUresult cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice d) {
+    (void)flags;
+    return ctx_new(pctx, d);
+}
+API CUresult cuCtxDestroy_v2(CUcontext c);
+API CUresult cuCtxDestroy(CUcontext c) { return cuCtxDestroy_v2(c); }
 API CUresult cuCtxDestroy_v2(CUcontext c) {
     if (!c || c->primary) return CUDA_ERROR_INVALID_CONTEXT;
     ctx_charge(c->dev, -1);
@@ -449,6 +455,16 @@ API CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned 
                                             unsigned by, unsigned bz, unsigned smem, CUstream s, void **params) {
     return cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, smem, s, params);
 }
+/* the legacy launch API: no parameters here (cuParamSet* is not simulated), FAKECUDA_KERNEL_NS each */
+API CUresult cuLaunch(CUfunction f) { return launch(f, NULL); }
+API CUresult cuLaunchGrid(CUfunction f, int gw, int gh) {
+    (void)gw, (void)gh;
+    return launch(f, NULL);
+}
+API CUresult cuLaunchGridAsync(CUfunction f, int gw, int gh, CUstream s) {
+    (void)gw, (void)gh, (void)s;
+    return launch(f, NULL);
+}
 struct CUgraph_st {
     int dummy;
 };
@@ -543,6 +559,49 @@ API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size
     *pitch = (w + 511) / 512 * 512;
     return dev_alloc(dptr, *pitch * h, cur_dev());
 }
+/* the v1 API's 32-bit device pointers: small handles to the 64-bit ones */
+#define V1_MAX 4096
+static CUdeviceptr g_v1[V1_MAX];
+static pthread_mutex_t g_v1_mu = PTHREAD_MUTEX_INITIALIZER;
+static CUresult v1_handle(CUresult r, CUdeviceptr p, CUdeviceptr_v1 *out) {
+    if (r) return r;
+    pthread_mutex_lock(&g_v1_mu);
+    for (unsigned i = 0; i < V1_MAX; i++)
+        if (!g_v1[i]) {
+            g_v1[i] = p;
+            pthread_mutex_unlock(&g_v1_mu);
+            *out = (i + 1) * 256u;
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&g_v1_mu);
+    dev_free(p);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+API CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int size) {
+    FAULT(cuMemAlloc);
+    CUdeviceptr p = 0;
+    if (!dptr) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = dev_alloc(&p, size, cur_dev());
+    return v1_handle(r, p, dptr);
+}
+API CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, unsigned int w, unsigned int h,
+                             unsigned int elem) {
+    size_t p64;
+    CUdeviceptr p = 0;
+    if (!dptr || !pitch) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = cuMemAllocPitch_v2(&p, &p64, w, h, elem);
+    *pitch = (unsigned int)p64;
+    return v1_handle(r, p, dptr);
+}
+API CUresult cuMemFree(CUdeviceptr_v1 d) {
+    unsigned i = d / 256u;
+    if (!d || d % 256u || i > V1_MAX) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_v1_mu);
+    CUdeviceptr p = g_v1[i - 1];
+    g_v1[i - 1] = 0;
+    pthread_mutex_unlock(&g_v1_mu);
+    return p ? dev_free(p) : CUDA_ERROR_INVALID_VALUE;
+}
 static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool) {
     NEED_INIT();
     if (!dptr || !size) return CUDA_ERROR_INVALID_VALUE;
@@ -598,6 +657,20 @@ API CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
     *total = S->dev[d].total;
     *free = u >= *total ? 0 : *total - u;
     return CUDA_SUCCESS;
+}
+API CUresult cuMemGetInfo(unsigned int *free, unsigned int *total) {
+    size_t f, t;
+    CUresult r = cuMemGetInfo_v2(&f, &t);
+    if (r) return r;
+    *free = f > 0xffffffffu ? 0xffffffffu : (unsigned int)f;
+    *total = t > 0xffffffffu ? 0xffffffffu : (unsigned int)t;
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice d) {
+    size_t b;
+    CUresult r = cuDeviceTotalMem_v2(&b, d);
+    if (!r) *bytes = b > 0xffffffffu ? 0xffffffffu : (unsigned int)b;
+    return r;
 }
 API CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     memcpy((void *)(uintptr_t)dst, src, n < 64 ? n : 64);
@@ -735,6 +808,14 @@ API CUresult cuArrayDestroy(CUarray a) {
     free(a);
     return CUDA_SUCCESS;
 }
+API CUresult cuArrayCreate(CUarray *a, const CUDA_ARRAY_DESCRIPTOR_v1 *d) {
+    CUDA_ARRAY_DESCRIPTOR d2 = {d->Width, d->Height, d->Format, d->NumChannels};
+    return cuArrayCreate_v2(a, &d2);
+}
+API CUresult cuArray3DCreate(CUarray *a, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d) {
+    CUDA_ARRAY3D_DESCRIPTOR d2 = {d->Width, d->Height, d->Depth, d->Format, d->NumChannels, d->Flags};
+    return cuArray3DCreate_v2(a, &d2);
+}
 API CUresult cuMipmappedArrayCreate(CUmipmappedArray *m, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels) {
     (void)levels;
     CUarray a;
@@ -745,6 +826,7 @@ API CUresult cuMipmappedArrayCreate(CUmipmappedArray *m, const CUDA_ARRAY3D_DESC
 API CUresult cuMipmappedArrayDestroy(CUmipmappedArray m) { return cuArrayDestroy((CUarray)m); }
 
 /* ---------------------------------------------------------------- cuGetProcAddress */
+static CUresult alias_cuMemAlloc(CUdeviceptr_v1 *p, unsigned int n) { return cuMemAlloc(p, n); }
 static CUresult alias_cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return cuMemAlloc_v2(p, n); }
 static CUresult alias_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                                      unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
@@ -781,6 +863,12 @@ static const struct gpa {
     E(cuCtxCreate, 12050, 0, cuCtxCreate_v4) E(cuCtxDestroy, 4000, 0, cuCtxDestroy_v2)
     E(cuCtxSetCurrent, 4000, 0, cuCtxSetCurrent) E(cuCtxGetCurrent, 4000, 0, cuCtxGetCurrent)
     E(cuCtxGetDevice, 2000, 0, cuCtxGetDevice) E(cuCtxSynchronize, 2000, 0, cuCtxSynchronize)
+    A(cuMemAlloc, 2000, 0, cuMemAlloc) E(cuMemFree, 2000, 0, cuMemFree) E(cuMemAllocPitch, 2000, 0, cuMemAllocPitch)
+    E(cuMemGetInfo, 2000, 0, cuMemGetInfo) E(cuDeviceTotalMem, 2000, 0, cuDeviceTotalMem)
+    E(cuArrayCreate, 2000, 0, cuArrayCreate) E(cuArray3DCreate, 2000, 0, cuArray3DCreate)
+    E(cuCtxCreate, 2000, 0, cuCtxCreate) E(cuCtxDestroy, 2000, 0, cuCtxDestroy)
+    E(cuLaunch, 2000, 0, cuLaunch) E(cuLaunchGrid, 2000, 0, cuLaunchGrid)
+    E(cuLaunchGridAsync, 2000, 0, cuLaunchGridAsync)
     A(cuMemAlloc, 3020, 0, cuMemAlloc_v2) E(cuMemFree, 3020, 0, cuMemFree_v2)
     E(cuMemAllocPitch, 3020, 0, cuMemAllocPitch_v2) E(cuMemAllocManaged, 6000, 0, cuMemAllocManaged)
     E(cuMemGetInfo, 3020, 0, cuMemGetInfo_v2) E(cuMemAllocAsync, 11020, 0, cuMemAllocAsync)

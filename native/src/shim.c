@@ -228,7 +228,16 @@ static void *translate(const char *symbol, void *p, int version, cuuint64_t flag
         int bp = vgpu_hooks[best].ptsz == want_pt, ip = vgpu_hooks[i].ptsz == want_pt;
         if (ip > bp || (ip == bp && vgpu_hooks[i].version > vgpu_hooks[best].version)) best = i;
     }
-    if (best < 0) return p; /* not a hooked symbol */
+    if (best < 0) {
+        for (int i = 0; i < H_COUNT; i++)
+            if (!strcmp(vgpu_hooks[i].base, symbol)) {
+                /* a hooked entry point in a variant the table lacks: never hand out the driver's */
+                LOG_ERR("cuGetProcAddress(%s, %d): no intercepted variant for this version; refusing it", symbol,
+                        version);
+                return NULL;
+            }
+        return p; /* not a hooked symbol */
+    }
     /* The driver handed out an internal address: pick the variant by the documented rules. */
     void *expect = NULL;
     if (atomic_compare_exchange_strong(&vgpu_real[best], &expect, p))
@@ -251,7 +260,8 @@ static void gpa_log(const char *fn, const char *symbol, int version, cuuint64_t 
 static CUresult gpa_done(const char *fn, CUresult r, const char *symbol, void **pfn, int cudaVersion,
                          cuuint64_t flags) {
     void *orig = pfn ? *pfn : NULL;
-    if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
+    if (r == CUDA_SUCCESS && symbol && pfn && *pfn && !(*pfn = translate(symbol, *pfn, cudaVersion, flags)))
+        r = CUDA_ERROR_NOT_FOUND;
     gpa_log(fn, symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
     return r;
 }

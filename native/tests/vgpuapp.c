@@ -60,6 +60,15 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long)
 CUresult cuGraphLaunch(CUgraphExec, CUstream);
 CUresult cuGraphLaunch_ptsz(CUgraphExec, CUstream);
 CUresult cuCtxSynchronize(void);
+CUresult cuMemAlloc(CUdeviceptr_v1 *, unsigned);
+CUresult cuMemAllocPitch(CUdeviceptr_v1 *, unsigned *, unsigned, unsigned, unsigned);
+CUresult cuMemFree(CUdeviceptr_v1);
+CUresult cuArrayCreate(CUarray *, const CUDA_ARRAY_DESCRIPTOR_v1 *);
+CUresult cuArray3DCreate(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR_v1 *);
+CUresult cuMemGetInfo(unsigned *, unsigned *);
+CUresult cuLaunch(CUfunction);
+CUresult cuLaunchGrid(CUfunction, int, int);
+CUresult cuLaunchGridAsync(CUfunction, int, int, CUstream);
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -86,9 +95,11 @@ struct obj {
     uint64_t h, va;
     size_t size;
 };
-enum { LINEAR, MANAGED, PITCH, ASYNC, ASYNC_PTSZ, POOL, VMM, ARRAY, ARRAY3D, MIPMAP, CTX, NKIND };
-static const char *kind_names[] = {"linear", "managed", "pitch", "async", "async_ptsz", "pool",
-                                   "vmm",    "array",   "array3d", "mipmap", "ctx"};
+enum { LINEAR, MANAGED, PITCH, ASYNC, ASYNC_PTSZ, POOL, VMM, ARRAY, ARRAY3D, MIPMAP, CTX, V1LINEAR, V1PITCH,
+       V1ARRAY, V1ARRAY3D, NKIND };
+static const char *kind_names[] = {"linear", "managed", "pitch",    "async",   "async_ptsz",
+                                   "pool",   "vmm",     "array",    "array3d", "mipmap",
+                                   "ctx",    "v1linear", "v1pitch", "v1array", "v1array3d"};
 static int kind_of(const char *s) {
     for (int i = 0; i < NKIND; i++)
         if (!strcmp(s, kind_names[i])) return i;
@@ -160,6 +171,28 @@ static CUresult do_alloc(int kind, size_t size, struct obj *o) {
         o->h = (uint64_t)(uintptr_t)c;
         return r;
     }
+    case V1LINEAR: case V1PITCH: {
+        /* the pre-3.2 API: 32-bit pointers and sizes */
+        CUdeviceptr_v1 p1 = 0;
+        unsigned pitch;
+        r = kind == V1LINEAR ? cuMemAlloc(&p1, (unsigned)size) : cuMemAllocPitch(&p1, &pitch, (unsigned)size / 1024, 1024, 4);
+        o->h = p1;
+        return r;
+    }
+    case V1ARRAY: {
+        CUDA_ARRAY_DESCRIPTOR_v1 d = {(unsigned)(size / 4096), 1024, CU_AD_FORMAT_FLOAT, 1};
+        CUarray a = NULL;
+        r = cuArrayCreate(&a, &d);
+        o->h = (uint64_t)(uintptr_t)a;
+        return r;
+    }
+    case V1ARRAY3D: {
+        CUDA_ARRAY3D_DESCRIPTOR_v1 d = {(unsigned)(size / (64 * 16 * 4)), 64, 16, CU_AD_FORMAT_UNSIGNED_INT8, 4, 0};
+        CUarray a = NULL;
+        r = cuArray3DCreate(&a, &d);
+        o->h = (uint64_t)(uintptr_t)a;
+        return r;
+    }
     default: return CUDA_ERROR_INVALID_VALUE;
     }
     o->h = p;
@@ -175,7 +208,8 @@ static CUresult do_free(struct obj *o) {
         if (r == CUDA_SUCCESS && o->va) r = cuMemUnmap(o->va, o->size);
         return r;
     }
-    case ARRAY: case ARRAY3D: return cuArrayDestroy((CUarray)(uintptr_t)o->h);
+    case V1LINEAR: case V1PITCH: return cuMemFree((CUdeviceptr_v1)o->h);
+    case ARRAY: case ARRAY3D: case V1ARRAY: case V1ARRAY3D: return cuArrayDestroy((CUarray)(uintptr_t)o->h);
     case MIPMAP: return cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)o->h);
     case CTX: return cuCtxDestroy_v2((CUcontext)(uintptr_t)o->h);
     default: return cuMemFree_v2(o->h);
@@ -264,6 +298,10 @@ static CUresult launch_one(const char *mode, CUfunction f, CUgraphExec ge, void 
     if (!strcmp(mode, "coop_ptsz")) return cuLaunchCooperativeKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
     if (!strcmp(mode, "graph")) return cuGraphLaunch(ge, NULL);
     if (!strcmp(mode, "graph_ptsz")) return cuGraphLaunch_ptsz(ge, NULL);
+    /* the legacy API: kernel length from FAKECUDA_KERNEL_NS */
+    if (!strcmp(mode, "legacy")) return cuLaunch(f);
+    if (!strcmp(mode, "grid")) return cuLaunchGrid(f, 1, 1);
+    if (!strcmp(mode, "grid_async")) return cuLaunchGridAsync(f, 1, 1, NULL);
     printf("bad mode %s\n", mode);
     exit(2);
 }
@@ -479,6 +517,11 @@ int main(int argc, char **argv) {
             size_t fr = 0, tot = 0;
             CUresult r = cuMemGetInfo_v2(&fr, &tot);
             printf("info rc=%d free=%zu total=%zu\n", r, fr, tot);
+        } else if (!strcmp(a[0], "info1")) {
+            need_ctx();
+            unsigned fr = 0, tot = 0;
+            CUresult r = cuMemGetInfo(&fr, &tot);
+            printf("info1 rc=%d free=%u total=%u\n", r, fr, tot);
         } else if (!strcmp(a[0], "totalmem")) {
             need_ctx();
             size_t t = 0;
