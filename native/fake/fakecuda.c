@@ -57,6 +57,7 @@ API CUresult cuInit(unsigned int flags) {
         if (!atomic_load_explicit(&g_inited, memory_order_relaxed)) return CUDA_ERROR_NOT_INITIALIZED; \
     } while (0)
 
+static int nvis(void);
 API CUresult cuDriverGetVersion(int *v) {
     if (!v) return CUDA_ERROR_INVALID_VALUE;
     *v = fk_state()->driver_version;
@@ -65,10 +66,39 @@ API CUresult cuDriverGetVersion(int *v) {
 API CUresult cuDeviceGetCount(int *n) {
     NEED_INIT();
     FAULT(cuDeviceGetCount);
-    *n = (int)fk_state()->ndev;
+    *n = nvis();
     return CUDA_SUCCESS;
 }
-static int bad_dev(CUdevice d) { return d < 0 || (uint32_t)d >= fk_state()->ndev; }
+/* CUDA_VISIBLE_DEVICES: the process's ordinals are a selection and ordering of the simulated cards
+ * (indexes or the fake UUIDs, up to the first entry that names no card, as CUDA does). CUdevice
+ * values are ordinals; the shared state is indexed by card. */
+static int g_vis[FK_MAX_DEV], g_nvis;
+static pthread_once_t g_vis_once = PTHREAD_ONCE_INIT;
+static void parse_visible(void) {
+    int n = (int)fk_state()->ndev;
+    const char *s = getenv("CUDA_VISIBLE_DEVICES");
+    if (!s) {
+        for (int i = 0; i < n; i++) g_vis[i] = i;
+        g_nvis = n;
+        return;
+    }
+    for (const char *p = s; *p && g_nvis < FK_MAX_DEV;) {
+        size_t len = strcspn(p, ",");
+        char tok[64];
+        snprintf(tok, sizeof tok, "%.*s", (int)len, p);
+        char *end;
+        long v = !strncmp(tok, "GPU-face", 8) && len > 2 ? strtol(tok + len - 2, &end, 16) : strtol(tok, &end, 10);
+        if (!len || *end || v < 0 || v >= n) break;
+        g_vis[g_nvis++] = (int)v;
+        p += len + (p[len] == ',');
+    }
+}
+static int nvis(void) {
+    pthread_once(&g_vis_once, parse_visible);
+    return g_nvis;
+}
+static int bad_dev(CUdevice d) { return d < 0 || d >= nvis(); }
+static int phys(CUdevice d) { return bad_dev(d) ? 0 : g_vis[d]; }
 API CUresult cuDeviceGet(CUdevice *d, int ordinal) {
     NEED_INIT();
     if (bad_dev(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
@@ -88,14 +118,14 @@ static void fill_uuid(CUuuid *u, CUdevice d) {
 }
 API CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d) {
     if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
-    fill_uuid(u, d);
+    fill_uuid(u, phys(d));
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d) { return cuDeviceGetUuid(u, d); }
 API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
     if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
     switch (attr) {
-    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = (int)fk_state()->dev[d].sm_count; break;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = (int)fk_state()->dev[phys(d)].sm_count; break;
     case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: *v = 2048; break;
     default: *v = 0;
     }
@@ -104,7 +134,7 @@ API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
 API CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice d) {
     NEED_INIT();
     if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
-    *bytes = fk_state()->dev[d].total;
+    *bytes = fk_state()->dev[phys(d)].total;
     return CUDA_SUCCESS;
 }
 API CUresult cuGetErrorName(CUresult e, const char **s) {
@@ -145,16 +175,18 @@ static CUresult ctx_charge(int dev, int delta) {
     struct fk_state *S = fk_state();
     pthread_mutex_lock(&g_ctx_mu);
     int before = g_ctx_count[dev];
-    g_ctx_count[dev] += delta;
+    int ord = dev;
+    dev = phys(ord);
+    g_ctx_count[ord] += delta; /* per ordinal; the memory is the card's */
     if (before == 0 && delta > 0 && g_ctx_bytes) {
         if (atomic_fetch_add(&S->dev[dev].used, g_ctx_bytes) + g_ctx_bytes > S->dev[dev].total) {
             atomic_fetch_sub(&S->dev[dev].used, g_ctx_bytes);
-            g_ctx_count[dev] = 0;
+            g_ctx_count[ord] = 0;
             pthread_mutex_unlock(&g_ctx_mu);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         atomic_fetch_add(&fk_me()->mem[dev], g_ctx_bytes);
-    } else if (g_ctx_count[dev] == 0 && before > 0 && g_ctx_bytes) {
+    } else if (g_ctx_count[ord] == 0 && before > 0 && g_ctx_bytes) {
         atomic_fetch_sub(&S->dev[dev].used, g_ctx_bytes);
         atomic_fetch_sub(&fk_me()->mem[dev], g_ctx_bytes);
     }
@@ -263,7 +295,8 @@ API CUresult cuCtxGetDevice(CUdevice *d) {
     *d = t_cur->dev;
     return CUDA_SUCCESS;
 }
-static int cur_dev(void) { return t_cur ? t_cur->dev : 0; }
+static int cur_ord(void) { return t_cur ? t_cur->dev : 0; }
+static int cur_dev(void) { return phys(cur_ord()); } /* the card */
 
 /* ---------------------------------------------------------------- stream-ordered pools */
 /* Per process, one default pool per device. Freed blocks stay reserved in the pool (device memory
@@ -284,8 +317,8 @@ static void pools_trim(uint64_t keep_min, CUmemoryPool only) {
         if (only && keep < p->used + keep_min) keep = p->used > keep_min ? p->used : keep_min;
         if (p->reserved > keep) {
             uint64_t rel = p->reserved - keep;
-            atomic_fetch_sub(&S->dev[d].used, rel);
-            atomic_fetch_sub(&fk_me()->mem[d], rel);
+            atomic_fetch_sub(&S->dev[p->dev].used, rel);
+            atomic_fetch_sub(&fk_me()->mem[p->dev], rel);
             p->reserved = keep;
         }
     }
@@ -293,7 +326,7 @@ static void pools_trim(uint64_t keep_min, CUmemoryPool only) {
 }
 API CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice d) {
     if (bad_dev(d) || !pool) return CUDA_ERROR_INVALID_VALUE;
-    g_pool[d].dev = d;
+    g_pool[d].dev = phys(d);
     *pool = &g_pool[d];
     return CUDA_SUCCESS;
 }
@@ -605,7 +638,7 @@ API CUresult cuMemFree(CUdeviceptr_v1 d) {
 static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool) {
     NEED_INIT();
     if (!dptr || !size) return CUDA_ERROR_INVALID_VALUE;
-    if (!pool) cuDeviceGetMemPool(&pool, cur_dev());
+    if (!pool) cuDeviceGetMemPool(&pool, cur_ord());
     struct fk_state *S = fk_state();
     int dev = pool->dev;
     pthread_mutex_lock(&g_pool_mu);
@@ -697,6 +730,7 @@ API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUm
     int dev = prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE ? prop->location.id : -1;
     if (dev >= 0) {
         if (bad_dev(dev)) return CUDA_ERROR_INVALID_DEVICE;
+        dev = phys(dev);
         struct fk_state *S = fk_state();
         if (atomic_fetch_add(&S->dev[dev].used, size) + size > S->dev[dev].total) {
             atomic_fetch_sub(&S->dev[dev].used, size);

@@ -246,9 +246,7 @@ static CUresult freed(CUresult r_after_call, struct ment *e, int had) {
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
                      unsigned long long flags) {
     int dev = -1;
-    if (prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE && prop->location.id >= 0 &&
-        prop->location.id < VGPU_MAX_DEV)
-        dev = prop->location.id;
+    if (prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE) dev = vgpu_dev_index(prop->location.id);
     if (dev >= 0 && vgpu_mem_reserve(dev, size, "cuMemCreate")) return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult r = CALL_REAL(cuMemCreate, handle, size, prop, flags);
     if (dev < 0) return r; /* host / NUMA locations are not device memory */

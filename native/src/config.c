@@ -217,6 +217,8 @@ void vgpu_config_load(struct vgpu_config *c) {
         load_sm(name, &c->sm_limit[i]);
     }
     load_uuids(c);
+    for (int i = c->nuuid; c->nuuid && i < VGPU_MAX_DEV; i++)
+        if (!c->mem_limit[i]) c->mem_limit[i] = VGPU_LIMIT_DENY; /* a card the container was not given */
     const char *p = cfg_get("GPU_CORE_UTILIZATION_POLICY");
     c->policy = POLICY_DEFAULT;
     if (p && *p) {

@@ -44,7 +44,8 @@ static uint64_t ctx_measure(int dev) {
 }
 
 /* charge before creating when the size is known (so a full slice refuses the context), else after */
-static int ctx_pre(int dev, uint64_t *charged) {
+static int ctx_pre(int ord, uint64_t *charged) {
+    int dev = vgpu_dev_index(ord);
     *charged = 0;
     if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
     uint64_t k = ctx_known(dev);
@@ -54,7 +55,8 @@ static int ctx_pre(int dev, uint64_t *charged) {
     }
     return 0;
 }
-static uint64_t ctx_post(int dev, CUresult r, uint64_t charged) {
+static uint64_t ctx_post(int ord, CUresult r, uint64_t charged) {
+    int dev = vgpu_dev_index(ord);
     if (dev < 0 || dev >= VGPU_MAX_DEV) return 0;
     if (r != CUDA_SUCCESS) {
         vgpu_mem_unreserve(dev, charged);
@@ -81,7 +83,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     if (r == CUDA_SUCCESS && dev >= 0 && dev < VGPU_MAX_DEV) {
         pthread_mutex_lock(&g_prim_mu);
         if (g_prim_ref[dev]++ == 0) g_prim_charge[dev] = ch;
-        else if (ch) { pthread_mutex_unlock(&g_prim_mu); vgpu_mem_unreserve(dev, ch); pthread_mutex_lock(&g_prim_mu); }
+        else if (ch) { pthread_mutex_unlock(&g_prim_mu); vgpu_mem_unreserve(vgpu_dev_index(dev), ch); pthread_mutex_lock(&g_prim_mu); }
         pthread_mutex_unlock(&g_prim_mu);
     }
     return r;
@@ -98,7 +100,7 @@ static CUresult prim_drop(CUdevice dev, int all, CUresult r) {
         g_prim_charge[dev] = 0;
     }
     pthread_mutex_unlock(&g_prim_mu);
-    vgpu_mem_unreserve(dev, ch);
+    vgpu_mem_unreserve(vgpu_dev_index(dev), ch);
     return r;
 }
 /* cuDevicePrimaryCtxRelease[_v2], cuDevicePrimaryCtxReset[_v2] */
@@ -110,7 +112,7 @@ static CUresult prim_drop(CUdevice dev, int all, CUresult r) {
 /* ---------------------------------------------------------------- created contexts */
 static CUresult ctx_created(CUcontext *pctx, CUdevice dev, CUresult r, uint64_t ch) {
     ch = ctx_post(dev, r, ch);
-    if (r == CUDA_SUCCESS && pctx && *pctx) vgpu_obj_track((uint64_t)(uintptr_t)*pctx, ch, dev, K_CTX);
+    if (r == CUDA_SUCCESS && pctx && *pctx) vgpu_obj_track((uint64_t)(uintptr_t)*pctx, ch, vgpu_dev_index(dev), K_CTX);
     return r;
 }
 /* cuCtxCreate_v2 / _v3 / _v4 */

@@ -280,8 +280,11 @@ void vgpu_limiter_start(void) {
     struct vgpu_region *R = vgpu_region();
     int any = 0, nlim = 0, last = -1;
     int ndev = vgpu_ndev > 0 ? vgpu_ndev : 1;
-    for (int d = 0; d < VGPU_MAX_DEV; d++) {
-        uint32_t L = d < ndev ? vgpu_sm_limit(R, d) : 0;
+    memset(g_limited, 0, sizeof g_limited);
+    for (int o = 0; o < ndev; o++) { /* this process's devices, as the container's cards */
+        int d = vgpu_dev_index(o);
+        if (d < 0 || g_limited[d]) continue;
+        uint32_t L = vgpu_sm_limit(R, d);
         g_limited[d] = L > 0 && L < 100 && vgpu_policy(R) != POLICY_DISABLE;
         if (g_limited[d]) {
             any = 1;
@@ -289,7 +292,7 @@ void vgpu_limiter_start(void) {
             last = d;
         }
     }
-    g_single_dev = (vgpu_ndev == 1 && g_limited[0]) ? 0 : (nlim == 1 && vgpu_ndev <= 1 ? last : -1);
+    g_single_dev = (nlim == 1 && vgpu_ndev <= 1) ? last : -1;
     if (any) {
         vgpu_nvml_load();
         if (!vgpu_nvml_ok || !NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)) {

@@ -32,8 +32,9 @@ static void clamp_info(uint64_t *free, uint64_t *total) {
 #define WRAP_total_mem(name, base, params, args)                                                 \
     CUresult name params {                                                                       \
         CUresult r = CALL_REAL_ARGS(name, args);                                                 \
-        if (r != CUDA_SUCCESS || !bytes || dev < 0 || dev >= VGPU_MAX_DEV) return r;             \
-        uint64_t lim = vgpu_mem_limit(vgpu_region(), dev);                                       \
+        int d_ = vgpu_dev_index(dev);                                                            \
+        if (r != CUDA_SUCCESS || !bytes || d_ < 0) return r;                                     \
+        uint64_t lim = vgpu_mem_limit(vgpu_region(), d_);                                        \
         if (lim && lim < *bytes) *bytes = (__typeof__(*bytes))lim;                               \
         return r;                                                                                \
     }

@@ -304,6 +304,24 @@ struct vgpu_region *vgpu_region(void) {
 
 int vgpu_slot_index(void) { return g_slot; }
 
+int vgpu_region_dev_for_uuid(const char *uuid, int want) {
+    struct vgpu_region *R = vgpu_region();
+    /* with the file's card list, indexes past it are for cards the container was not given: their
+     * limit denies (vgpu_config_load) */
+    int first = vgpu_cfg.from_file ? vgpu_cfg.nuuid : 0, idx = -1, free_i = -1;
+    region_lock(R);
+    for (int i = 0; i < VGPU_MAX_DEV && idx < 0; i++) {
+        if (!strncmp(R->dev[i].uuid, uuid, sizeof R->dev[i].uuid)) idx = i;
+        else if (!R->dev[i].uuid[0] && i >= first && free_i < 0) free_i = i;
+    }
+    if (idx < 0) {
+        idx = want >= first && want < VGPU_MAX_DEV && !R->dev[want].uuid[0] ? want : free_i;
+        if (idx >= 0) snprintf(R->dev[idx].uuid, sizeof R->dev[idx].uuid, "%s", uuid);
+    }
+    region_unlock(R);
+    return idx;
+}
+
 int vgpu_is_leader_try(void) {
     if (g_leader) return 1;
     struct vgpu_region *R = vgpu_R;

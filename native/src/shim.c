@@ -65,6 +65,8 @@ static void fork_parent(void) {
     vgpu_region_atfork_parent();
 }
 static _Atomic int g_post_done;
+static int g_dmap[VGPU_MAX_DEV]; /* CUDA ordinal -> region index, set in vgpu_post_init */
+static _Atomic int g_dmap_ready;
 static pthread_mutex_t g_post_mu = PTHREAD_MUTEX_INITIALIZER;
 static void fork_child(void) {
     vgpu_mem_atfork_child();
@@ -145,15 +147,26 @@ void vgpu_post_init(void) {
         struct vgpu_region *R = vgpu_region();
         for (int d = 0; d < vgpu_ndev; d++) {
             CUuuid u;
+            char us[48] = "";
             CUresult r = CUDA_ERROR_NOT_FOUND;
             if (HELPER(cuDeviceGetUuid_v2)) r = HELPER(cuDeviceGetUuid_v2)(&u, d);
             else if (HELPER(cuDeviceGetUuid)) r = HELPER(cuDeviceGetUuid)(&u, d);
-            if (r == CUDA_SUCCESS && !R->dev[d].uuid[0]) vgpu_uuid_str(&u, R->dev[d].uuid, sizeof R->dev[d].uuid);
+            int idx = -1;
+            if (r == CUDA_SUCCESS) {
+                vgpu_uuid_str(&u, us, sizeof us);
+                idx = vgpu_region_dev_for_uuid(us, d);
+            }
+            g_dmap[d] = idx >= 0 ? idx : d;
+            if (g_dmap[d] != d) LOG_INFO("CUDA device %d is the container's card %d (%s)", d, g_dmap[d], us);
         }
+        atomic_store_explicit(&g_dmap_ready, 1, memory_order_release);
         if (vgpu_log_level >= VLOG_INFO) {
-            for (int d = 0; d < (vgpu_ndev ? vgpu_ndev : 1); d++)
+            for (int d = 0; d < (vgpu_ndev ? vgpu_ndev : 1); d++) {
+                int i = vgpu_dev_index(d);
+                if (i < 0) continue;
                 LOG_INFO("device %d: memory limit %.1f MiB, SM limit %u%%, region %s slot %d", d,
-                         vgpu_mem_limit(R, d) / 1048576.0, vgpu_sm_limit(R, d), vgpu_cfg.cache_path, vgpu_slot_index());
+                         vgpu_mem_limit(R, i) / 1048576.0, vgpu_sm_limit(R, i), vgpu_cfg.cache_path, vgpu_slot_index());
+            }
         }
         vgpu_limiter_start();
         atomic_store_explicit(&g_post_done, 1, memory_order_release);
@@ -161,12 +174,17 @@ void vgpu_post_init(void) {
     pthread_mutex_unlock(&g_post_mu);
 }
 
+int vgpu_dev_index(int ord) {
+    if (ord < 0 || ord >= VGPU_MAX_DEV) return -1;
+    return atomic_load_explicit(&g_dmap_ready, memory_order_acquire) ? g_dmap[ord] : ord;
+}
+
 int vgpu_current_device(void) {
     CUdevice d = 0;
-    if (vgpu_ndev == 1) return 0;
+    if (vgpu_ndev == 1) return vgpu_dev_index(0);
     if (HELPER(cuCtxGetDevice) && HELPER(cuCtxGetDevice)(&d) == CUDA_SUCCESS && d >= 0 && d < VGPU_MAX_DEV)
-        return d;
-    return 0;
+        return vgpu_dev_index(d);
+    return vgpu_dev_index(0);
 }
 
 /* ---------------------------------------------------------------- dlsym */

@@ -236,7 +236,13 @@ VGPU_HIDDEN void vgpu_region_atfork_parent(void);
 VGPU_HIDDEN void vgpu_mem_atfork_prepare(void);
 VGPU_HIDDEN void vgpu_mem_atfork_parent(void);
 VGPU_HIDDEN uint64_t vgpu_now_ns(void);
+/* the region index (the container's card) of the current context's device */
 VGPU_HIDDEN int vgpu_current_device(void);
+/* the region index of CUDA ordinal `ord` of this process: cards are matched by UUID, so a process
+ * that reorders CUDA_VISIBLE_DEVICES charges each card's memory to that card; -1 out of range */
+VGPU_HIDDEN int vgpu_dev_index(int ord);
+/* region.c: the region index recorded for `uuid`, claimed (prefering `want`) if new; -1 if full */
+VGPU_HIDDEN int vgpu_region_dev_for_uuid(const char *uuid, int want);
 
 /* alloc_account.c */
 VGPU_HIDDEN void vgpu_mem_atfork_child(void);

@@ -6,6 +6,7 @@ import random
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from native_helpers import MiB, Sandbox, kv, lines, region_state
@@ -163,3 +164,29 @@ def test_non_cuda_programs_are_untouched(sandbox: Sandbox) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "True"
     assert "libvgpu" not in r.stderr, "a process that never touches CUDA must not even initialise the shim"
     assert not sandbox.cache.exists()
+
+
+def test_cuda_visible_devices_reordering_charges_each_card(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Usage is per card (matched by UUID), not per the process's device ordinal: a process that
+    sees the container's two cards as `1,0` charges card 0's memory to card 0."""
+    env = {"FAKECUDA_DEVICES": "2", "CUDA_DEVICE_MEMORY_LIMIT_0": "1g", "CUDA_DEVICE_MEMORY_LIMIT_1": "2g"}
+    held = tmp_path / "held"
+    holder = sandbox.popen("alloc:linear:600m", f"ready:{held}", "sleep:30000", **env)  # card 0
+    try:
+        deadline = time.monotonic() + 20
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = sandbox.run(
+            "dev:1",  # ordinal 1 is card 0 here: 600 MiB of its 1 GiB are held
+            "alloc:linear:600m",
+            "dev:0",  # ordinal 0 is card 1: 2 GiB
+            "alloc:linear:1500m",
+            "totalmem",
+            CUDA_VISIBLE_DEVICES="1,0",
+            **env,
+        )
+    finally:
+        holder.kill()
+        holder.communicate()
+    # old code: ordinal 1 charged to card 1 (600 MiB of 2 GiB: admitted), ordinal 0 to card 0 (refused)
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["2", "0"], r.stdout + r.stderr

@@ -110,3 +110,16 @@ def test_unreadable_file_fails_closed(sandbox: Sandbox) -> None:
     r = run_in_pod(sandbox, None, script)
     assert _rcs(r.stdout) == ["2"], r.stdout + r.stderr
     assert "cannot be read or parsed" in r.stderr
+
+
+def test_file_card_order_decides_which_limit_a_card_gets(sandbox: Sandbox) -> None:
+    """The file lists the container's cards (NVIDIA_VISIBLE_DEVICES) in the order of its _<i> limits;
+    the process's own enumeration (here the reverse) does not decide which card gets which limit."""
+    conf = _conf(sandbox)
+    conf.update(
+        NVIDIA_VISIBLE_DEVICES="GPU-face0000-0000-0000-0000-000000000001,GPU-face0000-0000-0000-0000-000000000000",
+        CUDA_DEVICE_MEMORY_LIMIT_0="256m",  # card ...01
+        CUDA_DEVICE_MEMORY_LIMIT_1="2g",  # card ...00
+    )
+    r = run_in_pod(sandbox, conf, "$APP alloc:linear:1g dev:1 alloc:linear:300m", FAKECUDA_DEVICES="2")
+    assert _rcs(r.stdout) == ["0", "2"], r.stdout + r.stderr
