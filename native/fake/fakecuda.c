@@ -969,6 +969,7 @@ API CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_
 API uint64_t fakecuda_busy_ns(int pid, int dev) {
     struct fk_state *S = fk_state();
     uint64_t now = fk_mono_ns();
+    if (pid == (int)getpid()) pid = fk_pid();
     for (int i = 0; i < FK_MAX_PROC; i++) {
         struct fk_proc *p = &S->proc[i];
         if (atomic_load(&p->pid) != pid) continue;

@@ -221,7 +221,26 @@ static void check_config(struct vgpu_region *R) {
                  ns, fs, vgpu_cfg.sm_limit[fs], R->dev[fs].sm_limit);
 }
 
+/* the outermost PID of /proc/self/status's NSpid when it lists more than one namespace (a procfs of
+ * an outer namespace is mounted), else 0 */
+static int nspid_outer(void) {
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buf[4096];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    char *p = strstr(buf, "\nNSpid:");
+    if (!p) return 0;
+    char *end;
+    long outer = strtol(p + 7, &end, 10);
+    long inner = strtol(end, &end, 10);
+    return inner > 0 && outer > 0 && outer <= 0x7fffffff ? (int)outer : 0;
+}
+
 static void claim_slot(struct vgpu_region *R) {
+    int hostpid = nspid_outer();
     g_slot = -1;
     region_lock(R);
     reap_dead_locked(R);
@@ -231,7 +250,7 @@ static void claim_slot(struct vgpu_region *R) {
         struct vgpu_slot *s = &R->slot[i];
         for (int d = 0; d < VGPU_MAX_DEV; d++) atomic_store(&s->used[d], 0);
         s->pid = (int32_t)getpid();
-        s->hostpid = 0;
+        s->hostpid = hostpid; /* 0 = same namespace as NVML's, or unknown yet */
         s->start_ns = vgpu_now_ns();
         atomic_store_explicit(&s->state, SLOT_LIVE, memory_order_release);
         if (atomic_load(&R->slot_hwm) < (uint32_t)i + 1) atomic_store(&R->slot_hwm, (uint32_t)i + 1);
@@ -303,6 +322,17 @@ struct vgpu_region *vgpu_region(void) {
 }
 
 int vgpu_slot_index(void) { return g_slot; }
+
+int vgpu_host_pid(void) {
+    struct vgpu_region *R = vgpu_R;
+    if (R && g_slot >= 0 && R->slot[g_slot].hostpid > 0) return R->slot[g_slot].hostpid;
+    return (int)getpid();
+}
+
+void vgpu_slot_set_hostpid(int pid) {
+    struct vgpu_region *R = vgpu_R;
+    if (R && g_slot >= 0) R->slot[g_slot].hostpid = pid;
+}
 
 int vgpu_region_dev_for_uuid(const char *uuid, int want) {
     struct vgpu_region *R = vgpu_region();

@@ -229,6 +229,10 @@ VGPU_HIDDEN void vgpu_mem_force(int dev, uint64_t bytes);
 VGPU_HIDDEN void vgpu_mem_unreserve(int dev, uint64_t bytes);
 VGPU_HIDDEN int vgpu_reap_dead(int take_lock);
 VGPU_HIDDEN int vgpu_slot_index(void);
+/* this process's PID in the host's namespace as far as it is known (/proc's NSpid, or learnt from
+ * NVML and recorded in the slot), else getpid() */
+VGPU_HIDDEN int vgpu_host_pid(void);
+VGPU_HIDDEN void vgpu_slot_set_hostpid(int pid);
 VGPU_HIDDEN int vgpu_is_leader_try(void);
 VGPU_HIDDEN void vgpu_region_atfork_child(void);
 VGPU_HIDDEN void vgpu_region_atfork_prepare(void);

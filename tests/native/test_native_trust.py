@@ -36,7 +36,7 @@ def test_environment_cannot_lift_the_limit(sandbox: Sandbox) -> None:
     fs = sandbox.tmp / "fake.state"
     script = "\n".join(
         [
-            f"$APP alloc:linear:600m ready:{sandbox.tmp}/held sleep:30000 > /dev/null &",
+            f"$APP alloc:linear:600m ready:{sandbox.tmp}/held sleep:30000 > /dev/null & HOLDER=$!",
             f"$APP waitfile:{sandbox.tmp}/held",
             # a child started with an empty environment (the preload comes from /etc/ld.so.preload)
             f"env -i FAKECUDA_STATE={fs} $APP alloc:linear:600m",
@@ -45,7 +45,7 @@ def test_environment_cannot_lift_the_limit(sandbox: Sandbox) -> None:
             "CUDA_DEVICE_MEMORY_LIMIT_0=100g CUDA_DEVICE_MEMORY_LIMIT=100g $APP alloc:linear:600m",
             # a region of its own: a second full limit
             f"CUDA_DEVICE_MEMORY_SHARED_CACHE={sandbox.tmp}/mine.cache $APP alloc:linear:600m",
-            "kill %1",
+            "kill $HOLDER",
         ]
     )
     r = run_in_pod(sandbox, _conf(sandbox), script, CUDA_DEVICE_MEMORY_LIMIT_0="1000m")
