@@ -60,6 +60,7 @@ static uint64_t ctx_measure(int dev, const struct pidsnap *before) {
         if (after.p[i].pid == self) me = &after.p[i];
         else if (before && before->ok && !snap_has(before, after.p[i].pid) && fresh++ == 0) me = &after.p[i];
     }
+    if (!me && !fresh) return 0; /* not on the device's list: this context costs no device memory */
     if (!me || (me->pid != self && fresh != 1)) {
         LOG_WARN("device %d: cannot tell this process apart in NVML's process list (%u new processes); the "
                  "context overhead is measured by the next process",

@@ -108,17 +108,8 @@ static uint64_t realtime_us(void) {
     return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
 }
 
-static int container_pid(struct vgpu_region *R, unsigned pid) {
-    uint32_t hwm = atomic_load(&R->slot_hwm);
-    for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++)
-        if (atomic_load(&R->slot[i].state) == SLOT_LIVE &&
-            ((unsigned)R->slot[i].pid == pid || (R->slot[i].hostpid && (unsigned)R->slot[i].hostpid == pid)))
-            return 1;
-    return 0;
-}
-
 /* container utilisation in percent over (last_seen, now] from NVML per-process samples */
-static double measure(struct vgpu_region *R, struct ctl *c) {
+static double measure(struct ctl *c) {
     nvmlProcessUtilizationSample_t s[256];
     unsigned n = 256;
     unsigned long long seen = c->last_seen_us;
@@ -143,7 +134,7 @@ static double measure(struct vgpu_region *R, struct ctl *c) {
     int matched = 0;
     for (unsigned k = 0; k < np; k++) {
         double avg = sum[k] / cnt[k];
-        if (container_pid(R, pids[k])) {
+        if (vgpu_region_owns_pid(pids[k])) {
             total += avg;
             matched = 1;
         } else {
@@ -184,7 +175,7 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         return;
     }
     double dt = (double)(now - c->last_ns);
-    double u = measure(R, c);
+    double u = measure(c);
     uint64_t refilled = atomic_load(&D->refilled);
     int64_t tokens = atomic_load(&D->tokens);
     double launches = ((double)(refilled - c->last_refilled) - (double)(tokens - c->last_tokens)) / VGPU_UNIT;
@@ -308,7 +299,11 @@ void vgpu_limiter_start(void) {
     if (atomic_exchange(&g_thread_started, 1)) return;
     sigset_t all, old;
     sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the watcher never takes the application's signals */
+    /* the watcher never takes the application's signals, except the synchronous ones its own faults
+     * raise (blocked, they kill the process before a handler runs: the region's SIGBUS guard) */
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGSEGV);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);

@@ -144,3 +144,39 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
     }
     return r;
 }
+
+/* ---------------------------------------------------------------- process lists */
+/* NVML lists every process on the card, other containers' included: keep the ones of live slots of
+ * this container's region (by host PID where known). The real list is read into a buffer of our own,
+ * so the count a too-small caller buffer gets back is this container's, not the card's. */
+#define PROC_CAP 256
+static nvmlReturn_t procs_out(nvmlReturn_t r, unsigned n, const unsigned char *buf, size_t stride,
+                              unsigned int *count, void *out) {
+    if (r != NVML_SUCCESS && r != NVML_ERROR_INSUFFICIENT_SIZE) return r;
+    unsigned cap = out ? *count : 0, keep = 0;
+    if (n > PROC_CAP) n = PROC_CAP;
+    for (unsigned i = 0; i < n; i++) {
+        const unsigned char *e = buf + stride * i;
+        unsigned pid;
+        memcpy(&pid, e, sizeof pid); /* pid is the first field of every version */
+        if (!vgpu_region_owns_pid(pid)) continue;
+        if (keep < cap) memcpy((unsigned char *)out + stride * keep, e, stride);
+        keep++;
+    }
+    *count = keep;
+    return keep > cap && (keep || out) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+}
+#define PROC_LIST(name, T)                                                                       \
+    nvmlReturn_t name(nvmlDevice_t device, unsigned int *infoCount, T *infos) {                  \
+        vgpu_nvml_load();                                                                        \
+        name##_fn f = (name##_fn)vgpu_nvml_real[NH_##name];                                      \
+        if (!f) return NVML_ERROR_UNINITIALIZED;                                                 \
+        if (!infoCount) return f(device, infoCount, infos);                                      \
+        T buf[PROC_CAP];                                                                         \
+        unsigned n = PROC_CAP;                                                                   \
+        nvmlReturn_t r = f(device, &n, buf);                                                     \
+        return procs_out(r, n, (const unsigned char *)buf, sizeof *buf, infoCount, infos);       \
+    }
+PROC_LIST(nvmlDeviceGetComputeRunningProcesses, nvmlProcessInfo_v1_t)
+PROC_LIST(nvmlDeviceGetComputeRunningProcesses_v2, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetComputeRunningProcesses_v3, nvmlProcessInfo_t)

@@ -233,6 +233,8 @@ VGPU_HIDDEN int vgpu_slot_index(void);
  * NVML and recorded in the slot), else getpid() */
 VGPU_HIDDEN int vgpu_host_pid(void);
 VGPU_HIDDEN void vgpu_slot_set_hostpid(int pid);
+/* whether NVML's `pid` (host namespace) is a live process of this container's region */
+VGPU_HIDDEN int vgpu_region_owns_pid(unsigned pid);
 VGPU_HIDDEN int vgpu_is_leader_try(void);
 VGPU_HIDDEN void vgpu_region_atfork_child(void);
 VGPU_HIDDEN void vgpu_region_atfork_prepare(void);

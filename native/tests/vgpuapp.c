@@ -550,6 +550,27 @@ int main(int argc, char **argv) {
             nvmlReturn_t r2 = mem2(d, &m2);
             printf("nvml rc=%d total=%llu used=%llu free=%llu rc2=%d total2=%llu used2=%llu free2=%llu\n", r,
                    m.total, m.used, m.free, r2, m2.total, m2.used, m2.free);
+        } else if (!strcmp(a[0], "procs")) {
+            /* NVML's compute process list of device 0 (v3 and v1) as this process sees it */
+            need_ctx();
+            void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+            typedef nvmlReturn_t (*plist)(nvmlDevice_t, unsigned *, void *);
+            plist v3 = h ? (plist)dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v3") : NULL;
+            plist v1 = h ? (plist)dlsym(h, "nvmlDeviceGetComputeRunningProcesses") : NULL;
+            if (!v3 || !v1) {
+                printf("procs unavailable\n");
+                continue;
+            }
+            ((nvml0)dlsym(h, "nvmlInit_v2"))();
+            nvmlDevice_t d;
+            ((nvmlh)dlsym(h, "nvmlDeviceGetHandleByIndex_v2"))(0, &d);
+            nvmlProcessInfo_t p3[64];
+            nvmlProcessInfo_v1_t p1[64];
+            unsigned n3 = 64, n1 = 64, n0 = 0;
+            nvmlReturn_t r3 = v3(d, &n3, p3), r1 = v1(d, &n1, p1), r0 = v3(d, &n0, NULL);
+            unsigned long long mem = 0;
+            for (unsigned k = 0; k < n3 && k < 64; k++) mem += p3[k].usedGpuMemory;
+            printf("procs rc=%d n=%u rc1=%d n1=%u rc0=%d n0=%u mem=%llu\n", r3, n3, r1, n1, r0, n0, mem);
         } else if (!strcmp(a[0], "cycles")) {
             need_ctx();
             long n = atol(a[1]), fails = 0;
