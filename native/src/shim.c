@@ -145,19 +145,27 @@ void vgpu_post_init(void) {
         if (HELPER(cuDeviceGetCount) && HELPER(cuDeviceGetCount)(&n) == CUDA_SUCCESS && n > 0)
             vgpu_ndev = n > VGPU_MAX_DEV ? VGPU_MAX_DEV : n;
         struct vgpu_region *R = vgpu_region();
+        char us[VGPU_MAX_DEV][48];
+        int listed = 0;
         for (int d = 0; d < vgpu_ndev; d++) {
             CUuuid u;
-            char us[48] = "";
             CUresult r = CUDA_ERROR_NOT_FOUND;
             if (HELPER(cuDeviceGetUuid_v2)) r = HELPER(cuDeviceGetUuid_v2)(&u, d);
             else if (HELPER(cuDeviceGetUuid)) r = HELPER(cuDeviceGetUuid)(&u, d);
-            int idx = -1;
-            if (r == CUDA_SUCCESS) {
-                vgpu_uuid_str(&u, us, sizeof us);
-                idx = vgpu_region_dev_for_uuid(us, d);
-            }
+            us[d][0] = 0;
+            if (r == CUDA_SUCCESS) vgpu_uuid_str(&u, us[d], sizeof us[d]);
+            for (int i = 0; i < vgpu_cfg.nuuid && us[d][0]; i++) listed += !strcmp(us[d], vgpu_cfg.uuid[i]);
+        }
+        /* The file lists the cards, but the driver reports none of them: a simulated driver (its own
+         * UUIDs) rather than a card the container was not given. Map by ordinal, as without UUIDs. */
+        int by_ordinal = vgpu_cfg.nuuid > 0 && !listed;
+        if (by_ordinal)
+            LOG_WARN("none of the %d CUDA devices' UUIDs is among the %d of %s; mapping them by ordinal", vgpu_ndev,
+                     vgpu_cfg.nuuid, VGPU_CONF_PATH);
+        for (int d = 0; d < vgpu_ndev; d++) {
+            int idx = us[d][0] && !by_ordinal ? vgpu_region_dev_for_uuid(us[d], d) : -1;
             g_dmap[d] = idx >= 0 ? idx : d;
-            if (g_dmap[d] != d) LOG_INFO("CUDA device %d is the container's card %d (%s)", d, g_dmap[d], us);
+            if (g_dmap[d] != d) LOG_INFO("CUDA device %d is the container's card %d (%s)", d, g_dmap[d], us[d]);
         }
         atomic_store_explicit(&g_dmap_ready, 1, memory_order_release);
         if (vgpu_log_level >= VLOG_INFO) {

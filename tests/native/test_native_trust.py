@@ -123,3 +123,12 @@ def test_file_card_order_decides_which_limit_a_card_gets(sandbox: Sandbox) -> No
     )
     r = run_in_pod(sandbox, conf, "$APP alloc:linear:1g dev:1 alloc:linear:300m", FAKECUDA_DEVICES="2")
     assert _rcs(r.stdout) == ["0", "2"], r.stdout + r.stderr
+
+
+def test_simulated_driver_with_its_own_uuids_maps_by_ordinal(sandbox: Sandbox) -> None:
+    """A simulated driver (the sandbox's) reports UUIDs of its own, none of them in the file: the
+    cards are mapped by ordinal (warned), not refused as foreign."""
+    conf = _conf(sandbox, NVIDIA_VISIBLE_DEVICES="GPU-0a0a0a0a-0000-0000-0000-000000000001")
+    r = run_in_pod(sandbox, conf, "$APP alloc:linear:600m alloc:linear:600m")
+    assert _rcs(r.stdout) == ["0", "2"], r.stdout + r.stderr
+    assert "mapping them by ordinal" in r.stderr
