@@ -97,35 +97,38 @@ static void init_mutex(pthread_mutex_t *m) {
 
 /* 0 with the lock held, else an errno value (the caller fails closed) */
 static int region_lock(struct vgpu_region *R) {
-    for (int attempt = 0;; attempt++) {
+    int tid = 0, repaired = 0;
+    for (int attempt = 0; attempt < 3; attempt++) {
         struct timespec dl;
         clock_gettime(CLOCK_REALTIME, &dl);
         dl.tv_sec += LOCK_WAIT_S;
         int r = lock_result(R, pthread_mutex_timedlock(&R->lock, &dl));
-        if (r != ETIMEDOUT || attempt > 0 || g_fd < 0) {
-            if (r) LOG_ERR("the region lock of %s cannot be taken (%s); refusing rather than waiting", vgpu_cfg.cache_path,
-                           strerror(r));
+        if (r == 0 && repaired) reconcile_locked(R);
+        if (r != ETIMEDOUT) {
+            if (r) LOG_ERR("the region lock of %s cannot be taken (%s); refusing rather than waiting",
+                           vgpu_cfg.cache_path, strerror(r));
             return r;
         }
-        /* held for LOCK_WAIT_S: repair it if its owner is gone, under the (kernel-released) init lock */
+        /* held for LOCK_WAIT_S: repair it if its owner is gone, under the (kernel-released) init lock;
+         * a word that changed meanwhile (another process repaired it) is simply tried again */
         unsigned word = __atomic_load_n((unsigned *)&R->lock, __ATOMIC_ACQUIRE);
-        int tid = (int)(word & FUTEX_TID_MASK_);
-        if (!tid_gone(tid)) {
-            LOG_ERR("the region lock of %s has been held by thread %d for %d s; refusing rather than waiting",
-                    vgpu_cfg.cache_path, tid, LOCK_WAIT_S);
-            return ETIMEDOUT;
-        }
+        tid = (int)(word & FUTEX_TID_MASK_);
+        if (g_fd < 0 || (tid && !tid_gone(tid))) break;
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)VGPU_LOCK_INIT, .l_len = 1};
-        if (fcntl(g_fd, F_OFD_SETLK, &fl) < 0) continue; /* someone else is repairing or attaching */
+        if (!tid || fcntl(g_fd, F_OFD_SETLK, &fl) < 0) continue;
         if (__atomic_load_n((unsigned *)&R->lock, __ATOMIC_ACQUIRE) == word) {
             LOG_ERR("the region lock of %s names thread %d, which does not exist; re-initialising it and "
                     "rebuilding usage from the slot table",
                     vgpu_cfg.cache_path, tid);
             init_mutex(&R->lock);
+            repaired = 1;
         }
         fl.l_type = F_UNLCK;
         fcntl(g_fd, F_OFD_SETLK, &fl);
     }
+    LOG_ERR("the region lock of %s has been held by thread %d for over %d s; refusing rather than waiting",
+            vgpu_cfg.cache_path, tid, LOCK_WAIT_S);
+    return ETIMEDOUT;
 }
 
 static void region_unlock(struct vgpu_region *R) { pthread_mutex_unlock(&R->lock); }
