@@ -180,3 +180,21 @@ static nvmlReturn_t procs_out(nvmlReturn_t r, unsigned n, const unsigned char *b
 PROC_LIST(nvmlDeviceGetComputeRunningProcesses, nvmlProcessInfo_v1_t)
 PROC_LIST(nvmlDeviceGetComputeRunningProcesses_v2, nvmlProcessInfo_t)
 PROC_LIST(nvmlDeviceGetComputeRunningProcesses_v3, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetGraphicsRunningProcesses, nvmlProcessInfo_v1_t)
+PROC_LIST(nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlProcessInfo_t)
+
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *utilization,
+                                             unsigned int *processSamplesCount, unsigned long long lastSeenTimeStamp) {
+    vgpu_nvml_load();
+    nvmlDeviceGetProcessUtilization_fn f =
+        (nvmlDeviceGetProcessUtilization_fn)vgpu_nvml_real[NH_nvmlDeviceGetProcessUtilization];
+    if (!f) return NVML_ERROR_UNINITIALIZED;
+    if (!processSamplesCount) return f(device, utilization, processSamplesCount, lastSeenTimeStamp);
+    nvmlProcessUtilizationSample_t buf[PROC_CAP];
+    unsigned n = PROC_CAP;
+    nvmlReturn_t r = f(device, buf, &n, lastSeenTimeStamp);
+    r = procs_out(r, n, (const unsigned char *)buf, sizeof *buf, processSamplesCount, utilization);
+    return r == NVML_SUCCESS && !*processSamplesCount ? NVML_ERROR_NOT_FOUND : r;
+}

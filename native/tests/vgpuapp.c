@@ -570,7 +570,17 @@ int main(int argc, char **argv) {
             nvmlReturn_t r3 = v3(d, &n3, p3), r1 = v1(d, &n1, p1), r0 = v3(d, &n0, NULL);
             unsigned long long mem = 0;
             for (unsigned k = 0; k < n3 && k < 64; k++) mem += p3[k].usedGpuMemory;
-            printf("procs rc=%d n=%u rc1=%d n1=%u rc0=%d n0=%u mem=%llu\n", r3, n3, r1, n1, r0, n0, mem);
+            plist g3 = (plist)dlsym(h, "nvmlDeviceGetGraphicsRunningProcesses_v3");
+            unsigned ng = 64;
+            nvmlReturn_t rg = g3 ? g3(d, &ng, p3) : (nvmlReturn_t)-1;
+            typedef nvmlReturn_t (*putil)(nvmlDevice_t, nvmlProcessUtilizationSample_t *, unsigned *,
+                                          unsigned long long);
+            putil pu = (putil)dlsym(h, "nvmlDeviceGetProcessUtilization");
+            nvmlProcessUtilizationSample_t us[64];
+            unsigned nu = 64;
+            nvmlReturn_t ru = pu ? pu(d, us, &nu, 0) : (nvmlReturn_t)-1;
+            printf("procs rc=%d n=%u rc1=%d n1=%u rc0=%d n0=%u mem=%llu rcg=%d ng=%u rcu=%d nu=%u\n", r3, n3, r1, n1,
+                   r0, n0, mem, rg, ng, ru, ru == 0 ? nu : 0);
         } else if (!strcmp(a[0], "cycles")) {
             need_ctx();
             long n = atol(a[1]), fails = 0;

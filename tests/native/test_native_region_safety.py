@@ -85,11 +85,13 @@ def test_nvml_process_list_shows_this_container_only(tmp_path: Path, native_buil
         sb.tmp.mkdir()
     shared = {"FAKECUDA_STATE": str(tmp_path / "card.state")}
     held = tmp_path / "held"
-    other = a.popen("alloc:linear:300m", f"ready:{held}", "sleep:30000", **shared)
+    # the other container keeps its card busy, so it is in every list and every utilisation window
+    other = a.popen("alloc:linear:300m", f"ready:{held}", "launch:kernel:30:1000000", **shared)
     try:
         _wait(held)
-        r = b.run("alloc:linear:100m", "procs", **shared)
-        plain = b.run("alloc:linear:100m", "procs", shim=False, **shared)
+        # each container's process has run a kernel, so both appear in NVML's utilisation samples
+        r = b.run("alloc:linear:100m", "launch:kernel:0.2:1000000", "procs", **shared)
+        plain = b.run("alloc:linear:100m", "launch:kernel:0.2:1000000", "procs", shim=False, **shared)
     finally:
         other.kill()
         other.communicate()
@@ -97,4 +99,7 @@ def test_nvml_process_list_shows_this_container_only(tmp_path: Path, native_buil
     assert (got["rc"], got["n"], got["n1"], got["n0"]) == ("0", "1", "1", "1"), r.stdout + r.stderr
     assert got["rc0"] == "7"  # NVML_ERROR_INSUFFICIENT_SIZE, counting this container's processes only
     assert int(got["mem"]) == 100 * MiB
-    assert kv(lines(plain.stdout, "procs ")[0])["n"] == "2"  # the card really has both
+    assert (got["rcg"], got["ng"]) == ("0", "1"), "graphics list"
+    assert (got["rcu"], got["nu"]) == ("0", "1"), "utilisation samples"
+    seen = kv(lines(plain.stdout, "procs ")[0])
+    assert (seen["n"], seen["ng"], seen["nu"]) == ("2", "2", "2"), plain.stdout  # the card has both
