@@ -3,18 +3,21 @@
  * created context on its own. */
 #define _GNU_SOURCE
 #include <string.h>
+#include <unistd.h>
 
 #include "account.h"
 
 static pthread_mutex_t g_prim_mu = PTHREAD_MUTEX_INITIALIZER;
 static int g_prim_ref[VGPU_MAX_DEV];
 static uint64_t g_prim_charge[VGPU_MAX_DEV];
+static int g_self_found; /* this process's NVML entry has been identified (process-local) */
 
 void vgpu_ctx_atfork_child(void) {
     /* CUDA state does not survive fork: the child starts with nothing charged */
     pthread_mutex_init(&g_prim_mu, NULL);
     memset(g_prim_ref, 0, sizeof g_prim_ref);
     memset(g_prim_charge, 0, sizeof g_prim_charge);
+    g_self_found = 0;
 }
 
 /* Bytes one context costs on `dev`: configured, else measured once through NVML and shared. */
@@ -44,33 +47,46 @@ static int snap_has(const struct pidsnap *s, unsigned pid) {
     return 0;
 }
 
-static uint64_t ctx_measure(int dev, const struct pidsnap *before) {
-    uint64_t known = ctx_known(dev);
-    if (known || vgpu_cfg.ctx_overhead_set) return known;
-    struct pidsnap after;
-    nvml_procs(dev, &after);
-    if (!after.ok) return 0;
-    struct vgpu_region *R = vgpu_region();
-    int slot = vgpu_slot_index();
-    uint64_t mine = slot >= 0 ? atomic_load(&R->slot[slot].used[dev]) : 0;
+/* This process's entry in NVML's list of `dev` right after a context was created, or NULL.
+ * `*ambiguous` is set when several processes appeared since `before`. Learns the host PID. */
+static const nvmlProcessInfo_t *find_self(int dev, const struct pidsnap *before, struct pidsnap *after,
+                                          int *ambiguous) {
+    *ambiguous = 0;
+    nvml_procs(dev, after);
+    if (!after->ok) return NULL;
     unsigned self = (unsigned)vgpu_host_pid();
     const nvmlProcessInfo_t *me = NULL;
     unsigned fresh = 0;
-    for (unsigned i = 0; i < after.n && !(me && me->pid == self); i++) {
-        if (after.p[i].pid == self) me = &after.p[i];
-        else if (before && before->ok && !snap_has(before, after.p[i].pid) && fresh++ == 0) me = &after.p[i];
+    for (unsigned i = 0; i < after->n && !(me && me->pid == self); i++) {
+        if (after->p[i].pid == self) me = &after->p[i];
+        else if (before && before->ok && !snap_has(before, after->p[i].pid) && fresh++ == 0) me = &after->p[i];
     }
-    if (!me && !fresh) return 0; /* not on the device's list: this context costs no device memory */
-    if (!me || (me->pid != self && fresh != 1)) {
-        LOG_WARN("device %d: cannot tell this process apart in NVML's process list (%u new processes); the "
-                 "context overhead is measured by the next process",
-                 dev, fresh);
-        return 0;
+    if (me && me->pid != self && fresh != 1) {
+        *ambiguous = 1;
+        return NULL;
     }
-    if (me->pid != self) { /* our host PID, learnt from the list */
+    if (me && me->pid != self) { /* our host PID, learnt from the list */
         vgpu_slot_set_hostpid((int)me->pid);
         LOG_INFO("host PID %u (NVML's list before and after this process's first context)", me->pid);
     }
+    g_self_found |= me != NULL;
+    return me;
+}
+
+static uint64_t ctx_measure(int dev, const struct pidsnap *before) {
+    struct pidsnap after;
+    int ambiguous;
+    const nvmlProcessInfo_t *me = find_self(dev, before, &after, &ambiguous);
+    uint64_t known = ctx_known(dev);
+    if (known || vgpu_cfg.ctx_overhead_set) return known;
+    if (ambiguous)
+        LOG_WARN("device %d: several processes appeared in NVML's list with this one's first context; the "
+                 "context overhead is measured by the next process",
+                 dev);
+    if (!me) return 0; /* not on the device's list: this context costs no device memory */
+    struct vgpu_region *R = vgpu_region();
+    int slot = vgpu_slot_index();
+    uint64_t mine = slot >= 0 ? atomic_load(&R->slot[slot].used[dev]) : 0;
     uint64_t m = me->usedGpuMemory > mine ? me->usedGpuMemory - mine : 0;
     uint64_t expect = 0;
     atomic_compare_exchange_strong(&R->dev[dev].ctx_overhead, &expect, m);
@@ -78,8 +94,9 @@ static uint64_t ctx_measure(int dev, const struct pidsnap *before) {
     return m;
 }
 
-/* charge before creating when the size is known (so a full slice refuses the context), else
- * snapshot NVML's process list to measure it after */
+/* charge before creating when the size is known (so a full slice refuses the context); snapshot
+ * NVML's process list first when this process still has to find itself in it (to measure the
+ * overhead, or to learn its host PID for the NVML filters and the limiter) */
 static int ctx_pre(int ord, uint64_t *charged, struct pidsnap *before) {
     int dev = vgpu_dev_index(ord);
     *charged = 0;
@@ -89,9 +106,9 @@ static int ctx_pre(int ord, uint64_t *charged, struct pidsnap *before) {
     if (k) {
         if (vgpu_mem_reserve(dev, k, "context")) return -1;
         *charged = k;
-    } else if (!vgpu_cfg.ctx_overhead_set) {
-        nvml_procs(dev, before);
     }
+    if (!g_self_found && (!k || vgpu_host_pid() == (int)getpid()))
+        nvml_procs(dev, before);
     return 0;
 }
 static uint64_t ctx_post(int ord, CUresult r, uint64_t charged, const struct pidsnap *before) {
@@ -104,6 +121,10 @@ static uint64_t ctx_post(int ord, CUresult r, uint64_t charged, const struct pid
     if (!charged) {
         charged = ctx_measure(dev, before);
         vgpu_mem_force(dev, charged);
+    } else if (before->ok && !g_self_found) {
+        struct pidsnap after;
+        int ambiguous;
+        find_self(dev, before, &after, &ambiguous);
     }
     return charged;
 }

@@ -199,7 +199,7 @@ def test_cuda_visible_devices_reordering_charges_each_card(sandbox: Sandbox, tmp
 # allocation is refused. Uncharged contexts would let it through (and report 1000 MiB free).
 _CTX_SCRIPT = (
     "$APP info alloc:linear:400m ready:{held} sleep:30000 > {out} & HOLDER=$!\n"
-    "$APP waitfile:{held} info alloc:linear:100m\n"
+    "$APP waitfile:{held} info alloc:linear:100m procs\n"
     "kill $HOLDER; wait; cat {out}"
 )
 
@@ -208,6 +208,8 @@ def _ctx_checks(out: str, err: str) -> None:
     infos = [int(kv(i)["free"]) for i in lines(out, "info ")]
     assert sorted(infos) == [0, 700 * MiB], out + err  # the second process's view, the holder's
     assert [kv(a)["rc"] for a in lines(out, "alloc linear 100m")] == ["2"], out + err
+    # NVML's list seen from the container: both of its processes, by host PID (each found itself)
+    assert kv(lines(out, "procs ")[0])["n"] == "2", out + err
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root (unshare --pid)")
