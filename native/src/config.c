@@ -247,6 +247,7 @@ void vgpu_config_load(struct vgpu_config *c) {
     }
     const char *cp = cfg_get("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     snprintf(c->cache_path, sizeof c->cache_path, "%s", (cp && *cp) ? cp : "/tmp/cudevshr.cache");
+    if (fr < 0) c->cache_path[0] = 0; /* no region file at all: a private one, refusing everything */
     c->period_ms = 100;
     const char *pm = knob_get("LIBVGPU_LIMITER_PERIOD_MS");
     if (pm && *pm) {

@@ -380,6 +380,7 @@ static int init_lock(int fd) {
 static struct vgpu_region *attach(void) {
     struct vgpu_region *R = NULL;
     const char *path = vgpu_cfg.cache_path;
+    if (!*path) return anon_region("no region path: the configuration file is unusable");
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (fd < 0) return anon_region(strerror(errno));
     if (init_lock(fd) < 0) {

@@ -110,6 +110,7 @@ def test_unreadable_file_fails_closed(sandbox: Sandbox) -> None:
     r = run_in_pod(sandbox, None, script)
     assert _rcs(r.stdout) == ["2"], r.stdout + r.stderr
     assert "cannot be read or parsed" in r.stderr
+    assert "no region path" in r.stderr  # no region at a default path shared with anything else
 
 
 def test_file_card_order_decides_which_limit_a_card_gets(sandbox: Sandbox) -> None:
