@@ -26,7 +26,7 @@ from typing import Any
 from hami.devices.registry import default_registry
 from hami.protocol.node import DeviceInfo, encode_node_devices
 from hami.protocol.pod import ContainerDevice, encode_pod_devices
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 CARDS = 8
 CARD_MEM = 81920

@@ -16,9 +16,9 @@ import click
 from hami import cliutil
 from hami.deviceplugin.cli import device_plugin
 from hami.deviceplugin.install_cli import install_host_command
+from hami.extender.cli import scheduler_command
 from hami.manifests import ManifestError, load_manifests
 from hami.sandbox.cli import sandbox_command
-from hami.scheduler.cli import scheduler_command
 from hami.webhook.cli import webhook
 
 
@@ -52,8 +52,8 @@ def simulate(
 ) -> None:
     """Schedule PODS onto NODES offline with the real scheduling core and print the placements."""
     from hami.devices.registry import default_registry
-    from hami.sandbox.simulate import render_table
-    from hami.sandbox.simulate import simulate as run
+    from hami.simulate import render_table
+    from hami.simulate import simulate as run
 
     config = cliutil.device_config(config_path, error=cliutil.InputError)
     try:

@@ -31,12 +31,12 @@ from chart_apply import install
 from chart_values import CHART, Rendered, ValueSet
 
 from hami.config.device import parse_device_config
+from hami.extender.runner import Extender, ExtenderSettings
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
 from hami.protocol import keys
-from hami.scheduler.runner import Extender, ExtenderSettings
 from hami.testing.apply import Applier, service_account_user
 from hami.testing.controlplane import ControlPlane, SchedulerHandle, free_port
 from hami.testing.helm import Helm

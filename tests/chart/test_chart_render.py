@@ -14,7 +14,7 @@ from chart_values import CHART, VALUE_SETS, Rendered
 from hami.config.device import DeviceConfig, parse_device_config
 from hami.config.node import parse_node_config_file
 from hami.devices.registry import default_registry
-from hami.scheduler.kubeconfig import scheduler_configuration
+from hami.extender.schedulerconfig import scheduler_configuration
 from hami.testing.helm import Helm, HelmError
 
 pytestmark = pytest.mark.integration
@@ -75,7 +75,7 @@ def test_node_config_json_is_valid(rendered: Render) -> None:
 
 @pytest.mark.parametrize("name", ["default", "full", "certmanager"])
 def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: str) -> None:
-    """The chart's KubeSchedulerConfiguration is what hami.scheduler.kubeconfig generates for the
+    """The chart's KubeSchedulerConfiguration is what hami.extender.schedulerconfig generates for the
     same values."""
     r = rendered(name)
     cfg, _ = _device_config(r)

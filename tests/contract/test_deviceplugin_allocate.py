@@ -13,12 +13,12 @@ import grpc
 import pytest
 
 from hami.deviceplugin.agent import NodeAgent
-from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.protocol import keys
 from hami.protocol.node import decode_node_devices
 from hami.testing.kubelet import FakeKubelet
+from hami.testing.memkube import MemoryKube
 
 RES = "nvidia.com/gpu"
 A, B = "GPU-aaaa", "GPU-bbbb"

@@ -7,7 +7,7 @@ byte: Go decodes keys case-insensitively, but we answer in canonical casing. Err
 ``Error`` set (any other status is a transport failure to kube-scheduler); a body that is not an
 extender request is HTTP 400 naming the problem; bodies over 1 MiB are refused.
 
-The real aiohttp app (:func:`hami.scheduler.server.make_app`) is served on loopback, and the service
+The real aiohttp app (:func:`hami.extender.server.make_app`) is served on loopback, and the service
 behind it talks to a real kube-apiserver (pods, nodes, bindings, events).
 """
 
@@ -27,17 +27,17 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.devices.registry import default_registry
+from hami.extender.metrics import Metrics
+from hami.extender.nodelock import NodeLocker
+from hami.extender.server import MAX_BODY, make_app
+from hami.extender.service import ExtenderService
+from hami.extender.sync import LedgerSync
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError, NotFoundError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
-from hami.scheduler.metrics import Metrics
-from hami.scheduler.nodelock import NodeLocker
-from hami.scheduler.server import MAX_BODY, make_app
-from hami.scheduler.service import ExtenderService
-from hami.scheduler.sync import LedgerSync
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 from hami.testing.fixtures import control_plane, kube_client, kube_config, namespace  # noqa: F401
 from hami.testing.gpucluster import create_gpu_node, gpu_cards
 
@@ -242,7 +242,7 @@ async def test_golden_filter_and_bind_exact_bytes(served: Served) -> None:
         served.kc,
         served.namespace,
         "gpu-pod",
-        lambda p: keys.VGPU_NODE in (p["metadata"].get("annotations") or {}),
+        lambda p: keys.VGPU_NODE in bodies.annotations(p),
     )
     assert pod["metadata"]["annotations"][keys.VGPU_NODE] == n1
     assert pod["metadata"]["labels"][keys.VGPU_NODE] == n1

@@ -23,7 +23,7 @@ from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.testing.controlplane import ControlPlane, Process, SchedulerHandle
 from hami.testing.gpucluster import gpu_pod
 from hami.testing.pluginnode import PluginNode
@@ -501,7 +501,7 @@ async def test_policy_type_checks_without_warnings(
         async def checked() -> dict[str, Any] | None:
             assert proc.alive, proc.tail()
             obj = await kube_client.get(path)
-            status: dict[str, Any] = obj.get("status") or {}
+            status = bodies.status(obj)
             return status if status.get("observedGeneration") == obj["metadata"]["generation"] else None
 
         status = await wait_for(checked, timeout=60)
@@ -565,7 +565,7 @@ async def test_hami_runs_unimpeded_under_the_policy(
 
             async def bound() -> dict[str, Any] | None:
                 p = await env.admin.get(env.pods("infer"))
-                return p if p["spec"].get("nodeName") else None
+                return p if bodies.node_name(p) else None
 
             p = await wait_for(bound, timeout=60, interval=0.1)
             ann = p["metadata"]["annotations"]

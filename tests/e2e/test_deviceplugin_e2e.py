@@ -27,7 +27,7 @@ from hami.deviceplugin.kubeops import ClientKubeOps, KubeOps
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import decode_node_devices
 from hami.protocol.nodelock import NodeLock, decode_node_lock, encode_node_lock
 from hami.protocol.pod import ContainerDevice as Dev
@@ -94,15 +94,13 @@ async def get_pod(client: KubeClient, ns: str, name: str) -> dict[str, Any]:
     return pod
 
 
-def ann(pod: dict[str, Any]) -> dict[str, str]:
-    a: dict[str, str] = pod["metadata"].get("annotations") or {}
-    return a
+ann = bodies.annotations
 
 
 async def wait_bound(client: KubeClient, ns: str, name: str, timeout: float = 30) -> dict[str, Any]:
     async def bound() -> dict[str, Any] | None:
         p = await get_pod(client, ns, name)
-        return p if p["spec"].get("nodeName") else None
+        return p if bodies.node_name(p) else None
 
     pod: dict[str, Any] = await wait_for(bound, timeout=timeout, interval=0.1)
     return pod
@@ -206,7 +204,7 @@ async def test_two_pods_on_one_node_never_get_each_others_cards(
 
         async def first_bound() -> str | None:
             for name in ("one", "two"):
-                if (await get_pod(kube_client, namespace, name))["spec"].get("nodeName"):
+                if bodies.node_name(await get_pod(kube_client, namespace, name)):
                     return name
             return None
 
@@ -486,7 +484,7 @@ class WriterInBetween(ClientKubeOps):
     async def patch_pod(
         self, namespace: str, name: str, patch: dict[str, Any], *, resource_version: str | None = None
     ) -> dict[str, Any]:
-        annotations = (patch.get("metadata") or {}).get("annotations") or {}
+        annotations = bodies.annotations(patch)
         if self._write is not None and keys.VGPU_DEVICES_TO_ALLOCATE in annotations:
             write, self._write = self._write, None
             await write(namespace, name)

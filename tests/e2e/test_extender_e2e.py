@@ -10,7 +10,7 @@ from typing import Any
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import create_gpu_node, gpu_cards, gpu_pod
@@ -50,7 +50,7 @@ async def test_pod_is_placed_bound_and_annotated(
 
         async def bound() -> dict[str, Any] | None:
             p = await kube_client.get(path)
-            ok = p["spec"].get("nodeName") and p["metadata"]["annotations"].get(keys.BIND_PHASE) == "success"
+            ok = bodies.node_name(p) and bodies.annotations(p).get(keys.BIND_PHASE) == "success"
             return p if ok else None
 
         p = await wait_for(bound, timeout=60)
@@ -120,9 +120,7 @@ async def test_200_concurrent_pods_never_overcommit(
 
         async def settled() -> int | None:
             pods = await list_pods(kube_client, namespace)
-            done = [
-                p for p in pods if (p["metadata"].get("annotations") or {}).get(keys.BIND_PHASE) == "success"
-            ]
+            done = [p for p in pods if bodies.annotations(p).get(keys.BIND_PHASE) == "success"]
             return len(done) if len(done) >= 80 else None
 
         assert await wait_for(settled, timeout=180, interval=1.0) == 80
@@ -149,7 +147,7 @@ async def test_extender_restart_mid_stream_loses_nothing(
 
         async def some_bound() -> bool:
             pods = await list_pods(kube_client, namespace)
-            return sum(1 for p in pods if p["spec"].get("nodeName")) >= 5
+            return sum(1 for p in pods if bodies.node_name(p)) >= 5
 
         await wait_for(some_bound, timeout=60)
         await stack.stop_extender()  # killed in the middle of the stream
@@ -160,9 +158,7 @@ async def test_extender_restart_mid_stream_loses_nothing(
 
         async def all_bound() -> bool:
             pods = await list_pods(kube_client, namespace)
-            ok = [
-                p for p in pods if (p["metadata"].get("annotations") or {}).get(keys.BIND_PHASE) == "success"
-            ]
+            ok = [p for p in pods if bodies.annotations(p).get(keys.BIND_PHASE) == "success"]
             return len(ok) == 40
 
         await wait_for(all_bound, timeout=180, interval=1.0)
@@ -184,7 +180,7 @@ async def test_bind_refuses_a_replaced_pod(
     start_scheduler: Callable[..., SchedulerHandle],
 ) -> None:
     """A bind whose pod UID no longer matches (deleted and recreated) is refused; nothing leaks."""
-    from hami.scheduler.wire import BindingArgs
+    from hami.extender.wire import BindingArgs
 
     nodes = await make_nodes(kube_client, namespace, 1, n=1, mem=16000)
     stack = Stack(kube_config, start_scheduler)

@@ -1,6 +1,6 @@
 """Several extender replicas on one Lease: only the holder decides; a follower takes over.
 
-Two :class:`~hami.scheduler.runner.Extender` replicas with ``leader_elect=True`` share a Lease (short
+Two :class:`~hami.extender.runner.Extender` replicas with ``leader_elect=True`` share a Lease (short
 timings, so fail-over takes seconds). A follower answers ``/filter`` and ``/bind`` with ``Error`` set
 (HTTP 200), which makes kube-scheduler retry the pod, and decides nothing. When the leader stops
 (gracefully, releasing the Lease, or by crashing, leaving it to expire) the other replica takes
@@ -24,12 +24,12 @@ import pytest
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.runner import Extender, ExtenderSettings
+from hami.extender.schedulerconfig import scheduler_configuration
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
-from hami.protocol import keys
-from hami.scheduler.kubeconfig import scheduler_configuration
-from hami.scheduler.runner import Extender, ExtenderSettings
+from hami.protocol import bodies, keys
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import AllocationCompleter, create_gpu_node, gpu_cards, gpu_pod
 from hami.testing.stack import assert_no_overcommit, list_pods, wait_for
@@ -252,8 +252,8 @@ async def test_failover_behind_real_kube_schedulers(
             done = [
                 p
                 for p in pods
-                if p["spec"].get("nodeName")
-                and (p["metadata"].get("annotations") or {}).get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS
+                if bodies.node_name(p)
+                and bodies.annotations(p).get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS
             ]
             return len(done) == count
 
@@ -352,7 +352,7 @@ async def test_following_the_kube_scheduler_lease(
 
             async def bound() -> bool:
                 p = await kube_client.get(api_path("v1", "pods", namespace=namespace, name="led"))
-                return p["spec"].get("nodeName") == nodes[0]
+                return bodies.node_name(p) == nodes[0]
 
             await wait_for(bound, timeout=60, interval=0.2)
         finally:

@@ -22,7 +22,7 @@ from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import create_gpu_node, gpu_cards
@@ -102,7 +102,7 @@ async def test_webhook_to_bound_pod(
 
             async def bound() -> dict[str, Any] | None:
                 p = await kube_client.get(path)
-                ann = p["metadata"].get("annotations") or {}
+                ann = bodies.annotations(p)
                 return p if ann.get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS else None
 
             pod = await wait_for(bound, timeout=60)

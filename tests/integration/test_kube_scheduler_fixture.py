@@ -12,6 +12,7 @@ from aiohttp import web
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.testing.controlplane import SchedulerHandle
 
 pytestmark = pytest.mark.integration
@@ -55,7 +56,7 @@ async def wait_bound(kc: KubeClient, ns: str, name: str, timeout: float = 30) ->
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         pod = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        if pod["spec"].get("nodeName"):
+        if bodies.node_name(pod):
             return pod
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"pod {ns}/{name} not bound after {timeout}s: {pod.get('status')}")

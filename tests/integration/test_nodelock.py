@@ -18,15 +18,15 @@ from typing import Any
 import pytest
 
 from hami.config import DeviceConfig
+from hami.extender.nodelock import NodeLockContention, NodeLocker
+from hami.extender.runner import Extender, ExtenderSettings
+from hami.extender.service import owner_alive_from
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.nodelock import decode_node_lock, format_rfc3339
-from hami.scheduler.nodelock import NodeLockContention, NodeLocker
-from hami.scheduler.runner import Extender, ExtenderSettings
-from hami.scheduler.service import owner_alive_from
 
 pytestmark = pytest.mark.integration
 
@@ -54,8 +54,7 @@ async def make_node(kube_client: KubeClient) -> AsyncIterator[NodeFactory]:
 
 async def lock_value(kc: KubeClient, node: str) -> str | None:
     n = await kc.get(api_path("v1", "nodes", name=node))
-    value: str | None = (n["metadata"].get("annotations") or {}).get(keys.NODE_LOCK)
-    return value
+    return bodies.annotations(n).get(keys.NODE_LOCK)
 
 
 async def set_lock(kc: KubeClient, node: str, value: str | None) -> None:

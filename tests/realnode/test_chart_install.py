@@ -286,6 +286,12 @@ async def test_device_plugin_pod_deleted_comes_back_and_running_pods_keep_their_
     # within 5 s of its container starting (startedAt has whole seconds: one more is allowed)
     took = (datetime.now(UTC) - since).total_seconds()
     assert took <= 6.0, f"the replacement plugin took {took:.1f} s to register"
+
+    async def slices_back() -> bool:
+        got = await kc.get(api_path("v1", "nodes", name=node))
+        return int((got["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0")) == CARDS * SPLIT
+
+    await wait_for(slices_back, timeout=30, interval=0.2)
     await kc.create(
         api_path("v1", "pods", namespace=ns),
         _gpu_pod("after", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 2000}, "pass"),

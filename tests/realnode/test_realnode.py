@@ -229,6 +229,9 @@ async def test_kubelet_restart_the_plugin_registers_again(
             return device_plugin.tail(100000).count("registered nvidia.com/gpu with kubelet") > registrations
 
         await wait_for(re_registered, timeout=REREGISTER_WITHIN_S, interval=0.1)
+        # kubelet publishes the slices again with its next node status; until then the extender
+        # counts the node's device plugin as gone (allocatable 0), as HAMi does
+        await wait_for(lambda: _is(_allocatable(kc), CARDS * SPLIT), timeout=30, interval=0.2)
 
         pod = _pod(
             "after-restart",

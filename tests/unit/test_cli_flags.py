@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import hami.extender.runner
 import hami.kube.config
-import hami.sandbox.simulate
-import hami.scheduler.runner
+import hami.simulate
 import hami.webhook.runner
 from hami.cli import main
 from hami.deviceplugin.cli import device_plugin
-from hami.scheduler.runner import ExtenderSettings
+from hami.extender.runner import ExtenderSettings
 from hami.webhook.runner import WebhookSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ def extender(monkeypatch: pytest.MonkeyPatch) -> list[ExtenderSettings]:
         async def run_forever(self) -> None:
             return None
 
-    monkeypatch.setattr(hami.scheduler.runner, "Extender", FakeExtender)
+    monkeypatch.setattr(hami.extender.runner, "Extender", FakeExtender)
     monkeypatch.setattr(hami.kube.config, "load_config", lambda _path=None: object())
     return seen
 
@@ -165,7 +165,7 @@ def test_simulate_takes_the_scheduler_policy_names(monkeypatch: pytest.MonkeyPat
         seen.append(kwargs)
         return Result()
 
-    monkeypatch.setattr(hami.sandbox.simulate, "simulate", fake)
+    monkeypatch.setattr(hami.simulate, "simulate", fake)
     nodes, pods = str(EXAMPLES / "nodes.yaml"), str(EXAMPLES / "pods.yaml")
     common = ["simulate", "--nodes", nodes, "--pods", pods, "--output", "json"]
     hami_cli(*common, "--node-policy", "spread", "--gpu-policy", "binpack")
@@ -218,7 +218,7 @@ def test_a_bad_device_config_keeps_each_commands_exit_status(tmp_path: Path) -> 
 def test_service_commands_import_without_the_umbrella_cli() -> None:
     """No import cycle: each service's cli module stands alone."""
     code = (
-        "import sys, hami.scheduler.cli, hami.webhook.cli, hami.deviceplugin.cli; "
+        "import sys, hami.extender.cli, hami.webhook.cli, hami.deviceplugin.cli; "
         "assert 'hami.cli' not in sys.modules, 'cycle'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

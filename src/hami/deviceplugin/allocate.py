@@ -17,12 +17,13 @@ import asyncio
 import logging
 import os
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.commit import AllocationWriter, pod_complete
 from hami.deviceplugin.edits import ContainerEdits, allocate_response
-from hami.deviceplugin.identify import annotations_of, find_pod, pod_containers, pod_key
+from hami.deviceplugin.identify import find_pod
 from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.mig import MigReconciler, destroy_all, instances_for_container
 from hami.deviceplugin.modes import (
@@ -38,7 +39,7 @@ from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance
 from hami.kube.errors import KubeError
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import ContainerDevices, decode_mig_allocations, decode_pod_devices
 
@@ -79,7 +80,7 @@ class PodAllocator:
 
     async def preferred_cards(self, size: int) -> list[str] | None:
         pod = await self.find_pod()
-        entries = decode_pod_devices(annotations_of(pod).get(keys.VGPU_DEVICES_TO_ALLOCATE, ""))
+        entries = decode_pod_devices(bodies.annotations(pod).get(keys.VGPU_DEVICES_TO_ALLOCATE, ""))
         first = next((e for e in entries if e), ())
         return [d.uuid for d in first] or None
 
@@ -92,27 +93,27 @@ class PodAllocator:
                 await self._writer.mark_failed(pod, str(e))
                 raise
             except (KubeError, DeviceSourceError, ProtocolError, OSError) as e:
-                msg = f"allocating GPUs for pod {pod_key(pod)} failed: {e}"
+                msg = f"allocating GPUs for pod {bodies.pod_key(pod)} failed: {e}"
                 await self._writer.mark_failed(pod, msg)
                 raise AllocationError(msg) from e
             return resp
 
     async def _allocate_pod(self, pod: Obj, request: api_pb2.AllocateRequest) -> api_pb2.AllocateResponse:
-        ann = annotations_of(pod)
+        ann = bodies.annotations(pod)
         raw = ann.get(keys.VGPU_DEVICES_TO_ALLOCATE, "")
         try:
             entries = decode_pod_devices(raw)
         except ProtocolError as e:
             raise AllocationError(
-                f"pod {pod_key(pod)}: bad {keys.VGPU_DEVICES_TO_ALLOCATE} annotation: {e}"
+                f"pod {bodies.pod_key(pod)}: bad {keys.VGPU_DEVICES_TO_ALLOCATE} annotation: {e}"
             ) from e
         try:
             migs = decode_mig_allocations(ann.get(keys.VGPU_MIG_ALLOCATIONS, ""))
         except ProtocolError as e:
             raise AllocationError(
-                f"pod {pod_key(pod)}: bad {keys.VGPU_MIG_ALLOCATIONS} annotation: {e}"
+                f"pod {bodies.pod_key(pod)}: bad {keys.VGPU_MIG_ALLOCATIONS} annotation: {e}"
             ) from e
-        containers = pod_containers(pod)
+        containers = bodies.pod_containers(pod)
         inventory = {d.uuid: d for d in self._devices()}
         resp = api_pb2.AllocateResponse()
         created: list[MigInstance] = []
@@ -122,31 +123,31 @@ class PodAllocator:
                 idx = next((i for i, e in enumerate(entries) if e), None)
                 if idx is None:
                     raise AllocationError(
-                        f"pod {pod_key(pod)}: no container has devices left in {keys.VGPU_DEVICES_TO_ALLOCATE}"
+                        f"pod {bodies.pod_key(pod)}: no container has devices left in {keys.VGPU_DEVICES_TO_ALLOCATE}"
                     )
                 devs = entries[idx]
                 if idx >= len(containers):
                     raise AllocationError(
-                        f"pod {pod_key(pod)}: {keys.VGPU_DEVICES_TO_ALLOCATE} entry {idx} has no matching container"
+                        f"pod {bodies.pod_key(pod)}: {keys.VGPU_DEVICES_TO_ALLOCATE} entry {idx} has no matching container"
                     )
                 ctr = containers[idx]
                 if len(devs) != len(creq.devices_ids):
                     raise AllocationError(
-                        f"pod {pod_key(pod)} container {ctr.get('name')!r}: device number not matched: the kubelet "
+                        f"pod {bodies.pod_key(pod)} container {ctr.get('name')!r}: device number not matched: the kubelet "
                         f"asked for {len(creq.devices_ids)}, the scheduler assigned {len(devs)}"
                     )
                 for d in devs:
                     phys = inventory.get(d.uuid)
                     if phys is None:
                         raise AllocationError(
-                            f"pod {pod_key(pod)}: card {d.uuid} is not on node {self.node_name}"
+                            f"pod {bodies.pod_key(pod)}: card {d.uuid} is not on node {self.node_name}"
                         )
                     if not phys.healthy:
-                        raise AllocationError(f"pod {pod_key(pod)}: card {d.uuid} is unhealthy")
+                        raise AllocationError(f"pod {bodies.pod_key(pod)}: card {d.uuid} is unhealthy")
                     if d.usedmem <= 0 and phys.mode not in (MIG, MPS):
                         # 0 must never reach a hami-core container as a limit
                         raise AllocationError(
-                            f"pod {pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a "
+                            f"pod {bodies.pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a "
                             "0-MiB slice"
                         )
                 ctr_migs = sorted((a for a in migs if a.container_index == idx), key=lambda a: a.device_index)
@@ -172,10 +173,12 @@ class PodAllocator:
             await self._writer.release_lock(pod)
         return resp
 
-    async def _hami_core_edits(self, pod: Obj, ctr: Obj, devs: ContainerDevices) -> ContainerEdits:
+    async def _hami_core_edits(
+        self, pod: Obj, ctr: Mapping[str, Any], devs: ContainerDevices
+    ) -> ContainerEdits:
         """HAMi-core edits, with their side effects: the opt-out denial event, the log line for an
         unreadable opt-out, the container's cache directory, the driver's edits."""
-        meta = pod.get("metadata") or {}
+        meta = bodies.meta(pod)
         cache_id = self._new_cache_id()
         enforcement = decide_enforcement(ctr, self.settings, meta.get("namespace"))
         denial = enforcement.denial_message(ctr.get("name"))
@@ -184,7 +187,7 @@ class PodAllocator:
         if enforcement.unreadable_disable_control:
             log.info(
                 "pod %s container %r: %s from valueFrom cannot be read here; enforcement stays on",
-                pod_key(pod),
+                bodies.pod_key(pod),
                 ctr.get("name"),
                 keys.ENV_DISABLE_CONTROL,
             )

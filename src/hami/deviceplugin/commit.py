@@ -17,13 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from hami.deviceplugin.identify import annotations_of, pod_key
 from hami.deviceplugin.kubeops import KubeOps, Obj, patch_pod_with_retry
 from hami.deviceplugin.server import AllocationError
 from hami.devices.nvidia import NvidiaBackend
 from hami.kube.errors import ConflictError, KubeError
 from hami.kube.nodelock import release_node_lock
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import ContainerDevices, MigAllocation, encode_mig_allocations, encode_pod_devices
 
 log = logging.getLogger(__name__)
@@ -43,7 +42,7 @@ def other_vendors_pending(ann: dict[str, str]) -> bool:
 
 def pod_complete(pod: Obj, entries: list[ContainerDevices]) -> bool:
     """No container of `pod` has devices left to allocate, for this plugin or any other vendor's."""
-    return not any(entries) and not other_vendors_pending(annotations_of(pod))
+    return not any(entries) and not other_vendors_pending(bodies.annotations(pod))
 
 
 class AllocationWriter:
@@ -72,12 +71,12 @@ class AllocationWriter:
         def mutate(current: Obj) -> Obj:
             nonlocal looks
             looks += 1
-            if annotations_of(current).get(keys.VGPU_DEVICES_TO_ALLOCATE, "") != raw:
+            if bodies.annotations(current).get(keys.VGPU_DEVICES_TO_ALLOCATE, "") != raw:
                 raise AllocationError(
-                    f"pod {pod_key(pod)}: {keys.VGPU_DEVICES_TO_ALLOCATE} changed during allocation"
+                    f"pod {bodies.pod_key(pod)}: {keys.VGPU_DEVICES_TO_ALLOCATE} changed during allocation"
                 )
             if looks > COMMIT_ATTEMPTS:  # the pod re-read after the last conflict, only to report
-                raise AllocationError(f"pod {pod_key(pod)}: could not update annotations (conflicts)")
+                raise AllocationError(f"pod {bodies.pod_key(pod)}: could not update annotations (conflicts)")
             return body
 
         await patch_pod_with_retry(self.kube, ns, name, mutate, current=pod, attempts=COMMIT_ATTEMPTS + 1)
@@ -87,7 +86,7 @@ class AllocationWriter:
         try:
             await self.kube.pod_event(pod, reason, message, warning=warning)
         except Exception as e:
-            log.info("could not record event %s on %s: %s", reason, pod_key(pod), e)
+            log.info("could not record event %s on %s: %s", reason, bodies.pod_key(pod), e)
 
     async def mark_failed(self, pod: Obj, message: str) -> None:
         """`bind-phase=failed`, a GPUAllocationFailed event, and the node lock released."""
@@ -98,7 +97,7 @@ class AllocationWriter:
                 ns, name, {"metadata": {"annotations": {keys.BIND_PHASE: keys.BIND_PHASE_FAILED}}}
             )
         except Exception as e:
-            log.error("could not set %s=failed on %s: %s", keys.BIND_PHASE, pod_key(pod), e)
+            log.error("could not set %s=failed on %s: %s", keys.BIND_PHASE, bodies.pod_key(pod), e)
         await self.event(pod, "GPUAllocationFailed", message, warning=True)
         await self.release_lock(pod)
 
@@ -114,6 +113,6 @@ class AllocationWriter:
             except ConflictError:
                 continue
             except KubeError as e:
-                log.warning("releasing node lock of %s failed: %s", pod_key(pod), e)
+                log.warning("releasing node lock of %s failed: %s", bodies.pod_key(pod), e)
                 await asyncio.sleep(0.1)
-        log.error("could not release node lock on %s held by %s", self.node_name, pod_key(pod))
+        log.error("could not release node lock on %s held by %s", self.node_name, bodies.pod_key(pod))

@@ -16,41 +16,23 @@ from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
 from hami.devices.nvidia import NvidiaBackend
 from hami.kube.errors import NotFoundError
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
 
 log = logging.getLogger(__name__)
 
 
-def annotations_of(obj: Obj) -> dict[str, str]:
-    ann: dict[str, str] = (obj.get("metadata") or {}).get("annotations") or {}
-    return ann
-
-
-def pod_key(pod: Obj) -> str:
-    meta = pod.get("metadata") or {}
-    return f"{meta.get('namespace')}/{meta.get('name')}"
-
-
-def pod_containers(pod: Obj) -> list[Obj]:
-    """Init containers first, then regular containers: the annotation's index order."""
-    spec = pod.get("spec") or {}
-    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
-
-
 def waits_for_allocation(pod: Obj, node_name: str) -> bool:
     """`pod` is one this node's Allocate may be for (see module doc). A to-allocate annotation
     that does not decode counts as waiting: Allocate then fails the pod with the decoding error."""
-    ann = annotations_of(pod)
-    spec_node = (pod.get("spec") or {}).get("nodeName")
+    ann = bodies.annotations(pod)
+    spec_node = bodies.node_name(pod)
     if spec_node and spec_node != node_name:
         return False
     if ann.get(keys.VGPU_NODE) != node_name or ann.get(keys.BIND_PHASE) != keys.BIND_PHASE_ALLOCATING:
         return False
-    if (pod.get("status") or {}).get("phase", "Pending") != "Pending":
-        return False
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if bodies.phase(pod) != "Pending" or bodies.is_deleting(pod):
         return False
     try:
         return any(decode_pod_devices(ann.get(keys.VGPU_DEVICES_TO_ALLOCATE, "")))
@@ -61,7 +43,7 @@ def waits_for_allocation(pod: Obj, node_name: str) -> bool:
 async def find_pod(kube: KubeOps, node_name: str) -> Obj:
     """The pod being allocated on `node_name` (see module doc); AllocationError otherwise."""
     node = await kube.get_node(node_name)
-    lock_value = annotations_of(node).get(NvidiaBackend.node_lock.key)
+    lock_value = bodies.annotations(node).get(NvidiaBackend.node_lock.key)
     if lock_value:
         try:
             lock = NvidiaBackend.node_lock.decode(lock_value)
@@ -85,7 +67,7 @@ async def find_pod(kube: KubeOps, node_name: str) -> Obj:
             f"({keys.BIND_PHASE}={keys.BIND_PHASE_ALLOCATING} with devices left in "
             f"{keys.VGPU_DEVICES_TO_ALLOCATE})"
         )
-    names = ", ".join(sorted(pod_key(p) for p in pods))
+    names = ", ".join(sorted(bodies.pod_key(p) for p in pods))
     raise AllocationError(
         f"{len(pods)} pods on node {node_name} are waiting for GPU allocation ({names}) and none "
         "holds the node lock; refusing to guess which one the kubelet is admitting"

@@ -1,7 +1,7 @@
 """The few Kubernetes operations the device plugin needs, behind one small interface.
 
-`KubeOps` is implemented by `ClientKubeOps` (a `hami.kube.KubeClient`) and by `MemoryKube`
-(in-memory nodes and pods with resourceVersion preconditions, for unit tests and the sandbox).
+`KubeOps` is implemented by `ClientKubeOps` (a `hami.kube.KubeClient`) and, in tests, by `hami.testing.memkube.MemoryKube`
+(in-memory nodes and pods with resourceVersion preconditions, for unit and contract tests).
 Objects are raw dicts; `patch_pod_with_retry` is the optimistic read-modify-write over either.
 Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
 """
@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hami.kube.client import retry_merge_patch
-from hami.kube.errors import ConflictError, NotFoundError
 
 if TYPE_CHECKING:
     from hami.kube.client import KubeClient
@@ -121,92 +120,3 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             out[k] = merge_patch(out.get(k), v)
     return out
-
-
-class MemoryKube:
-    """In-memory nodes and pods honouring resourceVersion preconditions; records every call."""
-
-    def __init__(self, nodes: list[Obj] | None = None, pods: list[Obj] | None = None) -> None:
-        self._rv = 0
-        self.nodes: dict[str, Obj] = {}
-        self.pods: dict[tuple[str, str], Obj] = {}
-        self.events: list[tuple[str, str, str]] = []  # (pod key, reason, message)
-        self.calls: list[str] = []
-        for n in nodes or []:
-            self.add_node(n)
-        for p in pods or []:
-            self.add_pod(p)
-
-    def _stamp(self, obj: Obj) -> Obj:
-        self._rv += 1
-        obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
-        return obj
-
-    def add_node(self, node: Obj) -> Obj:
-        node = self._stamp(copy.deepcopy(node))
-        self.nodes[node["metadata"]["name"]] = node
-        return node
-
-    def add_pod(self, pod: Obj) -> Obj:
-        pod = self._stamp(copy.deepcopy(pod))
-        meta = pod["metadata"]
-        meta.setdefault("namespace", "default")
-        meta.setdefault("uid", f"uid-{meta['namespace']}-{meta['name']}")
-        self.pods[(meta["namespace"], meta["name"])] = pod
-        return pod
-
-    def delete_pod(self, namespace: str, name: str) -> None:
-        self.pods.pop((namespace, name), None)
-
-    @staticmethod
-    def _check_rv(obj: Obj, patch: Obj, resource_version: str | None) -> None:
-        want = resource_version or (patch.get("metadata") or {}).get("resourceVersion")
-        if want is not None and want != obj["metadata"]["resourceVersion"]:
-            raise ConflictError(409, "Conflict", "the object has been modified")
-
-    async def get_node(self, name: str) -> Obj:
-        self.calls.append(f"get node {name}")
-        try:
-            return copy.deepcopy(self.nodes[name])
-        except KeyError:
-            raise NotFoundError(404, "NotFound", f'nodes "{name}" not found') from None
-
-    async def patch_node(self, name: str, patch: Obj, *, resource_version: str | None = None) -> Obj:
-        self.calls.append(f"patch node {name}")
-        if name not in self.nodes:
-            raise NotFoundError(404, "NotFound", f'nodes "{name}" not found')
-        self._check_rv(self.nodes[name], patch, resource_version)
-        clean = copy.deepcopy(patch)
-        (clean.get("metadata") or {}).pop("resourceVersion", None)
-        node = self._stamp(merge_patch(self.nodes[name], clean))
-        self.nodes[name] = node
-        return copy.deepcopy(node)
-
-    async def get_pod(self, namespace: str, name: str) -> Obj:
-        self.calls.append(f"get pod {namespace}/{name}")
-        try:
-            return copy.deepcopy(self.pods[(namespace, name)])
-        except KeyError:
-            raise NotFoundError(404, "NotFound", f'pods "{name}" not found') from None
-
-    async def list_node_pods(self, node: str) -> list[Obj]:
-        self.calls.append(f"list pods on {node}")
-        return [copy.deepcopy(p) for p in self.pods.values() if (p.get("spec") or {}).get("nodeName") == node]
-
-    async def patch_pod(
-        self, namespace: str, name: str, patch: Obj, *, resource_version: str | None = None
-    ) -> Obj:
-        self.calls.append(f"patch pod {namespace}/{name}")
-        key = (namespace, name)
-        if key not in self.pods:
-            raise NotFoundError(404, "NotFound", f'pods "{name}" not found')
-        self._check_rv(self.pods[key], patch, resource_version)
-        clean = copy.deepcopy(patch)
-        (clean.get("metadata") or {}).pop("resourceVersion", None)
-        pod = self._stamp(merge_patch(self.pods[key], clean))
-        self.pods[key] = pod
-        return copy.deepcopy(pod)
-
-    async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None:
-        meta = pod.get("metadata") or {}
-        self.events.append((f"{meta.get('namespace')}/{meta.get('name')}", reason, message))

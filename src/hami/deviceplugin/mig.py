@@ -19,12 +19,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from hami.deviceplugin.identify import annotations_of, pod_key
 from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigInstance, MigPlacement
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import ContainerDevices, MigAllocation, decode_mig_allocations
 
@@ -44,7 +43,7 @@ async def instances_for_container(
     filled in, and the instances created."""
     if [a.device_index for a in ctr_migs] != list(range(len(devs))):
         raise AllocationError(
-            f"pod {pod_key(pod)}: {keys.VGPU_MIG_ALLOCATIONS} has {len(ctr_migs)} entries for container "
+            f"pod {bodies.pod_key(pod)}: {keys.VGPU_MIG_ALLOCATIONS} has {len(ctr_migs)} entries for container "
             f"{idx}, expected one per device (0..{len(devs) - 1})"
         )
     existing = {
@@ -56,7 +55,7 @@ async def instances_for_container(
     for a, d in zip(ctr_migs, devs, strict=True):
         if a.gpu_uuid != d.uuid:
             raise AllocationError(
-                f"pod {pod_key(pod)}: MIG allocation of container {idx} device {a.device_index} is on "
+                f"pod {bodies.pod_key(pod)}: MIG allocation of container {idx} device {a.device_index} is on "
                 f"{a.gpu_uuid}, the device annotation says {d.uuid}"
             )
         have = existing.get((a.gpu_uuid, a.gpu_instance_id)) if a.gpu_instance_id is not None else None
@@ -73,7 +72,7 @@ async def instances_for_container(
         except DeviceSourceError as e:
             for c in created:
                 await asyncio.to_thread(source.destroy_mig_instance, c.gpu_uuid, c.gpu_instance_id)
-            raise AllocationError(f"pod {pod_key(pod)}: {e}") from e
+            raise AllocationError(f"pod {bodies.pod_key(pod)}: {e}") from e
         created.append(inst)
         uuids.append(inst.mig_uuid)
         out[out.index(a)] = replace(
@@ -116,12 +115,16 @@ class MigReconciler:
                 return []
             active: set[tuple[str, int]] = set()
             for pod in await self.kube.list_node_pods(self.node_name):
-                if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                if bodies.phase(pod) in ("Succeeded", "Failed"):
                     continue
                 try:
-                    allocs = decode_mig_allocations(annotations_of(pod).get(keys.VGPU_MIG_ALLOCATIONS, ""))
+                    allocs = decode_mig_allocations(
+                        bodies.annotations(pod).get(keys.VGPU_MIG_ALLOCATIONS, "")
+                    )
                 except ProtocolError as e:
-                    log.error("MIG reconcile skipped: pod %s has a bad MIG annotation: %s", pod_key(pod), e)
+                    log.error(
+                        "MIG reconcile skipped: pod %s has a bad MIG annotation: %s", bodies.pod_key(pod), e
+                    )
                     return []
                 active |= {(a.gpu_uuid, a.gpu_instance_id) for a in allocs if a.gpu_instance_id is not None}
             instances = await asyncio.to_thread(self.source.list_mig_instances)

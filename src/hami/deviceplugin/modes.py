@@ -12,11 +12,12 @@ hands the runtime the device plugin's env *and* the container's.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from hami.deviceplugin.edits import ContainerEdits, Mount
 from hami.deviceplugin.hostinstall import LIBRARY_NAME, PRELOAD_NAME, vgpu_dir
-from hami.deviceplugin.kubeops import Obj
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.base import DriverEdits
 from hami.protocol import keys
@@ -54,7 +55,7 @@ class OptOutRequest:
     core_policy_off: bool
 
 
-def opt_out_request(container: Obj) -> OptOutRequest:
+def opt_out_request(container: Mapping[str, Any]) -> OptOutRequest:
     """Read a container's opt-out env like the webhook does: the kubelet passes both the device
     plugin's and the container's env to the runtime, so whatever the container says must be
     judged here too (the last entry of a name wins, as in the kubelet)."""
@@ -110,7 +111,9 @@ def core_policy(settings: NodeSettings) -> str:
     return settings.gpu_core_policy or "default"
 
 
-def decide_enforcement(container: Obj, settings: NodeSettings, namespace: str | None) -> Enforcement:
+def decide_enforcement(
+    container: Mapping[str, Any], settings: NodeSettings, namespace: str | None
+) -> Enforcement:
     """The container's enforcement: the preload mount (the part a container cannot override) is
     dropped and the core policy switched off only where the configuration allows opting out."""
     policy = core_policy(settings)
@@ -133,7 +136,7 @@ def decide_enforcement(container: Obj, settings: NodeSettings, namespace: str | 
     )
 
 
-def task_priority(container: Obj, settings: NodeSettings) -> str | None:
+def task_priority(container: Mapping[str, Any], settings: NodeSettings) -> str | None:
     """The container's priority resource (limits first, then requests), if it asks for one."""
     res = container.get("resources") or {}
     for section in ("limits", "requests"):
@@ -166,7 +169,7 @@ def vgpu_conf(edits: ContainerEdits) -> str:
 
 def hami_core_edits(
     devs: ContainerDevices,
-    container: Obj,
+    container: Mapping[str, Any],
     settings: NodeSettings,
     *,
     enforcement: Enforcement,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.settings import PhysicalDevice
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import DeviceInfo, encode_node_devices, encode_pair_scores
 from hami.protocol.node import MigPlacement as WireMigPlacement
 from hami.protocol.node import MigProfile as WireMigProfile
@@ -94,7 +94,7 @@ class NodeRegistrar:
         scores = await asyncio.to_thread(self._pair_scores) if self._pair_scores is not None else None
         want = register_annotations(self._devices(), scores)
         node = await self.kube.get_node(self.node_name)
-        have = (node.get("metadata") or {}).get("annotations") or {}
+        have = bodies.annotations(node)
         diff = {k: v for k, v in want.items() if have.get(k) != v}
         if not diff:
             return False

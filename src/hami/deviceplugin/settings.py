@@ -18,7 +18,7 @@ from hami.config import (
     load_device_config,
     load_node_config_file,
 )
-from hami.deviceplugin.sources.base import Card, DeviceSource, MigProfile
+from hami.deviceplugin.sources.base import DeviceSource, SourceCard, SourceMigProfile
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class NodeSettings:
         if self.memory_scaling <= 0 or self.core_scaling <= 0:
             raise ValueError("devicememoryscaling / devicecorescaling must be > 0")
 
-    def filtered(self, card: Card) -> bool:
+    def filtered(self, card: SourceCard) -> bool:
         """True when `filterdevices` hides this card."""
         return card.uuid in self.filter_uuids or card.index in self.filter_indexes
 
@@ -81,13 +81,13 @@ class NodeSettings:
 class PhysicalDevice:
     """A card as registered: HAMi's DeviceInfo before encoding."""
 
-    card: Card
+    card: SourceCard
     count: int
     devmem: int
     devcore: int
     type: str
     mode: str
-    mig_profiles: tuple[MigProfile, ...] = field(default=())
+    mig_profiles: tuple[SourceMigProfile, ...] = field(default=())
 
     @property
     def uuid(self) -> str:
@@ -104,8 +104,8 @@ def device_type(model: str) -> str:
 
 
 def allowed_mig_profiles(
-    card_model: str, profiles: list[MigProfile], rules: tuple[MigAllowRule, ...]
-) -> list[MigProfile]:
+    card_model: str, profiles: list[SourceMigProfile], rules: tuple[MigAllowRule, ...]
+) -> list[SourceMigProfile]:
     """Profiles permitted by the allowlist (all of them when no rule matches the model)."""
     matching = [r for r in rules if any(m.lower() in card_model.lower() for m in r.models)]
     if not matching:
@@ -114,7 +114,9 @@ def allowed_mig_profiles(
     return [p for p in profiles if p.name in names]
 
 
-def physical_device(card: Card, settings: NodeSettings, profiles: list[MigProfile]) -> PhysicalDevice:
+def physical_device(
+    card: SourceCard, settings: NodeSettings, profiles: list[SourceMigProfile]
+) -> PhysicalDevice:
     if settings.operating_mode == MIG:
         allowed = allowed_mig_profiles(card.model, profiles, settings.mig_allowlist)
         return PhysicalDevice(

@@ -10,7 +10,8 @@ Modules (one job each):
 * :mod:`hami.kube.errors` — typed errors; :mod:`hami.kube.paths` — REST paths and cache keys;
   :mod:`hami.kube.times` — Kubernetes timestamp formats.
 
-See ``docs/kube.md`` for the design notes.
+The raw objects these return are read with :mod:`hami.protocol.bodies` (pure, so the scheduling
+core uses it too). See ``docs/kube.md`` for the design notes.
 """
 
 from hami.kube.client import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, KubeClient, WatchStream

@@ -35,6 +35,7 @@ from hami.kube.errors import ConflictError, TransportError, error_from_status
 from hami.kube.execauth import ExecCredential, ExecCredentialError
 from hami.kube.paths import api_path
 from hami.kube.times import rfc3339
+from hami.protocol import bodies
 
 __all__ = [
     "JSON_PATCH",
@@ -94,7 +95,7 @@ async def retry_merge_patch(
         patch = mutate(obj)
         if patch is None:
             return obj
-        rv = (obj.get("metadata") or {}).get("resourceVersion")
+        rv = bodies.resource_version(obj)
         try:
             return await send(patch, rv)
         except ConflictError:
@@ -293,7 +294,7 @@ class KubeClient:
                 params["resourceVersionMatch"] = resource_version_match
             page: Obj = await self.request("GET", path, params=params, timeout=timeout)
             items.extend(page.get("items") or [])
-            cont = (page.get("metadata") or {}).get("continue") or None
+            cont = bodies.list_meta(page).get("continue") or None
             if not cont:
                 page["items"] = items
                 return page
@@ -362,7 +363,7 @@ class KubeClient:
         :class:`~hami.kube.errors.ConflictError`.
         """
         if resource_version is not None:
-            meta = dict(patch.get("metadata") or {})
+            meta = dict(bodies.meta(patch))
             meta["resourceVersion"] = resource_version
             patch = {**patch, "metadata": meta}
         return await self.patch(path, patch, content_type=MERGE_PATCH)
@@ -480,7 +481,7 @@ class KubeClient:
         object's own fields, else ``Pod``/``v1`` (list items carry no kind). Shown by
         ``kubectl describe``. The message is truncated to 1024 characters.
         """
-        meta = involved.get("metadata") or {}
+        meta = bodies.meta(involved)
         ns = meta.get("namespace") or "default"
         obj_name = meta.get("name", "")
         now = rfc3339()

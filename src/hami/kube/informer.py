@@ -43,7 +43,7 @@ from typing import Any
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError, GoneError, KubeError
-from hami.kube.paths import object_key
+from hami.protocol import bodies
 
 __all__ = ["Informer"]
 
@@ -53,16 +53,6 @@ Obj = dict[str, Any]
 AddHandler = Callable[[Obj], Any]
 UpdateHandler = Callable[[Obj, Obj], Any]
 DeleteHandler = Callable[[Obj], Any]
-
-
-def _uid(obj: Obj) -> str | None:
-    uid = (obj.get("metadata") or {}).get("uid")
-    return str(uid) if uid is not None else None
-
-
-def _rv(obj: Obj) -> str | None:
-    rv = (obj.get("metadata") or {}).get("resourceVersion")
-    return str(rv) if rv is not None else None
 
 
 class Informer:
@@ -265,7 +255,7 @@ class Informer:
             field_selector=self.field_selector,
             limit=self.page_size,
         )
-        rv = (listed.get("metadata") or {}).get("resourceVersion")
+        rv = bodies.list_meta(listed).get("resourceVersion")
         items: list[Obj] = listed.get("items") or []
         kind = str(listed.get("kind") or "")
         kind = kind[: -len("List")] if kind.endswith("List") else ""
@@ -276,7 +266,7 @@ class Informer:
                 obj.setdefault("kind", kind)
             if api_version:
                 obj.setdefault("apiVersion", api_version)
-            fresh[object_key(obj)] = obj
+            fresh[bodies.object_key(obj)] = obj
         await self._replace(fresh)
         self._rv = str(rv) if rv is not None else None
         self.list_count += 1
@@ -289,7 +279,7 @@ class Informer:
         old_cache = self._cache
         for key, old in list(old_cache.items()):
             new = fresh.get(key)
-            if new is None or _uid(new) != _uid(old):
+            if new is None or bodies.uid(new) != bodies.uid(old):
                 del self._cache[key]
                 await self._fire(self._on_delete, old)
         for key, obj in fresh.items():
@@ -297,7 +287,7 @@ class Informer:
             self._cache[key] = obj
             if old_obj is None:
                 await self._fire(self._on_add, obj)
-            elif _rv(old_obj) != _rv(obj):
+            elif bodies.resource_version(old_obj) != bodies.resource_version(obj):
                 await self._fire(self._on_update, old_obj, obj)
 
     async def _watch(self) -> None:
@@ -316,7 +306,7 @@ class Informer:
                 obj = event.get("object")
                 if not isinstance(obj, dict):
                     continue
-                rv = _rv(obj)
+                rv = bodies.resource_version(obj)
                 if etype == "BOOKMARK":
                     self.bookmark_count += 1
                 elif etype in ("ADDED", "MODIFIED"):
@@ -330,22 +320,22 @@ class Informer:
                     self._rv = rv
 
     async def _upsert(self, obj: Obj) -> None:
-        key = object_key(obj)
+        key = bodies.object_key(obj)
         old = self._cache.get(key)
         self._cache[key] = obj
         if old is None:
             await self._fire(self._on_add, obj)
-        elif _uid(old) != _uid(obj):
+        elif bodies.uid(old) != bodies.uid(obj):
             await self._fire(self._on_delete, old)
             await self._fire(self._on_add, obj)
         else:
             await self._fire(self._on_update, old, obj)
 
     async def _remove(self, obj: Obj) -> None:
-        old = self._cache.pop(object_key(obj), None)
-        if old is not None and _uid(old) != _uid(obj):
+        old = self._cache.pop(bodies.object_key(obj), None)
+        if old is not None and bodies.uid(old) != bodies.uid(obj):
             # A newer incarnation is cached; the stale one being deleted is not ours to drop.
-            self._cache[object_key(obj)] = old
+            self._cache[bodies.object_key(obj)] = old
             return
         await self._fire(self._on_delete, obj)
 

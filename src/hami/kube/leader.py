@@ -42,6 +42,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.times import micro_time
+from hami.protocol import bodies
 
 __all__ = ["LeaderElector"]
 
@@ -219,7 +220,7 @@ class LeaderElector:
             return False
 
     def _observe(self, lease: Obj) -> None:
-        spec = lease.get("spec") or {}
+        spec = bodies.spec(lease)
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"), spec.get("acquireTime"), spec.get("leaseDurationSeconds"))
         if record != self._observed:
@@ -270,7 +271,7 @@ class LeaderElector:
             self._last_renew = time.monotonic()
             return True
         self._observe(lease)
-        spec = lease.get("spec") or {}
+        spec = bodies.spec(lease)
         holder = spec.get("holderIdentity") or ""
         if holder and holder != self.identity:
             if time.monotonic() < self._observed_at + self._observed_duration:
@@ -287,7 +288,7 @@ class LeaderElector:
 
     async def _release(self) -> None:
         lease = await self._client.get(self._path)
-        spec = dict(lease.get("spec") or {})
+        spec = dict(bodies.spec(lease))
         if spec.get("holderIdentity") != self.identity:
             return
         now = micro_time()

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, NotFoundError
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 
 Obj = dict[str, Any]
@@ -59,14 +60,13 @@ async def release_node_lock(
     for attempt in range(1, attempts + 1):
         try:
             obj = await nodes.get_node(node)
-            meta = obj.get("metadata") or {}
-            value = (meta.get("annotations") or {}).get(codec.key)
+            value = bodies.annotations(obj).get(codec.key)
             if not value or not codec.releasable_by(value, namespace, name):
                 return False
             await nodes.patch_node(
                 node,
                 {"metadata": {"annotations": {codec.key: None}}},
-                resource_version=meta.get("resourceVersion"),
+                resource_version=bodies.resource_version(obj),
             )
             return True
         except NotFoundError:

@@ -1,4 +1,4 @@
-"""REST paths for Kubernetes resources, plus small helpers on raw object dicts.
+"""REST paths for Kubernetes resources and cache keys (readers of raw objects: :mod:`hami.protocol.bodies`).
 
 >>> api_path("v1", "pods", namespace="default", name="p", subresource="binding")
 '/api/v1/namespaces/default/pods/p/binding'
@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 from urllib.parse import quote
+
+from hami.protocol import bodies
+from hami.protocol.bodies import object_key
 
 __all__ = ["api_path", "object_key", "object_path", "split_key"]
 
@@ -41,14 +44,6 @@ def api_path(
     return "".join(parts)
 
 
-def object_key(obj: dict[str, Any]) -> str:
-    """Cache key ``namespace/name`` (or ``name`` for cluster-scoped objects), like client-go."""
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    name = meta.get("name", "")
-    return f"{ns}/{name}" if ns else str(name)
-
-
 def split_key(key: str) -> tuple[str | None, str]:
     """Inverse of :func:`object_key`: ``"ns/name"`` → ``("ns", "name")``, ``"n"`` → ``(None, "n")``."""
     ns, sep, name = key.partition("/")
@@ -56,8 +51,8 @@ def split_key(key: str) -> tuple[str | None, str]:
 
 
 def object_path(api_version: str, plural: str, obj: dict[str, Any], subresource: str | None = None) -> str:
-    """The path of ``obj`` itself, from its metadata."""
-    meta = obj.get("metadata") or {}
+    """The path of ``obj`` itself, from its metadata (``KeyError`` without ``metadata.name``)."""
+    meta = bodies.meta(obj)
     return api_path(
         api_version, plural, namespace=meta.get("namespace"), name=meta["name"], subresource=subresource
     )

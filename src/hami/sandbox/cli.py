@@ -22,6 +22,7 @@ from hami.kube.config import load_kubeconfig
 from hami.kube.errors import AlreadyExistsError, ApiError, KubeError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import bodies
 
 DEFAULT_STATE = "/var/tmp/hami-sandbox"
 RELEASE, RELEASE_NS = "hami", "hami-system"
@@ -139,10 +140,10 @@ async def _demo(kubeconfig: str) -> None:
         async def hami_ready() -> bool:
             for name in NODES:
                 node = await kc.get(api_path("v1", "nodes", name=name))
-                if int((node["status"].get("allocatable") or {}).get("nvidia.com/gpu", "0")) == 0:
+                if int(bodies.allocatable(node).get("nvidia.com/gpu", "0")) == 0:
                     return False
             dep = await kc.get(f"/apis/apps/v1/namespaces/{RELEASE_NS}/deployments/hami-scheduler")
-            return bool((dep.get("status") or {}).get("availableReplicas", 0) >= 1)
+            return bool(bodies.status(dep).get("availableReplicas", 0) >= 1)
 
         await _wait(hami_ready, 300, "hami ready")
         _done(started)
@@ -157,10 +158,10 @@ async def _demo(kubeconfig: str) -> None:
             """Every pod runs, or kube-scheduler has said why it cannot place it; a reason that only
             says the extender is not leading yet (it follows kube-scheduler's Lease) is not an answer."""
             for pod in pods:
-                got = await kc.get(api_path("v1", "pods", namespace=NAMESPACE, name=pod["metadata"]["name"]))
-                if got["status"].get("phase") == "Running":
+                got = await kc.get(api_path("v1", "pods", namespace=NAMESPACE, name=bodies.name(pod)))
+                if bodies.phase(got) == "Running":
                     continue
-                reason = await _reason(kc, NAMESPACE, pod["metadata"]["name"])
+                reason = await _reason(kc, NAMESPACE, bodies.name(pod))
                 if not reason or "not the leader" in reason:
                     return False
             return True
@@ -169,10 +170,10 @@ async def _demo(kubeconfig: str) -> None:
         _done(started)
         rows = []
         for pod in pods:
-            name = pod["metadata"]["name"]
+            name = bodies.name(pod)
             got = await kc.get(api_path("v1", "pods", namespace=NAMESPACE, name=name))
             log = None
-            if got["status"].get("phase") == "Running":
+            if bodies.phase(got) == "Running":
                 try:
                     log = await kc.get_text(api_path("v1", "pods", namespace=NAMESPACE, name=name) + "/log")
                 except ApiError:

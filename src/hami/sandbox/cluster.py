@@ -26,7 +26,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
@@ -36,9 +35,10 @@ from hami.kube.config import KubeConfig
 from hami.kube.errors import AlreadyExistsError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import bodies
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
-from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Process
+from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Lifecycle, Process
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class NodeSpec:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-class Sandbox:
+class Sandbox(Lifecycle):
     """Control plane + real nodes under ``state`` (see the module docstring)."""
 
     def __init__(
@@ -149,18 +149,6 @@ class Sandbox:
         self.hook_path = state / "hook"
         self.cp: ControlPlane | None = None
         self.nodes: list[RealNode] = []
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------------ start
 
@@ -342,10 +330,10 @@ class Sandbox:
                 accounts = (await kc.get("/api/v1/namespaces/default/serviceaccounts")).get("items") or []
             out = set()
             for n in nodes:
-                for cond in (n.get("status") or {}).get("conditions") or []:
+                for cond in bodies.conditions(n):
                     if cond.get("type") == "Ready" and cond.get("status") == "True":
-                        out.add(n["metadata"]["name"])
-            return out, any(a["metadata"]["name"] == "default" for a in accounts)
+                        out.add(bodies.name(n))
+            return out, any(bodies.name(a) == "default" for a in accounts)
 
         want = {s.name for s in self.node_specs}
         deadline = time.monotonic() + timeout

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.pod import decode_pod_devices
 from hami.sandbox.probe import CUDA_OUT_OF_MEMORY, PROBE, report
 
@@ -75,8 +75,7 @@ class DemoRow:
 
 def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow:
     """One table row from the pod, the first line its container printed, and a scheduling reason."""
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    ann = meta.get("annotations") or {}
+    ann = bodies.annotations(pod)
     cards, mem, cores = [], [], []
     for container in decode_pod_devices(ann.get(keys.VGPU_DEVICES_ALLOCATED, "")):
         for dev in container:
@@ -99,13 +98,13 @@ def row_for(pod: dict[str, Any], log: str | None, reason: str | None) -> DemoRow
             )
         except (ValueError, KeyError):
             sees = log.strip()[:60]
-    phase = str(status.get("phase") or "?")
+    phase = str(bodies.status(pod).get("phase") or "?")
     if phase == "Pending" and reason:
         sees = reason
     return DemoRow(
-        pod=str(meta.get("name")),
+        pod=str(bodies.meta(pod).get("name")),
         status=phase,
-        node=str((pod.get("spec") or {}).get("nodeName") or "-"),
+        node=str(bodies.node_name(pod) or "-"),
         cards=",".join(cards) or "-",
         memory="+".join(mem) + " MiB" if mem else "-",
         cores="+".join(cores) + " %" if cores else "-",

@@ -15,6 +15,7 @@ from typing import Any
 from hami.kube.client import KubeClient
 from hami.kube.errors import NotFoundError
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 
 __all__ = ["APPLY_PATCH", "Applier", "ResourceInfo", "can_i", "service_account_user"]
 
@@ -57,7 +58,7 @@ class Applier:
     async def path(self, obj: Obj) -> str:
         """The REST path of ``obj`` (its namespace is required when the kind is namespaced)."""
         info = await self.resource(obj["apiVersion"], obj["kind"])
-        meta = obj.get("metadata") or {}
+        meta = bodies.meta(obj)
         ns = meta.get("namespace") if info.namespaced else None
         if info.namespaced and not ns:
             raise ValueError(f"{obj['kind']} {meta.get('name')!r} is namespaced but has no namespace")
@@ -105,4 +106,4 @@ async def can_i(
         "spec": {"user": user, "groups": groups, "resourceAttributes": attrs},
     }
     out = await client.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review)
-    return bool((out.get("status") or {}).get("allowed"))
+    return bool(bodies.status(out).get("allowed"))

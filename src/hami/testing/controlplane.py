@@ -60,6 +60,7 @@ __all__ = [
     "BinariesMissingError",
     "ControlPlane",
     "ControlPlaneError",
+    "Lifecycle",
     "Process",
     "SchedulerHandle",
     "find_binaries",
@@ -280,7 +281,30 @@ class SchedulerHandle:
         return self.process.tail(lines) if self.process is not None else ""
 
 
-class ControlPlane:
+class Lifecycle:
+    """``with x:`` starts ``x`` — stopping it again when the start fails part way — and stops it
+    on exit. Subclasses define :meth:`start` (returning self) and an idempotent :meth:`stop`."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ControlPlane(Lifecycle):
     """etcd + kube-apiserver on loopback, plus kube-schedulers started on demand.
 
     :param apiserver_args: extra ``kube-apiserver`` flags (appended, so they override defaults).
@@ -339,18 +363,6 @@ class ControlPlane:
         self._stopped = False
 
     # ------------------------------------------------------------------------------ lifecycle
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def start(self) -> Self:
         """Start etcd and kube-apiserver and wait until the API is ready (raises ControlPlaneError)."""

@@ -18,7 +18,7 @@ from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.informer import Informer
 from hami.kube.nodelock import ClientNodes, release_node_lock
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
 
 
@@ -141,10 +141,9 @@ class AllocationCompleter:
         )
 
     def _seen(self, pod: dict[str, Any]) -> None:
-        meta = pod.get("metadata") or {}
-        uid = str(meta.get("uid"))
-        phase = (meta.get("annotations") or {}).get(keys.BIND_PHASE)
-        if phase != keys.BIND_PHASE_ALLOCATING or not (pod.get("spec") or {}).get("nodeName"):
+        uid = bodies.uid(pod)
+        phase = bodies.annotations(pod).get(keys.BIND_PHASE)
+        if phase != keys.BIND_PHASE_ALLOCATING or not bodies.node_name(pod):
             return
         if uid in self.completed or uid in self._pending:
             return

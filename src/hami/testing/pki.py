@@ -10,24 +10,18 @@ True
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from hami.webhook.tls import build_ca, build_leaf, key_pem
 
 __all__ = ["CertificateAuthority", "KeyPair", "rsa_key_pair"]
 
 _VALIDITY = dt.timedelta(days=2)
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 @dataclass(frozen=True)
@@ -46,8 +40,14 @@ class KeyPair:
         return crt, key
 
 
+def _window() -> tuple[dt.datetime, dt.datetime]:
+    now = dt.datetime.now(dt.UTC)
+    return now - dt.timedelta(hours=1), now + _VALIDITY
+
+
 class CertificateAuthority:
-    """A self-signed CA that issues server and client certificates."""
+    """A self-signed CA that issues server and client certificates (built by the webhook's
+    :func:`hami.webhook.tls.build_ca` / :func:`~hami.webhook.tls.build_leaf`)."""
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
         self._key = key
@@ -55,35 +55,8 @@ class CertificateAuthority:
 
     @classmethod
     def create(cls, common_name: str = "hami-test-ca") -> CertificateAuthority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
+        start, end = _window()
+        cert, key = build_ca(common_name, start=start, end=end, path_length=None)
         return cls(key, cert)
 
     @property
@@ -92,7 +65,7 @@ class CertificateAuthority:
 
     @property
     def key_pem(self) -> bytes:
-        return _key_pem(self._key)
+        return key_pem(self._key)
 
     def issue(
         self,
@@ -107,51 +80,20 @@ class CertificateAuthority:
         """Issue a leaf certificate. ``client=True`` adds clientAuth; server usage is on when any
         SAN is given (or ``server=True``). For Kubernetes client certs the CN is the user name and
         the organizations are the groups (``system:masters`` = cluster admin)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations or []]
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
-        now = dt.datetime.now(dt.UTC)
-        is_server = bool(dns or ips) if server is None else server
-        usages = []
-        if is_server:
-            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        if client:
-            usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name(attrs))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False
-            )
+        hosts = [*(ips or []), *(dns or [])]
+        start, end = _window()
+        cert, key = build_leaf(
+            self.cert,
+            self._key,
+            common_name,
+            start=start,
+            end=end,
+            hosts=hosts,
+            organizations=organizations or [],
+            server=bool(hosts) if server is None else server,
+            client=client,
         )
-        if usages:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns or []]
-        sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips or []]
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+        return KeyPair(cert.public_bytes(serialization.Encoding.PEM), key_pem(key))
 
 
 def rsa_key_pair() -> tuple[bytes, bytes]:
@@ -160,4 +102,4 @@ def rsa_key_pair() -> tuple[bytes, bytes]:
     pub = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return _key_pem(key), pub
+    return key_pem(key), pub

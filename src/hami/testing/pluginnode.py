@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.testing.kubelet import FakeKubelet, PluginClient
 
 
@@ -56,7 +57,7 @@ class Admission:
         return {m.container_path: (m.host_path, m.read_only) for m in self.response.mounts}
 
 
-def _gpu_count(container: dict[str, Any], resource: str) -> int:
+def _gpu_count(container: Mapping[str, Any], resource: str) -> int:
     res = container.get("resources") or {}
     for section in ("limits", "requests"):
         value = (res.get(section) or {}).get(resource)
@@ -159,8 +160,7 @@ class PluginNode:
         return node
 
     async def annotations(self) -> dict[str, str]:
-        ann: dict[str, str] = (await self.node())["metadata"].get("annotations") or {}
-        return ann
+        return bodies.annotations(await self.node())
 
     def healthy_ids(self) -> list[str]:
         return sorted(i for i, h in self.kubelet.devices.get(self.resource, {}).items() if h == "Healthy")
@@ -216,21 +216,19 @@ class PluginNode:
         """Admit a pod bound to this node as the kubelet would (see the module doc); raises
         grpc.aio.AioRpcError when the plugin refuses a container."""
         pod = await self.client.get(api_path("v1", "pods", namespace=namespace, name=name))
-        if pod["spec"].get("nodeName") != self.name:
+        if bodies.node_name(pod) != self.name:
             raise AssertionError(f"pod {namespace}/{name} is not bound to {self.name}")
-        spec = pod["spec"]
-        uid = pod["metadata"]["uid"]
+        uid = bodies.uid(pod)
         if self._reuse[0] != uid:
             self._reuse = (uid, set())
         reuse = self._reuse[1]
         out = []
-        init = [(c, c.get("restartPolicy") != "Always") for c in spec.get("initContainers") or []]
-        for ctr, gives_back in init + [(c, False) for c in spec.get("containers") or []]:
+        for kind, ctr in bodies.all_containers(pod):
             n = _gpu_count(ctr, self.resource)
             if n > 0:
                 adm = await self.allocate(n, ctr["name"], reusable=frozenset(reuse))
                 out.append(adm)
-                if gives_back:
+                if kind == "init":  # ran to completion: its cards go back
                     reuse |= set(adm.device_ids)
                 else:
                     reuse -= set(adm.device_ids)

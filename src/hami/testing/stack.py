@@ -8,15 +8,15 @@ from typing import Any
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.runner import Extender, ExtenderSettings
+from hami.extender.schedulerconfig import scheduler_configuration
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import decode_node_devices
 from hami.protocol.pod import decode_pod_devices
-from hami.scheduler.kubeconfig import scheduler_configuration
-from hami.scheduler.runner import Extender, ExtenderSettings
 from hami.testing.controlplane import SchedulerHandle, free_port
 from hami.testing.gpucluster import AllocationCompleter
 
@@ -112,9 +112,9 @@ async def assert_no_overcommit(client: KubeClient, namespace: str, nodes: list[s
         for d in decode_node_devices(node["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER]):
             capacity[d.id] = (d.count, d.devmem, d.devcore)
     for pod in await list_pods(client, namespace):
-        if not (pod.get("spec") or {}).get("nodeName"):
+        if not bodies.node_name(pod):
             continue
-        value = (pod["metadata"].get("annotations") or {}).get(keys.VGPU_DEVICES_ALLOCATED, "")
+        value = bodies.annotations(pod).get(keys.VGPU_DEVICES_ALLOCATED, "")
         for container in decode_pod_devices(value):
             for dev in container:
                 u = usage.setdefault(dev.uuid, [0, 0, 0])

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from hami.webhook.mutate import Decision
+from hami.webhook.mutate import AdmissionDecision
 
 __all__ = [
     "API_VERSIONS",
@@ -86,7 +86,7 @@ def encode_patch(ops: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str:
     return base64.b64encode(orjson.dumps(list(ops))).decode("ascii")
 
 
-def review_response(request: AdmissionRequest, decision: Decision) -> dict[str, Any]:
+def review_response(request: AdmissionRequest, decision: AdmissionDecision) -> dict[str, Any]:
     """The AdmissionReview to send back: same apiVersion and kind, uid echoed."""
     response: dict[str, Any] = {"uid": request.uid, "allowed": decision.allowed}
     if decision.allowed:

@@ -2,7 +2,7 @@
 
 Pure: no I/O, no clocks, no globals. :func:`mutate_pod` takes the Pod exactly as the API server puts
 it in ``AdmissionReview.request.object``, the request's namespace, that namespace's labels (or None
-when unknown) and a :class:`WebhookPolicy`; it returns a :class:`Decision` whose ``patch`` is a list
+when unknown) and a :class:`WebhookPolicy`; it returns an :class:`AdmissionDecision` whose ``patch`` is a list
 of RFC 6902 operations against that same Pod.
 
 Rules, in order (HAMi v2.10 ``pkg/scheduler/webhook.go`` + ``nvidia/device.go: MutateAdmission``,
@@ -51,7 +51,7 @@ from hami.protocol.enforcement import disables_control, disables_core_limit
 
 __all__ = [
     "DEFAULT_SCHEDULER",
-    "Decision",
+    "AdmissionDecision",
     "WebhookPolicy",
     "escape_pointer",
     "mutate_pod",
@@ -102,7 +102,7 @@ class WebhookPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AdmissionDecision:
     """The answer for one pod.
 
     ``code`` is the HTTP-style status put in a denial's ``status.code`` (403 policy, 400 invalid
@@ -119,12 +119,12 @@ class Decision:
     managed: bool = False
 
     @staticmethod
-    def skip(reason: str) -> Decision:
-        return Decision(allowed=True, skipped=True, reason=reason)
+    def skip(reason: str) -> AdmissionDecision:
+        return AdmissionDecision(allowed=True, skipped=True, reason=reason)
 
     @staticmethod
-    def deny(messages: Sequence[str], code: int = 403) -> Decision:
-        return Decision(allowed=False, message="; ".join(messages), code=code, reason="denied")
+    def deny(messages: Sequence[str], code: int = 403) -> AdmissionDecision:
+        return AdmissionDecision(allowed=False, message="; ".join(messages), code=code, reason="denied")
 
 
 def escape_pointer(token: str) -> str:
@@ -280,25 +280,27 @@ def mutate_pod(
     namespace: str,
     namespace_labels: Mapping[str, Any] | None,
     policy: WebhookPolicy,
-) -> Decision:
+) -> AdmissionDecision:
     """Decide on one Pod CREATE. ``namespace`` is ``AdmissionRequest.namespace`` (the pod's own
     ``metadata.namespace`` is often empty on CREATE); ``namespace_labels`` None means unknown."""
     if _ignored(_labels(pod)):
-        return Decision.skip(f"pod labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
+        return AdmissionDecision.skip(f"pod labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
     if _ignored(namespace_labels):
-        return Decision.skip(f"namespace {namespace!r} labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
+        return AdmissionDecision.skip(
+            f"namespace {namespace!r} labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}"
+        )
 
     spec = pod.get("spec")
     if not isinstance(spec, Mapping):
-        return Decision.deny(["pod has no spec"], code=400)
+        return AdmissionDecision.deny(["pod has no spec"], code=400)
     containers = spec.get("containers")
     init_containers = spec.get("initContainers")
     if not isinstance(containers, list) or not containers:
-        return Decision.deny(["pod has no containers"], code=400)
+        return AdmissionDecision.deny(["pod has no containers"], code=400)
     if init_containers is None:
         init_containers = []
     if not isinstance(init_containers, list):
-        return Decision.deny(["spec.initContainers must be a list"], code=400)
+        return AdmissionDecision.deny(["spec.initContainers must be a list"], code=400)
 
     scheduler = spec.get("schedulerName")
     if (
@@ -306,7 +308,7 @@ def mutate_pod(
         and scheduler != policy.scheduler_name
         and not (scheduler == DEFAULT_SCHEDULER and policy.force_overwrite_default_scheduler)
     ):
-        return Decision.skip(f"schedulerName {scheduler!r} belongs to another scheduler")
+        return AdmissionDecision.skip(f"schedulerName {scheduler!r} belongs to another scheduler")
 
     ops: list[JsonPatchOp] = []
     denials: list[str] = []
@@ -355,7 +357,7 @@ def mutate_pod(
             admission.admit_container(container, cname, requests.get(vendor), edit, out)
 
     if invalid:
-        return Decision.deny(invalid + denials, code=400)
+        return AdmissionDecision.deny(invalid + denials, code=400)
 
     if managed:
         for cname in privileged:
@@ -374,7 +376,7 @@ def mutate_pod(
                 f"placed by {policy.scheduler_name!r}"
             )
     if denials:
-        return Decision.deny(denials, code=403)
+        return AdmissionDecision.deny(denials, code=403)
 
     if managed:
         if scheduler != policy.scheduler_name:
@@ -383,7 +385,7 @@ def mutate_pod(
         for vendor, admission in admissions:
             ops += admission.admit_pod(spec, vendor in used)
 
-    return Decision(
+    return AdmissionDecision(
         allowed=True,
         patch=tuple(ops),
         managed=managed,

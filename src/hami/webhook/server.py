@@ -28,8 +28,9 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
+from hami.protocol import bodies
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
-from hami.webhook.mutate import Decision, WebhookPolicy, mutate_pod
+from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, mutate_pod
 
 __all__ = [
     "NamespaceLabelCache",
@@ -112,7 +113,7 @@ class NamespaceLabelCache:
         except Exception as exc:
             log.warning("webhook: cannot read namespace %r labels: %s", namespace, exc)
             return stale
-        labels = (ns.get("metadata") or {}).get("labels") or {}
+        labels = bodies.labels(ns)
         labels = labels if isinstance(labels, Mapping) else {}
         self._cache[namespace] = (self._clock(), labels)
         return labels
@@ -120,15 +121,15 @@ class NamespaceLabelCache:
 
 async def decide(
     request: AdmissionRequest, policy: WebhookPolicy, namespace_labels: NamespaceLabels | None = None
-) -> Decision:
+) -> AdmissionDecision:
     """The decision for one parsed review (never raises)."""
     if request.kind and request.kind != "Pod":
-        return Decision.skip(f"not a Pod ({request.kind})")
+        return AdmissionDecision.skip(f"not a Pod ({request.kind})")
     if request.operation and request.operation != "CREATE":
-        return Decision.skip(f"operation {request.operation} is not CREATE")
+        return AdmissionDecision.skip(f"operation {request.operation} is not CREATE")
     pod = request.object
     if not isinstance(pod, dict):
-        return Decision.deny(["request.object is missing or not a Pod object"], code=400)
+        return AdmissionDecision.deny(["request.object is missing or not a Pod object"], code=400)
     labels: Mapping[str, Any] | None = None
     if namespace_labels is not None and request.namespace:
         try:
@@ -139,7 +140,7 @@ async def decide(
         return mutate_pod(pod, namespace=request.namespace, namespace_labels=labels, policy=policy)
     except Exception as exc:
         log.exception("webhook: internal error deciding on pod %s/%s", request.namespace, request.name)
-        return Decision.deny([f"hami webhook internal error: {type(exc).__name__}: {exc}"], code=500)
+        return AdmissionDecision.deny([f"hami webhook internal error: {type(exc).__name__}: {exc}"], code=500)
 
 
 def _pod_name(request: AdmissionRequest) -> str:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
@@ -56,10 +56,6 @@ class SelfSigned:
         return base64.b64encode(self.ca_pem).decode("ascii")
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
 def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
     out: list[x509.GeneralName] = []
     for h in hosts:
@@ -70,25 +66,77 @@ def _san(hosts: Sequence[str]) -> list[x509.GeneralName]:
     return out
 
 
+def build_ca(
+    common_name: str, *, start: dt.datetime, end: dt.datetime, path_length: int | None = 0
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed EC P-256 CA certificate valid from ``start`` to ``end``, and its key. The one
+    CA builder in hami: the webhook's own CA and the test clusters' CA both come from here."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def build_leaf(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    *,
+    start: dt.datetime,
+    end: dt.datetime,
+    hosts: Sequence[str] = (),
+    organizations: Sequence[str] = (),
+    server: bool = True,
+    client: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf certificate signed by the CA, and its new EC key: subject ``O=<organizations>,
+    CN=<common_name>``, SANs for ``hosts`` (IPs and DNS names), serverAuth and/or clientAuth."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    usages = [
+        u
+        for u, on in ((ExtendedKeyUsageOID.SERVER_AUTH, server), (ExtendedKeyUsageOID.CLIENT_AUTH, client))
+        if on
+    ]
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(attrs))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if usages:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if hosts:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
 def generate_ca(*, valid_days: int = 3650, now: dt.datetime | None = None) -> tuple[bytes, bytes]:
     """A private CA: ``(certificate PEM, key PEM)``."""
     start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("hami-webhook-ca")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return ca_cert.public_bytes(serialization.Encoding.PEM), _key_pem(ca_key)
+    cert, key = build_ca("hami-webhook-ca", start=start, end=start + dt.timedelta(days=valid_days))
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
 def issue_serving_cert(
@@ -109,25 +157,8 @@ def issue_serving_cert(
         raise ValueError("the webhook CA key must be an EC key")
     start = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
     end = min(start + dt.timedelta(days=valid_days), ca_cert.not_valid_after_utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hosts[0]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.SubjectAlternativeName(_san(hosts)), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    cert, key = build_leaf(ca_cert, ca_key, hosts[0], start=start, end=end, hosts=hosts)
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem(key)
 
 
 def generate_self_signed(
@@ -141,8 +172,8 @@ def generate_self_signed(
     if not [h for h in hosts if h.strip()]:
         raise ValueError("at least one DNS name or IP address is needed for the serving certificate")
     ca_pem, ca_key_pem = ca if ca is not None else generate_ca(valid_days=valid_days, now=now)
-    cert_pem, key_pem = issue_serving_cert(ca_pem, ca_key_pem, hosts, valid_days=valid_days, now=now)
-    return SelfSigned(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem)
+    cert_pem, key_pem_ = issue_serving_cert(ca_pem, ca_key_pem, hosts, valid_days=valid_days, now=now)
+    return SelfSigned(ca_pem=ca_pem, cert_pem=cert_pem, key_pem=key_pem_)
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
@@ -159,7 +190,8 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -10,12 +10,12 @@ import pytest
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.hostinstall import install_host
-from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import NodeSettings, build_inventory
 from hami.deviceplugin.sources import FakeSource, MigPlacement
 from hami.protocol import keys
 from hami.protocol.pod import MigAllocation, decode_mig_allocations, encode_mig_allocations
+from hami.testing.memkube import MemoryKube
 
 NODE = "n1"
 A, B, C = "GPU-aaaa", "GPU-bbbb", "GPU-cccc"

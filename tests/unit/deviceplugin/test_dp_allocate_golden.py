@@ -20,11 +20,11 @@ import pytest
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
-from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.settings import NodeSettings, build_inventory
 from hami.deviceplugin.sources import FakeSource
 from hami.protocol import keys
 from hami.protocol.pod import MigAllocation, encode_mig_allocations
+from hami.testing.memkube import MemoryKube
 
 GOLDEN = Path(__file__).parent / "golden" / "allocate_responses.json"
 NODE = "n1"

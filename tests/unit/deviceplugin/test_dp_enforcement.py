@@ -16,11 +16,11 @@ import pytest
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
-from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.modes import opt_out_request
 from hami.deviceplugin.settings import NodeSettings, build_inventory
 from hami.deviceplugin.sources import FakeSource
 from hami.protocol import keys
+from hami.testing.memkube import MemoryKube
 
 NODE = "n1"
 GPU = "GPU-aaaa"

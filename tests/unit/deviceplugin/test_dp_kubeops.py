@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from hami.deviceplugin.kubeops import ClientKubeOps, MemoryKube, merge_patch
+from hami.deviceplugin.kubeops import ClientKubeOps, merge_patch
 from hami.kube.errors import ConflictError, NotFoundError
+from hami.testing.memkube import MemoryKube
 
 
 class StubClient:

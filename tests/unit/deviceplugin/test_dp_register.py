@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import orjson
 
-from hami.deviceplugin.kubeops import MemoryKube
 from hami.deviceplugin.register import NodeRegistrar, register_annotations
 from hami.deviceplugin.settings import MigAllowRule, NodeSettings, build_inventory
 from hami.deviceplugin.sources import FakeSource
 from hami.protocol import keys
 from hami.protocol.node import decode_node_devices, decode_pair_scores
+from hami.testing.memkube import MemoryKube
 
 SPEC = {
     "cards": [

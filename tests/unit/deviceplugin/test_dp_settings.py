@@ -17,7 +17,7 @@ from hami.deviceplugin.settings import (
     device_type,
     load_settings,
 )
-from hami.deviceplugin.sources import FakeSource, MigProfile
+from hami.deviceplugin.sources import FakeSource, SourceMigProfile
 
 SPEC = {
     "cards": [
@@ -72,7 +72,7 @@ def test_mig_inventory() -> None:
 
 
 def test_allowlist_without_matching_rule_keeps_all() -> None:
-    profs = [MigProfile("1g.5gb", 4864, 13, 1)]
+    profs = [SourceMigProfile("1g.5gb", 4864, 13, 1)]
     assert allowed_mig_profiles("H100", profs, (MigAllowRule(("A30",), ("1g.6gb",)),)) == profs
 
 

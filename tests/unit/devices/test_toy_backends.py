@@ -17,10 +17,10 @@ from toy_wholecard import ALLOCATED, REGISTER, ToyWholeBackend, ToyWholeConfig
 
 from hami.config import NvidiaConfig
 from hami.devices.registry import BackendRegistry, default_factories, registry_from_sections
+from hami.extender.nodelock import NodeLocker
 from hami.kube.errors import ConflictError, NotFoundError
 from hami.kube.nodelock import release_node_lock
 from hami.protocol.nodelock import HAMI_NODE_LOCK
-from hami.scheduler.nodelock import NodeLocker
 from hami.scheduling import Scheduler
 from hami.webhook.mutate import WebhookPolicy, mutate_pod
 

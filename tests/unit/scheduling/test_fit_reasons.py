@@ -22,7 +22,7 @@ from schedkit import (
 from hami.devices import Card, CardSelector, DeviceRequest
 from hami.protocol import keys
 from hami.protocol.weights import DEFAULT_WEIGHTS
-from hami.scheduling.filter import summarize
+from hami.scheduling.decide import summarize
 from hami.scheduling.fit import FitRequest, fit_container, format_reasons, precheck, rejection
 from hami.scheduling.policy import CardPolicy
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from schedkit import container, gpu, node, pod, scheduler, usage
 
+from hami.extender.sync import init_containers_done
 from hami.protocol import keys
-from hami.scheduler.sync import init_containers_done
 
 
 def sidecar(name: str, **res: Any) -> dict[str, Any]:

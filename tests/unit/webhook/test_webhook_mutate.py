@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hami.config import DeviceConfig, parse_device_config
-from hami.webhook.mutate import Decision, WebhookPolicy, escape_pointer, mutate_pod
+from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, escape_pointer, mutate_pod
 
 GPU = "nvidia.com/gpu"
 MEM = "nvidia.com/gpumem"
@@ -51,7 +51,7 @@ def run(
     *,
     namespace: str = "team-a",
     ns_labels: dict[str, str] | None = None,
-) -> tuple[Decision, dict[str, Any]]:
+) -> tuple[AdmissionDecision, dict[str, Any]]:
     original = copy.deepcopy(p)
     d = mutate_pod(p, namespace=namespace, namespace_labels=ns_labels, policy=pol or policy())
     assert p == original, "mutate_pod must not modify its input"

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from hami.cliutil import parse_bind
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
 from hami.webhook.cli import webhook
-from hami.webhook.mutate import Decision, WebhookPolicy
+from hami.webhook.mutate import AdmissionDecision, WebhookPolicy
 from hami.webhook.server import NamespaceLabelCache, decide
 
 POD = {
@@ -62,17 +62,17 @@ def test_parse_review_rejects(body: bytes) -> None:
 
 def test_review_response_shapes() -> None:
     req = parse_review(review("admission.k8s.io/v1beta1"))
-    allowed = review_response(req, Decision(allowed=True))
+    allowed = review_response(req, AdmissionDecision(allowed=True))
     assert allowed == {
         "apiVersion": "admission.k8s.io/v1beta1",
         "kind": "AdmissionReview",
         "response": {"uid": "u-1", "allowed": True},
     }
     ops = ({"op": "add", "path": "/spec/x", "value": 1},)
-    patched = review_response(req, Decision(allowed=True, patch=ops, warnings=("w",)))["response"]
+    patched = review_response(req, AdmissionDecision(allowed=True, patch=ops, warnings=("w",)))["response"]
     assert json.loads(base64.b64decode(patched["patch"])) == list(ops)
     assert patched["patchType"] == "JSONPatch" and patched["warnings"] == ["w"]
-    denied = review_response(req, Decision.deny(["a", "b"], code=403))["response"]
+    denied = review_response(req, AdmissionDecision.deny(["a", "b"], code=403))["response"]
     assert denied["allowed"] is False
     assert denied["status"] == {"status": "Failure", "code": 403, "reason": "Forbidden", "message": "a; b"}
 
@@ -86,7 +86,7 @@ async def test_decide_guards_label_lookup_and_internal_errors(monkeypatch: pytes
     d = await decide(req, WebhookPolicy.default(), broken)
     assert d.allowed and d.patch  # lookup failure does not fail the pod
 
-    def boom(*a: Any, **k: Any) -> Decision:
+    def boom(*a: Any, **k: Any) -> AdmissionDecision:
         raise KeyError("bug")
 
     monkeypatch.setattr("hami.webhook.server.mutate_pod", boom)

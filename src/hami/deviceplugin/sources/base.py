@@ -60,7 +60,7 @@ def parse_link_type(value: str) -> LinkType:
 
 
 @dataclass(frozen=True)
-class Card:
+class SourceCard:
     """One physical GPU as the source sees it (before the node config is applied)."""
 
     uuid: str
@@ -105,7 +105,7 @@ class MigPlacement:
 
 
 @dataclass(frozen=True)
-class MigProfile:
+class SourceMigProfile:
     """A GPU-instance profile (`1g.10gb`, ...) with its legal placements."""
 
     name: str
@@ -169,7 +169,7 @@ class DeviceSource(abc.ABC):
     """Everything the device plugin reads from or does to the GPUs of one node."""
 
     @abc.abstractmethod
-    def cards(self) -> list[Card]:
+    def cards(self) -> list[SourceCard]:
         """All physical cards, sorted by index, with their current health."""
 
     @abc.abstractmethod
@@ -177,7 +177,7 @@ class DeviceSource(abc.ABC):
         """Pair topology of the cards (one entry per unordered pair that has data)."""
 
     @abc.abstractmethod
-    def mig_profiles(self, uuid: str) -> list[MigProfile]:
+    def mig_profiles(self, uuid: str) -> list[SourceMigProfile]:
         """MIG GPU-instance profiles the card supports; [] when it is not MIG capable."""
 
     @abc.abstractmethod

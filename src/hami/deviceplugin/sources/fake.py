@@ -52,15 +52,15 @@ from typing import Any
 import yaml
 
 from hami.deviceplugin.sources.base import (
-    Card,
     DeviceSource,
     DeviceSourceError,
     DriverEdits,
     HealthEvent,
     MigInstance,
     MigPlacement,
-    MigProfile,
     PairLink,
+    SourceCard,
+    SourceMigProfile,
     parse_link_type,
     xid_is_critical,
 )
@@ -126,8 +126,8 @@ class FakeSource(DeviceSource):
             raise FakeSpecError(f"{origin}: expected a mapping at the top level, got {spec!r}")
         spec = _for_node(spec, node_name, origin)
         profile_sets = self._parse_profile_sets(spec.get("mig_profile_sets") or {})
-        self._cards: dict[str, Card] = {}
-        self._profiles: dict[str, list[MigProfile]] = {}
+        self._cards: dict[str, SourceCard] = {}
+        self._profiles: dict[str, list[SourceMigProfile]] = {}
         raw_cards = spec.get("cards")
         if not isinstance(raw_cards, list) or not raw_cards:
             raise FakeSpecError(f"{origin}: 'cards' must be a non-empty list, got {raw_cards!r}")
@@ -136,7 +136,7 @@ class FakeSource(DeviceSource):
             if not isinstance(raw, dict):
                 raise FakeSpecError(f"{where}: expected a mapping, got {raw!r}")
             index = _req(where, raw, "index", int, pos)
-            card = Card(
+            card = SourceCard(
                 uuid=_req(where, raw, "uuid", str, f"GPU-fake-{node_name}-{index}"),
                 index=index,
                 model=_req(where, raw, "model", str, "NVIDIA A100-SXM4-40GB"),
@@ -229,10 +229,10 @@ class FakeSource(DeviceSource):
         mounts = tuple((f"{libdir}/{lib}", f"{root}/{lib}") for lib in self.DRIVER_LIBS)
         return DriverEdits(env=env, mounts=mounts)
 
-    def _parse_profile_sets(self, raw: Any) -> dict[str, list[MigProfile]]:
+    def _parse_profile_sets(self, raw: Any) -> dict[str, list[SourceMigProfile]]:
         if not isinstance(raw, dict):
             raise FakeSpecError(f"{self._origin}: mig_profile_sets: expected a mapping, got {raw!r}")
-        out: dict[str, list[MigProfile]] = {}
+        out: dict[str, list[SourceMigProfile]] = {}
         for set_name, items in raw.items():
             where = f"{self._origin}: mig_profile_sets.{set_name}"
             if not isinstance(items, list):
@@ -252,7 +252,7 @@ class FakeSource(DeviceSource):
                         raise FakeSpecError(f"{w}.placements: expected [start, size], got {pl!r}")
                     placements.append(MigPlacement(pl[0], pl[1]))
                 profiles.append(
-                    MigProfile(
+                    SourceMigProfile(
                         name=_req(w, item, "name", str),
                         memory_mb=_req(w, item, "memory", int),
                         core=_req(w, item, "core", int, 0),
@@ -366,7 +366,7 @@ class FakeSource(DeviceSource):
 
     # ---- inventory ----------------------------------------------------------------------
 
-    def cards(self) -> list[Card]:
+    def cards(self) -> list[SourceCard]:
         self._poll()
         with self._lock:
             out = [replace(c, healthy=self._is_healthy(c.uuid)) for c in self._cards.values()]
@@ -375,11 +375,11 @@ class FakeSource(DeviceSource):
     def links(self) -> list[PairLink]:
         return list(self._links)
 
-    def mig_profiles(self, uuid: str) -> list[MigProfile]:
+    def mig_profiles(self, uuid: str) -> list[SourceMigProfile]:
         card = self._card(uuid)
         return list(self._profiles.get(uuid, [])) if card.mig_capable else []
 
-    def _card(self, uuid: str) -> Card:
+    def _card(self, uuid: str) -> SourceCard:
         try:
             return self._cards[uuid]
         except KeyError:

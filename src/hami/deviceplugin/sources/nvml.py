@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from hami.deviceplugin.sources.base import (
-    Card,
     DeviceSource,
     DeviceSourceError,
     HealthEvent,
     LinkType,
     MigInstance,
     MigPlacement,
-    MigProfile,
     PairLink,
+    SourceCard,
+    SourceMigProfile,
     xid_is_critical,
 )
 
@@ -122,7 +122,7 @@ class NvmlSource(DeviceSource):
 
     # ---- inventory ----------------------------------------------------------------------
 
-    def cards(self) -> list[Card]:
+    def cards(self) -> list[SourceCard]:
         n = self._nvml
         out = []
         try:
@@ -132,7 +132,7 @@ class NvmlSource(DeviceSource):
                 with self._lock:
                     healthy = uuid not in self._unhealthy
                 out.append(
-                    Card(
+                    SourceCard(
                         uuid=uuid,
                         index=index,
                         model=_s(n.nvmlDeviceGetName(h)),
@@ -200,7 +200,7 @@ class NvmlSource(DeviceSource):
                 out.append(PairLink(ua, ub, link, max(ab, via_switch) if not asym else 0, asym))
         return out
 
-    def mig_profiles(self, uuid: str) -> list[MigProfile]:
+    def mig_profiles(self, uuid: str) -> list[SourceMigProfile]:
         n = self._nvml
         h = self._handle(uuid)
         capable, _ = self._mig_mode(h)
@@ -218,7 +218,7 @@ class NvmlSource(DeviceSource):
         for info in infos:
             name = _s(info.name).removeprefix("MIG ").strip()
             out.append(
-                MigProfile(
+                SourceMigProfile(
                     name=name,
                     memory_mb=int(info.memorySizeMB),
                     core=math.ceil(int(info.multiprocessorCount) * 100 / full_sm) if full_sm else 0,

@@ -15,7 +15,7 @@
 * Only the leader decides; other replicas answer with an error so kube-scheduler retries.
 * What a pod holds between its decision and its bound copy reaching the informer (assumed, the
   pending decision and its write, the decided-at TTL, its place in flight on the node) lives in one
-  :class:`~hami.scheduler.reservations.Reservations`, shared with the ledger sync.
+  :class:`~hami.extender.reservations.Reservations`, shared with the ledger sync.
 * A bind ends in a :data:`BindResult`: :class:`Bound` or :class:`BindRefused` with the reason
   kube-scheduler sees.
 """
@@ -30,15 +30,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hami.extender.nodelock import NodeLockContention, NodeLocker
+from hami.extender.reservations import Reservations
+from hami.extender.sync import TERMINAL_PHASES, LedgerSync
+from hami.extender.wire import BindingArgs, ExtenderArgs
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
-from hami.protocol import keys
-from hami.scheduler.nodelock import NodeLockContention, NodeLocker
-from hami.scheduler.reservations import Reservations
-from hami.scheduler.sync import TERMINAL_PHASES, LedgerSync
-from hami.scheduler.wire import BindingArgs, ExtenderArgs
-from hami.scheduling.filter import Decision, Scheduler
+from hami.protocol import bodies, keys
+from hami.scheduling.decide import Decision, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,12 @@ class ExtenderService:
 
     def _bound_node(self, pod: Mapping[str, Any]) -> str | None:
         """The node the pod is bound to, from the request or from the (fresher) informer copy."""
-        node = (pod.get("spec") or {}).get("nodeName")
+        node = bodies.node_name(pod)
         if node:
             return str(node)
-        meta = pod.get("metadata") or {}
-        cached = self.pod_lookup(str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
-        if cached is not None and (cached.get("metadata") or {}).get("uid") == meta.get("uid"):
-            node = (cached.get("spec") or {}).get("nodeName")
+        cached = self.pod_lookup(bodies.namespace(pod) or "default", bodies.name(pod))
+        if cached is not None and bodies.uid(cached) == bodies.uid(pod):
+            node = bodies.node_name(cached)
             return str(node) if node else None
         return None
 
@@ -145,12 +144,11 @@ class ExtenderService:
         self._check_ready()
         self._expire_reservations()
         pod = args.pod
-        meta = pod.get("metadata") or {}
-        uid = str(meta.get("uid") or "")
+        uid = bodies.uid(pod)
         if uid and self.sync.was_deleted(uid):
             # kube-scheduler still had it queued: a decision now would hold a card for nobody
             return FilterOutcome(
-                node_names=[], failed={}, error=f"pod {meta.get('namespace')}/{meta.get('name')} was deleted"
+                node_names=[], failed={}, error=f"pod {bodies.namespace(pod)}/{bodies.name(pod)} was deleted"
             )
         bound_to = self._bound_node(pod)
         if bound_to:
@@ -188,8 +186,7 @@ class ExtenderService:
         return {"metadata": {"annotations": annotations, "labels": {keys.VGPU_NODE: decision.node}}}
 
     async def _write_decision(self, pod: Mapping[str, Any], decision: Decision) -> None:
-        meta = pod.get("metadata") or {}
-        ns, name = meta.get("namespace") or "default", meta.get("name") or ""
+        ns, name = bodies.namespace(pod) or "default", bodies.name(pod)
         await self.client.merge_patch(
             api_path("v1", "pods", namespace=ns, name=name), self.decision_patch(decision)
         )
@@ -211,14 +208,14 @@ class ExtenderService:
         if self.sync.was_deleted(uid):
             return self._refuse(uid, f"pod {ns}/{name} was deleted")
         pod = self.pod_lookup(ns, name)
-        if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+        if pod is None or bodies.uid(pod) != uid:
             try:
                 pod = await self.client.get(api_path("v1", "pods", namespace=ns, name=name))
             except NotFoundError:
                 return self._refuse(uid, f"pod {ns}/{name} not found")
-        if (pod.get("metadata") or {}).get("uid") != uid:
+        if bodies.uid(pod) != uid:
             return self._refuse(uid, f"pod {ns}/{name} was replaced (uid changed)")
-        bound_to = (pod.get("spec") or {}).get("nodeName")
+        bound_to = bodies.node_name(pod)
         if bound_to:
             if bound_to == node:
                 return Bound(node)
@@ -279,8 +276,7 @@ class ExtenderService:
             pod = await self.client.get(api_path("v1", "pods", namespace=ns, name=name))
         except KubeError:
             return False
-        meta = pod.get("metadata") or {}
-        return meta.get("uid") == uid and (pod.get("spec") or {}).get("nodeName") == node
+        return bodies.uid(pod) == uid and bodies.node_name(pod) == node
 
     def _needs_lock(self, containers: Mapping[str, Any], init_count: int) -> bool:
         """Lock the node when any container (init containers too) gets a card of a locking vendor.
@@ -297,7 +293,7 @@ class ExtenderService:
 
     # ------------------------------------------------------------------------------ events
     async def _event(self, pod: Mapping[str, Any], reason: str, message: str, *, warning: bool) -> None:
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        uid = bodies.uid(pod)
         now = self.clock()
         last = self._last_event.get(uid)
         if last is not None and last[0] == message and now - last[1] < 30:
@@ -325,9 +321,9 @@ async def owner_alive_from(pod_lookup: PodLookup, client: KubeClient, namespace:
             pod = await client.get(api_path("v1", "pods", namespace=namespace, name=name))
         except NotFoundError:
             return False
-    if (pod.get("status") or {}).get("phase") in TERMINAL_PHASES:
+    if bodies.phase(pod) in TERMINAL_PHASES:
         return False
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if bodies.is_deleting(pod):
         return False
-    phase = ((pod.get("metadata") or {}).get("annotations") or {}).get(keys.BIND_PHASE)
+    phase = bodies.annotations(pod).get(keys.BIND_PHASE)
     return phase not in (keys.BIND_PHASE_SUCCESS, keys.BIND_PHASE_FAILED)

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from hami.devices.registry import default_registry
+from hami.extender.sync import LedgerSync, init_containers_done
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
-from hami.scheduler.sync import LedgerSync, init_containers_done
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 CARD_MEM = 16000
 

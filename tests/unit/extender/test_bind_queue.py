@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from hami.devices.registry import default_registry
+from hami.extender.service import ExtenderService
+from hami.extender.sync import LedgerSync
+from hami.extender.wire import ExtenderArgs
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
-from hami.scheduler.service import ExtenderService
-from hami.scheduler.sync import LedgerSync
-from hami.scheduler.wire import ExtenderArgs
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 
 def _node(name: str) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from hami.extender.leasefollow import LeaseFollower, holds
 from hami.kube.times import micro_time
-from hami.scheduler.leasefollow import LeaseFollower, holds
 
 NOW = datetime(2026, 11, 22, 8, 0, 0, tzinfo=UTC)
 

@@ -21,9 +21,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from hami.scheduler.metrics import Metrics
-from hami.scheduler.service import BindRefused, Bound, ExtenderService, NotLeader
-from hami.scheduler.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
+from hami.extender.metrics import Metrics
+from hami.extender.service import BindRefused, Bound, ExtenderService, NotLeader
+from hami.extender.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
+from hami.protocol import bodies
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ async def handle_filter(request: web.Request) -> web.Response:
     nodes = None
     if args.nodes is not None:  # nodeCacheCapable: false -- kube-scheduler reads only Nodes
         chosen = set(outcome.node_names)
-        nodes = [n for n in args.nodes if (n.get("metadata") or {}).get("name") in chosen]
+        nodes = [n for n in args.nodes if bodies.name(n) in chosen]
     return _json(
         filter_result(node_names=outcome.node_names, failed=outcome.failed, error=outcome.error, nodes=nodes)
     )

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import hami.extender.runner
 import hami.kube.config
-import hami.scheduler.runner
-from hami.scheduler.cli import scheduler_command
-from hami.scheduler.runner import ExtenderSettings
+from hami.extender.cli import scheduler_command
+from hami.extender.runner import ExtenderSettings
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[ExtenderSettings]:
         async def run_forever(self) -> None:
             return None
 
-    monkeypatch.setattr(hami.scheduler.runner, "Extender", FakeExtender)
+    monkeypatch.setattr(hami.extender.runner, "Extender", FakeExtender)
     monkeypatch.setattr(hami.kube.config, "load_config", lambda _path=None: object())
     return seen
 

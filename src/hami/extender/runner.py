@@ -16,20 +16,21 @@ from aiohttp import web
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.leasefollow import LeaseFollower
+from hami.extender.metrics import Metrics
+from hami.extender.nodelock import NodeLocker
+from hami.extender.reservations import Reservations
+from hami.extender.server import make_app, make_ops_app
+from hami.extender.service import ExtenderService, owner_alive_from
+from hami.extender.sync import LedgerSync
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
 from hami.kube.informer import Informer
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.protocol.nodelock import HAMI_NODE_LOCK
-from hami.scheduler.leasefollow import LeaseFollower
-from hami.scheduler.metrics import Metrics
-from hami.scheduler.nodelock import NodeLocker
-from hami.scheduler.reservations import Reservations
-from hami.scheduler.server import make_app, make_ops_app
-from hami.scheduler.service import ExtenderService, owner_alive_from
-from hami.scheduler.sync import LedgerSync
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -166,11 +167,11 @@ class Extender:
 
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
         self.sync.node_changed(new)
-        self.locker.node_changed(str((new.get("metadata") or {}).get("name") or ""))
+        self.locker.node_changed(bodies.name(new))
 
     def _node_deleted(self, node: dict[str, Any]) -> None:
         self.sync.node_deleted(node)
-        self.locker.node_changed(str((node.get("metadata") or {}).get("name") or ""))
+        self.locker.node_changed(bodies.name(node))
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")

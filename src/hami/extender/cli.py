@@ -1,4 +1,4 @@
-"""``hami scheduler``: run the kube-scheduler extender (see :mod:`hami.scheduler.runner`)."""
+"""``hami scheduler``: run the kube-scheduler extender (see :mod:`hami.extender.runner`)."""
 
 from __future__ import annotations
 
@@ -96,8 +96,8 @@ def scheduler_command(
 ) -> None:
     """Serve /filter and /bind for kube-scheduler (see deploy/scheduler-config.yaml)."""
     import hami.kube.config
+    from hami.extender import runner
     from hami.kube.errors import KubeError
-    from hami.scheduler import runner
 
     default_level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     cliutil.setup_logging(log_level or default_level)

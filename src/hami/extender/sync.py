@@ -5,7 +5,7 @@ Rules (they fix HAMi's phantom reservations, finding F2):
 * a *bound* pod (``spec.nodeName`` set) carrying an allocation annotation counts on its node —
   only if hami scheduled it (``spec.schedulerName``), so forged annotations elsewhere count nothing;
 * an *unbound* pod counts only while this process holds a reservation for it (it was just
-  decided: assumed in :class:`~hami.scheduler.reservations.Reservations`); annotations left on an
+  decided: assumed in :class:`~hami.extender.reservations.Reservations`); annotations left on an
   unbound pod by an earlier decision are ignored;
 * a pod event carrying ``hami.io/bind-phase`` success or failed ends the pod's place in flight on
   its node (its allocation finished);
@@ -25,10 +25,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hami.protocol import keys
+from hami.extender.reservations import Reservations
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
-from hami.scheduler.reservations import Reservations
-from hami.scheduling.filter import Scheduler, pod_key
+from hami.scheduling.decide import Scheduler, pod_key
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,13 @@ def init_containers_done(pod: Mapping[str, Any]) -> bool:
     Native sidecars (init containers with ``restartPolicy: Always``) keep running and are counted
     like app containers, so they are not waited for.
     """
-    init = [c for c in (pod.get("spec") or {}).get("initContainers") or [] if isinstance(c, Mapping)]
+    init = [c for c in bodies.init_containers(pod) if isinstance(c, Mapping)]
     if not init:
         return False
-    statuses = [
-        s for s in (pod.get("status") or {}).get("initContainerStatuses") or [] if isinstance(s, Mapping)
-    ]
+    statuses = [s for s in bodies.init_container_statuses(pod) if isinstance(s, Mapping)]
     by_name = {s.get("name"): s for s in statuses if s.get("name")}
     for i, container in enumerate(init):
-        if container.get("restartPolicy") == "Always":
+        if bodies.is_sidecar(container):
             continue
         status = by_name.get(container.get("name"))
         if status is None and i < len(statuses) and not statuses[i].get("name"):
@@ -96,12 +94,11 @@ class LedgerSync:
 
     # --- nodes --------------------------------------------------------------------------------
     def node_changed(self, node: Mapping[str, Any]) -> None:
-        meta = node.get("metadata") or {}
-        name = str(meta.get("name") or "")
-        annotations = meta.get("annotations") or {}
+        name = bodies.name(node)
+        annotations = bodies.annotations(node)
         # what the inventory is read from: the registration annotations, and what kubelet says is
         # allocatable (a backend drops a node whose device plugin is gone)
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        allocatable = bodies.allocatable(node)
         fingerprint = (
             tuple(
                 sorted(
@@ -120,7 +117,7 @@ class LedgerSync:
             log.warning("ignoring node inventory: %s", error)
 
     def node_deleted(self, node: Mapping[str, Any]) -> None:
-        name = str((node.get("metadata") or {}).get("name") or "")
+        name = bodies.name(node)
         self._node_seen.pop(name, None)
         self.scheduler.node_errors.pop(name, None)
         self.scheduler.state.remove_node(name)
@@ -129,27 +126,20 @@ class LedgerSync:
     def pod_changed(self, pod: Mapping[str, Any]) -> None:
         for callback in self.on_pod:
             callback(pod)
-        meta = pod.get("metadata") or {}
-        if (meta.get("annotations") or {}).get(keys.BIND_PHASE) in (
-            keys.BIND_PHASE_SUCCESS,
-            keys.BIND_PHASE_FAILED,
-        ):
-            self.reservations.allocation_finished(str(meta.get("uid") or ""))
+        if bodies.annotations(pod).get(keys.BIND_PHASE) in (keys.BIND_PHASE_SUCCESS, keys.BIND_PHASE_FAILED):
+            self.reservations.allocation_finished(bodies.uid(pod))
         uid, _, _ = pod_key(pod)
         state = self.scheduler.state
-        phase = (pod.get("status") or {}).get("phase")
+        phase = bodies.phase(pod)
         if phase in TERMINAL_PHASES:
             self.forget(uid)
             return
-        node = (pod.get("spec") or {}).get("nodeName")
+        node = bodies.node_name(pod)
         if not node:
             if not self.reservations.is_assumed(uid):
                 state.remove_pod(uid)  # stale annotations of an earlier decision hold nothing
             return
-        if (
-            self.scheduler_name is not None
-            and (pod.get("spec") or {}).get("schedulerName") != self.scheduler_name
-        ):
+        if self.scheduler_name is not None and bodies.spec(pod).get("schedulerName") != self.scheduler_name:
             return  # not placed by hami: its annotations say nothing we can trust
         try:
             alloc = self.scheduler.allocation_of(pod, str(node))

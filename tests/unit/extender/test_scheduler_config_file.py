@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 from hami.devices.registry import default_registry
-from hami.scheduler.cli import scheduler_command
-from hami.scheduler.kubeconfig import scheduler_configuration
+from hami.extender.cli import scheduler_command
+from hami.extender.schedulerconfig import scheduler_configuration
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "scheduler-config.yaml"
 DEFAULT_BIND = next(p.default for p in scheduler_command.params if p.name == "bind")

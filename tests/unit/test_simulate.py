@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from hami.cli import main
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hami.scheduler.reservations import Reservations
+from hami.extender.reservations import Reservations
 
 
 class Write:

@@ -26,6 +26,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.times import parse_time
+from hami.protocol import bodies
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class LeaseFollower:
 
     def observe(self, lease: dict[str, Any] | None) -> None:
         """Update from a Lease object (``None``: there is no Lease)."""
-        spec = (lease or {}).get("spec") or {}
+        spec = bodies.spec(lease or {})
         holder = str(spec.get("holderIdentity") or "")
         if holder != self.holder:
             log.info("lease %s/%s: holder is now %r", self.namespace, self.name, holder)

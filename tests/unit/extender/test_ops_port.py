@@ -14,8 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from hami.extender.runner import Extender, ExtenderSettings
 from hami.kube.config import load_kubeconfig
-from hami.scheduler.runner import Extender, ExtenderSettings
 
 KUBECONFIG = """
 apiVersion: v1

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hami.devices.registry import BackendRegistry
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +43,8 @@ def simulate(
             warnings.append(error)
     placements: list[dict[str, Any]] = []
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        key = f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
-        bound = (pod.get("spec") or {}).get("nodeName")
+        key = f"{bodies.namespace(pod) or 'default'}/{bodies.meta(pod).get('name')}"
+        bound = bodies.node_name(pod)
         if bound:
             try:
                 alloc = sched.allocation_of(pod, str(bound))

@@ -1,16 +1,17 @@
-"""Regression tests for review findings in the extender: trust, locking scope, stale keys, bound pods."""
+"""The extender trusts only its own decisions and forgets what it must: forged allocations, the node-lock
+scope of init-only pods, stale MIG keys, already-bound pods, reservation TTL, deleted pods, tombstones."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from hami.devices.registry import default_registry
+from hami.extender.service import ExtenderService
+from hami.extender.sync import LedgerSync
+from hami.extender.wire import BindingArgs, ExtenderArgs
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo, MigPlacement, MigProfile, encode_node_devices
-from hami.scheduler.service import ExtenderService
-from hami.scheduler.sync import LedgerSync
-from hami.scheduler.wire import BindingArgs, ExtenderArgs
-from hami.scheduling.filter import Scheduler
+from hami.scheduling.decide import Scheduler
 
 
 def _node(name: str, *, mig: bool = False) -> dict[str, Any]:
@@ -166,7 +167,7 @@ async def test_a_pod_deleted_before_kube_scheduler_asks_reserves_nothing() -> No
 
 
 def test_tombstones_are_bounded() -> None:
-    from hami.scheduler.sync import MAX_TOMBSTONES
+    from hami.extender.sync import MAX_TOMBSTONES
 
     svc = _service(_node("a"))
     for i in range(MAX_TOMBSTONES + 10):

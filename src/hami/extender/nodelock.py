@@ -22,6 +22,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError
 from hami.kube.nodelock import ClientNodes, release_node_lock
 from hami.kube.paths import api_path
+from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLock, NodeLockCodec
 
@@ -87,8 +88,7 @@ class NodeLocker:
             cached = None if fresh or self.node_lookup is None else self.node_lookup(node)
             obj = cached if cached is not None else await self.client.get(path)
             fresh = False
-            meta = obj.get("metadata") or {}
-            value = (meta.get("annotations") or {}).get(self.codec.key)
+            value = bodies.annotations(obj).get(self.codec.key)
             if value and self.codec.held_by(value, namespace, name):
                 if cached is not None:
                     # a cached "ours" may already be released on the server (informer lag): check
@@ -110,7 +110,7 @@ class NodeLocker:
                 await self.client.merge_patch(
                     path,
                     {"metadata": {"annotations": {self.codec.key: lock}}},
-                    resource_version=meta.get("resourceVersion"),
+                    resource_version=bodies.resource_version(obj),
                 )
                 return loop.time() - started
             except ConflictError:

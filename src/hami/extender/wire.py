@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hami.protocol import bodies
+
 
 class WireError(ValueError):
     """A request body does not have the shape kube-scheduler sends."""
@@ -51,7 +53,7 @@ class ExtenderArgs:
             if not isinstance(items, list) or not all(isinstance(n, dict) for n in items):
                 raise WireError("ExtenderArgs.Nodes.items must be a list of Node objects")
             objects = items
-            names = [(n.get("metadata") or {}).get("name") for n in items]
+            names = [bodies.name(n) for n in items]
             if not all(isinstance(n, str) and n for n in names):
                 raise WireError("ExtenderArgs.Nodes.items: every Node needs metadata.name")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -1,1 +1,0 @@
-"""hami.webui package."""
