@@ -75,8 +75,10 @@ nvmlDevice_t vgpu_nvml_device(int cudadev) {
     if (!vgpu_nvml_ok) return NULL;
     nvmlDevice_t h = NULL;
     struct vgpu_region *R = vgpu_region();
-    if (R && R->dev[cudadev].uuid[0] && NVML_HELPER_FN(nvmlDeviceGetHandleByUUID) &&
-        NVML_HELPER_FN(nvmlDeviceGetHandleByUUID)(R->dev[cudadev].uuid, &h) == NVML_SUCCESS)
+    char uuid[sizeof R->dev[0].uuid + 1] = ""; /* the region is writable by the tenant: bounded copy */
+    if (R) snprintf(uuid, sizeof uuid, "%.*s", (int)sizeof R->dev[0].uuid, R->dev[cudadev].uuid);
+    if (uuid[0] && NVML_HELPER_FN(nvmlDeviceGetHandleByUUID) &&
+        NVML_HELPER_FN(nvmlDeviceGetHandleByUUID)(uuid, &h) == NVML_SUCCESS)
         return h;
     if (NVML_HELPER_FN(nvmlDeviceGetHandleByIndex_v2) &&
         NVML_HELPER_FN(nvmlDeviceGetHandleByIndex_v2)((unsigned)cudadev, &h) == NVML_SUCCESS)
@@ -92,7 +94,7 @@ static int cuda_index(nvmlDevice_t dev) {
     if (NVML_HELPER_FN(nvmlDeviceGetUUID) && NVML_HELPER_FN(nvmlDeviceGetUUID)(dev, uuid, sizeof uuid) == 0) {
         for (int d = 0; d < VGPU_MAX_DEV; d++) {
             known |= R->dev[d].uuid[0] != 0;
-            if (R->dev[d].uuid[0] && !strcmp(R->dev[d].uuid, uuid)) return d;
+            if (R->dev[d].uuid[0] && !strncmp(R->dev[d].uuid, uuid, sizeof R->dev[d].uuid)) return d;
         }
         if (known) return -1; /* a GPU this container's CUDA does not see: not part of the slice */
     }
