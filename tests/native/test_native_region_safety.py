@@ -103,3 +103,24 @@ def test_nvml_process_list_shows_this_container_only(tmp_path: Path, native_buil
     assert (got["rcu"], got["nu"]) == ("0", "1"), "utilisation samples"
     seen = kv(lines(plain.stdout, "procs ")[0])
     assert (seen["n"], seen["ng"], seen["nu"]) == ("2", "2", "2"), plain.stdout  # the card has both
+
+
+def test_init_lock_held_forever_does_not_hang_new_processes(sandbox: Sandbox) -> None:
+    """A process of the container that takes the region's init lock (a byte-range lock at 204,800)
+    and never lets go: a new process waits 2 s at most, then runs on a private region whose limits
+    still apply to it (outside a pod; in a pod it refuses, as the trust tests show for a bad file)."""
+    import fcntl
+
+    sandbox.run("alloc:linear:1m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    with open(sandbox.cache, "r+b") as f:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 204_800)
+        t0 = time.monotonic()
+        try:
+            r = sandbox.run(
+                "alloc:linear:600m", "alloc:linear:600m", CUDA_DEVICE_MEMORY_LIMIT="1g", timeout=30
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail("a held init lock hangs new processes")
+    assert time.monotonic() - t0 < 20
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2"], r.stdout + r.stderr
+    assert "init lock" in r.stderr
