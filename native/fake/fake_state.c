@@ -95,7 +95,31 @@ struct fk_state *fk_state(void) {
     return g_S;
 }
 
-static int alive(int32_t pid) { return pid > 0 && (kill(pid, 0) == 0 || errno != ESRCH); }
+/* The PID this process is listed under, as a real driver lists it: in the host's PID namespace
+ * (the outermost NSpid the procfs shows), plus FAKECUDA_PID_OFFSET, which makes every process look
+ * as if it ran in a PID namespace whose PIDs NVML does not report. */
+static int64_t pid_offset(void) { return (int64_t)fk_env_size("FAKECUDA_PID_OFFSET", 0); }
+int32_t fk_pid(void) {
+    long pid = (long)getpid();
+    FILE *f = fopen("/proc/self/status", "re");
+    if (f) {
+        char ln[256];
+        while (fgets(ln, sizeof ln, f))
+            if (!strncmp(ln, "NSpid:", 6)) {
+                pid = strtol(ln + 6, NULL, 10);
+                break;
+            }
+        fclose(f);
+    }
+    return (int32_t)(pid + pid_offset());
+}
+static int alive(int32_t pid) {
+    pid = (int32_t)(pid - pid_offset());
+    if (pid <= 0) return 0;
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%d", (int)pid);
+    return access(path, F_OK) == 0 || kill(pid, 0) == 0 || errno != ESRCH;
+}
 
 static void release_proc(struct fk_state *S, struct fk_proc *p) {
     for (int d = 0; d < FK_MAX_DEV; d++) {
@@ -122,7 +146,7 @@ struct fk_proc *fk_me(void) {
     pthread_mutex_lock(&g_me_mu);
     me = atomic_load(&g_me);
     if (me < 0) {
-        int32_t pid = (int32_t)getpid();
+        int32_t pid = fk_pid();
         for (int pass = 0; pass < 2 && me < 0; pass++) {
             if (pass) fk_reap(S);
             for (int i = 0; i < FK_MAX_PROC && me < 0; i++) {

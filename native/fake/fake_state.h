@@ -44,6 +44,7 @@ struct fk_state {
 
 struct fk_state *fk_state(void);
 struct fk_proc *fk_me(void);
+int32_t fk_pid(void); /* the PID the driver lists this process under (host namespace) */
 uint64_t fk_mono_ns(void);
 uint64_t fk_real_us(void);
 uint64_t fk_env_size(const char *name, uint64_t dflt);

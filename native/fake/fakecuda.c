@@ -57,6 +57,7 @@ API CUresult cuInit(unsigned int flags) {
         if (!atomic_load_explicit(&g_inited, memory_order_relaxed)) return CUDA_ERROR_NOT_INITIALIZED; \
     } while (0)
 
+static int nvis(void);
 API CUresult cuDriverGetVersion(int *v) {
     if (!v) return CUDA_ERROR_INVALID_VALUE;
     *v = fk_state()->driver_version;
@@ -65,10 +66,39 @@ API CUresult cuDriverGetVersion(int *v) {
 API CUresult cuDeviceGetCount(int *n) {
     NEED_INIT();
     FAULT(cuDeviceGetCount);
-    *n = (int)fk_state()->ndev;
+    *n = nvis();
     return CUDA_SUCCESS;
 }
-static int bad_dev(CUdevice d) { return d < 0 || (uint32_t)d >= fk_state()->ndev; }
+/* CUDA_VISIBLE_DEVICES: the process's ordinals are a selection and ordering of the simulated cards
+ * (indexes or the fake UUIDs, up to the first entry that names no card, as CUDA does). CUdevice
+ * values are ordinals; the shared state is indexed by card. */
+static int g_vis[FK_MAX_DEV], g_nvis;
+static pthread_once_t g_vis_once = PTHREAD_ONCE_INIT;
+static void parse_visible(void) {
+    int n = (int)fk_state()->ndev;
+    const char *s = getenv("CUDA_VISIBLE_DEVICES");
+    if (!s) {
+        for (int i = 0; i < n; i++) g_vis[i] = i;
+        g_nvis = n;
+        return;
+    }
+    for (const char *p = s; *p && g_nvis < FK_MAX_DEV;) {
+        size_t len = strcspn(p, ",");
+        char tok[64];
+        snprintf(tok, sizeof tok, "%.*s", (int)len, p);
+        char *end;
+        long v = !strncmp(tok, "GPU-face", 8) && len > 2 ? strtol(tok + len - 2, &end, 16) : strtol(tok, &end, 10);
+        if (!len || *end || v < 0 || v >= n) break;
+        g_vis[g_nvis++] = (int)v;
+        p += len + (p[len] == ',');
+    }
+}
+static int nvis(void) {
+    pthread_once(&g_vis_once, parse_visible);
+    return g_nvis;
+}
+static int bad_dev(CUdevice d) { return d < 0 || d >= nvis(); }
+static int phys(CUdevice d) { return bad_dev(d) ? 0 : g_vis[d]; }
 API CUresult cuDeviceGet(CUdevice *d, int ordinal) {
     NEED_INIT();
     if (bad_dev(ordinal)) return CUDA_ERROR_INVALID_DEVICE;
@@ -88,14 +118,14 @@ static void fill_uuid(CUuuid *u, CUdevice d) {
 }
 API CUresult cuDeviceGetUuid(CUuuid *u, CUdevice d) {
     if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
-    fill_uuid(u, d);
+    fill_uuid(u, phys(d));
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGetUuid_v2(CUuuid *u, CUdevice d) { return cuDeviceGetUuid(u, d); }
 API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
     if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
     switch (attr) {
-    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = (int)fk_state()->dev[d].sm_count; break;
+    case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = (int)fk_state()->dev[phys(d)].sm_count; break;
     case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: *v = 2048; break;
     default: *v = 0;
     }
@@ -104,7 +134,7 @@ API CUresult cuDeviceGetAttribute(int *v, int attr, CUdevice d) {
 API CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice d) {
     NEED_INIT();
     if (bad_dev(d)) return CUDA_ERROR_INVALID_DEVICE;
-    *bytes = fk_state()->dev[d].total;
+    *bytes = fk_state()->dev[phys(d)].total;
     return CUDA_SUCCESS;
 }
 API CUresult cuGetErrorName(CUresult e, const char **s) {
@@ -145,16 +175,18 @@ static CUresult ctx_charge(int dev, int delta) {
     struct fk_state *S = fk_state();
     pthread_mutex_lock(&g_ctx_mu);
     int before = g_ctx_count[dev];
-    g_ctx_count[dev] += delta;
+    int ord = dev;
+    dev = phys(ord);
+    g_ctx_count[ord] += delta; /* per ordinal; the memory is the card's */
     if (before == 0 && delta > 0 && g_ctx_bytes) {
         if (atomic_fetch_add(&S->dev[dev].used, g_ctx_bytes) + g_ctx_bytes > S->dev[dev].total) {
             atomic_fetch_sub(&S->dev[dev].used, g_ctx_bytes);
-            g_ctx_count[dev] = 0;
+            g_ctx_count[ord] = 0;
             pthread_mutex_unlock(&g_ctx_mu);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         atomic_fetch_add(&fk_me()->mem[dev], g_ctx_bytes);
-    } else if (g_ctx_count[dev] == 0 && before > 0 && g_ctx_bytes) {
+    } else if (g_ctx_count[ord] == 0 && before > 0 && g_ctx_bytes) {
         atomic_fetch_sub(&S->dev[dev].used, g_ctx_bytes);
         atomic_fetch_sub(&fk_me()->mem[dev], g_ctx_bytes);
     }
@@ -226,6 +258,12 @@ API CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *p, unsigned int 
     (void)flags;
     return ctx_new(pctx, d);
 }
+API CUresult cuCtxCreate(CUcontext *pctx, unsigned int flags, CUdevice d) {
+    (void)flags;
+    return ctx_new(pctx, d);
+}
+API CUresult cuCtxDestroy_v2(CUcontext c);
+API CUresult cuCtxDestroy(CUcontext c) { return cuCtxDestroy_v2(c); }
 API CUresult cuCtxDestroy_v2(CUcontext c) {
     if (!c || c->primary) return CUDA_ERROR_INVALID_CONTEXT;
     ctx_charge(c->dev, -1);
@@ -257,7 +295,8 @@ API CUresult cuCtxGetDevice(CUdevice *d) {
     *d = t_cur->dev;
     return CUDA_SUCCESS;
 }
-static int cur_dev(void) { return t_cur ? t_cur->dev : 0; }
+static int cur_ord(void) { return t_cur ? t_cur->dev : 0; }
+static int cur_dev(void) { return phys(cur_ord()); } /* the card */
 
 /* ---------------------------------------------------------------- stream-ordered pools */
 /* Per process, one default pool per device. Freed blocks stay reserved in the pool (device memory
@@ -278,8 +317,8 @@ static void pools_trim(uint64_t keep_min, CUmemoryPool only) {
         if (only && keep < p->used + keep_min) keep = p->used > keep_min ? p->used : keep_min;
         if (p->reserved > keep) {
             uint64_t rel = p->reserved - keep;
-            atomic_fetch_sub(&S->dev[d].used, rel);
-            atomic_fetch_sub(&fk_me()->mem[d], rel);
+            atomic_fetch_sub(&S->dev[p->dev].used, rel);
+            atomic_fetch_sub(&fk_me()->mem[p->dev], rel);
             p->reserved = keep;
         }
     }
@@ -287,7 +326,7 @@ static void pools_trim(uint64_t keep_min, CUmemoryPool only) {
 }
 API CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice d) {
     if (bad_dev(d) || !pool) return CUDA_ERROR_INVALID_VALUE;
-    g_pool[d].dev = d;
+    g_pool[d].dev = phys(d);
     *pool = &g_pool[d];
     return CUDA_SUCCESS;
 }
@@ -449,6 +488,16 @@ API CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned gx, unsigned 
                                             unsigned by, unsigned bz, unsigned smem, CUstream s, void **params) {
     return cuLaunchCooperativeKernel(f, gx, gy, gz, bx, by, bz, smem, s, params);
 }
+/* the legacy launch API: no parameters here (cuParamSet* is not simulated), FAKECUDA_KERNEL_NS each */
+API CUresult cuLaunch(CUfunction f) { return launch(f, NULL); }
+API CUresult cuLaunchGrid(CUfunction f, int gw, int gh) {
+    (void)gw, (void)gh;
+    return launch(f, NULL);
+}
+API CUresult cuLaunchGridAsync(CUfunction f, int gw, int gh, CUstream s) {
+    (void)gw, (void)gh, (void)s;
+    return launch(f, NULL);
+}
 struct CUgraph_st {
     int dummy;
 };
@@ -543,10 +592,53 @@ API CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pitch, size_t w, size
     *pitch = (w + 511) / 512 * 512;
     return dev_alloc(dptr, *pitch * h, cur_dev());
 }
+/* the v1 API's 32-bit device pointers: small handles to the 64-bit ones */
+#define V1_MAX 4096
+static CUdeviceptr g_v1[V1_MAX];
+static pthread_mutex_t g_v1_mu = PTHREAD_MUTEX_INITIALIZER;
+static CUresult v1_handle(CUresult r, CUdeviceptr p, CUdeviceptr_v1 *out) {
+    if (r) return r;
+    pthread_mutex_lock(&g_v1_mu);
+    for (unsigned i = 0; i < V1_MAX; i++)
+        if (!g_v1[i]) {
+            g_v1[i] = p;
+            pthread_mutex_unlock(&g_v1_mu);
+            *out = (i + 1) * 256u;
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&g_v1_mu);
+    dev_free(p);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+}
+API CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int size) {
+    FAULT(cuMemAlloc);
+    CUdeviceptr p = 0;
+    if (!dptr) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = dev_alloc(&p, size, cur_dev());
+    return v1_handle(r, p, dptr);
+}
+API CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pitch, unsigned int w, unsigned int h,
+                             unsigned int elem) {
+    size_t p64;
+    CUdeviceptr p = 0;
+    if (!dptr || !pitch) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = cuMemAllocPitch_v2(&p, &p64, w, h, elem);
+    *pitch = (unsigned int)p64;
+    return v1_handle(r, p, dptr);
+}
+API CUresult cuMemFree(CUdeviceptr_v1 d) {
+    unsigned i = d / 256u;
+    if (!d || d % 256u || i > V1_MAX) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_v1_mu);
+    CUdeviceptr p = g_v1[i - 1];
+    g_v1[i - 1] = 0;
+    pthread_mutex_unlock(&g_v1_mu);
+    return p ? dev_free(p) : CUDA_ERROR_INVALID_VALUE;
+}
 static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool) {
     NEED_INIT();
     if (!dptr || !size) return CUDA_ERROR_INVALID_VALUE;
-    if (!pool) cuDeviceGetMemPool(&pool, cur_dev());
+    if (!pool) cuDeviceGetMemPool(&pool, cur_ord());
     struct fk_state *S = fk_state();
     int dev = pool->dev;
     pthread_mutex_lock(&g_pool_mu);
@@ -599,6 +691,20 @@ API CUresult cuMemGetInfo_v2(size_t *free, size_t *total) {
     *free = u >= *total ? 0 : *total - u;
     return CUDA_SUCCESS;
 }
+API CUresult cuMemGetInfo(unsigned int *free, unsigned int *total) {
+    size_t f, t;
+    CUresult r = cuMemGetInfo_v2(&f, &t);
+    if (r) return r;
+    *free = f > 0xffffffffu ? 0xffffffffu : (unsigned int)f;
+    *total = t > 0xffffffffu ? 0xffffffffu : (unsigned int)t;
+    return CUDA_SUCCESS;
+}
+API CUresult cuDeviceTotalMem(unsigned int *bytes, CUdevice d) {
+    size_t b;
+    CUresult r = cuDeviceTotalMem_v2(&b, d);
+    if (!r) *bytes = b > 0xffffffffu ? 0xffffffffu : (unsigned int)b;
+    return r;
+}
 API CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     memcpy((void *)(uintptr_t)dst, src, n < 64 ? n : 64);
     return CUDA_SUCCESS;
@@ -624,6 +730,7 @@ API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUm
     int dev = prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE ? prop->location.id : -1;
     if (dev >= 0) {
         if (bad_dev(dev)) return CUDA_ERROR_INVALID_DEVICE;
+        dev = phys(dev);
         struct fk_state *S = fk_state();
         if (atomic_fetch_add(&S->dev[dev].used, size) + size > S->dev[dev].total) {
             atomic_fetch_sub(&S->dev[dev].used, size);
@@ -735,6 +842,14 @@ API CUresult cuArrayDestroy(CUarray a) {
     free(a);
     return CUDA_SUCCESS;
 }
+API CUresult cuArrayCreate(CUarray *a, const CUDA_ARRAY_DESCRIPTOR_v1 *d) {
+    CUDA_ARRAY_DESCRIPTOR d2 = {d->Width, d->Height, d->Format, d->NumChannels};
+    return cuArrayCreate_v2(a, &d2);
+}
+API CUresult cuArray3DCreate(CUarray *a, const CUDA_ARRAY3D_DESCRIPTOR_v1 *d) {
+    CUDA_ARRAY3D_DESCRIPTOR d2 = {d->Width, d->Height, d->Depth, d->Format, d->NumChannels, d->Flags};
+    return cuArray3DCreate_v2(a, &d2);
+}
 API CUresult cuMipmappedArrayCreate(CUmipmappedArray *m, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels) {
     (void)levels;
     CUarray a;
@@ -745,6 +860,7 @@ API CUresult cuMipmappedArrayCreate(CUmipmappedArray *m, const CUDA_ARRAY3D_DESC
 API CUresult cuMipmappedArrayDestroy(CUmipmappedArray m) { return cuArrayDestroy((CUarray)m); }
 
 /* ---------------------------------------------------------------- cuGetProcAddress */
+static CUresult alias_cuMemAlloc(CUdeviceptr_v1 *p, unsigned int n) { return cuMemAlloc(p, n); }
 static CUresult alias_cuMemAlloc_v2(CUdeviceptr *p, size_t n) { return cuMemAlloc_v2(p, n); }
 static CUresult alias_cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                                      unsigned bz, unsigned smem, CUstream s, void **params, void **extra) {
@@ -781,6 +897,12 @@ static const struct gpa {
     E(cuCtxCreate, 12050, 0, cuCtxCreate_v4) E(cuCtxDestroy, 4000, 0, cuCtxDestroy_v2)
     E(cuCtxSetCurrent, 4000, 0, cuCtxSetCurrent) E(cuCtxGetCurrent, 4000, 0, cuCtxGetCurrent)
     E(cuCtxGetDevice, 2000, 0, cuCtxGetDevice) E(cuCtxSynchronize, 2000, 0, cuCtxSynchronize)
+    A(cuMemAlloc, 2000, 0, cuMemAlloc) E(cuMemFree, 2000, 0, cuMemFree) E(cuMemAllocPitch, 2000, 0, cuMemAllocPitch)
+    E(cuMemGetInfo, 2000, 0, cuMemGetInfo) E(cuDeviceTotalMem, 2000, 0, cuDeviceTotalMem)
+    E(cuArrayCreate, 2000, 0, cuArrayCreate) E(cuArray3DCreate, 2000, 0, cuArray3DCreate)
+    E(cuCtxCreate, 2000, 0, cuCtxCreate) E(cuCtxDestroy, 2000, 0, cuCtxDestroy)
+    E(cuLaunch, 2000, 0, cuLaunch) E(cuLaunchGrid, 2000, 0, cuLaunchGrid)
+    E(cuLaunchGridAsync, 2000, 0, cuLaunchGridAsync)
     A(cuMemAlloc, 3020, 0, cuMemAlloc_v2) E(cuMemFree, 3020, 0, cuMemFree_v2)
     E(cuMemAllocPitch, 3020, 0, cuMemAllocPitch_v2) E(cuMemAllocManaged, 6000, 0, cuMemAllocManaged)
     E(cuMemGetInfo, 3020, 0, cuMemGetInfo_v2) E(cuMemAllocAsync, 11020, 0, cuMemAllocAsync)
@@ -847,6 +969,7 @@ API CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int ver, cuuint64_
 API uint64_t fakecuda_busy_ns(int pid, int dev) {
     struct fk_state *S = fk_state();
     uint64_t now = fk_mono_ns();
+    if (pid == (int)getpid()) pid = fk_pid();
     for (int i = 0; i < FK_MAX_PROC; i++) {
         struct fk_proc *p = &S->proc[i];
         if (atomic_load(&p->pid) != pid) continue;

@@ -155,6 +155,14 @@ CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
     return commit(&h, CALL_REAL(cuMemAlloc_v2, dptr, bytesize), dptr);
 }
 
+CUresult cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize) {
+    struct hold h;
+    if (admit(&h, bytesize, K_LINEAR, "cuMemAlloc")) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = CALL_REAL(cuMemAlloc, dptr, bytesize);
+    CUdeviceptr p = (r == CUDA_SUCCESS && dptr) ? *dptr : 0;
+    return commit(&h, r, &p);
+}
+
 CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
     struct hold h;
     if (admit(&h, bytesize, K_MANAGED, "cuMemAllocManaged")) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -176,20 +184,37 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
     }
 
 #define PITCH_ALIGN 512
-CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, size_t height, unsigned int elemSize) {
-    int dev = vgpu_current_device();
-    size_t bound = ((width + PITCH_ALIGN - 1) / PITCH_ALIGN) * PITCH_ALIGN * height; /* upper bound first */
-    if (vgpu_mem_reserve(dev, bound, "cuMemAllocPitch")) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult r = CALL_REAL(cuMemAllocPitch_v2, dptr, pPitch, width, height, elemSize);
-    if (r != CUDA_SUCCESS || !dptr || !*dptr || !pPitch) {
+/* pitch allocations: reserve an upper bound first, then settle to the driver's pitch x height */
+static int pitch_reserve(int dev, size_t width, size_t height, size_t *bound) {
+    *bound = ((width + PITCH_ALIGN - 1) / PITCH_ALIGN) * PITCH_ALIGN * height;
+    return vgpu_mem_reserve(dev, *bound, "cuMemAllocPitch");
+}
+static CUresult pitch_settle(int dev, CUresult r, uint64_t ptr, int have_pitch, size_t pitch, size_t height,
+                             size_t bound) {
+    if (r != CUDA_SUCCESS || !ptr || !have_pitch) {
         vgpu_mem_unreserve(dev, bound);
         return r;
     }
-    size_t actual = *pPitch * height;
+    size_t actual = pitch * height;
     if (actual < bound) vgpu_mem_unreserve(dev, bound - actual);
     else if (actual > bound) vgpu_mem_force(dev, actual - bound);
-    track(&m_ptr, *dptr, actual, dev, K_PITCH);
+    track(&m_ptr, ptr, actual, dev, K_PITCH);
     return r;
+}
+CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t width, size_t height, unsigned int elemSize) {
+    int dev = vgpu_current_device();
+    size_t bound;
+    if (pitch_reserve(dev, width, height, &bound)) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = CALL_REAL(cuMemAllocPitch_v2, dptr, pPitch, width, height, elemSize);
+    return pitch_settle(dev, r, dptr ? *dptr : 0, pPitch != NULL, pPitch ? *pPitch : 0, height, bound);
+}
+CUresult cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned int width, unsigned int height,
+                         unsigned int elemSize) {
+    int dev = vgpu_current_device();
+    size_t bound;
+    if (pitch_reserve(dev, width, height, &bound)) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = CALL_REAL(cuMemAllocPitch, dptr, pPitch, width, height, elemSize);
+    return pitch_settle(dev, r, dptr ? *dptr : 0, pPitch != NULL, pPitch ? *pPitch : 0, height, bound);
 }
 
 static CUresult freed(CUresult r_after_call, struct ment *e, int had) {
@@ -221,9 +246,7 @@ static CUresult freed(CUresult r_after_call, struct ment *e, int had) {
 CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
                      unsigned long long flags) {
     int dev = -1;
-    if (prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE && prop->location.id >= 0 &&
-        prop->location.id < VGPU_MAX_DEV)
-        dev = prop->location.id;
+    if (prop && prop->location.type == CU_MEM_LOCATION_TYPE_DEVICE) dev = vgpu_dev_index(prop->location.id);
     if (dev >= 0 && vgpu_mem_reserve(dev, size, "cuMemCreate")) return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult r = CALL_REAL(cuMemCreate, handle, size, prop, flags);
     if (dev < 0) return r; /* host / NUMA locations are not device memory */
@@ -313,25 +336,31 @@ static size_t arr_bytes(size_t w, size_t h, size_t d, CUarray_format f, unsigned
     return (b + 511) & ~(size_t)511;
 }
 
-CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *desc) {
-    if (!desc) return CALL_REAL(cuArrayCreate_v2, pHandle, desc);
-    int dev = vgpu_current_device();
-    size_t n = arr_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-    if (vgpu_mem_reserve(dev, n, "cuArrayCreate")) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult r = CALL_REAL(cuArrayCreate_v2, pHandle, desc);
+/* an array of n bytes: reserve, create, track or roll back */
+static CUresult arr_created(int dev, size_t n, CUresult r, CUarray *pHandle) {
     if (r != CUDA_SUCCESS || !pHandle) vgpu_mem_unreserve(dev, n);
     else track(&m_obj, (uint64_t)(uintptr_t)*pHandle, n, dev, K_ARRAY);
     return r;
 }
+#define ARRAY_CREATE(name, w, h, d, fmt, ch)                                                     \
+    do {                                                                                         \
+        if (!desc) return CALL_REAL(name, pHandle, desc);                                        \
+        int dev_ = vgpu_current_device();                                                        \
+        size_t n_ = arr_bytes(w, h, d, fmt, ch);                                                 \
+        if (vgpu_mem_reserve(dev_, n_, #name)) return CUDA_ERROR_OUT_OF_MEMORY;                  \
+        return arr_created(dev_, n_, CALL_REAL(name, pHandle, desc), pHandle);                   \
+    } while (0)
+CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *desc) {
+    ARRAY_CREATE(cuArrayCreate_v2, desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
+}
+CUresult cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *desc) {
+    ARRAY_CREATE(cuArrayCreate, desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
+}
 CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc) {
-    if (!desc) return CALL_REAL(cuArray3DCreate_v2, pHandle, desc);
-    int dev = vgpu_current_device();
-    size_t n = arr_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
-    if (vgpu_mem_reserve(dev, n, "cuArray3DCreate")) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult r = CALL_REAL(cuArray3DCreate_v2, pHandle, desc);
-    if (r != CUDA_SUCCESS || !pHandle) vgpu_mem_unreserve(dev, n);
-    else track(&m_obj, (uint64_t)(uintptr_t)*pHandle, n, dev, K_ARRAY);
-    return r;
+    ARRAY_CREATE(cuArray3DCreate_v2, desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
+}
+CUresult cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR_v1 *desc) {
+    ARRAY_CREATE(cuArray3DCreate, desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
 }
 CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc,
                                 unsigned int numLevels) {

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,12 +86,82 @@ int vgpu_parse_percent(const char *s, uint32_t *out) {
     return 0;
 }
 
+/* ---------------------------------------------------------------- configuration source
+ * In a pod the device plugin mounts VGPU_CONF_PATH read-only: limits, core policy, priority, the
+ * region's location and the cards' order come from it and the environment is not consulted for them
+ * (a process may change its own environment, or start a child with an empty one). Without the file
+ * (outside a cluster) the environment is the source. */
+#define CONF_MAX 64
+static char g_conf_buf[16384];
+static struct {
+    const char *k, *v;
+} g_conf[CONF_MAX];
+static int g_nconf;
+static int g_from_file;
+
+/* 1 = file read, 0 = no file, -1 = file present but unusable */
+static int conf_read(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT || errno == ENOTDIR ? 0 : -1;
+    size_t n = 0;
+    ssize_t r;
+    while (n < sizeof g_conf_buf - 1 && (r = read(fd, g_conf_buf + n, sizeof g_conf_buf - 1 - n)) != 0) {
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            close(fd);
+            return -1;
+        }
+        n += (size_t)r;
+    }
+    close(fd);
+    if (n == sizeof g_conf_buf - 1) return -1; /* too large: not a file the device plugin wrote */
+    g_conf_buf[n] = 0;
+    for (char *save = NULL, *ln = strtok_r(g_conf_buf, "\n", &save); ln; ln = strtok_r(NULL, "\n", &save)) {
+        while (isspace((unsigned char)*ln)) ln++;
+        if (!*ln || *ln == '#') continue;
+        char *eq = strchr(ln, '=');
+        if (!eq || g_nconf == CONF_MAX) return -1;
+        char *ke = eq;
+        while (ke > ln && isspace((unsigned char)ke[-1])) ke--;
+        *ke = 0;
+        char *v = eq + 1, *ve = v + strlen(v);
+        while (ve > v && isspace((unsigned char)ve[-1])) *--ve = 0;
+        g_conf[g_nconf].k = ln;
+        g_conf[g_nconf++].v = v;
+    }
+    return 1;
+}
+
+/* an enforcement setting: from the file when there is one (never the environment), else the env */
+static const char *cfg_get(const char *name) {
+    if (!g_from_file) return getenv(name);
+    const char *v = NULL;
+    for (int i = 0; i < g_nconf; i++)
+        if (!strcmp(g_conf[i].k, name)) v = g_conf[i].v; /* the last entry wins */
+    return v;
+}
+/* a debugging knob: honoured only outside a pod (no configuration file) */
+static const char *knob_get(const char *name) {
+    const char *v = getenv(name);
+    if (g_from_file && v && *v) {
+        LOG_WARN("%s is ignored: %s governs this container", name, VGPU_CONF_PATH);
+        return NULL;
+    }
+    return v;
+}
+const char *vgpu_knob(const char *name) { return knob_get(name); }
+
 static void load_mem(const char *name, uint64_t *dst) {
-    const char *s = getenv(name);
+    const char *s = cfg_get(name);
     if (!s || !*s) return;
     uint64_t v;
-    if (vgpu_parse_size(s, &v) == 0) {
+    if (vgpu_parse_size(s, &v) == 0 && v > 0) {
         *dst = v;
+    } else if (vgpu_parse_size(s, &v) == 0) {
+        LOG_ERR("%s=\"%s\" is a zero memory limit: a misconfiguration (a card registered with 0 MiB?); refusing "
+                "every allocation on the affected device(s) rather than running unlimited",
+                name, s);
+        *dst = VGPU_LIMIT_DENY;
     } else {
         LOG_ERR("%s=\"%s\" is malformed (want e.g. 8192m, 8g, 8Gi or bytes); refusing every allocation on "
                 "the affected device(s) rather than running unlimited",
@@ -100,7 +171,7 @@ static void load_mem(const char *name, uint64_t *dst) {
 }
 
 static void load_sm(const char *name, uint32_t *dst) {
-    const char *s = getenv(name);
+    const char *s = cfg_get(name);
     if (!s || !*s) return;
     uint32_t v;
     if (vgpu_parse_percent(s, &v) == 0) {
@@ -111,10 +182,29 @@ static void load_sm(const char *name, uint32_t *dst) {
     }
 }
 
+/* NVIDIA_VISIBLE_DEVICES of the file: the container's cards in the order of the _<i> limits */
+static void load_uuids(struct vgpu_config *c) {
+    const char *s = g_from_file ? cfg_get("NVIDIA_VISIBLE_DEVICES") : NULL;
+    if (!s) return;
+    for (const char *p = s; *p && c->nuuid < VGPU_MAX_DEV;) {
+        size_t n = strcspn(p, ",");
+        if (n >= 8 && n < sizeof c->uuid[0] && !strncmp(p, "GPU-", 4)) memcpy(c->uuid[c->nuuid++], p, n);
+        p += n + (p[n] == ',');
+    }
+}
+
 void vgpu_config_load(struct vgpu_config *c) {
     memset(c, 0, sizeof *c);
+    int fr = conf_read(VGPU_CONF_PATH);
+    g_from_file = fr != 0;
+    c->from_file = g_from_file;
     uint64_t all = 0;
     uint32_t sm_all = 0;
+    if (fr < 0) {
+        LOG_ERR("%s exists but cannot be read or parsed; refusing every allocation", VGPU_CONF_PATH);
+        g_nconf = 0;
+        all = VGPU_LIMIT_DENY;
+    }
     load_mem("CUDA_DEVICE_MEMORY_LIMIT", &all);
     load_sm("CUDA_DEVICE_SM_LIMIT", &sm_all);
     for (int i = 0; i < VGPU_MAX_DEV; i++) {
@@ -126,7 +216,10 @@ void vgpu_config_load(struct vgpu_config *c) {
         snprintf(name, sizeof name, "CUDA_DEVICE_SM_LIMIT_%d", i);
         load_sm(name, &c->sm_limit[i]);
     }
-    const char *p = getenv("GPU_CORE_UTILIZATION_POLICY");
+    load_uuids(c);
+    for (int i = c->nuuid; c->nuuid && i < VGPU_MAX_DEV; i++)
+        if (!c->mem_limit[i]) c->mem_limit[i] = VGPU_LIMIT_DENY; /* a card the container was not given */
+    const char *p = cfg_get("GPU_CORE_UTILIZATION_POLICY");
     c->policy = POLICY_DEFAULT;
     if (p && *p) {
         if (!strcasecmp(p, "force"))
@@ -137,7 +230,7 @@ void vgpu_config_load(struct vgpu_config *c) {
             LOG_ERR("GPU_CORE_UTILIZATION_POLICY=\"%s\" is not default|force|disable; using default", p);
     }
     c->priority = 1;
-    const char *pr = getenv("CUDA_TASK_PRIORITY");
+    const char *pr = cfg_get("CUDA_TASK_PRIORITY");
     if (pr && *pr) {
         uint32_t v;
         if (vgpu_parse_percent(pr, &v) == 0)
@@ -145,17 +238,18 @@ void vgpu_config_load(struct vgpu_config *c) {
         else
             LOG_ERR("CUDA_TASK_PRIORITY=\"%s\" is not a non-negative integer; using 1", pr);
     }
-    const char *co = getenv("LIBVGPU_CONTEXT_OVERHEAD");
+    const char *co = knob_get("LIBVGPU_CONTEXT_OVERHEAD");
     if (co && *co) {
-        if (vgpu_parse_size(co, &c->ctx_overhead) == 0)
+        if (vgpu_parse_size(co, &c->ctx_overhead) == 0 && c->ctx_overhead > 0)
             c->ctx_overhead_set = 1;
         else
-            LOG_ERR("LIBVGPU_CONTEXT_OVERHEAD=\"%s\" is malformed; measuring through NVML instead", co);
+            LOG_ERR("LIBVGPU_CONTEXT_OVERHEAD=\"%s\" is malformed or 0; measuring through NVML instead", co);
     }
-    const char *cp = getenv("CUDA_DEVICE_MEMORY_SHARED_CACHE");
+    const char *cp = cfg_get("CUDA_DEVICE_MEMORY_SHARED_CACHE");
     snprintf(c->cache_path, sizeof c->cache_path, "%s", (cp && *cp) ? cp : "/tmp/cudevshr.cache");
+    if (fr < 0) c->cache_path[0] = 0; /* no region file at all: a private one, refusing everything */
     c->period_ms = 100;
-    const char *pm = getenv("LIBVGPU_LIMITER_PERIOD_MS");
+    const char *pm = knob_get("LIBVGPU_LIMITER_PERIOD_MS");
     if (pm && *pm) {
         uint32_t v;
         if (vgpu_parse_percent(pm, &v) == 0 && v >= 10 && v <= 10000)
@@ -163,4 +257,6 @@ void vgpu_config_load(struct vgpu_config *c) {
         else
             LOG_ERR("LIBVGPU_LIMITER_PERIOD_MS=\"%s\" is not 10..10000; using 100", pm);
     }
+    if (g_from_file) LOG_INFO("configuration from %s (%d entries); the environment's limits are ignored",
+                              VGPU_CONF_PATH, g_nconf);
 }

@@ -8,6 +8,7 @@
  *   obj_destroy                                  alloc_account.c
  *   primary_release, primary_reset, ctx_create   context_account.c
  *   launch_gate                                  launch.c
+ *   mem_info, total_mem                          mem_query.c
  * Generator bodies call the real function as CALL_REAL_ARGS(name, args). */
 #define WRAP_own(name, base, params, args) /* written by hand */
 #ifndef WRAP_proc_address
@@ -33,6 +34,12 @@
 #endif
 #ifndef WRAP_ctx_create
 #define WRAP_ctx_create(name, base, params, args)
+#endif
+#ifndef WRAP_mem_info
+#define WRAP_mem_info(name, base, params, args)
+#endif
+#ifndef WRAP_total_mem
+#define WRAP_total_mem(name, base, params, args)
 #endif
 #ifndef WRAP_launch_gate
 #define WRAP_launch_gate(name, base, params, args)

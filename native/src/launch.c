@@ -122,17 +122,8 @@ static uint64_t realtime_us(void) {
     return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
 }
 
-static int container_pid(struct vgpu_region *R, unsigned pid) {
-    uint32_t hwm = atomic_load(&R->slot_hwm);
-    for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++)
-        if (atomic_load(&R->slot[i].state) == SLOT_LIVE &&
-            ((unsigned)R->slot[i].pid == pid || (R->slot[i].hostpid && (unsigned)R->slot[i].hostpid == pid)))
-            return 1;
-    return 0;
-}
-
 /* container utilisation in percent over (last_seen, now] from NVML per-process samples */
-static double measure(struct vgpu_region *R, struct ctl *c) {
+static double measure(struct ctl *c) {
     nvmlProcessUtilizationSample_t s[256];
     unsigned n = 256;
     unsigned long long seen = c->last_seen_us;
@@ -157,7 +148,7 @@ static double measure(struct vgpu_region *R, struct ctl *c) {
     int matched = 0;
     for (unsigned k = 0; k < np; k++) {
         double avg = sum[k] / cnt[k];
-        if (container_pid(R, pids[k])) {
+        if (vgpu_region_owns_pid(pids[k])) {
             total += avg;
             matched = 1;
         } else {
@@ -177,13 +168,13 @@ static double measure(struct vgpu_region *R, struct ctl *c) {
 static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     struct vgpu_dev *D = &R->dev[d];
     struct ctl *c = &g_ctl[d];
-    uint32_t L = D->sm_limit;
+    uint32_t L = vgpu_sm_limit(R, d);
     /* default policy: limit while the node monitor says the card is contended; a monitor gone
      * silent (heartbeat over 2 s old) falls back to limiting */
     uint64_t seen = atomic_load(&R->monitor_ns);
     int stale = seen && (now > seen ? now - seen : seen - now) >= VGPU_MONITOR_STALE_NS;
-    int on = R->policy == POLICY_FORCE ||
-             (R->policy == POLICY_DEFAULT && (stale || atomic_load(&R->utilization_switch)));
+    int on = vgpu_policy(R) == POLICY_FORCE ||
+             (vgpu_policy(R) == POLICY_DEFAULT && (stale || atomic_load(&R->utilization_switch)));
     if (!c->h) c->h = vgpu_nvml_device(d);
     if (!c->h) on = 0;
     if (!c->last_ns) { /* first step as leader: start from a neutral estimate */
@@ -203,7 +194,7 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         return;
     }
     double dt = (double)(now - c->last_ns);
-    double u = measure(R, c);
+    double u = measure(c);
     uint64_t refilled = atomic_load(&D->refilled);
     int64_t tokens = atomic_load(&D->tokens);
     double launches = ((double)(refilled - c->last_refilled) - (double)(tokens - c->last_tokens)) / VGPU_UNIT;
@@ -301,16 +292,19 @@ void vgpu_limiter_start(void) {
     struct vgpu_region *R = vgpu_region();
     int any = 0, nlim = 0, last = -1;
     int ndev = vgpu_ndev > 0 ? vgpu_ndev : 1;
-    for (int d = 0; d < VGPU_MAX_DEV; d++) {
-        uint32_t L = d < ndev ? R->dev[d].sm_limit : 0;
-        g_limited[d] = L > 0 && L < 100 && R->policy != POLICY_DISABLE;
+    memset(g_limited, 0, sizeof g_limited);
+    for (int o = 0; o < ndev; o++) { /* this process's devices, as the container's cards */
+        int d = vgpu_dev_index(o);
+        if (d < 0 || g_limited[d]) continue;
+        uint32_t L = vgpu_sm_limit(R, d);
+        g_limited[d] = L > 0 && L < 100 && vgpu_policy(R) != POLICY_DISABLE;
         if (g_limited[d]) {
             any = 1;
             nlim++;
             last = d;
         }
     }
-    g_single_dev = (vgpu_ndev == 1 && g_limited[0]) ? 0 : (nlim == 1 && vgpu_ndev <= 1 ? last : -1);
+    g_single_dev = (nlim == 1 && vgpu_ndev <= 1) ? last : -1;
     if (any) {
         vgpu_nvml_load();
         if (!vgpu_nvml_ok || !NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)) {
@@ -321,13 +315,17 @@ void vgpu_limiter_start(void) {
             any = 0;
         }
     }
-    if (R->policy == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");
+    if (vgpu_policy(R) == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");
     if (any) atomic_fetch_or(&vgpu_gate_any, GATE_LIMIT);
     else atomic_fetch_and(&vgpu_gate_any, ~GATE_LIMIT);
     if (atomic_exchange(&g_thread_started, 1)) return;
     sigset_t all, old;
     sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the watcher never takes the application's signals */
+    /* the watcher never takes the application's signals, except the synchronous ones its own faults
+     * raise (blocked, they kill the process before a handler runs: the region's SIGBUS guard) */
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGSEGV);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_attr_t a;
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);

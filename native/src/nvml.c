@@ -33,7 +33,7 @@ extern void *vgpu_dlsym_in_object(void *handle, const char *name);
 
 static void nvml_load_once(void) {
     vgpu_init();
-    const char *path = getenv("LIBVGPU_REAL_LIBNVML");
+    const char *path = vgpu_knob("LIBVGPU_REAL_LIBNVML");
     if (!path || !*path) path = "libnvidia-ml.so.1";
     g_nvml = dlopen(path, RTLD_NOW | RTLD_NODELETE);
     if (!g_nvml) {
@@ -75,8 +75,10 @@ nvmlDevice_t vgpu_nvml_device(int cudadev) {
     if (!vgpu_nvml_ok) return NULL;
     nvmlDevice_t h = NULL;
     struct vgpu_region *R = vgpu_region();
-    if (R && R->dev[cudadev].uuid[0] && NVML_HELPER_FN(nvmlDeviceGetHandleByUUID) &&
-        NVML_HELPER_FN(nvmlDeviceGetHandleByUUID)(R->dev[cudadev].uuid, &h) == NVML_SUCCESS)
+    char uuid[sizeof R->dev[0].uuid + 1] = ""; /* the region is writable by the tenant: bounded copy */
+    if (R) snprintf(uuid, sizeof uuid, "%.*s", (int)sizeof R->dev[0].uuid, R->dev[cudadev].uuid);
+    if (uuid[0] && NVML_HELPER_FN(nvmlDeviceGetHandleByUUID) &&
+        NVML_HELPER_FN(nvmlDeviceGetHandleByUUID)(uuid, &h) == NVML_SUCCESS)
         return h;
     if (NVML_HELPER_FN(nvmlDeviceGetHandleByIndex_v2) &&
         NVML_HELPER_FN(nvmlDeviceGetHandleByIndex_v2)((unsigned)cudadev, &h) == NVML_SUCCESS)
@@ -92,7 +94,7 @@ static int cuda_index(nvmlDevice_t dev) {
     if (NVML_HELPER_FN(nvmlDeviceGetUUID) && NVML_HELPER_FN(nvmlDeviceGetUUID)(dev, uuid, sizeof uuid) == 0) {
         for (int d = 0; d < VGPU_MAX_DEV; d++) {
             known |= R->dev[d].uuid[0] != 0;
-            if (R->dev[d].uuid[0] && !strcmp(R->dev[d].uuid, uuid)) return d;
+            if (R->dev[d].uuid[0] && !strncmp(R->dev[d].uuid, uuid, sizeof R->dev[d].uuid)) return d;
         }
         if (known) return -1; /* a GPU this container's CUDA does not see: not part of the slice */
     }
@@ -106,8 +108,9 @@ static int cuda_index(nvmlDevice_t dev) {
 /* total = min(limit, physical); used = min(container charge, total); free = total - used. */
 static int virtualize(int d, unsigned long long *total, unsigned long long *used, unsigned long long *free) {
     struct vgpu_region *R = vgpu_region();
-    if (d < 0 || !R->dev[d].limit) return 0;
-    unsigned long long t = R->dev[d].limit < *total ? R->dev[d].limit : *total;
+    uint64_t lim = d < 0 ? 0 : vgpu_mem_limit(R, d);
+    if (!lim) return 0;
+    unsigned long long t = lim < *total ? lim : *total;
     unsigned long long u = atomic_load(&R->dev[d].used);
     if (u > t) u = t;
     unsigned long long f = t - u;
@@ -142,4 +145,58 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
         }
     }
     return r;
+}
+
+/* ---------------------------------------------------------------- process lists */
+/* NVML lists every process on the card, other containers' included: keep the ones of live slots of
+ * this container's region (by host PID where known). The real list is read into a buffer of our own,
+ * so the count a too-small caller buffer gets back is this container's, not the card's. */
+#define PROC_CAP 256
+static nvmlReturn_t procs_out(nvmlReturn_t r, unsigned n, const unsigned char *buf, size_t stride,
+                              unsigned int *count, void *out) {
+    if (r != NVML_SUCCESS && r != NVML_ERROR_INSUFFICIENT_SIZE) return r;
+    unsigned cap = out ? *count : 0, keep = 0;
+    if (n > PROC_CAP) n = PROC_CAP;
+    for (unsigned i = 0; i < n; i++) {
+        const unsigned char *e = buf + stride * i;
+        unsigned pid;
+        memcpy(&pid, e, sizeof pid); /* pid is the first field of every version */
+        if (!vgpu_region_owns_pid(pid)) continue;
+        if (keep < cap) memcpy((unsigned char *)out + stride * keep, e, stride);
+        keep++;
+    }
+    *count = keep;
+    return keep > cap && (keep || out) ? NVML_ERROR_INSUFFICIENT_SIZE : NVML_SUCCESS;
+}
+#define PROC_LIST(name, T)                                                                       \
+    nvmlReturn_t name(nvmlDevice_t device, unsigned int *infoCount, T *infos) {                  \
+        vgpu_nvml_load();                                                                        \
+        name##_fn f = (name##_fn)vgpu_nvml_real[NH_##name];                                      \
+        if (!f) return NVML_ERROR_UNINITIALIZED;                                                 \
+        if (!infoCount) return f(device, infoCount, infos);                                      \
+        T buf[PROC_CAP];                                                                         \
+        unsigned n = PROC_CAP;                                                                   \
+        nvmlReturn_t r = f(device, &n, buf);                                                     \
+        return procs_out(r, n, (const unsigned char *)buf, sizeof *buf, infoCount, infos);       \
+    }
+PROC_LIST(nvmlDeviceGetComputeRunningProcesses, nvmlProcessInfo_v1_t)
+PROC_LIST(nvmlDeviceGetComputeRunningProcesses_v2, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetComputeRunningProcesses_v3, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetGraphicsRunningProcesses, nvmlProcessInfo_v1_t)
+PROC_LIST(nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlProcessInfo_t)
+PROC_LIST(nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlProcessInfo_t)
+
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device, nvmlProcessUtilizationSample_t *utilization,
+                                             unsigned int *processSamplesCount, unsigned long long lastSeenTimeStamp) {
+    vgpu_nvml_load();
+    nvmlDeviceGetProcessUtilization_fn f =
+        (nvmlDeviceGetProcessUtilization_fn)vgpu_nvml_real[NH_nvmlDeviceGetProcessUtilization];
+    if (!f) return NVML_ERROR_UNINITIALIZED;
+    if (!processSamplesCount) return f(device, utilization, processSamplesCount, lastSeenTimeStamp);
+    nvmlProcessUtilizationSample_t buf[PROC_CAP];
+    unsigned n = PROC_CAP;
+    nvmlReturn_t r = f(device, buf, &n, lastSeenTimeStamp);
+    r = procs_out(r, n, (const unsigned char *)buf, sizeof *buf, processSamplesCount, utilization);
+    return r == NVML_SUCCESS && !*processSamplesCount ? NVML_ERROR_NOT_FOUND : r;
 }

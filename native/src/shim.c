@@ -65,6 +65,8 @@ static void fork_parent(void) {
     vgpu_region_atfork_parent();
 }
 static _Atomic int g_post_done;
+static int g_dmap[VGPU_MAX_DEV]; /* CUDA ordinal -> region index, set in vgpu_post_init */
+static _Atomic int g_dmap_ready;
 static pthread_mutex_t g_post_mu = PTHREAD_MUTEX_INITIALIZER;
 static void fork_child(void) {
     vgpu_mem_atfork_child();
@@ -111,7 +113,7 @@ static void init_once(void) {
     if (!__atomic_load_n(&vgpu_real_dlsym_ptr, __ATOMIC_ACQUIRE)) find_real_dlsym();
     vgpu_log_init();
     vgpu_config_load(&vgpu_cfg);
-    const char *path = getenv("LIBVGPU_REAL_LIBCUDA");
+    const char *path = vgpu_knob("LIBVGPU_REAL_LIBCUDA");
     if (!path || !*path) path = "libcuda.so.1";
     g_driver = dlopen(path, RTLD_NOW | RTLD_NODELETE);
     if (!g_driver)
@@ -143,17 +145,36 @@ void vgpu_post_init(void) {
         if (HELPER(cuDeviceGetCount) && HELPER(cuDeviceGetCount)(&n) == CUDA_SUCCESS && n > 0)
             vgpu_ndev = n > VGPU_MAX_DEV ? VGPU_MAX_DEV : n;
         struct vgpu_region *R = vgpu_region();
+        char us[VGPU_MAX_DEV][48];
+        int listed = 0;
         for (int d = 0; d < vgpu_ndev; d++) {
             CUuuid u;
             CUresult r = CUDA_ERROR_NOT_FOUND;
             if (HELPER(cuDeviceGetUuid_v2)) r = HELPER(cuDeviceGetUuid_v2)(&u, d);
             else if (HELPER(cuDeviceGetUuid)) r = HELPER(cuDeviceGetUuid)(&u, d);
-            if (r == CUDA_SUCCESS && !R->dev[d].uuid[0]) vgpu_uuid_str(&u, R->dev[d].uuid, sizeof R->dev[d].uuid);
+            us[d][0] = 0;
+            if (r == CUDA_SUCCESS) vgpu_uuid_str(&u, us[d], sizeof us[d]);
+            for (int i = 0; i < vgpu_cfg.nuuid && us[d][0]; i++) listed += !strcmp(us[d], vgpu_cfg.uuid[i]);
         }
+        /* The file lists the cards, but the driver reports none of them: a simulated driver (its own
+         * UUIDs) rather than a card the container was not given. Map by ordinal, as without UUIDs. */
+        int by_ordinal = vgpu_cfg.nuuid > 0 && !listed;
+        if (by_ordinal)
+            LOG_WARN("none of the %d CUDA devices' UUIDs is among the %d of %s; mapping them by ordinal", vgpu_ndev,
+                     vgpu_cfg.nuuid, VGPU_CONF_PATH);
+        for (int d = 0; d < vgpu_ndev; d++) {
+            int idx = us[d][0] && !by_ordinal ? vgpu_region_dev_for_uuid(us[d], d) : -1;
+            g_dmap[d] = idx >= 0 ? idx : d;
+            if (g_dmap[d] != d) LOG_INFO("CUDA device %d is the container's card %d (%s)", d, g_dmap[d], us[d]);
+        }
+        atomic_store_explicit(&g_dmap_ready, 1, memory_order_release);
         if (vgpu_log_level >= VLOG_INFO) {
-            for (int d = 0; d < (vgpu_ndev ? vgpu_ndev : 1); d++)
+            for (int d = 0; d < (vgpu_ndev ? vgpu_ndev : 1); d++) {
+                int i = vgpu_dev_index(d);
+                if (i < 0) continue;
                 LOG_INFO("device %d: memory limit %.1f MiB, SM limit %u%%, region %s slot %d", d,
-                         R->dev[d].limit / 1048576.0, R->dev[d].sm_limit, vgpu_cfg.cache_path, vgpu_slot_index());
+                         vgpu_mem_limit(R, i) / 1048576.0, vgpu_sm_limit(R, i), vgpu_cfg.cache_path, vgpu_slot_index());
+            }
         }
         vgpu_limiter_start();
         atomic_store_explicit(&g_post_done, 1, memory_order_release);
@@ -161,12 +182,17 @@ void vgpu_post_init(void) {
     pthread_mutex_unlock(&g_post_mu);
 }
 
+int vgpu_dev_index(int ord) {
+    if (ord < 0 || ord >= VGPU_MAX_DEV) return -1;
+    return atomic_load_explicit(&g_dmap_ready, memory_order_acquire) ? g_dmap[ord] : ord;
+}
+
 int vgpu_current_device(void) {
     CUdevice d = 0;
-    if (vgpu_ndev == 1) return 0;
+    if (vgpu_ndev == 1) return vgpu_dev_index(0);
     if (HELPER(cuCtxGetDevice) && HELPER(cuCtxGetDevice)(&d) == CUDA_SUCCESS && d >= 0 && d < VGPU_MAX_DEV)
-        return d;
-    return 0;
+        return vgpu_dev_index(d);
+    return vgpu_dev_index(0);
 }
 
 /* ---------------------------------------------------------------- dlsym */
@@ -228,7 +254,16 @@ static void *translate(const char *symbol, void *p, int version, cuuint64_t flag
         int bp = vgpu_hooks[best].ptsz == want_pt, ip = vgpu_hooks[i].ptsz == want_pt;
         if (ip > bp || (ip == bp && vgpu_hooks[i].version > vgpu_hooks[best].version)) best = i;
     }
-    if (best < 0) return p; /* not a hooked symbol */
+    if (best < 0) {
+        for (int i = 0; i < H_COUNT; i++)
+            if (!strcmp(vgpu_hooks[i].base, symbol)) {
+                /* a hooked entry point in a variant the table lacks: never hand out the driver's */
+                LOG_ERR("cuGetProcAddress(%s, %d): no intercepted variant for this version; refusing it", symbol,
+                        version);
+                return NULL;
+            }
+        return p; /* not a hooked symbol */
+    }
     /* The driver handed out an internal address: pick the variant by the documented rules. */
     void *expect = NULL;
     if (atomic_compare_exchange_strong(&vgpu_real[best], &expect, p))
@@ -251,7 +286,8 @@ static void gpa_log(const char *fn, const char *symbol, int version, cuuint64_t 
 static CUresult gpa_done(const char *fn, CUresult r, const char *symbol, void **pfn, int cudaVersion,
                          cuuint64_t flags) {
     void *orig = pfn ? *pfn : NULL;
-    if (r == CUDA_SUCCESS && symbol && pfn && *pfn) *pfn = translate(symbol, *pfn, cudaVersion, flags);
+    if (r == CUDA_SUCCESS && symbol && pfn && *pfn && !(*pfn = translate(symbol, *pfn, cudaVersion, flags)))
+        r = CUDA_ERROR_NOT_FOUND;
     gpa_log(fn, symbol, cudaVersion, flags, r, orig, pfn ? *pfn : NULL);
     return r;
 }

@@ -122,8 +122,14 @@ VGPU_HIDDEN int vgpu_parse_percent(const char *s, uint32_t *out);
 enum { POLICY_DEFAULT = 0, POLICY_FORCE = 1, POLICY_DISABLE = 2 };
 #define VGPU_LIMIT_DENY 1ULL /* a malformed limit: every allocation is refused */
 
+/* The read-only file the device plugin mounts into every hami-core container: KEY=VALUE lines with
+ * the environment variables' names. When it exists it is the only source of limits, policy and the
+ * region's location, and the debugging knobs are ignored. */
+#ifndef VGPU_CONF_PATH
+#define VGPU_CONF_PATH "/etc/hami/vgpu.conf"
+#endif
 struct vgpu_config {
-    uint64_t mem_limit[VGPU_MAX_DEV]; /* 0 = unlimited */
+    uint64_t mem_limit[VGPU_MAX_DEV]; /* 0 = unlimited (never from an explicit 0: that denies) */
     uint32_t sm_limit[VGPU_MAX_DEV];  /* percent, 0 or >=100 = unlimited */
     int policy;
     int priority;
@@ -131,8 +137,13 @@ struct vgpu_config {
     int ctx_overhead_set;
     char cache_path[512];
     unsigned period_ms;
+    int from_file;                      /* VGPU_CONF_PATH exists */
+    int nuuid;                          /* the file's card order (NVIDIA_VISIBLE_DEVICES) */
+    char uuid[VGPU_MAX_DEV][48];
 };
 VGPU_HIDDEN void vgpu_config_load(struct vgpu_config *c);
+/* getenv() for a debugging knob: NULL (with a warning) when the configuration file governs */
+VGPU_HIDDEN const char *vgpu_knob(const char *name);
 
 /* ---------------------------------------------------------------- shared region (ABI v1) */
 #define VGPU_REGION_MAGIC 0x315550475649414dULL /* "MAIVGPU1" little-endian */
@@ -207,11 +218,26 @@ extern VGPU_HIDDEN struct vgpu_config vgpu_cfg;
 extern VGPU_HIDDEN int vgpu_ndev;
 
 VGPU_HIDDEN struct vgpu_region *vgpu_region(void); /* attach lazily (also after fork) */
+/* The limits and policy that apply: the configuration file's when there is one (the region is
+ * writable by every process of the container), else the region's (its creator's environment). */
+static inline uint64_t vgpu_mem_limit(const struct vgpu_region *R, int d) {
+    return vgpu_cfg.from_file ? vgpu_cfg.mem_limit[d] : R->dev[d].limit;
+}
+static inline uint32_t vgpu_sm_limit(const struct vgpu_region *R, int d) {
+    return vgpu_cfg.from_file ? vgpu_cfg.sm_limit[d] : R->dev[d].sm_limit;
+}
+static inline int vgpu_policy(const struct vgpu_region *R) { return vgpu_cfg.from_file ? vgpu_cfg.policy : R->policy; }
 VGPU_HIDDEN int vgpu_mem_reserve(int dev, uint64_t bytes, const char *what);
 VGPU_HIDDEN void vgpu_mem_force(int dev, uint64_t bytes);
 VGPU_HIDDEN void vgpu_mem_unreserve(int dev, uint64_t bytes);
 VGPU_HIDDEN int vgpu_reap_dead(int take_lock);
 VGPU_HIDDEN int vgpu_slot_index(void);
+/* this process's PID in the host's namespace as far as it is known (/proc's NSpid, or learnt from
+ * NVML and recorded in the slot), else getpid() */
+VGPU_HIDDEN int vgpu_host_pid(void);
+VGPU_HIDDEN void vgpu_slot_set_hostpid(int pid);
+/* whether NVML's `pid` (host namespace) is a live process of this container's region */
+VGPU_HIDDEN int vgpu_region_owns_pid(unsigned pid);
 VGPU_HIDDEN int vgpu_is_leader_try(void);
 VGPU_HIDDEN void vgpu_region_atfork_child(void);
 VGPU_HIDDEN void vgpu_region_atfork_prepare(void);
@@ -219,7 +245,13 @@ VGPU_HIDDEN void vgpu_region_atfork_parent(void);
 VGPU_HIDDEN void vgpu_mem_atfork_prepare(void);
 VGPU_HIDDEN void vgpu_mem_atfork_parent(void);
 VGPU_HIDDEN uint64_t vgpu_now_ns(void);
+/* the region index (the container's card) of the current context's device */
 VGPU_HIDDEN int vgpu_current_device(void);
+/* the region index of CUDA ordinal `ord` of this process: cards are matched by UUID, so a process
+ * that reorders CUDA_VISIBLE_DEVICES charges each card's memory to that card; -1 out of range */
+VGPU_HIDDEN int vgpu_dev_index(int ord);
+/* region.c: the region index recorded for `uuid`, claimed (prefering `want`) if new; -1 if full */
+VGPU_HIDDEN int vgpu_region_dev_for_uuid(const char *uuid, int want);
 
 /* alloc_account.c */
 VGPU_HIDDEN void vgpu_mem_atfork_child(void);

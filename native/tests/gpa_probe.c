@@ -59,7 +59,8 @@ int main(int argc, char **argv) {
                                  "cuLaunchKernel", "cuLaunchKernelEx", "cuLaunchCooperativeKernel",
                                  "cuGraphLaunch", "cuMemAllocAsync", "cuMemFreeAsync", "cuDeviceGetName",
                                  "cuGetProcAddress", "cuNoSuchFunction", "cuStreamSynchronize",
-                                 "cuDevicePrimaryCtxRelease"};
+                                 "cuDevicePrimaryCtxRelease", "cuLaunch", "cuLaunchGrid", "cuLaunchGridAsync",
+                                 "cuArrayCreate", "cuMemAllocPitch"};
     static const int vers[] = {3000, 7000, 11080, 12020, 13000};
     for (size_t s = 0; s < sizeof syms / sizeof *syms; s++)
         for (size_t v = 0; v < sizeof vers / sizeof *vers; v++)

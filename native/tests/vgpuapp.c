@@ -60,6 +60,15 @@ CUresult cuGraphInstantiateWithFlags(CUgraphExec *, CUgraph, unsigned long long)
 CUresult cuGraphLaunch(CUgraphExec, CUstream);
 CUresult cuGraphLaunch_ptsz(CUgraphExec, CUstream);
 CUresult cuCtxSynchronize(void);
+CUresult cuMemAlloc(CUdeviceptr_v1 *, unsigned);
+CUresult cuMemAllocPitch(CUdeviceptr_v1 *, unsigned *, unsigned, unsigned, unsigned);
+CUresult cuMemFree(CUdeviceptr_v1);
+CUresult cuArrayCreate(CUarray *, const CUDA_ARRAY_DESCRIPTOR_v1 *);
+CUresult cuArray3DCreate(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR_v1 *);
+CUresult cuMemGetInfo(unsigned *, unsigned *);
+CUresult cuLaunch(CUfunction);
+CUresult cuLaunchGrid(CUfunction, int, int);
+CUresult cuLaunchGridAsync(CUfunction, int, int, CUstream);
 
 static uint64_t now_ns(void) {
     struct timespec ts;
@@ -86,9 +95,11 @@ struct obj {
     uint64_t h, va;
     size_t size;
 };
-enum { LINEAR, MANAGED, PITCH, ASYNC, ASYNC_PTSZ, POOL, VMM, ARRAY, ARRAY3D, MIPMAP, CTX, NKIND };
-static const char *kind_names[] = {"linear", "managed", "pitch", "async", "async_ptsz", "pool",
-                                   "vmm",    "array",   "array3d", "mipmap", "ctx"};
+enum { LINEAR, MANAGED, PITCH, ASYNC, ASYNC_PTSZ, POOL, VMM, ARRAY, ARRAY3D, MIPMAP, CTX, V1LINEAR, V1PITCH,
+       V1ARRAY, V1ARRAY3D, NKIND };
+static const char *kind_names[] = {"linear", "managed", "pitch",    "async",   "async_ptsz",
+                                   "pool",   "vmm",     "array",    "array3d", "mipmap",
+                                   "ctx",    "v1linear", "v1pitch", "v1array", "v1array3d"};
 static int kind_of(const char *s) {
     for (int i = 0; i < NKIND; i++)
         if (!strcmp(s, kind_names[i])) return i;
@@ -160,6 +171,28 @@ static CUresult do_alloc(int kind, size_t size, struct obj *o) {
         o->h = (uint64_t)(uintptr_t)c;
         return r;
     }
+    case V1LINEAR: case V1PITCH: {
+        /* the pre-3.2 API: 32-bit pointers and sizes */
+        CUdeviceptr_v1 p1 = 0;
+        unsigned pitch;
+        r = kind == V1LINEAR ? cuMemAlloc(&p1, (unsigned)size) : cuMemAllocPitch(&p1, &pitch, (unsigned)size / 1024, 1024, 4);
+        o->h = p1;
+        return r;
+    }
+    case V1ARRAY: {
+        CUDA_ARRAY_DESCRIPTOR_v1 d = {(unsigned)(size / 4096), 1024, CU_AD_FORMAT_FLOAT, 1};
+        CUarray a = NULL;
+        r = cuArrayCreate(&a, &d);
+        o->h = (uint64_t)(uintptr_t)a;
+        return r;
+    }
+    case V1ARRAY3D: {
+        CUDA_ARRAY3D_DESCRIPTOR_v1 d = {(unsigned)(size / (64 * 16 * 4)), 64, 16, CU_AD_FORMAT_UNSIGNED_INT8, 4, 0};
+        CUarray a = NULL;
+        r = cuArray3DCreate(&a, &d);
+        o->h = (uint64_t)(uintptr_t)a;
+        return r;
+    }
     default: return CUDA_ERROR_INVALID_VALUE;
     }
     o->h = p;
@@ -175,7 +208,8 @@ static CUresult do_free(struct obj *o) {
         if (r == CUDA_SUCCESS && o->va) r = cuMemUnmap(o->va, o->size);
         return r;
     }
-    case ARRAY: case ARRAY3D: return cuArrayDestroy((CUarray)(uintptr_t)o->h);
+    case V1LINEAR: case V1PITCH: return cuMemFree((CUdeviceptr_v1)o->h);
+    case ARRAY: case ARRAY3D: case V1ARRAY: case V1ARRAY3D: return cuArrayDestroy((CUarray)(uintptr_t)o->h);
     case MIPMAP: return cuMipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)o->h);
     case CTX: return cuCtxDestroy_v2((CUcontext)(uintptr_t)o->h);
     default: return cuMemFree_v2(o->h);
@@ -264,6 +298,10 @@ static CUresult launch_one(const char *mode, CUfunction f, CUgraphExec ge, void 
     if (!strcmp(mode, "coop_ptsz")) return cuLaunchCooperativeKernel_ptsz(f, 1, 1, 1, 1, 1, 1, 0, NULL, params);
     if (!strcmp(mode, "graph")) return cuGraphLaunch(ge, NULL);
     if (!strcmp(mode, "graph_ptsz")) return cuGraphLaunch_ptsz(ge, NULL);
+    /* the legacy API: kernel length from FAKECUDA_KERNEL_NS */
+    if (!strcmp(mode, "legacy")) return cuLaunch(f);
+    if (!strcmp(mode, "grid")) return cuLaunchGrid(f, 1, 1);
+    if (!strcmp(mode, "grid_async")) return cuLaunchGridAsync(f, 1, 1, NULL);
     printf("bad mode %s\n", mode);
     exit(2);
 }
@@ -479,6 +517,11 @@ int main(int argc, char **argv) {
             size_t fr = 0, tot = 0;
             CUresult r = cuMemGetInfo_v2(&fr, &tot);
             printf("info rc=%d free=%zu total=%zu\n", r, fr, tot);
+        } else if (!strcmp(a[0], "info1")) {
+            need_ctx();
+            unsigned fr = 0, tot = 0;
+            CUresult r = cuMemGetInfo(&fr, &tot);
+            printf("info1 rc=%d free=%u total=%u\n", r, fr, tot);
         } else if (!strcmp(a[0], "totalmem")) {
             need_ctx();
             size_t t = 0;
@@ -507,6 +550,37 @@ int main(int argc, char **argv) {
             nvmlReturn_t r2 = mem2(d, &m2);
             printf("nvml rc=%d total=%llu used=%llu free=%llu rc2=%d total2=%llu used2=%llu free2=%llu\n", r,
                    m.total, m.used, m.free, r2, m2.total, m2.used, m2.free);
+        } else if (!strcmp(a[0], "procs")) {
+            /* NVML's compute process list of device 0 (v3 and v1) as this process sees it */
+            need_ctx();
+            void *h = dlopen("libnvidia-ml.so.1", RTLD_NOW);
+            typedef nvmlReturn_t (*plist)(nvmlDevice_t, unsigned *, void *);
+            plist v3 = h ? (plist)dlsym(h, "nvmlDeviceGetComputeRunningProcesses_v3") : NULL;
+            plist v1 = h ? (plist)dlsym(h, "nvmlDeviceGetComputeRunningProcesses") : NULL;
+            if (!v3 || !v1) {
+                printf("procs unavailable\n");
+                continue;
+            }
+            ((nvml0)dlsym(h, "nvmlInit_v2"))();
+            nvmlDevice_t d;
+            ((nvmlh)dlsym(h, "nvmlDeviceGetHandleByIndex_v2"))(0, &d);
+            nvmlProcessInfo_t p3[64];
+            nvmlProcessInfo_v1_t p1[64];
+            unsigned n3 = 64, n1 = 64, n0 = 0;
+            nvmlReturn_t r3 = v3(d, &n3, p3), r1 = v1(d, &n1, p1), r0 = v3(d, &n0, NULL);
+            unsigned long long mem = 0;
+            for (unsigned k = 0; k < n3 && k < 64; k++) mem += p3[k].usedGpuMemory;
+            plist g3 = (plist)dlsym(h, "nvmlDeviceGetGraphicsRunningProcesses_v3");
+            unsigned ng = 64;
+            nvmlReturn_t rg = g3 ? g3(d, &ng, p3) : (nvmlReturn_t)-1;
+            typedef nvmlReturn_t (*putil)(nvmlDevice_t, nvmlProcessUtilizationSample_t *, unsigned *,
+                                          unsigned long long);
+            putil pu = (putil)dlsym(h, "nvmlDeviceGetProcessUtilization");
+            nvmlProcessUtilizationSample_t us[64];
+            unsigned nu = 64;
+            nvmlReturn_t ru = pu ? pu(d, us, &nu, 0) : (nvmlReturn_t)-1;
+            printf("procs rc=%d n=%u rc1=%d n1=%u rc0=%d n0=%u mem=%llu rcg=%d ng=%u rcu=%d nu=%u\n", r3, n3, r1, n1,
+                   r0, n0, mem, rg, ng, ru, ru == 0 ? nu : 0);
         } else if (!strcmp(a[0], "cycles")) {
             need_ctx();
             long n = atol(a[1]), fails = 0;

@@ -19,10 +19,19 @@ int main(int argc, char **argv) {
         perror(path);
         return 1;
     }
-    const struct vgpu_region *R = mmap(NULL, sizeof *R, PROT_READ, MAP_SHARED, fd, 0);
-    if (R == MAP_FAILED) {
-        perror("mmap");
-        return 1;
+    /* a copy, not a mapping: a region file truncated under a mapping would kill this reader with
+     * SIGBUS (the liveness locks are still tested on the file itself) */
+    static struct vgpu_region copy;
+    const struct vgpu_region *R = &copy;
+    size_t got = 0;
+    while (got < sizeof copy) {
+        ssize_t n = pread(fd, (char *)&copy + got, sizeof copy - got, (off_t)got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    if (got < sizeof copy) {
+        fprintf(stderr, "%s: %zu bytes, a region has %zu\n", path, got, sizeof copy);
+        return 2;
     }
     if (R->magic != VGPU_REGION_MAGIC || R->abi_major != VGPU_REGION_ABI_MAJOR) {
         fprintf(stderr, "%s: not a libvgpu region of ABI %d\n", path, VGPU_REGION_ABI_MAJOR);
@@ -38,7 +47,7 @@ int main(int argc, char **argv) {
         const struct vgpu_dev *D = &R->dev[d];
         /* devices a CUDA process has seen (it records their UUID); else every configured one */
         if (seen ? !D->uuid[0] : (!D->limit && !D->used && !D->sm_limit)) continue;
-        printf("%s\n  {\"index\": %d, \"uuid\": \"%s\", \"limit\": %llu, \"used\": %llu, \"peak\": %llu, "
+        printf("%s\n  {\"index\": %d, \"uuid\": \"%.48s\", \"limit\": %llu, \"used\": %llu, \"peak\": %llu, "
                "\"sm_limit\": %u, \"util\": %.2f, \"cost_ns\": %llu, \"rate_per_s\": %.1f, \"gain\": %.3f}",
                first ? "" : ",", d, D->uuid, (unsigned long long)D->limit, (unsigned long long)D->used,
                (unsigned long long)D->peak, D->sm_limit, D->util_x100 / 100.0, (unsigned long long)D->cost_ns,

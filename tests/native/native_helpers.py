@@ -115,3 +115,46 @@ def region_state(path: Path) -> dict[str, Any]:
     )
     state: dict[str, Any] = json.loads(r.stdout)
     return state
+
+
+CONF_PATH = "/etc/hami/vgpu.conf"  # VGPU_CONF_PATH in native/src/vgpu.h
+
+
+def can_unshare() -> bool:
+    """Root with mount namespaces (as the Kubernetes-path tests need)."""
+    import shutil
+
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+def run_in_pod(
+    sandbox: Sandbox, conf: dict[str, str] | None, script: str, timeout: float = 120, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs `script` (sh) as a pod would: in a private mount namespace with an overlay on /etc, the
+    library in /etc/ld.so.preload and, when `conf` is given, the device plugin's configuration file
+    bind-mounted read-only at CONF_PATH. $APP is vgpuapp; the host's /etc is never touched."""
+    ov = sandbox.tmp / "ov"
+    for d in ("u", "w"):
+        (ov / d).mkdir(parents=True, exist_ok=True)
+    setup = [
+        f"mount -t overlay overlay -o lowerdir=/etc,upperdir={ov}/u,workdir={ov}/w /etc",
+        f"echo {SHIM} > /etc/ld.so.preload",
+    ]
+    if conf is not None:
+        src = sandbox.tmp / "vgpu.conf"
+        src.write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
+        setup += [
+            "mkdir -p /etc/hami",
+            f": > {CONF_PATH}",
+            f"mount --bind {src} {CONF_PATH}",
+            f"mount -o remount,bind,ro {CONF_PATH}",
+        ]
+    env = sandbox.make_env(shim=False, APP=str(APP), **extra)
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(setup) + "\n" + script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
+    )

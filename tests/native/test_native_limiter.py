@@ -241,3 +241,25 @@ def test_priority_block_from_the_monitor(sandbox: Sandbox) -> None:
     out, err = p.communicate(timeout=30)
     util = float(kv(lines(out, "launch ")[0])["util"])
     assert 10 < util < 35, f"blocked ~1 s then 50 % for ~1 s, measured {util:.1f}% ({err})"
+
+
+def test_legacy_launch_api_is_limited(tmp_path: Path) -> None:
+    """cuLaunch, cuLaunchGrid, cuLaunchGridAsync (the pre-4.0 launch API a real driver still exports)
+    go through the same gate: 20 % stays far from the ~100 % an unhooked path reaches."""
+    modes = ["legacy", "grid", "grid_async"]
+    procs = [
+        _start(
+            tmp_path,
+            m,
+            m,
+            1_000_000,
+            op=f"launch:{m}:2:1000000:1",
+            CUDA_DEVICE_SM_LIMIT="20",
+            FAKECUDA_KERNEL_NS="1000000",
+        )
+        for m in modes
+    ]
+    for m, p in zip(modes, procs, strict=True):
+        out, err = p.communicate(timeout=60)
+        util = float(kv(lines(out, "launch ")[0])["util"])
+        assert util < 35, f"{m}: {util} % at a 20 % limit\n{err}"

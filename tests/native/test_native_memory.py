@@ -175,7 +175,7 @@ def test_old_driver_missing_symbols_are_tolerated(sandbox: Sandbox) -> None:
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "500", "0"], r.stdout + r.stderr
-    assert "30 of 41 hooked entry points present" in r.stderr
+    assert "42 of 53 hooked entry points present" in r.stderr
     assert int(kv(lines(r.stdout, "info ")[0])["free"]) == (1 << 30) - 700 * MiB
 
 
@@ -251,3 +251,38 @@ def test_context_overhead_exact_fit(sandbox: Sandbox, limit: int, expect: list[s
         LIBVGPU_CONTEXT_OVERHEAD="256m",
     )
     assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == expect, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"CUDA_DEVICE_MEMORY_LIMIT": "0m"},
+        {"CUDA_DEVICE_MEMORY_LIMIT": "0"},
+        {"CUDA_DEVICE_MEMORY_LIMIT_0": "0m"},  # a card registered with 0 MiB
+        {"CUDA_DEVICE_MEMORY_LIMIT": "1g", "CUDA_DEVICE_MEMORY_LIMIT_0": "0Mi"},
+    ],
+)
+def test_zero_limit_is_a_misconfiguration_not_unlimited(sandbox: Sandbox, env: dict[str, str]) -> None:
+    r = sandbox.run("alloc:linear:1m", "info", **env)
+    assert kv(lines(r.stdout, "alloc ")[0])["rc"] == "2", "0 must never mean unlimited: " + r.stdout
+    assert "zero memory limit" in r.stderr and "misconfiguration" in r.stderr
+
+
+@pytest.mark.parametrize("kind", ["v1linear", "v1pitch", "v1array", "v1array3d"])
+def test_pre_3_2_v1_allocation_api_is_limited(sandbox: Sandbox, kind: str) -> None:
+    """cuMemAlloc, cuMemAllocPitch, cuArrayCreate, cuArray3DCreate without _v2 (32-bit sizes): what
+    cuGetProcAddress hands out below version 3020. Limited, uncharged on free, and cuMemGetInfo (v1)
+    reports the slice."""
+    r = sandbox.run(
+        f"alloc:{kind}:600m",
+        f"alloc:{kind}:600m",
+        "info1",
+        "free:0",
+        "info1",
+        f"alloc:{kind}:600m",
+        CUDA_DEVICE_MEMORY_LIMIT="1g",
+    )
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["0", "2", "0"], r.stdout + r.stderr
+    infos = [kv(i) for i in lines(r.stdout, "info1 ")]
+    assert int(infos[0]["total"]) == GiB and int(infos[0]["free"]) == GiB - 600 * MiB, r.stdout
+    assert int(infos[1]["free"]) == GiB, r.stdout

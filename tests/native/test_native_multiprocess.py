@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from native_helpers import MiB, Sandbox, kv, lines, region_state
+from native_helpers import APP, MiB, Sandbox, kv, lines, region_state
 
 pytestmark = pytest.mark.native
 
@@ -163,3 +166,79 @@ def test_non_cuda_programs_are_untouched(sandbox: Sandbox) -> None:
     assert r.returncode == 0 and r.stdout.strip() == "True"
     assert "libvgpu" not in r.stderr, "a process that never touches CUDA must not even initialise the shim"
     assert not sandbox.cache.exists()
+
+
+def test_cuda_visible_devices_reordering_charges_each_card(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Usage is per card (matched by UUID), not per the process's device ordinal: a process that
+    sees the container's two cards as `1,0` charges card 0's memory to card 0."""
+    env = {"FAKECUDA_DEVICES": "2", "CUDA_DEVICE_MEMORY_LIMIT_0": "1g", "CUDA_DEVICE_MEMORY_LIMIT_1": "2g"}
+    held = tmp_path / "held"
+    holder = sandbox.popen("alloc:linear:600m", f"ready:{held}", "sleep:30000", **env)  # card 0
+    try:
+        deadline = time.monotonic() + 20
+        while not held.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        r = sandbox.run(
+            "dev:1",  # ordinal 1 is card 0 here: 600 MiB of its 1 GiB are held
+            "alloc:linear:600m",
+            "dev:0",  # ordinal 0 is card 1: 2 GiB
+            "alloc:linear:1500m",
+            "totalmem",
+            CUDA_VISIBLE_DEVICES="1,0",
+            **env,
+        )
+    finally:
+        holder.kill()
+        holder.communicate()
+    # old code: ordinal 1 charged to card 1 (600 MiB of 2 GiB: admitted), ordinal 0 to card 0 (refused)
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["2", "0"], r.stdout + r.stderr
+
+
+# The issue's numbers: 300 MiB contexts against a 1000 MiB slice. The holder has its context and
+# 400 MiB (700 MiB); a second process's context takes the slice to exactly 1000 MiB, so its 100 MiB
+# allocation is refused. Uncharged contexts would let it through (and report 1000 MiB free).
+_CTX_SCRIPT = (
+    "$APP info alloc:linear:400m ready:{held} sleep:30000 > {out} & HOLDER=$!\n"
+    "$APP waitfile:{held} info alloc:linear:100m procs\n"
+    "kill $HOLDER; wait; cat {out}"
+)
+
+
+def _ctx_checks(out: str, err: str) -> None:
+    infos = [int(kv(i)["free"]) for i in lines(out, "info ")]
+    assert sorted(infos) == [0, 700 * MiB], out + err  # the second process's view, the holder's
+    assert [kv(a)["rc"] for a in lines(out, "alloc linear 100m")] == ["2"], out + err
+    # NVML's list seen from the container: both of its processes, by host PID (each found itself)
+    assert kv(lines(out, "procs ")[0])["n"] == "2", out + err
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root (unshare --pid)")
+def test_context_memory_is_charged_in_a_pid_namespace(sandbox: Sandbox) -> None:
+    """NVML lists host PIDs; inside `unshare --pid --fork` the library's getpid() is not among them.
+    The fake driver lists processes by host PID, as a real one does."""
+    script = _CTX_SCRIPT.format(held=sandbox.tmp / "held", out=sandbox.tmp / "holder.out")
+    env = sandbox.make_env(APP=str(APP), CUDA_DEVICE_MEMORY_LIMIT="1000m", FAKECUDA_CTX_BYTES="300m")
+    r = subprocess.run(
+        ["unshare", "--pid", "--fork", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    _ctx_checks(r.stdout, r.stderr)
+
+
+def test_context_memory_is_charged_when_nvml_pids_are_foreign(sandbox: Sandbox) -> None:
+    """No /proc view of the host PID at all (a container's own procfs): NVML's PIDs are simply
+    different numbers (FAKECUDA_PID_OFFSET). The library finds itself as the process that appeared on
+    the device while it created its first context."""
+    script = _CTX_SCRIPT.format(held=sandbox.tmp / "held", out=sandbox.tmp / "holder.out")
+    env = sandbox.make_env(
+        APP=str(APP),
+        CUDA_DEVICE_MEMORY_LIMIT="1000m",
+        FAKECUDA_CTX_BYTES="300m",
+        FAKECUDA_PID_OFFSET="1000000",
+    )
+    r = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False)
+    _ctx_checks(r.stdout, r.stderr)

@@ -63,7 +63,17 @@ def test_dlsym_on_driver_handle(sandbox: Sandbox) -> None:
 EXPECT = {
     # (symbol, version, flags) -> exported variant that must come back from the shim
     ("cuMemAlloc", 11080, 0): "libvgpu.so:cuMemAlloc_v2",
-    ("cuMemAlloc", 3000, 0): "NULL",  # only the 32-bit v1 existed then: the fake reports version too old
+    # below 3020 only the 32-bit v1 variants existed: they are hooked too (the driver exports them)
+    ("cuMemAlloc", 3000, 0): "libvgpu.so:cuMemAlloc",
+    ("cuMemFree", 3000, 0): "libvgpu.so:cuMemFree",
+    ("cuMemAllocPitch", 3000, 0): "libvgpu.so:cuMemAllocPitch",
+    ("cuMemGetInfo", 3000, 0): "libvgpu.so:cuMemGetInfo",
+    ("cuArrayCreate", 3000, 0): "libvgpu.so:cuArrayCreate",
+    ("cuCtxCreate", 3000, 0): "libvgpu.so:cuCtxCreate",
+    ("cuMemAllocPitch", 12020, 0): "libvgpu.so:cuMemAllocPitch_v2",
+    ("cuLaunch", 12020, 0): "libvgpu.so:cuLaunch",
+    ("cuLaunchGrid", 3000, 0): "libvgpu.so:cuLaunchGrid",
+    ("cuLaunchGridAsync", 12020, 2): "libvgpu.so:cuLaunchGridAsync",
     ("cuCtxCreate", 11080, 0): "libvgpu.so:cuCtxCreate_v3",
     ("cuCtxCreate", 12020, 0): "libvgpu.so:cuCtxCreate_v3",
     ("cuCtxCreate", 13000, 0): "libvgpu.so:cuCtxCreate_v4",
@@ -96,7 +106,7 @@ def test_get_proc_address_honours_version_and_flags(sandbox: Sandbox, alias: str
         got = _target(out[f"gpa {sym} {ver} {flags}"])
         assert got == want, f"{sym}@{ver} flags={flags}: {got}"
     assert "st=1" in out["gpa cuNoSuchFunction 12020 0"]  # SYMBOL_NOT_FOUND passed through
-    assert "st=2" in out["gpa cuMemAlloc 3000 0"]  # VERSION_NOT_SUFFICIENT passed through
+    assert "st=2" in out["gpa cuMemAllocAsync 7000 0"]  # VERSION_NOT_SUFFICIENT passed through
     assert out["gpa cuMemAlloc 99000 0"] == "rc=1", "a version above the driver's is the driver's error"
     assert _target(out["gpa1 cuMemAlloc 12000 0"]) == "libvgpu.so:cuMemAlloc_v2"
     assert out["chained cuMemAlloc"] == "libvgpu.so:cuMemAlloc_v2"

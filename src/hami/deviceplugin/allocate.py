@@ -28,10 +28,12 @@ from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.mig import MigReconciler, destroy_all, instances_for_container
 from hami.deviceplugin.modes import (
     container_cache_dir,
+    container_conf_path,
     decide_enforcement,
     hami_core_edits,
     mig_edits,
     mps_edits,
+    vgpu_conf,
 )
 from hami.deviceplugin.server import AllocationError
 from hami.deviceplugin.settings import MIG, MPS, NodeSettings, PhysicalDevice
@@ -142,6 +144,12 @@ class PodAllocator:
                         )
                     if not phys.healthy:
                         raise AllocationError(f"pod {bodies.pod_key(pod)}: card {d.uuid} is unhealthy")
+                    if d.usedmem <= 0 and phys.mode not in (MIG, MPS):
+                        # 0 must never reach a hami-core container as a limit
+                        raise AllocationError(
+                            f"pod {bodies.pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a "
+                            "0-MiB slice"
+                        )
                 ctr_migs = sorted((a for a in migs if a.container_index == idx), key=lambda a: a.device_index)
                 modes = {inventory[d.uuid].mode for d in devs}
                 if ctr_migs or MIG in modes:
@@ -184,9 +192,7 @@ class PodAllocator:
                 keys.ENV_DISABLE_CONTROL,
             )
         cache_dir = container_cache_dir(self.settings, meta.get("uid", ""), ctr.get("name"))
-        if self._make_dirs:
-            await asyncio.to_thread(_make_cache_dir, cache_dir)
-        return hami_core_edits(
+        edits = hami_core_edits(
             devs,
             ctr,
             self.settings,
@@ -195,6 +201,10 @@ class PodAllocator:
             cache_dir=cache_dir,
             driver=self.source.driver_edits([d.uuid for d in devs]),
         )
+        if self._make_dirs:
+            await asyncio.to_thread(_make_cache_dir, cache_dir)
+            await asyncio.to_thread(_write_conf, container_conf_path(cache_dir), vgpu_conf(edits))
+        return edits
 
     async def reconcile_mig(self) -> list[MigInstance]:
         """One MIG reconciliation pass (`mig.MigReconciler.reconcile`)."""
@@ -208,3 +218,13 @@ def _make_cache_dir(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     # The container's user is unknown; the directory is mounted into this container only.
     os.chmod(path, 0o777)
+
+
+def _write_conf(path: str, text: str) -> None:
+    """The library's configuration file, replaced atomically, readable by the container's user and
+    writable by nobody there (it is also mounted read-only)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, path)

@@ -24,6 +24,19 @@ from hami.protocol import keys
 from hami.protocol.enforcement import disables_control, disables_core_limit
 from hami.protocol.pod import ContainerDevices
 
+#: Where the in-container library reads its limits (`VGPU_CONF_PATH` in native/src/vgpu.h): a file
+#: the device plugin writes per container and mounts read-only, so a process cannot lift its limits
+#: by changing its environment (docs/libvgpu.md, "Configuration").
+VGPU_CONF_PATH = "/etc/hami/vgpu.conf"
+#: The env entries of a hami-core container that go into that file (the `_<i>` variants included).
+_CONF_KEYS = (
+    keys.ENV_VISIBLE_DEVICES,
+    keys.ENV_MEMORY_LIMIT,
+    keys.ENV_SM_LIMIT,
+    keys.ENV_SHARED_CACHE,
+    keys.ENV_CORE_POLICY,
+    keys.ENV_TASK_PRIORITY,
+)
 ENV_MPS_THREADS = "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"
 ENV_MPS_MEM_LIMIT = "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"
 ENV_MPS_PIPE = "CUDA_MPS_PIPE_DIRECTORY"
@@ -138,6 +151,22 @@ def container_cache_dir(settings: NodeSettings, pod_uid: str, container_name: ob
     return f"{vgpu_dir(settings.hook_path)}/containers/{pod_uid}_{container_name}"
 
 
+def container_conf_path(cache_dir: str) -> str:
+    """The host file mounted read-only at `VGPU_CONF_PATH` (beside, never inside, the writable
+    cache directory)."""
+    return f"{cache_dir}.conf"
+
+
+def vgpu_conf(edits: ContainerEdits) -> str:
+    """The library's configuration file for hami-core `edits`: `KEY=VALUE` lines of the limits,
+    policy, priority, region and cards the container's env carries."""
+    out = []
+    for k, v in edits.env:
+        if any(k == c or k.startswith(c + "_") for c in _CONF_KEYS) and "\n" not in v:
+            out.append(f"{k}={v}\n")
+    return "".join(out)
+
+
 def hami_core_edits(
     devs: ContainerDevices,
     container: Mapping[str, Any],
@@ -173,6 +202,7 @@ def hami_core_edits(
         Mount(container_path=library, host_path=library, read_only=True),
         Mount(container_path=vgpu, host_path=cache_dir, read_only=False),
         Mount(container_path="/tmp/vgpulock", host_path="/tmp/vgpulock", read_only=False),
+        Mount(container_path=VGPU_CONF_PATH, host_path=container_conf_path(cache_dir), read_only=True),
     ]
     if not enforcement.disable_control:
         mounts.append(

@@ -265,6 +265,9 @@ class NvidiaBackend:
                 mig=d.mode == keys.MODE_MIG,
             )
             for d in devices
+            # a card registered with no memory (0 MiB, or a scaling that rounds to 0) can hold no
+            # slice: scheduling onto it would hand out 0-MiB limits
+            if d.devmem > 0 or d.mode == keys.MODE_MIG
         )
         scores_raw = annotations.get(keys.NODE_NVIDIA_SCORE)
         scores = decode_pair_scores(scores_raw) if scores_raw else {}

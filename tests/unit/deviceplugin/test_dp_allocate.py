@@ -130,15 +130,29 @@ async def test_lock_owner_gets_env_mounts_and_success(tmp_path: Path) -> None:
         (f"{vgpu}/libvgpu.so", f"{vgpu}/libvgpu.so", True),
         (vgpu, f"{vgpu}/containers/uid-p1_main", False),
         ("/tmp/vgpulock", "/tmp/vgpulock", False),
+        ("/etc/hami/vgpu.conf", f"{vgpu}/containers/uid-p1_main.conf", True),
         ("/etc/ld.so.preload", f"{vgpu}/ld.so.preload", True),
     ]
     assert (tmp_path / "vgpu" / "containers" / "uid-p1_main").is_dir()
+    # the library's limits come from this read-only file, not from the container's env
+    conf = tmp_path / "vgpu" / "containers" / "uid-p1_main.conf"
+    assert conf.read_text().splitlines() == [
+        f"NVIDIA_VISIBLE_DEVICES={A},{B}",
+        "CUDA_DEVICE_MEMORY_LIMIT_0=3000m",
+        "CUDA_DEVICE_SM_LIMIT_0=30",
+        "CUDA_DEVICE_MEMORY_LIMIT_1=4000m",
+        "CUDA_DEVICE_SM_LIMIT_1=30",
+        "CUDA_DEVICE_SM_LIMIT=30",
+        f"CUDA_DEVICE_MEMORY_SHARED_CACHE={vgpu}/cache0.cache",
+        "GPU_CORE_UTILIZATION_POLICY=default",
+    ]
+    assert conf.stat().st_mode & 0o777 == 0o444
     # what `hami install-host` puts on the node is exactly what these mounts expect
     lib_src = tmp_path / "built-libvgpu.so"
     lib_src.write_bytes(b"\x7fELF-test")
     installed = install_host(str(tmp_path), lib_src)
     assert {str(installed.library), str(installed.preload)} == {
-        m.host_path for m in car.mounts if m.read_only
+        m.host_path for m in car.mounts if m.read_only and m.container_path != "/etc/hami/vgpu.conf"
     }
     assert installed.preload.read_text().strip() == car.mounts[0].container_path
     a = ann(kube, "p1")
@@ -235,6 +249,8 @@ async def test_containers_in_order_with_init_container(tmp_path: Path) -> None:
         ),
         ("GPU-elsewhere,NVIDIA,1000,0:;", (1,), "card GPU-elsewhere is not on node n1"),
         ("garbage;", (1,), "bad hami.io/vgpu-devices-to-allocate annotation"),
+        # 0 MiB never reaches a container as a limit (the library and MPS would read "none")
+        (f"{A},NVIDIA,0,30:;", (1,), "refusing a 0-MiB slice"),
     ],
 )
 async def test_errors_fail_the_pod_and_release_the_lock(

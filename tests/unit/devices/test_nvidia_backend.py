@@ -100,6 +100,13 @@ def test_node_cards_from_legacy_registration_default_mode() -> None:
     assert [c.uuid for c in found.cards] == ["GPU-a", "GPU-b"]
 
 
+def test_card_registered_with_no_memory_is_never_a_candidate() -> None:
+    legacy = "GPU-x,10,0,100,NVIDIA-Tesla T4,0,true:GPU-y,10,15360,100,NVIDIA-Tesla T4,0,true:"
+    found = NvidiaBackend().node_cards(node_manifest({keys.NODE_NVIDIA_REGISTER: legacy}))
+    assert found is not None
+    assert [c.uuid for c in found.cards] == ["GPU-y"]
+
+
 def test_node_cards_reads_pair_scores() -> None:
     scores = {"GPU-a": {"GPU-b": 400}, "GPU-b": {"GPU-a": 400}}
     found = NvidiaBackend().node_cards(
