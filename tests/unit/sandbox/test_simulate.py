@@ -39,11 +39,12 @@ def test_example_cluster_json() -> None:
     inf = placements["serving/llm-inference-1"]
     assert inf["node"] == "gpu-a100" and inf["reason"] is None
     assert inf["annotations"]["hami.io/vgpu-time"] == "1700000000"
-    # the running notebook holds GPU-a100-0, so binpack-by-node + spread-by-card picks another card
-    assert inf["annotations"]["hami.io/vgpu-devices-allocated"] == "GPU-a100-1,NVIDIA,16000,30:;"
+    # the running notebook holds GPU-a100-0, so binpack-by-node + spread-by-card picks an idle card:
+    # among the equal idle cards the highest index, as HAMi's fit (it walks its sorted list from the end)
+    assert inf["annotations"]["hami.io/vgpu-devices-allocated"] == "GPU-a100-3,NVIDIA,16000,30:;"
     t4 = placements["batch/small-t4-job"]
     assert t4["node"] == "gpu-t4"
-    assert t4["annotations"]["hami.io/vgpu-devices-to-allocate"] == ";GPU-t4-0,NVIDIA,6000,40:;;"
+    assert t4["annotations"]["hami.io/vgpu-devices-to-allocate"] == ";GPU-t4-1,NVIDIA,6000,40:;;"
     too_big = placements["batch/too-big"]
     assert too_big["node"] is None and "nvidia.com/gpumem" in too_big["reason"]
     nodes = {n["name"]: n for n in data["nodes"]}
