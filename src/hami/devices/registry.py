@@ -87,10 +87,41 @@ def registry_from_sections(
 
 
 def default_factories() -> dict[str, BackendFactory]:
-    """The built-in backends, by config section."""
+    """The built-in backends, by config section (in registration order)."""
+    from hami.devices.amd import AMDBackend
+    from hami.devices.biren import BirenBackend
+    from hami.devices.enflame import EnflameGCUBackend
+    from hami.devices.hygon import HygonBackend
+    from hami.devices.iluvatar import IluvatarBackend
     from hami.devices.nvidia import NvidiaBackend
+    from hami.devices.vastai import VastaiBackend
 
-    return {"nvidia": NvidiaBackend}
+    return {
+        "nvidia": NvidiaBackend,
+        "hygon": HygonBackend,
+        "iluvatars": IluvatarBackend,
+        "enflame": EnflameGCUBackend,
+        "amd": AMDBackend,
+        "vastai": VastaiBackend,
+        "biren": BirenBackend,
+    }
+
+
+def section_warnings(config: DeviceConfig, *, source: str = "device-config.yaml") -> list[str]:
+    """One warning per configured vendor section that gives no backend (not implemented yet, or an
+    empty list), so a section is never silently ignored. Unknown keys are warned about by the parser."""
+    factories = default_factories()
+    out: list[str] = []
+    for name, value in config.sections().items():
+        key = config.file_key(name)
+        if name not in factories:
+            out.append(
+                f"{source}: {key}: hami has no backend for this vendor yet; the section is ignored and "
+                f"pods asking for its resources are not scheduled by hami (docs/vendors.md)"
+            )
+        elif isinstance(value, list) and not value:
+            out.append(f"{source}: {key}: empty list, no backend registered for this vendor")
+    return out
 
 
 def default_registry(config: DeviceConfig | None = None) -> BackendRegistry:

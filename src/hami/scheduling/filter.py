@@ -19,7 +19,7 @@ from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
 from hami.scheduling.fit import NODE_INSUFFICIENT_DEVICE, FitRequest, fit_container, precheck
 from hami.scheduling.policy import pod_policy
-from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests
+from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests, unmanaged_resources
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 NODE_UNREGISTERED = "node unregistered"
@@ -165,7 +165,14 @@ class Scheduler:
         except (RequestError, ProtocolError) as exc:
             return Decision(pod=display, node=None, reason=str(exc), invalid=True)
         if request.empty:
-            return Decision(pod=display, node=None, reason="pod requests no managed device", invalid=True)
+            reason = "pod requests no managed device"
+            unmanaged = unmanaged_resources(pod, self.registry)
+            if unmanaged:
+                reason += (
+                    f" ({', '.join(unmanaged)}: not a resource of any configured backend;"
+                    " is its vendor section missing from device-config.yaml?)"
+                )
+            return Decision(pod=display, node=None, reason=reason, invalid=True)
         try:
             check_against_largest_card(request, self.state.largest_mem(), self.registry)
         except RequestError as exc:

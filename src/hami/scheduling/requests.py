@@ -87,3 +87,26 @@ def check_against_largest_card(
                     resource=registry.get(vendor).memory_resource,
                     reason=f"{req.mem} MiB is more than the largest {vendor} card in the cluster ({biggest} MiB)",
                 )
+
+
+def unmanaged_resources(pod: Mapping[str, Any], registry: BackendRegistry) -> list[str]:
+    """Extended resources (``<domain>/<name>``, outside ``kubernetes.io``) the pod's containers ask
+    for that no registered backend manages, sorted: what to name when a pod "requests no managed
+    device" (e.g. a vendor whose section is not configured)."""
+    managed = set(registry.resource_names())
+    spec = pod.get("spec") or {}
+    found: set[str] = set()
+    for group in (spec.get("initContainers") or [], spec.get("containers") or []):
+        for container in group:
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if not isinstance(resources, Mapping):
+                continue
+            for part in ("limits", "requests"):
+                values = resources.get(part)
+                if isinstance(values, Mapping):
+                    found.update(
+                        str(k)
+                        for k in values
+                        if "/" in str(k) and not str(k).split("/", 1)[0].endswith("kubernetes.io")
+                    )
+    return sorted(found - managed)

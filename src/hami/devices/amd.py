@@ -1,0 +1,79 @@
+"""AMD (HAMi CommonWord ``AMD``): ``amd.com/gpu`` cards, ``gpumem`` MiB (none given: the whole card),
+``gpucores`` percent of the card (1-100), turned into compute units on each card.
+
+Inventory: ``hami.io/node-amd-register`` (JSON) whose ``devcore`` is the card's compute-unit
+count; no cards when kubelet has none of ``amd.com/gpu`` allocatable. Filters:
+``amd.com/use-gputype`` / ``nouse-gputype`` and ``amd.com/use-gpu-uuid`` / ``nouse-gpu-uuid``.
+Decision: ``hami.io/amd-devices-to-allocate`` / ``-allocated`` with the card's product type in the
+type field (as HAMi writes it) and the compute units taken; lock ``hami.io/mutex.lock``.
+"""
+
+from __future__ import annotations
+
+from hami.devices.amd_config import AMDConfig
+from hami.devices.base import Card, DeviceRequest, Placement, RequestError
+from hami.devices.common import SpecBackend, VendorSpec
+from hami.devices.hooks import default_fits
+from hami.protocol.pod import ContainerDevice
+
+VENDOR = "AMD"
+
+
+def compute_units(card: Card, percent: int) -> int:
+    """The compute units ``percent`` of the card takes (rounded up, at least one when asked)."""
+    return -(-card.totalcores * percent // 100)
+
+
+class AMDBackend(SpecBackend):
+    def __init__(self, config: AMDConfig | None = None) -> None:
+        c = config if config is not None else AMDConfig()
+        self.config = c
+        super().__init__(
+            VendorSpec(
+                vendor=VENDOR,
+                count_name=c.resource_count_name,
+                memory_name=c.resource_memory_name,
+                core_name=c.resource_core_name,
+                register_key="hami.io/node-amd-register",
+                to_allocate_key="hami.io/amd-devices-to-allocate",
+                allocated_key="hami.io/amd-devices-allocated",
+                use_type_key="amd.com/use-gputype",
+                nouse_type_key="amd.com/nouse-gputype",
+                use_uuid_key="amd.com/use-gpu-uuid",
+                nouse_uuid_key="amd.com/nouse-gpu-uuid",
+            )
+        )
+
+    def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
+        if cores is not None and not 1 <= cores <= 100:
+            raise RequestError(
+                container=cname, resource=self.spec.core_name, reason=f"{cores} must be 1 to 100 percent"
+            )
+        return super().request(cname, count, mem, 100 if cores is None and not mem else cores)
+
+    # --- hook: Sizing (percent -> compute units) ----------------------------------------------
+    def fits(self, card: Card, request: DeviceRequest) -> str | None:
+        return default_fits(card, _in_units(card, request))
+
+    def size(self, card: Card, request: DeviceRequest, container_index: int, device_index: int) -> Placement:
+        return Placement(
+            device=ContainerDevice(
+                uuid=card.uuid,
+                type=card.type,
+                usedmem=request.mem_for(card.totalmem),
+                usedcores=compute_units(card, request.cores),
+            )
+        )
+
+
+def _in_units(card: Card, request: DeviceRequest) -> DeviceRequest:
+    units = compute_units(card, request.cores)
+    if units == request.cores:
+        return request
+    return DeviceRequest(
+        vendor=request.vendor,
+        count=request.count,
+        mem=request.mem,
+        mem_percentage=request.mem_percentage,
+        cores=units,
+    )

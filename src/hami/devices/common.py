@@ -1,0 +1,307 @@
+"""Shapes most vendors share, so that a vendor module only states what is its own.
+
+HAMi's non-NVIDIA backends are close variants of one another: a count resource (sometimes memory
+and core resources beside it), a node inventory read from a register annotation (JSON or the legacy
+colon form) or from the node's capacity, use/no-use annotations for card types and UUIDs, and the
+decision written in HAMi's pod device encoding under a ``…-to-allocate`` and an ``…-allocated`` key.
+:class:`VendorSpec` states those names; :class:`SpecBackend` implements the backend protocol from
+it; :class:`WholeCards` (a mixin) makes every card exclusive. A vendor module subclasses
+:class:`SpecBackend`, builds its spec from its config section and adds the hooks it needs.
+
+Guarantees: pure (no I/O, no clocks); requests follow HAMi (limits before requests); out-of-range
+values are rejected with a :class:`~hami.devices.base.RequestError`, never clamped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hami.devices.base import (
+    Card,
+    CardSelector,
+    DeviceRequest,
+    NodeCards,
+    Placement,
+    RequestError,
+    split_list,
+)
+from hami.devices.hooks import EXCLUSIVE_CONFLICT
+from hami.protocol.errors import ProtocolError
+from hami.protocol.node import decode_node_devices
+from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
+from hami.protocol.quantity import parse_int_quantity
+
+INT32_MAX = 2**31 - 1
+
+__all__ = [
+    "INT32_MAX",
+    "SpecBackend",
+    "VendorSpec",
+    "WholeCards",
+    "capacity",
+    "int_resource",
+    "node_annotations",
+]
+
+
+# ------------------------------------------------------------------------------------ resources
+
+
+def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
+    resources = container.get("resources") or {}
+    if not isinstance(resources, Mapping):
+        raise RequestError(container=cname, resource="resources", reason="must be an object")
+    limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    for part, value in (("limits", limits), ("requests", requests)):
+        if not isinstance(value, Mapping):
+            raise RequestError(container=cname, resource=f"resources.{part}", reason="must be an object")
+    if name in limits:
+        return limits[name]
+    return requests.get(name)
+
+
+def int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | None:
+    """The container's integer quantity of ``name`` (limits first, then requests), or None."""
+    if not name:
+        return None
+    raw = _resource(container, cname, name)
+    if raw is None:
+        return None
+    try:
+        value = parse_int_quantity(raw, field=name)
+    except ProtocolError as exc:
+        raise RequestError(
+            container=cname, resource=name, reason=str(exc).removeprefix(f"{name}: ")
+        ) from None
+    if value < 0:
+        raise RequestError(container=cname, resource=name, reason=f"{raw!r} must not be negative")
+    if value > INT32_MAX:
+        raise RequestError(container=cname, resource=name, reason=f"{raw!r} is too large")
+    return value
+
+
+def node_annotations(node: Mapping[str, Any]) -> Mapping[str, str]:
+    return (node.get("metadata") or {}).get("annotations") or {}
+
+
+def capacity(node: Mapping[str, Any], name: str) -> int:
+    """The node's integer capacity of resource ``name`` (0 when absent or not an integer)."""
+    raw = ((node.get("status") or {}).get("capacity") or {}).get(name)
+    if raw is None:
+        return 0
+    try:
+        return max(0, parse_int_quantity(raw, field=name))
+    except ProtocolError:
+        return 0
+
+
+def _allocatable_zero(node: Mapping[str, Any], name: str) -> bool:
+    raw = ((node.get("status") or {}).get("allocatable") or {}).get(name)
+    return raw is not None and str(raw).strip() == "0"
+
+
+# ----------------------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True, slots=True)
+class VendorSpec:
+    """The names one vendor uses on the wire (HAMi v2.10), and its request rules.
+
+    ``memory_name``/``core_name`` empty: the vendor hands out whole cards by count only.
+    ``register_key`` empty: the inventory comes from the node's capacity (the vendor overrides
+    :meth:`SpecBackend.node_cards`). ``lock_key`` None: the vendor takes no node lock.
+    """
+
+    vendor: str
+    count_name: str
+    to_allocate_key: str
+    allocated_key: str
+    memory_name: str = ""
+    core_name: str = ""
+    memory_factor: int = 1
+    default_cores: int = 0
+    register_key: str = ""
+    handshake: str = ""
+    lock: str | None = "hami.io/mutex.lock"
+    use_type_key: str = ""
+    nouse_type_key: str = ""
+    use_uuid_key: str = ""
+    nouse_uuid_key: str = ""
+
+
+class SpecBackend:
+    """A backend whose every required member comes from a :class:`VendorSpec`.
+
+    Requests: the count resource (a container without it asks for none; memory or cores without it
+    are refused), memory times ``memory_factor`` (none given: the whole card's memory), cores in
+    percent of a card (none given: ``default_cores``). Cards: the register annotation, HAMi's JSON
+    or legacy colon form; when kubelet lists the count resource with nothing allocatable the
+    vendor's device plugin is gone and the node has no cards of this vendor. Decision: HAMi's pod
+    device encoding under both the to-allocate and the allocated key.
+    """
+
+    spec: VendorSpec
+
+    def __init__(self, spec: VendorSpec) -> None:
+        self.spec = spec
+
+    # --- identity ----------------------------------------------------------------------------
+    @property
+    def vendor(self) -> str:
+        return self.spec.vendor
+
+    @property
+    def resource_names(self) -> tuple[str, ...]:
+        s = self.spec
+        return tuple(n for n in (s.count_name, s.memory_name, s.core_name) if n)
+
+    @property
+    def memory_resource(self) -> str:
+        return self.spec.memory_name or self.spec.count_name
+
+    @property
+    def allocated_key(self) -> str:
+        return self.spec.allocated_key
+
+    @property
+    def to_allocate_key(self) -> str:
+        return self.spec.to_allocate_key
+
+    @property
+    def decision_keys(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.spec.to_allocate_key, self.spec.allocated_key)))
+
+    @property
+    def lock_key(self) -> str | None:
+        return self.spec.lock
+
+    @property
+    def handshake_key(self) -> str | None:
+        """The node handshake annotation (``Requesting_<time>`` / ``Reported <time>``), if any."""
+        return self.spec.handshake or None
+
+    # --- requests ----------------------------------------------------------------------------
+    def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:
+        s = self.spec
+        cname = str(container.get("name", "?"))
+        count = int_resource(container, cname, s.count_name)
+        mem = int_resource(container, cname, s.memory_name)
+        cores = int_resource(container, cname, s.core_name)
+        if count is None:
+            given = [n for n, v in ((s.memory_name, mem), (s.core_name, cores)) if v is not None]
+            if given:
+                raise RequestError(
+                    container=cname,
+                    resource=s.count_name,
+                    reason=f"missing: {', '.join(given)} given without it",
+                )
+            return None
+        if count == 0:
+            return None
+        return self.request(cname, count, mem, cores)
+
+    def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
+        """The request for ``count`` cards with the given memory (in the vendor's unit) and cores."""
+        s = self.spec
+        if cores is not None and cores > 100:
+            raise RequestError(
+                container=cname, resource=s.core_name, reason=f"{cores} is more than 100 percent of a card"
+            )
+        mem_mib = (mem or 0) * s.memory_factor
+        if mem_mib > INT32_MAX:
+            raise RequestError(container=cname, resource=s.memory_name, reason=f"{mem} is too large")
+        return DeviceRequest(
+            vendor=s.vendor,
+            count=count,
+            mem=mem_mib,
+            mem_percentage=None if mem_mib else 100,
+            cores=s.default_cores if cores is None else cores,
+        )
+
+    # --- inventory ---------------------------------------------------------------------------
+    def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
+        s = self.spec
+        value = node_annotations(node).get(s.register_key) if s.register_key else None
+        if not value or _allocatable_zero(node, s.count_name):
+            return None
+        cards = tuple(
+            Card(
+                uuid=d.id,
+                vendor=s.vendor,
+                type=d.type,
+                count=d.count,
+                totalmem=d.devmem,
+                totalcores=d.devcore,
+                index=d.index,
+                numa=d.numa,
+                mode=d.mode or "hami-core",
+                health=d.health,
+            )
+            for d in decode_node_devices(value)
+        )
+        return NodeCards(cards=cards) if cards else None
+
+    def capacity_cards(
+        self, node: Mapping[str, Any], resource: str, *, type: str, count: int, mem: int, cores: int
+    ) -> NodeCards | None:
+        """Cards derived from the node's capacity of ``resource``: ``<node>-<type>-<i>`` (HAMi's ids)."""
+        n = capacity(node, resource)
+        if n == 0:
+            return None
+        name = str((node.get("metadata") or {}).get("name", ""))
+        return NodeCards(
+            cards=tuple(
+                Card(
+                    uuid=f"{name}-{type}-{i}",
+                    vendor=self.spec.vendor,
+                    type=type,
+                    count=count,
+                    totalmem=mem,
+                    totalcores=cores,
+                    index=i,
+                )
+                for i in range(n)
+            )
+        )
+
+    def selector(self, annotations: Mapping[str, str]) -> CardSelector:
+        s = self.spec
+
+        def get(key: str, lower: bool = False) -> tuple[str, ...]:
+            return split_list(annotations.get(key), lower=lower) if key else ()
+
+        return CardSelector(
+            use_types=get(s.use_type_key, lower=True),
+            nouse_types=get(s.nouse_type_key, lower=True),
+            use_uuids=frozenset(get(s.use_uuid_key)),
+            nouse_uuids=frozenset(get(s.nouse_uuid_key)),
+        )
+
+    # --- decision ----------------------------------------------------------------------------
+    def decision_annotations(self, containers: Sequence[Sequence[Placement]]) -> dict[str, str]:
+        encoded = encode_pod_devices([[p.device for p in c] for c in containers])
+        return dict.fromkeys(self.decision_keys, encoded)
+
+    def decode_allocation(self, annotations: Mapping[str, str]) -> list[tuple[Placement, ...]] | None:
+        value = annotations.get(self.spec.allocated_key)
+        if not value:
+            return None
+        return [tuple(Placement(device=d) for d in c) for c in decode_pod_devices(value)]
+
+
+class WholeCards:
+    """Sizing hook for vendors whose cards are exclusive: a card in use is refused
+    (``ExclusiveDeviceAllocateConflict``) and a placement takes the card's whole memory and cores."""
+
+    def fits(self, card: Card, request: DeviceRequest) -> str | None:
+        return EXCLUSIVE_CONFLICT if card.used > 0 else None
+
+    def size(self, card: Card, request: DeviceRequest, container_index: int, device_index: int) -> Placement:
+        return Placement(
+            device=ContainerDevice(
+                uuid=card.uuid, type=request.vendor, usedmem=card.totalmem, usedcores=card.totalcores
+            )
+        )

@@ -1,0 +1,37 @@
+"""Enflame GCU whole cards (HAMi CommonWord ``GCU``): ``enflame.com/gcu``.
+
+Inventory from the node's capacity of ``enflame.com/gcu``: cards ``<node>-GCU-<i>`` with memory and
+cores 100 each, one slot (HAMi's ids and sizes). Exclusive: a card in use is refused. Decision:
+``hami.io/enflame-gcu-devices-to-allocate`` / ``-allocated``; no node lock, no card filters (as
+HAMi). Enflame's DRS profiles (``enflame.com/drs-gcu``, ``gcu-memory``, ``gcu-core``) are not
+implemented yet (docs/vendors.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hami.devices.base import NodeCards
+from hami.devices.common import SpecBackend, VendorSpec, WholeCards
+from hami.devices.enflame_config import EnflameConfig
+
+VENDOR = "GCU"
+
+
+class EnflameGCUBackend(WholeCards, SpecBackend):
+    def __init__(self, config: EnflameConfig | None = None) -> None:
+        c = config if config is not None else EnflameConfig()
+        self.config = c
+        super().__init__(
+            VendorSpec(
+                vendor=VENDOR,
+                count_name=c.resource_name_gcu,
+                to_allocate_key="hami.io/enflame-gcu-devices-to-allocate",
+                allocated_key="hami.io/enflame-gcu-devices-allocated",
+                lock=None,
+            )
+        )
+
+    def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
+        return self.capacity_cards(node, self.spec.count_name, type=VENDOR, count=1, mem=100, cores=100)

@@ -1,0 +1,308 @@
+"""Per-vendor rules (issue 13) scheduled through the real core (``Scheduler.decide``): resources and
+defaults, node inventory in the vendor's format, card filters, reject reasons, decision keys, locks.
+The facts come from ../shared/reference/hami-control-plane.md §4."""
+
+from __future__ import annotations
+
+import pytest
+from vendorkit import bound, capacity_node, card, chosen, pod, register_node, scheduler
+
+from hami.config import DeviceConfig, parse_device_config
+from hami.config.device import IluvatarConfig
+from hami.devices.amd import AMDBackend
+from hami.devices.base import RequestError
+from hami.devices.biren import BirenBackend
+from hami.devices.enflame import EnflameGCUBackend
+from hami.devices.hooks import resolve_hooks
+from hami.devices.hygon import HygonBackend
+from hami.devices.iluvatar import IluvatarBackend
+from hami.devices.registry import default_registry, section_warnings
+from hami.devices.vastai import VastaiBackend
+from hami.protocol.pod import decode_pod_devices
+
+LOCK = "hami.io/mutex.lock"
+
+# --- Hygon DCU -------------------------------------------------------------------------------------
+
+DCU_REG = "hami.io/node-dcu-register"
+
+
+def dcu_node(name: str = "n1") -> dict:
+    cards = [card(f"DCU-{i}", index=i, type="DCU-Z100", mem=16384) for i in range(2)]
+    return register_node(name, DCU_REG, cards, legacy=True)
+
+
+def test_hygon_reads_the_legacy_register_and_writes_dcu_keys() -> None:
+    b = HygonBackend()
+    sched = scheduler(b, dcu_node())
+    d = sched.decide(pod("p", {"hygon.com/dcunum": 1, "hygon.com/dcumem": 2000, "hygon.com/dcucores": 30}))
+    assert d.node == "n1"
+    assert chosen(d, "DCU") == [["DCU-1"]]  # equal cards: the highest index, as HAMi
+    assert d.annotations["hami.io/dcu-devices-to-allocate"] == "DCU-1,DCU,2000,30:;"
+    assert d.annotations["hami.io/dcu-devices-allocated"] == "DCU-1,DCU,2000,30:;"
+    assert b.lock_key == LOCK
+    assert resolve_hooks(b).handshake_key == "hami.io/node-handshake-dcu"
+
+
+def test_hygon_without_memory_takes_the_whole_card_and_applies_the_memory_factor() -> None:
+    cfg, _ = parse_device_config("hygon:\n  memoryFactor: 1024\n")
+    b = HygonBackend(cfg.hygon)
+    r = b.parse_container(
+        {"name": "c", "resources": {"limits": {"hygon.com/dcunum": 1, "hygon.com/dcumem": 4}}}
+    )
+    assert r is not None and r.mem == 4096 and r.mem_percentage is None
+    whole = b.parse_container({"name": "c", "resources": {"limits": {"hygon.com/dcunum": 1}}})
+    assert whole is not None and whole.mem_percentage == 100
+
+
+def test_hygon_type_and_uuid_filters() -> None:
+    sched = scheduler(HygonBackend(), dcu_node())
+    d = sched.decide(pod("p", {"hygon.com/dcunum": 1}, annotations={"hygon.com/use-gpuuuid": "DCU-0"}))
+    assert chosen(d, "DCU") == [["DCU-0"]]
+    d = sched.decide(pod("q", {"hygon.com/dcunum": 1}, annotations={"hygon.com/nouse-dcutype": "z100"}))
+    assert d.node is None and d.failed == {"n1": "2/2 CardTypeMismatch"}
+
+
+def test_hygon_memory_without_count_is_refused() -> None:
+    with pytest.raises(RequestError, match=r"hygon\.com/dcunum: missing: hygon\.com/dcumem"):
+        HygonBackend().parse_container({"name": "c", "resources": {"limits": {"hygon.com/dcumem": 10}}})
+
+
+def test_hygon_cores_over_100_are_refused() -> None:
+    with pytest.raises(RequestError, match="more than 100 percent"):
+        HygonBackend().parse_container(
+            {"name": "c", "resources": {"limits": {"hygon.com/dcunum": 1, "hygon.com/dcucores": 101}}}
+        )
+
+
+def test_hygon_usage_is_restored_from_the_allocated_annotation() -> None:
+    b = HygonBackend()
+    sched = scheduler(b, dcu_node())
+    p = pod("p", {"hygon.com/dcunum": 2, "hygon.com/dcumem": 16384})
+    d = sched.decide(p)
+    assert d.node == "n1"
+    again = scheduler(HygonBackend(), dcu_node())
+    alloc = again.allocation_of(bound(p, d.annotations), "n1")
+    assert alloc is not None
+    again.state.add_pod(alloc)
+    full = again.decide(pod("q", {"hygon.com/dcunum": 1, "hygon.com/dcumem": 100}))
+    assert full.node is None and full.failed == {"n1": "2/2 CardInsufficientMemory"}
+
+
+def test_hygon_node_without_allocatable_devices_has_no_cards() -> None:
+    n = dcu_node()
+    n["status"] = {"allocatable": {"hygon.com/dcunum": "0"}}
+    assert HygonBackend().node_cards(n) is None
+
+
+# --- Iluvatar ------------------------------------------------------------------------------------
+
+
+def test_iluvatar_gives_one_backend_per_chip_with_its_common_word() -> None:
+    cfg, _ = parse_device_config(
+        "iluvatars:\n  - chipName: BI-V100\n  - chipName: MR-V100\n    commonWord: MR\n"
+    )
+    vendors = [b.vendor for b in default_registry(cfg)]
+    assert vendors == ["NVIDIA", "BI-V100", "MR"]
+    mr = default_registry(cfg).get("MR")
+    assert mr.resource_names == (
+        "iluvatar.ai/MR-V100-vgpu",
+        "iluvatar.ai/MR-V100.vMem",
+        "iluvatar.ai/MR-V100.vCore",
+    )
+    assert mr.allocated_key == "hami.io/MR-devices-allocated"
+    assert resolve_hooks(mr).handshake_key == "hami.io/node-handshake-MR"
+
+
+def test_iluvatar_memory_is_in_256_mib_units_and_multi_card_takes_all_cores() -> None:
+    b = IluvatarBackend(IluvatarConfig(chip_name="BI-V100"))
+    sched = scheduler(
+        b,
+        register_node(
+            "n1",
+            "hami.io/node-BI-V100-register",
+            [card(f"IL-{i}", index=i, type="BI-V100", mem=32768) for i in range(2)],
+            legacy=True,
+        ),
+    )
+    d = sched.decide(pod("p", {"iluvatar.ai/BI-V100-vgpu": 1, "iluvatar.ai/BI-V100.vMem": 16}))
+    assert d.annotations["hami.io/BI-V100-devices-allocated"] == "IL-1,BI-V100,4096,0:;"
+    two = sched.decide(pod("q", {"iluvatar.ai/BI-V100-vgpu": 2, "iluvatar.ai/BI-V100.vMem": 4}))
+    assert two.node is None  # both cards need all 100 cores; IL-1 ... holds a slice but cores are free
+    three = scheduler(
+        IluvatarBackend(IluvatarConfig(chip_name="BI-V100")),
+        register_node(
+            "n1",
+            "hami.io/node-BI-V100-register",
+            [card(f"IL-{i}", index=i, type="BI-V100", mem=32768) for i in range(2)],
+        ),
+    ).decide(pod("r", {"iluvatar.ai/BI-V100-vgpu": 2, "iluvatar.ai/BI-V100.vMem": 4}))
+    assert [
+        d.usedcores
+        for c in decode_pod_devices(three.annotations["hami.io/BI-V100-devices-allocated"])
+        for d in c
+    ] == [100, 100]
+
+
+def test_iluvatar_uuid_filters() -> None:
+    b = IluvatarBackend(IluvatarConfig(chip_name="BI-V100"))
+    n = register_node("n1", "hami.io/node-BI-V100-register", [card(f"IL-{i}", index=i) for i in range(2)])
+    d = scheduler(b, n).decide(
+        pod("p", {"iluvatar.ai/BI-V100-vgpu": 1}, annotations={"hami.io/no-use-BI-V100-uuid": "IL-1"})
+    )
+    assert chosen(d, "BI-V100") == [["IL-0"]]
+    d = scheduler(b, n).decide(
+        pod("p", {"iluvatar.ai/BI-V100-vgpu": 1}, annotations={"hami.io/use-BI-V100-uuid": "IL-9"})
+    )
+    assert d.failed == {"n1": "2/2 CardUuidMismatch"}
+
+
+# --- whole-device vendors: Biren, Vastai, Enflame GCU -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backend", "register", "resource", "to_allocate", "allocated", "use_type", "use_uuid"),
+    [
+        (
+            BirenBackend(),
+            "hami.io/node-biren-register",
+            "birentech.com/gpu",
+            "hami.io/Biren-devices-to-allocate",
+            "hami.io/Biren-devices-allocated",
+            "birentech.com/use-biren",
+            "birentech.com/use-gpuuuid",
+        ),
+        (
+            VastaiBackend(),
+            "hami.io/node-va-register",
+            "vastaitech.com/va",
+            "hami.io/Vastai-devices-to-allocate",
+            "hami.io/Vastai-devices-allocated",
+            "vastaitech.com/use-va",
+            "vastaitech.com/use-gpuuuid",
+        ),
+    ],
+)
+def test_whole_device_vendors(
+    backend, register: str, resource: str, to_allocate: str, allocated: str, use_type: str, use_uuid: str
+) -> None:
+    n = register_node("n1", register, [card(f"D-{i}", index=i, type=f"T{i}", count=1) for i in range(3)])
+    sched = scheduler(backend, n)
+    d = sched.decide(pod("p", {resource: 2}))
+    assert chosen(d, backend.vendor) == [["D-2", "D-1"]]
+    assert (
+        d.annotations[to_allocate]
+        == d.annotations[allocated]
+        == (f"D-2,{backend.vendor},16384,100:D-1,{backend.vendor},16384,100:;")
+    )
+    # a card in use is refused as a whole
+    busy = sched.decide(pod("q", {resource: 2}))
+    assert busy.node is None
+    assert busy.failed == {"n1": "1/3 AllocatedCardsInsufficientRequest, 2/3 CardTimeSlicingExhausted"}
+    assert sched.decide(pod("r", {resource: 1}, annotations={use_type: "t0"})).node == "n1"
+    # filters run before the slot check (HAMi's order): D-0 and D-2 mismatch, D-1 is taken
+    assert sched.decide(pod("s", {resource: 1}, annotations={use_uuid: "D-1"})).failed == {
+        "n1": "1/3 CardTimeSlicingExhausted, 2/3 CardUuidMismatch"
+    }
+    assert backend.lock_key == LOCK
+
+
+def test_whole_device_cards_with_several_slots_are_still_exclusive() -> None:
+    n = register_node("n1", "hami.io/node-biren-register", [card("D-0", count=4)])
+    sched = scheduler(BirenBackend(), n)
+    assert sched.decide(pod("p", {"birentech.com/gpu": 1})).node == "n1"
+    d = sched.decide(pod("q", {"birentech.com/gpu": 1}))
+    assert d.failed == {"n1": "1/1 ExclusiveDeviceAllocateConflict"}
+
+
+def test_enflame_gcu_cards_come_from_capacity_and_are_exclusive() -> None:
+    b = EnflameGCUBackend()
+    sched = scheduler(b, capacity_node("gcu-node", {"enflame.com/gcu": "2"}))
+    d = sched.decide(pod("p", {"enflame.com/gcu": 1}))
+    assert d.annotations["hami.io/enflame-gcu-devices-allocated"] == "gcu-node-GCU-1,GCU,100,100:;"
+    assert d.annotations["hami.io/enflame-gcu-devices-to-allocate"] == "gcu-node-GCU-1,GCU,100,100:;"
+    # HAMi names the busy card ExclusiveDeviceAllocateConflict; its one slot is checked first here
+    assert sched.decide(pod("q", {"enflame.com/gcu": 2})).failed == {
+        "gcu-node": "1/2 AllocatedCardsInsufficientRequest, 1/2 CardTimeSlicingExhausted"
+    }
+    assert b.lock_key is None
+    assert b.node_cards(capacity_node("none", {})) is None
+
+
+# --- AMD -------------------------------------------------------------------------------------------
+
+
+def amd_node() -> dict:
+    cards = [card(f"AMD-{i}", index=i, type="AMD-MI300X", mem=196608, cores=304, count=10) for i in range(2)]
+    return register_node("n1", "hami.io/node-amd-register", cards)
+
+
+def test_amd_percent_cores_become_compute_units_and_type_is_the_product() -> None:
+    sched = scheduler(AMDBackend(), amd_node())
+    d = sched.decide(pod("p", {"amd.com/gpu": 1, "amd.com/gpumem": 8192, "amd.com/gpucores": 50}))
+    assert d.annotations["hami.io/amd-devices-allocated"] == "AMD-1,AMD-MI300X,8192,152:;"
+    assert d.annotations["hami.io/amd-devices-to-allocate"] == "AMD-1,AMD-MI300X,8192,152:;"
+    # 60 % more does not fit AMD-1 (152 CUs left, 183 needed): AMD-0 takes it
+    e = sched.decide(
+        pod(
+            "q",
+            {"amd.com/gpu": 1, "amd.com/gpumem": 8192, "amd.com/gpucores": 60},
+            annotations={"amd.com/use-gpu-uuid": "AMD-1"},
+        )
+    )
+    assert e.failed == {"n1": "1/2 CardInsufficientCore, 1/2 CardUuidMismatch"}
+
+
+def test_amd_whole_card_by_default_and_cores_range() -> None:
+    b = AMDBackend()
+    r = b.parse_container({"name": "c", "resources": {"limits": {"amd.com/gpu": 1}}})
+    assert r is not None and r.mem_percentage == 100 and r.cores == 100
+    with pytest.raises(RequestError, match="1 to 100 percent"):
+        b.parse_container({"name": "c", "resources": {"limits": {"amd.com/gpu": 1, "amd.com/gpucores": 0}}})
+    sched = scheduler(b, amd_node())
+    d = sched.decide(pod("p", {"amd.com/gpu": 1}, annotations={"amd.com/nouse-gputype": "mi300"}))
+    assert d.failed == {"n1": "2/2 CardTypeMismatch"}
+
+
+# --- mixed clusters and configuration -----------------------------------------------------------------
+
+
+def test_default_config_registers_only_nvidia() -> None:
+    assert [b.vendor for b in default_registry(DeviceConfig.default())] == ["NVIDIA"]
+
+
+def test_configured_sections_register_their_backends_in_order() -> None:
+    cfg, _ = parse_device_config("hygon: {}\nbiren: {}\nenflame: {}\nvastai: {}\namd: {}\n")
+    assert [b.vendor for b in default_registry(cfg)] == ["NVIDIA", "DCU", "GCU", "AMD", "Vastai", "Biren"]
+    assert "hygon.com/dcunum" in default_registry(cfg).resource_names()
+
+
+def test_sections_without_a_backend_are_reported_by_name() -> None:
+    cfg, _ = parse_device_config("cambricon: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
+    warnings = section_warnings(cfg, source="dc.yaml")
+    assert len(warnings) == 2
+    assert warnings[0].startswith("dc.yaml: cambricon: hami has no backend for this vendor yet")
+    assert warnings[1] == "dc.yaml: iluvatars: empty list, no backend registered for this vendor"
+
+
+def test_unmanaged_resource_is_named_when_a_pod_requests_no_managed_device() -> None:
+    sched = scheduler(HygonBackend(), dcu_node())
+    d = sched.decide(pod("p", {"cambricon.com/vmlu": 1, "cpu": "1"}))
+    assert d.invalid
+    assert d.reason is not None and d.reason.startswith("pod requests no managed device (cambricon.com/vmlu:")
+
+
+def test_a_pod_asking_two_vendors_lands_on_a_node_with_both() -> None:
+    gpu = register_node(
+        "both",
+        "hami.io/node-nvidia-register",
+        [card("GPU-0", type="NVIDIA-A100")],
+    )
+    gpu["metadata"]["annotations"].update(dcu_node("x")["metadata"]["annotations"])
+    only_dcu = dcu_node("dcu-only")
+    sched = scheduler(HygonBackend(), gpu, only_dcu)
+    d = sched.decide(pod("p", {"nvidia.com/gpu": 1, "hygon.com/dcunum": 1}))
+    assert d.node == "both"
+    assert chosen(d, "NVIDIA") == [["GPU-0"]] and chosen(d, "DCU") == [["DCU-1"]]
+    there = sched.decide(pod("q", {"nvidia.com/gpu": 1, "hygon.com/dcunum": 1}), candidates=["dcu-only"])
+    assert there.node is None and there.failed == {"dcu-only": "0/0 NVIDIA NodeInsufficientDevice"}
