@@ -418,6 +418,9 @@ iluvatars:
   - chipName: MR-V100
     resourceCountName: iluvatar.ai/mr-gpu
 amd: {}
+awsneuron: {}
+mthreads:
+  resourceCoreName: mthreads.com/cores
 cambricon: {}
 """
 
@@ -438,5 +441,6 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
     assert not any(n.startswith("cambricon.com/") for n in names)
     (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]
     (cond,) = mwc["webhooks"][0]["matchConditions"]
-    for domain in ("nvidia.com/", "hygon.com/", "iluvatar.ai/", "amd.com/"):
+    assert "mthreads.com/cores" in names and "aws.amazon.com/neuroncore" in names
+    for domain in ("nvidia.com/", "hygon.com/", "iluvatar.ai/", "amd.com/", "aws.amazon.com/"):
         assert f"k.startsWith('{domain}')" in cond["expression"]

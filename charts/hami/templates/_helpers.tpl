@@ -107,8 +107,10 @@ nothing (the extender warns about it). */}}
 {{- $vendors := list
   (list "hygon" (list (list "resourceCountName" "hygon.com/dcunum") (list "resourceMemoryName" "hygon.com/dcumem") (list "resourceCoreName" "hygon.com/dcucores")))
   (list "iluvatars" (list))
+  (list "mthreads" (list (list "resourceCountName" "mthreads.com/vgpu") (list "resourceMemoryName" "mthreads.com/sgpu-memory") (list "resourceCoreName" "mthreads.com/sgpu-core")))
   (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu")))
   (list "amd" (list (list "resourceCountName" "amd.com/gpu") (list "resourceMemoryName" "amd.com/gpumem") (list "resourceCoreName" "amd.com/gpucores")))
+  (list "awsneuron" (list (list "resourceCountName" "aws.amazon.com/neuron") (list "resourceCoreName" "aws.amazon.com/neuroncore")))
   (list "vastai" (list (list "resourceCountName" "vastaitech.com/va")))
   (list "biren" (list (list "resourceCountName" "birentech.com/gpu")))
 -}}

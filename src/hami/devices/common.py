@@ -20,6 +20,7 @@ from typing import Any
 
 from hami.devices.base import (
     Card,
+    CardPayload,
     CardSelector,
     DeviceRequest,
     NodeCards,
@@ -130,6 +131,8 @@ class VendorSpec:
     nouse_type_key: str = ""
     use_uuid_key: str = ""
     nouse_uuid_key: str = ""
+    #: False: the decision is written under ``allocated_key`` only (HAMi's Mthreads, AWS Neuron)
+    write_to_allocate: bool = True
 
 
 class SpecBackend:
@@ -171,8 +174,16 @@ class SpecBackend:
         return self.spec.to_allocate_key
 
     @property
+    def encoding_keys(self) -> tuple[str, ...]:
+        """The pod annotations that get HAMi's pod device encoding of the decision."""
+        s = self.spec
+        if not s.write_to_allocate:
+            return (s.allocated_key,)
+        return tuple(dict.fromkeys((s.to_allocate_key, s.allocated_key)))
+
+    @property
     def decision_keys(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.spec.to_allocate_key, self.spec.allocated_key)))
+        return self.encoding_keys
 
     @property
     def lock_key(self) -> str | None:
@@ -245,23 +256,33 @@ class SpecBackend:
         return NodeCards(cards=cards) if cards else None
 
     def capacity_cards(
-        self, node: Mapping[str, Any], resource: str, *, type: str, count: int, mem: int, cores: int
+        self,
+        node: Mapping[str, Any],
+        n: int,
+        *,
+        type: str,
+        count: int,
+        mem: int,
+        cores: int,
+        id_word: str = "",
+        payload: CardPayload | None = None,
     ) -> NodeCards | None:
-        """Cards derived from the node's capacity of ``resource``: ``<node>-<type>-<i>`` (HAMi's ids)."""
-        n = capacity(node, resource)
-        if n == 0:
+        """``n`` cards derived from the node's capacity: ``<node>-<id_word or type>-<i>`` (HAMi's ids)."""
+        if n <= 0:
             return None
         name = str((node.get("metadata") or {}).get("name", ""))
+        word = id_word or type
         return NodeCards(
             cards=tuple(
                 Card(
-                    uuid=f"{name}-{type}-{i}",
+                    uuid=f"{name}-{word}-{i}",
                     vendor=self.spec.vendor,
                     type=type,
                     count=count,
                     totalmem=mem,
                     totalcores=cores,
                     index=i,
+                    payload=payload,
                 )
                 for i in range(n)
             )
@@ -283,7 +304,7 @@ class SpecBackend:
     # --- decision ----------------------------------------------------------------------------
     def decision_annotations(self, containers: Sequence[Sequence[Placement]]) -> dict[str, str]:
         encoded = encode_pod_devices([[p.device for p in c] for c in containers])
-        return dict.fromkeys(self.decision_keys, encoded)
+        return dict.fromkeys(self.encoding_keys, encoded)
 
     def decode_allocation(self, annotations: Mapping[str, str]) -> list[tuple[Placement, ...]] | None:
         value = annotations.get(self.spec.allocated_key)

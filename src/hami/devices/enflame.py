@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hami.devices.base import NodeCards
-from hami.devices.common import SpecBackend, VendorSpec, WholeCards
+from hami.devices.common import SpecBackend, VendorSpec, WholeCards, capacity
 from hami.devices.enflame_config import EnflameConfig
 
 VENDOR = "GCU"
@@ -34,4 +34,5 @@ class EnflameGCUBackend(WholeCards, SpecBackend):
         )
 
     def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
-        return self.capacity_cards(node, self.spec.count_name, type=VENDOR, count=1, mem=100, cores=100)
+        n = capacity(node, self.spec.count_name)
+        return self.capacity_cards(node, n, type=VENDOR, count=1, mem=100, cores=100)

@@ -89,10 +89,12 @@ def registry_from_sections(
 def default_factories() -> dict[str, BackendFactory]:
     """The built-in backends, by config section (in registration order)."""
     from hami.devices.amd import AMDBackend
+    from hami.devices.awsneuron import AWSNeuronBackend
     from hami.devices.biren import BirenBackend
     from hami.devices.enflame import EnflameGCUBackend
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
+    from hami.devices.mthreads import MthreadsBackend
     from hami.devices.nvidia import NvidiaBackend
     from hami.devices.vastai import VastaiBackend
 
@@ -100,8 +102,10 @@ def default_factories() -> dict[str, BackendFactory]:
         "nvidia": NvidiaBackend,
         "hygon": HygonBackend,
         "iluvatars": IluvatarBackend,
+        "mthreads": MthreadsBackend,
         "enflame": EnflameGCUBackend,
         "amd": AMDBackend,
+        "awsneuron": AWSNeuronBackend,
         "vastai": VastaiBackend,
         "biren": BirenBackend,
     }

@@ -10,15 +10,18 @@ from vendorkit import bound, capacity_node, card, chosen, pod, register_node, sc
 from hami.config import DeviceConfig, parse_device_config
 from hami.config.device import IluvatarConfig
 from hami.devices.amd import AMDBackend
+from hami.devices.awsneuron import AWSNeuronBackend
 from hami.devices.base import RequestError
 from hami.devices.biren import BirenBackend
 from hami.devices.enflame import EnflameGCUBackend
 from hami.devices.hooks import resolve_hooks
 from hami.devices.hygon import HygonBackend
 from hami.devices.iluvatar import IluvatarBackend
+from hami.devices.mthreads import MthreadsBackend
 from hami.devices.registry import default_registry, section_warnings
 from hami.devices.vastai import VastaiBackend
 from hami.protocol.pod import decode_pod_devices
+from hami.webhook.mutate import WebhookPolicy, mutate_pod
 
 LOCK = "hami.io/mutex.lock"
 
@@ -306,3 +309,161 @@ def test_a_pod_asking_two_vendors_lands_on_a_node_with_both() -> None:
     assert chosen(d, "NVIDIA") == [["GPU-0"]] and chosen(d, "DCU") == [["DCU-1"]]
     there = sched.decide(pod("q", {"nvidia.com/gpu": 1, "hygon.com/dcunum": 1}), candidates=["dcu-only"])
     assert there.node is None and there.failed == {"dcu-only": "0/0 NVIDIA NodeInsufficientDevice"}
+
+
+# --- Mthreads ------------------------------------------------------------------------------------
+
+
+def mt_node(name: str = "mt") -> dict:
+    # two GPUs: 32 cores, 192 memory units (48 GiB each)
+    return capacity_node(name, {"mthreads.com/sgpu-core": "32", "mthreads.com/sgpu-memory": "192"})
+
+
+def test_mthreads_cards_come_from_core_capacity() -> None:
+    cards = MthreadsBackend().node_cards(mt_node())
+    assert cards is not None
+    assert [(c.uuid, c.count, c.totalmem, c.totalcores) for c in cards.cards] == [
+        ("mt-mthreads-0", 100, 49152, 16),
+        ("mt-mthreads-1", 100, 49152, 16),
+    ]
+    assert MthreadsBackend().node_cards(capacity_node("x", {})) is None
+
+
+def test_mthreads_slice_memory_units_and_gpu_index() -> None:
+    b = MthreadsBackend()
+    sched = scheduler(b, mt_node())
+    d = sched.decide(
+        pod("p", {"mthreads.com/vgpu": 1, "mthreads.com/sgpu-memory": 8, "mthreads.com/sgpu-core": 4})
+    )
+    assert d.annotations["hami.io/mthreads-vgpu-devices-allocated"] == "mt-mthreads-1,Mthreads,4096,4:;"
+    assert (
+        "hami.io/mthreads-vgpu-devices-to-allocate" not in d.annotations
+    )  # HAMi writes the allocated key only
+    assert d.annotations["mthreads.com/gpu-index"] == "1"
+    assert b.lock_key is None
+
+
+def test_mthreads_multi_gpu_takes_whole_gpus_and_bad_memory_is_refused() -> None:
+    sched = scheduler(MthreadsBackend(), mt_node())
+    d = sched.decide(pod("p", {"mthreads.com/vgpu": 2}))
+    assert d.annotations["hami.io/mthreads-vgpu-devices-allocated"] == (
+        "mt-mthreads-1,Mthreads,49152,16:mt-mthreads-0,Mthreads,49152,16:;"
+    )
+    assert d.annotations["mthreads.com/gpu-index"] == "1,0"
+    with pytest.raises(RequestError, match="not a valid sGPU memory size"):
+        MthreadsBackend().parse_container(
+            {"name": "c", "resources": {"limits": {"mthreads.com/vgpu": 1, "mthreads.com/sgpu-memory": 3}}}
+        )
+
+
+def test_mthreads_webhook_writes_whole_gpu_limits() -> None:
+    cfg, _ = parse_device_config("mthreads: {}\n")
+    policy = WebhookPolicy.from_config(cfg)
+    d = mutate_pod(pod("p", {"mthreads.com/vgpu": 2}), namespace="ns", namespace_labels={}, policy=policy)
+    assert d.allowed
+    limits = {
+        op["path"].rsplit("/", 1)[-1].replace("~1", "/"): op["value"]
+        for op in d.patch
+        if "limits/" in op["path"]
+    }
+    assert limits == {"mthreads.com/sgpu-core": "32", "mthreads.com/sgpu-memory": "192"}
+    assert {"op": "replace", "path": "/spec/schedulerName", "value": "hami-scheduler"} in d.patch or any(
+        op["path"] == "/spec/schedulerName" and op["value"] == "hami-scheduler" for op in d.patch
+    )
+
+
+def test_a_vendor_pod_is_sent_to_hamis_scheduler_by_the_webhook() -> None:
+    cfg, _ = parse_device_config("hygon: {}\n")
+    policy = WebhookPolicy.from_config(cfg)
+    d = mutate_pod(pod("p", {"hygon.com/dcunum": 1}), namespace="ns", namespace_labels={}, policy=policy)
+    assert d.allowed and d.managed
+    assert any(op["path"] == "/spec/schedulerName" and op["value"] == "hami-scheduler" for op in d.patch)
+    plain = mutate_pod(
+        pod("p", {"hygon.com/dcunum": 1}), namespace="ns", namespace_labels={}, policy=WebhookPolicy.default()
+    )
+    assert not plain.managed  # without the section, hami leaves the pod alone
+
+
+# --- AWS Neuron ----------------------------------------------------------------------------------
+
+
+def neuron_node(name: str = "trn", devices: int = 8, instance: str = "trn1.32xlarge") -> dict:
+    return capacity_node(
+        name,
+        {"aws.amazon.com/neuron": str(devices), "aws.amazon.com/neuroncore": str(2 * devices)},
+        labels={"node.kubernetes.io/instance-type": instance},
+    )
+
+
+def test_neuron_devices_are_core_bitmasks() -> None:
+    cards = AWSNeuronBackend().node_cards(neuron_node(devices=2))
+    assert cards is not None
+    assert [(c.uuid, c.count, c.totalcores, c.totalmem) for c in cards.cards] == [
+        ("trn-AWSNeuron-0", 2, 3, 0),
+        ("trn-AWSNeuron-1", 2, 3, 0),
+    ]
+
+
+def test_neuron_single_cores_fill_a_device_bit_by_bit() -> None:
+    b = AWSNeuronBackend()
+    sched = scheduler(b, neuron_node(devices=1))
+    one = sched.decide(pod("a", {"aws.amazon.com/neuroncore": 1}))
+    assert one.annotations["hami.io/aws-neuron-devices-allocated"] == "trn-AWSNeuron-0,AWSNeuron,0,1:;"
+    assert one.annotations["AWS_NEURON_IDS"] == "0"
+    assert one.annotations["NEURON_RESOURCE_TYPE"] == "aws.amazon.com/neuroncore"
+    assert one.annotations["NEURON_ALLOCATED"] == "false"
+    two = sched.decide(pod("b", {"aws.amazon.com/neuroncore": 1}))
+    assert two.annotations["hami.io/aws-neuron-devices-allocated"] == "trn-AWSNeuron-0,AWSNeuron,0,2:;"
+    assert two.annotations["AWS_NEURON_IDS"] == "1"
+    full = sched.decide(pod("c", {"aws.amazon.com/neuroncore": 1}))
+    assert full.failed == {"trn": "1/1 CardTimeSlicingExhausted"}
+    assert b.lock_key is None
+
+
+def test_neuron_whole_device_request_needs_an_idle_device() -> None:
+    sched = scheduler(AWSNeuronBackend(), neuron_node(devices=1))
+    assert sched.decide(pod("a", {"aws.amazon.com/neuroncore": 1})).node == "trn"
+    d = sched.decide(pod("b", {"aws.amazon.com/neuron": 1}))
+    assert d.failed == {"trn": "1/1 CardInsufficientCore"}
+
+
+def test_neuron_multi_device_runs_are_aligned_outside_inf() -> None:
+    sched = scheduler(AWSNeuronBackend(), neuron_node(devices=8))
+    # device 1 busy: the aligned run of 4 starting at 0 is broken, so 4..7 is taken
+    assert sched.decide(
+        pod(
+            "w",
+            {"aws.amazon.com/neuron": 1},
+            annotations={"aws.amazon.com/use-neuron-uuid": "trn-AWSNeuron-1"},
+        )
+    ).node
+    d = sched.decide(pod("p", {"aws.amazon.com/neuron": 4}))
+    assert chosen(d, "AWSNeuron") == [[f"trn-AWSNeuron-{i}" for i in (4, 5, 6, 7)]]
+    assert d.annotations["AWS_NEURON_IDS"] == "4,5,6,7"
+    assert "NEURON_RESOURCE_TYPE" not in d.annotations
+    # 3 devices is not an aligned size on trn
+    assert sched.decide(pod("q", {"aws.amazon.com/neuron": 3})).node is None
+
+
+def test_neuron_inf_instances_take_any_contiguous_run() -> None:
+    sched = scheduler(AWSNeuronBackend(), neuron_node("inf", devices=4, instance="inf2.24xlarge"))
+    assert sched.decide(
+        pod(
+            "w",
+            {"aws.amazon.com/neuron": 1},
+            annotations={"aws.amazon.com/use-neuron-uuid": "inf-AWSNeuron-0"},
+        )
+    ).node
+    d = sched.decide(pod("p", {"aws.amazon.com/neuron": 3}))
+    assert chosen(d, "AWSNeuron") == [["inf-AWSNeuron-1", "inf-AWSNeuron-2", "inf-AWSNeuron-3"]]
+
+
+def test_neuron_core_pairs_take_whole_devices_and_name_core_ids() -> None:
+    sched = scheduler(AWSNeuronBackend(), neuron_node("inf", devices=4, instance="inf2.24xlarge"))
+    d = sched.decide(pod("p", {"aws.amazon.com/neuroncore": 4}))
+    assert chosen(d, "AWSNeuron") == [["inf-AWSNeuron-0", "inf-AWSNeuron-1"]]
+    assert d.annotations["AWS_NEURON_IDS"] == "0,1,2,3"
+    with pytest.raises(RequestError, match="even number"):
+        AWSNeuronBackend().parse_container(
+            {"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": 3}}}
+        )
