@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from hami.devices.amd_config import AMDConfig
 from hami.devices.base import Card, DeviceRequest, Placement, RequestError
-from hami.devices.common import SpecBackend, VendorSpec
+from hami.devices.common import (
+    SpecBackend,
+    VendorSpec,
+    filter_keys,
+    hami_keys,
+    resource_fields,
+)
 from hami.devices.hooks import default_fits
 from hami.protocol.pod import ContainerDevice
 
@@ -25,23 +31,14 @@ def compute_units(card: Card, percent: int) -> int:
 
 
 class AMDBackend(SpecBackend):
-    def __init__(self, config: AMDConfig | None = None) -> None:
-        c = config if config is not None else AMDConfig()
-        self.config = c
-        super().__init__(
-            VendorSpec(
-                vendor=VENDOR,
-                count_name=c.resource_count_name,
-                memory_name=c.resource_memory_name,
-                core_name=c.resource_core_name,
-                register_key="hami.io/node-amd-register",
-                to_allocate_key="hami.io/amd-devices-to-allocate",
-                allocated_key="hami.io/amd-devices-allocated",
-                use_type_key="amd.com/use-gputype",
-                nouse_type_key="amd.com/nouse-gputype",
-                use_uuid_key="amd.com/use-gpu-uuid",
-                nouse_uuid_key="amd.com/nouse-gpu-uuid",
-            )
+    config_type = AMDConfig
+
+    def make_spec(self, config: AMDConfig) -> VendorSpec:
+        return VendorSpec(
+            vendor=VENDOR,
+            **resource_fields(config),
+            **hami_keys("amd", "amd", handshake=False),
+            **filter_keys("amd.com", "gputype", "gpu-uuid"),
         )
 
     def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:

@@ -22,7 +22,14 @@ from typing import Any, Self
 
 from hami.devices.awsneuron_config import AWSNeuronConfig
 from hami.devices.base import Card, DeviceRequest, NodeCards, Placement, RequestError
-from hami.devices.common import SpecBackend, VendorSpec, capacity, int_resource
+from hami.devices.common import (
+    SpecBackend,
+    VendorSpec,
+    capacity,
+    filter_keys,
+    int_resource,
+    resource_fields,
+)
 from hami.devices.hooks import CARD_INSUFFICIENT_CORE
 from hami.protocol.pod import ContainerDevice
 from hami.scheduling.policy import CardPolicy
@@ -69,21 +76,18 @@ def _bits(mask: int) -> list[int]:
 
 
 class AWSNeuronBackend(SpecBackend):
-    def __init__(self, config: AWSNeuronConfig | None = None) -> None:
-        c = config if config is not None else AWSNeuronConfig()
-        self.config = c
-        super().__init__(
-            VendorSpec(
-                vendor=VENDOR,
-                count_name=c.resource_count_name,
-                core_name=c.resource_core_name,
-                to_allocate_key="hami.io/aws-neuron-devices-allocated",
-                allocated_key="hami.io/aws-neuron-devices-allocated",
-                lock=None,
-                use_uuid_key="aws.amazon.com/use-neuron-uuid",
-                nouse_uuid_key="aws.amazon.com/nouse-neuron-uuid",
-                write_to_allocate=False,
-            )
+    config_type = AWSNeuronConfig
+
+    def make_spec(self, config: AWSNeuronConfig) -> VendorSpec:
+        allocated = "hami.io/aws-neuron-devices-allocated"
+        return VendorSpec(
+            vendor=VENDOR,
+            **resource_fields(config),
+            to_allocate_key=allocated,
+            allocated_key=allocated,
+            lock=None,
+            **filter_keys("aws.amazon.com", uuid_word="neuron-uuid"),
+            write_to_allocate=False,
         )
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
 from hami.devices.base import (
     Card,
@@ -30,7 +30,7 @@ from hami.devices.base import (
 )
 from hami.devices.hooks import EXCLUSIVE_CONFLICT
 from hami.protocol.errors import ProtocolError
-from hami.protocol.node import decode_node_devices
+from hami.protocol.node import DeviceInfo, decode_node_devices
 from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
 from hami.protocol.quantity import parse_int_quantity
 
@@ -99,11 +99,6 @@ def capacity(node: Mapping[str, Any], name: str) -> int:
         return 0
 
 
-def _allocatable_zero(node: Mapping[str, Any], name: str) -> bool:
-    raw = ((node.get("status") or {}).get("allocatable") or {}).get(name)
-    return raw is not None and str(raw).strip() == "0"
-
-
 # ----------------------------------------------------------------------------------------- spec
 
 
@@ -135,6 +130,94 @@ class VendorSpec:
     write_to_allocate: bool = True
 
 
+class ResourceFields(TypedDict):
+    count_name: str
+    memory_name: str
+    core_name: str
+
+
+class PodKeys(TypedDict):
+    to_allocate_key: str
+    allocated_key: str
+
+
+class HamiKeys(PodKeys):
+    register_key: str
+    handshake: str
+
+
+class FilterKeys(TypedDict, total=False):
+    use_type_key: str
+    nouse_type_key: str
+    use_uuid_key: str
+    nouse_uuid_key: str
+
+
+def resource_fields(config: Any) -> ResourceFields:
+    """``count_name``/``memory_name``/``core_name`` from a section's ``resourceCountName``,
+    ``resourceMemoryName`` and ``resourceCoreName`` (absent ones empty)."""
+    return {
+        "count_name": config.resource_count_name,
+        "memory_name": getattr(config, "resource_memory_name", ""),
+        "core_name": getattr(config, "resource_core_name", ""),
+    }
+
+
+def hami_keys(node_word: str, pod_word: str, *, handshake: bool = True) -> HamiKeys:
+    """HAMi's per-vendor annotation keys: ``hami.io/node-<node_word>-register``, the handshake
+    ``hami.io/node-handshake-<node_word>`` and ``hami.io/<pod_word>-devices-to-allocate/-allocated``."""
+    pods = pod_keys(pod_word)
+    return {
+        "to_allocate_key": pods["to_allocate_key"],
+        "allocated_key": pods["allocated_key"],
+        "register_key": f"hami.io/node-{node_word}-register",
+        "handshake": f"hami.io/node-handshake-{node_word}" if handshake else "",
+    }
+
+
+def pod_keys(pod_word: str) -> PodKeys:
+    return {
+        "to_allocate_key": f"hami.io/{pod_word}-devices-to-allocate",
+        "allocated_key": f"hami.io/{pod_word}-devices-allocated",
+    }
+
+
+def filter_keys(domain: str, type_word: str = "", uuid_word: str = "gpuuuid") -> FilterKeys:
+    """The pod's card filters ``<domain>/use-<type_word>``, ``nouse-<type_word>`` (none when
+    ``type_word`` is empty) and ``<domain>/use-<uuid_word>``, ``nouse-<uuid_word>``."""
+    out: FilterKeys = {
+        "use_uuid_key": f"{domain}/use-{uuid_word}",
+        "nouse_uuid_key": f"{domain}/nouse-{uuid_word}",
+    }
+    if type_word:
+        out["use_type_key"] = f"{domain}/use-{type_word}"
+        out["nouse_type_key"] = f"{domain}/nouse-{type_word}"
+    return out
+
+
+def card_fields(d: DeviceInfo, vendor: str) -> dict[str, Any]:
+    """The :class:`Card` keyword arguments for a registered device (mode defaults to hami-core)."""
+    return {
+        "uuid": d.id,
+        "vendor": vendor,
+        "type": d.type,
+        "count": d.count,
+        "totalmem": d.devmem,
+        "totalcores": d.devcore,
+        "index": d.index,
+        "numa": d.numa,
+        "mode": d.mode or "hami-core",
+        "health": d.health,
+    }
+
+
+def plugin_gone(node: Mapping[str, Any], count_name: str) -> bool:
+    """kubelet lists the count resource with none allocatable: the vendor's device plugin is gone
+    (uninstalled, crashed, restarting) and its register annotation is stale."""
+    raw = ((node.get("status") or {}).get("allocatable") or {}).get(count_name)
+    return raw is not None and str(raw).strip() == "0"
+
+
 class SpecBackend:
     """A backend whose every required member comes from a :class:`VendorSpec`.
 
@@ -146,10 +229,17 @@ class SpecBackend:
     device encoding under both the to-allocate and the allocated key.
     """
 
+    #: the vendor's config section model (built with its defaults when no config is given)
+    config_type: ClassVar[type[Any]]
     spec: VendorSpec
 
-    def __init__(self, spec: VendorSpec) -> None:
-        self.spec = spec
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.config_type()
+        self.spec = self.make_spec(self.config)
+
+    def make_spec(self, config: Any) -> VendorSpec:
+        """The vendor's names, from its config section."""
+        raise NotImplementedError
 
     # --- identity ----------------------------------------------------------------------------
     @property
@@ -236,23 +326,9 @@ class SpecBackend:
     def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
         s = self.spec
         value = node_annotations(node).get(s.register_key) if s.register_key else None
-        if not value or _allocatable_zero(node, s.count_name):
+        if not value or plugin_gone(node, s.count_name):
             return None
-        cards = tuple(
-            Card(
-                uuid=d.id,
-                vendor=s.vendor,
-                type=d.type,
-                count=d.count,
-                totalmem=d.devmem,
-                totalcores=d.devcore,
-                index=d.index,
-                numa=d.numa,
-                mode=d.mode or "hami-core",
-                health=d.health,
-            )
-            for d in decode_node_devices(value)
-        )
+        cards = tuple(Card(**card_fields(d, s.vendor)) for d in decode_node_devices(value))
         return NodeCards(cards=cards) if cards else None
 
     def capacity_cards(
@@ -325,4 +401,23 @@ class WholeCards:
             device=ContainerDevice(
                 uuid=card.uuid, type=request.vendor, usedmem=card.totalmem, usedcores=card.totalcores
             )
+        )
+
+
+class WholeDeviceBackend(WholeCards, SpecBackend):
+    """A vendor that hands out whole devices by count, registered the HAMi way: its node word
+    (``hami.io/node-<node_word>-register`` and handshake), its pod word (the decision keys) and
+    its filter domain (``<domain>/use-<type_word>``, ``<domain>/use-gpuuuid``)."""
+
+    vendor_word: ClassVar[str]
+    node_word: ClassVar[str]
+    domain: ClassVar[str]
+    type_word: ClassVar[str]
+
+    def make_spec(self, config: Any) -> VendorSpec:
+        return VendorSpec(
+            vendor=self.vendor_word,
+            **resource_fields(config),
+            **hami_keys(self.node_word, self.vendor_word),
+            **filter_keys(self.domain, self.type_word),
         )

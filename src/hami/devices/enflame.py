@@ -13,24 +13,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from hami.devices.base import NodeCards
-from hami.devices.common import SpecBackend, VendorSpec, WholeCards, capacity
+from hami.devices.common import (
+    SpecBackend,
+    VendorSpec,
+    WholeCards,
+    capacity,
+    pod_keys,
+)
 from hami.devices.enflame_config import EnflameConfig
 
 VENDOR = "GCU"
 
 
 class EnflameGCUBackend(WholeCards, SpecBackend):
-    def __init__(self, config: EnflameConfig | None = None) -> None:
-        c = config if config is not None else EnflameConfig()
-        self.config = c
-        super().__init__(
-            VendorSpec(
-                vendor=VENDOR,
-                count_name=c.resource_name_gcu,
-                to_allocate_key="hami.io/enflame-gcu-devices-to-allocate",
-                allocated_key="hami.io/enflame-gcu-devices-allocated",
-                lock=None,
-            )
+    config_type = EnflameConfig
+
+    def make_spec(self, config: EnflameConfig) -> VendorSpec:
+        return VendorSpec(
+            vendor=VENDOR, count_name=config.resource_name_gcu, **pod_keys("enflame-gcu"), lock=None
         )
 
     def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:

@@ -13,30 +13,29 @@ from __future__ import annotations
 
 from hami.config.device import IluvatarConfig
 from hami.devices.base import DeviceRequest
-from hami.devices.common import SpecBackend, VendorSpec
+from hami.devices.common import (
+    SpecBackend,
+    VendorSpec,
+    hami_keys,
+    resource_fields,
+)
 
 #: Iluvatar memory resources count units of 256 MiB (HAMi)
 MEMORY_UNIT_MIB = 256
 
 
 class IluvatarBackend(SpecBackend):
-    def __init__(self, config: IluvatarConfig) -> None:
-        self.config = config
+    config_type = IluvatarConfig
+
+    def make_spec(self, config: IluvatarConfig) -> VendorSpec:
         cw = config.common_word or config.chip_name
-        super().__init__(
-            VendorSpec(
-                vendor=cw,
-                count_name=config.resource_count_name,
-                memory_name=config.resource_memory_name,
-                core_name=config.resource_core_name,
-                memory_factor=MEMORY_UNIT_MIB,
-                register_key=f"hami.io/node-{cw}-register",
-                handshake=f"hami.io/node-handshake-{cw}",
-                to_allocate_key=f"hami.io/{cw}-devices-to-allocate",
-                allocated_key=f"hami.io/{cw}-devices-allocated",
-                use_uuid_key=f"hami.io/use-{cw}-uuid",
-                nouse_uuid_key=f"hami.io/no-use-{cw}-uuid",
-            )
+        return VendorSpec(
+            vendor=cw,
+            **resource_fields(config),
+            memory_factor=MEMORY_UNIT_MIB,
+            **hami_keys(cw, cw),
+            use_uuid_key=f"hami.io/use-{cw}-uuid",
+            nouse_uuid_key=f"hami.io/no-use-{cw}-uuid",
         )
 
     def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:

@@ -15,7 +15,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hami.devices.base import DeviceRequest, NodeCards, Placement, RequestError
-from hami.devices.common import SpecBackend, VendorSpec, capacity
+from hami.devices.common import (
+    SpecBackend,
+    VendorSpec,
+    capacity,
+    filter_keys,
+    pod_keys,
+    resource_fields,
+)
 from hami.devices.hooks import AdmissionOutcome, ContainerEditor
 from hami.devices.mthreads_config import MthreadsConfig
 
@@ -29,23 +36,17 @@ GPU_INDEX_KEY = "mthreads.com/gpu-index"
 
 
 class MthreadsBackend(SpecBackend):
-    def __init__(self, config: MthreadsConfig | None = None) -> None:
-        c = config if config is not None else MthreadsConfig()
-        self.config = c
-        super().__init__(
-            VendorSpec(
-                vendor=VENDOR,
-                count_name=c.resource_count_name,
-                memory_name=c.resource_memory_name,
-                core_name=c.resource_core_name,
-                memory_factor=MEMORY_UNIT_MIB,
-                to_allocate_key="hami.io/mthreads-vgpu-devices-to-allocate",
-                allocated_key="hami.io/mthreads-vgpu-devices-allocated",
-                lock=None,
-                use_uuid_key="mthreads.ai/use-gpuuuid",
-                nouse_uuid_key="mthreads.ai/nouse-gpuuuid",
-                write_to_allocate=False,
-            )
+    config_type = MthreadsConfig
+
+    def make_spec(self, config: MthreadsConfig) -> VendorSpec:
+        return VendorSpec(
+            vendor=VENDOR,
+            **resource_fields(config),
+            memory_factor=MEMORY_UNIT_MIB,
+            **pod_keys("mthreads-vgpu"),
+            lock=None,
+            **filter_keys("mthreads.ai"),
+            write_to_allocate=False,
         )
 
     @property

@@ -30,6 +30,7 @@ from hami.devices.base import (
     split_list,
 )
 from hami.devices.common import INT32_MAX as _INT32_MAX
+from hami.devices.common import card_fields, plugin_gone
 from hami.devices.common import int_resource as _int_resource
 from hami.devices.hooks import AdmissionOutcome, ContainerEditor
 from hami.devices.nvidia_config import NvidiaConfig
@@ -210,26 +211,12 @@ class NvidiaBackend:
         # HAMi's NVIDIA health rule: when kubelet lists the count resource but none of it is
         # allocatable, the device plugin is gone (uninstalled, crashed, restarting) and the
         # registration annotation is stale — kubelet would refuse every Allocate there
-        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get(
-            self.config.resource_count_name
-        )
-        if allocatable is not None and str(allocatable).strip() == "0":
+        if plugin_gone(node, self.config.resource_count_name):
             return None
         devices = decode_node_devices(value)
         cards = tuple(
             NvidiaCard(
-                uuid=d.id,
-                vendor=self.vendor,
-                type=d.type,
-                count=d.count,
-                totalmem=d.devmem,
-                totalcores=d.devcore,
-                index=d.index,
-                numa=d.numa,
-                mode=d.mode or keys.MODE_HAMI_CORE,
-                health=d.health,
-                mig_profiles=d.mig_profiles,
-                mig=d.mode == keys.MODE_MIG,
+                **card_fields(d, self.vendor), mig_profiles=d.mig_profiles, mig=d.mode == keys.MODE_MIG
             )
             for d in devices
         )

@@ -9,27 +9,15 @@ grouping node score is not implemented (docs/vendors.md).
 
 from __future__ import annotations
 
-from hami.devices.common import SpecBackend, VendorSpec, WholeCards
+from hami.devices.common import WholeDeviceBackend
 from hami.devices.vastai_config import VastaiConfig
 
 VENDOR = "Vastai"
 
 
-class VastaiBackend(WholeCards, SpecBackend):
-    def __init__(self, config: VastaiConfig | None = None) -> None:
-        c = config if config is not None else VastaiConfig()
-        self.config = c
-        super().__init__(
-            VendorSpec(
-                vendor=VENDOR,
-                count_name=c.resource_count_name,
-                register_key="hami.io/node-va-register",
-                handshake="hami.io/node-handshake-va",
-                to_allocate_key="hami.io/Vastai-devices-to-allocate",
-                allocated_key="hami.io/Vastai-devices-allocated",
-                use_type_key="vastaitech.com/use-va",
-                nouse_type_key="vastaitech.com/nouse-va",
-                use_uuid_key="vastaitech.com/use-gpuuuid",
-                nouse_uuid_key="vastaitech.com/nouse-gpuuuid",
-            )
-        )
+class VastaiBackend(WholeDeviceBackend):
+    config_type = VastaiConfig
+    vendor_word = VENDOR
+    node_word = "va"
+    domain = "vastaitech.com"
+    type_word = "va"
