@@ -8,7 +8,7 @@ with a backend factory gives one backend, a list-valued section one backend per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hami.devices.base import DeviceBackend
@@ -29,6 +29,8 @@ class BackendRegistry:
     def __init__(self, backends: list[DeviceBackend] | None = None) -> None:
         self._by_vendor: dict[str, DeviceBackend] = {}
         self._hooks: dict[str, VendorHooks] = {}
+        self._by_resource: dict[str, list[DeviceBackend]] = {}
+        self._order: dict[str, int] = {}
         for b in backends or []:
             self.register(b)
 
@@ -37,6 +39,20 @@ class BackendRegistry:
             raise ValueError(f"backend for vendor {backend.vendor!r} registered twice")
         self._by_vendor[backend.vendor] = backend
         self._hooks[backend.vendor] = resolve_hooks(backend)
+        for name in backend.resource_names:
+            self._by_resource.setdefault(name, []).append(backend)
+        self._order[backend.vendor] = len(self._order)
+
+    def backends_for(self, resource_names: Iterable[str]) -> list[DeviceBackend]:
+        """The backends managing any of ``resource_names``, in registration order (a container's
+        request is parsed by these only, so more registered vendors cost nothing per pod)."""
+        found: dict[str, DeviceBackend] = {}
+        for name in resource_names:
+            for b in self._by_resource.get(name, ()):
+                found[b.vendor] = b
+        if len(found) < 2:
+            return list(found.values())
+        return sorted(found.values(), key=lambda b: self._order[b.vendor])
 
     def get(self, vendor: str) -> DeviceBackend:
         return self._by_vendor[vendor]
