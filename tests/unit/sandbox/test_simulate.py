@@ -151,3 +151,79 @@ def test_bad_config_file_exits_with_error(tmp_path: Path) -> None:
     )
     assert code == 2
     assert "deviceSplitCount" in err and "-1" in err
+
+
+MIXED_NODES = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: dcu-node
+  annotations:
+    hami.io/node-dcu-register: "DCU-0,10,16384,100,DCU-Z100,0,true,0,hami-core:DCU-1,10,16384,100,DCU-Z100,0,true,1,hami-core:"
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: gcu-node
+status:
+  capacity: {enflame.com/gcu: "2"}
+  allocatable: {enflame.com/gcu: "2"}
+"""
+
+MIXED_PODS = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: dcu-pod, namespace: default}
+spec:
+  containers:
+  - name: c
+    image: x
+    resources: {limits: {hygon.com/dcunum: 1, hygon.com/dcumem: 2000}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gcu-pod, namespace: default}
+spec:
+  containers:
+  - name: c
+    image: x
+    resources: {limits: {enflame.com/gcu: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: mlu-pod, namespace: default}
+spec:
+  containers:
+  - name: c
+    image: x
+    resources: {limits: {cambricon.com/vmlu: 1}}
+"""
+
+
+def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: Path) -> None:
+    (tmp_path / "nodes.yaml").write_text(MIXED_NODES)
+    (tmp_path / "pods.yaml").write_text(MIXED_PODS)
+    (tmp_path / "dc.yaml").write_text("hygon: {}\nenflame: {}\ncambricon: {}\n")
+    code, out, err = run(
+        "--nodes",
+        str(tmp_path / "nodes.yaml"),
+        "--pods",
+        str(tmp_path / "pods.yaml"),
+        "--config",
+        str(tmp_path / "dc.yaml"),
+        "--output",
+        "json",
+        "--now",
+        "1",
+    )
+    assert code == 0, err
+    assert "cambricon: hami has no backend for this vendor yet" in err
+    placements = {p["pod"]: p for p in json.loads(out)["placements"]}
+    dcu = placements["default/dcu-pod"]
+    assert dcu["node"] == "dcu-node"
+    assert dcu["annotations"]["hami.io/dcu-devices-allocated"] == "DCU-1,DCU,2000,0:;"
+    gcu = placements["default/gcu-pod"]
+    assert gcu["node"] == "gcu-node"
+    assert gcu["annotations"]["hami.io/enflame-gcu-devices-allocated"] == "gcu-node-GCU-1,GCU,100,100:;"
+    mlu = placements["default/mlu-pod"]
+    assert mlu["node"] is None and "cambricon.com/vmlu" in mlu["reason"]
