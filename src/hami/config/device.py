@@ -38,6 +38,7 @@ from hami.config.errors import ConfigError
 from hami.devices.amd_config import AMDConfig
 from hami.devices.awsneuron_config import AWSNeuronConfig
 from hami.devices.biren_config import BirenConfig
+from hami.devices.cambricon_config import CambriconConfig
 from hami.devices.enflame_config import EnflameConfig
 from hami.devices.hygon_config import HygonConfig
 from hami.devices.mthreads_config import MthreadsConfig
@@ -70,14 +71,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------- other vendors
-
-
-class CambriconConfig(SectionModel):
-    """``cambricon:`` — MLU (memory in units of 256 MiB, vcore 100 per card)."""
-
-    resource_count_name: ResourceName = "cambricon.com/vmlu"
-    resource_memory_name: ResourceName = "cambricon.com/mlu.smlu.vmemory"
-    resource_core_name: ResourceName = "cambricon.com/mlu.smlu.vcore"
 
 
 class MetaxConfig(SectionModel):

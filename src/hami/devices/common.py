@@ -211,6 +211,11 @@ def card_fields(d: DeviceInfo, vendor: str) -> dict[str, Any]:
     }
 
 
+def card_index(uuid: str) -> int:
+    """The index of a capacity-derived card from its id ``<node>-<word>-<i>``."""
+    return int(uuid.rsplit("-", 1)[-1])
+
+
 def plugin_gone(node: Mapping[str, Any], count_name: str) -> bool:
     """kubelet lists the count resource with none allocatable: the vendor's device plugin is gone
     (uninstalled, crashed, restarting) and its register annotation is stale."""

@@ -19,6 +19,7 @@ from hami.devices.common import (
     SpecBackend,
     VendorSpec,
     capacity,
+    card_index,
     filter_keys,
     pod_keys,
     resource_fields,
@@ -91,7 +92,7 @@ class MthreadsBackend(SpecBackend):
         out = super().decision_annotations(containers)
         last = [c for c in containers if c]
         if last:
-            out[GPU_INDEX_KEY] = ",".join(p.device.uuid.rsplit("-", 1)[-1] for p in last[-1])
+            out[GPU_INDEX_KEY] = ",".join(str(card_index(p.device.uuid)) for p in last[-1])
         return out
 
     # --- hook: Admission (HAMi's limits rewrite and memory-size check) --------------------------

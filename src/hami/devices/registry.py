@@ -107,6 +107,7 @@ def default_factories() -> dict[str, BackendFactory]:
     from hami.devices.amd import AMDBackend
     from hami.devices.awsneuron import AWSNeuronBackend
     from hami.devices.biren import BirenBackend
+    from hami.devices.cambricon import CambriconBackend
     from hami.devices.enflame import EnflameGCUBackend
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
@@ -116,6 +117,7 @@ def default_factories() -> dict[str, BackendFactory]:
 
     return {
         "nvidia": NvidiaBackend,
+        "cambricon": CambriconBackend,
         "hygon": HygonBackend,
         "iluvatars": IluvatarBackend,
         "mthreads": MthreadsBackend,

@@ -4,6 +4,8 @@ The facts come from ../shared/reference/hami-control-plane.md §4."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from vendorkit import bound, capacity_node, card, chosen, pod, register_node, scheduler
 
@@ -13,6 +15,7 @@ from hami.devices.amd import AMDBackend
 from hami.devices.awsneuron import AWSNeuronBackend
 from hami.devices.base import RequestError
 from hami.devices.biren import BirenBackend
+from hami.devices.cambricon import CambriconBackend
 from hami.devices.enflame import EnflameGCUBackend
 from hami.devices.hooks import resolve_hooks
 from hami.devices.hygon import HygonBackend
@@ -20,6 +23,7 @@ from hami.devices.iluvatar import IluvatarBackend
 from hami.devices.mthreads import MthreadsBackend
 from hami.devices.registry import default_registry, section_warnings
 from hami.devices.vastai import VastaiBackend
+from hami.protocol.nodelock import NodeLock
 from hami.protocol.pod import decode_pod_devices
 from hami.webhook.mutate import WebhookPolicy, mutate_pod
 
@@ -281,10 +285,10 @@ def test_configured_sections_register_their_backends_in_order() -> None:
 
 
 def test_sections_without_a_backend_are_reported_by_name() -> None:
-    cfg, _ = parse_device_config("cambricon: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
+    cfg, _ = parse_device_config("kunlun: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
     warnings = section_warnings(cfg, source="dc.yaml")
     assert len(warnings) == 2
-    assert warnings[0].startswith("dc.yaml: cambricon: hami has no backend for this vendor yet")
+    assert warnings[0].startswith("dc.yaml: kunlun: hami has no backend for this vendor yet")
     assert warnings[1] == "dc.yaml: iluvatars: empty list, no backend registered for this vendor"
 
 
@@ -467,3 +471,62 @@ def test_neuron_core_pairs_take_whole_devices_and_name_core_ids() -> None:
         AWSNeuronBackend().parse_container(
             {"name": "c", "resources": {"limits": {"aws.amazon.com/neuroncore": 3}}}
         )
+
+
+# --- Cambricon MLU -------------------------------------------------------------------------------
+
+
+def mlu_node(name: str = "mlu") -> dict:
+    # two cards: 200 vcores, 256 memory units -> 32768 MiB each
+    return capacity_node(
+        name, {"cambricon.com/mlu.smlu.vcore": "200", "cambricon.com/mlu.smlu.vmemory": "256"}
+    )
+
+
+def test_cambricon_cards_from_capacity() -> None:
+    cards = CambriconBackend().node_cards(mlu_node())
+    assert cards is not None
+    assert [(c.uuid, c.count, c.totalmem, c.totalcores) for c in cards.cards] == [
+        ("mlu-cambricon-mlu-0", 100, 32768, 100),
+        ("mlu-cambricon-mlu-1", 100, 32768, 100),
+    ]
+
+
+def test_cambricon_profile_annotations_and_default_cores() -> None:
+    sched = scheduler(CambriconBackend(), mlu_node())
+    d = sched.decide(
+        pod(
+            "p",
+            {
+                "cambricon.com/vmlu": 1,
+                "cambricon.com/mlu.smlu.vmemory": 8,
+                "cambricon.com/mlu.smlu.vcore": 20,
+            },
+        )
+    )
+    assert d.annotations["hami.io/cambricon-mlu-devices-to-allocate"] == "mlu-cambricon-mlu-1,MLU,2048,20:;"
+    assert d.annotations["hami.io/cambricon-mlu-devices-allocated"] == "mlu-cambricon-mlu-1,MLU,2048,20:;"
+    assert d.annotations["CAMBRICON_DSMLU_PROFILE"] == "1_20_8"
+    assert d.annotations["CAMBRICON_DSMLU_ASSIGNED"] == "false"
+    # no vcore: 100 (the whole card's compute), no memory: the whole card
+    whole = sched.decide(pod("q", {"cambricon.com/vmlu": 1}))
+    assert whole.annotations["CAMBRICON_DSMLU_PROFILE"] == "0_100_128"
+    full = sched.decide(pod("r", {"cambricon.com/vmlu": 1}))
+    assert full.failed == {"mlu": "2/2 CardInsufficientMemory"}
+
+
+def test_cambricon_takes_its_own_lock_without_owner() -> None:
+    b = CambriconBackend()
+    hooks = resolve_hooks(b)
+    assert b.lock_key == "cambricon.com/dsmlu.lock"
+    assert hooks.node_lock is not None and hooks.node_lock.key == "cambricon.com/dsmlu.lock"
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    value = hooks.node_lock.encode(NodeLock(time=when, namespace="ns", name="p"))
+    assert value == "2026-01-02T03:04:05Z"  # HAMi writes the time only
+    assert hooks.node_lock.decode(value) == NodeLock(time=when)
+    assert hooks.node_lock.releasable_by(value, "other", "pod")
+    sched = scheduler(b, mlu_node())
+    d = sched.decide(
+        pod("p", {"cambricon.com/vmlu": 1}, annotations={"cambricon.com/use-gpuuuid": "mlu-cambricon-mlu-0"})
+    )
+    assert chosen(d, "MLU") == [["mlu-cambricon-mlu-0"]]
