@@ -530,3 +530,22 @@ def test_cambricon_takes_its_own_lock_without_owner() -> None:
         pod("p", {"cambricon.com/vmlu": 1}, annotations={"cambricon.com/use-gpuuuid": "mlu-cambricon-mlu-0"})
     )
     assert chosen(d, "MLU") == [["mlu-cambricon-mlu-0"]]
+
+
+def test_the_extender_takes_its_lock_only_for_vendors_that_share_its_key() -> None:
+    """A bind locks hami.io/mutex.lock for Hygon (HAMi's shared key), never for Cambricon (its own
+    dsmlu lock, which the NVIDIA codec would write under the wrong key) nor for lock-free vendors."""
+    from types import SimpleNamespace
+
+    from hami.protocol.nodelock import HAMI_NODE_LOCK
+    from hami.scheduler.service import ExtenderService
+
+    sched = scheduler(HygonBackend(), dcu_node())
+    sched.registry.register(CambriconBackend())
+    sched.registry.register(EnflameGCUBackend())
+    svc = ExtenderService.__new__(ExtenderService)
+    svc.scheduler = sched
+    svc.locker = SimpleNamespace(codec=HAMI_NODE_LOCK)  # type: ignore[assignment]
+    assert svc._needs_lock({"DCU": [("x",)]}, 0)
+    assert not svc._needs_lock({"MLU": [("x",)]}, 0)
+    assert not svc._needs_lock({"GCU": [("x",)]}, 0)
