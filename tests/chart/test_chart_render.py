@@ -422,6 +422,8 @@ awsneuron: {}
 mthreads:
   resourceCoreName: mthreads.com/cores
 cambricon: {}
+kunlun:
+  resourceVMemoryName: kunlunxin.com/vmem
 metax: {}
 """
 
@@ -439,7 +441,7 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
     names = [r["name"] for r in shipped["extenders"][0]["managedResources"]]
     assert names == default_registry(cfg).resource_names()
     assert "iluvatar.ai/mr-gpu" in names and "amd.com/gpucores" in names
-    assert "cambricon.com/vmlu" in names
+    assert "cambricon.com/vmlu" in names and "kunlunxin.com/vmem" in names
     assert not any(n.startswith("metax-tech.com/") for n in names)
     (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]
     (cond,) = mwc["webhooks"][0]["matchConditions"]

@@ -41,6 +41,7 @@ from hami.devices.biren_config import BirenConfig
 from hami.devices.cambricon_config import CambriconConfig
 from hami.devices.enflame_config import EnflameConfig
 from hami.devices.hygon_config import HygonConfig
+from hami.devices.kunlun_config import KunlunConfig
 from hami.devices.mthreads_config import MthreadsConfig
 from hami.devices.nvidia_config import MigProfileAllow, NvidiaConfig
 from hami.devices.vastai_config import VastaiConfig
@@ -81,14 +82,6 @@ class MetaxConfig(SectionModel):
     resource_vmemory_name: ResourceName = "metax-tech.com/vmemory"
     resource_vcore_name: ResourceName = "metax-tech.com/vcore"
     sgpu_topology_aware: Bool = False
-
-
-class KunlunConfig(SectionModel):
-    """``kunlun:`` — whole XPUs and vXPU slices."""
-
-    resource_count_name: ResourceName = "kunlunxin.com/xpu"
-    resource_vcount_name: ResourceName = "kunlunxin.com/vxpu"
-    resource_vmemory_name: ResourceName = "kunlunxin.com/vxpu-memory"
 
 
 def _fill(data: Any, defaults: dict[tuple[str, str], str]) -> Any:

@@ -8,8 +8,8 @@ with a backend factory gives one backend, a list-valued section one backend per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from hami.devices.base import DeviceBackend
 from hami.devices.hooks import Admission, CardUse, VendorHooks, resolve_hooks
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from hami.config import DeviceConfig
     from hami.devices.base import Card
 
-#: builds one backend from one config section (or one entry of a list-valued section)
-BackendFactory = Callable[[Any], DeviceBackend]
+#: builds the backend(s) of one config section (or of one entry of a list-valued section)
+BackendFactory = Callable[[Any], "DeviceBackend | Sequence[DeviceBackend]"]
 
 
 class BackendRegistry:
@@ -98,7 +98,12 @@ def registry_from_sections(
             continue
         value = sections[name]
         for item in value if isinstance(value, list) else [value]:
-            backends.append(factory(item))
+            made = factory(item)
+            # a factory may give several backends for one section (Kunlun: whole XPUs and vXPUs)
+            if isinstance(made, list | tuple):
+                backends.extend(made)
+            else:
+                backends.append(cast(DeviceBackend, made))
     return BackendRegistry(backends)
 
 
@@ -111,6 +116,7 @@ def default_factories() -> dict[str, BackendFactory]:
     from hami.devices.enflame import EnflameGCUBackend
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
+    from hami.devices.kunlun import kunlun_backends
     from hami.devices.mthreads import MthreadsBackend
     from hami.devices.nvidia import NvidiaBackend
     from hami.devices.vastai import VastaiBackend
@@ -122,6 +128,7 @@ def default_factories() -> dict[str, BackendFactory]:
         "iluvatars": IluvatarBackend,
         "mthreads": MthreadsBackend,
         "enflame": EnflameGCUBackend,
+        "kunlun": kunlun_backends,
         "amd": AMDBackend,
         "awsneuron": AWSNeuronBackend,
         "vastai": VastaiBackend,

@@ -20,6 +20,7 @@ from hami.devices.enflame import EnflameGCUBackend
 from hami.devices.hooks import resolve_hooks
 from hami.devices.hygon import HygonBackend
 from hami.devices.iluvatar import IluvatarBackend
+from hami.devices.kunlun import KunlunVXPUBackend, KunlunXPUBackend, bubble_score, graph_select, vxpu_memory
 from hami.devices.mthreads import MthreadsBackend
 from hami.devices.registry import default_registry, section_warnings
 from hami.devices.vastai import VastaiBackend
@@ -285,10 +286,10 @@ def test_configured_sections_register_their_backends_in_order() -> None:
 
 
 def test_sections_without_a_backend_are_reported_by_name() -> None:
-    cfg, _ = parse_device_config("kunlun: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
+    cfg, _ = parse_device_config("metax: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
     warnings = section_warnings(cfg, source="dc.yaml")
     assert len(warnings) == 2
-    assert warnings[0].startswith("dc.yaml: kunlun: hami has no backend for this vendor yet")
+    assert warnings[0].startswith("dc.yaml: metax: hami has no backend for this vendor yet")
     assert warnings[1] == "dc.yaml: iluvatars: empty list, no backend registered for this vendor"
 
 
@@ -549,3 +550,123 @@ def test_the_extender_takes_its_lock_only_for_vendors_that_share_its_key() -> No
     assert svc._needs_lock({"DCU": [("x",)]}, 0)
     assert not svc._needs_lock({"MLU": [("x",)]}, 0)
     assert not svc._needs_lock({"GCU": [("x",)]}, 0)
+
+
+# --- Kunlun ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("free", "count", "expected"),
+    [
+        (set(range(8)), 1, [0]),  # both wings have 4: count 1 tries wing sizes 1, 3, 2, 4 -> left
+        ({0, 1, 2, 4}, 1, [4]),  # the right wing has exactly one free card: take it, keep 0-2 whole
+        ({0, 1, 4, 5, 6}, 2, [0, 1]),  # a wing with exactly two free first
+        ({0, 4, 6, 7}, 2, [4, 6]),  # right wing has 3, left 1: sizes 2, 3 -> right wing's first two
+        ({0, 4}, 2, [0, 4]),  # no wing holds two: a cross-wing pair
+        ({1, 2, 4, 7}, 2, [1, 2]),
+        ({0, 1, 4, 5}, 4, [0, 1, 4, 5]),  # no whole wing: an interconnected quad
+        ({0, 1, 2, 4, 5, 6}, 4, [0, 1, 4, 5]),  # six free: a quad leaving a connected pair (2, 6)
+        ({0, 1, 2, 3, 5}, 4, [0, 1, 2, 3]),
+        (set(range(8)), 8, list(range(8))),
+        (set(range(7)), 8, []),
+        (set(range(8)), 3, []),  # HAMi takes only 1, 2, 4 or 8 cards
+    ],
+)
+def test_kunlun_graph_selection(free: set[int], count: int, expected: list[int]) -> None:
+    assert graph_select(free, count) == expected
+
+
+def test_kunlun_bubble_score() -> None:
+    # HAMi's bubble count per wing: 4 cards -> 0, 1 card -> 2, otherwise (0, 2, 3) -> 1; none at all -> 1
+    assert bubble_score([], [0, 1, 2, 3]) == 2000  # 1 -> 1
+    assert bubble_score([0], [0, 1, 2]) == 3000  # 2 + 1 = 3 -> 1 + 1 = 2
+    assert bubble_score([0, 1, 2, 3], [4]) == 0  # 0 + 1 = 1 -> 1 + 2 = 3
+    assert bubble_score([0, 1], [4]) == 1000  # 2 -> 3
+    assert bubble_score([0, 1, 2, 3, 4, 5, 6, 7], [0, 4]) == 1000  # 0 -> 4: not listed
+
+
+def xpu_node(name: str = "xpu", n: int = 8) -> dict:
+    return capacity_node(name, {"kunlunxin.com/xpu": str(n)})
+
+
+def test_kunlun_section_gives_two_backends() -> None:
+    cfg, _ = parse_device_config("kunlun: {}\n")
+    assert [b.vendor for b in default_registry(cfg)] == ["NVIDIA", "kunlun", "XPU"]
+
+
+def test_kunlun_whole_xpus_follow_the_topology_and_write_device_idx() -> None:
+    b = KunlunXPUBackend()
+    cards = b.node_cards(xpu_node())
+    assert cards is not None
+    assert [(c.uuid, c.numa, c.totalmem) for c in cards.cards][3:5] == [
+        ("xpu-kunlun-3", 0, 98304),
+        ("xpu-kunlun-4", 1, 98304),
+    ]
+    sched = scheduler(b, xpu_node())
+    d = sched.decide(pod("p", {"kunlunxin.com/xpu": 2}))
+    assert chosen(d, "kunlun") == [["xpu-kunlun-0", "xpu-kunlun-1"]]
+    assert (
+        d.annotations["hami.io/kunlun-allocated"]
+        == "xpu-kunlun-0,kunlun,98304,100:xpu-kunlun-1,kunlun,98304,100:;"
+    )
+    assert d.annotations["BAIDU_COM_DEVICE_IDX"] == "0,1"
+    assert "hami.io/kunlun-devices-to-allocate" not in d.annotations
+    # left wing has 2 free now: a 2-card request takes them (exact fit), not the whole right wing
+    assert chosen(sched.decide(pod("q", {"kunlunxin.com/xpu": 2})), "kunlun") == [
+        ["xpu-kunlun-2", "xpu-kunlun-3"]
+    ]
+    assert sched.decide(pod("r", {"kunlunxin.com/xpu": 8})).node is None
+    assert b.lock_key is None
+
+
+def test_kunlun_node_score_prefers_the_node_the_pod_keeps_whole() -> None:
+    # n-frag has one busy card in each wing; n-clean is idle: a 4-card pod scores higher on n-clean
+    # (fills a wing: bubbles 1 -> 0) than on n-frag, so binpack (highest first) picks n-clean
+    b = KunlunXPUBackend()
+    sched = scheduler(b, xpu_node("n-clean"), xpu_node("n-frag"))
+    for u in ("n-frag-kunlun-0", "n-frag-kunlun-4"):
+        assert (
+            sched.decide(pod(u, {"kunlunxin.com/xpu": 1}, annotations={"baidu.com/use-gpuuuid": u})).node
+            == "n-frag"
+        )
+    d = sched.decide(pod("p", {"kunlunxin.com/xpu": 4}))
+    assert d.node == "n-clean"
+
+
+def xpu_register_node(name: str = "vx") -> dict:
+    cards = [card(f"XPU-{i}", index=i, type="P800", mem=98304, cores=100, count=4) for i in range(8)]
+    return register_node(name, "hami.io/node-register-xpu", cards)
+
+
+def test_kunlun_vxpu_memory_templates_and_same_size_slices() -> None:
+    assert [vxpu_memory(m) for m in (1, 24576, 24577, 60000, 200000)] == [24576, 24576, 49152, 98304, 98304]
+    b = KunlunVXPUBackend()
+    sched = scheduler(b, xpu_register_node())
+    d = sched.decide(pod("p", {"kunlunxin.com/vxpu": 1, "kunlunxin.com/vxpu-memory": 20000}))
+    assert d.annotations["hami.io/xpu-devices-allocated"] == "XPU-0,XPU,24576,25:;"
+    assert d.annotations["hami.io/xpu-devices-to-allocate"] == "XPU-0,XPU,24576,25:;"
+    # XPU-0 holds a 24576 slice: a 49152 slice must go elsewhere
+    pinned = {"hami.io/use-xpu-uuid": "XPU-0"}
+    other = sched.decide(
+        pod("q", {"kunlunxin.com/vxpu": 1, "kunlunxin.com/vxpu-memory": 40000}, annotations=pinned)
+    )
+    assert other.failed == {"vx": "1/8 CardSliceSizeMismatch, 7/8 CardUuidMismatch"}
+    same = sched.decide(
+        pod("r", {"kunlunxin.com/vxpu": 1, "kunlunxin.com/vxpu-memory": 24576}, annotations=pinned)
+    )
+    assert chosen(same, "XPU") == [["XPU-0"]]
+    assert b.lock_key == LOCK
+    assert resolve_hooks(b).handshake_key == "hami.io/node-handshake-xpu"
+
+
+def test_kunlun_vxpu_webhook_rounds_memory_up() -> None:
+    cfg, _ = parse_device_config("kunlun: {}\n")
+    d = mutate_pod(
+        pod("p", {"kunlunxin.com/vxpu": 1, "kunlunxin.com/vxpu-memory": 30000}),
+        namespace="ns",
+        namespace_labels={},
+        policy=WebhookPolicy.from_config(cfg),
+    )
+    assert d.allowed
+    assert any(op["path"].endswith("vxpu-memory") and op["value"] == "49152" for op in d.patch)
+    assert any("rounded up to 49152" in w for w in d.warnings)
