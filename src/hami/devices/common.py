@@ -426,3 +426,14 @@ class WholeDeviceBackend(WholeCards, SpecBackend):
             **hami_keys(self.node_word, self.vendor_word),
             **filter_keys(self.domain, self.type_word),
         )
+
+
+class ContainerAdmission:
+    """Admission hook defaults for vendors that only edit containers: no pod-level edits, and the
+    in-container core limit is never switched off. Subclasses implement ``admit_container``."""
+
+    def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]:
+        return []
+
+    def core_limit_off(self) -> bool:
+        return False

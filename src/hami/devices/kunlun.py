@@ -28,6 +28,7 @@ from typing import Any
 
 from hami.devices.base import Card, DeviceRequest, NodeCards, Placement
 from hami.devices.common import (
+    ContainerAdmission,
     SpecBackend,
     VendorSpec,
     WholeCards,
@@ -181,7 +182,7 @@ def vxpu_memory(mem: int) -> int:
     return next((t for t in VXPU_TEMPLATES_MIB if mem <= t), CARD_MEMORY_MIB)
 
 
-class KunlunVXPUBackend(_GraphChoice, SpecBackend):
+class KunlunVXPUBackend(ContainerAdmission, _GraphChoice, SpecBackend):
     config_type = KunlunConfig
 
     def make_spec(self, config: KunlunConfig) -> VendorSpec:
@@ -224,12 +225,6 @@ class KunlunVXPUBackend(_GraphChoice, SpecBackend):
             out.warnings.append(
                 f"container {name!r}: {self.spec.memory_name} {given} rounded up to {request.mem} (a vXPU template)"
             )
-
-    def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]:
-        return []
-
-    def core_limit_off(self) -> bool:
-        return False
 
 
 def kunlun_backends(config: KunlunConfig) -> list[SpecBackend]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from hami.devices.base import DeviceRequest, NodeCards, Placement, RequestError
 from hami.devices.common import (
+    ContainerAdmission,
     SpecBackend,
     VendorSpec,
     capacity,
@@ -36,7 +37,7 @@ LEGAL_MEMORY_UNITS = (2, 4, 8, 16, 32, 64, 96)
 GPU_INDEX_KEY = "mthreads.com/gpu-index"
 
 
-class MthreadsBackend(SpecBackend):
+class MthreadsBackend(ContainerAdmission, SpecBackend):
     config_type = MthreadsConfig
 
     def make_spec(self, config: MthreadsConfig) -> VendorSpec:
@@ -108,9 +109,3 @@ class MthreadsBackend(SpecBackend):
             return
         edit.set_limit(self.spec.core_name, str(request.count * CORES_PER_GPU))
         edit.set_limit(self.spec.memory_name, str(request.count * WHOLE_GPU_UNITS))
-
-    def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]:
-        return []
-
-    def core_limit_off(self) -> bool:
-        return False
