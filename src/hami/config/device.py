@@ -42,6 +42,7 @@ from hami.devices.cambricon_config import CambriconConfig
 from hami.devices.enflame_config import EnflameConfig
 from hami.devices.hygon_config import HygonConfig
 from hami.devices.kunlun_config import KunlunConfig
+from hami.devices.metax_config import MetaxConfig
 from hami.devices.mthreads_config import MthreadsConfig
 from hami.devices.nvidia_config import MigProfileAllow, NvidiaConfig
 from hami.devices.vastai_config import VastaiConfig
@@ -72,16 +73,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------- other vendors
-
-
-class MetaxConfig(SectionModel):
-    """``metax:`` — whole GPUs (``resourceCountName``) and sGPU slices (``resourceV*``)."""
-
-    resource_count_name: ResourceName = "metax-tech.com/gpu"
-    resource_vcount_name: ResourceName = "metax-tech.com/sgpu"
-    resource_vmemory_name: ResourceName = "metax-tech.com/vmemory"
-    resource_vcore_name: ResourceName = "metax-tech.com/vcore"
-    sgpu_topology_aware: Bool = False
 
 
 def _fill(data: Any, defaults: dict[tuple[str, str], str]) -> Any:

@@ -117,6 +117,7 @@ def default_factories() -> dict[str, BackendFactory]:
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
     from hami.devices.kunlun import kunlun_backends
+    from hami.devices.metax import MetaxGPUBackend
     from hami.devices.mthreads import MthreadsBackend
     from hami.devices.nvidia import NvidiaBackend
     from hami.devices.vastai import VastaiBackend
@@ -125,6 +126,7 @@ def default_factories() -> dict[str, BackendFactory]:
         "nvidia": NvidiaBackend,
         "cambricon": CambriconBackend,
         "hygon": HygonBackend,
+        "metax": MetaxGPUBackend,
         "iluvatars": IluvatarBackend,
         "mthreads": MthreadsBackend,
         "enflame": EnflameGCUBackend,

@@ -9,11 +9,12 @@ give each a reason.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hami.devices.base import Card, Placement, RequestError
+from hami.devices.base import Card, DeviceRequest, Placement, RequestError
+from hami.devices.hooks import VendorHooks
 from hami.devices.registry import BackendRegistry
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
@@ -206,9 +207,13 @@ class Scheduler:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
         terms = [
-            (vendor, h.score, [c.devices[vendor] for c in request.containers if vendor in c.devices])
+            (
+                vendor,
+                _score_term(h, policy.node_policy),
+                [c.devices[vendor] for c in request.containers if vendor in c.devices],
+            )
             for vendor, h in hooks.items()
-            if h.score is not None
+            if h.score is not None or h.policy_score is not None
         ]
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
@@ -308,3 +313,14 @@ def _hold_payloads(cards: list[Card], held: list[tuple[str, Any]]) -> None:
             for uuid, payload in held:
                 if uuid == card.uuid:
                     card.payload.add(payload)
+
+
+def _score_term(
+    hooks: VendorHooks, node_policy: str
+) -> Callable[[Sequence[Card], Sequence[DeviceRequest]], float]:
+    """The vendor's node score term for this pod's node policy."""
+    if hooks.score is not None:
+        return hooks.score
+    policy_score = hooks.policy_score
+    assert policy_score is not None
+    return lambda cards, requests: policy_score(cards, requests, node_policy)

@@ -21,6 +21,7 @@ from hami.devices.hooks import resolve_hooks
 from hami.devices.hygon import HygonBackend
 from hami.devices.iluvatar import IluvatarBackend
 from hami.devices.kunlun import KunlunVXPUBackend, KunlunXPUBackend, bubble_score, graph_select, vxpu_memory
+from hami.devices.metax import MetaxGPUBackend
 from hami.devices.mthreads import MthreadsBackend
 from hami.devices.registry import default_registry, section_warnings
 from hami.devices.vastai import VastaiBackend
@@ -286,11 +287,11 @@ def test_configured_sections_register_their_backends_in_order() -> None:
 
 
 def test_sections_without_a_backend_are_reported_by_name() -> None:
-    cfg, _ = parse_device_config("metax: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
+    cfg, _ = parse_device_config("vnpus: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
     warnings = section_warnings(cfg, source="dc.yaml")
     assert len(warnings) == 2
-    assert warnings[0].startswith("dc.yaml: metax: hami has no backend for this vendor yet")
-    assert warnings[1] == "dc.yaml: iluvatars: empty list, no backend registered for this vendor"
+    assert warnings[0] == "dc.yaml: iluvatars: empty list, no backend registered for this vendor"
+    assert warnings[1].startswith("dc.yaml: vnpus: hami has no backend for this vendor yet")
 
 
 def test_unmanaged_resource_is_named_when_a_pod_requests_no_managed_device() -> None:
@@ -670,3 +671,53 @@ def test_kunlun_vxpu_webhook_rounds_memory_up() -> None:
     assert d.allowed
     assert any(op["path"].endswith("vxpu-memory") and op["value"] == "49152" for op in d.patch)
     assert any("rounded up to 49152" in w for w in d.warnings)
+
+
+# --- Metax whole GPUs ------------------------------------------------------------------------------
+
+
+def metax_node(name: str, losses: str | None = None, scores: str | None = None) -> dict:
+    n = capacity_node(name, {"metax-tech.com/gpu": "4"})
+    if losses is not None:
+        n["metadata"]["annotations"]["metax-tech.com/gpu.topology.losses"] = losses
+    if scores is not None:
+        n["metadata"]["annotations"]["metax-tech.com/gpu.topology.scores"] = scores
+    return n
+
+
+def test_metax_gpus_from_capacity_are_exclusive() -> None:
+    b = MetaxGPUBackend()
+    sched = scheduler(b, metax_node("mx"))
+    d = sched.decide(pod("p", {"metax-tech.com/gpu": 2}))
+    assert d.annotations["hami.io/metax-gpu-devices-allocated"] == (
+        "mx-metax-3,Metax-GPU,65536,100:mx-metax-2,Metax-GPU,65536,100:;"
+    )
+    assert (
+        d.annotations["hami.io/metax-gpu-devices-to-allocate"]
+        == d.annotations["hami.io/metax-gpu-devices-allocated"]
+    )
+    assert sched.decide(pod("q", {"metax-tech.com/gpu": 3})).failed == {
+        "mx": "2/4 AllocatedCardsInsufficientRequest, 2/4 CardTimeSlicingExhausted"
+    }
+    assert b.lock_key is None
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("binpack", "low-loss"), ("spread", "high-score")])
+def test_metax_node_score_reads_losses_for_binpack_and_scores_for_spread(policy: str, expected: str) -> None:
+    # low-loss: losing 10 for two cards (binpack: 2000 - 10); high-score: score 900 (spread: 2000 - 900)
+    nodes = [
+        metax_node("low-loss", losses='{"1": 0, "2": 10}', scores='{"1": 100, "2": 100}'),
+        metax_node("high-score", losses='{"1": 0, "2": 500}', scores='{"1": 100, "2": 900}'),
+    ]
+    sched = scheduler(MetaxGPUBackend(), *nodes)
+    p = pod("p", {"metax-tech.com/gpu": 2}, annotations={"hami.io/node-scheduler-policy": policy})
+    assert sched.decide(p).node == expected
+
+
+def test_metax_bad_topology_annotation_scores_nothing() -> None:
+    cards = MetaxGPUBackend().node_cards(metax_node("mx", losses="not json"))
+    assert cards is not None
+    from hami.devices.base import DeviceRequest
+
+    req = [DeviceRequest(vendor="Metax-GPU", count=1)]
+    assert MetaxGPUBackend().policy_node_score(cards.cards, req, "binpack") == 0.0

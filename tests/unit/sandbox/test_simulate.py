@@ -191,19 +191,19 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: metax-pod, namespace: default}
+metadata: {name: npu-pod, namespace: default}
 spec:
   containers:
   - name: c
     image: x
-    resources: {limits: {metax-tech.com/gpu: 1}}
+    resources: {limits: {huawei.com/Ascend910B: 1}}
 """
 
 
 def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: Path) -> None:
     (tmp_path / "nodes.yaml").write_text(MIXED_NODES)
     (tmp_path / "pods.yaml").write_text(MIXED_PODS)
-    (tmp_path / "dc.yaml").write_text("hygon: {}\nenflame: {}\nmetax: {}\n")
+    (tmp_path / "dc.yaml").write_text("hygon: {}\nenflame: {}\nvnpus: {}\n")
     code, out, err = run(
         "--nodes",
         str(tmp_path / "nodes.yaml"),
@@ -217,7 +217,7 @@ def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: 
         "1",
     )
     assert code == 0, err
-    assert "metax: hami has no backend for this vendor yet" in err
+    assert "vnpus: hami has no backend for this vendor yet" in err
     placements = {p["pod"]: p for p in json.loads(out)["placements"]}
     dcu = placements["default/dcu-pod"]
     assert dcu["node"] == "dcu-node"
@@ -225,5 +225,5 @@ def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: 
     gcu = placements["default/gcu-pod"]
     assert gcu["node"] == "gcu-node"
     assert gcu["annotations"]["hami.io/enflame-gcu-devices-allocated"] == "gcu-node-GCU-1,GCU,100,100:;"
-    metax = placements["default/metax-pod"]
-    assert metax["node"] is None and "metax-tech.com/gpu" in metax["reason"]
+    npu = placements["default/npu-pod"]
+    assert npu["node"] is None and "huawei.com/Ascend910B" in npu["reason"]
