@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
 from hami.devices.awsneuron_config import AWSNeuronConfig
 from hami.devices.base import Card, DeviceRequest, NodeCards, Placement, RequestError
 from hami.devices.common import (
+    NodeFacts,
     SpecBackend,
     VendorSpec,
     capacity,
@@ -45,22 +46,13 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 ALIGNED_RUNS = (1, 4, 8, 16)
 
 
-class InstanceType:
+class InstanceType(NodeFacts):
     """A Neuron card's payload: the node's instance type (immutable; placements leave it alone)."""
 
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name
-
-    def copy(self) -> Self:
-        return self
-
-    def add(self, placement_payload: Any) -> None:
-        pass
-
-    def remove(self, placement_payload: Any) -> None:
-        pass
 
 
 @dataclass(frozen=True, slots=True)

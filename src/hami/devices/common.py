@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Self, TypedDict
 
 from hami.devices.base import (
     Card,
@@ -437,3 +437,19 @@ class ContainerAdmission:
 
     def core_limit_off(self) -> bool:
         return False
+
+
+class NodeFacts:
+    """Base of an immutable card payload: facts about the node that ride on each of its cards (an
+    instance type, topology tables). Trial copies share it; placements leave it alone."""
+
+    __slots__ = ()
+
+    def copy(self) -> Self:
+        return self
+
+    def add(self, placement_payload: Any) -> None:
+        pass
+
+    def remove(self, placement_payload: Any) -> None:
+        pass

@@ -14,12 +14,20 @@ zones) is not implemented yet (docs/vendors.md).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any
 
 import orjson
 
 from hami.devices.base import Card, DeviceRequest, NodeCards
-from hami.devices.common import SpecBackend, VendorSpec, WholeCards, capacity, node_annotations, pod_keys
+from hami.devices.common import (
+    NodeFacts,
+    SpecBackend,
+    VendorSpec,
+    WholeCards,
+    capacity,
+    node_annotations,
+    pod_keys,
+)
 from hami.devices.metax_config import MetaxConfig
 
 VENDOR = "Metax-GPU"
@@ -46,7 +54,7 @@ def _count_map(value: str | None) -> dict[int, int]:
     return out
 
 
-class Topology:
+class Topology(NodeFacts):
     """The node's loss and score tables, carried on each of its Metax cards (immutable)."""
 
     __slots__ = ("losses", "scores")
@@ -54,15 +62,6 @@ class Topology:
     def __init__(self, losses: dict[int, int], scores: dict[int, int]) -> None:
         self.losses = losses
         self.scores = scores
-
-    def copy(self) -> Self:
-        return self
-
-    def add(self, placement_payload: Any) -> None:
-        pass
-
-    def remove(self, placement_payload: Any) -> None:
-        pass
 
 
 class MetaxGPUBackend(WholeCards, SpecBackend):
