@@ -112,7 +112,7 @@ nothing (the extender warns about it). */}}
   (list "mthreads" (list (list "resourceCountName" "mthreads.com/vgpu") (list "resourceMemoryName" "mthreads.com/sgpu-memory") (list "resourceCoreName" "mthreads.com/sgpu-core")))
   (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu")))
   (list "kunlun" (list (list "resourceCountName" "kunlunxin.com/xpu") (list "resourceVCountName" "kunlunxin.com/vxpu") (list "resourceVMemoryName" "kunlunxin.com/vxpu-memory")))
-  (list "amd" (list (list "resourceCountName" "amd.com/gpu") (list "resourceMemoryName" "amd.com/gpumem") (list "resourceCoreName" "amd.com/gpucores")))
+  (list "amd" (list (list "resourceCountName" "amd.com/gpu") (list "resourceMemoryName" "amd.com/gpumem") (list "resourceMemoryPercentageName" "amd.com/gpumem-percentage") (list "resourceCoreName" "amd.com/gpucores")))
   (list "awsneuron" (list (list "resourceCountName" "aws.amazon.com/neuron") (list "resourceCoreName" "aws.amazon.com/neuroncore")))
   (list "vastai" (list (list "resourceCountName" "vastaitech.com/va")))
   (list "biren" (list (list "resourceCountName" "birentech.com/gpu")))

@@ -10,6 +10,10 @@ type field (as HAMi writes it) and the compute units taken; lock ``hami.io/mutex
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
 from hami.devices.amd_config import AMDConfig
 from hami.devices.base import Card, DeviceRequest, Placement, RequestError
 from hami.devices.common import (
@@ -17,6 +21,7 @@ from hami.devices.common import (
     VendorSpec,
     filter_keys,
     hami_keys,
+    int_resource,
     resource_fields,
 )
 from hami.devices.hooks import default_fits
@@ -40,6 +45,28 @@ class AMDBackend(SpecBackend):
             **hami_keys("amd", "amd", handshake=False),
             **filter_keys("amd.com", "gputype", "gpu-uuid"),
         )
+
+    @property
+    def resource_names(self) -> tuple[str, ...]:
+        s = self.spec
+        return (s.count_name, s.memory_name, self.config.resource_memory_percentage_name, s.core_name)
+
+    def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:
+        pct_name = self.config.resource_memory_percentage_name
+        cname = str(container.get("name", "?"))
+        pct = int_resource(container, cname, pct_name)
+        if pct is not None and int_resource(container, cname, self.spec.count_name) is None:
+            raise RequestError(
+                container=cname, resource=self.spec.count_name, reason=f"missing: {pct_name} given without it"
+            )
+        request = super().parse_container(container)
+        if request is None or pct is None or request.mem:
+            return request  # amd.com/gpumem wins over the percentage
+        if not 1 <= pct <= 100:
+            raise RequestError(container=cname, resource=pct_name, reason=f"{pct} must be 1 to 100 percent")
+        # a share of memory is a slice: no cores given means none reserved, as with amd.com/gpumem
+        cores = request.cores if int_resource(container, cname, self.spec.core_name) is not None else 0
+        return replace(request, mem_percentage=pct, cores=cores)
 
     def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
         if cores is not None and not 1 <= cores <= 100:

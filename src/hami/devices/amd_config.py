@@ -14,4 +14,5 @@ class AMDConfig(SectionModel):
 
     resource_count_name: ResourceName = "amd.com/gpu"
     resource_memory_name: ResourceName = "amd.com/gpumem"
+    resource_memory_percentage_name: ResourceName = "amd.com/gpumem-percentage"
     resource_core_name: ResourceName = "amd.com/gpucores"

@@ -721,3 +721,21 @@ def test_metax_bad_topology_annotation_scores_nothing() -> None:
 
     req = [DeviceRequest(vendor="Metax-GPU", count=1)]
     assert MetaxGPUBackend().policy_node_score(cards.cards, req, "binpack") == 0.0
+
+
+def test_amd_memory_percentage_and_gpumem_wins() -> None:
+    b = AMDBackend()
+    assert "amd.com/gpumem-percentage" in b.resource_names
+
+    def parse(**limits: int) -> object:
+        return b.parse_container({"name": "c", "resources": {"limits": {"amd.com/gpu": 1, **limits}}})
+
+    pct = parse(**{"amd.com/gpumem-percentage": 25})
+    assert pct is not None and pct.mem_percentage == 25 and pct.cores == 0  # type: ignore[attr-defined]
+    both = parse(**{"amd.com/gpumem-percentage": 25, "amd.com/gpumem": 4096})
+    assert both is not None and both.mem == 4096 and both.mem_percentage is None  # type: ignore[attr-defined]
+    with pytest.raises(RequestError, match="1 to 100 percent"):
+        parse(**{"amd.com/gpumem-percentage": 101})
+    sched = scheduler(b, amd_node())
+    d = sched.decide(pod("p", {"amd.com/gpu": 1, "amd.com/gpumem-percentage": 25}))
+    assert d.annotations["hami.io/amd-devices-allocated"] == "AMD-1,AMD-MI300X,49152,0:;"
