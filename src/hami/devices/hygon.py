@@ -1,5 +1,6 @@
 """Hygon DCU (HAMi CommonWord ``DCU``): ``hygon.com/dcunum`` cards, ``dcumem`` MiB (times the
-configured ``memoryFactor``; none given: the whole card), ``dcucores`` percent.
+configured ``memoryFactor``; none given: the whole card), ``dcucores`` percent (none given: 100, as
+HAMi v2.10 — a DCU slice takes the card's compute unless it names its cores).
 
 Inventory: ``hami.io/node-dcu-register`` in HAMi's legacy colon form (JSON is read too); handshake
 ``hami.io/node-handshake-dcu``. Filters: ``hygon.com/use-dcutype`` / ``nouse-dcutype`` (substring of
@@ -31,6 +32,7 @@ class HygonBackend(SpecBackend):
             vendor=VENDOR,
             **resource_fields(config),
             memory_factor=config.memory_factor,
+            default_cores=100,
             **hami_keys("dcu", "dcu"),
             **filter_keys("hygon.com", "dcutype"),
         )

@@ -60,6 +60,7 @@ def test_hygon_without_memory_takes_the_whole_card_and_applies_the_memory_factor
         {"name": "c", "resources": {"limits": {"hygon.com/dcunum": 1, "hygon.com/dcumem": 4}}}
     )
     assert r is not None and r.mem == 4096 and r.mem_percentage is None
+    assert r.cores == 100  # HAMi v2.10: dcucores defaults to 100
     whole = b.parse_container({"name": "c", "resources": {"limits": {"hygon.com/dcunum": 1}}})
     assert whole is not None and whole.mem_percentage == 100
 

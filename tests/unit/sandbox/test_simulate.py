@@ -221,7 +221,7 @@ def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: 
     placements = {p["pod"]: p for p in json.loads(out)["placements"]}
     dcu = placements["default/dcu-pod"]
     assert dcu["node"] == "dcu-node"
-    assert dcu["annotations"]["hami.io/dcu-devices-allocated"] == "DCU-1,DCU,2000,0:;"
+    assert dcu["annotations"]["hami.io/dcu-devices-allocated"] == "DCU-1,DCU,2000,100:;"
     gcu = placements["default/gcu-pod"]
     assert gcu["node"] == "gcu-node"
     assert gcu["annotations"]["hami.io/enflame-gcu-devices-allocated"] == "gcu-node-GCU-1,GCU,100,100:;"
