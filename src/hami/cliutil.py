@@ -182,7 +182,9 @@ def device_config(
             config, warnings = load_device_config(path)
         except ConfigError as exc:
             raise error(str(exc)) from exc
-        for w in warnings:
+        from hami.devices.registry import section_warnings
+
+        for w in [*warnings, *section_warnings(config, source=path)]:
             click.echo(f"warning: {w}", err=True)
     if scheduler_name is not None:
         section = config.hami

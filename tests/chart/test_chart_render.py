@@ -407,3 +407,47 @@ def test_webhook_skips_no_namespace_by_name_unless_every_pod_is_sent(rendered: R
         "matchConditions"
         not in certmanager.get("MutatingWebhookConfiguration", "hami-cm-webhook")["webhooks"][0]
     )
+
+
+MIXED_CONTENT = """\
+nvidia:
+  deviceSplitCount: 10
+hygon:
+  memoryFactor: 1024
+iluvatars:
+  - chipName: BI-V100
+  - chipName: MR-V100
+    resourceCountName: iluvatar.ai/mr-gpu
+amd: {}
+awsneuron: {}
+mthreads:
+  resourceCoreName: mthreads.com/cores
+cambricon: {}
+kunlun:
+  resourceVMemoryName: kunlunxin.com/vmem
+metax: {}
+vnpus: {}
+"""
+
+
+def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> None:
+    """Issue 13: the kube-scheduler's managedResources and the webhook's matchConditions come from
+    the configured backends (the registry built from device-config.content), not from NVIDIA alone;
+    a section without a backend (vnpus, Ascend) adds nothing; Metax adds its whole-GPU name only."""
+    objs = helm.render(
+        CHART, release="hami", namespace="x", values={"device-config": {"content": MIXED_CONTENT}}
+    )
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "hami-scheduler"]
+    shipped = yaml.safe_load(cm["data"]["config.yaml"])
+    cfg, _ = parse_device_config(MIXED_CONTENT)
+    names = [r["name"] for r in shipped["extenders"][0]["managedResources"]]
+    assert names == default_registry(cfg).resource_names()
+    assert "iluvatar.ai/mr-gpu" in names and "amd.com/gpucores" in names
+    assert "cambricon.com/vmlu" in names and "kunlunxin.com/vmem" in names
+    assert "metax-tech.com/gpu" in names and "metax-tech.com/sgpu" not in names
+    assert not any(n.startswith("huawei.com/") for n in names)
+    (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]
+    (cond,) = mwc["webhooks"][0]["matchConditions"]
+    assert "mthreads.com/cores" in names and "aws.amazon.com/neuroncore" in names
+    for domain in ("nvidia.com/", "hygon.com/", "iluvatar.ai/", "amd.com/", "aws.amazon.com/"):
+        assert f"k.startsWith('{domain}')" in cond["expression"]

@@ -39,11 +39,12 @@ def test_example_cluster_json() -> None:
     inf = placements["serving/llm-inference-1"]
     assert inf["node"] == "gpu-a100" and inf["reason"] is None
     assert inf["annotations"]["hami.io/vgpu-time"] == "1700000000"
-    # the running notebook holds GPU-a100-0, so binpack-by-node + spread-by-card picks another card
-    assert inf["annotations"]["hami.io/vgpu-devices-allocated"] == "GPU-a100-1,NVIDIA,16000,30:;"
+    # the running notebook holds GPU-a100-0, so binpack-by-node + spread-by-card picks an idle card:
+    # among the equal idle cards the highest index, as HAMi's fit (it walks its sorted list from the end)
+    assert inf["annotations"]["hami.io/vgpu-devices-allocated"] == "GPU-a100-3,NVIDIA,16000,30:;"
     t4 = placements["batch/small-t4-job"]
     assert t4["node"] == "gpu-t4"
-    assert t4["annotations"]["hami.io/vgpu-devices-to-allocate"] == ";GPU-t4-0,NVIDIA,6000,40:;;"
+    assert t4["annotations"]["hami.io/vgpu-devices-to-allocate"] == ";GPU-t4-1,NVIDIA,6000,40:;;"
     too_big = placements["batch/too-big"]
     assert too_big["node"] is None and "nvidia.com/gpumem" in too_big["reason"]
     nodes = {n["name"]: n for n in data["nodes"]}
@@ -150,3 +151,79 @@ def test_bad_config_file_exits_with_error(tmp_path: Path) -> None:
     )
     assert code == 2
     assert "deviceSplitCount" in err and "-1" in err
+
+
+MIXED_NODES = """\
+apiVersion: v1
+kind: Node
+metadata:
+  name: dcu-node
+  annotations:
+    hami.io/node-dcu-register: "DCU-0,10,16384,100,DCU-Z100,0,true,0,hami-core:DCU-1,10,16384,100,DCU-Z100,0,true,1,hami-core:"
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: gcu-node
+status:
+  capacity: {enflame.com/gcu: "2"}
+  allocatable: {enflame.com/gcu: "2"}
+"""
+
+MIXED_PODS = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: dcu-pod, namespace: default}
+spec:
+  containers:
+  - name: c
+    image: x
+    resources: {limits: {hygon.com/dcunum: 1, hygon.com/dcumem: 2000}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: gcu-pod, namespace: default}
+spec:
+  containers:
+  - name: c
+    image: x
+    resources: {limits: {enflame.com/gcu: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: npu-pod, namespace: default}
+spec:
+  containers:
+  - name: c
+    image: x
+    resources: {limits: {huawei.com/Ascend910B: 1}}
+"""
+
+
+def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: Path) -> None:
+    (tmp_path / "nodes.yaml").write_text(MIXED_NODES)
+    (tmp_path / "pods.yaml").write_text(MIXED_PODS)
+    (tmp_path / "dc.yaml").write_text("hygon: {}\nenflame: {}\nvnpus: {}\n")
+    code, out, err = run(
+        "--nodes",
+        str(tmp_path / "nodes.yaml"),
+        "--pods",
+        str(tmp_path / "pods.yaml"),
+        "--config",
+        str(tmp_path / "dc.yaml"),
+        "--output",
+        "json",
+        "--now",
+        "1",
+    )
+    assert code == 0, err
+    assert "vnpus: hami has no backend for this vendor yet" in err
+    placements = {p["pod"]: p for p in json.loads(out)["placements"]}
+    dcu = placements["default/dcu-pod"]
+    assert dcu["node"] == "dcu-node"
+    assert dcu["annotations"]["hami.io/dcu-devices-allocated"] == "DCU-1,DCU,2000,100:;"
+    gcu = placements["default/gcu-pod"]
+    assert gcu["node"] == "gcu-node"
+    assert gcu["annotations"]["hami.io/enflame-gcu-devices-allocated"] == "gcu-node-GCU-1,GCU,100,100:;"
+    npu = placements["default/npu-pod"]
+    assert npu["node"] is None and "huawei.com/Ascend910B" in npu["reason"]

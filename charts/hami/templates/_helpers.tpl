@@ -93,10 +93,50 @@ imagePullSecrets:
 {{- end -}}
 {{- end -}}
 
-{{/* The NVIDIA resource names, in the order the extender lists them (managedResources). */}}
+{{/* Every managed resource name, in the order the extender lists them (managedResources): the
+NVIDIA names from the values, then those of each other vendor whose section is in
+device-config.content, in hami's registry order (hami.devices.registry.default_factories) with
+hami's default names for keys the section leaves out. A section hami has no backend for adds
+nothing (the extender warns about it). */}}
 {{- define "hami.resourceNames" -}}
 {{- $v := .Values -}}
-{{- toJson (list $v.resourceName $v.resourceMem $v.resourceMemPercentage $v.resourceCores $v.resourcePriority) -}}
+{{- $names := list $v.resourceName $v.resourceMem $v.resourceMemPercentage $v.resourceCores $v.resourcePriority -}}
+{{- $content := index $v "device-config" "content" -}}
+{{- if $content -}}
+{{- $dc := fromYaml $content -}}
+{{- $vendors := list
+  (list "cambricon" (list (list "resourceCountName" "cambricon.com/vmlu") (list "resourceMemoryName" "cambricon.com/mlu.smlu.vmemory") (list "resourceCoreName" "cambricon.com/mlu.smlu.vcore")))
+  (list "hygon" (list (list "resourceCountName" "hygon.com/dcunum") (list "resourceMemoryName" "hygon.com/dcumem") (list "resourceCoreName" "hygon.com/dcucores")))
+  (list "metax" (list (list "resourceCountName" "metax-tech.com/gpu")))
+  (list "iluvatars" (list))
+  (list "mthreads" (list (list "resourceCountName" "mthreads.com/vgpu") (list "resourceMemoryName" "mthreads.com/sgpu-memory") (list "resourceCoreName" "mthreads.com/sgpu-core")))
+  (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu")))
+  (list "kunlun" (list (list "resourceCountName" "kunlunxin.com/xpu") (list "resourceVCountName" "kunlunxin.com/vxpu") (list "resourceVMemoryName" "kunlunxin.com/vxpu-memory")))
+  (list "amd" (list (list "resourceCountName" "amd.com/gpu") (list "resourceMemoryName" "amd.com/gpumem") (list "resourceMemoryPercentageName" "amd.com/gpumem-percentage") (list "resourceCoreName" "amd.com/gpucores")))
+  (list "awsneuron" (list (list "resourceCountName" "aws.amazon.com/neuron") (list "resourceCoreName" "aws.amazon.com/neuroncore")))
+  (list "vastai" (list (list "resourceCountName" "vastaitech.com/va")))
+  (list "biren" (list (list "resourceCountName" "birentech.com/gpu")))
+-}}
+{{- range $vendors -}}
+{{- $sec := index . 0 -}}
+{{- $section := hasKey $dc $sec | ternary (index $dc $sec) nil -}}
+{{- if not (kindIs "invalid" $section) -}}
+{{- if eq $sec "iluvatars" -}}
+{{- range $section -}}
+{{- $chip := toString .chipName -}}
+{{- $names = append $names (.resourceCountName | default (printf "iluvatar.ai/%s-vgpu" $chip)) -}}
+{{- $names = append $names (.resourceMemoryName | default (printf "iluvatar.ai/%s.vMem" $chip)) -}}
+{{- $names = append $names (.resourceCoreName | default (printf "iluvatar.ai/%s.vCore" $chip)) -}}
+{{- end -}}
+{{- else -}}
+{{- range (index . 1) -}}
+{{- $names = append $names ((index $section (index . 0)) | default (index . 1)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
 {{- end -}}
 
 {{/* The distinct domains ("nvidia.com/") of the resource names, as a JSON list. */}}

@@ -35,7 +35,17 @@ from hami.config._types import (
     cross_error,
 )
 from hami.config.errors import ConfigError
+from hami.devices.amd_config import AMDConfig
+from hami.devices.awsneuron_config import AWSNeuronConfig
+from hami.devices.biren_config import BirenConfig
+from hami.devices.cambricon_config import CambriconConfig
+from hami.devices.enflame_config import EnflameConfig
+from hami.devices.hygon_config import HygonConfig
+from hami.devices.kunlun_config import KunlunConfig
+from hami.devices.metax_config import MetaxConfig
+from hami.devices.mthreads_config import MthreadsConfig
 from hami.devices.nvidia_config import MigProfileAllow, NvidiaConfig
+from hami.devices.vastai_config import VastaiConfig
 
 __all__ = [
     "AMDConfig",
@@ -63,89 +73,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------------- other vendors
-
-
-class CambriconConfig(SectionModel):
-    """``cambricon:`` — MLU (memory in units of 256 MiB, vcore 100 per card)."""
-
-    resource_count_name: ResourceName = "cambricon.com/vmlu"
-    resource_memory_name: ResourceName = "cambricon.com/mlu.smlu.vmemory"
-    resource_core_name: ResourceName = "cambricon.com/mlu.smlu.vcore"
-
-
-class HygonConfig(SectionModel):
-    """``hygon:`` — DCU."""
-
-    resource_count_name: ResourceName = "hygon.com/dcunum"
-    resource_memory_name: ResourceName = "hygon.com/dcumem"
-    resource_core_name: ResourceName = "hygon.com/dcucores"
-    memory_factor: PositiveInt = 1
-
-
-class MetaxConfig(SectionModel):
-    """``metax:`` — whole GPUs (``resourceCountName``) and sGPU slices (``resourceV*``)."""
-
-    resource_count_name: ResourceName = "metax-tech.com/gpu"
-    resource_vcount_name: ResourceName = "metax-tech.com/sgpu"
-    resource_vmemory_name: ResourceName = "metax-tech.com/vmemory"
-    resource_vcore_name: ResourceName = "metax-tech.com/vcore"
-    sgpu_topology_aware: Bool = False
-
-
-class MthreadsConfig(SectionModel):
-    """``mthreads:`` — memory in units of 512 MiB, 16 cores per GPU."""
-
-    resource_count_name: ResourceName = "mthreads.com/vgpu"
-    resource_memory_name: ResourceName = "mthreads.com/sgpu-memory"
-    resource_core_name: ResourceName = "mthreads.com/sgpu-core"
-    # Memory units (512 MiB each) per card model present in the cluster; 96 = MTT S4000 (48 GiB).
-    memory_per_card: list[PositiveInt] = Field(default_factory=lambda: [96])
-
-
-class EnflameConfig(SectionModel):
-    """``enflame:`` — whole GCUs, DRS slices, and the legacy shared-GCU names."""
-
-    resource_name_gcu: ResourceName = "enflame.com/gcu"
-    resource_name_drs_gcu: ResourceName = "enflame.com/drs-gcu"
-    resource_name_gcu_memory: ResourceName = "enflame.com/gcu-memory"
-    resource_name_gcu_core: ResourceName = "enflame.com/gcu-core"
-    resource_name_vgcu: ResourceName = "enflame.com/vgcu"
-    resource_name_vgcu_percentage: ResourceName = "enflame.com/vgcu-percentage"
-
-
-class KunlunConfig(SectionModel):
-    """``kunlun:`` — whole XPUs and vXPU slices."""
-
-    resource_count_name: ResourceName = "kunlunxin.com/xpu"
-    resource_vcount_name: ResourceName = "kunlunxin.com/vxpu"
-    resource_vmemory_name: ResourceName = "kunlunxin.com/vxpu-memory"
-
-
-class AWSNeuronConfig(SectionModel):
-    """``awsneuron:`` — whole Neuron devices or NeuronCores."""
-
-    resource_count_name: ResourceName = "aws.amazon.com/neuron"
-    resource_core_name: ResourceName = "aws.amazon.com/neuroncore"
-
-
-class AMDConfig(SectionModel):
-    """``amd:`` — memory in MiB, cores in percent."""
-
-    resource_count_name: ResourceName = "amd.com/gpu"
-    resource_memory_name: ResourceName = "amd.com/gpumem"
-    resource_core_name: ResourceName = "amd.com/gpucores"
-
-
-class VastaiConfig(SectionModel):
-    """``vastai:`` — whole devices."""
-
-    resource_count_name: ResourceName = "vastaitech.com/va"
-
-
-class BirenConfig(SectionModel):
-    """``biren:`` — whole devices."""
-
-    resource_count_name: ResourceName = "birentech.com/gpu"
 
 
 def _fill(data: Any, defaults: dict[tuple[str, str], str]) -> Any:
@@ -445,8 +372,18 @@ class DeviceConfig(SectionModel):
         return cls()
 
     def sections(self) -> dict[str, Any]:
-        """Every vendor section by attribute name (list-valued sections as lists), for the registry."""
-        return {name: getattr(self, name) for name in type(self).model_fields if name != "hami"}
+        """The configured vendor sections by attribute name (list-valued sections as lists), for the
+        registry: ``nvidia`` always (as HAMi), every other vendor only when its section is in the file."""
+        return {
+            name: getattr(self, name)
+            for name in type(self).model_fields
+            if name != "hami" and (name == "nvidia" or name in self.model_fields_set)
+        }
+
+    def file_key(self, name: str) -> str:
+        """The section's key in the file (``ascend`` is ``vnpus``)."""
+        alias = type(self).model_fields[name].serialization_alias
+        return alias or name
 
     @property
     def vnpus(self) -> AscendConfig:

@@ -19,6 +19,7 @@ hook                       what the backend decides                  shared defa
 :class:`CardUsage`         per-card usage add/remove                 counters, then the card payload
                                                                      absorbs/releases placement payloads
 :class:`NodeScore`         a term added to the node's score          none
+:class:`PolicyNodeScore`   the same, knowing the node policy         none
 :class:`Admission`         webhook defaulting/validation             none
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
@@ -118,6 +119,17 @@ class NodeScore(Protocol):
     for a pod asking this vendor for ``requests``; called once per candidate node."""
 
     def node_score(self, cards: Sequence[Card], requests: Sequence[DeviceRequest]) -> float: ...
+
+
+@runtime_checkable
+class PolicyNodeScore(Protocol):
+    """A node score term that depends on the pod's node policy (``binpack`` or ``spread``), for
+    vendors whose node annotations give different figures per policy (Metax: losses vs scores).
+    Same sign convention as :class:`NodeScore`; a backend implements one or the other."""
+
+    def policy_node_score(
+        self, cards: Sequence[Card], requests: Sequence[DeviceRequest], node_policy: str
+    ) -> float: ...
 
 
 @runtime_checkable
@@ -266,6 +278,7 @@ class VendorHooks:
     choose: Callable[[list[Card], int, CardPolicy, Mapping[str, Mapping[str, int]]], list[Card]] | None = None
     usage: Callable[[Card, CardUse, int], None] = default_apply_usage
     score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
+    policy_score: Callable[[Sequence[Card], Sequence[DeviceRequest], str], float] | None = None
     annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
@@ -304,6 +317,7 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         choose=b.choose_cards if isinstance(b, CardChoice) else None,
         usage=b.apply_usage if isinstance(b, CardUsage) else default_apply_usage,
         score=b.node_score if isinstance(b, NodeScore) else None,
+        policy_score=b.policy_node_score if isinstance(b, PolicyNodeScore) else None,
         annotate=b.pod_decision_annotations
         if isinstance(b, PodAnnotations)
         else hami_decision_annotations(backend),

@@ -29,10 +29,12 @@ from hami.devices.base import (
     RequestError,
     split_list,
 )
+from hami.devices.common import INT32_MAX as _INT32_MAX
+from hami.devices.common import card_fields, plugin_gone
+from hami.devices.common import int_resource as _int_resource
 from hami.devices.hooks import AdmissionOutcome, ContainerEditor
 from hami.devices.nvidia_config import NvidiaConfig
 from hami.protocol import keys
-from hami.protocol.errors import ProtocolError
 from hami.protocol.node import MigProfile, decode_node_devices, decode_pair_scores
 from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 from hami.protocol.pod import (
@@ -43,9 +45,6 @@ from hami.protocol.pod import (
     encode_mig_allocations,
     encode_pod_devices,
 )
-from hami.protocol.quantity import parse_int_quantity
-
-_INT32_MAX = 2**31 - 1
 
 CARD_MIG_INFEASIBLE = "CardMigTopologyInfeasible"
 # NVIDIA_VISIBLE_DEVICES values that give a container no GPU (nvidia-container-toolkit).
@@ -124,37 +123,6 @@ class NvidiaPlacement(Placement):
     def mig(self) -> MigAllocation | None:
         m: MigAllocation | None = self.payload
         return m
-
-
-def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
-    resources = container.get("resources") or {}
-    if not isinstance(resources, Mapping):
-        raise RequestError(container=cname, resource="resources", reason="must be an object")
-    limits = resources.get("limits") or {}
-    requests = resources.get("requests") or {}
-    for part, value in (("limits", limits), ("requests", requests)):
-        if not isinstance(value, Mapping):
-            raise RequestError(container=cname, resource=f"resources.{part}", reason="must be an object")
-    if name in limits:
-        return limits[name]
-    return requests.get(name)
-
-
-def _int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | None:
-    raw = _resource(container, cname, name)
-    if raw is None:
-        return None
-    try:
-        value = parse_int_quantity(raw, field=name)
-    except ProtocolError as exc:
-        raise RequestError(
-            container=cname, resource=name, reason=str(exc).removeprefix(f"{name}: ")
-        ) from None
-    if value < 0:
-        raise RequestError(container=cname, resource=name, reason=f"{raw!r} must not be negative")
-    if value > _INT32_MAX:
-        raise RequestError(container=cname, resource=name, reason=f"{raw!r} is too large")
-    return value
 
 
 class NvidiaBackend:
@@ -243,26 +211,12 @@ class NvidiaBackend:
         # HAMi's NVIDIA health rule: when kubelet lists the count resource but none of it is
         # allocatable, the device plugin is gone (uninstalled, crashed, restarting) and the
         # registration annotation is stale — kubelet would refuse every Allocate there
-        allocatable = ((node.get("status") or {}).get("allocatable") or {}).get(
-            self.config.resource_count_name
-        )
-        if allocatable is not None and str(allocatable).strip() == "0":
+        if plugin_gone(node, self.config.resource_count_name):
             return None
         devices = decode_node_devices(value)
         cards = tuple(
             NvidiaCard(
-                uuid=d.id,
-                vendor=self.vendor,
-                type=d.type,
-                count=d.count,
-                totalmem=d.devmem,
-                totalcores=d.devcore,
-                index=d.index,
-                numa=d.numa,
-                mode=d.mode or keys.MODE_HAMI_CORE,
-                health=d.health,
-                mig_profiles=d.mig_profiles,
-                mig=d.mode == keys.MODE_MIG,
+                **card_fields(d, self.vendor), mig_profiles=d.mig_profiles, mig=d.mode == keys.MODE_MIG
             )
             for d in devices
             # a card registered with no memory (0 MiB, or a scaling that rounds to 0) can hold no

@@ -8,8 +8,8 @@ with a backend factory gives one backend, a list-valued section one backend per 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from hami.devices.base import DeviceBackend
 from hami.devices.hooks import Admission, CardUse, VendorHooks, resolve_hooks
@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from hami.config import DeviceConfig
     from hami.devices.base import Card
 
-#: builds one backend from one config section (or one entry of a list-valued section)
-BackendFactory = Callable[[Any], DeviceBackend]
+#: builds the backend(s) of one config section (or of one entry of a list-valued section)
+BackendFactory = Callable[[Any], "DeviceBackend | Sequence[DeviceBackend]"]
 
 
 class BackendRegistry:
@@ -29,6 +29,8 @@ class BackendRegistry:
     def __init__(self, backends: list[DeviceBackend] | None = None) -> None:
         self._by_vendor: dict[str, DeviceBackend] = {}
         self._hooks: dict[str, VendorHooks] = {}
+        self._by_resource: dict[str, list[DeviceBackend]] = {}
+        self._order: dict[str, int] = {}
         for b in backends or []:
             self.register(b)
 
@@ -37,6 +39,20 @@ class BackendRegistry:
             raise ValueError(f"backend for vendor {backend.vendor!r} registered twice")
         self._by_vendor[backend.vendor] = backend
         self._hooks[backend.vendor] = resolve_hooks(backend)
+        for name in backend.resource_names:
+            self._by_resource.setdefault(name, []).append(backend)
+        self._order[backend.vendor] = len(self._order)
+
+    def backends_for(self, resource_names: Iterable[str]) -> list[DeviceBackend]:
+        """The backends managing any of ``resource_names``, in registration order (a container's
+        request is parsed by these only, so more registered vendors cost nothing per pod)."""
+        found: dict[str, DeviceBackend] = {}
+        for name in resource_names:
+            for b in self._by_resource.get(name, ()):
+                found[b.vendor] = b
+        if len(found) < 2:
+            return list(found.values())
+        return sorted(found.values(), key=lambda b: self._order[b.vendor])
 
     def get(self, vendor: str) -> DeviceBackend:
         return self._by_vendor[vendor]
@@ -82,15 +98,61 @@ def registry_from_sections(
             continue
         value = sections[name]
         for item in value if isinstance(value, list) else [value]:
-            backends.append(factory(item))
+            made = factory(item)
+            # a factory may give several backends for one section (Kunlun: whole XPUs and vXPUs)
+            if isinstance(made, list | tuple):
+                backends.extend(made)
+            else:
+                backends.append(cast(DeviceBackend, made))
     return BackendRegistry(backends)
 
 
 def default_factories() -> dict[str, BackendFactory]:
-    """The built-in backends, by config section."""
+    """The built-in backends, by config section (in registration order)."""
+    from hami.devices.amd import AMDBackend
+    from hami.devices.awsneuron import AWSNeuronBackend
+    from hami.devices.biren import BirenBackend
+    from hami.devices.cambricon import CambriconBackend
+    from hami.devices.enflame import EnflameGCUBackend
+    from hami.devices.hygon import HygonBackend
+    from hami.devices.iluvatar import IluvatarBackend
+    from hami.devices.kunlun import kunlun_backends
+    from hami.devices.metax import MetaxGPUBackend
+    from hami.devices.mthreads import MthreadsBackend
     from hami.devices.nvidia import NvidiaBackend
+    from hami.devices.vastai import VastaiBackend
 
-    return {"nvidia": NvidiaBackend}
+    return {
+        "nvidia": NvidiaBackend,
+        "cambricon": CambriconBackend,
+        "hygon": HygonBackend,
+        "metax": MetaxGPUBackend,
+        "iluvatars": IluvatarBackend,
+        "mthreads": MthreadsBackend,
+        "enflame": EnflameGCUBackend,
+        "kunlun": kunlun_backends,
+        "amd": AMDBackend,
+        "awsneuron": AWSNeuronBackend,
+        "vastai": VastaiBackend,
+        "biren": BirenBackend,
+    }
+
+
+def section_warnings(config: DeviceConfig, *, source: str = "device-config.yaml") -> list[str]:
+    """One warning per configured vendor section that gives no backend (not implemented yet, or an
+    empty list), so a section is never silently ignored. Unknown keys are warned about by the parser."""
+    factories = default_factories()
+    out: list[str] = []
+    for name, value in config.sections().items():
+        key = config.file_key(name)
+        if name not in factories:
+            out.append(
+                f"{source}: {key}: hami has no backend for this vendor yet; the section is ignored and "
+                f"pods asking for its resources are not scheduled by hami (docs/vendors.md)"
+            )
+        elif isinstance(value, list) and not value:
+            out.append(f"{source}: {key}: empty list, no backend registered for this vendor")
+    return out
 
 
 def default_registry(config: DeviceConfig | None = None) -> BackendRegistry:

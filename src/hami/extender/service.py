@@ -282,10 +282,14 @@ class ExtenderService:
         """Lock the node when any container (init containers too) gets a card of a locking vendor.
 
         HAMi locks only for regular containers; then an init-only pod is allocated without the lock
-        and the device plugin can serve it another pod's cards.
+        and the device plugin can serve it another pod's cards. Only vendors whose lock is the
+        locker's (its key) count: a lock under another vendor's key would never be released by that
+        vendor's device plugin.
         """
+        codec = getattr(self.locker, "codec", None)
         for vendor, per_container in containers.items():
-            if self.scheduler.registry.get(vendor).lock_key is None:
+            lock_key = self.scheduler.registry.get(vendor).lock_key
+            if lock_key is None or (codec is not None and lock_key != codec.key):
                 continue
             if any(per_container):
                 return True

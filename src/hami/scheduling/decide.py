@@ -9,17 +9,18 @@ give each a reason.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hami.devices.base import Card, Placement, RequestError
+from hami.devices.base import Card, DeviceRequest, Placement, RequestError
+from hami.devices.hooks import VendorHooks
 from hami.devices.registry import BackendRegistry
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
 from hami.scheduling.fit import NODE_INSUFFICIENT_DEVICE, FitRequest, fit_container, precheck
 from hami.scheduling.policy import pod_policy
-from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests
+from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests, unmanaged_resources
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 NODE_UNREGISTERED = "node unregistered"
@@ -165,7 +166,14 @@ class Scheduler:
         except (RequestError, ProtocolError) as exc:
             return Decision(pod=display, node=None, reason=str(exc), invalid=True)
         if request.empty:
-            return Decision(pod=display, node=None, reason="pod requests no managed device", invalid=True)
+            reason = "pod requests no managed device"
+            unmanaged = unmanaged_resources(pod, self.registry)
+            if unmanaged:
+                reason += (
+                    f" ({', '.join(unmanaged)}: not a resource of any configured backend;"
+                    " is its vendor section missing from device-config.yaml?)"
+                )
+            return Decision(pod=display, node=None, reason=reason, invalid=True)
         try:
             check_against_largest_card(request, self.state.largest_mem(), self.registry)
         except RequestError as exc:
@@ -199,9 +207,13 @@ class Scheduler:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
         terms = [
-            (vendor, h.score, [c.devices[vendor] for c in request.containers if vendor in c.devices])
+            (
+                vendor,
+                _score_term(h, policy.node_policy),
+                [c.devices[vendor] for c in request.containers if vendor in c.devices],
+            )
             for vendor, h in hooks.items()
-            if h.score is not None
+            if h.score is not None or h.policy_score is not None
         ]
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
@@ -301,3 +313,14 @@ def _hold_payloads(cards: list[Card], held: list[tuple[str, Any]]) -> None:
             for uuid, payload in held:
                 if uuid == card.uuid:
                     card.payload.add(payload)
+
+
+def _score_term(
+    hooks: VendorHooks, node_policy: str
+) -> Callable[[Sequence[Card], Sequence[DeviceRequest]], float]:
+    """The vendor's node score term for this pod's node policy."""
+    if hooks.score is not None:
+        return hooks.score
+    policy_score = hooks.policy_score
+    assert policy_score is not None
+    return lambda cards, requests: policy_score(cards, requests, node_policy)

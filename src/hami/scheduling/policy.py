@@ -81,7 +81,13 @@ def card_score(card: Card, w: ScoringWeights) -> float:
 
 
 def order_cards(cards: Sequence[Card], policy: CardPolicy, weights: ScoringWeights) -> list[Card]:
-    """Cards in preference order (best first); ties broken by card index, then UUID."""
+    """Cards in preference order (best first).
+
+    Ties go to the highest card index, as in HAMi: it sorts its device list (registration order,
+    ascending index) with the policy's keys and its fits walk that list from the end, so among
+    equal cards the last one registered comes first. Cards with equal keys and index keep that
+    reversed registration order (the sort is stable).
+    """
 
     def key(c: Card) -> tuple[float | int | str, ...]:
         parts: list[float | int | str] = []
@@ -92,8 +98,7 @@ def order_cards(cards: Sequence[Card], policy: CardPolicy, weights: ScoringWeigh
                 parts.append(card_score(c, weights))
             else:
                 parts.append(c.numa)
-        parts.append(c.index)
-        parts.append(c.uuid)
+        parts.append(-c.index)
         return tuple(parts)
 
-    return sorted(cards, key=key)
+    return sorted(reversed(cards), key=key)

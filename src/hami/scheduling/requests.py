@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hami.devices.base import DeviceRequest, RequestError
+from hami.devices.base import DeviceBackend, DeviceRequest, RequestError
 from hami.devices.registry import BackendRegistry
 
 
@@ -46,6 +47,23 @@ class PodRequest:
         return not any(c.devices for c in self.containers)
 
 
+def _backends(container: Mapping[str, Any], registry: BackendRegistry) -> Iterable[DeviceBackend]:
+    """The backends that may read ``container``: those managing one of its resource names (every
+    backend when ``resources`` is malformed, so that the backend's parser names the problem)."""
+    resources = container.get("resources")
+    if resources is None:
+        return ()
+    if not isinstance(resources, Mapping):
+        return registry
+    limits = resources.get("limits") or {}
+    requests = resources.get("requests") or {}
+    if not isinstance(limits, Mapping) or not isinstance(requests, Mapping):
+        return registry
+    if not requests:
+        return registry.backends_for(limits)
+    return registry.backends_for(itertools.chain(limits, requests))
+
+
 def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodRequest:
     """Parse every container; raises :class:`RequestError` naming the container, resource and reason."""
     spec = pod.get("spec") or {}
@@ -59,7 +77,7 @@ def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodReques
                     container="?", resource="spec.containers", reason="container must be an object"
                 )
             devices: dict[str, DeviceRequest] = {}
-            for backend in registry:
+            for backend in _backends(container, registry):
                 req = backend.parse_container(container)
                 if req is not None:
                     devices[backend.vendor] = req
@@ -87,3 +105,26 @@ def check_against_largest_card(
                     resource=registry.get(vendor).memory_resource,
                     reason=f"{req.mem} MiB is more than the largest {vendor} card in the cluster ({biggest} MiB)",
                 )
+
+
+def unmanaged_resources(pod: Mapping[str, Any], registry: BackendRegistry) -> list[str]:
+    """Extended resources (``<domain>/<name>``, outside ``kubernetes.io``) the pod's containers ask
+    for that no registered backend manages, sorted: what to name when a pod "requests no managed
+    device" (e.g. a vendor whose section is not configured)."""
+    managed = set(registry.resource_names())
+    spec = pod.get("spec") or {}
+    found: set[str] = set()
+    for group in (spec.get("initContainers") or [], spec.get("containers") or []):
+        for container in group:
+            resources = container.get("resources") if isinstance(container, Mapping) else None
+            if not isinstance(resources, Mapping):
+                continue
+            for part in ("limits", "requests"):
+                values = resources.get(part)
+                if isinstance(values, Mapping):
+                    found.update(
+                        str(k)
+                        for k in values
+                        if "/" in str(k) and not str(k).split("/", 1)[0].endswith("kubernetes.io")
+                    )
+    return sorted(found - managed)

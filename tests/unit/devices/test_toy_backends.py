@@ -83,8 +83,9 @@ def test_whole_cards_are_handed_out_by_count_and_counted_in_the_ledger() -> None
     first = pod("p", {"toy.example/card": 2})
     d = sched.decide(first)
     assert d.node == "n1"
-    assert [[p.device.uuid for p in c] for c in d.placements["TOYWHOLE"]] == [["T-0", "T-1"]]
-    assert d.annotations[ALLOCATED] == "T-0,TOYWHOLE,0,0:T-1,TOYWHOLE,0,0:;"
+    # equal cards: the highest index first, as HAMi
+    assert [[p.device.uuid for p in c] for c in d.placements["TOYWHOLE"]] == [["T-2", "T-1"]]
+    assert d.annotations[ALLOCATED] == "T-2,TOYWHOLE,0,0:T-1,TOYWHOLE,0,0:;"
     second = sched.decide(pod("q", {"toy.example/card": 2}))
     assert second.node is None
     assert second.failed == {"n1": "1/3 AllocatedCardsInsufficientRequest, 2/3 CardTimeSlicingExhausted"}
@@ -93,7 +94,7 @@ def test_whole_cards_are_handed_out_by_count_and_counted_in_the_ledger() -> None
     alloc = again.allocation_of(bound(first, d.annotations), "n1")
     assert alloc is not None
     again.state.add_pod(alloc)
-    assert [c.used for c in again.state.nodes["n1"].cards] == [1, 1, 0]
+    assert [c.used for c in again.state.nodes["n1"].cards] == [0, 1, 1]
     again.state.remove_pod(alloc.uid)
     assert [c.used for c in again.state.nodes["n1"].cards] == [0, 0, 0]
 

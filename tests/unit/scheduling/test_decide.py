@@ -76,7 +76,8 @@ def test_istio_shape_pod_is_padded_per_vendor_key() -> None:
 
 def test_padding_matches_the_reference_example() -> None:
     sched = scheduler(
-        node("n1", [gpu("GPU-aaaa", index=0), gpu("GPU-bbbb", index=1), gpu("GPU-cccc", index=2)])
+        # indices reversed: equal cards go highest index first (HAMi), so c1 takes aaaa as in the reference
+        node("n1", [gpu("GPU-cccc", index=0), gpu("GPU-bbbb", index=1), gpu("GPU-aaaa", index=2)])
     )
     p = pod(
         "ref",

@@ -50,21 +50,22 @@ def test_card_policy_per_pod_annotation_wins(default: str, annotation: str, card
     assert chosen(sched.decide(small(policy=annotation.upper()))) == [[card]]
 
 
-def test_spread_on_idle_cards_goes_by_index() -> None:
+def test_spread_on_idle_cards_takes_the_highest_index() -> None:
+    # HAMi walks its sorted device list from the end: among equal cards the highest index wins
     sched = scheduler(node("n1", [gpu("GPU-z", index=0), gpu("GPU-y", index=1)]))
-    assert chosen(sched.decide(small())) == [["GPU-z"]]
+    assert chosen(sched.decide(small())) == [["GPU-y"]]
 
 
 def test_binpack_fills_one_card_then_moves_on() -> None:
     sched = scheduler(node("n1", [gpu("GPU-a", index=0), gpu("GPU-b", index=1)]), gpu_policy="binpack")
     got = [chosen(sched.decide(gpu_pod(f"p{i}", mem=8000, cores=50)))[0][0] for i in range(4)]
-    assert got == ["GPU-a", "GPU-a", "GPU-b", "GPU-b"]
+    assert got == ["GPU-b", "GPU-b", "GPU-a", "GPU-a"]
 
 
 def test_spread_alternates_cards() -> None:
     sched = scheduler(node("n1", [gpu("GPU-a", index=0), gpu("GPU-b", index=1)]), gpu_policy="spread")
     got = [chosen(sched.decide(gpu_pod(f"p{i}", mem=4000, cores=25)))[0][0] for i in range(4)]
-    assert got == ["GPU-a", "GPU-b", "GPU-a", "GPU-b"]
+    assert got == ["GPU-b", "GPU-a", "GPU-b", "GPU-a"]
 
 
 # --- nodes: two nodes ----------------------------------------------------------------------------
@@ -163,20 +164,21 @@ def test_numa_bind_keeps_a_containers_cards_on_one_numa_node() -> None:
         sched.decide(pinned("GPU-D", "wd", mem=100, cores=0))
         return sched
 
-    assert chosen(fresh().decide(gpu_pod(gpu=2, mem=1000))) == [["GPU-A", "GPU-C"]]
+    # idle A and C tie: the highest index (C) comes first, and its NUMA node (1) is bound
+    assert chosen(fresh().decide(gpu_pod(gpu=2, mem=1000))) == [["GPU-C", "GPU-A"]]
     d = fresh().decide(gpu_pod(gpu=2, mem=1000, annotations={keys.NVIDIA_NUMA_BIND: "true"}))
-    assert chosen(d) == [["GPU-A", "GPU-B"]]
+    assert chosen(d) == [["GPU-C", "GPU-D"]]
     d = fresh().decide(gpu_pod(gpu=2, mem=1000, annotations={keys.NVIDIA_NUMA_BIND: "TRUE"}))
-    assert chosen(d) == [["GPU-A", "GPU-B"]]
+    assert chosen(d) == [["GPU-C", "GPU-D"]]
     d = fresh().decide(gpu_pod(gpu=2, mem=1000, annotations={keys.NVIDIA_NUMA_BIND: "false"}))
-    assert chosen(d) == [["GPU-A", "GPU-C"]]
+    assert chosen(d) == [["GPU-C", "GPU-A"]]
 
 
 def test_numa_bind_skips_a_numa_node_that_cannot_hold_the_container() -> None:
     sched = scheduler(node("n1", four_numa_cards()))
     sched.decide(pinned("GPU-A", "wa", mem=16000, cores=0))  # numa 0 keeps only GPU-B
     d = sched.decide(gpu_pod(gpu=2, mem=1000, annotations={keys.NVIDIA_NUMA_BIND: "true"}))
-    assert chosen(d) == [["GPU-C", "GPU-D"]]
+    assert chosen(d) == [["GPU-D", "GPU-C"]]
 
 
 def test_numa_bind_applies_per_container() -> None:
@@ -224,14 +226,14 @@ def topo_scheduler(default: str = "spread") -> Scheduler:
 
 
 def test_topology_aware_single_card_takes_the_least_connected() -> None:
-    assert chosen(topo_scheduler().decide(small())) == [["GPU-A"]]  # plain spread: index order
+    assert chosen(topo_scheduler().decide(small())) == [["GPU-D"]]  # plain spread: highest index
     assert chosen(topo_scheduler().decide(small(policy="topology-aware"))) == [["GPU-C"]]
     assert chosen(topo_scheduler("topology-aware").decide(small())) == [["GPU-C"]]
 
 
 def test_topology_aware_pair_takes_the_best_connected_pair() -> None:
     plain = topo_scheduler().decide(gpu_pod(gpu=2, mem=1000))
-    assert chosen(plain) == [["GPU-A", "GPU-B"]]
+    assert chosen(plain) == [["GPU-D", "GPU-C"]]
     best = topo_scheduler().decide(
         gpu_pod(gpu=2, mem=1000, annotations={keys.GPU_SCHEDULER_POLICY: "topology-aware"})
     )
@@ -249,7 +251,7 @@ def test_topology_aware_without_scores_falls_back_to_policy_order() -> None:
     cards = [gpu(f"GPU-{x}", index=i) for i, x in enumerate("ABCD")]
     sched = scheduler(node("n1", cards))
     d = sched.decide(gpu_pod(gpu=2, mem=1000, annotations={keys.GPU_SCHEDULER_POLICY: "topology-aware"}))
-    assert chosen(d) == [["GPU-A", "GPU-B"]]
+    assert chosen(d) == [["GPU-D", "GPU-C"]]
 
 
 # --- scoring weights ----------------------------------------------------------------------------------------
