@@ -540,8 +540,8 @@ def test_the_extender_takes_its_lock_only_for_vendors_that_share_its_key() -> No
     dsmlu lock, which the NVIDIA codec would write under the wrong key) nor for lock-free vendors."""
     from types import SimpleNamespace
 
+    from hami.extender.service import ExtenderService
     from hami.protocol.nodelock import HAMI_NODE_LOCK
-    from hami.scheduler.service import ExtenderService
 
     sched = scheduler(HygonBackend(), dcu_node())
     sched.registry.register(CambriconBackend())

@@ -11,7 +11,7 @@ from hami.devices.base import DeviceBackend
 from hami.devices.registry import BackendRegistry
 from hami.protocol.node import DeviceInfo, encode_node_devices, encode_node_devices_legacy
 from hami.scheduling import Scheduler
-from hami.scheduling.filter import Decision
+from hami.scheduling.decide import Decision
 
 
 def card(
