@@ -29,6 +29,7 @@ from hami.devices.base import (
     split_list,
 )
 from hami.devices.hooks import EXCLUSIVE_CONFLICT
+from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.node import DeviceInfo, decode_node_devices
 from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
@@ -85,12 +86,12 @@ def int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | N
 
 
 def node_annotations(node: Mapping[str, Any]) -> Mapping[str, str]:
-    return (node.get("metadata") or {}).get("annotations") or {}
+    return bodies.annotations(node)
 
 
 def capacity(node: Mapping[str, Any], name: str) -> int:
     """The node's integer capacity of resource ``name`` (0 when absent or not an integer)."""
-    raw = ((node.get("status") or {}).get("capacity") or {}).get(name)
+    raw = (bodies.status(node).get("capacity") or {}).get(name)
     if raw is None:
         return 0
     try:
@@ -219,7 +220,7 @@ def card_index(uuid: str) -> int:
 def plugin_gone(node: Mapping[str, Any], count_name: str) -> bool:
     """kubelet lists the count resource with none allocatable: the vendor's device plugin is gone
     (uninstalled, crashed, restarting) and its register annotation is stale."""
-    raw = ((node.get("status") or {}).get("allocatable") or {}).get(count_name)
+    raw = bodies.allocatable(node).get(count_name)
     return raw is not None and str(raw).strip() == "0"
 
 
@@ -351,7 +352,7 @@ class SpecBackend:
         """``n`` cards derived from the node's capacity: ``<node>-<id_word or type>-<i>`` (HAMi's ids)."""
         if n <= 0:
             return None
-        name = str((node.get("metadata") or {}).get("name", ""))
+        name = str(bodies.name(node))
         word = id_word or type
         return NodeCards(
             cards=tuple(

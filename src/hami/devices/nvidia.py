@@ -34,7 +34,7 @@ from hami.devices.common import card_fields, plugin_gone
 from hami.devices.common import int_resource as _int_resource
 from hami.devices.hooks import AdmissionOutcome, ContainerEditor
 from hami.devices.nvidia_config import NvidiaConfig
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import MigProfile, decode_node_devices, decode_pair_scores
 from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 from hami.protocol.pod import (
@@ -204,7 +204,7 @@ class NvidiaBackend:
         )
 
     def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        annotations = bodies.annotations(node)
         value = annotations.get(self.register_key)
         if not value:
             return None

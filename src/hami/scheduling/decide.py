@@ -16,7 +16,7 @@ from typing import Any
 from hami.devices.base import Card, DeviceRequest, Placement, RequestError
 from hami.devices.hooks import VendorHooks
 from hami.devices.registry import BackendRegistry
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.scheduling.fit import NODE_INSUFFICIENT_DEVICE, FitRequest, fit_container, precheck
 from hami.scheduling.policy import pod_policy
@@ -59,10 +59,9 @@ def summarize(failed: Mapping[str, str], total: int) -> str:
 
 
 def pod_key(pod: Mapping[str, Any]) -> tuple[str, str, str]:
-    meta = pod.get("metadata") or {}
-    ns = str(meta.get("namespace") or "default")
-    name = str(meta.get("name") or "")
-    uid = str(meta.get("uid") or f"{ns}/{name}")
+    ns = str(bodies.namespace(pod) or "default")
+    name = str(bodies.name(pod))
+    uid = str(bodies.uid(pod) or f"{ns}/{name}")
     return uid, ns, name
 
 
@@ -90,9 +89,8 @@ class Scheduler:
     # --- inventory ---------------------------------------------------------------------------
     def observe_node(self, node: Mapping[str, Any]) -> str | None:
         """Read a Node manifest's registration annotations; returns an error (node marked bad) or None."""
-        meta = node.get("metadata") or {}
-        name = str(meta.get("name") or "")
-        annotations = meta.get("annotations") or {}
+        name = str(bodies.name(node))
+        annotations = bodies.annotations(node)
         cards: list[Card] = []
         pair_scores: dict[str, dict[str, int]] = {}
         try:
@@ -118,7 +116,7 @@ class Scheduler:
     def allocation_of(self, pod: Mapping[str, Any], node: str) -> PodAllocation | None:
         """A bound pod's allocation from its annotations (None if it has none); raises ProtocolError."""
         uid, ns, name = pod_key(pod)
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        annotations = bodies.annotations(pod)
         containers: dict[str, list[tuple[Placement, ...]]] = {}
         for backend in self.registry:
             decoded = backend.decode_allocation(annotations)
@@ -126,11 +124,9 @@ class Scheduler:
                 containers[backend.vendor] = decoded
         if not containers:
             return None
-        init = (pod.get("spec") or {}).get("initContainers") or []
+        init = bodies.init_containers(pod)
         init_count = len(init)
-        sidecars = frozenset(
-            i for i, c in enumerate(init) if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"
-        )
+        sidecars = frozenset(i for i, c in enumerate(init) if isinstance(c, Mapping) and bodies.is_sidecar(c))
         return PodAllocation(
             uid=uid,
             namespace=ns,
@@ -159,7 +155,7 @@ class Scheduler:
         uid, ns, name = pod_key(pod)
         display = f"{ns}/{name}"
         self.state.remove_pod(uid)
-        annotations: Mapping[str, str] = (pod.get("metadata") or {}).get("annotations") or {}
+        annotations: Mapping[str, str] = bodies.annotations(pod)
         try:
             request = pod_requests(pod, self.registry)
             policy = pod_policy(annotations, node_default=self.node_policy, card_default=self.gpu_policy)
