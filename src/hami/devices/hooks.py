@@ -169,12 +169,7 @@ class Admission(Protocol):
     """
 
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None: ...
 
     def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]: ...
@@ -185,7 +180,14 @@ class Admission(Protocol):
 
 
 class ContainerEditor(Protocol):
-    """JSON-patch edits to one container (implemented by the webhook)."""
+    """One container as submitted (``container``, named ``name``) and JSON-patch edits to it
+    (implemented by the webhook)."""
+
+    @property
+    def container(self) -> Mapping[str, Any]: ...
+
+    @property
+    def name(self) -> str: ...
 
     def set_limit(self, name: str, value: str) -> None: ...
 

@@ -294,13 +294,10 @@ class NvidiaBackend:
         return self.config.gpu_core_policy == "disable" or self.config.disable_core_limit
 
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None:
+        container = edit.container
+        name = edit.name
         c = self.config
         if request is None:
             given = [
