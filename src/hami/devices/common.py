@@ -28,7 +28,7 @@ from hami.devices.base import (
     RequestError,
     split_list,
 )
-from hami.devices.hooks import EXCLUSIVE_CONFLICT
+from hami.devices.hooks import EXCLUSIVE_CONFLICT, QuotaNames
 from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.node import DeviceInfo, decode_node_devices
@@ -260,6 +260,11 @@ class SpecBackend:
     @property
     def memory_resource(self) -> str:
         return self.spec.memory_name or self.spec.count_name
+
+    @property
+    def quota_names(self) -> QuotaNames:
+        s = self.spec
+        return QuotaNames(s.memory_name, s.core_name, s.memory_factor)
 
     @property
     def allocated_key(self) -> str:

@@ -32,7 +32,7 @@ from hami.devices.base import (
 from hami.devices.common import INT32_MAX as _INT32_MAX
 from hami.devices.common import card_fields, plugin_gone
 from hami.devices.common import int_resource as _int_resource
-from hami.devices.hooks import AdmissionOutcome, ContainerEditor
+from hami.devices.hooks import AdmissionOutcome, ContainerEditor, QuotaNames
 from hami.devices.nvidia_config import NvidiaConfig
 from hami.protocol import bodies, keys
 from hami.protocol.node import MigProfile, decode_node_devices, decode_pair_scores
@@ -143,6 +143,11 @@ class NvidiaBackend:
     @property
     def memory_resource(self) -> str:
         return self.config.resource_memory_name
+
+    @property
+    def quota_names(self) -> QuotaNames:
+        c = self.config
+        return QuotaNames(c.resource_memory_name, c.resource_core_name, c.memory_factor)
 
     @property
     def resource_names(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hami.devices.base import Card, DeviceRequest, Placement, RequestError
-from hami.devices.hooks import VendorHooks
+from hami.devices.hooks import QuotaScoped, VendorHooks
 from hami.devices.registry import BackendRegistry
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
@@ -81,6 +81,9 @@ class Scheduler:
             state = ClusterState()
         for vendor, usage in registry.card_usage().items():
             state.card_usage.setdefault(vendor, usage)
+        for backend in registry:
+            if isinstance(backend, QuotaScoped):
+                state.quota.set_vendor(backend.vendor, backend.quota_names)
         self.state = state
         self.node_policy = node_policy
         self.gpu_policy = gpu_policy
@@ -228,6 +231,7 @@ class Scheduler:
         else:
             heap = [(False, sign * nd.cached_score, nd.name, nd) for nd in known]
         heapq.heapify(heap)
+        quota = self.state.quota if self.state.quota.limited(ns) else None
         while heap:
             node = heapq.heappop(heap)[3]
             placed = self._fit_node(node, request, fit_requests)
@@ -243,6 +247,13 @@ class Scheduler:
                 init_count=request.init_count,
                 sidecars=request.sidecars,
             )
+            if quota is not None:
+                # what the pod takes depends on the cards chosen (a percentage of a bigger card is
+                # more MiB), so quota is checked per node, after the fit
+                over = quota.check(alloc)
+                if over is not None:
+                    failed[node.name] = over
+                    continue
             if reserve:
                 self.state.add_pod(alloc)
             out_annotations = {keys.VGPU_NODE: node.name, keys.VGPU_TIME: str(now)}
