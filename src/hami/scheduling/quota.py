@@ -126,7 +126,9 @@ class QuotaLedger:
         per: dict[bool, str] = {}
         for memory, name in ((True, names.memory), (False, names.cores)):
             if name:
-                self.resources[name] = QuotaResource(name, vendor, memory, names.memory_factor if memory else 1)
+                self.resources[name] = QuotaResource(
+                    name, vendor, memory, names.memory_factor if memory else 1
+                )
                 per[memory] = name
         if per:
             self._by_vendor[vendor] = per

@@ -114,7 +114,9 @@ def test_init_and_app_containers_count_collapsed() -> None:
     """Init containers run one at a time: a pod counts max(init, app) per card, as the ledger does."""
     sched = scheduler(node("n1", [gpu("GPU-a")]))
     quota(sched, {f"limits.{MEM}": "3000"})
-    p = pod("p", container("app", gpu=1, mem=2000), init=[container("init", gpu=1, mem=3000)], namespace="team-a")
+    p = pod(
+        "p", container("app", gpu=1, mem=2000), init=[container("init", gpu=1, mem=3000)], namespace="team-a"
+    )
     assert sched.decide(p).node == "n1"
     assert used(sched) == {MEM: 3000}
     assert sched.state.release_init("uid-p")
@@ -164,7 +166,9 @@ def test_a_namespace_gets_its_first_quota_after_its_pods() -> None:
     sched = two_nodes()
     d = sched.decide(gpu_pod_in("early", mem=6000))
     assert d.node is not None
-    alloc = sched.allocation_of(with_annotations(gpu_pod_in("early", mem=6000), d.annotations, d.node), d.node)
+    alloc = sched.allocation_of(
+        with_annotations(gpu_pod_in("early", mem=6000), d.annotations, d.node), d.node
+    )
     assert alloc is not None
     sched.state.add_pod(alloc)
     quota(sched, {f"limits.{MEM}": "8000"})
