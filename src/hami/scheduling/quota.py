@@ -239,21 +239,11 @@ class QuotaLedger:
                 return exceeded(pod.namespace, self.resources[res], limit, u, a)
         return None
 
-    def never_fits(self, namespace: str, asked: Mapping[str, int]) -> str | None:
-        """Why a pod asking ``asked`` (at least, per resource) cannot fit even an empty namespace."""
-        limits = self.limits.get(namespace) or {}
-        for res in sorted(asked):
-            limit = limits.get(res)
-            if limit is not None and asked[res] > limit.value:
-                return exceeded(namespace, self.resources[res], limit, None, asked[res])
-        return None
 
-
-def exceeded(namespace: str, res: QuotaResource, limit: Limit, used: int | None, asked: int) -> str:
+def exceeded(namespace: str, res: QuotaResource, limit: Limit, used: int, asked: int) -> str:
     """``namespace team-a: quota exceeded for limits.nvidia.com/gpumem (ResourceQuota gpu): limit 8192,
     used 6144, asked 3000 MiB``."""
-    shown_used = "" if used is None else f", used {used}"
     return (
         f"namespace {namespace}: quota exceeded for {LIMIT_PREFIX}{res.name} (ResourceQuota {limit.quota}): "
-        f"limit {limit.value}{shown_used}, asked {asked} {res.unit}"
+        f"limit {limit.value}, used {used}, asked {asked} {res.unit}"
     )

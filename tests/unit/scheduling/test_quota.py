@@ -215,12 +215,3 @@ def test_bad_quantity_is_ignored_and_recorded() -> None:
     assert f"limits.{MEM}" in q.errors[("ns", "q")]
     q.set_quota("ns", "q", {f"limits.{CORES}": "50"})
     assert ("ns", "q") not in q.errors
-
-
-def test_never_fits() -> None:
-    q = QuotaLedger()
-    q.set_vendor("NVIDIA", NvidiaBackend().quota_names)
-    q.set_quota("ns", "q", {f"limits.{MEM}": "4Ki"})
-    assert q.never_fits("ns", {MEM: 4096}) is None
-    assert "limit 4096, asked 4097 MiB" in (q.never_fits("ns", {MEM: 4097}) or "")
-    assert q.never_fits("other", {MEM: 10**9}) is None
