@@ -215,3 +215,39 @@ def test_bad_quantity_is_ignored_and_recorded() -> None:
     assert f"limits.{MEM}" in q.errors[("ns", "q")]
     q.set_quota("ns", "q", {f"limits.{CORES}": "50"})
     assert ("ns", "q") not in q.errors
+
+
+def test_usage_is_always_the_sum_over_the_ledgers_pods() -> None:
+    """The invariant under a random stream of decisions, removals, init releases and quota changes."""
+    import random
+
+    from hami.scheduling.quota import charge_of
+
+    rng = random.Random(17)
+    sched = scheduler(*(node(f"n{i}", [gpu(f"GPU-{i}-{j}", index=j) for j in range(4)]) for i in range(3)))
+    state = sched.state
+    for step in range(400):
+        ns = rng.choice(["team-a", "team-b"])
+        roll = rng.random()
+        if roll < 0.5:
+            init = [container("init", gpu=1, mem=rng.randint(1, 4000))] if rng.random() < 0.3 else []
+            kw: dict[str, Any] = {"gpu": rng.randint(1, 2), "cores": rng.randint(0, 30)}
+            kw["pct" if rng.random() < 0.3 else "mem"] = rng.randint(1, 40) if rng.random() < 0.3 else 1000
+            sched.decide(pod(f"p{step}", container("main", **kw), init=init, namespace=ns))
+        elif roll < 0.75 and state.pods:
+            state.remove_pod(rng.choice(sorted(state.pods)))
+        elif roll < 0.85 and state.pods:
+            state.release_init(rng.choice(sorted(state.pods)))
+        elif roll < 0.95:
+            quota(sched, {f"limits.{MEM}": str(rng.randint(0, 60000))}, ns=ns, name=rng.choice(["q1", "q2"]))
+        else:
+            state.remove_quota(ns, rng.choice(["q1", "q2"]))
+        q = state.quota
+        for limited in q.limits:
+            want: dict[str, int] = {}
+            for alloc in state.pods.values():
+                if alloc.namespace == limited:
+                    for res, v in charge_of(alloc, {"NVIDIA": {True: MEM, False: CORES}}).items():
+                        want[res] = want.get(res, 0) + v
+            assert {k: v for k, v in q.used[limited].items() if v} == want, step
+        assert set(q.used) == set(q.limits)
