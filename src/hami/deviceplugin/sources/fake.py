@@ -22,7 +22,9 @@ Used by the contract tests and the local sandbox. Schema (every key but `cards` 
       - {uuid: GPU-..., after_seconds: 2, xid: 79}
     health_file: health.txt                              # relative to the YAML file
     nodes:                                               # per node: these keys replace the top-level ones
-      node2: {cards: [...], links: [...]}
+      node2: {cards: [...], links: [...], vendors: {...}}
+    vendors:                                             # other vendors' cards (sources/vendors.py)
+      hygon: {count: 2, card: {type: DCU-Z100, memory: 65520}}
     fail_mig_create: [GPU-...]                           # MIG creation errors on these cards
     driver:                                              # the simulated driver GPU containers get
       root: /var/lib/hami-sandbox/driver                 # host dir with libcuda.so.1, libnvidia-ml.so.1
@@ -64,6 +66,7 @@ from hami.deviceplugin.sources.base import (
     parse_link_type,
     xid_is_critical,
 )
+from hami.deviceplugin.sources.vendors import vendor_annotations
 
 
 class FakeSpecError(ValueError):
@@ -163,6 +166,9 @@ class FakeSource(DeviceSource):
                     )
                 self._profiles[card.uuid] = profile_sets[set_name]
         self._driver = self._parse_driver(spec.get("driver"))
+        self._vendor_annotations = vendor_annotations(
+            spec.get("vendors"), node_name=node_name, origin=origin, fail=FakeSpecError
+        )
         self._base_health = {u: c.healthy for u, c in self._cards.items()}
         self._links = self._parse_links(spec.get("links") or [])
         self._failures = self._parse_failures(spec.get("failures") or [])
@@ -374,6 +380,9 @@ class FakeSource(DeviceSource):
 
     def links(self) -> list[PairLink]:
         return list(self._links)
+
+    def vendor_annotations(self) -> dict[str, str]:
+        return dict(self._vendor_annotations)
 
     def mig_profiles(self, uuid: str) -> list[SourceMigProfile]:
         card = self._card(uuid)
