@@ -160,3 +160,13 @@ async def test_the_scheduling_core_places_a_vendor_pod_on_the_registered_node(tm
     d = sched.decide(ilu)
     assert d.node == "mixed", d.reason
     assert d.annotations["hami.io/BI-V100-devices-allocated"] == "ILU-0,BI-V100,32768,0:;"
+
+
+def test_the_sandbox_shows_a_hygon_node() -> None:
+    path = Path(__file__).resolve().parents[3] / "examples" / "fake-sandbox.yaml"
+    node2 = FakeSource.from_file(path, node_name="node2").vendor_annotations()
+    assert node2 == {
+        HYGON: "DCU-fake-node2-0,4,32768,100,DCU-Z100,0,true,0,hami-core:"
+        "DCU-fake-node2-1,4,32768,100,DCU-Z100,0,true,1,hami-core:"
+    }
+    assert FakeSource.from_file(path, node_name="node1").vendor_annotations() == {}
