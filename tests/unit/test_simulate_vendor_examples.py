@@ -21,7 +21,7 @@ from hami.devices.registry import default_registry
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
 from hami.protocol.pod import decode_pod_devices
-from hami.simulate import SimulationResult, simulate
+from hami.simulate import SimulationResult, render_table, simulate
 
 DEVICE_CONFIG = """\
 cambricon: {}
@@ -542,3 +542,9 @@ def test_all_examples_together_on_one_mixed_cluster() -> None:
             ), placed["reason"]
         else:
             assert (placed["node"], placed["reason"]) == (EXPECTED[example][0], None), example
+
+
+def test_the_table_shows_every_vendors_cards() -> None:
+    table = render_table(run([HAMI_EXAMPLES["hygon/default_use"], HAMI_EXAMPLES["kunlunxin/default_use"]]))
+    assert "[DCU-TPXS320010040504 2000MiB 60%]" in table
+    assert "[xpu-node-kunlun-0 98304MiB 100%]" in table
