@@ -124,6 +124,8 @@ def test_capacity_vendors_are_refused_with_the_reason(section: str) -> None:
     [
         ({"nvidia": {}}, "not another vendor's"),
         ({"hygon": {"count": 0}}, r"vendors.hygon.count: expected a positive integer"),
+        ({"hygon": {"card": [1]}}, r"vendors.hygon.card: expected a mapping"),
+        ({"iluvatars": {}}, r"vendors.iluvatars: .*chipName"),
         ({"hygon": {"cards": [{"memory": "lots"}]}}, r"vendors.hygon.cards\[0\].memory: expected int"),
         ({"hygon": {"cards": [{"type": "a:b"}]}}, "cannot hold"),
         ([], "expected a mapping"),

@@ -23,12 +23,12 @@ serves NVIDIA's alone.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from hami.config.device import parse_device_config
+from hami.deviceplugin.sources.spec import FakeSpecError, req
 from hami.devices.common import SpecBackend, WholeCards
 from hami.devices.registry import default_registry
 from hami.protocol.errors import ProtocolError
@@ -41,89 +41,82 @@ DEFAULT_CORES = 100
 DEFAULT_SLOTS = 10
 
 
-def _register_backend(section: str, config: Any, where: str, fail: Callable[[str], Exception]) -> SpecBackend:
+def _register_backend(section: str, config: Any, where: str) -> SpecBackend:
     """The section's backend whose inventory is a register annotation."""
     entry = [config] if section == "iluvatars" and isinstance(config, dict) else config
     try:
         parsed, _ = parse_device_config(yaml.safe_dump({section: entry}), source=where)
     except ValueError as exc:
-        raise fail(f"{where}: {exc}") from None
+        raise FakeSpecError(f"{where}: {exc}") from None
     if section == "nvidia" or section not in parsed.sections():
-        raise fail(f"{where}: not another vendor's device-config section")
+        raise FakeSpecError(f"{where}: not another vendor's device-config section")
     made = [
         b
         for b in default_registry(parsed)
         if isinstance(b, SpecBackend) and b.spec.register_key and b.vendor != "NVIDIA"
     ]
     if not made:
-        raise fail(
+        raise FakeSpecError(
             f"{where}: this vendor's inventory is the node's capacity, which kubelet publishes only for a "
             f"resource a device plugin serves; the fake device source advertises register-annotation "
             f"vendors only (docs/sandbox.md)"
         )
     if len(made) > 1:
-        raise fail(f"{where}: the section gives {len(made)} backends; describe one per node section")
+        raise FakeSpecError(
+            f"{where}: the section gives {len(made)} backends; give one chip per vendors entry"
+        )
     return made[0]
 
 
-def _card(
-    backend: SpecBackend, raw: Any, pos: int, node_name: str, where: str, fail: Callable[[str], Exception]
-) -> DeviceInfo:
+def _card(backend: SpecBackend, raw: Any, pos: int, node_name: str, where: str) -> DeviceInfo:
     if not isinstance(raw, dict):
-        raise fail(f"{where}: expected a mapping, got {raw!r}")
-
-    def get(key: str, typ: type, default: Any) -> Any:
-        value = raw.get(key, default)
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise fail(f"{where}.{key}: expected {typ.__name__}, got {value!r}")
-        return value
-
-    index = get("index", int, pos)
-    whole = isinstance(backend, WholeCards)
+        raise FakeSpecError(f"{where}: expected a mapping, got {raw!r}")
+    index = req(where, raw, "index", int, pos)
     return DeviceInfo(
-        id=get("uuid", str, f"{backend.vendor}-fake-{node_name}-{index}"),
+        id=req(where, raw, "uuid", str, f"{backend.vendor}-fake-{node_name}-{index}"),
         index=index,
-        count=get("slots", int, 1 if whole else DEFAULT_SLOTS),
-        devmem=get("memory", int, DEFAULT_MEMORY_MIB),
-        devcore=get("cores", int, DEFAULT_CORES),
-        type=get("type", str, backend.vendor),
-        numa=get("numa", int, 0),
-        mode=get("mode", str, ""),
-        health=get("healthy", bool, True),
+        count=req(where, raw, "slots", int, 1 if isinstance(backend, WholeCards) else DEFAULT_SLOTS),
+        devmem=req(where, raw, "memory", int, DEFAULT_MEMORY_MIB),
+        devcore=req(where, raw, "cores", int, DEFAULT_CORES),
+        type=req(where, raw, "type", str, backend.vendor),
+        numa=req(where, raw, "numa", int, 0),
+        mode=req(where, raw, "mode", str, ""),
+        health=req(where, raw, "healthy", bool, True),
     )
 
 
-def vendor_annotations(
-    raw: Any, *, node_name: str, origin: str, fail: Callable[[str], Exception]
-) -> dict[str, str]:
+def vendor_annotations(raw: Any, *, node_name: str, origin: str) -> dict[str, str]:
     """The register annotations of the ``vendors:`` section ``raw`` on node ``node_name``."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise fail(f"{origin}: vendors: expected a mapping of device-config sections, got {raw!r}")
+        raise FakeSpecError(f"{origin}: vendors: expected a mapping of device-config sections, got {raw!r}")
     out: dict[str, str] = {}
     for section, body in raw.items():
         where = f"{origin}: vendors.{section}"
         body = body or {}
         if not isinstance(body, dict):
-            raise fail(f"{where}: expected a mapping, got {body!r}")
-        backend = _register_backend(str(section), body.get("config") or {}, where, fail)
+            raise FakeSpecError(f"{where}: expected a mapping, got {body!r}")
+        backend = _register_backend(str(section), body.get("config") or {}, where)
         cards = body.get("cards")
         if cards is None:
             count = body.get("count", 1)
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise fail(f"{where}.count: expected a positive integer, got {count!r}")
-            cards = [{**(body.get("card") or {}), "index": i} for i in range(count)]
+                raise FakeSpecError(f"{where}.count: expected a positive integer, got {count!r}")
+            card = body.get("card") or {}
+            if not isinstance(card, dict):
+                raise FakeSpecError(f"{where}.card: expected a mapping, got {card!r}")
+            cards = [{**card, "index": i} for i in range(count)]
         if not isinstance(cards, list) or not cards:
-            raise fail(f"{where}.cards: expected a non-empty list, got {cards!r}")
-        devices = [_card(backend, c, i, node_name, f"{where}.cards[{i}]", fail) for i, c in enumerate(cards)]
+            raise FakeSpecError(f"{where}.cards: expected a non-empty list, got {cards!r}")
+        devices = [_card(backend, c, i, node_name, f"{where}.cards[{i}]") for i, c in enumerate(cards)]
         encode = encode_node_devices_legacy if backend.spec.legacy_register else encode_node_devices
         try:
             value = encode(devices)
         except ProtocolError as exc:
-            raise fail(f"{where}: {exc}") from None
+            raise FakeSpecError(f"{where}: {exc}") from None
         key = backend.spec.register_key
         if key in out:
-            raise fail(f"{where}: a second section writes {key}")
+            raise FakeSpecError(f"{where}: a second section writes {key}")
         out[key] = value
     return out
