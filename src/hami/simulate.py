@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hami.devices.registry import BackendRegistry
-from hami.protocol import bodies, keys
+from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
 from hami.scheduling.decide import Scheduler
@@ -80,13 +80,22 @@ def simulate(
     return SimulationResult(placements=placements, nodes=node_out, warnings=warnings)
 
 
+def _is_allocation(key: str) -> bool:
+    """Every vendor's allocated-devices annotation: ``hami.io/vgpu-devices-allocated``,
+    ``hami.io/dcu-devices-allocated``, ``hami.io/kunlun-allocated``, ... (HAMi's pod device encoding)."""
+    return key.startswith("hami.io/") and key.endswith("-allocated")
+
+
 def render_table(result: SimulationResult) -> str:
     lines = [f"{'POD':<32} {'NODE':<16} DEVICES / REASON"]
     for p in result.placements:
         if p["node"]:
-            devs = decode_pod_devices(p["annotations"].get(keys.VGPU_DEVICES_ALLOCATED, ""))
             text = " ".join(
-                f"[{', '.join(f'{d.uuid} {d.usedmem}MiB {d.usedcores}%' for d in c)}]" for c in devs if c
+                f"[{', '.join(f'{d.uuid} {d.usedmem}MiB {d.usedcores}%' for d in c)}]"
+                for key, value in p["annotations"].items()
+                if _is_allocation(key)
+                for c in decode_pod_devices(value)
+                if c
             )
         else:
             text = f"UNSCHEDULABLE: {p['reason']}"

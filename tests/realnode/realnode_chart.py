@@ -20,15 +20,20 @@ RELEASE, NAMESPACE = "hami", "hami-system"
 
 
 @contextlib.contextmanager
-def chart_installed(sandbox: Sandbox, extra: dict[str, Any] | None = None) -> Iterator[Helm]:
-    """``helm install`` of charts/hami with the sandbox's values (the fake device source of
-    examples/fake-node-small.yaml on every node) plus ``extra``; uninstalled on exit."""
+def chart_installed(
+    sandbox: Sandbox, extra: dict[str, Any] | None = None, *, fake_node: str | None = None
+) -> Iterator[Helm]:
+    """``helm install`` of charts/hami with the sandbox's values (the fake device source
+    ``fake_node``, YAML, by default examples/fake-node-small.yaml, on every node) plus ``extra``;
+    uninstalled on exit."""
     assert sandbox.cp is not None
     try:
         helm = Helm(find_helm())
     except HelmMissingError as exc:
         missing(str(exc), integration=True)
-    values = sandbox.chart_values((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    if fake_node is None:
+        fake_node = (ROOT / "examples" / "fake-node-small.yaml").read_text()
+    values = sandbox.chart_values(fake_node)
     values.update(extra or {})
     kubeconfig = str(sandbox.cp.kubeconfig_path)
     helm.release(

@@ -58,6 +58,7 @@ class NodeAgent:
                 settings.node_name,
                 lambda: self.server.devices,
                 pair_scores=source.pair_scores if settings.topology_score else None,
+                extra=source.vendor_annotations,
                 interval=register_interval,
             )
             registrar = self.registrar

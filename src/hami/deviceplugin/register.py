@@ -73,6 +73,7 @@ class NodeRegistrar:
         devices: Callable[[], list[PhysicalDevice]],
         *,
         pair_scores: Callable[[], dict[str, dict[str, int]]] | None = None,
+        extra: Callable[[], dict[str, str]] | None = None,
         interval: float = 30.0,
         retry: float = 5.0,
     ) -> None:
@@ -80,6 +81,7 @@ class NodeRegistrar:
         self.node_name = node_name
         self._devices = devices
         self._pair_scores = pair_scores
+        self._extra = extra
         self.interval = interval
         self.retry = retry
         self._wake = asyncio.Event()
@@ -93,6 +95,9 @@ class NodeRegistrar:
         """Patch the node if its annotations differ; returns True when a patch was sent."""
         scores = await asyncio.to_thread(self._pair_scores) if self._pair_scores is not None else None
         want = register_annotations(self._devices(), scores)
+        if self._extra is not None:
+            # other vendors' annotations (a simulated node); never in place of NVIDIA's own
+            want = {**self._extra(), **want}
         node = await self.kube.get_node(self.node_name)
         have = bodies.annotations(node)
         diff = {k: v for k, v in want.items() if have.get(k) != v}

@@ -129,6 +129,9 @@ class VendorSpec:
     nouse_uuid_key: str = ""
     #: False: the decision is written under ``allocated_key`` only (HAMi's Mthreads, AWS Neuron)
     write_to_allocate: bool = True
+    #: True: the vendor's device plugin writes ``register_key`` in HAMi's legacy colon form (Hygon,
+    #: Iluvatar), else JSON; the backend reads both, the fake device source writes this one
+    legacy_register: bool = False
 
 
 class ResourceFields(TypedDict):

@@ -33,6 +33,7 @@ class HygonBackend(SpecBackend):
             **resource_fields(config),
             memory_factor=config.memory_factor,
             default_cores=100,
+            legacy_register=True,
             **hami_keys("dcu", "dcu"),
             **filter_keys("hygon.com", "dcutype"),
         )

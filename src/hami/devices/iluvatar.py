@@ -33,6 +33,7 @@ class IluvatarBackend(SpecBackend):
             vendor=cw,
             **resource_fields(config),
             memory_factor=MEMORY_UNIT_MIB,
+            legacy_register=True,
             **hami_keys(cw, cw),
             use_uuid_key=f"hami.io/use-{cw}-uuid",
             nouse_uuid_key=f"hami.io/no-use-{cw}-uuid",

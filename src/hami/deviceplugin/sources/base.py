@@ -204,6 +204,11 @@ class DeviceSource(abc.ABC):
         runtime's NVIDIA hook provides the driver, so nothing; a simulated node hands out its own."""
         return DriverEdits()
 
+    def vendor_annotations(self) -> dict[str, str]:
+        """Other vendors' register annotations this node carries (a simulated node only; on a real
+        node each vendor's own device plugin writes its annotation)."""
+        return {}
+
     def pair_scores(self) -> dict[str, dict[str, int]]:
         """Symmetric map uuid -> {other uuid -> pair score} from `links()`."""
         scores: dict[str, dict[str, int]] = {c.uuid: {} for c in self.cards()}

@@ -22,7 +22,9 @@ Used by the contract tests and the local sandbox. Schema (every key but `cards` 
       - {uuid: GPU-..., after_seconds: 2, xid: 79}
     health_file: health.txt                              # relative to the YAML file
     nodes:                                               # per node: these keys replace the top-level ones
-      node2: {cards: [...], links: [...]}
+      node2: {cards: [...], links: [...], vendors: {...}}
+    vendors:                                             # other vendors' cards (sources/vendors.py)
+      hygon: {count: 2, card: {type: DCU-Z100, memory: 65520}}
     fail_mig_create: [GPU-...]                           # MIG creation errors on these cards
     driver:                                              # the simulated driver GPU containers get
       root: /var/lib/hami-sandbox/driver                 # host dir with libcuda.so.1, libnvidia-ml.so.1
@@ -64,10 +66,10 @@ from hami.deviceplugin.sources.base import (
     parse_link_type,
     xid_is_critical,
 )
+from hami.deviceplugin.sources.spec import FakeSpecError, req
+from hami.deviceplugin.sources.vendors import vendor_annotations
 
-
-class FakeSpecError(ValueError):
-    """The fake node file is invalid; the message names the file, key and value."""
+__all__ = ["FakeSource", "FakeSpecError"]
 
 
 @dataclass(frozen=True)
@@ -87,21 +89,6 @@ def _for_node(spec: dict[str, Any], node_name: str, origin: str) -> dict[str, An
         raise FakeSpecError(f"{origin}: 'nodes' must map node names to mappings, got {nodes!r}")
     own: dict[str, Any] = nodes.get(node_name) or {}
     return {**{k: v for k, v in spec.items() if k != "nodes"}, **own}
-
-
-def _req(where: str, d: dict[str, Any], key: str, typ: type, default: Any = ...) -> Any:
-    if key not in d:
-        if default is ...:
-            raise FakeSpecError(f"{where}: missing key {key!r}")
-        return default
-    value = d[key]
-    if typ is int and isinstance(value, bool):
-        raise FakeSpecError(f"{where}.{key}: expected an integer, got {value!r}")
-    if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, typ):
-        raise FakeSpecError(f"{where}.{key}: expected {typ.__name__}, got {value!r}")
-    return value
 
 
 class FakeSource(DeviceSource):
@@ -135,17 +122,17 @@ class FakeSource(DeviceSource):
             where = f"{origin}: cards[{pos}]"
             if not isinstance(raw, dict):
                 raise FakeSpecError(f"{where}: expected a mapping, got {raw!r}")
-            index = _req(where, raw, "index", int, pos)
+            index = req(where, raw, "index", int, pos)
             card = SourceCard(
-                uuid=_req(where, raw, "uuid", str, f"GPU-fake-{node_name}-{index}"),
+                uuid=req(where, raw, "uuid", str, f"GPU-fake-{node_name}-{index}"),
                 index=index,
-                model=_req(where, raw, "model", str, "NVIDIA A100-SXM4-40GB"),
-                memory_mib=_req(where, raw, "memory", int, 40960),
-                numa=_req(where, raw, "numa", int, 0),
-                healthy=_req(where, raw, "healthy", bool, True),
-                mig_capable=_req(where, raw, "mig", bool, False),
-                mig_enabled=_req(where, raw, "mig_enabled", bool, False),
-                sm_count=_req(where, raw, "sm", int, 0),
+                model=req(where, raw, "model", str, "NVIDIA A100-SXM4-40GB"),
+                memory_mib=req(where, raw, "memory", int, 40960),
+                numa=req(where, raw, "numa", int, 0),
+                healthy=req(where, raw, "healthy", bool, True),
+                mig_capable=req(where, raw, "mig", bool, False),
+                mig_enabled=req(where, raw, "mig_enabled", bool, False),
+                sm_count=req(where, raw, "sm", int, 0),
             )
             if card.memory_mib <= 0:
                 raise FakeSpecError(f"{where}.memory: must be > 0, got {card.memory_mib}")
@@ -163,6 +150,7 @@ class FakeSource(DeviceSource):
                     )
                 self._profiles[card.uuid] = profile_sets[set_name]
         self._driver = self._parse_driver(spec.get("driver"))
+        self._vendor_annotations = vendor_annotations(spec.get("vendors"), node_name=node_name, origin=origin)
         self._base_health = {u: c.healthy for u, c in self._cards.items()}
         self._links = self._parse_links(spec.get("links") or [])
         self._failures = self._parse_failures(spec.get("failures") or [])
@@ -207,8 +195,8 @@ class FakeSource(DeviceSource):
         where = f"{self._origin}: driver"
         if not isinstance(raw, dict):
             raise FakeSpecError(f"{where}: expected a mapping with 'root', got {raw!r}")
-        root = _req(where, raw, "root", str, "")
-        libdir = _req(where, raw, "libdir", str, "/usr/lib/x86_64-linux-gnu")
+        root = req(where, raw, "root", str, "")
+        libdir = req(where, raw, "libdir", str, "/usr/lib/x86_64-linux-gnu")
         for key, value in (("root", root), ("libdir", libdir)):
             if not value.startswith("/"):
                 raise FakeSpecError(f"{where}.{key}: must be an absolute path, got {value!r}")
@@ -243,7 +231,7 @@ class FakeSource(DeviceSource):
                 if not isinstance(item, dict):
                     raise FakeSpecError(f"{w}: expected a mapping, got {item!r}")
                 placements = []
-                for pl in _req(w, item, "placements", list, []):
+                for pl in req(w, item, "placements", list, []):
                     if (
                         not isinstance(pl, list | tuple)
                         or len(pl) != 2
@@ -253,12 +241,12 @@ class FakeSource(DeviceSource):
                     placements.append(MigPlacement(pl[0], pl[1]))
                 profiles.append(
                     SourceMigProfile(
-                        name=_req(w, item, "name", str),
-                        memory_mb=_req(w, item, "memory", int),
-                        core=_req(w, item, "core", int, 0),
-                        slice_count=_req(w, item, "slices", int),
+                        name=req(w, item, "name", str),
+                        memory_mb=req(w, item, "memory", int),
+                        core=req(w, item, "core", int, 0),
+                        slice_count=req(w, item, "slices", int),
                         placements=tuple(placements),
-                        instance_count=_req(w, item, "instances", int, len(placements)),
+                        instance_count=req(w, item, "instances", int, len(placements)),
                     )
                 )
             out[str(set_name)] = profiles
@@ -272,17 +260,17 @@ class FakeSource(DeviceSource):
             w = f"{self._origin}: links[{i}]"
             if not isinstance(item, dict):
                 raise FakeSpecError(f"{w}: expected a mapping, got {item!r}")
-            a, b = _req(w, item, "a", str), _req(w, item, "b", str)
+            a, b = req(w, item, "a", str), req(w, item, "b", str)
             for key, u in (("a", a), ("b", b)):
                 if u not in self._cards:
                     raise FakeSpecError(f"{w}.{key}: unknown card {u!r}")
             if a == b:
                 raise FakeSpecError(f"{w}: a link needs two different cards, got {a!r} twice")
             try:
-                link_type = parse_link_type(_req(w, item, "type", str))
+                link_type = parse_link_type(req(w, item, "type", str))
             except ValueError as e:
                 raise FakeSpecError(f"{w}.type: {e}") from None
-            nvlinks = _req(w, item, "nvlinks", int, 0)
+            nvlinks = req(w, item, "nvlinks", int, 0)
             if nvlinks < 0:
                 raise FakeSpecError(f"{w}.nvlinks: must be >= 0, got {nvlinks}")
             links[frozenset((a, b))] = PairLink(a, b, link_type, nvlinks)
@@ -296,10 +284,10 @@ class FakeSource(DeviceSource):
             w = f"{self._origin}: failures[{i}]"
             if not isinstance(item, dict):
                 raise FakeSpecError(f"{w}: expected a mapping, got {item!r}")
-            u = _req(w, item, "uuid", str)
+            u = req(w, item, "uuid", str)
             if u not in self._cards:
                 raise FakeSpecError(f"{w}.uuid: unknown card {u!r}")
-            out.append(_Failure(u, _req(w, item, "after_seconds", float, 0.0), _req(w, item, "xid", int, 79)))
+            out.append(_Failure(u, req(w, item, "after_seconds", float, 0.0), req(w, item, "xid", int, 79)))
         return out
 
     # ---- health -------------------------------------------------------------------------
@@ -374,6 +362,9 @@ class FakeSource(DeviceSource):
 
     def links(self) -> list[PairLink]:
         return list(self._links)
+
+    def vendor_annotations(self) -> dict[str, str]:
+        return dict(self._vendor_annotations)
 
     def mig_profiles(self, uuid: str) -> list[SourceMigProfile]:
         card = self._card(uuid)

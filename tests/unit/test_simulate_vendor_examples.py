@@ -1,0 +1,550 @@
+"""HAMi v2.10's own ``examples/<vendor>/`` pods, applied unchanged to a simulated mixed cluster with
+``hami simulate``: each lands on its vendor's node, on that vendor's cards, with that vendor's
+decision annotations.
+
+The examples are transcribed as data (names, images, commands, resources, annotations, labels;
+HAMi's comments left out). A Deployment example is its pod template, as the ReplicaSet would create
+it. The cluster's nodes register the way each vendor's device plugin does: a register annotation
+in the vendor's format — written by the fake device source's ``vendors:`` section, the sandbox's
+node side — or the node's capacity.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hami.config.device import parse_device_config
+from hami.deviceplugin.sources.vendors import vendor_annotations
+from hami.devices.registry import default_registry
+from hami.protocol import keys
+from hami.protocol.node import DeviceInfo, encode_node_devices
+from hami.protocol.pod import decode_pod_devices
+from hami.simulate import SimulationResult, render_table, simulate
+
+DEVICE_CONFIG = """\
+cambricon: {}
+hygon: {}
+metax: {}
+iluvatars: [{chipName: BI-V100}]
+mthreads: {}
+enflame: {}
+kunlun: {}
+amd: {}
+awsneuron: {}
+vastai: {}
+biren: {}
+"""
+
+#: the UUIDs HAMi's Hygon examples name, and three more K100_AI cards
+DCU_Z100, DCU_K100 = "DCU-TPXS320016070601", "DCU-TPXS320010040501"
+DCU_MORE = ("DCU-TPXS320010040502", "DCU-TPXS320010040503", "DCU-TPXS320010040504")
+
+
+# ----------------------------------------------------------------------------------- the cluster
+
+
+def _registered(name: str, vendors: dict[str, Any]) -> dict[str, Any]:
+    """A node whose vendors' device plugins wrote their register annotations (as the fake source does)."""
+    ann = vendor_annotations(vendors, node_name=name, origin="cluster")
+    return {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "annotations": ann}}
+
+
+def _capacity(name: str, resources: dict[str, int], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A node whose vendor's device plugin serves these resources to kubelet (capacity inventory)."""
+    quantities = {k: str(v) for k, v in resources.items()}
+    return {
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "labels": labels or {}},
+        "status": {"capacity": quantities, "allocatable": quantities},
+    }
+
+
+def mixed_cluster() -> list[dict[str, Any]]:
+    nvidia = _registered("nvidia-node", {})
+    nvidia["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER] = encode_node_devices(
+        [DeviceInfo(id="GPU-t4-0", count=10, devmem=15360, devcore=100, type="NVIDIA-Tesla T4", health=True)]
+    )
+    return [
+        nvidia,
+        _registered(
+            "dcu-node",
+            {
+                "hygon": {
+                    "cards": [
+                        {"uuid": DCU_Z100, "type": "DCU-Z100", "memory": 32768},
+                        *({"uuid": u, "type": "DCU-K100_AI", "memory": 65536} for u in (DCU_K100, *DCU_MORE)),
+                    ]
+                }
+            },
+        ),
+        _registered(
+            "iluvatar-node",
+            {
+                "iluvatars": {
+                    "config": {"chipName": "BI-V100"},
+                    "count": 2,
+                    "card": {"type": "BI-V100", "memory": 32768},
+                }
+            },
+        ),
+        _registered(
+            "amd-node",
+            {
+                "amd": {
+                    "cards": [
+                        {"uuid": "AMD-w7900", "type": "AMD Radeon PRO W7900", "memory": 49152, "cores": 96},
+                        {"uuid": "AMD-mi300x", "type": "AMD Instinct MI300X", "memory": 196608, "cores": 304},
+                    ]
+                }
+            },
+        ),
+        _registered("vxpu-node", {"kunlun": {"count": 8, "card": {"type": "P800", "memory": 98304}}}),
+        # one node, two vendors
+        _registered("biren-vastai-node", {"biren": {"count": 2}, "vastai": {"count": 2}}),
+        _capacity("xpu-node", {"kunlunxin.com/xpu": 8}),
+        _capacity("mlu-node", {"cambricon.com/mlu.smlu.vcore": 200, "cambricon.com/mlu.smlu.vmemory": 192}),
+        _capacity("metax-node", {"metax-tech.com/gpu": 2}),
+        _capacity("mthreads-node", {"mthreads.com/sgpu-core": 64, "mthreads.com/sgpu-memory": 384}),
+        _capacity("gcu-node", {"enflame.com/gcu": 4}),
+        _capacity(
+            "neuron-node",
+            {"aws.amazon.com/neuron": 2, "aws.amazon.com/neuroncore": 4},
+            {"node.kubernetes.io/instance-type": "inf2.xlarge"},
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------- the examples
+
+
+def _pod(
+    name: str,
+    containers: list[dict[str, Any]],
+    *,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    namespace: str | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    for key, value in (("namespace", namespace), ("annotations", annotations), ("labels", labels)):
+        if value:
+            meta[key] = value
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {**spec, "containers": containers}}
+
+
+def _c(name: str, image: str, limits: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    resources: dict[str, Any] = {"limits": limits}
+    if "requests" in fields:
+        resources["requests"] = fields.pop("requests")
+    return {"name": name, "image": image, **fields, "resources": resources}
+
+
+DCU_IMAGE = "image.sourcefind.cn:5000/dcu/admin/base/pytorch:2.1.0-ubuntu22.04-dtk24.04.2-py3.10"
+DCU_SLICE = {"hygon.com/dcunum": 1, "hygon.com/dcucores": 60, "hygon.com/dcumem": 2000}
+DCU_ARGS = {"command": ["/bin/bash", "-c", "--"], "args": ["sleep infinity & wait"]}
+ALEXNET = {"workingDir": "/root", "command": ["sleep", "infinity"]}
+ROCM = ("rocm", "rocm/dev-ubuntu-24.04:7.2.4")
+ROCM_CMD = {"command": ["bash", "-c", "sleep infinity"]}
+MT_IMAGE = "core.harbor.zlidc.mthreads.com:30003/mt-ai/lm-qy2:v17-mpc "
+MT = {"imagePullPolicy": "IfNotPresent", "command": ["sleep"], "args": ["100000"]}
+NEURON_IMAGE = "public.ecr.aws/neuron/pytorch-inference-neuron:1.13.1-neuron-py310-sdk2.20.2-ubuntu20.04"
+NEURON_CPU = {"cpu": "4", "memory": "4Gi"}
+NEURON_REQ = {"cpu": "1", "memory": "1Gi"}
+GCU = {"imagePullPolicy": "IfNotPresent", "command": ["sleep"], "args": ["100000"]}
+MLU = {"command": ["sleep"], "args": ["100000"]}
+ILU_SCRIPT = (
+    "set -ex\n"
+    'echo "export LD_LIBRARY_PATH=/usr/local/corex/lib64:$LD_LIBRARY_PATH">> /root/.bashrc\n'
+    "cp -f /usr/local/iluvatar/lib64/libcuda.* /usr/local/corex/lib64/\n"
+    "cp -f /usr/local/iluvatar/lib64/libixml.* /usr/local/corex/lib64/\n"
+    "source /root/.bashrc\n"
+    "sleep 360000\n"
+)
+ILU_RES = {"iluvatar.ai/BI-V100-vgpu": 1, "iluvatar.ai/BI-V100.vCore": 50, "iluvatar.ai/BI-V100.vMem": 64}
+TF_LABELS = {"purpose": "demo-tf-amdgpu"}
+
+HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
+    "hygon/default_use": _pod(
+        "alexnet-tf-gpu-pod-mem",
+        [_c("alexnet-tf-gpu-container", "pytorch:resnet50", DCU_SLICE, **ALEXNET)],
+        labels=TF_LABELS,
+    ),
+    "hygon/specify_card_type_to_use": _pod(
+        "alexnet-tf-gpu-pod-mem",
+        [_c("alexnet-tf-gpu-container", "pytorch:resnet50", DCU_SLICE, **ALEXNET)],
+        annotations={"hygon.com/use-dcutype": "Z100"},
+        labels=TF_LABELS,
+    ),
+    "hygon/specify_card_type_not_use": _pod(
+        "vdcu-pytorch-demo",
+        [_c("vdcu-pytorch-demo", DCU_IMAGE, DCU_SLICE, **DCU_ARGS)],
+        annotations={"hygon.com/nouse-dcutype": "DCU-K100_AI"},
+    ),
+    "hygon/specify_uuid_to_use": _pod(
+        "vdcu-pytorch-demo",
+        [_c("vdcu-pytorch-demo", DCU_IMAGE, DCU_SLICE, **DCU_ARGS)],
+        annotations={"hygon.com/use-gpuuuid": DCU_Z100},
+    ),
+    "hygon/specify_uuid_not_use": _pod(
+        "vdcu-pytorch-demo",
+        [_c("vdcu-pytorch-demo", DCU_IMAGE, DCU_SLICE, **DCU_ARGS)],
+        annotations={"hygon.com/nouse-gpuuuid": f"{DCU_Z100},{DCU_K100}"},
+    ),
+    "hygon/use_exclusive_card": _pod(
+        "dcu-pytorch-demo", [_c("dcu-pytorch-demo", DCU_IMAGE, {"hygon.com/dcunum": 2}, **DCU_ARGS)]
+    ),
+    "iluvatar/default_use_BI-V100": _pod(
+        "BI-V100-poddemo",
+        [
+            _c(
+                "BI-V100-poddemo",
+                "registry.iluvatar.com.cn:10443/saas/bi100-3.2.0-x86-ubuntu20.04-py3.10-poc-llm-finetune:v1.1",
+                ILU_RES,
+                requests=ILU_RES,
+                command=["bash"],
+                args=["-c", ILU_SCRIPT],
+            )
+        ],
+        restartPolicy="Never",
+    ),
+    "amd/default_use": _pod("amd-gpu-pod", [_c(*ROCM, {"amd.com/gpu": 1}, **ROCM_CMD)]),
+    "amd/specify_card_type_to_use": _pod(
+        "amd-gpu-type-to-use",
+        [_c(*ROCM, {"amd.com/gpu": 1, "amd.com/gpumem": 4096}, **ROCM_CMD)],
+        annotations={"amd.com/use-gputype": "Radeon"},
+    ),
+    "amd/use_cores": _pod(
+        "amd-gpu-cores",
+        [_c(*ROCM, {"amd.com/gpu": 1, "amd.com/gpumem": 4096, "amd.com/gpucores": 25}, **ROCM_CMD)],
+    ),
+    "amd/use_memory_percentage": _pod(
+        "amd-gpu-memory-percentage",
+        [_c(*ROCM, {"amd.com/gpu": 1, "amd.com/gpumem-percentage": 25}, **ROCM_CMD)],
+    ),
+    "kunlun/default_use": _pod(
+        "xpu-pod",
+        [
+            _c(
+                "ubuntu-container",
+                "ubuntu:22.04",
+                {"kunlunxin.com/vxpu": 1, "kunlunxin.com/vxpu-memory": 24576},
+                imagePullPolicy="IfNotPresent",
+                command=["sleep", "infinity"],
+            )
+        ],
+    ),
+    "kunlun/allocate_exclusive": _pod(
+        "xpu-pod",
+        [
+            _c(
+                "ubuntu-container",
+                "ubuntu:22.04",
+                {"kunlunxin.com/vxpu": 1},
+                imagePullPolicy="IfNotPresent",
+                command=["sleep", "infinity"],
+            )
+        ],
+    ),
+    "kunlunxin/default_use": _pod(
+        "vxpu-pod-demo",
+        [
+            _c(
+                "vxpu-pod-demo",
+                "pytorch:resnet50",
+                {"kunlunxin.com/xpu": 1, "kunlunxin.com/xpu-memory": 24576},
+                **ALEXNET,
+            )
+        ],
+    ),
+    "biren/default_use": _pod(
+        "pod1",
+        [_c("pod1", "ubuntu", {"birentech.com/gpu": 1}, command=["sleep"], args=["infinity"])],
+        restartPolicy="OnFailure",
+    ),
+    "vastai/default_use": _pod(
+        "vastai-pod",
+        [
+            _c(
+                "test",
+                "harbor.vastaitech.com/ai_deliver/vllm_vacc:VVI-25.12.SP2",
+                {"vastaitech.com/va": 1},
+                command=["sleep", "infinity"],
+            )
+        ],
+    ),
+    "mlu/allocate_whole": _pod(
+        "binpack-1",
+        [_c("c-1", "ubuntu:18.04", {"cambricon.com/vmlu": "1"}, **MLU)],
+        labels={"app": "binpack-1"},
+    ),
+    "metax/gpu/default_use": _pod(
+        "gpu-pod1",
+        [
+            _c(
+                "ubuntu-container",
+                "ubuntu:22.04",
+                {"metax-tech.com/gpu": 1},
+                imagePullPolicy="IfNotPresent",
+                command=["sleep", "infinity"],
+            )
+        ],
+    ),
+    "mthreads/default_use": _pod(
+        "gpushare-pod-default",
+        [
+            _c(
+                "gpushare-pod-1",
+                MT_IMAGE,
+                {"mthreads.com/vgpu": 1, "mthreads.com/sgpu-memory": 32, "mthreads.com/sgpu-core": 8},
+                **MT,
+            )
+        ],
+        restartPolicy="OnFailure",
+    ),
+    "mthreads/use_exclusive": _pod(
+        "gpushare-pod-exclusive",
+        [_c("gpushare-pod-1", MT_IMAGE, {"mthreads.com/vgpu": 1}, **MT)],
+        restartPolicy="OnFailure",
+    ),
+    "mthreads/multi_cards": _pod(
+        "gpushare-pod-multi-cards",
+        [_c("gpushare-pod-1", MT_IMAGE, {"mthreads.com/vgpu": 2}, **MT)],
+        restartPolicy="OnFailure",
+    ),
+    "enflame/gcu_use#1": _pod(
+        "gcu-pod-1",
+        [_c("pod-gcu-example1", "ubuntu:18.04", {"enflame.com/gcu": 1}, **GCU)],
+        namespace="kube-system",
+        terminationGracePeriodSeconds=0,
+    ),
+    "enflame/gcu_use#2": _pod(
+        "gcu-pod-2",
+        [_c("pod-gcu-example1", "ubuntu:18.04", {"enflame.com/gcu": 2}, **GCU)],
+        namespace="kube-system",
+        terminationGracePeriodSeconds=0,
+    ),
+    "awsneuron/allocate_dev": _pod(
+        "nuropod",
+        [
+            _c(
+                "nuropod",
+                NEURON_IMAGE,
+                {**NEURON_CPU, "aws.amazon.com/neuron": 1},
+                requests=NEURON_REQ,
+                command=["sleep", "infinity"],
+            )
+        ],
+        restartPolicy="Never",
+    ),
+    "awsneuron/allocate_core": _pod(
+        "npod",
+        [
+            _c(
+                "npod",
+                NEURON_IMAGE,
+                {**NEURON_CPU, "aws.amazon.com/neuroncore": 1},
+                requests=NEURON_REQ,
+                command=["sleep", "infinity"],
+            )
+        ],
+        restartPolicy="Never",
+    ),
+}
+
+#: example -> (node, the vendor's allocated key, its value: HAMi's pod device encoding). Equal cards:
+#: the highest index first (HAMi); Kunlun's topology takes the lowest; AWS Neuron the devices' order.
+EXPECTED: dict[str, tuple[str, str, str]] = {
+    "amd/default_use": (
+        "amd-node",
+        "hami.io/amd-devices-allocated",
+        "AMD-mi300x,AMD Instinct MI300X,196608,304:;",
+    ),
+    "amd/specify_card_type_to_use": (
+        "amd-node",
+        "hami.io/amd-devices-allocated",
+        "AMD-w7900,AMD Radeon PRO W7900,4096,0:;",
+    ),
+    "amd/use_cores": (
+        "amd-node",
+        "hami.io/amd-devices-allocated",
+        "AMD-mi300x,AMD Instinct MI300X,4096,76:;",
+    ),
+    "amd/use_memory_percentage": (
+        "amd-node",
+        "hami.io/amd-devices-allocated",
+        "AMD-mi300x,AMD Instinct MI300X,49152,0:;",
+    ),
+    "awsneuron/allocate_core": (
+        "neuron-node",
+        "hami.io/aws-neuron-devices-allocated",
+        "neuron-node-AWSNeuron-1,AWSNeuron,0,1:;",
+    ),
+    "awsneuron/allocate_dev": (
+        "neuron-node",
+        "hami.io/aws-neuron-devices-allocated",
+        "neuron-node-AWSNeuron-1,AWSNeuron,0,3:;",
+    ),
+    "biren/default_use": (
+        "biren-vastai-node",
+        "hami.io/Biren-devices-allocated",
+        "Biren-fake-biren-vastai-node-1,Biren,16384,100:;",
+    ),
+    "enflame/gcu_use#1": (
+        "gcu-node",
+        "hami.io/enflame-gcu-devices-allocated",
+        "gcu-node-GCU-3,GCU,100,100:;",
+    ),
+    "enflame/gcu_use#2": (
+        "gcu-node",
+        "hami.io/enflame-gcu-devices-allocated",
+        "gcu-node-GCU-3,GCU,100,100:gcu-node-GCU-2,GCU,100,100:;",
+    ),
+    "hygon/default_use": ("dcu-node", "hami.io/dcu-devices-allocated", "DCU-TPXS320010040504,DCU,2000,60:;"),
+    "hygon/specify_card_type_not_use": (
+        "dcu-node",
+        "hami.io/dcu-devices-allocated",
+        "DCU-TPXS320016070601,DCU,2000,60:;",
+    ),
+    "hygon/specify_card_type_to_use": (
+        "dcu-node",
+        "hami.io/dcu-devices-allocated",
+        "DCU-TPXS320016070601,DCU,2000,60:;",
+    ),
+    "hygon/specify_uuid_not_use": (
+        "dcu-node",
+        "hami.io/dcu-devices-allocated",
+        "DCU-TPXS320010040504,DCU,2000,60:;",
+    ),
+    "hygon/specify_uuid_to_use": (
+        "dcu-node",
+        "hami.io/dcu-devices-allocated",
+        "DCU-TPXS320016070601,DCU,2000,60:;",
+    ),
+    "hygon/use_exclusive_card": (
+        "dcu-node",
+        "hami.io/dcu-devices-allocated",
+        "DCU-TPXS320010040504,DCU,65536,100:DCU-TPXS320010040503,DCU,65536,100:;",
+    ),
+    "iluvatar/default_use_BI-V100": (
+        "iluvatar-node",
+        "hami.io/BI-V100-devices-allocated",
+        "BI-V100-fake-iluvatar-node-1,BI-V100,16384,50:;",
+    ),
+    "kunlun/allocate_exclusive": (
+        "vxpu-node",
+        "hami.io/xpu-devices-allocated",
+        "XPU-fake-vxpu-node-0,XPU,98304,100:;",
+    ),
+    "kunlun/default_use": (
+        "vxpu-node",
+        "hami.io/xpu-devices-allocated",
+        "XPU-fake-vxpu-node-0,XPU,24576,25:;",
+    ),
+    "kunlunxin/default_use": ("xpu-node", "hami.io/kunlun-allocated", "xpu-node-kunlun-0,kunlun,98304,100:;"),
+    "metax/gpu/default_use": (
+        "metax-node",
+        "hami.io/metax-gpu-devices-allocated",
+        "metax-node-metax-1,Metax-GPU,65536,100:;",
+    ),
+    "mlu/allocate_whole": (
+        "mlu-node",
+        "hami.io/cambricon-mlu-devices-allocated",
+        "mlu-node-cambricon-mlu-1,MLU,24576,100:;",
+    ),
+    "mthreads/default_use": (
+        "mthreads-node",
+        "hami.io/mthreads-vgpu-devices-allocated",
+        "mthreads-node-mthreads-3,Mthreads,16384,8:;",
+    ),
+    "mthreads/multi_cards": (
+        "mthreads-node",
+        "hami.io/mthreads-vgpu-devices-allocated",
+        "mthreads-node-mthreads-3,Mthreads,49152,16:mthreads-node-mthreads-2,Mthreads,49152,16:;",
+    ),
+    "mthreads/use_exclusive": (
+        "mthreads-node",
+        "hami.io/mthreads-vgpu-devices-allocated",
+        "mthreads-node-mthreads-3,Mthreads,49152,16:;",
+    ),
+    "vastai/default_use": (
+        "biren-vastai-node",
+        "hami.io/Vastai-devices-allocated",
+        "Vastai-fake-biren-vastai-node-1,Vastai,16384,100:;",
+    ),
+}
+
+
+def run(pods: list[dict[str, Any]]) -> SimulationResult:
+    config, _ = parse_device_config(DEVICE_CONFIG)
+    return simulate(
+        mixed_cluster(), pods, registry=default_registry(config), node_policy="binpack", gpu_policy="spread"
+    )
+
+
+def vendor_keys(allocated_key: str) -> set[str]:
+    """Every decision annotation the vendor whose allocated key this is may write."""
+    config, _ = parse_device_config(DEVICE_CONFIG)
+    (backend,) = [b for b in default_registry(config) if b.allocated_key == allocated_key]
+    return {keys.VGPU_NODE, keys.VGPU_TIME, *backend.decision_keys}
+
+
+def test_every_example_is_covered() -> None:
+    assert sorted(EXPECTED) == sorted(HAMI_EXAMPLES)
+
+
+@pytest.mark.parametrize("example", sorted(HAMI_EXAMPLES))
+def test_each_example_lands_on_its_vendors_node_and_cards(example: str) -> None:
+    result = run([HAMI_EXAMPLES[example]])
+    assert not result.warnings
+    (placed,) = result.placements
+    node, allocated_key, allocated = EXPECTED[example]
+    assert placed["node"] == node, placed["reason"]
+    ann = placed["annotations"]
+    assert ann[allocated_key] == allocated
+    # only the vendor's own decision keys: no other vendor's, no NVIDIA's
+    assert set(ann) <= vendor_keys(allocated_key), sorted(ann)
+    if allocated_key != keys.VGPU_DEVICES_ALLOCATED:
+        assert keys.VGPU_DEVICES_ALLOCATED not in ann
+    # the cards are that node's, as the simulated cluster lists them
+    cards = {d["uuid"] for n in result.nodes if n["name"] == node for d in n["devices"]}
+    assert {d.uuid for c in decode_pod_devices(allocated) for d in c} <= cards
+
+
+def _namespace(example: str) -> str:
+    return example.replace("/", "-").replace("#", "-").replace("_", "-").lower()
+
+
+def test_all_examples_together_on_one_mixed_cluster() -> None:
+    """Applied together in file order (each in its own namespace, as names repeat), every example
+    lands on its vendor's node — except two Hygon examples that want the one Z100 card after
+    ``specify_card_type_to_use`` took 60 % of its cores: refused for that, on the DCU node only."""
+    pods = [
+        {**pod, "metadata": {**pod["metadata"], "namespace": _namespace(e)}}
+        for e, pod in HAMI_EXAMPLES.items()
+    ]
+    result = run(pods)
+    assert not result.warnings
+    got = {p["pod"].split("/")[0]: p for p in result.placements}
+    z100_taken = {
+        "hygon/specify_card_type_not_use": "CardTypeMismatch",
+        "hygon/specify_uuid_to_use": "CardUuidMismatch",
+    }
+    for example in HAMI_EXAMPLES:
+        placed = got[_namespace(example)]
+        if example in z100_taken:
+            assert placed["node"] is None
+            assert placed["reason"].endswith(
+                f"1 node (dcu-node): 1/5 CardInsufficientCore, 4/5 {z100_taken[example]}"
+            ), placed["reason"]
+        else:
+            assert (placed["node"], placed["reason"]) == (EXPECTED[example][0], None), example
+
+
+def test_the_table_shows_every_vendors_cards() -> None:
+    table = render_table(run([HAMI_EXAMPLES["hygon/default_use"], HAMI_EXAMPLES["kunlunxin/default_use"]]))
+    assert "[DCU-TPXS320010040504 2000MiB 60%]" in table
+    assert "[xpu-node-kunlun-0 98304MiB 100%]" in table
