@@ -181,11 +181,14 @@ async def _is(value: Any, want: int) -> bool:
     return bool(await value == want)
 
 
-def _socket_inode(path: Path) -> int | None:
+def _socket_inode(path: Path) -> tuple[int, int] | None:
+    """The socket file's identity: inode and change time (a freed inode number is often reused at
+    once, so the number alone cannot tell a re-created socket from the old one)."""
     try:
-        return path.stat().st_ino
+        st = path.stat()
     except FileNotFoundError:
         return None
+    return st.st_ino, st.st_ctime_ns
 
 
 #: how soon the plugin must register again once the restarted kubelet listens
