@@ -13,6 +13,7 @@ from hami.devices.registry import BackendRegistry
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
+from hami.protocol.shape import check_pod
 from hami.scheduling.decide import Scheduler
 
 
@@ -41,8 +42,14 @@ def simulate(
         error = sched.observe_node(node)
         if error:
             warnings.append(error)
+    warnings.extend(w for ws in sched.node_warnings.values() for w in ws)
     placements: list[dict[str, Any]] = []
     for pod in pods:
+        try:
+            check_pod(pod)
+        except ProtocolError as exc:
+            warnings.append(f"pod {_name(pod)}: ignored: {exc}")
+            continue
         key = f"{bodies.namespace(pod) or 'default'}/{bodies.meta(pod).get('name')}"
         bound = bodies.node_name(pod)
         if bound:
@@ -78,6 +85,12 @@ def simulate(
             }
         )
     return SimulationResult(placements=placements, nodes=node_out, warnings=warnings)
+
+
+def _name(pod: Any) -> str:
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def render_table(result: SimulationResult) -> str:
