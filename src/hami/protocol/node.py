@@ -21,7 +21,7 @@ import orjson
 
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import MODE_HAMI_CORE, MODE_MIG, MODE_MPS
-from hami.protocol.quantity import ascii_int
+from hami.protocol.quantity import INT64_MAX, INT64_MIN, ascii_int
 
 #: the largest card memory a registration may claim (16 TiB, in MiB); more is a broken registration
 MAX_DEVMEM_MIB = 16 * 1024 * 1024
@@ -74,6 +74,8 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"{where}: field {key!r} must be an integer, got {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{where}: field {key!r} must be a 64-bit integer, got {value!r}")
     return value
 
 
@@ -148,9 +150,12 @@ def _decode_json_devices(value: str) -> list[DeviceInfo]:
 
 def _parse_legacy_int(text: str, name: str, where: str) -> int:
     try:
-        return ascii_int(text)
+        value = ascii_int(text)
     except ValueError:
         raise ProtocolError(f"{where}: field {name!r} must be an integer, got {text!r}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{where}: field {name!r} must be a 64-bit integer, got {text!r}")
+    return value
 
 
 def _decode_legacy_devices(value: str) -> list[DeviceInfo]:
