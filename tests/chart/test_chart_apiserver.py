@@ -118,6 +118,9 @@ SCHEDULER_ALLOWED: list[Check] = [
     ("watch", "nodes", "", None, None, None),
     ("get", "nodes", "", None, "n1", None),
     ("patch", "nodes", "", None, "n1", None),
+    ("list", "resourcequotas", "", None, None, None),
+    ("watch", "resourcequotas", "", None, None, None),
+    ("get", "resourcequotas", "", "tenant", "gpu", None),
     ("create", "events", "", "tenant", None, None),
     ("patch", "events", "", "tenant", "e", None),
     # kube-scheduler: its Lease in the release namespace, the extender reads it
@@ -159,6 +162,7 @@ SCHEDULER_DENIED: list[Check] = [
     ),
     ("delete", "nodes", "", None, "n1", None),
     ("update", "nodes", "", None, "n1", None),
+    ("update", "resourcequotas", "", "tenant", "gpu", None),
     ("create", "pods", "", "tenant", "p", "exec"),
     ("create", "pods", "", "tenant", None, None),
     ("update", "leases", "coordination.k8s.io", "kube-system", "kube-controller-manager", None),

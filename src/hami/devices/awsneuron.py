@@ -32,6 +32,7 @@ from hami.devices.common import (
     resource_fields,
 )
 from hami.devices.hooks import CARD_INSUFFICIENT_CORE
+from hami.protocol import bodies
 from hami.protocol.pod import ContainerDevice
 from hami.scheduling.policy import CardPolicy
 
@@ -108,7 +109,7 @@ class AWSNeuronBackend(SpecBackend):
         if devices == 0:
             return None
         per_device = max(1, capacity(node, self.spec.core_name) // devices)
-        labels = (node.get("metadata") or {}).get("labels") or {}
+        labels = bodies.labels(node)
         return self.capacity_cards(
             node,
             devices,

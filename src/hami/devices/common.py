@@ -28,7 +28,8 @@ from hami.devices.base import (
     RequestError,
     split_list,
 )
-from hami.devices.hooks import EXCLUSIVE_CONFLICT
+from hami.devices.hooks import EXCLUSIVE_CONFLICT, QuotaNames
+from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import MODE_MIG
 from hami.protocol.node import DeviceInfo, card_problem, decode_node_devices
@@ -86,12 +87,12 @@ def int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | N
 
 
 def node_annotations(node: Mapping[str, Any]) -> Mapping[str, str]:
-    return (node.get("metadata") or {}).get("annotations") or {}
+    return bodies.annotations(node)
 
 
 def capacity(node: Mapping[str, Any], name: str) -> int:
     """The node's integer capacity of resource ``name`` (0 when absent or not an integer)."""
-    raw = ((node.get("status") or {}).get("capacity") or {}).get(name)
+    raw = (bodies.status(node).get("capacity") or {}).get(name)
     if raw is None:
         return 0
     try:
@@ -240,7 +241,7 @@ def card_index(uuid: str) -> int:
 def plugin_gone(node: Mapping[str, Any], count_name: str) -> bool:
     """kubelet lists the count resource with none allocatable: the vendor's device plugin is gone
     (uninstalled, crashed, restarting) and its register annotation is stale."""
-    raw = ((node.get("status") or {}).get("allocatable") or {}).get(count_name)
+    raw = bodies.allocatable(node).get(count_name)
     return raw is not None and str(raw).strip() == "0"
 
 
@@ -280,6 +281,11 @@ class SpecBackend:
     @property
     def memory_resource(self) -> str:
         return self.spec.memory_name or self.spec.count_name
+
+    @property
+    def quota_names(self) -> QuotaNames:
+        s = self.spec
+        return QuotaNames(s.memory_name, s.core_name, s.memory_factor)
 
     @property
     def allocated_key(self) -> str:
@@ -373,7 +379,7 @@ class SpecBackend:
         """``n`` cards derived from the node's capacity: ``<node>-<id_word or type>-<i>`` (HAMi's ids)."""
         if n <= 0:
             return None
-        name = str((node.get("metadata") or {}).get("name", ""))
+        name = str(bodies.name(node))
         word = id_word or type
         return NodeCards(
             cards=tuple(

@@ -24,6 +24,8 @@ hook                       what the backend decides                  shared defa
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
 :class:`NodeHandshake`     the node handshake annotation             none
+:class:`QuotaScoped`       the memory/cores resources a namespace's  none (no quota for the vendor)
+                           ResourceQuota limits (``limits.<name>``)
 =========================  ========================================  ===================================
 
 Guarantees: resolving is pure and done once per backend; every default is a plain function here or
@@ -54,6 +56,26 @@ class CardUse(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------- protocols
+
+
+class QuotaNames(NamedTuple):
+    """The resources a namespace's ResourceQuota limits for a vendor (HAMi: ``limits.<name>``).
+
+    Empty names: that dimension has no quota. ``memory_factor`` turns the quota's memory figure into
+    MiB (the unit cards and placements count in), exactly as it turns a container's request.
+    """
+
+    memory: str
+    cores: str
+    memory_factor: int = 1
+
+
+@runtime_checkable
+class QuotaScoped(Protocol):
+    """The vendor's resources that namespace quota applies to (HAMi's ``GetResourceNames``)."""
+
+    @property
+    def quota_names(self) -> QuotaNames: ...
 
 
 @runtime_checkable
@@ -169,12 +191,7 @@ class Admission(Protocol):
     """
 
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None: ...
 
     def admit_pod(self, spec: Mapping[str, Any], used: bool) -> list[dict[str, Any]]: ...
@@ -185,7 +202,14 @@ class Admission(Protocol):
 
 
 class ContainerEditor(Protocol):
-    """JSON-patch edits to one container (implemented by the webhook)."""
+    """One container as submitted (``container``, named ``name``) and JSON-patch edits to it
+    (implemented by the webhook)."""
+
+    @property
+    def container(self) -> Mapping[str, Any]: ...
+
+    @property
+    def name(self) -> str: ...
 
     def set_limit(self, name: str, value: str) -> None: ...
 

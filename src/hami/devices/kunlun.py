@@ -210,13 +210,10 @@ class KunlunVXPUBackend(ContainerAdmission, _GraphChoice, SpecBackend):
 
     # --- hook: Admission (round the memory limit up to its template) --------------------------
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None:
+        container = edit.container
+        name = edit.name
         if request is None:
             return
         given = int_resource(container, name, self.spec.memory_name)

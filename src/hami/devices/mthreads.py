@@ -98,12 +98,7 @@ class MthreadsBackend(ContainerAdmission, SpecBackend):
 
     # --- hook: Admission (HAMi's limits rewrite and memory-size check) --------------------------
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None:
         if request is None or request.mem_percentage != 100:
             return

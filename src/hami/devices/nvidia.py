@@ -32,9 +32,9 @@ from hami.devices.base import (
 from hami.devices.common import INT32_MAX as _INT32_MAX
 from hami.devices.common import card_fields, plugin_gone, usable_devices
 from hami.devices.common import int_resource as _int_resource
-from hami.devices.hooks import AdmissionOutcome, ContainerEditor
+from hami.devices.hooks import AdmissionOutcome, ContainerEditor, QuotaNames
 from hami.devices.nvidia_config import NvidiaConfig
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.node import MigProfile, decode_node_devices, decode_pair_scores
 from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 from hami.protocol.pod import (
@@ -145,6 +145,11 @@ class NvidiaBackend:
         return self.config.resource_memory_name
 
     @property
+    def quota_names(self) -> QuotaNames:
+        c = self.config
+        return QuotaNames(c.resource_memory_name, c.resource_core_name, c.memory_factor)
+
+    @property
     def resource_names(self) -> tuple[str, ...]:
         c = self.config
         return (
@@ -204,7 +209,7 @@ class NvidiaBackend:
         )
 
     def node_cards(self, node: Mapping[str, Any]) -> NodeCards | None:
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        annotations = bodies.annotations(node)
         value = annotations.get(self.register_key)
         if not value:
             return None
@@ -293,13 +298,10 @@ class NvidiaBackend:
         return self.config.gpu_core_policy == "disable" or self.config.disable_core_limit
 
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None:
+        container = edit.container
+        name = edit.name
         c = self.config
         if request is None:
             given = [

@@ -2,7 +2,9 @@
 
 The per-card gauges keep HAMi's names and labels (``hami_gpu_memory_allocated_bytes{node,
 device_uuid,device_index,device_type,device_cores}`` ...) so existing dashboards keep working; they
-are computed from the usage ledger at scrape time.
+are computed from the usage ledger at scrape time. Namespace quota is HAMi's
+``hami_resource_quota_limit{namespace,quota_name}`` and ``hami_resource_quota_used{namespace,
+quota_name,limit}`` (``quota_name`` is the resource, e.g. ``nvidia.com/gpumem``; memory in MiB).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Metrics:
             "hami_scheduler_bind_results_total", "Bind outcomes", ["result"], registry=self.registry
         )
         self.registry.register(_CardCollector(state))
+        self.registry.register(_QuotaCollector(state))
 
 
 ZONE = "vGPU"
@@ -132,3 +135,29 @@ class _CardCollector(Collector):
                             1,
                         )  # fmt: skip
         yield from (mem, cores, mig)
+
+
+class _QuotaCollector(Collector):
+    """HAMi's namespace quota families: one series per namespace and limited resource."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        quota = self.state.quota
+        limit = GaugeMetricFamily(
+            "hami_resource_quota_limit",
+            "resourcequota limit for a certain device",
+            labels=["zone", "namespace", "quota_name"],
+        )
+        used = GaugeMetricFamily(
+            "hami_resource_quota_used",
+            "resourcequota usage for a certain device",
+            labels=["zone", "namespace", "quota_name", "limit"],
+        )
+        for ns, limits in sorted(quota.limits.items()):
+            in_use = quota.used.get(ns, {})
+            for res, lim in sorted(limits.items()):
+                limit.add_metric([ZONE, ns, res], lim.value)
+                used.add_metric([ZONE, ns, res, str(lim.value)], in_use.get(res, 0))
+        yield from (limit, used)

@@ -110,6 +110,15 @@ class Extender:
             on_delete=self.sync.pod_deleted,
             name="pods",
         )
+        #: namespace device quota (``limits.<memory|cores resource>`` of each ResourceQuota)
+        self.quotas = Informer(
+            self.client,
+            api_path("v1", "resourcequotas"),
+            on_add=self.sync.quota_changed,
+            on_update=lambda _old, new: self.sync.quota_changed(new),
+            on_delete=self.sync.quota_deleted,
+            name="resourcequotas",
+        )
         if settings.leader_elect and settings.follow_scheduler_lease:
             raise ValueError("leader_elect and follow_scheduler_lease are exclusive")
         lease = _Lease(namespace=settings.lease_namespace, name=settings.lease_name)
@@ -184,7 +193,7 @@ class Extender:
         return True
 
     def _is_synced(self) -> bool:
-        return self.nodes.has_synced and self.pods.has_synced
+        return self.nodes.has_synced and self.pods.has_synced and self.quotas.has_synced
 
     @property
     def url(self) -> str:
@@ -207,6 +216,9 @@ class Extender:
         await self.nodes.wait_synced(timeout=self.settings.sync_timeout)
         self.pods.start()
         await self.pods.wait_synced(timeout=self.settings.sync_timeout)
+        # after the pods: a namespace's first limit counts the pods already in the ledger
+        self.quotas.start()
+        await self.quotas.wait_synced(timeout=self.settings.sync_timeout)
         # The caches are large and long-lived; the default thresholds make the collector walk them
         # every few thousand allocations, which shows up as multi-millisecond /filter pauses.
         gc.collect()
@@ -243,6 +255,7 @@ class Extender:
             await self.elector.stop()
         if self.follower is not None:
             await self.follower.stop()
+        await self.quotas.stop()
         await self.pods.stop()
         await self.nodes.stop()
         await self.client.close()

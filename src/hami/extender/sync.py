@@ -13,6 +13,8 @@ Rules (they fix HAMi's phantom reservations, finding F2):
   (the last ``MAX_TOMBSTONES``), so a decision kube-scheduler asks for after the deletion reached
   this process reserves nothing — it would otherwise hold the card until the reservation TTL;
 * once every init container has exited 0, only the app containers' usage remains;
+* a ResourceQuota's ``spec.hard`` sets its namespace's device limits (``limits.<memory|cores
+  resource>``); a deleted one lifts them;
 * a node's inventory is read again whenever its registration annotations or its allocatable
   resources change (a backend drops the cards of a node whose device plugin kubelet lost).
 """
@@ -142,6 +144,19 @@ class LedgerSync:
         name = bodies.name(node)
         self._node_seen.pop(name, None)
         self.scheduler.forget_node(name)
+
+    # --- namespace quota ----------------------------------------------------------------------
+    def quota_changed(self, quota: Mapping[str, Any]) -> None:
+        ns, name = bodies.namespace(quota) or "default", bodies.name(quota)
+        hard = bodies.spec(quota).get("hard")
+        state = self.scheduler.state
+        state.set_quota(ns, name, hard if isinstance(hard, Mapping) else {})
+        error = state.quota.errors.get((ns, name))
+        if error:
+            log.warning("ResourceQuota %s/%s: ignoring entries: %s", ns, name, error)
+
+    def quota_deleted(self, quota: Mapping[str, Any]) -> None:
+        self.scheduler.state.remove_quota(bodies.namespace(quota) or "default", bodies.name(quota))
 
     # --- pods ---------------------------------------------------------------------------------
     def pod_changed(self, pod: Mapping[str, Any]) -> None:

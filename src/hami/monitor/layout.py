@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import MigAllocation, decode_mig_allocations, decode_pod_devices
 
@@ -117,15 +117,12 @@ class PodRef:
 
 
 def pod_ref(pod: Obj) -> PodRef | None:
-    meta = pod.get("metadata") or {}
-    uid = meta.get("uid")
+    meta = bodies.meta(pod)
+    uid = bodies.uid(pod)
     if not uid:
         return None
-    spec = pod.get("spec") or {}
-    names = tuple(
-        str(c.get("name")) for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
-    )
-    ann = meta.get("annotations") or {}
+    names = tuple(str(c.get("name")) for c in bodies.pod_containers(pod))
+    ann = bodies.annotations(pod)
     key = f"{meta.get('namespace')}/{meta.get('name')}"
     devices: tuple[tuple[str, ...], ...] = ()
     migs: tuple[MigAllocation, ...] = ()
@@ -162,7 +159,7 @@ class PodDirectory:
         self.add(new)
 
     def remove(self, pod: Obj) -> None:
-        uid = (pod.get("metadata") or {}).get("uid")
+        uid = bodies.uid(pod)
         with self._lock:
             self._pods.pop(str(uid), None)
 

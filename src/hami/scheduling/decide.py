@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hami.devices.base import Card, DeviceRequest, Placement, RequestError
-from hami.devices.hooks import VendorHooks
+from hami.devices.hooks import QuotaScoped, VendorHooks
 from hami.devices.registry import BackendRegistry
-from hami.protocol import keys
+from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.shape import check_node
 from hami.scheduling.fit import NODE_INSUFFICIENT_DEVICE, FitRequest, fit_container, precheck
@@ -61,10 +61,9 @@ def summarize(failed: Mapping[str, str], total: int) -> str:
 
 
 def pod_key(pod: Mapping[str, Any]) -> tuple[str, str, str]:
-    meta = pod.get("metadata") or {}
-    ns = str(meta.get("namespace") or "default")
-    name = str(meta.get("name") or "")
-    uid = str(meta.get("uid") or f"{ns}/{name}")
+    ns = str(bodies.namespace(pod) or "default")
+    name = str(bodies.name(pod))
+    uid = str(bodies.uid(pod) or f"{ns}/{name}")
     return uid, ns, name
 
 
@@ -84,6 +83,9 @@ class Scheduler:
             state = ClusterState()
         for vendor, usage in registry.card_usage().items():
             state.card_usage.setdefault(vendor, usage)
+        for backend in registry:
+            if isinstance(backend, QuotaScoped):
+                state.quota.set_vendor(backend.vendor, backend.quota_names)
         self.state = state
         self.node_policy = node_policy
         self.gpu_policy = gpu_policy
@@ -127,7 +129,7 @@ class Scheduler:
         if not cards:
             self.state.remove_node(name)
         else:
-            cordon = ((meta or {}).get("annotations") or {}).get(keys.DEVICE_CORDON) or ""
+            cordon = bodies.annotations(node).get(keys.DEVICE_CORDON) or ""
             cordoned = [u.strip() for u in cordon.split(",") if u.strip()]
             self.state.set_node(name, cards, pair_scores=pair_scores, cordoned=cordoned)
         if freed:
@@ -145,14 +147,13 @@ class Scheduler:
 
     def _reobserve_waiting(self, freed_by: str) -> None:
         for waiting in self._owners.waiting():
-            meta = waiting.get("metadata") or {}
-            if meta.get("name") != freed_by:
+            if bodies.name(waiting) != freed_by:
                 self.observe_node(waiting)
 
     def allocation_of(self, pod: Mapping[str, Any], node: str) -> PodAllocation | None:
         """A bound pod's allocation from its annotations (None if it has none); raises ProtocolError."""
         uid, ns, name = pod_key(pod)
-        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        annotations = bodies.annotations(pod)
         containers: dict[str, list[tuple[Placement, ...]]] = {}
         for backend in self.registry:
             decoded = backend.decode_allocation(annotations)
@@ -160,11 +161,9 @@ class Scheduler:
                 containers[backend.vendor] = decoded
         if not containers:
             return None
-        init = (pod.get("spec") or {}).get("initContainers") or []
+        init = bodies.init_containers(pod)
         init_count = len(init)
-        sidecars = frozenset(
-            i for i, c in enumerate(init) if isinstance(c, Mapping) and c.get("restartPolicy") == "Always"
-        )
+        sidecars = frozenset(i for i, c in enumerate(init) if isinstance(c, Mapping) and bodies.is_sidecar(c))
         return PodAllocation(
             uid=uid,
             namespace=ns,
@@ -193,7 +192,7 @@ class Scheduler:
         uid, ns, name = pod_key(pod)
         display = f"{ns}/{name}"
         self.state.remove_pod(uid)
-        annotations: Mapping[str, str] = (pod.get("metadata") or {}).get("annotations") or {}
+        annotations: Mapping[str, str] = bodies.annotations(pod)
         try:
             request = pod_requests(pod, self.registry)
             policy = pod_policy(annotations, node_default=self.node_policy, card_default=self.gpu_policy)
@@ -266,6 +265,7 @@ class Scheduler:
         else:
             heap = [(False, sign * nd.cached_score, nd.name, nd) for nd in known]
         heapq.heapify(heap)
+        quota = self.state.quota if self.state.quota.limited(ns) else None
         while heap:
             node = heapq.heappop(heap)[3]
             placed = self._fit_node(node, request, fit_requests)
@@ -281,6 +281,13 @@ class Scheduler:
                 init_count=request.init_count,
                 sidecars=request.sidecars,
             )
+            if quota is not None:
+                # what the pod takes depends on the cards chosen (a percentage of a bigger card is
+                # more MiB), so quota is checked per node, after the fit
+                over = quota.check(alloc)
+                if over is not None:
+                    failed[node.name] = over
+                    continue
             if reserve:
                 self.state.add_pod(alloc)
             out_annotations = {keys.VGPU_NODE: node.name, keys.VGPU_TIME: str(now)}

@@ -9,6 +9,7 @@ from typing import Any
 
 from hami.devices.base import DeviceBackend, DeviceRequest, RequestError
 from hami.devices.registry import BackendRegistry
+from hami.protocol import bodies
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ def _backends(container: Mapping[str, Any], registry: BackendRegistry) -> Iterab
 
 def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodRequest:
     """Parse every container; raises :class:`RequestError` naming the container, resource and reason."""
-    spec = pod.get("spec") or {}
+    spec = bodies.spec(pod)
     init = spec.get("initContainers") or []
     app = spec.get("containers") or []
     containers: list[ContainerRequest] = []
@@ -112,7 +113,7 @@ def unmanaged_resources(pod: Mapping[str, Any], registry: BackendRegistry) -> li
     for that no registered backend manages, sorted: what to name when a pod "requests no managed
     device" (e.g. a vendor whose section is not configured)."""
     managed = set(registry.resource_names())
-    spec = pod.get("spec") or {}
+    spec = bodies.spec(pod)
     found: set[str] = set()
     for group in (spec.get("initContainers") or [], spec.get("containers") or []):
         for container in group:

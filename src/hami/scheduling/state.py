@@ -8,6 +8,10 @@ containers have finished, after which only ``sum(app)`` remains. Placement paylo
 such as a MIG instance) are not collapsed: they are held for the pod's whole life, init containers'
 included.
 
+Namespace quota (:mod:`hami.scheduling.quota`) is fed by the same three mutations: every pod the
+ledger holds — bound, or reserved by a decision — is charged to its namespace's quota, and
+discharged when it leaves, so quota usage always equals the sum over the ledger's pods.
+
 The per-card arithmetic is the vendor's (:class:`~hami.devices.hooks.CardUsage`, given per vendor
 as ``card_usage``; default: counters plus the card payload absorbing placement payloads); the node
 totals follow each card's change, so they always equal the sum over the cards.
@@ -22,6 +26,7 @@ from typing import Any
 from hami.devices.base import Card, Placement
 from hami.devices.hooks import CardUse, default_apply_usage
 from hami.protocol.node import PairScores
+from hami.scheduling.quota import QuotaLedger
 
 # uuid -> what the pod holds on that card
 Usage = dict[str, CardUse]
@@ -155,6 +160,15 @@ class ClusterState:
         self._applied: dict[str, Usage] = {}
         self._by_node: dict[str, set[str]] = {}
         self._largest_mem: dict[str, int] | None = None
+        #: namespace quota, charged and discharged with the pods below
+        self.quota = QuotaLedger()
+
+    def set_quota(self, namespace: str, name: str, hard: Mapping[str, Any]) -> None:
+        """Add or replace one ResourceQuota's limits (a newly limited namespace counts its pods)."""
+        self.quota.set_quota(namespace, name, hard, self.pods.values())
+
+    def remove_quota(self, namespace: str, name: str) -> None:
+        self.quota.remove_quota(namespace, name)
 
     def largest_mem(self) -> dict[str, int]:
         """The largest card memory (MiB) per vendor across all nodes (cached until inventory changes)."""
@@ -201,6 +215,7 @@ class ClusterState:
         self.pods[alloc.uid] = alloc
         self._by_node.setdefault(alloc.node, set()).add(alloc.uid)
         self._apply(alloc.uid, sign=1)
+        self.quota.charge(alloc)
 
     def remove_pod(self, uid: str) -> PodAllocation | None:
         """Drop a pod and its usage; returns what it held (None if it held nothing)."""
@@ -208,6 +223,7 @@ class ClusterState:
         if alloc is None:
             return None
         self._apply(uid, sign=-1)
+        self.quota.discharge(uid)
         del self.pods[uid]
         on_node = self._by_node.get(alloc.node)
         if on_node is not None:
@@ -224,6 +240,7 @@ class ClusterState:
         self._apply(uid, sign=-1)
         alloc.init_released = True
         self._apply(uid, sign=1)
+        self.quota.charge(alloc)
         return True
 
     def pods_on(self, node: str) -> list[PodAllocation]:

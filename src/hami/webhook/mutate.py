@@ -152,11 +152,16 @@ def _ignored(labels: Mapping[str, Any] | None) -> bool:
 class _ContainerEdit:
     """JSON-patch operations against one container, tracking the container as patched so far."""
 
-    def __init__(self, base: str, container: Mapping[str, Any], ops: list[JsonPatchOp]) -> None:
+    def __init__(self, base: str, container: Mapping[str, Any], name: str, ops: list[JsonPatchOp]) -> None:
         self.base = base
         self.original = container
+        self.name = name
         self.c: dict[str, Any] = copy.deepcopy(dict(container))
         self.ops = ops
+
+    @property
+    def container(self) -> Mapping[str, Any]:
+        return self.original
 
     def has_resource(self, name: str) -> bool:
         """Whether the container as submitted names ``name`` in its limits or requests."""
@@ -352,9 +357,9 @@ def mutate_pod(
             managed = True
         used.update(requests)
 
-        edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, ops)
+        edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, cname, ops)
         for vendor, admission in admissions:
-            admission.admit_container(container, cname, requests.get(vendor), edit, out)
+            admission.admit_container(requests.get(vendor), edit, out)
 
     if invalid:
         return AdmissionDecision.deny(invalid + denials, code=400)

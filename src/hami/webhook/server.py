@@ -151,7 +151,7 @@ async def decide(
 
 def _pod_name(request: AdmissionRequest) -> str:
     pod = request.object if isinstance(request.object, dict) else {}
-    meta = pod.get("metadata") or {}
+    meta = bodies.meta(pod)
     name = request.name or meta.get("name") or (meta.get("generateName") or "") + "*"
     return f"{request.namespace}/{name}"
 

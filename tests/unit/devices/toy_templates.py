@@ -208,13 +208,9 @@ class ToyTemplateBackend:
         return False
 
     def admit_container(
-        self,
-        container: Mapping[str, Any],
-        name: str,
-        request: DeviceRequest | None,
-        edit: ContainerEditor,
-        out: AdmissionOutcome,
+        self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None:
+        name = edit.name
         if request is None:
             return
         if request.count > 4:
