@@ -347,3 +347,32 @@ def test_non_ascii_digits_are_not_a_pod_device_number(text: str) -> None:
 def test_non_ascii_digits_are_not_a_legacy_registration_number() -> None:
     with pytest.raises(ProtocolError, match="devmem"):
         decode_node_devices("GPU-0,10,\u0661\u0666\u0660\u0660\u0660,100,T4,0,true:")
+
+
+class _BrokenLocker(_Locker):
+    """A lock whose acquire writes the lock and then fails with a plain Python error."""
+
+    async def acquire(self, node: str, namespace: str, name: str) -> float:
+        self.held.add(node)
+        raise OSError("socket closed after the patch was sent")
+
+
+async def test_bind_whose_lock_acquire_raises_a_plain_error_releases_reservation_and_lock() -> None:
+    pod = _pod()
+    svc = _service(_node("n1", _dev("GPU-0")), pods={"p": pod})
+    svc.locker = _BrokenLocker()  # type: ignore[assignment]
+    assert (await svc.filter(ExtenderArgs(pod=pod, node_names=["n1"]))).node_names == ["n1"]
+    result = await svc.bind_pod(BindingArgs("p", "ns", "uid-p", "n1"))
+    assert isinstance(result, BindRefused) and "OSError" in result.reason
+    assert not svc.reservations.is_assumed("uid-p") and "uid-p" not in svc.scheduler.state.pods
+    assert svc.locker.held == set()
+
+
+def test_a_wrong_typed_node_field_in_simulate_input_is_an_error_line(tmp_path: Path) -> None:
+    nodes, pods = tmp_path / "nodes.yaml", tmp_path / "pods.yaml"
+    node = _node("n1", _dev("GPU-0"))
+    node["metadata"]["labels"] = ["gpu"]
+    nodes.write_text(json.dumps({"kind": "Node", **node}))
+    pods.write_text(json.dumps({"kind": "Pod", **_pod()}))
+    result = CliRunner().invoke(main, ["simulate", "--nodes", str(nodes), "--pods", str(pods)])
+    assert result.exit_code == 2 and "metadata.labels" in result.stderr, result.stderr
