@@ -376,3 +376,9 @@ def test_a_wrong_typed_node_field_in_simulate_input_is_an_error_line(tmp_path: P
     pods.write_text(json.dumps({"kind": "Pod", **_pod()}))
     result = CliRunner().invoke(main, ["simulate", "--nodes", str(nodes), "--pods", str(pods)])
     assert result.exit_code == 2 and "metadata.labels" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_non_finite_number_is_not_a_quantity(value: float) -> None:
+    with pytest.raises(ProtocolError, match="finite"):
+        parse_quantity(value)

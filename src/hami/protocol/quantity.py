@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, DecimalException, InvalidOperation
 
@@ -49,6 +50,8 @@ def parse_quantity(value: object) -> Decimal:
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
+        if not math.isfinite(value):  # YAML's .inf / .nan
+            raise ProtocolError(f"quantity {value!r} is not a finite number")
         return Decimal(str(value))
     if not isinstance(value, str):
         raise ProtocolError(f"quantity {value!r} is not a string or number")
