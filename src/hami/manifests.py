@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from hami.protocol.errors import ProtocolError
+from hami.protocol.shape import check_node, check_pod
+
 
 class ManifestError(ValueError):
     """A manifest file could not be read; the message names file, document and field."""
@@ -54,6 +57,13 @@ def load_manifests(path: str | Path, *, kind: str) -> list[dict[str, Any]]:
             raise ManifestError(f"{where}: metadata.annotations: must map strings to strings")
         if kind == "Pod":
             _check_pod(doc, where)
+        try:
+            if kind == "Pod":
+                check_pod(doc)
+            elif kind == "Node":
+                check_node(doc)
+        except ProtocolError as exc:
+            raise ManifestError(f"{where}: {exc}") from None
         out.append(doc)
     return out
 

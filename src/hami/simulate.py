@@ -13,6 +13,7 @@ from hami.devices.registry import BackendRegistry
 from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import decode_pod_devices
+from hami.protocol.shape import check_pod
 from hami.scheduling.decide import Scheduler
 
 
@@ -41,8 +42,14 @@ def simulate(
         error = sched.observe_node(node)
         if error:
             warnings.append(error)
+    warnings.extend(w for ws in sched.node_warnings.values() for w in ws)
     placements: list[dict[str, Any]] = []
     for pod in pods:
+        try:
+            check_pod(pod)
+        except ProtocolError as exc:
+            warnings.append(f"pod {_name(pod)}: ignored: {exc}")
+            continue
         key = f"{bodies.namespace(pod) or 'default'}/{bodies.meta(pod).get('name')}"
         bound = bodies.node_name(pod)
         if bound:
@@ -84,6 +91,12 @@ def _is_allocation(key: str) -> bool:
     """Every vendor's allocated-devices annotation: ``hami.io/vgpu-devices-allocated``,
     ``hami.io/dcu-devices-allocated``, ``hami.io/kunlun-allocated``, ... (HAMi's pod device encoding)."""
     return key.startswith("hami.io/") and key.endswith("-allocated")
+
+
+def _name(pod: Any) -> str:
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
 
 
 def render_table(result: SimulationResult) -> str:

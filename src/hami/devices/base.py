@@ -150,6 +150,8 @@ class NodeCards:
 
     cards: tuple[Card, ...]
     pair_scores: PairScores = field(default_factory=dict)
+    #: registered cards left out, each as ``card 'GPU-x': field 'devmem' ...`` (logged as warnings)
+    rejected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -31,7 +31,8 @@ from hami.devices.base import (
 from hami.devices.hooks import EXCLUSIVE_CONFLICT, QuotaNames
 from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
-from hami.protocol.node import DeviceInfo, decode_node_devices
+from hami.protocol.keys import MODE_MIG
+from hami.protocol.node import DeviceInfo, card_problem, decode_node_devices
 from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
 from hami.protocol.quantity import parse_int_quantity
 
@@ -215,6 +216,26 @@ def card_fields(d: DeviceInfo, vendor: str) -> dict[str, Any]:
     }
 
 
+def usable_devices(
+    devices: Sequence[DeviceInfo], *, needs_memory: bool
+) -> tuple[list[DeviceInfo], tuple[str, ...]]:
+    """The registered cards that can be scheduled onto, and why each other one is left out
+    (``card 'GPU-x': field 'devmem' ...``). With ``needs_memory`` a card registered with 0 MiB
+    is left out too (unless it is MIG, whose memory comes from its profiles): it can hold no slice,
+    and scheduling onto it would hand out 0-MiB limits."""
+    usable: list[DeviceInfo] = []
+    rejected: list[str] = []
+    for d in devices:
+        problem = card_problem(d)
+        if problem is None and needs_memory and d.devmem == 0 and d.mode != MODE_MIG:
+            problem = "field 'devmem' is 0 MiB"
+        if problem is None:
+            usable.append(d)
+        else:
+            rejected.append(f"card {d.id!r}: {problem}")
+    return usable, tuple(rejected)
+
+
 def card_index(uuid: str) -> int:
     """The index of a capacity-derived card from its id ``<node>-<word>-<i>``."""
     return int(uuid.rsplit("-", 1)[-1])
@@ -342,8 +363,9 @@ class SpecBackend:
         value = node_annotations(node).get(s.register_key) if s.register_key else None
         if not value or plugin_gone(node, s.count_name):
             return None
-        cards = tuple(Card(**card_fields(d, s.vendor)) for d in decode_node_devices(value))
-        return NodeCards(cards=cards) if cards else None
+        devices, rejected = usable_devices(decode_node_devices(value), needs_memory=bool(s.memory_name))
+        cards = tuple(Card(**card_fields(d, s.vendor)) for d in devices)
+        return NodeCards(cards=cards, rejected=rejected) if cards or rejected else None
 
     def capacity_cards(
         self,

@@ -30,7 +30,7 @@ from hami.devices.base import (
     split_list,
 )
 from hami.devices.common import INT32_MAX as _INT32_MAX
-from hami.devices.common import card_fields, plugin_gone
+from hami.devices.common import card_fields, plugin_gone, usable_devices
 from hami.devices.common import int_resource as _int_resource
 from hami.devices.hooks import AdmissionOutcome, ContainerEditor, QuotaNames
 from hami.devices.nvidia_config import NvidiaConfig
@@ -218,19 +218,18 @@ class NvidiaBackend:
         # registration annotation is stale — kubelet would refuse every Allocate there
         if plugin_gone(node, self.config.resource_count_name):
             return None
-        devices = decode_node_devices(value)
+        # a card registered with no memory (0 MiB, or a scaling that rounds to 0) can hold no
+        # slice: scheduling onto it would hand out 0-MiB limits (usable_devices leaves it out)
+        devices, rejected = usable_devices(decode_node_devices(value), needs_memory=True)
         cards = tuple(
             NvidiaCard(
                 **card_fields(d, self.vendor), mig_profiles=d.mig_profiles, mig=d.mode == keys.MODE_MIG
             )
             for d in devices
-            # a card registered with no memory (0 MiB, or a scaling that rounds to 0) can hold no
-            # slice: scheduling onto it would hand out 0-MiB limits
-            if d.devmem > 0 or d.mode == keys.MODE_MIG
         )
         scores_raw = annotations.get(keys.NODE_NVIDIA_SCORE)
         scores = decode_pair_scores(scores_raw) if scores_raw else {}
-        return NodeCards(cards=cards, pair_scores=scores)
+        return NodeCards(cards=cards, pair_scores=scores, rejected=rejected)
 
     def selector(self, annotations: Mapping[str, str]) -> CardSelector:
         mode = annotations.get(keys.NVIDIA_VGPU_MODE)

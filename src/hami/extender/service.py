@@ -145,7 +145,9 @@ class ExtenderService:
         self._expire_reservations()
         pod = args.pod
         uid = bodies.uid(pod)
-        if uid and self.sync.was_deleted(uid):
+        if not uid:  # the reservation would be keyed by nothing and never freed
+            return FilterOutcome(node_names=[], failed={}, error="pod has no metadata.uid")
+        if self.sync.was_deleted(uid):
             # kube-scheduler still had it queued: a decision now would hold a card for nobody
             return FilterOutcome(
                 node_names=[], failed={}, error=f"pod {bodies.namespace(pod)}/{bodies.name(pod)} was deleted"
@@ -204,6 +206,17 @@ class ExtenderService:
 
     async def bind_pod(self, args: BindingArgs) -> BindResult:
         self._check_ready()
+        try:
+            return await self._bind_pod(args)
+        except Exception as exc:  # not a Kubernetes error (a bug, a transport the client did not wrap)
+            log.exception("binding pod %s/%s to %s failed", args.pod_namespace, args.pod_name, args.node)
+            return self._refuse(
+                args.pod_uid,
+                f"binding pod {args.pod_namespace}/{args.pod_name} to {args.node} failed: "
+                f"{type(exc).__name__}: {exc}",
+            )
+
+    async def _bind_pod(self, args: BindingArgs) -> BindResult:
         ns, name, uid, node = args.pod_namespace, args.pod_name, args.pod_uid, args.node
         if self.sync.was_deleted(uid):
             return self._refuse(uid, f"pod {ns}/{name} was deleted")
@@ -245,6 +258,10 @@ class ExtenderService:
                 await self.locker.acquire(node, ns, name)
             except (NodeLockContention, KubeError) as exc:
                 return self._refuse(uid, f"binding pod {ns}/{name} to {node}: {exc}")
+            except Exception:
+                with contextlib.suppress(Exception):  # it may have been written: only ours is removed
+                    await self.locker.release(node, ns, name)
+                raise
         try:
             await self.client.bind_pod(
                 ns,
@@ -257,24 +274,27 @@ class ExtenderService:
                     keys.BIND_TIME: str(int(self.clock())),
                 },
             )
-        except KubeError as exc:
+        except Exception as exc:  # a KubeError, or anything else the client let through
             if await self._bound_here(ns, name, uid, node):
                 return Bound(node)  # the binding landed (a lost reply, or a retried bind): nothing to undo
             self.sync.forget(uid)
             if needs_lock:
                 try:
                     await self.locker.release(node, ns, name)
-                except KubeError as rel_exc:
+                except Exception as rel_exc:
                     log.warning("releasing lock on %s after failed bind: %s", node, rel_exc)
             if isinstance(exc, ConflictError):
                 return BindRefused(f"binding pod {ns}/{name} to {node} was refused: {exc}")
+            if not isinstance(exc, KubeError):
+                log.error("binding pod %s/%s to %s failed: %r", ns, name, node, exc)
+                return BindRefused(f"binding pod {ns}/{name} to {node} failed: {type(exc).__name__}: {exc}")
             return BindRefused(f"binding pod {ns}/{name} to {node} failed: {exc}")
         return Bound(node)
 
     async def _bound_here(self, ns: str, name: str, uid: str, node: str) -> bool:
         try:
             pod = await self.client.get(api_path("v1", "pods", namespace=ns, name=name))
-        except KubeError:
+        except Exception:  # cannot tell: treat as not bound (the caller rolls back)
             return False
         return bodies.uid(pod) == uid and bodies.node_name(pod) == node
 

@@ -30,6 +30,7 @@ from typing import Any
 from hami.extender.reservations import Reservations
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
+from hami.protocol.shape import check_node, check_pod
 from hami.scheduling.decide import Scheduler, pod_key
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,19 @@ class LedgerSync:
 
     # --- nodes --------------------------------------------------------------------------------
     def node_changed(self, node: Mapping[str, Any]) -> None:
+        """Read the node's inventory again if what it is read from changed. Never raises: a node
+        that cannot be read is marked bad (``scheduler.node_errors``) and holds no cards."""
+        try:
+            check_node(node)
+        except ProtocolError as exc:
+            meta = node.get("metadata") if isinstance(node, Mapping) else None
+            name = meta.get("name") if isinstance(meta, Mapping) else None
+            name = name if isinstance(name, str) else ""
+            self._node_seen.pop(name, None)
+            self.scheduler.node_errors[name] = f"node {name}: {exc}"
+            self.scheduler.forget_node(name, keep_error=True)
+            log.warning("ignoring node inventory: node %s: %s", name, exc)
+            return
         name = bodies.name(node)
         annotations = bodies.annotations(node)
         # what the inventory is read from: the registration annotations, and what kubelet says is
@@ -114,15 +128,22 @@ class LedgerSync:
         if self._node_seen.get(name) == fingerprint and name in self.scheduler.state.nodes:
             return
         self._node_seen[name] = fingerprint
-        error = self.scheduler.observe_node(node)
+        try:
+            error = self.scheduler.observe_node(node)
+        except Exception as exc:  # a bug reading one node must not stop the watch of every other
+            log.exception("node %s: reading its inventory failed", name)
+            error = f"node {name}: reading its inventory failed: {type(exc).__name__}: {exc}"
+            self.scheduler.node_errors[name] = error
+            self.scheduler.forget_node(name, keep_error=True)
         if error:
             log.warning("ignoring node inventory: %s", error)
+        for warning in self.scheduler.node_warnings.get(name, ()):
+            log.warning("ignoring a registered card: %s", warning)
 
     def node_deleted(self, node: Mapping[str, Any]) -> None:
         name = bodies.name(node)
         self._node_seen.pop(name, None)
-        self.scheduler.node_errors.pop(name, None)
-        self.scheduler.state.remove_node(name)
+        self.scheduler.forget_node(name)
 
     # --- namespace quota ----------------------------------------------------------------------
     def quota_changed(self, quota: Mapping[str, Any]) -> None:
@@ -139,6 +160,11 @@ class LedgerSync:
 
     # --- pods ---------------------------------------------------------------------------------
     def pod_changed(self, pod: Mapping[str, Any]) -> None:
+        try:
+            check_pod(pod)
+        except ProtocolError as exc:  # not what an API server sends: nothing in it can be trusted
+            log.warning("ignoring a malformed pod event: %s", exc)
+            return
         for callback in self.on_pod:
             callback(pod)
         if bodies.annotations(pod).get(keys.BIND_PHASE) in (keys.BIND_PHASE_SUCCESS, keys.BIND_PHASE_FAILED):

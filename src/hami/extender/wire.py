@@ -6,11 +6,13 @@ decodes them case-insensitively. We read keys case-insensitively and always writ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hami.protocol import bodies
+from hami.protocol.errors import ProtocolError
+from hami.protocol.shape import check_node, check_pod
 
 
 class WireError(ValueError):
@@ -27,6 +29,13 @@ def _ci_get(obj: Mapping[str, Any], key: str) -> Any:
     return None
 
 
+def _check(check: Callable[[object], None], obj: object, where: str) -> None:
+    try:
+        check(obj)
+    except ProtocolError as exc:
+        raise WireError(f"{where}.{exc}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ExtenderArgs:
     pod: dict[str, Any]
@@ -41,6 +50,7 @@ class ExtenderArgs:
         pod = _ci_get(body, "Pod")
         if not isinstance(pod, dict) or not isinstance(pod.get("metadata"), dict):
             raise WireError("ExtenderArgs.Pod must be a Pod object with metadata")
+        _check(check_pod, pod, "ExtenderArgs.Pod")
         names = _ci_get(body, "NodeNames")
         objects: list[dict[str, Any]] | None = None
         if names is None:
@@ -52,12 +62,18 @@ class ExtenderArgs:
             items = _ci_get(node_list, "items") or []
             if not isinstance(items, list) or not all(isinstance(n, dict) for n in items):
                 raise WireError("ExtenderArgs.Nodes.items must be a list of Node objects")
+            for i, n in enumerate(items):
+                _check(check_node, n, f"ExtenderArgs.Nodes.items[{i}]")
             objects = items
             names = [bodies.name(n) for n in items]
             if not all(isinstance(n, str) and n for n in names):
                 raise WireError("ExtenderArgs.Nodes.items: every Node needs metadata.name")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise WireError("ExtenderArgs.NodeNames must be a list of node names")
+        uid = pod["metadata"].get("uid")
+        if not isinstance(uid, str) or not uid:
+            # the reservation a decision makes is keyed by uid: without one it could never be freed
+            raise WireError("ExtenderArgs.Pod.metadata.uid must be a non-empty string")
         return cls(pod=pod, node_names=names, nodes=objects)
 
 

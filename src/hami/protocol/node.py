@@ -20,7 +20,17 @@ from typing import Any
 import orjson
 
 from hami.protocol.errors import ProtocolError
-from hami.protocol.keys import MODE_HAMI_CORE
+from hami.protocol.keys import MODE_HAMI_CORE, MODE_MIG, MODE_MPS
+from hami.protocol.quantity import INT64_MAX, INT64_MIN, ascii_int
+
+#: the largest card memory a registration may claim (16 TiB, in MiB); more is a broken registration
+MAX_DEVMEM_MIB = 16 * 1024 * 1024
+#: the most slots (pods sharing one card) a registration may claim
+MAX_COUNT = 1024
+#: the modes a card may be registered in
+KNOWN_MODES = (MODE_HAMI_CORE, MODE_MIG, MODE_MPS)
+#: what the pod device encoding (``uuid,type,mem,cores:`` per card, ``;`` per container) cannot carry
+_SEPARATORS = ",:;"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,8 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
         return 0
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"{where}: field {key!r} must be an integer, got {value!r}")
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{where}: field {key!r} must be a 64-bit integer, got {value!r}")
     return value
 
 
@@ -138,9 +150,12 @@ def _decode_json_devices(value: str) -> list[DeviceInfo]:
 
 def _parse_legacy_int(text: str, name: str, where: str) -> int:
     try:
-        return int(text.strip(), 10)
+        value = ascii_int(text)
     except ValueError:
         raise ProtocolError(f"{where}: field {name!r} must be an integer, got {text!r}") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ProtocolError(f"{where}: field {name!r} must be a 64-bit integer, got {text!r}")
+    return value
 
 
 def _decode_legacy_devices(value: str) -> list[DeviceInfo]:
@@ -172,13 +187,44 @@ def _decode_legacy_devices(value: str) -> list[DeviceInfo]:
 
 
 def decode_node_devices(value: str) -> list[DeviceInfo]:
-    """Decode a node register annotation in either the JSON or the legacy colon form."""
+    """Decode a node register annotation in either the JSON or the legacy colon form.
+
+    A card whose ``id`` or ``type`` holds ``,`` ``:`` or ``;`` could never be written in a pod's
+    device annotation, so such a registration is refused whole (like duplicate ids).
+    """
+    if not isinstance(value, str):
+        raise ProtocolError(f"node register annotation must be a string, got {type(value).__name__}")
     text = value.strip()
     if not text:
         return []
     devices = _decode_json_devices(text) if text[0] in "[{n" else _decode_legacy_devices(text)
+    for i, d in enumerate(devices):
+        for name, field_text in (("id", d.id), ("type", d.type)):
+            if any(c in field_text for c in _SEPARATORS):
+                raise ProtocolError(
+                    f"device[{i}]: field {name!r} ({field_text!r}) cannot contain ',', ':' or ';'"
+                )
     _refuse_duplicate_ids(devices)
     return devices
+
+
+def card_problem(d: DeviceInfo) -> str | None:
+    """Why a decoded card cannot be scheduled onto, naming the field; None when it can.
+
+    Memory beyond :data:`MAX_DEVMEM_MIB`, no slot or more than :data:`MAX_COUNT`, an unknown mode,
+    a negative index or core count. ``devmem`` 0 is the backend's business (NVIDIA drops such a
+    card unless it is MIG; whole-card vendors register no memory)."""
+    if not 1 <= d.count <= MAX_COUNT:
+        return f"field 'count' must be 1..{MAX_COUNT}, got {d.count}"
+    if not 0 <= d.devmem <= MAX_DEVMEM_MIB:
+        return f"field 'devmem' must be 0..{MAX_DEVMEM_MIB} MiB, got {d.devmem}"
+    if d.devcore < 0:
+        return f"field 'devcore' must not be negative, got {d.devcore}"
+    if d.index < 0:
+        return f"field 'index' must not be negative, got {d.index}"
+    if d.mode not in KNOWN_MODES:
+        return f"field 'mode' must be one of {', '.join(KNOWN_MODES)}, got {d.mode!r}"
+    return None
 
 
 def _refuse_duplicate_ids(devices: list[DeviceInfo]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from hami.protocol.errors import ProtocolError
+from hami.protocol.quantity import ascii_int
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,8 @@ def _decode_device(text: str, where: str) -> ContainerDevice:
     if len(fields) < 4:
         raise ProtocolError(f"{where}: device {text!r} must have 4 comma fields (uuid,type,mem,cores)")
     try:
-        mem = int(fields[2], 10)
-        cores = int(fields[3], 10)
+        mem = ascii_int(fields[2])
+        cores = ascii_int(fields[3])
     except ValueError:
         raise ProtocolError(f"{where}: device {text!r}: memory and cores must be integers") from None
     if mem < 0 or cores < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, DecimalException, InvalidOperation
 
@@ -25,7 +26,21 @@ _DECIMAL = {
 MAX_EXPONENT = 30
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
-_RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$")
+#: ASCII digits only: ``\d`` alone would take Arabic-Indic or full-width digits, which Kubernetes
+#: refuses and Python's ``Decimal``/``int`` read as numbers
+_RE = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?\d+)?$", re.ASCII)
+
+
+_INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
+def ascii_int(text: str) -> int:
+    """``int(text, 10)`` for ASCII digits only (surrounding whitespace allowed): ``int`` alone also
+    takes ``1_000`` and Arabic-Indic or full-width digits. Raises ValueError."""
+    stripped = text.strip()
+    if not _INT_RE.fullmatch(stripped):
+        raise ValueError(f"not an integer: {text!r}")
+    return int(stripped, 10)
 
 
 def parse_quantity(value: object) -> Decimal:
@@ -35,6 +50,8 @@ def parse_quantity(value: object) -> Decimal:
     if isinstance(value, int):
         return Decimal(value)
     if isinstance(value, float):
+        if not math.isfinite(value):  # YAML's .inf / .nan
+            raise ProtocolError(f"quantity {value!r} is not a finite number")
         return Decimal(str(value))
     if not isinstance(value, str):
         raise ProtocolError(f"quantity {value!r} is not a string or number")

@@ -18,7 +18,9 @@ from hami.devices.hooks import QuotaScoped, VendorHooks
 from hami.devices.registry import BackendRegistry
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
+from hami.protocol.shape import check_node
 from hami.scheduling.fit import NODE_INSUFFICIENT_DEVICE, FitRequest, fit_container, precheck
+from hami.scheduling.inventory import CardOwners
 from hami.scheduling.policy import pod_policy
 from hami.scheduling.requests import PodRequest, check_against_largest_card, pod_requests, unmanaged_resources
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
@@ -88,33 +90,65 @@ class Scheduler:
         self.node_policy = node_policy
         self.gpu_policy = gpu_policy
         self.node_errors: dict[str, str] = {}
+        #: per node, the registered cards left out and why (``node n: card 'GPU-x': field ...``)
+        self.node_warnings: dict[str, tuple[str, ...]] = {}
+        self._owners = CardOwners()
 
     # --- inventory ---------------------------------------------------------------------------
     def observe_node(self, node: Mapping[str, Any]) -> str | None:
-        """Read a Node manifest's registration annotations; returns an error (node marked bad) or None."""
-        name = str(bodies.name(node))
-        annotations = bodies.annotations(node)
+        """Read a Node manifest's registration annotations; returns an error (node marked bad) or None.
+
+        Cards left out (a field out of range, an id another node registered first) are named in
+        ``node_warnings[name]``; the node keeps its other cards."""
+        meta = node.get("metadata")
+        name = str(meta.get("name") or "") if isinstance(meta, Mapping) else ""
         cards: list[Card] = []
+        rejected: list[str] = []
         pair_scores: dict[str, dict[str, int]] = {}
         try:
+            check_node(node)
             for backend in self.registry:
                 found = backend.node_cards(node)
                 if found is not None:
                     cards.extend(found.cards)
+                    rejected.extend(found.rejected)
                     pair_scores.update(found.pair_scores)
         except ProtocolError as exc:
             error = f"node {name}: {exc}"
             self.node_errors[name] = error
-            self.state.remove_node(name)
+            self.node_warnings.pop(name, None)
+            self.forget_node(name, keep_error=True)
             return error
         self.node_errors.pop(name, None)
+        cards, duplicates, freed = self._owners.claim(name, node, cards)
+        rejected.extend(duplicates)
+        if rejected:
+            self.node_warnings[name] = tuple(f"node {name}: {r}" for r in rejected)
+        else:
+            self.node_warnings.pop(name, None)
         if not cards:
             self.state.remove_node(name)
-            return None
-        cordon = annotations.get(keys.DEVICE_CORDON, "")
-        cordoned = [u.strip() for u in cordon.split(",") if u.strip()]
-        self.state.set_node(name, cards, pair_scores=pair_scores, cordoned=cordoned)
+        else:
+            cordon = bodies.annotations(node).get(keys.DEVICE_CORDON) or ""
+            cordoned = [u.strip() for u in cordon.split(",") if u.strip()]
+            self.state.set_node(name, cards, pair_scores=pair_scores, cordoned=cordoned)
+        if freed:
+            self._reobserve_waiting(name)
         return None
+
+    def forget_node(self, name: str, *, keep_error: bool = False) -> None:
+        """The node is gone (or unusable): drop its cards; nodes waiting for its card ids are read again."""
+        if not keep_error:
+            self.node_errors.pop(name, None)
+            self.node_warnings.pop(name, None)
+        self.state.remove_node(name)
+        if self._owners.release(name):
+            self._reobserve_waiting(name)
+
+    def _reobserve_waiting(self, freed_by: str) -> None:
+        for waiting in self._owners.waiting():
+            if bodies.name(waiting) != freed_by:
+                self.observe_node(waiting)
 
     def allocation_of(self, pod: Mapping[str, Any], node: str) -> PodAllocation | None:
         """A bound pod's allocation from its annotations (None if it has none); raises ProtocolError."""

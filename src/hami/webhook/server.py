@@ -29,6 +29,8 @@ import orjson
 from aiohttp import web
 
 from hami.protocol import bodies
+from hami.protocol.errors import ProtocolError
+from hami.protocol.shape import check_pod
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
 from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, mutate_pod
 
@@ -130,6 +132,10 @@ async def decide(
     pod = request.object
     if not isinstance(pod, dict):
         return AdmissionDecision.deny(["request.object is missing or not a Pod object"], code=400)
+    try:
+        check_pod(pod)
+    except ProtocolError as exc:
+        return AdmissionDecision.deny([f"request.object.{exc}"], code=400)
     labels: Mapping[str, Any] | None = None
     if namespace_labels is not None and request.namespace:
         try:

@@ -309,7 +309,10 @@ def test_a_pod_asking_two_vendors_lands_on_a_node_with_both() -> None:
         [card("GPU-0", type="NVIDIA-A100")],
     )
     gpu["metadata"]["annotations"].update(dcu_node("x")["metadata"]["annotations"])
-    only_dcu = dcu_node("dcu-only")
+    # its own cards: one card id on two nodes is kept by the first node only
+    only_dcu = register_node(
+        "dcu-only", DCU_REG, [card(f"DCU-9{i}", index=i, type="DCU-Z100") for i in range(2)], legacy=True
+    )
     sched = scheduler(HygonBackend(), gpu, only_dcu)
     d = sched.decide(pod("p", {"nvidia.com/gpu": 1, "hygon.com/dcunum": 1}))
     assert d.node == "both"
