@@ -44,6 +44,8 @@ class Stack:
 
     annotate_at_filter: bool = True
     bind_queue_limit: int = 0
+    #: register hami's ``preemptVerb`` with kube-scheduler
+    preempt: bool = False
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
@@ -72,7 +74,7 @@ class Stack:
             self.completer = AllocationCompleter(KubeClient(self.kube_config))
             await self.completer.start()
         cfg = scheduler_configuration(
-            extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry()
+            extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry(), preempt=self.preempt
         )
         cfg["profiles"][0]["pluginConfig"] = [
             {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
