@@ -141,7 +141,9 @@ class PreemptionArgs:
                 entry = {}
             if not isinstance(entry, Mapping):
                 raise WireError(f"{at} must be an object")
-            items = _ci_get(entry, "Pods") or []
+            items = _ci_get(entry, "Pods")
+            if items is None:
+                items = []
             if not isinstance(items, list):
                 raise WireError(f"{at}.Pods must be a list")
             uids: list[str] = []
@@ -158,7 +160,9 @@ class PreemptionArgs:
                 if key == "NodeNameToVictims":
                     pods[uid] = dict(item)
                 uids.append(uid)
-            violations = _ci_get(entry, "NumPDBViolations") or 0
+            violations = _ci_get(entry, "NumPDBViolations")
+            if violations is None:
+                violations = 0
             if not isinstance(violations, int) or isinstance(violations, bool) or violations < 0:
                 raise WireError(f"{at}.NumPDBViolations must be a non-negative integer")
             victims[node] = uids
