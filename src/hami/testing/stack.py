@@ -44,7 +44,7 @@ class Stack:
 
     annotate_at_filter: bool = True
     bind_queue_limit: int = 0
-    #: register hami's ``preemptVerb`` with kube-scheduler
+    #: register hami's ``preemptVerb`` with kube-scheduler, with DefaultPreemption at its defaults
     preempt: bool = False
 
     def _settings(self) -> ExtenderSettings:
@@ -76,9 +76,10 @@ class Stack:
         cfg = scheduler_configuration(
             extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry(), preempt=self.preempt
         )
-        cfg["profiles"][0]["pluginConfig"] = [
-            {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
-        ]
+        if not self.preempt:  # no candidate nodes: kube-scheduler's preemption never finds victims
+            cfg["profiles"][0]["pluginConfig"] = [
+                {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
+            ]
         self.kube_scheduler = await asyncio.to_thread(self.start_scheduler, cfg)
         return self
 
