@@ -84,7 +84,7 @@ def test_victims_on_a_card_of_the_wrong_type_free_nothing() -> None:
     assert select_victims(sched, wants_a100, {"n1": [t, a]}, {}) == {"n1": [a]}
 
 
-def test_memory_freed_but_not_slots() -> None:
+def test_a_slot_freed_but_not_enough_memory() -> None:
     sched = one_node(gpu("GPU-a", count=2, mem=16000))
     x = on(sched, "x", "GPU-a", mem=1000)
     y = on(sched, "y", "GPU-a", mem=14000)
@@ -95,7 +95,7 @@ def test_memory_freed_but_not_slots() -> None:
     assert node_victims(sched, p, "n1", [x], {}) is None
 
 
-def test_slots_freed_but_not_memory() -> None:
+def test_a_slot_freed_on_a_card_without_memory() -> None:
     sched = one_node(gpu("GPU-a", count=1, mem=16000), gpu("GPU-b", count=2, index=1, mem=16000))
     a = on(sched, "a", "GPU-a", mem=15000)
     on(sched, "b", "GPU-b", mem=15000)
@@ -171,3 +171,14 @@ def test_multi_card_request_needs_two_freed_cards() -> None:
     p = gpu_pod("p", gpu=2, mem=16000)
     assert node_victims(sched, p, "n1", [a], {}) is None
     assert node_victims(sched, p, "n1", [a, b, c], {a: 1, b: 2, c: 3}) == [a, b]
+
+
+def test_memory_freed_but_not_slots() -> None:
+    sched = one_node(gpu("GPU-a", count=2), gpu("GPU-b", count=2, index=1))
+    a1 = on(sched, "a1", "GPU-a", mem=1000)
+    a2 = on(sched, "a2", "GPU-a", mem=1000)
+    b = on(sched, "b", "GPU-b", mem=16000)
+    # two cards of 4000 MiB: evicting b frees GPU-b's memory, but GPU-a has no free slot
+    p = gpu_pod("p", gpu=2, mem=4000)
+    assert node_victims(sched, p, "n1", [b], {}) is None
+    assert node_victims(sched, p, "n1", [b, a1, a2], {b: 1, a1: 2, a2: 3}) == [b, a1]
