@@ -501,3 +501,101 @@ async def test_annotate_at_bind_writes_only_through_the_binding(served: Served) 
     assert pod["spec"]["nodeName"] == served.nodes[0] and ann[keys.VGPU_NODE] == served.nodes[0]
     assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING
     assert decode_pod_devices(ann[keys.VGPU_DEVICES_TO_ALLOCATE])[0][0].usedmem == 4000
+
+
+# ---------------------------------------------------------------------------------------- preempt
+
+# ExtenderPreemptionArgs as kube-scheduler v1.34 marshals it for POST /preempt with
+# nodeCacheCapable: true (HTTPExtender.ProcessPreemption): the Pod, ``NodeNameToVictims`` null and
+# the victims by uid only. __POD__ is the Pod exactly as in GOLDEN_FILTER_ARGS.
+GOLDEN_PREEMPT_ARGS = (
+    '{"Pod":__POD__,"NodeNameToVictims":null,"NodeNameToMetaVictims":{'
+    '"__N1__":{"Pods":[{"UID":"__V1__"},{"UID":"__V2__"}],"NumPDBViolations":1},'
+    '"__N2__":{"Pods":[{"UID":"__V3__"}],"NumPDBViolations":0}}}'
+)
+
+
+async def place(served: Served, name: str, mem: int) -> str:
+    """Filter pod ``name`` through the HTTP verb (its reservation holds the card); returns its uid."""
+    body, created = await served.filter_args(name, mem)
+    status, _, raw = await served.post("filter", body)
+    assert status == 200 and orjson.loads(raw)["NodeNames"] == [served.nodes[0]], raw
+    return str(created["metadata"]["uid"])
+
+
+async def test_golden_preempt_keeps_only_victims_that_free_the_right_card(served: Served) -> None:
+    # n1's two 16000 MiB cards: v1 alone on one, v2 and v3 on the other (spread)
+    v1 = await place(served, "v1", 16000)
+    v2 = await place(served, "v2", 8000)
+    v3 = await place(served, "v3", 8000)
+    held = {uid: a.containers for uid, a in served.scheduler.state.pods.items()}
+    body, _ = await served.filter_args("gpu-pod", 12000)
+    status, _, raw = await served.post("filter", body)
+    assert orjson.loads(raw)["NodeNames"] == []  # unschedulable: kube-scheduler tries preemption
+    pod_json = body[len(b'{"Pod":') : body.index(b',"Nodes":null')]
+    n1, n2 = served.nodes
+    args = fill(GOLDEN_PREEMPT_ARGS, POD=pod_json.decode(), N1=n1, N2=n2, V1=v1, V2=v2, V3=v3)
+    parsed = json.loads(args)
+    assert list(parsed) == ["Pod", "NodeNameToVictims", "NodeNameToMetaVictims"]
+    status, ctype, raw = await served.post("preempt", args)
+    assert status == 200 and ctype.startswith("application/json")
+    # v2 leaves v3's 8000 MiB on its card: only v1's card serves 12000 MiB; n2 (one 2000 MiB card)
+    # never fits, so it is left out (an empty victim list is an error to kube-scheduler)
+    assert (
+        raw
+        == f'{{"NodeNameToMetaVictims":{{"{n1}":{{"Pods":[{{"UID":"{v1}"}}],"NumPDBViolations":1}}}}}}'.encode()
+    )
+    # the trial changed nothing
+    assert {uid: a.containers for uid, a in served.scheduler.state.pods.items()} == held
+
+
+async def test_preempt_with_whole_victim_pods_reads_their_priority(served: Served) -> None:
+    """``nodeCacheCapable: false``: whole Pods in ``NodeNameToVictims``; the lower priority goes."""
+    lo = await place(served, "lo", 10000)
+    hi = await place(served, "hi", 10000)
+    listed = await served.kc.get(api_path("v1", "pods", namespace=served.namespace))
+    pods = {bodies.uid(p): p for p in listed["items"]}
+    pods[lo]["spec"]["priority"] = 10
+    pods[hi]["spec"]["priority"] = 1000
+    body, _ = await served.filter_args("gpu-pod", 12000)
+    pod = json.loads(body)["Pod"]
+    n1 = served.nodes[0]
+    args = {"Pod": pod, "NodeNameToVictims": {n1: {"Pods": [pods[hi], pods[lo]], "NumPDBViolations": 0}}}
+    status, _, raw = await served.post("preempt", orjson.dumps(args))
+    assert status == 200
+    assert orjson.loads(raw) == {
+        "NodeNameToMetaVictims": {n1: {"Pods": [{"UID": lo}], "NumPDBViolations": 0}}
+    }
+
+
+async def test_preempt_errors_are_http_errors(served: Served) -> None:
+    """``ExtenderPreemptionResult`` has no Error field: failures are non-200 replies."""
+    body, _ = await served.filter_args("gpu-pod", 12000)
+    args = body.replace(b'"Nodes":null,"NodeNames":', b'"NodeNameToMetaVictims":{},"x":')
+    served.flags["leader"] = False
+    status, _, raw = await served.post("preempt", args)
+    assert status == 503 and b"not the leader" in raw
+    served.flags["leader"] = True
+    status, _, raw = await served.post("preempt", args)
+    assert (status, raw) == (200, b'{"NodeNameToMetaVictims":{}}')
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b"[]", "must be a JSON object"),
+        (b'{"NodeNameToMetaVictims":{}}', "ExtenderPreemptionArgs.Pod"),
+        (b'{"Pod":{"metadata":{"name":"p"}},"NodeNameToMetaVictims":[]}', "NodeNameToMetaVictims"),
+        (b'{"Pod":{"metadata":{"name":"p"}},"NodeNameToMetaVictims":{"n":{"Pods":[{}]}}}', "UID"),
+        (b'{"Pod":{"metadata":{"name":"p"}},"NodeNameToMetaVictims":{"n":{"Pods":{}}}}', "Pods"),
+        (
+            b'{"Pod":{"metadata":{"name":"p"}},"NodeNameToMetaVictims":{"n":{"NumPDBViolations":-1}}}',
+            "NumPDBViolations",
+        ),
+        (b'{"Pod":{"metadata":{"name":"p"}},"NodeNameToVictims":{"n":{"Pods":[{"spec":{}}]}}}', "Pods[0]"),
+    ],
+)
+async def test_malformed_preempt_bodies_are_400(served: Served, body: bytes, says: str) -> None:
+    status, _, raw = await served.post("preempt", body)
+    assert status == 400, raw
+    assert says in raw.decode(), raw

@@ -26,7 +26,10 @@ def scheduler_configuration(
     kubeconfig: str | None = None,
     http_timeout: str = "30s",
     insecure_tls: bool = True,
+    preempt: bool = False,
 ) -> dict[str, Any]:
+    """With ``preempt``, ``preemptVerb: preempt`` too: kube-scheduler's DefaultPreemption asks hami
+    which of its victims free the right cards (:mod:`hami.scheduling.preempt`)."""
     extender: dict[str, Any] = {
         "urlPrefix": extender_url,
         "filterVerb": "filter",
@@ -38,6 +41,8 @@ def scheduler_configuration(
         "ignorable": False,
         "managedResources": [{"name": n, "ignoredByScheduler": True} for n in registry.resource_names()],
     }
+    if preempt:
+        extender["preemptVerb"] = "preempt"
     if extender["enableHTTPS"]:
         extender["tlsConfig"] = {"insecure": insecure_tls}
     cfg: dict[str, Any] = {

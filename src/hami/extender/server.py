@@ -1,4 +1,4 @@
-"""The extender's HTTP(S) endpoints: ``/filter``, ``/bind``, ``/healthz``, ``/readyz``, ``/metrics``.
+"""The extender's HTTP(S) endpoints: ``/filter``, ``/bind``, ``/preempt``, ``/healthz``, ``/readyz``, ``/metrics``.
 
 Two applications: :func:`make_app` serves all five for kube-scheduler; :func:`make_ops_app` serves
 only the probes and ``/metrics`` on a port of their own (HAMi's 9395), so Prometheus and the kubelet
@@ -23,7 +23,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from hami.extender.metrics import Metrics
 from hami.extender.service import BindRefused, Bound, ExtenderService, NotLeader
-from hami.extender.wire import BindingArgs, ExtenderArgs, WireError, binding_result, filter_result
+from hami.extender.wire import (
+    BindingArgs,
+    ExtenderArgs,
+    PreemptionArgs,
+    WireError,
+    binding_result,
+    filter_result,
+    preemption_result,
+)
 from hami.protocol import bodies
 
 log = logging.getLogger(__name__)
@@ -58,7 +66,7 @@ class _Failed:
     error: str
 
 
-async def _run(verb: str, call: Awaitable[R], seconds: Histogram, started: float) -> R | _Failed:
+async def _run(verb: str, call: Awaitable[R], seconds: Histogram | None, started: float) -> R | _Failed:
     try:
         return await call
     except NotLeader as exc:
@@ -67,7 +75,8 @@ async def _run(verb: str, call: Awaitable[R], seconds: Histogram, started: float
         log.exception("%s failed", verb)
         return _Failed("error", f"internal error: {exc}")
     finally:
-        seconds.observe(time.perf_counter() - started)
+        if seconds is not None:
+            seconds.observe(time.perf_counter() - started)
 
 
 async def handle_filter(request: web.Request) -> web.Response:
@@ -103,6 +112,20 @@ async def handle_bind(request: web.Request) -> web.Response:
     return _json(binding_result(error))
 
 
+async def handle_preempt(request: web.Request) -> web.Response:
+    """kube-scheduler's preemption verb: the proposed victims, kept only where they free the right cards.
+
+    ``ExtenderPreemptionResult`` has no error field: a replica that does not lead answers HTTP 503,
+    a bug HTTP 500, and kube-scheduler preempts nothing for the pod this cycle."""
+    service = request.app[SERVICE_KEY]
+    args = await _args(request, PreemptionArgs.parse)
+    outcome = await _run("preempt", service.preempt(args), None, time.perf_counter())
+    if isinstance(outcome, _Failed):
+        status = 503 if outcome.label == "not_leader" else 500
+        return web.Response(status=status, text=outcome.error)
+    return _json(preemption_result(outcome, args.pdb_violations))
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -135,4 +158,5 @@ def make_app(service: ExtenderService, metrics: Metrics) -> web.Application:
     app = make_ops_app(service, metrics)
     app.router.add_post("/filter", handle_filter)
     app.router.add_post("/bind", handle_bind)
+    app.router.add_post("/preempt", handle_preempt)
     return app

@@ -33,12 +33,13 @@ from typing import Any
 from hami.extender.nodelock import NodeLockContention, NodeLocker
 from hami.extender.reservations import Reservations
 from hami.extender.sync import TERMINAL_PHASES, LedgerSync
-from hami.extender.wire import BindingArgs, ExtenderArgs
+from hami.extender.wire import BindingArgs, ExtenderArgs, PreemptionArgs
 from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.scheduling.decide import Decision, Scheduler
+from hami.scheduling.preempt import select_victims
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,28 @@ class ExtenderService:
         await self.client.merge_patch(
             api_path("v1", "pods", namespace=ns, name=name), self.decision_patch(decision)
         )
+
+    # ------------------------------------------------------------------------------ preempt
+    async def preempt(self, args: PreemptionArgs) -> dict[str, list[str]]:
+        """Per node, the victims whose eviction lets the pod fit its cards (see :mod:`hami.scheduling.preempt`).
+
+        Synchronous like filter: the trial on the ledger is never seen by another request."""
+        self._check_ready()
+        priorities = {
+            uid: self._priority(uid, args.victim_pods.get(uid)) for v in args.victims.values() for uid in v
+        }
+        return select_victims(self.scheduler, args.pod, args.victims, priorities)
+
+    def _priority(self, uid: str, pod: Mapping[str, Any] | None) -> int:
+        """A victim's pod priority: from the Pod sent, else the informer's copy (0 when unknown)."""
+        if pod is None:
+            alloc = self.scheduler.state.pods.get(uid)
+            if alloc is not None:
+                cached = self.pod_lookup(alloc.namespace, alloc.name)
+                if cached is not None and bodies.uid(cached) == uid:
+                    pod = cached
+        value = bodies.spec(pod).get("priority") if pod is not None else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     # ------------------------------------------------------------------------------ bind
     async def bind(self, args: BindingArgs) -> str:

@@ -97,6 +97,89 @@ class BindingArgs:
         return cls(values["PodName"], values["PodNamespace"], values["PodUID"], values["Node"])
 
 
+@dataclass(frozen=True, slots=True)
+class PreemptionArgs:
+    """``ExtenderPreemptionArgs``: the preemptor and, per node, the victims kube-scheduler proposes.
+
+    With ``nodeCacheCapable`` kube-scheduler sends ``NodeNameToMetaVictims`` (victims by
+    ``{"UID": ...}`` only), otherwise ``NodeNameToVictims`` (whole Pod objects); both end up here
+    as victim uids per node, with ``NumPDBViolations``. ``victim_pods`` holds the Pod objects when
+    they were sent (by uid).
+    """
+
+    pod: dict[str, Any]
+    #: node -> victim uids, in kube-scheduler's order
+    victims: dict[str, list[str]]
+    #: node -> NumPDBViolations as kube-scheduler counted them
+    pdb_violations: dict[str, int]
+    victim_pods: dict[str, dict[str, Any]]
+
+    @classmethod
+    def parse(cls, body: Any) -> PreemptionArgs:
+        where = "ExtenderPreemptionArgs"
+        if not isinstance(body, Mapping):
+            raise WireError(f"{where} must be a JSON object")
+        pod = _ci_get(body, "Pod")
+        if not isinstance(pod, dict) or not isinstance(pod.get("metadata"), dict):
+            raise WireError(f"{where}.Pod must be a Pod object with metadata")
+        _check(check_pod, pod, f"{where}.Pod")
+        meta = _ci_get(body, "NodeNameToMetaVictims")
+        full = _ci_get(body, "NodeNameToVictims")
+        key, by_node = ("NodeNameToMetaVictims", meta) if meta is not None else ("NodeNameToVictims", full)
+        if by_node is None:
+            by_node = {}
+        if not isinstance(by_node, Mapping):
+            raise WireError(f"{where}.{key} must be an object of node name to victims")
+        victims: dict[str, list[str]] = {}
+        pdb: dict[str, int] = {}
+        pods: dict[str, dict[str, Any]] = {}
+        for node, entry in by_node.items():
+            at = f"{where}.{key}[{node}]"
+            if not isinstance(node, str) or not node:
+                raise WireError(f"{where}.{key}: node names must be non-empty strings")
+            if entry is None:
+                entry = {}
+            if not isinstance(entry, Mapping):
+                raise WireError(f"{at} must be an object")
+            items = _ci_get(entry, "Pods")
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                raise WireError(f"{at}.Pods must be a list")
+            uids: list[str] = []
+            for i, item in enumerate(items):
+                if not isinstance(item, Mapping):
+                    raise WireError(f"{at}.Pods[{i}] must be an object")
+                if key == "NodeNameToMetaVictims":
+                    uid = _ci_get(item, "UID")
+                else:
+                    _check(check_pod, item, f"{at}.Pods[{i}]")
+                    uid = bodies.uid(item)
+                if not isinstance(uid, str) or not uid:
+                    raise WireError(f"{at}.Pods[{i}] needs a non-empty UID")
+                if key == "NodeNameToVictims":
+                    pods[uid] = dict(item)
+                uids.append(uid)
+            violations = _ci_get(entry, "NumPDBViolations")
+            if violations is None:
+                violations = 0
+            if not isinstance(violations, int) or isinstance(violations, bool) or violations < 0:
+                raise WireError(f"{at}.NumPDBViolations must be a non-negative integer")
+            victims[node] = uids
+            pdb[node] = violations
+        return cls(pod=pod, victims=victims, pdb_violations=pdb, victim_pods=pods)
+
+
+def preemption_result(victims: Mapping[str, list[str]], pdb_violations: Mapping[str, int]) -> dict[str, Any]:
+    """``ExtenderPreemptionResult``: always ``NodeNameToMetaVictims`` (kube-scheduler reads only that)."""
+    return {
+        "NodeNameToMetaVictims": {
+            node: {"Pods": [{"UID": uid} for uid in uids], "NumPDBViolations": pdb_violations.get(node, 0)}
+            for node, uids in victims.items()
+        }
+    }
+
+
 def filter_result(
     *,
     node_names: list[str] | None,

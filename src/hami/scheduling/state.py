@@ -19,7 +19,8 @@ totals follow each card's change, so they always equal the sum over the cards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -242,6 +243,18 @@ class ClusterState:
         self._apply(uid, sign=1)
         self.quota.charge(alloc)
         return True
+
+    @contextmanager
+    def without(self, uids: Iterable[str]) -> Iterator[None]:
+        """A trial: the pods ``uids`` are off the ledger (cards and quota) inside, restored after.
+
+        The caller must not yield to other tasks inside (nothing else may see the trial)."""
+        gone = [alloc for uid in uids if (alloc := self.remove_pod(uid)) is not None]
+        try:
+            yield
+        finally:
+            for alloc in gone:
+                self.add_pod(alloc)
 
     def pods_on(self, node: str) -> list[PodAllocation]:
         return [self.pods[uid] for uid in sorted(self._by_node.get(node, set()))]

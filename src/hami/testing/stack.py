@@ -44,6 +44,8 @@ class Stack:
 
     annotate_at_filter: bool = True
     bind_queue_limit: int = 0
+    #: register hami's ``preemptVerb`` with kube-scheduler, with DefaultPreemption at its defaults
+    preempt: bool = False
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
@@ -72,11 +74,12 @@ class Stack:
             self.completer = AllocationCompleter(KubeClient(self.kube_config))
             await self.completer.start()
         cfg = scheduler_configuration(
-            extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry()
+            extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry(), preempt=self.preempt
         )
-        cfg["profiles"][0]["pluginConfig"] = [
-            {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
-        ]
+        if not self.preempt:  # no candidate nodes: kube-scheduler's preemption never finds victims
+            cfg["profiles"][0]["pluginConfig"] = [
+                {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
+            ]
         self.kube_scheduler = await asyncio.to_thread(self.start_scheduler, cfg)
         return self
 
