@@ -188,7 +188,7 @@ class _QuotaCollector(Collector):
 #: pod's PodScheduled message selects it). A message naming none is ``other``.
 UNSCHEDULABLE_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("quota", ("quota",)),
-    ("card_memory", ("CardInsufficientMemory",)),
+    ("card_memory", ("CardInsufficientMemory", "is more than the largest")),
     ("card_cores", ("CardInsufficientCore", "CardComputeUnitsExhausted")),
     ("card_slots", ("CardTimeSlicingExhausted",)),
     ("card_unhealthy", ("CardNotHealth", "CardCordoned")),
@@ -196,7 +196,7 @@ UNSCHEDULABLE_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("numa", ("NumaNotFit",)),
     ("card_type", ("CardTypeMismatch", "CardUuidMismatch")),
     ("node_devices", ("NodeInsufficientDevice", "AllocatedCardsInsufficientRequest")),
-    ("invalid_request", ("invalid", "requests no managed device")),
+    ("invalid_request", ("container '", "requests no managed device", "invalid request")),
 )
 OTHER = "other"
 

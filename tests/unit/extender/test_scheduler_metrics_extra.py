@@ -50,7 +50,14 @@ def families(m: Metrics) -> dict[str, Any]:
         ("0/1 nodes are available: 1 1/1 CardInsufficientCore", "card_cores"),
         ("0/1 nodes are available: 1 CardComputeUnitsExhausted", "card_cores"),
         ("0/3 nodes are available: 3 0/1 NodeInsufficientDevice", "node_devices"),
-        ("namespace ns: exceeded quota limits.nvidia.com/gpumem", "quota"),
+        ("namespace ns: quota exceeded for limits.nvidia.com/gpumem (ResourceQuota gpu)", "quota"),
+        (
+            "0/2 nodes are available: 2 container 'main': nvidia.com/gpumem: 20000 MiB is more than the "
+            "largest NVIDIA card in the cluster (15360 MiB).",
+            "card_memory",
+        ),
+        ("0/1 nodes are available: 1 container 'main': nvidia.com/gpu: must be positive", "invalid_request"),
+        ("0/1 nodes are available: 1 pod requests no managed device", "invalid_request"),
         ("0/1 nodes: 1 CardTypeMismatch", "card_type"),
         ("0/1 nodes: 1 NumaNotFit", "numa"),
         ("0/1 nodes are available: 1 node(s) had untolerated taint", OTHER),
