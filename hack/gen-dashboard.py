@@ -172,7 +172,7 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
                    "bytes", (f"max by (node) ({FREE})", "{{node}}")),
             series("Stranded memory per node",
                    "Free device memory on cards whose cores are all allocated (no pod can use it).", "bytes",
-                   (f"sum by (node) ({FREE} * on (node, device_uuid) "
+                   (f"sum by (node) ({FREE} * on (instance, node, device_uuid) "
                     f"(hami_gpu_core_allocated_ratio{N} >= bool hami_gpu_core_limit_ratio{N}))", "{{node}}")),
         ],
     ),
