@@ -47,7 +47,8 @@ def exported() -> set[str]:
 
 
 def board() -> dict[str, Any]:
-    return json.loads(BOARD.read_text())
+    loaded: dict[str, Any] = json.loads(BOARD.read_text())
+    return loaded
 
 
 def panels() -> list[dict[str, Any]]:
