@@ -76,7 +76,7 @@ typecheck: venv
 	$(BIN)/mypy
 
 # Every tier: lint, types, unit + contract + native + integration + chart + real node (real etcd,
-# kube-apiserver, kube-scheduler, kubelet, containerd and helm — built once from Go modules into
+# kube-apiserver, kube-scheduler, kubelet, containerd, helm and prometheus — built once from Go modules into
 # ~/.cache/hami, see hack/build-*.sh — and Debian's runc and CNI plugins).
 # HAMI_REQUIRE_ALL=1: a test whose prerequisite is missing fails, saying what to install, instead
 # of skipping (hami.testing.prereq).
@@ -86,6 +86,7 @@ test: venv native lint typecheck images
 	$(ENSURE_NODE_TOOLS)
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
 	  HAMI_CONTAINERD_BIN="$${HAMI_CONTAINERD_BIN:-$$(hack/build-containerd.sh)}" \
+	  HAMI_PROMETHEUS_BIN="$${HAMI_PROMETHEUS_BIN:-$$(hack/build-prometheus.sh)}" \
 	  HAMI_REQUIRE_INTEGRATION=1 HAMI_REQUIRE_ALL=1 $(BIN)/pytest -q -p no:cacheprovider
 
 unit: venv

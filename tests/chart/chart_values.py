@@ -70,6 +70,7 @@ VALUE_SETS: dict[str, ValueSet] = {
             "devices": {"nvidia": {"gpuCorePolicy": "force", "libCudaLogLevel": 3}},
             "hami": {"enforcementOptOutNamespaces": ["research"]},
             "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+            "dashboard": {"enabled": True, "annotations": {"grafana_folder": "GPU"}},
         },
     ),
     # webhook certificate from cert-manager; one scheduler replica without leader election; every

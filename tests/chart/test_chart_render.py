@@ -177,6 +177,14 @@ def test_full_values_reach_the_scheduler_pod(rendered: Render) -> None:
     assert r.get("RuntimeClass", "nvidia-hami")["handler"] == "nvidia"
 
 
+def test_dashboard_configmap_is_the_dashboard_file(rendered: Render) -> None:
+    cm = rendered("full").get("ConfigMap", "gpu-hami-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "GPU"
+    assert cm["data"]["hami.json"] == (CHART / "dashboards" / "hami.json").read_text().rstrip("\n")
+    assert not rendered("default").has("ConfigMap", "hami-dashboard")
+
+
 def test_overwrite_env_sends_every_pod_to_the_webhook(helm: Helm) -> None:
     objs = helm.render(CHART, release="hami", namespace="x", values={"scheduler": {"overwriteEnv": "true"}})
     (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]

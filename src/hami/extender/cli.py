@@ -71,6 +71,11 @@ from hami.cliutil import option
     default=None,
     help="Lease name (default: hami-scheduler-extender; with --follow-scheduler-lease: hami-scheduler)",
 )
+@option(
+    "--legacy-metrics",
+    is_flag=True,
+    help="also export HAMi's pre-2.10 scheduler metric names (GPUDeviceMemoryLimit, ...)",
+)
 @cliutil.log_level_option(None)
 @option("-v", "--verbose", count=True, help="without --log-level: -v info, -vv debug (default: warnings)")
 def scheduler_command(
@@ -91,6 +96,7 @@ def scheduler_command(
     follow_scheduler_lease: bool,
     lease_namespace: str,
     lease_name: str | None,
+    legacy_metrics: bool,
     log_level: str | None,
     verbose: int,
 ) -> None:
@@ -126,6 +132,7 @@ def scheduler_command(
         identity=runner.default_identity(),
         annotate_at_filter=annotate_at_filter,
         bind_queue_limit=bind_queue_limit,
+        legacy_metrics=legacy_metrics,
     )
     try:
         kube_config = hami.kube.config.load_config(kubeconfig)

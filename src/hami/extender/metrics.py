@@ -5,11 +5,20 @@ device_uuid,device_index,device_type,device_cores}`` ...) so existing dashboards
 are computed from the usage ledger at scrape time. Namespace quota is HAMi's
 ``hami_resource_quota_limit{namespace,quota_name}`` and ``hami_resource_quota_used{namespace,
 quota_name,limit}`` (``quota_name`` is the resource, e.g. ``nvidia.com/gpumem``; memory in MiB).
+
+Beyond HAMi: ``hami_pods_unschedulable{zone,reason}`` counts the pods this scheduler is to place
+that kube-scheduler marked unschedulable (``PodScheduled=False``, reason ``Unschedulable``), by the
+first of a fixed set of reasons its message names (the extender's filter verdicts reach the message
+through kube-scheduler), so the family has a bounded set of series, all always present.
+
+``legacy=True`` (``--legacy-metrics``) adds HAMi's pre-2.10 names for the same rows, with HAMi's
+legacy label names (``nodeid, deviceuuid, deviceidx, devicetype`` ...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -22,7 +31,14 @@ MIB = 1024 * 1024
 
 
 class Metrics:
-    def __init__(self, state: ClusterState) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        *,
+        pods: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
+        scheduler_name: str = "hami-scheduler",
+        legacy: bool = False,
+    ) -> None:
         self.registry = CollectorRegistry()
         buckets = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.filter_seconds = Histogram(
@@ -43,8 +59,13 @@ class Metrics:
         self.bind_results = Counter(
             "hami_scheduler_bind_results_total", "Bind outcomes", ["result"], registry=self.registry
         )
-        self.registry.register(_CardCollector(state))
-        self.registry.register(_QuotaCollector(state))
+        cards, quota = _CardCollector(state), _QuotaCollector(state)
+        self.registry.register(cards)
+        self.registry.register(quota)
+        if pods is not None:
+            self.registry.register(_WaitingCollector(pods, scheduler_name))
+        if legacy:
+            self.registry.register(_LegacyCollector(cards, quota))
 
 
 ZONE = "vGPU"
@@ -161,3 +182,131 @@ class _QuotaCollector(Collector):
                 limit.add_metric([ZONE, ns, res], lim.value)
                 used.add_metric([ZONE, ns, res, str(lim.value)], in_use.get(res, 0))
         yield from (limit, used)
+
+
+#: ``hami_pods_unschedulable`` reasons, most specific first: (label, tokens any of which in the
+#: pod's PodScheduled message selects it). A message naming none is ``other``.
+UNSCHEDULABLE_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("quota", ("quota",)),
+    ("card_memory", ("CardInsufficientMemory", "is more than the largest")),
+    ("card_cores", ("CardInsufficientCore", "CardComputeUnitsExhausted")),
+    ("card_slots", ("CardTimeSlicingExhausted",)),
+    ("card_unhealthy", ("CardNotHealth", "CardCordoned")),
+    ("exclusive", ("ExclusiveDeviceAllocateConflict",)),
+    ("numa", ("NumaNotFit",)),
+    ("card_type", ("CardTypeMismatch", "CardUuidMismatch")),
+    ("node_devices", ("NodeInsufficientDevice", "AllocatedCardsInsufficientRequest")),
+    ("invalid_request", ("container '", "requests no managed device", "invalid request")),
+)
+OTHER = "other"
+
+
+def unschedulable_reason(message: str) -> str:
+    """The bounded reason label for a PodScheduled=False message."""
+    for label, tokens in UNSCHEDULABLE_REASONS:
+        if any(t in message for t in tokens):
+            return label
+    return OTHER
+
+
+def waiting_reason(pod: Mapping[str, Any], scheduler_name: str) -> str | None:
+    """The reason label when ``pod`` is this scheduler's and waits unschedulable, else None."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    if spec.get("schedulerName") != scheduler_name or spec.get("nodeName"):
+        return None
+    if status.get("phase", "Pending") != "Pending":
+        return None
+    for cond in status.get("conditions") or ():
+        if (cond.get("type"), cond.get("status"), cond.get("reason")) == (
+            "PodScheduled",
+            "False",
+            "Unschedulable",
+        ):
+            return unschedulable_reason(str(cond.get("message") or ""))
+    return None
+
+
+class _WaitingCollector(Collector):
+    """``hami_pods_unschedulable{zone,reason}``: every reason always present (0 when none wait)."""
+
+    def __init__(self, pods: Callable[[], Iterable[Mapping[str, Any]]], scheduler_name: str) -> None:
+        self.pods = pods
+        self.scheduler_name = scheduler_name
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = dict.fromkeys([label for label, _ in UNSCHEDULABLE_REASONS] + [OTHER], 0)
+        for pod in self.pods():
+            reason = waiting_reason(pod, self.scheduler_name)
+            if reason is not None:
+                counts[reason] += 1
+        fam = GaugeMetricFamily(
+            "hami_pods_unschedulable",
+            "Pods waiting for devices, by why kube-scheduler last found no node",
+            labels=["zone", "reason"],
+        )
+        for reason, n in counts.items():
+            fam.add_metric([ZONE, reason], n)
+        yield fam
+
+
+#: HAMi's legacy label names for the current ones
+LEGACY_LABELS = {
+    "node": "nodeid",
+    "device_uuid": "deviceuuid",
+    "device_index": "deviceidx",
+    "device_type": "devicetype",
+    "device_cores": "devicecores",
+    "device_memory_limit": "devicememorylimit",
+    "namespace": "podnamespace",
+    "pod": "podname",
+    "container_index": "ctridx",
+    "mig_uuid": "miguuid",
+    "gpu_instance_id": "gpuinstanceid",
+    "compute_instance_id": "computeinstanceid",
+    "placement_start": "placementstart",
+    "placement_size": "placementsize",
+    "quota_name": "quotaname",
+}
+#: ``--legacy-metrics``: HAMi's pre-2.10 scheduler names (reference 8.2), from the current families
+LEGACY_NAMES = {
+    "hami_gpu_memory_limit_bytes": "GPUDeviceMemoryLimit",
+    "hami_gpu_core_limit_ratio": "GPUDeviceCoreLimit",
+    "hami_gpu_memory_allocated_bytes": "GPUDeviceMemoryAllocated",
+    "hami_gpu_shared_count": "GPUDeviceSharedNum",
+    "hami_gpu_core_allocated_ratio": "GPUDeviceCoreAllocated",
+    "hami_node_gpu_overview": "nodeGPUOverview",
+    "hami_node_gpu_memory_allocated_ratio": "nodeGPUMemoryPercentage",
+    "hami_node_gpu_mig_instance_info": "nodeGPUMigInstance",
+    "hami_resource_quota_used": "QuotaUsed",
+    "hami_vgpu_memory_allocated_bytes": "vGPUMemoryAllocated",
+    "hami_vgpu_core_allocated_ratio": "vGPUCoreAllocated",
+}
+
+
+def legacy_family(fam: Any) -> GaugeMetricFamily | None:
+    """The legacy twin of a current family (None for a family HAMi had no legacy name for)."""
+    name = LEGACY_NAMES.get(fam.name)
+    if name is None:
+        return None
+    names: list[str] = []
+    rows = []
+    for s in fam.samples:
+        if not names:
+            names = [LEGACY_LABELS.get(k, k) for k in s.labels]
+        rows.append(([str(v) for v in s.labels.values()], s.value))
+    out = GaugeMetricFamily(name, fam.documentation, labels=names)
+    for values, v in rows:
+        out.add_metric(values, v)
+    return out
+
+
+class _LegacyCollector(Collector):
+    def __init__(self, *sources: Collector) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        for src in self.sources:
+            for fam in src.collect():
+                legacy = legacy_family(fam)
+                if legacy is not None:
+                    yield legacy

@@ -68,6 +68,8 @@ class ExtenderSettings:
     #: > 0: a node with this many pods decided but not yet allocated is tried after all others, so
     #: a binpack burst does not queue every bind on one node lock (0 = plain policy order)
     bind_queue_limit: int = 0
+    #: also export HAMi's pre-2.10 scheduler metric names (``--legacy-metrics``)
+    legacy_metrics: bool = False
 
 
 class _Lease(TypedDict):
@@ -168,7 +170,12 @@ class Extender:
             annotate_at_filter=settings.annotate_at_filter,
             bind_queue_limit=settings.bind_queue_limit,
         )
-        self.metrics = Metrics(self.scheduler.state)
+        self.metrics = Metrics(
+            self.scheduler.state,
+            pods=self.pods.values,
+            scheduler_name=cfg.hami.scheduler_name,
+            legacy=settings.legacy_metrics,
+        )
         self._runner: web.AppRunner | None = None
         self._ops_runner: web.AppRunner | None = None
         self.port = settings.port

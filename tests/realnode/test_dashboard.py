@@ -1,0 +1,241 @@
+"""The Grafana dashboard against a real Prometheus scraping the real-node sandbox.
+
+``helm install charts/hami`` with the monitor and the dashboard ConfigMap on; the namespace gets a
+ResourceQuota on device memory; a GPU pod runs the probe program and keeps half of its slice
+allocated, and a second pod asks more memory than any card has (it waits, unschedulable). A
+Prometheus built from the Go module proxy (``hack/build-prometheus.sh``; ``$HAMI_PROMETHEUS_BIN``)
+runs on the host and scrapes the scheduler pod (:9395) and every monitor pod (:9394) at their pod
+IPs (the sandbox's CNI bridges are reachable from the host) every second. Then every target of every
+panel of charts/hami/dashboards/hami.json, run through ``/api/v1/query`` with the template
+variables set to match everything, returns at least one series — except the panels listed in
+:data:`EMPTY_IN_SANDBOX`, which must return none (so a panel that silently loses its data, or one
+that gains it without this list being updated, both fail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from realnode_chart import NAMESPACE, chart_installed, hami_leading
+
+from hami.kube.client import KubeClient
+from hami.kube.errors import KubeError
+from hami.kube.paths import api_path
+from hami.sandbox.cluster import Sandbox
+from hami.sandbox.probe import PROBE, report
+from hami.testing.helm import Helm
+from hami.testing.prereq import missing
+from hami.testing.prometheus import PrometheusMissingError, Query, dashboard_queries, find_prometheus
+from hami.testing.stack import wait_for
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BOARD = ROOT / "charts" / "hami" / "dashboards" / "hami.json"
+MONITOR_PORT, SCHEDULER_PORT = 9394, 9395
+SLICE_MIB, TOO_BIG_MIB = 3000, 20000  # fake-node-small's cards have 15360 MiB
+#: panel title -> why it has no series in the sandbox (asserted empty, not skipped)
+EMPTY_IN_SANDBOX = {
+    "Host GPU memory used": "the monitor reaches no NVML in the sandbox (fake device source)",
+    "Host GPU utilization": "the monitor reaches no NVML in the sandbox (fake device source)",
+    "Host memory controller utilization": "the monitor reaches no NVML in the sandbox",
+    "MIG instances": "fake-node-small has no MIG card and no pod holds a MIG instance",
+    "Time since last kernel": "the probe allocates memory and launches no kernel",
+}
+
+
+@pytest.fixture(scope="module")
+def prometheus_dir() -> Path:
+    try:
+        return find_prometheus()
+    except PrometheusMissingError as exc:
+        missing(str(exc))
+
+
+@pytest.fixture(scope="module")
+def installed(sandbox: Sandbox, prometheus_dir: Path) -> Iterator[Helm]:
+    extra = {"monitor": {"enabled": True}, "dashboard": {"enabled": True}}
+    with chart_installed(sandbox, extra) as helm:
+        yield helm
+
+
+@pytest.fixture
+async def leading(installed: Helm, kc: KubeClient) -> None:
+    await hami_leading(kc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.asynccontextmanager
+async def prometheus(binary: Path, targets: dict[str, list[str]]) -> AsyncIterator[str]:
+    """Prometheus on the host scraping ``targets`` (job -> host:port) every second; yields its URL."""
+    with tempfile.TemporaryDirectory(prefix="hami-prom-") as tmp:
+        jobs = []
+        for job, addrs in targets.items():
+            listed = ", ".join(f'"{a}"' for a in addrs)
+            jobs.append(f"  - job_name: {job}\n    static_configs:\n      - targets: [{listed}]\n")
+        config = Path(tmp) / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n" + "".join(jobs)
+        )
+        port = _free_port()
+        log = (Path(tmp) / "prometheus.log").open("w")
+        proc = subprocess.Popen(
+            [
+                str(binary),
+                f"--config.file={config}",
+                f"--storage.tsdb.path={Path(tmp) / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+async def _api(session: aiohttp.ClientSession, url: str, path: str, **params: str) -> Any:
+    async with session.get(f"{url}{path}", params=params) as r:
+        body = await r.json()
+    assert body.get("status") == "success", body
+    return body["data"]
+
+
+async def _pod_ips(kc: KubeClient, component: str) -> list[str]:
+    pods = await kc.list(
+        api_path("v1", "pods", namespace=NAMESPACE), label_selector=f"app.kubernetes.io/component={component}"
+    )
+    return [p["status"]["podIP"] for p in pods["items"] if p["status"].get("podIP")]
+
+
+def _gpu_pod(name: str, command: list[str], mem: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "hami.local/hami:0.1.0",
+                    "command": command,
+                    "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}},
+                }
+            ],
+        },
+    }
+
+
+async def test_every_dashboard_panel_returns_series(
+    leading: None, prometheus_dir: Path, kc: KubeClient, ns: str
+) -> None:
+    # the chart shipped the dashboard
+    cm = await kc.get(api_path("v1", "configmaps", namespace=NAMESPACE, name="hami-dashboard"))
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["data"]["hami.json"] == BOARD.read_text().rstrip("\n")
+
+    # quota (the quota panels), a probe holding memory, a pod that cannot fit
+    await kc.create(
+        api_path("v1", "resourcequotas", namespace=ns),
+        {"metadata": {"name": "gpu"}, "spec": {"hard": {"limits.nvidia.com/gpumem": "100000"}}},
+    )
+    hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
+    await kc.create(
+        api_path("v1", "pods", namespace=ns), _gpu_pod("probe", ["python3", "-c", hold], SLICE_MIB)
+    )
+    await kc.create(
+        api_path("v1", "pods", namespace=ns), _gpu_pod("too-big", ["sleep", "1000000"], TOO_BIG_MIB)
+    )
+
+    async def reported() -> dict[str, Any] | None:
+        try:
+            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name="probe") + "/log"))
+        except (KubeError, ValueError):
+            return None
+
+    seen: dict[str, Any] = await wait_for(reported, timeout=180, interval=1)
+    assert seen["alloc_half"] == 0 and seen["total_mib"] == SLICE_MIB, seen
+
+    scheduler_ips = await wait_for(lambda: _pod_ips(kc, "scheduler"), timeout=60, interval=1)
+    monitor_ips = await wait_for(lambda: _pod_ips(kc, "monitor"), timeout=60, interval=1)
+    targets = {
+        "hami-scheduler": [f"{ip}:{SCHEDULER_PORT}" for ip in scheduler_ips],
+        "hami-monitor": [f"{ip}:{MONITOR_PORT}" for ip in monitor_ips],
+    }
+    async with prometheus(prometheus_dir / "prometheus", targets) as url, aiohttp.ClientSession() as http:
+
+        async def scraped() -> bool:
+            try:
+                data = await _api(http, url, "/api/v1/targets")
+            except (aiohttp.ClientError, AssertionError):
+                return False
+            active = data["activeTargets"]
+            if len(active) != len(scheduler_ips) + len(monitor_ips):
+                return False
+            if not all(t["health"] == "up" for t in active):
+                return False
+            probe = f'hami_vgpu_memory_used_bytes{{namespace="{ns}",pod="probe"}}'
+            waiting = 'hami_pods_unschedulable{reason="card_memory"} >= 1'
+            quota = f'hami_resource_quota_used{{namespace="{ns}"}} > 0'
+            for q in (probe, waiting, quota):
+                if not (await _api(http, url, "/api/v1/query", query=q))["result"]:
+                    return False
+            return True
+
+        try:
+            await wait_for(scraped, timeout=180, interval=1)
+        except AssertionError as exc:
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                exc.args = (f"{exc}; targets: {await _api(http, url, '/api/v1/targets')}",)
+            raise
+        await asyncio.sleep(5)  # rate() and avg_over_time() need a few samples in their window
+
+        queries = dashboard_queries(BOARD)
+        assert set(EMPTY_IN_SANDBOX) <= {q.panel for q in queries}
+        empty: list[Query] = []
+        unexpected: list[tuple[Query, int]] = []
+        for q in queries:
+            data = await _api(http, url, "/api/v1/query", query=q.expr)
+            n = len(data["result"])
+            if q.panel in EMPTY_IN_SANDBOX:
+                if n:
+                    unexpected.append((q, n))
+            elif not n:
+                empty.append(q)
+        assert not empty, f"panels without series: {[(q.panel, q.ref, q.expr) for q in empty]}"
+        assert not unexpected, f"panels listed as empty in the sandbox have series: {unexpected}"
+
+        # the values behind the hami panels are the probe's
+        used = await _api(
+            http, url, "/api/v1/query", query=f'sum(hami_namespace_gpu_memory_used_bytes{{namespace="{ns}"}})'
+        )
+        alloc = await _api(
+            http, url, "/api/v1/query", query=f'sum(hami_vgpu_memory_allocated_bytes{{namespace="{ns}"}})'
+        )
+        assert float(alloc["result"][0]["value"][1]) == SLICE_MIB << 20
+        assert 0 < float(used["result"][0]["value"][1]) <= SLICE_MIB << 20
+        quota = await _api(http, url, "/api/v1/query", query=f'hami_resource_quota_used{{namespace="{ns}"}}')
+        assert [float(s["value"][1]) for s in quota["result"]] == [SLICE_MIB]
