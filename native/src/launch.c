@@ -3,7 +3,10 @@
  * through NVML every period, learns the GPU time one launch costs, and sets the refill rate to
  *   rate = L% * 1 s / cost * gain
  * where gain is a bounded integral correction applied only while the container is actually
- * throttled (no wind-up when the application asks for less than its share). The launch path is one
+ * throttled (no wind-up when the application asks for less than its share). Kernels of a quarter of
+ * the control period or longer are settled by the GPU time NVML measured for them instead (see
+ * control_step): charged what they ran, the debt carried over periods.
+ * The launch path is one
  * relaxed load when no limit is configured, and one atomic fetch_sub on the shared bucket when it is;
  * only a launch that finds the bucket empty sleeps. */
 #define _GNU_SOURCE
@@ -202,7 +205,8 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     c->last_refilled = refilled;
     c->last_tokens = tokens;
     int throttled = atomic_exchange(&D->throttled, 0);
-    double cost = (double)atomic_load(&D->cost_ns);
+    double cost = (double)atomic_load(&D->cost_ns), old_cost = cost;
+    double charged_ns = launches * cost; /* what the bucket took for this period's launches */
     double gain = atomic_load(&D->gain_ppm) / 1e6;
     int settled = 0;
     if (launches >= 1.0) {
@@ -220,9 +224,13 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         if (cost < 10) cost = 10;
         if (cost > 1e9) cost = 1e9;
     }
+    /* Kernels of a quarter of the control period or longer: the per-period cost estimate cannot see
+     * a whole kernel (it is capped by the period), so launches are settled by measured time below and
+     * the refill is the share itself; the gain (fitted to short kernels) is left as it is. */
+    int long_kernels = c->have_cost && cost * 4 >= dt;
     /* integral correction: always pulls down when over the limit; pushes up only while the
      * container is actually being throttled (no wind-up while the application asks for less) */
-    if (settled && u > 0.5) {
+    if (settled && u > 0.5 && !long_kernels) {
         double err = ((double)L - u) / (double)L;
         if (err > 0.5) err = 0.5;
         if (err < -0.5) err = -0.5;
@@ -230,7 +238,14 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         if (gain < 0.3) gain = 0.3;
         if (gain > 3.0) gain = 3.0;
     }
-    double rate = (double)L / 100.0 * 1e9 / cost * gain * VGPU_UNIT;
+    /* a debt is GPU time: re-express it in tokens of the new cost */
+    if (cost != old_cost) {
+        int64_t t0 = atomic_load(&D->tokens), t1 = t0;
+        while (t0 < 0 && !atomic_compare_exchange_weak(&D->tokens, &t0, t1 = (int64_t)(t0 * old_cost / cost))) {
+        }
+        if (t0 < 0) c->last_tokens += t1 - t0;
+    }
+    double rate = (double)L / 100.0 * 1e9 / cost * (long_kernels ? 1.0 : gain) * VGPU_UNIT;
     if (rate < 1) rate = 1;
     atomic_store(&D->cost_ns, (uint64_t)cost);
     atomic_store(&D->gain_ppm, (uint64_t)(gain * 1e6));
@@ -238,6 +253,24 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     double burst = rate / 20; /* 50 ms of launches, at least two */
     int64_t cap = (int64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT);
     atomic_store(&D->burst, (uint64_t)cap);
+    /* Charge by measured GPU time: a launch takes one token (its estimated cost) when it is made;
+     * here the period's measured busy time settles the difference, in tokens at the new cost. A
+     * kernel longer than the period (its cost estimate, a per-period figure, is then too low) is so
+     * charged in full while it runs, and the debt carries over periods: the next launch waits until
+     * it is repaid, however long the kernel was. Negative differences (launched work not yet run)
+     * are credited, so the charge over time is the measured time. The debt is bounded by 10 s of
+     * refill (a garbage measurement cannot stall the container for longer). */
+    if (on && long_kernels) {
+        double busy_ns = u / 100.0 * dt;
+        int64_t debit = (int64_t)((busy_ns - charged_ns) / cost * VGPU_UNIT);
+        int64_t floor = -(int64_t)(rate * 10);
+        int64_t cur = atomic_load(&D->tokens);
+        if (cur - debit < floor) debit = cur > floor ? cur - floor : 0;
+        if (debit) {
+            atomic_fetch_sub(&D->tokens, debit);
+            c->last_tokens -= debit; /* a settlement, not consumption */
+        }
+    }
     /* a lower rate must not leave a bucket full of tokens saved at the old, cheaper cost */
     int64_t t = atomic_load(&D->tokens);
     while (t > cap && !atomic_compare_exchange_weak(&D->tokens, &t, cap)) {

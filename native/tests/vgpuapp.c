@@ -460,6 +460,25 @@ static void duty_loop(double secs1, double secs2, uint64_t kns, long n, double h
     printf("duty util=%.2f tail=%.2f\n", a.t ? util_between(a, b) : -1.0, c.t ? util_between(c, d) : -1.0);
 }
 
+/* "paced": launching <kns> kernels without pause for <secs> s. Prints the utilisation between the
+ * first launch that returns after <warm> s and the last one: whole cycles of (wait, kernel), so a
+ * kernel longer than the window's share does not skew the figure by where the window ends. */
+static void paced_loop(uint64_t kns, double secs, double warm) {
+    kernel_setup(kns);
+    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(secs * 1e9), w = t0 + (uint64_t)(warm * 1e9);
+    struct mark a = {0, 0};
+    long n = 0;
+    for (;;) {
+        kernel_once();
+        uint64_t now = now_ns();
+        if (!a.t && now >= w) a = mark_now();
+        else if (a.t) n++;
+        if (now >= end) break;
+    }
+    struct mark b = mark_now();
+    printf("paced util=%.2f launches=%ld\n", a.t && n ? util_between(a, b) : -1.0, n);
+}
+
 /* "idleburst": 1 s of steady launching (the controller learns the cost), then <cycles> times: idle
  * for <idle_ms>, then launch without pause for <window_ms>. Prints each window's utilisation. */
 static void idle_burst(uint64_t kns, double idle_ms, double window_ms, int cycles) {
@@ -572,6 +591,8 @@ int main(int argc, char **argv) {
             o.h = d;
             if (r == CUDA_SUCCESS && g_nobj < MAXOBJ) g_objs[g_nobj++] = o;
             printf("alloc allocstream %s rc=%d\n", a[1], r);
+        } else if (!strcmp(a[0], "paced")) {
+            paced_loop(parse_size(a[1]), atof(a[2]), atof(a[3]));
         } else if (!strcmp(a[0], "poolrace")) {
             /* two threads allocate <size> stream-ordered at once */
             need_ctx();
