@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -282,19 +283,49 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
               cost, gain, rate / VGPU_UNIT);
 }
 
+/* The leader process (region's leader_pid) is stopped (SIGSTOP, a debugger): it keeps the leader
+ * lock but no longer steps the controller, so the bucket would run on a frozen rate. */
+static int leader_stopped(struct vgpu_region *R) {
+    uint32_t pid = atomic_load_explicit(&R->leader_pid, memory_order_relaxed);
+    if (!pid || pid > 4194304 || pid == (uint32_t)getpid()) return 0;
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')'); /* the state follows the command name, which may hold anything */
+    return rp && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't');
+}
+
 /* One thread per process. The process holding the container's leader lock runs the controller and
  * the periodic reaper (so a container of N processes makes one scan, not N); the others only retry
  * the leader lock (one fcntl every 50 ms, so a dead leader is replaced promptly) and report launch
  * activity for the node monitor. */
 static void *watcher(void *arg) {
     (void)arg;
-    uint64_t last_ctl = 0, last_reap = 0;
+    uint64_t last_ctl = 0, last_reap = 0, last_check = 0;
+    int standin = 0;
     for (;;) {
         struct vgpu_region *R = vgpu_R;
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
         uint64_t now = vgpu_now_ns();
         int leader = vgpu_is_leader_try();
-        int limiting = leader && (atomic_load(&vgpu_gate_any) & GATE_LIMIT);
+        int gated = (atomic_load(&vgpu_gate_any) & GATE_LIMIT) != 0;
+        /* a stopped leader is stood in for: a limited process runs the controller until it resumes */
+        if (!leader && gated && now - last_check >= 100000000ULL) {
+            int was = standin;
+            standin = leader_stopped(R);
+            last_check = now;
+            if (standin != was) {
+                LOG_INFO("limiter leader %u %s", atomic_load(&R->leader_pid),
+                         standin ? "is stopped: standing in" : "resumed");
+                memset(g_ctl, 0, sizeof g_ctl); /* start (or later restart) from the learnt cost */
+            }
+        }
+        if (leader) standin = 0;
+        int limiting = (leader || standin) && gated;
         if (held(R, now)) atomic_fetch_or(&vgpu_gate_any, GATE_HOLD);
         if (limiting) {
             for (int d = 0; d < VGPU_MAX_DEV; d++)

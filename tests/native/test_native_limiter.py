@@ -12,6 +12,8 @@ the over-limit pull-down (recovery from a wound-up gain) and the bucket cap (bur
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -292,3 +294,19 @@ def test_legacy_launch_api_is_limited(tmp_path: Path) -> None:
         out, err = p.communicate(timeout=60)
         util = float(kv(lines(out, "launch ")[0])["util"])
         assert util < 35, f"{m}: {util} % at a 20 % limit\n{err}"
+
+
+def test_a_stopped_leader_is_stood_in_for(sandbox: Sandbox) -> None:
+    """The leader learnt 10 us kernels and is then stopped (SIGSTOP keeps its leader lock); another
+    process of the container launching 1 ms kernels ran at ~100 % on the frozen rate (issue 16)."""
+    leader = sandbox.popen("launch:kernel:20:10000:1:1", CUDA_DEVICE_SM_LIMIT="30")
+    try:
+        time.sleep(1.5)  # leader, and the cost of its launches learnt
+        os.kill(leader.pid, signal.SIGSTOP)
+        r = sandbox.run("launch:kernel:6:1000000:2:1", CUDA_DEVICE_SM_LIMIT="30")
+    finally:
+        os.kill(leader.pid, signal.SIGCONT)
+        leader.kill()
+        leader.communicate()
+    util = float(kv(lines(r.stdout, "launch ")[0])["util"])
+    assert abs(util - 30) <= 5.0, f"30 % with the leader stopped: measured {util:.1f}% {r.stderr[-500:]}"
