@@ -30,42 +30,37 @@ def test_two_threads_growing_one_pool_cannot_both_pass(sandbox: Sandbox) -> None
     assert int(kv(lines(r.stdout, "info ")[0])["free"]) == GiB - 600 * MiB, r.stdout
 
 
-def test_a_pool_of_device_1_is_charged_to_device_1(sandbox: Sandbox) -> None:
+def on_device_1_from_device_0(
+    sandbox: Sandbox, make: str, alloc: str, *more: str
+) -> tuple[list[str], int, int]:
+    """`make` on device 1, `alloc` of 600 MiB with device 0 current, then `more` on device 1: the
+    allocation return codes and each device's free memory (1 GiB limits)"""
     r = sandbox.run(
         "dev:1",
-        "poolcreate:1",  # a pool on device 1 ...
+        make,
         "dev:0",
-        "poolalloc:0:600m",  # ... used while device 0 is current
+        alloc,
         "info",
         "dev:1",
         "info",
+        *more,
         FAKECUDA_DEVICES="2",
         CUDA_DEVICE_MEMORY_LIMIT_0="1g",
         CUDA_DEVICE_MEMORY_LIMIT_1="1g",
     )
-    assert rcs(r.stdout) == ["0"], r.stdout + r.stderr
     free0, free1 = (int(kv(i)["free"]) for i in lines(r.stdout, "info "))
-    assert (free0, free1) == (GiB, GiB - 600 * MiB), r.stdout
+    return rcs(r.stdout), free0, free1
+
+
+def test_a_pool_of_device_1_is_charged_to_device_1(sandbox: Sandbox) -> None:
+    got = on_device_1_from_device_0(sandbox, "poolcreate:1", "poolalloc:0:600m")
+    assert got == (["0"], GiB, GiB - 600 * MiB)
 
 
 def test_alloc_async_on_another_devices_stream(sandbox: Sandbox) -> None:
     """cuMemAllocAsync takes the current pool of the stream's device, not of the current device."""
-    r = sandbox.run(
-        "dev:1",
-        "stream",
-        "dev:0",
-        "allocstream:600m",
-        "info",
-        "dev:1",
-        "info",
-        "alloc:linear:600m",  # device 1 holds 600 MiB of its 1 GiB
-        FAKECUDA_DEVICES="2",
-        CUDA_DEVICE_MEMORY_LIMIT_0="1g",
-        CUDA_DEVICE_MEMORY_LIMIT_1="1g",
-    )
-    assert rcs(r.stdout) == ["0", "2"], r.stdout + r.stderr
-    free0, free1 = (int(kv(i)["free"]) for i in lines(r.stdout, "info "))
-    assert (free0, free1) == (GiB, GiB - 600 * MiB), r.stdout
+    got = on_device_1_from_device_0(sandbox, "stream", "allocstream:600m", "alloc:linear:600m")
+    assert got == (["0", "2"], GiB, GiB - 600 * MiB)  # device 1 holds 600 MiB of its 1 GiB
 
 
 def test_more_than_64_pools_keep_their_caches_charged(sandbox: Sandbox) -> None:
