@@ -26,6 +26,7 @@ static _Atomic int g_launched; /* process-local: a launch happened since the las
 static _Atomic int g_thread_started;
 static int g_limited[VGPU_MAX_DEV];
 static int g_single_dev = -1;
+static int g_can_lead = 1; /* 0: a limit is set but this process has no NVML to measure with */
 
 static void sleep_ns(uint64_t ns) {
     struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
@@ -311,10 +312,11 @@ static void *watcher(void *arg) {
         struct vgpu_region *R = vgpu_R;
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
         uint64_t now = vgpu_now_ns();
-        int leader = vgpu_is_leader_try();
+        /* a process that cannot measure never takes the lead: it would leave the container unpaced */
+        int leader = g_can_lead && vgpu_is_leader_try();
         int gated = (atomic_load(&vgpu_gate_any) & GATE_LIMIT) != 0;
         /* a stopped leader is stood in for: a limited process runs the controller until it resumes */
-        if (!leader && gated && now - last_check >= 100000000ULL) {
+        if (!leader && gated && g_can_lead && now - last_check >= 100000000ULL) {
             int was = standin;
             standin = leader_stopped(R);
             last_check = now;
@@ -369,14 +371,18 @@ void vgpu_limiter_start(void) {
         }
     }
     g_single_dev = (nlim == 1 && vgpu_ndev <= 1) ? last : -1;
+    g_can_lead = 1;
     if (any) {
         vgpu_nvml_load();
         if (!vgpu_nvml_ok || !NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)) {
+            /* its launches still take the container's tokens, paced by a process that can measure;
+             * it never leads (a leader without NVML left everyone unlimited) */
             static int warned;
             if (!warned++)
-                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: the compute limiter stands down "
+                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: this process cannot measure; "
+                         "unless another process of the container leads, the compute limiter stands down "
                          "(memory limits still apply)");
-            any = 0;
+            g_can_lead = 0;
         }
     }
     if (vgpu_policy(R) == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");

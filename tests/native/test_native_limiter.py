@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from native_helpers import (
     APP,
+    BUILD,
     REGION_DEV0_GAIN_PPM,
     REGION_MONITOR_NS,
     REGION_RECENT_KERNEL,
@@ -310,3 +311,19 @@ def test_a_stopped_leader_is_stood_in_for(sandbox: Sandbox) -> None:
         leader.communicate()
     util = float(kv(lines(r.stdout, "launch ")[0])["util"])
     assert abs(util - 30) <= 5.0, f"30 % with the leader stopped: measured {util:.1f}% {r.stderr[-500:]}"
+
+
+def test_a_process_without_nvml_never_leads(sandbox: Sandbox) -> None:
+    """The first process of the container has no NVML: it took the leader lock and nobody paced the
+    container (both ran unlimited). It must follow the bucket a process with NVML paces (issue 16)."""
+    blind = sandbox.popen(
+        "launch:kernel:7:1000000:2:1", LD_LIBRARY_PATH=str(BUILD / "nonvml"), CUDA_DEVICE_SM_LIMIT="30"
+    )
+    time.sleep(0.5)  # it is the first: today's leader
+    seeing = sandbox.run("launch:kernel:6:1000000:1.5:1", CUDA_DEVICE_SM_LIMIT="30")
+    out, err = blind.communicate(timeout=60)
+    a = float(kv(lines(out, "launch ")[0])["util"])
+    b = float(kv(lines(seeing.stdout, "launch ")[0])["util"])
+    assert abs(a + b - 30) <= 6.0, (
+        f"30 % container, one process without NVML: {a:.1f}% + {b:.1f}% {err[-300:]}"
+    )
