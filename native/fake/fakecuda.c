@@ -27,13 +27,14 @@
     } while (0)
 
 static _Atomic int g_inited;
-static uint64_t g_kernel_ns, g_graph_ns, g_queue_ns, g_ctx_bytes;
+static uint64_t g_kernel_ns, g_graph_ns, g_queue_ns, g_ctx_bytes, g_pool_ns;
 static pthread_once_t g_env_once = PTHREAD_ONCE_INIT;
 static void load_env(void) {
     g_kernel_ns = fk_env_size("FAKECUDA_KERNEL_NS", 10000);
     g_graph_ns = fk_env_size("FAKECUDA_GRAPH_NS", g_kernel_ns);
     g_queue_ns = fk_env_size("FAKECUDA_QUEUE_NS", 20000000);
     g_ctx_bytes = fk_env_size("FAKECUDA_CTX_BYTES", 0);
+    g_pool_ns = fk_env_size("FAKECUDA_POOL_NS", 0);
 }
 static void env(void) { pthread_once(&g_env_once, load_env); }
 
@@ -299,19 +300,29 @@ static int cur_ord(void) { return t_cur ? t_cur->dev : 0; }
 static int cur_dev(void) { return phys(cur_ord()); } /* the card */
 
 /* ---------------------------------------------------------------- stream-ordered pools */
-/* Per process, one default pool per device. Freed blocks stay reserved in the pool (device memory
- * still in use) until a synchronisation trims the pool down to max(used, release threshold). */
+/* Per process, one default pool per device and any number made by cuMemPoolCreate (each on its own
+ * device). Freed blocks stay reserved in the pool (device memory still in use) until a
+ * synchronisation trims the pool down to max(used, release threshold). FAKECUDA_POOL_NS: how long a
+ * pool allocation takes (before it looks at the pool), to open the window between two threads. */
 struct CUmemPoolHandle_st {
     int dev;
     uint64_t reserved, reserved_high, used, threshold;
+    struct CUmemPoolHandle_st *next; /* created pools */
 };
-static struct CUmemPoolHandle_st g_pool[FK_MAX_DEV];
+static struct CUmemPoolHandle_st g_pool[FK_MAX_DEV], *g_created;
 static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct CUmemPoolHandle_st *pool_iter(int *i) { /* every pool: the defaults, then the created */
+    if (*i < FK_MAX_DEV) return &g_pool[(*i)++];
+    struct CUmemPoolHandle_st *p = g_created;
+    for (int k = FK_MAX_DEV; p && k < *i; k++) p = p->next;
+    (*i)++;
+    return p;
+}
 static void pools_trim(uint64_t keep_min, CUmemoryPool only) {
     struct fk_state *S = fk_state();
     pthread_mutex_lock(&g_pool_mu);
-    for (int d = 0; d < FK_MAX_DEV; d++) {
-        struct CUmemPoolHandle_st *p = &g_pool[d];
+    int it = 0;
+    for (struct CUmemPoolHandle_st *p; (p = pool_iter(&it));) {
         if (only && only != p) continue;
         uint64_t keep = p->used > p->threshold ? p->used : p->threshold;
         if (only && keep < p->used + keep_min) keep = p->used > keep_min ? p->used : keep_min;
@@ -331,6 +342,28 @@ API CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice d) {
     return CUDA_SUCCESS;
 }
 API CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool, CUdevice d) { return cuDeviceGetMemPool(pool, d); }
+API CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
+    NEED_INIT();
+    if (!pool || !props || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE || bad_dev(props->location.id))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUmemPoolHandle_st *p = calloc(1, sizeof *p);
+    if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+    p->dev = phys(props->location.id);
+    pthread_mutex_lock(&g_pool_mu);
+    p->next = g_created;
+    g_created = p;
+    pthread_mutex_unlock(&g_pool_mu);
+    *pool = p;
+    return CUDA_SUCCESS;
+}
+API CUresult cuMemPoolDestroy(CUmemoryPool pool) { /* the fake keeps the handle: a destroyed pool is emptied */
+    if (!pool) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_pool_mu);
+    pool->threshold = 0;
+    pthread_mutex_unlock(&g_pool_mu);
+    pools_trim(0, pool);
+    return CUDA_SUCCESS;
+}
 enum { ATTR_RELEASE_THRESHOLD = 4, ATTR_RESERVED_CURRENT = 5, ATTR_RESERVED_HIGH = 6, ATTR_USED_CURRENT = 7 };
 API CUresult cuMemPoolGetAttribute(CUmemoryPool pool, int attr, void *value) {
     FAULT(cuMemPoolGetAttribute);
@@ -380,9 +413,18 @@ API CUresult cuStreamSynchronize(CUstream s) {
     return CUDA_SUCCESS;
 }
 API CUresult cuStreamSynchronize_ptsz(CUstream s) { return cuStreamSynchronize(s); }
+/* the device of a stream (the null, legacy and per-thread streams: the current one) */
+static int stream_ord(CUstream s) { return (uintptr_t)s > 2 ? *(int *)s : cur_ord(); }
 API CUresult cuStreamCreate(CUstream *s, unsigned int flags) {
     (void)flags;
     *s = (CUstream)calloc(1, 16);
+    if (!*s) return CUDA_ERROR_OUT_OF_MEMORY;
+    *(int *)*s = cur_ord(); /* a stream belongs to the current context's device */
+    return CUDA_SUCCESS;
+}
+API CUresult cuStreamGetDevice(CUstream s, CUdevice *d) {
+    if (!d) return CUDA_ERROR_INVALID_VALUE;
+    *d = stream_ord(s);
     return CUDA_SUCCESS;
 }
 API CUresult cuStreamDestroy_v2(CUstream s) {
@@ -635,10 +677,11 @@ API CUresult cuMemFree(CUdeviceptr_v1 d) {
     pthread_mutex_unlock(&g_v1_mu);
     return p ? dev_free(p) : CUDA_ERROR_INVALID_VALUE;
 }
-static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool) {
+static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
     NEED_INIT();
     if (!dptr || !size) return CUDA_ERROR_INVALID_VALUE;
-    if (!pool) cuDeviceGetMemPool(&pool, cur_ord());
+    if (g_pool_ns) sleep_ns(g_pool_ns);
+    if (!pool) cuDeviceGetMemPool(&pool, stream_ord(s)); /* the current pool of the stream's device */
     struct fk_state *S = fk_state();
     int dev = pool->dev;
     pthread_mutex_lock(&g_pool_mu);
@@ -665,14 +708,12 @@ static CUresult pool_alloc(CUdeviceptr *dptr, size_t size, CUmemoryPool pool) {
 }
 API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t size, CUstream s) {
     FAULT(cuMemAllocAsync);
-    (void)s;
-    return pool_alloc(dptr, size, NULL);
+    return pool_alloc(dptr, size, NULL, s);
 }
 API CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t size, CUstream s) { return cuMemAllocAsync(dptr, size, s); }
 API CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
     FAULT(cuMemAllocFromPoolAsync);
-    (void)s;
-    return pool_alloc(dptr, size, pool);
+    return pool_alloc(dptr, size, pool, s);
 }
 API CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, CUstream s) {
     return cuMemAllocFromPoolAsync(dptr, size, pool, s);
@@ -719,7 +760,7 @@ struct vmm {
     uint64_t size;
     int dev;
     int maps;
-    int released;
+    int refs; /* cuMemCreate's and every cuMemRetainAllocationHandle's, less the releases */
 };
 API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUmemAllocationProp *prop,
                          unsigned long long flags) {
@@ -741,11 +782,12 @@ API CUresult cuMemCreate(CUmemGenericAllocationHandle *h, size_t size, const CUm
     struct vmm *v = calloc(1, sizeof *v);
     v->size = size;
     v->dev = dev;
+    v->refs = 1;
     *h = (CUmemGenericAllocationHandle)(uintptr_t)v;
     return CUDA_SUCCESS;
 }
 static void vmm_maybe_free(struct vmm *v) {
-    if (!v->released || v->maps) return;
+    if (v->refs > 0 || v->maps) return;
     if (v->dev >= 0) {
         atomic_fetch_sub(&fk_state()->dev[v->dev].used, v->size);
         atomic_fetch_sub(&fk_me()->mem[v->dev], v->size);
@@ -757,7 +799,7 @@ API CUresult cuMemRelease(CUmemGenericAllocationHandle h) {
     if (!h) return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&g_vmm_mu);
     struct vmm *v = (struct vmm *)(uintptr_t)h;
-    v->released = 1;
+    v->refs--;
     vmm_maybe_free(v);
     pthread_mutex_unlock(&g_vmm_mu);
     return CUDA_SUCCESS;
@@ -790,6 +832,19 @@ API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
             g_maps[i].va = 0;
             v->maps--;
             vmm_maybe_free(v);
+            pthread_mutex_unlock(&g_vmm_mu);
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&g_vmm_mu);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+API CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *h, void *addr) {
+    if (!h) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_vmm_mu);
+    for (int i = 0; i < 256; i++)
+        if (g_maps[i].va && g_maps[i].va == (CUdeviceptr)(uintptr_t)addr) {
+            g_maps[i].v->refs++;
+            *h = (CUmemGenericAllocationHandle)(uintptr_t)g_maps[i].v;
             pthread_mutex_unlock(&g_vmm_mu);
             return CUDA_SUCCESS;
         }
@@ -918,6 +973,9 @@ static const struct gpa {
     E(cuArray3DCreate, 3020, 0, cuArray3DCreate_v2) E(cuArrayDestroy, 2000, 0, cuArrayDestroy)
     E(cuMipmappedArrayCreate, 5000, 0, cuMipmappedArrayCreate) E(cuMipmappedArrayDestroy, 5000, 0, cuMipmappedArrayDestroy)
     E(cuCtxPushCurrent, 4000, 0, cuCtxPushCurrent_v2) E(cuCtxPopCurrent, 4000, 0, cuCtxPopCurrent_v2)
+    E(cuMemPoolCreate, 11020, 0, cuMemPoolCreate) E(cuMemPoolDestroy, 11020, 0, cuMemPoolDestroy)
+    E(cuMemRetainAllocationHandle, 11000, 0, cuMemRetainAllocationHandle)
+    E(cuStreamGetDevice, 12080, 0, cuStreamGetDevice)
     E(cuMemAddressReserve, 10020, 0, cuMemAddressReserve) E(cuMemAddressFree, 10020, 0, cuMemAddressFree)
     E(cuGraphCreate, 10000, 0, cuGraphCreate) E(cuGraphInstantiate, 11040, 0, cuGraphInstantiateWithFlags)
     E(cuModuleUnload, 2000, 0, cuModuleUnload)

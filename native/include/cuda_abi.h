@@ -67,6 +67,16 @@ typedef struct {
     } allocFlags;
 } CUmemAllocationProp; /* 32 bytes */
 
+typedef struct {
+    int allocType;          /* CUmemAllocationType */
+    int handleTypes;        /* CUmemAllocationHandleType */
+    CUmemLocation location; /* offset 8 */
+    void *win32SecurityAttributes;
+    size_t maxSize;
+    unsigned short usage;
+    unsigned char reserved[54];
+} CUmemPoolProps; /* 88 bytes */
+
 typedef int CUarray_format;
 enum {
     CU_AD_FORMAT_UNSIGNED_INT8 = 0x01,
@@ -142,6 +152,7 @@ enum {
 
 _Static_assert(sizeof(CUmemLocation) == 8, "CUmemLocation ABI");
 _Static_assert(sizeof(CUmemAllocationProp) == 32, "CUmemAllocationProp ABI");
+_Static_assert(sizeof(CUmemPoolProps) == 88, "CUmemPoolProps ABI");
 _Static_assert(offsetof(CUmemAllocationProp, location) == 8, "CUmemAllocationProp.location ABI");
 _Static_assert(sizeof(CUDA_ARRAY_DESCRIPTOR) == 24, "CUDA_ARRAY_DESCRIPTOR ABI");
 _Static_assert(sizeof(CUDA_ARRAY3D_DESCRIPTOR) == 40, "CUDA_ARRAY3D_DESCRIPTOR ABI");

@@ -12,7 +12,7 @@ static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER; /* all four maps */
 static struct ptrmap m_ptr, m_handle, m_va, m_obj;
 
 static void track(struct ptrmap *m, uint64_t key, uint64_t size, int dev, int kind) {
-    struct ment e = {.key = key, .size = size, .dev = dev, .kind = (uint16_t)kind};
+    struct ment e = {.key = key, .size = size, .dev = dev, .kind = (uint16_t)kind, .refs = kind == K_VMM};
     pthread_mutex_lock(&g_mu);
     int r = ptrmap_put(m, &e);
     pthread_mutex_unlock(&g_mu);
@@ -34,16 +34,17 @@ void vgpu_mem_atfork_parent(void) { pthread_mutex_unlock(&g_mu); }
 /* ---------------------------------------------------------------- stream-ordered pools */
 /* What a pool holds is device memory whether or not it is handed out, so the charge of a pool is its
  * RESERVED_MEM_CURRENT, re-sampled after each pool operation, on the OOM path, on memory queries and
- * every 100 ms by the watcher (a pool shrinks at synchronisation). */
-#define MAX_POOLS 64
+ * every 100 ms by the watcher (a pool shrinks at synchronisation). Pools are kept in a map (key: the
+ * pool, size: what it is charged, dev: the region index of its device, aux: its CUDA ordinal + 1), as
+ * many as the process makes. A pool is charged to its own device: the one cuMemPoolCreate named, or
+ * for a device's default / current pool that device, whatever device is current when it is used. */
 enum { POOL_ATTR_RESERVED_CURRENT = 5, POOL_ATTR_USED_CURRENT = 7 };
-static struct pooltrack {
-    CUmemoryPool pool;
-    int dev;
-    uint64_t charged;
-} g_pools[MAX_POOLS];
-static int g_npools;
-static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct ptrmap m_pool;                                   /* under g_pool_mu */
+static pthread_mutex_t g_pool_mu = PTHREAD_MUTEX_INITIALIZER;  /* m_pool */
+/* One pooled allocation at a time in this process, from reading the pool's cache to charging its
+ * growth: two threads that both saw the same cached bytes would both be admitted and the pool grow
+ * past the limit. Held across the driver call; never taken with g_pool_mu or g_mu held. */
+static pthread_mutex_t g_pool_adm_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static uint64_t pool_attr(CUmemoryPool pool, int attr, int *ok) {
     cuuint64_t v = 0;
@@ -51,36 +52,104 @@ static uint64_t pool_attr(CUmemoryPool pool, int attr, int *ok) {
     return *ok ? v : 0;
 }
 
-/* brings the charge of pool i to its current reservation; caller holds g_pool_mu */
-static void pool_settle_locked(int i) {
+/* brings the charge of pool entry e to its current reservation; caller holds g_pool_mu */
+static void pool_settle_locked(struct ment *e) {
     int ok;
-    uint64_t cur = pool_attr(g_pools[i].pool, POOL_ATTR_RESERVED_CURRENT, &ok); /* destroyed pool: 0 */
-    uint64_t was = g_pools[i].charged;
-    g_pools[i].charged = cur;
-    if (cur > was) vgpu_mem_force(g_pools[i].dev, cur - was);
-    else if (cur < was) vgpu_mem_unreserve(g_pools[i].dev, was - cur);
+    uint64_t cur = pool_attr((CUmemoryPool)(uintptr_t)e->key, POOL_ATTR_RESERVED_CURRENT, &ok); /* destroyed: 0 */
+    uint64_t was = e->size;
+    e->size = cur;
+    if (cur > was) vgpu_mem_force(e->dev, cur - was);
+    else if (cur < was) vgpu_mem_unreserve(e->dev, was - cur);
 }
 
-static int pool_index(CUmemoryPool pool, int dev) {
-    for (int i = 0; i < g_npools; i++)
-        if (g_pools[i].pool == pool) return i;
-    if (g_npools == MAX_POOLS) return -1;
-    g_pools[g_npools] = (struct pooltrack){pool, dev, 0};
-    return g_npools++;
+static void pool_settle(CUmemoryPool pool) {
+    pthread_mutex_lock(&g_pool_mu);
+    struct ment *e = ptrmap_find(&m_pool, (uint64_t)(uintptr_t)pool);
+    if (e) pool_settle_locked(e);
+    pthread_mutex_unlock(&g_pool_mu);
+}
+
+static int current_ordinal(void) {
+    CUdevice d = 0;
+    if (vgpu_ndev == 1 || !HELPER(cuCtxGetDevice) || HELPER(cuCtxGetDevice)(&d) != CUDA_SUCCESS) return 0;
+    return d;
+}
+
+/* the CUDA ordinal a pool allocates on: recorded at creation, else the device whose default or current
+ * pool it is, else (a pool imported from another process) the current device */
+static int pool_ordinal(CUmemoryPool pool) {
+    pthread_mutex_lock(&g_pool_mu);
+    struct ment *e = ptrmap_find(&m_pool, (uint64_t)(uintptr_t)pool);
+    int ord = e ? (int)e->aux - 1 : -1;
+    pthread_mutex_unlock(&g_pool_mu);
+    if (ord >= 0) return ord;
+    int n = 0;
+    if (HELPER(cuDeviceGetCount) && HELPER(cuDeviceGetCount)(&n) != CUDA_SUCCESS) n = 0;
+    for (int d = 0; d < n && d < VGPU_MAX_DEV; d++) {
+        CUmemoryPool p = NULL;
+        if ((HELPER(cuDeviceGetMemPool) && HELPER(cuDeviceGetMemPool)(&p, d) == CUDA_SUCCESS && p == pool) ||
+            (HELPER(cuDeviceGetDefaultMemPool) && HELPER(cuDeviceGetDefaultMemPool)(&p, d) == CUDA_SUCCESS &&
+             p == pool))
+            return d;
+    }
+    return current_ordinal();
+}
+
+/* the map entry of `pool` on ordinal `ord`, added (and charged for what it already holds) when new;
+ * NULL when out of host memory. Caller holds g_pool_mu. */
+static struct ment *pool_entry_locked(CUmemoryPool pool, int ord) {
+    struct ment *e = ptrmap_find(&m_pool, (uint64_t)(uintptr_t)pool);
+    if (e) return e;
+    int dev = vgpu_dev_index(ord);
+    struct ment n = {.key = (uint64_t)(uintptr_t)pool, .aux = (uint64_t)ord + 1, .dev = dev < 0 ? 0 : dev,
+                     .kind = K_POOLED};
+    if (ptrmap_put(&m_pool, &n)) return NULL;
+    e = ptrmap_find(&m_pool, n.key);
+    pool_settle_locked(e); /* a pool seen for the first time may already hold memory */
+    return e;
 }
 
 int vgpu_pools_resample(void) {
     pthread_mutex_lock(&g_pool_mu);
-    int n = g_npools;
-    for (int i = 0; i < n; i++) pool_settle_locked(i);
+    int n = (int)m_pool.n;
+    for (size_t i = 0; i < m_pool.cap; i++)
+        if (m_pool.t[i].key) pool_settle_locked(&m_pool.t[i]);
     pthread_mutex_unlock(&g_pool_mu);
     return n;
 }
 
+CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props) {
+    CUresult r = CALL_REAL(cuMemPoolCreate, pool, props);
+    if (r != CUDA_SUCCESS || !pool || !*pool || !props || props->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return r;
+    pthread_mutex_lock(&g_pool_mu);
+    struct ment *e = ptrmap_find(&m_pool, (uint64_t)(uintptr_t)*pool);
+    if (e) { /* a handle the driver reuses: the old pool's charge is gone with it */
+        struct ment old;
+        ptrmap_take(&m_pool, e->key, &old);
+        if (old.size) vgpu_mem_unreserve(old.dev, old.size);
+    }
+    if (!pool_entry_locked(*pool, props->location.id))
+        LOG_ERR("out of host memory tracking a memory pool; it is charged per allocation");
+    pthread_mutex_unlock(&g_pool_mu);
+    return r;
+}
+
+CUresult cuMemPoolDestroy(CUmemoryPool pool) {
+    CUresult r = CALL_REAL(cuMemPoolDestroy, pool);
+    if (r != CUDA_SUCCESS) return r;
+    struct ment old;
+    pthread_mutex_lock(&g_pool_mu);
+    int had = ptrmap_take(&m_pool, (uint64_t)(uintptr_t)pool, &old);
+    pthread_mutex_unlock(&g_pool_mu);
+    if (had && old.size) vgpu_mem_unreserve(old.dev, old.size); /* its memory goes back to the device */
+    return r;
+}
+
 void vgpu_mem_atfork_child(void) {
     pthread_mutex_init(&g_pool_mu, NULL);
-    memset(g_pools, 0, sizeof g_pools);
-    g_npools = 0;
+    pthread_mutex_init(&g_pool_adm_mu, NULL);
+    ptrmap_clear(&m_pool);
     /* CUDA state does not survive fork: the child starts with nothing charged */
     pthread_mutex_init(&g_mu, NULL);
     struct ptrmap *all[] = {&m_ptr, &m_handle, &m_va, &m_obj};
@@ -94,53 +163,99 @@ struct hold {
     int dev;
     int kind;
     size_t size;
-    int pool_i;    /* index into g_pools for a pooled allocation, else -1 */
+    int pooled;    /* a pooled allocation: g_pool_adm_mu is held until commit */
     uint64_t need; /* pooled: the admission hold, dropped once the pool's growth is charged */
     CUmemoryPool pool;
+    CUstream stream;
 };
 
+static int reserve_or_resample(int dev, uint64_t size, const char *what) {
+    return vgpu_mem_reserve(dev, size, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(dev, size, what));
+}
+
+static int admit_on(struct hold *h, int dev, size_t size, int kind, const char *what) {
+    *h = (struct hold){.dev = dev, .kind = kind, .size = size};
+    return reserve_or_resample(h->dev, size, what);
+}
+
 static int admit(struct hold *h, size_t size, int kind, const char *what) {
-    *h = (struct hold){.dev = vgpu_current_device(), .kind = kind, .size = size, .pool_i = -1};
-    return vgpu_mem_reserve(h->dev, size, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(h->dev, size, what));
+    return admit_on(h, vgpu_current_device(), size, kind, what);
+}
+
+/* the CUDA ordinal of a stream's device: the null, legacy and per-thread streams (and any stream
+ * without cuStreamGetDevice, CUDA < 12.8) are the current device's */
+static int stream_ordinal(CUstream s) {
+    CUdevice d;
+    if ((uintptr_t)s > 2 && HELPER(cuStreamGetDevice) && HELPER(cuStreamGetDevice)(s, &d) == CUDA_SUCCESS) return d;
+    return current_ordinal();
 }
 
 /* Pooled allocation: admit the part the pool cannot serve from its cache, call, then charge the
- * pool's actual growth. Falls back to per-allocation charging without the pool attribute API. */
-static int admit_pooled(struct hold *h, size_t size, CUmemoryPool pool, const char *what) {
-    int dev = vgpu_current_device();
-    if (!pool && HELPER(cuDeviceGetMemPool) && HELPER(cuDeviceGetMemPool)(&pool, dev) != CUDA_SUCCESS) pool = NULL;
-    int ok1, ok2;
-    uint64_t reserved = pool ? pool_attr(pool, POOL_ATTR_RESERVED_CURRENT, &ok1) : 0;
-    uint64_t inuse = pool ? pool_attr(pool, POOL_ATTR_USED_CURRENT, &ok2) : 0;
-    if (!pool || !ok1 || !ok2) return admit(h, size, K_ASYNC, what);
+ * pool's actual growth (commit). cuMemAllocAsync takes the current pool of the stream's device.
+ * Falls back to per-allocation charging without the pool attribute API. */
+static int admit_pooled(struct hold *h, size_t size, CUmemoryPool pool, CUstream s, const char *what) {
+    int ord = pool ? pool_ordinal(pool) : stream_ordinal(s);
+    if (!pool && (!HELPER(cuDeviceGetMemPool) || HELPER(cuDeviceGetMemPool)(&pool, ord) != CUDA_SUCCESS)) pool = NULL;
+    int dev = vgpu_dev_index(ord);
+    if (dev < 0) dev = vgpu_current_device();
+    if (!pool) return admit_on(h, dev, size, K_ASYNC, what);
+    pthread_mutex_lock(&g_pool_adm_mu);
     pthread_mutex_lock(&g_pool_mu);
-    int i = pool_index(pool, dev);
-    if (i >= 0) pool_settle_locked(i); /* a pool seen for the first time may already hold memory */
+    struct ment *e = pool_entry_locked(pool, ord);
+    if (e) pool_settle_locked(e);
     pthread_mutex_unlock(&g_pool_mu);
-    if (i < 0) return admit(h, size, K_ASYNC, what);
+    int ok1 = 0, ok2 = 0;
+    uint64_t reserved = e ? pool_attr(pool, POOL_ATTR_RESERVED_CURRENT, &ok1) : 0;
+    uint64_t inuse = e ? pool_attr(pool, POOL_ATTR_USED_CURRENT, &ok2) : 0;
+    if (!ok1 || !ok2) {
+        pthread_mutex_unlock(&g_pool_adm_mu);
+        return admit_on(h, dev, size, K_ASYNC, what);
+    }
     uint64_t cached = reserved > inuse ? reserved - inuse : 0;
     uint64_t need = size > cached ? size - cached : 0;
-    if (need && vgpu_mem_reserve(dev, need, what) && (!vgpu_pools_resample() || vgpu_mem_reserve(dev, need, what)))
+    if (need && reserve_or_resample(dev, need, what)) {
+        pthread_mutex_unlock(&g_pool_adm_mu);
         return 1;
-    *h = (struct hold){.dev = dev, .kind = K_POOLED, .size = size, .pool_i = i, .need = need, .pool = pool};
+    }
+    *h = (struct hold){.dev = dev, .kind = K_POOLED, .size = size, .pooled = 1, .need = need, .pool = pool,
+                       .stream = s};
     return 0;
 }
 
-static CUresult commit(const struct hold *h, CUresult r, CUdeviceptr *dptr) {
-    if (h->pool_i >= 0) {
-        pthread_mutex_lock(&g_pool_mu);
-        pool_settle_locked(h->pool_i); /* charge what the pool really grew by ... */
-        pthread_mutex_unlock(&g_pool_mu);
-        vgpu_mem_unreserve(h->dev, h->need); /* ... and drop the admission hold */
-        if (r == CUDA_SUCCESS && dptr && *dptr) {
-            struct ment e = {.key = *dptr, .size = h->size, .aux = (uint64_t)(uintptr_t)h->pool, .dev = h->dev,
-                             .kind = K_POOLED};
-            pthread_mutex_lock(&g_mu);
-            ptrmap_put(&m_ptr, &e);
-            pthread_mutex_unlock(&g_mu);
+/* A pool that grew by more than was admitted (its driver's granularity) is charged the excess only
+ * within the limit; beyond it the allocation is handed back and the pool trimmed. */
+static CUresult commit_pooled(const struct hold *h, CUresult r, CUdeviceptr *dptr) {
+    int ok;
+    uint64_t cur = pool_attr(h->pool, POOL_ATTR_RESERVED_CURRENT, &ok), extra = 0;
+    pthread_mutex_lock(&g_pool_mu);
+    struct ment *e = ptrmap_find(&m_pool, (uint64_t)(uintptr_t)h->pool);
+    uint64_t was = e ? e->size : cur;
+    pthread_mutex_unlock(&g_pool_mu);
+    uint64_t grown = ok && cur > was ? cur - was : 0;
+    if (r == CUDA_SUCCESS && grown > h->need) {
+        extra = grown - h->need;
+        if (vgpu_mem_reserve(h->dev, extra, "cuMemAllocAsync (pool growth)")) {
+            extra = 0;
+            if (dptr && *dptr) CALL_REAL(cuMemFreeAsync, *dptr, h->stream);
+            if (HELPER(cuMemPoolTrimTo)) HELPER(cuMemPoolTrimTo)(h->pool, 0);
+            r = CUDA_ERROR_OUT_OF_MEMORY;
         }
-        return r;
     }
+    pool_settle(h->pool); /* charge what the pool really grew by ... */
+    vgpu_mem_unreserve(h->dev, h->need + extra); /* ... and drop the admission holds */
+    pthread_mutex_unlock(&g_pool_adm_mu);
+    if (r == CUDA_SUCCESS && dptr && *dptr) {
+        struct ment m = {.key = *dptr, .size = h->size, .aux = (uint64_t)(uintptr_t)h->pool, .dev = h->dev,
+                         .kind = K_POOLED};
+        pthread_mutex_lock(&g_mu);
+        ptrmap_put(&m_ptr, &m);
+        pthread_mutex_unlock(&g_mu);
+    }
+    return r;
+}
+
+static CUresult commit(const struct hold *h, CUresult r, CUdeviceptr *dptr) {
+    if (h->pooled) return commit_pooled(h, r, dptr);
     if (r != CUDA_SUCCESS || !dptr || !*dptr) {
         vgpu_mem_unreserve(h->dev, h->size);
         return r;
@@ -173,13 +288,13 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
 #define WRAP_alloc_async(name, base, params, args)                                               \
     CUresult name params {                                                                       \
         struct hold h;                                                                           \
-        if (admit_pooled(&h, bytesize, NULL, #base)) return CUDA_ERROR_OUT_OF_MEMORY;            \
+        if (admit_pooled(&h, bytesize, NULL, s, #base)) return CUDA_ERROR_OUT_OF_MEMORY;         \
         return commit(&h, CALL_REAL_ARGS(name, args), dptr);                                     \
     }
 #define WRAP_alloc_from_pool(name, base, params, args)                                           \
     CUresult name params {                                                                       \
         struct hold h;                                                                           \
-        if (admit_pooled(&h, bytesize, pool, #base)) return CUDA_ERROR_OUT_OF_MEMORY;            \
+        if (admit_pooled(&h, bytesize, pool, s, #base)) return CUDA_ERROR_OUT_OF_MEMORY;         \
         return commit(&h, CALL_REAL_ARGS(name, args), dptr);                                     \
     }
 
@@ -224,10 +339,7 @@ static CUresult freed(CUresult r_after_call, struct ment *e, int had) {
         ptrmap_put(&m_ptr, e);
         pthread_mutex_unlock(&g_mu);
     } else if (e->kind == K_POOLED) { /* back in the pool's cache: the pool's charge says what is held */
-        pthread_mutex_lock(&g_pool_mu);
-        for (int i = 0; i < g_npools; i++)
-            if ((uint64_t)(uintptr_t)g_pools[i].pool == e->aux) pool_settle_locked(i);
-        pthread_mutex_unlock(&g_pool_mu);
+        pool_settle((CUmemoryPool)(uintptr_t)e->aux);
     } else {
         vgpu_mem_unreserve(e->dev, e->size);
     }
@@ -258,31 +370,49 @@ CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CU
     return r;
 }
 
-/* Physical memory goes away when the handle is released and no mapping remains. The entry is taken
- * out of the map before the driver call, so a handle value the driver reuses right after the release
- * can never be confused with this one; it is put back if the release fails. */
+/* Physical memory goes away when every reference to the handle (cuMemCreate's, each
+ * cuMemRetainAllocationHandle's) is released and no mapping remains. The entry is taken out of the map
+ * before the driver call of the last release, so a handle value the driver reuses right after the
+ * release can never be confused with this one; it is put back if the release fails. */
 CUresult cuMemRelease(CUmemGenericAllocationHandle handle) {
     struct ment t;
-    int had = 0, mapped = 0;
+    int had = 0, known = 0;
     pthread_mutex_lock(&g_mu);
     struct ment *e = ptrmap_find(&m_handle, handle);
     if (e) {
-        if (e->aux == 0) had = ptrmap_take(&m_handle, handle, &t);
-        else mapped = 1;
+        if (e->aux == 0 && e->refs <= 1) had = ptrmap_take(&m_handle, handle, &t);
+        else known = 1;
     }
     pthread_mutex_unlock(&g_mu);
     CUresult r = CALL_REAL(cuMemRelease, handle);
     if (r != CUDA_SUCCESS) {
-        if (had) track(&m_handle, t.key, t.size, t.dev, t.kind);
+        if (had) {
+            pthread_mutex_lock(&g_mu);
+            ptrmap_put(&m_handle, &t);
+            pthread_mutex_unlock(&g_mu);
+        }
         return r;
     }
     if (had) vgpu_mem_unreserve(t.dev, t.size);
-    if (mapped) {
+    if (known) {
+        int uncharge = 0;
         pthread_mutex_lock(&g_mu);
         struct ment *m = ptrmap_find(&m_handle, handle);
-        if (m) m->released = 1; /* uncharged by the last cuMemUnmap */
-        pthread_mutex_unlock(&g_mu);
+        if (m && m->refs && --m->refs == 0 && m->aux == 0) uncharge = ptrmap_take(&m_handle, handle, &t);
+        pthread_mutex_unlock(&g_mu); /* with mappings left, the last cuMemUnmap uncharges */
+        if (uncharge) vgpu_mem_unreserve(t.dev, t.size);
     }
+    return r;
+}
+
+/* one more reference to the handle behind a mapped address: the memory stays until it is released */
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr) {
+    CUresult r = CALL_REAL(cuMemRetainAllocationHandle, handle, addr);
+    if (r != CUDA_SUCCESS || !handle) return r;
+    pthread_mutex_lock(&g_mu);
+    struct ment *e = ptrmap_find(&m_handle, *handle);
+    if (e && e->refs < UINT16_MAX) e->refs++;
+    pthread_mutex_unlock(&g_mu);
     return r;
 }
 
@@ -310,7 +440,7 @@ CUresult cuMemUnmap(CUdeviceptr ptr, size_t size) {
     struct ment v;
     if (ptrmap_take(&m_va, ptr, &v)) {
         struct ment *e = ptrmap_find(&m_handle, v.aux);
-        if (e && e->aux && --e->aux == 0 && e->released) {
+        if (e && e->aux && --e->aux == 0 && e->refs == 0) {
             struct ment t;
             ptrmap_take(&m_handle, v.aux, &t);
             uncharge = 1;

@@ -3,13 +3,17 @@
  * through NVML every period, learns the GPU time one launch costs, and sets the refill rate to
  *   rate = L% * 1 s / cost * gain
  * where gain is a bounded integral correction applied only while the container is actually
- * throttled (no wind-up when the application asks for less than its share). The launch path is one
+ * throttled (no wind-up when the application asks for less than its share). Kernels of a quarter of
+ * the control period or longer are settled by the GPU time NVML measured for them instead (see
+ * control_step): charged what they ran, the debt carried over periods.
+ * The launch path is one
  * relaxed load when no limit is configured, and one atomic fetch_sub on the shared bucket when it is;
  * only a launch that finds the bucket empty sleeps. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -22,6 +26,7 @@ static _Atomic int g_launched; /* process-local: a launch happened since the las
 static _Atomic int g_thread_started;
 static int g_limited[VGPU_MAX_DEV];
 static int g_single_dev = -1;
+static int g_can_lead = 1; /* 0: a limit is set but this process has no NVML to measure with */
 
 static void sleep_ns(uint64_t ns) {
     struct timespec ts = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
@@ -202,7 +207,8 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     c->last_refilled = refilled;
     c->last_tokens = tokens;
     int throttled = atomic_exchange(&D->throttled, 0);
-    double cost = (double)atomic_load(&D->cost_ns);
+    double cost = (double)atomic_load(&D->cost_ns), old_cost = cost;
+    double charged_ns = launches * cost; /* what the bucket took for this period's launches */
     double gain = atomic_load(&D->gain_ppm) / 1e6;
     int settled = 0;
     if (launches >= 1.0) {
@@ -220,9 +226,13 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         if (cost < 10) cost = 10;
         if (cost > 1e9) cost = 1e9;
     }
+    /* Kernels of a quarter of the control period or longer: the per-period cost estimate cannot see
+     * a whole kernel (it is capped by the period), so launches are settled by measured time below and
+     * the refill is the share itself; the gain (fitted to short kernels) is left as it is. */
+    int long_kernels = c->have_cost && cost * 4 >= dt;
     /* integral correction: always pulls down when over the limit; pushes up only while the
      * container is actually being throttled (no wind-up while the application asks for less) */
-    if (settled && u > 0.5) {
+    if (settled && u > 0.5 && !long_kernels) {
         double err = ((double)L - u) / (double)L;
         if (err > 0.5) err = 0.5;
         if (err < -0.5) err = -0.5;
@@ -230,7 +240,14 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         if (gain < 0.3) gain = 0.3;
         if (gain > 3.0) gain = 3.0;
     }
-    double rate = (double)L / 100.0 * 1e9 / cost * gain * VGPU_UNIT;
+    /* a debt is GPU time: re-express it in tokens of the new cost */
+    if (cost != old_cost) {
+        int64_t t0 = atomic_load(&D->tokens), t1 = t0;
+        while (t0 < 0 && !atomic_compare_exchange_weak(&D->tokens, &t0, t1 = (int64_t)(t0 * old_cost / cost))) {
+        }
+        if (t0 < 0) c->last_tokens += t1 - t0;
+    }
+    double rate = (double)L / 100.0 * 1e9 / cost * (long_kernels ? 1.0 : gain) * VGPU_UNIT;
     if (rate < 1) rate = 1;
     atomic_store(&D->cost_ns, (uint64_t)cost);
     atomic_store(&D->gain_ppm, (uint64_t)(gain * 1e6));
@@ -238,6 +255,24 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     double burst = rate / 20; /* 50 ms of launches, at least two */
     int64_t cap = (int64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT);
     atomic_store(&D->burst, (uint64_t)cap);
+    /* Charge by measured GPU time: a launch takes one token (its estimated cost) when it is made;
+     * here the period's measured busy time settles the difference, in tokens at the new cost. A
+     * kernel longer than the period (its cost estimate, a per-period figure, is then too low) is so
+     * charged in full while it runs, and the debt carries over periods: the next launch waits until
+     * it is repaid, however long the kernel was. Negative differences (launched work not yet run)
+     * are credited, so the charge over time is the measured time. The debt is bounded by 10 s of
+     * refill (a garbage measurement cannot stall the container for longer). */
+    if (on && long_kernels) {
+        double busy_ns = u / 100.0 * dt;
+        int64_t debit = (int64_t)((busy_ns - charged_ns) / cost * VGPU_UNIT);
+        int64_t floor = -(int64_t)(rate * 10);
+        int64_t cur = atomic_load(&D->tokens);
+        if (cur - debit < floor) debit = cur > floor ? cur - floor : 0;
+        if (debit) {
+            atomic_fetch_sub(&D->tokens, debit);
+            c->last_tokens -= debit; /* a settlement, not consumption */
+        }
+    }
     /* a lower rate must not leave a bucket full of tokens saved at the old, cheaper cost */
     int64_t t = atomic_load(&D->tokens);
     while (t > cap && !atomic_compare_exchange_weak(&D->tokens, &t, cap)) {
@@ -249,19 +284,50 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
               cost, gain, rate / VGPU_UNIT);
 }
 
+/* The leader process (region's leader_pid) is stopped (SIGSTOP, a debugger): it keeps the leader
+ * lock but no longer steps the controller, so the bucket would run on a frozen rate. */
+static int leader_stopped(struct vgpu_region *R) {
+    uint32_t pid = atomic_load_explicit(&R->leader_pid, memory_order_relaxed);
+    if (!pid || pid > 4194304 || pid == (uint32_t)getpid()) return 0;
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    FILE *f = fopen(path, "re");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')'); /* the state follows the command name, which may hold anything */
+    return rp && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't');
+}
+
 /* One thread per process. The process holding the container's leader lock runs the controller and
  * the periodic reaper (so a container of N processes makes one scan, not N); the others only retry
  * the leader lock (one fcntl every 50 ms, so a dead leader is replaced promptly) and report launch
  * activity for the node monitor. */
 static void *watcher(void *arg) {
     (void)arg;
-    uint64_t last_ctl = 0, last_reap = 0;
+    uint64_t last_ctl = 0, last_reap = 0, last_check = 0;
+    int standin = 0;
     for (;;) {
         struct vgpu_region *R = vgpu_R;
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
         uint64_t now = vgpu_now_ns();
-        int leader = vgpu_is_leader_try();
-        int limiting = leader && (atomic_load(&vgpu_gate_any) & GATE_LIMIT);
+        /* a process that cannot measure never takes the lead: it would leave the container unpaced */
+        int leader = g_can_lead && vgpu_is_leader_try();
+        int gated = (atomic_load(&vgpu_gate_any) & GATE_LIMIT) != 0;
+        /* a stopped leader is stood in for: a limited process runs the controller until it resumes */
+        if (!leader && gated && g_can_lead && now - last_check >= 100000000ULL) {
+            int was = standin;
+            standin = leader_stopped(R);
+            last_check = now;
+            if (standin != was) {
+                LOG_INFO("limiter leader %u %s", atomic_load(&R->leader_pid),
+                         standin ? "is stopped: standing in" : "resumed");
+                memset(g_ctl, 0, sizeof g_ctl); /* start (or later restart) from the learnt cost */
+            }
+        }
+        if (leader) standin = 0;
+        int limiting = (leader || standin) && gated;
         if (held(R, now)) atomic_fetch_or(&vgpu_gate_any, GATE_HOLD);
         if (limiting) {
             for (int d = 0; d < VGPU_MAX_DEV; d++)
@@ -305,14 +371,18 @@ void vgpu_limiter_start(void) {
         }
     }
     g_single_dev = (nlim == 1 && vgpu_ndev <= 1) ? last : -1;
+    g_can_lead = 1;
     if (any) {
         vgpu_nvml_load();
         if (!vgpu_nvml_ok || !NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)) {
+            /* its launches still take the container's tokens, paced by a process that can measure;
+             * it never leads (a leader without NVML left everyone unlimited) */
             static int warned;
             if (!warned++)
-                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: the compute limiter stands down "
+                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: this process cannot measure; "
+                         "unless another process of the container leads, the compute limiter stands down "
                          "(memory limits still apply)");
-            any = 0;
+            g_can_lead = 0;
         }
     }
     if (vgpu_policy(R) == POLICY_DISABLE) LOG_INFO("GPU_CORE_UTILIZATION_POLICY=disable: compute limiter off");

@@ -14,7 +14,7 @@ struct ment {
     uint64_t aux; /* VMM: map count; VA map: handle; pooled: the pool */
     int32_t dev;
     uint16_t kind;
-    uint16_t released;
+    uint16_t refs; /* VMM: references to the handle (its creation, retains) not yet released */
 };
 struct ptrmap {
     struct ment *t;

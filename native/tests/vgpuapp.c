@@ -32,6 +32,10 @@ CUresult cuMemAllocAsync(CUdeviceptr *, size_t, CUstream);
 CUresult cuMemAllocAsync_ptsz(CUdeviceptr *, size_t, CUstream);
 CUresult cuMemAllocFromPoolAsync(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
 CUresult cuMemFreeAsync(CUdeviceptr, CUstream);
+CUresult cuMemPoolCreate(CUmemoryPool *, const CUmemPoolProps *);
+CUresult cuMemPoolSetAttribute(CUmemoryPool, int, void *);
+CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *, void *);
+CUresult cuStreamCreate(CUstream *, unsigned);
 CUresult cuMemCreate(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
 CUresult cuMemRelease(CUmemGenericAllocationHandle);
 CUresult cuMemMap(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
@@ -260,6 +264,19 @@ static void barrier(void) {
 }
 
 /* ---------------------------------------------------------------- threads */
+/* ---------------------------------------------------------------- pools and streams */
+#define MAXPOOL 256
+static CUmemoryPool g_pools[MAXPOOL];
+static int g_npools;
+static CUstream g_stream;
+static CUmemGenericAllocationHandle g_retained;
+static size_t g_race_size;
+static void *race_thr(void *p) { /* one stream-ordered allocation, kept */
+    CUdeviceptr d = 0;
+    *(CUresult *)p = cuMemAllocAsync(&d, g_race_size, NULL);
+    return NULL;
+}
+
 struct targ {
     long n;
     size_t size;
@@ -443,6 +460,25 @@ static void duty_loop(double secs1, double secs2, uint64_t kns, long n, double h
     printf("duty util=%.2f tail=%.2f\n", a.t ? util_between(a, b) : -1.0, c.t ? util_between(c, d) : -1.0);
 }
 
+/* "paced": launching <kns> kernels without pause for <secs> s. Prints the utilisation between the
+ * first launch that returns after <warm> s and the last one: whole cycles of (wait, kernel), so a
+ * kernel longer than the window's share does not skew the figure by where the window ends. */
+static void paced_loop(uint64_t kns, double secs, double warm) {
+    kernel_setup(kns);
+    uint64_t t0 = now_ns(), end = t0 + (uint64_t)(secs * 1e9), w = t0 + (uint64_t)(warm * 1e9);
+    struct mark a = {0, 0};
+    long n = 0;
+    for (;;) {
+        kernel_once();
+        uint64_t now = now_ns();
+        if (!a.t && now >= w) a = mark_now();
+        else if (a.t) n++;
+        if (now >= end) break;
+    }
+    struct mark b = mark_now();
+    printf("paced util=%.2f launches=%ld\n", a.t && n ? util_between(a, b) : -1.0, n);
+}
+
 /* "idleburst": 1 s of steady launching (the controller learns the cost), then <cycles> times: idle
  * for <idle_ms>, then launch without pause for <window_ms>. Prints each window's utilisation. */
 static void idle_burst(uint64_t kns, double idle_ms, double window_ms, int cycles) {
@@ -510,6 +546,67 @@ int main(int argc, char **argv) {
             CUresult r = cuDeviceGetMemPool(&pool, g_dev);
             if (!r) r = cuMemPoolSetAttribute(pool, 4, &v);
             printf("poolthreshold rc=%d\n", r);
+        } else if (!strcmp(a[0], "poolcreate")) {
+            /* <n> pools on the current device, each keeping what is freed ("max" release threshold) */
+            need_ctx();
+            int n = atoi(a[1]), fails = 0;
+            for (int k = 0; k < n && g_npools < MAXPOOL; k++) {
+                CUmemPoolProps pp;
+                memset(&pp, 0, sizeof pp);
+                pp.allocType = 1;
+                pp.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+                pp.location.id = g_dev;
+                cuuint64_t v = UINT64_MAX;
+                if (cuMemPoolCreate(&g_pools[g_npools], &pp) || cuMemPoolSetAttribute(g_pools[g_npools], 4, &v)) fails++;
+                else g_npools++;
+            }
+            printf("poolcreate n=%d fails=%d\n", g_npools, fails);
+        } else if (!strcmp(a[0], "poolcycle")) {
+            /* allocate <size> from every created pool and free it (it stays in the pool's cache) */
+            need_ctx();
+            int fails = 0;
+            for (int k = 0; k < g_npools; k++) {
+                CUdeviceptr d = 0;
+                if (cuMemAllocFromPoolAsync(&d, parse_size(a[1]), g_pools[k], NULL) || cuMemFreeAsync(d, NULL)) fails++;
+            }
+            printf("poolcycle fails=%d\n", fails);
+        } else if (!strcmp(a[0], "poolalloc")) {
+            /* <size> from created pool <k>, kept as an object */
+            need_ctx();
+            struct obj o = {POOL, 0, 0, parse_size(a[2])};
+            CUdeviceptr d = 0;
+            CUresult r = cuMemAllocFromPoolAsync(&d, o.size, g_pools[atoi(a[1])], NULL);
+            o.h = d;
+            if (r == CUDA_SUCCESS && g_nobj < MAXOBJ) g_objs[g_nobj++] = o;
+            printf("alloc poolalloc %s rc=%d\n", a[2], r);
+        } else if (!strcmp(a[0], "stream")) {
+            need_ctx();
+            printf("stream rc=%d\n", cuStreamCreate(&g_stream, 0));
+        } else if (!strcmp(a[0], "allocstream")) {
+            /* cuMemAllocAsync of <size> on the stream made by "stream", kept as an object */
+            need_ctx();
+            struct obj o = {ASYNC, 0, 0, parse_size(a[1])};
+            CUdeviceptr d = 0;
+            CUresult r = cuMemAllocAsync(&d, o.size, g_stream);
+            o.h = d;
+            if (r == CUDA_SUCCESS && g_nobj < MAXOBJ) g_objs[g_nobj++] = o;
+            printf("alloc allocstream %s rc=%d\n", a[1], r);
+        } else if (!strcmp(a[0], "paced")) {
+            paced_loop(parse_size(a[1]), atof(a[2]), atof(a[3]));
+        } else if (!strcmp(a[0], "poolrace")) {
+            /* two threads allocate <size> stream-ordered at once */
+            need_ctx();
+            g_race_size = parse_size(a[1]);
+            pthread_t t[2];
+            CUresult rc[2];
+            for (int k = 0; k < 2; k++) pthread_create(&t[k], NULL, race_thr, &rc[k]);
+            for (int k = 0; k < 2; k++) pthread_join(t[k], NULL);
+            printf("poolrace ok=%d\n", (rc[0] == CUDA_SUCCESS) + (rc[1] == CUDA_SUCCESS));
+        } else if (!strcmp(a[0], "retain")) {
+            /* a second reference to the handle behind object <id>'s mapping */
+            printf("retain rc=%d\n", cuMemRetainAllocationHandle(&g_retained, (void *)(uintptr_t)g_objs[atoi(a[1])].va));
+        } else if (!strcmp(a[0], "releaseretained")) {
+            printf("releaseretained rc=%d\n", cuMemRelease(g_retained));
         } else if (!strcmp(a[0], "pid")) {
             printf("pid pid=%d\n", (int)getpid());
         } else if (!strcmp(a[0], "info")) {
