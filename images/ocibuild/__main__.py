@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         layer.LayerError,
         python_env.PythonEnvError,
         rootfs.RootfsError,
-        pause_image.PauseBuildError,
         standin_image.StandinBuildError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -6,7 +6,6 @@ There is no registry to pull ``registry.k8s.io/pause`` from, so the sandbox buil
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,6 @@ TAG = "3.10"
 USER = "65535:65535"
 
 
-class PauseBuildError(Exception):
-    """The pause program did not compile (the message holds the compiler's output)."""
-
-
 @dataclass(frozen=True)
 class PauseInputs:
     source: Path
@@ -30,19 +25,8 @@ class PauseInputs:
 
 
 def build(inputs: PauseInputs, work: Path, out: Path) -> oci.Archive:
-    tree, blobs = work / "pause", work / "blobs"
-    tree.mkdir(parents=True)
-    blobs.mkdir(parents=True)
-    binary = tree / "pause"
-    cc = subprocess.run(
-        ["gcc", "-static", "-O2", "-s", "-Wall", "-Werror", "-o", str(binary), str(inputs.source)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if cc.returncode != 0:
-        raise PauseBuildError(f"gcc {inputs.source}: {cc.stderr.strip()}")
-    binary.chmod(0o755)
+    tree, blobs = rootfs.staging(work, "pause")
+    rootfs.compile_static(inputs.source, tree / "pause")
     rootfs.make_dirs(tree, "tmp", mode=0o1777)
     written = layer.write_layer(tree, blobs / "pause.tar.gz", mtime=inputs.epoch)
     spec = oci.ImageSpec(

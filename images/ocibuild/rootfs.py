@@ -7,6 +7,7 @@ look uid 0 up. /tmp is world-writable with the sticky bit.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +24,28 @@ OWNERS = {NONROOT_HOME: (NONROOT_UID, NONROOT_UID)}
 
 class RootfsError(Exception):
     """The assembled tree is not a valid root file system; the message names the path."""
+
+
+def staging(work: Path, name: str) -> tuple[Path, Path]:
+    """Fresh ``work/<name>`` (the layer tree) and ``work/blobs`` directories for one image build."""
+    tree, blobs = work / name, work / "blobs"
+    tree.mkdir(parents=True)
+    blobs.mkdir(parents=True)
+    return tree, blobs
+
+
+def compile_static(source: Path, binary: Path) -> None:
+    """Compile one C file into a stripped static executable (mode 0755); RootfsError with the
+    compiler's output when it does not compile."""
+    cc = subprocess.run(
+        ["gcc", "-static", "-O2", "-s", "-Wall", "-Werror", "-o", str(binary), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if cc.returncode != 0:
+        raise RootfsError(f"gcc {source}: {cc.stderr.strip()}")
+    binary.chmod(0o755)
 
 
 def make_dirs(root: Path, *paths: str, mode: int = 0o755) -> None:

@@ -29,9 +29,7 @@ class SchedulerInputs:
 
 def build(inputs: SchedulerInputs, work: Path, out: Path) -> oci.Archive:
     """Stage the layer tree under `work` and write the image archive to `out`."""
-    tree, blobs = work / "kube-scheduler", work / "blobs"
-    tree.mkdir(parents=True)
-    blobs.mkdir(parents=True)
+    tree, blobs = rootfs.staging(work, "kube-scheduler")
     rootfs.base_files(tree)
     rootfs.make_dirs(tree, "usr/local/bin")
     shutil.copyfile(inputs.binary, tree / BINARY)

@@ -23,7 +23,7 @@ BUSYBOX = "usr/bin/busybox"
 
 
 class StandinBuildError(Exception):
-    """The bash shim did not compile, or busybox did not list its applets."""
+    """busybox did not list its applets."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,7 @@ class StandinInputs:
 
 
 def build(inputs: StandinInputs, work: Path, out: Path) -> oci.Archive:
-    tree, blobs = work / "rootfs", work / "blobs"
-    tree.mkdir(parents=True)
-    blobs.mkdir(parents=True)
+    tree, blobs = rootfs.staging(work, "rootfs")
     rootfs.base_files(tree)
     for deb in debs.read_lock(inputs.lock):
         debs.unpack(
@@ -56,15 +54,7 @@ def build(inputs: StandinInputs, work: Path, out: Path) -> oci.Archive:
             link.symlink_to("busybox")
     bash = tree / "usr" / "bin" / "bash"
     bash.unlink(missing_ok=True)
-    cc = subprocess.run(
-        ["gcc", "-static", "-O2", "-s", "-Wall", "-Werror", "-o", str(bash), str(inputs.bash_source)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if cc.returncode != 0:
-        raise StandinBuildError(f"gcc {inputs.bash_source}: {cc.stderr.strip()}")
-    bash.chmod(0o755)
+    rootfs.compile_static(inputs.bash_source, bash)
     written = layer.write_layer(tree, blobs / "standin.tar.gz", mtime=inputs.epoch)
     spec = oci.ImageSpec(
         repository=REPOSITORY,

@@ -1,4 +1,5 @@
-"""hami installed by its own chart into the real-node sandbox, and the wait until it leads."""
+"""hami installed by its own chart into the real-node sandbox, the wait until it leads, and the GPU
+probe pods the chart-installed modules run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.sandbox.cluster import Sandbox
+from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
 from hami.testing.prereq import missing
 from hami.testing.stack import wait_for
@@ -100,3 +102,35 @@ async def hami_leading(kc: KubeClient) -> None:
         await wait_for(ready, timeout=180, interval=1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
+
+
+#: the probe, then holding what it allocated until the pod is deleted
+HOLD = PROBE + "\nimport time\ntime.sleep(10**6)\n"
+IMAGE = "hami.local/hami:0.1.0"
+
+
+def gpu_pod(name: str, limits: dict[str, Any], command: list[str]) -> dict[str, Any]:
+    """A one-container pod of hami's image (no schedulerName: the webhook routes it)."""
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {"name": "main", "image": IMAGE, "command": command, "resources": {"limits": limits}}
+            ],
+        },
+    }
+
+
+async def probe_report(kc: KubeClient, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:
+    """The probe's report from pod ``name``'s log, once it has printed it."""
+
+    async def reported() -> dict[str, Any] | None:
+        try:
+            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name=name) + "/log"))
+        except (KubeError, ValueError):
+            return None
+
+    seen: dict[str, Any] = await wait_for(reported, timeout=timeout, interval=0.5)
+    return seen

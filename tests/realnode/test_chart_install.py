@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realnode_chart import NAMESPACE, chart_installed, hami_leading, pods_summary, workload_ready
+from realnode_chart import (
+    HOLD,
+    NAMESPACE,
+    chart_installed,
+    gpu_pod,
+    hami_leading,
+    pods_summary,
+    probe_report,
+    workload_ready,
+)
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -142,21 +151,7 @@ async def test_a_pod_that_cannot_fit_is_told_why(leading: None, kc: KubeClient, 
 
 
 def _gpu_pod(name: str, limits: dict[str, Any], script: str) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "hami.local/hami:0.1.0",
-                    "command": ["python3", "-c", script],
-                    "resources": {"limits": limits},
-                }
-            ],
-        },
-    }
+    return gpu_pod(name, limits, ["python3", "-c", script])
 
 
 async def _phase(kc: KubeClient, ns: str, name: str, phases: tuple[str, ...]) -> dict[str, Any]:
@@ -279,23 +274,15 @@ async def test_two_pods_on_one_card_each_see_their_own_limit_and_region(
     """Two pods packed onto one card: each CUDA program sees its own memory limit, holds half of it
     while the other runs, and its own accounting shows only its own allocation — each container has
     a usage region of its own on its node, never a shared one."""
-    hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
     uids: dict[str, str] = {}
     seen: dict[str, dict[str, Any]] = {}
     for name, mem in (("share-a", 3000), ("share-b", 5000)):
-        pod = _gpu_pod(name, {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}, hold)
+        pod = _gpu_pod(name, {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}, HOLD)
         pod["metadata"]["annotations"] = BINPACK
         await kc.create(api_path("v1", "pods", namespace=ns), pod)
         running = await _phase(kc, ns, name, ("Running",))
         uids[name] = running["metadata"]["uid"]
-
-        async def reported(name: str = name) -> dict[str, Any] | None:
-            try:
-                return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name=name) + "/log"))
-            except ValueError:
-                return None
-
-        seen[name] = await wait_for(reported, timeout=60, interval=0.5)
+        seen[name] = await probe_report(kc, ns, name, timeout=60)
     a = await kc.get(api_path("v1", "pods", namespace=ns, name="share-a"))
     b = await kc.get(api_path("v1", "pods", namespace=ns, name="share-b"))
     assert a["spec"]["nodeName"] == b["spec"]["nodeName"]

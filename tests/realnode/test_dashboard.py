@@ -25,13 +25,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from realnode_chart import NAMESPACE, chart_installed, hami_leading
+from realnode_chart import HOLD, NAMESPACE, chart_installed, gpu_pod, hami_leading, probe_report
 
 from hami.kube.client import KubeClient
-from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.sandbox.cluster import Sandbox
-from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm
 from hami.testing.prereq import missing
 from hami.testing.prometheus import PrometheusMissingError, Query, dashboard_queries, find_prometheus
@@ -132,21 +130,7 @@ async def _pod_ips(kc: KubeClient, component: str) -> list[str]:
 
 
 def _gpu_pod(name: str, command: list[str], mem: int) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "hami.local/hami:0.1.0",
-                    "command": command,
-                    "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}},
-                }
-            ],
-        },
-    }
+    return gpu_pod(name, {"nvidia.com/gpu": 1, "nvidia.com/gpumem": mem}, command)
 
 
 async def test_every_dashboard_panel_returns_series(
@@ -162,21 +146,14 @@ async def test_every_dashboard_panel_returns_series(
         api_path("v1", "resourcequotas", namespace=ns),
         {"metadata": {"name": "gpu"}, "spec": {"hard": {"limits.nvidia.com/gpumem": "100000"}}},
     )
-    hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
     await kc.create(
-        api_path("v1", "pods", namespace=ns), _gpu_pod("probe", ["python3", "-c", hold], SLICE_MIB)
+        api_path("v1", "pods", namespace=ns), _gpu_pod("probe", ["python3", "-c", HOLD], SLICE_MIB)
     )
     await kc.create(
         api_path("v1", "pods", namespace=ns), _gpu_pod("too-big", ["sleep", "1000000"], TOO_BIG_MIB)
     )
 
-    async def reported() -> dict[str, Any] | None:
-        try:
-            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name="probe") + "/log"))
-        except (KubeError, ValueError):
-            return None
-
-    seen: dict[str, Any] = await wait_for(reported, timeout=180, interval=1)
+    seen = await probe_report(kc, ns, "probe")
     assert seen["alloc_half"] == 0 and seen["total_mib"] == SLICE_MIB, seen
 
     scheduler_ips = await wait_for(lambda: _pod_ips(kc, "scheduler"), timeout=60, interval=1)

@@ -16,13 +16,12 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from realnode_chart import NAMESPACE, chart_installed, hami_leading
+from realnode_chart import HOLD, NAMESPACE, chart_installed, gpu_pod, hami_leading, probe_report
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.sandbox.cluster import Sandbox
-from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm
 from hami.testing.stack import wait_for
 
@@ -94,33 +93,9 @@ def _samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
 async def test_monitor_reports_what_the_probe_container_holds(
     leading: None, sandbox: Sandbox, kc: KubeClient, ns: str
 ) -> None:
-    hold = PROBE + "\nimport time\ntime.sleep(10**6)\n"
-    await kc.create(
-        api_path("v1", "pods", namespace=ns),
-        {
-            "metadata": {"name": "probe"},
-            "spec": {
-                "restartPolicy": "Never",
-                "terminationGracePeriodSeconds": 1,
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": "hami.local/hami:0.1.0",
-                        "command": ["python3", "-c", hold],
-                        "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": SLICE_MIB}},
-                    }
-                ],
-            },
-        },
-    )
-
-    async def reported() -> dict[str, Any] | None:
-        try:
-            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name="probe") + "/log"))
-        except (KubeError, ValueError):
-            return None
-
-    seen: dict[str, Any] = await wait_for(reported, timeout=180, interval=1)
+    limits = {"nvidia.com/gpu": 1, "nvidia.com/gpumem": SLICE_MIB}
+    await kc.create(api_path("v1", "pods", namespace=ns), gpu_pod("probe", limits, ["python3", "-c", HOLD]))
+    seen = await probe_report(kc, ns, "probe")
     assert seen["alloc_half"] == 0 and seen["total_mib"] == SLICE_MIB, seen
     pod = await kc.get(api_path("v1", "pods", namespace=ns, name="probe"))
     node, uid, card = pod["spec"]["nodeName"], pod["metadata"]["uid"], seen["cards"][0]

@@ -1,6 +1,6 @@
 """The services' shared flags, and HAMi's spellings of them as hidden aliases.
 
-HAMi's scheduler binary (extender + webhook) takes ``--http_bind``, ``--cert_file``/``--key_file``,
+HAMi's scheduler binary (extender_settings + webhook) takes ``--http_bind``, ``--cert_file``/``--key_file``,
 ``--metrics-bind-address``, ``--device-config-file``, ``--scheduler-name``,
 ``--node-scheduler-policy`` and ``--gpu-scheduler-policy`` (reference/hami-control-plane.md §5.3);
 each command is parsed for real here and the settings it would run with are checked.
@@ -39,22 +39,6 @@ def device_config(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def extender(monkeypatch: pytest.MonkeyPatch) -> list[ExtenderSettings]:
-    seen: list[ExtenderSettings] = []
-
-    class FakeExtender:
-        def __init__(self, _config: Any, settings: ExtenderSettings) -> None:
-            seen.append(settings)
-
-        async def run_forever(self) -> None:
-            return None
-
-    monkeypatch.setattr(hami.extender.runner, "Extender", FakeExtender)
-    monkeypatch.setattr(hami.kube.config, "load_config", lambda _path=None: object())
-    return seen
-
-
-@pytest.fixture
 def webhook(monkeypatch: pytest.MonkeyPatch) -> list[WebhookSettings]:
     seen: list[WebhookSettings] = []
 
@@ -76,7 +60,7 @@ def hami_cli(*args: str) -> Any:
 
 
 def test_the_scheduler_takes_hamis_flag_spellings(
-    extender: list[ExtenderSettings], device_config: str
+    extender_settings: list[ExtenderSettings], device_config: str
 ) -> None:
     hami_cli(
         "scheduler",
@@ -89,7 +73,7 @@ def test_the_scheduler_takes_hamis_flag_spellings(
         "--node-scheduler-policy=spread",
         "--gpu-scheduler-policy=topology-aware",
     )
-    (s,) = extender
+    (s,) = extender_settings
     assert (s.host, s.port) == ("0.0.0.0", 443)
     assert (s.metrics_host, s.metrics_port) == ("0.0.0.0", 9395)  # HAMi's ":9395": every interface
     assert s.cert_file == s.key_file == CERT
@@ -99,7 +83,7 @@ def test_the_scheduler_takes_hamis_flag_spellings(
 
 
 def test_the_scheduler_flags_and_their_aliases_mean_the_same(
-    extender: list[ExtenderSettings], device_config: str
+    extender_settings: list[ExtenderSettings], device_config: str
 ) -> None:
     hami_cli(
         "scheduler", "--bind", "0.0.0.0:443", "--metrics-bind", ":9395", "--device-config", device_config
@@ -113,7 +97,7 @@ def test_the_scheduler_flags_and_their_aliases_mean_the_same(
         "--device-config-file",
         device_config,
     )
-    ours, hamis = extender
+    ours, hamis = extender_settings
     assert dataclasses.replace(ours, identity="") == dataclasses.replace(hamis, identity="")
     assert ours.device_config.hami.scheduler_name == "from-file"  # without --scheduler-name
 
@@ -195,14 +179,16 @@ def test_aliases_are_hidden_from_help(command: str, aliases: list[str]) -> None:
         assert alias not in out
 
 
-def test_a_bad_value_under_an_alias_names_the_flag_help_shows(extender: list[ExtenderSettings]) -> None:
+def test_a_bad_value_under_an_alias_names_the_flag_help_shows(
+    extender_settings: list[ExtenderSettings],
+) -> None:
     result = CliRunner().invoke(main, ["scheduler", "--http_bind", "8080"])
     assert result.exit_code == 2 and "Invalid value for --bind" in result.output
     result = CliRunner().invoke(main, ["scheduler", "--node-scheduler-policy", "fifo"])
     assert result.exit_code == 2 and "'--node-scheduler-policy'" in result.output
     result = CliRunner().invoke(main, ["scheduler", "--scheduler-name", "Not_A_Name"])
     assert result.exit_code == 2 and "--scheduler-name" in result.output and "DNS subdomain" in result.output
-    assert not extender
+    assert not extender_settings
 
 
 def test_a_bad_device_config_keeps_each_commands_exit_status(tmp_path: Path) -> None:

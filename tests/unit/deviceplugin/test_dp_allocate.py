@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dpkit import SPEC, A, B, C
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
@@ -18,28 +19,7 @@ from hami.protocol.pod import MigAllocation, decode_mig_allocations, encode_mig_
 from hami.testing.memkube import MemoryKube
 
 NODE = "n1"
-A, B, C = "GPU-aaaa", "GPU-bbbb", "GPU-cccc"
 LOCK_TIME = "2026-11-22T07:00:00Z"
-
-SPEC: dict[str, Any] = {
-    "cards": [
-        {"uuid": A, "model": "NVIDIA A100-SXM4-40GB", "memory": 40960, "mig": True, "mig_profiles": "a100"},
-        {"uuid": B, "model": "NVIDIA A100-SXM4-40GB", "memory": 40960, "mig": True, "mig_profiles": "a100"},
-        {"uuid": C, "model": "Tesla T4", "memory": 15360},
-    ],
-    "mig_profile_sets": {
-        "a100": [
-            {
-                "name": "1g.5gb",
-                "memory": 4864,
-                "core": 13,
-                "slices": 1,
-                "placements": [[i, 1] for i in range(7)],
-            },
-            {"name": "3g.20gb", "memory": 19968, "core": 39, "slices": 3, "placements": [[0, 4], [4, 4]]},
-        ]
-    },
-}
 
 
 def node(lock: str | None = None) -> dict[str, Any]:

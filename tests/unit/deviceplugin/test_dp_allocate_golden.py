@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dpkit import SPEC, A, B, C
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
@@ -30,27 +31,6 @@ GOLDEN = Path(__file__).parent / "golden" / "allocate_responses.json"
 NODE = "n1"
 HOOK = "/opt/hami-golden"
 LOCK = "2026-11-22T07:00:00Z"
-A, B, C = "GPU-aaaa", "GPU-bbbb", "GPU-cccc"
-
-SPEC: dict[str, Any] = {
-    "cards": [
-        {"uuid": A, "model": "NVIDIA A100-SXM4-40GB", "memory": 40960, "mig": True, "mig_profiles": "a100"},
-        {"uuid": B, "model": "NVIDIA A100-SXM4-40GB", "memory": 40960, "mig": True, "mig_profiles": "a100"},
-        {"uuid": C, "model": "Tesla T4", "memory": 15360},
-    ],
-    "mig_profile_sets": {
-        "a100": [
-            {
-                "name": "1g.5gb",
-                "memory": 4864,
-                "core": 13,
-                "slices": 1,
-                "placements": [[i, 1] for i in range(7)],
-            },
-            {"name": "3g.20gb", "memory": 19968, "core": 39, "slices": 3, "placements": [[0, 4], [4, 4]]},
-        ]
-    },
-}
 
 
 def ctr(name: str, env: dict[str, str] | None = None, **limits: str) -> dict[str, Any]:
