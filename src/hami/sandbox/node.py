@@ -4,15 +4,16 @@ Guarantees:
 
 * everything the node writes lives under its ``state`` directory (containerd root/state/socket, CNI
   config, kubelet root dir, certificates, logs), except what kubelet and runc write in fixed places:
-  ``/var/log/pods`` and ``/var/log/containers``, ``/run/containerd/runc``, the node's cgroup root
-  and its CNI bridge; :class:`hami.sandbox.host.HostGuard` undoes those and the sysctls kubelet
+  ``/run/containerd/runc``, the node's cgroup root and its CNI bridge; :class:`hami.sandbox.host.HostGuard` undoes those and the sysctls kubelet
   rewrites;
 * the node's containerd and kubelet (and so every container they start) run in a mount namespace
   of the node's own, pinned at ``<state>/ns/mnt``, in which each host directory of
   :data:`PRIVATE_DIRS` (and any ``private`` directory the caller adds) is a directory of the node's
   own state: kubelet's hard-coded ``/var/lib/kubelet/device-plugins`` (a starting kubelet deletes
-  every other socket in it) and the node-lock directory ``/tmp/vgpulock`` — so several nodes share
-  this machine as if each had its own. The host's copies stay empty mount points; a host process
+  every other socket in it), the node-lock directory ``/tmp/vgpulock``, and the container log
+  directories ``/var/log/pods`` and ``/var/log/containers`` (kubelet's garbage collection removes
+  the log directories of pods its own runtime does not run: the other node's) — so several nodes
+  share this machine as if each had its own. The host's copies stay empty mount points; a host process
   that plays a node's device plugin uses :attr:`RealNode.plugin_dir`;
 * no image is ever pulled from outside: every registry host resolves to a closed loopback port, so
   only images imported with :meth:`import_image` run;
@@ -45,7 +46,7 @@ from hami.testing.controlplane import ControlPlane, ControlPlaneError, Process, 
 __all__ = ["PRIVATE_DIRS", "SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
 
 #: host directories every node gets a private copy of (see the module docstring)
-PRIVATE_DIRS = ("/var/lib/kubelet/device-plugins", "/tmp/vgpulock")
+PRIVATE_DIRS = ("/var/lib/kubelet/device-plugins", "/tmp/vgpulock", "/var/log/pods", "/var/log/containers")
 
 #: the pause image containerd pins as every pod's sandbox (built and imported by the sandbox)
 SANDBOX_IMAGE = "hami.local/pause:3.10"
@@ -103,7 +104,8 @@ class RealNode:
         self.mntns = state / "ns" / "mnt"
         #: what the node's kubelet sees as /var/lib/kubelet/device-plugins
         self.plugin_dir = state / "device-plugins"
-        self.private = {PRIVATE_DIRS[0]: self.plugin_dir, PRIVATE_DIRS[1]: state / "vgpulock"}
+        self.private = {PRIVATE_DIRS[0]: self.plugin_dir}
+        self.private.update({d: state / "private" / Path(d).name for d in PRIVATE_DIRS[1:]})
         self.private.update(private or {})
 
     def _env(self) -> dict[str, str]:
