@@ -8,6 +8,12 @@ NODE_NVIDIA_SCORE: Final = "hami.io/node-nvidia-score"
 NODE_HANDSHAKE: Final = "hami.io/node-handshake"
 NODE_LOCK: Final = "hami.io/mutex.lock"
 DEVICE_CORDON: Final = "hami.io/device-cordon"
+#: hami's own (not HAMi's): how this node's device plugin identifies the pod of an allocation.
+#: ``cdi`` = lock-free (Allocate returns a CDI name, PreStartContainer maps the device IDs to the
+#: container through the kubelet PodResources API); absent or any other value = HAMi's node lock.
+NODE_ALLOCATION_MODE: Final = "hami.io/allocation-mode"
+ALLOCATION_MODE_CDI: Final = "cdi"
+ALLOCATION_MODE_LOCK: Final = "lock"
 
 # --- pod annotations written by the scheduler / device plugin ---------------------------------
 VGPU_NODE: Final = "hami.io/vgpu-node"
@@ -31,6 +37,16 @@ NVIDIA_USE_GPUUUID: Final = "nvidia.com/use-gpuuuid"
 NVIDIA_NOUSE_GPUUUID: Final = "nvidia.com/nouse-gpuuuid"
 NVIDIA_NUMA_BIND: Final = "nvidia.com/numa-bind"
 NVIDIA_VGPU_MODE: Final = "nvidia.com/vgpu-mode"
+
+# --- DRA (names shared with HAMi's DRA driver and webhook, Project-HAMi/k8s-dra-driver) --------
+DRA_DRIVER: Final = "hami-core-gpu.project-hami.io"
+DRA_DEVICE_CLASS: Final = "hami-core-gpu.project-hami.io"
+DRA_CAPACITY_MEMORY: Final = "memory"
+DRA_CAPACITY_CORES: Final = "cores"
+DRA_ATTR_PRODUCT_NAME: Final = "productName"
+#: node config ``operatingmode`` values: a node runs the device plugin or the DRA kubelet plugin
+OPERATING_MODE_DEVICE_PLUGIN: Final = "device-plugin"
+OPERATING_MODE_DRA: Final = "dra"
 
 # --- labels -----------------------------------------------------------------------------------
 WEBHOOK_LABEL: Final = "hami.io/webhook"
