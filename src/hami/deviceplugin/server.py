@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import grpc
 
 from hami.deviceplugin.api import HEALTHY, KUBELET_SOCKET_NAME, UNHEALTHY, VERSION, api_pb2, api_pb2_grpc
+from hami.deviceplugin.grpcsock import serve_unix
 from hami.deviceplugin.preferred import card_of, preferred_allocation, replica_id
 from hami.deviceplugin.settings import NodeSettings, PhysicalDevice, build_inventory
 from hami.deviceplugin.sources.base import DeviceSource
@@ -248,14 +249,11 @@ class DevicePluginServer:
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        server = grpc.aio.server()
-        api_pb2_grpc.add_DevicePluginServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        await server.start()
-        self._server = server
+        servicer = _Servicer(self)
+        self._server = await serve_unix(
+            self.socket_path,
+            lambda server: api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server),  # type: ignore[no-untyped-call]
+        )
         self._own_stamp = _stamp(self.socket_path)
         log.info("serving DevicePlugin on %s", self.socket_path)
 

@@ -8,13 +8,13 @@ gRPC status, as a kubelet that is down or restarting would.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from hami.deviceplugin.grpcsock import serve_unix
 from hami.deviceplugin.podresources_api import api_pb2, api_pb2_grpc
 
 #: (namespace, pod) -> container name -> resource -> device IDs, in insertion order.
@@ -76,14 +76,11 @@ class FakePodResources:
             await context.abort(self.fail_with, "pod resources unavailable")
 
     async def start(self) -> None:
-        self.socket.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()
-        server = grpc.aio.server()
-        api_pb2_grpc.add_PodResourcesListerServicer_to_server(_Lister(self), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix://{self.socket}")
-        await server.start()
-        self._server = server
+        lister = _Lister(self)
+        self._server = await serve_unix(
+            self.socket,
+            lambda server: api_pb2_grpc.add_PodResourcesListerServicer_to_server(lister, server),  # type: ignore[no-untyped-call]
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
