@@ -13,6 +13,7 @@ pods run beside them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,8 +62,16 @@ def pinned(name: str, node: str, mem: int, cores: int) -> dict[str, Any]:
     return pod
 
 
-def spec_files(sandbox: Sandbox) -> list[Path]:
-    return sorted(sandbox.nodes[0].cdi_dir.glob(f"{SPEC_PREFIX}*.json"))
+def specs_of(sandbox: Sandbox, pod_uid: str) -> list[tuple[Path, dict[str, Any]]]:
+    """node1's CDI spec files for the pod `pod_uid` (their mounts name its cache directory)."""
+    out = []
+    for path in sorted(sandbox.nodes[0].cdi_dir.glob(f"{SPEC_PREFIX}*.json")):
+        with contextlib.suppress(FileNotFoundError):
+            spec = json.loads(path.read_text())
+            mounts = spec["devices"][0]["containerEdits"].get("mounts", [])
+            if any(f"/containers/{pod_uid}_" in m["hostPath"] for m in mounts):
+                out.append((path, spec))
+    return out
 
 
 async def decided(kc: KubeClient, ns: str, name: str) -> tuple[str, int, int]:
@@ -108,16 +117,12 @@ async def test_binpack_burst_to_the_lock_free_node(
     # binpack: the burst shares node1's cards, each container with its own limits
     cards = {(await decided(kc, ns, n))[0] for n in burst}
     assert len(cards) == 1, cards
-    # one spec per allocation in node1's CDI directory, none on node2
-    specs = [json.loads(p.read_text()) for p in spec_files(sandbox)]
-    assert len(specs) == BURST
-    limits = sorted(
-        e
-        for s in specs
-        for e in s["devices"][0]["containerEdits"]["env"]
-        if e.startswith("CUDA_DEVICE_MEMORY_LIMIT_0=")
-    )
-    assert limits == sorted(f"CUDA_DEVICE_MEMORY_LIMIT_0={1000 + 100 * i}m" for i in range(BURST))
+    # one spec per allocation in node1's CDI directory (found by the pod's cache directory, which
+    # the spec mounts), with that pod's limits; none on node2
+    uids = {n: (await kc.get(api_path("v1", "pods", namespace=ns, name=n)))["metadata"]["uid"] for n in burst}
+    for i, name in enumerate(burst):
+        [(_, spec)] = specs_of(sandbox, uids[name])
+        assert f"CUDA_DEVICE_MEMORY_LIMIT_0={1000 + 100 * i}m" in spec["devices"][0]["containerEdits"]["env"]
     assert not list(sandbox.nodes[1].cdi_dir.glob(f"{SPEC_PREFIX}*.json"))
     # the lock-free node's pods finished without the node lock; the lock-mode pod with it
     for name in [*burst, "locked"]:
@@ -130,7 +135,7 @@ async def test_binpack_burst_to_the_lock_free_node(
     await kc.request("DELETE", pods, params={"gracePeriodSeconds": 0})
 
     async def collected() -> bool:
-        return not spec_files(sandbox)
+        return not any(specs_of(sandbox, uid) for uid in uids.values())
 
     await wait_for(collected, timeout=120, interval=1)
 
