@@ -5,6 +5,7 @@ Allocate, the plugin's NodeAgent in `cdi` mode, MemoryKube for the API and CDI s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -22,7 +23,13 @@ from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.kube.poll import poll_until
 from hami.protocol import keys
-from hami.protocol.pod import ContainerDevice, encode_pod_devices
+from hami.protocol.pod import (
+    ContainerDevice,
+    MigAllocation,
+    decode_mig_allocations,
+    encode_mig_allocations,
+    encode_pod_devices,
+)
 from hami.testing.kubelet import FakeKubelet
 from hami.testing.memkube import MemoryKube
 from hami.testing.podresources import FakePodResources
@@ -112,38 +119,49 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-async def env(workdir: Path) -> AsyncIterator[Env]:
+CARDS: dict[str, Any] = {
+    "cards": [
+        {"uuid": A, "memory": 40960},
+        {"uuid": B, "memory": 40960, "index": 1},
+        {"uuid": C, "memory": 15360, "index": 2},
+    ]
+}
+
+
+@contextlib.asynccontextmanager
+async def lock_free_node(workdir: Path, cards: dict[str, Any], **settings: Any) -> AsyncIterator[Env]:
+    """The kubelet harness, a PodResources server and the plugin in `cdi` mode on node n1."""
     kube = MemoryKube([{"metadata": {"name": "n1", "annotations": {}}}])
-    source = FakeSource(
-        {
-            "cards": [
-                {"uuid": A, "memory": 40960},
-                {"uuid": B, "memory": 40960, "index": 1},
-                {"uuid": C, "memory": 15360, "index": 2},
-            ]
-        },
-        poll_interval=0.05,
-    )
-    settings = NodeSettings(
+    source = FakeSource(cards, poll_interval=0.05)
+    node = NodeSettings(
         node_name="n1",
         split_count=4,
         hook_path=str(workdir / "hook"),
         allocation_mode="cdi",
         cdi_spec_dir=str(workdir / "cdi"),
         pod_resources_socket=str(workdir / "pod-resources" / "kubelet.sock"),
+        **settings,
     )
     kubelet = FakeKubelet(workdir)
     await kubelet.start()
-    pr = FakePodResources(Path(settings.pod_resources_socket))
+    pr = FakePodResources(Path(node.pod_resources_socket))
     await pr.start()
-    e = Env(workdir, kubelet, pr, kube, source, settings, None)  # type: ignore[arg-type]
+    e = Env(workdir, kubelet, pr, kube, source, node, None)  # type: ignore[arg-type]
     e.agent = await e.new_agent()
-    await kubelet.wait_for(lambda: len(kubelet.devices.get(RES, {})) == 12)
-    yield e
-    await e.agent.stop()
-    await pr.stop()
-    await kubelet.stop()
+    try:
+        await kubelet.wait_registrations(1)
+        yield e
+    finally:
+        await e.agent.stop()
+        await pr.stop()
+        await kubelet.stop()
+
+
+@pytest.fixture
+async def env(workdir: Path) -> AsyncIterator[Env]:
+    async with lock_free_node(workdir, CARDS) as e:
+        await e.kubelet.wait_for(lambda: len(e.kubelet.devices.get(RES, {})) == 12)
+        yield e
 
 
 async def test_registers_pre_start_and_marks_the_node_cdi(env: Env) -> None:
@@ -354,3 +372,39 @@ async def test_specs_of_gone_allocations_are_collected(env: Env) -> None:
     assert await env.agent.lockfree.collect() == [device_name([f"{A}-0"])]
     assert set(store.names()) == {device_name([f"{B}-0"])}
     assert foreign.exists()  # never another vendor's spec
+
+
+MIG_CARD: dict[str, Any] = {
+    "cards": [
+        {"uuid": A, "model": "NVIDIA A100-SXM4-40GB", "memory": 40960, "mig": True, "mig_profiles": "p"}
+    ],
+    "mig_profile_sets": {
+        "p": [
+            {
+                "name": "1g.5gb",
+                "memory": 4864,
+                "core": 13,
+                "slices": 1,
+                "placements": [[i, 1] for i in range(7)],
+            }
+        ]
+    },
+}
+
+
+async def test_mig_instances_are_created_at_prestart(workdir: Path) -> None:
+    async with lock_free_node(workdir, MIG_CARD, operating_mode="mig") as env:
+        alloc = MigAllocation(0, 0, A, "1g.5gb", 2, 1)
+        pod = bound_pod("p1", [gpu_ctr("a", 1)], [(dev(A, 4864, 13),)])
+        pod["metadata"]["annotations"][keys.VGPU_MIG_ALLOCATIONS] = encode_mig_allocations([alloc])
+        env.kube.add_pod(pod)
+        ids = [f"{A}-0"]
+        env.pr.hold(NS, "p1", "a", RES, ids)
+        await env.kubelet.client(RES).pre_start(ids)
+        [inst] = env.source.list_mig_instances()
+        assert env.env_of(ids) == {"NVIDIA_VISIBLE_DEVICES": inst.mig_uuid}
+        [recorded] = decode_mig_allocations(env.annotations("p1")[keys.VGPU_MIG_ALLOCATIONS])
+        assert (recorded.mig_uuid, recorded.gpu_instance_id) == (inst.mig_uuid, inst.gpu_instance_id)
+        # the container restarts: the recorded instance is reused, not created again
+        await env.kubelet.client(RES).pre_start(ids)
+        assert env.source.list_mig_instances() == [inst]
