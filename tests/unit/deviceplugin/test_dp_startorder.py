@@ -27,10 +27,10 @@ def pod(init: list[dict[str, Any]], app: list[dict[str, Any]], **states: dict[st
     }
 
 
-DONE = {"terminated": {"exitCode": 0}}
-FAILED = {"terminated": {"exitCode": 1}}
-RUNNING = {"running": {}}
-WAITING = {"waiting": {}}
+DONE: dict[str, Any] = {"terminated": {"exitCode": 0}}
+FAILED: dict[str, Any] = {"terminated": {"exitCode": 1}}
+RUNNING: dict[str, Any] = {"running": {}}
+WAITING: dict[str, Any] = {"waiting": {}}
 
 
 def test_single_candidate_needs_no_status() -> None:
