@@ -124,7 +124,8 @@ async def test_allocation_mode_annotation() -> None:
         return NodeRegistrar(kube, "n1", lambda: [], allocation_mode=mode)
 
     def mode() -> str | None:
-        return kube.nodes["n1"]["metadata"]["annotations"].get(keys.NODE_ALLOCATION_MODE)
+        ann: dict[str, str] = kube.nodes["n1"]["metadata"]["annotations"]
+        return ann.get(keys.NODE_ALLOCATION_MODE)
 
     await registrar("lock").sync()
     assert mode() is None  # a node that never ran lock-free gets no annotation
