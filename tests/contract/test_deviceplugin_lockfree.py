@@ -215,6 +215,7 @@ async def test_prestart_writes_each_containers_spec(env: Env) -> None:
     assert b["NVIDIA_VISIBLE_DEVICES"] == f"{B},{C}"
     assert (b["CUDA_DEVICE_MEMORY_LIMIT_0"], b["CUDA_DEVICE_MEMORY_LIMIT_1"]) == ("2000m", "1000m")
     assert (b["CUDA_DEVICE_SM_LIMIT_0"], b["CUDA_DEVICE_SM_LIMIT_1"]) == ("20", "10")
+    assert a["CUDA_DEVICE_MEMORY_SHARED_CACHE"].endswith(f"/vgpu/{device_name(p1a)}.cache")
     m = env.env_of(p2)
     assert (m["NVIDIA_VISIBLE_DEVICES"], m["CUDA_DEVICE_MEMORY_LIMIT_0"]) == (A, "5000m")
     # the same ContainerEdits as the Allocate path: the library, the preload and the limits file

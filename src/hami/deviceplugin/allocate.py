@@ -176,11 +176,14 @@ class PodAllocator:
         devs: ContainerDevices,
         migs: list[MigAllocation],
         inventory: Mapping[str, PhysicalDevice],
+        *,
+        cache_id: str | None = None,
     ) -> tuple[ContainerEdits, list[MigAllocation], list[MigInstance]]:
         """What container `idx` of `pod` (init containers first) receives for the cards `devs`,
         each checked against this node's `inventory`: its edits, the pod's MIG allocations
         `migs` with created instances filled in, and the MIG instances created (the caller
-        destroys them if it fails later). Raises AllocationError naming the pod and the card."""
+        destroys them if it fails later). `cache_id` names a hami-core container's shared region
+        (a new one when None). Raises AllocationError naming the pod and the card."""
         ctr = bodies.pod_containers(pod)[idx]
         for d in devs:
             phys = inventory.get(d.uuid)
@@ -202,15 +205,15 @@ class PodAllocator:
             return mig_edits(uuids), migs, new
         if modes == {MPS}:
             return mps_edits(devs, self.settings), migs, []
-        return await self._hami_core_edits(pod, ctr, devs), migs, []
+        return await self._hami_core_edits(pod, ctr, devs, cache_id), migs, []
 
     async def _hami_core_edits(
-        self, pod: Obj, ctr: Mapping[str, Any], devs: ContainerDevices
+        self, pod: Obj, ctr: Mapping[str, Any], devs: ContainerDevices, cache_id: str | None = None
     ) -> ContainerEdits:
         """HAMi-core edits, with their side effects: the opt-out denial event, the log line for an
         unreadable opt-out, the container's cache directory, the driver's edits."""
         meta = bodies.meta(pod)
-        cache_id = self._new_cache_id()
+        cache_id = cache_id or self._new_cache_id()
         enforcement = decide_enforcement(ctr, self.settings, meta.get("namespace"))
         denial = enforcement.denial_message(ctr.get("name"))
         if denial is not None:

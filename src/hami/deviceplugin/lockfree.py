@@ -206,7 +206,10 @@ class LockFreeAllocator:
             inventory[d.uuid].mode == MIG for d in devs if d.uuid in inventory
         )
         async with self.core.lock if needs_mig else contextlib.nullcontext():
-            edits, migs, created = await self.core.container_edits(pod, idx, devs, migs, inventory)
+            # the region is named after the allocation: a restarted container finds its own again
+            edits, migs, created = await self.core.container_edits(
+                pod, idx, devs, migs, inventory, cache_id=device_name(ids)
+            )
             try:
                 if created:
                     patch = {
