@@ -70,6 +70,9 @@ class ExtenderSettings:
     bind_queue_limit: int = 0
     #: also export HAMi's pre-2.10 scheduler metric names (``--legacy-metrics``)
     legacy_metrics: bool = False
+    #: preempt lower-priority pods through the Eviction API when only card resources are short
+    #: (:mod:`hami.extender.devicepreempt`; the chart's ``scheduler.preemption.enabled``)
+    device_preemption: bool = True
 
 
 class _Lease(TypedDict):
