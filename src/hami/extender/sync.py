@@ -84,7 +84,8 @@ class LedgerSync:
         #: pods whose annotations could not be decoded (uid -> error)
         self.pod_errors: dict[str, str] = {}
         self._node_seen: dict[str, tuple[Any, ...]] = {}
-        #: called with the uid whenever a pod is forgotten (deleted, finished, bind failed)
+        #: called with the uid whenever a pod is forgotten (deleted, finished, bind failed), after
+        #: it has left the ledger
         self.on_forget: list[Callable[[str], None]] = []
         #: called with every pod event that reaches :meth:`pod_changed`
         self.on_pod: list[Callable[[Mapping[str, Any]], None]] = []
@@ -212,7 +213,7 @@ class LedgerSync:
 
     def forget(self, uid: str) -> None:
         self.reservations.forget(uid)
-        for callback in self.on_forget:
-            callback(uid)
         self.pod_errors.pop(uid, None)
         self.scheduler.state.remove_pod(uid)
+        for callback in self.on_forget:  # after the removal: callbacks see the ledger without it
+            callback(uid)
