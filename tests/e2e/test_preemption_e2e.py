@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from hami.extender.devicepreempt import DevicePreemptor
 from hami.extender.wire import PreemptionArgs
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
@@ -242,5 +243,143 @@ async def test_no_preemption_when_the_victims_would_not_free_the_right_card(
             # kube-scheduler asked (its CPU choice: the LOW pods) and hami answered: nowhere
             assert calls and all(v == {node: v[node]} and a == {} for v, a in calls)
             assert sorted(calls[0][0][node]) == uids(before, "lo-1", "lo-2")
+    finally:
+        await kube_client.delete(api_path("v1", "nodes", name=node))
+
+
+# --- device-only shortage: kube-scheduler proposes nothing, hami's extender preempts ------------------
+
+
+def preemptor_of(stack: Stack) -> DevicePreemptor:
+    assert stack.extender is not None and stack.extender.preemptor is not None
+    return stack.extender.preemptor
+
+
+async def events_for(client: KubeClient, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = await client.get(api_path("v1", "events", namespace=namespace))
+    return [e for e in out.get("items") or [] if e["involvedObject"]["name"] == name]
+
+
+async def test_card_memory_shortage_preempts_exactly_the_lower_priority_pods_on_one_card(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+    priorities: dict[int, str],
+) -> None:
+    """CPU and pods are plentiful; both cards are full. kube-scheduler finds nothing to preempt (it
+    cannot see card memory) and never calls the preempt verb; hami's extender evicts the two LOW
+    pods on card 0 through the Eviction API, keeps card 0 while they terminate, and the pod binds."""
+    node = await gpu_node(kube_client, namespace, gpu_cards(f"{namespace}-n0", n=2, mem=16000))
+    card0, card1 = f"GPU-{node}-0", f"GPU-{node}-1"
+    stack = Stack(kube_config, start_scheduler)
+    stack.preempt = True  # registered, as the chart does: kube-scheduler still proposes nothing
+    try:
+        async with stack:
+            for name, prio, card in (
+                ("lo-1", LOW, card0),
+                ("lo-2", LOW, card0),
+                ("mid-1", MID, card1),
+                ("mid-2", MID, card1),
+            ):
+                await create(
+                    kube_client,
+                    namespace,
+                    pod(name, priorities[prio], mem=8000, cpu="100m", card=card, grace=300),
+                )
+            await wait_bound(kube_client, namespace, {"lo-1", "lo-2", "mid-1", "mid-2"})
+            calls = record_preempt(stack)
+            await create(kube_client, namespace, pod("hi", priorities[HIGH], mem=16000, cpu="100m"))
+
+            async def terminating() -> set[str] | None:
+                pods = await by_name(kube_client, namespace)
+                gone = {n for n, p in pods.items() if p["metadata"].get("deletionTimestamp")}
+                return gone or None
+
+            victims = await wait_for(terminating, timeout=60, interval=0.25)
+            assert victims == {"lo-1", "lo-2"}
+            assert calls == []  # kube-scheduler proposed no victim: the extender alone preempted
+            pods = await by_name(kube_client, namespace)
+            assert preemptor_of(stack).outcomes[bodies.uid(pods["hi"])] == "evicted"
+            for name in ("lo-1", "lo-2"):
+                assert any(e["reason"] == "Preempted" for e in await events_for(kube_client, namespace, name))
+            assert any(e["reason"] == "Preempting" for e in await events_for(kube_client, namespace, "hi"))
+            # the victims still hold card0 while they terminate: the preemptor waits
+            for _ in range(12):
+                pods = await by_name(kube_client, namespace)
+                assert not bodies.node_name(pods["hi"]), "bound while its victims still hold the card"
+                await assert_no_overcommit(kube_client, namespace, [node])
+                await asyncio.sleep(0.25)
+            assert {n for n, p in pods.items() if p["metadata"].get("deletionTimestamp")} == victims
+            for name in sorted(victims):
+                await kube_client.delete(
+                    api_path("v1", "pods", namespace=namespace, name=name), grace_period_seconds=0
+                )
+            pods = await wait_bound(kube_client, namespace, {"hi"})
+            assert cards_of(pods["hi"]) == {card0}
+            assert set(pods) == {"hi", "mid-1", "mid-2"}
+            await assert_no_overcommit(kube_client, namespace, [node])
+    finally:
+        await kube_client.delete(api_path("v1", "nodes", name=node))
+
+
+@pytest.mark.parametrize("case", ["memory", "card-type", "same-priority"])
+async def test_card_shortage_evicts_nobody_when_it_would_not_help(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+    priorities: dict[int, str],
+    case: str,
+) -> None:
+    """Only card memory is short and hami's extender looks for victims, but evicts nobody:
+
+    * ``memory``: a MID pod asks a whole card; the LOW pods (the only lower ones) are one per card,
+      beside MID pods: evicting them frees no whole card;
+    * ``card-type``: the LOW pods are on the T4, the MID pod asks for an A100;
+    * ``same-priority``: every pod is LOW, the preemptor too: equal priority never preempts.
+    """
+    n = f"{namespace}-n0"
+    extra: dict[str, str] = {}
+    lo, mid = priorities[LOW], priorities[MID]
+    if case == "card-type":
+        cards = [*gpu_cards(n, n=1, mem=16000, type="NVIDIA-Tesla-T4"), *gpu_cards(n, n=2, mem=16000)[1:]]
+        placement = {"lo-1": (0, lo), "lo-2": (0, lo), "mid-1": (1, mid), "mid-2": (1, mid)}
+        extra = {keys.NVIDIA_USE_GPUTYPE: "A100"}
+    else:
+        cards = gpu_cards(n, n=2, mem=16000)
+        placement = {"lo-1": (0, lo), "lo-2": (1, lo), "mid-1": (0, mid), "mid-2": (1, mid)}
+        if case == "same-priority":
+            placement = {name: (index, lo) for name, (index, _) in placement.items()}
+    preemptor = lo if case == "same-priority" else mid
+    node = await gpu_node(kube_client, namespace, cards)
+    stack = Stack(kube_config, start_scheduler)
+    stack.preempt = True
+    try:
+        async with stack:
+            for name, (index, prio) in placement.items():
+                await create(
+                    kube_client,
+                    namespace,
+                    pod(name, prio, mem=8000, cpu="100m", card=f"GPU-{n}-{index}", grace=300),
+                )
+            await wait_bound(kube_client, namespace, set(placement))
+            await create(
+                kube_client, namespace, pod("hi", preemptor, mem=16000, cpu="100m", annotations=extra)
+            )
+            hi = bodies.uid((await by_name(kube_client, namespace))["hi"])
+
+            async def tried() -> str | None:
+                return preemptor_of(stack).outcomes.get(hi)
+
+            assert await wait_for(tried, timeout=60) == "no-victims"
+            pods = await by_name(kube_client, namespace)
+            assert set(pods) == {*placement, "hi"}
+            assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
+            assert not bodies.node_name(pods["hi"]) and not pods["hi"]["status"].get("nominatedNodeName")
+            assert not any(
+                e["reason"] == "Preempting" for e in await events_for(kube_client, namespace, "hi")
+            )
+            await assert_no_overcommit(kube_client, namespace, [node])
     finally:
         await kube_client.delete(api_path("v1", "nodes", name=node))
