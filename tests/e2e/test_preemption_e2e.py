@@ -323,7 +323,7 @@ async def test_card_memory_shortage_preempts_exactly_the_lower_priority_pods_on_
         await kube_client.delete(api_path("v1", "nodes", name=node))
 
 
-@pytest.mark.parametrize("case", ["memory", "card-type", "same-priority"])
+@pytest.mark.parametrize("case", ["memory", "card-type", "same-priority", "never"])
 async def test_card_shortage_evicts_nobody_when_it_would_not_help(
     kube_config: KubeConfig,
     kube_client: KubeClient,
@@ -337,7 +337,9 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
     * ``memory``: a MID pod asks a whole card; the LOW pods (the only lower ones) are one per card,
       beside MID pods: evicting them frees no whole card;
     * ``card-type``: the LOW pods are on the T4, the MID pod asks for an A100;
-    * ``same-priority``: every pod is LOW, the preemptor too: equal priority never preempts.
+    * ``same-priority``: every pod is LOW, the preemptor too: equal priority never preempts;
+    * ``never``: the LOW pods share card 0 (evicting them would free it), but the HIGH preemptor has
+      ``preemptionPolicy: Never``.
     """
     n = f"{namespace}-n0"
     extra: dict[str, str] = {}
@@ -351,7 +353,15 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
         placement = {"lo-1": (0, lo), "lo-2": (1, lo), "mid-1": (0, mid), "mid-2": (1, mid)}
         if case == "same-priority":
             placement = {name: (index, lo) for name, (index, _) in placement.items()}
+        if case == "never":
+            placement = {"lo-1": (0, lo), "lo-2": (0, lo), "mid-1": (1, mid), "mid-2": (1, mid)}
     preemptor = lo if case == "same-priority" else mid
+    if case == "never":  # the API server sets spec.preemptionPolicy from the PriorityClass
+        preemptor = f"{namespace}-never"
+        await kube_client.create(
+            api_path("scheduling.k8s.io/v1", "priorityclasses"),
+            {"metadata": {"name": preemptor}, "value": HIGH, "preemptionPolicy": "Never"},
+        )
     node = await gpu_node(kube_client, namespace, cards)
     stack = Stack(kube_config, start_scheduler)
     stack.preempt = True
@@ -372,7 +382,7 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
             async def tried() -> str | None:
                 return preemptor_of(stack).outcomes.get(hi)
 
-            assert await wait_for(tried, timeout=60) == "no-victims"
+            assert await wait_for(tried, timeout=60) == ("never" if case == "never" else "no-victims")
             pods = await by_name(kube_client, namespace)
             assert set(pods) == {*placement, "hi"}
             assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
@@ -383,3 +393,5 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
             await assert_no_overcommit(kube_client, namespace, [node])
     finally:
         await kube_client.delete(api_path("v1", "nodes", name=node))
+        if case == "never":
+            await kube_client.delete(api_path("scheduling.k8s.io/v1", "priorityclasses", name=preemptor))

@@ -51,7 +51,8 @@ from hami.scheduling.preempt import plan_preemption, priority_of
 log = logging.getLogger(__name__)
 
 PodLookup = Callable[[str, str], "dict[str, Any] | None"]
-#: ``(result, victims)`` after each try: result is ``evicted``, ``no-victims``, ``refused`` or ``error``
+#: ``(result, victims)`` after each try: result is ``evicted``, ``no-victims``, ``never`` (the pod's
+#: ``preemptionPolicy``), ``refused`` (an eviction was refused) or ``error``
 OutcomeHook = Callable[[str, int], None]
 
 
@@ -171,7 +172,6 @@ class DevicePreemptor:
             not self.is_leader()
             or bodies.node_name(pod)
             or bodies.is_deleting(pod)
-            or bodies.spec(pod).get("preemptionPolicy") == "Never"
             or bodies.spec(pod).get("schedulerName") != self.scheduler_name
             or not unschedulable_without_nomination(pod)
             or now - self._last_try.get(uid, float("-inf")) < self.retry_s
@@ -179,6 +179,9 @@ class DevicePreemptor:
         ):
             return
         self._last_try[uid] = self._last_plan = now
+        if bodies.spec(pod).get("preemptionPolicy") == "Never":
+            self._outcome(uid, "never", 0)
+            return
         prio = priority_of(pod)
         candidates: dict[str, list[str]] = {}
         priorities: dict[str, int] = {}

@@ -58,7 +58,7 @@ class Metrics:
         )
         self.preemptions = Counter(
             "hami_scheduler_device_preemptions_total",
-            "Device-only preemption tries by result (evicted, no-victims, refused, error)",
+            "Device-only preemption tries by result (evicted, no-victims, never, refused, error)",
             ["result"],
             registry=self.registry,
         )
