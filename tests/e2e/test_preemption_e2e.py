@@ -323,7 +323,7 @@ async def test_card_memory_shortage_preempts_exactly_the_lower_priority_pods_on_
         await kube_client.delete(api_path("v1", "nodes", name=node))
 
 
-@pytest.mark.parametrize("case", ["memory", "card-type", "same-priority", "never"])
+@pytest.mark.parametrize("case", ["memory", "card-type", "same-priority", "never", "pdb"])
 async def test_card_shortage_evicts_nobody_when_it_would_not_help(
     kube_config: KubeConfig,
     kube_client: KubeClient,
@@ -339,7 +339,9 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
     * ``card-type``: the LOW pods are on the T4, the MID pod asks for an A100;
     * ``same-priority``: every pod is LOW, the preemptor too: equal priority never preempts;
     * ``never``: the LOW pods share card 0 (evicting them would free it), but the HIGH preemptor has
-      ``preemptionPolicy: Never``.
+      ``preemptionPolicy: Never``;
+    * ``pdb``: the same, HIGH may preempt, but a PodDisruptionBudget covers ``lo-1`` (Running): the
+      Eviction API refuses it in the dry run, so ``lo-2`` is not evicted either.
     """
     n = f"{namespace}-n0"
     extra: dict[str, str] = {}
@@ -353,9 +355,17 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
         placement = {"lo-1": (0, lo), "lo-2": (1, lo), "mid-1": (0, mid), "mid-2": (1, mid)}
         if case == "same-priority":
             placement = {name: (index, lo) for name, (index, _) in placement.items()}
-        if case == "never":
+        if case in ("never", "pdb"):
             placement = {"lo-1": (0, lo), "lo-2": (0, lo), "mid-1": (1, mid), "mid-2": (1, mid)}
-    preemptor = lo if case == "same-priority" else mid
+    preemptor = {"same-priority": lo, "pdb": priorities[HIGH]}.get(case, mid)
+    if case == "pdb":
+        await kube_client.create(
+            api_path("policy/v1", "poddisruptionbudgets", namespace=namespace),
+            {
+                "metadata": {"name": "keep-lo-1"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"keep": "lo-1"}}},
+            },
+        )
     if case == "never":  # the API server sets spec.preemptionPolicy from the PriorityClass
         preemptor = f"{namespace}-never"
         await kube_client.create(
@@ -368,12 +378,16 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
     try:
         async with stack:
             for name, (index, prio) in placement.items():
-                await create(
-                    kube_client,
-                    namespace,
-                    pod(name, prio, mem=8000, cpu="100m", card=f"GPU-{n}-{index}", grace=300),
-                )
+                p = pod(name, prio, mem=8000, cpu="100m", card=f"GPU-{n}-{index}", grace=300)
+                p["metadata"]["labels"] = {"keep": name}
+                await create(kube_client, namespace, p)
             await wait_bound(kube_client, namespace, set(placement))
+            if case == "pdb":  # what a kubelet reports: the Eviction API ignores PDBs for Pending pods
+                for name in placement:
+                    await kube_client.merge_patch(
+                        api_path("v1", "pods", namespace=namespace, name=name, subresource="status"),
+                        {"status": {"phase": "Running"}},
+                    )
             await create(
                 kube_client, namespace, pod("hi", preemptor, mem=16000, cpu="100m", annotations=extra)
             )
@@ -382,14 +396,15 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
             async def tried() -> str | None:
                 return preemptor_of(stack).outcomes.get(hi)
 
-            assert await wait_for(tried, timeout=60) == ("never" if case == "never" else "no-victims")
+            expected = {"never": "never", "pdb": "refused"}.get(case, "no-victims")
+            assert await wait_for(tried, timeout=60) == expected
             pods = await by_name(kube_client, namespace)
             assert set(pods) == {*placement, "hi"}
             assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
             assert not bodies.node_name(pods["hi"]) and not pods["hi"]["status"].get("nominatedNodeName")
-            assert not any(
-                e["reason"] == "Preempting" for e in await events_for(kube_client, namespace, "hi")
-            )
+            hi_events = {e["reason"] for e in await events_for(kube_client, namespace, "hi")}
+            assert "Preempting" not in hi_events
+            assert ("PreemptionFailed" in hi_events) is (case == "pdb")
             await assert_no_overcommit(kube_client, namespace, [node])
     finally:
         await kube_client.delete(api_path("v1", "nodes", name=node))
