@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hami.extender.events import record_event
 from hami.extender.reservations import Reservations
 from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError, NotFoundError
@@ -274,16 +275,7 @@ class DevicePreemptor:
             await self.client.create(path, body, params={"dryRun": "All"} if dry_run else None)
 
     async def _event(self, pod: Mapping[str, Any], reason: str, message: str, warning: bool) -> None:
-        try:
-            await self.client.create_event(
-                dict(pod),
-                reason=reason,
-                message=message,
-                type="Warning" if warning else "Normal",
-                component=self.scheduler_name,
-            )
-        except KubeError as exc:
-            log.warning("could not record event %s on %s: %s", reason, bodies.uid(pod), exc)
+        await record_event(self.client, pod, reason, message, warning=warning, component=self.scheduler_name)
 
     def _outcome(self, uid: str, result: str, victims: int) -> None:
         self.outcomes[uid] = result

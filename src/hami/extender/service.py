@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hami.extender.events import record_event
 from hami.extender.nodelock import NodeLockContention, NodeLocker
 from hami.extender.reservations import Reservations
 from hami.extender.sync import TERMINAL_PHASES, LedgerSync
@@ -352,16 +353,7 @@ class ExtenderService:
         self._last_event[uid] = (message, now)
         if len(self._last_event) > 10000:
             self._last_event.clear()
-        try:
-            await self.client.create_event(
-                dict(pod),
-                reason=reason,
-                message=message,
-                type="Warning" if warning else "Normal",
-                component=self.scheduler_name,
-            )
-        except KubeError as exc:
-            log.warning("could not record event on %s: %s", uid, exc)
+        await record_event(self.client, pod, reason, message, warning=warning, component=self.scheduler_name)
 
 
 async def owner_alive_from(pod_lookup: PodLookup, client: KubeClient, namespace: str, name: str) -> bool:
