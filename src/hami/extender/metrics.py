@@ -28,6 +28,8 @@ from hami.protocol.pod import MigAllocation
 from hami.scheduling.state import ClusterState
 
 MIB = 1024 * 1024
+#: the results of a device-only preemption try (:mod:`hami.extender.devicepreempt`)
+PREEMPTION_RESULTS = ("evicted", "no-victims", "never", "refused", "error")
 
 
 class Metrics:
@@ -58,10 +60,12 @@ class Metrics:
         )
         self.preemptions = Counter(
             "hami_scheduler_device_preemptions_total",
-            "Device-only preemption tries by result (evicted, no-victims, never, refused, error)",
+            "Device-only preemption tries by result",
             ["result"],
             registry=self.registry,
         )
+        for result in PREEMPTION_RESULTS:  # every series present from the start
+            self.preemptions.labels(result)
         self.preemption_victims = Counter(
             "hami_scheduler_device_preemption_victims_total",
             "Pods evicted by device-only preemption",
