@@ -209,18 +209,21 @@ class DevicePreemptor:
         task.add_done_callback(self._tasks.discard)
 
     def _settle(self, puid: str, nom: Nomination) -> None:
-        """Once every victim is off the ledger, reserve the freed card(s) for the preemptor."""
+        """Once every victim is off the ledger, reserve the freed card(s) for the preemptor. When
+        it no longer fits there (or is gone), the nomination ends: it may be tried again."""
         if nom.reserved or any(v in self.scheduler.state.pods for v in nom.victims):
             return
         nom.reserved = True
         pod = self.pod_lookup(nom.namespace, nom.name)
         if pod is None or bodies.uid(pod) != puid or bodies.node_name(pod):
+            self.nominations.pop(puid, None)
             return
         decision = self.scheduler.decide(pod, candidates=[nom.node], now=int(self.clock()))
         if decision.node is None:
             log.info(
                 "preemption for %s/%s: %s no longer fits %s", nom.namespace, nom.name, puid, decision.reason
             )
+            self.nominations.pop(puid, None)
             return
         placeholder = asyncio.get_running_loop().create_task(asyncio.sleep(0))
         self.reservations.decided(puid, decision.node, decision.annotations, placeholder, now=self.clock())

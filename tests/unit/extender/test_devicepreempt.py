@@ -96,3 +96,4 @@ async def test_no_reservation_when_the_preemptor_no_longer_fits() -> None:
     sched.state.remove_pod("uid-lo")
     preemptor.pod_forgotten("uid-lo")
     assert "uid-hi" not in sched.state.pods and not reservations.is_assumed("uid-hi")
+    assert preemptor.nominations == {}  # over: the pod may be tried again
