@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_values import CHART, VALUE_SETS, Rendered
+from chart_values import CHART, VALUE_SETS, Rendered, ValueSet
 
 from hami.config.device import DeviceConfig, parse_device_config
 from hami.config.node import parse_node_config_file
@@ -90,8 +90,28 @@ def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: st
         leader_elect=leader,
         lease_namespace=r.values.namespace,
         http_timeout=f"{sched_values.get('extenderHTTPTimeout', 30)}s",
+        preempt=sched_values.get("preemption", {}).get("enabled", True),
     )
     assert shipped == expected
+
+
+def test_preemption_is_on_by_default_and_can_be_switched_off(helm: Helm) -> None:
+    """``scheduler.preemption.enabled`` (default true) registers hami's preempt verb with
+    kube-scheduler and leaves the extender's device-only preemption on; false removes both."""
+    for enabled in (None, True, False):
+        values: dict[str, Any] = (
+            {} if enabled is None else {"scheduler": {"preemption": {"enabled": enabled}}}
+        )
+        docs = helm.render(CHART, release="hami", namespace="hami-system", values=values)
+        r = Rendered(ValueSet("p", "hami-system", "hami", values), docs)
+        cfg = yaml.safe_load(r.get("ConfigMap", "hami-scheduler")["data"]["config.yaml"])
+        args = r.container("Deployment", "hami-scheduler", "vgpu-scheduler-extender")["args"]
+        if enabled is False:
+            assert "preemptVerb" not in cfg["extenders"][0]
+            assert "--no-preemption" in args
+        else:
+            assert cfg["extenders"][0]["preemptVerb"] == "preempt"
+            assert "--no-preemption" not in args
 
 
 def test_scheduler_pod(rendered: Render) -> None:
