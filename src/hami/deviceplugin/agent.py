@@ -2,6 +2,7 @@
 
 `run_agent` wires the pieces together; `hami device-plugin` and the sandbox call it. Without a
 `KubeOps` (standalone) only the kubelet side runs: ListAndWatch works, Allocate answers an error.
+On a node whose `operatingmode` is `dra` the agent serves nothing (docs/dra.md).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hami.deviceplugin.api import KUBELET_SOCKET_NAME
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.register import NodeRegistrar
 from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
-from hami.deviceplugin.settings import MIG, NodeSettings
+from hami.deviceplugin.settings import DRA, MIG, NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,16 @@ class NodeAgent:
         await self.server.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop`; on a node in DRA mode, serve nothing (no socket, no registration,
+        no `nvidia.com/gpu`): `hami dra-plugin` owns its cards."""
+        if self.settings.operating_mode == DRA:
+            log.info(
+                "node %s is in DRA mode (operatingmode: %s): the device plugin advertises nothing",
+                self.settings.node_name,
+                DRA,
+            )
+            await stop.wait()
+            return
         await self.start()
         try:
             await stop.wait()

@@ -16,7 +16,7 @@ from hami.deviceplugin.agent import NodeAgent
 from hami.deviceplugin.api import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
 from hami.deviceplugin.kubeops import ClientKubeOps
 from hami.deviceplugin.server import DEFAULT_SOCKET_NAME
-from hami.deviceplugin.settings import NodeSettings, SettingsError, load_settings
+from hami.deviceplugin.settings import OPERATING_MODES, NodeSettings, SettingsError, load_settings
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
 from hami.deviceplugin.sources.fake import FakeSource, FakeSpecError
 from hami.kube.config import KubeConfigError
@@ -75,7 +75,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 @click.option("--device-split-count", "split_count", type=int, default=None)
 @click.option("--device-memory-scaling", "memory_scaling", type=float, default=None)
 @click.option("--device-cores-scaling", "core_scaling", type=float, default=None)
-@click.option("--operating-mode", type=click.Choice(["hami-core", "mig", "mps"]), default=None)
+@click.option("--operating-mode", type=click.Choice(list(OPERATING_MODES)), default=None)
 @click.option("--enable-numa-topology/--no-enable-numa-topology", default=None)
 @click.option(
     "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."

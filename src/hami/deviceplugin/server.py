@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,28 @@ from hami.deviceplugin.sources.base import DeviceSource
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET_NAME = "nvidia-gpu.sock"
+
+
+async def follow_health(
+    source: DeviceSource, on_event: Callable[[], Awaitable[object]], *, stopping: Callable[[], bool]
+) -> None:
+    """Call `on_event()` after every health event of `source` (each logged); a failing event
+    stream is logged and restarted after a second, until `stopping()`."""
+    while not stopping():
+        try:
+            async for ev in source.health_events():
+                log.warning(
+                    "health event: card %s %s (%s)",
+                    ev.uuid,
+                    "healthy" if ev.healthy else "unhealthy",
+                    ev.reason,
+                )
+                await on_event()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("health event stream failed; restarting it in 1s")
+            await asyncio.sleep(1.0)
 
 
 class AllocationError(Exception):
@@ -342,21 +364,7 @@ class DevicePluginServer:
         log.info("device plugin stopped")
 
     async def _health_loop(self) -> None:
-        while not self._stopping:
-            try:
-                async for ev in self.source.health_events():
-                    log.warning(
-                        "health event: card %s %s (%s)",
-                        ev.uuid,
-                        "healthy" if ev.healthy else "unhealthy",
-                        ev.reason,
-                    )
-                    await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("health event stream failed; restarting it in 1s")
-                await asyncio.sleep(1.0)
+        await follow_health(self.source, self.refresh, stopping=lambda: self._stopping)
 
     async def _refresh_loop(self) -> None:
         while not self._stopping:

@@ -19,13 +19,17 @@ from hami.config import (
     load_node_config_file,
 )
 from hami.deviceplugin.sources.base import DeviceSource, SourceCard, SourceMigProfile
+from hami.protocol import keys
 
 log = logging.getLogger(__name__)
 
 HAMI_CORE = "hami-core"
 MIG = "mig"
 MPS = "mps"
-OPERATING_MODES = (HAMI_CORE, MIG, MPS)
+#: The node runs `hami dra-plugin` (hami-core cards published as DRA devices) instead of the
+#: device plugin, which then advertises nothing (docs/dra.md, "Per-node mode").
+DRA = keys.OPERATING_MODE_DRA
+OPERATING_MODES = (HAMI_CORE, MIG, MPS, DRA)
 
 
 @dataclass(frozen=True)

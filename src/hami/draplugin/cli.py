@@ -1,0 +1,106 @@
+"""`hami dra-plugin`: publish the node's GPUs as DRA devices and prepare their claims."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import click
+
+from hami import cliutil
+from hami.config import ConfigError
+from hami.deviceplugin.cli import make_source
+from hami.deviceplugin.settings import NodeSettings, SettingsError, load_settings
+from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
+from hami.deviceplugin.sources.fake import FakeSpecError
+from hami.draplugin.api import PLUGINS_REGISTRY_DIR
+from hami.draplugin.checkpoint import CheckpointError
+from hami.draplugin.runner import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, DraNodePlugin
+from hami.kube.config import KubeConfigError
+
+
+async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | None, **kw: Any) -> None:
+    from hami.draplugin.kubeops import ClientDraKube
+    from hami.kube.client import KubeClient
+    from hami.kube.config import load_config
+
+    stop = asyncio.Event()
+    async with KubeClient(load_config(kubeconfig)) as client:
+        plugin = DraNodePlugin(source, settings, ClientDraKube(client), **kw)
+        cliutil.on_stop_signals(stop.set)
+        await plugin.run(stop)
+
+
+@click.command("dra-plugin")
+@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
+@click.option(
+    "--fake-node",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Use a fake device source described by this YAML file instead of NVML.",
+)
+@cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section).")
+@click.option(
+    "--node-config-file",
+    type=click.Path(dir_okay=False),
+    help="Plugin config.json with per-node `nodeconfig` (the node runs this plugin when its "
+    "operatingmode is `dra`).",
+)
+@click.option("--plugin-dir", default=DEFAULT_PLUGIN_DIR, show_default=True, help="Holds dra.sock.")
+@click.option(
+    "--registry-dir", default=PLUGINS_REGISTRY_DIR, show_default=True, help="The kubelet's plugins_registry."
+)
+@click.option("--cdi-dir", default=DEFAULT_CDI_DIR, show_default=True, help="Where CDI specs are written.")
+@click.option("--state-dir", default=None, help="Holds checkpoint.json (default: --plugin-dir).")
+@click.option("--operating-mode", default=None, help="Override the node's operatingmode (e.g. dra).")
+@click.option("--device-memory-scaling", "memory_scaling", type=float, default=None)
+@click.option(
+    "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
+)
+@click.option(
+    "--kubeconfig",
+    envvar="KUBECONFIG",
+    default=None,
+    help="Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).",
+)
+@cliutil.log_level_option("INFO")
+def dra_plugin(
+    node_name: str,
+    fake_node: str | None,
+    device_config_file: str | None,
+    node_config_file: str | None,
+    plugin_dir: str,
+    registry_dir: str,
+    cdi_dir: str,
+    state_dir: str | None,
+    kubeconfig: str | None,
+    log_level: str,
+    **overrides: Any,
+) -> None:
+    """Publish this node's GPUs as DRA devices with consumable memory and cores (driver
+    hami-core-gpu.project-hami.io) and prepare their claims as CDI devices."""
+    cliutil.setup_logging(log_level)
+    try:
+        settings = load_settings(
+            node_name=node_name,
+            device_config_file=device_config_file,
+            node_config_file=node_config_file,
+            overrides=overrides,
+        )
+        source = make_source(fake_node, node_name)
+    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
+        raise click.ClickException(str(e)) from e
+    try:
+        asyncio.run(
+            _run(
+                source,
+                settings,
+                kubeconfig,
+                plugin_dir=plugin_dir,
+                registry_dir=registry_dir,
+                cdi_dir=cdi_dir,
+                state_dir=state_dir,
+            )
+        )
+    except (KubeConfigError, CheckpointError, DeviceSourceError) as e:
+        raise click.ClickException(str(e)) from e
