@@ -5,6 +5,7 @@ allocated claim when called over its socket as the kubelet would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -19,7 +20,7 @@ from hami.deviceplugin.sources.fake import FakeSource
 from hami.draplugin.kubeops import ClientDraKube
 from hami.draplugin.prepare import CDI_KIND
 from hami.draplugin.runner import DraNodePlugin
-from hami.draplugin.slices import slice_name
+from hami.draplugin.slices import device_class, slice_name
 from hami.kube.client import KubeClient
 from hami.kube.errors import AlreadyExistsError
 from hami.kube.paths import api_path
@@ -36,16 +37,8 @@ CARD = "GPU-dra-int-0"
 
 
 async def ensure_device_class(kc: KubeClient) -> None:
-    body = {
-        "apiVersion": RESOURCE_API,
-        "kind": "DeviceClass",
-        "metadata": {"name": keys.DRA_DEVICE_CLASS},
-        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{keys.DRA_DRIVER}"'}}]},
-    }
-    try:
-        await kc.create(api_path(RESOURCE_API, "deviceclasses"), body)
-    except AlreadyExistsError:
-        pass
+    with contextlib.suppress(AlreadyExistsError):
+        await kc.create(api_path(RESOURCE_API, "deviceclasses"), device_class())
 
 
 def gpu_claim(name: str, memory: str, cores: str) -> dict[str, Any]:

@@ -124,3 +124,13 @@ def resource_slice(
             "devices": devices,
         },
     }
+
+
+def device_class() -> dict[str, Any]:
+    """The DeviceClass claims name to get hami's cards (the chart installs the same object)."""
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "DeviceClass",
+        "metadata": {"name": keys.DRA_DEVICE_CLASS},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{keys.DRA_DRIVER}"'}}]},
+    }
