@@ -1,7 +1,7 @@
 """The Kubernetes operations the DRA plugin needs, behind one small interface.
 
 `DraKube` is implemented by `ClientDraKube` (a `hami.kube.KubeClient`: what the chart's RBAC
-grants — resourceclaims get, resourceslices create/update/delete, nodes get) and, in contract
+grants — resourceclaims get, resourceslices get/create/update, nodes get) and, in contract
 tests, by `hami.testing.memkube.MemoryDraKube`. Objects are raw dicts; errors are
 `hami.kube.errors` exceptions (NotFoundError, ConflictError).
 """
@@ -28,8 +28,6 @@ class DraKube(Protocol):
 
     async def replace_slice(self, body: Obj) -> Obj: ...
 
-    async def delete_slice(self, name: str) -> None: ...
-
 
 class ClientDraKube:
     """DraKube over the real API server."""
@@ -51,6 +49,3 @@ class ClientDraKube:
 
     async def replace_slice(self, body: Obj) -> Obj:
         return await self._kc.replace(api_path(RESOURCE_API, "resourceslices", name=bodies.name(body)), body)
-
-    async def delete_slice(self, name: str) -> None:
-        await self._kc.delete(api_path(RESOURCE_API, "resourceslices", name=name))

@@ -143,15 +143,21 @@ class DraPluginServer:
         self._servers.append((server, path, path.stat().st_ino))
 
     async def start(self) -> None:
-        """Serve DRAPlugin first, then Registration (the kubelet calls the endpoint right away)."""
-        await self._serve(
-            self.dra_socket, dra_pb2_grpc.add_DRAPluginServicer_to_server, _DraPlugin(self.preparer)
-        )
-        await self._serve(
-            self.registration_socket,
-            pluginregistration_pb2_grpc.add_RegistrationServicer_to_server,
-            _Registration(self),
-        )
+        """Serve DRAPlugin first, then Registration (the kubelet calls the endpoint right away).
+        When either cannot be served (e.g. a socket path longer than 107 bytes), nothing is left
+        serving and the error is raised."""
+        try:
+            await self._serve(
+                self.dra_socket, dra_pb2_grpc.add_DRAPluginServicer_to_server, _DraPlugin(self.preparer)
+            )
+            await self._serve(
+                self.registration_socket,
+                pluginregistration_pb2_grpc.add_RegistrationServicer_to_server,
+                _Registration(self),
+            )
+        except BaseException:
+            await self.stop()
+            raise
         log.info(
             "serving DRA driver %s on %s (registration %s)",
             self.driver,

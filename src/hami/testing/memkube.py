@@ -156,8 +156,3 @@ class MemoryDraKube(MemoryKube):
         stored = self._stamp(copy.deepcopy(body))
         self.slices[bodies.name(body)] = stored
         return copy.deepcopy(stored)
-
-    async def delete_slice(self, name: str) -> None:
-        self.calls.append(f"delete slice {name}")
-        if self.slices.pop(name, None) is None:
-            raise NotFoundError(404, "NotFound", f"resourceslice {name} not found")
