@@ -8,7 +8,6 @@ On a node whose `operatingmode` is `dra` the agent serves nothing (docs/dra.md).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import KUBELET_SOCKET_NAME
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.register import NodeRegistrar
-from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
+from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer, cancel_tasks
 from hami.deviceplugin.settings import DRA, MIG, NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource
 
@@ -78,11 +77,7 @@ class NodeAgent:
             )
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await self.server.stop()
 

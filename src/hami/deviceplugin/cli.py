@@ -32,6 +32,26 @@ def make_source(fake_node: str | None, node_name: str) -> DeviceSource:
     return NvmlSource()
 
 
+def load_node(
+    node_name: str,
+    fake_node: str | None,
+    device_config_file: str | None,
+    node_config_file: str | None,
+    overrides: dict[str, Any],
+) -> tuple[NodeSettings, DeviceSource]:
+    """The node's settings and device source, or a ClickException naming what is wrong."""
+    try:
+        settings = load_settings(
+            node_name=node_name,
+            device_config_file=device_config_file,
+            node_config_file=node_config_file,
+            overrides=overrides,
+        )
+        return settings, make_source(fake_node, node_name)
+    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
+        raise click.ClickException(str(e)) from e
+
+
 async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | None, **kw: Any) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -108,16 +128,7 @@ def device_plugin(
     """Serve the node's GPUs to the kubelet as nvidia.com/gpu slices."""
     cliutil.setup_logging(log_level)
     overrides["topology_score"] = os.environ.get("ENABLE_TOPOLOGY_SCORE", "").lower() == "true" or None
-    try:
-        settings = load_settings(
-            node_name=node_name,
-            device_config_file=device_config_file,
-            node_config_file=node_config_file,
-            overrides=overrides,
-        )
-        source = make_source(fake_node, node_name)
-    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
-        raise click.ClickException(str(e)) from e
+    settings, source = load_node(node_name, fake_node, device_config_file, node_config_file, overrides)
     try:
         asyncio.run(
             _run(

@@ -53,6 +53,28 @@ async def follow_health(
             await asyncio.sleep(1.0)
 
 
+async def refresh_periodically(
+    interval: float, refresh: Callable[[], Awaitable[object]], *, stopping: Callable[[], bool]
+) -> None:
+    """Call `refresh()` every `interval` seconds until `stopping()`; a failure is logged and the
+    next round runs as usual."""
+    while not stopping():
+        await asyncio.sleep(interval)
+        try:
+            await refresh()
+        except Exception:
+            log.exception("periodic inventory refresh failed")
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until each has ended (whatever it raised)."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
 class AllocationError(Exception):
     """Allocate failed; the message is returned to the kubelet (and the pod's event)."""
 
@@ -352,11 +374,7 @@ class DevicePluginServer:
         self._stopping = True
         async with self._changed:
             self._changed.notify_all()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await self._stop_serving()
         with contextlib.suppress(Exception):
@@ -367,12 +385,7 @@ class DevicePluginServer:
         await follow_health(self.source, self.refresh, stopping=lambda: self._stopping)
 
     async def _refresh_loop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("periodic inventory refresh failed")
+        await refresh_periodically(self.refresh_interval, self.refresh, stopping=lambda: self._stopping)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then serve until `stop` is set, then stop cleanly."""

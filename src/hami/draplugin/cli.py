@@ -9,11 +9,9 @@ from typing import Any
 import click
 
 from hami import cliutil
-from hami.config import ConfigError
-from hami.deviceplugin.cli import make_source
-from hami.deviceplugin.settings import NodeSettings, SettingsError, load_settings
+from hami.deviceplugin.cli import load_node
+from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
-from hami.deviceplugin.sources.fake import FakeSpecError
 from hami.draplugin.api import PLUGINS_REGISTRY_DIR
 from hami.draplugin.checkpoint import CheckpointError
 from hami.draplugin.runner import DEFAULT_CDI_DIR, DEFAULT_PLUGIN_DIR, DraNodePlugin
@@ -80,16 +78,7 @@ def dra_plugin(
     """Publish this node's GPUs as DRA devices with consumable memory and cores (driver
     hami-core-gpu.project-hami.io) and prepare their claims as CDI devices."""
     cliutil.setup_logging(log_level)
-    try:
-        settings = load_settings(
-            node_name=node_name,
-            device_config_file=device_config_file,
-            node_config_file=node_config_file,
-            overrides=overrides,
-        )
-        source = make_source(fake_node, node_name)
-    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
-        raise click.ClickException(str(e)) from e
+    settings, source = load_node(node_name, fake_node, device_config_file, node_config_file, overrides)
     try:
         asyncio.run(
             _run(

@@ -11,12 +11,11 @@ restarted plugin answers unprepare for claims prepared before it. On a node that
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
 
-from hami.deviceplugin.server import follow_health
+from hami.deviceplugin.server import cancel_tasks, follow_health, refresh_periodically
 from hami.deviceplugin.settings import DRA, NodeSettings, PhysicalDevice, build_inventory
 from hami.deviceplugin.sources.base import DeviceSource
 from hami.draplugin.api import PLUGINS_DIR, PLUGINS_REGISTRY_DIR
@@ -78,14 +77,6 @@ class DraNodePlugin:
         self._devices = await asyncio.to_thread(build_inventory, self.source, self.settings)
         return await self.publisher.try_publish(self._devices)
 
-    async def _refresh_loop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("periodic inventory refresh failed")
-
     async def start(self) -> None:
         await self.refresh()
         await self.server.start()
@@ -93,16 +84,15 @@ class DraNodePlugin:
             asyncio.create_task(
                 follow_health(self.source, self.refresh, stopping=lambda: self._stopping), name="dra-health"
             ),
-            asyncio.create_task(self._refresh_loop(), name="dra-refresh"),
+            asyncio.create_task(
+                refresh_periodically(self.refresh_interval, self.refresh, stopping=lambda: self._stopping),
+                name="dra-refresh",
+            ),
         ]
 
     async def stop(self) -> None:
         self._stopping = True
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await self.server.stop()
 
