@@ -12,7 +12,9 @@ Guarantees:
   own state: kubelet's hard-coded ``/var/lib/kubelet/device-plugins`` (a starting kubelet deletes
   every other socket in it), the node-lock directory ``/tmp/vgpulock``, and the container log
   directories ``/var/log/pods`` and ``/var/log/containers`` (kubelet's garbage collection removes
-  the log directories of pods its own runtime does not run: the other node's) — so several nodes
+  the log directories of pods its own runtime does not run: the other node's), and for a DRA plugin
+  pod the kubelet's ``plugins_registry`` and ``plugins`` directories and ``/var/run/cdi`` (the
+  node's kubelet root and containerd CDI directories) — so several nodes
   share this machine as if each had its own. The host's copies stay empty mount points; a host process
   that plays a node's device plugin uses :attr:`RealNode.plugin_dir`;
 * no image is ever pulled from outside: every registry host resolves to a closed loopback port, so
@@ -106,6 +108,15 @@ class RealNode:
         self.plugin_dir = state / "device-plugins"
         self.private = {PRIVATE_DIRS[0]: self.plugin_dir}
         self.private.update({d: state / "private" / Path(d).name for d in PRIVATE_DIRS[1:]})
+        # a DRA plugin pod's hostPath directories are this kubelet's (its root dir is under state)
+        # and containerd's CDI directory
+        self.private.update(
+            {
+                "/var/lib/kubelet/plugins_registry": self.root_dir / "plugins_registry",
+                "/var/lib/kubelet/plugins": self.root_dir / "plugins",
+                "/var/run/cdi": state / "cdi",
+            }
+        )
         self.private.update(private or {})
 
     def _env(self) -> dict[str, str]:
@@ -309,6 +320,8 @@ state = "{c / "state"}"
             "protectKernelDefaults": False,
             "makeIPTablesUtilChains": False,
         }
+        if self.cp.feature_gates:  # the same gates as the control plane (DRA consumable capacity)
+            config["featureGates"] = dict(self.cp.feature_gates)
         path = self.state / "kubelet-config.yaml"
         path.write_text(yaml.safe_dump(config))
         return path, kubeconfig
