@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from realnode_chart import IMAGE, chart_installed, pods_summary, workload_ready
+from realnode_chart import IMAGE, ROOT, chart_installed, pods_summary, workload_ready
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import NotFoundError
@@ -29,12 +29,15 @@ DRA_NODE = "node1"
 
 @pytest.fixture(scope="module")
 def dra_installed(sandbox: Sandbox) -> Iterator[Helm]:
+    fake_node = (ROOT / "examples" / "fake-node-small.yaml").read_text()
     node_config = json.dumps({"nodeconfig": [{"name": DRA_NODE, "operatingmode": "dra"}]})
-    extra = {
-        "draPlugin": {"enabled": True},
-        "devicePlugin": {"nodeConfiguration": {"config": node_config}},
+    # chart_installed merges only the top level: keep the sandbox's devicePlugin values (fakeNode)
+    device_plugin = {
+        **sandbox.chart_values(fake_node)["devicePlugin"],
+        "nodeConfiguration": {"config": node_config},
     }
-    with chart_installed(sandbox, extra) as helm:
+    extra = {"draPlugin": {"enabled": True}, "devicePlugin": device_plugin}
+    with chart_installed(sandbox, extra, fake_node=fake_node) as helm:
         yield helm
 
 
