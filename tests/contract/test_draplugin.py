@@ -349,3 +349,27 @@ async def test_node_not_in_dra_mode_serves_nothing(node: Node) -> None:
     stop.set()
     await task
     assert not (node.root / "registry").exists() and node.kube.slices == {}
+
+
+async def test_device_plugin_on_a_dra_node_serves_nothing(node: Node) -> None:
+    """operatingmode dra: the device plugin opens no socket and never registers nvidia.com/gpu."""
+    from hami.deviceplugin.agent import NodeAgent
+    from hami.testing.kubelet import FakeKubelet
+    from hami.testing.memkube import MemoryKube
+
+    plugin_dir = node.root / "device-plugins"
+    kubelet = FakeKubelet(plugin_dir)
+    await kubelet.start()
+    kube = MemoryKube([{"metadata": {"name": NODE}}])
+    agent = NodeAgent(node.source, node.settings, kube=kube, plugin_dir=plugin_dir)
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert sorted(p.name for p in plugin_dir.iterdir()) == ["kubelet.sock"]
+    finally:
+        stop.set()
+        await task
+        await kubelet.stop()
+    assert kubelet.registrations == [] and kube.calls == []

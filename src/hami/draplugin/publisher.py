@@ -2,11 +2,11 @@
 
 `SlicePublisher.publish(devices)` writes the slice built by `slices` for the given inventory:
 created when missing, replaced (with the pool generation raised by one) when its devices differ,
-left alone when they are equal. The runner re-reads the inventory on every health event of
-the device source and publishes again, so an unhealthy card leaves the slice and a recovered one
-returns (the runner drives it from `hami.deviceplugin.server.follow_health`). Guarantees: a failed write is logged and retried on the next publish (the loop never
-dies); a conflict (someone else changed the slice) re-reads it and retries; the slice is owned
-by the Node, so it goes away with the node.
+left alone when they are equal. The runner (`runner.DraNodePlugin`) re-reads the inventory and
+publishes on every health event of the device source and periodically, so an unhealthy card
+leaves the slice and a recovered one returns. Guarantees: `try_publish` logs a failed write
+instead of raising (the next round retries it); a conflict (someone else changed the slice)
+re-reads it and retries; the slice is owned by the Node, so it goes away with the node.
 """
 
 from __future__ import annotations
