@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -30,6 +31,38 @@ def make_source(fake_node: str | None, node_name: str) -> DeviceSource:
     from hami.deviceplugin.sources.nvml import NvmlSource
 
     return NvmlSource()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def node_options(f: F) -> F:
+    """The options both node plugins (`device-plugin`, `dra-plugin`) read their node from:
+    --node-name, --fake-node, --device-config-file, --node-config-file (for `load_node`)."""
+    options: tuple[Callable[[Any], Any], ...] = (
+        click.option(
+            "--node-name",
+            envvar="NODE_NAME",
+            default=lambda: os.uname().nodename,
+            show_default="hostname",
+        ),
+        click.option(
+            "--fake-node",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Use a fake device source described by this YAML file instead of NVML.",
+        ),
+        cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section)."),
+        click.option(
+            "--node-config-file",
+            type=click.Path(dir_okay=False),
+            help="Plugin config.json with per-node `nodeconfig` (operatingmode `dra`: the DRA plugin "
+            "serves the node, the device plugin does not).",
+        ),
+    )
+    out: Any = f
+    for option in reversed(options):
+        out = option(out)
+    return cast(F, out)
 
 
 def load_node(
@@ -74,18 +107,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 
 
 @click.command("device-plugin")
-@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
-@click.option(
-    "--fake-node",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Use a fake device source described by this YAML file instead of NVML.",
-)
-@cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section).")
-@click.option(
-    "--node-config-file",
-    type=click.Path(dir_okay=False),
-    help="Plugin config.json with per-node `nodeconfig`.",
-)
+@node_options
 @click.option(
     "--plugin-dir", default=DEVICE_PLUGIN_PATH, show_default=True, help="Kubelet device-plugins dir."
 )

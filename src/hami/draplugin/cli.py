@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any
 
 import click
 
 from hami import cliutil
-from hami.deviceplugin.cli import load_node
+from hami.deviceplugin.cli import load_node, node_options
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
 from hami.draplugin.api import PLUGINS_REGISTRY_DIR
@@ -31,19 +30,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 
 
 @click.command("dra-plugin")
-@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
-@click.option(
-    "--fake-node",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Use a fake device source described by this YAML file instead of NVML.",
-)
-@cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section).")
-@click.option(
-    "--node-config-file",
-    type=click.Path(dir_okay=False),
-    help="Plugin config.json with per-node `nodeconfig` (the node runs this plugin when its "
-    "operatingmode is `dra`).",
-)
+@node_options
 @click.option("--plugin-dir", default=DEFAULT_PLUGIN_DIR, show_default=True, help="Holds dra.sock.")
 @click.option(
     "--registry-dir", default=PLUGINS_REGISTRY_DIR, show_default=True, help="The kubelet's plugins_registry."
