@@ -16,6 +16,7 @@ import click
 from hami import cliutil
 from hami.deviceplugin.cli import device_plugin
 from hami.deviceplugin.install_cli import install_host_command
+from hami.draplugin.cli import dra_plugin
 from hami.extender.cli import scheduler_command
 from hami.manifests import ManifestError, load_manifests
 from hami.monitor.cli import monitor
@@ -93,6 +94,7 @@ COMMANDS: tuple[click.Command, ...] = (
     scheduler_command,
     webhook,
     device_plugin,
+    dra_plugin,
     install_host_command,
     sandbox_command,
     monitor,

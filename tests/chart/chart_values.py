@@ -66,6 +66,7 @@ VALUE_SETS: dict[str, ValueSet] = {
                 "fakeNode": "cards: []\n",
                 "extraEnvs": {"LOG_LEVEL": "debug"},
             },
+            "draPlugin": {"enabled": True, "cdiDir": "/run/cdi", "extraArgs": ["--log-level=DEBUG"]},
             "monitor": {"enabled": True, "service": {"type": "NodePort"}},
             "devices": {"nvidia": {"gpuCorePolicy": "force", "libCudaLogLevel": 3}},
             "hami": {"enforcementOptOutNamespaces": ["research"]},

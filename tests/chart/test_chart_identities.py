@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -31,14 +33,22 @@ from chart_apply import install
 from chart_values import CHART, Rendered, ValueSet
 
 from hami.config.device import parse_device_config
+from hami.deviceplugin.settings import NodeSettings
+from hami.deviceplugin.sources.fake import FakeSource
+from hami.draplugin.kubeops import ClientDraKube
+from hami.draplugin.runner import DraNodePlugin
+from hami.draplugin.slices import slice_name
 from hami.extender.runner import Extender, ExtenderSettings
 from hami.kube.client import KubeClient
 from hami.kube.config import load_kubeconfig
 from hami.kube.errors import ApiError
 from hami.kube.paths import api_path
 from hami.protocol import keys
+from hami.protocol.dra import RESOURCE_API
 from hami.testing.apply import Applier, service_account_user
 from hami.testing.controlplane import ControlPlane, SchedulerHandle, free_port
+from hami.testing.drakubelet import DraKubelet
+from hami.testing.gpucluster import create_gpu_node
 from hami.testing.helm import Helm
 from hami.testing.pluginnode import PluginNode
 from hami.testing.stack import wait_for
@@ -48,10 +58,10 @@ pytestmark = pytest.mark.integration
 RUN = ValueSet("run", "chart-run", "run-hami", {"schedulerName": "chart-run-scheduler"})
 
 
-def _kubeconfig_as(cp: ControlPlane, service_account: str) -> Path:
+def _kubeconfig_as(cp: ControlPlane, service_account: str, namespace: str = RUN.namespace) -> Path:
     """A kubeconfig whose client certificate carries the ServiceAccount's user name and groups:
     RBAC sees the same subject as for the ServiceAccount's token."""
-    user, groups = service_account_user(RUN.namespace, service_account)
+    user, groups = service_account_user(namespace, service_account)
     return cp.kubeconfig_for(user, [g for g in groups if g != "system:authenticated"])
 
 
@@ -260,3 +270,65 @@ async def _mutated(kc: KubeClient, ns: str) -> dict[str, Any] | None:
     except ApiError:  # failurePolicy Fail: refused until the API server trusts the new caBundle
         return None
     return created if created["spec"]["schedulerName"] != "default-scheduler" else None
+
+
+DRA = ValueSet("dra", "chart-dra", "dra-hami", {"draPlugin": {"enabled": True}})
+
+
+async def test_dra_plugin_works_with_the_charts_identity(
+    helm: Helm, control_plane: ControlPlane, kube_client: KubeClient, namespace: str
+) -> None:
+    """`hami dra-plugin` as the chart's ServiceAccount: it publishes the node's slice, updates it
+    when a card turns unhealthy, and reads the claim it prepares."""
+    r = Rendered(DRA, helm.render(CHART, release=DRA.release, namespace=DRA.namespace, values=DRA.values))
+    await install(kube_client, r, only_rbac=True)
+    node = f"{namespace}-dra"
+    await create_gpu_node(kube_client, node, [])
+    tmp_path = Path(tempfile.mkdtemp(prefix="hdrc", dir="/tmp"))  # unix socket paths: <= 107 bytes
+    card = f"GPU-{node}-0"
+    source = FakeSource({"cards": [{"uuid": card, "memory": 16384}]})
+    settings = NodeSettings(node_name=node, operating_mode="dra", hook_path=str(tmp_path / "hook"))
+    identity = load_kubeconfig(_kubeconfig_as(control_plane, "dra-hami-dra-plugin", DRA.namespace))
+    async with KubeClient(identity) as client:
+        plugin = DraNodePlugin(
+            source,
+            settings,
+            ClientDraKube(client),
+            plugin_dir=tmp_path / "plugins",
+            registry_dir=tmp_path / "registry",
+            cdi_dir=str(tmp_path / "cdi"),
+        )
+        await plugin.start()
+        try:
+            slice_path = api_path(RESOURCE_API, "resourceslices", name=slice_name(node))
+            published = await kube_client.get(slice_path)
+            assert [d["name"] for d in published["spec"]["devices"]] == ["gpu-0"]
+
+            # a claim allocated on the card (its status written as kube-scheduler would)
+            claims = api_path(RESOURCE_API, "resourceclaims", namespace=namespace)
+            request = {"name": "gpu", "exactly": {"deviceClassName": keys.DRA_DEVICE_CLASS}}
+            claim = await kube_client.create(
+                claims, {"metadata": {"name": "c1"}, "spec": {"devices": {"requests": [request]}}}
+            )
+            result = {"request": "gpu", "driver": keys.DRA_DRIVER, "pool": node, "device": "gpu-0"}
+            claim["status"] = {"allocation": {"devices": {"results": [result]}}}
+            await kube_client.replace(
+                api_path(
+                    RESOURCE_API, "resourceclaims", namespace=namespace, name="c1", subresource="status"
+                ),
+                claim,
+            )
+            kubelet = DraKubelet(tmp_path / "registry", keys.DRA_DRIVER)
+            await kubelet.register()
+            resp = await kubelet.prepare((namespace, claim["metadata"]["uid"], "c1"))
+            assert resp.claims[claim["metadata"]["uid"]].error == ""
+
+            source.inject_health(card, False, xid=79)
+
+            async def withdrawn() -> bool:
+                return not (await kube_client.get(slice_path))["spec"]["devices"]
+
+            await wait_for(withdrawn, timeout=30)
+        finally:
+            await plugin.stop()
+            shutil.rmtree(tmp_path, ignore_errors=True)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from chart_values import CHART, VALUE_SETS, Rendered, ValueSet
@@ -15,6 +16,7 @@ from hami.config.device import DeviceConfig, parse_device_config
 from hami.config.node import parse_node_config_file
 from hami.devices.registry import default_registry
 from hami.extender.schedulerconfig import scheduler_configuration
+from hami.protocol import keys
 from hami.testing.helm import Helm, HelmError
 
 pytestmark = pytest.mark.integration
@@ -381,35 +383,101 @@ def test_a_hami_values_file_carries_over(helm: Helm) -> None:
     assert "matchLabels" not in hook["namespaceSelector"]
 
 
-def test_device_plugin_command_line_parses(
-    rendered: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The chart's device plugin arguments and environment, parsed by the real `hami device-plugin`
-    command (the ConfigMap mounts replaced by files here)."""
-    from hami.deviceplugin.cli import device_plugin
-
-    r = rendered("full")
-    plugin = r.container("DaemonSet", "gpu-hami-device-plugin", "device-plugin")
+def _parse_chart_command(
+    r: Rendered,
+    daemonset: str,
+    container: str,
+    command: click.Command,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> click.Context:
+    """A DaemonSet container's arguments and environment, parsed by the real command (the
+    ConfigMap mounts replaced by files here, spec.nodeName by "n1")."""
+    name = r.values.fullname
     files = {
-        "/device-config/device-config.yaml": r.get("ConfigMap", "gpu-hami-device-config")["data"][
+        "/device-config/device-config.yaml": r.get("ConfigMap", f"{name}-device-config")["data"][
             "device-config.yaml"
         ],
-        "/node-config/config.json": r.get("ConfigMap", "gpu-hami-node-config")["data"]["config.json"],
-        "/fake-node/fake-node.yaml": r.get("ConfigMap", "gpu-hami-fake-node")["data"]["fake-node.yaml"],
+        "/node-config/config.json": r.get("ConfigMap", f"{name}-node-config")["data"]["config.json"],
+        "/fake-node/fake-node.yaml": r.get("ConfigMap", f"{name}-fake-node")["data"]["fake-node.yaml"],
     }
-    args = plugin["args"][1:]
+    spec = r.container("DaemonSet", daemonset, container)
+    assert spec["args"][0] == command.name
+    args = spec["args"][1:]
     for mounted, content in files.items():
         local = tmp_path / Path(mounted).name
         local.write_text(content)
         args = [a.replace(mounted, str(local)) for a in args]
-    for env in plugin["env"]:
+    for env in spec["env"]:
         monkeypatch.setenv(env["name"], env.get("value", "n1"))  # fieldRef spec.nodeName -> "n1"
-    assert plugin["args"][0] == "device-plugin"
-    ctx = device_plugin.make_context("device-plugin", args)
+    return command.make_context(str(command.name), args)
+
+
+def test_device_plugin_command_line_parses(
+    rendered: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's device plugin arguments and environment, parsed by the real `hami device-plugin`."""
+    from hami.deviceplugin.cli import device_plugin
+
+    ctx = _parse_chart_command(
+        rendered("full"), "gpu-hami-device-plugin", "device-plugin", device_plugin, tmp_path, monkeypatch
+    )
     assert ctx.params["node_name"] == "n1"
     assert ctx.params["hook_path"] == "/usr/local"
     assert ctx.params["plugin_dir"] == "/var/lib/kubelet/device-plugins/"
     assert ctx.params["fake_node"] == str(tmp_path / "fake-node.yaml")
+
+
+def test_dra_plugin_command_line_parses(
+    rendered: Render, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chart's DRA plugin arguments and environment, parsed by the real `hami dra-plugin`."""
+    from hami.draplugin.cli import dra_plugin
+
+    ctx = _parse_chart_command(
+        rendered("full"), "gpu-hami-dra-plugin", "dra-plugin", dra_plugin, tmp_path, monkeypatch
+    )
+    assert ctx.params["node_name"] == "n1"
+    assert ctx.params["hook_path"] == "/usr/local"
+    assert ctx.params["plugin_dir"] == "/var/lib/kubelet/plugins/hami-core-gpu.project-hami.io"
+    assert ctx.params["registry_dir"] == "/var/lib/kubelet/plugins_registry"
+    assert ctx.params["cdi_dir"] == "/run/cdi"
+    assert ctx.params["fake_node"] == str(tmp_path / "fake-node.yaml")
+    assert ctx.params["log_level"] == "DEBUG"
+
+
+def test_dra_plugin_objects(rendered: Render) -> None:
+    """The DRA plugin only where enabled; its DaemonSet shares the device plugin's host paths for
+    the library; least-privilege RBAC; the DeviceClass the plugin's slices match."""
+    from hami.draplugin.slices import device_class
+
+    assert not any("dra-plugin" in name for _, name in rendered("default").kinds())
+    r = rendered("full")
+    pod = r.get("DaemonSet", "gpu-hami-dra-plugin")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "gpu-hami-dra-plugin"
+    assert pod["nodeSelector"] == {"gpu": "on"} and pod["runtimeClassName"] == "nvidia-hami"
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host == {
+        "plugins": "/var/lib/kubelet/plugins/hami-core-gpu.project-hami.io",
+        "plugins-registry": "/var/lib/kubelet/plugins_registry",
+        "cdi": "/run/cdi",
+        "vgpu": "/usr/local/vgpu",
+        "vgpulock": "/tmp/vgpulock",
+    }
+    assert [c["name"] for c in pod["initContainers"]] == ["install-host"]
+    role = r.get("ClusterRole", "gpu-hami-dra-plugin")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceslices"],
+            "verbs": ["get", "create", "update"],
+        },
+        {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+    ]
+    dc = r.get("DeviceClass", keys.DRA_DEVICE_CLASS)
+    want = device_class()
+    assert (dc["apiVersion"], dc["spec"]) == (want["apiVersion"], want["spec"])
 
 
 def _skipped_by_name(r: Rendered, name: str) -> list[str] | None:

@@ -1,5 +1,5 @@
-"""The committed gRPC code (device plugin v1beta1, PodResources v1) must equal what
-hack/gen-proto.sh generates now, and carry the upstream wire names and numbers."""
+"""The committed gRPC code (device plugin v1beta1, PodResources v1, plugin registration, DRA v1)
+must equal what hack/gen-proto.sh generates now, and carry the kubelet's wire names and numbers."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from google.protobuf.descriptor import FileDescriptor
+
 from hami.testing.prereq import missing
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "src" / "hami" / "deviceplugin"
-PACKAGES = ("api", "podresources_api")
-FILES = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
+SRC = ROOT / "src"
+FILES = tuple(
+    f"{module}{suffix}"
+    for module in (
+        "hami/deviceplugin/api/api",
+        "hami/deviceplugin/podresources_api/api",
+        "hami/draplugin/api/pluginregistration",
+        "hami/draplugin/api/dra",
+    )
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+)
 
 
 def test_generated_code_matches_proto(tmp_path: Path) -> None:
@@ -24,12 +34,7 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
         check=True,
         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
     )
-    stale = [
-        f"{p}/{f}"
-        for p in PACKAGES
-        for f in FILES
-        if (tmp_path / p / f).read_bytes() != (GENERATED / p / f).read_bytes()
-    ]
+    stale = [f for f in FILES if (tmp_path / f).read_bytes() != (SRC / f).read_bytes()]
     assert not stale, f"generated code is stale, run hack/gen-proto.sh: {stale}"
 
 
@@ -92,6 +97,52 @@ def test_wire_names_and_numbers() -> None:
     assert fd.services_by_name["Registration"].full_name == "v1beta1.Registration"
 
 
+def _fields(fd: FileDescriptor, names: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {name: {f.name: f.number for f in fd.message_types_by_name[name].fields} for name in names}
+
+
+def test_plugin_registration_wire_names_and_numbers() -> None:
+    from hami.draplugin.api import pluginregistration_pb2
+
+    fd = pluginregistration_pb2.DESCRIPTOR
+    # upstream's package is "pluginregistration", not "v1": the method paths depend on it
+    assert fd.package == "pluginregistration"
+    reg = fd.services_by_name["Registration"]
+    assert reg.full_name == "pluginregistration.Registration"
+    assert [m.name for m in reg.methods] == ["GetInfo", "NotifyRegistrationStatus"]
+    expected = {
+        "PluginInfo": {"type": 1, "name": 2, "endpoint": 3, "supported_versions": 4},
+        "RegistrationStatus": {"plugin_registered": 1, "error": 2},
+        "RegistrationStatusResponse": {},
+        "InfoRequest": {},
+    }
+    assert _fields(fd, expected) == expected
+
+
+def test_dra_wire_names_and_numbers() -> None:
+    from hami.draplugin.api import dra_pb2
+
+    fd = dra_pb2.DESCRIPTOR
+    assert fd.package == "k8s.io.kubelet.pkg.apis.dra.v1"
+    svc = fd.services_by_name["DRAPlugin"]
+    assert svc.full_name == "k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"
+    assert [m.name for m in svc.methods] == ["NodePrepareResources", "NodeUnprepareResources"]
+    expected = {
+        "NodePrepareResourcesRequest": {"claims": 1},
+        "NodePrepareResourcesResponse": {"claims": 1},
+        "NodePrepareResourceResponse": {"devices": 1, "error": 2},
+        "Device": {"request_names": 1, "pool_name": 2, "device_name": 3, "cdi_device_ids": 4},
+        "NodeUnprepareResourcesRequest": {"claims": 1},
+        "NodeUnprepareResourcesResponse": {"claims": 1},
+        "NodeUnprepareResourceResponse": {"error": 1},
+        "Claim": {"namespace": 1, "uid": 2, "name": 3},
+    }
+    assert _fields(fd, expected) == expected
+    for name in ("NodePrepareResourcesResponse", "NodeUnprepareResourcesResponse"):
+        claims = fd.message_types_by_name[name].fields_by_name["claims"]
+        assert claims.message_type.GetOptions().map_entry
+
+
 def test_podresources_wire_names_and_numbers() -> None:
     from hami.deviceplugin.podresources_api import api_pb2
 
@@ -123,5 +174,4 @@ def test_podresources_wire_names_and_numbers() -> None:
         "ListPodResourcesRequest": {},
         "AllocatableResourcesRequest": {},
     }
-    got = {name: {f.name: f.number for f in fd.message_types_by_name[name].fields} for name in expected}
-    assert got == expected
+    assert _fields(fd, expected) == expected

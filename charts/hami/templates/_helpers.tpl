@@ -22,6 +22,7 @@
 
 {{- define "hami.scheduler" -}}{{ include "hami.fullname" . }}-scheduler{{- end -}}
 {{- define "hami.devicePlugin" -}}{{ include "hami.fullname" . }}-device-plugin{{- end -}}
+{{- define "hami.draPlugin" -}}{{ include "hami.fullname" . }}-dra-plugin{{- end -}}
 {{- define "hami.monitor" -}}{{ include "hami.fullname" . }}-monitor{{- end -}}
 {{- define "hami.webhook" -}}{{ include "hami.fullname" . }}-webhook{{- end -}}
 {{- define "hami.webhookCASecret" -}}{{ include "hami.fullname" . }}-webhook-ca{{- end -}}
@@ -184,4 +185,27 @@ allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
+{{- end -}}
+
+{{/* The init container that copies libvgpu.so and ld.so.preload into <gpuHookPath>/vgpu on the
+host (the device plugin's and the DRA plugin's pods; both mount the `vgpu` volume). */}}
+{{- define "hami.installHostContainer" -}}
+{{- $dp := .Values.devicePlugin -}}
+- name: install-host
+  image: {{ include "hami.image" (list . $dp.image) }}
+  imagePullPolicy: {{ $dp.image.pullPolicy }}
+  args: ["install-host", "--hook-path", {{ include "hami.hookPath" . | quote }}]
+  securityContext:
+    runAsUser: 0
+    runAsNonRoot: false
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    capabilities:
+      drop: [ALL]
+      add: [CHOWN, DAC_OVERRIDE, FOWNER]
+  resources:
+    {{- toYaml $dp.installer.resources | nindent 4 }}
+  volumeMounts:
+    - name: vgpu
+      mountPath: {{ include "hami.vgpuPath" . }}
 {{- end -}}

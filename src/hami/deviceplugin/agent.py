@@ -3,13 +3,13 @@
 `NodeAgent` wires the pieces together; `hami device-plugin` and the sandbox call it. Without a
 `KubeOps` (standalone) only the kubelet side runs: ListAndWatch works, Allocate answers an error.
 In the lock-free allocation mode (`cdi`) the server's allocator is a `LockFreeAllocator` around
-the lock mode's `PodAllocator`, and a collector removes the CDI specs of gone allocations.
+the lock mode's `PodAllocator`, and a collector removes the CDI specs of gone allocations. On a node
+whose `operatingmode` is `dra` the agent serves nothing (docs/dra.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.lockfree import LockFreeAllocator
 from hami.deviceplugin.podresources import PodResourcesClient
 from hami.deviceplugin.register import NodeRegistrar
-from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
-from hami.deviceplugin.settings import CDI, MIG, NodeSettings
+from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer, cancel_tasks
+from hami.deviceplugin.settings import CDI, DRA, MIG, NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource
 
 log = logging.getLogger(__name__)
@@ -100,15 +100,21 @@ class NodeAgent:
             )
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await self.server.stop()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop`; on a node in DRA mode, serve nothing (no socket, no registration,
+        no `nvidia.com/gpu`): `hami dra-plugin` owns its cards."""
+        if self.settings.operating_mode == DRA:
+            log.info(
+                "node %s is in DRA mode (operatingmode: %s): the device plugin advertises nothing",
+                self.settings.node_name,
+                DRA,
+            )
+            await stop.wait()
+            return
         await self.start()
         try:
             await stop.wait()

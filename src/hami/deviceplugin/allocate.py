@@ -18,11 +18,13 @@ import logging
 import os
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.commit import AllocationWriter, pod_complete
 from hami.deviceplugin.edits import ContainerEdits, allocate_response
+from hami.deviceplugin.hostinstall import write_atomically
 from hami.deviceplugin.identify import find_pod
 from hami.deviceplugin.kubeops import KubeOps, Obj
 from hami.deviceplugin.mig import MigReconciler, destroy_all, instances_for_container
@@ -236,8 +238,8 @@ class PodAllocator:
             driver=self.source.driver_edits([d.uuid for d in devs]),
         )
         if self._make_dirs:
-            await asyncio.to_thread(_make_cache_dir, cache_dir)
-            await asyncio.to_thread(_write_conf, container_conf_path(cache_dir), vgpu_conf(edits))
+            await asyncio.to_thread(make_cache_dir, cache_dir)
+            await asyncio.to_thread(write_conf, container_conf_path(cache_dir), vgpu_conf(edits))
         return edits
 
     async def reconcile_mig(self) -> list[MigInstance]:
@@ -248,17 +250,14 @@ class PodAllocator:
         await self._mig.run(interval)
 
 
-def _make_cache_dir(path: str) -> None:
+def make_cache_dir(path: str) -> None:
+    """A container's shared-region directory, writable by whatever user the container runs as."""
     os.makedirs(path, exist_ok=True)
     # The container's user is unknown; the directory is mounted into this container only.
     os.chmod(path, 0o777)
 
 
-def _write_conf(path: str, text: str) -> None:
+def write_conf(path: str, text: str) -> None:
     """The library's configuration file, replaced atomically, readable by the container's user and
     writable by nobody there (it is also mounted read-only)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, path)
+    write_atomically(Path(path), text.encode(), 0o444)

@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -16,7 +17,7 @@ from hami.deviceplugin.agent import NodeAgent
 from hami.deviceplugin.api import DEVICE_PLUGIN_PATH, KUBELET_SOCKET_NAME
 from hami.deviceplugin.kubeops import ClientKubeOps
 from hami.deviceplugin.server import DEFAULT_SOCKET_NAME
-from hami.deviceplugin.settings import NodeSettings, SettingsError, load_settings
+from hami.deviceplugin.settings import OPERATING_MODES, NodeSettings, SettingsError, load_settings
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
 from hami.deviceplugin.sources.fake import FakeSource, FakeSpecError
 from hami.kube.config import KubeConfigError
@@ -30,6 +31,58 @@ def make_source(fake_node: str | None, node_name: str) -> DeviceSource:
     from hami.deviceplugin.sources.nvml import NvmlSource
 
     return NvmlSource()
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def node_options(f: F) -> F:
+    """The options both node plugins (`device-plugin`, `dra-plugin`) read their node from:
+    --node-name, --fake-node, --device-config-file, --node-config-file (for `load_node`)."""
+    options: tuple[Callable[[Any], Any], ...] = (
+        click.option(
+            "--node-name",
+            envvar="NODE_NAME",
+            default=lambda: os.uname().nodename,
+            show_default="hostname",
+        ),
+        click.option(
+            "--fake-node",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Use a fake device source described by this YAML file instead of NVML.",
+        ),
+        cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section)."),
+        click.option(
+            "--node-config-file",
+            type=click.Path(dir_okay=False),
+            help="Plugin config.json with per-node `nodeconfig` (operatingmode `dra`: the DRA plugin "
+            "serves the node, the device plugin does not).",
+        ),
+    )
+    out: Any = f
+    for option in reversed(options):
+        out = option(out)
+    return cast(F, out)
+
+
+def load_node(
+    node_name: str,
+    fake_node: str | None,
+    device_config_file: str | None,
+    node_config_file: str | None,
+    overrides: dict[str, Any],
+) -> tuple[NodeSettings, DeviceSource]:
+    """The node's settings and device source, or a ClickException naming what is wrong."""
+    try:
+        settings = load_settings(
+            node_name=node_name,
+            device_config_file=device_config_file,
+            node_config_file=node_config_file,
+            overrides=overrides,
+        )
+        return settings, make_source(fake_node, node_name)
+    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
+        raise click.ClickException(str(e)) from e
 
 
 async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | None, **kw: Any) -> None:
@@ -54,18 +107,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 
 
 @click.command("device-plugin")
-@click.option("--node-name", envvar="NODE_NAME", default=lambda: os.uname().nodename, show_default="hostname")
-@click.option(
-    "--fake-node",
-    type=click.Path(exists=True, dir_okay=False),
-    help="Use a fake device source described by this YAML file instead of NVML.",
-)
-@cliutil.device_config_option("device_config_file", help="device-config.yaml (nvidia section).")
-@click.option(
-    "--node-config-file",
-    type=click.Path(dir_okay=False),
-    help="Plugin config.json with per-node `nodeconfig`.",
-)
+@node_options
 @click.option(
     "--plugin-dir", default=DEVICE_PLUGIN_PATH, show_default=True, help="Kubelet device-plugins dir."
 )
@@ -75,7 +117,7 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 @click.option("--device-split-count", "split_count", type=int, default=None)
 @click.option("--device-memory-scaling", "memory_scaling", type=float, default=None)
 @click.option("--device-cores-scaling", "core_scaling", type=float, default=None)
-@click.option("--operating-mode", type=click.Choice(["hami-core", "mig", "mps"]), default=None)
+@click.option("--operating-mode", type=click.Choice(list(OPERATING_MODES)), default=None)
 @click.option("--enable-numa-topology/--no-enable-numa-topology", default=None)
 @click.option(
     "--allocation-mode",
@@ -124,16 +166,7 @@ def device_plugin(
     """Serve the node's GPUs to the kubelet as nvidia.com/gpu slices."""
     cliutil.setup_logging(log_level)
     overrides["topology_score"] = os.environ.get("ENABLE_TOPOLOGY_SCORE", "").lower() == "true" or None
-    try:
-        settings = load_settings(
-            node_name=node_name,
-            device_config_file=device_config_file,
-            node_config_file=node_config_file,
-            overrides=overrides,
-        )
-        source = make_source(fake_node, node_name)
-    except (ConfigError, SettingsError, FakeSpecError, DeviceSourceError) as e:
-        raise click.ClickException(str(e)) from e
+    settings, source = load_node(node_name, fake_node, device_config_file, node_config_file, overrides)
     try:
         asyncio.run(
             _run(

@@ -38,7 +38,7 @@ PRELOAD_MODE = 0o644
 _CHUNK = 1 << 20
 
 
-class HostInstallError(Exception):
+class HostInstallError(OSError):
     """The host files could not be installed; the message names the path and the reason."""
 
 
@@ -111,7 +111,7 @@ def _install_file(path: Path, data: bytes, mode: int) -> bool:
             except OSError as exc:
                 raise HostInstallError(f"{path}: cannot set mode {mode:o}: {exc.strerror}") from exc
         return False
-    _write_atomically(path, data, mode)
+    write_atomically(path, data, mode)
     return True
 
 
@@ -126,7 +126,10 @@ def _same_bytes(path: Path, data: bytes) -> bool:
         raise HostInstallError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data` (file mode `mode`) so that a reader sees the old or the new file,
+    never a partial one: a hidden temporary sibling, fsynced, renamed over `path`, then the directory
+    fsynced. HostInstallError names the path and the reason."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +30,50 @@ from hami.deviceplugin.sources.base import DeviceSource
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET_NAME = "nvidia-gpu.sock"
+
+
+async def follow_health(
+    source: DeviceSource, on_event: Callable[[], Awaitable[object]], *, stopping: Callable[[], bool]
+) -> None:
+    """Call `on_event()` after every health event of `source` (each logged); a failing event
+    stream is logged and restarted after a second, until `stopping()`."""
+    while not stopping():
+        try:
+            async for ev in source.health_events():
+                log.warning(
+                    "health event: card %s %s (%s)",
+                    ev.uuid,
+                    "healthy" if ev.healthy else "unhealthy",
+                    ev.reason,
+                )
+                await on_event()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("health event stream failed; restarting it in 1s")
+            await asyncio.sleep(1.0)
+
+
+async def refresh_periodically(
+    interval: float, refresh: Callable[[], Awaitable[object]], *, stopping: Callable[[], bool]
+) -> None:
+    """Call `refresh()` every `interval` seconds until `stopping()`; a failure is logged and the
+    next round runs as usual."""
+    while not stopping():
+        await asyncio.sleep(interval)
+        try:
+            await refresh()
+        except Exception:
+            log.exception("periodic inventory refresh failed")
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until each has ended (whatever it raised)."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
 
 
 class AllocationError(Exception):
@@ -347,11 +391,7 @@ class DevicePluginServer:
         self._stopping = True
         async with self._changed:
             self._changed.notify_all()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_tasks(self._tasks)
         self._tasks = []
         await self._stop_serving()
         with contextlib.suppress(Exception):
@@ -359,29 +399,10 @@ class DevicePluginServer:
         log.info("device plugin stopped")
 
     async def _health_loop(self) -> None:
-        while not self._stopping:
-            try:
-                async for ev in self.source.health_events():
-                    log.warning(
-                        "health event: card %s %s (%s)",
-                        ev.uuid,
-                        "healthy" if ev.healthy else "unhealthy",
-                        ev.reason,
-                    )
-                    await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("health event stream failed; restarting it in 1s")
-                await asyncio.sleep(1.0)
+        await follow_health(self.source, self.refresh, stopping=lambda: self._stopping)
 
     async def _refresh_loop(self) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.refresh_interval)
-            try:
-                await self.refresh()
-            except Exception:
-                log.exception("periodic inventory refresh failed")
+        await refresh_periodically(self.refresh_interval, self.refresh, stopping=lambda: self._stopping)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start, then serve until `stop` is set, then stop cleanly."""

@@ -20,13 +20,17 @@ from hami.config import (
 )
 from hami.deviceplugin.podresources_api import POD_RESOURCES_SOCKET
 from hami.deviceplugin.sources.base import DeviceSource, SourceCard, SourceMigProfile
+from hami.protocol import keys
 
 log = logging.getLogger(__name__)
 
 HAMI_CORE = "hami-core"
 MIG = "mig"
 MPS = "mps"
-OPERATING_MODES = (HAMI_CORE, MIG, MPS)
+#: The node runs `hami dra-plugin` (hami-core cards published as DRA devices) instead of the
+#: device plugin, which then advertises nothing (docs/dra.md, "Per-node mode").
+DRA = keys.OPERATING_MODE_DRA
+OPERATING_MODES = (HAMI_CORE, MIG, MPS, DRA)
 #: Allocation modes: HAMi's node lock, or lock-free (CDI + PodResources at PreStartContainer).
 LOCK = "lock"
 CDI = "cdi"

@@ -41,6 +41,8 @@ FIXED_PATHS = (
     "/var/log/containers",
     "/var/lib/kubelet/pod-resources",
     "/run/cdi",
+    "/var/lib/kubelet/plugins_registry",
+    "/var/lib/kubelet/plugins",
 )
 
 

@@ -13,9 +13,10 @@ Guarantees:
   every other socket in it), the node-lock directory ``/tmp/vgpulock``, and the container log
   directories ``/var/log/pods`` and ``/var/log/containers`` (kubelet's garbage collection removes
   the log directories of pods its own runtime does not run: the other node's), the kubelet's
-  PodResources directory ``/var/lib/kubelet/pod-resources`` (its ``pod-resources`` under the node's
-  kubelet root dir) and ``/run/cdi`` (``/var/run/cdi``: the node's CDI spec directory, which its
-  containerd reads) — so several nodes
+  PodResources directory ``/var/lib/kubelet/pod-resources`` and, for a DRA plugin pod, its
+  ``plugins_registry`` and ``plugins`` directories (all under the node's kubelet root dir), and
+  ``/run/cdi`` (``/var/run/cdi``: the node's CDI spec directory, which its containerd reads) — so
+  several nodes
   share this machine as if each had its own. The host's copies stay empty mount points; a host process
   that plays a node's device plugin uses :attr:`RealNode.plugin_dir`;
 * no image is ever pulled from outside: every registry host resolves to a closed loopback port, so
@@ -48,9 +49,10 @@ from hami.testing.controlplane import ControlPlane, ControlPlaneError, Process, 
 
 __all__ = ["PRIVATE_DIRS", "SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
 
-#: host directories every node gets a private copy of (see the module docstring); the last two are
-#: the lock-free device plugin's: the kubelet's PodResources socket directory (the kubelet serves it
-#: under its root dir) and the CDI spec directory the chart mounts (containerd reads ``<state>/cdi``)
+#: host directories every node gets a private copy of (see the module docstring); from the fifth on:
+#: the kubelet's PodResources socket directory (the kubelet serves it under its root dir), the CDI
+#: spec directory the chart mounts (containerd reads ``<state>/cdi``) and the DRA plugin's kubelet
+#: registration and plugin socket directories
 PRIVATE_DIRS = (
     "/var/lib/kubelet/device-plugins",
     "/tmp/vgpulock",
@@ -58,6 +60,8 @@ PRIVATE_DIRS = (
     "/var/log/containers",
     "/var/lib/kubelet/pod-resources",
     "/run/cdi",
+    "/var/lib/kubelet/plugins_registry",
+    "/var/lib/kubelet/plugins",
 )
 
 #: the pause image containerd pins as every pod's sandbox (built and imported by the sandbox)
@@ -120,8 +124,12 @@ class RealNode:
         self.cdi_dir = state / "cdi"
         self.private = {PRIVATE_DIRS[0]: self.plugin_dir}
         self.private.update({d: state / "private" / Path(d).name for d in PRIVATE_DIRS[1:4]})
+        # the kubelet's own directories (PodResources socket, DRA plugin registration and sockets)
+        # are under its root dir; the CDI spec directory is the one containerd reads
         self.private[PRIVATE_DIRS[4]] = self.root_dir / "pod-resources"
         self.private[PRIVATE_DIRS[5]] = self.cdi_dir
+        self.private[PRIVATE_DIRS[6]] = self.root_dir / "plugins_registry"
+        self.private[PRIVATE_DIRS[7]] = self.root_dir / "plugins"
         self.private.update(private or {})
 
     def _env(self) -> dict[str, str]:
@@ -325,6 +333,8 @@ state = "{c / "state"}"
             "protectKernelDefaults": False,
             "makeIPTablesUtilChains": False,
         }
+        if self.cp.feature_gates:  # the same gates as the control plane (DRA consumable capacity)
+            config["featureGates"] = dict(self.cp.feature_gates)
         path = self.state / "kubelet-config.yaml"
         path.write_text(yaml.safe_dump(config))
         return path, kubeconfig

@@ -56,6 +56,7 @@ from hami.testing.pki import CertificateAuthority, KeyPair, rsa_key_pair
 
 __all__ = [
     "DEFAULT_K8S_VERSION",
+    "DRA_FEATURE_GATES",
     "Binaries",
     "BinariesMissingError",
     "ControlPlane",
@@ -63,11 +64,27 @@ __all__ = [
     "Lifecycle",
     "Process",
     "SchedulerHandle",
+    "feature_gates_flag",
     "find_binaries",
     "free_port",
 ]
 
 DEFAULT_K8S_VERSION = "v1.34.4"
+
+#: Feature gates every component of a control plane runs with unless told otherwise. DRA itself
+#: (`DynamicResourceAllocation`, resource.k8s.io/v1) is GA and on in 1.34; consumable capacity
+#: (several claims sharing one device's memory and cores, what `hami dra-plugin` publishes) is
+#: alpha in 1.34 and on by default only from 1.36. It is on everywhere rather than per test: the
+#: gate only adds fields to resource.k8s.io objects, and one cluster shape for the integration
+#: tier, the sandbox and benchmarks is what a 1.36 cluster looks like.
+DRA_FEATURE_GATES: Mapping[str, bool] = {"DRAConsumableCapacity": True}
+
+
+def feature_gates_flag(gates: Mapping[str, bool]) -> list[str]:
+    """``--feature-gates=A=true,B=false`` (sorted), or nothing for no gates."""
+    if not gates:
+        return []
+    return ["--feature-gates=" + ",".join(f"{k}={str(v).lower()}" for k, v in sorted(gates.items()))]
 
 
 class ControlPlaneError(RuntimeError):
@@ -248,6 +265,7 @@ class SchedulerHandle:
             f"--cert-dir={certs}",
             f"--authentication-kubeconfig={self._cp.kubeconfig_path}",
             f"--authorization-kubeconfig={self._cp.kubeconfig_path}",
+            *feature_gates_flag(self._cp.feature_gates),
             *self.extra_args,
         ]
         self.process = Process(self.name, argv, self._cp.logdir / f"{self.name}.log", detach=self._cp.detach)
@@ -313,6 +331,8 @@ class ControlPlane(Lifecycle):
         the sandbox gives it an address on its own bridge so that pods on real nodes reach it).
     :param disabled_admission: admission plugins switched off (the sandbox, which runs the service
         account controller, keeps ``ServiceAccount`` on).
+    :param feature_gates: gates the API server, every scheduler and the controller manager run
+        with (default `DRA_FEATURE_GATES`; explicit ``--feature-gates`` in extra args add to them).
     :param client_certs: more client certificates to issue before the API server starts (for flags
         such as ``--kubelet-client-certificate`` that name them).
     """
@@ -328,8 +348,10 @@ class ControlPlane(Lifecycle):
         client_certs: Mapping[str, tuple[str, Sequence[str]]] | None = None,
         disabled_admission: Sequence[str] = ("ServiceAccount", "TaintNodesByCondition"),
         detach: bool = False,
+        feature_gates: Mapping[str, bool] = DRA_FEATURE_GATES,
     ) -> None:
         self.binaries = binaries or find_binaries()
+        self.feature_gates = dict(feature_gates)
         self.host = host
         #: file stem -> (user, groups): more client certificates written to ``pki/<stem>.{crt,key}``
         self.client_certs = dict(client_certs or {})
@@ -458,6 +480,7 @@ class ControlPlane(Lifecycle):
             "--watch-cache-sizes=podtemplates#0",
             "--profiling=false",
             "--endpoint-reconciler-type=none",
+            *feature_gates_flag(self.feature_gates),
             *self.apiserver_args,
         ]
         self.apiserver = Process(
@@ -600,6 +623,7 @@ class ControlPlane(Lifecycle):
             f"--secure-port={free_port()}",
             f"--cert-dir={self.workdir / 'kcm-certs'}",
             f"--controllers={','.join(controllers)}",
+            *feature_gates_flag(self.feature_gates),
             *extra_args,
         ]
         self.controller_manager = Process(

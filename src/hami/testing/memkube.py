@@ -1,16 +1,17 @@
 """An in-memory stand-in for the device plugin's :class:`~hami.deviceplugin.kubeops.KubeOps`: nodes and
 pods kept in dicts, merge patches and resourceVersion preconditions honoured as the API server does,
-every call recorded. For unit and contract tests of the device plugin without an API server."""
+every call recorded. For unit and contract tests of the device plugin without an API server;
+`MemoryDraKube` adds the ResourceClaims and ResourceSlices of the DRA plugin."""
 
 from __future__ import annotations
 
 import copy
 
 from hami.deviceplugin.kubeops import Obj, merge_patch
-from hami.kube.errors import ConflictError, NotFoundError
+from hami.kube.errors import AlreadyExistsError, ConflictError, NotFoundError
 from hami.protocol import bodies
 
-__all__ = ["MemoryKube"]
+__all__ = ["MemoryDraKube", "MemoryKube"]
 
 
 class MemoryKube:
@@ -99,3 +100,59 @@ class MemoryKube:
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None:
         self.events.append((bodies.pod_key(pod), reason, message))
+
+
+class MemoryDraKube(MemoryKube):
+    """MemoryKube plus ResourceClaims and ResourceSlices: the DRA plugin's
+    :class:`~hami.draplugin.kubeops.DraKube` for contract tests."""
+
+    def __init__(self, nodes: list[Obj] | None = None, claims: list[Obj] | None = None) -> None:
+        super().__init__(nodes)
+        self.claims: dict[tuple[str, str], Obj] = {}
+        self.slices: dict[str, Obj] = {}
+        for c in claims or []:
+            self.add_claim(c)
+
+    def add_claim(self, claim: Obj) -> Obj:
+        claim = self._stamp(copy.deepcopy(claim))
+        meta = claim["metadata"]
+        meta.setdefault("namespace", "default")
+        meta.setdefault("uid", f"uid-{meta['namespace']}-{meta['name']}")
+        self.claims[(meta["namespace"], meta["name"])] = claim
+        return claim
+
+    async def get_claim(self, namespace: str, name: str) -> Obj:
+        self.calls.append(f"get claim {namespace}/{name}")
+        try:
+            return copy.deepcopy(self.claims[(namespace, name)])
+        except KeyError:
+            raise NotFoundError(
+                404, "NotFound", f'resourceclaims.resource.k8s.io "{name}" not found'
+            ) from None
+
+    async def get_slice(self, name: str) -> Obj:
+        self.calls.append(f"get slice {name}")
+        try:
+            return copy.deepcopy(self.slices[name])
+        except KeyError:
+            raise NotFoundError(
+                404, "NotFound", f'resourceslices.resource.k8s.io "{name}" not found'
+            ) from None
+
+    async def create_slice(self, body: Obj) -> Obj:
+        self.calls.append(f"create slice {bodies.name(body)}")
+        if bodies.name(body) in self.slices:
+            raise AlreadyExistsError(409, "AlreadyExists", f"resourceslice {bodies.name(body)} exists")
+        stored = self._stamp(copy.deepcopy(body))
+        self.slices[bodies.name(body)] = stored
+        return copy.deepcopy(stored)
+
+    async def replace_slice(self, body: Obj) -> Obj:
+        self.calls.append(f"replace slice {bodies.name(body)}")
+        current = self.slices.get(bodies.name(body))
+        if current is None:
+            raise NotFoundError(404, "NotFound", f"resourceslice {bodies.name(body)} not found")
+        self._check_rv(current, body, None)
+        stored = self._stamp(copy.deepcopy(body))
+        self.slices[bodies.name(body)] = stored
+        return copy.deepcopy(stored)

@@ -102,7 +102,7 @@ def test_unknown_keys_are_warned() -> None:
         ({"libcudaloglevel": "9"}, 'nodeconfig[0].libcudaloglevel = "9": must be an integer between 0 and 4'),
         (
             {"operatingmode": "vgpu"},
-            'nodeconfig[0].operatingmode = "vgpu": must be one of: hami-core, mig, mps',
+            'nodeconfig[0].operatingmode = "vgpu": must be one of: hami-core, mig, mps, dra',
         ),
         ({"migstrategy": "auto"}, 'nodeconfig[0].migstrategy = "auto": must be one of: none, single, mixed'),
         ({"allocationmode": "dra"}, 'nodeconfig[0].allocationmode = "dra": must be one of: lock, cdi'),

@@ -119,7 +119,7 @@ def test_any_text_gives_config_or_config_error(text: str) -> None:
 node_entries = st.builds(
     NodeConfig,
     name=st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True),
-    operatingmode=st.none() | st.sampled_from(["hami-core", "mig", "mps"]),
+    operatingmode=st.none() | st.sampled_from(["hami-core", "mig", "mps", "dra"]),
     devicememoryscaling=st.none() | scaling,
     devicecorescaling=st.none() | scaling,
     devicesplitcount=st.none() | st.integers(1, 100),

@@ -204,6 +204,11 @@ class DeviceSource(abc.ABC):
         runtime's NVIDIA hook provides the driver, so nothing; a simulated node hands out its own."""
         return DriverEdits()
 
+    def device_nodes(self, uuids: list[str]) -> tuple[str, ...]:
+        """The `/dev` nodes a container needs for these cards when no runtime hook adds them (the
+        DRA plugin's CDI specs). A simulated node has none."""
+        return ()
+
     def vendor_annotations(self) -> dict[str, str]:
         """Other vendors' register annotations this node carries (a simulated node only; on a real
         node each vendor's own device plugin writes its annotation)."""

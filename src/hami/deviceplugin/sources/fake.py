@@ -12,6 +12,7 @@ Used by the contract tests and the local sandbox. Schema (every key but `cards` 
         mig: true                                        # MIG capable
         sm: 108
         mig_profiles: a100-40gb                          # key of mig_profile_sets
+        device_node: /dev/...                            # host node a DRA CDI spec hands out
     links:
       - {a: GPU-..., b: GPU-..., type: SameBoard, nvlinks: 12}
     mig_profile_sets:
@@ -114,6 +115,7 @@ class FakeSource(DeviceSource):
         spec = _for_node(spec, node_name, origin)
         profile_sets = self._parse_profile_sets(spec.get("mig_profile_sets") or {})
         self._cards: dict[str, SourceCard] = {}
+        self._device_nodes: dict[str, str] = {}
         self._profiles: dict[str, list[SourceMigProfile]] = {}
         raw_cards = spec.get("cards")
         if not isinstance(raw_cards, list) or not raw_cards:
@@ -141,6 +143,11 @@ class FakeSource(DeviceSource):
             if any(c.index == card.index for c in self._cards.values()):
                 raise FakeSpecError(f"{where}.index: duplicate index {card.index}")
             self._cards[card.uuid] = card
+            node = req(where, raw, "device_node", str, "")
+            if node and not node.startswith("/"):
+                raise FakeSpecError(f"{where}.device_node: must be an absolute path, got {node!r}")
+            if node:
+                self._device_nodes[card.uuid] = node
             set_name = raw.get("mig_profiles")
             if set_name is not None:
                 if set_name not in profile_sets:
@@ -216,6 +223,9 @@ class FakeSource(DeviceSource):
                 env["FAKECUDA_SM_COUNT"] = str(min(sms))
         mounts = tuple((f"{libdir}/{lib}", f"{root}/{lib}") for lib in self.DRIVER_LIBS)
         return DriverEdits(env=env, mounts=mounts)
+
+    def device_nodes(self, uuids: list[str]) -> tuple[str, ...]:
+        return tuple(self._device_nodes[u] for u in uuids if u in self._device_nodes)
 
     def _parse_profile_sets(self, raw: Any) -> dict[str, list[SourceMigProfile]]:
         if not isinstance(raw, dict):

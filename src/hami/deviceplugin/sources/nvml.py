@@ -38,6 +38,10 @@ _SYSFS_PCI = Path("/sys/bus/pci/devices")
 _NVLINK_DEVICE_TYPE_SWITCH = 2  # nvmlIntNvLinkDeviceType_t: GPU 0, IBMNPU 1, SWITCH 2
 
 
+#: Device nodes every CUDA container needs besides its cards' own.
+_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools")
+
+
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -121,6 +125,14 @@ class NvmlSource(DeviceSource):
             return 0
 
     # ---- inventory ----------------------------------------------------------------------
+
+    def device_nodes(self, uuids: list[str]) -> tuple[str, ...]:
+        """`/dev/nvidia<minor>` of each card, then the driver's control and UVM nodes."""
+        try:
+            minors = [int(self._nvml.nvmlDeviceGetMinorNumber(self._handle(u))) for u in uuids]
+        except self._nvml.NVMLError as e:
+            raise DeviceSourceError(f"NVML minor number: {e}") from e
+        return (*(f"/dev/nvidia{m}" for m in minors), *_CONTROL_NODES)
 
     def cards(self) -> list[SourceCard]:
         n = self._nvml

@@ -1,0 +1,1 @@
+"""`hami dra-plugin`: the DRA kubelet plugin (docs/dra.md)."""

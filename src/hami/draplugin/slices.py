@@ -1,0 +1,136 @@
+"""The node's ResourceSlice: one DRA device per healthy card (the contract in docs/dra.md).
+
+Guarantees: pure — the inventory, the topology and the node's identity come in as arguments;
+device names, attributes and capacities are exactly the documented contract (`gpu-<index>`,
+`productName`/`uuid`/`index`/`numaNode`/`type`/`nvlinkGroup`, consumable `memory` in Mi after
+HAMi's memory scaling and `cores` with HAMi's defaults and granularity); an unhealthy card is left
+out; the same input always gives the same body, so a publisher can compare specs to skip no-op
+updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from hami.deviceplugin.settings import PhysicalDevice
+from hami.deviceplugin.sources.base import PairLink
+from hami.protocol import keys
+from hami.protocol.dra import RESOURCE_API
+
+#: ResourceSlice.spec.devices may hold at most this many devices (resource.k8s.io/v1).
+MAX_DEVICES_PER_SLICE = 128
+DEVICE_TYPE = "gpu"
+
+
+def device_name(index: int) -> str:
+    """The DRA device name of the card with this index."""
+    return f"gpu-{index}"
+
+
+def slice_name(node_name: str) -> str:
+    """The name of the node's ResourceSlice for hami's driver."""
+    return f"{node_name}-hami-core-gpu"
+
+
+def nvlink_groups(uuids_by_index: dict[int, str], links: Iterable[PairLink]) -> dict[str, int]:
+    """uuid -> the smallest card index reachable from it over NVLink (itself when it has none)."""
+    parent = {u: u for u in uuids_by_index.values()}
+    index_of = {u: i for i, u in uuids_by_index.items()}
+
+    def find(u: str) -> str:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    for link in links:
+        if link.nvlinks > 0 and link.a in parent and link.b in parent:
+            ra, rb = find(link.a), find(link.b)
+            if ra != rb:
+                keep, drop = (ra, rb) if index_of[ra] < index_of[rb] else (rb, ra)
+                parent[drop] = keep
+    return {u: index_of[find(u)] for u in parent}
+
+
+def _int(value: int) -> dict[str, int]:
+    return {"int": value}
+
+
+def _str(value: str) -> dict[str, str]:
+    return {"string": value}
+
+
+def slice_device(dev: PhysicalDevice, nvlink_group: int) -> dict[str, Any]:
+    """One card as a DRA device with consumable memory and cores."""
+    card = dev.card
+    memory = f"{dev.devmem}Mi"
+    return {
+        "name": device_name(card.index),
+        "attributes": {
+            keys.DRA_ATTR_PRODUCT_NAME: _str(dev.type),
+            "uuid": _str(card.uuid),
+            "index": _int(card.index),
+            "numaNode": _int(card.numa),
+            "type": _str(DEVICE_TYPE),
+            "nvlinkGroup": _int(nvlink_group),
+        },
+        "capacity": {
+            keys.DRA_CAPACITY_MEMORY: {
+                "value": memory,
+                "requestPolicy": {"default": memory, "validRange": {"min": "1Mi", "step": "1Mi"}},
+            },
+            keys.DRA_CAPACITY_CORES: {
+                "value": str(dev.devcore),
+                "requestPolicy": {
+                    "default": "0",
+                    "validRange": {"min": "0", "max": str(dev.devcore), "step": "1"},
+                },
+            },
+        },
+        "allowMultipleAllocations": True,
+    }
+
+
+def slice_devices(devices: Sequence[PhysicalDevice], links: Iterable[PairLink]) -> list[dict[str, Any]]:
+    """The healthy cards as DRA devices, in index order."""
+    groups = nvlink_groups({d.card.index: d.uuid for d in devices}, links)
+    healthy = sorted((d for d in devices if d.healthy), key=lambda d: d.card.index)
+    return [slice_device(d, groups[d.uuid]) for d in healthy]
+
+
+def resource_slice(
+    node_name: str, node_uid: str, generation: int, devices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The node's ResourceSlice body: pool = the node name, owned by the Node (deleted with it).
+    ValueError when the node has more cards than one slice holds."""
+    if len(devices) > MAX_DEVICES_PER_SLICE:
+        raise ValueError(
+            f"node {node_name}: {len(devices)} cards, more than the {MAX_DEVICES_PER_SLICE} one ResourceSlice holds"
+        )
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "ResourceSlice",
+        "metadata": {
+            "name": slice_name(node_name),
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": node_name, "uid": node_uid, "controller": True}
+            ],
+        },
+        "spec": {
+            "driver": keys.DRA_DRIVER,
+            "nodeName": node_name,
+            "pool": {"name": node_name, "generation": generation, "resourceSliceCount": 1},
+            "devices": devices,
+        },
+    }
+
+
+def device_class() -> dict[str, Any]:
+    """The DeviceClass claims name to get hami's cards (the chart installs the same object)."""
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "DeviceClass",
+        "metadata": {"name": keys.DRA_DEVICE_CLASS},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{keys.DRA_DRIVER}"'}}]},
+    }
