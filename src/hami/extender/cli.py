@@ -76,6 +76,11 @@ from hami.cliutil import option
     is_flag=True,
     help="also export HAMi's pre-2.10 scheduler metric names (GPUDeviceMemoryLimit, ...)",
 )
+@option(
+    "--dra",
+    is_flag=True,
+    help="DRA mode: count ResourceClaims on hami's cards and serve /dra/filter and /dra/prioritize (docs/dra.md)",
+)
 @cliutil.log_level_option(None)
 @option("-v", "--verbose", count=True, help="without --log-level: -v info, -vv debug (default: warnings)")
 def scheduler_command(
@@ -97,6 +102,7 @@ def scheduler_command(
     lease_namespace: str,
     lease_name: str | None,
     legacy_metrics: bool,
+    dra: bool,
     log_level: str | None,
     verbose: int,
 ) -> None:
@@ -133,6 +139,7 @@ def scheduler_command(
         annotate_at_filter=annotate_at_filter,
         bind_queue_limit=bind_queue_limit,
         legacy_metrics=legacy_metrics,
+        dra=dra,
     )
     try:
         kube_config = hami.kube.config.load_config(kubeconfig)

@@ -67,6 +67,11 @@ async def create_gpu_node(
         "memory": "1Ti",
         "nvidia.com/gpu": str(sum(c.count for c in cards)),
     }
+    return await set_node_status(client, name, capacity)
+
+
+async def set_node_status(client: KubeClient, name: str, capacity: dict[str, str]) -> dict[str, Any]:
+    """Make the node Ready with ``capacity`` as its capacity and allocatable (no kubelet does it)."""
     status = {
         "status": {
             "capacity": capacity,

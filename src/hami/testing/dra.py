@@ -1,0 +1,108 @@
+"""DRA-mode fake nodes for tests and benchmarks: ResourceSlices in the DRA kubelet plugin's format.
+
+A DRA-mode node is a Node labelled ``hami.io/operating-mode=dra`` that advertises no
+``nvidia.com/gpu``, plus one ResourceSlice (driver ``hami-core-gpu.project-hami.io``, pool = the
+node's name) listing its cards as devices ``gpu-<index>`` with the attributes ``uuid``, ``index``,
+``numaNode``, ``productName`` and the consumable capacities ``memory`` (MiB, as a quantity) and
+``cores`` (100), each allowing multiple allocations. The cards come from the same inventory
+:func:`hami.testing.gpucluster.gpu_cards` builds for device-plugin nodes, so one test can switch a
+node between the modes. :data:`DRA_GATES` are the feature gates the control plane needs (Kubernetes
+1.34: consumable capacity is alpha).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from hami.kube.client import KubeClient
+from hami.kube.errors import AlreadyExistsError
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.protocol.node import DeviceInfo
+from hami.testing.gpucluster import set_node_status
+
+__all__ = [
+    "DRA_GATES",
+    "RESOURCE_API",
+    "create_device_class",
+    "create_dra_node",
+    "device_class",
+    "resource_slice",
+]
+
+RESOURCE_API = "resource.k8s.io/v1"
+#: kube-apiserver, kube-scheduler and kube-controller-manager flags for consumable capacity
+DRA_GATES = ("--feature-gates=DRAConsumableCapacity=true",)
+
+
+def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 1) -> dict[str, Any]:
+    """The node's ResourceSlice (one per node, pool = node name)."""
+    devices = [
+        {
+            "name": f"gpu-{c.index}",
+            "attributes": {
+                keys.DRA_ATTR_UUID: {"string": c.id},
+                keys.DRA_ATTR_INDEX: {"int": c.index},
+                keys.DRA_ATTR_NUMA_NODE: {"int": c.numa},
+                keys.DRA_ATTR_PRODUCT_NAME: {"string": c.type},
+            },
+            "capacity": {
+                keys.DRA_CAPACITY_MEMORY: {"value": f"{c.devmem}Mi"},
+                keys.DRA_CAPACITY_CORES: {"value": str(c.devcore)},
+            },
+            "allowMultipleAllocations": True,
+        }
+        for c in cards
+    ]
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node}-{keys.DRA_DRIVER}"},
+        "spec": {
+            "driver": keys.DRA_DRIVER,
+            "pool": {"name": node, "generation": generation, "resourceSliceCount": 1},
+            "nodeName": node,
+            "devices": devices,
+        },
+    }
+
+
+def device_class() -> dict[str, Any]:
+    """The DeviceClass the chart installs (``charts/hami/templates/dra/deviceclass.yaml``)."""
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "DeviceClass",
+        "metadata": {"name": keys.DRA_DEVICE_CLASS},
+        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{keys.DRA_DRIVER}"'}}]},
+    }
+
+
+async def create_device_class(client: KubeClient) -> None:
+    """Create the DeviceClass (already there is fine: one cluster-wide object)."""
+    with contextlib.suppress(AlreadyExistsError):
+        await client.create(api_path(RESOURCE_API, "deviceclasses"), device_class())
+
+
+async def create_dra_node(
+    client: KubeClient,
+    name: str,
+    cards: Sequence[DeviceInfo],
+    *,
+    labels: dict[str, str] | None = None,
+    pods: int = 500,
+) -> dict[str, Any]:
+    """Create a DRA-mode node (label, allocatable without ``nvidia.com/gpu``) and its ResourceSlice."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "labels": {keys.OPERATING_MODE: keys.OPERATING_MODE_DRA, **(labels or {})},
+        },
+    }
+    await client.create(api_path("v1", "nodes"), body)
+    node = await set_node_status(client, name, {"pods": str(pods), "cpu": "256", "memory": "1Ti"})
+    await client.create(api_path(RESOURCE_API, "resourceslices"), resource_slice(name, cards))
+    return node
