@@ -9,14 +9,11 @@ ledger counts the allocated claims beside device-plugin pods.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
-import yaml
 
 from hami.config import DeviceConfig
 from hami.extender.runner import Extender
@@ -36,15 +33,11 @@ from hami.testing.dra import (
 from hami.testing.gpucluster import create_gpu_node, gpu_cards, gpu_pod, set_node_status
 from hami.testing.prereq import missing
 from hami.testing.stack import Stack, wait_for
-from hami.testing.webhooks import create_until_admitted_by_webhook
+from hami.testing.webhooks import create_until_admitted_by_webhook, served_webhook
 from hami.webhook.dra import DraPolicy
 from hami.webhook.mutate import WebhookPolicy, mutate_pod
 from hami.webhook.runner import api_creator
-from hami.webhook.server import NamespaceLabelCache, runner_port, start_webhook
-from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook.yaml"
-MWC = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 DRA_ALL = WebhookPolicy.from_config(
     DeviceConfig.default(), dra=DraPolicy(default_mode=keys.OPERATING_MODE_DRA)
 )
@@ -144,83 +137,66 @@ async def test_webhook_converts_and_kube_scheduler_allocates(
     await create_device_class(kube_client)
     node = f"{namespace}-n0"
     await create_dra_node(kube_client, node, gpu_cards(node, n=2, mem=16000), labels={"hami-test": namespace})
-    certs = generate_self_signed(["127.0.0.1"])
-    runner = await start_webhook(
-        DRA_ALL,
-        ssl_context=server_context_from_pem(certs.cert_pem, certs.key_pem),
-        namespace_labels=NamespaceLabelCache(kube_client),
-        create_object=api_creator(kube_client),
-    )
-    doc = yaml.safe_load(DEPLOY.read_text())
-    doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"
-    hook = doc["webhooks"][0]
-    hook["clientConfig"] = {"url": f"https://127.0.0.1:{runner_port(runner)}/webhook"}
-    hook["namespaceSelector"]["matchExpressions"].append(
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
-    )
-    await kube_client.create(MWC, doc)
     pods = api_path("v1", "pods", namespace=namespace)
-    try:
-        assert await inject_ca_bundle(kube_client, doc["metadata"]["name"], certs.ca_bundle) == 1
-        async with dra_stack(kube_config, start_scheduler) as stack:
+    async with (
+        served_webhook(kube_client, DRA_ALL, namespace, create_object=api_creator(kube_client)),
+        dra_stack(kube_config, start_scheduler) as stack,
+    ):
 
-            def manifest(i: int) -> dict[str, Any]:
-                pod = gpu_pod(
-                    f"train-{i}",
-                    mem=4000,
-                    cores=30,
-                    scheduler_name=None,
-                    annotations={keys.NVIDIA_USE_GPUTYPE: "a100"},
-                )
-                pod["spec"]["nodeSelector"] = {"hami-test": namespace}
-                return pod
-
-            async def discard(pod: dict[str, Any]) -> None:
-                await kube_client.delete(f"{pods}/{pod['metadata']['name']}")
-
-            created = await create_until_admitted_by_webhook(
-                lambda i: kube_client.create(pods, manifest(i)),
-                lambda pod: bool(pod["spec"].get("resourceClaims")),
-                discard=discard,
+        def manifest(i: int) -> dict[str, Any]:
+            pod = gpu_pod(
+                f"train-{i}",
+                mem=4000,
+                cores=30,
+                scheduler_name=None,
+                annotations={keys.NVIDIA_USE_GPUTYPE: "a100"},
             )
-            # the HAMi resources became a claim on a template the webhook created
-            container = created["spec"]["containers"][0]
-            assert not [r for r in container["resources"].get("limits", {}) if r.startswith("nvidia.com/")]
-            assert container["resources"]["limits"][keys.DRA_STEER_RESOURCE] == "1"
-            [ref] = created["spec"]["resourceClaims"]
-            assert container["resources"]["claims"] == [{"name": ref["name"]}]
-            assert created["spec"]["nodeSelector"][keys.OPERATING_MODE] == keys.OPERATING_MODE_DRA
-            template = await kube_client.get(
-                api_path(
-                    RESOURCE_API,
-                    "resourceclaimtemplates",
-                    namespace=namespace,
-                    name=ref["resourceClaimTemplateName"],
-                )
+            pod["spec"]["nodeSelector"] = {"hami-test": namespace}
+            return pod
+
+        async def discard(pod: dict[str, Any]) -> None:
+            await kube_client.delete(f"{pods}/{pod['metadata']['name']}")
+
+        created = await create_until_admitted_by_webhook(
+            lambda i: kube_client.create(pods, manifest(i)),
+            lambda pod: bool(pod["spec"].get("resourceClaims")),
+            discard=discard,
+        )
+        # the HAMi resources became a claim on a template the webhook created
+        container = created["spec"]["containers"][0]
+        assert not [r for r in container["resources"].get("limits", {}) if r.startswith("nvidia.com/")]
+        assert container["resources"]["limits"][keys.DRA_STEER_RESOURCE] == "1"
+        [ref] = created["spec"]["resourceClaims"]
+        assert container["resources"]["claims"] == [{"name": ref["name"]}]
+        assert created["spec"]["nodeSelector"][keys.OPERATING_MODE] == keys.OPERATING_MODE_DRA
+        template = await kube_client.get(
+            api_path(
+                RESOURCE_API,
+                "resourceclaimtemplates",
+                namespace=namespace,
+                name=ref["resourceClaimTemplateName"],
             )
-            [request] = template["spec"]["spec"]["devices"]["requests"]
-            assert request["exactly"]["capacity"]["requests"] == {"memory": "4000Mi", "cores": "30"}
+        )
+        [request] = template["spec"]["spec"]["devices"]["requests"]
+        assert request["exactly"]["capacity"]["requests"] == {"memory": "4000Mi", "cores": "30"}
 
-            # kube-scheduler allocated the claim (consumable capacity) and bound the pod itself
-            pod = await bound(kube_client, namespace, created["metadata"]["name"])
-            assert pod["spec"]["nodeName"] == node
-            claim = await allocated_claim(kube_client, namespace, pod)
-            [result] = claim["status"]["allocation"]["devices"]["results"]
-            assert result["driver"] == keys.DRA_DRIVER and result["pool"] == node
-            assert result["consumedCapacity"] == {"memory": "4000Mi", "cores": "30"}
+        # kube-scheduler allocated the claim (consumable capacity) and bound the pod itself
+        pod = await bound(kube_client, namespace, created["metadata"]["name"])
+        assert pod["spec"]["nodeName"] == node
+        claim = await allocated_claim(kube_client, namespace, pod)
+        [result] = claim["status"]["allocation"]["devices"]["results"]
+        assert result["driver"] == keys.DRA_DRIVER and result["pool"] == node
+        assert result["consumedCapacity"] == {"memory": "4000Mi", "cores": "30"}
 
-            # the extender's ledger counts the claim on the card its device names
-            card = f"GPU-{node}-{result['device'].removeprefix('gpu-')}"
-            await until(lambda: card_use(stack.extender, node, card) == (4000, 30))
+        # the extender's ledger counts the claim on the card its device names
+        card = f"GPU-{node}-{result['device'].removeprefix('gpu-')}"
+        await until(lambda: card_use(stack.extender, node, card) == (4000, 30))
 
-            # a percentage other than 100 cannot be a DRA request: denied, naming the resource
-            bad = manifest(99)
-            bad["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpumem-percentage": "50"}
-            with pytest.raises(Exception, match="gpumem-percentage"):
-                await kube_client.create(pods, bad)
-    finally:
-        await kube_client.delete(f"{MWC}/{doc['metadata']['name']}")
-        await runner.cleanup()
+        # a percentage other than 100 cannot be a DRA request: denied, naming the resource
+        bad = manifest(99)
+        bad["spec"]["containers"][0]["resources"]["limits"] = {"nvidia.com/gpumem-percentage": "50"}
+        with pytest.raises(Exception, match="gpumem-percentage"):
+            await kube_client.create(pods, bad)
 
 
 async def test_binpack_and_spread_steer_dra_pods(

@@ -3,8 +3,9 @@
 A DRA-mode node is a Node labelled ``hami.io/operating-mode=dra`` that advertises no
 ``nvidia.com/gpu``, plus one ResourceSlice (driver ``hami-core-gpu.project-hami.io``, pool = the
 node's name) listing its cards as devices ``gpu-<index>`` with the attributes ``uuid``, ``index``,
-``numaNode``, ``productName`` and the consumable capacities ``memory`` (MiB, as a quantity) and
-``cores`` (100), each allowing multiple allocations. The cards come from the same inventory
+``numaNode``, ``productName`` and the consumable capacities ``memory`` (MiB, as a quantity; a
+request naming none takes the whole card) and ``cores`` (100; a request naming none takes 0), each
+allowing multiple allocations — the contract of ``docs/dra.md`` ("Slice format"). The cards come from the same inventory
 :func:`hami.testing.gpucluster.gpu_cards` builds for device-plugin nodes, so one test can switch a
 node between the modes. :data:`DRA_GATES` are the feature gates the control plane needs (Kubernetes
 1.34: consumable capacity is alpha).
@@ -21,7 +22,7 @@ from hami.kube.errors import AlreadyExistsError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo
-from hami.testing.gpucluster import set_node_status
+from hami.testing.gpucluster import create_node
 
 __all__ = [
     "DRA_GATES",
@@ -49,8 +50,20 @@ def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 
                 keys.DRA_ATTR_PRODUCT_NAME: {"string": c.type},
             },
             "capacity": {
-                keys.DRA_CAPACITY_MEMORY: {"value": f"{c.devmem}Mi"},
-                keys.DRA_CAPACITY_CORES: {"value": str(c.devcore)},
+                keys.DRA_CAPACITY_MEMORY: {
+                    "value": f"{c.devmem}Mi",
+                    "requestPolicy": {
+                        "default": f"{c.devmem}Mi",
+                        "validRange": {"min": "1Mi", "step": "1Mi"},
+                    },
+                },
+                keys.DRA_CAPACITY_CORES: {
+                    "value": str(c.devcore),
+                    "requestPolicy": {
+                        "default": "0",
+                        "validRange": {"min": "0", "max": str(c.devcore), "step": "1"},
+                    },
+                },
             },
             "allowMultipleAllocations": True,
         }
@@ -94,15 +107,8 @@ async def create_dra_node(
     pods: int = 500,
 ) -> dict[str, Any]:
     """Create a DRA-mode node (label, allocatable without ``nvidia.com/gpu``) and its ResourceSlice."""
-    body = {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {keys.OPERATING_MODE: keys.OPERATING_MODE_DRA, **(labels or {})},
-        },
-    }
-    await client.create(api_path("v1", "nodes"), body)
-    node = await set_node_status(client, name, {"pods": str(pods), "cpu": "256", "memory": "1Ti"})
+    node = await create_node(
+        client, name, labels={keys.OPERATING_MODE: keys.OPERATING_MODE_DRA, **(labels or {})}, pods=pods
+    )
     await client.create(api_path(RESOURCE_API, "resourceslices"), resource_slice(name, cards))
     return node

@@ -16,7 +16,8 @@ Rules:
 * **The request.** ``count`` = ``nvidia.com/gpu``; ``capacity.requests.memory`` = ``gpumem`` in
   ``Mi`` (omitted for a whole card, i.e. no memory request or ``gpumem-percentage: 100``: the
   device's whole memory is consumed); ``capacity.requests.cores`` = ``gpucores`` (``0`` when not
-  given: a DRA request without a cores amount would consume the whole card's cores). Any other
+  given, HAMi's default; explicit, so the claim means the same on a device without a request
+  policy, where a request naming no cores would consume them all). Any other
   ``gpumem-percentage`` is refused: DRA capacity requests are absolute and the card (its memory) is
   not known before allocation; the message names the resource and says to use ``gpumem``.
 * **Selectors.** ``nvidia.com/use-gputype`` / ``nouse-gputype`` become CEL on ``productName``
