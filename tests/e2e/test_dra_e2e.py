@@ -10,10 +10,12 @@ ledger counts the allocated claims beside device-plugin pods.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jsonpatch  # type: ignore[import-untyped]
 import pytest
+import yaml
 
 from hami.config import DeviceConfig
 from hami.extender.runner import Extender
@@ -38,6 +40,7 @@ from hami.webhook.dra import DraPolicy
 from hami.webhook.mutate import WebhookPolicy, mutate_pod
 from hami.webhook.runner import api_creator
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dra"
 DRA_ALL = WebhookPolicy.from_config(
     DeviceConfig.default(), dra=DraPolicy(default_mode=keys.OPERATING_MODE_DRA)
 )
@@ -305,3 +308,32 @@ async def test_mode_switch_never_overcommits_a_card(
             api_path("v1", "pods", namespace=namespace, name=fits["metadata"]["name"]), grace_period_seconds=0
         )
         await until(lambda: card_use(stack.extender, node, card)[0] <= 13000, timeout=60)
+
+
+async def test_examples_are_admitted_and_allocated(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+) -> None:
+    """``examples/dra/``: the native claim (with hami's steering) and the HAMi-style pod (converted)."""
+    await create_device_class(kube_client)
+    node = f"{namespace}-x"
+    await create_dra_node(kube_client, node, gpu_cards(node, n=1, mem=40960), labels={"hami-test": namespace})
+    native = list(yaml.safe_load_all((EXAMPLES / "native-claim.yaml").read_text()))
+    [hami_style] = yaml.safe_load_all((EXAMPLES / "hami-style-pod.yaml").read_text())
+    async with dra_stack(kube_config, start_scheduler):
+        for obj in native:
+            plural = "resourceclaimtemplates" if obj["kind"] == "ResourceClaimTemplate" else "pods"
+            api = RESOURCE_API if plural == "resourceclaimtemplates" else "v1"
+            await kube_client.create(api_path(api, plural, namespace=namespace), obj)
+        pod = await bound(kube_client, namespace, "inference-dra")
+        claim = await allocated_claim(kube_client, namespace, pod)
+        [result] = claim["status"]["allocation"]["devices"]["results"]
+        assert result["consumedCapacity"] == {"memory": "8Gi", "cores": "30"}
+        created = await create_converted(kube_client, namespace, hami_style)
+        pod = await bound(kube_client, namespace, created["metadata"]["name"])
+        claim = await allocated_claim(kube_client, namespace, pod)
+        [result] = claim["status"]["allocation"]["devices"]["results"]
+        assert result["consumedCapacity"] == {"memory": "8000Mi", "cores": "30"}
+        assert pod["spec"]["nodeName"] == node
