@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import jsonpatch  # type: ignore[import-untyped]
 import pytest
 import yaml
 
@@ -28,6 +27,7 @@ from hami.testing.controlplane import BinariesMissingError, ControlPlane, Schedu
 from hami.testing.dra import (
     DRA_GATES,
     RESOURCE_API,
+    create_converted_pod,
     create_device_class,
     create_dra_node,
     resource_slice,
@@ -37,7 +37,7 @@ from hami.testing.prereq import missing
 from hami.testing.stack import Stack, wait_for
 from hami.testing.webhooks import create_until_admitted_by_webhook, served_webhook
 from hami.webhook.dra import DraPolicy
-from hami.webhook.mutate import WebhookPolicy, mutate_pod
+from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.runner import api_creator
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dra"
@@ -63,18 +63,6 @@ def dra_stack(kube_config: KubeConfig, start_scheduler: Callable[..., SchedulerH
     stack.dra = True
     stack.scheduler_args = DRA_GATES
     return stack
-
-
-async def create_converted(client: KubeClient, namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
-    """The webhook's decision applied here (its pure core, no admission round trip), templates created."""
-    decision = mutate_pod(pod, namespace=namespace, namespace_labels=None, policy=DRA_ALL)
-    assert decision.allowed, decision.message
-    create = api_creator(client)
-    for obj in decision.objects:
-        await create(obj)
-    converted = jsonpatch.apply_patch(pod, list(decision.patch))
-    created: dict[str, Any] = await client.create(api_path("v1", "pods", namespace=namespace), converted)
-    return created
 
 
 async def bound(client: KubeClient, namespace: str, name: str) -> dict[str, Any]:
@@ -220,7 +208,7 @@ async def test_binpack_and_spread_steer_dra_pods(
         return p
 
     async with dra_stack(kube_config, start_scheduler) as stack:
-        first = await create_converted(kube_client, namespace, pod("first", "binpack", slot="a"))
+        first = await create_converted_pod(kube_client, namespace, DRA_ALL, pod("first", "binpack", slot="a"))
         assert (await bound(kube_client, namespace, first["metadata"]["name"]))["spec"]["nodeName"] == nodes[
             0
         ]
@@ -231,12 +219,12 @@ async def test_binpack_and_spread_steer_dra_pods(
         # value; a tie is broken at random), so three pods in a row land as hami's score says:
         # binpack on the fuller node ...
         for i in range(3):
-            await create_converted(kube_client, namespace, pod(f"packed-{i}", "binpack"))
+            await create_converted_pod(kube_client, namespace, DRA_ALL, pod(f"packed-{i}", "binpack"))
             assert (await bound(kube_client, namespace, f"packed-{i}"))["spec"]["nodeName"] == nodes[0]
             await until(lambda i=i: state.nodes[nodes[0]].usedmem == 4000 * (i + 2))
         # ... spread on the emptier one
         for i in range(3):
-            await create_converted(kube_client, namespace, pod(f"spread-{i}", "spread"))
+            await create_converted_pod(kube_client, namespace, DRA_ALL, pod(f"spread-{i}", "spread"))
             assert (await bound(kube_client, namespace, f"spread-{i}"))["spec"]["nodeName"] == nodes[1]
             await until(lambda i=i: state.nodes[nodes[1]].usedmem == 4000 * (i + 1))
 
@@ -279,11 +267,11 @@ async def test_mode_switch_never_overcommits_a_card(
         await kube_client.create(api_path(RESOURCE_API, "resourceslices"), resource_slice(node, cards))
 
         # 8000 MiB fits the DRA allocator's view (no claims) but not the card: hami refuses the node
-        await create_converted(kube_client, namespace, dra_pod("too-big", 8000))
+        await create_converted_pod(kube_client, namespace, DRA_ALL, dra_pod("too-big", 8000))
         message = await unschedulable(kube_client, namespace, "too-big")
         assert "over-commit" in message and card in message, message
         # 4000 MiB fits both: allocated, and the ledger holds the pod and the claim
-        fits = await create_converted(kube_client, namespace, dra_pod("fits", 4000))
+        fits = await create_converted_pod(kube_client, namespace, DRA_ALL, dra_pod("fits", 4000))
         pod = await bound(kube_client, namespace, fits["metadata"]["name"])
         claim = await allocated_claim(kube_client, namespace, pod)
         await until(lambda: card_use(stack.extender, node, card) == (16000, 20))
@@ -331,7 +319,7 @@ async def test_examples_are_admitted_and_allocated(
         claim = await allocated_claim(kube_client, namespace, pod)
         [result] = claim["status"]["allocation"]["devices"]["results"]
         assert result["consumedCapacity"] == {"memory": "8Gi", "cores": "30"}
-        created = await create_converted(kube_client, namespace, hami_style)
+        created = await create_converted_pod(kube_client, namespace, DRA_ALL, hami_style)
         pod = await bound(kube_client, namespace, created["metadata"]["name"])
         claim = await allocated_claim(kube_client, namespace, pod)
         [result] = claim["status"]["allocation"]["devices"]["results"]

@@ -23,10 +23,14 @@ from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.node import DeviceInfo
 from hami.testing.gpucluster import create_node
+from hami.webhook.mutate import WebhookPolicy, mutate_pod
+from hami.webhook.runner import api_creator
 
 __all__ = [
     "DRA_GATES",
     "RESOURCE_API",
+    "converted_pod",
+    "create_converted_pod",
     "create_device_class",
     "create_dra_node",
     "device_class",
@@ -112,3 +116,29 @@ async def create_dra_node(
     )
     await client.create(api_path(RESOURCE_API, "resourceslices"), resource_slice(name, cards))
     return node
+
+
+def converted_pod(
+    pod: dict[str, Any], namespace: str, policy: WebhookPolicy
+) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """The pod as the webhook in DRA mode admits it (its pure core, no admission round trip), and
+    the ResourceClaimTemplates it needs; raises AssertionError with the denial."""
+    import jsonpatch  # a test dependency (the dev group), like pytest in hami.testing.fixtures
+
+    decision = mutate_pod(pod, namespace=namespace, namespace_labels=None, policy=policy)
+    if not decision.allowed:
+        raise AssertionError(f"the webhook denies the pod: {decision.message}")
+    converted: dict[str, Any] = jsonpatch.apply_patch(pod, list(decision.patch))
+    return converted, decision.objects
+
+
+async def create_converted_pod(
+    client: KubeClient, namespace: str, policy: WebhookPolicy, pod: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the templates and the converted pod (see :func:`converted_pod`)."""
+    converted, templates = converted_pod(pod, namespace, policy)
+    create = api_creator(client)
+    for obj in templates:
+        await create(obj)
+    created: dict[str, Any] = await client.create(api_path("v1", "pods", namespace=namespace), converted)
+    return created
