@@ -12,7 +12,11 @@ only narrows and orders the nodes:
   passes;
 * **prioritize** scores the nodes by the pod's node policy (``hami.io/node-scheduler-policy``, else
   the scheduler's default) on the ledger, where DRA claims and device-plugin pods both count
-  (:func:`~hami.scheduling.dra.node_scores`).
+  (:func:`~hami.scheduling.dra.node_scores`); a tie for the best score is broken by name (the
+  first gets one point more), and the pod's requests are *assumed* on that best node until its
+  claims arrive (kube-scheduler picks it: hami's weight outweighs the in-tree scores), so the next
+  pod of a burst sees them instead of an empty cluster
+  (:meth:`~hami.scheduling.dra.DraLedger.assume`).
 
 Watch events for slices and claims never raise: a malformed object is logged and leaves the
 ledger as it was.
@@ -34,6 +38,8 @@ from hami.scheduling.policy import NODE_POLICIES
 
 log = logging.getLogger(__name__)
 
+#: kube-scheduler's extender score range is 0..MAX_SCORE
+MAX_SCORE = 10
 #: ``namespace/name`` -> the ResourceClaim from the informer (None when not seen)
 ClaimLookup = Callable[[str], "dict[str, Any] | None"]
 
@@ -131,4 +137,22 @@ class DraSteering:
         policy = bodies.annotations(args.pod).get(keys.NODE_SCHEDULER_POLICY, "").strip().lower()
         if policy not in NODE_POLICIES:
             policy = self.scheduler.node_policy
-        return node_scores(self.scheduler.state, list(args.node_names), policy)
+        self.ledger.settle(bodies.uid(args.pod))  # a retry: its earlier expectation is void
+        scores = node_scores(self.scheduler.state, list(args.node_names), policy)
+        if not scores:
+            return scores
+        best = max(scores.values())
+        top = sorted(n for n, s in scores.items() if s == best)
+        chosen = top[0]
+        for n in top[1:]:  # kube-scheduler would break the tie at random: hami breaks it by name
+            scores[n] = best - 1 if best == MAX_SCORE else best
+        scores[chosen] = min(best + 1, MAX_SCORE)
+        requests = self.pod_requests(args.pod)
+        if requests:
+            ns = bodies.namespace(args.pod) or "default"
+            self.ledger.assume(bodies.uid(args.pod), ns, bodies.name(args.pod), chosen, requests)
+        return scores
+
+    def pod_gone(self, uid: str) -> None:
+        """The pod is deleted or finished: whatever was assumed for it goes."""
+        self.ledger.settle(uid)

@@ -140,6 +140,7 @@ class Extender:
                 name="resourceclaims",
             )
             self.dra = DraSteering(self.scheduler, self.claims.get, split=split)
+            self.sync.on_forget.append(self.dra.pod_gone)
             self.slices = Informer(
                 self.client,
                 api_path("resource.k8s.io/v1", "resourceslices"),

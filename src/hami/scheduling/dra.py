@@ -17,6 +17,11 @@ Pure bookkeeping over :class:`~hami.scheduling.state.ClusterState`, fed with API
   arrives; a claim's device→card resolution is kept after its slice goes (a plugin that stops
   deletes its slices; the claim still holds the card until it is deallocated or deleted).
 * A deallocated (no ``status.allocation``) or deleted claim holds nothing.
+* An **assumption** (uid ``assume:<pod uid>``) is what hami expects a DRA pod to take before
+  kube-scheduler has written its allocation (it schedules the next pod while the last one's claims
+  are still being written): the pod's requests on the node hami scored best, first fit by the
+  ledger. It is settled (removed) when an allocated claim reserved for that pod arrives, wherever
+  it landed, or when the pod goes; it counts like a claim meanwhile.
 
 Malformed objects raise :class:`~hami.protocol.errors.ProtocolError` naming the field; the caller
 logs it and the ledger is left as it was.
@@ -39,6 +44,7 @@ from hami.protocol.quantity import parse_quantity
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 __all__ = [
+    "ASSUME_PREFIX",
     "CLAIM_PREFIX",
     "ClaimResult",
     "DraLedger",
@@ -50,6 +56,9 @@ __all__ = [
 
 #: ledger uids of claims: ``claim:<uid>`` (pod uids are UUIDs, never this)
 CLAIM_PREFIX = "claim:"
+#: ledger uids of in-flight DRA pods: ``assume:<pod uid>``
+ASSUME_PREFIX = "assume:"
+_DRA_PREFIXES = (CLAIM_PREFIX, ASSUME_PREFIX)
 _MIB = Decimal(1 << 20)
 
 
@@ -314,6 +323,9 @@ class DraLedger:
         if not results:
             self.claim_deleted(claim)
             return
+        for ref in bodies.status(claim).get("reservedFor") or []:
+            if isinstance(ref, Mapping) and ref.get("resource") == "pods" and isinstance(ref.get("uid"), str):
+                self.settle(ref["uid"])  # the pod's real allocation replaces what was assumed
         old = self.claims.get(uid)
         if old is not None and old.results == results:
             return
@@ -328,6 +340,49 @@ class DraLedger:
         uid = bodies.uid(claim)
         self.claims.pop(uid, None)
         self.state.remove_pod(CLAIM_PREFIX + uid)
+
+    def assume(
+        self, pod_uid: str, namespace: str, name: str, node: str, requests: list[ClaimRequest]
+    ) -> bool:
+        """Expect the pod's ``requests`` on ``node`` (first fit by the ledger); False when they do not
+        fit there (nothing assumed)."""
+        self.settle(pod_uid)
+        state = self.state.nodes.get(node)
+        if state is None:
+            return False
+        trial = {c.uuid: [c.used, c.usedmem, c.usedcores] for c in state.cards}
+        placements: list[Placement] = []
+        for req in requests:
+            taken = 0
+            for card in state.cards:
+                if taken == req.count:
+                    break
+                mem = card.totalmem if req.memory_mib is None else req.memory_mib
+                cores = card.totalcores if req.cores is None else req.cores
+                u = trial[card.uuid]
+                if u[0] < card.count and u[1] + mem <= card.totalmem and u[2] + cores <= card.totalcores:
+                    u[0], u[1], u[2] = u[0] + 1, u[1] + mem, u[2] + cores
+                    placements.append(
+                        Placement(ContainerDevice(uuid=card.uuid, type="", usedmem=mem, usedcores=cores))
+                    )
+                    taken += 1
+            if taken < req.count:
+                return False
+        self.state.add_pod(
+            PodAllocation(
+                uid=ASSUME_PREFIX + pod_uid,
+                namespace=namespace,
+                name=name,
+                node=node,
+                containers={self.vendor: [tuple(placements)]},
+                init_count=0,
+            )
+        )
+        return True
+
+    def settle(self, pod_uid: str) -> None:
+        """Drop the pod's assumption (its claims arrived, or it is gone)."""
+        self.state.remove_pod(ASSUME_PREFIX + pod_uid)
 
     def pending(self) -> list[str]:
         """Uids of allocated claims whose devices no slice has shown yet."""
@@ -370,11 +425,11 @@ class DraLedger:
 
     # --- views --------------------------------------------------------------------------------
     def claim_usage(self, node: str) -> dict[str, CardUse]:
-        """Per card uuid, what the DRA claims alone hold on the node (what kube-scheduler's DRA
-        allocator sees; the ledger's card totals add the device-plugin pods)."""
+        """Per card uuid, what DRA claims (allocated and assumed) hold on the node: what kube-scheduler's
+        DRA allocator sees; the ledger's card totals add the device-plugin pods."""
         out: dict[str, list[int]] = {}
         for alloc in self.state.pods_on(node):
-            if not alloc.uid.startswith(CLAIM_PREFIX):
+            if not alloc.uid.startswith(_DRA_PREFIXES):
                 continue
             for uuid, use in alloc.usage().items():
                 acc = out.setdefault(uuid, [0, 0, 0])
@@ -385,7 +440,7 @@ class DraLedger:
 
     def has_pods(self, node: str) -> bool:
         """Whether device-plugin pods hold cards on the node (a node mid-switch)."""
-        return any(not a.uid.startswith(CLAIM_PREFIX) for a in self.state.pods_on(node))
+        return any(not a.uid.startswith(_DRA_PREFIXES) for a in self.state.pods_on(node))
 
 
 # --- steering DRA pods (the extender's /dra/filter and /dra/prioritize) --------------------------

@@ -182,3 +182,24 @@ def test_scheduler_configuration_dra_entry() -> None:
     assert (
         len(scheduler_configuration(extender_url="http://x", registry=default_registry())["extenders"]) == 1
     )
+
+
+async def test_prioritize_assumes_the_pod_on_the_node_it_scores_best() -> None:
+    svc, steering, claims = setup()
+    claims["team/c-1"] = CLAIM
+    steering.claim_changed(allocated("a", "n1", "4000Mi"))
+    _, body = await post(svc, steering, "prioritize", dra_pod("binpack"))
+    assert body[0] == {"Host": "n1", "Score": 10}
+    state = svc.scheduler.state
+    assert state.nodes["n1"].usedmem == 12000  # 4000 allocated + 8000 assumed for pod p
+    # asked again (a retry), the pod's own assumption does not count twice
+    await post(svc, steering, "prioritize", dra_pod("binpack"))
+    assert state.nodes["n1"].usedmem == 12000
+    steering.pod_gone("uid-p")
+    assert state.nodes["n1"].usedmem == 4000
+    # a tie (kube-scheduler would pick at random): the first by name gets a point more, and the pod
+    steering.claim_deleted(allocated("a", "n1", "4000Mi"))
+    steering.pod_gone("uid-p")
+    _, body = await post(svc, steering, "prioritize", dra_pod("spread"))
+    assert body == [{"Host": "n1", "Score": 6}, {"Host": "n2", "Score": 5}]
+    assert (state.nodes["n1"].usedmem, state.nodes["n2"].usedmem) == (8000, 0)

@@ -314,3 +314,28 @@ def test_node_scores_binpack_and_spread() -> None:
     assert node_scores(state, nodes, "spread") == {"n1": 0, "n2": 7, "n3": 10, "unknown": 0}
     assert node_scores(state, ["n3"], "binpack") == {"n3": 5}  # equal nodes score equally
     assert node_scores(state, ["x"], "binpack") == {"x": 0}
+
+
+def test_assumed_pod_counts_until_its_claim_arrives() -> None:
+    """kube-scheduler schedules the next pod before the last one's claim is written: what hami
+    expects counts meanwhile, and the real claim replaces it wherever it landed."""
+    state = ClusterState()
+    ledger = DraLedger(state)
+    ledger.slice_changed(slice_of("n1"))
+    ledger.slice_changed(slice_of("n2"))
+    assert ledger.assume("pod-1", "team", "p1", "n1", [ClaimRequest(2, 4000, 10)])
+    assert use(state, "n1", 0) == (1, 4000, 10) and use(state, "n1", 1) == (1, 4000, 10)
+    assert not ledger.has_pods("n1")  # an assumption is a DRA allocation, not a device-plugin pod
+    assert ledger.claim_usage("n1")["GPU-n1-0"].mem == 4000
+    # the claim lands on n2 after all: the assumption on n1 goes
+    real = claim("a", "n2", (0, "4000Mi", "10"), (1, "4000Mi", "10"))
+    real["status"]["reservedFor"] = [{"resource": "pods", "name": "p1", "uid": "pod-1"}]
+    ledger.claim_changed(real)
+    assert use(state, "n1", 0) == (0, 0, 0) and use(state, "n2", 0) == (1, 4000, 10)
+    # what does not fit is not assumed; a gone pod's assumption goes
+    assert not ledger.assume("pod-2", "team", "p2", "n1", [ClaimRequest(3, 1000, 10)])
+    assert not ledger.assume("pod-2", "team", "p2", "nowhere", [ClaimRequest(1, 1000, 10)])
+    assert ledger.assume("pod-3", "team", "p3", "n1", [ClaimRequest(1, None, None)])
+    assert use(state, "n1", 0) == (1, 16000, 100)
+    ledger.settle("pod-3")
+    assert state.nodes["n1"].usedmem == 0
