@@ -131,6 +131,8 @@ async def with_hami(
 ) -> dict[str, Any]:
     def start_sched(cfg: dict[str, Any], **kw: Any) -> Any:
         cfg["clientConnection"] = QPS
+        if args.score_all_nodes:
+            cfg["percentageOfNodesToScore"] = 100
         return cp.start_scheduler(cfg, **kw)
 
     stack_cm = Stack(kc, start_sched)
@@ -188,6 +190,12 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument(
+        "--score-all-nodes",
+        action="store_true",
+        help="percentageOfNodesToScore: 100 for hami's profile (kube-scheduler otherwise stops filtering "
+        "once it has found a share of feasible nodes, so hami scores only those)",
+    )
     args = ap.parse_args()
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     for p in phases:
