@@ -425,11 +425,11 @@ class DraLedger:
 
     # --- views --------------------------------------------------------------------------------
     def claim_usage(self, node: str) -> dict[str, CardUse]:
-        """Per card uuid, what DRA claims (allocated and assumed) hold on the node: what kube-scheduler's
-        DRA allocator sees; the ledger's card totals add the device-plugin pods."""
+        """Per card uuid, what allocated DRA claims hold on the node: what kube-scheduler's DRA
+        allocator sees at least (the ledger's card totals add device-plugin pods and assumptions)."""
         out: dict[str, list[int]] = {}
         for alloc in self.state.pods_on(node):
-            if not alloc.uid.startswith(_DRA_PREFIXES):
+            if not alloc.uid.startswith(CLAIM_PREFIX):
                 continue
             for uuid, use in alloc.usage().items():
                 acc = out.setdefault(uuid, [0, 0, 0])
