@@ -244,6 +244,8 @@ class DraLedger:
     split: int = 10
     #: (pool, device name) -> (node, device)
     devices: dict[tuple[str, str], tuple[str, SliceDevice]] = field(default_factory=dict)
+    #: node -> its devices by (pool, device name)
+    node_devices: dict[str, dict[tuple[str, str], SliceDevice]] = field(default_factory=dict)
     #: slice name -> (pool, node, device names)
     slices: dict[str, tuple[str, str, tuple[str, ...]]] = field(default_factory=dict)
     claims: dict[str, _Claim] = field(default_factory=dict)
@@ -255,36 +257,39 @@ class DraLedger:
         """Add or replace a slice; raises ProtocolError (nothing changed) for a malformed one."""
         pool, node, devices = slice_devices(slice_, self.driver)
         name = bodies.name(slice_)
-        self._drop_slice(name)
-        if not node:
-            self._refresh_nodes()
-            return
-        for d in devices:
-            self.devices[(pool, d.name)] = (node, d)
-        self.slices[name] = (pool, node, tuple(d.name for d in devices))
-        self.node_refreshed(node)
-        self._resolve_pending()
+        old_node = self._drop_slice(name)
+        if node:
+            for d in devices:
+                self.devices[(pool, d.name)] = (node, d)
+                self.node_devices.setdefault(node, {})[(pool, d.name)] = d
+            self.slices[name] = (pool, node, tuple(d.name for d in devices))
+            self.node_refreshed(node, force=True)
+            self._resolve_pending()
+        if old_node and old_node != node:
+            self.node_refreshed(old_node, force=True)
 
     def slice_deleted(self, slice_: Mapping[str, Any]) -> None:
-        self._drop_slice(bodies.name(slice_))
-        self._refresh_nodes()
+        node = self._drop_slice(bodies.name(slice_))
+        if node:
+            self.node_refreshed(node, force=True)
 
-    def _drop_slice(self, name: str) -> None:
+    def _drop_slice(self, name: str) -> str:
+        """Forget a slice's devices; returns its node ("" when unknown)."""
         old = self.slices.pop(name, None)
         if old is None:
-            return
+            return ""
         pool, node, names = old
+        on_node = self.node_devices.get(node, {})
         for n in names:
             self.devices.pop((pool, n), None)
-        self.node_refreshed(node)
-
-    def _refresh_nodes(self) -> None:
-        for node in list(self.slice_nodes):
-            self.node_refreshed(node)
+            on_node.pop((pool, n), None)
+        if not on_node:
+            self.node_devices.pop(node, None)
+        return node
 
     def node_cards(self, node: str) -> list[Card]:
         """The node's cards as its slices describe them (index order)."""
-        found = sorted((d for n, d in self.devices.values() if n == node), key=lambda d: d.index)
+        found = sorted(self.node_devices.get(node, {}).values(), key=lambda d: d.index)
         return [
             Card(
                 uuid=d.uuid,
@@ -299,14 +304,17 @@ class DraLedger:
             for d in found
         ]
 
-    def node_refreshed(self, node: str) -> None:
-        """Give the node its slice cards unless it has registered cards of its own (call after the
-        node's registration was read again, and on slice changes)."""
+    def node_refreshed(self, node: str, *, force: bool = False) -> None:
+        """Give the node its slice cards unless it has registered cards of its own. Call after the
+        node's registration was read again (a no-op when the node still has this ledger's cards)
+        and, with ``force``, after its slices changed."""
         current = self.state.nodes.get(node)
         mine = self.slice_nodes.get(node)
         if current is not None and current is not mine:
             self.slice_nodes.pop(node, None)
             return  # registered by a device plugin: its cards win, claims land on them by uuid
+        if current is not None and not force:
+            return  # still the slice's cards: nothing to read again
         cards = self.node_cards(node)
         if cards:
             self.slice_nodes[node] = self.state.set_node(node, cards)

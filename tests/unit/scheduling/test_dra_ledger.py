@@ -340,3 +340,16 @@ def test_assumed_pod_counts_until_its_claim_arrives() -> None:
     assert use(state, "n1", 0) == (1, 16000, 100)
     ledger.settle("pod-3")
     assert state.nodes["n1"].usedmem == 0
+
+
+def test_node_events_leave_slice_cards_alone_and_slices_move_between_nodes() -> None:
+    state = ClusterState()
+    ledger = DraLedger(state)
+    ledger.slice_changed(slice_of("n1"))
+    before = state.nodes["n1"]
+    ledger.node_refreshed("n1")  # a node heartbeat: nothing to read again
+    assert state.nodes["n1"] is before
+    moved = slice_of("n2")
+    moved["metadata"]["name"] = slice_of("n1")["metadata"]["name"]  # the same slice, now for n2
+    ledger.slice_changed(moved)
+    assert "n1" not in state.nodes and len(state.nodes["n2"].cards) == 2
