@@ -72,6 +72,7 @@ VALUE_SETS: dict[str, ValueSet] = {
             "hami": {"enforcementOptOutNamespaces": ["research"]},
             "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus"}},
             "dashboard": {"enabled": True, "annotations": {"grafana_folder": "GPU"}},
+            "dra": {"enabled": True, "webhookMode": "all"},
         },
     ),
     # webhook certificate from cert-manager; one scheduler replica without leader election; every

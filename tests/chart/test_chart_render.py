@@ -17,6 +17,7 @@ from hami.config.node import parse_node_config_file
 from hami.devices.registry import default_registry
 from hami.extender.schedulerconfig import scheduler_configuration
 from hami.protocol import keys
+from hami.testing.dra import device_class
 from hami.testing.helm import Helm, HelmError
 
 pytestmark = pytest.mark.integration
@@ -93,6 +94,7 @@ def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: st
         lease_namespace=r.values.namespace,
         http_timeout=f"{sched_values.get('extenderHTTPTimeout', 30)}s",
         preempt=sched_values.get("preemption", {}).get("enabled", True),
+        dra=values.get("dra", {}).get("enabled", False),
     )
     assert shipped == expected
 
@@ -114,6 +116,37 @@ def test_preemption_is_on_by_default_and_can_be_switched_off(helm: Helm) -> None
         else:
             assert cfg["extenders"][0]["preemptVerb"] == "preempt"
             assert "--no-preemption" not in args
+
+
+def test_dra_mode(rendered: Render) -> None:
+    """dra.enabled: the DeviceClass the claims name, the extender and webhook in DRA mode, the
+    scheduler's gate, and read access to slices and claims (create only for templates)."""
+    assert not rendered("default").of_kind("DeviceClass")
+    r = rendered("full")
+    [cls] = r.of_kind("DeviceClass")
+    expected = device_class()
+    assert (cls["apiVersion"], cls["metadata"]["name"], cls["spec"]) == (
+        expected["apiVersion"],
+        expected["metadata"]["name"],
+        expected["spec"],
+    )
+    name = f"{r.values.fullname}-scheduler"
+    assert "--dra" in r.container("Deployment", name, "vgpu-scheduler-extender")["args"]
+    assert "--dra=all" in r.container("Deployment", name, "webhook")["args"]
+    assert (
+        "--feature-gates=DRAConsumableCapacity=true"
+        in r.container("Deployment", name, "kube-scheduler")["command"]
+    )
+    rules = r.get("ClusterRole", name)["rules"]
+    dra_rules = [rule for rule in rules if rule["apiGroups"] == ["resource.k8s.io"]]
+    assert dra_rules == [
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceslices", "resourceclaims"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["create"]},
+    ]
 
 
 def test_scheduler_pod(rendered: Render) -> None:

@@ -9,13 +9,10 @@ enforcement off is denied at admission.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from hami.config import DeviceConfig
 from hami.kube.client import KubeClient
@@ -27,13 +24,8 @@ from hami.protocol.pod import decode_pod_devices
 from hami.testing.controlplane import SchedulerHandle
 from hami.testing.gpucluster import create_gpu_node, gpu_cards
 from hami.testing.stack import Stack, wait_for
-from hami.testing.webhooks import create_until_admitted_by_webhook
+from hami.testing.webhooks import create_until_admitted_by_webhook, served_webhook
 from hami.webhook.mutate import WebhookPolicy
-from hami.webhook.server import NamespaceLabelCache, runner_port, start_webhook
-from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook.yaml"
-MWC = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 
 def plain_pod(
@@ -66,62 +58,46 @@ async def test_webhook_to_bound_pod(
 ) -> None:
     node = f"{namespace}-n0"
     await create_gpu_node(kube_client, node, gpu_cards(node, n=2, mem=16000), labels={"hami-test": namespace})
-    certs = generate_self_signed(["127.0.0.1"])
-    runner = await start_webhook(
-        WebhookPolicy.from_config(DeviceConfig.default()),
-        ssl_context=server_context_from_pem(certs.cert_pem, certs.key_pem),
-        namespace_labels=NamespaceLabelCache(kube_client),
-    )
-    doc = yaml.safe_load(DEPLOY.read_text())
-    doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"
-    hook = doc["webhooks"][0]
-    hook["clientConfig"] = {"url": f"https://127.0.0.1:{runner_port(runner)}/webhook"}
-    hook["namespaceSelector"]["matchExpressions"].append(
-        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
-    )
-    await kube_client.create(MWC, doc)
-    try:
-        assert await inject_ca_bundle(kube_client, doc["metadata"]["name"], certs.ca_bundle) == 1
-        async with Stack(kube_config, start_scheduler):
-            pods = api_path("v1", "pods", namespace=namespace)
+    async with (
+        served_webhook(kube_client, WebhookPolicy.from_config(DeviceConfig.default()), namespace),
+        Stack(kube_config, start_scheduler),
+    ):
+        pods = api_path("v1", "pods", namespace=namespace)
 
-            async def discard(pod: dict[str, Any]) -> None:
-                await kube_client.delete(f"{pods}/{pod['metadata']['name']}")
+        async def discard(pod: dict[str, Any]) -> None:
+            await kube_client.delete(f"{pods}/{pod['metadata']['name']}")
 
-            created = await create_until_admitted_by_webhook(
-                lambda i: kube_client.create(
-                    pods, plain_pod(f"train-{i}", namespace, {"nvidia.com/gpumem": "3000"})
+        created = await create_until_admitted_by_webhook(
+            lambda i: kube_client.create(
+                pods, plain_pod(f"train-{i}", namespace, {"nvidia.com/gpumem": "3000"})
+            ),
+            lambda pod: pod["spec"]["schedulerName"] == "hami-scheduler",
+            discard=discard,
+        )
+        limits = created["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["nvidia.com/gpu"] == "1"  # defaultGPUNum added by the webhook
+        name = created["metadata"]["name"]
+        path = api_path("v1", "pods", namespace=namespace, name=name)
+
+        async def bound() -> dict[str, Any] | None:
+            p = await kube_client.get(path)
+            ann = bodies.annotations(p)
+            return p if ann.get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS else None
+
+        pod = await wait_for(bound, timeout=60)
+        assert pod["spec"]["nodeName"] == node
+        [[dev]] = decode_pod_devices(pod["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED])
+        assert dev.usedmem == 3000 and dev.uuid.startswith(f"GPU-{node}-")
+
+        # enforcement cannot be switched off by a tenant: denied before it reaches the scheduler
+        with pytest.raises(ApiError) as info:
+            await kube_client.create(
+                api_path("v1", "pods", namespace=namespace),
+                plain_pod(
+                    "sneaky",
+                    namespace,
+                    {"nvidia.com/gpu": 1},
+                    env=[{"name": "GPU_CORE_UTILIZATION_POLICY", "value": "disable"}],
                 ),
-                lambda pod: pod["spec"]["schedulerName"] == "hami-scheduler",
-                discard=discard,
             )
-            limits = created["spec"]["containers"][0]["resources"]["limits"]
-            assert limits["nvidia.com/gpu"] == "1"  # defaultGPUNum added by the webhook
-            name = created["metadata"]["name"]
-            path = api_path("v1", "pods", namespace=namespace, name=name)
-
-            async def bound() -> dict[str, Any] | None:
-                p = await kube_client.get(path)
-                ann = bodies.annotations(p)
-                return p if ann.get(keys.BIND_PHASE) == keys.BIND_PHASE_SUCCESS else None
-
-            pod = await wait_for(bound, timeout=60)
-            assert pod["spec"]["nodeName"] == node
-            [[dev]] = decode_pod_devices(pod["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED])
-            assert dev.usedmem == 3000 and dev.uuid.startswith(f"GPU-{node}-")
-
-            # enforcement cannot be switched off by a tenant: denied before it reaches the scheduler
-            with pytest.raises(ApiError) as info:
-                await kube_client.create(
-                    api_path("v1", "pods", namespace=namespace),
-                    plain_pod(
-                        "sneaky",
-                        namespace,
-                        {"nvidia.com/gpu": 1},
-                        env=[{"name": "GPU_CORE_UTILIZATION_POLICY", "value": "disable"}],
-                    ),
-                )
-            assert info.value.status == 403 and "GPU_CORE_UTILIZATION_POLICY" in str(info.value)
-    finally:
-        await kube_client.delete(f"{MWC}/{doc['metadata']['name']}")
-        await runner.cleanup()
+        assert info.value.status == 403 and "GPU_CORE_UTILIZATION_POLICY" in str(info.value)

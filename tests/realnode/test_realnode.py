@@ -262,3 +262,13 @@ async def _running(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
 
     pod: dict[str, Any] = await wait_for(running, timeout=120, interval=0.5)
     return pod
+
+
+async def test_the_dra_steering_marker_is_ignored_by_the_kubelet(kc: KubeClient, ns: str) -> None:
+    """A converted DRA pod carries ``hami.io/dra: 1`` (so kube-scheduler calls hami's DRA verbs);
+    no node advertises it, and the real kubelet admits and runs the pod anyway (it drops extended
+    resources its node lacks before its fit check; the device manager allocates only registered ones)."""
+    pod = _pod("marked", ["python3", "-c", "pass"], {keys.DRA_STEER_RESOURCE: "1"}, nodeName=NODES[1])
+    await kc.create(api_path("v1", "pods", namespace=ns), pod)
+    done = await _finished(kc, ns, "marked")
+    assert done["status"]["phase"] == "Succeeded", done["status"]

@@ -219,3 +219,19 @@ def test_the_installed_entry_point_parses_hamis_spellings() -> None:
         timeout=60,
     )
     assert proc.returncode == 2 and "Invalid value for --bind" in proc.stderr
+
+
+def test_dra_mode_flags(
+    extender_settings: list[ExtenderSettings], webhook: list[WebhookSettings], device_config: str
+) -> None:
+    hami_cli("scheduler", f"--device-config={device_config}")
+    hami_cli("scheduler", f"--device-config={device_config}", "--dra")
+    assert [s.dra for s in extender_settings] == [False, True]
+    hami_cli("webhook", f"--cert-file={CERT}", f"--key-file={CERT}")
+    hami_cli("webhook", f"--cert-file={CERT}", f"--key-file={CERT}", "--dra=all")
+    off, all_pods = webhook
+    assert off.policy().dra is None
+    dra = all_pods.policy().dra
+    assert dra is not None and dra.default_mode == "dra"
+    result = CliRunner().invoke(main, ["webhook", f"--cert-file={CERT}", f"--key-file={CERT}", "--dra=some"])
+    assert result.exit_code == 2 and "--dra" in result.output

@@ -82,6 +82,11 @@ from hami.cliutil import option
     show_default=True,
     help="preempt lower-priority pods when only card memory/cores/slots are short (Eviction API)",
 )
+@option(
+    "--dra",
+    is_flag=True,
+    help="DRA mode: count ResourceClaims on hami's cards and serve /dra/filter and /dra/prioritize (docs/dra.md)",
+)
 @cliutil.log_level_option(None)
 @option("-v", "--verbose", count=True, help="without --log-level: -v info, -vv debug (default: warnings)")
 def scheduler_command(
@@ -104,6 +109,7 @@ def scheduler_command(
     lease_name: str | None,
     legacy_metrics: bool,
     preemption: bool,
+    dra: bool,
     log_level: str | None,
     verbose: int,
 ) -> None:
@@ -141,6 +147,7 @@ def scheduler_command(
         bind_queue_limit=bind_queue_limit,
         legacy_metrics=legacy_metrics,
         device_preemption=preemption,
+        dra=dra,
     )
     try:
         kube_config = hami.kube.config.load_config(kubeconfig)

@@ -17,6 +17,7 @@ from aiohttp import web
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
 from hami.extender.devicepreempt import DevicePreemptor
+from hami.extender.dra import DraSteering
 from hami.extender.leasefollow import LeaseFollower
 from hami.extender.metrics import Metrics
 from hami.extender.nodelock import NodeLocker
@@ -30,6 +31,7 @@ from hami.kube.informer import Informer
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
 from hami.protocol import bodies
+from hami.protocol.dra import RESOURCE_API
 from hami.protocol.nodelock import HAMI_NODE_LOCK
 from hami.scheduling.decide import Scheduler
 
@@ -74,6 +76,9 @@ class ExtenderSettings:
     #: preempt lower-priority pods through the Eviction API when only card resources are short
     #: (:mod:`hami.extender.devicepreempt`; the chart's ``scheduler.preemption.enabled``)
     device_preemption: bool = True
+    #: DRA mode: watch ResourceSlices and ResourceClaims (``resource.k8s.io/v1``) into the ledger
+    #: and serve ``/dra/filter`` and ``/dra/prioritize`` (``--dra``)
+    dra: bool = False
 
 
 class _Lease(TypedDict):
@@ -103,7 +108,7 @@ class Extender:
         self.nodes = Informer(
             self.client,
             api_path("v1", "nodes"),
-            on_add=self.sync.node_changed,
+            on_add=self._node_changed,
             on_update=self._node_updated,
             on_delete=self._node_deleted,
             name="nodes",
@@ -125,6 +130,30 @@ class Extender:
             on_delete=self.sync.quota_deleted,
             name="resourcequotas",
         )
+        #: DRA mode: slices and claims into the same ledger, and the DRA pods' verbs
+        self.dra: DraSteering | None = None
+        self.claims: Informer | None = None
+        self.slices: Informer | None = None
+        if settings.dra:
+            split = cfg.nvidia.device_split_count
+            self.claims = Informer(
+                self.client,
+                api_path(RESOURCE_API, "resourceclaims"),
+                on_add=self._claim_changed,
+                on_update=lambda _old, new: self._claim_changed(new),
+                on_delete=self._claim_deleted,
+                name="resourceclaims",
+            )
+            self.dra = DraSteering(self.scheduler, self.claims.get, split=split)
+            self.sync.on_forget.append(self.dra.pod_gone)
+            self.slices = Informer(
+                self.client,
+                api_path(RESOURCE_API, "resourceslices"),
+                on_add=self.dra.slice_changed,
+                on_update=lambda _old, new: self._slice_changed(new),
+                on_delete=self._slice_deleted,
+                name="resourceslices",
+            )
         if settings.leader_elect and settings.follow_scheduler_lease:
             raise ValueError("leader_elect and follow_scheduler_lease are exclusive")
         lease = _Lease(namespace=settings.lease_namespace, name=settings.lease_name)
@@ -202,9 +231,30 @@ class Extender:
         self.service.on_unschedulable = preemptor.filter_failed
         return preemptor
 
+    def _node_changed(self, node: dict[str, Any]) -> None:
+        self.sync.node_changed(node)
+        if self.dra is not None:
+            self.dra.node_refreshed(node)
+
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
-        self.sync.node_changed(new)
+        self._node_changed(new)
         self.locker.node_changed(bodies.name(new))
+
+    def _slice_changed(self, slice_: dict[str, Any]) -> None:
+        assert self.dra is not None
+        self.dra.slice_changed(slice_)
+
+    def _slice_deleted(self, slice_: dict[str, Any]) -> None:
+        assert self.dra is not None
+        self.dra.slice_deleted(slice_)
+
+    def _claim_changed(self, claim: dict[str, Any]) -> None:
+        assert self.dra is not None
+        self.dra.claim_changed(claim)
+
+    def _claim_deleted(self, claim: dict[str, Any]) -> None:
+        assert self.dra is not None
+        self.dra.claim_deleted(claim)
 
     def _node_deleted(self, node: dict[str, Any]) -> None:
         self.sync.node_deleted(node)
@@ -221,7 +271,13 @@ class Extender:
         return True
 
     def _is_synced(self) -> bool:
-        return self.nodes.has_synced and self.pods.has_synced and self.quotas.has_synced
+        extra = [i for i in (self.slices, self.claims) if i is not None]
+        return (
+            self.nodes.has_synced
+            and self.pods.has_synced
+            and self.quotas.has_synced
+            and all(i.has_synced for i in extra)
+        )
 
     @property
     def url(self) -> str:
@@ -247,6 +303,11 @@ class Extender:
         # after the pods: a namespace's first limit counts the pods already in the ledger
         self.quotas.start()
         await self.quotas.wait_synced(timeout=self.settings.sync_timeout)
+        # slices before claims: a claim's devices resolve against the slices already seen
+        for informer in (self.slices, self.claims):
+            if informer is not None:
+                informer.start()
+                await informer.wait_synced(timeout=self.settings.sync_timeout)
         # The caches are large and long-lived; the default thresholds make the collector walk them
         # every few thousand allocations, which shows up as multi-millisecond /filter pauses.
         gc.collect()
@@ -260,7 +321,7 @@ class Extender:
         if self.settings.cert_file:
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(self.settings.cert_file, self.settings.key_file)
-        self._runner = web.AppRunner(make_app(self.service, self.metrics), access_log=None)
+        self._runner = web.AppRunner(make_app(self.service, self.metrics, self.dra), access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port, ssl_context=ssl_ctx)
         await site.start()
@@ -285,6 +346,9 @@ class Extender:
             await self.follower.stop()
         if self.preemptor is not None:
             await self.preemptor.stop()
+        for informer in (self.claims, self.slices):
+            if informer is not None:
+                await informer.stop()
         await self.quotas.stop()
         await self.pods.stop()
         await self.nodes.stop()

@@ -7,6 +7,12 @@ this function (a test keeps the two equal): the extender in the same pod as kube
 HTTP at ``127.0.0.1:8080`` (``hami scheduler``'s default ``--bind``; nothing outside the pod reaches
 it). With ``leader_elect`` kube-scheduler elects on the Lease ``<scheduler_name>`` in
 ``lease_namespace`` (charts/hami: the release namespace).
+
+With ``dra``, a second extender entry serves DRA-mode pods: it manages only the marker
+``hami.io/dra`` the webhook puts on converted pods, has ``filterVerb: dra/filter`` and
+``prioritizeVerb: dra/prioritize`` (weight :data:`DRA_WEIGHT`, so hami's node policy outweighs the
+in-tree scores) and no ``bindVerb``: kube-scheduler's DynamicResources plugin allocates the
+devices and kube-scheduler binds the pod itself.
 """
 
 from __future__ import annotations
@@ -14,6 +20,11 @@ from __future__ import annotations
 from typing import Any
 
 from hami.devices.registry import BackendRegistry
+from hami.protocol import keys
+
+#: the DRA extender's prioritize weight: its 0..10 score becomes 0..100 x weight, against in-tree
+#: score plugins whose weights sum to about 12 (each 0..100)
+DRA_WEIGHT = 20
 
 
 def scheduler_configuration(
@@ -27,6 +38,7 @@ def scheduler_configuration(
     http_timeout: str = "30s",
     insecure_tls: bool = True,
     preempt: bool = True,
+    dra: bool = False,
 ) -> dict[str, Any]:
     """With ``preempt`` (the default, as the chart's ``scheduler.preemption.enabled``),
     ``preemptVerb: preempt`` too: kube-scheduler's DefaultPreemption asks hami which of its victims
@@ -47,12 +59,26 @@ def scheduler_configuration(
         extender["preemptVerb"] = "preempt"
     if extender["enableHTTPS"]:
         extender["tlsConfig"] = {"insecure": insecure_tls}
+    extenders = [extender]
+    if dra:
+        steering = {
+            k: v
+            for k, v in extender.items()
+            if k not in ("filterVerb", "bindVerb", "preemptVerb", "managedResources", "weight")
+        }
+        steering.update(
+            filterVerb="dra/filter",
+            prioritizeVerb="dra/prioritize",
+            weight=DRA_WEIGHT,
+            managedResources=[{"name": keys.DRA_STEER_RESOURCE, "ignoredByScheduler": True}],
+        )
+        extenders.append(steering)
     cfg: dict[str, Any] = {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         "leaderElection": {"leaderElect": leader_elect},
         "profiles": [{"schedulerName": scheduler_name}],
-        "extenders": [extender],
+        "extenders": extenders,
     }
     if leader_elect:
         cfg["leaderElection"].update({"resourceName": scheduler_name, "resourceNamespace": lease_namespace})

@@ -1,4 +1,5 @@
-"""The extender's HTTP(S) endpoints: ``/filter``, ``/bind``, ``/preempt``, ``/healthz``, ``/readyz``, ``/metrics``.
+"""The extender's HTTP(S) endpoints: ``/filter``, ``/bind``, ``/preempt``, ``/healthz``, ``/readyz``, ``/metrics``,
+and with DRA mode ``/dra/filter`` and ``/dra/prioritize`` (:mod:`hami.extender.dra`).
 
 Two applications: :func:`make_app` serves all five for kube-scheduler; :func:`make_ops_app` serves
 only the probes and ``/metrics`` on a port of their own (HAMi's 9395), so Prometheus and the kubelet
@@ -21,6 +22,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
+from hami.extender.dra import DraSteering
 from hami.extender.metrics import Metrics
 from hami.extender.service import BindRefused, Bound, ExtenderService, NotLeader
 from hami.extender.wire import (
@@ -31,6 +33,7 @@ from hami.extender.wire import (
     binding_result,
     filter_result,
     preemption_result,
+    priority_result,
 )
 from hami.protocol import bodies
 
@@ -41,6 +44,7 @@ A = TypeVar("A")
 R = TypeVar("R")
 SERVICE_KEY = web.AppKey("service", ExtenderService)
 METRICS_KEY = web.AppKey("metrics", Metrics)
+DRA_KEY = web.AppKey("dra", DraSteering)
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -126,6 +130,35 @@ async def handle_preempt(request: web.Request) -> web.Response:
     return _json(preemption_result(outcome, args.pdb_violations))
 
 
+async def _dra_args(request: web.Request) -> tuple[DraSteering, ExtenderArgs]:
+    args = await _args(request, ExtenderArgs.parse)
+    return request.app[DRA_KEY], args
+
+
+async def handle_dra_filter(request: web.Request) -> web.Response:
+    """DRA pods: every candidate but nodes where a device-plugin pod could be over-committed."""
+    steering, args = await _dra_args(request)
+    started = time.perf_counter()
+    outcome = await _run("dra filter", _ready_then(request, lambda: steering.filter(args)), None, started)
+    if isinstance(outcome, _Failed):
+        return _json(filter_result(node_names=None, error=outcome.error))
+    return _json(filter_result(node_names=outcome.node_names, failed=outcome.failed))
+
+
+async def handle_dra_prioritize(request: web.Request) -> web.Response:
+    """DRA pods: hami's node score (binpack/spread on the ledger); an error gives no scores."""
+    steering, args = await _dra_args(request)
+    outcome = await _run("dra prioritize", _ready_then(request, lambda: steering.prioritize(args)), None, 0.0)
+    if isinstance(outcome, _Failed):
+        return web.Response(status=503 if outcome.label == "not_leader" else 500, text=outcome.error)
+    return _json(priority_result(outcome))
+
+
+async def _ready_then(request: web.Request, call: Callable[[], R]) -> R:
+    request.app[SERVICE_KEY].check_ready()
+    return call()
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
@@ -153,10 +186,15 @@ def make_ops_app(service: ExtenderService, metrics: Metrics) -> web.Application:
     return app
 
 
-def make_app(service: ExtenderService, metrics: Metrics) -> web.Application:
-    """What kube-scheduler calls (``/filter``, ``/bind``) plus the probes and ``/metrics``."""
+def make_app(service: ExtenderService, metrics: Metrics, dra: DraSteering | None = None) -> web.Application:
+    """What kube-scheduler calls (``/filter``, ``/bind``, and the DRA verbs when ``dra`` is given)
+    plus the probes and ``/metrics``."""
     app = make_ops_app(service, metrics)
     app.router.add_post("/filter", handle_filter)
     app.router.add_post("/bind", handle_bind)
     app.router.add_post("/preempt", handle_preempt)
+    if dra is not None:
+        app[DRA_KEY] = dra
+        app.router.add_post("/dra/filter", handle_dra_filter)
+        app.router.add_post("/dra/prioritize", handle_dra_prioritize)
     return app

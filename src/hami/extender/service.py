@@ -138,7 +138,7 @@ class ExtenderService:
             log.info("dropping the reservation of pod %s: decided %.0f s ago and never bound", uid, now - at)
             self.sync.forget(uid)
 
-    def _check_ready(self) -> None:
+    def check_ready(self) -> None:
         if not self.is_leader():
             raise NotLeader("this hami scheduler replica is not the leader; retry")
         if not self.is_synced():
@@ -146,7 +146,7 @@ class ExtenderService:
 
     # ------------------------------------------------------------------------------ filter
     async def filter(self, args: ExtenderArgs) -> FilterOutcome:
-        self._check_ready()
+        self.check_ready()
         self._expire_reservations()
         pod = args.pod
         uid = bodies.uid(pod)
@@ -205,7 +205,7 @@ class ExtenderService:
         """Per node, the victims whose eviction lets the pod fit its cards (see :mod:`hami.scheduling.preempt`).
 
         Synchronous like filter: the trial on the ledger is never seen by another request."""
-        self._check_ready()
+        self.check_ready()
         priorities = {
             uid: self._priority(uid, args.victim_pods.get(uid)) for v in args.victims.values() for uid in v
         }
@@ -233,7 +233,7 @@ class ExtenderService:
         return BindRefused(reason)
 
     async def bind_pod(self, args: BindingArgs) -> BindResult:
-        self._check_ready()
+        self.check_ready()
         try:
             return await self._bind_pod(args)
         except Exception as exc:  # not a Kubernetes error (a bug, a transport the client did not wrap)

@@ -201,5 +201,10 @@ def filter_result(
     }
 
 
+def priority_result(scores: Mapping[str, int]) -> list[dict[str, Any]]:
+    """``HostPriorityList`` (Go field names: the type has no JSON tags)."""
+    return [{"Host": node, "Score": score} for node, score in scores.items()]
+
+
 def binding_result(error: str = "") -> dict[str, Any]:
     return {"Error": error}

@@ -47,6 +47,21 @@ DRA_ATTR_PRODUCT_NAME: Final = "productName"
 #: node config ``operatingmode`` values: a node runs the device plugin or the DRA kubelet plugin
 OPERATING_MODE_DEVICE_PLUGIN: Final = "device-plugin"
 OPERATING_MODE_DRA: Final = "dra"
+#: hami's own: a node's operating mode as a *node label* (the DRA kubelet plugin's nodes carry
+#: ``dra``; a converted pod gets it as a nodeSelector), and the same key as a pod annotation or a
+#: namespace label choosing the mode for the pod when the webhook runs in DRA mode
+OPERATING_MODE: Final = "hami.io/operating-mode"
+#: device attributes the DRA kubelet plugin publishes beside ``productName`` (slice contract)
+DRA_ATTR_UUID: Final = "uuid"
+DRA_ATTR_INDEX: Final = "index"
+DRA_ATTR_NUMA_NODE: Final = "numaNode"
+#: hami's own extended resource on a converted pod's container: no node advertises it (the kubelet
+#: ignores extended resources its node does not have), the hami-scheduler profile lists it as the
+#: DRA extender's managed resource (``ignoredByScheduler``), so kube-scheduler asks hami to filter
+#: and score the nodes of exactly the converted pods
+DRA_STEER_RESOURCE: Final = "hami.io/dra"
+#: label on the ResourceClaimTemplates the webhook creates
+DRA_TEMPLATE_LABEL: Final = "hami.io/dra-template"
 
 # --- labels -----------------------------------------------------------------------------------
 WEBHOOK_LABEL: Final = "hami.io/webhook"

@@ -51,22 +51,37 @@ async def create_gpu_node(
     client: KubeClient, name: str, cards: Sequence[DeviceInfo], *, labels: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Create a Node carrying ``hami.io/node-nvidia-register`` and allocatable pods/cpu/memory/GPUs."""
+    return await create_node(
+        client,
+        name,
+        labels={"gpu": "on", **(labels or {})},
+        annotations={keys.NODE_NVIDIA_REGISTER: encode_node_devices(cards)},
+        extra_capacity={"nvidia.com/gpu": str(sum(c.count for c in cards))},
+    )
+
+
+async def create_node(
+    client: KubeClient,
+    name: str,
+    *,
+    labels: dict[str, str],
+    annotations: dict[str, str] | None = None,
+    extra_capacity: dict[str, str] | None = None,
+    pods: int = 500,
+) -> dict[str, Any]:
+    """Create a Ready Node with allocatable pods/cpu/memory plus ``extra_capacity``."""
     body = {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {
-            "name": name,
-            "labels": {"gpu": "on", **(labels or {})},
-            "annotations": {keys.NODE_NVIDIA_REGISTER: encode_node_devices(cards)},
-        },
+        "metadata": {"name": name, "labels": labels, "annotations": dict(annotations or {})},
     }
     await client.create(api_path("v1", "nodes"), body)
-    capacity = {
-        "pods": "500",
-        "cpu": "256",
-        "memory": "1Ti",
-        "nvidia.com/gpu": str(sum(c.count for c in cards)),
-    }
+    capacity = {"pods": str(pods), "cpu": "256", "memory": "1Ti", **(extra_capacity or {})}
+    return await set_node_status(client, name, capacity)
+
+
+async def set_node_status(client: KubeClient, name: str, capacity: dict[str, str]) -> dict[str, Any]:
+    """Make the node Ready with ``capacity`` as its capacity and allocatable (no kubelet does it)."""
     status = {
         "status": {
             "capacity": capacity,

@@ -48,6 +48,10 @@ class Stack:
     preempt: bool = False
     #: the extender's device-only preemption (on by default, as in the chart)
     device_preemption: bool = True
+    #: DRA mode: the extender watches slices and claims, kube-scheduler gets the DRA extender entry
+    dra: bool = False
+    #: more kube-scheduler flags (DRA mode: :data:`hami.testing.dra.DRA_GATES`)
+    scheduler_args: tuple[str, ...] = ()
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
@@ -59,6 +63,7 @@ class Stack:
             annotate_at_filter=self.annotate_at_filter,
             bind_queue_limit=self.bind_queue_limit,
             device_preemption=self.device_preemption,
+            dra=self.dra,
         )
 
     async def start_extender(self) -> Extender:
@@ -77,13 +82,18 @@ class Stack:
             self.completer = AllocationCompleter(KubeClient(self.kube_config))
             await self.completer.start()
         cfg = scheduler_configuration(
-            extender_url=f"http://127.0.0.1:{self.port}", registry=default_registry(), preempt=self.preempt
+            extender_url=f"http://127.0.0.1:{self.port}",
+            registry=default_registry(),
+            preempt=self.preempt,
+            dra=self.dra,
         )
         if not self.preempt:  # no candidate nodes: kube-scheduler's preemption never finds victims
             cfg["profiles"][0]["pluginConfig"] = [
                 {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
             ]
-        self.kube_scheduler = await asyncio.to_thread(self.start_scheduler, cfg)
+        self.kube_scheduler = await asyncio.to_thread(
+            self.start_scheduler, cfg, extra_args=self.scheduler_args
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,12 +1,64 @@
-"""Waiting for kube-apiserver to start calling a just-registered admission webhook."""
+"""An in-process admission webhook registered with a real kube-apiserver, and waiting for the API
+server to start calling it."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError
+from hami.webhook.mutate import WebhookPolicy
+from hami.webhook.server import NamespaceLabelCache, ObjectCreator, runner_port, start_webhook
+from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
+
+#: the shipped MutatingWebhookConfiguration (the chart's, rendered)
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "webhook.yaml"
+MWC = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+
+
+@asynccontextmanager
+async def served_webhook(
+    client: KubeClient,
+    policy: WebhookPolicy,
+    namespace: str,
+    *,
+    create_object: ObjectCreator | None = None,
+) -> AsyncIterator[str]:
+    """Serve ``policy`` over HTTPS (a self-signed CA) and register it with ``deploy/webhook.yaml``
+    narrowed to ``namespace``; yields the configuration's name, removes both on exit. The API
+    server picks the registration up asynchronously: create through
+    :func:`create_until_admitted_by_webhook`."""
+    certs = generate_self_signed(["127.0.0.1"])
+    runner = await start_webhook(
+        policy,
+        ssl_context=server_context_from_pem(certs.cert_pem, certs.key_pem),
+        namespace_labels=NamespaceLabelCache(client),
+        create_object=create_object,
+    )
+    doc = yaml.safe_load(DEPLOY.read_text())
+    doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"
+    hook = doc["webhooks"][0]
+    hook["clientConfig"] = {"url": f"https://127.0.0.1:{runner_port(runner)}/webhook"}
+    hook["namespaceSelector"]["matchExpressions"].append(
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
+    )
+    try:
+        await client.create(MWC, doc)
+        try:
+            assert await inject_ca_bundle(client, doc["metadata"]["name"], certs.ca_bundle) == 1
+            yield str(doc["metadata"]["name"])
+        finally:
+            await client.delete(f"{MWC}/{doc['metadata']['name']}")
+    finally:
+        await runner.cleanup()
+
 
 #: what the API server answers while it still holds the configuration from before the CA bundle
 #: was injected (failurePolicy Fail turns the failed TLS verification into a refusal)

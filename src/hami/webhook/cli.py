@@ -46,6 +46,14 @@ from hami.cliutil import option
 )
 @option("--write-ca", type=click.Path(dir_okay=False), help="Also write the self-signed CA (PEM) here.")
 @option("--cert-reload-interval", "reload_interval_s", type=float, default=10.0, show_default=True)
+@option(
+    "--dra",
+    type=click.Choice(["off", "opt-in", "all"]),
+    default="off",
+    show_default=True,
+    help="DRA mode: convert HAMi GPU requests into ResourceClaims for pods choosing hami.io/operating-mode=dra "
+    "(opt-in), or for every pod not choosing device-plugin (all); docs/dra.md.",
+)
 @cliutil.log_level_option("INFO")
 def webhook(
     bind: str,
@@ -61,6 +69,7 @@ def webhook(
     ca_secret: str | None,
     write_ca: str | None,
     reload_interval_s: float,
+    dra: str,
     log_level: str,
 ) -> None:
     """Serve the mutating admission webhook (POST /webhook) over HTTPS."""
@@ -102,6 +111,7 @@ def webhook(
         reload_interval_s=reload_interval_s,
         device_config=cliutil.device_config(device_config, scheduler_name),
         force_overwrite_default_scheduler=force_overwrite_default_scheduler,
+        dra=dra,
     )
     webhook = runner.Webhook(settings)
     cliutil.run_until_stopped(webhook.run_forever, errors=(OSError, ssl.SSLError, ValueError, KubeError))

@@ -29,7 +29,13 @@ plus hami's hardening):
    may not override ``NVIDIA_VISIBLE_DEVICES``);
 7. when any container asks for a managed device: privileged containers → denied; ``spec.nodeName``
    already set → denied; ``schedulerName`` → hami's; then each backend's pod-level admission edits
-   (NVIDIA: ``runtimeClassName`` when configured and unset).
+   (NVIDIA: ``runtimeClassName`` when configured and unset);
+8. with DRA mode on (``policy.dra``) and the pod in DRA mode (:func:`hami.webhook.dra.wants_dra`):
+   each container's NVIDIA resources are replaced by a claim on a ResourceClaimTemplate (returned in
+   ``AdmissionDecision.objects`` for the server to create before answering), the first such
+   container gets ``hami.io/dra: 1`` (the steering marker), the pod gets ``spec.resourceClaims``
+   and ``nodeSelector: {hami.io/operating-mode: dra}``; another vendor's request in a DRA-mode pod,
+   a ``gpumem-percentage`` other than 100 or an unsafe type/UUID annotation → denied.
 
 Every denial reason is collected, so one answer tells the user everything that is wrong.
 """
@@ -45,9 +51,11 @@ from typing import Any
 from hami.config import DeviceConfig
 from hami.devices.base import DeviceRequest, RequestError
 from hami.devices.hooks import AdmissionOutcome
+from hami.devices.nvidia import NvidiaBackend
 from hami.devices.registry import BackendRegistry, default_registry
 from hami.protocol import keys
 from hami.protocol.enforcement import disables_control, disables_core_limit
+from hami.webhook.dra import DraPolicy, claim_request, claim_template, wants_dra
 
 __all__ = [
     "DEFAULT_SCHEDULER",
@@ -80,6 +88,8 @@ class WebhookPolicy:
     scheduler_name: str = "hami-scheduler"
     force_overwrite_default_scheduler: bool = True
     enforcement_opt_out_namespaces: frozenset[str] = frozenset()
+    #: DRA mode (None: off, every pod stays in device-plugin mode)
+    dra: DraPolicy | None = None
 
     @classmethod
     def from_config(
@@ -88,12 +98,14 @@ class WebhookPolicy:
         *,
         force_overwrite_default_scheduler: bool = True,
         registry: BackendRegistry | None = None,
+        dra: DraPolicy | None = None,
     ) -> WebhookPolicy:
         return cls(
             registry=registry if registry is not None else default_registry(config),
             scheduler_name=config.hami.scheduler_name,
             force_overwrite_default_scheduler=force_overwrite_default_scheduler,
             enforcement_opt_out_namespaces=frozenset(config.hami.enforcement_opt_out_namespaces),
+            dra=dra,
         )
 
     @classmethod
@@ -117,6 +129,9 @@ class AdmissionDecision:
     reason: str = ""
     warnings: tuple[str, ...] = ()
     managed: bool = False
+    #: objects the server creates before answering (DRA mode: ResourceClaimTemplates); an
+    #: object that already exists is fine, any other failure denies the pod
+    objects: tuple[dict[str, Any], ...] = ()
 
     @staticmethod
     def skip(reason: str) -> AdmissionDecision:
@@ -185,6 +200,30 @@ class _ContainerEdit:
         self.ops.append(
             {"op": op, "path": f"{self.base}/resources/limits/{escape_pointer(name)}", "value": value}
         )
+
+    def remove_resource(self, name: str) -> None:
+        """Drop ``name`` from the container's limits and requests (as patched so far)."""
+        resources = self.c.get("resources")
+        if not isinstance(resources, dict):
+            return
+        for part in ("limits", "requests"):
+            values = resources.get(part)
+            if isinstance(values, dict) and name in values:
+                del values[name]
+                self.ops.append(
+                    {"op": "remove", "path": f"{self.base}/resources/{part}/{escape_pointer(name)}"}
+                )
+
+    def add_claim(self, claim: str) -> None:
+        """Reference the pod-level resource claim ``claim`` from this container."""
+        resources = self.c.setdefault("resources", {})
+        if not isinstance(resources, dict) or not isinstance(resources.get("claims", []), list):
+            raise ValueError(f"container {self.name!r}: resources.claims must be a list")
+        if "claims" not in resources:
+            resources["claims"] = []
+            self.ops.append({"op": "add", "path": f"{self.base}/resources/claims", "value": []})
+        resources["claims"].append({"name": claim})
+        self.ops.append({"op": "add", "path": f"{self.base}/resources/claims/-", "value": {"name": claim}})
 
     def set_env(self, name: str, value: str) -> bool:
         """Set ``name=value``, replacing the last existing entry; returns True if a different value was replaced."""
@@ -327,6 +366,7 @@ def mutate_pod(
     managed = False
     privileged: list[str] = []
     used: set[str] = set()
+    edits: list[tuple[str, _ContainerEdit, dict[str, DeviceRequest]]] = []
     entries = [("initContainers", i, c) for i, c in enumerate(init_containers)] + [
         ("containers", i, c) for i, c in enumerate(containers)
     ]
@@ -360,6 +400,9 @@ def mutate_pod(
         edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, cname, ops)
         for vendor, admission in admissions:
             admission.admit_container(requests.get(vendor), edit, out)
+        if requests:
+            claim = f"hami-gpu-{'init-' if field_name == 'initContainers' else ''}{index}"
+            edits.append((claim, edit, requests))
 
     if invalid:
         return AdmissionDecision.deny(invalid + denials, code=400)
@@ -383,6 +426,17 @@ def mutate_pod(
     if denials:
         return AdmissionDecision.deny(denials, code=403)
 
+    templates: list[dict[str, Any]] = []
+    if managed and policy.dra is not None:
+        try:
+            to_dra = wants_dra(_annotations(pod), namespace_labels, policy.dra)
+            if to_dra:
+                templates = _convert_to_dra(
+                    spec, edits, ops, namespace or "default", _annotations(pod), policy
+                )
+        except (ValueError, RequestError) as exc:
+            return AdmissionDecision.deny([str(exc)], code=400)
+
     if managed:
         if scheduler != policy.scheduler_name:
             op = "replace" if "schedulerName" in spec else "add"
@@ -396,4 +450,95 @@ def mutate_pod(
         managed=managed,
         reason="mutated" if ops else "unchanged",
         warnings=tuple(warnings),
+        objects=tuple(templates),
     )
+
+
+def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta = pod.get("metadata")
+    annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
+    return annotations if isinstance(annotations, Mapping) else {}
+
+
+def _convert_to_dra(
+    spec: Mapping[str, Any],
+    edits: Sequence[tuple[str, _ContainerEdit, dict[str, DeviceRequest]]],
+    ops: list[JsonPatchOp],
+    namespace: str,
+    annotations: Mapping[str, Any],
+    policy: WebhookPolicy,
+) -> list[dict[str, Any]]:
+    """Rule 8: the JSON-patch edits (appended to ``ops``) and the templates to create.
+
+    Raises RequestError / ValueError naming the container and resource that cannot be converted."""
+    assert policy.dra is not None
+    backend = next((b for b in policy.registry if b.vendor == keys.VENDOR_NVIDIA), None)
+    if not isinstance(backend, NvidiaBackend):
+        raise ValueError("pod: DRA mode serves NVIDIA requests, and the NVIDIA backend is not enabled")
+    templates: dict[str, dict[str, Any]] = {}
+    claims: list[dict[str, str]] = []
+    marked = False
+    for claim, edit, requests in edits:
+        others = sorted(v for v in requests if v != keys.VENDOR_NVIDIA)
+        if others:
+            raise RequestError(
+                container=edit.name,
+                resource=", ".join(others),
+                reason=f"DRA mode serves NVIDIA GPUs only; run this pod in device-plugin mode "
+                f"({keys.OPERATING_MODE}: {keys.OPERATING_MODE_DEVICE_PLUGIN})",
+            )
+        request = claim_request(
+            requests[keys.VENDOR_NVIDIA],
+            container=edit.name,
+            annotations=annotations,
+            percentage_resource=backend.config.resource_memory_percentage_name,
+            device_class=policy.dra.device_class,
+        )
+        template = claim_template(namespace, request)
+        name = template["metadata"]["name"]
+        templates[name] = template
+        for resource in backend.resource_names:
+            edit.remove_resource(resource)
+        edit.add_claim(claim)
+        if not marked:
+            edit.set_limit(keys.DRA_STEER_RESOURCE, "1")
+            marked = True
+        claims.append({"name": claim, "resourceClaimTemplateName": name})
+    if not claims:
+        return []
+    existing = spec.get("resourceClaims")
+    if existing is None:
+        ops.append({"op": "add", "path": "/spec/resourceClaims", "value": claims})
+    elif isinstance(existing, list):
+        taken = {c.get("name") for c in existing if isinstance(c, Mapping)}
+        for c in claims:
+            if c["name"] in taken:
+                raise ValueError(
+                    f"pod: spec.resourceClaims: the name {c['name']!r} is reserved for hami's DRA claims"
+                )
+            ops.append({"op": "add", "path": "/spec/resourceClaims/-", "value": c})
+    else:
+        raise ValueError("pod: spec.resourceClaims must be a list")
+    selector = spec.get("nodeSelector")
+    if isinstance(selector, Mapping):
+        current = selector.get(keys.OPERATING_MODE)
+        if current not in (None, keys.OPERATING_MODE_DRA):
+            raise ValueError(
+                f"pod: spec.nodeSelector[{keys.OPERATING_MODE}]: {current!r} contradicts DRA mode"
+            )
+        ops.append(
+            {
+                "op": "add",
+                "path": f"/spec/nodeSelector/{escape_pointer(keys.OPERATING_MODE)}",
+                "value": keys.OPERATING_MODE_DRA,
+            }
+        )
+    else:
+        ops.append(
+            {
+                "op": "add",
+                "path": "/spec/nodeSelector",
+                "value": {keys.OPERATING_MODE: keys.OPERATING_MODE_DRA},
+            }
+        )
+    return list(templates.values())

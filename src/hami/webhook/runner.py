@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,11 +20,20 @@ from aiohttp import web
 
 from hami.config import DeviceConfig
 from hami.kube.client import KubeClient
+from hami.kube.errors import AlreadyExistsError
 from hami.kube.informer import Informer
 from hami.kube.paths import api_path
+from hami.protocol import bodies, keys
+from hami.webhook.dra import DraPolicy
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.quota import QuotaGate
-from hami.webhook.server import NamespaceLabelCache, NamespaceLabels, set_ready, start_webhook
+from hami.webhook.server import (
+    NamespaceLabelCache,
+    NamespaceLabels,
+    ObjectCreator,
+    set_ready,
+    start_webhook,
+)
 from hami.webhook.tls import (
     CertReloader,
     SelfSigned,
@@ -62,11 +72,49 @@ class WebhookSettings:
     #: watch ResourceQuotas and deny a GPU pod that can never fit its namespace's device quota
     quota_lookup: bool = True
     reload_interval_s: float = 10.0
+    #: DRA mode: ``off``; ``opt-in`` (pods or namespaces choose ``hami.io/operating-mode: dra``);
+    #: ``all`` (every HAMi pod converted unless it chooses ``device-plugin``)
+    dra: str = "off"
 
     def policy(self) -> WebhookPolicy:
         return WebhookPolicy.from_config(
-            self.device_config, force_overwrite_default_scheduler=self.force_overwrite_default_scheduler
+            self.device_config,
+            force_overwrite_default_scheduler=self.force_overwrite_default_scheduler,
+            dra=dra_policy(self.dra),
         )
+
+
+DRA_SETTINGS = ("off", "opt-in", "all")
+
+
+def dra_policy(setting: str) -> DraPolicy | None:
+    """The webhook's DRA policy for ``--dra``; raises ValueError naming a bad value."""
+    if setting == "off":
+        return None
+    if setting == "opt-in":
+        return DraPolicy(default_mode=keys.OPERATING_MODE_DEVICE_PLUGIN)
+    if setting == "all":
+        return DraPolicy(default_mode=keys.OPERATING_MODE_DRA)
+    raise ValueError(f"--dra: {setting!r} is not one of {', '.join(DRA_SETTINGS)}")
+
+
+_PLURALS = {"ResourceClaimTemplate": "resourceclaimtemplates"}
+
+
+def api_creator(client: KubeClient) -> ObjectCreator:
+    """Creates a decision's objects through the API; an object that already exists is success
+    (templates are named by their content, so the existing one is the same)."""
+
+    async def create(obj: Mapping[str, Any]) -> None:
+        kind = str(obj.get("kind"))
+        plural = _PLURALS.get(kind)
+        if plural is None:
+            raise ValueError(f"the webhook does not create {kind} objects")
+        path = api_path(str(obj.get("apiVersion")), plural, namespace=bodies.namespace(obj))
+        with contextlib.suppress(AlreadyExistsError):
+            await client.create(path, dict(obj))
+
+    return create
 
 
 def _kube_client(kubeconfig: str | None, required: bool) -> KubeClient | None:
@@ -111,8 +159,11 @@ class Webhook:
 
     async def start(self) -> None:
         s = self.settings
-        if s.webhook_config_name or s.ca_secret or s.namespace_lookup or s.quota_lookup:
-            self.client = _kube_client(s.kubeconfig, required=bool(s.webhook_config_name or s.ca_secret))
+        dra = self.policy.dra is not None
+        if s.webhook_config_name or s.ca_secret or s.namespace_lookup or s.quota_lookup or dra:
+            self.client = _kube_client(
+                s.kubeconfig, required=bool(s.webhook_config_name or s.ca_secret or dra)
+            )
         ctx = await self._tls()
         client = self.client
         labels: NamespaceLabels | None = (
@@ -126,6 +177,7 @@ class Webhook:
             port=s.port,
             ssl_context=ctx,
             namespace_labels=labels,
+            create_object=api_creator(client) if client is not None and dra else None,
             ready=not s.webhook_config_name,
             quota=self.quota.denials if self.quota is not None else None,
         )

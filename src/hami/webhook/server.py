@@ -38,6 +38,7 @@ from hami.webhook.quota import QuotaCheck
 __all__ = [
     "NamespaceLabelCache",
     "NamespaceLabels",
+    "ObjectCreator",
     "WebhookState",
     "decide",
     "make_app",
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 
 #: Looks up a namespace's labels; None when unknown (lookups must not raise, but are guarded anyway).
 NamespaceLabels = Callable[[str], Awaitable[Mapping[str, Any] | None]]
+#: Creates one object a decision needs (DRA mode: a ResourceClaimTemplate); "already exists" is
+#: success, any other failure raises (the pod is then denied, naming the object and the error).
+ObjectCreator = Callable[[Mapping[str, Any]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class WebhookState:
 
     policy: WebhookPolicy
     namespace_labels: NamespaceLabels | None = None
+    create_object: ObjectCreator | None = None
     ready: bool = True
     why: str = ""
     quota: QuotaCheck | None = None
@@ -127,10 +132,15 @@ async def decide(
     request: AdmissionRequest,
     policy: WebhookPolicy,
     namespace_labels: NamespaceLabels | None = None,
+    *,
     quota: QuotaCheck | None = None,
+    create_object: ObjectCreator | None = None,
 ) -> AdmissionDecision:
     """The decision for one parsed review (never raises). With ``quota``, a GPU pod the mutation
-    allows is denied (403) when it can never fit its namespace's device quota."""
+    allows is denied (403) when it can never fit its namespace's device quota.
+
+    Objects the decision needs are created before the answer (not on a dry run): a pod is only
+    admitted once the templates its claims name exist."""
     if request.kind and request.kind != "Pod":
         return AdmissionDecision.skip(f"not a Pod ({request.kind})")
     if request.operation and request.operation != "CREATE":
@@ -154,10 +164,32 @@ async def decide(
             over = quota(pod, request.namespace)
             if over:
                 return AdmissionDecision.deny(over, code=403)
-        return decision
     except Exception as exc:
         log.exception("webhook: internal error deciding on pod %s/%s", request.namespace, request.name)
         return AdmissionDecision.deny([f"hami webhook internal error: {type(exc).__name__}: {exc}"], code=500)
+    if decision.allowed and decision.objects and not request.dry_run:
+        return await _create_objects(decision, create_object)
+    return decision
+
+
+async def _create_objects(
+    decision: AdmissionDecision, create_object: ObjectCreator | None
+) -> AdmissionDecision:
+    for obj in decision.objects:
+        kind, name = obj.get("kind", "object"), bodies.name(obj)
+        if create_object is None:
+            return AdmissionDecision.deny(
+                [f"pod: the {kind} {name!r} it needs cannot be created: this webhook has no API access"],
+                code=500,
+            )
+        try:
+            await create_object(obj)
+        except Exception as exc:
+            log.warning("webhook: creating %s %s/%s failed: %s", kind, bodies.namespace(obj), name, exc)
+            return AdmissionDecision.deny(
+                [f"pod: creating the {kind} {name!r} it needs failed: {type(exc).__name__}: {exc}"], code=500
+            )
+    return decision
 
 
 def _pod_name(request: AdmissionRequest) -> str:
@@ -175,7 +207,9 @@ async def _handle_review(req: web.Request) -> web.Response:
         log.info("webhook: bad AdmissionReview from %s: %s", req.remote, exc)
         return web.json_response({"code": 400, "message": f"bad AdmissionReview: {exc}"}, status=400)
     state = req.app[STATE_KEY]
-    decision = await decide(areq, state.policy, state.namespace_labels, state.quota)
+    decision = await decide(
+        areq, state.policy, state.namespace_labels, quota=state.quota, create_object=state.create_object
+    )
     if not decision.allowed:
         log.info("webhook: denied %s: %s", _pod_name(areq), decision.message)
     elif decision.patch:
@@ -199,13 +233,19 @@ def make_app(
     policy: WebhookPolicy,
     *,
     namespace_labels: NamespaceLabels | None = None,
+    create_object: ObjectCreator | None = None,
     ready: bool = True,
     quota: QuotaCheck | None = None,
 ) -> web.Application:
     """The aiohttp application (see :func:`set_ready` for ``/readyz``)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE_KEY] = WebhookState(
-        policy=policy, namespace_labels=namespace_labels, ready=ready, why="starting", quota=quota
+        policy=policy,
+        namespace_labels=namespace_labels,
+        create_object=create_object,
+        ready=ready,
+        why="starting",
+        quota=quota,
     )
     app.router.add_post("/webhook", _handle_review)
     app.router.add_post("/mutate", _handle_review)
@@ -221,13 +261,16 @@ async def start_webhook(
     port: int = 0,
     ssl_context: ssl.SSLContext | None = None,
     namespace_labels: NamespaceLabels | None = None,
+    create_object: ObjectCreator | None = None,
     ready: bool = True,
     quota: QuotaCheck | None = None,
 ) -> web.AppRunner:
     """Serve on ``host:port`` (0 = any free port, see :func:`runner_port`); HTTPS when
     ``ssl_context`` is given (always in production: the API server only calls HTTPS webhooks).
     Stop with ``await runner.cleanup()``."""
-    app = make_app(policy, namespace_labels=namespace_labels, ready=ready, quota=quota)
+    app = make_app(
+        policy, namespace_labels=namespace_labels, create_object=create_object, ready=ready, quota=quota
+    )
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)

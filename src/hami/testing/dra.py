@@ -1,0 +1,135 @@
+"""DRA-mode fake nodes for tests and benchmarks: ResourceSlices in the DRA kubelet plugin's format.
+
+A DRA-mode node is a Node labelled ``hami.io/operating-mode=dra`` that advertises no
+``nvidia.com/gpu``, plus one ResourceSlice (driver ``hami-core-gpu.project-hami.io``, pool = the
+node's name) listing its cards as devices ``gpu-<index>`` with the attributes ``uuid``, ``index``,
+``numaNode``, ``productName`` and the consumable capacities ``memory`` (MiB, as a quantity; a
+request naming none takes the whole card) and ``cores`` (100; a request naming none takes 0), each
+allowing multiple allocations — the contract of ``docs/dra.md`` ("Slice format"). The cards come from the same inventory
+:func:`hami.testing.gpucluster.gpu_cards` builds for device-plugin nodes, so one test can switch a
+node between the modes. :data:`DRA_GATES` are the feature gates the control plane needs (Kubernetes
+1.34: consumable capacity is alpha).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from hami.draplugin.slices import device_class
+from hami.kube.client import KubeClient
+from hami.kube.errors import AlreadyExistsError
+from hami.kube.paths import api_path
+from hami.protocol import keys
+from hami.protocol.dra import RESOURCE_API
+from hami.protocol.node import DeviceInfo
+from hami.testing.gpucluster import create_node
+from hami.webhook.mutate import WebhookPolicy, mutate_pod
+from hami.webhook.runner import api_creator
+
+__all__ = [
+    "DRA_GATES",
+    "RESOURCE_API",
+    "converted_pod",
+    "create_converted_pod",
+    "create_device_class",
+    "create_dra_node",
+    "device_class",
+    "resource_slice",
+]
+
+#: kube-apiserver, kube-scheduler and kube-controller-manager flags for consumable capacity
+DRA_GATES = ("--feature-gates=DRAConsumableCapacity=true",)
+
+
+def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 1) -> dict[str, Any]:
+    """The node's ResourceSlice (one per node, pool = node name)."""
+    devices = [
+        {
+            "name": f"gpu-{c.index}",
+            "attributes": {
+                keys.DRA_ATTR_UUID: {"string": c.id},
+                keys.DRA_ATTR_INDEX: {"int": c.index},
+                keys.DRA_ATTR_NUMA_NODE: {"int": c.numa},
+                keys.DRA_ATTR_PRODUCT_NAME: {"string": c.type},
+            },
+            "capacity": {
+                keys.DRA_CAPACITY_MEMORY: {
+                    "value": f"{c.devmem}Mi",
+                    "requestPolicy": {
+                        "default": f"{c.devmem}Mi",
+                        "validRange": {"min": "1Mi", "step": "1Mi"},
+                    },
+                },
+                keys.DRA_CAPACITY_CORES: {
+                    "value": str(c.devcore),
+                    "requestPolicy": {
+                        "default": "0",
+                        "validRange": {"min": "0", "max": str(c.devcore), "step": "1"},
+                    },
+                },
+            },
+            "allowMultipleAllocations": True,
+        }
+        for c in cards
+    ]
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "ResourceSlice",
+        "metadata": {"name": f"{node}-{keys.DRA_DRIVER}"},
+        "spec": {
+            "driver": keys.DRA_DRIVER,
+            "pool": {"name": node, "generation": generation, "resourceSliceCount": 1},
+            "nodeName": node,
+            "devices": devices,
+        },
+    }
+
+
+async def create_device_class(client: KubeClient) -> None:
+    """Create the DeviceClass (already there is fine: one cluster-wide object)."""
+    with contextlib.suppress(AlreadyExistsError):
+        await client.create(api_path(RESOURCE_API, "deviceclasses"), device_class())
+
+
+async def create_dra_node(
+    client: KubeClient,
+    name: str,
+    cards: Sequence[DeviceInfo],
+    *,
+    labels: dict[str, str] | None = None,
+    pods: int = 500,
+) -> dict[str, Any]:
+    """Create a DRA-mode node (label, allocatable without ``nvidia.com/gpu``) and its ResourceSlice."""
+    node = await create_node(
+        client, name, labels={keys.OPERATING_MODE: keys.OPERATING_MODE_DRA, **(labels or {})}, pods=pods
+    )
+    await client.create(api_path(RESOURCE_API, "resourceslices"), resource_slice(name, cards))
+    return node
+
+
+def converted_pod(
+    pod: dict[str, Any], namespace: str, policy: WebhookPolicy
+) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """The pod as the webhook in DRA mode admits it (its pure core, no admission round trip), and
+    the ResourceClaimTemplates it needs; raises AssertionError with the denial."""
+    import jsonpatch  # a test dependency (the dev group), like pytest in hami.testing.fixtures
+
+    decision = mutate_pod(pod, namespace=namespace, namespace_labels=None, policy=policy)
+    if not decision.allowed:
+        raise AssertionError(f"the webhook denies the pod: {decision.message}")
+    converted: dict[str, Any] = jsonpatch.apply_patch(pod, list(decision.patch))
+    return converted, decision.objects
+
+
+async def create_converted_pod(
+    client: KubeClient, namespace: str, policy: WebhookPolicy, pod: dict[str, Any]
+) -> dict[str, Any]:
+    """Create the templates and the converted pod (see :func:`converted_pod`)."""
+    converted, templates = converted_pod(pod, namespace, policy)
+    create = api_creator(client)
+    for obj in templates:
+        await create(obj)
+    created: dict[str, Any] = await client.create(api_path("v1", "pods", namespace=namespace), converted)
+    return created
