@@ -22,19 +22,60 @@ from typing import Any
 import orjson
 
 from hami.devices.base import Card
-from hami.devices.hooks import QuotaScoped
+from hami.devices.hooks import (
+    CARD_COMPUTE_EXHAUSTED,
+    CARD_INSUFFICIENT_CORE,
+    CARD_INSUFFICIENT_MEMORY,
+    EXCLUSIVE_CONFLICT,
+    QuotaScoped,
+)
 from hami.devices.registry import BackendRegistry
 from hami.protocol import bodies
-from hami.scheduling.decide import Scheduler
+from hami.scheduling.decide import NODE_UNREGISTERED, Scheduler
+from hami.scheduling.fit import (
+    ALLOCATED_CARDS_INSUFFICIENT,
+    CARD_CORDONED,
+    CARD_NOT_HEALTHY,
+    CARD_SLOTS_EXHAUSTED,
+    NODE_INSUFFICIENT_DEVICE,
+    NUMA_NOT_FIT,
+)
 from hami.scheduling.state import ClusterState
+
+#: the core's reason codes in plain words (codes from hami.scheduling.fit / hami.devices.hooks /
+#: CardSelector, HAMi's names); a reason names ``k/n CODE``: k of the node's n cards said CODE
+GLOSSARY = {
+    CARD_INSUFFICIENT_MEMORY: "not enough free memory on the card for the asked amount",
+    CARD_INSUFFICIENT_CORE: "not enough free compute (cores percent) on the card",
+    CARD_COMPUTE_EXHAUSTED: "the card's compute units are all taken",
+    EXCLUSIVE_CONFLICT: "the card is shared, and the pod asks for it whole (or holds it whole)",
+    CARD_SLOTS_EXHAUSTED: "every slice (time-slicing slot) of the card is taken",
+    CARD_NOT_HEALTHY: "the card is reported unhealthy",
+    CARD_CORDONED: "the card is cordoned (hami.io/device-cordon)",
+    "CardTypeMismatch": "the card's model or mode is not the one the pod's annotations ask for",
+    "CardUuidMismatch": "the card is not one the pod's annotations allow",
+    NODE_INSUFFICIENT_DEVICE: "the node has fewer cards than the pod asks for",
+    NUMA_NOT_FIT: "no single NUMA node holds enough fitting cards (NUMA binding asked)",
+    ALLOCATED_CARDS_INSUFFICIENT: "fewer cards fit than the pod asks for",
+    NODE_UNREGISTERED: "the node has registered no card of this vendor",
+}
+
+
+def plain_words(reason: str) -> list[str]:
+    """The glossary entries of the codes that ``reason`` names, in glossary order."""
+    return [text for code, text in GLOSSARY.items() if code in reason]
 
 
 @dataclass(frozen=True, slots=True)
 class NodeGroup:
-    """Nodes the core rejected for the same reason."""
+    """Nodes the core rejected for the same reason; ``meaning``: the reason in plain words."""
 
     reason: str
     nodes: tuple[str, ...]
+
+    @property
+    def meaning(self) -> list[str]:
+        return plain_words(self.reason)
 
 
 @dataclass(frozen=True, slots=True)

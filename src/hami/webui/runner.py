@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +31,10 @@ from hami.kube.informer import Informer
 from hami.kube.paths import api_path
 from hami.protocol import bodies
 from hami.scheduling.decide import Scheduler
-from hami.webui.explain import FitCounter
+from hami.webui.explain import ExplainCache, FitCounter
 from hami.webui.server import make_app
 from hami.webui.usage import FAMILIES, LiveUsage, merged, parse_monitor_metrics, parse_prometheus_vector
-from hami.webui.views import Snapshot
+from hami.webui.views import MAX_EXPLAINED, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -100,35 +100,40 @@ class WebUI:
         )
         self.sync = LedgerSync(self.scheduler, scheduler_name=self.scheduler_name)
         self.fit_counter = FitCounter(self.scheduler)
-        self.nodes = Informer(
-            self.client,
-            api_path("v1", "nodes"),
-            on_add=self.sync.node_changed,
-            on_update=lambda _old, new: self.sync.node_changed(new),
-            on_delete=self.sync.node_deleted,
-            name="webui-nodes",
-        )
-        self.pods = Informer(
-            self.client,
-            api_path("v1", "pods"),
-            on_add=self.sync.pod_changed,
-            on_update=lambda _old, new: self.sync.pod_changed(new),
-            on_delete=self.sync.pod_deleted,
-            name="webui-pods",
-        )
-        self.quotas = Informer(
-            self.client,
-            api_path("v1", "resourcequotas"),
-            on_add=self.sync.quota_changed,
-            on_update=lambda _old, new: self.sync.quota_changed(new),
-            on_delete=self.sync.quota_deleted,
-            name="webui-resourcequotas",
-        )
+        self.explain_cache = ExplainCache(MAX_EXPLAINED)
+        #: bumped by every watch event: explanations computed at one version are reused until it changes
+        self.version = 0
+        self.nodes = self._informer("nodes", self.sync.node_changed, self.sync.node_deleted)
+        self.pods = self._informer("pods", self.sync.pod_changed, self.sync.pod_deleted)
+        self.quotas = self._informer("resourcequotas", self.sync.quota_changed, self.sync.quota_deleted)
         self.usage = LiveUsage()
         self._http: aiohttp.ClientSession | None = None
         self._poller: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self.port = settings.port
+
+    def _informer(
+        self,
+        resource: str,
+        changed: Callable[[dict[str, Any]], None],
+        deleted: Callable[[dict[str, Any]], None],
+    ) -> Informer:
+        def on_change(obj: dict[str, Any]) -> None:
+            self.version += 1
+            changed(obj)
+
+        def on_delete(obj: dict[str, Any]) -> None:
+            self.version += 1
+            deleted(obj)
+
+        return Informer(
+            self.client,
+            api_path("v1", resource),
+            on_add=on_change,
+            on_update=lambda _old, new: on_change(new),
+            on_delete=on_delete,
+            name=f"webui-{resource}",
+        )
 
     # --- data ---------------------------------------------------------------------------------
     def synced(self) -> bool:
@@ -143,6 +148,8 @@ class WebUI:
             scheduler_name=self.scheduler_name,
             pod_errors=self.sync.pod_errors,
             fit_counter=self.fit_counter,
+            explain_cache=self.explain_cache,
+            version=self.version,
         )
 
     async def _get(self, url: str) -> tuple[int, bytes]:

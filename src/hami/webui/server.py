@@ -110,6 +110,7 @@ class Renderer:
 
     def __init__(self) -> None:
         self.env = environment()
+        self.macros = self.env.get_template("_macros.html").module
 
     def context(self, page: Page, snap: Snapshot, query: Query) -> dict[str, Any]:
         ctx: dict[str, Any] = {"q": query.q, "page": query.page, "pages": 1}
@@ -146,7 +147,8 @@ class Renderer:
 
     def render(self, page: Page, snap: Snapshot, query: Query) -> str:
         ctx = self.context(page, snap, query)
-        ctx.update(current=page, pages_nav=PAGES, refresh_ms=REFRESH_MS)
+        # the macros as a context value: a block rendered alone (a fragment) sees no template imports
+        ctx.update(current=page, pages_nav=PAGES, refresh_ms=REFRESH_MS, m=self.macros)
         template = self.env.get_template(f"{page.name}.html")
         if query.fragment:
             return "".join(template.blocks["live"](template.new_context(ctx)))

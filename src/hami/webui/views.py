@@ -21,6 +21,8 @@ from typing import Any
 
 from hami.devices.base import Card
 from hami.protocol import bodies
+from hami.protocol.errors import ProtocolError
+from hami.protocol.quantity import parse_int_quantity
 from hami.scheduling.decide import Scheduler
 from hami.scheduling.state import PodAllocation
 from hami.webui.explain import (
@@ -102,8 +104,16 @@ def device_limits(pod: Mapping[str, Any], resource_names: Sequence[str]) -> list
             continue
         for k, v in sorted(limits.items()):
             if k in managed:
-                out.append((str(c.get("name", "?")), str(k), str(v)))
+                out.append((str(c.get("name", "?")), str(k), _quantity(v)))
     return out
+
+
+def _quantity(value: Any) -> str:
+    """A device quantity as a plain number (the API server stores ``8000`` as ``8k``)."""
+    try:
+        return str(parse_int_quantity(value, field="limit"))
+    except ProtocolError:
+        return str(value)
 
 
 def paginate(rows: Sequence[Any], page: int, per_page: int) -> tuple[Sequence[Any], int, int]:
