@@ -67,6 +67,7 @@ VALUE_SETS: dict[str, ValueSet] = {
                 "extraEnvs": {"LOG_LEVEL": "debug"},
             },
             "monitor": {"enabled": True, "service": {"type": "NodePort"}},
+            "webui": {"enabled": True, "usageInterval": 2},
             "devices": {"nvidia": {"gpuCorePolicy": "force", "libCudaLogLevel": 3}},
             "hami": {"enforcementOptOutNamespaces": ["research"]},
             "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus"}},
