@@ -170,8 +170,9 @@ def make_app(
     async def headers(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
-        except web.HTTPException as exc:
-            response = exc
+        except web.HTTPException as exc:  # 404, 405: the same headers
+            exc.headers.update(SECURITY_HEADERS)
+            raise
         response.headers.update(SECURITY_HEADERS)
         return response
 
