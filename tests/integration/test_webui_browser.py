@@ -17,67 +17,57 @@ the navigation and a table; no page scrolls horizontally.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hami.kube.client import KubeClient
-from hami.kube.paths import api_path
-from hami.monitor.runner import Monitor, MonitorSettings
-from hami.protocol import keys
-from hami.protocol.pod import ContainerDevice, encode_pod_devices
+from hami.protocol.pod import ContainerDevice
+from hami.testing import webuiseed as w
 from hami.testing.browser import Watch, chromium, new_page, require_chromium
 from hami.testing.controlplane import ControlPlane
-from hami.testing.gpucluster import create_gpu_node, gpu_cards
-from hami.testing.regions import FakeDevice, FakeProcess, FakeRegion, SlotHolder, write_region
 from hami.testing.stack import wait_for
+from hami.testing.webuiapi import LiveContainer, live_monitor, store, store_pod
 from hami.webui.runner import WebUI, WebUISettings
 from hami.webui.server import PAGES
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
 HOSTILE = "<img src=x onerror=alert(1)>"
 #: the waiting pod's card type (no card's type contains it, so the pod waits)
 HOSTILE_TYPE = '"><script>alert(2)</script>'
 SECRET = "s3cr3t-env-value-never-shown"
 
 
-def bound_pod(name: str, node: str, devices: list[ContainerDevice], **extra: Any) -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": name,
-            "annotations": {
-                keys.VGPU_NODE: node,
-                keys.VGPU_DEVICES_ALLOCATED: encode_pod_devices([devices]),
-                keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS,
-                **extra.get("annotations", {}),
-            },
-        },
-        "spec": {
-            "schedulerName": "hami-scheduler",
-            "nodeName": node,
-            "containers": [
-                {
-                    "name": "main",
-                    "image": "registry.invalid/cuda:12",
-                    "env": [{"name": "API_TOKEN", "value": SECRET}],
-                    "resources": {
-                        "limits": {
-                            "nvidia.com/gpu": len(devices),
-                            "nvidia.com/gpumem": devices[0].usedmem,
-                            "nvidia.com/gpucores": devices[0].usedcores,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+class Seeded:
+    """Two nodes (one reporting a hostile card type), two bound pods, a waiting pod, a quota."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        # short: a card UUID (GPU-<node>-<i>) must fit the region's 47-byte UUID field
+        self.node_a = f"wa-{ns[-6:]}"
+        self.node_b = f"wb-{ns[-6:]}"
+        self.cards_a = w.cards_of(self.node_a, 2, mem=16384, type="NVIDIA-A100")
+        self.cards_b = w.cards_of(self.node_b, 1, mem=24576, type=f"NVIDIA-{HOSTILE}")
+        self.nodes = [w.node(self.node_a, self.cards_a), w.node(self.node_b, self.cards_b)]
+        train = w.running_pod(
+            "train", ns, self.node_a, [ContainerDevice(self.cards_a[0].id, "NVIDIA", 8000, 30)]
+        )
+        train["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = (
+            f'{{"env": "{SECRET}"}}'
+        )
+        train["spec"]["containers"][0]["env"] = [{"name": "API_TOKEN", "value": SECRET}]
+        infer = w.running_pod(
+            "infer", ns, self.node_b, [ContainerDevice(self.cards_b[0].id, "NVIDIA", 4000, 10)]
+        )
+        self.pods = [train, infer, w.pending_pod("waits", ns, mem=2000, gputype=HOSTILE_TYPE)]
+        self.quotas = [
+            {
+                "metadata": {"name": "gpu", "namespace": ns},
+                "spec": {"hard": {"limits.nvidia.com/gpumem": "20000"}},
+            }
+        ]
 
 
 async def now(fn: Any) -> Any:
@@ -85,102 +75,16 @@ async def now(fn: Any) -> Any:
     return fn()
 
 
-class Seeded:
-    def __init__(self, ns: str) -> None:
-        self.ns = ns
-        # short: a card UUID (GPU-<node>-<i>) must fit the region's 47-byte UUID field
-        self.node_a = f"wa-{ns[-6:]}"
-        self.node_b = f"wb-{ns[-6:]}"
-        self.cards_a = gpu_cards(self.node_a, 2, mem=16384)
-        self.cards_b = gpu_cards(self.node_b, 1, mem=24576, type=f"NVIDIA-{HOSTILE}")
-
-
-async def seed(client: KubeClient, s: Seeded) -> dict[str, Any]:
-    await create_gpu_node(client, s.node_a, s.cards_a)
-    await create_gpu_node(client, s.node_b, s.cards_b)
-    pods = api_path("v1", "pods", namespace=s.ns)
-    train = await client.create(
-        pods,
-        bound_pod(
-            "train",
-            s.node_a,
-            [ContainerDevice(s.cards_a[0].id, "NVIDIA", 8000, 30)],
-            annotations={"kubectl.kubernetes.io/last-applied-configuration": f'{{"env": "{SECRET}"}}'},
-        ),
-    )
-    await client.create(
-        pods, bound_pod("infer", s.node_b, [ContainerDevice(s.cards_b[0].id, "NVIDIA", 4000, 10)])
-    )
-    await client.create(
-        pods,
-        {
-            "metadata": {"name": "waits", "annotations": {keys.NVIDIA_USE_GPUTYPE: HOSTILE_TYPE}},
-            "spec": {
-                "schedulerName": "hami-scheduler",
-                "containers": [
-                    {
-                        "name": "main",
-                        "image": "registry.invalid/cuda:12",
-                        "resources": {"limits": {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 2000}},
-                    }
-                ],
-            },
-        },
-    )
-    await client.create(
-        api_path("v1", "resourcequotas", namespace=s.ns),
-        {"metadata": {"name": "gpu"}, "spec": {"hard": {"limits.nvidia.com/gpumem": "20000"}}},
-    )
-    return train
-
-
-@contextlib.asynccontextmanager
-async def monitor_for(
-    node: str, pod_uid: str, card: str, client: KubeClient, tmp: Path
-) -> AsyncIterator[int]:
-    """A real monitor for ``node`` whose hook directory holds one live region of ``pod_uid``."""
-    region_dir = tmp / "hook" / "vgpu" / "containers" / f"{pod_uid}_main"
-    region_dir.mkdir(parents=True)
-    path = str(region_dir / "r.cache")
-    write_region(
-        path,
-        FakeRegion(
-            devices=[FakeDevice(card, limit=8000 * MiB, used=3000 * MiB, util_x100=2500)],
-            processes=[FakeProcess(pid=os.getpid(), used=[3000 * MiB])],
-        ),
-    )
-    settings = MonitorSettings(
-        node_name=node,
-        hook_path=str(tmp / "hook"),
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        nvml=False,
-        feedback_interval=None,
-        gc_grace=3600,
-    )
-    monitor = Monitor(settings, client)
-    stop = asyncio.Event()
-    with SlotHolder() as holder:
-        holder.hold(path, [0])
-        task = asyncio.create_task(monitor.run(stop))
-        try:
-            await wait_for(lambda: now(lambda: monitor.metrics_port), timeout=30)
-            assert monitor.metrics_port is not None
-            yield monitor.metrics_port
-        finally:
-            stop.set()
-            await task
-
-
 async def test_webui_pages_in_a_real_browser(
     control_plane: ControlPlane, kube_client: KubeClient, namespace: str, tmp_path: Path
 ) -> None:
     browser_path = require_chromium()
     s = Seeded(namespace)
-    train = await seed(kube_client, s)
-    async with monitor_for(
-        s.node_a, train["metadata"]["uid"], s.cards_a[0].id, kube_client, tmp_path
-    ) as port:
+    created = await store(kube_client, s.nodes, s.pods, s.quotas)
+    live = LiveContainer(
+        created[f"{namespace}/train"]["metadata"]["uid"], "main", s.cards_a[0].id, 8000, 3000, 25
+    )
+    async with live_monitor(kube_client, s.node_a, [live], tmp_path / "hook") as port:
         ui = WebUI(
             control_plane.kube_config(),
             WebUISettings(
@@ -245,9 +149,9 @@ async def check_pages(browser: Any, base: str, s: Seeded, client: KubeClient) ->
 
     # a pod created now appears without a reload (the live region refreshes itself)
     await page.evaluate("window.__sameDocument = true")
-    await client.create(
-        api_path("v1", "pods", namespace=s.ns),
-        bound_pod("late", s.node_a, [ContainerDevice(s.cards_a[1].id, "NVIDIA", 2000, 5)]),
+    await store_pod(
+        client,
+        w.running_pod("late", s.ns, s.node_a, [ContainerDevice(s.cards_a[1].id, "NVIDIA", 2000, 5)]),
     )
     await page.locator("#workloads tbody tr", has_text=f"{s.ns}/late").wait_for(timeout=15_000)
     assert await page.evaluate("window.__sameDocument === true")

@@ -54,6 +54,7 @@ class LiveUsage:
     #: which sources answered (monitor URLs or the Prometheus URL)
     sources: list[str] = field(default_factory=list)
     _per_pod: dict[tuple[str, str], int] | None = field(default=None, repr=False)
+    _per_card: dict[str, CardUse] | None = field(default=None, repr=False)
 
     def container(self, namespace: str, pod: str, container: str, uuid: str) -> ContainerUse | None:
         return self.containers.get((namespace, pod, container, uuid))
@@ -67,8 +68,23 @@ class LiveUsage:
             self._per_pod = per_pod
         return self._per_pod.get((namespace, pod))
 
+    def card(self, uuid: str) -> CardUse | None:
+        """The card's usage as the driver reports it (host families); without those (no NVML on
+        the node) the sum of its containers' samples; None when nothing names the card."""
+        host = self.cards.get(uuid)
+        if host is not None:
+            return host
+        if self._per_card is None:
+            per_card: dict[str, CardUse] = {}
+            for (_ns, _pod, _c, card_uuid), use in self.containers.items():
+                total = per_card.setdefault(card_uuid, CardUse())
+                total.memory_bytes += use.memory_bytes
+                total.util_percent = min(total.util_percent + use.util_percent, 100.0)
+            self._per_card = per_card
+        return self._per_card.get(uuid)
+
     def merge(self, other: LiveUsage) -> None:
-        self._per_pod = None
+        self._per_pod = self._per_card = None
         self.containers.update(other.containers)
         self.cards.update(other.cards)
         self.errors.update(other.errors)

@@ -195,7 +195,7 @@ def _slices(
 
 
 def _card_row(node: str, card: Card, cordoned: frozenset[str], usage: LiveUsage) -> CardRow:
-    host = usage.cards.get(card.uuid)
+    host = usage.card(card.uuid)
     return CardRow(
         node=node,
         uuid=card.uuid,
@@ -265,7 +265,7 @@ def node_rows(snap: Snapshot) -> list[NodeRow]:
         cards = ns.cards if ns else []
         if not cards and not problems:
             continue  # a node without accelerators: not this UI's business
-        used = [snap.usage.cards[c.uuid].memory_bytes for c in cards if c.uuid in snap.usage.cards]
+        used = [u.memory_bytes for c in cards if (u := snap.usage.card(c.uuid)) is not None]
         rows.append(
             NodeRow(
                 name=name,
@@ -341,7 +341,7 @@ def overview(snap: Snapshot, pending: int) -> Overview:
             row.mem_alloc += c.usedmem
             row.cores_total += c.totalcores
             row.cores_alloc += c.usedcores
-            host = snap.usage.cards.get(c.uuid)
+            host = snap.usage.card(c.uuid)
             if host is not None:
                 row.used_bytes = (row.used_bytes or 0) + host.memory_bytes
                 utils.setdefault(key, []).append(host.util_percent)

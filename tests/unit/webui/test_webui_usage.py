@@ -102,3 +102,16 @@ def test_monitor_pods_are_found_by_their_labels() -> None:
 def test_bad_selectors_are_named(text: str) -> None:
     with pytest.raises(ValueError, match="monitor selector"):
         parse_selector(text)
+
+
+def test_a_card_without_host_figures_sums_its_containers() -> None:
+    text = "\n".join(
+        f'hami_vgpu_memory_used_bytes{{namespace="t",pod="{p}",container="c",device_uuid="G"}} {v}'
+        for p, v in (("a", 100), ("b", 50))
+    )
+    u = parse_monitor_metrics(text, "m")
+    card = u.card("G")
+    assert card is not None and card.memory_bytes == 150
+    assert u.card("other") is None
+    host = parse_monitor_metrics(TEXT, "n")
+    assert host.card("GPU-a") is host.cards["GPU-a"]  # the driver's figure wins
