@@ -51,6 +51,12 @@ class Page:
     name: str
     title: str
 
+    @property
+    def href(self) -> str:
+        """The link to the page relative to any other page: every link and asset is relative, so
+        the pages also work under a path prefix (``kubectl proxy``, the API server's service proxy)."""
+        return self.path.lstrip("/") or "./"
+
 
 PAGES = (
     Page("/", "overview", "Overview"),

@@ -56,6 +56,8 @@ def test_every_page_is_whole_html_with_its_title_and_nav(pages: dict[str, str]) 
         assert 'class="skip" href="#main"' in out and 'aria-live="polite"' in out
         assert out.count('aria-current="page"') == 1
         assert "<script>" not in out and " style=" not in out  # nothing inline: the CSP forbids it
+        # relative links only: the pages also work under a proxy's path prefix
+        assert 'href="/' not in out and 'src="/' not in out and "http" not in out.split("<body>")[0]
 
 
 def test_hostile_values_are_escaped_everywhere(pages: dict[str, str]) -> None:
