@@ -71,6 +71,8 @@ def main() -> None:
         usage=live_usage(sync),
         scheduler_name=webuiseed.SCHEDULER,
         fit_counter=FitCounter(sync.scheduler),
+        # the web UI looks pods up in its informer's cache
+        pod_lookup={bodies.pod_key(p): p for p in pods}.get,
     )
     renderer = Renderer()
     results: dict[str, dict[str, float]] = {}

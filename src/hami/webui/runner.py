@@ -148,6 +148,7 @@ class WebUI:
             scheduler_name=self.scheduler_name,
             pod_errors=self.sync.pod_errors,
             fit_counter=self.fit_counter,
+            pod_lookup=self.pods.get,
             explain_cache=self.explain_cache,
             version=self.version,
         )

@@ -120,20 +120,15 @@ class Renderer:
 
     def context(self, page: Page, snap: Snapshot, query: Query) -> dict[str, Any]:
         ctx: dict[str, Any] = {"q": query.q, "page": query.page, "pages": 1}
-        pods: dict[str, Mapping[str, Any]] | None = None
         if page.name == "overview":
             ctx["ov"] = views.overview(snap, len(views.pending_pods(snap)))
         elif page.name == "nodes":
             nodes = [r for r in views.node_rows(snap) if views.matches(query.q, r.name, r.models)]
             self._page_of(ctx, nodes, query)
         elif page.name == "cards":
-            pods = {bodies.pod_key(p): p for p in snap.pods}
-            cards = [
-                r
-                for r in views.card_rows(snap, pods.get)
-                if views.matches(query.q, r.node, r.uuid, r.type, *(s.pod for s in r.slices))
-            ]
-            self._page_of(ctx, cards, query)
+            lookup = snap.pod_lookup or {bodies.pod_key(p): p for p in snap.pods}.get
+            self._page_of(ctx, views.card_entries(snap, query.q), query)
+            ctx["rows"] = views.card_rows(snap, ctx["rows"], lookup)
         elif page.name == "workloads":
             pending = views.pending_rows(snap)
             ctx["pending"] = [r for r in pending if views.matches(query.q, r.namespace, r.name)]

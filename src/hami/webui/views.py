@@ -39,7 +39,7 @@ MiB = 1 << 20
 #: annotations never shown even when their key would qualify
 HIDDEN_ANNOTATIONS = frozenset({"kubectl.kubernetes.io/last-applied-configuration"})
 #: the most distinct pending-pod shapes explained per cluster version (each costs one decision over
-#: every node: ~0.1 s at 1000 nodes x 8 cards); pods of an explained shape share its explanation
+#: every node: a few ms at 1000 nodes x 8 cards); pods of an explained shape share its explanation
 MAX_EXPLAINED = 8
 
 
@@ -55,6 +55,8 @@ class Snapshot:
     namespaces: Iterable[Mapping[str, Any]] = ()
     pod_errors: Mapping[str, str] = field(default_factory=dict)
     fit_counter: FitCounter | None = None
+    #: ``namespace/name`` -> pod (an informer's ``get``); None: looked up in ``pods``
+    pod_lookup: Callable[[str], Mapping[str, Any] | None] | None = None
     explain_cache: ExplainCache | None = None
     #: changes whenever the caches change (None: unknown, nothing is reused across views)
     version: int | None = None
@@ -215,17 +217,36 @@ def _card_row(node: str, card: Card, cordoned: frozenset[str], usage: LiveUsage)
     )
 
 
-def card_rows(snap: Snapshot, pod_lookup: Callable[[str], Mapping[str, Any] | None]) -> list[CardRow]:
-    """Every card of every node (sorted by node, index), with the slices pods hold on it."""
+def card_entries(snap: Snapshot, query: str = "") -> list[tuple[str, Card]]:
+    """``(node, card)`` of every card (sorted by node, index) whose node, UUID, model or a pod
+    holding a slice of it matches ``query``. Cheap: rows are built only for the page shown."""
     state = snap.scheduler.state
-    rows = []
+    holders: dict[str, list[str]] = {}
+    if query:
+        for alloc in state.pods.values():
+            for uuid in alloc.usage():
+                holders.setdefault(uuid, []).append(f"{alloc.namespace}/{alloc.name}")
+    out = []
     for name in sorted(state.nodes):
-        node = state.nodes[name]
-        slices = _slices(state.pods_on(name), pod_lookup, snap.usage)
-        for card in sorted(node.cards, key=lambda c: (c.index, c.uuid)):
-            row = _card_row(name, card, node.cordoned, snap.usage)
-            row.slices = slices.get(card.uuid, [])
-            rows.append(row)
+        for card in sorted(state.nodes[name].cards, key=lambda c: (c.index, c.uuid)):
+            if matches(query, name, card.uuid, card.type, *holders.get(card.uuid, ())):
+                out.append((name, card))
+    return out
+
+
+def card_rows(
+    snap: Snapshot, entries: Iterable[tuple[str, Card]], pod_lookup: Callable[[str], Mapping[str, Any] | None]
+) -> list[CardRow]:
+    """The rows of ``entries`` (from :func:`card_entries`), with the slices pods hold on each card."""
+    state = snap.scheduler.state
+    slices_by_node: dict[str, dict[str, list[Slice]]] = {}
+    rows = []
+    for name, card in entries:
+        if name not in slices_by_node:
+            slices_by_node[name] = _slices(state.pods_on(name), pod_lookup, snap.usage)
+        row = _card_row(name, card, state.nodes[name].cordoned, snap.usage)
+        row.slices = slices_by_node[name].get(card.uuid, [])
+        rows.append(row)
     return rows
 
 
@@ -529,6 +550,7 @@ __all__ = [
     "Overview",
     "PodRow",
     "Snapshot",
+    "card_entries",
     "card_rows",
     "namespace_rows",
     "node_rows",
