@@ -62,47 +62,10 @@ def cards_of(node_name: str, n: int, *, mem: int = CARD_MEM, type: str = CARD_TY
     ]
 
 
-def running_pod(
-    name: str, namespace: str, node_name: str, devices: list[ContainerDevice], *, container: str = "main"
+def _pod(
+    name: str, namespace: str, annotations: dict[str, str], limits: dict[str, int], phase: str, **spec: str
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": f"uid-{namespace}-{name}",
-            "annotations": {
-                keys.VGPU_NODE: node_name,
-                keys.VGPU_DEVICES_ALLOCATED: encode_pod_devices([devices]),
-                keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS,
-            },
-        },
-        "spec": {
-            "schedulerName": SCHEDULER,
-            "nodeName": node_name,
-            "containers": [
-                {
-                    "name": container,
-                    "image": "registry.invalid/cuda:12",
-                    "resources": {
-                        "limits": {
-                            "nvidia.com/gpu": str(len(devices)),
-                            "nvidia.com/gpumem": str(devices[0].usedmem),
-                            "nvidia.com/gpucores": str(devices[0].usedcores),
-                        }
-                    },
-                }
-            ],
-        },
-        "status": {"phase": "Running", "podIP": "10.0.0.1"},
-    }
-
-
-def pending_pod(
-    name: str, namespace: str, *, gpus: int = 1, mem: int = 8000, gputype: str = ""
-) -> dict[str, Any]:
-    annotations = {keys.NVIDIA_USE_GPUTYPE: gputype} if gputype else {}
+    """A one-container (``main``) pod of hami's scheduler asking ``limits``."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -114,16 +77,42 @@ def pending_pod(
         },
         "spec": {
             "schedulerName": SCHEDULER,
+            **spec,
             "containers": [
                 {
                     "name": "main",
                     "image": "registry.invalid/cuda:12",
-                    "resources": {"limits": {"nvidia.com/gpu": str(gpus), "nvidia.com/gpumem": str(mem)}},
+                    "resources": {"limits": {k: str(v) for k, v in limits.items()}},
                 }
             ],
         },
-        "status": {"phase": "Pending"},
+        "status": {"phase": phase},
     }
+
+
+def running_pod(name: str, namespace: str, node_name: str, devices: list[ContainerDevice]) -> dict[str, Any]:
+    """A pod bound to ``node_name`` holding ``devices`` (hami's decision annotations), Running."""
+    annotations = {
+        keys.VGPU_NODE: node_name,
+        keys.VGPU_DEVICES_ALLOCATED: encode_pod_devices([devices]),
+        keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS,
+    }
+    limits = {
+        "nvidia.com/gpu": len(devices),
+        "nvidia.com/gpumem": devices[0].usedmem,
+        "nvidia.com/gpucores": devices[0].usedcores,
+    }
+    pod = _pod(name, namespace, annotations, limits, "Running", nodeName=node_name)
+    pod["status"]["podIP"] = "10.0.0.1"
+    return pod
+
+
+def pending_pod(
+    name: str, namespace: str, *, gpus: int = 1, mem: int = 8000, gputype: str = ""
+) -> dict[str, Any]:
+    """A pod waiting for hami's scheduler (``gputype``: ``nvidia.com/use-gputype``)."""
+    annotations = {keys.NVIDIA_USE_GPUTYPE: gputype} if gputype else {}
+    return _pod(name, namespace, annotations, {"nvidia.com/gpu": gpus, "nvidia.com/gpumem": mem}, "Pending")
 
 
 def cluster(

@@ -49,8 +49,6 @@ def webui_command(
     log_level: str,
 ) -> None:
     """Serve the read-only web UI: cards, nodes, workloads, namespaces, and why pods wait."""
-    import hami.kube.config
-    from hami.kube.errors import KubeError
     from hami.webui import runner
 
     cliutil.setup_logging(log_level)
@@ -70,9 +68,4 @@ def webui_command(
         monitor_port=monitor_port,
         usage_interval=usage_interval,
     )
-    try:
-        kube_config = hami.kube.config.load_config(kubeconfig)
-    except hami.kube.config.KubeConfigError as exc:
-        raise click.ClickException(f"cannot reach the Kubernetes API: {exc}") from exc
-    ui = runner.WebUI(kube_config, settings)
-    cliutil.run_until_stopped(ui.run_forever, errors=(OSError, TimeoutError, KubeError))
+    cliutil.run_kube_service(kubeconfig, lambda kube_config: runner.WebUI(kube_config, settings))

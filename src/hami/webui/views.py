@@ -142,24 +142,17 @@ class Slice:
     util: float | None
 
 
-@dataclass(slots=True)
-class CardRow:
-    node: str
-    uuid: str
-    index: int
-    type: str
-    vendor: str
-    health: bool
-    cordoned: bool
-    slots_used: int
-    slots: int
-    mem_alloc: int
-    mem_total: int
-    cores_alloc: int
-    cores_total: int
-    used_bytes: int | None
-    util: float | None
-    slices: list[Slice] = field(default_factory=list)
+@dataclass(slots=True, kw_only=True)
+class Capacity:
+    """Slots, memory (MiB) and cores allocated out of a total, and memory really used (bytes)."""
+
+    slots_used: int = 0
+    slots: int = 0
+    mem_alloc: int = 0
+    mem_total: int = 0
+    cores_alloc: int = 0
+    cores_total: int = 0
+    used_bytes: int | None = None
 
     @property
     def mem_alloc_pct(self) -> int:
@@ -168,6 +161,19 @@ class CardRow:
     @property
     def used_pct(self) -> int | None:
         return None if self.used_bytes is None else _pct(self.used_bytes / MiB, self.mem_total)
+
+
+@dataclass(slots=True, kw_only=True)
+class CardRow(Capacity):
+    node: str
+    uuid: str
+    index: int
+    type: str
+    vendor: str
+    health: bool
+    cordoned: bool
+    util: float | None
+    slices: list[Slice] = field(default_factory=list)
 
 
 def _slices(
@@ -251,25 +257,14 @@ def card_rows(
 
 
 # --------------------------------------------------------------------------------- nodes
-@dataclass(slots=True)
-class NodeRow:
+@dataclass(slots=True, kw_only=True)
+class NodeRow(Capacity):
     name: str
     ready: bool
     cards: int
     models: str
-    slots_used: int
-    slots: int
-    mem_alloc: int
-    mem_total: int
-    cores_alloc: int
-    cores_total: int
-    used_bytes: int | None
     pods: int
     problems: list[str]
-
-    @property
-    def mem_alloc_pct(self) -> int:
-        return _pct(self.mem_alloc, self.mem_total)
 
 
 def node_rows(snap: Snapshot) -> list[NodeRow]:
@@ -308,26 +303,13 @@ def node_rows(snap: Snapshot) -> list[NodeRow]:
 
 
 # --------------------------------------------------------------------------------- overview
-@dataclass(slots=True)
-class ModelRow:
+@dataclass(slots=True, kw_only=True)
+class ModelRow(Capacity):
     type: str
     vendor: str
-    nodes: int
-    cards: int
-    mem_total: int
-    mem_alloc: int
-    used_bytes: int | None
-    cores_total: int
-    cores_alloc: int
-    util: float | None
-
-    @property
-    def mem_alloc_pct(self) -> int:
-        return _pct(self.mem_alloc, self.mem_total)
-
-    @property
-    def used_pct(self) -> int | None:
-        return None if self.used_bytes is None else _pct(self.used_bytes / MiB, self.mem_total)
+    nodes: int = 0
+    cards: int = 0
+    util: float | None = None
 
     @property
     def cores_alloc_pct(self) -> int:
@@ -355,7 +337,7 @@ def overview(snap: Snapshot, pending: int) -> Overview:
             key = (c.type, c.vendor)
             row = by_model.get(key)
             if row is None:
-                row = by_model[key] = ModelRow(c.type, c.vendor, 0, 0, 0, 0, None, 0, 0, None)
+                row = by_model[key] = ModelRow(type=c.type, vendor=c.vendor)
             node_sets.setdefault(key, set()).add(name)
             row.cards += 1
             row.mem_total += c.totalmem

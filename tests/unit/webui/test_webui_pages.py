@@ -177,3 +177,12 @@ def test_bad_flags_are_refused_naming_the_flag(args: list[str], message: str) ->
     result = CliRunner().invoke(main, ["webui", *args, "--kubeconfig", "/nonexistent"])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_no_kubeconfig_is_a_clean_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    for var in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["webui"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot reach the Kubernetes API:")
