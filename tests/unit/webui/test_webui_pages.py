@@ -186,3 +186,10 @@ def test_no_kubeconfig_is_a_clean_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     result = CliRunner().invoke(main, ["webui"])
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot reach the Kubernetes API:")
+
+
+def test_the_search_text_is_reflected_escaped() -> None:
+    snap, r = _cluster(), Renderer()
+    out = r.render(PAGES[1], snap, Query(q='"><script>alert(3)</script>'))
+    assert "<script>alert(3)" not in out
+    assert 'value="&#34;&gt;&lt;script&gt;alert(3)&lt;/script&gt;"' in out
