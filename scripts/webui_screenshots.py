@@ -1,8 +1,8 @@
 """Screenshots of every web UI page (``make screenshots`` -> docs/webui/*.png).
 
 Starts the integration tier's control plane (real etcd + kube-apiserver), stores a small demo
-cluster in it (:mod:`hami.testing.webuiseed` objects: A100 and H100 nodes, running slices in three
-namespaces, two pods that wait, a quota), runs a real ``hami monitor`` per node for live usage,
+cluster in it (:mod:`hami.testing.webuiseed` objects: A100 and H100 nodes, a node with a broken registration,
+running slices in three namespaces, two pods that wait, a quota), runs a real ``hami monitor`` per node for live usage,
 serves the web UI in-process and photographs each page at 1366x768 with Debian's chromium.
 
 Usage: HAMI_K8S_BIN=$(hack/build-k8s.sh) python scripts/webui_screenshots.py [--out docs/webui]
@@ -19,7 +19,7 @@ from typing import Any
 
 from hami.kube.client import KubeClient
 from hami.kube.poll import poll_until
-from hami.protocol import bodies
+from hami.protocol import bodies, keys
 from hami.protocol.pod import ContainerDevice
 from hami.testing import webuiseed as w
 from hami.testing.browser import Watch, chromium, chromium_path, new_page
@@ -50,6 +50,10 @@ def demo() -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, A
         "gpu-h100-0": w.cards_of("gpu-h100-0", 8, mem=81920, type=H100),
     }
     nodes = [w.node(name, infos) for name, infos in cards.items()]
+    # a node whose device plugin wrote a truncated registration: listed with the scheduler's error
+    broken = w.node("gpu-v100-0", w.cards_of("gpu-v100-0", 2, type="Tesla-V100"))
+    broken["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER] = '[{"id": "GPU-gpu-v100-0-0", "count": 10'
+    nodes.append(broken)
     pods = [
         w.running_pod(pod, ns, node, [ContainerDevice(cards[node][i].id, "NVIDIA", mem, cores)])
         for ns, pod, node, i, mem, cores, _, _ in SLICES

@@ -1,18 +1,20 @@
 """The web UI in a real browser (Playwright + Debian's chromium) against a seeded real control plane.
 
 Seeded in a real kube-apiserver: two GPU nodes registered as the device plugin does (one whose
-card type is hostile markup, as a node could report), pods bound to them with hami's decision
-annotations (one with an env value and a last-applied manifest that must never be shown), a pod
-that waits (it asks for a card type nobody has, through an annotation holding hostile markup), and
-a ResourceQuota. A real ``hami monitor`` (in-process, its HTTP server and region decoder) reads a
-shared region written in libvgpu's layout for the bound pod, so the pages show live usage. The web
-UI runs in-process with its informers; chromium loads each page at 1366x768.
+card type is hostile markup, as a node could report) and one whose registration is truncated;
+pods bound to them with hami's decision annotations (one with an env value and a last-applied
+manifest that must never be shown); a pod that waits (it asks for a card type nobody has, through
+an annotation holding hostile markup); a ResourceQuota. A real ``hami monitor`` (in-process, its
+HTTP server and region decoder) reads a shared region written in libvgpu's layout for the bound
+pod, so the pages show live usage. The web UI runs in-process with its informers; chromium loads
+each page at 1366x768.
 
 Checked: every page loads with no console error, page error or dialog; the tables show the seeded
 cards and pods with limits against live usage; the pending pod shows the core's reason in plain
-words; hostile markup is shown as text (no element injected, no dialog); env values and the last
-applied manifest never appear; a pod created during the test appears without a reload; Tab reaches
-the navigation and a table; no page scrolls horizontally.
+words; the broken node shows the scheduler's reading error; hostile markup is shown as text (no
+element injected, no dialog); env values and the last applied manifest never appear; a pod created
+during the test appears without a reload; Tab reaches the navigation and a table; no page scrolls
+horizontally.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import pytest
 
 from hami.kube.client import KubeClient
+from hami.protocol import keys
 from hami.protocol.pod import ContainerDevice
 from hami.testing import webuiseed as w
 from hami.testing.browser import Watch, chromium, new_page, require_chromium
@@ -51,6 +54,11 @@ class Seeded:
         self.cards_a = w.cards_of(self.node_a, 2, mem=16384, type="NVIDIA-A100")
         self.cards_b = w.cards_of(self.node_b, 1, mem=24576, type=f"NVIDIA-{HOSTILE}")
         self.nodes = [w.node(self.node_a, self.cards_a), w.node(self.node_b, self.cards_b)]
+        # a node whose registration is truncated JSON: listed with the scheduler's reading error
+        self.node_bad = f"wc-{ns[-6:]}"
+        broken = w.node(self.node_bad, w.cards_of(self.node_bad, 1))
+        broken["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER] = '[{"id": 1'
+        self.nodes.append(broken)
         train = w.running_pod(
             "train", ns, self.node_a, [ContainerDevice(self.cards_a[0].id, "NVIDIA", 8000, 30)]
         )
@@ -162,6 +170,11 @@ async def check_pages(browser: Any, base: str, s: Seeded, client: KubeClient) ->
     ns_row = page.locator("#namespaces tbody tr", has_text=s.ns)
     ns_text = await ns_row.inner_text()
     assert "limits.nvidia.com/gpumem: 14000 of 20000 MiB" in ns_text, ns_text
+
+    # nodes: the broken registration is shown with why it cannot be read
+    await page.goto(f"{base}/nodes?q={s.ns[-6:]}")
+    bad = await page.locator("#nodes tbody tr", has_text=s.node_bad).inner_text()
+    assert "node register annotation is not valid JSON" in bad, bad
 
     # keyboard: Tab reaches the skip link, the navigation, then a table's links
     await page.goto(f"{base}/nodes")
