@@ -1,8 +1,8 @@
 """The web UI installed by the chart on the real-node sandbox, in Debian's chromium (Playwright).
 
 ``helm install charts/hami`` with ``webui.enabled`` and the monitor; the browser opens the web UI
-pod at its pod IP (the sandbox's CNI bridges are reachable from the host), as `kubectl
-port-forward` would give it to a user. Checked: every page loads without console or page errors;
+the way docs/webui.md tells a user to: ``kubectl -n hami-system port-forward svc/hami-webui``
+(the real kubectl, through kubelet's streaming server and containerd), at 127.0.0.1. Checked: every page loads without console or page errors;
 the cards page lists the sandbox's real cards (registered by the chart's device plugins); a GPU pod
 created now appears on the workloads page without a reload, bound to a real card, and later with
 the live usage its probe holds (scraped by the web UI from the chart's monitor pods); a pod asking
@@ -11,6 +11,11 @@ for a card type the sandbox lacks shows the scheduler's reason.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +27,7 @@ from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox
 from hami.testing.browser import Watch, chromium, new_page, require_chromium
 from hami.testing.helm import Helm
+from hami.testing.prereq import missing
 from hami.testing.stack import wait_for
 from hami.webui.server import PAGES
 
@@ -39,24 +45,43 @@ def installed(sandbox: Sandbox) -> Iterator[Helm]:
         yield helm
 
 
-async def _webui_url(kc: KubeClient) -> str:
-    async def ready() -> str | None:
-        if not await workload_ready(kc, "deployments", "hami-webui"):
-            return None
-        pods = await kc.list(
-            api_path("v1", "pods", namespace=NAMESPACE), label_selector="app.kubernetes.io/component=webui"
-        )
-        ips = [p["status"].get("podIP") for p in pods["items"] if p["status"].get("phase") == "Running"]
-        return f"http://{ips[0]}:8090" if ips and ips[0] else None
-
-    url: str = await wait_for(ready, timeout=180, interval=1)
-    return url
+async def _webui_ready(kc: KubeClient) -> None:
+    await wait_for(lambda: workload_ready(kc, "deployments", "hami-webui"), timeout=180, interval=1)
 
 
-async def test_webui_shows_the_sandbox(installed: Helm, kc: KubeClient, ns: str) -> None:
+@contextlib.contextmanager
+def port_forward(sandbox: Sandbox) -> Iterator[str]:
+    """``kubectl port-forward svc/hami-webui :8090`` running; yields the local URL."""
+    assert sandbox.cp is not None
+    kubectl = sandbox.binaries.kube_apiserver.parent / "kubectl"
+    if not os.access(kubectl, os.X_OK):
+        missing(f"{kubectl} is missing (run hack/build-k8s.sh)")
+    argv = [str(kubectl), f"--kubeconfig={sandbox.cp.kubeconfig_path}", "-n", NAMESPACE]
+    argv += ["port-forward", "svc/hami-webui", ":8090", "--address=127.0.0.1"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said: list[str] = []
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:<port> -> 8090"
+        found = re.search(r"127\.0\.0\.1:(\d+)", line)
+        assert found, f"kubectl port-forward said: {line!r}"
+        # keep reading ("Handling connection for ..." per connection) so kubectl never blocks
+        threading.Thread(target=lambda: said.extend(proc.stdout or ()), daemon=True).start()
+        yield f"http://127.0.0.1:{found.group(1)}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_webui_shows_the_sandbox(installed: Helm, sandbox: Sandbox, kc: KubeClient, ns: str) -> None:
     browser_path = require_chromium()
     await hami_leading(kc)
-    base = await _webui_url(kc)
+    await _webui_ready(kc)
+    with port_forward(sandbox) as base:
+        await check_pages(base, browser_path, kc, ns)
+
+
+async def check_pages(base: str, browser_path: str, kc: KubeClient, ns: str) -> None:
     async with chromium(browser_path) as browser:
         watch = Watch()
         page = await new_page(browser, watch)
