@@ -351,7 +351,8 @@ def overview(snap: Snapshot, pending: int) -> Overview:
     for key, row in by_model.items():
         row.nodes = len(node_sets[key])
         if key in utils:
-            row.util = sum(utils[key]) / len(utils[key])
+            # a card no sample names holds no running program: it counts as idle
+            row.util = sum(utils[key]) / row.cards
     sched = snap.scheduler
     return Overview(
         models=sorted(by_model.values(), key=lambda r: (r.vendor, r.type)),
