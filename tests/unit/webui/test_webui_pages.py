@@ -15,7 +15,7 @@ from hami.protocol.pod import ContainerDevice
 from hami.testing import webuiseed as w
 from hami.webui.server import CSP, PAGES, PER_PAGE, Query, QueryError, Renderer, make_app
 from hami.webui.usage import CardUse, ContainerUse, LiveUsage
-from hami.webui.views import Snapshot
+from hami.webui.views import Snapshot, overview
 
 MiB = 1 << 20
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -193,3 +193,12 @@ def test_the_search_text_is_reflected_escaped() -> None:
     out = r.render(PAGES[1], snap, Query(q='"><script>alert(3)</script>'))
     assert "<script>alert(3)" not in out
     assert 'value="&#34;&gt;&lt;script&gt;alert(3)&lt;/script&gt;"' in out
+
+
+def test_overview_totals_by_model() -> None:
+    ov = overview(_cluster(), pending=1)
+    (model,) = ov.models
+    assert (model.nodes, model.cards, model.mem_total, model.mem_alloc) == (1, 2, 32768, 8000)
+    assert model.used_bytes == 3500 * MiB and model.util == 20.0  # the idle card counts as 0 %
+    assert (ov.nodes, ov.cards, ov.running, ov.pending) == (1, 2, 1, 1)
+    assert [f.pods for f in ov.fragmentation] == [1, 3, 6]
