@@ -258,10 +258,16 @@ class Sandbox(Lifecycle):
     def chart_values(self, fake_node: str) -> dict[str, Any]:
         """helm values that fit hami's chart to this sandbox: the host installer writes under the
         sandbox's state (not the host's /usr/local), and the device plugin uses the fake device
-        source ``fake_node`` (YAML) with the simulated driver."""
+        source ``fake_node`` (YAML) with the simulated driver. The first node allocates lock-free
+        (``allocationmode: cdi`` in its node config entry), the others with the node lock: one
+        cluster runs both modes."""
+        lock_free = {"nodeconfig": [{"name": self.node_specs[0].name, "allocationmode": "cdi"}]}
         return {
             "global": {"gpuHookPath": str(self.hook_path)},
-            "devicePlugin": {"fakeNode": self.fake_node_spec(fake_node)},
+            "devicePlugin": {
+                "fakeNode": self.fake_node_spec(fake_node),
+                "nodeConfiguration": {"config": json.dumps(lock_free)},
+            },
         }
 
     def _start_control_plane(self) -> None:
