@@ -18,7 +18,7 @@ ENSURE_NODE_TOOLS = hack/ensure-debian-tool.sh runc runc && \
 	hack/ensure-debian-tool.sh /usr/lib/cni/bridge containernetworking-plugins && \
 	hack/ensure-debian-tool.sh iptables iptables && hack/ensure-debian-tool.sh conntrack conntrack
 
-.PHONY: demo demo-down simulate test venv runtime-venv lock native images lint typecheck unit native-test integration mutation clean
+.PHONY: demo demo-down simulate test venv runtime-venv lock native images lint typecheck unit native-test integration mutation screenshots clean
 
 $(UV_BIN): hack/uv-requirements.txt
 	hack/ensure-uv.sh >/dev/null
@@ -83,6 +83,7 @@ typecheck: venv
 test: venv native lint typecheck images
 	hack/ensure-etcd.sh
 	hack/ensure-debian-tool.sh valgrind valgrind
+	hack/ensure-debian-tool.sh chromium chromium
 	$(ENSURE_NODE_TOOLS)
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
 	  HAMI_CONTAINERD_BIN="$${HAMI_CONTAINERD_BIN:-$$(hack/build-containerd.sh)}" \
@@ -97,8 +98,16 @@ native-test: venv native
 
 integration: venv native
 	hack/ensure-etcd.sh
+	hack/ensure-debian-tool.sh chromium chromium
 	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" HAMI_HELM="$${HAMI_HELM:-$$(hack/build-helm.sh)}" \
 	  HAMI_REQUIRE_INTEGRATION=1 $(BIN)/pytest -q tests/integration tests/e2e tests/chart
+
+# docs/webui/*.png: every web UI page in Debian's chromium (Playwright), served from a seeded real
+# control plane with real node monitors (scripts/webui_screenshots.py). Commit the result.
+screenshots: venv
+	hack/ensure-etcd.sh
+	hack/ensure-debian-tool.sh chromium chromium
+	HAMI_K8S_BIN="$${HAMI_K8S_BIN:-$$(hack/build-k8s.sh)}" $(BIN)/python scripts/webui_screenshots.py --out docs/webui
 
 # Mutation testing of the pure core (hami.scheduling, hami.protocol, hami.devices) against the unit
 # and pure contract tests ([tool.mutmut] in pyproject.toml; docs/mutation.md). Not part of `make test`.

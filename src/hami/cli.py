@@ -22,6 +22,7 @@ from hami.manifests import ManifestError, load_manifests
 from hami.monitor.cli import monitor
 from hami.sandbox.cli import sandbox_command
 from hami.webhook.cli import webhook
+from hami.webui.cli import webui_command
 
 
 @click.group()
@@ -98,6 +99,7 @@ COMMANDS: tuple[click.Command, ...] = (
     install_host_command,
     sandbox_command,
     monitor,
+    webui_command,
 )
 for _command in COMMANDS:
     main.add_command(_command)

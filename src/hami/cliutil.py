@@ -24,12 +24,15 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 from pydantic import ValidationError
 
 from hami.config import ConfigError, DeviceConfig, load_device_config
+
+if TYPE_CHECKING:
+    from hami.kube.config import KubeConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -229,3 +232,23 @@ def run_until_stopped(
         asyncio.run(guarded())
     except errors as exc:
         raise CommandError(str(exc) or type(exc).__name__) from exc
+
+
+class Service(Protocol):
+    """A service runner: ``run_forever`` starts it, serves until cancelled and stops it."""
+
+    async def run_forever(self) -> None: ...
+
+
+def run_kube_service(kubeconfig: str | None, build: Callable[[KubeConfig], Service]) -> None:
+    """Load the API credentials (a clean error saying why they cannot be), build the service with
+    them and run it until SIGTERM/SIGINT (see :func:`run_until_stopped`)."""
+    import hami.kube.config
+    from hami.kube.errors import KubeError
+
+    try:
+        kube_config = hami.kube.config.load_config(kubeconfig)
+    except hami.kube.config.KubeConfigError as exc:
+        raise click.ClickException(f"cannot reach the Kubernetes API: {exc}") from exc
+    # a port in use, an API server that never answered the first list, a refused credential
+    run_until_stopped(build(kube_config).run_forever, errors=(OSError, TimeoutError, KubeError))

@@ -68,6 +68,7 @@ VALUE_SETS: dict[str, ValueSet] = {
             },
             "draPlugin": {"enabled": True, "cdiDir": "/run/cdi", "extraArgs": ["--log-level=DEBUG"]},
             "monitor": {"enabled": True, "service": {"type": "NodePort"}},
+            "webui": {"enabled": True, "usageInterval": 2},
             "devices": {"nvidia": {"gpuCorePolicy": "force", "libCudaLogLevel": 3}},
             "hami": {"enforcementOptOutNamespaces": ["research"]},
             "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus"}},

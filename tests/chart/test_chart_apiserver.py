@@ -208,6 +208,30 @@ MONITOR_DENIED: list[Check] = [
     ("create", "events", "", "tenant", None, None),
 ]
 
+WEBUI_ALLOWED: list[Check] = [
+    ("list", "pods", "", None, None, None),
+    ("watch", "pods", "", None, None, None),
+    ("list", "nodes", "", None, None, None),
+    ("watch", "nodes", "", None, None, None),
+    ("list", "resourcequotas", "", None, None, None),
+    ("watch", "resourcequotas", "", None, None, None),
+    ("get", "pods", "", "tenant", "p", None),
+]
+
+# read-only, and nothing it does not show: no Secrets, no ConfigMaps, no exec, no logs, no events
+WEBUI_DENIED: list[Check] = [
+    ("patch", "pods", "", "tenant", "p", None),
+    ("delete", "pods", "", "tenant", "p", None),
+    ("patch", "nodes", "", None, "n1", None),
+    ("list", "secrets", "", None, None, None),
+    ("get", "secrets", "", "<ns>", "<fullname>-webhook-ca", None),
+    ("list", "configmaps", "", None, None, None),
+    ("create", "pods", "", "tenant", "p", "exec"),
+    ("get", "pods", "", "tenant", "p", "log"),
+    ("create", "events", "", "tenant", None, None),
+    ("update", "resourcequotas", "", "tenant", "q", None),
+]
+
 # the cert-manager variant needs neither the CA Secret nor the caBundle patch
 CERT_MANAGER_DENIED: list[Check] = [
     ("create", "secrets", "", "<ns>", None, None),
@@ -257,8 +281,9 @@ async def test_rbac_default(kube_client: KubeClient, rendered: Render) -> None:
     await install(kube_client, r, only_rbac=True)
     await _assert_rbac(kube_client, r, "scheduler", SCHEDULER_ALLOWED, SCHEDULER_DENIED)
     await _assert_rbac(kube_client, r, "device-plugin", DEVICE_PLUGIN_ALLOWED, DEVICE_PLUGIN_DENIED)
-    # no monitor: its ServiceAccount has nothing
+    # no monitor and no web UI: their ServiceAccounts have nothing
     await _assert_rbac(kube_client, r, "monitor", [], MONITOR_ALLOWED)
+    await _assert_rbac(kube_client, r, "webui", [], WEBUI_ALLOWED)
 
 
 async def test_rbac_with_monitor_and_other_names(kube_client: KubeClient, rendered: Render) -> None:
@@ -267,6 +292,7 @@ async def test_rbac_with_monitor_and_other_names(kube_client: KubeClient, render
     await _assert_rbac(kube_client, r, "scheduler", SCHEDULER_ALLOWED, SCHEDULER_DENIED)
     await _assert_rbac(kube_client, r, "device-plugin", DEVICE_PLUGIN_ALLOWED, DEVICE_PLUGIN_DENIED)
     await _assert_rbac(kube_client, r, "monitor", MONITOR_ALLOWED, MONITOR_DENIED)
+    await _assert_rbac(kube_client, r, "webui", WEBUI_ALLOWED, WEBUI_DENIED)
 
 
 async def test_rbac_cert_manager(kube_client: KubeClient, rendered: Render) -> None:

@@ -582,6 +582,63 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
         assert f"k.startsWith('{domain}')" in cond["expression"]
 
 
+def test_webui_is_off_by_default(rendered: Render) -> None:
+    r = rendered("default")
+    assert not any(o["metadata"]["name"].endswith("-webui") for o in r.objects)
+
+
+def test_webui_is_read_only_and_inside_the_cluster(rendered: Render) -> None:
+    r = rendered("full")
+    (rule,) = r.get("ClusterRole", "gpu-hami-webui")["rules"]
+    assert rule == {
+        "apiGroups": [""],
+        "resources": ["nodes", "pods", "resourcequotas"],
+        "verbs": ["get", "list", "watch"],
+    }
+    binding = r.get("ClusterRoleBinding", "gpu-hami-webui")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "gpu-hami-webui", "namespace": "chart-full"}
+    ]
+    dep = r.get("Deployment", "gpu-hami-webui")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "gpu-hami-webui"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    ui = r.container("Deployment", "gpu-hami-webui", "webui")
+    assert ui["image"] == "registry.example/hami:v9"
+    assert ui["securityContext"]["readOnlyRootFilesystem"] is True
+    assert ui["args"] == [
+        "webui",
+        "--bind=0.0.0.0:8090",
+        "--device-config=/device-config/device-config.yaml",
+        "--monitor-selector=app.kubernetes.io/name=hami,app.kubernetes.io/instance=gpu,app.kubernetes.io/component=monitor",
+        "--monitor-port=9394",
+        "--usage-interval=2",
+    ]
+    # the selector names the monitor DaemonSet's pods
+    monitor = r.get("DaemonSet", "gpu-hami-monitor")["spec"]["selector"]["matchLabels"]
+    assert ui["args"][3] == "--monitor-selector=" + ",".join(f"{k}={v}" for k, v in monitor.items())
+    svc = r.get("Service", "gpu-hami-webui")
+    assert svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert [(p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [(8090, "http")]
+
+
+def test_webui_reads_prometheus_when_given(helm: Helm) -> None:
+    values = {
+        "webui": {"enabled": True, "prometheusUrl": "http://prom.monitoring:9090"},
+        "monitor": {"enabled": True},
+    }
+    objs = helm.render(CHART, release="hami", namespace="hami-system", values=values)
+    (dep,) = [o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"] == "hami-webui"]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--prometheus-url=http://prom.monitoring:9090" in args
+    assert not any(a.startswith("--monitor-selector") for a in args)
+    with pytest.raises(HelmError, match="prometheusUrl"):
+        helm.render(
+            CHART, release="hami", namespace="hami-system", values={"webui": {"prometheusUrl": "prom:9090"}}
+        )
+
+
 def _plugin_pod(helm: Helm, device_plugin: dict[str, object]) -> dict[str, Any]:
     objs = helm.render(CHART, release="hami", namespace="x", values={"devicePlugin": device_plugin})
     (ds,) = [o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "hami-device-plugin"]

@@ -86,6 +86,7 @@ def test_demo_up_reuse_and_down_restore_the_host() -> None:
         for name in running:
             assert "CUDA sees" in " ".join(rows[name]) and "over it refused" in " ".join(rows[name])
         assert f"KUBECONFIG={state / 'control-plane' / 'kubeconfig'}" in first.stdout
+        assert "port-forward svc/hami-webui 8090" in first.stdout  # the web UI is on in the demo
         assert "starting the sandbox" in first.stderr and "done in" in first.stderr
 
         again = subprocess.run(up, capture_output=True, text=True, timeout=300, check=False)

@@ -219,7 +219,7 @@ def test_hami_version(hami_root: tuple[Image, Path]) -> None:
 
 def test_runtime_imports_succeed(hami_root: tuple[Image, Path]) -> None:
     img, root = hami_root
-    modules = "grpc, aiohttp, cryptography, pydantic_core, pydantic, orjson, yaml, pynvml, prometheus_client"
+    modules = "grpc, aiohttp, cryptography, pydantic_core, pydantic, orjson, yaml, pynvml, prometheus_client, jinja2"
     modules += ", google.protobuf, ssl, hashlib, ctypes, decimal, bz2, lzma, uuid, zlib, pyexpat"
     code = f"import {modules}; from cryptography.hazmat.primitives.asymmetric import ec; print('ok')"
     done = chroot(root, img, "python3", "-c", code)
@@ -241,6 +241,28 @@ def test_simulate_in_the_image_matches_the_host(hami_root: tuple[Image, Path]) -
     )
     assert json.loads(inside.stdout) == json.loads(host.stdout)
     assert json.loads(inside.stdout)  # placements were made
+
+
+def test_webui_pages_render_in_the_image(hami_root: tuple[Image, Path]) -> None:
+    """The web UI's templates and static files are in the image (package data) and render there."""
+    img, root = hami_root
+    code = (
+        "from hami.testing import webuiseed as w\n"
+        "from hami.webui.server import PAGES, Query, Renderer, STATIC_TYPES, _static\n"
+        "from hami.webui.usage import LiveUsage\n"
+        "from hami.webui.views import Snapshot\n"
+        "nodes, pods = w.cluster(3, 2)\n"
+        "snap = Snapshot(w.ledger(nodes, pods).scheduler, pods, nodes, LiveUsage(), w.SCHEDULER)\n"
+        "r = Renderer()\n"
+        "print(*(p.name for p in PAGES if '<h1>' + p.title + '</h1>' in r.render(p, snap, Query())))\n"
+        "print(*(n for n in STATIC_TYPES if _static(n)))\n"
+    )
+    done = chroot(root, img, "python3", "-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == [
+        "overview nodes cards workloads namespaces",
+        "webui.js webui.css favicon.svg",
+    ]
 
 
 def test_install_host_in_the_image(hami_root: tuple[Image, Path]) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = tomllib.loads((ROOT / "uv.lock").read_text())
 PACKAGES: dict[str, dict[str, Any]] = {p["name"]: p for p in LOCK["package"]}
-DEV_TOOLS = {"pytest", "mypy", "ruff", "grpcio-tools", "hypothesis", "nvidia-cuda-runtime-cu12", "setuptools"}
+DEV_TOOLS = {
+    "pytest",
+    "mypy",
+    "ruff",
+    "grpcio-tools",
+    "hypothesis",
+    "nvidia-cuda-runtime-cu12",
+    "setuptools",
+    "playwright",
+}
 
 
 def _closure(names: list[str]) -> set[str]:

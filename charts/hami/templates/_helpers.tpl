@@ -24,6 +24,7 @@
 {{- define "hami.devicePlugin" -}}{{ include "hami.fullname" . }}-device-plugin{{- end -}}
 {{- define "hami.draPlugin" -}}{{ include "hami.fullname" . }}-dra-plugin{{- end -}}
 {{- define "hami.monitor" -}}{{ include "hami.fullname" . }}-monitor{{- end -}}
+{{- define "hami.webui" -}}{{ include "hami.fullname" . }}-webui{{- end -}}
 {{- define "hami.webhook" -}}{{ include "hami.fullname" . }}-webhook{{- end -}}
 {{- define "hami.webhookCASecret" -}}{{ include "hami.fullname" . }}-webhook-ca{{- end -}}
 {{- define "hami.webhookTLSSecret" -}}{{ include "hami.fullname" . }}-webhook-tls{{- end -}}

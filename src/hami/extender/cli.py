@@ -114,9 +114,7 @@ def scheduler_command(
     verbose: int,
 ) -> None:
     """Serve /filter and /bind for kube-scheduler (see deploy/scheduler-config.yaml)."""
-    import hami.kube.config
     from hami.extender import runner
-    from hami.kube.errors import KubeError
 
     default_level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     cliutil.setup_logging(log_level or default_level)
@@ -149,10 +147,4 @@ def scheduler_command(
         device_preemption=preemption,
         dra=dra,
     )
-    try:
-        kube_config = hami.kube.config.load_config(kubeconfig)
-    except hami.kube.config.KubeConfigError as exc:
-        raise click.ClickException(f"cannot reach the Kubernetes API: {exc}") from exc
-    extender = runner.Extender(kube_config, settings)
-    # a port in use, an API server that never answered the first list, a refused credential
-    cliutil.run_until_stopped(extender.run_forever, errors=(OSError, TimeoutError, KubeError))
+    cliutil.run_kube_service(kubeconfig, lambda kube_config: runner.Extender(kube_config, settings))

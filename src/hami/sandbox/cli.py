@@ -95,6 +95,8 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
         _done(started)
         started = _step("installing hami with helm (charts/hami, images hami.local/*)")
         values = sb.chart_values((root / "examples" / "fake-sandbox.yaml").read_text())
+        # the demo shows what hami does: live usage from the node monitors, in the web UI
+        values |= {"monitor": {"enabled": True}, "webui": {"enabled": True}}
         try:
             Helm(helm_path).release(
                 "install",
@@ -117,6 +119,10 @@ def up(state: str, repo: str, k8s_bin: str, containerd_bin: str, helm_path: str)
     click.echo(
         f"  metrics:  KUBECONFIG={kubeconfig} {Path(k8s_bin) / 'kubectl'} -n {RELEASE_NS} "
         "port-forward deploy/hami-scheduler 9395  (then http://127.0.0.1:9395/metrics)"
+    )
+    click.echo(
+        f"  web UI:   KUBECONFIG={kubeconfig} {Path(k8s_bin) / 'kubectl'} -n {RELEASE_NS} "
+        "port-forward svc/hami-webui 8090  (then http://127.0.0.1:8090/)"
     )
     click.echo("  the cluster keeps running; `make demo-down` removes it and restores the host")
 
