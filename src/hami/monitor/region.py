@@ -41,8 +41,9 @@ FLOCK = struct.Struct("@hh4xqqi4x")  # struct flock on 64-bit Linux
 _HEADER = struct.Struct("<Q6I4iQ2I")  # magic .. leader_pid (64 bytes)
 # limit, used, peak, ctx_overhead, sm_limit, pad0, uuid[48]
 _DEV_A = struct.Struct("<4Q2I48s")
-# limiting, throttled (at 168), then cost_ns, gain_ppm, util_x100 (at 176)
-_DEV_B = struct.Struct("<2I3Q")
+# limiting, throttled (at 168), then cost_ns, gain_ppm, util_x100, throttled_ns (at 176; the last
+# is ABI 1.2's, padding — zero — in older regions)
+_DEV_B = struct.Struct("<2I4Q")
 _DEV_B_AT = 168
 _SLOT_HEAD = struct.Struct("<2I2iQ")  # state, gen, pid, hostpid, start_ns
 _SLOT_USED = struct.Struct("<16Q")
@@ -64,6 +65,8 @@ class DeviceUsage:
     limiting: bool
     throttled: bool
     util_percent: float  # last measured container utilisation of the card, percent
+    #: cumulative ns the container's launches on the card waited (limiter or priority hold; ABI 1.2)
+    throttled_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,11 +158,15 @@ def decode(header_and_devs: bytes, slots: bytes, alive: Callable[[int], bool] | 
         limit, used, peak, ctx, sm_limit, _pad, uuid_raw = _DEV_A.unpack_from(header_and_devs, off)
         if not (limit or used or uuid_raw[0]):
             continue
-        limiting, throttled, _cost, _gain, util_x100 = _DEV_B.unpack_from(header_and_devs, off + _DEV_B_AT)
+        limiting, throttled, _cost, _gain, util_x100, waited = _DEV_B.unpack_from(
+            header_and_devs, off + _DEV_B_AT
+        )
         util = min(util_x100, 1_000_000) / 100.0
         uuid = _text(uuid_raw)
         devices.append(
-            DeviceUsage(d, uuid, limit, used, peak, ctx, sm_limit, bool(limiting), bool(throttled), util)
+            DeviceUsage(
+                d, uuid, limit, used, peak, ctx, sm_limit, bool(limiting), bool(throttled), util, waited
+            )
         )
     procs = tuple(processes)
     return Region(minor, policy, priority, util_switch, recent_kernel, last_kernel_ns, tuple(devices), procs)

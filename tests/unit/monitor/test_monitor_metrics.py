@@ -40,6 +40,8 @@ MONITOR_FAMILIES = {
     "hami_vgpu_memory_context_bytes": CTR,
     "hami_vgpu_memory_module_bytes": CTR,
     "hami_vgpu_memory_buffer_bytes": CTR,
+    # hami's own counter (the parser names the family without `_total`)
+    "hami_container_throttled_seconds": CTR,
 }
 
 
@@ -81,6 +83,7 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, PodDirectory]]:
                     limiting=True,
                     throttled=True,
                     util_x100=2500,
+                    throttled_ns=3_250_000_000,
                 ),
                 FakeDevice(CARD1, limit=GiB, used=0),
             ],
@@ -199,6 +202,11 @@ def test_container_values(node: tuple[Path, PodDirectory]) -> None:
     assert by(f["hami_vgpu_memory_peak_bytes"], **a0) == 900 * MiB
     assert by(f["hami_vgpu_core_limit_ratio"], **a0) == 30
     assert by(f["hami_container_device_throttled"], **a0) == 1
+    # the region's cumulative wait, in seconds; a card no launch waited on: 0
+    throttled = f["hami_container_throttled_seconds"]
+    assert throttled.type == "counter"
+    assert by(throttled, **a0) == 3.25
+    assert by(throttled, **{**a0, "vdevice_index": "1", "device_uuid": CARD1}) == 0
     assert by(f["hami_container_processes"], pod="pa") == 2
     a1 = {**a0, "vdevice_index": "1", "device_uuid": CARD1}
     assert by(f["hami_vgpu_memory_used_bytes"], **a1) == 0
