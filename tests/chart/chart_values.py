@@ -66,7 +66,10 @@ VALUE_SETS: dict[str, ValueSet] = {
                 "fakeNode": "cards: []\n",
                 "extraEnvs": {"LOG_LEVEL": "debug"},
             },
-            "monitor": {"enabled": True, "service": {"type": "NodePort"}},
+            "monitor": {
+                "service": {"type": "NodePort"},
+                "nvml": {"hostPath": "/opt/driver/lib", "env": {"DRIVER_NODE": "$(NODE_NAME)"}},
+            },
             "devices": {"nvidia": {"gpuCorePolicy": "force", "libCudaLogLevel": 3}},
             "hami": {"enforcementOptOutNamespaces": ["research"]},
             "prometheus": {"enabled": True, "labels": {"release": "kube-prometheus"}},
@@ -85,7 +88,8 @@ VALUE_SETS: dict[str, ValueSet] = {
             "scheduler": {"certManager": {"enabled": True}, "leaderElect": False, "overwriteEnv": True},
         },
     ),
-    # the bare extender: no webhook, no device plugin, no policy, the device config given whole
+    # the bare extender: no webhook, no device plugin, no monitor, no policy, the device config given
+    # whole
     "minimal": ValueSet(
         "bare",
         "chart-minimal",
@@ -93,6 +97,7 @@ VALUE_SETS: dict[str, ValueSet] = {
         {
             "scheduler": {"admissionWebhook": {"enabled": False}},
             "devicePlugin": {"enabled": False},
+            "monitor": {"enabled": False},
             "admissionPolicy": {"enabled": False},
             "device-config": {"content": "nvidia:\n  deviceSplitCount: 7\n"},
         },

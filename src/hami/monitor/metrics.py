@@ -305,6 +305,7 @@ class MonitorCollector(Collector):
             f.ns_limit.add(lv, ns_limit[ns])
         for state, n in counts.items():
             f.regions.add(labels(STATE_LABELS, (ZONE, self.node, state)), n)
+        self._migs(f)
         return [*f.all(), *(legacy_families(f) if self.legacy else ()), self._build_info]
 
     def _host(self, f: _Families, cards: list[HostCard]) -> None:
@@ -353,21 +354,26 @@ class MonitorCollector(Collector):
             f.throttled_seconds.add(lv, dev.throttled_ns / 1e9)
             sum_used += used
             sum_limit += limit
-        ci = pod.container_index(container)
-        for m in pod.migs:
-            if m.container_index != ci:
-                continue
-            values = (
-                ZONE,
-                pod.namespace,
-                pod.name,
-                container,
-                str(m.device_index),
-                m.gpu_uuid,
-                m.mig_uuid or "",
-                m.profile,
-                "" if m.gpu_instance_id is None else str(m.gpu_instance_id),
-                "" if m.compute_instance_id is None else str(m.compute_instance_id),
-            )
-            f.mig.add(labels(MIG_LABELS, values), 1)
         return sum_used, sum_limit
+
+    def _migs(self, f: _Families) -> None:
+        """``hami_mig_device_info`` for every MIG instance the node's pods were given, from their
+        annotation alone: a MIG container gets no libvgpu (the hardware enforces the slice), so it
+        has no region directory."""
+        for pod in sorted(self.pods.snapshot()[1].values(), key=lambda p: (p.namespace, p.name)):
+            for m in pod.migs:
+                if not 0 <= m.container_index < len(pod.containers):
+                    continue
+                values = (
+                    ZONE,
+                    pod.namespace,
+                    pod.name,
+                    pod.containers[m.container_index],
+                    str(m.device_index),
+                    m.gpu_uuid,
+                    m.mig_uuid or "",
+                    m.profile,
+                    "" if m.gpu_instance_id is None else str(m.gpu_instance_id),
+                    "" if m.compute_instance_id is None else str(m.compute_instance_id),
+                )
+                f.mig.add(labels(MIG_LABELS, values), 1)
