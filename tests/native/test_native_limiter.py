@@ -269,6 +269,8 @@ def test_priority_block_from_the_monitor(sandbox: Sandbox) -> None:
     region_poke(sandbox.cache, REGION_RECENT_KERNEL, -1)  # monitor: a higher-priority task is active
     p = sandbox.popen("launch:kernel:2:1000000:0", **env)
     time.sleep(1.0)
+    (dev,) = region_state(sandbox.cache)["devices"]
+    assert dev["throttled_ns"] > 0, dev  # a hold is counted while it lasts, not only once it ends
     region_poke(sandbox.cache, REGION_RECENT_KERNEL, 0)
     out, err = p.communicate(timeout=30)
     util = float(kv(lines(out, "launch ")[0])["util"])
