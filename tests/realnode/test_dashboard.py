@@ -246,8 +246,10 @@ async def test_every_dashboard_panel_returns_series(
             ("hami_container_last_kernel_elapsed_seconds", None),
             ("hami_container_throttled_seconds_total", 0.0),
         ):
-            got = await _api(http, url, "/api/v1/query", query=f'{family}{{namespace="{ns}",pod="probe"}}')
-            (value,) = [float(r["value"][1]) for r in got["result"]]
+            query = f'{family}{{namespace="{ns}",pod="probe",device_uuid="{seen["cards"][0]}"}}'
+            got = await _api(http, url, "/api/v1/query", query=query)
+            assert len(got["result"]) == 1, (query, got)
+            value = float(got["result"][0]["value"][1])
             assert value >= 0 if want is None else value == want, (family, value)
 
         # the values behind the hami panels are the probe's
