@@ -32,6 +32,8 @@ REGION_SIZE = SLOTS_OFFSET + MAX_SLOTS * SLOT_SIZE  # 200896
 HAMI_CORE_MAGIC = 19920718  # HAMi-core's region (int32 at offset 0): not this library's format
 
 SLOT_LIVE = 1
+#: vgpu.h VGPU_LIMIT_DENY: the limit libvgpu gives the records past the container's cards
+LIMIT_DENY = 1
 # byte-range locks beyond the data (vgpu.h VGPU_LOCK_*): slot i's owner holds LOCK_BASE + 64 + i
 LOCK_BASE = (REGION_SIZE + 4095) & ~4095
 F_OFD_SETLK = 37
@@ -156,8 +158,8 @@ def decode(header_and_devs: bytes, slots: bytes, alive: Callable[[int], bool] | 
     for d in range(MAX_DEV):
         off = HEADER_SIZE + d * DEV_SIZE
         limit, used, peak, ctx, sm_limit, _pad, uuid_raw = _DEV_A.unpack_from(header_and_devs, off)
-        if not (limit or used or uuid_raw[0]):
-            continue
+        if not (used or uuid_raw[0]) and limit in (0, LIMIT_DENY):
+            continue  # not configured, or a record past the container's cards (denied, unused)
         limiting, throttled, _cost, _gain, util_x100, waited = _DEV_B.unpack_from(
             header_and_devs, off + _DEV_B_AT
         )
