@@ -5,7 +5,8 @@ server's pod proxy."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from hami.deviceplugin.kubeops import merge_patch
 from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
-from hami.sandbox.cluster import Sandbox
+from hami.kube.poll import poll_until
+from hami.sandbox.cluster import Sandbox, ensure_namespace
 from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
 from hami.testing.prereq import missing
@@ -53,6 +55,26 @@ def chart_installed(
         yield helm
     finally:
         helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+@contextlib.asynccontextmanager
+async def scratch_namespace(kc: KubeClient, prefix: str = "rn") -> AsyncIterator[str]:
+    """A fresh namespace ``<prefix>-<random>`` whose default ServiceAccount exists (pods need it to
+    be admitted). Its pods are deleted on exit and waited for, so no test's cards stay taken for
+    the next one; then the namespace is deleted."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    await ensure_namespace(kc, name, timeout=30)
+    try:
+        yield name
+    finally:
+        pods = api_path("v1", "pods", namespace=name)
+        await kc.request("DELETE", pods, params={"gracePeriodSeconds": 0})
+
+        async def gone() -> bool:
+            return not (await kc.get(pods)).get("items")
+
+        await poll_until(gone, timeout=60)
+        await kc.request("DELETE", api_path("v1", "namespaces", name=name))
 
 
 async def workload_ready(kc: KubeClient, kind: str, name: str) -> bool:

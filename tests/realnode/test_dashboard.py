@@ -22,7 +22,6 @@ import contextlib
 import socket
 import subprocess
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,11 +29,11 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from realnode_chart import HOLD, NAMESPACE, chart_installed, gpu_pod, hami_leading, probe_report
+from realnode_chart import HOLD, NAMESPACE, chart_installed, gpu_pod, probe_report, scratch_namespace
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
-from hami.sandbox.cluster import Sandbox, ensure_namespace
+from hami.sandbox.cluster import Sandbox
 from hami.testing.helm import Helm
 from hami.testing.prereq import missing
 from hami.testing.prometheus import PrometheusMissingError, Query, dashboard_queries, find_prometheus
@@ -68,11 +67,6 @@ def installed(sandbox: Sandbox, prometheus_dir: Path) -> Iterator[Helm]:
     }
     with chart_installed(sandbox, extra, fake_node=FAKE_SANDBOX.read_text()) as helm:
         yield helm
-
-
-@pytest.fixture
-async def leading(installed: Helm, kc: KubeClient) -> None:
-    await hami_leading(kc)
 
 
 def _free_port() -> int:
@@ -139,18 +133,9 @@ def _gpu_pod(name: str, command: list[str], mem: int, node: str | None = None) -
 
 @pytest.fixture
 async def mig_ns(kc: KubeClient) -> AsyncIterator[str]:
-    """A second namespace (outside the quota) for the MIG pod; its pods are gone at the end."""
-    name = f"rn-mig-{uuid.uuid4().hex[:6]}"
-    await ensure_namespace(kc, name, timeout=30)
-    yield name
-    pods = api_path("v1", "pods", namespace=name)
-    await kc.request("DELETE", pods, params={"gracePeriodSeconds": 0})
-
-    async def gone() -> bool:
-        return not (await kc.get(pods)).get("items")
-
-    await wait_for(gone, timeout=60, interval=0.5)
-    await kc.request("DELETE", api_path("v1", "namespaces", name=name))
+    """A second namespace (outside the quota) for the MIG pod."""
+    async with scratch_namespace(kc, "rn-mig") as name:
+        yield name
 
 
 def _node_cards(node: str) -> dict[str, str]:

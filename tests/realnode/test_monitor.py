@@ -21,7 +21,6 @@ from realnode_chart import (
     NAMESPACE,
     chart_installed,
     gpu_pod,
-    hami_leading,
     probe_report,
     samples,
     scrape_metrics,
@@ -48,11 +47,6 @@ def installed(sandbox: Sandbox) -> Iterator[Helm]:
     extra = {"monitor": {"extraArgs": ["--gc-grace=3", "--gc-interval=1"]}}
     with chart_installed(sandbox, extra) as helm:
         yield helm
-
-
-@pytest.fixture
-async def leading(installed: Helm, kc: KubeClient) -> None:
-    await hami_leading(kc)
 
 
 async def _monitor_state(kc: KubeClient, node: str) -> str:

@@ -17,17 +17,15 @@ server's pod proxy, once a second.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from realnode_chart import chart_installed, gpu_pod, hami_leading, probe_report, samples, scrape_metrics
+from realnode_chart import gpu_pod, probe_report, samples, scrape_metrics
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
-from hami.sandbox.cluster import Sandbox
 from hami.sandbox.probe import KERNEL_LOOP, report
-from hami.testing.helm import Helm
 from hami.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
@@ -37,17 +35,6 @@ NODE, CARD = "node1", "GPU-fake-node1-0"
 SLICE_MIB = 2000
 HIGH_LOOP_SECONDS = 40  # the high-priority pod's kernel loop, then it idles
 THROTTLED = "hami_container_throttled_seconds"  # the parser's name of the _total counter
-
-
-@pytest.fixture(scope="module")
-def installed(sandbox: Sandbox) -> Iterator[Helm]:
-    with chart_installed(sandbox) as helm:
-        yield helm
-
-
-@pytest.fixture
-async def leading(installed: Helm, kc: KubeClient) -> None:
-    await hami_leading(kc)
 
 
 def _looping(name: str, extra: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
