@@ -194,6 +194,10 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
             series("Filter and bind outcomes", "Answers per second, by result.", "reqps",
                    (f"sum by (result) (rate(hami_scheduler_filter_results_total[{RATE}]))", "filter {{result}}"),
                    (f"sum by (result) (rate(hami_scheduler_bind_results_total[{RATE}]))", "bind {{result}}")),
+            series("Device-only preemptions", "The extender's own preemption tries per second, by result, and "
+                   "the pods it evicted (docs/quota-preemption.md).", "ops",
+                   (f"sum by (result) (rate(hami_scheduler_device_preemptions_total[{RATE}]))", "{{result}}"),
+                   (f"sum(rate(hami_scheduler_device_preemption_victims_total[{RATE}]))", "evicted pods")),
             series("Monitor container regions", "Container directories each monitor sees, by state.", "none",
                    (f"hami_monitor_regions{N}", "{{node}} {{state}}")),
         ],

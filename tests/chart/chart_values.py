@@ -85,7 +85,12 @@ VALUE_SETS: dict[str, ValueSet] = {
         {
             "fullnameOverride": "hami-cm",
             # overwriteEnv: every pod reaches the webhook, so hami's namespace and kube-system are skipped
-            "scheduler": {"certManager": {"enabled": True}, "leaderElect": False, "overwriteEnv": True},
+            "scheduler": {
+                "certManager": {"enabled": True},
+                "leaderElect": False,
+                "overwriteEnv": True,
+                "preemption": {"enabled": False},
+            },
         },
     ),
     # the bare extender: no webhook, no device plugin, no monitor, no policy, the device config given

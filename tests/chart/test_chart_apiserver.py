@@ -114,6 +114,7 @@ SCHEDULER_ALLOWED: list[Check] = [
     ("get", "pods", "", "tenant", "p", None),
     ("patch", "pods", "", "tenant", "p", None),
     ("create", "pods", "", "tenant", "p", "binding"),
+    ("create", "pods", "", "tenant", "p", "eviction"),  # device-only preemption
     ("list", "nodes", "", None, None, None),
     ("watch", "nodes", "", None, None, None),
     ("get", "nodes", "", None, "n1", None),
@@ -274,5 +275,8 @@ async def test_rbac_cert_manager(kube_client: KubeClient, rendered: Render) -> N
     webhook_self_signed = {
         c for c in SCHEDULER_ALLOWED if c[1] in {"secrets", "mutatingwebhookconfigurations"}
     }
-    allowed = [c for c in SCHEDULER_ALLOWED if c not in webhook_self_signed]
-    await _assert_rbac(kube_client, r, "scheduler", allowed, SCHEDULER_DENIED + CERT_MANAGER_DENIED)
+    # this value set also switches preemption off: no Eviction API for the extender
+    evict = {c for c in SCHEDULER_ALLOWED if c[5] == "eviction"}
+    allowed = [c for c in SCHEDULER_ALLOWED if c not in webhook_self_signed | evict]
+    denied = SCHEDULER_DENIED + CERT_MANAGER_DENIED + sorted(evict, key=str)
+    await _assert_rbac(kube_client, r, "scheduler", allowed, denied)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chart_values import CHART, VALUE_SETS, Rendered
+from chart_values import CHART, VALUE_SETS, Rendered, ValueSet
 
 from hami.config.device import DeviceConfig, parse_device_config
 from hami.config.node import parse_node_config_file
@@ -90,8 +90,28 @@ def test_kube_scheduler_config_equals_hamis_generator(rendered: Render, name: st
         leader_elect=leader,
         lease_namespace=r.values.namespace,
         http_timeout=f"{sched_values.get('extenderHTTPTimeout', 30)}s",
+        preempt=sched_values.get("preemption", {}).get("enabled", True),
     )
     assert shipped == expected
+
+
+def test_preemption_is_on_by_default_and_can_be_switched_off(helm: Helm) -> None:
+    """``scheduler.preemption.enabled`` (default true) registers hami's preempt verb with
+    kube-scheduler and leaves the extender's device-only preemption on; false removes both."""
+    for enabled in (None, True, False):
+        values: dict[str, Any] = (
+            {} if enabled is None else {"scheduler": {"preemption": {"enabled": enabled}}}
+        )
+        docs = helm.render(CHART, release="hami", namespace="hami-system", values=values)
+        r = Rendered(ValueSet("p", "hami-system", "hami", values), docs)
+        cfg = yaml.safe_load(r.get("ConfigMap", "hami-scheduler")["data"]["config.yaml"])
+        args = r.container("Deployment", "hami-scheduler", "vgpu-scheduler-extender")["args"]
+        if enabled is False:
+            assert "preemptVerb" not in cfg["extenders"][0]
+            assert "--no-preemption" in args
+        else:
+            assert cfg["extenders"][0]["preemptVerb"] == "preempt"
+            assert "--no-preemption" not in args
 
 
 def test_scheduler_pod(rendered: Render) -> None:
@@ -489,3 +509,37 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
     assert "mthreads.com/cores" in names and "aws.amazon.com/neuroncore" in names
     for domain in ("nvidia.com/", "hygon.com/", "iluvatar.ai/", "amd.com/", "aws.amazon.com/"):
         assert f"k.startsWith('{domain}')" in cond["expression"]
+
+
+def _plugin_pod(helm: Helm, device_plugin: dict[str, object]) -> dict[str, Any]:
+    objs = helm.render(CHART, release="hami", namespace="x", values={"devicePlugin": device_plugin})
+    (ds,) = [o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "hami-device-plugin"]
+    pod: dict[str, Any] = ds["spec"]["template"]["spec"]
+    return pod
+
+
+def test_lock_free_mode_mounts_the_cdi_dir_and_pod_resources(helm: Helm) -> None:
+    pod = _plugin_pod(helm, {"allocationMode": "cdi"})
+    (plugin,) = [c for c in pod["containers"] if c["name"] == "device-plugin"]
+    assert plugin["args"][-3:] == [
+        "--allocation-mode=cdi",
+        "--cdi-spec-dir=/var/run/cdi",
+        "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",
+    ]
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host["cdi-specs"] == "/var/run/cdi"
+    assert host["pod-resources"] == "/var/lib/kubelet/pod-resources"
+    mounts = {m["name"]: m for m in plugin["volumeMounts"]}
+    assert mounts["pod-resources"]["readOnly"] is True
+    assert "readOnly" not in mounts["cdi-specs"]
+    # a per-node override mounts them too, but leaves the cluster default (lock) on the command line
+    per_node = {"nodeConfiguration": {"config": '{"nodeconfig": [{"name": "n1", "allocationmode": "cdi"}]}'}}
+    pod = _plugin_pod(helm, per_node)
+    (plugin,) = [c for c in pod["containers"] if c["name"] == "device-plugin"]
+    assert "--allocation-mode=cdi" not in plugin["args"]
+    assert {"cdi-specs", "pod-resources"} <= {m["name"] for m in plugin["volumeMounts"]}
+
+
+def test_lock_free_mode_value_is_checked(helm: Helm) -> None:
+    with pytest.raises(HelmError, match="allocationMode"):
+        helm.render(CHART, release="hami", namespace="x", values={"devicePlugin": {"allocationMode": "dra"}})

@@ -1,4 +1,5 @@
-"""The committed device plugin gRPC code must equal what hack/gen-proto.sh generates now."""
+"""The committed gRPC code (device plugin v1beta1, PodResources v1) must equal what
+hack/gen-proto.sh generates now, and carry the upstream wire names and numbers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from hami.testing.prereq import missing
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "src" / "hami" / "deviceplugin" / "api"
+GENERATED = ROOT / "src" / "hami" / "deviceplugin"
+PACKAGES = ("api", "podresources_api")
 FILES = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
 
 
@@ -22,7 +24,12 @@ def test_generated_code_matches_proto(tmp_path: Path) -> None:
         check=True,
         env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
     )
-    stale = [f for f in FILES if (tmp_path / f).read_bytes() != (GENERATED / f).read_bytes()]
+    stale = [
+        f"{p}/{f}"
+        for p in PACKAGES
+        for f in FILES
+        if (tmp_path / p / f).read_bytes() != (GENERATED / p / f).read_bytes()
+    ]
     assert not stale, f"generated code is stale, run hack/gen-proto.sh: {stale}"
 
 
@@ -83,3 +90,38 @@ def test_wire_names_and_numbers() -> None:
     # Full method paths the kubelet calls.
     assert fd.services_by_name["DevicePlugin"].full_name == "v1beta1.DevicePlugin"
     assert fd.services_by_name["Registration"].full_name == "v1beta1.Registration"
+
+
+def test_podresources_wire_names_and_numbers() -> None:
+    from hami.deviceplugin.podresources_api import api_pb2
+
+    fd = api_pb2.DESCRIPTOR
+    assert fd.package == "v1"
+    lister = fd.services_by_name["PodResourcesLister"]
+    assert lister.full_name == "v1.PodResourcesLister"
+    assert [m.name for m in lister.methods] == ["List", "GetAllocatableResources", "Get"]
+    expected = {
+        "AllocatableResourcesResponse": {"devices": 1, "cpu_ids": 2, "memory": 3},
+        "ListPodResourcesResponse": {"pod_resources": 1},
+        "PodResources": {"name": 1, "namespace": 2, "containers": 3},
+        "ContainerResources": {"name": 1, "devices": 2, "cpu_ids": 3, "memory": 4, "dynamic_resources": 5},
+        "ContainerMemory": {"memory_type": 1, "size": 2, "topology": 3},
+        "ContainerDevices": {"resource_name": 1, "device_ids": 2, "topology": 3},
+        "TopologyInfo": {"nodes": 1},
+        "NUMANode": {"ID": 1},
+        "DynamicResource": {"claim_name": 2, "claim_namespace": 3, "claim_resources": 4},
+        "ClaimResource": {
+            "cdi_devices": 1,
+            "driver_name": 2,
+            "pool_name": 3,
+            "device_name": 4,
+            "share_id": 5,
+        },
+        "CDIDevice": {"name": 1},
+        "GetPodResourcesRequest": {"pod_name": 1, "pod_namespace": 2},
+        "GetPodResourcesResponse": {"pod_resources": 1},
+        "ListPodResourcesRequest": {},
+        "AllocatableResourcesRequest": {},
+    }
+    got = {name: {f.name: f.number for f in fd.message_types_by_name[name].fields} for name in expected}
+    assert got == expected

@@ -408,3 +408,48 @@ async def test_hami_example_asking_for_a_card_type_the_cluster_lacks_waits_with_
     assert "0/2 nodes are available" in message, message
     got = await kc.get(api_path("v1", "pods", namespace=ns, name="gpu-pod"))
     assert got["status"].get("phase") == "Pending"
+
+
+async def test_a_high_priority_pod_preempts_the_low_priority_pods_on_one_card(
+    leading: None, kc: KubeClient, ns: str
+) -> None:
+    """The chart's defaults (``scheduler.preemption.enabled``) on real kubelets: node1's two cards
+    are full of card memory only (two LOW pods on card 0, two MID pods on card 1); a HIGH pod that
+    needs a whole card on node1 makes hami's extender evict exactly the LOW pods (Eviction API, as
+    the chart's scheduler identity); kubelet stops them and the HIGH pod runs on card 0."""
+    classes = {"low": 10, "mid": 50, "high": 1000}
+    pc = "/apis/scheduling.k8s.io/v1/priorityclasses"
+    for cls, value in classes.items():
+        await kc.create(pc, {"metadata": {"name": f"{ns}-{cls}"}, "value": value})
+    hold = "import time\ntime.sleep(10**6)\n"
+    try:
+        for name, cls, card in (
+            ("lo-1", "low", 0),
+            ("lo-2", "low", 0),
+            ("mid-1", "mid", 1),
+            ("mid-2", "mid", 1),
+        ):
+            p = _gpu_pod(name, {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 7680}, hold)
+            p["metadata"]["annotations"] = {keys.NVIDIA_USE_GPUUUID: f"GPU-fake-node1-{card}"}
+            p["spec"].update(
+                priorityClassName=f"{ns}-{cls}", nodeSelector={"kubernetes.io/hostname": "node1"}
+            )
+            await kc.create(api_path("v1", "pods", namespace=ns), p)
+        for name in ("lo-1", "lo-2", "mid-1", "mid-2"):
+            await _phase(kc, ns, name, ("Running",))
+        hi = _gpu_pod("hi", {"nvidia.com/gpu": 1, "nvidia.com/gpumem": 15360}, hold)
+        hi["spec"].update(priorityClassName=f"{ns}-high", nodeSelector={"kubernetes.io/hostname": "node1"})
+        await kc.create(api_path("v1", "pods", namespace=ns), hi)
+
+        running = await _phase(kc, ns, "hi", ("Running",))
+        assert running["spec"]["nodeName"] == "node1"
+        assert running["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED].startswith("GPU-fake-node1-0,")
+        left = {p["metadata"]["name"] for p in (await kc.get(api_path("v1", "pods", namespace=ns)))["items"]}
+        assert left == {"hi", "mid-1", "mid-2"}
+        events = (await kc.get(api_path("v1", "events", namespace=ns))).get("items") or []
+        preempted = {e["involvedObject"]["name"] for e in events if e.get("reason") == "Preempted"}
+        assert preempted == {"lo-1", "lo-2"}
+        await assert_no_overcommit(kc, ns, ["node1"])
+    finally:
+        for cls in classes:
+            await kc.request("DELETE", f"{pc}/{ns}-{cls}")

@@ -228,11 +228,14 @@ def one_of(*choices: str) -> PlainValidator:
 GPUCorePolicy = Literal["default", "force", "disable"]
 MigStrategy = Literal["none", "single", "mixed"]
 OperatingMode = Literal["hami-core", "mig", "mps"]
+#: How the device plugin learns which container an allocation is for (docs/deviceplugin.md).
+AllocationMode = Literal["lock", "cdi"]
 NodeSchedulerPolicy = Literal["binpack", "spread"]
 GPUSchedulerPolicy = Literal["binpack", "spread", "topology-aware"]
 
 GPUCorePolicyField = Annotated[GPUCorePolicy, one_of("default", "force", "disable")]
 MigStrategyField = Annotated[MigStrategy, one_of("none", "single", "mixed")]
 OperatingModeField = Annotated[OperatingMode, one_of("hami-core", "mig", "mps")]
+AllocationModeField = Annotated[AllocationMode, one_of("lock", "cdi")]
 NodeSchedulerPolicyField = Annotated[NodeSchedulerPolicy, one_of("binpack", "spread")]
 GPUSchedulerPolicyField = Annotated[GPUSchedulerPolicy, one_of("binpack", "spread", "topology-aware")]

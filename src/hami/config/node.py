@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 
 from hami.config._base import ConfigModel, clean, load_json_or_yaml, validate_model
 from hami.config._types import (
+    AllocationMode,
+    AllocationModeField,
     Bool,
     LogLevel,
     MigStrategy,
@@ -69,6 +71,9 @@ class NodeConfig(ConfigModel):
     migstrategy: MigStrategyField | None = None
     filterdevices: FilterDevices | None = None
     enablegetpreferredallocation: Bool | None = None
+    #: ``lock`` (HAMi's node lock) or ``cdi`` (lock-free: CDI + PodResources); overrides the
+    #: plugin's ``--allocation-mode`` on this node.
+    allocationmode: AllocationModeField | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The entry as HAMi writes it, unset fields left out (``libcudaloglevel`` as a string)."""
@@ -121,6 +126,8 @@ class EffectiveNodeConfig(ConfigModel):
     disable_core_limit: bool
     filter_devices: FilterDevices = Field(default_factory=FilterDevices)
     enable_get_preferred_allocation: bool = False
+    #: None: the entry does not say (the plugin's flag decides).
+    allocation_mode: AllocationMode | None = None
 
     def hides(self, uuid: str | None = None, index: int | None = None) -> bool:
         """True when this GPU must not be registered (``filterdevices``)."""
@@ -164,6 +171,7 @@ def effective_node_config(
             "mig_strategy": entry.migstrategy,
             "filter_devices": entry.filterdevices,
             "enable_get_preferred_allocation": entry.enablegetpreferredallocation,
+            "allocation_mode": entry.allocationmode,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
     return EffectiveNodeConfig(**base)

@@ -1,7 +1,9 @@
 """The node agent: device plugin server + node registration + Allocate + MIG reconciler.
 
-`run_agent` wires the pieces together; `hami device-plugin` and the sandbox call it. Without a
+`NodeAgent` wires the pieces together; `hami device-plugin` and the sandbox call it. Without a
 `KubeOps` (standalone) only the kubelet side runs: ListAndWatch works, Allocate answers an error.
+In the lock-free allocation mode (`cdi`) the server's allocator is a `LockFreeAllocator` around
+the lock mode's `PodAllocator`, and a collector removes the CDI specs of gone allocations.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from pathlib import Path
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import KUBELET_SOCKET_NAME
+from hami.deviceplugin.cdi import SpecStore
 from hami.deviceplugin.kubeops import KubeOps
+from hami.deviceplugin.lockfree import LockFreeAllocator
+from hami.deviceplugin.podresources import PodResourcesClient
 from hami.deviceplugin.register import NodeRegistrar
 from hami.deviceplugin.server import DEFAULT_SOCKET_NAME, DevicePluginServer
-from hami.deviceplugin.settings import MIG, NodeSettings
+from hami.deviceplugin.settings import CDI, MIG, NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,7 @@ class NodeAgent:
         register_interval: float = 30.0,
         mig_reconcile_interval: float = 5.0,
         watch_interval: float = 0.5,
+        cdi_collect_interval: float = 30.0,
     ) -> None:
         self.settings = settings
         self.server = DevicePluginServer(
@@ -48,11 +54,20 @@ class NodeAgent:
             watch_interval=watch_interval,
         )
         self.allocator: PodAllocator | None = None
+        self.lockfree: LockFreeAllocator | None = None
         self.registrar: NodeRegistrar | None = None
         self.mig_reconcile_interval = mig_reconcile_interval
+        self.cdi_collect_interval = cdi_collect_interval
         if kube is not None:
             self.allocator = PodAllocator(kube, settings, source, lambda: self.server.devices)
             self.server.allocator = self.allocator
+            if settings.allocation_mode == CDI:
+                self.lockfree = LockFreeAllocator(
+                    self.allocator,
+                    PodResourcesClient(settings.pod_resources_socket),
+                    SpecStore(settings.cdi_spec_dir),
+                )
+                self.server.allocator = self.lockfree
             self.registrar = NodeRegistrar(
                 kube,
                 settings.node_name,
@@ -60,6 +75,7 @@ class NodeAgent:
                 pair_scores=source.pair_scores if settings.topology_score else None,
                 extra=source.vendor_annotations,
                 interval=register_interval,
+                allocation_mode=settings.allocation_mode,
             )
             registrar = self.registrar
             self.server.add_listener(lambda _devices: registrar.poke())
@@ -73,6 +89,13 @@ class NodeAgent:
             self._tasks.append(
                 asyncio.create_task(
                     self.allocator.run_mig_reconciler(self.mig_reconcile_interval), name="mig-reconcile"
+                )
+            )
+
+        if self.lockfree is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self.lockfree.run_collector(self.cdi_collect_interval), name="cdi-collect"
                 )
             )
 

@@ -41,7 +41,7 @@ from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError, MigI
 from hami.kube.errors import KubeError
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
-from hami.protocol.pod import ContainerDevices, decode_mig_allocations, decode_pod_devices
+from hami.protocol.pod import ContainerDevices, MigAllocation, decode_mig_allocations, decode_pod_devices
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +70,29 @@ class PodAllocator:
         self._writer = AllocationWriter(kube, settings.node_name, lock_release_attempts=lock_release_attempts)
         self._mig = MigReconciler(kube, settings.node_name, source, devices, self._lock)
 
+    #: Lock mode: the pod is found at Allocate; nothing to do at PreStartContainer.
+    pre_start_required = False
+
     @property
     def node_name(self) -> str:
         return self.settings.node_name
+
+    @property
+    def writer(self) -> AllocationWriter:
+        """The API writes of this node's allocations (commit, failure mark, node lock)."""
+        return self._writer
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held by Allocate and the MIG reconciler (MIG instances change only under it)."""
+        return self._lock
+
+    def devices(self) -> list[PhysicalDevice]:
+        """The node's registered devices now."""
+        return self._devices()
+
+    async def prestart(self, device_ids: list[str]) -> None:
+        """Lock mode registers without `pre_start_required`: nothing to do."""
 
     async def find_pod(self) -> Obj:
         """The pod being allocated on this node (`identify.find_pod`)."""
@@ -136,33 +156,9 @@ class PodAllocator:
                         f"pod {bodies.pod_key(pod)} container {ctr.get('name')!r}: device number not matched: the kubelet "
                         f"asked for {len(creq.devices_ids)}, the scheduler assigned {len(devs)}"
                     )
-                for d in devs:
-                    phys = inventory.get(d.uuid)
-                    if phys is None:
-                        raise AllocationError(
-                            f"pod {bodies.pod_key(pod)}: card {d.uuid} is not on node {self.node_name}"
-                        )
-                    if not phys.healthy:
-                        raise AllocationError(f"pod {bodies.pod_key(pod)}: card {d.uuid} is unhealthy")
-                    if d.usedmem <= 0 and phys.mode not in (MIG, MPS):
-                        # 0 must never reach a hami-core container as a limit
-                        raise AllocationError(
-                            f"pod {bodies.pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a "
-                            "0-MiB slice"
-                        )
-                ctr_migs = sorted((a for a in migs if a.container_index == idx), key=lambda a: a.device_index)
-                modes = {inventory[d.uuid].mode for d in devs}
-                if ctr_migs or MIG in modes:
-                    uuids, migs, new = await instances_for_container(
-                        self.source, pod, idx, devs, ctr_migs, migs
-                    )
-                    created += new
-                    mig_changed = mig_changed or bool(new)
-                    edits = mig_edits(uuids)
-                elif modes == {MPS}:
-                    edits = mps_edits(devs, self.settings)
-                else:
-                    edits = await self._hami_core_edits(pod, ctr, devs)
+                edits, migs, new = await self.container_edits(pod, idx, devs, migs, inventory)
+                created += new
+                mig_changed = mig_changed or bool(new)
                 resp.container_responses.append(allocate_response(edits))
                 entries[idx] = ()
             await self._writer.commit(pod, raw, entries, migs if mig_changed else None)
@@ -173,13 +169,51 @@ class PodAllocator:
             await self._writer.release_lock(pod)
         return resp
 
+    async def container_edits(
+        self,
+        pod: Obj,
+        idx: int,
+        devs: ContainerDevices,
+        migs: list[MigAllocation],
+        inventory: Mapping[str, PhysicalDevice],
+        *,
+        cache_id: str | None = None,
+    ) -> tuple[ContainerEdits, list[MigAllocation], list[MigInstance]]:
+        """What container `idx` of `pod` (init containers first) receives for the cards `devs`,
+        each checked against this node's `inventory`: its edits, the pod's MIG allocations
+        `migs` with created instances filled in, and the MIG instances created (the caller
+        destroys them if it fails later). `cache_id` names a hami-core container's shared region
+        (a new one when None). Raises AllocationError naming the pod and the card."""
+        ctr = bodies.pod_containers(pod)[idx]
+        for d in devs:
+            phys = inventory.get(d.uuid)
+            if phys is None:
+                raise AllocationError(
+                    f"pod {bodies.pod_key(pod)}: card {d.uuid} is not on node {self.node_name}"
+                )
+            if not phys.healthy:
+                raise AllocationError(f"pod {bodies.pod_key(pod)}: card {d.uuid} is unhealthy")
+            if d.usedmem <= 0 and phys.mode not in (MIG, MPS):
+                # 0 must never reach a hami-core container as a limit
+                raise AllocationError(
+                    f"pod {bodies.pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a 0-MiB slice"
+                )
+        ctr_migs = sorted((a for a in migs if a.container_index == idx), key=lambda a: a.device_index)
+        modes = {inventory[d.uuid].mode for d in devs}
+        if ctr_migs or MIG in modes:
+            uuids, migs, new = await instances_for_container(self.source, pod, idx, devs, ctr_migs, migs)
+            return mig_edits(uuids), migs, new
+        if modes == {MPS}:
+            return mps_edits(devs, self.settings), migs, []
+        return await self._hami_core_edits(pod, ctr, devs, cache_id), migs, []
+
     async def _hami_core_edits(
-        self, pod: Obj, ctr: Mapping[str, Any], devs: ContainerDevices
+        self, pod: Obj, ctr: Mapping[str, Any], devs: ContainerDevices, cache_id: str | None = None
     ) -> ContainerEdits:
         """HAMi-core edits, with their side effects: the opt-out denial event, the log line for an
         unreadable opt-out, the container's cache directory, the driver's edits."""
         meta = bodies.meta(pod)
-        cache_id = self._new_cache_id()
+        cache_id = cache_id or self._new_cache_id()
         enforcement = decide_enforcement(ctr, self.settings, meta.get("namespace"))
         denial = enforcement.denial_message(ctr.get("name"))
         if denial is not None:

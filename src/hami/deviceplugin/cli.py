@@ -78,6 +78,22 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 @click.option("--operating-mode", type=click.Choice(["hami-core", "mig", "mps"]), default=None)
 @click.option("--enable-numa-topology/--no-enable-numa-topology", default=None)
 @click.option(
+    "--allocation-mode",
+    type=click.Choice(["lock", "cdi"]),
+    default=None,
+    help="lock: HAMi's node lock at Allocate (default); cdi: lock-free, the container is found at "
+    "PreStartContainer through the kubelet's PodResources API and handed a CDI spec "
+    "(a node's config.json entry `allocationmode` wins).",
+)
+@click.option(
+    "--cdi-spec-dir", default=None, help="CDI spec directory of the runtime (cdi mode; /var/run/cdi)."
+)
+@click.option(
+    "--pod-resources-socket",
+    default=None,
+    help="The kubelet's PodResources socket (cdi mode; /var/lib/kubelet/pod-resources/kubelet.sock).",
+)
+@click.option(
     "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
 )
 @click.option(

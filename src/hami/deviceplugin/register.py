@@ -1,4 +1,6 @@
-"""Node registration: the `hami.io/node-nvidia-register` (+ pair-score) node annotations.
+"""Node registration: the `hami.io/node-nvidia-register` (+ pair-score) node annotations, and
+`hami.io/allocation-mode` (`cdi` while the plugin runs lock-free; a `cdi` left by an earlier run is
+set back to `lock`, and a node that never ran lock-free gets no such annotation).
 
 The scheduler reads these to know the node's inventory (HAMi §2.1). Written on every inventory
 change and re-checked periodically (default 30 s, as HAMi); a patch is sent only when the node's
@@ -76,6 +78,7 @@ class NodeRegistrar:
         extra: Callable[[], dict[str, str]] | None = None,
         interval: float = 30.0,
         retry: float = 5.0,
+        allocation_mode: str = keys.ALLOCATION_MODE_LOCK,
     ) -> None:
         self.kube = kube
         self.node_name = node_name
@@ -84,6 +87,7 @@ class NodeRegistrar:
         self._extra = extra
         self.interval = interval
         self.retry = retry
+        self.allocation_mode = allocation_mode
         self._wake = asyncio.Event()
         self.patches = 0
 
@@ -100,6 +104,9 @@ class NodeRegistrar:
             want = {**self._extra(), **want}
         node = await self.kube.get_node(self.node_name)
         have = bodies.annotations(node)
+        mode = self.allocation_mode
+        if mode != keys.ALLOCATION_MODE_LOCK or have.get(keys.NODE_ALLOCATION_MODE, mode) != mode:
+            want[keys.NODE_ALLOCATION_MODE] = mode
         diff = {k: v for k, v in want.items() if have.get(k) != v}
         if not diff:
             return False

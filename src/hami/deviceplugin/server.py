@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import grpc
 
 from hami.deviceplugin.api import HEALTHY, KUBELET_SOCKET_NAME, UNHEALTHY, VERSION, api_pb2, api_pb2_grpc
+from hami.deviceplugin.grpcsock import serve_unix
 from hami.deviceplugin.preferred import card_of, preferred_allocation, replica_id
 from hami.deviceplugin.settings import NodeSettings, PhysicalDevice, build_inventory
 from hami.deviceplugin.sources.base import DeviceSource
@@ -36,7 +37,11 @@ class AllocationError(Exception):
 
 
 class Allocator(Protocol):
-    """Serves Allocate for the plugin (node registration + pod annotations live behind it)."""
+    """Serves Allocate (and PreStartContainer) for the plugin (node registration + pod annotations
+    live behind it)."""
+
+    #: Register with `pre_start_required` (the lock-free mode prepares containers at PreStart).
+    pre_start_required: bool
 
     async def allocate(self, request: api_pb2.AllocateRequest) -> api_pb2.AllocateResponse:
         """Raise AllocationError with a clear message on failure."""
@@ -44,6 +49,10 @@ class Allocator(Protocol):
 
     async def preferred_cards(self, size: int) -> list[str] | None:
         """Physical cards the scheduler chose for the container being admitted, if known."""
+        ...
+
+    async def prestart(self, device_ids: list[str]) -> None:
+        """Prepare the container about to start with `device_ids`; AllocationError on failure."""
         ...
 
 
@@ -83,6 +92,11 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
             raise  # unreachable: abort raises
 
     async def PreStartContainer(self, request: Any, context: Any) -> api_pb2.PreStartContainerResponse:
+        try:
+            await self._p.prestart(request)
+        except AllocationError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            raise  # unreachable: abort raises
         return api_pb2.PreStartContainerResponse()
 
 
@@ -187,7 +201,7 @@ class DevicePluginServer:
 
     def options(self) -> api_pb2.DevicePluginOptions:
         return api_pb2.DevicePluginOptions(
-            pre_start_required=False,
+            pre_start_required=self.allocator is not None and self.allocator.pre_start_required,
             get_preferred_allocation_available=self.settings.enable_preferred_allocation,
         )
 
@@ -226,17 +240,20 @@ class DevicePluginServer:
                 raise AllocationError(f"unknown device IDs {unknown}")
         return await self.allocator.allocate(request)
 
+    async def prestart(self, request: api_pb2.PreStartContainerRequest) -> None:
+        """PreStartContainer: the allocator prepares the container (lock-free mode only)."""
+        if self.allocator is None or not self.allocator.pre_start_required:
+            return
+        await self.allocator.prestart(list(request.devices_ids))
+
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def _serve(self) -> None:
-        self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        server = grpc.aio.server()
-        api_pb2_grpc.add_DevicePluginServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        await server.start()
-        self._server = server
+        servicer = _Servicer(self)
+        self._server = await serve_unix(
+            self.socket_path,
+            lambda server: api_pb2_grpc.add_DevicePluginServicer_to_server(servicer, server),  # type: ignore[no-untyped-call]
+        )
         self._own_stamp = _stamp(self.socket_path)
         log.info("serving DevicePlugin on %s", self.socket_path)
 

@@ -18,6 +18,7 @@ from hami.config import (
     load_device_config,
     load_node_config_file,
 )
+from hami.deviceplugin.podresources_api import POD_RESOURCES_SOCKET
 from hami.deviceplugin.sources.base import DeviceSource, SourceCard, SourceMigProfile
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,12 @@ HAMI_CORE = "hami-core"
 MIG = "mig"
 MPS = "mps"
 OPERATING_MODES = (HAMI_CORE, MIG, MPS)
+#: Allocation modes: HAMi's node lock, or lock-free (CDI + PodResources at PreStartContainer).
+LOCK = "lock"
+CDI = "cdi"
+ALLOCATION_MODES = (LOCK, CDI)
+#: Where CDI spec files go by default (containerd's and CRI-O's default `cdi_spec_dirs` include it).
+DEFAULT_CDI_SPEC_DIR = "/var/run/cdi"
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,20 @@ class NodeSettings:
     #: MPS control daemon directories on the host (mps operating mode).
     mps_pipe_dir: str = "/tmp/nvidia-mps"
     mps_log_dir: str = "/tmp/nvidia-log"
+    #: `lock` (HAMi's node lock at Allocate) or `cdi` (lock-free, see `hami.deviceplugin.lockfree`).
+    allocation_mode: str = LOCK
+    #: Directory the lock-free mode writes its CDI spec files into (the runtime's CDI spec dir).
+    cdi_spec_dir: str = DEFAULT_CDI_SPEC_DIR
+    #: The kubelet's PodResources socket (lock-free mode).
+    pod_resources_socket: str = POD_RESOURCES_SOCKET
 
     def __post_init__(self) -> None:
         if self.operating_mode not in OPERATING_MODES:
             raise ValueError(f"operatingmode: expected one of {OPERATING_MODES}, got {self.operating_mode!r}")
+        if self.allocation_mode not in ALLOCATION_MODES:
+            raise ValueError(
+                f"allocationmode: expected one of {ALLOCATION_MODES}, got {self.allocation_mode!r}"
+            )
         if self.split_count < 1:
             raise ValueError(f"devicesplitcount: must be >= 1, got {self.split_count}")
         if self.memory_scaling <= 0 or self.core_scaling <= 0:
@@ -167,7 +184,9 @@ def settings_from_config(
 ) -> NodeSettings:
     """NodeSettings from the validated device-config.yaml and the node's effective config."""
     nv = device_config.nvidia
+    mode = {} if node.allocation_mode is None else {"allocation_mode": node.allocation_mode}
     return NodeSettings(
+        **mode,
         node_name=node.node_name,
         resource_name=nv.resource_count_name,
         priority_resource_name=nv.resource_priority_name,
@@ -200,7 +219,9 @@ def load_settings(
     overrides: dict[str, Any] | None = None,
 ) -> NodeSettings:
     """Resolve NodeSettings: chart defaults < device-config.yaml `nvidia` < config.json node entry
-    < non-None `overrides` (NodeSettings field names). Raises ConfigError for bad files."""
+    < non-None `overrides` (NodeSettings field names), except that a node entry's `allocationmode`
+    beats the `allocation_mode` override (the flag is the cluster default, the entry the node's
+    own). Raises ConfigError for bad files."""
     if device_config_file:
         device_config, warnings = load_device_config(device_config_file)
         for w in warnings:
@@ -213,6 +234,8 @@ def load_settings(
     node = effective_node_config(device_config, node_name, node_file)
     settings = settings_from_config(device_config, node)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if node.allocation_mode is not None:
+        changes.pop("allocation_mode", None)
     try:
         return replace(settings, **changes)
     except (TypeError, ValueError) as e:

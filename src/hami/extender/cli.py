@@ -76,6 +76,12 @@ from hami.cliutil import option
     is_flag=True,
     help="also export HAMi's pre-2.10 scheduler metric names (GPUDeviceMemoryLimit, ...)",
 )
+@option(
+    "--preemption/--no-preemption",
+    default=True,
+    show_default=True,
+    help="preempt lower-priority pods when only card memory/cores/slots are short (Eviction API)",
+)
 @cliutil.log_level_option(None)
 @option("-v", "--verbose", count=True, help="without --log-level: -v info, -vv debug (default: warnings)")
 def scheduler_command(
@@ -97,6 +103,7 @@ def scheduler_command(
     lease_namespace: str,
     lease_name: str | None,
     legacy_metrics: bool,
+    preemption: bool,
     log_level: str | None,
     verbose: int,
 ) -> None:
@@ -133,6 +140,7 @@ def scheduler_command(
         annotate_at_filter=annotate_at_filter,
         bind_queue_limit=bind_queue_limit,
         legacy_metrics=legacy_metrics,
+        device_preemption=preemption,
     )
     try:
         kube_config = hami.kube.config.load_config(kubeconfig)

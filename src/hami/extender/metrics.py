@@ -28,6 +28,8 @@ from hami.protocol.pod import MigAllocation
 from hami.scheduling.state import ClusterState
 
 MIB = 1024 * 1024
+#: the results of a device-only preemption try (:mod:`hami.extender.devicepreempt`)
+PREEMPTION_RESULTS = ("evicted", "no-victims", "never", "refused", "error")
 
 
 class Metrics:
@@ -56,6 +58,19 @@ class Metrics:
         self.filter_results = Counter(
             "hami_scheduler_filter_results_total", "Filter outcomes", ["result"], registry=self.registry
         )
+        self.preemptions = Counter(
+            "hami_scheduler_device_preemptions_total",
+            "Device-only preemption tries by result",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in PREEMPTION_RESULTS:  # every series present from the start
+            self.preemptions.labels(result)
+        self.preemption_victims = Counter(
+            "hami_scheduler_device_preemption_victims_total",
+            "Pods evicted by device-only preemption",
+            registry=self.registry,
+        )
         self.bind_results = Counter(
             "hami_scheduler_bind_results_total", "Bind outcomes", ["result"], registry=self.registry
         )
@@ -66,6 +81,12 @@ class Metrics:
             self.registry.register(_WaitingCollector(pods, scheduler_name))
         if legacy:
             self.registry.register(_LegacyCollector(cards, quota))
+
+    def preempted(self, result: str, victims: int) -> None:
+        """One device-only preemption try (:mod:`hami.extender.devicepreempt`)."""
+        self.preemptions.labels(result).inc()
+        if victims:
+            self.preemption_victims.inc(victims)
 
 
 ZONE = "vGPU"

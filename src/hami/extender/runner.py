@@ -16,6 +16,7 @@ from aiohttp import web
 
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
+from hami.extender.devicepreempt import DevicePreemptor
 from hami.extender.leasefollow import LeaseFollower
 from hami.extender.metrics import Metrics
 from hami.extender.nodelock import NodeLocker
@@ -70,6 +71,9 @@ class ExtenderSettings:
     bind_queue_limit: int = 0
     #: also export HAMi's pre-2.10 scheduler metric names (``--legacy-metrics``)
     legacy_metrics: bool = False
+    #: preempt lower-priority pods through the Eviction API when only card resources are short
+    #: (:mod:`hami.extender.devicepreempt`; the chart's ``scheduler.preemption.enabled``)
+    device_preemption: bool = True
 
 
 class _Lease(TypedDict):
@@ -176,10 +180,27 @@ class Extender:
             scheduler_name=cfg.hami.scheduler_name,
             legacy=settings.legacy_metrics,
         )
+        #: device-only preemption (None with ``device_preemption=False``)
+        self.preemptor = self._preemptor() if settings.device_preemption else None
         self._runner: web.AppRunner | None = None
         self._ops_runner: web.AppRunner | None = None
         self.port = settings.port
         self.metrics_port = settings.metrics_port
+
+    def _preemptor(self) -> DevicePreemptor:
+        preemptor = DevicePreemptor(
+            scheduler=self.scheduler,
+            reservations=self.reservations,
+            client=self.client,
+            pod_lookup=self._pod,
+            is_leader=self._is_leader,
+            scheduler_name=self.settings.device_config.hami.scheduler_name,
+            on_outcome=self.metrics.preempted,
+        )
+        self.sync.on_pod.append(preemptor.pod_event)
+        self.sync.on_forget.append(preemptor.pod_forgotten)
+        self.service.on_unschedulable = preemptor.filter_failed
+        return preemptor
 
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
         self.sync.node_changed(new)
@@ -262,6 +283,8 @@ class Extender:
             await self.elector.stop()
         if self.follower is not None:
             await self.follower.stop()
+        if self.preemptor is not None:
+            await self.preemptor.stop()
         await self.quotas.stop()
         await self.pods.stop()
         await self.nodes.stop()

@@ -26,10 +26,12 @@ def scheduler_configuration(
     kubeconfig: str | None = None,
     http_timeout: str = "30s",
     insecure_tls: bool = True,
-    preempt: bool = False,
+    preempt: bool = True,
 ) -> dict[str, Any]:
-    """With ``preempt``, ``preemptVerb: preempt`` too: kube-scheduler's DefaultPreemption asks hami
-    which of its victims free the right cards (:mod:`hami.scheduling.preempt`)."""
+    """With ``preempt`` (the default, as the chart's ``scheduler.preemption.enabled``),
+    ``preemptVerb: preempt`` too: kube-scheduler's DefaultPreemption asks hami which of its victims
+    free the right cards (:mod:`hami.scheduling.preempt`). The verb only prunes or vetoes
+    kube-scheduler's own proposals, so it never evicts more than kube-scheduler alone would."""
     extender: dict[str, Any] = {
         "urlPrefix": extender_url,
         "filterVerb": "filter",

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hami.extender.events import record_event
 from hami.extender.nodelock import NodeLockContention, NodeLocker
 from hami.extender.reservations import Reservations
 from hami.extender.sync import TERMINAL_PHASES, LedgerSync
@@ -39,7 +40,7 @@ from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.scheduling.decide import Decision, Scheduler
-from hami.scheduling.preempt import select_victims
+from hami.scheduling.preempt import priority_of, select_victims
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,9 @@ class ExtenderService:
         #: dropped after this many seconds
         self.reservation_ttl = reservation_ttl
         self._decision_keys = [k for b in scheduler.registry for k in b.decision_keys]
+        #: called with the pod and the nodes offered when filter refuses a valid pod everywhere
+        #: (device-only preemption, :mod:`hami.extender.devicepreempt`)
+        self.on_unschedulable: Callable[[Mapping[str, Any], list[str]], None] | None = None
 
     @property
     def reservations(self) -> Reservations[asyncio.Task[None]]:
@@ -167,6 +171,8 @@ class ExtenderService:
                 failed = dict.fromkeys(args.node_names, decision.reason or "invalid request")
             else:
                 failed = decision.failed
+            if self.on_unschedulable is not None and not decision.invalid:
+                self.on_unschedulable(pod, list(args.node_names or ()))
             await self._event(pod, "FilteringFailed", decision.reason or "no node fits", warning=True)
             return FilterOutcome(node_names=[], failed=failed)
         if self.annotate_at_filter:
@@ -213,8 +219,7 @@ class ExtenderService:
                 cached = self.pod_lookup(alloc.namespace, alloc.name)
                 if cached is not None and bodies.uid(cached) == uid:
                     pod = cached
-        value = bodies.spec(pod).get("priority") if pod is not None else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+        return priority_of(pod)
 
     # ------------------------------------------------------------------------------ bind
     async def bind(self, args: BindingArgs) -> str:
@@ -348,16 +353,7 @@ class ExtenderService:
         self._last_event[uid] = (message, now)
         if len(self._last_event) > 10000:
             self._last_event.clear()
-        try:
-            await self.client.create_event(
-                dict(pod),
-                reason=reason,
-                message=message,
-                type="Warning" if warning else "Normal",
-                component=self.scheduler_name,
-            )
-        except KubeError as exc:
-            log.warning("could not record event on %s: %s", uid, exc)
+        await record_event(self.client, pod, reason, message, warning=warning, component=self.scheduler_name)
 
 
 async def owner_alive_from(pod_lookup: PodLookup, client: KubeClient, namespace: str, name: str) -> bool:

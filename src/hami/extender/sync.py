@@ -32,6 +32,7 @@ from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.shape import check_node, check_pod
 from hami.scheduling.decide import Scheduler, pod_key
+from hami.scheduling.quota import quota_object
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class LedgerSync:
         #: pods whose annotations could not be decoded (uid -> error)
         self.pod_errors: dict[str, str] = {}
         self._node_seen: dict[str, tuple[Any, ...]] = {}
-        #: called with the uid whenever a pod is forgotten (deleted, finished, bind failed)
+        #: called with the uid whenever a pod is forgotten (deleted, finished, bind failed), after
+        #: it has left the ledger
         self.on_forget: list[Callable[[str], None]] = []
         #: called with every pod event that reaches :meth:`pod_changed`
         self.on_pod: list[Callable[[Mapping[str, Any]], None]] = []
@@ -147,16 +149,16 @@ class LedgerSync:
 
     # --- namespace quota ----------------------------------------------------------------------
     def quota_changed(self, quota: Mapping[str, Any]) -> None:
-        ns, name = bodies.namespace(quota) or "default", bodies.name(quota)
-        hard = bodies.spec(quota).get("hard")
+        ns, name, hard = quota_object(quota)
         state = self.scheduler.state
-        state.set_quota(ns, name, hard if isinstance(hard, Mapping) else {})
+        state.set_quota(ns, name, hard)
         error = state.quota.errors.get((ns, name))
         if error:
             log.warning("ResourceQuota %s/%s: ignoring entries: %s", ns, name, error)
 
     def quota_deleted(self, quota: Mapping[str, Any]) -> None:
-        self.scheduler.state.remove_quota(bodies.namespace(quota) or "default", bodies.name(quota))
+        ns, name, _ = quota_object(quota)
+        self.scheduler.state.remove_quota(ns, name)
 
     # --- pods ---------------------------------------------------------------------------------
     def pod_changed(self, pod: Mapping[str, Any]) -> None:
@@ -211,7 +213,7 @@ class LedgerSync:
 
     def forget(self, uid: str) -> None:
         self.reservations.forget(uid)
-        for callback in self.on_forget:
-            callback(uid)
         self.pod_errors.pop(uid, None)
         self.scheduler.state.remove_pod(uid)
+        for callback in self.on_forget:  # after the removal: callbacks see the ledger without it
+            callback(uid)

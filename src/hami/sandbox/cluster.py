@@ -254,13 +254,19 @@ class Sandbox(Lifecycle):
     def chart_values(self, fake_node: str) -> dict[str, Any]:
         """helm values that fit hami's chart to this sandbox: the host installer writes under the
         sandbox's state (not the host's /usr/local), and the device plugin uses the fake device
-        source ``fake_node`` (YAML) with the simulated driver. With the simulated driver, the node
-        monitor reads it as a real node's monitor reads the host's NVML: each node's card list is
-        written next to the libraries now (:mod:`hami.sandbox.driver`) and the monitor is given
-        the library and its node's list (``monitor.nvml``)."""
+        source ``fake_node`` (YAML) with the simulated driver. The first node allocates lock-free
+        (``allocationmode: cdi`` in its node config entry), the others with the node lock: one
+        cluster runs both modes. With the simulated driver, the node monitor reads it as a real
+        node's monitor reads the host's NVML: each node's card list is written next to the
+        libraries now (:mod:`hami.sandbox.driver`) and the monitor is given the library and its
+        node's list (``monitor.nvml``)."""
+        lock_free = {"nodeconfig": [{"name": self.node_specs[0].name, "allocationmode": "cdi"}]}
         values: dict[str, Any] = {
             "global": {"gpuHookPath": str(self.hook_path)},
-            "devicePlugin": {"fakeNode": self.fake_node_spec(fake_node)},
+            "devicePlugin": {
+                "fakeNode": self.fake_node_spec(fake_node),
+                "nodeConfiguration": {"config": json.dumps(lock_free)},
+            },
         }
         if self.driver is not None:
             spec = yaml.safe_load(fake_node) or {}

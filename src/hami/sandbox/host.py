@@ -39,6 +39,8 @@ FIXED_PATHS = (
     "/run/containerd/runc",
     "/var/log/pods",
     "/var/log/containers",
+    "/var/lib/kubelet/pod-resources",
+    "/run/cdi",
 )
 
 

@@ -12,7 +12,10 @@ Guarantees:
   own state: kubelet's hard-coded ``/var/lib/kubelet/device-plugins`` (a starting kubelet deletes
   every other socket in it), the node-lock directory ``/tmp/vgpulock``, and the container log
   directories ``/var/log/pods`` and ``/var/log/containers`` (kubelet's garbage collection removes
-  the log directories of pods its own runtime does not run: the other node's) — so several nodes
+  the log directories of pods its own runtime does not run: the other node's), the kubelet's
+  PodResources directory ``/var/lib/kubelet/pod-resources`` (its ``pod-resources`` under the node's
+  kubelet root dir) and ``/run/cdi`` (``/var/run/cdi``: the node's CDI spec directory, which its
+  containerd reads) — so several nodes
   share this machine as if each had its own. The host's copies stay empty mount points; a host process
   that plays a node's device plugin uses :attr:`RealNode.plugin_dir`;
 * no image is ever pulled from outside: every registry host resolves to a closed loopback port, so
@@ -45,8 +48,17 @@ from hami.testing.controlplane import ControlPlane, ControlPlaneError, Process, 
 
 __all__ = ["PRIVATE_DIRS", "SANDBOX_IMAGE", "NodeBinaries", "RealNode"]
 
-#: host directories every node gets a private copy of (see the module docstring)
-PRIVATE_DIRS = ("/var/lib/kubelet/device-plugins", "/tmp/vgpulock", "/var/log/pods", "/var/log/containers")
+#: host directories every node gets a private copy of (see the module docstring); the last two are
+#: the lock-free device plugin's: the kubelet's PodResources socket directory (the kubelet serves it
+#: under its root dir) and the CDI spec directory the chart mounts (containerd reads ``<state>/cdi``)
+PRIVATE_DIRS = (
+    "/var/lib/kubelet/device-plugins",
+    "/tmp/vgpulock",
+    "/var/log/pods",
+    "/var/log/containers",
+    "/var/lib/kubelet/pod-resources",
+    "/run/cdi",
+)
 
 #: the pause image containerd pins as every pod's sandbox (built and imported by the sandbox)
 SANDBOX_IMAGE = "hami.local/pause:3.10"
@@ -104,8 +116,12 @@ class RealNode:
         self.mntns = state / "ns" / "mnt"
         #: what the node's kubelet sees as /var/lib/kubelet/device-plugins
         self.plugin_dir = state / "device-plugins"
+        #: the CDI spec directory containerd reads (``cdi_spec_dirs``), /run/cdi in the namespace
+        self.cdi_dir = state / "cdi"
         self.private = {PRIVATE_DIRS[0]: self.plugin_dir}
-        self.private.update({d: state / "private" / Path(d).name for d in PRIVATE_DIRS[1:]})
+        self.private.update({d: state / "private" / Path(d).name for d in PRIVATE_DIRS[1:4]})
+        self.private[PRIVATE_DIRS[4]] = self.root_dir / "pod-resources"
+        self.private[PRIVATE_DIRS[5]] = self.cdi_dir
         self.private.update(private or {})
 
     def _env(self) -> dict[str, str]:
@@ -173,7 +189,7 @@ state = "{c / "state"}"
 [plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true
-  cdi_spec_dirs = ["{self.state / "cdi"}"]
+  cdi_spec_dirs = ["{self.cdi_dir}"]
 
 [plugins."io.containerd.cri.v1.runtime".containerd]
   default_runtime_name = "runc"

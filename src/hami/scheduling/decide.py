@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hami.devices.base import Card, DeviceRequest, Placement, RequestError
-from hami.devices.hooks import QuotaScoped, VendorHooks
+from hami.devices.hooks import VendorHooks
 from hami.devices.registry import BackendRegistry
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
@@ -83,9 +83,7 @@ class Scheduler:
             state = ClusterState()
         for vendor, usage in registry.card_usage().items():
             state.card_usage.setdefault(vendor, usage)
-        for backend in registry:
-            if isinstance(backend, QuotaScoped):
-                state.quota.set_vendor(backend.vendor, backend.quota_names)
+        state.quota.set_vendors(registry)
         self.state = state
         self.node_policy = node_policy
         self.gpu_policy = gpu_policy

@@ -27,7 +27,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from hami.protocol import bodies
 from hami.scheduling.decide import Scheduler, pod_key
+
+
+def priority_of(pod: Mapping[str, Any] | None) -> int:
+    """A pod's ``spec.priority`` (the API server sets it from the PriorityClass); 0 when missing."""
+    value = bodies.spec(pod).get("priority") if pod is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _fits(scheduler: Scheduler, pod: Mapping[str, Any], node: str, gone: Sequence[str]) -> bool:
@@ -83,3 +90,47 @@ def select_victims(
         if chosen:
             out[node] = chosen
     return out
+
+
+def _key(chosen: Sequence[str], priorities: Mapping[str, int], node: str) -> tuple[int, int, int, str]:
+    prios = [priorities.get(v, 0) for v in chosen]
+    return (max(prios), len(chosen), sum(prios), node)
+
+
+def plan_preemption(
+    scheduler: Scheduler,
+    pod: Mapping[str, Any],
+    candidates: Mapping[str, Sequence[str]],
+    priorities: Mapping[str, int],
+) -> tuple[str, list[str]] | None:
+    """Device-only preemption: the node and the victims (uids) to evict there so the pod fits its
+    cards, or None when no eviction is needed or none would help.
+
+    ``candidates`` maps each node the pod may go to (kube-scheduler found it fits everything else)
+    to the pods there that *may* be evicted (the caller's rules: lower priority, bound, not already
+    terminating). None when the pod already fits one of those nodes without evicting anyone.
+    Per node the victims are :func:`node_victims`' (the real fit, quota included, minimal by
+    priority then count); among nodes the plan whose highest victim priority is lowest wins, then
+    the fewest victims, the lowest priority sum, the node name.
+    """
+    uid = pod_key(pod)[0]
+    mine = scheduler.state.pods.get(uid)
+    try:
+        nodes = [n for n in candidates if n in scheduler.state.nodes]
+        if nodes and scheduler.decide(pod, candidates=nodes, reserve=False).node is not None:
+            return None
+    finally:
+        if mine is not None and scheduler.state.pods.get(uid) is not mine:
+            scheduler.state.add_pod(mine)
+    best: tuple[tuple[int, int, int, str], str, list[str]] | None = None
+    for node in nodes:
+        victims = candidates[node]
+        if not victims:
+            continue
+        chosen = node_victims(scheduler, pod, node, victims, priorities)
+        if not chosen:
+            continue
+        key = _key(chosen, priorities, node)
+        if best is None or key < best[0]:
+            best = (key, node, chosen)
+    return None if best is None else (best[1], best[2])

@@ -27,10 +27,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hami.devices.base import Placement
-from hami.devices.hooks import CardUse, QuotaNames
+from hami.devices.base import DeviceBackend, Placement
+from hami.devices.hooks import CardUse, QuotaNames, QuotaScoped
+from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.quantity import parse_int_quantity
+from hami.scheduling.requests import PodRequest
 
 LIMIT_PREFIX = "limits."
 #: what a pod counts against its namespace's quota: resource name -> MiB or percent
@@ -72,6 +74,45 @@ class Limit:
 
     value: int
     quota: str
+
+
+def quota_object(obj: Mapping[str, Any]) -> tuple[str, str, Mapping[str, Any]]:
+    """A ResourceQuota's namespace, name and ``spec.hard`` (empty when missing or not a map)."""
+    hard = bodies.spec(obj).get("hard")
+    return bodies.namespace(obj) or "default", bodies.name(obj), hard if isinstance(hard, Mapping) else {}
+
+
+def floor_of(request: PodRequest, resources: Mapping[str, Mapping[bool, str]]) -> tuple[Charge, set[str]]:
+    """The least a pod can ever count per quota resource, whatever cards it gets, and which
+    resources it asks at all (``resources`` as in :func:`charge_of`).
+
+    The ledger counts per card ``max(init peak, app sum)``; summed over cards that is at least the
+    largest init container's total and at least the app containers' (sidecars included) total,
+    each container counting ``count x`` its per-card MiB / cores. A percentage of a card's memory
+    asks memory but its MiB depend on the card: it counts 0 here (a lower bound), and only an
+    explicit limit of 0 can rule it out before a card is chosen.
+    """
+    init_peak: Charge = {}
+    app: Charge = {}
+    asked: set[str] = set()
+    for c in request.containers:
+        per: Charge = {}
+        for vendor, req in c.devices.items():
+            names = resources.get(vendor) or {}
+            mem_name, core_name = names.get(True), names.get(False)
+            if mem_name and (req.mem or req.mem_percentage):
+                asked.add(mem_name)
+                mib = req.count * req.mem if req.mem_percentage is None else 0
+                per[mem_name] = per.get(mem_name, 0) + mib
+            if core_name and req.cores:
+                asked.add(core_name)
+                per[core_name] = per.get(core_name, 0) + req.count * req.cores
+        for res, v in per.items():
+            if c.init and not c.sidecar:
+                init_peak[res] = max(init_peak.get(res, 0), v)
+            else:
+                app[res] = app.get(res, 0) + v
+    return {res: max(init_peak.get(res, 0), app.get(res, 0)) for res in asked}, asked
 
 
 def charge_of(pod: Chargeable, resources: Mapping[str, Mapping[bool, str]]) -> Charge:
@@ -132,6 +173,12 @@ class QuotaLedger:
                 per[memory] = name
         if per:
             self._by_vendor[vendor] = per
+
+    def set_vendors(self, backends: Iterable[DeviceBackend]) -> None:
+        """Declare the quota resources of every backend that has some (:class:`QuotaScoped`)."""
+        for backend in backends:
+            if isinstance(backend, QuotaScoped):
+                self.set_vendor(backend.vendor, backend.quota_names)
 
     # --- ResourceQuota objects ----------------------------------------------------------------
     def set_quota(
@@ -238,6 +285,26 @@ class QuotaLedger:
             if a > 0 and u + a > limit.value:
                 return exceeded(pod.namespace, self.resources[res], limit, u, a)
         return None
+
+    def never_fits(self, namespace: str, request: PodRequest) -> list[str]:
+        """Why a pod with ``request`` can never fit its namespace's quota, even with nothing else
+        running there (:func:`floor_of` against each limit); empty when it may fit."""
+        limits = self.limits.get(namespace)
+        if not limits:
+            return []
+        floor, asked = floor_of(request, self._by_vendor)
+        out: list[str] = []
+        for res in sorted(asked):
+            limit = limits.get(res)
+            if limit is None or not (floor[res] > limit.value or limit.value == 0):
+                continue
+            quota = self.resources[res]
+            what = f"{floor[res]} {quota.unit}" if floor[res] else "a percentage of a card's memory"
+            out.append(
+                f"namespace {namespace}: the pod asks {what} of {LIMIT_PREFIX}{res} but the limit is "
+                f"{limit.value} (ResourceQuota {limit.quota}): it can never be scheduled"
+            )
+        return out
 
 
 def exceeded(namespace: str, res: QuotaResource, limit: Limit, used: int, asked: int) -> str:

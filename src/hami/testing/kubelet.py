@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from hami.deviceplugin.api import VERSION, api_pb2, api_pb2_grpc
+from hami.deviceplugin.grpcsock import serve_unix
 
 
 class PluginClient:
@@ -110,14 +111,11 @@ class FakeKubelet:
         return self.plugin_dir / self.socket_name
 
     async def start(self) -> None:
-        self.plugin_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        server = grpc.aio.server()
-        api_pb2_grpc.add_RegistrationServicer_to_server(_Registration(self), server)  # type: ignore[no-untyped-call]
-        server.add_insecure_port(f"unix://{self.socket_path}")
-        await server.start()
-        self._server = server
+        registration = _Registration(self)
+        self._server = await serve_unix(
+            self.socket_path,
+            lambda server: api_pb2_grpc.add_RegistrationServicer_to_server(registration, server),  # type: ignore[no-untyped-call]
+        )
 
     async def stop(self) -> None:
         for p in list(self._plugins.values()):

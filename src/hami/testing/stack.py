@@ -46,6 +46,8 @@ class Stack:
     bind_queue_limit: int = 0
     #: register hami's ``preemptVerb`` with kube-scheduler, with DefaultPreemption at its defaults
     preempt: bool = False
+    #: the extender's device-only preemption (on by default, as in the chart)
+    device_preemption: bool = True
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
@@ -56,6 +58,7 @@ class Stack:
             bind_lock_wait=20.0,
             annotate_at_filter=self.annotate_at_filter,
             bind_queue_limit=self.bind_queue_limit,
+            device_preemption=self.device_preemption,
         )
 
     async def start_extender(self) -> Extender:

@@ -19,7 +19,10 @@ from aiohttp import web
 
 from hami.config import DeviceConfig
 from hami.kube.client import KubeClient
+from hami.kube.informer import Informer
+from hami.kube.paths import api_path
 from hami.webhook.mutate import WebhookPolicy
+from hami.webhook.quota import QuotaGate
 from hami.webhook.server import NamespaceLabelCache, NamespaceLabels, set_ready, start_webhook
 from hami.webhook.tls import (
     CertReloader,
@@ -56,6 +59,8 @@ class WebhookSettings:
     kubeconfig: str | None = None
     #: look up namespace labels (``hami.io/webhook=ignore``) through the API
     namespace_lookup: bool = True
+    #: watch ResourceQuotas and deny a GPU pod that can never fit its namespace's device quota
+    quota_lookup: bool = True
     reload_interval_s: float = 10.0
 
     def policy(self) -> WebhookPolicy:
@@ -84,6 +89,9 @@ class Webhook:
         self.settings = settings
         self.policy = settings.policy()
         self.client: KubeClient | None = None
+        #: the ResourceQuota cache behind :attr:`quota` (None without credentials or quota_lookup)
+        self.quotas: Informer | None = None
+        self.quota: QuotaGate | None = None
         self._runner: web.AppRunner | None = None
         self._self_signed: SelfSigned | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -103,13 +111,15 @@ class Webhook:
 
     async def start(self) -> None:
         s = self.settings
-        if s.webhook_config_name or s.ca_secret or s.namespace_lookup:
+        if s.webhook_config_name or s.ca_secret or s.namespace_lookup or s.quota_lookup:
             self.client = _kube_client(s.kubeconfig, required=bool(s.webhook_config_name or s.ca_secret))
         ctx = await self._tls()
         client = self.client
         labels: NamespaceLabels | None = (
             NamespaceLabelCache(client) if client and s.namespace_lookup else None
         )
+        if client is not None and s.quota_lookup:
+            self._watch_quotas(client)
         self._runner = await start_webhook(
             self.policy,
             host=s.host,
@@ -117,6 +127,7 @@ class Webhook:
             ssl_context=ctx,
             namespace_labels=labels,
             ready=not s.webhook_config_name,
+            quota=self.quota.denials if self.quota is not None else None,
         )
         log.info(
             "hami webhook listening on https://%s:%d/webhook (scheduler %s)",
@@ -124,6 +135,18 @@ class Webhook:
             s.port,
             self.policy.scheduler_name,
         )
+
+    def _watch_quotas(self, client: KubeClient) -> None:
+        """Start the ResourceQuota informer (not waited for: until it syncs nothing is denied for quota)."""
+        informer = Informer(client, api_path("v1", "resourcequotas"), name="resourcequotas")
+        gate = QuotaGate(self.policy.registry, synced=lambda: informer.has_synced)
+        informer.add_handlers(
+            on_add=gate.quota_changed,
+            on_update=lambda _old, new: gate.quota_changed(new),
+            on_delete=gate.quota_deleted,
+        )
+        informer.start()
+        self.quotas, self.quota = informer, gate
 
     async def publish_ca(self) -> None:
         """Put the self-signed CA in the MutatingWebhookConfiguration (retried), then report ready."""
@@ -143,6 +166,9 @@ class Webhook:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.quotas is not None:
+            await self.quotas.stop()
+            self.quotas = self.quota = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

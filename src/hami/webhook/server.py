@@ -33,6 +33,7 @@ from hami.protocol.errors import ProtocolError
 from hami.protocol.shape import check_pod
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
 from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, mutate_pod
+from hami.webhook.quota import QuotaCheck
 
 __all__ = [
     "NamespaceLabelCache",
@@ -59,6 +60,7 @@ class WebhookState:
     namespace_labels: NamespaceLabels | None = None
     ready: bool = True
     why: str = ""
+    quota: QuotaCheck | None = None
 
 
 STATE_KEY = web.AppKey("hami_webhook_state", WebhookState)
@@ -122,9 +124,13 @@ class NamespaceLabelCache:
 
 
 async def decide(
-    request: AdmissionRequest, policy: WebhookPolicy, namespace_labels: NamespaceLabels | None = None
+    request: AdmissionRequest,
+    policy: WebhookPolicy,
+    namespace_labels: NamespaceLabels | None = None,
+    quota: QuotaCheck | None = None,
 ) -> AdmissionDecision:
-    """The decision for one parsed review (never raises)."""
+    """The decision for one parsed review (never raises). With ``quota``, a GPU pod the mutation
+    allows is denied (403) when it can never fit its namespace's device quota."""
     if request.kind and request.kind != "Pod":
         return AdmissionDecision.skip(f"not a Pod ({request.kind})")
     if request.operation and request.operation != "CREATE":
@@ -143,7 +149,12 @@ async def decide(
         except Exception as exc:
             log.warning("webhook: namespace label lookup for %r failed: %s", request.namespace, exc)
     try:
-        return mutate_pod(pod, namespace=request.namespace, namespace_labels=labels, policy=policy)
+        decision = mutate_pod(pod, namespace=request.namespace, namespace_labels=labels, policy=policy)
+        if quota is not None and decision.allowed and decision.managed:
+            over = quota(pod, request.namespace)
+            if over:
+                return AdmissionDecision.deny(over, code=403)
+        return decision
     except Exception as exc:
         log.exception("webhook: internal error deciding on pod %s/%s", request.namespace, request.name)
         return AdmissionDecision.deny([f"hami webhook internal error: {type(exc).__name__}: {exc}"], code=500)
@@ -164,7 +175,7 @@ async def _handle_review(req: web.Request) -> web.Response:
         log.info("webhook: bad AdmissionReview from %s: %s", req.remote, exc)
         return web.json_response({"code": 400, "message": f"bad AdmissionReview: {exc}"}, status=400)
     state = req.app[STATE_KEY]
-    decision = await decide(areq, state.policy, state.namespace_labels)
+    decision = await decide(areq, state.policy, state.namespace_labels, state.quota)
     if not decision.allowed:
         log.info("webhook: denied %s: %s", _pod_name(areq), decision.message)
     elif decision.patch:
@@ -185,12 +196,16 @@ async def _readyz(req: web.Request) -> web.Response:
 
 
 def make_app(
-    policy: WebhookPolicy, *, namespace_labels: NamespaceLabels | None = None, ready: bool = True
+    policy: WebhookPolicy,
+    *,
+    namespace_labels: NamespaceLabels | None = None,
+    ready: bool = True,
+    quota: QuotaCheck | None = None,
 ) -> web.Application:
     """The aiohttp application (see :func:`set_ready` for ``/readyz``)."""
     app = web.Application(client_max_size=MAX_BODY)
     app[STATE_KEY] = WebhookState(
-        policy=policy, namespace_labels=namespace_labels, ready=ready, why="starting"
+        policy=policy, namespace_labels=namespace_labels, ready=ready, why="starting", quota=quota
     )
     app.router.add_post("/webhook", _handle_review)
     app.router.add_post("/mutate", _handle_review)
@@ -207,11 +222,12 @@ async def start_webhook(
     ssl_context: ssl.SSLContext | None = None,
     namespace_labels: NamespaceLabels | None = None,
     ready: bool = True,
+    quota: QuotaCheck | None = None,
 ) -> web.AppRunner:
     """Serve on ``host:port`` (0 = any free port, see :func:`runner_port`); HTTPS when
     ``ssl_context`` is given (always in production: the API server only calls HTTPS webhooks).
     Stop with ``await runner.cleanup()``."""
-    app = make_app(policy, namespace_labels=namespace_labels, ready=ready)
+    app = make_app(policy, namespace_labels=namespace_labels, ready=ready, quota=quota)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)

@@ -105,6 +105,7 @@ def test_unknown_keys_are_warned() -> None:
             'nodeconfig[0].operatingmode = "vgpu": must be one of: hami-core, mig, mps',
         ),
         ({"migstrategy": "auto"}, 'nodeconfig[0].migstrategy = "auto": must be one of: none, single, mixed'),
+        ({"allocationmode": "dra"}, 'nodeconfig[0].allocationmode = "dra": must be one of: lock, cdi'),
         ({"enablenumatopology": "yes"}, 'nodeconfig[0].enablenumatopology = "yes": must be true or false'),
         (
             {"enablegetpreferredallocation": 2},

@@ -128,6 +128,7 @@ node_entries = st.builds(
     enablenumatopology=st.none() | st.booleans(),
     migstrategy=st.none() | st.sampled_from(["none", "single", "mixed"]),
     enablegetpreferredallocation=st.none() | st.booleans(),
+    allocationmode=st.none() | st.sampled_from(["lock", "cdi"]),
 )
 
 FIELD_MAP = {
@@ -140,6 +141,7 @@ FIELD_MAP = {
     "enablenumatopology": "enable_numa_topology",
     "migstrategy": "mig_strategy",
     "enablegetpreferredallocation": "enable_get_preferred_allocation",
+    "allocationmode": "allocation_mode",
 }
 
 

@@ -115,3 +115,24 @@ async def test_registrar_patches_only_on_change() -> None:
     await kube.patch_node("n1", {"metadata": {"annotations": {keys.NODE_NVIDIA_REGISTER: None}}})
     assert await reg.sync()
     assert reg.patches == 3
+
+
+async def test_allocation_mode_annotation() -> None:
+    kube = MemoryKube([{"metadata": {"name": "n1", "annotations": {}}}])
+
+    def registrar(mode: str) -> NodeRegistrar:
+        return NodeRegistrar(kube, "n1", lambda: [], allocation_mode=mode)
+
+    def mode() -> str | None:
+        ann: dict[str, str] = kube.nodes["n1"]["metadata"]["annotations"]
+        return ann.get(keys.NODE_ALLOCATION_MODE)
+
+    await registrar("lock").sync()
+    assert mode() is None  # a node that never ran lock-free gets no annotation
+    await registrar("cdi").sync()
+    assert mode() == keys.ALLOCATION_MODE_CDI
+    kube.nodes["n1"]["metadata"]["annotations"][keys.NODE_ALLOCATION_MODE] = "lock"
+    await registrar("cdi").sync()  # kept equal by the registration loop
+    assert mode() == keys.ALLOCATION_MODE_CDI
+    await registrar("lock").sync()  # back in lock mode
+    assert mode() == keys.ALLOCATION_MODE_LOCK

@@ -126,3 +126,20 @@ def test_load_settings_bad_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings(node_name="n1", node_config_file=str(nc))
     assert "config.json" in str(err.value) and "devicesplitcount" in str(err.value)
+
+
+def test_allocation_mode_flag_and_node_entry(tmp_path: Path) -> None:
+    nc = tmp_path / "config.json"
+    nc.write_text(json.dumps({"nodeconfig": [{"name": "n1", "allocationmode": "cdi"}, {"name": "n2"}]}))
+    # the node's entry wins over the flag (the cluster default); without one the flag decides
+    for node, flag, expected in (
+        ("n1", None, "cdi"),
+        ("n1", "lock", "cdi"),
+        ("n2", "cdi", "cdi"),
+        ("n2", None, "lock"),
+        ("n3", None, "lock"),
+    ):
+        s = load_settings(node_name=node, node_config_file=str(nc), overrides={"allocation_mode": flag})
+        assert s.allocation_mode == expected, (node, flag)
+    with pytest.raises(SettingsError, match="allocationmode: expected one of"):
+        load_settings(node_name="n3", overrides={"allocation_mode": "dra"})

@@ -37,9 +37,10 @@ def test_every_managed_resource_is_ignored_by_the_in_tree_fit_plugin() -> None:
     assert names == default_registry().resource_names()
     assert {"nvidia.com/gpu", "nvidia.com/gpumem", "nvidia.com/gpucores"} <= set(names)
     assert all(r["ignoredByScheduler"] is True for r in ext["managedResources"])
-    # HAMi's verbs and mode: filter + bind, no prioritize/preempt, node names instead of Node objects
+    # HAMi's verbs and mode: filter + bind, no prioritize, node names instead of Node objects; plus
+    # hami's device-aware preempt verb (on by default, docs/quota-preemption.md)
     assert ext["filterVerb"] == "filter" and ext["bindVerb"] == "bind"
-    assert "prioritizeVerb" not in ext and "preemptVerb" not in ext
+    assert "prioritizeVerb" not in ext and ext["preemptVerb"] == "preempt"
     assert ext["nodeCacheCapable"] is True and ext["ignorable"] is False
     # v1 spells it enableHTTPS (the legacy Policy JSON used enableHttps); plain HTTP inside the pod
     assert ext["enableHTTPS"] is False and "tlsConfig" not in ext

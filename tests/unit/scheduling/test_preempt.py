@@ -8,7 +8,7 @@ from schedkit import A100, T4, all_usage, container, gpu, gpu_pod, node, pod, sc
 
 from hami.protocol import keys
 from hami.scheduling import Scheduler
-from hami.scheduling.preempt import node_victims, select_victims
+from hami.scheduling.preempt import node_victims, plan_preemption, priority_of, select_victims
 
 MEM = "nvidia.com/gpumem"
 
@@ -182,3 +182,56 @@ def test_memory_freed_but_not_slots() -> None:
     p = gpu_pod("p", gpu=2, mem=4000)
     assert node_victims(sched, p, "n1", [b], {}) is None
     assert node_victims(sched, p, "n1", [b, a1, a2], {b: 1, a1: 2, a2: 3}) == [b, a1]
+
+
+# --- plan_preemption: device-only preemption chooses the node and the victims itself -------------------
+
+
+def two_nodes() -> Scheduler:
+    return scheduler(node("n1", [gpu("GPU-a")]), node("n2", [gpu("GPU-b")]))
+
+
+def test_plan_picks_the_node_whose_victims_have_the_lowest_priority_then_the_fewest() -> None:
+    sched = two_nodes()
+    a1 = on(sched, "a1", "GPU-a", mem=8000)
+    a2 = on(sched, "a2", "GPU-a", mem=8000)
+    b1 = on(sched, "b1", "GPU-b", mem=16000)
+    before = all_usage(sched.state)
+    p = gpu_pod("p", mem=16000)
+    cands = {"n1": [a1, a2], "n2": [b1]}
+    # n2's single victim has priority 20, n1's two have 10: the lowest highest-priority wins
+    assert plan_preemption(sched, p, cands, {a1: 10, a2: 10, b1: 20}) == ("n1", [a1, a2])
+    # equal priorities: the fewest victims
+    assert plan_preemption(sched, p, cands, {a1: 10, a2: 10, b1: 10}) == ("n2", [b1])
+    assert all_usage(sched.state) == before and "uid-p" not in sched.state.pods
+
+
+def test_plan_is_none_when_the_pod_fits_already_or_nothing_helps() -> None:
+    sched = two_nodes()
+    a1 = on(sched, "a1", "GPU-a", mem=8000)
+    # GPU-b is empty: no eviction needed
+    assert plan_preemption(sched, gpu_pod("p", mem=16000), {"n1": [a1], "n2": []}, {}) is None
+    b1 = on(sched, "b1", "GPU-b", mem=8000)
+    # a card of a type no node has: evicting everyone would not help
+    wrong = gpu_pod("w", mem=1000, annotations={keys.NVIDIA_USE_GPUTYPE: "H100"})
+    assert plan_preemption(sched, wrong, {"n1": [a1], "n2": [b1]}, {}) is None
+    # no candidates on the only node that has them / unknown nodes
+    assert plan_preemption(sched, gpu_pod("p", mem=16000), {"n1": [], "nx": ["u"]}, {}) is None
+
+
+def test_plan_never_crosses_quota() -> None:
+    sched = two_nodes()
+    sched.state.set_quota("team-a", "gpu", {f"limits.{MEM}": "8000"})
+    mine = on(sched, "mine", "GPU-a", ns="team-a", mem=8000)
+    theirs = on(sched, "theirs", "GPU-b", ns="team-b", mem=16000)
+    p = pod("p", container("main", gpu=1, mem=8000), namespace="team-a")
+    # team-a is at its limit: evicting team-b's pod frees GPU-b but no team-a quota
+    assert plan_preemption(sched, p, {"n2": [theirs]}, {}) is None
+    # its own pod frees both the quota and the card
+    assert plan_preemption(sched, p, {"n1": [mine], "n2": [theirs]}, {}) == ("n1", [mine])
+
+
+def test_priority_of() -> None:
+    assert priority_of({"spec": {"priority": 7}}) == 7
+    assert priority_of({"spec": {"priority": True}}) == 0
+    assert priority_of({"spec": {}}) == 0 and priority_of(None) == 0
