@@ -147,7 +147,12 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
     (
         "Throttling and priority",
         [
-            series("Throttled time per container", "Share of the last 5 minutes the core limit paced launches.",
+            series("Throttled time per container",
+                   "Seconds per second the container's launches on the card waited, in the core limiter or a "
+                   "priority hold (5-minute rate; several waiting threads can add up past 1).",
+                   "percentunit",
+                   (f"rate(hami_container_throttled_seconds_total{NS}[{RATE}])", CTR)),
+            series("Core limit pacing", "Share of the last 5 minutes the core limit paced launches.",
                    "percentunit",
                    (f"avg_over_time(hami_container_device_throttled{NS}[{RATE}])", CTR), max=1),
             series("Core limit per container", "The core limit (percent) each container runs under.", "percent",

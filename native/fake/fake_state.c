@@ -43,15 +43,59 @@ uint64_t fk_env_size(const char *name, uint64_t dflt) {
     return v;
 }
 
+static struct fk_card g_cards[FK_MAX_DEV];
+static int g_ncards;
+static pthread_once_t g_cards_once = PTHREAD_ONCE_INIT;
+
+static void load_cards(void) {
+    const char *path = getenv("FAKECUDA_CARDS");
+    if (!path || !*path) return;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        fprintf(stderr, "[fakecuda] FAKECUDA_CARDS=%s: %s\n", path, strerror(errno));
+        return;
+    }
+    char ln[512];
+    int lineno = 0;
+    while (g_ncards < FK_MAX_DEV && fgets(ln, sizeof ln, f)) {
+        lineno++;
+        ln[strcspn(ln, "\r\n")] = 0;
+        if (!ln[0]) continue;
+        struct fk_card *c = &g_cards[g_ncards];
+        char *save = NULL, *uuid = strtok_r(ln, "\t", &save), *mib = strtok_r(NULL, "\t", &save);
+        char *sm = strtok_r(NULL, "\t", &save), *name = strtok_r(NULL, "", &save), *end = NULL;
+        unsigned long long m = mib ? strtoull(mib, &end, 10) : 0;
+        if (!uuid || !name || !sm || !m || !end || *end) {
+            fprintf(stderr, "[fakecuda] %s:%d: expected <uuid>\\t<MiB>\\t<SMs>\\t<name>\n", path, lineno);
+            break;
+        }
+        snprintf(c->uuid, sizeof c->uuid, "%s", uuid);
+        snprintf(c->name, sizeof c->name, "%s", name);
+        c->total = m << 20;
+        c->sm_count = (uint32_t)strtoul(sm, NULL, 10);
+        g_ncards++;
+    }
+    fclose(f);
+}
+
+int fk_cards(const struct fk_card **out) {
+    pthread_once(&g_cards_once, load_cards);
+    if (out) *out = g_cards;
+    return g_ncards;
+}
+
 static void init_state(struct fk_state *S) {
     memset(S, 0, sizeof *S);
-    S->ndev = (uint32_t)fk_env_size("FAKECUDA_DEVICES", 1);
+    const struct fk_card *cards;
+    int ncards = fk_cards(&cards);
+    S->ndev = ncards ? (uint32_t)ncards : (uint32_t)fk_env_size("FAKECUDA_DEVICES", 1);
     if (S->ndev < 1) S->ndev = 1;
     if (S->ndev > FK_MAX_DEV) S->ndev = FK_MAX_DEV;
     S->driver_version = (int32_t)fk_env_size("FAKECUDA_DRIVER_VERSION", 13000);
     for (uint32_t d = 0; d < S->ndev; d++) {
-        S->dev[d].total = fk_env_size("FAKECUDA_TOTAL_MEM", 16ULL << 30);
-        S->dev[d].sm_count = (uint32_t)fk_env_size("FAKECUDA_SM_COUNT", 108);
+        S->dev[d].total = ncards ? cards[d].total : fk_env_size("FAKECUDA_TOTAL_MEM", 16ULL << 30);
+        S->dev[d].sm_count = ncards && cards[d].sm_count ? cards[d].sm_count
+                                                         : (uint32_t)fk_env_size("FAKECUDA_SM_COUNT", 108);
     }
     atomic_store(&S->magic, FK_MAGIC);
 }

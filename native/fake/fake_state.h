@@ -42,6 +42,21 @@ struct fk_state {
     struct fk_proc proc[FK_MAX_PROC];
 };
 
+/* A simulated node's own cards (what a sandbox node's NVML reports to its node monitor):
+ * FAKECUDA_CARDS names a file with one card a line, "<uuid>\t<memory MiB>\t<SM count>\t<name>".
+ * When it is set and readable, it gives the device count, each device's memory and SM count (over
+ * FAKECUDA_DEVICES / _TOTAL_MEM / _SM_COUNT) and NVML's UUIDs and names; a malformed line is
+ * reported on stderr and ends the list. Unset: the defaults (UUID GPU-face0000-..-<index>). */
+#define FK_TEXT 96
+struct fk_card {
+    char uuid[FK_TEXT];
+    char name[FK_TEXT];
+    uint64_t total;
+    uint32_t sm_count;
+};
+/* the cards FAKECUDA_CARDS lists (parsed once per process); 0 when it is unset or lists none */
+int fk_cards(const struct fk_card **out);
+
 struct fk_state *fk_state(void);
 struct fk_proc *fk_me(void);
 int32_t fk_pid(void); /* the PID the driver lists this process under (host namespace) */

@@ -62,6 +62,11 @@ API nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *i) {
     return NVML_SUCCESS;
 }
 static void uuid(int d, char *out, unsigned n) {
+    const struct fk_card *cards;
+    if (d < fk_cards(&cards)) { /* a simulated node's own card (FAKECUDA_CARDS) */
+        snprintf(out, n, "%s", cards[d].uuid);
+        return;
+    }
     /* same bytes as the fake CUDA side: fa ce 00.. d */
     snprintf(out, n, "GPU-face0000-0000-0000-0000-0000000000%02x", d);
 }
@@ -84,7 +89,9 @@ API nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *u, nvmlDevice_t *d) {
 }
 API nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *out, unsigned int n) {
     DEV(d);
-    snprintf(out, n, "Fake GPU %d", di_);
+    const struct fk_card *cards;
+    if (di_ < fk_cards(&cards)) snprintf(out, n, "%s", cards[di_].name);
+    else snprintf(out, n, "Fake GPU %d", di_);
     return NVML_SUCCESS;
 }
 API nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {

@@ -8,7 +8,9 @@
  * control_step): charged what they ran, the debt carried over periods.
  * The launch path is one
  * relaxed load when no limit is configured, and one atomic fetch_sub on the shared bucket when it is;
- * only a launch that finds the bucket empty sleeps. */
+ * only a launch that finds the bucket empty sleeps. A launch that waits (for tokens, or in a node
+ * monitor's priority hold) adds the time it waits to its card's throttled_ns in the region after each
+ * sleep; a launch that does not wait touches no counter. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -62,13 +64,25 @@ static int held(struct vgpu_region *R, uint64_t now) {
     return seen && age < VGPU_MONITOR_STALE_NS;
 }
 
+/* a held launch waited `ns` more: counted on the card it was made on (the region's throttled_ns) */
+static void waited(struct vgpu_region *R, uint64_t ns) {
+    int d = g_single_dev >= 0 ? g_single_dev : vgpu_current_device();
+    if (d >= 0 && d < VGPU_MAX_DEV) atomic_fetch_add_explicit(&R->dev[d].throttled_ns, ns, memory_order_relaxed);
+}
+
 void vgpu_launch_slow(void) {
     struct vgpu_region *R = vgpu_R;
     if (!R) return;
     int gate = atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed);
     if (gate & GATE_HOLD) {
         /* a higher-priority container is busy on one of our cards: wait while the monitor says so */
-        while (held(R, vgpu_now_ns())) sleep_ns(10000000);
+        uint64_t last = vgpu_now_ns();
+        while (held(R, last)) {
+            sleep_ns(10000000);
+            uint64_t now = vgpu_now_ns();
+            waited(R, now - last); /* counted as it goes: a long hold shows while it lasts */
+            last = now;
+        }
         atomic_fetch_and(&vgpu_gate_any, ~GATE_HOLD);
     }
     if (!(gate & GATE_LIMIT)) return;
@@ -79,8 +93,12 @@ void vgpu_launch_slow(void) {
     if (atomic_fetch_sub_explicit(&D->tokens, VGPU_UNIT, memory_order_relaxed) - VGPU_UNIT >= 0) return;
     /* empty bucket: this launch has taken its token on credit; wait until the debt is repaid */
     atomic_store_explicit(&D->throttled, 1, memory_order_relaxed);
+    uint64_t last = vgpu_now_ns();
     for (;;) {
-        refill(D, vgpu_now_ns());
+        uint64_t now = vgpu_now_ns();
+        if (now > last) atomic_fetch_add_explicit(&D->throttled_ns, now - last, memory_order_relaxed);
+        last = now;
+        refill(D, now);
         int64_t t = atomic_load(&D->tokens);
         if (t >= 0 || !atomic_load(&D->limiting)) return;
         uint64_t rate = atomic_load(&D->rate);

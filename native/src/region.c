@@ -29,6 +29,7 @@ _Static_assert(offsetof(struct vgpu_dev, sm_limit) == 32, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, uuid) == 40, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, tokens) == 128, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, util_x100) == 192, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, throttled_ns) == 200, "dev layout");
 _Static_assert(offsetof(struct vgpu_slot, used) == 24, "slot layout");
 _Static_assert(offsetof(struct vgpu_region, dev) == 192, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot) == 4288, "region layout");

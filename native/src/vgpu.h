@@ -148,7 +148,7 @@ VGPU_HIDDEN const char *vgpu_knob(const char *name);
 /* ---------------------------------------------------------------- shared region (ABI v1) */
 #define VGPU_REGION_MAGIC 0x315550475649414dULL /* "MAIVGPU1" little-endian */
 #define VGPU_REGION_ABI_MAJOR 1
-#define VGPU_REGION_ABI_MINOR 1 /* 1: monitor_ns */
+#define VGPU_REGION_ABI_MINOR 2 /* 1: monitor_ns; 2: dev.throttled_ns */
 
 enum { SLOT_FREE = 0, SLOT_LIVE = 1 };
 
@@ -173,7 +173,10 @@ struct vgpu_dev {
     _Atomic uint64_t cost_ns;   /* estimated GPU ns per launch */
     _Atomic uint64_t gain_ppm;  /* integral correction, 1e6 = 1.0 */
     _Atomic uint64_t util_x100; /* last measured container utilisation, percent*100 */
-    char pad2[48];
+    /* ABI 1.2: cumulative ns this container's launches on the device spent waiting, in the limiter
+     * or in a node monitor's priority hold (added by the waiting launch only; 0 in older regions) */
+    _Atomic uint64_t throttled_ns;
+    char pad2[40];
 };
 
 struct vgpu_slot {

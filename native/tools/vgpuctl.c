@@ -48,10 +48,11 @@ int main(int argc, char **argv) {
         /* devices a CUDA process has seen (it records their UUID); else every configured one */
         if (seen ? !D->uuid[0] : (!D->limit && !D->used && !D->sm_limit)) continue;
         printf("%s\n  {\"index\": %d, \"uuid\": \"%.48s\", \"limit\": %llu, \"used\": %llu, \"peak\": %llu, "
-               "\"sm_limit\": %u, \"util\": %.2f, \"cost_ns\": %llu, \"rate_per_s\": %.1f, \"gain\": %.3f}",
+               "\"sm_limit\": %u, \"util\": %.2f, \"cost_ns\": %llu, \"rate_per_s\": %.1f, \"gain\": %.3f, "
+               "\"throttled_ns\": %llu}",
                first ? "" : ",", d, D->uuid, (unsigned long long)D->limit, (unsigned long long)D->used,
                (unsigned long long)D->peak, D->sm_limit, D->util_x100 / 100.0, (unsigned long long)D->cost_ns,
-               (double)D->rate / VGPU_UNIT, D->gain_ppm / 1e6);
+               (double)D->rate / VGPU_UNIT, D->gain_ppm / 1e6, (unsigned long long)D->throttled_ns);
         first = 0;
     }
     printf("],\n \"slots\": [");

@@ -67,7 +67,10 @@ VALUE_SETS: dict[str, ValueSet] = {
                 "extraEnvs": {"LOG_LEVEL": "debug"},
             },
             "draPlugin": {"enabled": True, "cdiDir": "/run/cdi", "extraArgs": ["--log-level=DEBUG"]},
-            "monitor": {"enabled": True, "service": {"type": "NodePort"}},
+            "monitor": {
+                "service": {"type": "NodePort"},
+                "nvml": {"hostPath": "/opt/driver/lib", "env": {"DRIVER_NODE": "$(NODE_NAME)"}},
+            },
             "webui": {"enabled": True, "usageInterval": 2},
             "devices": {"nvidia": {"gpuCorePolicy": "force", "libCudaLogLevel": 3}},
             "hami": {"enforcementOptOutNamespaces": ["research"]},
@@ -93,7 +96,8 @@ VALUE_SETS: dict[str, ValueSet] = {
             },
         },
     ),
-    # the bare extender: no webhook, no device plugin, no policy, the device config given whole
+    # the bare extender: no webhook, no device plugin, no monitor, no policy, the device config given
+    # whole
     "minimal": ValueSet(
         "bare",
         "chart-minimal",
@@ -101,6 +105,7 @@ VALUE_SETS: dict[str, ValueSet] = {
         {
             "scheduler": {"admissionWebhook": {"enabled": False}},
             "devicePlugin": {"enabled": False},
+            "monitor": {"enabled": False},
             "admissionPolicy": {"enabled": False},
             "device-config": {"content": "nvidia:\n  deviceSplitCount: 7\n"},
         },

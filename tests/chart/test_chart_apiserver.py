@@ -281,8 +281,9 @@ async def test_rbac_default(kube_client: KubeClient, rendered: Render) -> None:
     await install(kube_client, r, only_rbac=True)
     await _assert_rbac(kube_client, r, "scheduler", SCHEDULER_ALLOWED, SCHEDULER_DENIED)
     await _assert_rbac(kube_client, r, "device-plugin", DEVICE_PLUGIN_ALLOWED, DEVICE_PLUGIN_DENIED)
-    # no monitor and no web UI: their ServiceAccounts have nothing
-    await _assert_rbac(kube_client, r, "monitor", [], MONITOR_ALLOWED)
+    # the monitor is on by default: it lists and watches pods, nothing more
+    await _assert_rbac(kube_client, r, "monitor", MONITOR_ALLOWED, MONITOR_DENIED)
+    # no web UI by default: its ServiceAccount has nothing
     await _assert_rbac(kube_client, r, "webui", [], WEBUI_ALLOWED)
 
 

@@ -287,9 +287,39 @@ def test_full_values_reach_the_device_plugin(rendered: Render) -> None:
     env = {e["name"]: e.get("value") for e in plugin["env"]}
     assert env["ENABLE_TOPOLOGY_SCORE"] == "true" and env["LOG_LEVEL"] == "debug"
     assert r.get("ConfigMap", "gpu-hami-fake-node")["data"]["fake-node.yaml"] == "cards: []\n"
+    # NVML from a host directory: the library by path, the directory mounted read-only where it is
     monitor = r.container("DaemonSet", "gpu-hami-monitor", "monitor")
     assert monitor["command"] == ["python3", "-m", "hami.monitor"]
+    assert monitor["args"] == [
+        "--metrics-bind=0.0.0.0:9394",
+        "--nvml-library=/opt/driver/lib/libnvidia-ml.so.1",
+    ]
+    env = {e["name"]: e.get("value") for e in monitor["env"]}
+    assert env["DRIVER_NODE"] == "$(NODE_NAME)"
+    assert [e["name"] for e in monitor["env"]].index("NODE_NAME") < [e["name"] for e in monitor["env"]].index(
+        "DRIVER_NODE"
+    )  # Kubernetes expands $(NODE_NAME) only from variables defined before
+    assert {"name": "nvml", "mountPath": "/opt/driver/lib", "readOnly": True} in monitor["volumeMounts"]
+    volumes = r.get("DaemonSet", "gpu-hami-monitor")["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "nvml", "hostPath": {"path": "/opt/driver/lib", "type": "Directory"}} in volumes
+
+
+def test_the_monitor_ships_by_default(rendered: Render) -> None:
+    """As HAMi's vgpu-monitor beside its device plugin: the monitor DaemonSet, its Service and RBAC
+    are in the default install, on the device plugin's nodes; NVML comes from the NVIDIA runtime
+    (no host directory mounted). Only switching it off removes it."""
+    r = rendered("default")
+    ds = r.get("DaemonSet", "hami-monitor")
+    pod = ds["spec"]["template"]["spec"]
+    plugin = r.get("DaemonSet", "hami-device-plugin")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == plugin["nodeSelector"]
+    monitor = r.container("DaemonSet", "hami-monitor", "monitor")
     assert monitor["args"] == ["--metrics-bind=0.0.0.0:9394"]
+    env = {e["name"]: e.get("value") for e in monitor["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["HOOK_PATH"] == "/usr/local"
+    assert [v["name"] for v in pod["volumes"]] == ["containers"]
+    assert r.has("Service", "hami-monitor") and r.has("ClusterRole", "hami-monitor")
+    assert not any(o["metadata"]["name"] == "bare-hami-monitor" for o in rendered("minimal").objects)
 
 
 def test_cert_manager_variant(rendered: Render) -> None:

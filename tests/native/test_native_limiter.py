@@ -269,10 +269,34 @@ def test_priority_block_from_the_monitor(sandbox: Sandbox) -> None:
     region_poke(sandbox.cache, REGION_RECENT_KERNEL, -1)  # monitor: a higher-priority task is active
     p = sandbox.popen("launch:kernel:2:1000000:0", **env)
     time.sleep(1.0)
+    (dev,) = region_state(sandbox.cache)["devices"]
+    assert dev["throttled_ns"] > 0, dev  # a hold is counted while it lasts, not only once it ends
     region_poke(sandbox.cache, REGION_RECENT_KERNEL, 0)
     out, err = p.communicate(timeout=30)
     util = float(kv(lines(out, "launch ")[0])["util"])
     assert 10 < util < 35, f"blocked ~1 s then 50 % for ~1 s, measured {util:.1f}% ({err})"
+    # the hold (~1 s) and the limiter's waits after it are in the card's throttled time
+    (dev,) = region_state(sandbox.cache)["devices"]
+    assert dev["throttled_ns"] > 0.5e9, dev
+
+
+def test_throttled_time_counts_the_waits_of_a_limited_process_only(sandbox: Sandbox) -> None:
+    """A process at a 30 % core limit launching 1 ms kernels back to back: launches are
+    asynchronous, so once its burst is spent the loop does little but wait for tokens, and its
+    card's throttled_ns is roughly the loop's run time (never more). The same program without a
+    limit never waits in libvgpu: its counter stays 0."""
+    limited = sandbox.run("launch:kernel:2:1000000:0", CUDA_DEVICE_SM_LIMIT="30")
+    report = kv(lines(limited.stdout, "launch ")[0])
+    secs, util = float(report["secs"]), float(report["util"])
+    assert util < 40, report  # it was limited
+    (dev,) = region_state(sandbox.cache)["devices"]
+    assert 0.5 * secs < dev["throttled_ns"] / 1e9 <= secs + 0.1, (report, dev)
+
+    free_cache = sandbox.tmp / "free.cache"
+    free = sandbox.run("launch:kernel:2:1000000:0", CUDA_DEVICE_MEMORY_SHARED_CACHE=str(free_cache))
+    assert float(kv(lines(free.stdout, "launch ")[0])["util"]) > 90, free.stdout + free.stderr
+    (dev,) = region_state(free_cache)["devices"]
+    assert dev["throttled_ns"] == 0, dev
 
 
 def test_legacy_launch_api_is_limited(tmp_path: Path) -> None:

@@ -12,18 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from realnode_chart import chart_installed, hami_leading, scratch_namespace
 
 from hami.kube.client import KubeClient
-from hami.kube.paths import api_path
-from hami.kube.poll import poll_until
-from hami.sandbox.cluster import NodeSpec, Sandbox, ensure_namespace
+from hami.sandbox.cluster import NodeSpec, Sandbox
 from hami.sandbox.node import RUNC, NodeBinaries
 from hami.testing.controlplane import BinariesMissingError, ControlPlaneError, find_binaries
+from hami.testing.helm import Helm
 from hami.testing.prereq import missing
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,19 +89,23 @@ async def kc(sandbox: Sandbox) -> AsyncIterator[KubeClient]:
 
 @pytest.fixture
 async def ns(kc: KubeClient) -> AsyncIterator[str]:
-    """A fresh namespace whose default ServiceAccount exists (pods need it to be admitted). Its
-    pods are deleted at the end and waited for, so no test's cards stay taken for the next one."""
-    name = f"rn-{uuid.uuid4().hex[:6]}"
-    await ensure_namespace(kc, name, timeout=30)
-    yield name
-    pods = api_path("v1", "pods", namespace=name)
-    await kc.request("DELETE", pods, params={"gracePeriodSeconds": 0})
+    """A fresh namespace (see :func:`realnode_chart.scratch_namespace`)."""
+    async with scratch_namespace(kc) as name:
+        yield name
 
-    async def gone() -> bool:
-        return not (await kc.get(pods)).get("items")
 
-    await poll_until(gone, timeout=60)
-    await kc.request("DELETE", api_path("v1", "namespaces", name=name))
+@pytest.fixture(scope="module")
+def installed(sandbox: Sandbox) -> Iterator[Helm]:
+    """The chart installed into the sandbox with its default values (uninstalled again at the end
+    of the module); a module that needs other values defines its own ``installed``."""
+    with chart_installed(sandbox) as helm:
+        yield helm
+
+
+@pytest.fixture
+async def leading(installed: Helm, kc: KubeClient) -> None:
+    """The module's chart installed, and hami leading (see :func:`realnode_chart.hami_leading`)."""
+    await hami_leading(kc)
 
 
 @pytest.hookimpl(hookwrapper=True)

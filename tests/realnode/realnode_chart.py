@@ -1,17 +1,23 @@
-"""hami installed by its own chart into the real-node sandbox, the wait until it leads, and the GPU
-probe pods the chart-installed modules run."""
+"""hami installed by its own chart into the real-node sandbox, the wait until it leads, the GPU
+probe pods the chart-installed modules run, and the metrics of hami's pods read through the API
+server's pod proxy."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from hami.deviceplugin.kubeops import merge_patch
 from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
-from hami.sandbox.cluster import Sandbox
+from hami.kube.poll import poll_until
+from hami.sandbox.cluster import Sandbox, ensure_namespace
 from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
 from hami.testing.prereq import missing
@@ -26,8 +32,8 @@ def chart_installed(
     sandbox: Sandbox, extra: dict[str, Any] | None = None, *, fake_node: str | None = None
 ) -> Iterator[Helm]:
     """``helm install`` of charts/hami with the sandbox's values (the fake device source
-    ``fake_node``, YAML, by default examples/fake-node-small.yaml, on every node) plus ``extra``;
-    uninstalled on exit."""
+    ``fake_node``, YAML, by default examples/fake-node-small.yaml, on every node) with ``extra``
+    merged into them (as helm merges values files); uninstalled on exit."""
     assert sandbox.cp is not None
     try:
         helm = Helm(find_helm())
@@ -35,8 +41,7 @@ def chart_installed(
         missing(str(exc), integration=True)
     if fake_node is None:
         fake_node = (ROOT / "examples" / "fake-node-small.yaml").read_text()
-    values = sandbox.chart_values(fake_node)
-    values.update(extra or {})
+    values = merge_patch(sandbox.chart_values(fake_node), extra or {})
     kubeconfig = str(sandbox.cp.kubeconfig_path)
     helm.release(
         "install",
@@ -50,6 +55,26 @@ def chart_installed(
         yield helm
     finally:
         helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+@contextlib.asynccontextmanager
+async def scratch_namespace(kc: KubeClient, prefix: str = "rn") -> AsyncIterator[str]:
+    """A fresh namespace ``<prefix>-<random>`` whose default ServiceAccount exists (pods need it to
+    be admitted). Its pods are deleted on exit and waited for, so no test's cards stay taken for
+    the next one; then the namespace is deleted."""
+    name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    await ensure_namespace(kc, name, timeout=30)
+    try:
+        yield name
+    finally:
+        pods = api_path("v1", "pods", namespace=name)
+        await kc.request("DELETE", pods, params={"gracePeriodSeconds": 0})
+
+        async def gone() -> bool:
+            return not (await kc.get(pods)).get("items")
+
+        await poll_until(gone, timeout=60)
+        await kc.request("DELETE", api_path("v1", "namespaces", name=name))
 
 
 async def workload_ready(kc: KubeClient, kind: str, name: str) -> bool:
@@ -109,18 +134,37 @@ HOLD = PROBE + "\nimport time\ntime.sleep(10**6)\n"
 IMAGE = "hami.local/hami:0.1.0"
 
 
-def gpu_pod(name: str, limits: dict[str, Any], command: list[str]) -> dict[str, Any]:
-    """A one-container pod of hami's image (no schedulerName: the webhook routes it)."""
-    return {
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 1,
-            "containers": [
-                {"name": "main", "image": IMAGE, "command": command, "resources": {"limits": limits}}
-            ],
-        },
+def gpu_pod(
+    name: str,
+    limits: dict[str, Any],
+    command: list[str],
+    *,
+    node: str | None = None,
+    env: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A one-container pod of hami's image (no schedulerName: the webhook routes it), on ``node``
+    when given (a nodeSelector on the hostname label), with ``env`` for its container and the
+    pod ``annotations``."""
+    container: dict[str, Any] = {
+        "name": "main",
+        "image": IMAGE,
+        "command": command,
+        "resources": {"limits": limits},
     }
+    if env:
+        container["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 1,
+        "containers": [container],
+    }
+    if node is not None:
+        spec["nodeSelector"] = {"kubernetes.io/hostname": node}
+    meta: dict[str, Any] = {"name": name}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {"metadata": meta, "spec": spec}
 
 
 async def probe_report(kc: KubeClient, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:
@@ -134,3 +178,31 @@ async def probe_report(kc: KubeClient, ns: str, name: str, timeout: float = 180)
 
     seen: dict[str, Any] = await wait_for(reported, timeout=timeout, interval=0.5)
     return seen
+
+
+async def scrape_metrics(
+    kc: KubeClient, component: str, node: str | None, port: int
+) -> dict[str, Any] | None:
+    """The metrics (families by name) of ``component``'s pod (on ``node``), through the API
+    server's pod proxy; None while no such pod answers."""
+    pods = await kc.list(
+        api_path("v1", "pods", namespace=NAMESPACE), label_selector=f"app.kubernetes.io/component={component}"
+    )
+    for p in pods["items"]:
+        if node is not None and p["spec"].get("nodeName") != node:
+            continue
+        proxy = (
+            f"{api_path('v1', 'pods', namespace=NAMESPACE, name=p['metadata']['name'])}:{port}/proxy/metrics"
+        )
+        try:
+            text = await kc.get_text(proxy)
+        except KubeError:
+            continue
+        return {f.name: f for f in text_string_to_metric_families(text)}
+    return None
+
+
+def samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
+    """The samples of family ``name`` whose labels include ``match``."""
+    fam = fams.get(name)
+    return [s for s in (fam.samples if fam else []) if all(s.labels.get(k) == v for k, v in match.items())]

@@ -9,7 +9,6 @@ kubelet Allocate -> a running container that sees its slice, and a pod that cann
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,7 @@ import pytest
 from realnode_chart import (
     HOLD,
     NAMESPACE,
-    chart_installed,
     gpu_pod,
-    hami_leading,
     pods_summary,
     probe_report,
     workload_ready,
@@ -39,18 +36,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 NODES = ("node1", "node2")
 CARDS, SPLIT = 2, 10  # per node (examples/fake-node-small.yaml; devicePlugin.deviceSplitCount)
-
-
-@pytest.fixture(scope="module")
-def installed(sandbox: Sandbox) -> Iterator[Helm]:
-    """The chart installed into the sandbox (uninstalled again at the end of the module)."""
-    with chart_installed(sandbox) as helm:
-        yield helm
-
-
-@pytest.fixture
-async def leading(installed: Helm, kc: KubeClient) -> None:
-    await hami_leading(kc)
 
 
 async def test_chart_components_run_on_the_node(installed: Helm, sandbox: Sandbox, kc: KubeClient) -> None:

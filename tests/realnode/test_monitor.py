@@ -1,10 +1,11 @@
 """The node monitor installed by the chart on real nodes, scraped through the API server.
 
-``helm install charts/hami`` with ``monitor.enabled`` (and a short collection grace period); a
+``helm install charts/hami`` (the monitor is on by default; a short collection grace period); a
 GPU pod runs the probe program (an unmodified CUDA driver-API client with ``libvgpu.so``
 preloaded) and keeps half of its slice allocated. The monitor pod on the probe's node, scraped
 through the API server's pod proxy, must report exactly that container's usage under HAMi's family
-names and labels; the scheduler's families must show the same pod's allocation. Once the pod is
+names and labels, and every node's monitor its own cards (fake-node-small: two Tesla T4 each)
+through the fake NVML; the scheduler's families must show the same pod's allocation. Once the pod is
 deleted, its series disappear and its region directory is removed from the node.
 """
 
@@ -15,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from realnode_chart import HOLD, NAMESPACE, chart_installed, gpu_pod, hami_leading, probe_report
+from realnode_chart import (
+    HOLD,
+    NAMESPACE,
+    chart_installed,
+    gpu_pod,
+    probe_report,
+    samples,
+    scrape_metrics,
+)
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
@@ -36,33 +44,9 @@ MONITOR_PORT, SCHEDULER_PORT = 9394, 9395
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
     """The chart with the monitor on (and a short collection grace period)."""
-    extra = {"monitor": {"enabled": True, "extraArgs": ["--gc-grace=3", "--gc-interval=1"]}}
+    extra = {"monitor": {"extraArgs": ["--gc-grace=3", "--gc-interval=1"]}}
     with chart_installed(sandbox, extra) as helm:
         yield helm
-
-
-@pytest.fixture
-async def leading(installed: Helm, kc: KubeClient) -> None:
-    await hami_leading(kc)
-
-
-async def _scrape(kc: KubeClient, component: str, node: str | None, port: int) -> dict[str, Any] | None:
-    """The metrics of ``component``'s pod (on ``node``), through the API server's pod proxy."""
-    pods = await kc.list(
-        api_path("v1", "pods", namespace=NAMESPACE), label_selector=f"app.kubernetes.io/component={component}"
-    )
-    for p in pods["items"]:
-        if node is not None and p["spec"].get("nodeName") != node:
-            continue
-        proxy = (
-            f"{api_path('v1', 'pods', namespace=NAMESPACE, name=p['metadata']['name'])}:{port}/proxy/metrics"
-        )
-        try:
-            text = await kc.get_text(proxy)
-        except KubeError:
-            continue
-        return {f.name: f for f in text_string_to_metric_families(text)}
-    return None
 
 
 async def _monitor_state(kc: KubeClient, node: str) -> str:
@@ -85,11 +69,6 @@ async def _monitor_state(kc: KubeClient, node: str) -> str:
     return "\n".join(parts) or "no monitor pod"
 
 
-def _samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
-    fam = fams.get(name)
-    return [s for s in (fam.samples if fam else []) if all(s.labels.get(k) == v for k, v in match.items())]
-
-
 async def test_monitor_reports_what_the_probe_container_holds(
     leading: None, sandbox: Sandbox, kc: KubeClient, ns: str
 ) -> None:
@@ -103,40 +82,55 @@ async def test_monitor_reports_what_the_probe_container_holds(
     dev = {**ident, "vdevice_index": "0", "device_uuid": card}
 
     async def monitored() -> dict[str, Any] | None:
-        fams = await _scrape(kc, "monitor", node, MONITOR_PORT)
-        return fams if fams and _samples(fams, "hami_vgpu_memory_used_bytes", **dev) else None
+        fams = await scrape_metrics(kc, "monitor", node, MONITOR_PORT)
+        return fams if fams and samples(fams, "hami_vgpu_memory_used_bytes", **dev) else None
 
     try:
         fams: dict[str, Any] = await wait_for(monitored, timeout=180, interval=1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the monitor on {node}: {await _monitor_state(kc, node)}") from None
     half = SLICE_MIB * MiB // 2
-    (used,) = _samples(fams, "hami_vgpu_memory_used_bytes", **dev)
-    (limit,) = _samples(fams, "hami_vgpu_memory_limit_bytes", **dev)
-    (context,) = _samples(fams, "hami_vgpu_memory_context_bytes", **dev)
-    (buffer,) = _samples(fams, "hami_vgpu_memory_buffer_bytes", **dev)
+    (used,) = samples(fams, "hami_vgpu_memory_used_bytes", **dev)
+    (limit,) = samples(fams, "hami_vgpu_memory_limit_bytes", **dev)
+    (context,) = samples(fams, "hami_vgpu_memory_context_bytes", **dev)
+    (buffer,) = samples(fams, "hami_vgpu_memory_buffer_bytes", **dev)
     assert limit.value == SLICE_MIB * MiB
     assert buffer.value == half, (used.value, context.value, buffer.value)  # the probe's half, exactly
     assert used.value == buffer.value + context.value
-    assert _samples(fams, "hami_container_device_memory_bytes", **dev)[0].value == used.value
-    assert _samples(fams, "hami_container_processes", **ident)[0].value == 1
-    assert _samples(fams, "hami_vgpu_memory_module_bytes", **dev)[0].value == 0
+    assert samples(fams, "hami_container_device_memory_bytes", **dev)[0].value == used.value
+    assert samples(fams, "hami_container_processes", **ident)[0].value == 1
+    assert samples(fams, "hami_vgpu_memory_module_bytes", **dev)[0].value == 0
     for name in ("hami_container_device_utilization_ratio", "hami_vgpu_core_limit_ratio"):
-        assert _samples(fams, name, **dev), name
+        assert samples(fams, name, **dev), name
     assert (
-        _samples(fams, "hami_namespace_gpu_memory_used_bytes", namespace=ns, node=node)[0].value == used.value
+        samples(fams, "hami_namespace_gpu_memory_used_bytes", namespace=ns, node=node)[0].value == used.value
     )
-    assert _samples(fams, "hami_monitor_regions", node=node, state="ok")[0].value >= 1
-    assert _samples(fams, "hami_build_info")
-    # host families, where the monitor reaches NVML (not in the sandbox): HAMi's label set
-    for s in _samples(fams, "hami_host_gpu_memory_used_bytes"):
-        assert set(s.labels) == {"zone", "node", "device_index", "device_uuid", "device_type"}
+    assert samples(fams, "hami_monitor_regions", node=node, state="ok")[0].value >= 1
+    assert samples(fams, "hami_build_info")
+    # host families: every node's monitor reads its own node's cards through the (fake) NVML the
+    # chart gave it (monitor.nvml), with HAMi's label set
+    for n in sandbox.nodes:
+
+        async def scraped(node: str = n.name) -> dict[str, Any] | None:
+            return await scrape_metrics(kc, "monitor", node, MONITOR_PORT)
+
+        node_fams: dict[str, Any] = await wait_for(scraped, timeout=60, interval=1)
+        host = samples(node_fams, "hami_host_gpu_memory_used_bytes")
+        assert {
+            (s.labels["device_index"], s.labels["device_uuid"], s.labels["device_type"]) for s in host
+        } == {(str(i), f"GPU-fake-{n.name}-{i}", "Tesla T4") for i in range(2)}, (n.name, host)
+        for s in host:
+            assert set(s.labels) == {"zone", "node", "device_index", "device_uuid", "device_type"}
+            assert s.labels["node"] == n.name
+        assert len(samples(node_fams, "hami_host_gpu_utilization_ratio", node=n.name)) == 2
 
     # the scheduler's view of the same pod
-    sched = await wait_for(lambda: _scrape(kc, "scheduler", None, SCHEDULER_PORT), timeout=60, interval=1)
-    alloc = _samples(sched, "hami_vgpu_memory_allocated_bytes", namespace=ns, pod="probe", device_uuid=card)
+    sched = await wait_for(
+        lambda: scrape_metrics(kc, "scheduler", None, SCHEDULER_PORT), timeout=60, interval=1
+    )
+    alloc = samples(sched, "hami_vgpu_memory_allocated_bytes", namespace=ns, pod="probe", device_uuid=card)
     assert [s.value for s in alloc] == [SLICE_MIB * MiB] and alloc[0].labels["node"] == node
-    overview = _samples(sched, "hami_node_gpu_overview", node=node, device_uuid=card)
+    overview = samples(sched, "hami_node_gpu_overview", node=node, device_uuid=card)
     assert overview and overview[0].value >= SLICE_MIB * MiB
 
     # the pod goes: its series go, and its region directory is removed from the node
@@ -147,8 +141,8 @@ async def test_monitor_reports_what_the_probe_container_holds(
     assert (regions / f"{uid}_main").exists()
 
     async def forgotten() -> bool:
-        fams = await _scrape(kc, "monitor", node, MONITOR_PORT)
-        return fams is not None and not _samples(
+        fams = await scrape_metrics(kc, "monitor", node, MONITOR_PORT)
+        return fams is not None and not samples(
             fams, "hami_vgpu_memory_used_bytes", pod="probe", namespace=ns
         )
 

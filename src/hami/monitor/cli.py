@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from hami.monitor.cards import LIBRARY
 from hami.monitor.runner import Monitor, MonitorSettings
 
 
@@ -76,6 +77,14 @@ async def _run(settings: MonitorSettings, kubeconfig: str | None) -> None:
 @click.option("--gc-interval", type=float, default=30.0, show_default=True)
 @click.option("--no-nvml", is_flag=True, help="Do not read the cards through NVML (no host metrics).")
 @click.option(
+    "--nvml-library",
+    envvar="NVML_LIBRARY",
+    default=LIBRARY,
+    show_default=True,
+    help="NVML: a soname looked up the usual way, or the path of the library (e.g. a host driver "
+    "directory mounted into the pod).",
+)
+@click.option(
     "--feedback-interval",
     type=float,
     default=0.5,
@@ -97,6 +106,7 @@ def monitor(
     gc_grace: float,
     gc_interval: float,
     no_nvml: bool,
+    nvml_library: str,
     feedback_interval: float,
     legacy_metrics: bool,
     log_level: str,
@@ -112,6 +122,7 @@ def monitor(
         gc_grace=gc_grace,
         gc_interval=gc_interval,
         nvml=not no_nvml,
+        nvml_library=nvml_library,
         feedback_interval=feedback_interval or None,
         legacy_metrics=legacy_metrics,
     )

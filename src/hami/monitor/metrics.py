@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from hami.monitor.cards import CardReader, HostCard
@@ -62,7 +62,8 @@ def _number(v: float) -> str:
 
 
 class Family:
-    """One gauge family's rows for one scrape."""
+    """One family's rows for one scrape: a gauge, or a counter when its name ends in ``_total``
+    (the value is then a cumulative count that only a restart of what it counts resets)."""
 
     __slots__ = ("doc", "label_names", "name", "rows")
 
@@ -72,18 +73,24 @@ class Family:
         self.label_names = label_names
         self.rows: list[tuple[Labels, float]] = []
 
+    @property
+    def kind(self) -> str:
+        return "counter" if self.name.endswith("_total") else "gauge"
+
     def add(self, lv: Labels, value: float) -> None:
         self.rows.append((lv, value))
 
-    def gauge(self) -> GaugeMetricFamily:
-        g = GaugeMetricFamily(self.name, self.doc, labels=list(self.label_names))
+    def metric(self) -> Metric:
+        """The rows as prometheus-client's family (a gauge, or a counter: see the class)."""
+        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        g = cls(self.name, self.doc, labels=list(self.label_names))
         for (values, _text), v in self.rows:
             g.add_metric(list(values), v)
         return g
 
     def text(self, out: list[str]) -> None:
         doc = self.doc.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {self.name} {doc}\n# TYPE {self.name} gauge\n")
+        out.append(f"# HELP {self.name} {doc}\n# TYPE {self.name} {self.kind}\n")
         prefix = self.name + "{"
         out.extend(f"{prefix}{lt}}} {_number(v)}\n" for (_lv, lt), v in self.rows)
 
@@ -105,6 +112,7 @@ class _Families:
     peak: Family
     core_limit: Family
     throttled: Family
+    throttled_seconds: Family
     processes: Family
     priority: Family
     held: Family
@@ -147,6 +155,11 @@ FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("hami_vgpu_memory_peak_bytes", _C.format("memory high-water mark"), CTR_LABELS),
     ("hami_vgpu_core_limit_ratio", _C.format("core limit, percent,"), CTR_LABELS),
     ("hami_container_device_throttled", "1 while the core limit paces the container's launches", CTR_LABELS),
+    (
+        "hami_container_throttled_seconds_total",
+        "Seconds the container's launches on the card waited (core limit or priority hold)",
+        CTR_LABELS,
+    ),
     ("hami_container_processes", "Running processes in the container's region", PROC_LABELS),
     ("hami_container_priority", "The container's task priority (0 high, 1 low)", PROC_LABELS),
     ("hami_container_priority_held", "1 while a higher-priority container holds its launches", PROC_LABELS),
@@ -240,7 +253,7 @@ class MonitorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for fam in self.scrape():
-            yield fam.gauge()
+            yield fam.metric()
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of one scrape (encoded family by family, which
@@ -292,6 +305,7 @@ class MonitorCollector(Collector):
             f.ns_limit.add(lv, ns_limit[ns])
         for state, n in counts.items():
             f.regions.add(labels(STATE_LABELS, (ZONE, self.node, state)), n)
+        self._migs(f)
         return [*f.all(), *(legacy_families(f) if self.legacy else ()), self._build_info]
 
     def _host(self, f: _Families, cards: list[HostCard]) -> None:
@@ -337,23 +351,29 @@ class MonitorCollector(Collector):
             f.peak.add(lv, dev.peak)
             f.core_limit.add(lv, dev.sm_limit if 0 < dev.sm_limit < 100 else 100)
             f.throttled.add(lv, 1 if dev.throttled and running else 0)
+            f.throttled_seconds.add(lv, dev.throttled_ns / 1e9)
             sum_used += used
             sum_limit += limit
-        ci = pod.container_index(container)
-        for m in pod.migs:
-            if m.container_index != ci:
-                continue
-            values = (
-                ZONE,
-                pod.namespace,
-                pod.name,
-                container,
-                str(m.device_index),
-                m.gpu_uuid,
-                m.mig_uuid or "",
-                m.profile,
-                "" if m.gpu_instance_id is None else str(m.gpu_instance_id),
-                "" if m.compute_instance_id is None else str(m.compute_instance_id),
-            )
-            f.mig.add(labels(MIG_LABELS, values), 1)
         return sum_used, sum_limit
+
+    def _migs(self, f: _Families) -> None:
+        """``hami_mig_device_info`` for every MIG instance the node's pods were given, from their
+        annotation alone: a MIG container gets no libvgpu (the hardware enforces the slice), so it
+        has no region directory."""
+        for pod in sorted(self.pods.snapshot()[1].values(), key=lambda p: (p.namespace, p.name)):
+            for m in pod.migs:
+                if not 0 <= m.container_index < len(pod.containers):
+                    continue
+                values = (
+                    ZONE,
+                    pod.namespace,
+                    pod.name,
+                    pod.containers[m.container_index],
+                    str(m.device_index),
+                    m.gpu_uuid,
+                    m.mig_uuid or "",
+                    m.profile,
+                    "" if m.gpu_instance_id is None else str(m.gpu_instance_id),
+                    "" if m.compute_instance_id is None else str(m.compute_instance_id),
+                )
+                f.mig.add(labels(MIG_LABELS, values), 1)

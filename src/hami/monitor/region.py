@@ -32,6 +32,8 @@ REGION_SIZE = SLOTS_OFFSET + MAX_SLOTS * SLOT_SIZE  # 200896
 HAMI_CORE_MAGIC = 19920718  # HAMi-core's region (int32 at offset 0): not this library's format
 
 SLOT_LIVE = 1
+#: vgpu.h VGPU_LIMIT_DENY: the limit libvgpu gives the records past the container's cards
+LIMIT_DENY = 1
 # byte-range locks beyond the data (vgpu.h VGPU_LOCK_*): slot i's owner holds LOCK_BASE + 64 + i
 LOCK_BASE = (REGION_SIZE + 4095) & ~4095
 F_OFD_SETLK = 37
@@ -41,8 +43,9 @@ FLOCK = struct.Struct("@hh4xqqi4x")  # struct flock on 64-bit Linux
 _HEADER = struct.Struct("<Q6I4iQ2I")  # magic .. leader_pid (64 bytes)
 # limit, used, peak, ctx_overhead, sm_limit, pad0, uuid[48]
 _DEV_A = struct.Struct("<4Q2I48s")
-# limiting, throttled (at 168), then cost_ns, gain_ppm, util_x100 (at 176)
-_DEV_B = struct.Struct("<2I3Q")
+# limiting, throttled (at 168), then cost_ns, gain_ppm, util_x100, throttled_ns (at 176; the last
+# is ABI 1.2's, padding — zero — in older regions)
+_DEV_B = struct.Struct("<2I4Q")
 _DEV_B_AT = 168
 _SLOT_HEAD = struct.Struct("<2I2iQ")  # state, gen, pid, hostpid, start_ns
 _SLOT_USED = struct.Struct("<16Q")
@@ -64,6 +67,8 @@ class DeviceUsage:
     limiting: bool
     throttled: bool
     util_percent: float  # last measured container utilisation of the card, percent
+    #: cumulative ns the container's launches on the card waited (limiter or priority hold; ABI 1.2)
+    throttled_ns: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +158,17 @@ def decode(header_and_devs: bytes, slots: bytes, alive: Callable[[int], bool] | 
     for d in range(MAX_DEV):
         off = HEADER_SIZE + d * DEV_SIZE
         limit, used, peak, ctx, sm_limit, _pad, uuid_raw = _DEV_A.unpack_from(header_and_devs, off)
-        if not (limit or used or uuid_raw[0]):
-            continue
-        limiting, throttled, _cost, _gain, util_x100 = _DEV_B.unpack_from(header_and_devs, off + _DEV_B_AT)
+        if not (used or uuid_raw[0]) and limit in (0, LIMIT_DENY):
+            continue  # not configured, or a record past the container's cards (denied, unused)
+        limiting, throttled, _cost, _gain, util_x100, waited = _DEV_B.unpack_from(
+            header_and_devs, off + _DEV_B_AT
+        )
         util = min(util_x100, 1_000_000) / 100.0
         uuid = _text(uuid_raw)
         devices.append(
-            DeviceUsage(d, uuid, limit, used, peak, ctx, sm_limit, bool(limiting), bool(throttled), util)
+            DeviceUsage(
+                d, uuid, limit, used, peak, ctx, sm_limit, bool(limiting), bool(throttled), util, waited
+            )
         )
     procs = tuple(processes)
     return Region(minor, policy, priority, util_switch, recent_kernel, last_kernel_ns, tuple(devices), procs)

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from hami.deviceplugin.hostinstall import vgpu_dir
-from hami.monitor.cards import CardReader
+from hami.monitor.cards import LIBRARY, CardReader
 from hami.monitor.feedback import Feedback
 from hami.monitor.http import MetricsServer
 from hami.monitor.layout import GarbageCollector, PodDirectory
@@ -35,6 +35,9 @@ class MonitorSettings:
     gc_grace: float = 300.0
     gc_interval: float = 30.0
     nvml: bool = True
+    #: the NVML library: a soname found the usual way (a real node: the NVIDIA container runtime
+    #: puts the host driver's there) or a path (a host directory mounted in, e.g. a sandbox's)
+    nvml_library: str = LIBRARY
     #: seconds between priority-feedback passes (None: off); see :mod:`hami.monitor.feedback`
     feedback_interval: float | None = 0.5
     #: also export HAMi's pre-2.10 metric names (HAMi's --legacy-metrics)
@@ -57,7 +60,7 @@ class Monitor:
         self.settings = settings
         self.client = client
         self.pods = PodDirectory()
-        self.cards = CardReader() if settings.nvml else None
+        self.cards = CardReader(settings.nvml_library) if settings.nvml else None
         self.collector = MonitorCollector(
             settings.containers_dir,
             settings.node_name,

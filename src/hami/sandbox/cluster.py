@@ -36,6 +36,7 @@ from hami.kube.errors import AlreadyExistsError, NotFoundError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
 from hami.protocol import bodies
+from hami.sandbox.driver import CARDS_ENV, DriverError, card_list, cards_file, install_driver
 from hami.sandbox.host import HostGuard, mounts_below
 from hami.sandbox.node import NodeBinaries, RealNode, remove_containers
 from hami.testing.controlplane import Binaries, ControlPlane, ControlPlaneError, Lifecycle, Process
@@ -156,7 +157,10 @@ class Sandbox(Lifecycle):
         self.host.recover()
         self.state.mkdir(parents=True, exist_ok=True)
         if self.driver is not None:
-            self._install_driver(self.driver)
+            try:
+                install_driver(self.driver, self.driver_root)
+            except DriverError as exc:
+                raise SandboxError(str(exc)) from None
         self.host.save_sysctls()
         self.host.fixed_paths()
         self.host.mounts_under(self.state)
@@ -240,14 +244,6 @@ class Sandbox(Lifecycle):
         shutil.rmtree(state, ignore_errors=True)
         return found
 
-    def _install_driver(self, source: Path) -> None:
-        self.driver_root.mkdir(parents=True, exist_ok=True)
-        for lib in ("libcuda.so.1", "libnvidia-ml.so.1"):
-            if not (source / lib).is_file():
-                raise SandboxError(f"{source / lib}: missing (make -C native builds the fake driver)")
-            shutil.copyfile(source / lib, self.driver_root / lib)
-            (self.driver_root / lib).chmod(0o755)
-
     def fake_node_spec(self, text: str) -> str:
         """A fake device source file (YAML) with this sandbox's simulated driver added."""
         spec = yaml.safe_load(text) or {}
@@ -260,15 +256,26 @@ class Sandbox(Lifecycle):
         sandbox's state (not the host's /usr/local), and the device plugin uses the fake device
         source ``fake_node`` (YAML) with the simulated driver. The first node allocates lock-free
         (``allocationmode: cdi`` in its node config entry), the others with the node lock: one
-        cluster runs both modes."""
+        cluster runs both modes. With the simulated driver, the node monitor reads it as a real
+        node's monitor reads the host's NVML: each node's card list is written next to the
+        libraries now (:mod:`hami.sandbox.driver`) and the monitor is given the library and its
+        node's list (``monitor.nvml``)."""
         lock_free = {"nodeconfig": [{"name": self.node_specs[0].name, "allocationmode": "cdi"}]}
-        return {
+        values: dict[str, Any] = {
             "global": {"gpuHookPath": str(self.hook_path)},
             "devicePlugin": {
                 "fakeNode": self.fake_node_spec(fake_node),
                 "nodeConfiguration": {"config": json.dumps(lock_free)},
             },
         }
+        if self.driver is not None:
+            spec = yaml.safe_load(fake_node) or {}
+            for node in self.node_specs:
+                cards_file(self.driver_root, node.name).write_text(card_list(spec, node.name))
+            # $(NODE_NAME): Kubernetes expands the monitor's own NODE_NAME (from spec.nodeName)
+            cards = str(cards_file(self.driver_root, "$(NODE_NAME)"))
+            values["monitor"] = {"nvml": {"hostPath": str(self.driver_root), "env": {CARDS_ENV: cards}}}
+        return values
 
     def _start_control_plane(self) -> None:
         cp_dir = self.state / "control-plane"

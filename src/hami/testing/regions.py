@@ -48,10 +48,21 @@ class _Fields:
 
 class FakeDevice(_Fields):
     """One device record: ``limit, used, peak (default: used), ctx_overhead, sm_limit, limiting,
-    throttled, util_x100``."""
+    throttled, util_x100, throttled_ns``."""
 
     DEFAULTS = dict.fromkeys(
-        ("limit", "used", "peak", "ctx_overhead", "sm_limit", "limiting", "throttled", "util_x100"), 0
+        (
+            "limit",
+            "used",
+            "peak",
+            "ctx_overhead",
+            "sm_limit",
+            "limiting",
+            "throttled",
+            "util_x100",
+            "throttled_ns",
+        ),
+        0,
     )
 
     def __init__(self, uuid: str = "", **values: int) -> None:
@@ -109,7 +120,15 @@ def encode_region(r: FakeRegion) -> bytes:
         uuid = d.uuid.encode()[:47]
         struct.pack_into("<4Q2I48s", buf, off, d.limit, d.used, peak, d.ctx_overhead, d.sm_limit, 0, uuid)
         struct.pack_into(
-            "<2I3Q", buf, off + 168, int(d.limiting), int(d.throttled), 0, 1_000_000, d.util_x100
+            "<2I4Q",
+            buf,
+            off + 168,
+            int(d.limiting),
+            int(d.throttled),
+            0,
+            1_000_000,
+            d.util_x100,
+            d.throttled_ns,
         )
     for i, p in enumerate(r.processes):
         off = SLOTS_OFFSET + i * SLOT_SIZE

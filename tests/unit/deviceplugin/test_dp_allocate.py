@@ -432,6 +432,8 @@ async def test_a_simulated_driver_reaches_the_container_like_a_real_one(tmp_path
     car = (await alloc.allocate(request(2))).container_responses[0]
     env = dict(car.envs)
     assert (env["FAKECUDA_DEVICES"], env["FAKECUDA_TOTAL_MEM"]) == ("2", "15360m")  # the smaller card
+    # one device state per container, shared by its fake CUDA and NVML (what the limiter measures)
+    assert env["FAKECUDA_STATE"] == "/tmp/.hami-fake-gpu.state"
     assert env["CUDA_DEVICE_MEMORY_LIMIT_0"] == "3000m"
     mounts = [(m.container_path, m.host_path, m.read_only) for m in car.mounts]
     assert mounts[-2:] == [

@@ -20,6 +20,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 UID = "0b8a4f8e-1111-2222-3333-444455556666"
 UID2 = "9c9a4f8e-1111-2222-3333-444455556666"
+UID3 = "3c3a4f8e-1111-2222-3333-444455556666"
 GONE = "77777777-1111-2222-3333-444455556666"
 CARD0 = "GPU-00000000-0000-0000-0000-000000000000"
 CARD1 = "GPU-11111111-0000-0000-0000-000000000000"
@@ -40,6 +41,8 @@ MONITOR_FAMILIES = {
     "hami_vgpu_memory_context_bytes": CTR,
     "hami_vgpu_memory_module_bytes": CTR,
     "hami_vgpu_memory_buffer_bytes": CTR,
+    # hami's own counter (the parser names the family without `_total`)
+    "hami_container_throttled_seconds": CTR,
 }
 
 
@@ -81,6 +84,7 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, PodDirectory]]:
                     limiting=True,
                     throttled=True,
                     util_x100=2500,
+                    throttled_ns=3_250_000_000,
                 ),
                 FakeDevice(CARD1, limit=GiB, used=0),
             ],
@@ -133,6 +137,8 @@ def node(tmp_path: Path) -> Iterator[tuple[Path, PodDirectory]]:
             },
         )
     )
+    # a MIG container: no libvgpu, so no region directory; its instance is still reported
+    pods.add(pod(UID3, "pm", "team-b", ["m"], **{"hami.io/vgpu-mig-allocations": mig}))
     yield root, pods
     holder.close()
 
@@ -199,6 +205,11 @@ def test_container_values(node: tuple[Path, PodDirectory]) -> None:
     assert by(f["hami_vgpu_memory_peak_bytes"], **a0) == 900 * MiB
     assert by(f["hami_vgpu_core_limit_ratio"], **a0) == 30
     assert by(f["hami_container_device_throttled"], **a0) == 1
+    # the region's cumulative wait, in seconds; a card no launch waited on: 0
+    throttled = f["hami_container_throttled_seconds"]
+    assert throttled.type == "counter"
+    assert by(throttled, **a0) == 3.25
+    assert by(throttled, **{**a0, "vdevice_index": "1", "device_uuid": CARD1}) == 0
     assert by(f["hami_container_processes"], pod="pa") == 2
     a1 = {**a0, "vdevice_index": "1", "device_uuid": CARD1}
     assert by(f["hami_vgpu_memory_used_bytes"], **a1) == 0
@@ -209,7 +220,9 @@ def test_container_values(node: tuple[Path, PodDirectory]) -> None:
     assert by(f["hami_vgpu_memory_used_bytes"], **b0) == 0  # no running process
     assert by(f["hami_vgpu_core_limit_ratio"], **b0) == 100
     assert not [s for s in f["hami_container_last_kernel_elapsed_seconds"].samples if s.labels["pod"] == "pb"]
-    (mig,) = f["hami_mig_device_info"].samples
+    mig, no_region = sorted(f["hami_mig_device_info"].samples, key=lambda s: s.labels["pod"])
+    assert no_region.labels["pod"] == "pm" and no_region.labels["container"] == "m"
+    assert no_region.labels["mig_uuid"] == "MIG-1" and no_region.value == 1
     assert mig.labels == {
         "zone": "vGPU",
         "namespace": "team-b",

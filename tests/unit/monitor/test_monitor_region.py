@@ -28,6 +28,7 @@ def _region() -> FakeRegion:
                 limiting=True,
                 throttled=True,
                 util_x100=2950,
+                throttled_ns=7_000,
             ),
         ],
         processes=[FakeProcess(pid=7, used=[100 * MiB]), FakeProcess(pid=8, used=[200 * MiB])],
@@ -58,7 +59,13 @@ def test_decodes_every_field(tmp_path: Path) -> None:
         400 * MiB,
         64 * MiB,
     )
-    assert (d.sm_limit, d.limiting, d.throttled, d.util_percent) == (30, True, True, 29.5)
+    assert (d.sm_limit, d.limiting, d.throttled, d.util_percent, d.throttled_ns) == (
+        30,
+        True,
+        True,
+        29.5,
+        7_000,
+    )
     assert [(p.slot, p.pid, p.used[0], p.alive) for p in r.processes] == [
         (0, 7, 100 * MiB, True),
         (1, 8, 200 * MiB, True),
@@ -81,8 +88,11 @@ def test_unconfigured_devices_are_left_out(tmp_path: Path) -> None:
     path = str(tmp_path / "r.cache")
     reg = _region()
     reg.devices += [FakeDevice(), FakeDevice(uuid="GPU-x", limit=0, used=0)]
+    # libvgpu marks the records past the container's cards "deny" (limit 1): not cards of the
+    # container; a card of its own with a malformed (deny) limit is one
+    reg.devices += [FakeDevice(limit=1), FakeDevice(uuid="GPU-y", limit=1)]
     write_region(path, reg)
-    assert [d.index for d in read_region(path).devices] == [0, 2]
+    assert [d.index for d in read_region(path).devices] == [0, 2, 4]
 
 
 @pytest.mark.parametrize(

@@ -195,6 +195,8 @@ class FakeSource(DeviceSource):
         return cls(spec, origin=str(p), base_dir=p.parent, node_name=node_name, **kw)
 
     DRIVER_LIBS = ("libcuda.so.1", "libnvidia-ml.so.1")
+    #: the simulated device state of a container given the fake driver (inside the container)
+    CONTAINER_STATE = "/tmp/.hami-fake-gpu.state"
 
     def _parse_driver(self, raw: Any) -> tuple[str, str] | None:
         if raw is None:
@@ -214,7 +216,10 @@ class FakeSource(DeviceSource):
             return DriverEdits()
         root, libdir = self._driver
         cards = [self._cards[u] for u in uuids if u in self._cards]
-        env = {"FAKECUDA_DEVICES": str(len(uuids))}
+        # one simulated device state for the whole container, as a real card is one device: the
+        # fake CUDA and NVML libraries of every process share it, so NVML sees the kernels CUDA
+        # ran (libvgpu's core limiter measures them) and the memory it holds
+        env = {"FAKECUDA_DEVICES": str(len(uuids)), "FAKECUDA_STATE": self.CONTAINER_STATE}
         if cards:
             # the fake driver models one card size; a container given several models sees the smallest
             env["FAKECUDA_TOTAL_MEM"] = f"{min(c.memory_mib for c in cards)}m"
