@@ -65,6 +65,20 @@ def node_options(f: F) -> F:
     return cast(F, out)
 
 
+hook_path_option = click.option(
+    "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
+)
+"""``--hook-path``: both node plugins read it (through their overrides)."""
+
+kubeconfig_option = click.option(
+    "--kubeconfig",
+    envvar="KUBECONFIG",
+    default=None,
+    help="Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).",
+)
+"""``--kubeconfig`` of both node plugins (the ``KUBECONFIG`` variable as its default)."""
+
+
 def load_node(
     node_name: str,
     fake_node: str | None,
@@ -135,15 +149,8 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
     default=None,
     help="The kubelet's PodResources socket (cdi mode; /var/lib/kubelet/pod-resources/kubelet.sock).",
 )
-@click.option(
-    "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
-)
-@click.option(
-    "--kubeconfig",
-    envvar="KUBECONFIG",
-    default=None,
-    help="Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).",
-)
+@hook_path_option
+@kubeconfig_option
 @click.option(
     "--standalone",
     is_flag=True,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from hami import cliutil
-from hami.deviceplugin.cli import load_node, node_options
+from hami.deviceplugin.cli import hook_path_option, kubeconfig_option, load_node, node_options
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource, DeviceSourceError
 from hami.draplugin.api import PLUGINS_REGISTRY_DIR
@@ -39,15 +39,8 @@ async def _run(source: DeviceSource, settings: NodeSettings, kubeconfig: str | N
 @click.option("--state-dir", default=None, help="Holds checkpoint.json (default: --plugin-dir).")
 @click.option("--operating-mode", default=None, help="Override the node's operatingmode (e.g. dra).")
 @click.option("--device-memory-scaling", "memory_scaling", type=float, default=None)
-@click.option(
-    "--hook-path", envvar="HOOK_PATH", default=None, help="Host path holding vgpu/ (HAMi HOOK_PATH)."
-)
-@click.option(
-    "--kubeconfig",
-    envvar="KUBECONFIG",
-    default=None,
-    help="Kubeconfig for the API server (default: in-cluster, then ~/.kube/config).",
-)
+@hook_path_option
+@kubeconfig_option
 @cliutil.log_level_option("INFO")
 def dra_plugin(
     node_name: str,
