@@ -61,10 +61,28 @@ def _str(value: str) -> dict[str, str]:
     return {"string": value}
 
 
+def consumable_capacity(devmem: int, devcore: int) -> dict[str, Any]:
+    """A card's consumable capacities: `memory` in Mi (a request naming none takes the whole card)
+    and `cores` (a request naming none takes 0)."""
+    memory = f"{devmem}Mi"
+    return {
+        keys.DRA_CAPACITY_MEMORY: {
+            "value": memory,
+            "requestPolicy": {"default": memory, "validRange": {"min": "1Mi", "step": "1Mi"}},
+        },
+        keys.DRA_CAPACITY_CORES: {
+            "value": str(devcore),
+            "requestPolicy": {
+                "default": "0",
+                "validRange": {"min": "0", "max": str(devcore), "step": "1"},
+            },
+        },
+    }
+
+
 def slice_device(dev: PhysicalDevice, nvlink_group: int) -> dict[str, Any]:
     """One card as a DRA device with consumable memory and cores."""
     card = dev.card
-    memory = f"{dev.devmem}Mi"
     return {
         "name": device_name(card.index),
         "attributes": {
@@ -75,19 +93,7 @@ def slice_device(dev: PhysicalDevice, nvlink_group: int) -> dict[str, Any]:
             "type": _str(DEVICE_TYPE),
             "nvlinkGroup": _int(nvlink_group),
         },
-        "capacity": {
-            keys.DRA_CAPACITY_MEMORY: {
-                "value": memory,
-                "requestPolicy": {"default": memory, "validRange": {"min": "1Mi", "step": "1Mi"}},
-            },
-            keys.DRA_CAPACITY_CORES: {
-                "value": str(dev.devcore),
-                "requestPolicy": {
-                    "default": "0",
-                    "validRange": {"min": "0", "max": str(dev.devcore), "step": "1"},
-                },
-            },
-        },
+        "capacity": consumable_capacity(dev.devmem, dev.devcore),
         "allowMultipleAllocations": True,
     }
 

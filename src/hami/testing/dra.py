@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from hami.draplugin.slices import device_class
+from hami.draplugin.slices import consumable_capacity, device_class, device_name
 from hami.kube.client import KubeClient
 from hami.kube.errors import AlreadyExistsError
 from hami.kube.paths import api_path
@@ -47,29 +47,14 @@ def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 
     """The node's ResourceSlice (one per node, pool = node name)."""
     devices = [
         {
-            "name": f"gpu-{c.index}",
+            "name": device_name(c.index),
             "attributes": {
                 keys.DRA_ATTR_UUID: {"string": c.id},
                 keys.DRA_ATTR_INDEX: {"int": c.index},
                 keys.DRA_ATTR_NUMA_NODE: {"int": c.numa},
                 keys.DRA_ATTR_PRODUCT_NAME: {"string": c.type},
             },
-            "capacity": {
-                keys.DRA_CAPACITY_MEMORY: {
-                    "value": f"{c.devmem}Mi",
-                    "requestPolicy": {
-                        "default": f"{c.devmem}Mi",
-                        "validRange": {"min": "1Mi", "step": "1Mi"},
-                    },
-                },
-                keys.DRA_CAPACITY_CORES: {
-                    "value": str(c.devcore),
-                    "requestPolicy": {
-                        "default": "0",
-                        "validRange": {"min": "0", "max": str(c.devcore), "step": "1"},
-                    },
-                },
-            },
+            "capacity": consumable_capacity(c.devmem, c.devcore),
             "allowMultipleAllocations": True,
         }
         for c in cards
