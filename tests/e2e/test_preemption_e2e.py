@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -162,6 +162,27 @@ def cards_of(p: dict[str, Any]) -> set[str]:
     return {d.uuid for c in decode_pod_devices(value) for d in c}
 
 
+def t4_then_a100(node: str) -> list[DeviceInfo]:
+    """Two 16000 MiB cards: index 0 a T4, index 1 an A100."""
+    return [*gpu_cards(node, n=1, mem=16000, type="NVIDIA-Tesla-T4"), *gpu_cards(node, n=2, mem=16000)[1:]]
+
+
+def preempting_stack(kube_config: KubeConfig, start_scheduler: Callable[..., SchedulerHandle]) -> Stack:
+    """The stack with the extender's preempt verb registered."""
+    stack = Stack(kube_config, start_scheduler)
+    stack.preempt = True
+    return stack
+
+
+async def assert_nobody_evicted(client: KubeClient, namespace: str, placed: Iterable[str]) -> None:
+    """The placed pods are all there, none terminating, and the preemptor `hi` is neither bound
+    nor nominated."""
+    pods = await by_name(client, namespace)
+    assert set(pods) == {*placed, "hi"}
+    assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
+    assert not bodies.node_name(pods["hi"]) and not pods["hi"]["status"].get("nominatedNodeName")
+
+
 async def test_high_priority_pod_preempts_exactly_the_pods_on_one_card(
     kube_config: KubeConfig,
     kube_client: KubeClient,
@@ -171,8 +192,7 @@ async def test_high_priority_pod_preempts_exactly_the_pods_on_one_card(
 ) -> None:
     node = await gpu_node(kube_client, namespace, gpu_cards(f"{namespace}-n0", n=2, mem=16000))
     card0 = f"GPU-{node}-0"
-    stack = Stack(kube_config, start_scheduler)
-    stack.preempt = True
+    stack = preempting_stack(kube_config, start_scheduler)
     try:
         async with stack:
             # card0: two LOW pods; card1: two MID pods; each 8000 MiB and 1 CPU: node and cards full
@@ -216,12 +236,11 @@ async def test_no_preemption_when_the_victims_would_not_free_the_right_card(
         placement = {"lo-1": 0, "lo-2": 1, "mid-1": 0, "mid-2": 1}
         extra: dict[str, str] = {}
     else:
-        cards = [*gpu_cards(n, n=1, mem=16000, type="NVIDIA-Tesla-T4"), *gpu_cards(n, n=2, mem=16000)[1:]]
+        cards = t4_then_a100(n)
         placement = {"lo-1": 0, "lo-2": 0, "mid-1": 1, "mid-2": 1}
         extra = {keys.NVIDIA_USE_GPUTYPE: "A100"}
     node = await gpu_node(kube_client, namespace, cards)
-    stack = Stack(kube_config, start_scheduler)
-    stack.preempt = True
+    stack = preempting_stack(kube_config, start_scheduler)
     try:
         async with stack:
             for name, index in placement.items():
@@ -246,10 +265,7 @@ async def test_no_preemption_when_the_victims_would_not_free_the_right_card(
 
             await wait_for(failed_once, timeout=60)
             await asyncio.sleep(5)  # several scheduling attempts, each with a preemption try
-            pods = await by_name(kube_client, namespace)
-            assert set(pods) == {*placement, "hi"}
-            assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
-            assert not bodies.node_name(pods["hi"]) and not pods["hi"]["status"].get("nominatedNodeName")
+            await assert_nobody_evicted(kube_client, namespace, placement)
             await assert_no_overcommit(kube_client, namespace, [node])
             # kube-scheduler asked (its CPU choice: the LOW pods) and hami answered: nowhere
             assert calls and all(v == {node: v[node]} and a == {} for v, a in calls)
@@ -283,8 +299,8 @@ async def test_card_memory_shortage_preempts_exactly_the_lower_priority_pods_on_
     pods on card 0 through the Eviction API, keeps card 0 while they terminate, and the pod binds."""
     node = await gpu_node(kube_client, namespace, gpu_cards(f"{namespace}-n0", n=2, mem=16000))
     card0 = f"GPU-{node}-0"
-    stack = Stack(kube_config, start_scheduler)
-    stack.preempt = True  # registered, as the chart does: kube-scheduler still proposes nothing
+    # the preempt verb registered, as the chart does: kube-scheduler still proposes nothing
+    stack = preempting_stack(kube_config, start_scheduler)
     try:
         async with stack:
             await fill_two_cards(kube_client, namespace, priorities, node, cpu="100m")
@@ -331,7 +347,7 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
     extra: dict[str, str] = {}
     lo, mid = priorities[LOW], priorities[MID]
     if case == "card-type":
-        cards = [*gpu_cards(n, n=1, mem=16000, type="NVIDIA-Tesla-T4"), *gpu_cards(n, n=2, mem=16000)[1:]]
+        cards = t4_then_a100(n)
         placement = {"lo-1": (0, lo), "lo-2": (0, lo), "mid-1": (1, mid), "mid-2": (1, mid)}
         extra = {keys.NVIDIA_USE_GPUTYPE: "A100"}
     else:
@@ -357,8 +373,7 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
             {"metadata": {"name": preemptor}, "value": HIGH, "preemptionPolicy": "Never"},
         )
     node = await gpu_node(kube_client, namespace, cards)
-    stack = Stack(kube_config, start_scheduler)
-    stack.preempt = True
+    stack = preempting_stack(kube_config, start_scheduler)
     try:
         async with stack:
             for name, (index, prio) in placement.items():
@@ -382,10 +397,7 @@ async def test_card_shortage_evicts_nobody_when_it_would_not_help(
 
             expected = {"never": "never", "pdb": "refused"}.get(case, "no-victims")
             assert await wait_for(tried, timeout=60) == expected
-            pods = await by_name(kube_client, namespace)
-            assert set(pods) == {*placement, "hi"}
-            assert not any(p["metadata"].get("deletionTimestamp") for p in pods.values())
-            assert not bodies.node_name(pods["hi"]) and not pods["hi"]["status"].get("nominatedNodeName")
+            await assert_nobody_evicted(kube_client, namespace, placement)
             hi_events = {e["reason"] for e in await events_for(kube_client, namespace, "hi")}
             assert "Preempting" not in hi_events
             assert ("PreemptionFailed" in hi_events) is (case == "pdb")
