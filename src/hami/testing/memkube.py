@@ -38,12 +38,18 @@ class MemoryKube:
         self.nodes[node["metadata"]["name"]] = node
         return node
 
-    def add_pod(self, pod: Obj) -> Obj:
-        pod = self._stamp(copy.deepcopy(pod))
-        meta = pod["metadata"]
+    def _stamp_namespaced(self, obj: Obj) -> tuple[tuple[str, str], Obj]:
+        """A stamped copy of a namespaced object (namespace ``default`` and a uid made from its key
+        when it has none) and its (namespace, name) key."""
+        obj = self._stamp(copy.deepcopy(obj))
+        meta = obj["metadata"]
         meta.setdefault("namespace", "default")
         meta.setdefault("uid", f"uid-{meta['namespace']}-{meta['name']}")
-        self.pods[(meta["namespace"], meta["name"])] = pod
+        return (meta["namespace"], meta["name"]), obj
+
+    def add_pod(self, pod: Obj) -> Obj:
+        key, pod = self._stamp_namespaced(pod)
+        self.pods[key] = pod
         return pod
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -114,11 +120,8 @@ class MemoryDraKube(MemoryKube):
             self.add_claim(c)
 
     def add_claim(self, claim: Obj) -> Obj:
-        claim = self._stamp(copy.deepcopy(claim))
-        meta = claim["metadata"]
-        meta.setdefault("namespace", "default")
-        meta.setdefault("uid", f"uid-{meta['namespace']}-{meta['name']}")
-        self.claims[(meta["namespace"], meta["name"])] = claim
+        key, claim = self._stamp_namespaced(claim)
+        self.claims[key] = claim
         return claim
 
     async def get_claim(self, namespace: str, name: str) -> Obj:
