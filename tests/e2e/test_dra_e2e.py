@@ -65,6 +65,17 @@ def dra_stack(kube_config: KubeConfig, start_scheduler: Callable[..., SchedulerH
     return stack
 
 
+async def dra_test_node(
+    client: KubeClient, namespace: str, node: str, *, n: int, mem: int, **labels: str
+) -> None:
+    """The DeviceClass (already there is fine) and a DRA-mode node with `n` cards of `mem` MiB,
+    labelled ``hami-test=<namespace>`` (the test's pods select it) and with `labels`."""
+    await create_device_class(client)
+    await create_dra_node(
+        client, node, gpu_cards(node, n=n, mem=mem), labels={"hami-test": namespace, **labels}
+    )
+
+
 async def bound(client: KubeClient, namespace: str, name: str) -> dict[str, Any]:
     path = api_path("v1", "pods", namespace=namespace, name=name)
 
@@ -125,9 +136,8 @@ async def test_webhook_converts_and_kube_scheduler_allocates(
     namespace: str,
     start_scheduler: Callable[..., SchedulerHandle],
 ) -> None:
-    await create_device_class(kube_client)
     node = f"{namespace}-n0"
-    await create_dra_node(kube_client, node, gpu_cards(node, n=2, mem=16000), labels={"hami-test": namespace})
+    await dra_test_node(kube_client, namespace, node, n=2, mem=16000)
     pods = api_path("v1", "pods", namespace=namespace)
     async with (
         served_webhook(kube_client, DRA_ALL, namespace, create_object=api_creator(kube_client)),
@@ -196,11 +206,9 @@ async def test_binpack_and_spread_steer_dra_pods(
     namespace: str,
     start_scheduler: Callable[..., SchedulerHandle],
 ) -> None:
-    await create_device_class(kube_client)
     nodes = [f"{namespace}-a", f"{namespace}-b"]
     for slot, node in zip("ab", nodes, strict=True):
-        labels = {"hami-test": namespace, "slot": slot}
-        await create_dra_node(kube_client, node, gpu_cards(node, n=4, mem=16000), labels=labels)
+        await dra_test_node(kube_client, namespace, node, n=4, mem=16000, slot=slot)
 
     def pod(name: str, policy: str, **selector: str) -> dict[str, Any]:
         p = gpu_pod(name, mem=4000, cores=20, annotations={keys.NODE_SCHEDULER_POLICY: policy})
@@ -305,9 +313,8 @@ async def test_examples_are_admitted_and_allocated(
     start_scheduler: Callable[..., SchedulerHandle],
 ) -> None:
     """``examples/dra/``: the native claim (with hami's steering) and the HAMi-style pod (converted)."""
-    await create_device_class(kube_client)
     node = f"{namespace}-x"
-    await create_dra_node(kube_client, node, gpu_cards(node, n=1, mem=40960), labels={"hami-test": namespace})
+    await dra_test_node(kube_client, namespace, node, n=1, mem=40960)
     native = list(yaml.safe_load_all((EXAMPLES / "native-claim.yaml").read_text()))
     [hami_style] = yaml.safe_load_all((EXAMPLES / "hami-style-pod.yaml").read_text())
     async with dra_stack(kube_config, start_scheduler):
