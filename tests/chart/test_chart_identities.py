@@ -33,10 +33,8 @@ from chart_apply import install
 from chart_values import CHART, Rendered, ValueSet
 
 from hami.config.device import parse_device_config
-from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.draplugin.kubeops import ClientDraKube
-from hami.draplugin.runner import DraNodePlugin
 from hami.draplugin.slices import slice_name
 from hami.extender.runner import Extender, ExtenderSettings
 from hami.kube.client import KubeClient
@@ -47,6 +45,7 @@ from hami.protocol import keys
 from hami.protocol.dra import RESOURCE_API
 from hami.testing.apply import Applier, service_account_user
 from hami.testing.controlplane import ControlPlane, SchedulerHandle, free_port
+from hami.testing.dra import dra_plugin_in
 from hami.testing.drakubelet import DraKubelet
 from hami.testing.gpucluster import create_gpu_node
 from hami.testing.helm import Helm
@@ -287,17 +286,9 @@ async def test_dra_plugin_works_with_the_charts_identity(
     tmp_path = Path(tempfile.mkdtemp(prefix="hdrc", dir="/tmp"))  # unix socket paths: <= 107 bytes
     card = f"GPU-{node}-0"
     source = FakeSource({"cards": [{"uuid": card, "memory": 16384}]})
-    settings = NodeSettings(node_name=node, operating_mode="dra", hook_path=str(tmp_path / "hook"))
     identity = load_kubeconfig(_kubeconfig_as(control_plane, "dra-hami-dra-plugin", DRA.namespace))
     async with KubeClient(identity) as client:
-        plugin = DraNodePlugin(
-            source,
-            settings,
-            ClientDraKube(client),
-            plugin_dir=tmp_path / "plugins",
-            registry_dir=tmp_path / "registry",
-            cdi_dir=str(tmp_path / "cdi"),
-        )
+        plugin = dra_plugin_in(tmp_path, node, source, ClientDraKube(client))
         await plugin.start()
         try:
             slice_path = api_path(RESOURCE_API, "resourceslices", name=slice_name(node))

@@ -5,7 +5,6 @@ allocated claim when called over its socket as the kubelet would."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import tempfile
@@ -15,18 +14,17 @@ from typing import Any
 
 import pytest
 
-from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.draplugin.kubeops import ClientDraKube
 from hami.draplugin.prepare import CDI_KIND
 from hami.draplugin.runner import DraNodePlugin
-from hami.draplugin.slices import device_class, slice_name
+from hami.draplugin.slices import slice_name
 from hami.kube.client import KubeClient
-from hami.kube.errors import AlreadyExistsError
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API, claim_allocations
 from hami.testing.controlplane import SchedulerHandle
+from hami.testing.dra import create_device_class, dra_plugin_in
 from hami.testing.drakubelet import DraKubelet
 from hami.testing.gpucluster import create_gpu_node
 from hami.testing.stack import wait_for
@@ -34,11 +32,6 @@ from hami.testing.stack import wait_for
 pytestmark = pytest.mark.integration
 
 CARD = "GPU-dra-int-0"
-
-
-async def ensure_device_class(kc: KubeClient) -> None:
-    with contextlib.suppress(AlreadyExistsError):
-        await kc.create(api_path(RESOURCE_API, "deviceclasses"), device_class())
 
 
 def gpu_claim(name: str, memory: str, cores: str) -> dict[str, Any]:
@@ -77,18 +70,10 @@ def claim_pod(name: str, claim: str, node: str) -> dict[str, Any]:
 async def dra_node(kube_client: KubeClient, namespace: str) -> AsyncIterator[tuple[str, DraNodePlugin, Path]]:
     node = f"{namespace}-n0"
     await create_gpu_node(kube_client, node, [], labels={"kubernetes.io/hostname": node})
-    await ensure_device_class(kube_client)
+    await create_device_class(kube_client)
     root = Path(tempfile.mkdtemp(prefix="hdri", dir="/tmp"))
     source = FakeSource({"cards": [{"uuid": CARD, "memory": 40960, "model": "NVIDIA A100-SXM4-40GB"}]})
-    settings = NodeSettings(node_name=node, operating_mode="dra", hook_path=str(root / "hook"))
-    plugin = DraNodePlugin(
-        source,
-        settings,
-        ClientDraKube(kube_client),
-        plugin_dir=root / "plugins",
-        registry_dir=root / "registry",
-        cdi_dir=str(root / "cdi"),
-    )
+    plugin = dra_plugin_in(root, node, source, ClientDraKube(kube_client))
     await plugin.start()
     try:
         yield node, plugin, root

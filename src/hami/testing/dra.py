@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from hami.deviceplugin.settings import NodeSettings
+from hami.deviceplugin.sources.base import DeviceSource
+from hami.draplugin.kubeops import DraKube
+from hami.draplugin.runner import DraNodePlugin
 from hami.draplugin.slices import consumable_capacity, device_class, device_name
 from hami.kube.client import KubeClient
 from hami.kube.errors import AlreadyExistsError
@@ -36,6 +41,7 @@ __all__ = [
     "create_device_class",
     "create_dra_node",
     "device_class",
+    "dra_plugin_in",
     "resource_slice",
 ]
 
@@ -92,6 +98,20 @@ async def create_dra_node(
     )
     await client.create(api_path(RESOURCE_API, "resourceslices"), resource_slice(name, cards))
     return node
+
+
+def dra_plugin_in(root: Path, node: str, source: DeviceSource, kube: DraKube) -> DraNodePlugin:
+    """`hami dra-plugin` of the DRA-mode node `node` serving `source`, every directory under `root`
+    (keep it short: a unix socket path holds at most 107 bytes)."""
+    settings = NodeSettings(node_name=node, operating_mode="dra", hook_path=str(root / "hook"))
+    return DraNodePlugin(
+        source,
+        settings,
+        kube,
+        plugin_dir=root / "plugins",
+        registry_dir=root / "registry",
+        cdi_dir=str(root / "cdi"),
+    )
 
 
 def converted_pod(
