@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import click
@@ -238,6 +238,18 @@ class Service(Protocol):
     """A service runner: ``run_forever`` starts it, serves until cancelled and stops it."""
 
     async def run_forever(self) -> None: ...
+
+
+async def serve_until_cancelled(
+    start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+) -> None:
+    """A service's ``run_forever``: start, serve until cancelled; `stop` runs in any case, also
+    when `start` fails midway."""
+    try:
+        await start()
+        await asyncio.Event().wait()
+    finally:
+        await stop()
 
 
 def run_kube_service(kubeconfig: str | None, build: Callable[[KubeConfig], Service]) -> None:

@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 
 from aiohttp import web
 
+from hami import cliutil
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
 from hami.extender.devicepreempt import DevicePreemptor
@@ -356,11 +357,7 @@ class Extender:
 
     async def run_forever(self) -> None:
         """Start and serve until cancelled; everything started is stopped, also when start fails midway."""
-        try:
-            await self.start()
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
+        await cliutil.serve_until_cancelled(self.start, self.stop)
 
 
 def default_identity() -> str:

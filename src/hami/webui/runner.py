@@ -22,6 +22,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from hami import cliutil
 from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
 from hami.extender.sync import LedgerSync
@@ -243,8 +244,4 @@ class WebUI:
 
     async def run_forever(self) -> None:
         """Start and serve until cancelled; everything started is stopped, also when start fails midway."""
-        try:
-            await self.start()
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
+        await cliutil.serve_until_cancelled(self.start, self.stop)
