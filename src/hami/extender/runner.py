@@ -28,7 +28,7 @@ from hami.extender.service import ExtenderService, owner_alive_from
 from hami.extender.sync import LedgerSync
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
-from hami.kube.informer import Informer
+from hami.kube.informer import Informer, start_synced
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
 from hami.protocol import bodies
@@ -297,18 +297,11 @@ class Extender:
 
     async def start(self) -> None:
         await self._start_ops()
-        self.nodes.start()
-        await self.nodes.wait_synced(timeout=self.settings.sync_timeout)
-        self.pods.start()
-        await self.pods.wait_synced(timeout=self.settings.sync_timeout)
-        # after the pods: a namespace's first limit counts the pods already in the ledger
-        self.quotas.start()
-        await self.quotas.wait_synced(timeout=self.settings.sync_timeout)
+        # quotas after the pods: a namespace's first limit counts the pods already in the ledger;
         # slices before claims: a claim's devices resolve against the slices already seen
-        for informer in (self.slices, self.claims):
-            if informer is not None:
-                informer.start()
-                await informer.wait_synced(timeout=self.settings.sync_timeout)
+        await start_synced(
+            (self.nodes, self.pods, self.quotas, self.slices, self.claims), timeout=self.settings.sync_timeout
+        )
         # The caches are large and long-lived; the default thresholds make the collector walk them
         # every few thousand allocations, which shows up as multi-millisecond /filter pauses.
         gc.collect()

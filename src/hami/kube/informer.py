@@ -38,7 +38,7 @@ import contextlib
 import inspect
 import logging
 import random
-from collections.abc import Callable, ItemsView, Iterator, ValuesView
+from collections.abc import Callable, ItemsView, Iterable, Iterator, ValuesView
 from typing import Any
 
 from hami.kube.client import KubeClient
@@ -346,3 +346,13 @@ class Informer:
             await asyncio.sleep(self.resync_period)
             for obj in list(self._cache.values()):
                 await self._fire(self._on_resync, obj)
+
+
+async def start_synced(informers: Iterable[Informer | None], timeout: float | None = None) -> None:
+    """Start the informers one after another, each synced (``TimeoutError`` after ``timeout``
+    seconds) before the next starts, so that each one's handlers see what the earlier ones cached;
+    None (an informer that is off) is passed over."""
+    for informer in informers:
+        if informer is not None:
+            informer.start()
+            await informer.wait_synced(timeout=timeout)

@@ -28,7 +28,7 @@ from hami.devices.registry import default_registry
 from hami.extender.sync import LedgerSync
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
-from hami.kube.informer import Informer
+from hami.kube.informer import Informer, start_synced
 from hami.kube.paths import api_path
 from hami.protocol import bodies
 from hami.scheduling.decide import Scheduler
@@ -211,12 +211,7 @@ class WebUI:
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession()
-        self.nodes.start()
-        await self.nodes.wait_synced(timeout=self.settings.sync_timeout)
-        self.pods.start()
-        await self.pods.wait_synced(timeout=self.settings.sync_timeout)
-        self.quotas.start()
-        await self.quotas.wait_synced(timeout=self.settings.sync_timeout)
+        await start_synced((self.nodes, self.pods, self.quotas), timeout=self.settings.sync_timeout)
         self._poller = asyncio.create_task(self._poll_forever())
         self._runner = web.AppRunner(make_app(self.snapshot, ready=self.synced), access_log=None)
         await self._runner.setup()
