@@ -28,6 +28,10 @@ case inside the leading extender, with the rules of :mod:`hami.scheduling.preemp
 * **Bounded.** At most one preemption per pod while its victims terminate, one try per pod every
   ``retry_s`` seconds and one plan every ``interval_s`` seconds overall; a nomination is dropped when
   the preemptor binds, is deleted, or after ``ttl_s``.
+* **Never dropped.** A try that the bounds hold back, or that finds no victims, is retried by a
+  timer (after what is left of the bound, or ``retry_s``) for as long as the pod stays
+  unschedulable: kube-scheduler may not retry an unschedulable pod for minutes when nothing in the
+  cluster changes, so the preemption cannot wait for its next filter call.
 """
 
 from __future__ import annotations
@@ -117,6 +121,8 @@ class DevicePreemptor:
         #: preemptor uid -> the last try's result (for logs and tests)
         self.outcomes: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: preemptor uid -> the timer of its next try
+        self._timers: dict[str, asyncio.TimerHandle] = {}
 
     # --- triggers -------------------------------------------------------------------------------
     def filter_failed(self, pod: Mapping[str, Any], nodes: Sequence[str]) -> None:
@@ -151,6 +157,9 @@ class DevicePreemptor:
                 self._settle(puid, nom)
 
     def _done(self, uid: str) -> None:
+        timer = self._timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
         self._offered.pop(uid, None)
         self._last_try.pop(uid, None)
         self.nominations.pop(uid, None)
@@ -175,9 +184,14 @@ class DevicePreemptor:
             or bodies.is_deleting(pod)
             or bodies.spec(pod).get("schedulerName") != self.scheduler_name
             or not unschedulable_without_nomination(pod)
-            or now - self._last_try.get(uid, float("-inf")) < self.retry_s
-            or now - self._last_plan < self.interval_s
         ):
+            return
+        wait = max(
+            self.retry_s - (now - self._last_try.get(uid, float("-inf"))),
+            self.interval_s - (now - self._last_plan),
+        )
+        if wait > 0:
+            self._try_later(pod, wait)
             return
         self._last_try[uid] = self._last_plan = now
         if bodies.spec(pod).get("preemptionPolicy") == "Never":
@@ -200,6 +214,7 @@ class DevicePreemptor:
         plan = plan_preemption(self.scheduler, pod, candidates, priorities) if candidates else None
         if plan is None:
             self._outcome(uid, "no-victims", 0)
+            self._try_later(pod, self.retry_s)
             return
         node, victims = plan
         _, ns, name = pod_key(pod)
@@ -207,6 +222,20 @@ class DevicePreemptor:
         task = asyncio.create_task(self._evict(dict(pod), node, victims))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _try_later(self, pod: Mapping[str, Any], delay: float) -> None:
+        """Consider ``pod`` again after ``delay`` seconds (one timer per pod) while it is offered."""
+        uid = bodies.uid(pod)
+        if uid in self._timers or uid not in self._offered:
+            return
+        namespace, name = bodies.namespace(pod), bodies.name(pod)
+
+        def fire() -> None:
+            self._timers.pop(uid, None)
+            if uid in self._offered:
+                self._consider_uid(uid, namespace, name)
+
+        self._timers[uid] = asyncio.get_running_loop().call_later(delay, fire)
 
     def _settle(self, puid: str, nom: Nomination) -> None:
         """Once every victim is off the ledger, reserve the freed card(s) for the preemptor. When
@@ -288,6 +317,9 @@ class DevicePreemptor:
             self.on_outcome(result, victims)
 
     async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -97,3 +97,35 @@ async def test_no_reservation_when_the_preemptor_no_longer_fits() -> None:
     preemptor.pod_forgotten("uid-lo")
     assert "uid-hi" not in sched.state.pods and not reservations.is_assumed("uid-hi")
     assert preemptor.nominations == {}  # over: the pod may be tried again
+
+
+async def test_a_try_held_back_or_without_victims_is_retried_by_a_timer() -> None:
+    """kube-scheduler may not call the filter again for minutes: a try that the overall rate bound
+    holds back, or that finds no victims yet, is made again by a timer, with no new event."""
+    sched = _scheduler()
+    lo, hi = _pod("lo", 16000), _pod("hi", 16000, conditions=[UNSCHEDULABLE])
+    pods = {"lo": lo, "hi": hi}
+    assert sched.decide(lo).node == "n1"
+    now = [100.0]
+    preemptor = DevicePreemptor(
+        scheduler=sched,
+        reservations=Reservations(),
+        client=cast(KubeClient, None),
+        pod_lookup=lambda ns, n: pods.get(n),
+        clock=lambda: now[0],
+        retry_s=0.05,
+        interval_s=0.05,
+    )
+    tries: list[str] = []
+    preemptor.on_outcome = lambda result, _n: tries.append(result)
+    preemptor._last_plan = now[0]  # another pod was just planned: this one is held back
+    preemptor.filter_failed(hi, ["n1"])
+    assert tries == [] and preemptor.nominations == {}
+    now[0] += 1.0
+    await asyncio.sleep(0.2)
+    # the timer fired: the same priority offers no victim (outcome recorded), and it stays armed
+    assert tries and tries[0] == "no-victims"
+    assert "uid-hi" in preemptor._timers
+    preemptor.pod_event({**hi, "spec": {**hi["spec"], "nodeName": "n1"}})  # bound elsewhere
+    assert preemptor._timers == {}
+    await preemptor.stop()
