@@ -26,7 +26,9 @@ case inside the leading extender, with the rules of :mod:`hami.scheduling.preemp
   ``status.nominatedNodeName``: that is kube-scheduler's field, and kube-scheduler clears it when
   its own preemption finds no candidate — exactly this case.
 * **Bounded.** At most one preemption per pod while its victims terminate, one try per pod every
-  ``retry_s`` seconds and one plan every ``interval_s`` seconds overall; a nomination is dropped when
+  ``retry_s`` seconds and one plan every ``interval_s`` seconds overall (slots booked in arrival
+  order, so no pod starves behind later ones; a pod with no lower-priority pod on its nodes takes
+  no slot); a nomination is dropped when
   the preemptor binds, is deleted, or after ``ttl_s``.
 * **Never dropped.** A try that the bounds hold back, or that finds no victims, is retried by a
   timer (after what is left of the bound, or ``retry_s``) for as long as the pod stays
@@ -115,7 +117,8 @@ class DevicePreemptor:
         #: preemptor uid -> the nodes its last refused filter was offered
         self._offered: dict[str, list[str]] = {}
         self._last_try: dict[str, float] = {}
-        self._last_plan = float("-inf")
+        #: when the next plan may run (``interval_s`` apart overall; later slots are booked)
+        self._next_slot = float("-inf")
         #: preemptor uid -> the preemption under way
         self.nominations: dict[str, Nomination] = {}
         #: preemptor uid -> the last try's result (for logs and tests)
@@ -165,12 +168,14 @@ class DevicePreemptor:
         self.nominations.pop(uid, None)
 
     # --- planning -------------------------------------------------------------------------------
-    def _consider_uid(self, uid: str, namespace: str | None, name: str) -> None:
+    def _consider_uid(self, uid: str, namespace: str | None, name: str, booked: bool = False) -> None:
         pod = self.pod_lookup(namespace or "default", name)
         if pod is not None and bodies.uid(pod) == uid:
-            self._consider(pod)
+            self._consider(pod, booked)
 
-    def _consider(self, pod: Mapping[str, Any]) -> None:
+    def _consider(self, pod: Mapping[str, Any], booked: bool = False) -> None:
+        """Plan a preemption for ``pod`` now if the bounds allow it, else later (``_try_later``).
+        ``booked``: this call is the plan slot booked for the pod earlier, in arrival order."""
         uid = bodies.uid(pod)
         now = self.clock()
         nom = self.nominations.get(uid)
@@ -186,32 +191,30 @@ class DevicePreemptor:
             or not unschedulable_without_nomination(pod)
         ):
             return
-        wait = max(
-            self.retry_s - (now - self._last_try.get(uid, float("-inf"))),
-            self.interval_s - (now - self._last_plan),
-        )
-        if wait > 0:
-            self._try_later(pod, wait)
+        retry_wait = self.retry_s - (now - self._last_try.get(uid, float("-inf")))
+        if retry_wait > 0:
+            self._try_later(pod, retry_wait)
             return
-        self._last_try[uid] = self._last_plan = now
         if bodies.spec(pod).get("preemptionPolicy") == "Never":
+            self._last_try[uid] = now
             self._outcome(uid, "never", 0)
             return
-        prio = priority_of(pod)
-        candidates: dict[str, list[str]] = {}
-        priorities: dict[str, int] = {}
-        for node in self._offered.get(uid, []):
-            for alloc in self.scheduler.state.pods_on(node):
-                if alloc.uid in self.reservations.assumed:
-                    continue  # decided, not bound yet: nothing to evict
-                victim = self.pod_lookup(alloc.namespace, alloc.name)
-                if victim is None or bodies.uid(victim) != alloc.uid or bodies.is_deleting(victim):
-                    continue
-                vprio = priority_of(victim)
-                if vprio < prio:
-                    candidates.setdefault(node, []).append(alloc.uid)
-                    priorities[alloc.uid] = vprio
-        plan = plan_preemption(self.scheduler, pod, candidates, priorities) if candidates else None
+        candidates, priorities = self._candidates(pod)
+        if not candidates:  # nobody of lower priority on the offered nodes: no plan to make
+            self._last_try[uid] = now
+            self._outcome(uid, "no-victims", 0)
+            self._try_later(pod, self.retry_s)
+            return
+        if not booked:
+            if now < self._next_slot:
+                # the next free plan slot, booked now: pods are planned in the order they came,
+                # so a busy cluster delays a pod's try but never starves it
+                slot, self._next_slot = self._next_slot, self._next_slot + self.interval_s
+                self._try_later(pod, slot - now, booked=True)
+                return
+            self._next_slot = now + self.interval_s
+        self._last_try[uid] = now
+        plan = plan_preemption(self.scheduler, pod, candidates, priorities)
         if plan is None:
             self._outcome(uid, "no-victims", 0)
             self._try_later(pod, self.retry_s)
@@ -223,8 +226,28 @@ class DevicePreemptor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _try_later(self, pod: Mapping[str, Any], delay: float) -> None:
-        """Consider ``pod`` again after ``delay`` seconds (one timer per pod) while it is offered."""
+    def _candidates(self, pod: Mapping[str, Any]) -> tuple[dict[str, list[str]], dict[str, int]]:
+        """Per offered node, the bound pods of lower priority than ``pod`` (victim uids), and their
+        priorities. Cheap (no fitting), so only pods with candidates take a plan slot."""
+        prio = priority_of(pod)
+        candidates: dict[str, list[str]] = {}
+        priorities: dict[str, int] = {}
+        for node in self._offered.get(bodies.uid(pod), []):
+            for alloc in self.scheduler.state.pods_on(node):
+                if alloc.uid in self.reservations.assumed:
+                    continue  # decided, not bound yet: nothing to evict
+                victim = self.pod_lookup(alloc.namespace, alloc.name)
+                if victim is None or bodies.uid(victim) != alloc.uid or bodies.is_deleting(victim):
+                    continue
+                vprio = priority_of(victim)
+                if vprio < prio:
+                    candidates.setdefault(node, []).append(alloc.uid)
+                    priorities[alloc.uid] = vprio
+        return candidates, priorities
+
+    def _try_later(self, pod: Mapping[str, Any], delay: float, booked: bool = False) -> None:
+        """Consider ``pod`` again after ``delay`` seconds (one timer per pod) while it is offered;
+        ``booked``: in the plan slot booked for it."""
         uid = bodies.uid(pod)
         if uid in self._timers or uid not in self._offered:
             return
@@ -233,7 +256,7 @@ class DevicePreemptor:
         def fire() -> None:
             self._timers.pop(uid, None)
             if uid in self._offered:
-                self._consider_uid(uid, namespace, name)
+                self._consider_uid(uid, namespace, name, booked)
 
         self._timers[uid] = asyncio.get_running_loop().call_later(delay, fire)
 

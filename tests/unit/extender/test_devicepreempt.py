@@ -103,7 +103,9 @@ async def test_a_try_held_back_or_without_victims_is_retried_by_a_timer() -> Non
     """kube-scheduler may not call the filter again for minutes: a try that the overall rate bound
     holds back, or that finds no victims yet, is made again by a timer, with no new event."""
     sched = _scheduler()
-    lo, hi = _pod("lo", 16000), _pod("hi", 16000, conditions=[UNSCHEDULABLE])
+    # lo is of lower priority (a candidate), but even without it hi would not fit the card
+    lo, hi = _pod("lo", 16000), _pod("hi", 32000, conditions=[UNSCHEDULABLE])
+    lo["spec"]["priority"], hi["spec"]["priority"] = 0, 100
     pods = {"lo": lo, "hi": hi}
     assert sched.decide(lo).node == "n1"
     now = [100.0]
@@ -118,12 +120,13 @@ async def test_a_try_held_back_or_without_victims_is_retried_by_a_timer() -> Non
     )
     tries: list[str] = []
     preemptor.on_outcome = lambda result, _n: tries.append(result)
-    preemptor._last_plan = now[0]  # another pod was just planned: this one is held back
+    preemptor._next_slot = now[0] + 0.05  # another pod was just planned: this one is held back
     preemptor.filter_failed(hi, ["n1"])
     assert tries == [] and preemptor.nominations == {}
     now[0] += 1.0
     await asyncio.sleep(0.2)
-    # the timer fired: the same priority offers no victim (outcome recorded), and it stays armed
+    # the timer fired in the booked slot: evicting lo would not make room (outcome recorded), and
+    # the next try is armed
     assert tries and tries[0] == "no-victims"
     assert "uid-hi" in preemptor._timers
     preemptor.pod_event({**hi, "spec": {**hi["spec"], "nodeName": "n1"}})  # bound elsewhere
