@@ -197,6 +197,7 @@ class Extender:
             client=self.client,
             locker=self.locker,
             pod_lookup=self._pod,
+            node_lookup=self.nodes.get,
             is_leader=self._is_leader,
             is_synced=self._is_synced,
             scheduler_name=cfg.hami.scheduler_name,
