@@ -162,3 +162,25 @@ async def test_a_node_whose_cdi_annotation_is_removed_uses_the_lock_again(
         await all_allocated(kube_client, namespace, 3)
         assert bodies.uid(third) in completer_of(stack).lock_free
         assert [v.split(",")[-1] for v in locks.seen[node]] == ["after"]
+
+
+async def test_a_lock_whose_pod_is_deleted_before_allocation_is_released(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+) -> None:
+    """No device plugin completes the allocation (kubelet never calls Allocate for a pod deleted
+    first): the extender releases the deleted pod's lock instead of leaving it to expire."""
+    node = await make_node(kube_client, namespace, "lck", lock_free=False)
+    async with LockWatch(kube_client) as locks, Stack(kube_config, start_scheduler, completer=False):
+        await create_on(kube_client, namespace, node, gpu_pod("doomed", mem=1000))
+
+        async def locked() -> str | None:
+            return locks.held(node)
+
+        assert (await wait_for(locked, timeout=60)).endswith(f",{namespace},doomed")
+        path = api_path("v1", "pods", namespace=namespace, name="doomed")
+        assert bodies.annotations(await kube_client.get(path))[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING
+        await kube_client.delete(path, grace_period_seconds=0)
+        await locks.released(node)

@@ -5,7 +5,10 @@ by default); release is :func:`hami.kube.nodelock.release_node_lock`, shared wit
 
 Fixes over HAMi: a short, configurable expiry (HAMi: 5 minutes); a lock whose owner pod is gone,
 finished, or already past allocation (bind-phase success/failed) is taken over at once (HAMi
-#1271, #3047); contention is waited out briefly inside ``/bind`` instead of failing the bind.
+#1271, #3047); contention is waited out briefly inside ``/bind`` instead of failing the bind; a
+lock whose owner pod is deleted before its device plugin released it (kubelet never calls
+Allocate for it) is released when the deletion is seen (:meth:`NodeLocker.owner_deleted`), so no
+lock outlives its pod.
 The compare-and-swap is a merge patch carrying the Node's resourceVersion (409 on a race).
 """
 
@@ -60,6 +63,35 @@ class NodeLocker:
         self.clock = clock
         #: one event per waiting acquire, set by :meth:`node_changed`
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        #: background releases of deleted owners' locks (kept referenced until done)
+        self._releasing: set[asyncio.Task[bool]] = set()
+
+    def owner_deleted(
+        self, node: str, namespace: str, name: str, *, allocating: bool
+    ) -> asyncio.Task[bool] | None:
+        """The pod ``namespace/name`` bound to ``node`` was deleted: if it may hold the lock (its
+        allocation had not finished, or the node cache shows its lock), release it in the
+        background; the release reads the node and removes only this pod's lock."""
+        cached = self.node_lookup(node) if self.node_lookup is not None else None
+        value = bodies.annotations(cached).get(self.codec.key) if cached is not None else None
+        if not allocating and not (value and self.codec.held_by(value, namespace, name)):
+            return None
+        task = asyncio.create_task(self._release_quietly(node, namespace, name))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return task
+
+    async def _release_quietly(self, node: str, namespace: str, name: str) -> bool:
+        try:
+            released = await self.release(node, namespace, name)
+        except Exception as exc:  # the next acquire takes a dead owner's lock over anyway
+            log.warning(
+                "node %s: releasing the lock of deleted pod %s/%s failed: %s", node, namespace, name, exc
+            )
+            return False
+        if released:
+            log.info("node %s: released the lock of deleted pod %s/%s", node, namespace, name)
+        return released
 
     def node_changed(self, node: str) -> None:
         """Wake binds waiting for ``node``'s lock (call from the node informer)."""
