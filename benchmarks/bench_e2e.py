@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -134,17 +135,39 @@ class Row:
         return sum(v for v in self.window.writes.values() if v > 0) / self.pods
 
 
+class BoundWatch:
+    """Counts pods of the bench namespace as a watch shows them bound (a handler on an informer
+    that runs anyway: polling LISTs, or scanning a cache, would load what is being measured)."""
+
+    def __init__(self) -> None:
+        self.reset(0)
+
+    def reset(self, target: int) -> None:
+        self.target = target
+        self.nodes: list[str] = []
+        self.uids: set[str] = set()
+        self.done = asyncio.Event()
+
+    def attach(self, informer: Informer) -> None:
+        informer.add_handlers(on_update=self.update)
+
+    def update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        node = bodies.node_name(new)
+        if node and not bodies.node_name(old) and bodies.namespace(new) == NAMESPACE:
+            self.nodes.append(str(node))
+            self.uids.add(bodies.uid(new))
+            if len(self.nodes) >= self.target:
+                self.done.set()
+
+
 async def create_and_wait(
-    client: KubeClient,
-    pods: list[dict[str, Any]],
-    cached_pods: Callable[[], Iterable[dict[str, Any]]],
-    timeout: float,
+    client: KubeClient, pods: list[dict[str, Any]], bound: BoundWatch, timeout: float
 ) -> tuple[list[str], float]:
     """Create ``pods`` as fast as the API takes them (16 at a time); wait until all are bound.
 
-    Returns the node of every bound pod (read from a watch cache: polling LISTs would load the API
-    server) and the seconds it took.
+    Returns the node of every bound pod and the seconds it took.
     """
+    bound.reset(len(pods))
     start = time.perf_counter()
     sem = asyncio.Semaphore(16)
 
@@ -153,17 +176,11 @@ async def create_and_wait(
             await client.create(api_path("v1", "pods", namespace=NAMESPACE), p)
 
     creating = asyncio.gather(*(create(p) for p in pods))
-    nodes: list[str] = []
-    while len(nodes) < len(pods) and time.perf_counter() - start < timeout:
-        await asyncio.sleep(0.05)
-        nodes = [
-            str(bodies.node_name(p))
-            for p in cached_pods()
-            if bodies.namespace(p) == NAMESPACE and bodies.node_name(p)
-        ]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(bound.done.wait(), timeout)
     elapsed = time.perf_counter() - start
     await creating
-    return nodes, elapsed
+    return list(bound.nodes), elapsed
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -214,6 +231,8 @@ async def set_mode(client: KubeClient, stack: Stack, nodes: list[str], *, lock_f
 async def baseline(cp: ControlPlane, client: KubeClient, args: argparse.Namespace) -> Row:
     sched = await asyncio.to_thread(cp.start_scheduler, {"clientConnection": {"qps": 500, "burst": 1000}})
     watch = Informer(client, api_path("v1", "pods", namespace=NAMESPACE), name="bench-pods")
+    bound = BoundWatch()
+    bound.attach(watch)
     watch.start()
     await watch.wait_synced(timeout=30)
     try:
@@ -225,7 +244,7 @@ async def baseline(cp: ControlPlane, client: KubeClient, args: argparse.Namespac
         assert sched.process is not None and cp.apiserver is not None and cp.etcd is not None
         window = Window({"apiserver": cp.apiserver.pid, "etcd": cp.etcd.pid, "scheduler": sched.process.pid})
         await window.open(client)
-        bound_nodes, elapsed = await create_and_wait(client, pods, watch.values, args.timeout)
+        bound_nodes, elapsed = await create_and_wait(client, pods, bound, args.timeout)
         await window.close(client)
         await delete_pods(client, watch.values)
         return Row("baseline", args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
@@ -235,7 +254,13 @@ async def baseline(cp: ControlPlane, client: KubeClient, args: argparse.Namespac
 
 
 async def hami(
-    cp: ControlPlane, client: KubeClient, stack: Stack, nodes: list[str], mode: str, args: argparse.Namespace
+    cp: ControlPlane,
+    client: KubeClient,
+    stack: Stack,
+    bound: BoundWatch,
+    nodes: list[str],
+    mode: str,
+    args: argparse.Namespace,
 ) -> Row:
     policy, protocol = mode.split("-")
     ext, agent = stack.extender, stack.completer
@@ -244,7 +269,7 @@ async def hami(
     svc = ext.service
     filter_lat: list[float] = []
     bind_lat: list[float] = []
-    svc.filter = timed(type(svc).filter.__get__(svc), filter_lat)  # type: ignore[method-assign]
+    svc.filter = timed(type(svc).filter.__get__(svc), filter_lat)  # type: ignore[method-assign,assignment]
     svc.bind_pod = timed(type(svc).bind_pod.__get__(svc), bind_lat)  # type: ignore[method-assign,assignment]
     annotations = {} if policy == "binpack" else {keys.NODE_SCHEDULER_POLICY: "spread"}
     tag = f"{policy[0]}{protocol[0]}"
@@ -253,11 +278,10 @@ async def hami(
     assert sched is not None and cp.apiserver is not None and cp.etcd is not None
     window = Window({"apiserver": cp.apiserver.pid, "etcd": cp.etcd.pid, "scheduler": sched.pid})
     await window.open(client)
-    bound_nodes, elapsed = await create_and_wait(client, pods, ext.pods.values, args.timeout)
+    bound_nodes, elapsed = await create_and_wait(client, pods, bound, args.timeout)
 
     def allocated() -> bool:
-        uids = {bodies.uid(p) for p in ext.pods.values() if bodies.namespace(p) == NAMESPACE}
-        return uids <= agent.completed
+        return bound.uids <= agent.completed
 
     await wait_until(allocated, args.timeout, "allocations finished")
     await window.close(client)
@@ -303,8 +327,11 @@ async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> l
             stack.annotate_at_filter = not args.annotate_at_bind
             stack.bind_queue_limit = args.bind_queue_limit
             async with stack:
+                assert stack.extender is not None
+                bound = BoundWatch()
+                bound.attach(stack.extender.pods)
                 for mode in hami_modes:
-                    rows.append(await hami(cp, client, stack, nodes, mode, args))
+                    rows.append(await hami(cp, client, stack, bound, nodes, mode, args))
                     print_row(rows[-1], rows)
     return rows
 
