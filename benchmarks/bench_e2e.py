@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import multiprocessing
 import os
 import platform
 import re
@@ -39,15 +40,23 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from hami.kube.client import KubeClient
+from hami.kube.config import load_config
 from hami.kube.informer import Informer
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.allocmode import is_lock_free
-from hami.testing.controlplane import ControlPlane
-from hami.testing.gpucluster import create_gpu_node, gpu_cards, gpu_pod, set_allocation_mode
+from hami.testing.controlplane import ControlPlane, SchedulerHandle
+from hami.testing.gpucluster import (
+    AllocationCompleter,
+    create_gpu_node,
+    gpu_cards,
+    gpu_pod,
+    set_allocation_mode,
+)
 from hami.testing.stack import Stack
 
 NAMESPACE = "bench"
@@ -228,28 +237,107 @@ async def set_mode(client: KubeClient, stack: Stack, nodes: list[str], *, lock_f
     )
 
 
-async def baseline(cp: ControlPlane, client: KubeClient, args: argparse.Namespace) -> Row:
+# ------------------------------------------------------------------------------ the driver process
+# The pod creator and the fake node agent run in a process of their own, as users and node agents
+# do in a cluster: the extender's process serves kube-scheduler and its own watches only.
+
+
+def driver_main(kubeconfig: str, conn: Connection) -> None:
+    """Child process: create pods on command, report when they are bound and allocated."""
+    asyncio.run(_driver(kubeconfig, conn))
+
+
+async def _driver(kubeconfig: str, conn: Connection) -> None:
+    async with KubeClient(load_config(kubeconfig)) as client:
+        agent = AllocationCompleter(client)
+        bound = BoundWatch()
+        bound.attach(agent.pods)
+        await agent.start()
+        conn.send("ready")
+        try:
+            while True:
+                command, payload = await asyncio.to_thread(conn.recv)
+                if command == "run":
+                    pods, timeout, allocate = payload
+                    nodes, elapsed = await create_and_wait(client, pods, bound, timeout)
+                    if allocate:  # hami's pods: until the node side finished every allocation
+                        await wait_until(
+                            lambda: bound.uids <= agent.completed, timeout, "allocations finished"
+                        )
+                    conn.send((nodes, elapsed))
+                elif command == "clear":
+                    await delete_pods(client, agent.pods.values)
+                    conn.send("cleared")
+                else:
+                    return
+        finally:
+            await agent.stop()
+
+
+class Driver:
+    """The parent's handle on the driver process."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=driver_main, args=(kubeconfig, child), daemon=True)
+
+    async def start(self) -> None:
+        self.process.start()
+        assert await self._recv() == "ready"
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def _recv(self) -> Any:
+        return await asyncio.to_thread(self._conn.recv)
+
+    async def run(
+        self, pods: list[dict[str, Any]], timeout: float, *, allocate: bool
+    ) -> tuple[list[str], float]:
+        """Create the pods; returns when all are bound (and, with ``allocate``, allocated by the
+        node agent): (the node of each, seconds until the last was bound)."""
+        self._conn.send(("run", (pods, timeout, allocate)))
+        nodes, elapsed = await self._recv()
+        return nodes, elapsed
+
+    async def clear(self) -> None:
+        self._conn.send(("clear", None))
+        assert await self._recv() == "cleared"
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self._conn.send(("stop", None))
+        self.process.join(timeout=30)
+
+
+def pids(cp: ControlPlane, scheduler: SchedulerHandle, driver: Driver) -> dict[str, int]:
+    assert scheduler.process is not None and cp.apiserver is not None and cp.etcd is not None
+    return {
+        "apiserver": cp.apiserver.pid,
+        "etcd": cp.etcd.pid,
+        "scheduler": scheduler.process.pid,
+        "driver": driver.pid,
+    }
+
+
+async def baseline(cp: ControlPlane, client: KubeClient, driver: Driver, args: argparse.Namespace) -> Row:
     sched = await asyncio.to_thread(cp.start_scheduler, {"clientConnection": {"qps": 500, "burst": 1000}})
-    watch = Informer(client, api_path("v1", "pods", namespace=NAMESPACE), name="bench-pods")
-    bound = BoundWatch()
-    bound.attach(watch)
-    watch.start()
-    await watch.wait_synced(timeout=30)
     try:
         pods = []
         for i in range(args.pods):
             p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
             p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
             pods.append(p)
-        assert sched.process is not None and cp.apiserver is not None and cp.etcd is not None
-        window = Window({"apiserver": cp.apiserver.pid, "etcd": cp.etcd.pid, "scheduler": sched.process.pid})
+        window = Window(pids(cp, sched, driver))
         await window.open(client)
-        bound_nodes, elapsed = await create_and_wait(client, pods, bound, args.timeout)
+        bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=False)
         await window.close(client)
-        await delete_pods(client, watch.values)
+        await driver.clear()
         return Row("baseline", args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
     finally:
-        await watch.stop()
         sched.stop()
 
 
@@ -257,14 +345,14 @@ async def hami(
     cp: ControlPlane,
     client: KubeClient,
     stack: Stack,
-    bound: BoundWatch,
+    driver: Driver,
     nodes: list[str],
     mode: str,
     args: argparse.Namespace,
 ) -> Row:
     policy, protocol = mode.split("-")
-    ext, agent = stack.extender, stack.completer
-    assert ext is not None and agent is not None and stack.kube_scheduler is not None
+    ext = stack.extender
+    assert ext is not None and stack.kube_scheduler is not None
     await set_mode(client, stack, nodes, lock_free=protocol == "cdi")
     svc = ext.service
     filter_lat: list[float] = []
@@ -274,18 +362,11 @@ async def hami(
     annotations = {} if policy == "binpack" else {keys.NODE_SCHEDULER_POLICY: "spread"}
     tag = f"{policy[0]}{protocol[0]}"
     pods = [gpu_pod(f"{tag}-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(args.pods)]
-    sched = stack.kube_scheduler.process
-    assert sched is not None and cp.apiserver is not None and cp.etcd is not None
-    window = Window({"apiserver": cp.apiserver.pid, "etcd": cp.etcd.pid, "scheduler": sched.pid})
+    window = Window(pids(cp, stack.kube_scheduler, driver))
     await window.open(client)
-    bound_nodes, elapsed = await create_and_wait(client, pods, bound, args.timeout)
-
-    def allocated() -> bool:
-        return bound.uids <= agent.completed
-
-    await wait_until(allocated, args.timeout, "allocations finished")
+    bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=True)
     await window.close(client)
-    await delete_pods(client, ext.pods.values)
+    await driver.clear()
     await wait_until(
         lambda: not any(a.namespace == NAMESPACE for a in ext.scheduler.state.pods.values()),
         60,
@@ -306,33 +387,35 @@ async def hami(
 async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> list[Row]:
     kc = cp.kube_config()
     rows: list[Row] = []
+    driver = Driver(str(cp.kubeconfig_path))
     async with KubeClient(kc) as client:
         await client.create(api_path("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
         t0 = time.perf_counter()
         nodes = await create_nodes(client, args.nodes)
         print(f"created {args.nodes} nodes x 8 cards in {time.perf_counter() - t0:.1f}s", flush=True)
+        await driver.start()
 
         def start_sched(cfg: dict[str, Any], **kw: Any) -> Any:
             cfg["clientConnection"] = {"qps": 500, "burst": 1000}
             return cp.start_scheduler(cfg, **kw)
 
-        for _ in range(args.repeat):
-            if "baseline" in modes:
-                rows.append(await baseline(cp, client, args))
-                print_row(rows[-1], rows)
-            hami_modes = [m for m in modes if m != "baseline"]
-            if not hami_modes:
-                continue
-            stack = Stack(kc, start_sched)
-            stack.annotate_at_filter = not args.annotate_at_bind
-            stack.bind_queue_limit = args.bind_queue_limit
-            async with stack:
-                assert stack.extender is not None
-                bound = BoundWatch()
-                bound.attach(stack.extender.pods)
-                for mode in hami_modes:
-                    rows.append(await hami(cp, client, stack, bound, nodes, mode, args))
+        try:
+            for _ in range(args.repeat):
+                if "baseline" in modes:
+                    rows.append(await baseline(cp, client, driver, args))
                     print_row(rows[-1], rows)
+                hami_modes = [m for m in modes if m != "baseline"]
+                if not hami_modes:
+                    continue
+                stack = Stack(kc, start_sched, completer=False)
+                stack.annotate_at_filter = not args.annotate_at_bind
+                stack.bind_queue_limit = args.bind_queue_limit
+                async with stack:
+                    for mode in hami_modes:
+                        rows.append(await hami(cp, client, stack, driver, nodes, mode, args))
+                        print_row(rows[-1], rows)
+        finally:
+            driver.stop()
     return rows
 
 
@@ -345,6 +428,7 @@ def print_row(row: Row, rows: list[Row]) -> None:
         f"| {row.mode} | {row.pods_per_s:.1f} | {ratio} | {row.filter_ms[0]:.2f} / {row.filter_ms[1]:.2f} "
         f"| {row.bind_ms[0]:.1f} / {row.bind_ms[1]:.1f} | {row.writes_per_pod():.2f} "
         f"| {cpu['apiserver']:.1f} | {cpu['etcd']:.1f} | {cpu['scheduler']:.1f} | {cpu['this process']:.1f} "
+        f"| {cpu['driver']:.1f} "
         f"| {row.nodes_used} | {row.bound}/{row.pods} |",
         flush=True,
     )
@@ -353,8 +437,9 @@ def print_row(row: Row, rows: list[Row]) -> None:
 
 HEADER = (
     "| mode | pods/s | ratio to baseline | filter p50 / p99 ms | bind p50 / p99 ms | API writes/pod "
-    "| apiserver CPU s | etcd CPU s | kube-scheduler CPU s | extender+agent CPU s | nodes used | bound |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| apiserver CPU s | etcd CPU s | kube-scheduler CPU s | extender CPU s | creator+agent CPU s "
+    "| nodes used | bound |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
