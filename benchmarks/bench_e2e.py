@@ -1,36 +1,69 @@
 """End-to-end scheduling throughput through the real kube-scheduler + hami extender.
 
-Starts etcd + kube-apiserver + kube-scheduler (binaries from ``HAMI_K8S_BIN`` or the cache that
-``hack/build-k8s.sh`` fills), creates N fake GPU nodes x 8 cards, runs the extender in-process and
-a fake node agent that completes each bind the way the device plugin's Allocate does (bind-phase
-success + node lock released). Then it creates P pods as fast as the API accepts them and measures:
+Starts etcd + kube-apiserver (binaries from ``HAMI_K8S_BIN`` or the cache that
+``hack/build-k8s.sh`` fills) once, creates N fake GPU nodes x 8 cards, and measures each mode on
+that one control plane, one after another in this process:
 
-* pods/s from the first creation to the last pod bound (``spec.nodeName`` set);
-* the extender's /filter and /bind latency (p50/p99) as seen inside the service.
+* ``baseline`` — the stock kube-scheduler alone: pods ask for the ``nvidia.com/gpu`` extended
+  resource, no extender, kube-scheduler binds itself (the ceiling the API server allows here);
+* ``binpack-lock`` / ``spread-lock`` — hami's extender behind kube-scheduler, nodes on HAMi's lock
+  protocol; a fake node agent completes each bind the way the device plugin's Allocate does
+  (bind-phase ``success`` + node lock released: 2 writes);
+* ``binpack-cdi`` / ``spread-cdi`` — the same nodes annotated ``hami.io/allocation-mode=cdi`` (the
+  device plugin runs lock-free): the extender binds without the lock, and the agent does what the
+  lock-free plugin does per pod at PreStartContainer (one GET of the pod, no write).
 
-With ``--baseline`` it measures the stock kube-scheduler alone on the same machine (pods asking for
-the ``nvidia.com/gpu`` extended resource, no extender, kube-scheduler binds itself): the ceiling
-the API server and kube-scheduler allow here.
+For each: P pods (1 GPU, 8000 MiB, 10 %) are created as fast as the API takes them; pods/s runs
+from the first creation to the last ``spec.nodeName``; the ratio is to the baseline of the same run.
+Filter/bind latency is measured inside the extender; API writes per pod are the API server's own
+``apiserver_request_total`` (mutating verbs) from the first creation until every allocation
+finished, divided by P (the pod creations count, 1 per pod, in every mode); CPU seconds are read
+from ``/proc/<pid>/stat`` of kube-apiserver, etcd and kube-scheduler, and of this process (the
+extender, the node agent and the pod creator) over the same window. Between modes the pods are
+deleted and the extender's ledger is waited empty.
 
-Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--policy binpack|spread] [--baseline]
+Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--matrix | --modes binpack-cdi,...]
+       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import multiprocessing
+import os
 import platform
+import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from typing import Any
 
 from hami.kube.client import KubeClient
+from hami.kube.config import load_config
 from hami.kube.informer import Informer
 from hami.kube.paths import api_path
-from hami.testing.controlplane import ControlPlane
-from hami.testing.gpucluster import create_gpu_node, gpu_cards, gpu_pod
+from hami.protocol import bodies, keys
+from hami.protocol.allocmode import is_lock_free
+from hami.testing.controlplane import ControlPlane, SchedulerHandle
+from hami.testing.gpucluster import (
+    AllocationCompleter,
+    create_gpu_node,
+    gpu_cards,
+    gpu_pod,
+    set_allocation_mode,
+)
 from hami.testing.stack import Stack
+
+NAMESPACE = "bench"
+MATRIX = ("baseline", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
+_REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -49,143 +82,395 @@ def timed(fn: Callable[..., Awaitable[Any]], into: list[float]) -> Callable[...,
     return wrapper
 
 
-async def create_and_wait(
-    client: KubeClient,
-    sem: asyncio.Semaphore,
-    pods: list[dict[str, Any]],
-    cached_pods: Callable[[], Iterable[dict[str, Any]]],
-    timeout: float,
-) -> tuple[list[str], float]:
-    """Create ``pods`` in namespace bench as fast as the API takes them; wait until all are bound.
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    Returns the node of every bound pod (read from a watch cache) and the seconds it took.
+
+async def mutating_requests(client: KubeClient) -> Counter[str]:
+    """The API server's mutating requests so far, by ``VERB resource[/subresource]``."""
+    out: Counter[str] = Counter()
+    for line in (await client.get_text("/metrics")).splitlines():
+        m = _REQUEST_LINE.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL.findall(m["labels"]))
+        if labels.get("verb") in MUTATING:
+            what = labels.get("resource", "") + (
+                f"/{labels['subresource']}" if labels.get("subresource") else ""
+            )
+            out[f"{labels['verb']} {what}"] += int(float(m["value"]))
+    return out
+
+
+@dataclass
+class Window:
+    """CPU and API writes between :meth:`open` and :meth:`close`."""
+
+    pids: dict[str, int]
+    cpu: dict[str, float] = field(default_factory=dict)
+    writes: Counter[str] = field(default_factory=Counter)
+
+    async def open(self, client: KubeClient) -> None:
+        self._cpu0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
+        self._self0 = time.process_time()
+        self._writes0 = await mutating_requests(client)
+
+    async def close(self, client: KubeClient) -> None:
+        self.cpu = {k: cpu_seconds(p) - self._cpu0[k] for k, p in self.pids.items()}
+        self.cpu["this process"] = time.process_time() - self._self0
+        self.writes = await mutating_requests(client)
+        self.writes.subtract(self._writes0)
+
+
+@dataclass
+class Row:
+    mode: str
+    pods: int
+    bound: int
+    seconds: float
+    window: Window
+    nodes_used: int
+    filter_ms: tuple[float, float] = (float("nan"), float("nan"))
+    bind_ms: tuple[float, float] = (float("nan"), float("nan"))
+
+    @property
+    def pods_per_s(self) -> float:
+        return self.bound / self.seconds
+
+    def writes_per_pod(self) -> float:
+        return sum(v for v in self.window.writes.values() if v > 0) / self.pods
+
+
+class BoundWatch:
+    """Counts pods of the bench namespace as a watch shows them bound (a handler on an informer
+    that runs anyway: polling LISTs, or scanning a cache, would load what is being measured)."""
+
+    def __init__(self) -> None:
+        self.reset(0)
+
+    def reset(self, target: int) -> None:
+        self.target = target
+        self.nodes: list[str] = []
+        self.uids: set[str] = set()
+        self.done = asyncio.Event()
+
+    def attach(self, informer: Informer) -> None:
+        informer.add_handlers(on_update=self.update)
+
+    def update(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        node = bodies.node_name(new)
+        if node and not bodies.node_name(old) and bodies.namespace(new) == NAMESPACE:
+            self.nodes.append(str(node))
+            self.uids.add(bodies.uid(new))
+            if len(self.nodes) >= self.target:
+                self.done.set()
+
+
+async def create_and_wait(
+    client: KubeClient, pods: list[dict[str, Any]], bound: BoundWatch, timeout: float
+) -> tuple[list[str], float]:
+    """Create ``pods`` as fast as the API takes them (16 at a time); wait until all are bound.
+
+    Returns the node of every bound pod and the seconds it took.
     """
+    bound.reset(len(pods))
     start = time.perf_counter()
+    sem = asyncio.Semaphore(16)
 
     async def create(p: dict[str, Any]) -> None:
         async with sem:
-            await client.create(api_path("v1", "pods", namespace="bench"), p)
+            await client.create(api_path("v1", "pods", namespace=NAMESPACE), p)
 
     creating = asyncio.gather(*(create(p) for p in pods))
-    nodes: list[str] = []
-    while len(nodes) < len(pods) and time.perf_counter() - start < timeout:
-        await asyncio.sleep(0.1)
-        nodes = [
-            p["spec"]["nodeName"]
-            for p in cached_pods()
-            if (p.get("metadata") or {}).get("namespace") == "bench" and (p.get("spec") or {}).get("nodeName")
-        ]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(bound.done.wait(), timeout)
     elapsed = time.perf_counter() - start
     await creating
-    return nodes, elapsed
+    return list(bound.nodes), elapsed
 
 
-async def run(cp: ControlPlane, args: argparse.Namespace) -> dict[str, Any]:
-    kc = cp.kube_config()
-    async with KubeClient(kc) as client:
-        await client.create(api_path("v1", "namespaces"), {"metadata": {"name": "bench"}})
-        t0 = time.perf_counter()
-        sem = asyncio.Semaphore(16)
-
-        async def node(i: int) -> None:
-            async with sem:
-                await create_gpu_node(client, f"gpu-{i:04d}", gpu_cards(f"gpu-{i:04d}", n=8, mem=81920))
-
-        await asyncio.gather(*(node(i) for i in range(args.nodes)))
-        print(f"created {args.nodes} nodes x 8 cards in {time.perf_counter() - t0:.1f}s")
-
-        if args.baseline:
-            return await baseline(cp, client, args, sem)
-
-        def start_sched(cfg: dict[str, Any], **kw: Any) -> Any:
-            cfg["clientConnection"] = {"qps": 500, "burst": 1000}
-            return cp.start_scheduler(cfg, **kw)
-
-        stack_cm = Stack(kc, start_sched)
-        stack_cm.annotate_at_filter = not args.annotate_at_bind
-        stack_cm.bind_queue_limit = args.bind_queue_limit
-        async with stack_cm as stack:
-            assert stack.extender is not None
-            svc = stack.extender.service
-            filter_lat: list[float] = []
-            bind_lat: list[float] = []
-            svc.filter = timed(svc.filter, filter_lat)  # type: ignore[method-assign]
-            svc.bind = timed(svc.bind, bind_lat)  # type: ignore[method-assign]
-            annotations = {} if args.policy == "binpack" else {"hami.io/node-scheduler-policy": "spread"}
-            pods = [
-                gpu_pod(f"p-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(args.pods)
-            ]
-            # count from the extender's watch cache: polling LISTs would load the API server
-            bound_nodes, elapsed = await create_and_wait(
-                client, sem, pods, lambda: stack.extender.pods.values(), args.timeout
-            )
-            bound = len(bound_nodes)
-            used = set(bound_nodes)
-            return {
-                "nodes_used": len(used),
-                "nodes": args.nodes,
-                "pods": args.pods,
-                "bound": bound,
-                "policy": args.policy
-                + (" annotate-at-bind" if args.annotate_at_bind else "")
-                + (f" bind-queue-limit={args.bind_queue_limit}" if args.bind_queue_limit else ""),
-                "seconds": elapsed,
-                "pods_per_s": bound / elapsed,
-                "filter_p50_ms": pct(filter_lat, 0.5),
-                "filter_p99_ms": pct(filter_lat, 0.99),
-                "filter_mean_ms": statistics.fmean(filter_lat) * 1e3 if filter_lat else float("nan"),
-                "bind_p50_ms": pct(bind_lat, 0.5),
-                "bind_p99_ms": pct(bind_lat, 0.99),
-                "filter_calls": len(filter_lat),
-                "bind_calls": len(bind_lat),
-            }
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        await asyncio.sleep(0.1)
 
 
-async def baseline(
-    cp: ControlPlane, client: KubeClient, args: argparse.Namespace, sem: asyncio.Semaphore
-) -> dict[str, Any]:
+async def delete_pods(client: KubeClient, cached: Callable[[], Iterable[dict[str, Any]]]) -> None:
+    await client.request(
+        "DELETE", api_path("v1", "pods", namespace=NAMESPACE), params={"gracePeriodSeconds": 0}
+    )
+    await wait_until(lambda: not any(bodies.namespace(p) == NAMESPACE for p in cached()), 120, "pods deleted")
+
+
+async def create_nodes(client: KubeClient, count: int) -> list[str]:
+    sem = asyncio.Semaphore(16)
+    names = [f"gpu-{i:04d}" for i in range(count)]
+
+    async def node(name: str) -> None:
+        async with sem:
+            await create_gpu_node(client, name, gpu_cards(name, n=8, mem=81920))
+
+    await asyncio.gather(*(node(n) for n in names))
+    return names
+
+
+async def set_mode(client: KubeClient, stack: Stack, nodes: list[str], *, lock_free: bool) -> None:
+    """Annotate (or un-annotate) every node and wait until the extender's node cache shows it."""
+    assert stack.extender is not None
+    cache = stack.extender.nodes
+    if all(is_lock_free(cache.get(n)) == lock_free for n in nodes):
+        return
+    sem = asyncio.Semaphore(16)
+
+    async def one(n: str) -> None:
+        async with sem:
+            await set_allocation_mode(client, n, lock_free=lock_free)
+
+    await asyncio.gather(*(one(n) for n in nodes))
+    await wait_until(
+        lambda: all(is_lock_free(cache.get(n)) == lock_free for n in nodes), 60, "node modes cached"
+    )
+
+
+# ------------------------------------------------------------------------------ the driver process
+# The pod creator and the fake node agent run in a process of their own, as users and node agents
+# do in a cluster: the extender's process serves kube-scheduler and its own watches only.
+
+
+def driver_main(kubeconfig: str, conn: Connection) -> None:
+    """Child process: create pods on command, report when they are bound and allocated."""
+    asyncio.run(_driver(kubeconfig, conn))
+
+
+async def _driver(kubeconfig: str, conn: Connection) -> None:
+    async with KubeClient(load_config(kubeconfig)) as client:
+        agent = AllocationCompleter(client)
+        bound = BoundWatch()
+        bound.attach(agent.pods)
+        await agent.start()
+        conn.send("ready")
+        try:
+            while True:
+                command, payload = await asyncio.to_thread(conn.recv)
+                if command == "run":
+                    pods, timeout, allocate = payload
+                    nodes, elapsed = await create_and_wait(client, pods, bound, timeout)
+                    if allocate:  # hami's pods: until the node side finished every allocation
+                        await wait_until(
+                            lambda: bound.uids <= agent.completed, timeout, "allocations finished"
+                        )
+                    conn.send((nodes, elapsed))
+                elif command == "clear":
+                    await delete_pods(client, agent.pods.values)
+                    conn.send("cleared")
+                else:
+                    return
+        finally:
+            await agent.stop()
+
+
+class Driver:
+    """The parent's handle on the driver process."""
+
+    def __init__(self, kubeconfig: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=driver_main, args=(kubeconfig, child), daemon=True)
+
+    async def start(self) -> None:
+        self.process.start()
+        assert await self._recv() == "ready"
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def _recv(self) -> Any:
+        return await asyncio.to_thread(self._conn.recv)
+
+    async def run(
+        self, pods: list[dict[str, Any]], timeout: float, *, allocate: bool
+    ) -> tuple[list[str], float]:
+        """Create the pods; returns when all are bound (and, with ``allocate``, allocated by the
+        node agent): (the node of each, seconds until the last was bound)."""
+        self._conn.send(("run", (pods, timeout, allocate)))
+        nodes, elapsed = await self._recv()
+        return nodes, elapsed
+
+    async def clear(self) -> None:
+        self._conn.send(("clear", None))
+        assert await self._recv() == "cleared"
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self._conn.send(("stop", None))
+        self.process.join(timeout=30)
+
+
+def pids(cp: ControlPlane, scheduler: SchedulerHandle, driver: Driver) -> dict[str, int]:
+    assert scheduler.process is not None and cp.apiserver is not None and cp.etcd is not None
+    return {
+        "apiserver": cp.apiserver.pid,
+        "etcd": cp.etcd.pid,
+        "scheduler": scheduler.process.pid,
+        "driver": driver.pid,
+    }
+
+
+async def baseline(cp: ControlPlane, client: KubeClient, driver: Driver, args: argparse.Namespace) -> Row:
     sched = await asyncio.to_thread(cp.start_scheduler, {"clientConnection": {"qps": 500, "burst": 1000}})
-    watch = Informer(client, api_path("v1", "pods", namespace="bench"), name="bench-pods")
-    watch.start()
-    await watch.wait_synced(timeout=30)
     try:
         pods = []
         for i in range(args.pods):
             p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
             p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
             pods.append(p)
-        bound_nodes, elapsed = await create_and_wait(client, sem, pods, watch.values, args.timeout)
-        bound = len(bound_nodes)
-        return {
-            "nodes": args.nodes,
-            "pods": args.pods,
-            "bound": bound,
-            "policy": "kube-scheduler only",
-            "seconds": elapsed,
-            "pods_per_s": bound / elapsed,
-        }
+        window = Window(pids(cp, sched, driver))
+        await window.open(client)
+        bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=False)
+        await window.close(client)
+        await driver.clear()
+        return Row("baseline", args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
     finally:
-        await watch.stop()
         sched.stop()
+
+
+async def hami(
+    cp: ControlPlane,
+    client: KubeClient,
+    stack: Stack,
+    driver: Driver,
+    nodes: list[str],
+    mode: str,
+    args: argparse.Namespace,
+) -> Row:
+    policy, protocol = mode.split("-")
+    ext = stack.extender
+    assert ext is not None and stack.kube_scheduler is not None
+    await set_mode(client, stack, nodes, lock_free=protocol == "cdi")
+    svc = ext.service
+    filter_lat: list[float] = []
+    bind_lat: list[float] = []
+    svc.filter = timed(type(svc).filter.__get__(svc), filter_lat)  # type: ignore[method-assign,assignment]
+    svc.bind_pod = timed(type(svc).bind_pod.__get__(svc), bind_lat)  # type: ignore[method-assign,assignment]
+    annotations = {} if policy == "binpack" else {keys.NODE_SCHEDULER_POLICY: "spread"}
+    tag = f"{policy[0]}{protocol[0]}"
+    pods = [gpu_pod(f"{tag}-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(args.pods)]
+    window = Window(pids(cp, stack.kube_scheduler, driver))
+    await window.open(client)
+    bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=True)
+    await window.close(client)
+    await driver.clear()
+    await wait_until(
+        lambda: not any(a.namespace == NAMESPACE for a in ext.scheduler.state.pods.values()),
+        60,
+        "ledger empty",
+    )
+    return Row(
+        mode + (" annotate-at-bind" if args.annotate_at_bind else ""),
+        args.pods,
+        len(bound_nodes),
+        elapsed,
+        window,
+        len(set(bound_nodes)),
+        (pct(filter_lat, 0.5), pct(filter_lat, 0.99)),
+        (pct(bind_lat, 0.5), pct(bind_lat, 0.99)),
+    )
+
+
+async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> list[Row]:
+    kc = cp.kube_config()
+    rows: list[Row] = []
+    driver = Driver(str(cp.kubeconfig_path))
+    async with KubeClient(kc) as client:
+        await client.create(api_path("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
+        t0 = time.perf_counter()
+        nodes = await create_nodes(client, args.nodes)
+        print(f"created {args.nodes} nodes x 8 cards in {time.perf_counter() - t0:.1f}s", flush=True)
+        await driver.start()
+
+        def start_sched(cfg: dict[str, Any], **kw: Any) -> Any:
+            cfg["clientConnection"] = {"qps": 500, "burst": 1000}
+            return cp.start_scheduler(cfg, **kw)
+
+        try:
+            for _ in range(args.repeat):
+                if "baseline" in modes:
+                    rows.append(await baseline(cp, client, driver, args))
+                    print_row(rows[-1], rows)
+                hami_modes = [m for m in modes if m != "baseline"]
+                if not hami_modes:
+                    continue
+                stack = Stack(kc, start_sched, completer=False)
+                stack.annotate_at_filter = not args.annotate_at_bind
+                stack.bind_queue_limit = args.bind_queue_limit
+                async with stack:
+                    for mode in hami_modes:
+                        rows.append(await hami(cp, client, stack, driver, nodes, mode, args))
+                        print_row(rows[-1], rows)
+        finally:
+            driver.stop()
+    return rows
+
+
+def print_row(row: Row, rows: list[Row]) -> None:
+    base = [r.pods_per_s for r in rows if r.mode == "baseline"]
+    ratio = f"{row.pods_per_s / statistics.median(base):.2f}" if base else "-"
+    cpu = row.window.cpu
+    writes = ", ".join(f"{k} {v / row.pods:.2f}" for k, v in sorted(row.window.writes.items()) if v > 0)
+    print(
+        f"| {row.mode} | {row.pods_per_s:.1f} | {ratio} | {row.filter_ms[0]:.2f} / {row.filter_ms[1]:.2f} "
+        f"| {row.bind_ms[0]:.1f} / {row.bind_ms[1]:.1f} | {row.writes_per_pod():.2f} "
+        f"| {cpu['apiserver']:.1f} | {cpu['etcd']:.1f} | {cpu['scheduler']:.1f} | {cpu['this process']:.1f} "
+        f"| {cpu['driver']:.1f} "
+        f"| {row.nodes_used} | {row.bound}/{row.pods} |",
+        flush=True,
+    )
+    print(f"    writes per pod: {writes}", flush=True)
+
+
+HEADER = (
+    "| mode | pods/s | ratio to baseline | filter p50 / p99 ms | bind p50 / p99 ms | API writes/pod "
+    "| apiserver CPU s | etcd CPU s | kube-scheduler CPU s | extender CPU s | creator+agent CPU s "
+    "| nodes used | bound |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=500)
     ap.add_argument("--pods", type=int, default=1000)
-    ap.add_argument("--policy", choices=["binpack", "spread"], default="binpack")
+    ap.add_argument("--matrix", action="store_true", help="every mode: " + ", ".join(MATRIX))
+    ap.add_argument("--modes", default="", help="comma-separated subset of: " + ", ".join(MATRIX))
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run the modes this many times (same control plane)"
+    )
     ap.add_argument("--timeout", type=float, default=300)
-    ap.add_argument("--baseline", action="store_true", help="stock kube-scheduler alone, for comparison")
     ap.add_argument("--annotate-at-bind", action="store_true", help="extender --annotate-at-bind mode")
     ap.add_argument("--bind-queue-limit", type=int, default=0, help="extender --bind-queue-limit")
     args = ap.parse_args()
+    modes = list(MATRIX) if args.matrix else [m for m in args.modes.split(",") if m] or ["binpack-lock"]
+    unknown = [m for m in modes if m not in MATRIX]
+    if unknown:
+        ap.error(f"--modes: unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MATRIX)}")
     print(
-        f"machine: {platform.machine()} ({__import__('os').cpu_count()} cores), python {platform.python_version()}"
+        f"machine: {platform.machine()} ({os.cpu_count()} cores), python {platform.python_version()}, "
+        f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
     )
+    print(HEADER, flush=True)
     with ControlPlane() as cp:
-        r = asyncio.run(run(cp, args))
-    for k, v in r.items():
-        print(f"{k:>16}: {v:.2f}" if isinstance(v, float) else f"{k:>16}: {v}")
+        rows = asyncio.run(run(cp, args, modes))
+    print(f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(HEADER)
+    for r in rows:
+        print_row(r, rows)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from hami.extender.runner import Extender, ExtenderSettings
 from hami.extender.service import owner_alive_from
 from hami.kube.client import KubeClient
 from hami.kube.config import KubeConfig
-from hami.kube.errors import NotFoundError
+from hami.kube.errors import ConflictError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.nodelock import decode_node_lock, format_rfc3339
@@ -345,3 +345,39 @@ async def test_cached_lock_of_ours_is_verified_on_the_server_and_restamped(
     value = await lock_value(kube_client, node)
     assert value is not None
     assert datetime.now(UTC) - decode_node_lock(value).time < timedelta(seconds=10)
+
+
+class ConflictCountingClient(KubeClient):
+    """The real client, counting the compare-and-swaps the API server refused."""
+
+    conflicts = 0
+
+    async def merge_patch(self, path: str, patch: Any, *, resource_version: str | None = None) -> Any:
+        try:
+            return await super().merge_patch(path, patch, resource_version=resource_version)
+        except ConflictError:
+            self.conflicts += 1
+            raise
+
+
+async def test_binds_queued_for_one_node_take_turns_without_conflicts(
+    kube_config: KubeConfig, namespace: str, make_node: NodeFactory
+) -> None:
+    """Six binds of one scheduler wait for the same node's lock (a binpack burst): they get it in
+    arrival order, and only the front one competes for it on the API server, so no compare-and-swap
+    is ever refused (without the queue every release sets off a race that all but one lose)."""
+    node = await make_node()
+    async with ConflictCountingClient(kube_config) as kc:
+        locker = NodeLocker(kc, expiry=60, wait=20, poll=0.02)  # no cache: every waiter polls the server
+        order: list[int] = []
+
+        async def bind_and_allocate(i: int) -> None:
+            await locker.acquire(node, namespace, f"p{i}")
+            order.append(i)
+            await asyncio.sleep(0.05)  # the device plugin's Allocate, then its release
+            assert await locker.release(node, namespace, f"p{i}")
+
+        await asyncio.gather(*(bind_and_allocate(i) for i in range(6)))
+        assert order == list(range(6))
+        assert kc.conflicts == 0
+        assert not locker._queues and not locker._waiters

@@ -5,7 +5,12 @@ by default); release is :func:`hami.kube.nodelock.release_node_lock`, shared wit
 
 Fixes over HAMi: a short, configurable expiry (HAMi: 5 minutes); a lock whose owner pod is gone,
 finished, or already past allocation (bind-phase success/failed) is taken over at once (HAMi
-#1271, #3047); contention is waited out briefly inside ``/bind`` instead of failing the bind.
+#1271, #3047); contention is waited out briefly inside ``/bind`` instead of failing the bind, with
+this process's binds for one node queued locally so that only one of them at a time competes for
+the node's lock on the API server (no conflict storm when a binpack burst waits on one node); a
+lock whose owner pod is deleted before its device plugin released it (kubelet never calls
+Allocate for it) is released when the deletion is seen (:meth:`NodeLocker.owner_deleted`), so no
+lock outlives its pod.
 The compare-and-swap is a merge patch carrying the Node's resourceVersion (409 on a race).
 """
 
@@ -36,6 +41,16 @@ class NodeLockContention(RuntimeError):
     """The node is locked by another pod's bind that has not finished yet."""
 
 
+class _NodeQueue:
+    """The binds of this process for one node: a FIFO gate and how many use it."""
+
+    __slots__ = ("gate", "users")
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Lock()
+        self.users = 0
+
+
 class NodeLocker:
     def __init__(
         self,
@@ -60,6 +75,37 @@ class NodeLocker:
         self.clock = clock
         #: one event per waiting acquire, set by :meth:`node_changed`
         self._waiters: dict[str, set[asyncio.Event]] = {}
+        #: per node, the binds of this process waiting for its lock, front first
+        self._queues: dict[str, _NodeQueue] = {}
+        #: background releases of deleted owners' locks (kept referenced until done)
+        self._releasing: set[asyncio.Task[bool]] = set()
+
+    def owner_deleted(
+        self, node: str, namespace: str, name: str, *, allocating: bool
+    ) -> asyncio.Task[bool] | None:
+        """The pod ``namespace/name`` bound to ``node`` was deleted: if it may hold the lock (its
+        allocation had not finished, or the node cache shows its lock), release it in the
+        background; the release reads the node and removes only this pod's lock."""
+        cached = self.node_lookup(node) if self.node_lookup is not None else None
+        value = bodies.annotations(cached).get(self.codec.key) if cached is not None else None
+        if not allocating and not (value and self.codec.held_by(value, namespace, name)):
+            return None
+        task = asyncio.create_task(self._release_quietly(node, namespace, name))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+        return task
+
+    async def _release_quietly(self, node: str, namespace: str, name: str) -> bool:
+        try:
+            released = await self.release(node, namespace, name)
+        except Exception as exc:  # the next acquire takes a dead owner's lock over anyway
+            log.warning(
+                "node %s: releasing the lock of deleted pod %s/%s failed: %s", node, namespace, name, exc
+            )
+            return False
+        if released:
+            log.info("node %s: released the lock of deleted pod %s/%s", node, namespace, name)
+        return released
 
     def node_changed(self, node: str) -> None:
         """Wake binds waiting for ``node``'s lock (call from the node informer)."""
@@ -67,21 +113,51 @@ class NodeLocker:
             event.set()
 
     async def acquire(self, node: str, namespace: str, name: str) -> float:
-        """Take the lock for ``namespace/name``; returns seconds waited. Raises NodeLockContention."""
+        """Take the lock for ``namespace/name``; returns seconds waited. Raises NodeLockContention.
+
+        Binds of this process for one node queue here first, in arrival order, and only the front
+        one reads and writes the node's lock: when the lock is released, one compare-and-swap is
+        sent instead of one per waiting bind (all but one of which would fail with a conflict).
+        The whole wait, queue included, is bounded by ``wait``.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        queue = self._queues.get(node)
+        if queue is None:
+            queue = self._queues[node] = _NodeQueue()
+        queue.users += 1
+        try:
+            try:
+                await asyncio.wait_for(queue.gate.acquire(), self.wait)
+            except TimeoutError:
+                raise NodeLockContention(
+                    f"node {node} is locked: {queue.users - 1} binds of this scheduler queued for it"
+                ) from None
+            try:
+                return await self._acquire_front(node, namespace, name, started)
+            finally:
+                queue.gate.release()
+        finally:
+            queue.users -= 1
+            if not queue.users and self._queues.get(node) is queue:
+                del self._queues[node]
+
+    async def _acquire_front(self, node: str, namespace: str, name: str, started: float) -> float:
         changed = asyncio.Event()
         waiters = self._waiters.setdefault(node, set())
         waiters.add(changed)
         try:
-            return await self._acquire(node, namespace, name, changed)
+            return await self._acquire(node, namespace, name, changed, started)
         finally:
             waiters.discard(changed)
             if not waiters and self._waiters.get(node) is waiters:
                 del self._waiters[node]
 
-    async def _acquire(self, node: str, namespace: str, name: str, changed: asyncio.Event) -> float:
+    async def _acquire(
+        self, node: str, namespace: str, name: str, changed: asyncio.Event, started: float
+    ) -> float:
         path = api_path("v1", "nodes", name=node)
         loop = asyncio.get_running_loop()
-        started = loop.time()
         fresh = self.node_lookup is None
         while True:
             changed.clear()  # cleared before reading: a change after this read wakes the wait below

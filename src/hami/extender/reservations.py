@@ -133,6 +133,14 @@ class Reservations(Generic[W]):
     def in_flight(self, node: str) -> int:
         return len(self._inflight.get(node, ()))
 
+    def pending_count(self) -> int:
+        """Filter decisions bind has not taken yet."""
+        return len(self._pending)
+
+    def in_flight_count(self) -> int:
+        """Pods in flight on any node."""
+        return len(self._inflight_node)
+
     def cancel_writes(self) -> None:
         """Cancel every pending background write (shutdown); the decisions stay for bind."""
         for pending in self._pending.values():

@@ -31,7 +31,7 @@ from hami.kube.config import KubeConfig
 from hami.kube.informer import Informer, start_synced
 from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
-from hami.protocol import bodies
+from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API
 from hami.protocol.nodelock import HAMI_NODE_LOCK
 from hami.scheduling.decide import Scheduler
@@ -119,7 +119,7 @@ class Extender:
             api_path("v1", "pods"),
             on_add=self.sync.pod_changed,
             on_update=lambda _old, new: self.sync.pod_changed(new),
-            on_delete=self.sync.pod_deleted,
+            on_delete=self._pod_deleted,
             name="pods",
         )
         #: namespace device quota (``limits.<memory|cores resource>`` of each ResourceQuota)
@@ -198,6 +198,7 @@ class Extender:
             client=self.client,
             locker=self.locker,
             pod_lookup=self._pod,
+            node_lookup=self.nodes.get,
             is_leader=self._is_leader,
             is_synced=self._is_synced,
             scheduler_name=cfg.hami.scheduler_name,
@@ -260,6 +261,15 @@ class Extender:
     def _node_deleted(self, node: dict[str, Any]) -> None:
         self.sync.node_deleted(node)
         self.locker.node_changed(bodies.name(node))
+
+    def _pod_deleted(self, pod: dict[str, Any]) -> None:
+        self.sync.pod_deleted(pod)
+        node = bodies.node_name(pod)
+        if node and self._is_leader():
+            allocating = bodies.annotations(pod).get(keys.BIND_PHASE) == keys.BIND_PHASE_ALLOCATING
+            self.locker.owner_deleted(
+                str(node), bodies.namespace(pod) or "default", bodies.name(pod), allocating=allocating
+            )
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")

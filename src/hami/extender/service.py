@@ -12,6 +12,14 @@
   atomically with the bind — so a bound pod always has its allocation, even if the background
   write failed. Every failure rolls the reservation back and releases the lock; kube-scheduler then
   retries the pod.
+* **Lock-free nodes.** On a node whose device plugin allocates without the lock
+  (:mod:`hami.protocol.allocmode`, read from the node cache at filter and again at bind, so a
+  node that changes mode is handled at its next bind) a pod whose cards are all the lock-free
+  vendor's is bound with one API write: no filter-time write (it would serve nobody), no lock
+  (no acquire, no release, no wait behind another pod's lock), and a Binding that carries the
+  finished allocation: ``bind-phase=success``, the to-allocate annotation already emptied (what
+  the lock protocol's plugin commit ends with), ``vgpu-devices-allocated`` and ``bind-time``.
+  Any other pod on that node (another vendor's cards too) goes through the lock protocol.
 * Only the leader decides; other replicas answer with an error so kube-scheduler retries.
 * What a pod holds between its decision and its bound copy reaching the informer (assumed, the
   pending decision and its write, the decided-at TTL, its place in flight on the node) lives in one
@@ -26,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +47,15 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
+from hami.protocol.allocmode import is_lock_free
+from hami.protocol.pod import encode_pod_devices
 from hami.scheduling.decide import Decision, Scheduler
 from hami.scheduling.preempt import priority_of, select_victims
 
 log = logging.getLogger(__name__)
 
 PodLookup = Callable[[str, str], "dict[str, Any] | None"]
+NodeLookup = Callable[[str], "Mapping[str, Any] | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +95,8 @@ class ExtenderService:
         client: KubeClient,
         locker: NodeLocker,
         pod_lookup: PodLookup,
+        node_lookup: NodeLookup = lambda _name: None,
+        lock_free_vendor: str = keys.VENDOR_NVIDIA,
         is_leader: Callable[[], bool] = lambda: True,
         is_synced: Callable[[], bool] = lambda: True,
         scheduler_name: str = "hami-scheduler",
@@ -97,6 +110,10 @@ class ExtenderService:
         self.client = client
         self.locker = locker
         self.pod_lookup = pod_lookup
+        #: the node informer's copy (no API call): the node's allocation mode is read from it
+        self.node_lookup = node_lookup
+        #: the vendor whose device plugin can run lock-free (hami's own NVIDIA plugin)
+        self.lock_free_vendor = lock_free_vendor
         self.is_leader = is_leader
         self.is_synced = is_synced
         self.scheduler_name = scheduler_name
@@ -175,7 +192,7 @@ class ExtenderService:
                 self.on_unschedulable(pod, list(args.node_names or ()))
             await self._event(pod, "FilteringFailed", decision.reason or "no node fits", warning=True)
             return FilterOutcome(node_names=[], failed=failed)
-        if self.annotate_at_filter:
+        if self.annotate_at_filter and not self._lock_free(decision.node, decision.placements):
             task = asyncio.create_task(self._write_decision_quietly(pod, decision))
         else:  # the Binding alone carries the annotations: one API write less per pod
             task = asyncio.create_task(asyncio.sleep(0))
@@ -275,12 +292,18 @@ class ExtenderService:
                 return BindRefused(f"pod {ns}/{name} no longer fits node {node}: {decision.reason}")
             self.reservations.assume(uid)
             annotations = dict(decision.annotations)
-            try:
-                await self._write_decision(pod, decision)
-            except KubeError as exc:
-                return self._refuse(uid, f"writing the decision on pod {ns}/{name} failed: {exc}")
+            if not self._lock_free(node, decision.placements):
+                try:
+                    await self._write_decision(pod, decision)
+                except KubeError as exc:
+                    return self._refuse(uid, f"writing the decision on pod {ns}/{name} failed: {exc}")
             alloc = self.scheduler.state.pods[uid]
-        needs_lock = self._needs_lock(alloc.containers, alloc.init_count)
+        if self._lock_free(node, alloc.containers):
+            needs_lock = False
+            annotations.update(self._finished_allocation(alloc.containers))
+        else:
+            needs_lock = self._needs_lock(alloc.containers, alloc.init_count)
+            annotations[keys.BIND_PHASE] = keys.BIND_PHASE_ALLOCATING
         if needs_lock:
             try:
                 await self.locker.acquire(node, ns, name)
@@ -296,11 +319,7 @@ class ExtenderService:
                 name,
                 uid=uid,
                 node=node,
-                annotations={
-                    **annotations,
-                    keys.BIND_PHASE: keys.BIND_PHASE_ALLOCATING,
-                    keys.BIND_TIME: str(int(self.clock())),
-                },
+                annotations={**annotations, keys.BIND_TIME: str(int(self.clock()))},
             )
         except Exception as exc:  # a KubeError, or anything else the client let through
             if await self._bound_here(ns, name, uid, node):
@@ -325,6 +344,21 @@ class ExtenderService:
         except Exception:  # cannot tell: treat as not bound (the caller rolls back)
             return False
         return bodies.uid(pod) == uid and bodies.node_name(pod) == node
+
+    def _lock_free(self, node: str, containers: Mapping[str, Sequence[Sequence[Any]]]) -> bool:
+        """Bind without the node lock: the node's plugin is lock-free and every card the pod gets
+        is the lock-free vendor's (another vendor's plugin still identifies the pod by the lock)."""
+        if not is_lock_free(self.node_lookup(node)):
+            return False
+        vendors = {vendor for vendor, per_container in containers.items() if any(per_container)}
+        return vendors == {self.lock_free_vendor}
+
+    def _finished_allocation(self, containers: Mapping[str, Sequence[Sequence[Any]]]) -> dict[str, str]:
+        """What the lock protocol's plugin commit leaves on the pod: every container's to-allocate
+        entry erased and ``bind-phase=success`` (the allocated annotation is the decision's)."""
+        backend = self.scheduler.registry.get(self.lock_free_vendor)
+        empty = encode_pod_devices([() for _ in containers[self.lock_free_vendor]])
+        return {backend.to_allocate_key: empty, keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS}
 
     def _needs_lock(self, containers: Mapping[str, Any], init_count: int) -> bool:
         """Lock the node when any container (init containers too) gets a card of a locking vendor.

@@ -2,8 +2,10 @@
 
 There is no kubelet: a node is a Node object whose status carries allocatable resources and whose
 annotations carry HAMi's registration. :class:`AllocationCompleter` plays the node side of the
-bind protocol that the device plugin's Allocate performs: for every pod bound in bind-phase
-``allocating`` it sets ``success`` and releases the node lock it holds.
+bind protocol that the device plugin performs: for every pod bound in bind-phase ``allocating``
+(HAMi's lock protocol) it sets ``success`` and releases the node lock it holds, as Allocate does;
+a pod first seen bound already in ``success`` was bound lock-free (``hami.io/allocation-mode=cdi``)
+and gets what the lock-free plugin does at PreStartContainer: one GET of the pod, no write.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.kube.informer import Informer
 from hami.kube.nodelock import ClientNodes, release_node_lock
 from hami.kube.paths import api_path
+from hami.kube.poll import poll_until
 from hami.protocol import bodies, keys
 from hami.protocol.node import DeviceInfo, encode_node_devices
 
@@ -48,14 +51,20 @@ def gpu_cards(
 
 
 async def create_gpu_node(
-    client: KubeClient, name: str, cards: Sequence[DeviceInfo], *, labels: dict[str, str] | None = None
+    client: KubeClient,
+    name: str,
+    cards: Sequence[DeviceInfo],
+    *,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Create a Node carrying ``hami.io/node-nvidia-register`` and allocatable pods/cpu/memory/GPUs."""
+    """Create a Node carrying ``hami.io/node-nvidia-register`` (plus ``annotations``, e.g. the
+    allocation mode) and allocatable pods/cpu/memory/GPUs."""
     return await create_node(
         client,
         name,
         labels={"gpu": "on", **(labels or {})},
-        annotations={keys.NODE_NVIDIA_REGISTER: encode_node_devices(cards)},
+        annotations={keys.NODE_NVIDIA_REGISTER: encode_node_devices(cards), **(annotations or {})},
         extra_capacity={"nvidia.com/gpu": str(sum(c.count for c in cards))},
     )
 
@@ -138,13 +147,74 @@ def gpu_pod(
     }
 
 
+def lock_free_annotations(lock_free: bool) -> dict[str, str]:
+    """The node annotation of a lock-free device plugin (``{}`` for HAMi's lock protocol)."""
+    return {keys.NODE_ALLOCATION_MODE: keys.ALLOCATION_MODE_CDI} if lock_free else {}
+
+
+async def set_allocation_mode(client: KubeClient, node: str, *, lock_free: bool) -> None:
+    """Switch a node's device plugin mode as its registration would: annotation set or removed."""
+    value = keys.ALLOCATION_MODE_CDI if lock_free else None
+    await client.merge_patch(
+        api_path("v1", "nodes", name=node), {"metadata": {"annotations": {keys.NODE_ALLOCATION_MODE: value}}}
+    )
+
+
+class LockWatch:
+    """Every node-lock value ever seen on the nodes (from a node watch), to prove a lock was or was
+    never taken. ``seen[node]`` lists the distinct lock values in the order they appeared."""
+
+    def __init__(self, client: KubeClient, *, key: str = keys.NODE_LOCK) -> None:
+        self.key = key
+        self.seen: dict[str, list[str]] = {}
+        self.nodes = Informer(
+            client,
+            api_path("v1", "nodes"),
+            on_add=self._look,
+            on_update=lambda _o, n: self._look(n),
+            name="lockwatch",
+        )
+
+    def _look(self, node: dict[str, Any]) -> None:
+        value = bodies.annotations(node).get(self.key)
+        if value:
+            values = self.seen.setdefault(bodies.name(node), [])
+            if value not in values:
+                values.append(value)
+
+    def held(self, node: str) -> str | None:
+        """The lock on ``node`` in the watch cache now, if any."""
+        obj = self.nodes.get(node)
+        return bodies.annotations(obj).get(self.key) if obj is not None else None
+
+    async def released(self, node: str, *, timeout: float = 30.0) -> None:
+        """Wait until the watch shows ``node`` without a lock (TimeoutError otherwise)."""
+
+        async def free() -> bool:
+            return self.held(node) is None
+
+        await poll_until(free, timeout=timeout, interval=0.1)
+
+    async def __aenter__(self) -> LockWatch:
+        self.nodes.start()
+        await self.nodes.wait_synced(timeout=60)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nodes.stop()
+
+
 class AllocationCompleter:
-    """Completes the node side of binds: bind-phase ``allocating`` -> ``success``, lock released."""
+    """Completes the node side of binds: bind-phase ``allocating`` -> ``success``, lock released;
+    a lock-free bind (``success`` from the start) is read once, as the lock-free plugin does."""
 
     def __init__(self, client: KubeClient, *, delay: float = 0.0) -> None:
         self.client = client
         self.delay = delay
+        #: uids whose allocation this agent finished (either protocol)
         self.completed: set[str] = set()
+        #: of those, the ones bound lock-free (read once, never written)
+        self.lock_free: set[str] = set()
         self._pending: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.pods = Informer(
@@ -158,14 +228,32 @@ class AllocationCompleter:
     def _seen(self, pod: dict[str, Any]) -> None:
         uid = bodies.uid(pod)
         phase = bodies.annotations(pod).get(keys.BIND_PHASE)
-        if phase != keys.BIND_PHASE_ALLOCATING or not bodies.node_name(pod):
+        if not bodies.node_name(pod) or uid in self.completed or uid in self._pending:
             return
-        if uid in self.completed or uid in self._pending:
+        if phase == keys.BIND_PHASE_ALLOCATING:
+            work = self._complete(pod)
+        elif phase == keys.BIND_PHASE_SUCCESS:
+            work = self._read(pod)
+        else:
             return
         self._pending.add(uid)
-        task = asyncio.create_task(self._complete(pod))
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _read(self, pod: dict[str, Any]) -> None:
+        """The lock-free plugin at PreStartContainer: the pod's allocation read from the API server."""
+        meta = pod["metadata"]
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            await self.client.get(api_path("v1", "pods", namespace=meta["namespace"], name=meta["name"]))
+            self.lock_free.add(meta["uid"])
+            self.completed.add(meta["uid"])
+        except KubeError:
+            pass
+        finally:
+            self._pending.discard(meta["uid"])
 
     async def _complete(self, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]

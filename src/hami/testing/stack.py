@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hami.config import DeviceConfig
@@ -119,16 +119,24 @@ async def list_pods(client: KubeClient, namespace: str) -> list[dict[str, Any]]:
     return items
 
 
-async def assert_no_overcommit(client: KubeClient, namespace: str, nodes: list[str]) -> dict[str, list[int]]:
-    """From API objects only: on every card, the sum of allocations is within its capacity."""
-    usage: dict[str, list[int]] = {}
+async def assert_no_overcommit(
+    client: KubeClient, namespace: str | Sequence[str], nodes: list[str]
+) -> dict[str, list[int]]:
+    """From API objects only: on every card, the bound, non-terminated pods' allocations (in
+    ``namespace``, or each of several) fit its capacity — slots, memory, cores — and a card given
+    whole (100 % of its cores) holds that one pod. Returns ``[slots, MiB, cores]`` per card uuid."""
     capacity: dict[str, tuple[int, int, int]] = {}
     for name in nodes:
         node = await client.get(api_path("v1", "nodes", name=name))
         for d in decode_node_devices(node["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER]):
             capacity[d.id] = (d.count, d.devmem, d.devcore)
-    for pod in await list_pods(client, namespace):
-        if not bodies.node_name(pod):
+    pods: list[dict[str, Any]] = []
+    for ns in [namespace] if isinstance(namespace, str) else namespace:
+        pods.extend(await list_pods(client, ns))
+    usage: dict[str, list[int]] = {}
+    whole: dict[str, str] = {}
+    for pod in pods:
+        if not bodies.node_name(pod) or bodies.phase(pod) in ("Succeeded", "Failed"):
             continue
         value = bodies.annotations(pod).get(keys.VGPU_DEVICES_ALLOCATED, "")
         for container in decode_pod_devices(value):
@@ -137,10 +145,15 @@ async def assert_no_overcommit(client: KubeClient, namespace: str, nodes: list[s
                 u[0] += 1
                 u[1] += dev.usedmem
                 u[2] += dev.usedcores
+                if dev.usedcores >= 100:
+                    whole[dev.uuid] = bodies.name(pod)
     for uuid, (slots, mem, cores) in usage.items():
         assert uuid in capacity, f"pod allocated unknown card {uuid}"
         cap = capacity[uuid]
         assert slots <= cap[0] and mem <= cap[1] and cores <= cap[2], (
             f"card {uuid} over-committed: {usage[uuid]} > {cap}"
+        )
+        assert uuid not in whole or slots == 1, (
+            f"card {uuid} given whole to {whole[uuid]} is shared: {slots} pods"
         )
     return usage
