@@ -98,11 +98,21 @@ async def test_a_binpack_burst_on_a_cdi_node_binds_without_any_node_lock(
             assert ann[keys.VGPU_DEVICES_TO_ALLOCATE] == ";"  # nothing left for a plugin to consume
             assert int(ann[keys.BIND_TIME]) > 0
         assert locks.seen.get(node) is None  # not once in the node's whole history
-        assert {bodies.uid(p) for p in pods} <= completer_of(stack).lock_free
-        await assert_no_overcommit(kube_client, namespace, [node])
+        uids = {bodies.uid(p) for p in pods}
         ext = stack.extender
         assert ext is not None
-        assert not ext.reservations.assumed and ext.reservations.in_flight(node) == 0
+
+        async def settled() -> bool:
+            # the agent's read of each pod and the extender's view of each bind arrive by watch,
+            # after the pods are seen bound here
+            return (
+                uids <= completer_of(stack).lock_free
+                and not ext.reservations.assumed
+                and ext.reservations.in_flight(node) == 0
+            )
+
+        await wait_for(settled, timeout=30)
+        await assert_no_overcommit(kube_client, namespace, [node])
 
 
 async def test_a_mixed_cluster_locks_only_the_lock_nodes(

@@ -5,6 +5,8 @@ server's pod proxy."""
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -33,8 +35,12 @@ def chart_installed(
 ) -> Iterator[Helm]:
     """``helm install`` of charts/hami with the sandbox's values (the fake device source
     ``fake_node``, YAML, by default examples/fake-node-small.yaml, on every node) with ``extra``
-    merged into them (as helm merges values files); uninstalled on exit."""
+    merged into them (as helm merges values files); uninstalled on exit. Every ``hami.io/``
+    annotation is removed from the nodes first: a module starts from nodes no earlier install
+    registered (a device plugin never removes what a later configuration stops advertising on a
+    node it no longer serves, e.g. another node's vendor cards or a node switched to DRA)."""
     assert sandbox.cp is not None
+    _clear_hami_node_annotations(sandbox)
     try:
         helm = Helm(find_helm())
     except HelmMissingError as exc:
@@ -55,6 +61,28 @@ def chart_installed(
         yield helm
     finally:
         helm.release("uninstall", RELEASE, namespace=NAMESPACE, kubeconfig=kubeconfig)
+
+
+def _clear_hami_node_annotations(sandbox: Sandbox) -> None:
+    assert sandbox.cp is not None
+    kubectl = [
+        str(sandbox.binaries.kube_apiserver.parent / "kubectl"),
+        "--kubeconfig",
+        str(sandbox.cp.kubeconfig_path),
+    ]
+    nodes = json.loads(
+        subprocess.run(
+            [*kubectl, "get", "nodes", "-o", "json"], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    for node in nodes["items"]:
+        stale = [k for k in (node["metadata"].get("annotations") or {}) if k.startswith("hami.io/")]
+        if stale:
+            subprocess.run(
+                [*kubectl, "annotate", "node", node["metadata"]["name"], *(f"{k}-" for k in stale)],
+                check=True,
+                capture_output=True,
+            )
 
 
 @contextlib.asynccontextmanager
