@@ -352,7 +352,8 @@ async def test_node_not_in_dra_mode_serves_nothing(node: Node) -> None:
 
 
 async def test_device_plugin_on_a_dra_node_serves_nothing(node: Node) -> None:
-    """operatingmode dra: the device plugin opens no socket and never registers nvidia.com/gpu."""
+    """operatingmode dra: the device plugin opens no socket, never registers nvidia.com/gpu, and
+    removes the registration a device plugin left on the node before the switch (others' stay)."""
     from hami.deviceplugin.agent import NodeAgent
     from hami.testing.kubelet import FakeKubelet
     from hami.testing.memkube import MemoryKube
@@ -360,7 +361,8 @@ async def test_device_plugin_on_a_dra_node_serves_nothing(node: Node) -> None:
     plugin_dir = node.root / "device-plugins"
     kubelet = FakeKubelet(plugin_dir)
     await kubelet.start()
-    kube = MemoryKube([{"metadata": {"name": NODE}}])
+    stale = {keys.NODE_NVIDIA_REGISTER: "[]", keys.NODE_ALLOCATION_MODE: "cdi", "other": "x"}
+    kube = MemoryKube([{"metadata": {"name": NODE, "annotations": stale}}])
     agent = NodeAgent(node.source, node.settings, kube=kube, plugin_dir=plugin_dir)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
@@ -372,4 +374,6 @@ async def test_device_plugin_on_a_dra_node_serves_nothing(node: Node) -> None:
         stop.set()
         await task
         await kubelet.stop()
-    assert kubelet.registrations == [] and kube.calls == []
+    assert kubelet.registrations == []
+    assert kube.calls == [f"get node {NODE}", f"patch node {NODE}"]
+    assert kube.nodes[NODE]["metadata"]["annotations"] == {"other": "x"}

@@ -106,13 +106,21 @@ class NodeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop`; on a node in DRA mode, serve nothing (no socket, no registration,
-        no `nvidia.com/gpu`): `hami dra-plugin` owns its cards."""
+        no `nvidia.com/gpu`): `hami dra-plugin` owns its cards, and a registration left from before
+        the switch is removed (best effort: a failure is logged)."""
         if self.settings.operating_mode == DRA:
             log.info(
                 "node %s is in DRA mode (operatingmode: %s): the device plugin advertises nothing",
                 self.settings.node_name,
                 DRA,
             )
+            if self.registrar is not None:
+                try:
+                    await self.registrar.withdraw()
+                except Exception as e:
+                    log.warning(
+                        "node %s: could not remove the old registration: %s", self.settings.node_name, e
+                    )
             await stop.wait()
             return
         await self.start()

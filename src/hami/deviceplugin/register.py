@@ -115,6 +115,21 @@ class NodeRegistrar:
         log.info("node %s: wrote %s", self.node_name, ", ".join(sorted(diff)))
         return True
 
+    async def withdraw(self) -> bool:
+        """Remove this plugin's NVIDIA annotations (register, pair scores, allocation mode) from the
+        node: it serves no card here any more (a node switched to DRA mode), and the extender must
+        not count cards from a stale registration. Returns True when a patch was sent."""
+        node = await self.kube.get_node(self.node_name)
+        have = bodies.annotations(node)
+        owned = (keys.NODE_NVIDIA_REGISTER, keys.NODE_NVIDIA_SCORE, keys.NODE_ALLOCATION_MODE)
+        gone: dict[str, str | None] = {k: None for k in owned if k in have}
+        if not gone:
+            return False
+        await self.kube.patch_node(self.node_name, {"metadata": {"annotations": gone}})
+        self.patches += 1
+        log.info("node %s: removed %s", self.node_name, ", ".join(sorted(gone)))
+        return True
+
     async def run(self) -> None:
         """Sync now, on every poke and every `interval`; retry after `retry` s on errors."""
         while True:

@@ -136,3 +136,17 @@ async def test_allocation_mode_annotation() -> None:
     assert mode() == keys.ALLOCATION_MODE_CDI
     await registrar("lock").sync()  # back in lock mode
     assert mode() == keys.ALLOCATION_MODE_LOCK
+
+
+async def test_withdraw_removes_only_this_plugins_annotations() -> None:
+    """A node switched to DRA mode: the old registration goes, other annotations stay."""
+    src = FakeSource(SPEC)
+    s = NodeSettings(node_name="n1")
+    kube = MemoryKube([{"metadata": {"name": "n1", "annotations": {"other": "x"}}}])
+    reg = NodeRegistrar(
+        kube, "n1", lambda: build_inventory(src, s), pair_scores=src.pair_scores, allocation_mode="cdi"
+    )
+    assert await reg.sync()
+    assert await reg.withdraw()
+    assert kube.nodes["n1"]["metadata"]["annotations"] == {"other": "x"}
+    assert not await reg.withdraw()  # nothing left: no patch
