@@ -17,7 +17,7 @@ from hami.config.node import parse_node_config_file
 from hami.devices.registry import default_registry
 from hami.extender.schedulerconfig import scheduler_configuration
 from hami.protocol import keys
-from hami.testing.dra import device_class
+from hami.testing.dra import device_class, mig_device_class
 from hami.testing.helm import Helm, HelmError
 
 pytestmark = pytest.mark.integration
@@ -123,13 +123,11 @@ def test_dra_mode(rendered: Render) -> None:
     scheduler's gate, and read access to slices and claims (create only for templates)."""
     assert not rendered("default").of_kind("DeviceClass")
     r = rendered("full")
-    [cls] = r.of_kind("DeviceClass")
-    expected = device_class()
-    assert (cls["apiVersion"], cls["metadata"]["name"], cls["spec"]) == (
-        expected["apiVersion"],
-        expected["metadata"]["name"],
-        expected["spec"],
-    )
+    classes = r.of_kind("DeviceClass")
+    assert [(c["apiVersion"], c["metadata"]["name"], c["spec"]) for c in classes] == [
+        (want["apiVersion"], want["metadata"]["name"], want["spec"])
+        for want in (device_class(), mig_device_class())
+    ]
     name = f"{r.values.fullname}-scheduler"
     assert "--dra" in r.container("Deployment", name, "vgpu-scheduler-extender")["args"]
     assert "--dra=all" in r.container("Deployment", name, "webhook")["args"]
@@ -512,7 +510,7 @@ def test_dra_plugin_command_line_parses(
 def test_dra_plugin_objects(rendered: Render) -> None:
     """The DRA plugin only where enabled; its DaemonSet shares the device plugin's host paths for
     the library; least-privilege RBAC; the DeviceClass the plugin's slices match."""
-    from hami.draplugin.slices import device_class
+    from hami.draplugin.slices import device_class, mig_device_class
 
     assert not any("dra-plugin" in name for _, name in rendered("default").kinds())
     r = rendered("full")
@@ -538,9 +536,9 @@ def test_dra_plugin_objects(rendered: Render) -> None:
         {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaims"], "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
     ]
-    dc = r.get("DeviceClass", keys.DRA_DEVICE_CLASS)
-    want = device_class()
-    assert (dc["apiVersion"], dc["spec"]) == (want["apiVersion"], want["spec"])
+    for want in (device_class(), mig_device_class()):
+        dc = r.get("DeviceClass", want["metadata"]["name"])
+        assert (dc["apiVersion"], dc["spec"]) == (want["apiVersion"], want["spec"])
 
 
 def _skipped_by_name(r: Rendered, name: str) -> list[str] | None:

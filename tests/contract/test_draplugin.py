@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from hami.deviceplugin.modes import VGPU_CONF_PATH
 from hami.deviceplugin.settings import NodeSettings
@@ -72,31 +73,40 @@ class Node:
         return DraKubelet(self.root / "registry", keys.DRA_DRIVER)
 
 
-@pytest.fixture
-def node() -> Iterator[Node]:
-    root = Path(tempfile.mkdtemp(prefix="hdra", dir="/tmp"))
+def make_node(root: Path, *, mig: bool = False) -> Node:
+    """Node n1 with card A (an A100, MIG-capable with the sandbox's A100 profiles when `mig`) and
+    card B (a T4), each with a device node under `root`."""
     (root / "dev").mkdir()
     for name in ("nvidia0", "nvidia1"):
         (root / "dev" / name).touch()
     kube = MemoryDraKube([{"metadata": {"name": NODE, "uid": "node-uid"}}])
-    source = FakeSource(
-        {
-            "cards": [
-                {"uuid": A, "memory": 40960, "device_node": str(root / "dev/nvidia0")},
-                {
-                    "uuid": B,
-                    "memory": 15360,
-                    "model": "Tesla T4",
-                    "numa": 1,
-                    "device_node": str(root / "dev/nvidia1"),
-                },
-            ],
-            "links": [{"a": A, "b": B, "type": "SameBoard", "nvlinks": 4}],
-        },
-        poll_interval=0.05,
-    )
+    card_a: dict[str, Any] = {"uuid": A, "memory": 40960, "device_node": str(root / "dev/nvidia0")}
+    spec: dict[str, Any] = {
+        "cards": [
+            card_a,
+            {
+                "uuid": B,
+                "memory": 15360,
+                "model": "Tesla T4",
+                "numa": 1,
+                "device_node": str(root / "dev/nvidia1"),
+            },
+        ],
+        "links": [{"a": A, "b": B, "type": "SameBoard", "nvlinks": 4}],
+    }
+    if mig:
+        sandbox = yaml.safe_load((Path(__file__).parents[2] / "examples/fake-sandbox.yaml").read_text())
+        spec["mig_profile_sets"] = sandbox["mig_profile_sets"]
+        card_a.update(model="NVIDIA A100-SXM4-40GB", mig=True, sm=108, mig_profiles="a100-40gb")
+    source = FakeSource(spec, poll_interval=0.05)
     settings = NodeSettings(node_name=NODE, operating_mode="dra", hook_path=str(root / "hook"))
-    yield Node(root, kube, source, settings)
+    return Node(root, kube, source, settings)
+
+
+@pytest.fixture
+def node() -> Iterator[Node]:
+    root = Path(tempfile.mkdtemp(prefix="hdra", dir="/tmp"))
+    yield make_node(root)
     shutil.rmtree(root, ignore_errors=True)
 
 
@@ -377,3 +387,126 @@ async def test_device_plugin_on_a_dra_node_serves_nothing(node: Node) -> None:
     assert kubelet.registrations == []
     assert kube.calls == [f"get node {NODE}", f"patch node {NODE}"]
     assert kube.nodes[NODE]["metadata"]["annotations"] == {"other": "x"}
+
+
+# --- MIG-capable cards as partitionable devices ------------------------------------------------
+@pytest.fixture
+async def mig_running() -> AsyncIterator[tuple[Node, DraNodePlugin, DraKubelet]]:
+    root = Path(tempfile.mkdtemp(prefix="hdra", dir="/tmp"))
+    node = make_node(root, mig=True)
+    plugin = node.plugin()
+    await plugin.start()
+    kubelet = node.kubelet()
+    await kubelet.register()
+    try:
+        yield node, plugin, kubelet
+    finally:
+        await plugin.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_mig_capable_card_publishes_counters_and_placements(
+    mig_running: tuple[Node, DraNodePlugin, DraKubelet],
+) -> None:
+    node, _, _ = mig_running
+    spec = node.kube.slices[slice_name(NODE)]["spec"]
+    slices = {f"memory-slice-{k}": {"value": "1"} for k in range(8)}
+    all_counters = {**slices, "compute-slices": {"value": "7"}}
+    assert spec["sharedCounters"] == [{"name": "gpu-0-counters", "counters": all_counters}]
+    by_name = {d["name"]: d for d in spec["devices"]}
+    # whole cards first (index order), then card 0's placements: 7 + 4 + 3 + 2 + 1 + 1
+    assert [d["name"] for d in spec["devices"][:2]] == ["gpu-0", "gpu-1"]
+    assert len(spec["devices"]) == 2 + 18
+    assert by_name["gpu-0"]["consumesCounters"] == [
+        {"counterSet": "gpu-0-counters", "counters": all_counters}
+    ]
+    assert by_name["gpu-0"]["allowMultipleAllocations"] is True
+    assert "consumesCounters" not in by_name["gpu-1"]  # not MIG-capable: no counters
+    mig = by_name["gpu-0-mig-3g20gb-4"]
+    assert mig["attributes"] == {
+        "productName": {"string": "NVIDIA A100-SXM4-40GB"},
+        "uuid": {"string": A},
+        "index": {"int": 0},
+        "numaNode": {"int": 0},
+        "type": {"string": "mig"},
+        "nvlinkGroup": {"int": 0},
+        "profile": {"string": "3g.20gb"},
+        "placementStart": {"int": 4},
+        "placementSize": {"int": 4},
+    }
+    assert mig["capacity"] == {"memory": {"value": "19968Mi"}, "cores": {"value": "39"}}
+    assert mig["consumesCounters"] == [
+        {
+            "counterSet": "gpu-0-counters",
+            "counters": {
+                **{f"memory-slice-{k}": {"value": "1"} for k in range(4, 8)},
+                "compute-slices": {"value": "3"},
+            },
+        }
+    ]
+    assert "allowMultipleAllocations" not in mig  # a MIG instance is one claim's
+    assert by_name["gpu-0-mig-1g10gb-6"]["consumesCounters"][0]["counters"] == {
+        "memory-slice-6": {"value": "1"},
+        "memory-slice-7": {"value": "1"},
+        "compute-slices": {"value": "1"},
+    }
+
+
+async def test_prepare_of_a_mig_device_names_its_instance(
+    mig_running: tuple[Node, DraNodePlugin, DraKubelet],
+) -> None:
+    node, plugin, kubelet = mig_running
+    node.kube.add_claim(claim("m1", result("gpu-0-mig-2g10gb-2")))
+    resp = await kubelet.prepare(("ns", "uid-m1", "m1"))
+    assert resp.claims["uid-m1"].error == ""
+    (inst,) = node.source.list_mig_instances(A)
+    assert (inst.profile, inst.placement.start, inst.placement.size) == ("2g.10gb", 2, 2)
+    spec = json.loads(cdi_file(node, "uid-m1").read_text())
+    assert [d["name"] for d in spec["devices"]] == ["uid-m1-gpu"]
+    edits = spec["devices"][0]["containerEdits"]
+    env = dict(e.split("=", 1) for e in edits["env"])
+    assert env[keys.ENV_VISIBLE_DEVICES] == inst.mig_uuid
+    assert not any(k.startswith(keys.ENV_MEMORY_LIMIT) for k in env)  # the hardware enforces it
+    assert edits["deviceNodes"] == [{"path": str(node.root / "dev/nvidia0"), "permissions": "rw"}]
+    assert plugin.checkpoint.get("uid-m1").mig_instances == ((A, inst.gpu_instance_id),)  # type: ignore[union-attr]
+
+    assert (await kubelet.unprepare(("ns", "uid-m1", "m1"))).claims["uid-m1"].error == ""
+    assert node.source.list_mig_instances(A) == []
+    assert not cdi_file(node, "uid-m1").exists()
+
+
+async def test_a_card_is_either_shared_whole_or_split_on_the_node(
+    mig_running: tuple[Node, DraNodePlugin, DraKubelet],
+) -> None:
+    """kube-scheduler v1.34 does not count a shared card's counters once its claim is allocated
+    (docs/dra.md), so the plugin refuses the second kind on a card, naming the first claim."""
+    node, plugin, kubelet = mig_running
+    node.kube.add_claim(claim("share", result("gpu-0", memory="1Gi", cores="10")))
+    node.kube.add_claim(claim("mig", result("gpu-0-mig-1g5gb-0")))
+    node.kube.add_claim(claim("mig-b", result("gpu-0-mig-1g5gb-1")))
+    assert (await kubelet.prepare(("ns", "uid-share", "share"))).claims["uid-share"].error == ""
+    refused = (await kubelet.prepare(("ns", "uid-mig", "mig"))).claims["uid-mig"].error
+    assert refused == (
+        f"claim ns/mig (uid-mig): card {A} (gpu-0) already has a share of the whole card prepared for "
+        "claim ns/share; a card is either shared whole or split into MIG instances"
+    )
+    assert node.source.list_mig_instances(A) == [] and plugin.checkpoint.get("uid-mig") is None
+    # once the share is gone, MIG instances may be made; then a share is refused
+    await kubelet.unprepare(("ns", "uid-share", "share"))
+    assert (await kubelet.prepare(("ns", "uid-mig", "mig"))).claims["uid-mig"].error == ""
+    assert (await kubelet.prepare(("ns", "uid-mig-b", "mig-b"))).claims["uid-mig-b"].error == ""
+    refused = (await kubelet.prepare(("ns", "uid-share", "share"))).claims["uid-share"].error
+    assert "already has a MIG instance prepared for claim ns/mig" in refused
+    assert not cdi_file(node, "uid-share").exists()
+
+
+async def test_failed_mig_creation_leaves_nothing(
+    mig_running: tuple[Node, DraNodePlugin, DraKubelet],
+) -> None:
+    node, plugin, kubelet = mig_running
+    node.source.fail_mig_create.add(A)
+    node.kube.add_claim(claim("m1", result("gpu-0-mig-1g5gb-0")))
+    error = (await kubelet.prepare(("ns", "uid-m1", "m1"))).claims["uid-m1"].error
+    assert error == f"claim ns/m1 (uid-m1): injected MIG creation failure on {A}"
+    assert node.source.list_mig_instances(A) == [] and plugin.checkpoint.get("uid-m1") is None
+    assert not cdi_file(node, "uid-m1").exists()

@@ -161,6 +161,10 @@ def physical_device(
         devcore=int(settings.core_scaling * 100),
         type=device_type(card.model),
         mode=settings.operating_mode,
+        # a DRA node publishes a MIG-capable card's allowed profiles as partitionable devices
+        mig_profiles=tuple(allowed_mig_profiles(card.model, profiles, settings.mig_allowlist))
+        if settings.operating_mode == DRA
+        else (),
     )
 
 
@@ -170,7 +174,7 @@ def build_inventory(source: DeviceSource, settings: NodeSettings) -> list[Physic
     for card in source.cards():
         if settings.filtered(card):
             continue
-        profiles = source.mig_profiles(card.uuid) if settings.operating_mode == MIG else []
+        profiles = source.mig_profiles(card.uuid) if settings.operating_mode in (MIG, DRA) else []
         out.append(physical_device(card, settings, profiles))
     return out
 

@@ -45,6 +45,9 @@ class PreparedClaim:
     cdi_file: str
     #: Host directories made for the claim's containers (shared regions), removed at unprepare.
     cache_dirs: tuple[str, ...] = field(default=())
+    #: MIG instances made for the claim's MIG devices: (card UUID, GPU instance id), destroyed at
+    #: unprepare.
+    mig_instances: tuple[tuple[str, int], ...] = field(default=())
 
 
 def _claim_from_json(uid: str, raw: Any) -> PreparedClaim:
@@ -63,6 +66,7 @@ def _claim_from_json(uid: str, raw: Any) -> PreparedClaim:
         ),
         cdi_file=str(raw["cdi_file"]),
         cache_dirs=tuple(raw.get("cache_dirs", ())),
+        mig_instances=tuple((str(u), int(g)) for u, g in raw.get("mig_instances", ())),
     )
 
 

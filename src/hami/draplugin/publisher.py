@@ -18,7 +18,7 @@ from typing import Any
 from hami.deviceplugin.settings import PhysicalDevice
 from hami.deviceplugin.sources.base import DeviceSource
 from hami.draplugin.kubeops import DraKube
-from hami.draplugin.slices import resource_slice, slice_devices, slice_name
+from hami.draplugin.slices import resource_slice, shared_counters, slice_devices, slice_name
 from hami.kube.errors import ConflictError, KubeError, NotFoundError
 from hami.protocol import bodies
 
@@ -43,22 +43,23 @@ class SlicePublisher:
                 self._node_uid = bodies.uid(await self.kube.get_node(self.node_name))
             links = await asyncio.to_thread(self.source.links)
             want = slice_devices(devices, links)
+            counters = shared_counters(devices)
             for _ in range(attempts):
                 try:
                     current = await self.kube.get_slice(slice_name(self.node_name))
                 except NotFoundError:
                     try:
-                        body = resource_slice(self.node_name, self._node_uid, 1, want)
+                        body = resource_slice(self.node_name, self._node_uid, 1, want, counters)
                         created = await self.kube.create_slice(body)
                     except ConflictError:
                         continue
                     self.published += 1
                     return created
                 spec = bodies.spec(current)
-                if spec.get("devices") == want:
+                if spec.get("devices") == want and (spec.get("sharedCounters") or []) == counters:
                     return current
                 generation = int((spec.get("pool") or {}).get("generation") or 0) + 1
-                body = resource_slice(self.node_name, self._node_uid, generation, want)
+                body = resource_slice(self.node_name, self._node_uid, generation, want, counters)
                 body["metadata"]["resourceVersion"] = bodies.resource_version(current)
                 try:
                     replaced = await self.kube.replace_slice(body)

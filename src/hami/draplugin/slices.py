@@ -1,4 +1,5 @@
-"""The node's ResourceSlice: one DRA device per healthy card (the contract in docs/dra.md).
+"""The node's ResourceSlice: one DRA device per healthy card, plus MIG devices and counters of
+MIG-capable cards (`partitions`; the contract in docs/dra.md).
 
 Guarantees: pure — the inventory, the topology and the node's identity come in as arguments;
 device names, attributes and capacities are exactly the documented contract (`gpu-<index>`,
@@ -15,12 +16,13 @@ from typing import Any
 
 from hami.deviceplugin.settings import PhysicalDevice
 from hami.deviceplugin.sources.base import PairLink
+from hami.draplugin import partitions
 from hami.protocol import keys
 from hami.protocol.dra import RESOURCE_API
 
 #: ResourceSlice.spec.devices may hold at most this many devices (resource.k8s.io/v1).
 MAX_DEVICES_PER_SLICE = 128
-DEVICE_TYPE = "gpu"
+DEVICE_TYPE = keys.DRA_TYPE_GPU
 
 
 def device_name(index: int) -> str:
@@ -80,39 +82,72 @@ def consumable_capacity(devmem: int, devcore: int) -> dict[str, Any]:
     }
 
 
-def slice_device(dev: PhysicalDevice, nvlink_group: int) -> dict[str, Any]:
-    """One card as a DRA device with consumable memory and cores."""
+def card_attributes(dev: PhysicalDevice, nvlink_group: int) -> dict[str, Any]:
+    """The attributes of a whole card (MIG devices of the card carry them too, with their `type`)."""
     card = dev.card
     return {
-        "name": device_name(card.index),
-        "attributes": {
-            keys.DRA_ATTR_PRODUCT_NAME: _str(dev.type),
-            "uuid": _str(card.uuid),
-            "index": _int(card.index),
-            "numaNode": _int(card.numa),
-            "type": _str(DEVICE_TYPE),
-            "nvlinkGroup": _int(nvlink_group),
-        },
-        "capacity": consumable_capacity(dev.devmem, dev.devcore),
-        "allowMultipleAllocations": True,
+        keys.DRA_ATTR_PRODUCT_NAME: _str(dev.type),
+        keys.DRA_ATTR_UUID: _str(card.uuid),
+        keys.DRA_ATTR_INDEX: _int(card.index),
+        keys.DRA_ATTR_NUMA_NODE: _int(card.numa),
+        keys.DRA_ATTR_TYPE: _str(DEVICE_TYPE),
+        "nvlinkGroup": _int(nvlink_group),
     }
 
 
+def slice_device(dev: PhysicalDevice, nvlink_group: int, *, partitioned: bool = False) -> dict[str, Any]:
+    """One card as a DRA device with consumable memory and cores; a `partitioned` card's device
+    also consumes all of its MIG counters (`partitions`)."""
+    out: dict[str, Any] = {
+        "name": device_name(dev.card.index),
+        "attributes": card_attributes(dev, nvlink_group),
+        "capacity": consumable_capacity(dev.devmem, dev.devcore),
+        "allowMultipleAllocations": True,
+    }
+    if partitioned:
+        out["consumesCounters"] = partitions.whole_card_consumption(dev)
+    return out
+
+
+def _healthy(devices: Sequence[PhysicalDevice]) -> list[PhysicalDevice]:
+    return sorted((d for d in devices if d.healthy), key=lambda d: d.card.index)
+
+
 def slice_devices(devices: Sequence[PhysicalDevice], links: Iterable[PairLink]) -> list[dict[str, Any]]:
-    """The healthy cards as DRA devices, in index order."""
+    """The healthy cards as DRA devices in index order, then the MIG devices of the partitioned
+    cards (`partitions.partitioned_indexes`), card by card. Whole cards come first: kube-scheduler
+    v1.34 checks a request's capacity against the slice's devices by position (docs/dra.md)."""
     groups = nvlink_groups({d.card.index: d.uuid for d in devices}, links)
-    healthy = sorted((d for d in devices if d.healthy), key=lambda d: d.card.index)
-    return [slice_device(d, groups[d.uuid]) for d in healthy]
+    healthy = _healthy(devices)
+    split = partitions.partitioned_indexes(healthy)
+    out = [slice_device(d, groups[d.uuid], partitioned=d.card.index in split) for d in healthy]
+    for d in healthy:
+        if d.card.index in split:
+            attrs = card_attributes(d, groups[d.uuid])
+            out += [partitions.mig_slice_device(m, attrs) for m in partitions.mig_devices(d)]
+    return out
+
+
+def shared_counters(devices: Sequence[PhysicalDevice]) -> list[dict[str, Any]]:
+    """The counter sets of the partitioned cards, in index order ([] when none is)."""
+    healthy = _healthy(devices)
+    split = partitions.partitioned_indexes(healthy)
+    return [partitions.counter_set(d) for d in healthy if d.card.index in split]
 
 
 def resource_slice(
-    node_name: str, node_uid: str, generation: int, devices: list[dict[str, Any]]
+    node_name: str,
+    node_uid: str,
+    generation: int,
+    devices: list[dict[str, Any]],
+    counters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The node's ResourceSlice body: pool = the node name, owned by the Node (deleted with it).
-    ValueError when the node has more cards than one slice holds."""
+    """The node's ResourceSlice body: pool = the node name, owned by the Node (deleted with it),
+    `sharedCounters` when some card is partitioned. ValueError when the node has more devices than
+    one slice holds."""
     if len(devices) > MAX_DEVICES_PER_SLICE:
         raise ValueError(
-            f"node {node_name}: {len(devices)} cards, more than the {MAX_DEVICES_PER_SLICE} one ResourceSlice holds"
+            f"node {node_name}: {len(devices)} devices, more than the {MAX_DEVICES_PER_SLICE} one ResourceSlice holds"
         )
     return {
         "apiVersion": RESOURCE_API,
@@ -128,15 +163,36 @@ def resource_slice(
             "nodeName": node_name,
             "pool": {"name": node_name, "generation": generation, "resourceSliceCount": 1},
             "devices": devices,
+            **({"sharedCounters": counters} if counters else {}),
+        },
+    }
+
+
+def _class(name: str, device_type: str) -> dict[str, Any]:
+    attrs = f'device.attributes["{keys.DRA_DRIVER}"]'
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "DeviceClass",
+        "metadata": {"name": name},
+        "spec": {
+            "selectors": [
+                {
+                    "cel": {
+                        "expression": f'device.driver == "{keys.DRA_DRIVER}" && '
+                        f'{attrs}.{keys.DRA_ATTR_TYPE} == "{device_type}"'
+                    }
+                }
+            ]
         },
     }
 
 
 def device_class() -> dict[str, Any]:
-    """The DeviceClass claims name to get hami's cards (the chart installs the same object)."""
-    return {
-        "apiVersion": RESOURCE_API,
-        "kind": "DeviceClass",
-        "metadata": {"name": keys.DRA_DEVICE_CLASS},
-        "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{keys.DRA_DRIVER}"'}}]},
-    }
+    """The DeviceClass claims name to get a card or a share of one (`type: gpu`; the chart
+    installs the same object)."""
+    return _class(keys.DRA_DEVICE_CLASS, keys.DRA_TYPE_GPU)
+
+
+def mig_device_class() -> dict[str, Any]:
+    """The DeviceClass of MIG devices (`type: mig`; the chart installs the same object)."""
+    return _class(keys.DRA_MIG_DEVICE_CLASS, keys.DRA_TYPE_MIG)

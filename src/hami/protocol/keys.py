@@ -55,6 +55,18 @@ OPERATING_MODE: Final = "hami.io/operating-mode"
 DRA_ATTR_UUID: Final = "uuid"
 DRA_ATTR_INDEX: Final = "index"
 DRA_ATTR_NUMA_NODE: Final = "numaNode"
+#: ``type`` attribute: ``gpu`` for a whole card (consumable memory/cores), ``mig`` for a MIG profile
+#: placement of a MIG-capable card (a partitionable device consuming the card's shared counters)
+DRA_ATTR_TYPE: Final = "type"
+DRA_TYPE_GPU: Final = "gpu"
+DRA_TYPE_MIG: Final = "mig"
+#: a MIG device's profile (``1g.5gb``) and its placement in memory slices (NVML's start and size)
+DRA_ATTR_MIG_PROFILE: Final = "profile"
+DRA_ATTR_MIG_START: Final = "placementStart"
+DRA_ATTR_MIG_SIZE: Final = "placementSize"
+#: hami's DeviceClass for MIG devices (the driver's ``type == "mig"`` devices); the hami-core class
+#: selects ``type == "gpu"`` so a claim for a share of a card never lands on a MIG device
+DRA_MIG_DEVICE_CLASS: Final = "mig.hami-core-gpu.project-hami.io"
 #: hami's own extended resource on a converted pod's container: no node advertises it (the kubelet
 #: ignores extended resources its node does not have), the hami-scheduler profile lists it as the
 #: DRA extender's managed resource (``ignoredByScheduler``), so kube-scheduler asks hami to filter

@@ -10,9 +10,11 @@ Pure bookkeeping over :class:`~hami.scheduling.state.ClusterState`, fed with API
 * An **allocated ResourceClaim** of our driver (``status.allocation.devices.results[*]`` with our
   driver) is one ledger allocation, uid ``claim:<claim uid>``, on the node of its devices' pool:
   one slot plus its ``consumedCapacity`` (``memory``, ``cores``) per result; a result without
-  consumed capacity holds the whole card. It goes through :meth:`ClusterState.add_pod` /
-  :meth:`~ClusterState.remove_pod`, the same invariant as pods: card and node totals and namespace
-  quota always equal the sum over the ledger's entries, pods and claims alike.
+  consumed capacity holds the whole card, one on a MIG device (``type: mig``, a partition of the
+  card its ``uuid`` names) holds that profile's fixed ``memory`` and ``cores``. It goes through
+  :meth:`ClusterState.add_pod` / :meth:`~ClusterState.remove_pod`, the same invariant as pods:
+  card and node totals and namespace quota always equal the sum over the ledger's entries, pods
+  and claims alike.
 * A claim whose devices are not in any slice seen yet is *pending* and is counted once the slice
   arrives; a claim's device→card resolution is kept after its slice goes (a plugin that stops
   deletes its slices; the claim still holds the card until it is deallocated or deleted).
@@ -73,6 +75,9 @@ class SliceDevice:
     product: str
     memory_mib: int
     cores: int
+    #: a MIG device (``type: mig``) of the card ``uuid``: it holds its fixed ``memory_mib`` and
+    #: ``cores`` of that card when allocated, and is not a card of the node itself
+    partition: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +164,7 @@ def slice_devices(
                 product=str(_attr(attrs, keys.DRA_ATTR_PRODUCT_NAME, "string", where)),
                 memory_mib=_mib(memory.get("value"), f"{where}.capacity.{keys.DRA_CAPACITY_MEMORY}"),
                 cores=_amount(cores.get("value"), f"{where}.capacity.{keys.DRA_CAPACITY_CORES}"),
+                partition=(attrs.get(keys.DRA_ATTR_TYPE) or {}).get("string") == keys.DRA_TYPE_MIG,
             )
         )
     return pool_name, node, out
@@ -289,7 +295,9 @@ class DraLedger:
 
     def node_cards(self, node: str) -> list[Card]:
         """The node's cards as its slices describe them (index order)."""
-        found = sorted(self.node_devices.get(node, {}).values(), key=lambda d: d.index)
+        found = sorted(
+            (d for d in self.node_devices.get(node, {}).values() if not d.partition), key=lambda d: d.index
+        )
         return [
             Card(
                 uuid=d.uuid,
@@ -415,6 +423,13 @@ class DraLedger:
         for r, uuid in zip(entry.results, uuids, strict=True):
             card = self.state.nodes[node].by_uuid.get(uuid) if node in self.state.nodes else None
             _, dev = self.devices.get((r.pool, r.device), (node, None))
+            if dev is not None and dev.partition:  # a MIG device holds its profile's share
+                placements.append(
+                    Placement(
+                        ContainerDevice(uuid=uuid, type="", usedmem=dev.memory_mib, usedcores=dev.cores)
+                    )
+                )
+                continue
             total_mem = card.totalmem if card is not None else (dev.memory_mib if dev is not None else 0)
             total_cores = card.totalcores if card is not None else (dev.cores if dev is not None else 100)
             mem = total_mem if r.memory_mib is None else r.memory_mib

@@ -76,8 +76,10 @@ DEFAULT_K8S_VERSION = "v1.34.4"
 #: (several claims sharing one device's memory and cores, what `hami dra-plugin` publishes) is
 #: alpha in 1.34 and on by default only from 1.36. It is on everywhere rather than per test: the
 #: gate only adds fields to resource.k8s.io objects, and one cluster shape for the integration
-#: tier, the sandbox and benchmarks is what a 1.36 cluster looks like.
-DRA_FEATURE_GATES: Mapping[str, bool] = {"DRAConsumableCapacity": True}
+#: tier, the sandbox and benchmarks is what a 1.36 cluster looks like. Partitionable devices
+#: (shared counters: a MIG-capable card's MIG placements beside the whole card) are alpha in 1.34
+#: too and on here for the same reason.
+DRA_FEATURE_GATES: Mapping[str, bool] = {"DRAConsumableCapacity": True, "DRAPartitionableDevices": True}
 
 
 def feature_gates_flag(gates: Mapping[str, bool]) -> list[str]:

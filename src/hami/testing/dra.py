@@ -3,7 +3,7 @@
 A DRA-mode node is a Node labelled ``hami.io/operating-mode=dra`` that advertises no
 ``nvidia.com/gpu``, plus one ResourceSlice (driver ``hami-core-gpu.project-hami.io``, pool = the
 node's name) listing its cards as devices ``gpu-<index>`` with the attributes ``uuid``, ``index``,
-``numaNode``, ``productName`` and the consumable capacities ``memory`` (MiB, as a quantity; a
+``numaNode``, ``productName``, ``type`` (``gpu``) and the consumable capacities ``memory`` (MiB, as a quantity; a
 request naming none takes the whole card) and ``cores`` (100; a request naming none takes 0), each
 allowing multiple allocations — the contract of ``docs/dra.md`` ("Slice format"). The cards come from the same inventory
 :func:`hami.testing.gpucluster.gpu_cards` builds for device-plugin nodes, so one test can switch a
@@ -22,13 +22,14 @@ from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource
 from hami.draplugin.kubeops import DraKube
 from hami.draplugin.runner import DraNodePlugin
-from hami.draplugin.slices import consumable_capacity, device_class, device_name
+from hami.draplugin.slices import consumable_capacity, device_class, device_name, mig_device_class
 from hami.kube.client import KubeClient
 from hami.kube.errors import AlreadyExistsError
 from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.dra import RESOURCE_API
 from hami.protocol.node import DeviceInfo
+from hami.testing.controlplane import DRA_FEATURE_GATES, feature_gates_flag
 from hami.testing.gpucluster import create_node
 from hami.webhook.mutate import WebhookPolicy, mutate_pod
 from hami.webhook.runner import api_creator
@@ -41,12 +42,14 @@ __all__ = [
     "create_device_class",
     "create_dra_node",
     "device_class",
+    "mig_device_class",
     "dra_plugin_in",
     "resource_slice",
 ]
 
-#: kube-apiserver, kube-scheduler and kube-controller-manager flags for consumable capacity
-DRA_GATES = ("--feature-gates=DRAConsumableCapacity=true",)
+#: kube-apiserver, kube-scheduler and kube-controller-manager flags for consumable capacity and
+#: partitionable devices
+DRA_GATES = tuple(feature_gates_flag(DRA_FEATURE_GATES))
 
 
 def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 1) -> dict[str, Any]:
@@ -59,6 +62,7 @@ def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 
                 keys.DRA_ATTR_INDEX: {"int": c.index},
                 keys.DRA_ATTR_NUMA_NODE: {"int": c.numa},
                 keys.DRA_ATTR_PRODUCT_NAME: {"string": c.type},
+                keys.DRA_ATTR_TYPE: {"string": keys.DRA_TYPE_GPU},
             },
             "capacity": consumable_capacity(c.devmem, c.devcore),
             "allowMultipleAllocations": True,
@@ -79,9 +83,11 @@ def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 
 
 
 async def create_device_class(client: KubeClient) -> None:
-    """Create the DeviceClass (already there is fine: one cluster-wide object)."""
-    with contextlib.suppress(AlreadyExistsError):
-        await client.create(api_path(RESOURCE_API, "deviceclasses"), device_class())
+    """Create the DeviceClasses, whole cards and MIG devices (already there is fine: cluster-wide
+    objects)."""
+    for body in (device_class(), mig_device_class()):
+        with contextlib.suppress(AlreadyExistsError):
+            await client.create(api_path(RESOURCE_API, "deviceclasses"), body)
 
 
 async def create_dra_node(
