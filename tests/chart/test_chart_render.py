@@ -16,7 +16,6 @@ from hami.config.device import DeviceConfig, parse_device_config
 from hami.config.node import parse_node_config_file
 from hami.devices.registry import default_registry
 from hami.extender.schedulerconfig import scheduler_configuration
-from hami.protocol import keys
 from hami.testing.dra import device_class, mig_device_class
 from hami.testing.helm import Helm, HelmError
 

@@ -42,8 +42,8 @@ __all__ = [
     "create_device_class",
     "create_dra_node",
     "device_class",
-    "mig_device_class",
     "dra_plugin_in",
+    "mig_device_class",
     "resource_slice",
 ]
 
