@@ -8,8 +8,9 @@ manages only that resource). Devices are allocated by kube-scheduler's DynamicRe
 only narrows and orders the nodes:
 
 * **filter** refuses a node where device-plugin pods hold a card the DRA allocator could pick
-  without room in the ledger (:func:`~hami.scheduling.dra.overcommit_reason`); every other node
-  passes;
+  without room in the ledger (:func:`~hami.scheduling.dra.overcommit_reason`), and one where the
+  pod's claims would take its namespace over its device quota, checked as for a device-plugin pod
+  (:func:`~hami.scheduling.dra.quota_reason`); every other node passes;
 * **prioritize** scores the nodes by the pod's node policy (``hami.io/node-scheduler-policy``, else
   the scheduler's default) on the ledger, where DRA claims and device-plugin pods both count
   (:func:`~hami.scheduling.dra.node_scores`); a tie for the best score is broken by name (the
@@ -33,7 +34,14 @@ from hami.extender.wire import ExtenderArgs
 from hami.protocol import bodies, keys
 from hami.protocol.errors import ProtocolError
 from hami.scheduling.decide import Scheduler
-from hami.scheduling.dra import ClaimRequest, DraLedger, claim_requests, node_scores, overcommit_reason
+from hami.scheduling.dra import (
+    ClaimRequest,
+    DraLedger,
+    claim_requests,
+    node_scores,
+    overcommit_reason,
+    quota_reason,
+)
 from hami.scheduling.policy import NODE_POLICIES
 
 log = logging.getLogger(__name__)
@@ -123,10 +131,13 @@ class DraSteering:
         looked_up = False
         passed: list[str] = []
         failed: dict[str, str] = {}
+        limited = self.scheduler.state.quota.limited(bodies.namespace(args.pod) or "default")
         for node in args.node_names:
-            if not looked_up and self.ledger.has_pods(node):
+            if not looked_up and (limited or self.ledger.has_pods(node)):
                 requests, looked_up = self.pod_requests(args.pod), True
-            reason = overcommit_reason(self.ledger, node, requests)
+            reason = overcommit_reason(self.ledger, node, requests) or quota_reason(
+                self.ledger, node, args.pod, requests
+            )
             if reason is None:
                 passed.append(node)
             else:

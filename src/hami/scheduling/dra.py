@@ -53,6 +53,7 @@ __all__ = [
     "SliceDevice",
     "claim_requests",
     "claim_results",
+    "quota_reason",
     "slice_devices",
 ]
 
@@ -92,11 +93,13 @@ class ClaimResult:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
-    """One ``exactly`` request of a claim for our device class (``memory_mib`` None: whole card)."""
+    """One ``exactly`` request of a claim for our device class (``memory_mib`` None: whole card), or
+    for our MIG class (``mig``: a MIG device each, its profile known only once allocated)."""
 
     count: int
     memory_mib: int | None
     cores: int | None
+    mig: bool = False
 
 
 def _amount(value: object, where: str, unit: Decimal = Decimal(1)) -> int:
@@ -208,14 +211,21 @@ def claim_results(claim: Mapping[str, Any], driver: str = keys.DRA_DRIVER) -> li
     return out
 
 
-def claim_requests(claim: Mapping[str, Any], device_class: str = keys.DRA_DEVICE_CLASS) -> list[ClaimRequest]:
-    """The claim's ``exactly`` requests for our device class; raises ProtocolError naming the field."""
+def claim_requests(
+    claim: Mapping[str, Any],
+    device_class: str = keys.DRA_DEVICE_CLASS,
+    mig_class: str = keys.DRA_MIG_DEVICE_CLASS,
+) -> list[ClaimRequest]:
+    """The claim's ``exactly`` requests for our device classes; raises ProtocolError naming the field."""
     devices = bodies.spec(claim).get("devices") or {}
     requests = devices.get("requests") if isinstance(devices, Mapping) else None
     out: list[ClaimRequest] = []
     for i, r in enumerate(requests if isinstance(requests, list) else []):
         exactly = r.get("exactly") if isinstance(r, Mapping) else None
-        if not isinstance(exactly, Mapping) or exactly.get("deviceClassName") != device_class:
+        if not isinstance(exactly, Mapping) or exactly.get("deviceClassName") not in (
+            device_class,
+            mig_class,
+        ):
             continue
         where = f"spec.devices.requests[{i}].exactly"
         count = exactly.get("count", 1)
@@ -226,6 +236,9 @@ def claim_requests(claim: Mapping[str, Any], device_class: str = keys.DRA_DEVICE
         mem, cores = (
             _consumed(wanted, f"{where}.capacity.requests") if isinstance(wanted, Mapping) else (None, None)
         )
+        if exactly.get("deviceClassName") == mig_class:
+            out.append(ClaimRequest(count=count, memory_mib=None, cores=None, mig=True))
+            continue
         out.append(ClaimRequest(count=count, memory_mib=mem, cores=cores))
     return out
 
@@ -360,21 +373,34 @@ class DraLedger:
     def assume(
         self, pod_uid: str, namespace: str, name: str, node: str, requests: list[ClaimRequest]
     ) -> bool:
-        """Expect the pod's ``requests`` on ``node`` (first fit by the ledger); False when they do not
-        fit there (nothing assumed)."""
+        """Expect the pod's ``requests`` on ``node`` (first fit by the ledger, :meth:`first_fit`);
+        False when they do not fit there (nothing assumed)."""
         self.settle(pod_uid)
+        alloc = self.trial_allocation(pod_uid, namespace, name, node, requests)
+        if alloc is None:
+            return False
+        self.state.add_pod(alloc)
+        return True
+
+    def first_fit(self, node: str, requests: list[ClaimRequest]) -> list[Placement] | None:
+        """Where kube-scheduler's first fit would put ``requests`` on ``node`` by the ledger: whole
+        cards and shares on the first cards with room; a MIG request on a partitioned card with its
+        smallest profile (what a MIG device takes at least). None when they do not fit."""
         state = self.state.nodes.get(node)
         if state is None:
-            return False
+            return None
         trial = {c.uuid: [c.used, c.usedmem, c.usedcores] for c in state.cards}
+        smallest = self.smallest_partitions(node)
         placements: list[Placement] = []
         for req in requests:
             taken = 0
             for card in state.cards:
                 if taken == req.count:
                     break
-                mem = card.totalmem if req.memory_mib is None else req.memory_mib
-                cores = card.totalcores if req.cores is None else req.cores
+                ask = _asked(card, req, smallest)
+                if ask is None:
+                    continue
+                mem, cores = ask
                 u = trial[card.uuid]
                 if u[0] < card.count and u[1] + mem <= card.totalmem and u[2] + cores <= card.totalcores:
                     u[0], u[1], u[2] = u[0] + 1, u[1] + mem, u[2] + cores
@@ -383,18 +409,32 @@ class DraLedger:
                     )
                     taken += 1
             if taken < req.count:
-                return False
-        self.state.add_pod(
-            PodAllocation(
-                uid=ASSUME_PREFIX + pod_uid,
-                namespace=namespace,
-                name=name,
-                node=node,
-                containers={self.vendor: [tuple(placements)]},
-                init_count=0,
-            )
+                return None
+        return placements
+
+    def trial_allocation(
+        self, pod_uid: str, namespace: str, name: str, node: str, requests: list[ClaimRequest]
+    ) -> PodAllocation | None:
+        """The pod's ``requests`` on ``node`` by :meth:`first_fit` as an assumption (not added)."""
+        placements = self.first_fit(node, requests)
+        if placements is None:
+            return None
+        return PodAllocation(
+            uid=ASSUME_PREFIX + pod_uid,
+            namespace=namespace,
+            name=name,
+            node=node,
+            containers={self.vendor: [tuple(placements)]},
+            init_count=0,
         )
-        return True
+
+    def smallest_partitions(self, node: str) -> dict[str, tuple[int, int]]:
+        """Per card uuid, the (memory, cores) of its smallest MIG device in the node's slices."""
+        out: dict[str, tuple[int, int]] = {}
+        for d in self.node_devices.get(node, {}).values():
+            if d.partition and (d.uuid not in out or (d.memory_mib, d.cores) < out[d.uuid]):
+                out[d.uuid] = (d.memory_mib, d.cores)
+        return out
 
     def settle(self, pod_uid: str) -> None:
         """Drop the pod's assumption (its claims arrived, or it is gone)."""
@@ -466,6 +506,16 @@ class DraLedger:
         return any(not a.uid.startswith(_DRA_PREFIXES) for a in self.state.pods_on(node))
 
 
+def _asked(card: Card, req: ClaimRequest, smallest: Mapping[str, tuple[int, int]]) -> tuple[int, int] | None:
+    """(MiB, cores) one device of ``req`` takes on ``card``, as the slice's request policies give
+    it: no memory named is the card's memory, no cores named is 0 (HAMi's ``gpucores`` default); a
+    MIG request takes the card's smallest profile (``smallest``, None on a card without MIG devices)."""
+    if req.mig:
+        return smallest.get(card.uuid)
+    mem = card.totalmem if req.memory_mib is None else req.memory_mib
+    return mem, 0 if req.cores is None else req.cores
+
+
 # --- steering DRA pods (the extender's /dra/filter and /dra/prioritize) --------------------------
 def overcommit_reason(ledger: DraLedger, node: str, requests: list[ClaimRequest] | None) -> str | None:
     """Why the node must not take a DRA pod with ``requests`` (None: it may).
@@ -482,10 +532,13 @@ def overcommit_reason(ledger: DraLedger, node: str, requests: list[ClaimRequest]
     if requests is None:
         return "device-plugin pods hold cards on this node and the pod's ResourceClaims are not known to hami yet"
     claims = ledger.claim_usage(node)
+    smallest = ledger.smallest_partitions(node)
     for req in requests:
         for card in state.cards:
-            mem = card.totalmem if req.memory_mib is None else req.memory_mib
-            cores = card.totalcores if req.cores is None else req.cores
+            ask = _asked(card, req, smallest)
+            if ask is None:
+                continue
+            mem, cores = ask
             dra = claims.get(card.uuid, CardUse(0, 0, 0))
             allocator_fits = dra.mem + mem <= card.totalmem and dra.cores + cores <= card.totalcores
             ledger_fits = (
@@ -500,6 +553,29 @@ def overcommit_reason(ledger: DraLedger, node: str, requests: list[ClaimRequest]
                     f"({card.usedmem}/{card.totalmem} MiB, {card.usedcores}/{card.totalcores} cores in use)"
                 )
     return None
+
+
+def quota_reason(
+    ledger: DraLedger, node: str, pod: Mapping[str, Any], requests: list[ClaimRequest] | None
+) -> str | None:
+    """Why the DRA pod's requests would take its namespace over its device quota on ``node`` (None:
+    they fit, or the namespace has no limit). The pod is charged as a device-plugin pod would be,
+    on the cards kube-scheduler's first fit would give it by the ledger (a whole card counts its
+    memory, a MIG request its card's smallest profile), with its own earlier assumption left out;
+    ``requests`` None: its claims are not known to hami yet, refused in a limited namespace (the
+    quota cannot be checked; kube-scheduler retries)."""
+    namespace = bodies.namespace(pod) or "default"
+    quota = ledger.state.quota
+    if not quota.limited(namespace):
+        return None
+    if requests is None:
+        return (
+            f"namespace {namespace} has a device quota and the pod's ResourceClaims are not known to hami yet"
+        )
+    uid = bodies.uid(pod)
+    with ledger.state.without([ASSUME_PREFIX + uid]):
+        alloc = ledger.trial_allocation(uid, namespace, bodies.name(pod), node, requests)
+        return None if alloc is None else quota.check(alloc)
 
 
 def node_scores(state: ClusterState, nodes: list[str], policy: str) -> dict[str, int]:

@@ -3,13 +3,21 @@ use them beside device-plugin pods, one invariant for both; the over-commit chec
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hami.deviceplugin.settings import NodeSettings, build_inventory
+from hami.deviceplugin.sources.fake import FakeSource
 from hami.devices.base import Card, Placement
+from hami.devices.hooks import QuotaNames
+from hami.draplugin.slices import resource_slice as plugin_resource_slice
+from hami.draplugin.slices import shared_counters
+from hami.draplugin.slices import slice_devices as plugin_slice_devices
 from hami.protocol import keys
 from hami.protocol.errors import ProtocolError
 from hami.protocol.pod import ContainerDevice
@@ -20,6 +28,7 @@ from hami.scheduling.dra import (
     claim_requests,
     node_scores,
     overcommit_reason,
+    quota_reason,
 )
 from hami.scheduling.state import ClusterState, PodAllocation
 from hami.testing.dra import resource_slice
@@ -337,7 +346,7 @@ def test_assumed_pod_counts_until_its_claim_arrives() -> None:
     assert not ledger.assume("pod-2", "team", "p2", "n1", [ClaimRequest(3, 1000, 10)])
     assert not ledger.assume("pod-2", "team", "p2", "nowhere", [ClaimRequest(1, 1000, 10)])
     assert ledger.assume("pod-3", "team", "p3", "n1", [ClaimRequest(1, None, None)])
-    assert use(state, "n1", 0) == (1, 16000, 100)
+    assert use(state, "n1", 0) == (1, 16000, 0)  # the slice's defaults: the memory, no cores
     ledger.settle("pod-3")
     assert state.nodes["n1"].usedmem == 0
 
@@ -353,3 +362,100 @@ def test_node_events_leave_slice_cards_alone_and_slices_move_between_nodes() -> 
     moved["metadata"]["name"] = slice_of("n1")["metadata"]["name"]  # the same slice, now for n2
     ledger.slice_changed(moved)
     assert "n1" not in state.nodes and len(state.nodes["n2"].cards) == 2
+
+
+# --- MIG devices (the plugin's partitionable slices) and namespace quota ------------------------
+def plugin_slice(node: str) -> dict[str, Any]:
+    """The slice `hami dra-plugin` publishes for two A100s, card 0 MIG-capable with the sandbox's
+    profiles (the plugin's own slice builder, not a copy of its format)."""
+    sandbox = yaml.safe_load((Path(__file__).parents[3] / "examples/fake-sandbox.yaml").read_text())
+    source = FakeSource(
+        {
+            "mig_profile_sets": sandbox["mig_profile_sets"],
+            "cards": [
+                {
+                    "uuid": f"GPU-{node}-0",
+                    "memory": 40960,
+                    "mig": True,
+                    "sm": 108,
+                    "mig_profiles": "a100-40gb",
+                },
+                {"uuid": f"GPU-{node}-1", "memory": 40960},
+            ],
+        }
+    )
+    devices = build_inventory(source, NodeSettings(node_name=node, operating_mode=keys.OPERATING_MODE_DRA))
+    body = plugin_resource_slice(node, "uid", 1, plugin_slice_devices(devices, []), shared_counters(devices))
+    body["metadata"]["uid"] = f"slice-{node}"
+    return body
+
+
+def mig_claim(uid: str, node: str, device: str, ns: str = "team") -> dict[str, Any]:
+    body = claim(uid, node, (0, None, None), ns=ns)
+    body["status"]["allocation"]["devices"]["results"][0]["device"] = device
+    return body
+
+
+def test_a_mig_claim_holds_its_profile_on_its_card() -> None:
+    state = ClusterState()
+    ledger = DraLedger(state)
+    ledger.slice_changed(plugin_slice("n1"))
+    # MIG devices are partitions of card 0, not cards of the node
+    assert [c.uuid for c in state.nodes["n1"].cards] == ["GPU-n1-0", "GPU-n1-1"]
+    ledger.claim_changed(mig_claim("m", "n1", "gpu-0-mig-3g20gb-4"))
+    assert use(state, "n1", 0) == (1, 19968, 39)
+    # a device-plugin pod (a node mid-switch) sees what the MIG instance holds: 20992 MiB are left
+    state.add_pod(pod_alloc("dp", "n1", 0, 20000, 10))
+    assert use(state, "n1", 0) == (2, 39968, 49)
+    # a MIG request asks at least the smallest profile (1g.5gb: 4864 MiB, 13 cores) of a card with
+    # MIG devices: card 0 has no room for it in the ledger while the allocator sees room
+    reason = overcommit_reason(ledger, "n1", [ClaimRequest(1, None, None, mig=True)])
+    assert reason is not None and "GPU-n1-0" in reason and "4864 MiB" in reason
+    ledger.claim_deleted(mig_claim("m", "n1", "gpu-0-mig-3g20gb-4"))
+    assert use(state, "n1", 0) == (1, 20000, 10)
+
+
+def test_claim_requests_of_the_mig_class() -> None:
+    body = {
+        "spec": {
+            "devices": {
+                "requests": [
+                    {"name": "a", "exactly": {"deviceClassName": keys.DRA_MIG_DEVICE_CLASS, "count": 2}},
+                    {"name": "b", "exactly": {"deviceClassName": "other.example.com"}},
+                ]
+            }
+        }
+    }
+    assert claim_requests(body) == [ClaimRequest(2, None, None, mig=True)]
+
+
+def limited_pod(uid: str, ns: str = "team") -> dict[str, Any]:
+    return {"metadata": {"name": f"p-{uid}", "namespace": ns, "uid": uid}}
+
+
+def test_dra_pods_are_refused_by_namespace_quota_like_device_plugin_pods() -> None:
+    state = ClusterState()
+    state.quota.set_vendor(keys.VENDOR_NVIDIA, QuotaNames("nvidia.com/gpumem", "nvidia.com/gpucores"))
+    ledger = DraLedger(state)
+    ledger.slice_changed(plugin_slice("n1"))
+    state.set_quota("team", "gpu", {"limits.nvidia.com/gpumem": "30000", "limits.nvidia.com/gpucores": "60"})
+    pod = limited_pod("p1")
+    assert quota_reason(ledger, "n1", pod, [ClaimRequest(1, 8000, 30)]) is None
+    assert quota_reason(ledger, "n1", limited_pod("x", ns="free"), [ClaimRequest(1, None, None)]) is None
+    # claims count: a device-plugin pod's 10000 MiB and a claim's 8000 MiB leave 12000
+    state.add_pod(pod_alloc("dp", "n1", 1, 10000, 0))
+    ledger.claim_changed(claim("c", "n1", (1, "8000Mi", "20")))
+    assert quota_reason(ledger, "n1", pod, [ClaimRequest(1, 12000, 10)]) is None
+    assert quota_reason(ledger, "n1", pod, [ClaimRequest(1, 12001, 10)]) == (
+        "namespace team: quota exceeded for limits.nvidia.com/gpumem (ResourceQuota gpu): "
+        "limit 30000, used 18000, asked 12001 MiB"
+    )
+    # a whole card counts its memory; a MIG request at least its card's smallest profile (13 cores)
+    assert "asked 40960 MiB" in (quota_reason(ledger, "n1", pod, [ClaimRequest(1, None, None)]) or "")
+    ledger.claim_changed(claim("c2", "n1", (1, "1000Mi", "30")))
+    assert "gpucores" in (quota_reason(ledger, "n1", pod, [ClaimRequest(1, None, None, mig=True)]) or "")
+    # the pod's own assumption (from an earlier scoring pass) is not counted against it twice
+    ledger.claim_deleted(claim("c2", "n1"))
+    assert ledger.assume("p1", "team", "p-p1", "n1", [ClaimRequest(1, 12000, 10)])
+    assert quota_reason(ledger, "n1", pod, [ClaimRequest(1, 12000, 10)]) is None
+    assert "not known to hami yet" in (quota_reason(ledger, "n1", pod, None) or "")
