@@ -332,3 +332,86 @@ async def test_examples_are_admitted_and_allocated(
         [result] = claim["status"]["allocation"]["devices"]["results"]
         assert result["consumedCapacity"] == {"memory": "8000Mi", "cores": "30"}
         assert pod["spec"]["nodeName"] == node
+
+
+def native_claim_pod(name: str, namespace: str, memory: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A native ResourceClaim (no webhook) for `memory` of a card, and a pod steered through hami
+    (``schedulerName: hami-scheduler`` and the ``hami.io/dra`` marker, as examples/dra/native-claim.yaml)."""
+    claim = {
+        "apiVersion": RESOURCE_API,
+        "kind": "ResourceClaim",
+        "metadata": {"name": name},
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "gpu",
+                        "exactly": {
+                            "deviceClassName": keys.DRA_DEVICE_CLASS,
+                            "capacity": {"requests": {"memory": memory, "cores": "10"}},
+                        },
+                    }
+                ]
+            }
+        },
+    }
+    pod = gpu_pod(name, scheduler_name="hami-scheduler")
+    pod["spec"]["nodeSelector"] = {"hami-test": namespace}
+    pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimName": name}]
+    main = pod["spec"]["containers"][0]
+    main["resources"] = {"claims": [{"name": "gpu"}], "limits": {keys.DRA_STEER_RESOURCE: "1"}}
+    return claim, pod
+
+
+async def test_dra_pods_count_against_and_are_refused_by_namespace_quota(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+) -> None:
+    """A namespace limited to 10000 MiB of card memory: a converted pod's claim holds 8000 of it, so
+    another converted pod (4000) and a native claim's pod (3000) are refused by hami's /dra/filter
+    with the device-plugin path's message; when the first pod goes, the converted one is placed."""
+    node = f"{namespace}-q"
+    await dra_test_node(kube_client, namespace, node, n=2, mem=16000)
+    quota = {
+        "metadata": {"name": "gpu"},
+        "spec": {"hard": {"limits.nvidia.com/gpumem": "10000", "limits.nvidia.com/gpucores": "100"}},
+    }
+    await kube_client.create(api_path("v1", "resourcequotas", namespace=namespace), quota)
+
+    def converted(name: str, mem: int) -> dict[str, Any]:
+        p = gpu_pod(name, mem=mem, cores=10)
+        p["spec"]["nodeSelector"] = {"hami-test": namespace}
+        return p
+
+    async with dra_stack(kube_config, start_scheduler) as stack:
+        assert stack.extender is not None
+        quota_ledger = stack.extender.scheduler.state.quota
+        await until(lambda: quota_ledger.limited(namespace))
+        first = await create_converted_pod(kube_client, namespace, DRA_ALL, converted("first", 8000))
+        pod = await bound(kube_client, namespace, first["metadata"]["name"])
+        await allocated_claim(kube_client, namespace, pod)
+        await until(lambda: quota_ledger.used[namespace].get("nvidia.com/gpumem") == 8000)
+
+        await create_converted_pod(kube_client, namespace, DRA_ALL, converted("second", 4000))
+        message = await unschedulable(kube_client, namespace, "second")
+        assert (
+            f"namespace {namespace}: quota exceeded for limits.nvidia.com/gpumem (ResourceQuota gpu): "
+            "limit 10000, used 8000, asked 4000 MiB" in message
+        ), message
+        claim, native = native_claim_pod("native", namespace, "3000Mi")
+        await kube_client.create(api_path(RESOURCE_API, "resourceclaims", namespace=namespace), claim)
+        await kube_client.create(api_path("v1", "pods", namespace=namespace), native)
+        message = await unschedulable(kube_client, namespace, "native")
+        assert "used 8000, asked 3000 MiB" in message, message
+
+        # the first pod goes (its claim with it): the quota has room again, the second is placed
+        await kube_client.delete(
+            api_path("v1", "pods", namespace=namespace, name="first"), grace_period_seconds=0
+        )
+        placed = await bound(kube_client, namespace, "second")
+        assert placed["spec"]["nodeName"] == node
+        # 4000 + 3000 fit the 10000 as well: the native claim's pod follows, and the quota holds both
+        await bound(kube_client, namespace, "native")
+        await until(lambda: quota_ledger.used[namespace].get("nvidia.com/gpumem") == 7000, timeout=60)
