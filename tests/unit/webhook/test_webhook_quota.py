@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-from hami.config import NvidiaConfig
+from hami.config import DeviceConfig, NvidiaConfig
 from hami.devices import BackendRegistry
 from hami.devices.nvidia import NvidiaBackend
+from hami.protocol import keys
 from hami.webhook.admission import AdmissionRequest
+from hami.webhook.dra import DraPolicy
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.quota import QuotaGate
 from hami.webhook.server import decide
@@ -148,3 +150,21 @@ async def test_the_webhook_denies_with_403_after_the_mutation_and_leaves_other_p
 def test_a_malformed_resourcequota_limits_nothing(bad: dict[str, Any]) -> None:
     g = gate(bad)
     assert g.denials(pod(ctr(gpu=1, mem=100000)), "team-a") == []
+
+
+async def test_a_pod_converted_to_dra_is_measured_before_conversion_and_creates_nothing() -> None:
+    """DRA mode: the HAMi-style request is what the quota sees; a denied pod leaves no template."""
+    g = gate(rq({f"limits.{MEM}": "8000"}))
+    policy = WebhookPolicy.from_config(
+        DeviceConfig.default(), dra=DraPolicy(default_mode=keys.OPERATING_MODE_DRA)
+    )
+    created: list[dict[str, Any]] = []
+
+    async def create(obj: dict[str, Any]) -> None:
+        created.append(obj)
+
+    d = await decide(_request(pod(ctr(gpu=1, mem=9000))), policy, quota=g.denials, create_object=create)
+    assert not d.allowed and d.code == 403 and "asks 9000 MiB" in d.message
+    assert created == []
+    ok = await decide(_request(pod(ctr(gpu=1, mem=8000))), policy, quota=g.denials, create_object=create)
+    assert ok.allowed and [o["kind"] for o in created] == ["ResourceClaimTemplate"]
