@@ -142,7 +142,11 @@ def test_dra_mode(rendered: Render) -> None:
             "resources": ["resourceslices", "resourceclaims"],
             "verbs": ["get", "list", "watch"],
         },
-        {"apiGroups": ["resource.k8s.io"], "resources": ["resourceclaimtemplates"], "verbs": ["create"]},
+        {
+            "apiGroups": ["resource.k8s.io"],
+            "resources": ["resourceclaimtemplates"],
+            "verbs": ["get", "create"],
+        },
     ]
 
 

@@ -15,6 +15,7 @@ import yaml
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError
 from hami.webhook.mutate import WebhookPolicy
+from hami.webhook.runner import api_getter
 from hami.webhook.server import NamespaceLabelCache, ObjectCreator, runner_port, start_webhook
 from hami.webhook.tls import generate_self_signed, inject_ca_bundle, server_context_from_pem
 
@@ -41,6 +42,7 @@ async def served_webhook(
         ssl_context=server_context_from_pem(certs.cert_pem, certs.key_pem),
         namespace_labels=NamespaceLabelCache(client),
         create_object=create_object,
+        claim_lookup=api_getter(client) if policy.dra is not None else None,
     )
     doc = yaml.safe_load(DEPLOY.read_text())
     doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"

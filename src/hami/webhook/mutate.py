@@ -35,7 +35,11 @@ plus hami's hardening):
    ``AdmissionDecision.objects`` for the server to create before answering), the first such
    container gets ``hami.io/dra: 1`` (the steering marker), the pod gets ``spec.resourceClaims``
    and ``nodeSelector: {hami.io/operating-mode: dra}``; another vendor's request in a DRA-mode pod,
-   a ``gpumem-percentage`` other than 100 or an unsafe type/UUID annotation → denied.
+   a ``gpumem-percentage`` other than 100 or an unsafe type/UUID annotation → denied;
+9. with DRA mode on, a pod asking no managed device whose ResourceClaims (native claims or
+   templates) ask hami's DeviceClasses (``hami_claims``, read by the server) gets the steering
+   marker on the first container using one and hami's ``schedulerName``, so hami's extender
+   filters it (namespace device quota) like a converted pod.
 
 Every denial reason is collected, so one answer tells the user everything that is wrong.
 """
@@ -324,9 +328,12 @@ def mutate_pod(
     namespace: str,
     namespace_labels: Mapping[str, Any] | None,
     policy: WebhookPolicy,
+    hami_claims: frozenset[str] = frozenset(),
 ) -> AdmissionDecision:
     """Decide on one Pod CREATE. ``namespace`` is ``AdmissionRequest.namespace`` (the pod's own
-    ``metadata.namespace`` is often empty on CREATE); ``namespace_labels`` None means unknown."""
+    ``metadata.namespace`` is often empty on CREATE); ``namespace_labels`` None means unknown.
+    ``hami_claims`` names the pod's ``spec.resourceClaims`` entries that ask hami's DRA device
+    classes (:func:`hami.webhook.claimrefs.hami_claim_refs`; rule 9)."""
     if _ignored(_labels(pod)):
         return AdmissionDecision.skip(f"pod labelled {keys.WEBHOOK_LABEL}={keys.WEBHOOK_IGNORE}")
     if _ignored(namespace_labels):
@@ -367,6 +374,7 @@ def mutate_pod(
     privileged: list[str] = []
     used: set[str] = set()
     edits: list[tuple[str, _ContainerEdit, dict[str, DeviceRequest]]] = []
+    all_edits: list[_ContainerEdit] = []
     entries = [("initContainers", i, c) for i, c in enumerate(init_containers)] + [
         ("containers", i, c) for i, c in enumerate(containers)
     ]
@@ -398,6 +406,7 @@ def mutate_pod(
         used.update(requests)
 
         edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, cname, ops)
+        all_edits.append(edit)
         for vendor, admission in admissions:
             admission.admit_container(requests.get(vendor), edit, out)
         if requests:
@@ -437,6 +446,10 @@ def mutate_pod(
         except (ValueError, RequestError) as exc:
             return AdmissionDecision.deny([str(exc)], code=400)
 
+    if not managed and policy.dra is not None and hami_claims:
+        _steer_native_claims(all_edits, hami_claims)
+        managed = True
+
     if managed:
         if scheduler != policy.scheduler_name:
             op = "replace" if "schedulerName" in spec else "add"
@@ -452,6 +465,23 @@ def mutate_pod(
         warnings=tuple(warnings),
         objects=tuple(templates),
     )
+
+
+def _steer_native_claims(edits: Sequence[_ContainerEdit], hami_claims: frozenset[str]) -> None:
+    """Rule 9: the steering marker on the first container that uses one of ``hami_claims`` (the
+    first app container when none names them), unless a container already carries it."""
+    if any(e.has_resource(keys.DRA_STEER_RESOURCE) for e in edits):
+        return
+    target = next((e for e in edits if _claim_names(e.original) & hami_claims), None)
+    if target is None:
+        target = next(e for e in edits if e.base.startswith("/spec/containers/"))
+    target.set_limit(keys.DRA_STEER_RESOURCE, "1")
+
+
+def _claim_names(container: Mapping[str, Any]) -> set[str]:
+    resources = container.get("resources")
+    claims = resources.get("claims") if isinstance(resources, Mapping) else None
+    return {c["name"] for c in claims or [] if isinstance(c, Mapping) and isinstance(c.get("name"), str)}
 
 
 def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -20,10 +20,12 @@ from aiohttp import web
 
 from hami.config import DeviceConfig
 from hami.kube.client import KubeClient
-from hami.kube.errors import AlreadyExistsError
+from hami.kube.errors import AlreadyExistsError, NotFoundError
 from hami.kube.informer import Informer
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
+from hami.protocol.dra import RESOURCE_API
+from hami.webhook.claimrefs import ObjectGetter
 from hami.webhook.dra import DraPolicy
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.quota import QuotaGate
@@ -117,6 +119,22 @@ def api_creator(client: KubeClient) -> ObjectCreator:
     return create
 
 
+def api_getter(client: KubeClient) -> ObjectGetter:
+    """Reads a namespaced ``resource.k8s.io`` object (ResourceClaim, ResourceClaimTemplate) through
+    the API; None when it does not exist."""
+
+    async def get(plural: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+        try:
+            found: Mapping[str, Any] = await client.get(
+                api_path(RESOURCE_API, plural, namespace=namespace, name=name)
+            )
+        except NotFoundError:
+            return None
+        return found
+
+    return get
+
+
 def _kube_client(kubeconfig: str | None, required: bool) -> KubeClient | None:
     """A ``hami.kube`` client, or None when no cluster credentials are found and none are required."""
     from hami.kube.config import load_config
@@ -180,6 +198,7 @@ class Webhook:
             create_object=api_creator(client) if client is not None and dra else None,
             ready=not s.webhook_config_name,
             quota=self.quota.denials if self.quota is not None else None,
+            claim_lookup=api_getter(client) if client is not None and dra else None,
         )
         log.info(
             "hami webhook listening on https://%s:%d/webhook (scheduler %s)",

@@ -32,6 +32,7 @@ from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.shape import check_pod
 from hami.webhook.admission import AdmissionRequest, ReviewError, parse_review, review_response
+from hami.webhook.claimrefs import ObjectGetter, hami_claim_refs
 from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, mutate_pod
 from hami.webhook.quota import QuotaCheck
 
@@ -66,6 +67,7 @@ class WebhookState:
     ready: bool = True
     why: str = ""
     quota: QuotaCheck | None = None
+    claim_lookup: ObjectGetter | None = None
 
 
 STATE_KEY = web.AppKey("hami_webhook_state", WebhookState)
@@ -135,9 +137,12 @@ async def decide(
     *,
     quota: QuotaCheck | None = None,
     create_object: ObjectCreator | None = None,
+    claim_lookup: ObjectGetter | None = None,
 ) -> AdmissionDecision:
     """The decision for one parsed review (never raises). With ``quota``, a GPU pod the mutation
-    allows is denied (403) when it can never fit its namespace's device quota.
+    allows is denied (403) when it can never fit its namespace's device quota. With DRA mode on and
+    ``claim_lookup``, the pod's ResourceClaims and templates are read to find those asking hami's
+    DeviceClasses (mutation rule 9).
 
     Objects the decision needs are created before the answer (not on a dry run): a pod is only
     admitted once the templates its claims name exist."""
@@ -158,8 +163,13 @@ async def decide(
             labels = await namespace_labels(request.namespace)
         except Exception as exc:
             log.warning("webhook: namespace label lookup for %r failed: %s", request.namespace, exc)
+    hami_claims: frozenset[str] = frozenset()
+    if policy.dra is not None and claim_lookup is not None and request.namespace:
+        hami_claims = await hami_claim_refs(pod, request.namespace, claim_lookup)
     try:
-        decision = mutate_pod(pod, namespace=request.namespace, namespace_labels=labels, policy=policy)
+        decision = mutate_pod(
+            pod, namespace=request.namespace, namespace_labels=labels, policy=policy, hami_claims=hami_claims
+        )
         if quota is not None and decision.allowed and decision.managed:
             over = quota(pod, request.namespace)
             if over:
@@ -208,7 +218,12 @@ async def _handle_review(req: web.Request) -> web.Response:
         return web.json_response({"code": 400, "message": f"bad AdmissionReview: {exc}"}, status=400)
     state = req.app[STATE_KEY]
     decision = await decide(
-        areq, state.policy, state.namespace_labels, quota=state.quota, create_object=state.create_object
+        areq,
+        state.policy,
+        state.namespace_labels,
+        quota=state.quota,
+        create_object=state.create_object,
+        claim_lookup=state.claim_lookup,
     )
     if not decision.allowed:
         log.info("webhook: denied %s: %s", _pod_name(areq), decision.message)
@@ -236,6 +251,7 @@ def make_app(
     create_object: ObjectCreator | None = None,
     ready: bool = True,
     quota: QuotaCheck | None = None,
+    claim_lookup: ObjectGetter | None = None,
 ) -> web.Application:
     """The aiohttp application (see :func:`set_ready` for ``/readyz``)."""
     app = web.Application(client_max_size=MAX_BODY)
@@ -246,6 +262,7 @@ def make_app(
         ready=ready,
         why="starting",
         quota=quota,
+        claim_lookup=claim_lookup,
     )
     app.router.add_post("/webhook", _handle_review)
     app.router.add_post("/mutate", _handle_review)
@@ -264,12 +281,18 @@ async def start_webhook(
     create_object: ObjectCreator | None = None,
     ready: bool = True,
     quota: QuotaCheck | None = None,
+    claim_lookup: ObjectGetter | None = None,
 ) -> web.AppRunner:
     """Serve on ``host:port`` (0 = any free port, see :func:`runner_port`); HTTPS when
     ``ssl_context`` is given (always in production: the API server only calls HTTPS webhooks).
     Stop with ``await runner.cleanup()``."""
     app = make_app(
-        policy, namespace_labels=namespace_labels, create_object=create_object, ready=ready, quota=quota
+        policy,
+        namespace_labels=namespace_labels,
+        create_object=create_object,
+        ready=ready,
+        quota=quota,
+        claim_lookup=claim_lookup,
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()

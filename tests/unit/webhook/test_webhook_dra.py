@@ -16,6 +16,7 @@ from hami.config import DeviceConfig, parse_device_config
 from hami.devices.base import DeviceRequest, RequestError
 from hami.protocol import keys
 from hami.webhook.admission import AdmissionRequest
+from hami.webhook.claimrefs import hami_claim_refs
 from hami.webhook.dra import DraPolicy, claim_request, claim_template, selector_expressions, wants_dra
 from hami.webhook.mutate import AdmissionDecision, WebhookPolicy, mutate_pod
 from hami.webhook.runner import dra_policy
@@ -281,3 +282,99 @@ async def test_server_denies_when_a_template_cannot_be_created() -> None:
     assert not d.allowed and "ResourceClaimTemplate" in d.message and "forbidden" in d.message
     d = await decide(admission(gpu_pod({GPU: 1, MEM: 1000})), ALL, None, create_object=None)
     assert not d.allowed and "no API access" in d.message
+
+
+# --- native claims on hami's classes are steered through hami (rule 9) -------------------------
+def native_pod(*claims: tuple[str, str, str], scheduler: str | None = None) -> dict[str, Any]:
+    """A pod with `spec.resourceClaims` entries ``(name, kind, object name)``; its second container
+    uses the first claim."""
+    refs = [
+        {"name": n, "resourceClaimTemplateName" if kind == "template" else "resourceClaimName": obj}
+        for n, kind, obj in claims
+    ]
+    spec: dict[str, Any] = {
+        "resourceClaims": refs,
+        "containers": [
+            {"name": "sidecar", "image": "busybox"},
+            {"name": "main", "image": "cuda", "resources": {"claims": [{"name": claims[0][0]}]}},
+        ],
+    }
+    if scheduler:
+        spec["schedulerName"] = scheduler
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team"}, "spec": spec}
+
+
+STORE: dict[tuple[str, str], dict[str, Any]] = {
+    ("resourceclaimtemplates", "mine"): {
+        "spec": {
+            "spec": {
+                "devices": {
+                    "requests": [{"name": "g", "exactly": {"deviceClassName": keys.DRA_DEVICE_CLASS}}]
+                }
+            }
+        }
+    },
+    ("resourceclaims", "mig"): {
+        "spec": {
+            "devices": {
+                "requests": [
+                    {
+                        "name": "g",
+                        "firstAvailable": [
+                            {"name": "a", "deviceClassName": "gpu.example.com"},
+                            {"name": "b", "deviceClassName": keys.DRA_MIG_DEVICE_CLASS},
+                        ],
+                    }
+                ]
+            }
+        }
+    },
+    ("resourceclaims", "other"): {
+        "spec": {"devices": {"requests": [{"name": "g", "exactly": {"deviceClassName": "gpu.example.com"}}]}}
+    },
+    ("resourceclaims", "broken"): {"spec": "nonsense"},
+}
+
+
+async def store_get(plural: str, namespace: str, name: str) -> Mapping[str, Any] | None:
+    assert namespace == "team"
+    if name == "unreadable":
+        raise RuntimeError("forbidden")
+    return STORE.get((plural, name))
+
+
+async def test_hami_claim_refs_reads_templates_claims_and_first_available() -> None:
+    p = native_pod(
+        ("a", "template", "mine"),
+        ("b", "claim", "mig"),
+        ("c", "claim", "other"),
+        ("d", "claim", "broken"),
+        ("e", "claim", "missing"),
+        ("f", "claim", "unreadable"),
+    )
+    assert await hami_claim_refs(p, "team", store_get) == frozenset({"a", "b"})
+    assert await hami_claim_refs(gpu_pod({GPU: 1}), "team", store_get) == frozenset()
+
+
+async def test_a_native_claim_pod_gets_the_marker_and_hami_scheduler() -> None:
+    d = await decide(admission(native_pod(("gpu", "template", "mine"))), ALL, claim_lookup=store_get)
+    out = jsonpatch.apply_patch(native_pod(("gpu", "template", "mine")), list(d.patch))
+    assert d.allowed and d.managed
+    assert out["spec"]["schedulerName"] == "hami-scheduler"
+    sidecar, main = out["spec"]["containers"]
+    assert main["resources"]["limits"] == {keys.DRA_STEER_RESOURCE: "1"} and "resources" not in sidecar
+    # other classes, another scheduler, and DRA mode off: untouched
+    for p, pol in (
+        (native_pod(("gpu", "claim", "other")), ALL),
+        (native_pod(("gpu", "template", "mine"), scheduler="my-scheduler"), ALL),
+        (native_pod(("gpu", "template", "mine")), WebhookPolicy.default()),
+    ):
+        d = await decide(admission(p), pol, claim_lookup=store_get)
+        assert d.allowed and not d.patch, d
+    # a pod that already carries the marker keeps it; only the scheduler is set
+    marked = native_pod(("gpu", "template", "mine"))
+    marked["spec"]["containers"][1]["resources"]["limits"] = {keys.DRA_STEER_RESOURCE: "1"}
+    d = mutate_pod(
+        marked, namespace="team", namespace_labels=None, policy=ALL, hami_claims=frozenset({"gpu"})
+    )
+    assert [op["path"] for op in d.patch] == ["/spec/schedulerName"]
