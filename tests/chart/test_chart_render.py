@@ -18,6 +18,7 @@ from hami.devices.registry import default_registry
 from hami.extender.schedulerconfig import scheduler_configuration
 from hami.testing.dra import device_class, mig_device_class
 from hami.testing.helm import Helm, HelmError
+from hami.webhook.claimrefs import MATCH_CONDITION
 
 pytestmark = pytest.mark.integration
 
@@ -127,6 +128,15 @@ def test_dra_mode(rendered: Render) -> None:
         (want["apiVersion"], want["metadata"]["name"], want["spec"])
         for want in (device_class(), mig_device_class())
     ]
+    # pods with ResourceClaims reach the webhook (native claims on hami's classes are steered)
+    (hook,) = r.of_kind("MutatingWebhookConfiguration")[0]["webhooks"]
+    assert hook["matchConditions"][0]["expression"].endswith(f" || {MATCH_CONDITION}")
+    assert (
+        MATCH_CONDITION
+        not in rendered("default").of_kind("MutatingWebhookConfiguration")[0]["webhooks"][0][
+            "matchConditions"
+        ][0]["expression"]
+    )
     name = f"{r.values.fullname}-scheduler"
     assert "--dra" in r.container("Deployment", name, "vgpu-scheduler-extender")["args"]
     assert "--dra=all" in r.container("Deployment", name, "webhook")["args"]

@@ -415,3 +415,71 @@ async def test_dra_pods_count_against_and_are_refused_by_namespace_quota(
         # 4000 + 3000 fit the 10000 as well: the native claim's pod follows, and the quota holds both
         await bound(kube_client, namespace, "native")
         await until(lambda: quota_ledger.used[namespace].get("nvidia.com/gpumem") == 7000, timeout=60)
+
+
+async def test_native_claim_pods_are_steered_to_hami_and_its_quota_by_the_webhook(
+    kube_config: KubeConfig,
+    kube_client: KubeClient,
+    namespace: str,
+    start_scheduler: Callable[..., SchedulerHandle],
+) -> None:
+    """A plain native pod (no schedulerName, no marker) whose claim asks hami's DeviceClass: the
+    webhook in DRA mode reads the claim, steers the pod through hami-scheduler, and hami's
+    /dra/filter refuses it while the namespace's quota has no room; a bigger quota lets it run."""
+    node = f"{namespace}-s"
+    await dra_test_node(kube_client, namespace, node, n=1, mem=16000)
+    quotas = api_path("v1", "resourcequotas", namespace=namespace)
+    await kube_client.create(
+        quotas, {"metadata": {"name": "gpu"}, "spec": {"hard": {"limits.nvidia.com/gpumem": "2000"}}}
+    )
+    claim, _ = native_claim_pod("native", namespace, "3000Mi")
+    await kube_client.create(api_path(RESOURCE_API, "resourceclaims", namespace=namespace), claim)
+    pods = api_path("v1", "pods", namespace=namespace)
+
+    def plain(i: int) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"native-{i}"},
+            "spec": {
+                "nodeSelector": {"hami-test": namespace},
+                "resourceClaims": [{"name": "gpu", "resourceClaimName": "native"}],
+                "containers": [
+                    {"name": "main", "image": "busybox", "resources": {"claims": [{"name": "gpu"}]}}
+                ],
+                "terminationGracePeriodSeconds": 0,
+            },
+        }
+
+    async def discard(pod: dict[str, Any]) -> None:
+        await kube_client.delete(f"{pods}/{pod['metadata']['name']}", grace_period_seconds=0)
+
+    async with (
+        served_webhook(kube_client, DRA_ALL, namespace, create_object=api_creator(kube_client)),
+        dra_stack(kube_config, start_scheduler) as stack,
+    ):
+        assert stack.extender is not None
+        quota_ledger = stack.extender.scheduler.state.quota
+        await until(lambda: quota_ledger.limited(namespace))
+        created = await create_until_admitted_by_webhook(
+            lambda i: kube_client.create(pods, plain(i)),
+            lambda pod: pod["spec"].get("schedulerName") == "hami-scheduler",
+            discard=discard,
+        )
+        name = created["metadata"]["name"]
+        assert created["spec"]["containers"][0]["resources"]["limits"] == {keys.DRA_STEER_RESOURCE: "1"}
+        message = await unschedulable(kube_client, namespace, name)
+        assert "quota exceeded for limits.nvidia.com/gpumem" in message and "asked 3000 MiB" in message, (
+            message
+        )
+        # with room in the quota the same pod is placed (a quota change is no event kube-scheduler
+        # retries on, so the pod is made again)
+        await discard(created)
+        await kube_client.merge_patch(
+            f"{quotas}/gpu", {"spec": {"hard": {"limits.nvidia.com/gpumem": "4000"}}}
+        )
+        await until(lambda: quota_ledger.limits[namespace]["nvidia.com/gpumem"].value == 4000)
+        again = await kube_client.create(pods, plain(100))
+        assert again["spec"]["schedulerName"] == "hami-scheduler"
+        pod = await bound(kube_client, namespace, again["metadata"]["name"])
+        assert pod["spec"]["nodeName"] == node

@@ -14,6 +14,7 @@ import yaml
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import ApiError
+from hami.webhook.claimrefs import MATCH_CONDITION
 from hami.webhook.mutate import WebhookPolicy
 from hami.webhook.runner import api_getter
 from hami.webhook.server import NamespaceLabelCache, ObjectCreator, runner_port, start_webhook
@@ -48,6 +49,9 @@ async def served_webhook(
     doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"
     hook = doc["webhooks"][0]
     hook["clientConfig"] = {"url": f"https://127.0.0.1:{runner_port(runner)}/webhook"}
+    if policy.dra is not None:  # as the chart renders it with dra.enabled
+        for cond in hook["matchConditions"]:
+            cond["expression"] += f" || {MATCH_CONDITION}"
     hook["namespaceSelector"]["matchExpressions"].append(
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
     )

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 #: ``(resource plural, namespace, name) -> the object, or None when it does not exist``
 ObjectGetter = Callable[[str, str, str], Awaitable[Mapping[str, Any] | None]]
 
+#: appended (with ``||``) to the webhook registration's match condition in DRA mode, so pods with
+#: ResourceClaims reach the webhook (the chart renders the same text with ``dra.enabled``)
+MATCH_CONDITION = "(has(object.spec.resourceClaims) && size(object.spec.resourceClaims) > 0)"
+
 #: hami's DeviceClasses: whole cards and shares, MIG devices
 HAMI_CLASSES = frozenset({keys.DRA_DEVICE_CLASS, keys.DRA_MIG_DEVICE_CLASS})
 
