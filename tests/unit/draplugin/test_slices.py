@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from hami.deviceplugin.settings import NodeSettings, physical_device
-from hami.deviceplugin.sources.base import LinkType, PairLink, SourceCard
-from hami.draplugin.slices import MAX_DEVICES_PER_SLICE, nvlink_groups, resource_slice, slice_devices
+import pytest
+import yaml
+
+from hami.deviceplugin.settings import MigAllowRule, NodeSettings, physical_device
+from hami.deviceplugin.sources.base import LinkType, PairLink, SourceCard, SourceMigProfile
+from hami.deviceplugin.sources.fake import FakeSource
+from hami.draplugin import partitions
+from hami.draplugin.slices import (
+    MAX_DEVICES_PER_SLICE,
+    nvlink_groups,
+    resource_slice,
+    shared_counters,
+    slice_devices,
+)
+from hami.protocol import keys
 
 
 def card(i: int, healthy: bool = True) -> SourceCard:
@@ -41,5 +53,54 @@ def test_unhealthy_cards_are_left_out_in_index_order() -> None:
 
 
 def test_a_slice_holds_at_most_128_devices() -> None:
-    with pytest.raises(ValueError, match="129 cards, more than the 128"):
+    with pytest.raises(ValueError, match="129 devices, more than the 128"):
         resource_slice("n1", "uid", 1, [{}] * (MAX_DEVICES_PER_SLICE + 1))
+
+
+def mig_card(i: int) -> SourceCard:
+    return SourceCard(
+        uuid=f"GPU-{i}",
+        index=i,
+        model="NVIDIA A100-SXM4-40GB",
+        memory_mib=40960,
+        mig_capable=True,
+        sm_count=108,
+    )
+
+
+def a100_profiles() -> list[SourceMigProfile]:
+    """The sandbox's A100-40GB profiles (examples/fake-sandbox.yaml), through the fake source."""
+    sandbox = yaml.safe_load((Path(__file__).parents[3] / "examples/fake-sandbox.yaml").read_text())
+    source = FakeSource(
+        {
+            "mig_profile_sets": sandbox["mig_profile_sets"],
+            "cards": [{"uuid": "GPU-x", "mig": True, "mig_profiles": "a100-40gb"}],
+        }
+    )
+    return source.mig_profiles("GPU-x")
+
+
+def test_mig_capable_cards_are_partitioned_while_the_counters_fit_one_slice() -> None:
+    settings = NodeSettings(operating_mode=keys.OPERATING_MODE_DRA)
+    devices = [physical_device(mig_card(i), settings, a100_profiles()) for i in range(4)]
+    assert partitions.partitioned_indexes(devices) == {0, 1, 2}  # 3 x 9 counters; a 4th would be 36
+    counters = shared_counters(devices)
+    assert sum(len(c["counters"]) for c in counters) <= partitions.MAX_SHARED_COUNTERS
+    body = slice_devices(devices, [])
+    assert [d["name"] for d in body[:4]] == ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    assert "consumesCounters" not in body[3]  # published whole only
+    assert len(body) == 4 + 3 * 18 <= MAX_DEVICES_PER_SLICE
+    # the API's limit on counters consumed by all devices of a slice (resource.k8s.io/v1: 1024)
+    assert sum(len(c["counters"]) for d in body for c in d.get("consumesCounters", [])) <= 1024
+
+
+def test_the_mig_allowlist_decides_the_placements() -> None:
+    allow = (MigAllowRule(("A100-SXM4-40GB",), ("1g.5gb", "7g.40gb")),)
+    settings = NodeSettings(operating_mode=keys.OPERATING_MODE_DRA, mig_allowlist=allow)
+    dev = physical_device(mig_card(0), settings, a100_profiles())
+    assert [m.name for m in partitions.mig_devices(dev)] == [
+        *(f"gpu-0-mig-1g5gb-{k}" for k in range(7)),
+        "gpu-0-mig-7g40gb-0",
+    ]
+    # outside DRA mode a hami-core card keeps no profiles (the device plugin's MIG mode has its own)
+    assert physical_device(mig_card(0), NodeSettings(), a100_profiles()).mig_profiles == ()
