@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from hami.deviceplugin.modes import VGPU_CONF_PATH
 from hami.deviceplugin.settings import NodeSettings
@@ -24,6 +23,7 @@ from hami.draplugin.prepare import CDI_KIND
 from hami.draplugin.runner import DraNodePlugin
 from hami.draplugin.slices import slice_name
 from hami.protocol import keys
+from hami.testing.dra import mig_fake_source_spec, serving
 from hami.testing.drakubelet import DraKubelet
 from hami.testing.memkube import MemoryDraKube
 
@@ -95,9 +95,9 @@ def make_node(root: Path, *, mig: bool = False) -> Node:
         "links": [{"a": A, "b": B, "type": "SameBoard", "nvlinks": 4}],
     }
     if mig:
-        sandbox = yaml.safe_load((Path(__file__).parents[2] / "examples/fake-sandbox.yaml").read_text())
-        spec["mig_profile_sets"] = sandbox["mig_profile_sets"]
-        card_a.update(model="NVIDIA A100-SXM4-40GB", mig=True, sm=108, mig_profiles="a100-40gb")
+        geometry = mig_fake_source_spec(A)
+        spec["mig_profile_sets"] = geometry["mig_profile_sets"]
+        card_a.update(geometry["cards"][0])
     source = FakeSource(spec, poll_interval=0.05)
     settings = NodeSettings(node_name=NODE, operating_mode="dra", hook_path=str(root / "hook"))
     return Node(root, kube, source, settings)
@@ -394,15 +394,10 @@ async def test_device_plugin_on_a_dra_node_serves_nothing(node: Node) -> None:
 async def mig_running() -> AsyncIterator[tuple[Node, DraNodePlugin, DraKubelet]]:
     root = Path(tempfile.mkdtemp(prefix="hdra", dir="/tmp"))
     node = make_node(root, mig=True)
-    plugin = node.plugin()
-    await plugin.start()
-    kubelet = node.kubelet()
-    await kubelet.register()
-    try:
+    async with serving(node.plugin(), root) as plugin:
+        kubelet = node.kubelet()
+        await kubelet.register()
         yield node, plugin, kubelet
-    finally:
-        await plugin.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_mig_capable_card_publishes_counters_and_placements(

@@ -27,6 +27,7 @@ from hami.testing.controlplane import BinariesMissingError, ControlPlane, Schedu
 from hami.testing.dra import (
     DRA_GATES,
     RESOURCE_API,
+    claim_body,
     create_converted_pod,
     create_device_class,
     create_dra_node,
@@ -337,24 +338,7 @@ async def test_examples_are_admitted_and_allocated(
 def native_claim_pod(name: str, namespace: str, memory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A native ResourceClaim (no webhook) for `memory` of a card, and a pod steered through hami
     (``schedulerName: hami-scheduler`` and the ``hami.io/dra`` marker, as examples/dra/native-claim.yaml)."""
-    claim = {
-        "apiVersion": RESOURCE_API,
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "gpu",
-                        "exactly": {
-                            "deviceClassName": keys.DRA_DEVICE_CLASS,
-                            "capacity": {"requests": {"memory": memory, "cores": "10"}},
-                        },
-                    }
-                ]
-            }
-        },
-    }
+    claim = claim_body(name, memory=memory, cores="10")
     pod = gpu_pod(name, scheduler_name="hami-scheduler")
     pod["spec"]["nodeSelector"] = {"hami-test": namespace}
     pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimName": name}]

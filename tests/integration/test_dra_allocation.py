@@ -24,7 +24,7 @@ from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API, claim_allocations
 from hami.testing.controlplane import SchedulerHandle
-from hami.testing.dra import create_device_class, dra_plugin_in
+from hami.testing.dra import claim_body, create_device_class, dra_plugin_in
 from hami.testing.drakubelet import DraKubelet
 from hami.testing.gpucluster import create_gpu_node
 from hami.testing.stack import wait_for
@@ -35,24 +35,7 @@ CARD = "GPU-dra-int-0"
 
 
 def gpu_claim(name: str, memory: str, cores: str) -> dict[str, Any]:
-    return {
-        "apiVersion": RESOURCE_API,
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {
-            "devices": {
-                "requests": [
-                    {
-                        "name": "gpu",
-                        "exactly": {
-                            "deviceClassName": keys.DRA_DEVICE_CLASS,
-                            "capacity": {"requests": {"memory": memory, "cores": cores}},
-                        },
-                    }
-                ]
-            }
-        },
-    }
+    return claim_body(name, memory=memory, cores=cores)
 
 
 def claim_pod(name: str, claim: str, node: str) -> dict[str, Any]:

@@ -9,14 +9,12 @@ do: a card already shared by a claim still gives out MIG placements, and the plu
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from hami.deviceplugin.sources.fake import FakeSource
 from hami.draplugin.kubeops import ClientDraKube
@@ -28,7 +26,7 @@ from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API, claim_allocations
 from hami.testing.controlplane import SchedulerHandle
-from hami.testing.dra import create_device_class, dra_plugin_in
+from hami.testing.dra import claim_body, create_device_class, dra_plugin_in, mig_fake_source_spec, serving
 from hami.testing.drakubelet import DraKubelet
 from hami.testing.gpucluster import create_gpu_node
 from hami.testing.stack import wait_for
@@ -36,7 +34,6 @@ from hami.testing.stack import wait_for
 pytestmark = pytest.mark.integration
 
 CARDS = ("GPU-dra-mig-0", "GPU-dra-mig-1")
-SANDBOX = Path(__file__).parents[2] / "examples" / "fake-sandbox.yaml"
 
 
 def claim(name: str, device_class: str, *, index: int, profile: str = "", memory: str = "") -> dict[str, Any]:
@@ -45,18 +42,7 @@ def claim(name: str, device_class: str, *, index: int, profile: str = "", memory
     cel = [f"{attrs}.{keys.DRA_ATTR_INDEX} == {index}"]
     if profile:
         cel.append(f'{attrs}.{keys.DRA_ATTR_MIG_PROFILE} == "{profile}"')
-    exactly: dict[str, Any] = {
-        "deviceClassName": device_class,
-        "selectors": [{"cel": {"expression": e}} for e in cel],
-    }
-    if memory:
-        exactly["capacity"] = {"requests": {"memory": memory}}
-    return {
-        "apiVersion": RESOURCE_API,
-        "kind": "ResourceClaim",
-        "metadata": {"name": name},
-        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}},
-    }
+    return claim_body(name, device_class=device_class, memory=memory or None, selectors=cel)
 
 
 def claim_pod(name: str, node: str) -> dict[str, Any]:
@@ -117,30 +103,10 @@ async def mig_node(
     await create_gpu_node(kube_client, node, [], labels={"kubernetes.io/hostname": node})
     await create_device_class(kube_client)
     root = Path(tempfile.mkdtemp(prefix="hdrm", dir="/tmp"))
-    source = FakeSource(
-        {
-            "mig_profile_sets": yaml.safe_load(SANDBOX.read_text())["mig_profile_sets"],
-            "cards": [
-                {
-                    "uuid": uuid,
-                    "memory": 40960,
-                    "model": "NVIDIA A100-SXM4-40GB",
-                    "mig": True,
-                    "sm": 108,
-                    "mig_profiles": "a100-40gb",
-                }
-                for uuid in CARDS
-            ],
-        }
-    )
-    plugin = dra_plugin_in(root, node, source, ClientDraKube(kube_client))
-    await plugin.start()
-    start_scheduler()
-    try:
+    source = FakeSource(mig_fake_source_spec(*CARDS))
+    async with serving(dra_plugin_in(root, node, source, ClientDraKube(kube_client)), root) as plugin:
+        start_scheduler()
         yield Cluster(kube_client, namespace, node), plugin, root
-    finally:
-        await plugin.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_scheduler_allocates_mig_placements_and_then_refuses_the_whole_card(

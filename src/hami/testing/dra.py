@@ -14,9 +14,12 @@ node between the modes. :data:`DRA_GATES` are the feature gates the control plan
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import shutil
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from hami.deviceplugin.settings import NodeSettings
 from hami.deviceplugin.sources.base import DeviceSource
@@ -37,6 +40,8 @@ from hami.webhook.runner import api_creator
 __all__ = [
     "DRA_GATES",
     "RESOURCE_API",
+    "SANDBOX_DEVICES",
+    "claim_body",
     "converted_pod",
     "create_converted_pod",
     "create_device_class",
@@ -44,7 +49,9 @@ __all__ = [
     "device_class",
     "dra_plugin_in",
     "mig_device_class",
+    "mig_fake_source_spec",
     "resource_slice",
+    "serving",
 ]
 
 #: kube-apiserver, kube-scheduler and kube-controller-manager flags for consumable capacity and
@@ -79,6 +86,47 @@ def resource_slice(node: str, cards: Sequence[DeviceInfo], *, generation: int = 
             "nodeName": node,
             "devices": devices,
         },
+    }
+
+
+#: the sandbox's simulated GPUs, whose MIG profile sets give MIG-capable fake cards their geometry
+SANDBOX_DEVICES = Path(__file__).resolve().parents[3] / "examples" / "fake-sandbox.yaml"
+
+
+def mig_fake_source_spec(*uuids: str, plain: Sequence[str] = ()) -> dict[str, Any]:
+    """A :class:`~hami.deviceplugin.sources.fake.FakeSource` spec: MIG-capable A100-SXM4-40GB cards
+    ``uuids`` with the sandbox's profiles (``examples/fake-sandbox.yaml``, ``a100-40gb``), then
+    plain A100s ``plain``."""
+    sets = yaml.safe_load(SANDBOX_DEVICES.read_text())["mig_profile_sets"]
+    card = {"memory": 40960, "model": "NVIDIA A100-SXM4-40GB"}
+    return {
+        "mig_profile_sets": sets,
+        "cards": [{"uuid": u, **card, "mig": True, "sm": 108, "mig_profiles": "a100-40gb"} for u in uuids]
+        + [{"uuid": u, **card} for u in plain],
+    }
+
+
+def claim_body(
+    name: str,
+    *,
+    device_class: str = keys.DRA_DEVICE_CLASS,
+    memory: str | None = None,
+    cores: str | None = None,
+    selectors: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A ResourceClaim with one request ``gpu`` for one device of ``device_class``: ``memory`` and
+    ``cores`` as capacity requests when given, each CEL expression of ``selectors`` a selector."""
+    exactly: dict[str, Any] = {"deviceClassName": device_class}
+    wanted = {k: v for k, v in ((keys.DRA_CAPACITY_MEMORY, memory), (keys.DRA_CAPACITY_CORES, cores)) if v}
+    if wanted:
+        exactly["capacity"] = {"requests": wanted}
+    if selectors:
+        exactly["selectors"] = [{"cel": {"expression": e}} for e in selectors]
+    return {
+        "apiVersion": RESOURCE_API,
+        "kind": "ResourceClaim",
+        "metadata": {"name": name},
+        "spec": {"devices": {"requests": [{"name": "gpu", "exactly": exactly}]}},
     }
 
 
@@ -118,6 +166,17 @@ def dra_plugin_in(root: Path, node: str, source: DeviceSource, kube: DraKube) ->
         registry_dir=root / "registry",
         cdi_dir=str(root / "cdi"),
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(plugin: DraNodePlugin, root: Path) -> AsyncIterator[DraNodePlugin]:
+    """The plugin started (slice published, sockets served); stopped and `root` removed after."""
+    await plugin.start()
+    try:
+        yield plugin
+    finally:
+        await plugin.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def converted_pod(

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
 
 from hami.deviceplugin.settings import MigAllowRule, NodeSettings, physical_device
 from hami.deviceplugin.sources.base import LinkType, PairLink, SourceCard, SourceMigProfile
@@ -19,6 +16,7 @@ from hami.draplugin.slices import (
     slice_devices,
 )
 from hami.protocol import keys
+from hami.testing.dra import mig_fake_source_spec
 
 
 def card(i: int, healthy: bool = True) -> SourceCard:
@@ -70,13 +68,7 @@ def mig_card(i: int) -> SourceCard:
 
 def a100_profiles() -> list[SourceMigProfile]:
     """The sandbox's A100-40GB profiles (examples/fake-sandbox.yaml), through the fake source."""
-    sandbox = yaml.safe_load((Path(__file__).parents[3] / "examples/fake-sandbox.yaml").read_text())
-    source = FakeSource(
-        {
-            "mig_profile_sets": sandbox["mig_profile_sets"],
-            "cards": [{"uuid": "GPU-x", "mig": True, "mig_profiles": "a100-40gb"}],
-        }
-    )
+    source = FakeSource(mig_fake_source_spec("GPU-x"))
     return source.mig_profiles("GPU-x")
 
 

@@ -3,11 +3,9 @@ use them beside device-plugin pods, one invariant for both; the over-commit chec
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +29,7 @@ from hami.scheduling.dra import (
     quota_reason,
 )
 from hami.scheduling.state import ClusterState, PodAllocation
-from hami.testing.dra import resource_slice
+from hami.testing.dra import mig_fake_source_spec, resource_slice
 from hami.testing.gpucluster import gpu_cards
 
 
@@ -368,22 +366,7 @@ def test_node_events_leave_slice_cards_alone_and_slices_move_between_nodes() -> 
 def plugin_slice(node: str) -> dict[str, Any]:
     """The slice `hami dra-plugin` publishes for two A100s, card 0 MIG-capable with the sandbox's
     profiles (the plugin's own slice builder, not a copy of its format)."""
-    sandbox = yaml.safe_load((Path(__file__).parents[3] / "examples/fake-sandbox.yaml").read_text())
-    source = FakeSource(
-        {
-            "mig_profile_sets": sandbox["mig_profile_sets"],
-            "cards": [
-                {
-                    "uuid": f"GPU-{node}-0",
-                    "memory": 40960,
-                    "mig": True,
-                    "sm": 108,
-                    "mig_profiles": "a100-40gb",
-                },
-                {"uuid": f"GPU-{node}-1", "memory": 40960},
-            ],
-        }
-    )
+    source = FakeSource(mig_fake_source_spec(f"GPU-{node}-0", plain=[f"GPU-{node}-1"]))
     devices = build_inventory(source, NodeSettings(node_name=node, operating_mode=keys.OPERATING_MODE_DRA))
     body = plugin_resource_slice(node, "uid", 1, plugin_slice_devices(devices, []), shared_counters(devices))
     body["metadata"]["uid"] = f"slice-{node}"
