@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from realnode_chart import IMAGE, NAMESPACE, ROOT, chart_installed, pods_summary, workload_ready
+from realnode_chart import IMAGE, NAMESPACE, chart_installed, pods_summary, workload_ready
 
 from hami.kube.client import KubeClient
 from hami.kube.errors import NotFoundError
@@ -19,6 +19,7 @@ from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API
 from hami.sandbox.cluster import Sandbox
 from hami.sandbox.probe import PROBE, report
+from hami.testing.dra import SANDBOX_DEVICES, claim_body
 from hami.testing.helm import Helm
 from hami.testing.stack import wait_for
 
@@ -87,7 +88,8 @@ async def assert_limits(kc: KubeClient, ns: str, pod: str, container: str) -> No
 
 @pytest.fixture(scope="module")
 def dra_installed(sandbox: Sandbox) -> Iterator[Helm]:
-    fake_node = (ROOT / "examples" / "fake-node-small.yaml").read_text()
+    # the sandbox's cards: node1's A100s 0 and 1 are MIG-capable (partitionable devices)
+    fake_node = SANDBOX_DEVICES.read_text()
     node_config = json.dumps({"nodeconfig": [{"name": DRA_NODE, "operatingmode": "dra"}]})
     # chart_installed merges only the top level: keep the sandbox's devicePlugin values (fakeNode)
     device_plugin = {
@@ -131,6 +133,28 @@ async def test_a_pod_whose_containers_share_a_claim_runs_with_its_limits(
     assert done["spec"]["nodeName"] == DRA_NODE
     for name in ("a", "b"):
         await assert_limits(kc, ns, "dra", name)
+
+
+async def test_a_mig_claim_runs_on_its_mig_instance(dra_installed: Helm, kc: KubeClient, ns: str) -> None:
+    """A claim on the MIG DeviceClass for a 1g.5gb placement: kube-scheduler allocates a MIG device
+    of node1's MIG-capable A100 by the slice's counters, the plugin makes the instance and the
+    container gets it through the CDI device (``NVIDIA_VISIBLE_DEVICES=MIG-…``, no libvgpu.so)."""
+    profile = f'device.attributes["{keys.DRA_DRIVER}"].{keys.DRA_ATTR_MIG_PROFILE} == "1g.5gb"'
+    claim = claim_body("mig", device_class=keys.DRA_MIG_DEVICE_CLASS, selectors=[profile])
+    await kc.create(api_path(RESOURCE_API, "resourceclaims", namespace=ns), claim)
+    show = "import os; print(os.environ.get('NVIDIA_VISIBLE_DEVICES'), os.path.exists('/etc/ld.so.preload'))"
+    pod = claim_pod("mig", "mig", ("main",))
+    pod["spec"]["resourceClaims"] = [{"name": "gpu", "resourceClaimName": "mig"}]
+    pod["spec"]["containers"][0]["command"] = ["python3", "-c", show]
+    await kc.create(api_path("v1", "pods", namespace=ns), pod)
+    done = await finished(kc, ns, "mig")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    allocated = await kc.get(api_path(RESOURCE_API, "resourceclaims", namespace=ns, name="mig"))
+    [result] = allocated["status"]["allocation"]["devices"]["results"]
+    assert (result["pool"], result["device"]) == (DRA_NODE, "gpu-0-mig-1g5gb-0"), result
+    log = await kc.get_text(api_path("v1", "pods", namespace=ns, name="mig") + "/log")
+    visible, preload = log.split()
+    assert visible.startswith("MIG-") and preload == "False", log
 
 
 async def test_plugin_restart_between_prepare_and_container_start(
