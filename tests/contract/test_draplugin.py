@@ -161,8 +161,8 @@ async def test_slice_published_with_the_contract(
     }
     assert gpu0["capacity"] == {
         "memory": {
-            "value": "40960Mi",
-            "requestPolicy": {"default": "40960Mi", "validRange": {"min": "1Mi", "step": "1Mi"}},
+            "value": "40Gi",
+            "requestPolicy": {"default": "40Gi", "validRange": {"min": "1Mi", "step": "1Mi"}},
         },
         "cores": {
             "value": "100",

@@ -71,12 +71,15 @@ async def test_scheduler_shares_one_card_by_capacity_and_the_plugin_prepares(
     start_scheduler: Callable[..., SchedulerHandle],
     dra_node: tuple[str, DraNodePlugin, Path],
 ) -> None:
-    node, _plugin, root = dra_node
+    node, plugin, root = dra_node
     stored = await kube_client.get(api_path(RESOURCE_API, "resourceslices", name=slice_name(node)))
     (device,) = stored["spec"]["devices"]
     # the API server kept the consumable-capacity fields (it drops them with the gate off)
     assert device["allowMultipleAllocations"] is True
     assert device["capacity"]["memory"]["requestPolicy"]["validRange"] == {"min": "1Mi", "step": "1Mi"}
+    # stored as written (40960 MiB is published as Kubernetes writes it back, 40Gi): no rewrites
+    assert device["capacity"]["memory"]["value"] == "40Gi"
+    assert await plugin.refresh() and plugin.publisher.published == 1
 
     start_scheduler()
     claims = api_path(RESOURCE_API, "resourceclaims", namespace=namespace)

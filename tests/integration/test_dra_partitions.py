@@ -122,6 +122,13 @@ async def test_scheduler_allocates_mig_placements_and_then_refuses_the_whole_car
     ]
     whole = stored["spec"]["devices"][0]
     assert whole["name"] == "gpu-0" and whole["consumesCounters"][0]["counterSet"] == "gpu-0-counters"
+    # the API server stores exactly what the plugin wants (canonical quantities): a refresh writes nothing
+    assert await plugin.refresh() and plugin.publisher.published == 1
+    again = await cluster.client.get(api_path(RESOURCE_API, "resourceslices", name=slice_name(cluster.node)))
+    assert again["spec"]["pool"]["generation"] == 1
+    # what the API server stores is what the plugin wants: a refresh writes nothing
+    assert await plugin.refresh() and plugin.publisher.published == 1
+    assert stored["spec"]["pool"]["generation"] == 1
 
     await cluster.submit(claim("m1", keys.DRA_MIG_DEVICE_CLASS, index=0, profile="3g.20gb"))
     first = await cluster.device_of("m1")

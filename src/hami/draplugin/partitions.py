@@ -24,6 +24,7 @@ from typing import Any
 from hami.deviceplugin.settings import PhysicalDevice
 from hami.deviceplugin.sources.base import MigPlacement, SourceMigProfile
 from hami.protocol import keys
+from hami.protocol.quantity import mib_quantity
 
 #: ResourceSlice.spec.sharedCounters may hold at most this many counters over all sets (v1).
 MAX_SHARED_COUNTERS = 32
@@ -103,7 +104,7 @@ def mig_devices(dev: PhysicalDevice) -> list[MigDevice]:
 
 def mig_slice_device(mig: MigDevice, attributes: dict[str, Any]) -> dict[str, Any]:
     """A MIG placement as a DRA device: the card's `attributes` with `type: mig` and the profile,
-    fixed `memory` (Mi) and `cores` (percent of the card) capacities, and its counters."""
+    fixed `memory` (MiB, canonical quantity) and `cores` (percent of the card) capacities, and its counters."""
     consumed = {
         memory_slice(k): {"value": "1"}
         for k in range(mig.placement.start, mig.placement.start + mig.placement.size)
@@ -119,7 +120,7 @@ def mig_slice_device(mig: MigDevice, attributes: dict[str, Any]) -> dict[str, An
             keys.DRA_ATTR_MIG_SIZE: {"int": mig.placement.size},
         },
         "capacity": {
-            keys.DRA_CAPACITY_MEMORY: {"value": f"{mig.profile.memory_mb}Mi"},
+            keys.DRA_CAPACITY_MEMORY: {"value": mib_quantity(mig.profile.memory_mb)},
             keys.DRA_CAPACITY_CORES: {"value": str(mig.profile.core)},
         },
         "consumesCounters": [{"counterSet": counter_set_name(mig.card.card.index), "counters": consumed}],

@@ -19,6 +19,7 @@ from hami.deviceplugin.sources.base import PairLink
 from hami.draplugin import partitions
 from hami.protocol import keys
 from hami.protocol.dra import RESOURCE_API
+from hami.protocol.quantity import mib_quantity
 
 #: ResourceSlice.spec.devices may hold at most this many devices (resource.k8s.io/v1).
 MAX_DEVICES_PER_SLICE = 128
@@ -64,9 +65,9 @@ def _str(value: str) -> dict[str, str]:
 
 
 def consumable_capacity(devmem: int, devcore: int) -> dict[str, Any]:
-    """A card's consumable capacities: `memory` in Mi (a request naming none takes the whole card)
-    and `cores` (a request naming none takes 0)."""
-    memory = f"{devmem}Mi"
+    """A card's consumable capacities: `memory` in MiB, in Kubernetes' canonical form (a request
+    naming none takes the whole card) and `cores` (a request naming none takes 0)."""
+    memory = mib_quantity(devmem)  # canonical: the stored slice compares equal (no rewrites)
     return {
         keys.DRA_CAPACITY_MEMORY: {
             "value": memory,

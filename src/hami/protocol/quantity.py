@@ -91,6 +91,20 @@ def parse_int_quantity(value: object, *, field: str) -> int:
     return int(q)
 
 
+def mib_quantity(mib: int) -> str:
+    """``mib`` MiB as Kubernetes writes it back (its canonical binary form: the largest unit that
+    divides it exactly, ``40960`` → ``40Gi``, ``4864`` → ``4864Mi``, ``0`` → ``0``), so an object
+    hami writes reads back equal. ValueError for a negative amount."""
+    if mib < 0:
+        raise ValueError(f"a memory amount cannot be negative: {mib} MiB")
+    if mib == 0:
+        return "0"
+    for unit, size in (("Pi", 2**30), ("Ti", 2**20), ("Gi", 2**10)):
+        if mib % size == 0:
+            return f"{mib // size}{unit}"
+    return f"{mib}Mi"
+
+
 def _show(value: object) -> str:
     """``repr(value)``, cut short so that a huge input does not make a huge error message."""
     text = repr(value)

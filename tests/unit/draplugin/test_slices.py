@@ -38,8 +38,8 @@ def test_nvlink_groups_are_connected_components_named_by_their_lowest_index() ->
 def test_memory_scaling_and_core_scaling_reach_the_capacity() -> None:
     settings = NodeSettings(memory_scaling=1.5, core_scaling=2)
     (dev,) = slice_devices([physical_device(card(0), settings, [])], [])
-    assert dev["capacity"]["memory"]["value"] == "61440Mi"
-    assert dev["capacity"]["memory"]["requestPolicy"]["default"] == "61440Mi"
+    assert dev["capacity"]["memory"]["value"] == "60Gi"
+    assert dev["capacity"]["memory"]["requestPolicy"]["default"] == "60Gi"
     assert dev["capacity"]["cores"]["value"] == "200"
     assert dev["capacity"]["cores"]["requestPolicy"]["validRange"]["max"] == "200"
 

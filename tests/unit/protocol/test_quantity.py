@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from hami.protocol.errors import ProtocolError
-from hami.protocol.quantity import MAX_EXPONENT, parse_quantity
+from hami.protocol.quantity import MAX_EXPONENT, mib_quantity, parse_quantity
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,25 @@ def test_long_values_are_cut_short_in_errors() -> None:
     with pytest.raises(ProtocolError) as exc:
         parse_quantity(long)
     assert str(exc.value) == f"quantity {repr(long)[:60]}...' is not a valid Kubernetes quantity"
+
+
+@pytest.mark.parametrize(
+    ("mib", "text"),
+    [
+        (0, "0"),
+        (1, "1Mi"),
+        (4864, "4864Mi"),
+        (19968, "19968Mi"),
+        (40960, "40Gi"),
+        (1 << 20, "1Ti"),
+        (3 << 30, "3Pi"),
+    ],
+)
+def test_mib_quantity_is_kubernetes_canonical_form_and_reads_back(mib: int, text: str) -> None:
+    assert mib_quantity(mib) == text
+    assert parse_quantity(text) == mib * 2**20
+
+
+def test_mib_quantity_refuses_a_negative_amount() -> None:
+    with pytest.raises(ValueError, match="-1 MiB"):
+        mib_quantity(-1)
