@@ -139,6 +139,20 @@ async def test_a_mig_claim_runs_on_its_mig_instance(dra_installed: Helm, kc: Kub
     """A claim on the MIG DeviceClass for a 1g.5gb placement: kube-scheduler allocates a MIG device
     of node1's MIG-capable A100 by the slice's counters, the plugin makes the instance and the
     container gets it through the CDI device (``NVIDIA_VISIBLE_DEVICES=MIG-…``, no libvgpu.so)."""
+
+    # kube-scheduler v1.34 checks every request's capacity against the slice's first device
+    # (docs/dra.md): the MIG request (whose default is the whole card) fits only while no claim
+    # shares gpu-0 — the previous test's claim goes with its namespace
+    async def gpu0_unshared() -> bool:
+        for c in (await kc.list(api_path(RESOURCE_API, "resourceclaims")))["items"]:
+            results = ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get(
+                "results"
+            ) or []
+            if any((r.get("pool"), r.get("device")) == (DRA_NODE, "gpu-0") for r in results):
+                return False
+        return True
+
+    await wait_for(gpu0_unshared, timeout=120, interval=0.5)
     profile = f'device.attributes["{keys.DRA_DRIVER}"].{keys.DRA_ATTR_MIG_PROFILE} == "1g.5gb"'
     claim = claim_body("mig", device_class=keys.DRA_MIG_DEVICE_CLASS, selectors=[profile])
     await kc.create(api_path(RESOURCE_API, "resourceclaims", namespace=ns), claim)
