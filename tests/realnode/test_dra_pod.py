@@ -101,9 +101,8 @@ def dra_installed(sandbox: Sandbox) -> Iterator[Helm]:
         yield helm
 
 
-async def test_a_pod_whose_containers_share_a_claim_runs_with_its_limits(
-    dra_installed: Helm, kc: KubeClient, ns: str
-) -> None:
+async def slice_published(kc: KubeClient) -> dict[str, Any]:
+    """node1's ResourceSlice once the DRA plugin DaemonSet is ready and has published it."""
     slice_path = api_path(RESOURCE_API, "resourceslices", name=f"{DRA_NODE}-hami-core-gpu")
 
     async def published() -> dict[str, Any] | None:
@@ -115,24 +114,10 @@ async def test_a_pod_whose_containers_share_a_claim_runs_with_its_limits(
             return None
 
     try:
-        stored = await wait_for(published, timeout=180, interval=1)
+        stored: dict[str, Any] = await wait_for(published, timeout=180, interval=1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
-    assert stored["spec"]["devices"], stored
-    # node2 is not in DRA mode: its DRA plugin publishes nothing
-    with pytest.raises(NotFoundError):
-        await kc.get(api_path(RESOURCE_API, "resourceslices", name="node2-hami-core-gpu"))
-    node1 = await kc.get(api_path("v1", "nodes", name=DRA_NODE))
-    assert keys.NODE_NVIDIA_REGISTER not in bodies.annotations(node1)
-
-    await kc.create(api_path(RESOURCE_API, "resourceclaims", namespace=ns), gpu_claim("shared"))
-    await kc.create(api_path("v1", "pods", namespace=ns), claim_pod("dra", "shared", ("a", "b")))
-
-    done = await finished(kc, ns, "dra")
-    assert done["status"]["phase"] == "Succeeded", done["status"]
-    assert done["spec"]["nodeName"] == DRA_NODE
-    for name in ("a", "b"):
-        await assert_limits(kc, ns, "dra", name)
+    return stored
 
 
 async def test_a_mig_claim_runs_on_its_mig_instance(dra_installed: Helm, kc: KubeClient, ns: str) -> None:
@@ -140,19 +125,10 @@ async def test_a_mig_claim_runs_on_its_mig_instance(dra_installed: Helm, kc: Kub
     of node1's MIG-capable A100 by the slice's counters, the plugin makes the instance and the
     container gets it through the CDI device (``NVIDIA_VISIBLE_DEVICES=MIG-…``, no libvgpu.so)."""
 
-    # kube-scheduler v1.34 checks every request's capacity against the slice's first device
-    # (docs/dra.md): the MIG request (whose default is the whole card) fits only while no claim
-    # shares gpu-0 — the previous test's claim goes with its namespace
-    async def gpu0_unshared() -> bool:
-        for c in (await kc.list(api_path(RESOURCE_API, "resourceclaims")))["items"]:
-            results = ((c.get("status") or {}).get("allocation") or {}).get("devices", {}).get(
-                "results"
-            ) or []
-            if any((r.get("pool"), r.get("device")) == (DRA_NODE, "gpu-0") for r in results):
-                return False
-        return True
-
-    await wait_for(gpu0_unshared, timeout=120, interval=0.5)
+    # first in the module: kube-scheduler v1.34 checks every request's capacity against the slice's
+    # first device (docs/dra.md), so the MIG request (whose default is the whole card) fits only
+    # while no claim shares gpu-0; the shared claims of the tests below then land on gpu-1
+    await slice_published(kc)
     profile = f'device.attributes["{keys.DRA_DRIVER}"].{keys.DRA_ATTR_MIG_PROFILE} == "1g.5gb"'
     claim = claim_body("mig", device_class=keys.DRA_MIG_DEVICE_CLASS, selectors=[profile])
     await kc.create(api_path(RESOURCE_API, "resourceclaims", namespace=ns), claim)
@@ -169,6 +145,27 @@ async def test_a_mig_claim_runs_on_its_mig_instance(dra_installed: Helm, kc: Kub
     log = await kc.get_text(api_path("v1", "pods", namespace=ns, name="mig") + "/log")
     visible, preload = log.split()
     assert visible.startswith("MIG-") and preload == "False", log
+
+
+async def test_a_pod_whose_containers_share_a_claim_runs_with_its_limits(
+    dra_installed: Helm, kc: KubeClient, ns: str
+) -> None:
+    stored = await slice_published(kc)
+    assert stored["spec"]["devices"], stored
+    # node2 is not in DRA mode: its DRA plugin publishes nothing
+    with pytest.raises(NotFoundError):
+        await kc.get(api_path(RESOURCE_API, "resourceslices", name="node2-hami-core-gpu"))
+    node1 = await kc.get(api_path("v1", "nodes", name=DRA_NODE))
+    assert keys.NODE_NVIDIA_REGISTER not in bodies.annotations(node1)
+
+    await kc.create(api_path(RESOURCE_API, "resourceclaims", namespace=ns), gpu_claim("shared"))
+    await kc.create(api_path("v1", "pods", namespace=ns), claim_pod("dra", "shared", ("a", "b")))
+
+    done = await finished(kc, ns, "dra")
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert done["spec"]["nodeName"] == DRA_NODE
+    for name in ("a", "b"):
+        await assert_limits(kc, ns, "dra", name)
 
 
 async def test_plugin_restart_between_prepare_and_container_start(
