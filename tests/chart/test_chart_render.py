@@ -141,7 +141,7 @@ def test_dra_mode(rendered: Render) -> None:
     assert "--dra" in r.container("Deployment", name, "vgpu-scheduler-extender")["args"]
     assert "--dra=all" in r.container("Deployment", name, "webhook")["args"]
     assert (
-        "--feature-gates=DRAConsumableCapacity=true"
+        "--feature-gates=DRAConsumableCapacity=true,DRAPartitionableDevices=true"
         in r.container("Deployment", name, "kube-scheduler")["command"]
     )
     rules = r.get("ClusterRole", name)["rules"]

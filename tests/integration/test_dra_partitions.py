@@ -25,10 +25,11 @@ from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API, claim_allocations
-from hami.testing.controlplane import SchedulerHandle
+from hami.testing.controlplane import BinariesMissingError, ControlPlane, SchedulerHandle, find_binaries
 from hami.testing.dra import claim_body, create_device_class, dra_plugin_in, mig_fake_source_spec, serving
 from hami.testing.drakubelet import DraKubelet
 from hami.testing.gpucluster import create_gpu_node
+from hami.testing.prereq import missing
 from hami.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
@@ -182,3 +183,33 @@ async def test_v1_34_gives_out_mig_placements_of_a_shared_card_and_the_plugin_re
     resp = await kubelet.prepare((cluster.namespace, bodies.uid(m1), "m1"))
     assert "a card is either shared whole or split into MIG instances" in resp.claims[bodies.uid(m1)].error
     assert plugin.source.list_mig_instances(CARDS[1]) == []
+
+
+async def test_without_the_partitionable_gate_mig_capable_cards_are_published_whole() -> None:
+    """A cluster whose API server runs without DRAPartitionableDevices drops the slice's counters:
+    the plugin notices on its first write and publishes whole cards only (no MIG device left
+    without counters, no rewrite every refresh), and kube-scheduler allocates them as before."""
+    try:
+        binaries = find_binaries()
+    except BinariesMissingError as exc:
+        missing(str(exc), integration=True)
+    with ControlPlane(binaries, feature_gates={"DRAConsumableCapacity": True}) as cp:
+        async with KubeClient(cp.kube_config()) as client:
+            node = "gateless-n0"
+            await create_gpu_node(client, node, [], labels={"kubernetes.io/hostname": node})
+            await create_device_class(client)
+            root = Path(tempfile.mkdtemp(prefix="hdrg", dir="/tmp"))
+            source = FakeSource(mig_fake_source_spec(*CARDS))
+            async with serving(dra_plugin_in(root, node, source, ClientDraKube(client)), root) as plugin:
+                path = api_path(RESOURCE_API, "resourceslices", name=slice_name(node))
+                stored = await client.get(path)
+                assert "sharedCounters" not in stored["spec"]
+                assert [d["name"] for d in stored["spec"]["devices"]] == ["gpu-0", "gpu-1"]
+                assert not any("consumesCounters" in d for d in stored["spec"]["devices"])
+                assert not plugin.publisher.partitions
+                written = plugin.publisher.published
+                assert await plugin.refresh() and plugin.publisher.published == written
+                cp.start_scheduler()
+                cluster = Cluster(client, "default", node)
+                await cluster.submit(claim("whole-gateless", keys.DRA_DEVICE_CLASS, index=0, memory="1000Mi"))
+                assert await cluster.device_of("whole-gateless") == "gpu-0"

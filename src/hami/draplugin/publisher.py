@@ -2,8 +2,11 @@
 
 `SlicePublisher.publish(devices)` writes the slice built by `slices` for the given inventory:
 created when missing, replaced (with the pool generation raised by one) when its devices differ,
-left alone when they are equal. The runner (`runner.DraNodePlugin`) re-reads the inventory and
-publishes on every health event of the device source and periodically, so an unhealthy card
+left alone when they are equal. MIG-capable cards are published as partitionable devices
+(`partitions`) unless the API server drops the shared counters (its `DRAPartitionableDevices` gate
+is off): then the slice is rewritten at once with whole cards only, and stays so (logged). The
+runner (`runner.DraNodePlugin`) re-reads the inventory and publishes on every health event of
+the device source and periodically, so an unhealthy card
 leaves the slice and a recovered one returns. Guarantees: `try_publish` logs a failed write
 instead of raising (the next round retries it); a conflict (someone else changed the slice)
 re-reads it and retries; the slice is owned by the Node, so it goes away with the node.
@@ -35,6 +38,9 @@ class SlicePublisher:
         self._node_uid: str | None = None
         self._lock = asyncio.Lock()
         self.published = 0  # writes that changed the slice (observability, tests)
+        #: False once the API server dropped the slice's shared counters (its
+        #: DRAPartitionableDevices gate is off): MIG-capable cards are then published whole only
+        self.partitions = True
 
     async def publish(self, devices: list[PhysicalDevice], attempts: int = 5) -> dict[str, Any]:
         """Make the slice describe `devices`; returns the slice as stored."""
@@ -42,9 +48,9 @@ class SlicePublisher:
             if self._node_uid is None:
                 self._node_uid = bodies.uid(await self.kube.get_node(self.node_name))
             links = await asyncio.to_thread(self.source.links)
-            want = slice_devices(devices, links)
-            counters = shared_counters(devices)
             for _ in range(attempts):
+                want = slice_devices(devices, links, partitioned=self.partitions)
+                counters = shared_counters(devices) if self.partitions else []
                 try:
                     current = await self.kube.get_slice(slice_name(self.node_name))
                 except NotFoundError:
@@ -54,6 +60,8 @@ class SlicePublisher:
                     except ConflictError:
                         continue
                     self.published += 1
+                    if self._counters_dropped(counters, created):
+                        continue
                     return created
                 spec = bodies.spec(current)
                 if spec.get("devices") == want and (spec.get("sharedCounters") or []) == counters:
@@ -66,10 +74,25 @@ class SlicePublisher:
                 except ConflictError:
                     continue
                 self.published += 1
+                if self._counters_dropped(counters, replaced):
+                    continue
                 return replaced
             raise ConflictError(
                 409, "Conflict", f"resourceslice {slice_name(self.node_name)}: conflicting writers"
             )
+
+    def _counters_dropped(self, counters: list[dict[str, Any]], stored: dict[str, Any]) -> bool:
+        """True (and partitions off from now on) when the API server stored the slice without the
+        shared counters it was sent: the next attempt publishes whole cards only."""
+        if not counters or bodies.spec(stored).get("sharedCounters"):
+            return False
+        log.warning(
+            "node %s: the API server dropped the slice's shared counters (feature gate "
+            "DRAPartitionableDevices is off): MIG-capable cards are published whole, without MIG devices",
+            self.node_name,
+        )
+        self.partitions = False
+        return True
 
     async def try_publish(self, devices: list[PhysicalDevice]) -> bool:
         """`publish`, logging instead of raising; True when the slice is current."""

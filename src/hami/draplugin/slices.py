@@ -114,13 +114,16 @@ def _healthy(devices: Sequence[PhysicalDevice]) -> list[PhysicalDevice]:
     return sorted((d for d in devices if d.healthy), key=lambda d: d.card.index)
 
 
-def slice_devices(devices: Sequence[PhysicalDevice], links: Iterable[PairLink]) -> list[dict[str, Any]]:
-    """The healthy cards as DRA devices in index order, then the MIG devices of the partitioned
-    cards (`partitions.partitioned_indexes`), card by card. Whole cards come first: kube-scheduler
-    v1.34 checks a request's capacity against the slice's devices by position (docs/dra.md)."""
+def slice_devices(
+    devices: Sequence[PhysicalDevice], links: Iterable[PairLink], *, partitioned: bool = True
+) -> list[dict[str, Any]]:
+    """The healthy cards as DRA devices in index order, then (unless not `partitioned`) the MIG
+    devices of the partitioned cards (`partitions.partitioned_indexes`), card by card. Whole cards
+    come first: kube-scheduler v1.34 checks a request's capacity against the slice's devices by
+    position (docs/dra.md)."""
     groups = nvlink_groups({d.card.index: d.uuid for d in devices}, links)
     healthy = _healthy(devices)
-    split = partitions.partitioned_indexes(healthy)
+    split = partitions.partitioned_indexes(healthy) if partitioned else set()
     out = [slice_device(d, groups[d.uuid], partitioned=d.card.index in split) for d in healthy]
     for d in healthy:
         if d.card.index in split:
