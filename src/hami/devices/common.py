@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Self, TypedDict
+from typing import Any, ClassVar, Protocol, Self, TypedDict, runtime_checkable
 
 from hami.devices.base import (
     Card,
@@ -52,7 +52,9 @@ __all__ = [
 # ------------------------------------------------------------------------------------ resources
 
 
-def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
+def resource_value(container: Mapping[str, Any], cname: str, name: str) -> Any:
+    """The container's raw quantity of ``name`` (limits first, then requests), or None;
+    raises RequestError when ``resources`` is malformed."""
     resources = container.get("resources") or {}
     if not isinstance(resources, Mapping):
         raise RequestError(container=cname, resource="resources", reason="must be an object")
@@ -70,7 +72,7 @@ def int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | N
     """The container's integer quantity of ``name`` (limits first, then requests), or None."""
     if not name:
         return None
-    raw = _resource(container, cname, name)
+    raw = resource_value(container, cname, name)
     if raw is None:
         return None
     try:
@@ -457,6 +459,19 @@ class WholeDeviceBackend(WholeCards, SpecBackend):
             **hami_keys(self.node_word, self.vendor_word),
             **filter_keys(self.domain, self.type_word),
         )
+
+
+@runtime_checkable
+class RegisterEncoder(Protocol):
+    """A vendor whose register annotation is its own format, not HAMi's ``DeviceInfo`` list (Metax
+    sGPU): what its device plugin writes for ``devices``, each with its vendor-only fields
+    (``extras``, one mapping per device, named and typed by ``register_extras``: name -> (type,
+    default)). The fake device source writes this; the backend's ``node_cards`` reads it back."""
+
+    @property
+    def register_extras(self) -> Mapping[str, tuple[type, Any]]: ...
+
+    def encode_register(self, devices: Sequence[DeviceInfo], extras: Sequence[Mapping[str, Any]]) -> str: ...
 
 
 class ContainerAdmission:

@@ -16,11 +16,16 @@ hook                       what the backend decides                  shared defa
                            request one card may hold
 :class:`CardChoice`        which of the ordered eligible cards a     NVLink topology pick when the
                            multi-card request takes                  policy asks for it, else in order
+:class:`RequestChoice`     the same, knowing the request             ``CardChoice``'s
 :class:`CardUsage`         per-card usage add/remove                 counters, then the card payload
                                                                      absorbs/releases placement payloads
 :class:`NodeScore`         a term added to the node's score          none
 :class:`PolicyNodeScore`   the same, knowing the node policy         none
 :class:`Admission`         webhook defaulting/validation             none
+:class:`PodAdmission`      webhook validation of the pod's           none
+                           annotations, and annotations to default
+:class:`PodScoped`         the request completed from the pod's      the container's request as parsed
+                           annotations (QoS policy, app class)
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
 :class:`NodeHandshake`     the node handshake annotation             none
@@ -128,6 +133,31 @@ class CardChoice(Protocol):
 
 
 @runtime_checkable
+class RequestChoice(Protocol):
+    """:class:`CardChoice` for vendors whose pick depends on the request (its cores, its
+    payload): which of the eligible cards (best first) ``request`` takes. Wins over CardChoice."""
+
+    def choose_for_request(
+        self,
+        ordered: list[Card],
+        request: DeviceRequest,
+        policy: CardPolicy,
+        pair_scores: Mapping[str, Mapping[str, int]],
+    ) -> list[Card]: ...
+
+
+@runtime_checkable
+class PodScoped(Protocol):
+    """A vendor whose card-level rules read pod annotations: the container's parsed request is
+    completed from them (into its ``payload``), once per container that asks. Raises RequestError
+    naming ``container`` and the annotation when its value is invalid."""
+
+    def pod_request(
+        self, request: DeviceRequest, annotations: Mapping[str, str], container: str
+    ) -> DeviceRequest: ...
+
+
+@runtime_checkable
 class CardUsage(Protocol):
     """Add (``sign`` 1) or remove (``sign`` -1) one pod's use of a card. The ledger keeps the
     init/app collapse rule and the node totals (from the card's change); this is the per-card part."""
@@ -199,6 +229,17 @@ class Admission(Protocol):
     def core_limit_off(self) -> bool:
         """The administrator switched the in-container core limit off for every pod of this vendor."""
         ...
+
+
+@runtime_checkable
+class PodAdmission(Protocol):
+    """The webhook's pod-level part for a vendor the pod uses: validates the pod's annotations
+    against the vendor's ``requests`` (one per container that asks; problems go into
+    ``out.invalid`` naming the annotation) and returns the annotations to default (key -> value)."""
+
+    def admit_annotations(
+        self, annotations: Mapping[str, str], requests: Sequence[DeviceRequest], out: AdmissionOutcome
+    ) -> dict[str, str]: ...
 
 
 class ContainerEditor(Protocol):
@@ -300,6 +341,11 @@ class VendorHooks:
     size: Callable[[Card, DeviceRequest, int, int], Placement] | None = None
     slices: Callable[[Card], int | None] | None = None
     choose: Callable[[list[Card], int, CardPolicy, Mapping[str, Mapping[str, int]]], list[Card]] | None = None
+    choose_request: (
+        Callable[[list[Card], DeviceRequest, CardPolicy, Mapping[str, Mapping[str, int]]], list[Card]] | None
+    ) = None
+    pod_request: Callable[[DeviceRequest, Mapping[str, str], str], DeviceRequest] | None = None
+    pod_admission: PodAdmission | None = None
     usage: Callable[[Card, CardUse, int], None] = default_apply_usage
     score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
     policy_score: Callable[[Sequence[Card], Sequence[DeviceRequest], str], float] | None = None
@@ -339,6 +385,9 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         size=b.size if isinstance(b, Sizing) else None,
         slices=b.card_slices if isinstance(b, MultiSlice) else None,
         choose=b.choose_cards if isinstance(b, CardChoice) else None,
+        choose_request=b.choose_for_request if isinstance(b, RequestChoice) else None,
+        pod_request=b.pod_request if isinstance(b, PodScoped) else None,
+        pod_admission=b if isinstance(b, PodAdmission) else None,
         usage=b.apply_usage if isinstance(b, CardUsage) else default_apply_usage,
         score=b.node_score if isinstance(b, NodeScore) else None,
         policy_score=b.policy_node_score if isinstance(b, PolicyNodeScore) else None,

@@ -7,8 +7,8 @@ slot; exclusive. No card filters, no lock (as HAMi). Decision
 ``metax-tech.com/gpu.topology.scores`` (spread: 2000 - score), JSON maps of card count to value
 written by Metax's device plugin; a missing or unreadable annotation adds nothing.
 
-Metax sGPU (``sgpu``, ``vcore``, ``vmemory``; QoS policies, online/offline classes, MetaLink
-zones) is not implemented yet (docs/vendors.md).
+Metax sGPU (``sgpu``, ``vcore``, ``vmemory``) is its own backend, :mod:`hami.devices.metax_sgpu`,
+built from the same ``metax:`` section (:func:`metax_backends`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from hami.devices.base import Card, DeviceRequest, NodeCards
+from hami.devices.base import Card, DeviceBackend, DeviceRequest, NodeCards
 from hami.devices.common import (
     NodeFacts,
     SpecBackend,
@@ -92,3 +92,10 @@ class MetaxGPUBackend(WholeCards, SpecBackend):
         if count not in table:
             return 0.0
         return 2000.0 - table[count]
+
+
+def metax_backends(config: MetaxConfig | None = None) -> list[DeviceBackend]:
+    """The ``metax:`` section's backends: whole GPUs, then sGPU slices (HAMi registers both)."""
+    from hami.devices.metax_sgpu import MetaxSGPUBackend
+
+    return [MetaxGPUBackend(config), MetaxSGPUBackend(config)]

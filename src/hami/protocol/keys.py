@@ -87,3 +87,21 @@ ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
 ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
 ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
 ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"
+
+# --- Metax sGPU (HAMi pkg/device/metax/protocol.go) -------------------------------------------
+#: node: the JSON list of sGPU-capable cards Metax's device plugin writes
+METAX_SGPU_DEVICES: Final = "metax-tech.com/node-gpu-devices"
+#: pod: the decision as Metax's device plugin reads it (``[[{"uuid","compute","vRam"}]]``)
+METAX_SGPU_ALLOCATED: Final = "metax-tech.com/gpu-devices-allocated"
+#: pod: when the decision was made (Unix nanoseconds)
+METAX_PREDICATE_TIME: Final = "metax-tech.com/predicate-time"
+METAX_USE_UUID: Final = "metax-tech.com/use-gpuuuid"
+METAX_NOUSE_UUID: Final = "metax-tech.com/nouse-gpuuuid"
+METAX_SGPU_QOS_POLICY: Final = "metax-tech.com/sgpu-qos-policy"
+METAX_SGPU_TOPOLOGY_AWARE: Final = "metax-tech.com/sgpu-topology-aware"
+METAX_SGPU_APP_CLASS: Final = "metax-tech.com/sgpu-app-class"
+METAX_QOS_BEST_EFFORT: Final = "best-effort"
+METAX_QOS_FIXED_SHARE: Final = "fixed-share"
+METAX_QOS_BURST_SHARE: Final = "burst-share"
+METAX_APP_ONLINE: Final = "online"
+METAX_APP_OFFLINE: Final = "offline"

@@ -68,7 +68,8 @@ class DeviceInfo:
     mig_profiles: tuple[MigProfile, ...] = field(default=())
 
 
-def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
+def json_int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    """``obj[key]`` as a 64-bit integer (missing or null: 0); raises ProtocolError naming the field."""
     value = obj.get(key, 0)
     if value is None:
         return 0
@@ -79,13 +80,18 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
-def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+def json_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """``obj[key]`` as a string (missing or null: empty); raises ProtocolError naming the field."""
     value = obj.get(key, "")
     if value is None:
         return ""
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: field {key!r} must be a string, got {value!r}")
     return value
+
+
+_int = json_int
+_str = json_str
 
 
 def _decode_mig_profile(raw: Any, where: str) -> MigProfile:

@@ -210,7 +210,9 @@ def fit_container(
             reasons[NUMA_NOT_FIT] += len(eligible)
             return None, format_reasons(reasons, len(cards))
         ordered = fitting[0]
-    if hooks.choose is not None:
+    if hooks.choose_request is not None:
+        ordered = hooks.choose_request(ordered, fr.request, fr.policy, pair_scores)
+    elif hooks.choose is not None:
         ordered = hooks.choose(ordered, need, fr.policy, pair_scores)
     else:
         ordered = default_choice(ordered, need, fr.policy, pair_scores, hooks)

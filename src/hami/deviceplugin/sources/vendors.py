@@ -13,10 +13,11 @@ plugin writes, so the scheduler sees a heterogeneous node::
         cards:                                 # ... or one entry per card
           - {uuid: ILU-0, type: BI-V100, memory: 32768, cores: 100, slots: 100, numa: 0}
 
-The key, the format (HAMi's legacy colon form for Hygon and Iluvatar, JSON otherwise) and the card
+The key, the format (HAMi's legacy colon form for Hygon and Iluvatar, the vendor's own JSON for
+Metax sGPU — with each card's ``qosPolicy``, ``linkZone``, ``model`` —, HAMi's JSON otherwise) and the card
 type's default come from the vendor's backend, built from the section the way the scheduler builds
 it, so the annotation is exactly what that backend's ``node_cards`` reads. Vendors whose inventory
-is the node's capacity (Cambricon, Metax, Mthreads, Enflame, AWS Neuron, whole Kunlun XPUs) are
+is the node's capacity (Cambricon, whole Metax GPUs, Mthreads, Enflame, AWS Neuron, whole Kunlun XPUs) are
 refused: kubelet publishes capacity only for a resource a device plugin serves, and the fake agent
 serves NVIDIA's alone.
 """
@@ -29,7 +30,7 @@ import yaml
 
 from hami.config.device import parse_device_config
 from hami.deviceplugin.sources.spec import FakeSpecError, req
-from hami.devices.common import SpecBackend, WholeCards
+from hami.devices.common import RegisterEncoder, SpecBackend, WholeCards
 from hami.devices.registry import default_registry
 from hami.protocol.errors import ProtocolError
 from hami.protocol.node import DeviceInfo, encode_node_devices, encode_node_devices_legacy
@@ -85,6 +86,23 @@ def _card(backend: SpecBackend, raw: Any, pos: int, node_name: str, where: str) 
     )
 
 
+def _encode(backend: SpecBackend, devices: list[DeviceInfo], cards: list[Any], where: str) -> str:
+    """The register annotation value, in the backend's own format when it has one."""
+    if isinstance(backend, RegisterEncoder):
+        fields = backend.register_extras
+        extras = [
+            {
+                name: req(f"{where}.cards[{i}]", raw, name, kind, default)
+                for name, (kind, default) in fields.items()
+            }
+            for i, raw in enumerate(cards)
+        ]
+        return backend.encode_register(devices, extras)
+    if backend.spec.legacy_register:
+        return encode_node_devices_legacy(devices)
+    return encode_node_devices(devices)
+
+
 def vendor_annotations(raw: Any, *, node_name: str, origin: str) -> dict[str, str]:
     """The register annotations of the ``vendors:`` section ``raw`` on node ``node_name``."""
     if raw is None:
@@ -110,9 +128,8 @@ def vendor_annotations(raw: Any, *, node_name: str, origin: str) -> dict[str, st
         if not isinstance(cards, list) or not cards:
             raise FakeSpecError(f"{where}.cards: expected a non-empty list, got {cards!r}")
         devices = [_card(backend, c, i, node_name, f"{where}.cards[{i}]") for i, c in enumerate(cards)]
-        encode = encode_node_devices_legacy if backend.spec.legacy_register else encode_node_devices
         try:
-            value = encode(devices)
+            value = _encode(backend, devices, cards, where)
         except ProtocolError as exc:
             raise FakeSpecError(f"{where}: {exc}") from None
         key = backend.spec.register_key
