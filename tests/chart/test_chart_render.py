@@ -592,7 +592,7 @@ vnpus: {}
 def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> None:
     """Issue 13: the kube-scheduler's managedResources and the webhook's matchConditions come from
     the configured backends (the registry built from device-config.content), not from NVIDIA alone;
-    a section without a backend (vnpus, Ascend) adds nothing; Metax adds its whole-GPU name only."""
+    a section without a backend (vnpus, Ascend) adds nothing; Metax adds its whole-GPU and its sGPU names."""
     objs = helm.render(
         CHART, release="hami", namespace="x", values={"device-config": {"content": MIXED_CONTENT}}
     )
@@ -603,7 +603,8 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
     assert names == default_registry(cfg).resource_names()
     assert "iluvatar.ai/mr-gpu" in names and "amd.com/gpucores" in names
     assert "cambricon.com/vmlu" in names and "kunlunxin.com/vmem" in names
-    assert "metax-tech.com/gpu" in names and "metax-tech.com/sgpu" not in names
+    metax = ["metax-tech.com/gpu", "metax-tech.com/sgpu", "metax-tech.com/vmemory", "metax-tech.com/vcore"]
+    assert [n for n in names if n.startswith("metax-tech.com/")] == metax
     assert not any(n.startswith("huawei.com/") for n in names)
     (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]
     (cond,) = mwc["webhooks"][0]["matchConditions"]

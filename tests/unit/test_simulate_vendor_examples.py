@@ -37,6 +37,16 @@ vastai: {}
 biren: {}
 """
 
+#: the card HAMi's Metax ``sgpu/allocate_specific_gpu`` names
+METAX_UUID = "36beae85-c835-6b14-6ab2-02671837a59c"
+#: Metax sGPU cards: MetaLink zone 1 (4 cards), zone 2 (2 cards), then 6 in no zone, one of them METAX_UUID
+SGPU_CARDS = [
+    *({"uuid": f"sgpu-{i}", "linkZone": 1} for i in range(4)),
+    *({"uuid": f"sgpu-{i}", "linkZone": 2} for i in (4, 5)),
+    {"uuid": METAX_UUID},
+    *({"uuid": f"sgpu-{i}"} for i in range(7, 12)),
+]
+
 #: the UUIDs HAMi's Hygon examples name, and three more K100_AI cards
 DCU_Z100, DCU_K100 = "DCU-TPXS320016070601", "DCU-TPXS320010040501"
 DCU_MORE = ("DCU-TPXS320010040502", "DCU-TPXS320010040503", "DCU-TPXS320010040504")
@@ -102,6 +112,10 @@ def mixed_cluster() -> list[dict[str, Any]]:
             },
         ),
         _registered("vxpu-node", {"kunlun": {"count": 8, "card": {"type": "P800", "memory": 98304}}}),
+        _registered(
+            "sgpu-node",
+            {"metax": {"cards": [{**c, "memory": 65536, "slots": 16, "model": "C500"} for c in SGPU_CARDS]}},
+        ),
         # one node, two vendors
         _registered("biren-vastai-node", {"biren": {"count": 2}, "vastai": {"count": 2}}),
         _capacity("xpu-node", {"kunlunxin.com/xpu": 8}),
@@ -166,6 +180,44 @@ ILU_SCRIPT = (
 )
 ILU_RES = {"iluvatar.ai/BI-V100-vgpu": 1, "iluvatar.ai/BI-V100.vCore": 50, "iluvatar.ai/BI-V100.vMem": 64}
 TF_LABELS = {"purpose": "demo-tf-amdgpu"}
+
+MX_IMAGE = "cr.metax-tech.com/public-ai-release/c500/colossalai:2.24.0.5-py38-ubuntu20.04-amd64 "
+MX = {"imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"]}
+
+
+def _mx(limits: dict[str, Any], image: str = MX_IMAGE, **annotations: str) -> dict[str, Any]:
+    """A Metax sGPU example: pod ``gpu-pod``, one ``ubuntu-container`` asking ``limits``."""
+    return _pod("gpu-pod", [_c("ubuntu-container", image, limits, **MX)], annotations=annotations)
+
+
+def _sgpu(count: int, vcore: int | None = None, vmemory: Any = None) -> dict[str, Any]:
+    limits: dict[str, Any] = {"metax-tech.com/sgpu": count}
+    if vcore is not None:
+        limits["metax-tech.com/vcore"] = vcore
+    if vmemory is not None:
+        limits["metax-tech.com/vmemory"] = vmemory
+    return limits
+
+
+METAX_SGPU: dict[str, dict[str, Any]] = {
+    "allocate_exclusive": _mx(_sgpu(1)),
+    "allocate_specific_gpu": _mx(_sgpu(1, 60, 4), **{"metax-tech.com/use-gpuuuid": METAX_UUID}),
+    "allocate_specific_qos": _mx(
+        _sgpu(1, 60, 4), "ubuntu:22.04", **{"metax-tech.com/sgpu-qos-policy": "best-effort"}
+    ),
+    "allocate_vmemory_MiB": _mx(_sgpu(1, 60, "2048Mi")),
+    "default_use": _mx(_sgpu(1, 60, 4)),
+    "enable_topology_aware": _mx(_sgpu(4), "ubuntu:22.04", **{"metax-tech.com/sgpu-topology-aware": "true"}),
+    "multi-containers": _pod(
+        "gpu-pod",
+        [
+            _c("ubuntu-container-1", MX_IMAGE, _sgpu(1, 60, 4), **MX),
+            _c("ubuntu-container-2", MX_IMAGE, _sgpu(1, 30, 8), **MX),
+        ],
+    ),
+    "offline": _mx(_sgpu(1, 60, 4), "ubuntu:22.04", **{"metax-tech.com/sgpu-app-class": "offline"}),
+    "online": _mx(_sgpu(1, None, 4), "ubuntu:22.04", **{"metax-tech.com/sgpu-app-class": "online"}),
+}
 
 HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
     "hygon/default_use": _pod(
@@ -293,6 +345,7 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
             )
         ],
     ),
+    **{f"metax/sgpu/{name}": example for name, example in METAX_SGPU.items()},
     "mthreads/default_use": _pod(
         "gpushare-pod-default",
         [
@@ -450,6 +503,26 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "hami.io/metax-gpu-devices-allocated",
         "metax-node-metax-1,Metax-GPU,65536,100:;",
     ),
+    **{
+        f"metax/sgpu/{name}": ("sgpu-node", "hami.io/metax-sgpu-devices-allocated", value)
+        for name, value in {
+            # exclusive: the smallest MetaLink zone (2), its highest index first
+            "allocate_exclusive": "sgpu-5,Metax-SGPU,65536,100:;",
+            "allocate_specific_gpu": f"{METAX_UUID},Metax-SGPU,4096,60:;",
+            "allocate_specific_qos": "sgpu-11,Metax-SGPU,4096,60:;",
+            "allocate_vmemory_MiB": "sgpu-11,Metax-SGPU,2048,60:;",
+            "default_use": "sgpu-11,Metax-SGPU,4096,60:;",
+            # four exclusive cards: the one zone with four
+            "enable_topology_aware": (
+                "sgpu-3,Metax-SGPU,65536,100:sgpu-2,Metax-SGPU,65536,100:"
+                "sgpu-1,Metax-SGPU,65536,100:sgpu-0,Metax-SGPU,65536,100:;"
+            ),
+            "multi-containers": "sgpu-11,Metax-SGPU,4096,60:;sgpu-10,Metax-SGPU,8192,30:;",
+            "offline": "sgpu-11,Metax-SGPU,4096,60:;",
+            # an online pod takes no cores
+            "online": "sgpu-11,Metax-SGPU,4096,0:;",
+        }.items()
+    },
     "mlu/allocate_whole": (
         "mlu-node",
         "hami.io/cambricon-mlu-devices-allocated",
@@ -542,6 +615,26 @@ def test_all_examples_together_on_one_mixed_cluster() -> None:
             ), placed["reason"]
         else:
             assert (placed["node"], placed["reason"]) == (EXPECTED[example][0], None), example
+
+
+def test_metax_sgpu_examples_write_metax_json_and_predicate_time() -> None:
+    """Beside HAMi's encoding, Metax's device plugin reads ``metax-tech.com/gpu-devices-allocated``
+    (one list per container, ``compute``/``vRam`` left out when 0) and ``predicate-time``."""
+    examples = ("metax/sgpu/multi-containers", "metax/sgpu/online")
+    result = run(
+        [
+            {**HAMI_EXAMPLES[e], "metadata": {**HAMI_EXAMPLES[e]["metadata"], "namespace": _namespace(e)}}
+            for e in examples
+        ]
+    )
+    multi, online = (p["annotations"] for p in result.placements)
+    assert multi["metax-tech.com/gpu-devices-allocated"] == (
+        '[[{"uuid":"sgpu-11","compute":60,"vRam":4096}],[{"uuid":"sgpu-10","compute":30,"vRam":8192}]]'
+    )
+    assert multi["hami.io/metax-sgpu-devices-to-allocate"] == multi["hami.io/metax-sgpu-devices-allocated"]
+    assert multi["metax-tech.com/predicate-time"].isdigit()
+    # the online pod keeps off the two cards the multi-container pod (no app class) shares
+    assert online["metax-tech.com/gpu-devices-allocated"] == '[[{"uuid":"sgpu-9","vRam":4096}]]'
 
 
 def test_the_table_shows_every_vendors_cards() -> None:

@@ -109,7 +109,7 @@ nothing (the extender warns about it). */}}
 {{- $vendors := list
   (list "cambricon" (list (list "resourceCountName" "cambricon.com/vmlu") (list "resourceMemoryName" "cambricon.com/mlu.smlu.vmemory") (list "resourceCoreName" "cambricon.com/mlu.smlu.vcore")))
   (list "hygon" (list (list "resourceCountName" "hygon.com/dcunum") (list "resourceMemoryName" "hygon.com/dcumem") (list "resourceCoreName" "hygon.com/dcucores")))
-  (list "metax" (list (list "resourceCountName" "metax-tech.com/gpu")))
+  (list "metax" (list (list "resourceCountName" "metax-tech.com/gpu") (list "resourceVCountName" "metax-tech.com/sgpu") (list "resourceVMemoryName" "metax-tech.com/vmemory") (list "resourceVCoreName" "metax-tech.com/vcore")))
   (list "iluvatars" (list))
   (list "mthreads" (list (list "resourceCountName" "mthreads.com/vgpu") (list "resourceMemoryName" "mthreads.com/sgpu-memory") (list "resourceCoreName" "mthreads.com/sgpu-core")))
   (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu")))
