@@ -40,7 +40,7 @@ biren: {}
 #: the card HAMi's Metax ``sgpu/allocate_specific_gpu`` names
 METAX_UUID = "36beae85-c835-6b14-6ab2-02671837a59c"
 #: Metax sGPU cards: MetaLink zone 1 (4 cards), zone 2 (2 cards), then 6 in no zone, one of them METAX_UUID
-SGPU_CARDS = [
+SGPU_CARDS: list[dict[str, Any]] = [
     *({"uuid": f"sgpu-{i}", "linkZone": 1} for i in range(4)),
     *({"uuid": f"sgpu-{i}", "linkZone": 2} for i in (4, 5)),
     {"uuid": METAX_UUID},
@@ -182,7 +182,7 @@ ILU_RES = {"iluvatar.ai/BI-V100-vgpu": 1, "iluvatar.ai/BI-V100.vCore": 50, "iluv
 TF_LABELS = {"purpose": "demo-tf-amdgpu"}
 
 MX_IMAGE = "cr.metax-tech.com/public-ai-release/c500/colossalai:2.24.0.5-py38-ubuntu20.04-amd64 "
-MX = {"imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"]}
+MX: dict[str, Any] = {"imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"]}
 
 
 def _mx(limits: dict[str, Any], image: str = MX_IMAGE, **annotations: str) -> dict[str, Any]:
