@@ -190,33 +190,36 @@ def _mx(limits: dict[str, Any], image: str = MX_IMAGE, **annotations: str) -> di
     return _pod("gpu-pod", [_c("ubuntu-container", image, limits, **MX)], annotations=annotations)
 
 
-def _sgpu(count: int, vcore: int | None = None, vmemory: Any = None) -> dict[str, Any]:
-    limits: dict[str, Any] = {"metax-tech.com/sgpu": count}
-    if vcore is not None:
-        limits["metax-tech.com/vcore"] = vcore
-    if vmemory is not None:
-        limits["metax-tech.com/vmemory"] = vmemory
-    return limits
-
-
+SGPU_60_4 = {"metax-tech.com/sgpu": 1, "metax-tech.com/vcore": 60, "metax-tech.com/vmemory": 4}
 METAX_SGPU: dict[str, dict[str, Any]] = {
-    "allocate_exclusive": _mx(_sgpu(1)),
-    "allocate_specific_gpu": _mx(_sgpu(1, 60, 4), **{"metax-tech.com/use-gpuuuid": METAX_UUID}),
+    "allocate_exclusive": _mx({"metax-tech.com/sgpu": 1}),
+    "allocate_specific_gpu": _mx(SGPU_60_4, **{"metax-tech.com/use-gpuuuid": METAX_UUID}),
     "allocate_specific_qos": _mx(
-        _sgpu(1, 60, 4), "ubuntu:22.04", **{"metax-tech.com/sgpu-qos-policy": "best-effort"}
+        SGPU_60_4, "ubuntu:22.04", **{"metax-tech.com/sgpu-qos-policy": "best-effort"}
     ),
-    "allocate_vmemory_MiB": _mx(_sgpu(1, 60, "2048Mi")),
-    "default_use": _mx(_sgpu(1, 60, 4)),
-    "enable_topology_aware": _mx(_sgpu(4), "ubuntu:22.04", **{"metax-tech.com/sgpu-topology-aware": "true"}),
+    "allocate_vmemory_MiB": _mx({**SGPU_60_4, "metax-tech.com/vmemory": "2048Mi"}),
+    "default_use": _mx(SGPU_60_4),
+    "enable_topology_aware": _mx(
+        {"metax-tech.com/sgpu": 4}, "ubuntu:22.04", **{"metax-tech.com/sgpu-topology-aware": "true"}
+    ),
     "multi-containers": _pod(
         "gpu-pod",
         [
-            _c("ubuntu-container-1", MX_IMAGE, _sgpu(1, 60, 4), **MX),
-            _c("ubuntu-container-2", MX_IMAGE, _sgpu(1, 30, 8), **MX),
+            _c("ubuntu-container-1", MX_IMAGE, SGPU_60_4, **MX),
+            _c(
+                "ubuntu-container-2",
+                MX_IMAGE,
+                {"metax-tech.com/sgpu": 1, "metax-tech.com/vcore": 30, "metax-tech.com/vmemory": 8},
+                **MX,
+            ),
         ],
     ),
-    "offline": _mx(_sgpu(1, 60, 4), "ubuntu:22.04", **{"metax-tech.com/sgpu-app-class": "offline"}),
-    "online": _mx(_sgpu(1, None, 4), "ubuntu:22.04", **{"metax-tech.com/sgpu-app-class": "online"}),
+    "offline": _mx(SGPU_60_4, "ubuntu:22.04", **{"metax-tech.com/sgpu-app-class": "offline"}),
+    "online": _mx(
+        {"metax-tech.com/sgpu": 1, "metax-tech.com/vmemory": 4},
+        "ubuntu:22.04",
+        **{"metax-tech.com/sgpu-app-class": "online"},
+    ),
 }
 
 HAMI_EXAMPLES: dict[str, dict[str, Any]] = {

@@ -14,7 +14,7 @@ values are rejected with a :class:`~hami.devices.base.RequestError`, never clamp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, Self, TypedDict, runtime_checkable
 
@@ -68,15 +68,23 @@ def resource_value(container: Mapping[str, Any], cname: str, name: str) -> Any:
     return requests.get(name)
 
 
-def int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | None:
-    """The container's integer quantity of ``name`` (limits first, then requests), or None."""
+def int_resource(
+    container: Mapping[str, Any],
+    cname: str,
+    name: str,
+    parse: Callable[[object], int] | None = None,
+) -> int | None:
+    """The container's integer quantity of ``name`` (limits first, then requests), or None.
+
+    ``parse`` reads the raw quantity (default: its integer value; it raises ProtocolError); the
+    result must be 0..int32, else a RequestError names the resource."""
     if not name:
         return None
     raw = resource_value(container, cname, name)
     if raw is None:
         return None
     try:
-        value = parse_int_quantity(raw, field=name)
+        value = parse(raw) if parse is not None else parse_int_quantity(raw, field=name)
     except ProtocolError as exc:
         raise RequestError(
             container=cname, resource=name, reason=str(exc).removeprefix(f"{name}: ")
@@ -326,7 +334,7 @@ class SpecBackend:
         s = self.spec
         cname = str(container.get("name", "?"))
         count = int_resource(container, cname, s.count_name)
-        mem = int_resource(container, cname, s.memory_name)
+        mem = self.container_memory(container, cname)
         cores = int_resource(container, cname, s.core_name)
         if count is None:
             given = [n for n, v in ((s.memory_name, mem), (s.core_name, cores)) if v is not None]
@@ -340,6 +348,10 @@ class SpecBackend:
         if count == 0:
             return None
         return self.request(cname, count, mem, cores)
+
+    def container_memory(self, container: Mapping[str, Any], cname: str) -> int | None:
+        """The container's memory quantity, in the unit :meth:`request` takes (None: not given)."""
+        return int_resource(container, cname, self.spec.memory_name)
 
     def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
         """The request for ``count`` cards with the given memory (in the vendor's unit) and cores."""

@@ -31,15 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from hami.devices.base import Card, DeviceRequest, NodeCards, Placement, RequestError
 from hami.devices.common import (
-    INT32_MAX,
     SpecBackend,
     VendorSpec,
+    card_fields,
     filter_keys,
     int_resource,
     node_annotations,
     plugin_gone,
     pod_keys,
-    resource_value,
 )
 from hami.devices.hooks import CARD_INSUFFICIENT_MEMORY, AdmissionOutcome, default_fits
 from hami.devices.metax_config import MetaxConfig
@@ -65,7 +64,6 @@ from hami.devices.metax_sgpu_wire import (
     vmemory_mib,
 )
 from hami.protocol import keys
-from hami.protocol.errors import ProtocolError
 from hami.protocol.node import DeviceInfo, card_problem
 from hami.protocol.pod import ContainerDevice, decode_pod_devices
 
@@ -152,40 +150,15 @@ class MetaxSGPUBackend(SpecBackend):
         return (*self.encoding_keys, keys.METAX_SGPU_ALLOCATED, keys.METAX_PREDICATE_TIME)
 
     # --- requests ----------------------------------------------------------------------------
-    def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:
-        s = self.spec
-        cname = str(container.get("name", "?"))
-        count = int_resource(container, cname, s.count_name)
-        cores = int_resource(container, cname, s.core_name)
-        raw_mem = resource_value(container, cname, s.memory_name)
-        mem = None if raw_mem is None else self._vmemory(cname, raw_mem)
-        if count is None:
-            given = [n for n, v in ((s.memory_name, mem), (s.core_name, cores)) if v is not None]
-            if given:
-                raise RequestError(
-                    container=cname,
-                    resource=s.count_name,
-                    reason=f"missing: {', '.join(given)} given without it",
-                )
-            return None
-        if count == 0:
-            return None
-        request = self.request(cname, count, None, cores)
+    def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
+        """``mem`` in MiB (:meth:`container_memory`): 0 or None is the whole card."""
+        request = super().request(cname, count, None, cores)
         return replace(request, mem=mem, mem_percentage=None) if mem else request
 
-    def _vmemory(self, cname: str, raw: Any) -> int:
+    def container_memory(self, container: Mapping[str, Any], cname: str) -> int | None:
+        """``vmemory`` in MiB, by HAMi's rule (:func:`~hami.devices.metax_sgpu_wire.vmemory_mib`)."""
         name = self.spec.memory_name
-        try:
-            mib = vmemory_mib(raw, field=name)
-        except ProtocolError as exc:
-            raise RequestError(
-                container=cname, resource=name, reason=str(exc).removeprefix(f"{name}: ")
-            ) from None
-        if mib < 0:
-            raise RequestError(container=cname, resource=name, reason=f"{raw!r} must not be negative")
-        if mib > INT32_MAX:
-            raise RequestError(container=cname, resource=name, reason=f"{raw!r} is too large")
-        return mib
+        return int_resource(container, cname, name, lambda raw: vmemory_mib(raw, field=name))
 
     # --- hook: PodScoped ---------------------------------------------------------------------
     def pod_request(
@@ -222,27 +195,15 @@ class MetaxSGPUBackend(SpecBackend):
         cards: list[Card] = []
         rejected: list[str] = []
         for index, d in enumerate(decode_sgpu_devices(value)):
-            problem = card_problem(self._device_info(d, index))
+            info = self._device_info(d, index)
+            problem = card_problem(info)
             if problem is None and d.total_vram == 0:
                 problem = "field 'totalVRam' is 0 MiB"
             if problem is not None:
                 rejected.append(f"card {d.uuid!r}: {problem}")
                 continue
             state = SGPUCardState(reported_qos=d.qos_policy, link_zone=d.link_zone, model=d.model)
-            cards.append(
-                Card(
-                    uuid=d.uuid,
-                    vendor=VENDOR,
-                    type=VENDOR,
-                    count=d.total_dev_count,
-                    totalmem=d.total_vram,
-                    totalcores=d.total_compute,
-                    index=index,
-                    numa=d.numa,
-                    health=d.healthy,
-                    payload=state,
-                )
-            )
+            cards.append(Card(**card_fields(info, VENDOR), payload=state))
         return NodeCards(cards=tuple(cards), rejected=tuple(rejected)) if cards or rejected else None
 
     @staticmethod

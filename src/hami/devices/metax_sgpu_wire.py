@@ -26,7 +26,7 @@ import orjson
 
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import METAX_SGPU_DEVICES
-from hami.protocol.node import json_int, json_str
+from hami.protocol.node import json_device_objects, json_int, json_str
 from hami.protocol.quantity import parse_quantity
 
 __all__ = [
@@ -58,20 +58,10 @@ class SGPUDevice:
 
 def decode_sgpu_devices(value: str) -> list[SGPUDevice]:
     """The cards of a ``metax-tech.com/node-gpu-devices`` value; raises ProtocolError."""
-    try:
-        raw = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"{METAX_SGPU_DEVICES}: not valid JSON: {exc}") from None
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise ProtocolError(f"{METAX_SGPU_DEVICES}: must be a JSON array of devices")
     out: list[SGPUDevice] = []
     seen: dict[str, int] = {}
-    for i, item in enumerate(raw):
-        where = f"{METAX_SGPU_DEVICES}: device[{i}]"
-        if not isinstance(item, dict):
-            raise ProtocolError(f"{where}: must be an object, got {item!r}")
+    located = json_device_objects(value, what=METAX_SGPU_DEVICES, prefix=f"{METAX_SGPU_DEVICES}: ")
+    for i, (where, item) in enumerate(located):
         uuid = json_str(item, "uuid", where)
         if not uuid:
             raise ProtocolError(f"{where}: field 'uuid' is missing or empty")

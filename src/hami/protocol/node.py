@@ -114,20 +114,29 @@ def _decode_mig_profile(raw: Any, where: str) -> MigProfile:
     )
 
 
-def _decode_json_devices(value: str) -> list[DeviceInfo]:
+def json_device_objects(value: str, *, what: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a JSON array of devices (null: none), each with its location
+    ``<prefix>device[i]`` for error messages; raises ProtocolError naming ``what`` or the location."""
     try:
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"node register annotation is not valid JSON: {exc}") from None
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise ProtocolError("node register annotation must be a JSON array of devices")
-    devices = []
+        raise ProtocolError(f"{what} must be a JSON array of devices")
+    out: list[tuple[str, dict[str, Any]]] = []
     for i, item in enumerate(raw):
-        where = f"device[{i}]"
+        where = f"{prefix}device[{i}]"
         if not isinstance(item, dict):
             raise ProtocolError(f"{where}: must be an object, got {item!r}")
+        out.append((where, item))
+    return out
+
+
+def _decode_json_devices(value: str) -> list[DeviceInfo]:
+    devices = []
+    for where, item in json_device_objects(value, what="node register annotation"):
         dev_id = _str(item, "id", where)
         if not dev_id:
             raise ProtocolError(f"{where}: field 'id' is missing or empty")

@@ -111,7 +111,25 @@ def test_whole_card_vendors_have_one_slot() -> None:
     ]
 
 
-@pytest.mark.parametrize("section", ["cambricon", "metax", "mthreads", "enflame", "awsneuron"])
+def test_a_metax_section_registers_sgpu_cards_in_metaxs_json() -> None:
+    """Metax's whole GPUs come from capacity, its sGPU cards from ``node-gpu-devices``: the section
+    gives the sGPU backend's annotation, with the Metax-only card fields."""
+    ann = FakeSource(
+        {"cards": [{}], "vendors": {"metax": {"count": 2, "card": {"memory": 65536, "linkZone": 1}}}},
+        node_name="n",
+    ).vendor_annotations()
+    assert [
+        (d["uuid"], d["totalVRam"], d["linkZone"])
+        for d in orjson.loads(ann["metax-tech.com/node-gpu-devices"])
+    ] == [
+        ("Metax-SGPU-fake-n-0", 65536, 1),
+        ("Metax-SGPU-fake-n-1", 65536, 1),
+    ]
+    with pytest.raises(FakeSpecError, match=r"vendors.metax.cards\[0\].linkZone: expected int"):
+        FakeSource({"cards": [{}], "vendors": {"metax": {"card": {"linkZone": "one"}}}})
+
+
+@pytest.mark.parametrize("section", ["cambricon", "mthreads", "enflame", "awsneuron"])
 def test_capacity_vendors_are_refused_with_the_reason(section: str) -> None:
     with pytest.raises(
         FakeSpecError, match=f"vendors.{section}: this vendor's inventory is the node's capacity"
