@@ -47,7 +47,6 @@ from hami.devices.metax_sgpu_rules import (
     CARD_QOS_POLICY_MISMATCH,
     SGPUAsk,
     SGPUCardState,
-    SGPUHold,
     app_class_fits,
     exclusive_score,
     hold_for,
@@ -90,39 +89,21 @@ def _go_bool(value: str | None) -> bool | None:
     return None
 
 
-def _annotation_field(key: str) -> str:
-    return f"metadata.annotations[{key}]"
-
-
 def annotation_problems(annotations: Mapping[str, Any], counts: Sequence[int]) -> list[tuple[str, str]]:
     """HAMi MutateAdmission's checks of a pod asking sGPUs ``counts`` (per container):
     ``(field, reason)`` for each invalid annotation."""
-    problems: list[tuple[str, str]] = []
     app_class = annotations.get(keys.METAX_SGPU_APP_CLASS)
-    if app_class is not None:
-        if app_class not in APP_CLASSES:
-            problems.append(
-                (
-                    _annotation_field(keys.METAX_SGPU_APP_CLASS),
-                    f"{app_class!r} must be one of {', '.join(APP_CLASSES)}",
-                )
-            )
-        elif any(n != 1 for n in counts):
-            problems.append(
-                (
-                    _annotation_field(keys.METAX_SGPU_APP_CLASS),
-                    "an online/offline pod must ask for one sGPU per container",
-                )
-            )
     qos = annotations.get(keys.METAX_SGPU_QOS_POLICY)
+    app_reason: str | None = None
+    if app_class is not None and app_class not in APP_CLASSES:
+        app_reason = f"{app_class!r} must be one of {', '.join(APP_CLASSES)}"
+    elif app_class is not None and any(n != 1 for n in counts):
+        app_reason = "an online/offline pod must ask for one sGPU per container"
+    qos_reason: str | None = None
     if app_class != keys.METAX_APP_ONLINE and qos is not None and qos not in QOS_POLICIES:
-        problems.append(
-            (
-                _annotation_field(keys.METAX_SGPU_QOS_POLICY),
-                f"{qos!r} must be one of {', '.join(QOS_POLICIES)}",
-            )
-        )
-    return problems
+        qos_reason = f"{qos!r} must be one of {', '.join(QOS_POLICIES)}"
+    found = ((keys.METAX_SGPU_APP_CLASS, app_reason), (keys.METAX_SGPU_QOS_POLICY, qos_reason))
+    return [(f"metadata.annotations[{key}]", reason) for key, reason in found if reason is not None]
 
 
 class MetaxSGPUBackend(SpecBackend):
@@ -350,4 +331,4 @@ def _ask(request: DeviceRequest) -> SGPUAsk:
     return request.payload if isinstance(request.payload, SGPUAsk) else SGPUAsk()
 
 
-__all__ = ["MEMORY_FACTOR", "VENDOR", "MetaxSGPUBackend", "SGPUHold", "annotation_problems"]
+__all__ = ["MEMORY_FACTOR", "VENDOR", "MetaxSGPUBackend", "annotation_problems"]
