@@ -21,6 +21,8 @@ hook                       what the backend decides                  shared defa
                                                                      absorbs/releases placement payloads
 :class:`NodeScore`         a term added to the node's score          none
 :class:`PolicyNodeScore`   the same, knowing the node policy         none
+:class:`ScoreScope`        whether the node score term applies to    always (when a score hook exists)
+                           this pod at all
 :class:`Admission`         webhook defaulting/validation             none
 :class:`PodAdmission`      webhook validation of the pod's           none
                            annotations, and annotations to default
@@ -182,6 +184,15 @@ class PolicyNodeScore(Protocol):
     def policy_node_score(
         self, cards: Sequence[Card], requests: Sequence[DeviceRequest], node_policy: str
     ) -> float: ...
+
+
+@runtime_checkable
+class ScoreScope(Protocol):
+    """Whether the vendor's node score term (:class:`NodeScore`/:class:`PolicyNodeScore`) can be
+    non-zero for a pod asking ``requests``; False skips the term on every node (Metax sGPU scores
+    only online and topology-aware exclusive pods)."""
+
+    def scores(self, requests: Sequence[DeviceRequest]) -> bool: ...
 
 
 @runtime_checkable
@@ -349,6 +360,7 @@ class VendorHooks:
     usage: Callable[[Card, CardUse, int], None] = default_apply_usage
     score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
     policy_score: Callable[[Sequence[Card], Sequence[DeviceRequest], str], float] | None = None
+    score_scope: Callable[[Sequence[DeviceRequest]], bool] | None = None
     annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
@@ -391,6 +403,7 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         usage=b.apply_usage if isinstance(b, CardUsage) else default_apply_usage,
         score=b.node_score if isinstance(b, NodeScore) else None,
         policy_score=b.policy_node_score if isinstance(b, PolicyNodeScore) else None,
+        score_scope=b.scores if isinstance(b, ScoreScope) else None,
         annotate=b.pod_decision_annotations
         if isinstance(b, PodAnnotations)
         else hami_decision_annotations(backend),

@@ -227,19 +227,10 @@ class MetaxSGPUBackend(SpecBackend):
 
     # --- hooks: CardRejection, Sizing, RequestChoice -----------------------------------------
     def reject_card(self, card: Card, request: DeviceRequest) -> str | None:
-        ask = _ask(request)
-        if not app_class_fits(card, ask.app_class):
-            return CARD_APP_CLASS_MISMATCH
-        if not ask.online and not qos_fits(card, ask, request.cores):
-            return CARD_QOS_POLICY_MISMATCH
-        return None
+        return _rule_refusal(card, request, _ask(request))
 
     def fits(self, card: Card, request: DeviceRequest) -> str | None:
-        if _ask(request).online:
-            # online pods take no cores: only memory is checked (HAMi)
-            short = card.totalmem - card.usedmem < request.mem_for(card.totalmem)
-            return CARD_INSUFFICIENT_MEMORY if short else None
-        return default_fits(card, request)
+        return _capacity_refusal(card, request, _ask(request))
 
     def size(self, card: Card, request: DeviceRequest, container_index: int, device_index: int) -> Placement:
         ask = _ask(request)
@@ -260,16 +251,19 @@ class MetaxSGPUBackend(SpecBackend):
     ) -> list[Card]:
         return _pick(ordered, request)
 
-    # --- hook: PolicyNodeScore ---------------------------------------------------------------
+    # --- hooks: PolicyNodeScore, ScoreScope ---------------------------------------------------
+    def scores(self, requests: Sequence[DeviceRequest]) -> bool:
+        """Only online pods and topology-aware exclusive requests get a node score term."""
+        return any(_ask(r).online for r in requests) or bool(_topology_aware(requests))
+
     def policy_node_score(
         self, cards: Sequence[Card], requests: Sequence[DeviceRequest], node_policy: str
     ) -> float:
         weight = -NEUTRAL_WEIGHT if node_policy == "spread" else NEUTRAL_WEIGHT
-        asks = [_ask(r) for r in requests]
-        if any(a.online for a in asks):
+        if any(_ask(r).online for r in requests):
             return float(weight * online_score(self._would_take(cards, requests)))
-        exclusive = [r for r in requests if r.cores == 100]
-        if exclusive and _ask(exclusive[0]).topology_aware:
+        exclusive = _topology_aware(requests)
+        if exclusive:
             return float(weight * exclusive_score(self._would_take(cards, exclusive), cards))
         return 0.0
 
@@ -277,13 +271,14 @@ class MetaxSGPUBackend(SpecBackend):
         """The cards each request would take on the node as it is (for the node score)."""
         taken: list[Card] = []
         for r in requests:
+            ask = _ask(r)
             eligible = [
                 c
                 for c in cards
                 if c.health
                 and c.used < c.count
-                and self.reject_card(c, r) is None
-                and self.fits(c, r) is None
+                and _rule_refusal(c, r, ask) is None
+                and _capacity_refusal(c, r, ask) is None
             ]
             taken += _pick(eligible, r)[: r.count]
         return taken
@@ -313,6 +308,24 @@ class MetaxSGPUBackend(SpecBackend):
         ]
 
 
+def _rule_refusal(card: Card, request: DeviceRequest, ask: SGPUAsk) -> str | None:
+    """HAMi's app-class and QoS checks (the CardRejection hook)."""
+    if not app_class_fits(card, ask.app_class):
+        return CARD_APP_CLASS_MISMATCH
+    if not ask.online and not qos_fits(card, ask, request.cores):
+        return CARD_QOS_POLICY_MISMATCH
+    return None
+
+
+def _capacity_refusal(card: Card, request: DeviceRequest, ask: SGPUAsk) -> str | None:
+    """HAMi's capacity checks (the Sizing hook): online pods take no cores, so only their memory
+    is checked."""
+    if ask.online:
+        short = card.totalmem - card.usedmem < request.mem_for(card.totalmem)
+        return CARD_INSUFFICIENT_MEMORY if short else None
+    return default_fits(card, request)
+
+
 def _pick(ordered: list[Card], request: DeviceRequest) -> list[Card]:
     """HAMi's pick among eligible cards, best first: online pods by co-location, exclusive
     requests of pods with no app class by MetaLink zone, others the first ones."""
@@ -324,6 +337,13 @@ def _pick(ordered: list[Card], request: DeviceRequest) -> list[Card]:
     if not ask.app_class and request.cores == 100:
         return prioritize_exclusive(ordered, request.count)
     return ordered[: request.count]
+
+
+def _topology_aware(requests: Sequence[DeviceRequest]) -> list[DeviceRequest]:
+    """The exclusive requests (vcore 100) when the pod asked for MetaLink scoring (HAMi reads the
+    flag from the first exclusive device), else none."""
+    exclusive = [r for r in requests if r.cores == 100]
+    return exclusive if exclusive and _ask(exclusive[0]).topology_aware else []
 
 
 def _ask(request: DeviceRequest) -> SGPUAsk:

@@ -176,24 +176,20 @@ def prioritize_exclusive(cards: Sequence[Card], need: int) -> list[Card]:
     return ([c for g in linked for c in g] + unlinked)[:need]
 
 
-def _pairs_score(zones: Sequence[tuple[str, int]]) -> int:
-    score = 0
-    for i, (a_uuid, a_zone) in enumerate(zones):
-        for b_uuid, b_zone in zones[i + 1 :]:
-            if a_uuid != b_uuid and a_zone != 0 and a_zone == b_zone:
-                score += DIRECT_LINK_SCORE
-    return score
+def _link_score(zones: dict[str, int]) -> int:
+    """HAMi's LinkDevices.Score over distinct cards (uuid -> zone): ten per pair in one zone (> 0)."""
+    per_zone = Counter(z for z in zones.values() if z != 0)
+    return DIRECT_LINK_SCORE * sum(k * (k - 1) // 2 for k in per_zone.values())
 
 
 def exclusive_score(chosen: Sequence[Card], cards: Sequence[Card]) -> int:
     """HAMi scoreExclusiveDevices: ten times the MetaLink score of the cards taken, less the link
     score the node loses (among its idle cards, pairs split between taken and left)."""
-    taken = [(c.uuid, state(c).link_zone) for c in chosen]
-    taken_ids = {u for u, _ in taken}
-    idle = [(c.uuid, state(c).link_zone) for c in cards if c.used == 0]
-    rest = [(u, z) for u, z in idle if u not in taken_ids]
-    allocated = _pairs_score(taken)
-    loss = _pairs_score(idle) - allocated - _pairs_score(rest)
+    taken = {c.uuid: state(c).link_zone for c in chosen}
+    idle = {c.uuid: state(c).link_zone for c in cards if c.used == 0}
+    rest = {u: z for u, z in idle.items() if u not in taken}
+    allocated = _link_score(taken)
+    loss = _link_score(idle) - allocated - _link_score(rest)
     return 10 * allocated - loss
 
 

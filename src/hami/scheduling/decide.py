@@ -238,13 +238,11 @@ class Scheduler:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
         terms = [
-            (
-                vendor,
-                _score_term(h, policy.node_policy),
-                [c.devices[vendor] for c in request.containers if vendor in c.devices],
-            )
+            (vendor, _score_term(h, policy.node_policy), reqs)
             for vendor, h in hooks.items()
             if h.score is not None or h.policy_score is not None
+            for reqs in [[c.devices[vendor] for c in request.containers if vendor in c.devices]]
+            if h.score_scope is None or h.score_scope(reqs)
         ]
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops

@@ -449,3 +449,24 @@ def test_the_webhook_refuses_bad_annotations_naming_them(
     d = admit(limits, **annotations)
     assert not d.allowed and d.code == 400
     assert message in d.message, d.message
+
+
+def test_only_online_and_topology_aware_exclusive_pods_have_a_node_score_term() -> None:
+    b = backend()
+    hooks = default_registry(parse_device_config("metax: {}\n")[0]).hooks(V)
+    assert hooks.score_scope is not None and hooks.policy_score is not None
+
+    def asks(
+        limits: dict[str, Any], annotations: dict[str, str] | None = None, of: MetaxSGPUBackend = b
+    ) -> list[Any]:
+        parsed = of.parse_container({"name": "c", "resources": {"limits": limits}})
+        assert parsed is not None
+        return [of.pod_request(parsed, annotations or {}, "c")]
+
+    assert not b.scores(asks(sgpu(1, 30, 4), {QOS: "best-effort"}))
+    assert not b.scores(asks(sgpu(2)))  # exclusive, topology awareness off
+    assert not b.scores(asks(sgpu(2, 50), {TOPO: "true"}))  # not exclusive
+    assert b.scores(asks(sgpu(1, None, 4), {APP: "online"}))
+    assert b.scores(asks(sgpu(2), {TOPO: "true"}))
+    aware = backend(sgpuTopologyAware=True)
+    assert aware.scores(asks(sgpu(2), of=aware))
