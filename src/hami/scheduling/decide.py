@@ -237,13 +237,16 @@ class Scheduler:
             else:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
-        terms = [
-            (vendor, _score_term(h, policy.node_policy), reqs)
-            for vendor, h in hooks.items()
-            if h.score is not None or h.policy_score is not None
-            for reqs in [[c.devices[vendor] for c in request.containers if vendor in c.devices]]
-            if h.score_scope is None or h.score_scope(reqs)
-        ]
+        terms: list[
+            tuple[str, Callable[[Sequence[Card], Sequence[DeviceRequest]], float], list[DeviceRequest]]
+        ] = []
+        for vendor, h in hooks.items():
+            if h.score is None and h.policy_score is None:
+                continue
+            reqs = [c.devices[vendor] for c in request.containers if vendor in c.devices]
+            # a term that cannot apply to this pod is skipped on every node
+            if h.score_scope is None or h.score_scope(reqs):
+                terms.append((vendor, _score_term(h, policy.node_policy), reqs))
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
         if terms:

@@ -66,7 +66,8 @@ def _backends(container: Mapping[str, Any], registry: BackendRegistry) -> Iterab
 
 
 def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodRequest:
-    """Parse every container; raises :class:`RequestError` naming the container, resource and reason."""
+    """Parse every container (a :class:`~hami.devices.hooks.PodScoped` vendor's requests completed
+    from the pod's annotations); raises :class:`RequestError` naming the container, resource and reason."""
     spec = bodies.spec(pod)
     annotations = bodies.annotations(pod)
     init = spec.get("initContainers") or []
