@@ -9,6 +9,8 @@ checks a type or names a vendor on its hot path.
 hook                       what the backend decides                  shared default
 =========================  ========================================  ===================================
 :class:`CardRejection`     an extra reason a card is refused         none
+:class:`HealthReason`      the reason an unhealthy card is refused   ``CardNotHealth``
+                           with (Metax sGPU: ``CardUnhealthy``)
 :class:`ModeScoped`        card modes the card-level hooks apply to  every card
 :class:`Sizing`            whether a request fits a card's free      HAMi's memory/core checks; the
                            capacity, and what one slice takes        request's MiB and cores, no payload
@@ -91,6 +93,15 @@ class CardRejection(Protocol):
     slots, mutex) and before the capacity check. Return a reason name, or None to go on."""
 
     def reject_card(self, card: Card, request: DeviceRequest) -> str | None: ...
+
+
+@runtime_checkable
+class HealthReason(Protocol):
+    """The reason name an unhealthy card is refused with, when the vendor's is not the shared
+    ``CardNotHealth`` (HAMi's Metax sGPU says ``CardUnhealthy``)."""
+
+    @property
+    def unhealthy_reason(self) -> str: ...
 
 
 @runtime_checkable
@@ -284,6 +295,7 @@ class AdmissionOutcome:
 
 # ----------------------------------------------------------------------------------------- defaults
 
+CARD_NOT_HEALTHY = "CardNotHealth"
 CARD_INSUFFICIENT_MEMORY = "CardInsufficientMemory"
 CARD_INSUFFICIENT_CORE = "CardInsufficientCore"
 CARD_COMPUTE_EXHAUSTED = "CardComputeUnitsExhausted"
@@ -348,6 +360,7 @@ class VendorHooks:
     #: the card-level hooks (reject, fits, size, slices) apply to cards in these modes (None: all)
     modes: frozenset[str] | None = None
     reject: Callable[[Card, DeviceRequest], str | None] | None = None
+    unhealthy: str = CARD_NOT_HEALTHY
     fits: Callable[[Card, DeviceRequest], str | None] | None = None
     size: Callable[[Card, DeviceRequest, int, int], Placement] | None = None
     slices: Callable[[Card], int | None] | None = None
@@ -393,6 +406,7 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
     return VendorHooks(
         modes=b.hooked_modes if isinstance(b, ModeScoped) else None,
         reject=b.reject_card if isinstance(b, CardRejection) else None,
+        unhealthy=b.unhealthy_reason if isinstance(b, HealthReason) else CARD_NOT_HEALTHY,
         fits=b.fits if isinstance(b, Sizing) else None,
         size=b.size if isinstance(b, Sizing) else None,
         slices=b.card_slices if isinstance(b, MultiSlice) else None,

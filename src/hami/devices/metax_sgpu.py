@@ -16,8 +16,8 @@ Metax cards, ``metax-tech.com/sgpu`` (count), ``vcore`` (percent, default 100: a
 * Node lock ``hami.io/mutex.lock``. Node score: HAMi's "policy-neutral" term, the same preference
   under binpack and spread (±10000 times the online or MetaLink score of the cards the pod would take).
 
-Differs from HAMi: an unhealthy card is refused as ``CardNotHealth`` (the shared gate) rather than
-Metax's ``CardUnhealthy``; the node score is computed from the cards each container would take on
+Differs from HAMi: the shared gates (health, cordon, UUID filters, slots, mutex) come before the
+app-class and QoS checks, so a card failing several is counted under another reason; the node score is computed from the cards each container would take on
 the node as it is, before the fit (HAMi scores the fit's result; they differ only when a pod's
 containers compete for the same cards or a UUID filter or cordon excludes the preferred ones).
 """
@@ -45,6 +45,7 @@ from hami.devices.metax_config import MetaxConfig
 from hami.devices.metax_sgpu_rules import (
     CARD_APP_CLASS_MISMATCH,
     CARD_QOS_POLICY_MISMATCH,
+    CARD_UNHEALTHY,
     SGPUAsk,
     SGPUCardState,
     app_class_fits,
@@ -110,6 +111,8 @@ class MetaxSGPUBackend(SpecBackend):
     """The Metax sGPU backend (one per ``metax:`` section, beside :class:`~hami.devices.metax.MetaxGPUBackend`)."""
 
     config_type = MetaxConfig
+    #: HAMi's Metax reason for an unhealthy card (the HealthReason hook)
+    unhealthy_reason = CARD_UNHEALTHY
     #: Unix nanoseconds, for ``metax-tech.com/predicate-time``
     clock: Callable[[], int] = staticmethod(time.time_ns)
 

@@ -26,6 +26,7 @@ from hami.protocol.keys import METAX_APP_OFFLINE, METAX_APP_ONLINE
 __all__ = [
     "CARD_APP_CLASS_MISMATCH",
     "CARD_QOS_POLICY_MISMATCH",
+    "CARD_UNHEALTHY",
     "DIRECT_LINK_SCORE",
     "SGPUAsk",
     "SGPUCardState",
@@ -38,6 +39,7 @@ __all__ = [
     "qos_fits",
 ]
 
+CARD_UNHEALTHY = "CardUnhealthy"
 CARD_QOS_POLICY_MISMATCH = "CardQosPolicyMismatch"
 CARD_APP_CLASS_MISMATCH = "CardAppClassMismatch"
 #: score of two cards in one MetaLink zone (HAMi ``DirectLinkScore``)

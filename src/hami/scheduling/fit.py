@@ -20,6 +20,7 @@ from hami.devices.hooks import (
     CARD_COMPUTE_EXHAUSTED,
     CARD_INSUFFICIENT_CORE,
     CARD_INSUFFICIENT_MEMORY,
+    CARD_NOT_HEALTHY,
     DEFAULT_HOOKS,
     EXCLUSIVE_CONFLICT,
     CardUse,
@@ -49,7 +50,6 @@ __all__ = [
     "rejection",
 ]
 
-CARD_NOT_HEALTHY = "CardNotHealth"
 CARD_CORDONED = "CardCordoned"
 CARD_SLOTS_EXHAUSTED = "CardTimeSlicingExhausted"
 NODE_INSUFFICIENT_DEVICE = "NodeInsufficientDevice"
@@ -73,7 +73,7 @@ class FitRequest:
 def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     """Why this card cannot take one more slice of the request right now, in HAMi's check order."""
     if not card.health:
-        return CARD_NOT_HEALTHY
+        return fr.hooks.unhealthy
     if cordoned and card.uuid in cordoned:
         return CARD_CORDONED
     if not fr.selector.empty:

@@ -394,7 +394,7 @@ def test_uuid_filters_and_unhealthy_cards() -> None:
         ["GPU-a"]
     ]
     assert place(sched, "x", sgpu(1, 10, 1), **{"metax-tech.com/use-gpuuuid": "GPU-z"}).failed == {
-        "mx": "1/3 CardNotHealth, 2/3 CardUuidMismatch"
+        "mx": "1/3 CardUnhealthy, 2/3 CardUuidMismatch"
     }
 
 
