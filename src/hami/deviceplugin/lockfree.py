@@ -180,17 +180,38 @@ class LockFreeAllocator:
         except kubeletcheckpoint.CheckpointError as e:
             raise AllocationError(f"the kubelet's device checkpoint: {e}") from e
 
+    async def _node_pods(self, what: str) -> dict[str, Obj]:
+        """This node's pods that are not finished (their containers may still start), by UID. The
+        kubelet rewrites its checkpoint only when it allocates, so it can still name deleted pods."""
+        try:
+            pods = await self.core.kube.list_node_pods(self.core.settings.node_name)
+        except KubeError as e:
+            raise AllocationError(f"{what}: listing this node's pods failed: {e}") from e
+        return {
+            bodies.uid(p): p
+            for p in pods
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        }
+
     async def _from_checkpoint(
         self, ids: list[str], resp: pr_pb2.ListPodResourcesResponse
     ) -> tuple[PodHolding, Obj]:
         """The pod whose regular init containers hold `ids` by the kubelet's checkpoint (PodResources
-        listed nobody): exactly one pod UID, found among this node's pods, or an error."""
-        uids = kubeletcheckpoint.holders(await self._checkpoint_entries(), self.resource, ids)
-        if not uids:
+        listed nobody): exactly one live pod of this node, or an error."""
+        recorded = kubeletcheckpoint.holders(await self._checkpoint_entries(), self.resource, ids)
+        if not recorded:
             raise AllocationError(
                 f"device IDs {ids}: no pod holds them in the kubelet's PodResources API (it reports: "
                 f"{describe(resp, self.resource)}) nor in its device checkpoint; refusing to guess which "
                 "container is starting"
+            )
+        live = await self._node_pods(f"device IDs {ids}")
+        uids = {uid: names for uid, names in recorded.items() if uid in live}
+        if not uids:
+            raise AllocationError(
+                f"device IDs {ids}: the kubelet's device checkpoint records them for pod UIDs "
+                f"{sorted(recorded)}, none of them a live pod of node {self.core.settings.node_name}"
             )
         if len(uids) > 1:
             raise AllocationError(
@@ -198,18 +219,8 @@ class LockFreeAllocator:
                 f"(UIDs {sorted(uids)}); refusing to guess which container is starting"
             )
         [(uid, containers)] = uids.items()
-        try:
-            pods = await self.core.kube.list_node_pods(self.core.settings.node_name)
-        except KubeError as e:
-            raise AllocationError(f"device IDs {ids}: listing this node's pods failed: {e}") from e
-        for pod in pods:
-            if bodies.uid(pod) == uid:
-                holding = PodHolding(bodies.namespace(pod) or "", bodies.name(pod), containers, ())
-                return holding, pod
-        raise AllocationError(
-            f"device IDs {ids}: pod UID {uid}, which holds them in the kubelet's device checkpoint "
-            f"(containers {list(containers)}), is not among node {self.core.settings.node_name}'s pods in the API"
-        )
+        pod = live[uid]
+        return PodHolding(bodies.namespace(pod) or "", bodies.name(pod), containers, ()), pod
 
     async def _get_pod(self, holding: PodHolding, ids: list[str]) -> Obj:
         try:
@@ -285,17 +296,22 @@ class LockFreeAllocator:
 
     async def collect(self) -> list[str]:
         """Remove the spec files of allocations neither PodResources nor the kubelet's device
-        checkpoint reports (a regular init container's IDs are only in the latter). An unreadable
-        checkpoint skips the pass: a spec kept too long harms nobody, one removed too early fails a
-        container start."""
+        checkpoint (for a live pod of this node: a regular init container's IDs are only there)
+        reports. An unreadable checkpoint or pod list skips the pass: a spec kept too long harms
+        nobody, one removed too early fails a container start."""
         taken = time.time()
         resp = await self.pod_resources.list()
+        live = {device_name(ids) for ids in live_id_sets(resp, self.resource)}
+        present = set(await asyncio.to_thread(self.store.names))
         try:
-            recorded = kubeletcheckpoint.id_sets(await self._checkpoint_entries(), self.resource)
+            entries = await self._checkpoint_entries()
+            if any(device_name(e.ids) in present - live for e in entries if e.resource == self.resource):
+                pods = await self._node_pods("CDI spec collection")
+                kept = [e for e in entries if e.pod_uid in pods]
+                live |= {device_name(ids) for ids in kubeletcheckpoint.id_sets(kept, self.resource)}
         except AllocationError as e:
             log.warning("CDI spec collection skipped: %s", e)
             return []
-        live = {device_name(ids) for ids in live_id_sets(resp, self.resource) | recorded}
         removed = await asyncio.to_thread(self.store.collect, live, taken)
         for name in removed:
             log.info("removed CDI spec %s: its allocation is gone", name)
