@@ -65,7 +65,9 @@ def test_a_pool_of_device_1_is_charged_to_device_1(sandbox: Sandbox) -> None:
     [
         pytest.param({}, id="cuStreamGetDevice"),
         # CUDA 12.0-12.7: no cuStreamGetDevice; the stream's device comes from its context
-        pytest.param({"LD_LIBRARY_PATH": str(BUILD / "pre128"), "FAKECUDA_DRIVER_VERSION": "12040"}, id="pre-12.8"),
+        pytest.param(
+            {"LD_LIBRARY_PATH": str(BUILD / "pre128"), "FAKECUDA_DRIVER_VERSION": "12040"}, id="pre-12.8"
+        ),
     ],
 )
 def test_alloc_async_on_another_devices_stream(sandbox: Sandbox, driver: dict[str, str]) -> None:
