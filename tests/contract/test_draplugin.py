@@ -311,7 +311,9 @@ async def test_bad_claims_fail_alone_with_the_reason(
     assert errors["uid-badmem"].startswith(
         "claim ns/badmem (uid-badmem): status.allocation.devices.results[0].consumedCapacity.memory: "
     )
-    assert errors["uid-zeromem"] == "claim ns/zeromem (uid-zeromem): device gpu-0: refusing a 0-MiB memory share"
+    assert (
+        errors["uid-zeromem"] == "claim ns/zeromem (uid-zeromem): device gpu-0: refusing a 0-MiB memory share"
+    )
     assert "the API has UID 'uid-new'" in errors["uid-replaced"]
     # failures leave nothing behind
     leftovers = sorted(p.name for p in (node.root / "cdi").iterdir())

@@ -234,7 +234,9 @@ def in_pid_namespace(sandbox: Sandbox, script: str) -> subprocess.CompletedProce
 
 @needs_pid_namespace
 def test_context_memory_is_charged_in_a_pid_namespace(sandbox: Sandbox) -> None:
-    r = in_pid_namespace(sandbox, _CTX_SCRIPT.format(held=sandbox.tmp / "held", out=sandbox.tmp / "holder.out"))
+    r = in_pid_namespace(
+        sandbox, _CTX_SCRIPT.format(held=sandbox.tmp / "held", out=sandbox.tmp / "holder.out")
+    )
     _ctx_checks(r.stdout, r.stderr)
 
 
