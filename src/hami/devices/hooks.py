@@ -22,6 +22,8 @@ hook                       what the backend decides                  shared defa
 :class:`PolicyNodeScore`   the same, knowing the node policy         none
 :class:`Admission`         webhook defaulting/validation             none
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
+:class:`PlacedAnnotations` decision annotations that see the node    none
+                           and the time of the decision
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
 :class:`NodeHandshake`     the node handshake annotation             none
 :class:`QuotaScoped`       the memory/cores resources a namespace's  none (no quota for the vendor)
@@ -160,6 +162,20 @@ class PodAnnotations(Protocol):
 
     def pod_decision_annotations(
         self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]]
+    ) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class PlacedAnnotations(Protocol):
+    """Decision annotations that depend on where and when the pod was placed (HAMi's
+    ``predicate-node`` / ``predicate-time`` family), merged after the decision annotations.
+
+    ``node`` is the chosen node; ``now_ns`` the decision time in Unix nanoseconds (HAMi writes
+    ``time.Now().UnixNano()`` at Filter). Every key written must be in ``decision_keys``.
+    """
+
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
     ) -> dict[str, str]: ...
 
 
@@ -304,6 +320,9 @@ class VendorHooks:
     score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
     policy_score: Callable[[Sequence[Card], Sequence[DeviceRequest], str], float] | None = None
     annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
+    placed: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]], str, int], dict[str, str]] | None = (
+        None
+    )
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
     handshake_key: str | None = None
@@ -345,6 +364,7 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         annotate=b.pod_decision_annotations
         if isinstance(b, PodAnnotations)
         else hami_decision_annotations(backend),
+        placed=b.placed_annotations if isinstance(b, PlacedAnnotations) else None,
         admission=b if isinstance(b, Admission) else None,
         node_lock=node_lock,
         handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,

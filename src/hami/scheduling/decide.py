@@ -26,6 +26,8 @@ from hami.scheduling.requests import PodRequest, check_against_largest_card, pod
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 NODE_UNREGISTERED = "node unregistered"
+#: ``now`` is in seconds; placed annotations get nanoseconds (HAMi's ``UnixNano``)
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -293,6 +295,9 @@ class Scheduler:
                 annotate = hooks[vendor].annotate
                 assert annotate is not None
                 out_annotations.update(annotate(pod, per_container))
+                placed_at = hooks[vendor].placed
+                if placed_at is not None:
+                    out_annotations.update(placed_at(pod, per_container, node.name, now * NS_PER_S))
             return Decision(
                 pod=display, node=node.name, annotations=out_annotations, placements=placed, failed=failed
             )

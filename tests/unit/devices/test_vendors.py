@@ -283,7 +283,15 @@ def test_default_config_registers_only_nvidia() -> None:
 
 def test_configured_sections_register_their_backends_in_order() -> None:
     cfg, _ = parse_device_config("hygon: {}\nbiren: {}\nenflame: {}\nvastai: {}\namd: {}\n")
-    assert [b.vendor for b in default_registry(cfg)] == ["NVIDIA", "DCU", "GCU", "AMD", "Vastai", "Biren"]
+    assert [b.vendor for b in default_registry(cfg)] == [
+        "NVIDIA",
+        "DCU",
+        "GCU",
+        "Enflame",
+        "AMD",
+        "Vastai",
+        "Biren",
+    ]
     assert "hygon.com/dcunum" in default_registry(cfg).resource_names()
 
 
