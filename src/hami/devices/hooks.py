@@ -26,6 +26,7 @@ hook                       what the backend decides                  shared defa
                            and the time of the decision
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
 :class:`NodeHandshake`     the node handshake annotation             none
+:class:`OneCardPod`        every container of a pod on one card      containers choose freely
 :class:`QuotaScoped`       the memory/cores resources a namespace's  none (no quota for the vendor)
                            ResourceQuota limits (``limits.<name>``)
 =========================  ========================================  ===================================
@@ -188,6 +189,16 @@ class NodeLockFormat(Protocol):
 
 
 @runtime_checkable
+class OneCardPod(Protocol):
+    """HAMi's "whole pod on one device" rule (Mthreads, Metax GPUs): a card is refused
+    (``CardNotFoundCustomFilterRule``, after the capacity checks) unless every card the pod's
+    earlier containers took of this vendor is that card."""
+
+    @property
+    def one_card_per_pod(self) -> bool: ...
+
+
+@runtime_checkable
 class NodeHandshake(Protocol):
     """The node annotation the scheduler and the vendor's device plugin handshake on
     (``hami.io/node-handshake`` for NVIDIA; ``Requesting_<time>`` / ``Reported <time>``)."""
@@ -326,6 +337,7 @@ class VendorHooks:
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
     handshake_key: str | None = None
+    one_card: bool = False
 
     def on(self, card: Card) -> bool:
         """Do the card-level hooks apply to ``card``?"""
@@ -368,4 +380,5 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         admission=b if isinstance(b, Admission) else None,
         node_lock=node_lock,
         handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,
+        one_card=isinstance(b, OneCardPod) and b.one_card_per_pod,
     )

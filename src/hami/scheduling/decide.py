@@ -8,6 +8,7 @@ give each a reason.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -337,6 +338,8 @@ class Scheduler:
                 if fr is None:
                     placed[vendor].append(())
                     continue
+                if fr.hooks.one_card:
+                    fr = _pinned(fr, placed[vendor])
                 chosen, reason = fit_container(
                     scratch[vendor], fr, cordoned=node.cordoned, pair_scores=node.pair_scores
                 )
@@ -348,6 +351,12 @@ class Scheduler:
                     if held:
                         _hold_payloads(app_scratch[vendor], held)
         return placed
+
+
+def _pinned(fr: FitRequest, earlier: list[tuple[Placement, ...]]) -> FitRequest:
+    """``fr`` limited to the cards the pod's earlier containers took (a one-card vendor)."""
+    taken = frozenset(p.device.uuid for c in earlier for p in c)
+    return dataclasses.replace(fr, pinned=taken) if taken else fr
 
 
 def _hold_payloads(cards: list[Card], held: list[tuple[str, Any]]) -> None:
