@@ -8,7 +8,8 @@ profiles (``<slices>g.<GiB>gb`` -> profile id) are the node's, shared by its dev
 core share is ``ceil(slices x 100 / largest profile's slices)``.
 
 Requests (one instance per container, HAMi's ``Nums`` fixed at 1): ``enflame.com/drs-gcu: n`` asks
-for the profile of exactly ``n`` slices; ``enflame.com/gcu-memory`` / ``gcu-core`` ask for the
+for the profile of exactly ``n`` slices (the name is ``resourceNameVGCU``, ``enflame.com/vgcu``, when
+the config sets that and not ``resourceNameDRSGCU``, as HAMi resolves it); ``enflame.com/gcu-memory`` / ``gcu-core`` ask for the
 smallest profile (fewest slices, then least memory) with at least that memory and core share.
 The memory is GiB, or MiB when it is more than twice the largest profile's GiB (HAMi's rule).
 
@@ -220,7 +221,7 @@ class EnflameDRSBackend(SpecBackend):
     def make_spec(self, config: EnflameConfig) -> VendorSpec:
         return VendorSpec(
             vendor=VENDOR,
-            count_name=config.resource_name_drs_gcu,
+            count_name=config.drs_count_name,
             to_allocate_key=ALLOCATED_KEY,
             allocated_key=ALLOCATED_KEY,
             lock=None,
@@ -231,7 +232,7 @@ class EnflameDRSBackend(SpecBackend):
     @property
     def resource_names(self) -> tuple[str, ...]:
         c = self.config
-        return (c.resource_name_drs_gcu, c.resource_name_gcu_memory, c.resource_name_gcu_core)
+        return (c.drs_count_name, c.resource_name_gcu_memory, c.resource_name_gcu_core)
 
     @property
     def quota_names(self) -> QuotaNames:
@@ -255,7 +256,7 @@ class EnflameDRSBackend(SpecBackend):
     def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:
         c = self.config
         cname = str(container.get("name", "?"))
-        slices = int_resource(container, cname, c.resource_name_drs_gcu)
+        slices = int_resource(container, cname, c.drs_count_name)
         if slices is not None:
             return DeviceRequest(vendor=VENDOR, count=1, payload=DrsAsk(slices=slices)) if slices else None
         memory = int_resource(container, cname, c.resource_name_gcu_memory)

@@ -187,3 +187,20 @@ def test_the_enflame_section_gives_the_gcu_and_drs_backends() -> None:
     assert {"enflame.com/drs-gcu", "enflame.com/gcu-memory", "enflame.com/gcu-core"} <= set(
         reg.resource_names()
     )
+
+
+@pytest.mark.parametrize(
+    ("section", "count_name"),
+    [
+        ("enflame: {}\n", "enflame.com/drs-gcu"),
+        # HAMi's chart sets only the legacy name: HAMi then counts DRS slices under it
+        ("enflame: {resourceNameVGCU: enflame.com/vgcu}\n", "enflame.com/vgcu"),
+        ("enflame: {resourceNameVGCU: enflame.com/vgcu, resourceNameDRSGCU: x.com/drs}\n", "x.com/drs"),
+    ],
+)
+def test_the_drs_count_name_is_resolved_as_hami_does(section: str, count_name: str) -> None:
+    cfg, _ = parse_device_config(section)
+    (drs,) = [b for b in default_registry(cfg) if b.vendor == "Enflame"]
+    assert drs.resource_names[0] == count_name
+    sched = scheduler(drs, drs_node())
+    assert chosen(sched.decide(pod("p", {count_name: 1})), "Enflame") == [["gcu-enflame-drs-0"]]
