@@ -19,6 +19,7 @@ from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
 from hami.extender.devicepreempt import DevicePreemptor
 from hami.extender.dra import DraSteering
+from hami.extender.handshake import HandshakeWriter
 from hami.extender.leasefollow import LeaseFollower
 from hami.extender.metrics import Metrics
 from hami.extender.nodelock import NodeLocker
@@ -80,6 +81,8 @@ class ExtenderSettings:
     #: DRA mode: watch ResourceSlices and ResourceClaims (``resource.k8s.io/v1``) into the ledger
     #: and serve ``/dra/filter`` and ``/dra/prioritize`` (``--dra``)
     dra: bool = False
+    #: how often the vendors' node handshakes (``hami.io/node-handshake-<x>``) are answered (HAMi: 15 s)
+    handshake_interval: float = 15.0
 
 
 class _Lease(TypedDict):
@@ -212,6 +215,14 @@ class Extender:
             scheduler_name=cfg.hami.scheduler_name,
             annotate_at_filter=settings.annotate_at_filter,
             bind_queue_limit=settings.bind_queue_limit,
+        )
+        #: HAMi's scheduler side of the vendors' node handshake (leader only)
+        self.handshakes = HandshakeWriter(
+            self.client,
+            self.scheduler.registry,
+            self.nodes.values,
+            is_leader=self._is_leader,
+            interval=settings.handshake_interval,
         )
         self.metrics = Metrics(
             self.scheduler.state,
@@ -346,6 +357,7 @@ class Extender:
         if self.settings.port == 0:
             for addr in self._runner.addresses:
                 self.port = int(addr[1])
+        self.handshakes.start()
         log.info(
             "hami scheduler extender listening on %s (%d nodes, %d pods cached)",
             self.url,
@@ -354,6 +366,7 @@ class Extender:
         )
 
     async def stop(self) -> None:
+        await self.handshakes.stop()
         for runner in (self._runner, self._ops_runner):
             if runner is not None:
                 await runner.cleanup()
