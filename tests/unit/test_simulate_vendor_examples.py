@@ -162,6 +162,19 @@ def _c(name: str, image: str, limits: dict[str, Any], **fields: Any) -> dict[str
     return {"name": name, "image": image, **fields, "resources": resources}
 
 
+def _vgcu(name: str, container: str, *, percentage: int | None = None) -> dict[str, Any]:
+    """One of HAMi's ``examples/enflame`` vGCU pods (namespace kube-system, as they are written)."""
+    limits: dict[str, Any] = {"enflame.com/vgcu": 1}
+    if percentage is not None:
+        limits["enflame.com/vgcu-percentage"] = percentage
+    return _pod(
+        name,
+        [_c(container, "ubuntu:18.04", limits, **GCU)],
+        namespace="kube-system",
+        terminationGracePeriodSeconds=0,
+    )
+
+
 DCU_IMAGE = "image.sourcefind.cn:5000/dcu/admin/base/pytorch:2.1.0-ubuntu22.04-dtk24.04.2-py3.10"
 DCU_SLICE = {"hygon.com/dcunum": 1, "hygon.com/dcucores": 60, "hygon.com/dcumem": 2000}
 DCU_ARGS = {"command": ["/bin/bash", "-c", "--"], "args": ["sleep infinity & wait"]}
@@ -316,44 +329,10 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
         ],
         labels={"app": "binpack-1"},
     ),
-    "enflame/vgcu_use#1": _pod(
-        "vgcu-pod-1",
-        [_c("pod-gcu-example1", "ubuntu:18.04", {"enflame.com/vgcu": 1}, **GCU)],
-        namespace="kube-system",
-        terminationGracePeriodSeconds=0,
-    ),
-    "enflame/vgcu_use#2": _pod(
-        "vgcu-pod-2",
-        [
-            _c(
-                "pod-gcu-example1",
-                "ubuntu:18.04",
-                {"enflame.com/vgcu": 1, "enflame.com/vgcu-percentage": 22},
-                **GCU,
-            )
-        ],
-        namespace="kube-system",
-        terminationGracePeriodSeconds=0,
-    ),
-    "enflame/default_use": _pod(
-        "gcushare-pod-2",
-        [
-            _c(
-                "pod-gcu-example1",
-                "ubuntu:18.04",
-                {"enflame.com/vgcu": 1, "enflame.com/vgcu-percentage": 22},
-                **GCU,
-            )
-        ],
-        namespace="kube-system",
-        terminationGracePeriodSeconds=0,
-    ),
-    "enflame/use_exclusive": _pod(
-        "gcushare-pod-4",
-        [_c("pod-gcu-example3", "ubuntu:18.04", {"enflame.com/vgcu": 1}, **GCU)],
-        namespace="kube-system",
-        terminationGracePeriodSeconds=0,
-    ),
+    "enflame/vgcu_use#1": _vgcu("vgcu-pod-1", "pod-gcu-example1"),
+    "enflame/vgcu_use#2": _vgcu("vgcu-pod-2", "pod-gcu-example1", percentage=22),
+    "enflame/default_use": _vgcu("gcushare-pod-2", "pod-gcu-example1", percentage=22),
+    "enflame/use_exclusive": _vgcu("gcushare-pod-4", "pod-gcu-example3"),
     "metax/gpu/default_use": _pod(
         "gpu-pod1",
         [
