@@ -35,7 +35,7 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hami.devices.base import Card, DeviceRequest, NodeCards, Placement, RequestError
@@ -132,15 +132,17 @@ class DrsAsk:
 @dataclass(frozen=True, slots=True)
 class DrsInstance:
     """A placement's payload: the instance's memory and core share (its wire record), and, when
-    placed by this scheduler, its slices, profile and device (0 / empty when decoded)."""
+    placed by this scheduler, its slices, profile and device (0 / empty when decoded). Equal to the
+    payload decoded from the pod's record (only the record is compared), so a bound pod's
+    allocation equals its reservation."""
 
     mem: int
     cores: int
-    slices: int = 0
-    profile_name: str = ""
-    profile_id: str = ""
-    index: str = ""
-    minor: str = ""
+    slices: int = field(default=0, compare=False)
+    profile_name: str = field(default="", compare=False)
+    profile_id: str = field(default="", compare=False)
+    index: str = field(default="", compare=False)
+    minor: str = field(default="", compare=False)
 
 
 def parse_profiles(raw: Any) -> tuple[Profile, ...]:

@@ -170,6 +170,7 @@ def test_a_bound_pods_slices_are_restored_from_its_allocation() -> None:
     fresh = scheduler(EnflameDRSBackend(), drs_node())
     alloc = fresh.allocation_of(bound(p, d.annotations), "gcu")
     assert alloc is not None
+    assert alloc.containers == first.state.pods[alloc.uid].containers  # equal to the reservation
     fresh.state.add_pod(alloc)
     (card,) = fresh.state.nodes["gcu"].cards
     assert (card.used, card.usedmem, card.usedcores) == (3, 20480, 50)
