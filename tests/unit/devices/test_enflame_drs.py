@@ -205,3 +205,20 @@ def test_the_drs_count_name_is_resolved_as_hami_does(section: str, count_name: s
     assert drs.resource_names[0] == count_name
     sched = scheduler(drs, drs_node())
     assert chosen(sched.decide(pod("p", {count_name: 1})), "Enflame") == [["gcu-enflame-drs-0"]]
+
+
+def test_the_webhook_routes_drs_pods_and_denies_a_bad_request_naming_the_field() -> None:
+    from hami.webhook.mutate import WebhookPolicy, mutate_pod
+
+    cfg, _ = parse_device_config("enflame: {}\n")
+    policy = WebhookPolicy.from_config(cfg)
+    ok = mutate_pod(
+        pod("p", {"enflame.com/gcu-memory": 6}), namespace="ns", namespace_labels={}, policy=policy
+    )
+    assert ok.allowed and ok.managed
+    assert any(op["path"] == "/spec/schedulerName" and op["value"] == "hami-scheduler" for op in ok.patch)
+    bad = mutate_pod(
+        pod("q", {"enflame.com/gcu-core": 101}), namespace="ns", namespace_labels={}, policy=policy
+    )
+    assert not bad.allowed and bad.code == 400
+    assert "container 'c0': enflame.com/gcu-core: 101 is not in (0, 100]" in bad.message
