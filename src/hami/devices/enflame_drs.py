@@ -195,6 +195,8 @@ def decode_capacity(node_name: str, value: str) -> list[Card]:
         raw_index = str(d.get("index", "")).strip()
         # HAMi: an index that is not a number is the device's position in the list
         index = int(raw_index) if raw_index.isdigit() else pos
+        if any(c.index == index for c in cards):
+            raise ProtocolError(f"{where}: field 'index': device {index} is listed twice")
         minor = str(d.get("minor") or "").strip() or str(index)
         cards.append(
             Card(

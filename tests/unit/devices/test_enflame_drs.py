@@ -49,6 +49,10 @@ def test_cards_come_from_the_capacity_annotation() -> None:
             "devices[0]: field 'capacity'",
         ),
         ('{"devices":[{"index":"0","capacity":0}],"profiles":{"1g.6gb":"0"}}', "must be positive"),
+        (
+            '{"devices":[{"index":"0","capacity":6},{"index":"0","capacity":6}],"profiles":{"1g.6gb":"0"}}',
+            "devices[1]: field 'index': device 0 is listed twice",
+        ),
     ],
 )
 def test_a_corrupt_capacity_annotation_is_named(value: str, message: str) -> None:
