@@ -315,8 +315,11 @@ class ExtenderService:
                 await self._release_locks(taken, node, ns, name)
                 return self._refuse(uid, f"binding pod {ns}/{name} to {node}: {exc}")
             except Exception:
-                # it may have been written: only ours is removed
-                await self._release_locks([*taken, lk], node, ns, name)
+                # it may have been written: only ours is removed (a lock naming no owner may be
+                # another bind's, so it is left to expire)
+                codec = getattr(lk, "codec", None)
+                maybe_ours = codec is None or codec.records_owner
+                await self._release_locks([*taken, lk] if maybe_ours else taken, node, ns, name)
                 raise
             taken.append(lk)
         try:
