@@ -12,7 +12,7 @@ Metax cards, ``metax-tech.com/sgpu`` (count), ``vcore`` (percent, default 100: a
   multi-card requests by MetaLink zone. ``use-gpuuuid``/``nouse-gpuuuid`` filter cards.
 * Decision: HAMi's pod device encoding under ``hami.io/metax-sgpu-devices-to-allocate`` and
   ``-allocated``, Metax's JSON under ``metax-tech.com/gpu-devices-allocated`` and the Unix-ns
-  ``metax-tech.com/predicate-time`` (the one clock read: :attr:`MetaxSGPUBackend.clock`).
+  ``metax-tech.com/predicate-time`` (the decision time, from the core: ``PlacedAnnotations``).
 * Node lock ``hami.io/mutex.lock``. Node score: HAMi's "policy-neutral" term, the same preference
   under binpack and spread (±10000 times the online or MetaLink score of the cards the pod would take).
 
@@ -24,8 +24,7 @@ containers compete for the same cards or a UUID filter or cordon excludes the pr
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -113,8 +112,6 @@ class MetaxSGPUBackend(SpecBackend):
     config_type = MetaxConfig
     #: HAMi's Metax reason for an unhealthy card (the HealthReason hook)
     unhealthy_reason = CARD_UNHEALTHY
-    #: Unix nanoseconds, for ``metax-tech.com/predicate-time``
-    clock: Callable[[], int] = staticmethod(time.time_ns)
 
     def make_spec(self, config: MetaxConfig) -> VendorSpec:
         return VendorSpec(
@@ -294,8 +291,13 @@ class MetaxSGPUBackend(SpecBackend):
         out[keys.METAX_SGPU_ALLOCATED] = encode_sgpu_allocation(
             [[(p.device.uuid, p.device.usedcores, p.device.usedmem) for p in c] for c in containers]
         )
-        out[keys.METAX_PREDICATE_TIME] = str(self.clock())
         return out
+
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
+    ) -> dict[str, str]:
+        """HAMi writes ``predicate-time`` (Unix ns) with every Metax sGPU decision."""
+        return {keys.METAX_PREDICATE_TIME: str(now_ns)}
 
     def decode_allocation(self, annotations: Mapping[str, str]) -> list[tuple[Placement, ...]] | None:
         value = annotations.get(self.spec.allocated_key)

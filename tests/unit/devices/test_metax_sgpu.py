@@ -29,7 +29,6 @@ TOPO = "metax-tech.com/sgpu-topology-aware"
 def backend(**config: Any) -> MetaxSGPUBackend:
     cfg, _ = parse_device_config(orjson.dumps({"metax": config}).decode())
     (b,) = [b for b in default_registry(cfg) if isinstance(b, MetaxSGPUBackend)]
-    b.clock = lambda: 1700000000123456789
     return b
 
 
@@ -192,7 +191,7 @@ def test_decision_annotations_exactly() -> None:
         "metax-tech.com/gpu-devices-allocated": (
             '[[],[{"uuid":"GPU-b","compute":60,"vRam":4096}],[{"uuid":"GPU-a","compute":30,"vRam":2048}]]'
         ),
-        "metax-tech.com/predicate-time": "1700000000123456789",
+        "metax-tech.com/predicate-time": "5000000000",  # the decision time, in ns
     }
     b = backend()
     assert b.lock_key == "hami.io/mutex.lock"
