@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.deviceplugin.kubeops import merge_patch
@@ -19,6 +20,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox, ensure_namespace
 from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
@@ -238,3 +240,19 @@ def samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
     """The samples of family ``name`` whose labels include ``match``."""
     fam = fams.get(name)
     return [s for s in (fam.samples if fam else []) if all(s.labels.get(k) == v for k, v in match.items())]
+
+
+def vendor_fake_spec(node: str, vendors: dict[str, Any]) -> str:
+    """examples/fake-node-small.yaml on every node, and the fake source's ``vendors:`` section
+    (another vendor's register annotation) on ``node`` only."""
+    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    small["nodes"] = {node: {"cards": small["cards"], "vendors": vendors}}
+    return str(yaml.safe_dump(small, sort_keys=False))
+
+
+async def release_vendor_node(kc: KubeClient, node: str, register_key: str) -> None:
+    """What a vendor's device plugin (the node lock) and its uninstall (the registration) remove."""
+    await kc.merge_patch(
+        api_path("v1", "nodes", name=node),
+        {"metadata": {"annotations": {keys.NODE_LOCK: None, register_key: None}}},
+    )

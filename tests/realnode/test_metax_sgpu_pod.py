@@ -17,13 +17,11 @@ The test releases the lock and removes the registration afterwards, as Metax's p
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
-from realnode_chart import chart_installed, hami_leading
+from realnode_chart import chart_installed, hami_leading, release_vendor_node, vendor_fake_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -35,17 +33,14 @@ from hami.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 NODE = "node1"
 CARD = "Metax-SGPU-fake-node1-0"
 
 
 def fake_spec() -> str:
     """examples/fake-node-small.yaml on both nodes, and one 64 GiB sGPU card on node1."""
-    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
     metax = {"metax": {"card": {"memory": 65536, "slots": 16, "linkZone": 1, "qosPolicy": "best-effort"}}}
-    small["nodes"] = {NODE: {"cards": small["cards"], "vendors": metax}}
-    return yaml.safe_dump(small, sort_keys=False)
+    return vendor_fake_spec(NODE, metax)
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +55,7 @@ def installed(sandbox: Sandbox) -> Iterator[Helm]:
 async def leading(installed: Helm, kc: KubeClient) -> AsyncIterator[None]:
     await hami_leading(kc)
     yield
-    await kc.merge_patch(
-        api_path("v1", "nodes", name=NODE),
-        {"metadata": {"annotations": {keys.NODE_LOCK: None, keys.METAX_SGPU_DEVICES: None}}},
-    )
+    await release_vendor_node(kc, NODE, keys.METAX_SGPU_DEVICES)
 
 
 #: HAMi v2.10 examples/metax/sgpu/default_use.yaml (comments left out; the sandbox's ubuntu stand-in)
