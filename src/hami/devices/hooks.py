@@ -26,6 +26,8 @@ hook                       what the backend decides                  shared defa
 :class:`NodeHandshake`     the node handshake annotation             none
 :class:`QuotaScoped`       the memory/cores resources a namespace's  none (no quota for the vendor)
                            ResourceQuota limits (``limits.<name>``)
+:class:`DecisionTime`      pod annotations stamped with the decision none
+                           time (unix seconds)
 =========================  ========================================  ===================================
 
 Guarantees: resolving is pure and done once per backend; every default is a plain function here or
@@ -181,6 +183,16 @@ class NodeHandshake(Protocol):
 
 
 @runtime_checkable
+class DecisionTime(Protocol):
+    """Pod annotations the decision stamps with its time in unix seconds, beside
+    ``hami.io/vgpu-time`` (Ascend: ``predicate-time``). The core stays clock-free: the time is the
+    one the caller passes to the decision."""
+
+    @property
+    def time_keys(self) -> tuple[str, ...]: ...
+
+
+@runtime_checkable
 class Admission(Protocol):
     """The webhook's per-vendor part: defaulting (JSON-patch edits) and validation of one container.
 
@@ -218,6 +230,11 @@ class ContainerEditor(Protocol):
     def env_value(self, name: str) -> str | None: ...
 
     def has_resource(self, name: str) -> bool: ...
+
+    def remove_resource(self, name: str) -> None:
+        """Drop ``name`` from the container's limits and requests (so a later ``set_limit`` also
+        sets the request: kube defaults an absent request to the limit)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -307,6 +324,7 @@ class VendorHooks:
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
     handshake_key: str | None = None
+    time_keys: tuple[str, ...] = ()
 
     def on(self, card: Card) -> bool:
         """Do the card-level hooks apply to ``card``?"""
@@ -348,4 +366,5 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         admission=b if isinstance(b, Admission) else None,
         node_lock=node_lock,
         handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,
+        time_keys=b.time_keys if isinstance(b, DecisionTime) else (),
     )

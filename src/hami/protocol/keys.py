@@ -87,3 +87,14 @@ ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
 ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
 ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
 ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"
+
+# --- Huawei Ascend (HAMi pkg/device/ascend) ---------------------------------------------------
+#: pod annotation choosing the vNPU mode: ``hami-core`` (soft slicing) or ``template`` (vNPU templates)
+ASCEND_VNPU_MODE: Final = "huawei.com/vnpu-mode"
+ASCEND_MODE_TEMPLATE: Final = "template"
+#: node annotation (``true``/``false``) saying whether the node runs hami-core soft slicing
+ASCEND_NODE_HAMI_CORE: Final = "hami-vnpu-core"
+#: pod annotation with the decision time (unix seconds), written beside the Ascend decision
+PREDICATE_TIME: Final = "predicate-time"
+#: container env the webhook blanks (``overwriteEnv``) in containers that ask for no NPU
+ENV_ASCEND_VISIBLE_DEVICES: Final = "ASCEND_VISIBLE_DEVICES"

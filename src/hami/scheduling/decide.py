@@ -293,6 +293,7 @@ class Scheduler:
                 annotate = hooks[vendor].annotate
                 assert annotate is not None
                 out_annotations.update(annotate(pod, per_container))
+                out_annotations.update(dict.fromkeys(hooks[vendor].time_keys, str(now)))
             return Decision(
                 pod=display, node=node.name, annotations=out_annotations, placements=placed, failed=failed
             )
