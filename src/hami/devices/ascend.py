@@ -103,10 +103,11 @@ def decode_network_ids(value: str) -> dict[str, int]:
     return out
 
 
-def encode_register(devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]]) -> str:
-    """HAMi's JSON register annotation with each card's ``custominfo`` (``custom[i]``; empty: none)."""
+def encode_register(devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]] = ()) -> str:
+    """HAMi's JSON register annotation with each card's ``custominfo`` (``custom[i]``; empty or
+    absent: none), as the Ascend device plugin writes it."""
     rows = orjson.loads(encode_node_devices(devices))
-    for row, extra in zip(rows, custom, strict=True):
+    for row, extra in zip(rows, custom, strict=False):
         if extra:
             row["custominfo"] = dict(extra)
     return orjson.dumps(rows).decode()
@@ -262,6 +263,9 @@ class AscendBackend(SpecBackend):
         )
 
     # --- inventory -------------------------------------------------------------------------------
+    def encode_register(self, devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]] = ()) -> str:
+        return encode_register(devices, custom)
+
     def node_mode(self, node: Mapping[str, Any]) -> str:
         """The node's vNPU mode: its ``hami-vnpu-core`` annotation, else the section's default."""
         flag = node_annotations(node).get(keys.ASCEND_NODE_HAMI_CORE)
