@@ -14,6 +14,7 @@ only where HAMi accepts a second spelling.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import yaml
@@ -173,6 +174,13 @@ class VNPUConfig(SectionModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> VNPUConfig:
+        if not _ANNOTATION_WORD.fullmatch(self.common_word):
+            raise cross_error(
+                "commonWord",
+                self.common_word,
+                "must be letters, digits, '-', '_' or '.', starting and ending with a letter or digit "
+                "(it is part of annotation keys: hami.io/node-register-<commonWord>)",
+            )
         if self.memory_capacity and self.memory_allocatable > self.memory_capacity:
             raise cross_error(
                 "memoryAllocatable",
@@ -193,6 +201,10 @@ class VNPUConfig(SectionModel):
                     f"templates[{i}].memory", t.memory, f"must be <= memoryCapacity ({self.memory_capacity})"
                 )
         return self
+
+
+#: what a commonWord may be: it names annotation keys (the name part of a qualified key)
+_ANNOTATION_WORD = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 
 
 def _vnpu(

@@ -5,6 +5,7 @@ Facts: ../shared/reference/hami-control-plane.md §4 row "Ascend" and HAMi's cha
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -434,3 +435,22 @@ def test_decoded_placements_round_trip() -> None:
 def test_encode_register_without_custominfo_is_plain_hami_json() -> None:
     devs = [DeviceInfo(id="a", count=1, devmem=1, devcore=1, type="t")]
     assert encode_register(devs) == '[{"id":"a","count":1,"devmem":1,"devcore":1,"type":"t","health":true}]'
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "vnpus:\n  configs:\n  - {chipName: x, commonWord: 'Ascend 910', resourceName: huawei.com/npu}\n",
+            'vnpus.configs[0].commonWord = "Ascend 910": must be letters, digits',
+        ),
+        (
+            "vnpus:\n  configs:\n  - {chipName: x, commonWord: A, superPod: maybe}\n",
+            "vnpus.configs[0].superPod",
+        ),
+        ("vnpus:\n  hamiVnpuCore: 3\n", "vnpus.hamiVnpuCore"),
+    ],
+)
+def test_bad_ascend_config_names_the_key(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_device_config(text, source="dc.yaml")
