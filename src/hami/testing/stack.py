@@ -52,12 +52,14 @@ class Stack:
     dra: bool = False
     #: more kube-scheduler flags (DRA mode: :data:`hami.testing.dra.DRA_GATES`)
     scheduler_args: tuple[str, ...] = ()
+    #: the extender's device config and kube-scheduler's managedResources (None: HAMi's default)
+    device_config: DeviceConfig | None = None
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
             host="127.0.0.1",
             port=self.port,
-            device_config=DeviceConfig.default(),
+            device_config=self.device_config or DeviceConfig.default(),
             node_lock_expiry=self.lock_expiry,
             bind_lock_wait=20.0,
             annotate_at_filter=self.annotate_at_filter,
@@ -83,7 +85,7 @@ class Stack:
             await self.completer.start()
         cfg = scheduler_configuration(
             extender_url=f"http://127.0.0.1:{self.port}",
-            registry=default_registry(),
+            registry=default_registry(self.device_config),
             preempt=self.preempt,
             dra=self.dra,
         )
