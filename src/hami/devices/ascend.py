@@ -86,7 +86,10 @@ _MODES = (keys.MODE_HAMI_CORE, keys.ASCEND_MODE_TEMPLATE)
 def decode_network_ids(value: str) -> dict[str, int]:
     """Each card's ``custominfo.NetworkID`` from a register annotation (cards without one left out).
 
-    Raises ProtocolError when the annotation is not HAMi's JSON or a NetworkID is not a number."""
+    The legacy colon form carries none (``{}``). Raises ProtocolError when the JSON is broken or a
+    NetworkID is not an integer."""
+    if not value.lstrip().startswith("["):
+        return {}
     try:
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:

@@ -271,6 +271,7 @@ def test_network_ids_are_read_from_custominfo() -> None:
         "n1-npu-2": 1,
         "n1-npu-3": 0,
     }
+    assert decode_network_ids("a,1,1,1,t,0,true:") == {}  # the legacy form has no custominfo
     with pytest.raises(ProtocolError, match=r"device\[0\]: field 'custominfo.NetworkID' must be an integer"):
         decode_network_ids('[{"id":"a","custominfo":{"NetworkID":"x"}}]')
 
