@@ -8,10 +8,11 @@ import contextlib
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.deviceplugin.kubeops import merge_patch
@@ -19,6 +20,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox, ensure_namespace
 from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
@@ -155,6 +157,24 @@ async def hami_leading(kc: KubeClient) -> None:
         await wait_for(ready, timeout=180, interval=1)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
+
+
+def vendor_node_spec(node: str, vendors: dict[str, Any]) -> str:
+    """examples/fake-node-small.yaml, and another vendor's devices (the fake source's ``vendors:``
+    section) on ``node`` beside its NVIDIA cards."""
+    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    small["nodes"] = {node: {"cards": small["cards"], "vendors": vendors}}
+    return yaml.safe_dump(small, sort_keys=False)
+
+
+@contextlib.asynccontextmanager
+async def vendor_leading(kc: KubeClient, node: str, registered: Sequence[str]) -> AsyncIterator[None]:
+    """hami leads; afterwards the node lock and the ``registered`` node annotations are removed, as
+    the vendor's device plugin (the lock) and its uninstall (the registration) would."""
+    await hami_leading(kc)
+    yield
+    gone: dict[str, None] = dict.fromkeys([keys.NODE_LOCK, *registered])
+    await kc.merge_patch(api_path("v1", "nodes", name=node), {"metadata": {"annotations": gone}})
 
 
 #: the probe, then holding what it allocated until the pod is deleted

@@ -17,13 +17,11 @@ further; the test releases the lock and removes the registration afterwards, as 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import yaml
-from realnode_chart import chart_installed, hami_leading
+from realnode_chart import chart_installed, vendor_leading, vendor_node_spec
 
 from hami.devices.ascend import decode_network_ids
 from hami.kube.client import KubeClient
@@ -36,49 +34,35 @@ from hami.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 NPU_NODE = "node1"
 REGISTER = "hami.io/node-register-Ascend910B3"
 ALLOCATED = "hami.io/Ascend910B3-devices-allocated"
 MEM = "huawei.com/Ascend910B3-memory"
 
 
-def fake_spec() -> str:
-    """examples/fake-node-small.yaml on both nodes, and two Ascend 910B3 NPUs on node1."""
-    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
-    npus = {
-        "vnpus": {
-            "chip": "Ascend910B3",
-            "annotations": {keys.ASCEND_NODE_HAMI_CORE: "false"},
-            "count": 2,
-            "card": {"memory": 65536, "cores": 20, "slots": 4, "custominfo": {"NetworkID": 0}},
-        }
+#: two Ascend 910B3 NPUs on node1, as the Ascend device plugin registers them
+NPUS = {
+    "vnpus": {
+        "chip": "Ascend910B3",
+        "annotations": {keys.ASCEND_NODE_HAMI_CORE: "false"},
+        "count": 2,
+        "card": {"memory": 65536, "cores": 20, "slots": 4, "custominfo": {"NetworkID": 0}},
     }
-    small["nodes"] = {NPU_NODE: {"cards": small["cards"], "vendors": npus}}
-    return yaml.safe_dump(small, sort_keys=False)
+}
 
 
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
     with chart_installed(
-        sandbox, {"device-config": {"content": "vnpus: {}\n"}}, fake_node=fake_spec()
+        sandbox, {"device-config": {"content": "vnpus: {}\n"}}, fake_node=vendor_node_spec(NPU_NODE, NPUS)
     ) as helm:
         yield helm
 
 
 @pytest.fixture
 async def leading(installed: Helm, kc: KubeClient) -> AsyncIterator[None]:
-    await hami_leading(kc)
-    yield
-    # what the Ascend device plugin (the lock) and its uninstall (the registration) would remove
-    await kc.merge_patch(
-        api_path("v1", "nodes", name=NPU_NODE),
-        {
-            "metadata": {
-                "annotations": {keys.NODE_LOCK: None, REGISTER: None, keys.ASCEND_NODE_HAMI_CORE: None}
-            }
-        },
-    )
+    async with vendor_leading(kc, NPU_NODE, [REGISTER, keys.ASCEND_NODE_HAMI_CORE]):
+        yield
 
 
 #: HAMi v2.10 examples/ascend/job-910B3.yaml, its wire content (comments left out)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from hami.config.device import AscendConfig, VNPUConfig
+from hami.devices.ascend_config import AscendConfig, VNPUConfig
 from hami.devices.base import Card, CardSelector, DeviceRequest, NodeCards, Placement, RequestError
 from hami.devices.common import (
     NodeFacts,
