@@ -254,6 +254,8 @@ class AscendBackend(SpecBackend):
             mem=mib,
             mem_percentage=None if mib else 100,
             cores=cores or 0,
+            # a -core request is hami-core soft slicing (HAMi's webhook writes the pod's mode for it)
+            payload=None if cores is None else keys.MODE_HAMI_CORE,
         )
 
     def _odd(self, count: int) -> str:
@@ -302,6 +304,12 @@ class AscendBackend(SpecBackend):
             nouse_uuids=base.nouse_uuids,
             vnpu_mode=mode if mode in _MODES else None,
         )
+
+    # --- hook: CardRejection (a soft-slicing request needs a hami-core node) ----------------------
+    def reject_card(self, card: Card, request: DeviceRequest) -> str | None:
+        if request.payload == keys.MODE_HAMI_CORE and card.mode != keys.MODE_HAMI_CORE:
+            return MODE_NOT_FIT
+        return None
 
     # --- hook: Sizing (a card registered with no cores takes core-less requests) -----------------
     def fits(self, card: Card, request: DeviceRequest) -> str | None:
@@ -390,24 +398,36 @@ class AscendBackend(SpecBackend):
             if self.config.overwrite_env and not _asks_any_npu(edit.container):
                 edit.set_env(keys.ENV_ASCEND_VISIBLE_DEVICES, "")
             return
+        mode = out.pod_annotations.get(keys.ASCEND_VNPU_MODE)
+        soft = edit.has_resource(s.core_name)
+        if soft and mode == keys.ASCEND_MODE_TEMPLATE:
+            out.invalid.append(
+                f"container {name!r}: {s.core_name}: only for hami-core soft slicing, and the pod asks for "
+                f"{keys.ASCEND_VNPU_MODE}: {keys.ASCEND_MODE_TEMPLATE}"
+            )
+            return
         count = int_resource(edit.container, name, s.count_name) or request.count
         if self.config.super_pod and count == 1:
             self._set(edit, s.count_name, "2")
             out.warnings.append(
                 f"container {name!r}: {s.count_name} 1 raised to 2 (a {self.vendor} module is 2 NPUs)"
             )
-        elif self.config.super_pod and count % MODULE_SIZE:
-            out.invalid.append(f"container {name!r}: {s.count_name}: {self._odd(count)}")
-            return
-        # hami-core soft slicing (a -core request) keeps its memory; a template vNPU gets its template
-        memory = request.mem if request.mem else self.config.memory_allocatable
+        given = int_resource(edit.container, name, s.memory_name)
+        # hami-core soft slicing (a -core request, or the pod's mode) keeps its memory as given; a
+        # template vNPU gets its template; no memory: the whole card
+        hami_core = soft or mode == keys.MODE_HAMI_CORE
+        if given is None:
+            memory = self.config.memory_allocatable
+        elif hami_core:
+            memory = given * s.memory_factor
+        else:
+            memory = request.mem
         if count > 1 and memory != self.config.memory_allocatable:
             out.invalid.append(
                 f"container {name!r}: {s.memory_name}: vNPU slices are not supported for multiple devices "
                 f"(ask for {self.config.memory_allocatable} MiB, a whole card, or for one device)"
             )
             return
-        given = int_resource(edit.container, name, s.memory_name)
         if s.memory_factor == 1 and memory and given != memory:
             self._set(edit, s.memory_name, str(memory))
             if given is not None:

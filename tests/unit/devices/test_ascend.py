@@ -449,3 +449,23 @@ def test_encode_register_without_custominfo_is_plain_hami_json() -> None:
 def test_bad_ascend_config_names_the_key(text: str, error: str) -> None:
     with pytest.raises(ValueError, match=re.escape(error)):
         parse_device_config(text, source="dc.yaml")
+
+
+def test_a_core_request_without_a_mode_needs_a_hami_core_node() -> None:
+    """HAMi's webhook names the pod hami-core when it asks for -core; the scheduler holds the
+    request to that even when the pod came without the webhook."""
+    soft = {NPU: 1, MEM: 2000, CORE: 30}
+    d = scheduler(b3(), npu_node()).decide(pod("p", soft))
+    assert d.node is None and d.failed == {"n1": "4/4 ModeNotFit"}
+    assert scheduler(b3(hami_core=True), npu_node()).decide(pod("p", soft)).node == "n1"
+
+
+def test_webhook_reads_the_pods_vnpu_mode() -> None:
+    template = {"huawei.com/vnpu-mode": "template"}
+    d = admit(pod("p", {NPU: 1, MEM: 2000, CORE: 30}, annotations=template))
+    assert not d.allowed
+    assert "huawei.com/Ascend910B3-core: only for hami-core soft slicing" in d.message
+    # a hami-core pod keeps its memory as given, -core or not
+    d = admit(pod("p", {NPU: 1, MEM: 2000}, annotations={"huawei.com/vnpu-mode": "hami-core"}))
+    assert d.allowed and limits_set(d) == {}
+    assert limits_set(admit(pod("p", {NPU: 1, MEM: 2000}, annotations=template))) == {MEM: "16384"}
