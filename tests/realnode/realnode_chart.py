@@ -177,6 +177,17 @@ async def vendor_leading(kc: KubeClient, node: str, registered: Sequence[str]) -
     await kc.merge_patch(api_path("v1", "nodes", name=node), {"metadata": {"annotations": gone}})
 
 
+async def bound_pod(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    """The pod once it is bound to a node."""
+
+    async def bound() -> dict[str, Any] | None:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        return p if p["spec"].get("nodeName") else None
+
+    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    return pod
+
+
 #: the probe, then holding what it allocated until the pod is deleted
 HOLD = PROBE + "\nimport time\ntime.sleep(10**6)\n"
 IMAGE = "hami.local/hami:0.1.0"

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from realnode_chart import chart_installed, vendor_leading, vendor_node_spec
+from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
 
 from hami.devices.ascend import decode_network_ids
 from hami.kube.client import KubeClient
@@ -102,12 +102,7 @@ async def test_ascend_example_pod_is_admitted_placed_and_bound(
     assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
     assert created["spec"]["containers"][0]["resources"]["limits"][MEM] == "16384"  # vir05_1c_16g
     name = JOB_910B3["metadata"]["name"]
-
-    async def bound() -> dict[str, Any] | None:
-        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        return p if p["spec"].get("nodeName") else None
-
-    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    pod = await bound_pod(kc, ns, name)
     assert pod["spec"]["nodeName"] == NPU_NODE
     ann = pod["metadata"]["annotations"]
     assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING  # no Ascend device plugin to go further

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from realnode_chart import chart_installed, vendor_leading, vendor_node_spec
+from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -105,12 +105,7 @@ async def test_hygon_example_pod_is_placed_and_bound_with_hygon_decision(
     assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
 
     name = HYGON_DEFAULT_USE["metadata"]["name"]
-
-    async def bound() -> dict[str, Any] | None:
-        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        return p if p["spec"].get("nodeName") else None
-
-    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    pod = await bound_pod(kc, ns, name)
     assert pod["spec"]["nodeName"] == HYGON_NODE
     ann = pod["metadata"]["annotations"]
     assert ann[keys.VGPU_NODE] == HYGON_NODE
