@@ -621,6 +621,24 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
         assert f"k.startsWith('{domain}')" in cond["expression"]
 
 
+@pytest.mark.parametrize(
+    ("content", "drs"),
+    [
+        ("enflame: {}\n", "enflame.com/drs-gcu"),
+        ("enflame:\n  resourceNameVGCU: enflame.com/vgcu\n", "enflame.com/vgcu"),
+    ],
+)
+def test_enflame_drs_names_are_managed_as_hami_resolves_them(helm: Helm, content: str, drs: str) -> None:
+    """Enflame's DRS count name is resourceNameDRSGCU, else the legacy resourceNameVGCU the file
+    sets (HAMi's chart sets it): the same names as the extender's registry."""
+    objs = helm.render(CHART, release="hami", namespace="x", values={"device-config": {"content": content}})
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "hami-scheduler"]
+    names = [r["name"] for r in yaml.safe_load(cm["data"]["config.yaml"])["extenders"][0]["managedResources"]]
+    cfg, _ = parse_device_config(content)
+    assert names == default_registry(cfg).resource_names()
+    assert drs in names and "enflame.com/gcu-memory" in names
+
+
 def test_webui_is_off_by_default(rendered: Render) -> None:
     r = rendered("default")
     assert not any(o["metadata"]["name"].endswith("-webui") for o in r.objects)

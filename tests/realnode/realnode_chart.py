@@ -226,12 +226,16 @@ def gpu_pod(
     return {"metadata": meta, "spec": spec}
 
 
-async def probe_report(kc: KubeClient, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:
-    """The probe's report from pod ``name``'s log, once it has printed it."""
+async def probe_report(
+    kc: KubeClient, ns: str, name: str, timeout: float = 180, *, container: str | None = None
+) -> dict[str, Any]:
+    """The probe's report from pod ``name``'s log (of ``container`` when given), once it has printed it."""
+    params = {"container": container} if container else None
 
     async def reported() -> dict[str, Any] | None:
         try:
-            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name=name) + "/log"))
+            path = api_path("v1", "pods", namespace=ns, name=name) + "/log"
+            return report(await kc.get_text(path, params=params))
         except (KubeError, ValueError):
             return None
 

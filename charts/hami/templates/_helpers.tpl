@@ -105,13 +105,16 @@ hami's default names for keys the section leaves out. */}}
 {{- $content := index $v "device-config" "content" -}}
 {{- if $content -}}
 {{- $dc := fromYaml $content -}}
+{{- /* Enflame DRS: resourceNameDRSGCU, else the legacy resourceNameVGCU (HAMi's resolution) */ -}}
+{{- $enf := index $dc "enflame" | default dict -}}
+{{- $drs := index $enf "resourceNameVGCU" | default "enflame.com/drs-gcu" -}}
 {{- $vendors := list
   (list "cambricon" (list (list "resourceCountName" "cambricon.com/vmlu") (list "resourceMemoryName" "cambricon.com/mlu.smlu.vmemory") (list "resourceCoreName" "cambricon.com/mlu.smlu.vcore")))
   (list "hygon" (list (list "resourceCountName" "hygon.com/dcunum") (list "resourceMemoryName" "hygon.com/dcumem") (list "resourceCoreName" "hygon.com/dcucores")))
   (list "metax" (list (list "resourceCountName" "metax-tech.com/gpu")))
   (list "iluvatars" (list))
   (list "mthreads" (list (list "resourceCountName" "mthreads.com/vgpu") (list "resourceMemoryName" "mthreads.com/sgpu-memory") (list "resourceCoreName" "mthreads.com/sgpu-core")))
-  (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu")))
+  (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu") (list "resourceNameDRSGCU" $drs) (list "resourceNameGCUMemory" "enflame.com/gcu-memory") (list "resourceNameGCUCore" "enflame.com/gcu-core")))
   (list "kunlun" (list (list "resourceCountName" "kunlunxin.com/xpu") (list "resourceVCountName" "kunlunxin.com/vxpu") (list "resourceVMemoryName" "kunlunxin.com/vxpu-memory")))
   (list "amd" (list (list "resourceCountName" "amd.com/gpu") (list "resourceMemoryName" "amd.com/gpumem") (list "resourceMemoryPercentageName" "amd.com/gpumem-percentage") (list "resourceCoreName" "amd.com/gpucores")))
   (list "awsneuron" (list (list "resourceCountName" "aws.amazon.com/neuron") (list "resourceCoreName" "aws.amazon.com/neuroncore")))

@@ -74,6 +74,7 @@ MODE_NOT_FIT = "ModeNotFit"
 NETWORK_CHIP_PREFIX = "Ascend910"
 NETWORK_WEIGHT = 10
 NETWORK_ID = "NetworkID"
+NS_PER_S = 1_000_000_000
 #: NPUs per 910C module
 MODULE_SIZE = 2
 #: what a container asks for when it names no mode: any node
@@ -215,10 +216,12 @@ class AscendBackend(SpecBackend):
     def decision_keys(self) -> tuple[str, ...]:
         return (*self.encoding_keys, self.runtime_key, keys.PREDICATE_TIME)
 
-    # --- hook: DecisionTime ----------------------------------------------------------------------
-    @property
-    def time_keys(self) -> tuple[str, ...]:
-        return (keys.PREDICATE_TIME,)
+    # --- hook: PlacedAnnotations -------------------------------------------------------------------
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
+    ) -> dict[str, str]:
+        """HAMi writes ``predicate-time`` (unix seconds) beside the Ascend decision."""
+        return {keys.PREDICATE_TIME: str(now_ns // NS_PER_S)}
 
     # --- templates -------------------------------------------------------------------------------
     def trim_memory(self, mib: int) -> tuple[int, str]:

@@ -22,12 +22,13 @@ hook                       what the backend decides                  shared defa
 :class:`PolicyNodeScore`   the same, knowing the node policy         none
 :class:`Admission`         webhook defaulting/validation             none
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
+:class:`PlacedAnnotations` decision annotations that see the node    none
+                           and the time of the decision
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
 :class:`NodeHandshake`     the node handshake annotation             none
+:class:`OneCardPod`        every container of a pod on one card      containers choose freely
 :class:`QuotaScoped`       the memory/cores resources a namespace's  none (no quota for the vendor)
                            ResourceQuota limits (``limits.<name>``)
-:class:`DecisionTime`      pod annotations stamped with the decision none
-                           time (unix seconds)
 =========================  ========================================  ===================================
 
 Guarantees: resolving is pure and done once per backend; every default is a plain function here or
@@ -166,11 +167,35 @@ class PodAnnotations(Protocol):
 
 
 @runtime_checkable
+class PlacedAnnotations(Protocol):
+    """Decision annotations that depend on where and when the pod was placed (HAMi's
+    ``predicate-node`` / ``predicate-time`` family), merged after the decision annotations.
+
+    ``node`` is the chosen node; ``now_ns`` the decision time in Unix nanoseconds (HAMi writes
+    ``time.Now().UnixNano()`` at Filter). Every key written must be in ``decision_keys``.
+    """
+
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
+    ) -> dict[str, str]: ...
+
+
+@runtime_checkable
 class NodeLockFormat(Protocol):
     """The backend's node-lock key and value format (when it is not HAMi's ``<time>,<ns>,<name>``)."""
 
     @property
     def node_lock(self) -> NodeLockCodec: ...
+
+
+@runtime_checkable
+class OneCardPod(Protocol):
+    """HAMi's "whole pod on one device" rule (Mthreads, Metax GPUs): a card is refused
+    (``CardNotFoundCustomFilterRule``, after the capacity checks) unless every card the pod's
+    earlier containers took of this vendor is that card."""
+
+    @property
+    def one_card_per_pod(self) -> bool: ...
 
 
 @runtime_checkable
@@ -180,16 +205,6 @@ class NodeHandshake(Protocol):
 
     @property
     def handshake_key(self) -> str: ...
-
-
-@runtime_checkable
-class DecisionTime(Protocol):
-    """Pod annotations the decision stamps with its time in unix seconds, beside
-    ``hami.io/vgpu-time`` (Ascend: ``predicate-time``). The core stays clock-free: the time is the
-    one the caller passes to the decision."""
-
-    @property
-    def time_keys(self) -> tuple[str, ...]: ...
 
 
 @runtime_checkable
@@ -323,10 +338,13 @@ class VendorHooks:
     score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
     policy_score: Callable[[Sequence[Card], Sequence[DeviceRequest], str], float] | None = None
     annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
+    placed: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]], str, int], dict[str, str]] | None = (
+        None
+    )
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
     handshake_key: str | None = None
-    time_keys: tuple[str, ...] = ()
+    one_card: bool = False
 
     def on(self, card: Card) -> bool:
         """Do the card-level hooks apply to ``card``?"""
@@ -365,8 +383,9 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         annotate=b.pod_decision_annotations
         if isinstance(b, PodAnnotations)
         else hami_decision_annotations(backend),
+        placed=b.placed_annotations if isinstance(b, PlacedAnnotations) else None,
         admission=b if isinstance(b, Admission) else None,
         node_lock=node_lock,
         handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,
-        time_keys=b.time_keys if isinstance(b, DecisionTime) else (),
+        one_card=isinstance(b, OneCardPod) and b.one_card_per_pod,
     )

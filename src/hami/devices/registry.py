@@ -114,7 +114,7 @@ def default_factories() -> dict[str, BackendFactory]:
     from hami.devices.awsneuron import AWSNeuronBackend
     from hami.devices.biren import BirenBackend
     from hami.devices.cambricon import CambriconBackend
-    from hami.devices.enflame import EnflameGCUBackend
+    from hami.devices.enflame import enflame_backends
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
     from hami.devices.kunlun import kunlun_backends
@@ -130,7 +130,7 @@ def default_factories() -> dict[str, BackendFactory]:
         "metax": MetaxGPUBackend,
         "iluvatars": IluvatarBackend,
         "mthreads": MthreadsBackend,
-        "enflame": EnflameGCUBackend,
+        "enflame": enflame_backends,
         "kunlun": kunlun_backends,
         "amd": AMDBackend,
         "awsneuron": AWSNeuronBackend,

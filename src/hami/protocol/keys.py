@@ -14,6 +14,9 @@ DEVICE_CORDON: Final = "hami.io/device-cordon"
 NODE_ALLOCATION_MODE: Final = "hami.io/allocation-mode"
 ALLOCATION_MODE_CDI: Final = "cdi"
 ALLOCATION_MODE_LOCK: Final = "lock"
+#: hami's own: the other vendors' annotations the node agent wrote for a simulated node (the fake
+#: source's ``vendors:`` section), comma-separated, so that it removes one the spec no longer has
+NODE_SIMULATED_VENDOR_KEYS: Final = "hami.io/simulated-vendor-annotations"
 
 # --- pod annotations written by the scheduler / device plugin ---------------------------------
 VGPU_NODE: Final = "hami.io/vgpu-node"
