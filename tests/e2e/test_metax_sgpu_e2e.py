@@ -173,7 +173,7 @@ async def test_the_webhook_defaults_the_qos_policy_and_refuses_a_bad_app_class(
     node = await metax_node(kube_client, namespace, 1)
     policy = WebhookPolicy.from_config(metax_config())
     async with (
-        served_webhook(kube_client, policy, namespace, domains=["metax-tech.com/"]),
+        served_webhook(kube_client, policy, namespace, every_pod=True),
         metax_stack(kube_config, start_scheduler),
     ):
         pods = api_path("v1", "pods", namespace=namespace)

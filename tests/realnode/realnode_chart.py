@@ -8,7 +8,7 @@ import contextlib
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +159,35 @@ async def hami_leading(kc: KubeClient) -> None:
         raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
 
 
+def vendor_node_spec(node: str, vendors: dict[str, Any]) -> str:
+    """examples/fake-node-small.yaml, and another vendor's devices (the fake source's ``vendors:``
+    section) on ``node`` beside its NVIDIA cards."""
+    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    small["nodes"] = {node: {"cards": small["cards"], "vendors": vendors}}
+    return yaml.safe_dump(small, sort_keys=False)
+
+
+@contextlib.asynccontextmanager
+async def vendor_leading(kc: KubeClient, node: str, registered: Sequence[str]) -> AsyncIterator[None]:
+    """hami leads; afterwards the node lock and the ``registered`` node annotations are removed, as
+    the vendor's device plugin (the lock) and its uninstall (the registration) would."""
+    await hami_leading(kc)
+    yield
+    gone: dict[str, None] = dict.fromkeys([keys.NODE_LOCK, *registered])
+    await kc.merge_patch(api_path("v1", "nodes", name=node), {"metadata": {"annotations": gone}})
+
+
+async def bound_pod(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    """The pod once it is bound to a node."""
+
+    async def bound() -> dict[str, Any] | None:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        return p if p["spec"].get("nodeName") else None
+
+    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    return pod
+
+
 #: the probe, then holding what it allocated until the pod is deleted
 HOLD = PROBE + "\nimport time\ntime.sleep(10**6)\n"
 IMAGE = "hami.local/hami:0.1.0"
@@ -240,19 +269,3 @@ def samples(fams: dict[str, Any], name: str, **match: str) -> list[Any]:
     """The samples of family ``name`` whose labels include ``match``."""
     fam = fams.get(name)
     return [s for s in (fam.samples if fam else []) if all(s.labels.get(k) == v for k, v in match.items())]
-
-
-def vendor_fake_spec(node: str, vendors: dict[str, Any]) -> str:
-    """examples/fake-node-small.yaml on every node, and the fake source's ``vendors:`` section
-    (another vendor's register annotation) on ``node`` only."""
-    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
-    small["nodes"] = {node: {"cards": small["cards"], "vendors": vendors}}
-    return str(yaml.safe_dump(small, sort_keys=False))
-
-
-async def release_vendor_node(kc: KubeClient, node: str, register_key: str) -> None:
-    """What a vendor's device plugin (the node lock) and its uninstall (the registration) remove."""
-    await kc.merge_patch(
-        api_path("v1", "nodes", name=node),
-        {"metadata": {"annotations": {keys.NODE_LOCK: None, register_key: None}}},
-    )

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from realnode_chart import chart_installed, hami_leading, release_vendor_node, vendor_fake_spec
+from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -37,25 +37,20 @@ NODE = "node1"
 CARD = "Metax-SGPU-fake-node1-0"
 
 
-def fake_spec() -> str:
-    """examples/fake-node-small.yaml on both nodes, and one 64 GiB sGPU card on node1."""
-    metax = {"metax": {"card": {"memory": 65536, "slots": 16, "linkZone": 1, "qosPolicy": "best-effort"}}}
-    return vendor_fake_spec(NODE, metax)
-
-
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
-    with chart_installed(
-        sandbox, {"device-config": {"content": "metax: {}\n"}}, fake_node=fake_spec()
-    ) as helm:
+    # one 64 GiB sGPU card on node1, in MetaLink zone 1, registered in best-effort
+    custom = {"linkZone": 1, "qosPolicy": "best-effort"}
+    metax = {"metax": {"card": {"memory": 65536, "slots": 16, "custominfo": custom}}}
+    spec = vendor_node_spec(NODE, metax)
+    with chart_installed(sandbox, {"device-config": {"content": "metax: {}\n"}}, fake_node=spec) as helm:
         yield helm
 
 
 @pytest.fixture
 async def leading(installed: Helm, kc: KubeClient) -> AsyncIterator[None]:
-    await hami_leading(kc)
-    yield
-    await release_vendor_node(kc, NODE, keys.METAX_SGPU_DEVICES)
+    async with vendor_leading(kc, NODE, [keys.METAX_SGPU_DEVICES]):
+        yield
 
 
 #: HAMi v2.10 examples/metax/sgpu/default_use.yaml (comments left out; the sandbox's ubuntu stand-in)
@@ -107,12 +102,7 @@ async def test_metax_sgpu_example_pod_is_defaulted_placed_bound_and_run(
     assert created["spec"]["schedulerName"] == "hami-scheduler"
     assert created["metadata"]["annotations"][keys.METAX_SGPU_QOS_POLICY] == "best-effort"
     path = api_path("v1", "pods", namespace=ns, name="gpu-pod")
-
-    async def placed() -> dict[str, Any] | None:
-        p = await kc.get(path)
-        return p if p["spec"].get("nodeName") else None
-
-    pod: dict[str, Any] = await wait_for(placed, timeout=60, interval=0.5)
+    pod = await bound_pod(kc, ns, "gpu-pod")
     ann = pod["metadata"]["annotations"]
     assert pod["spec"]["nodeName"] == NODE and ann[keys.VGPU_NODE] == NODE
     assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING  # no Metax device plugin to go further

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from realnode_chart import chart_installed, hami_leading, release_vendor_node, vendor_fake_spec
+from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -43,25 +43,19 @@ DCU_TO_ALLOCATE, DCU_ALLOCATED = "hami.io/dcu-devices-to-allocate", "hami.io/dcu
 DCUS = ("DCU-fake-node1-0", "DCU-fake-node1-1")
 
 
-def fake_spec() -> str:
-    """examples/fake-node-small.yaml on both nodes, and two Hygon Z100 DCUs on node1."""
-    hygon = {"hygon": {"count": 2, "card": {"type": "DCU-Z100", "memory": 32768, "slots": 4}}}
-    return vendor_fake_spec(HYGON_NODE, hygon)
-
-
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
+    hygon = {"hygon": {"count": 2, "card": {"type": "DCU-Z100", "memory": 32768, "slots": 4}}}
     with chart_installed(
-        sandbox, {"device-config": {"content": "hygon: {}\n"}}, fake_node=fake_spec()
+        sandbox, {"device-config": {"content": "hygon: {}\n"}}, fake_node=vendor_node_spec(HYGON_NODE, hygon)
     ) as helm:
         yield helm
 
 
 @pytest.fixture
 async def leading(installed: Helm, kc: KubeClient) -> AsyncIterator[None]:
-    await hami_leading(kc)
-    yield
-    await release_vendor_node(kc, HYGON_NODE, DCU_REGISTER)
+    async with vendor_leading(kc, HYGON_NODE, [DCU_REGISTER]):
+        yield
 
 
 #: HAMi v2.10 examples/hygon/default_use.yaml, its wire content (comments left out)
@@ -111,12 +105,7 @@ async def test_hygon_example_pod_is_placed_and_bound_with_hygon_decision(
     assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
 
     name = HYGON_DEFAULT_USE["metadata"]["name"]
-
-    async def bound() -> dict[str, Any] | None:
-        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        return p if p["spec"].get("nodeName") else None
-
-    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    pod = await bound_pod(kc, ns, name)
     assert pod["spec"]["nodeName"] == HYGON_NODE
     ann = pod["metadata"]["annotations"]
     assert ann[keys.VGPU_NODE] == HYGON_NODE

@@ -47,8 +47,8 @@ biren: {}
 METAX_UUID = "36beae85-c835-6b14-6ab2-02671837a59c"
 #: Metax sGPU cards: MetaLink zone 1 (4 cards), zone 2 (2 cards), then 6 in no zone, one of them METAX_UUID
 SGPU_CARDS: list[dict[str, Any]] = [
-    *({"uuid": f"sgpu-{i}", "linkZone": 1} for i in range(4)),
-    *({"uuid": f"sgpu-{i}", "linkZone": 2} for i in (4, 5)),
+    *({"uuid": f"sgpu-{i}", "custominfo": {"linkZone": 1}} for i in range(4)),
+    *({"uuid": f"sgpu-{i}", "custominfo": {"linkZone": 2}} for i in (4, 5)),
     {"uuid": METAX_UUID},
     *({"uuid": f"sgpu-{i}"} for i in range(7, 12)),
 ]
@@ -130,10 +130,23 @@ def mixed_cluster() -> list[dict[str, Any]]:
         _registered("vxpu-node", {"kunlun": {"count": 8, "card": {"type": "P800", "memory": 98304}}}),
         _registered(
             "sgpu-node",
-            {"metax": {"cards": [{**c, "memory": 65536, "slots": 16, "model": "C500"} for c in SGPU_CARDS]}},
+            {
+                "metax": {
+                    "cards": [
+                        {
+                            **c,
+                            "memory": 65536,
+                            "slots": 16,
+                            "custominfo": {**c.get("custominfo", {}), "model": "C500"},
+                        }
+                        for c in SGPU_CARDS
+                    ]
+                }
+            },
         ),
         # one node, two vendors
         _registered("biren-vastai-node", {"biren": {"count": 2}, "vastai": {"count": 2}}),
+        *ascend_nodes(),
         _capacity("xpu-node", {"kunlunxin.com/xpu": 8}),
         _capacity(
             "mlu-node", {"cambricon.com/mlu370.smlu.vcore": 200, "cambricon.com/mlu370.smlu.vmemory": 192}
@@ -619,6 +632,86 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
 }
 
 
+# ---------------------------------------------------------------------------------- Huawei Ascend
+
+DEVICE_CONFIG += "vnpus: {}\n"
+
+#: chip (CommonWord) -> the card memory its device plugin registers (HAMi chart: memoryAllocatable)
+ASCEND_CHIPS = {
+    "Ascend310P": 21527,
+    "Ascend910A": 32768,
+    "Ascend910B2": 65536,
+    "Ascend910B3": 65536,
+    "Ascend910B4": 32768,
+    "Ascend910C": 65536,
+}
+
+
+def ascend_nodes() -> list[dict[str, Any]]:
+    """One node per chip, two NPUs each, every card with a NetworkID (as the Ascend plugin registers)."""
+    return [
+        _registered(
+            f"{word.lower()}-node",
+            {
+                "vnpus": {
+                    "chip": word,
+                    "count": 2,
+                    "card": {"memory": mem, "cores": 20, "slots": 4, "custominfo": {"NetworkID": 0}},
+                }
+            },
+        )
+        for word, mem in ASCEND_CHIPS.items()
+    ]
+
+
+ASCEND_IMAGE = "ascendhub.huawei.com/public-ascendhub/ascend-mindspore:23.0.RC3-centos7"
+ASCEND_CMD = {"command": ["bash", "-c", "sleep 86400"]}
+#: examples/ascend/job-<chip>.yaml: (pod name, chip, memory asked); 910C asks 16384 (vir05_1c_16g)
+ASCEND_JOBS = {
+    "310P": ("ascend310p-job", "Ascend310P", 2000),
+    "910A": ("ascend910a-job", "Ascend910A", 2000),
+    "910B2": ("ascend910b2-job", "Ascend910B2", 2000),
+    "910B3": ("ascend910b3-job", "Ascend910B3", 2000),
+    "910B4": ("ascend910b4-job", "Ascend910B4", 2000),
+    "910C": ("ascend910c-job", "Ascend910C", 16384),
+}
+HAMI_EXAMPLES.update(
+    {
+        f"ascend/job-{job}": _pod(
+            name,
+            [
+                _c(
+                    "ubuntu-container",
+                    ASCEND_IMAGE,
+                    {f"huawei.com/{word}": 1, f"huawei.com/{word}-memory": mem},
+                    **ASCEND_CMD,
+                )
+            ],
+        )
+        for job, (name, word, mem) in ASCEND_JOBS.items()
+    }
+)
+#: the template each example's memory is rounded up to (HAMi chart's vnpus templates)
+ASCEND_TEMPLATE_MIB = {
+    "310P": 3072,
+    "910A": 2184,
+    "910B2": 8192,
+    "910B3": 16384,
+    "910B4": 8192,
+    "910C": 16384,
+}
+EXPECTED.update(
+    {
+        f"ascend/job-{job}": (
+            f"{word.lower()}-node",
+            f"hami.io/{word}-devices-allocated",
+            f"{word}-fake-{word.lower()}-node-1,{word},{ASCEND_TEMPLATE_MIB[job]},0:;",
+        )
+        for job, (_, word, _mem) in ASCEND_JOBS.items()
+    }
+)
+
+
 def run(pods: list[dict[str, Any]]) -> SimulationResult:
     config, _ = parse_device_config(DEVICE_CONFIG)
     return simulate(
@@ -709,3 +802,26 @@ def test_the_table_shows_every_vendors_cards() -> None:
     table = render_table(run([HAMI_EXAMPLES["hygon/default_use"], HAMI_EXAMPLES["kunlunxin/default_use"]]))
     assert "[DCU-TPXS320010040504 2000MiB 60%]" in table
     assert "[xpu-node-kunlun-0 98304MiB 100%]" in table
+
+
+@pytest.mark.parametrize("job", sorted(ASCEND_JOBS))
+def test_ascend_examples_carry_every_decision_annotation_exactly(job: str) -> None:
+    """Beside the encoding under both keys: ``huawei.com/<chip>`` names the card and its vNPU
+    template (the 310P's vir01 is 3072 MiB), and ``predicate-time`` is the decision's time."""
+    _, word, _ = ASCEND_JOBS[job]
+    result = run([HAMI_EXAMPLES[f"ascend/job-{job}"]])
+    (placed,) = result.placements
+    node, _, encoded = EXPECTED[f"ascend/job-{job}"]
+    templates = {"310P": "vir01", "910A": "vir02", "910B2": "vir03_1c_8g", "910B3": "vir05_1c_16g"}
+    templates |= {"910B4": "vir05_1c_8g", "910C": "vir05_1c_16g"}
+    uuid = f"{word}-fake-{node}-1"
+    assert placed["annotations"] == {
+        keys.VGPU_NODE: node,
+        keys.VGPU_TIME: "0",
+        f"hami.io/{word}-devices-to-allocate": encoded,
+        f"hami.io/{word}-devices-allocated": encoded,
+        f"huawei.com/{word}": (
+            f'[{{"UUID":"{uuid}","temp":"{templates[job]}","memory":{ASCEND_TEMPLATE_MIB[job]}}}]'
+        ),
+        "predicate-time": "0",
+    }

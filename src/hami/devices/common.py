@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self, TypedDict, runtime_checkable
+from typing import Any, ClassVar, Self, TypedDict
 
 from hami.devices.base import (
     Card,
@@ -32,7 +32,13 @@ from hami.devices.hooks import EXCLUSIVE_CONFLICT, QuotaNames
 from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import MODE_MIG
-from hami.protocol.node import DeviceInfo, card_problem, decode_node_devices
+from hami.protocol.node import (
+    DeviceInfo,
+    card_problem,
+    decode_node_devices,
+    encode_node_devices,
+    encode_node_devices_legacy,
+)
 from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
 from hami.protocol.quantity import parse_int_quantity
 
@@ -381,6 +387,16 @@ class SpecBackend:
         cards = tuple(Card(**card_fields(d, s.vendor)) for d in devices)
         return NodeCards(cards=cards, rejected=rejected) if cards or rejected else None
 
+    def encode_register(self, devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The register annotation this vendor's device plugin writes for ``devices`` (HAMi's JSON, or
+        the legacy colon form); ``custom[i]`` is card i's ``custominfo``, which only vendors whose
+        registration carries one accept (ProtocolError otherwise)."""
+        if any(custom):
+            raise ProtocolError(f"custominfo: {self.vendor}'s register annotation carries none")
+        if self.spec.legacy_register:
+            return encode_node_devices_legacy(devices)
+        return encode_node_devices(devices)
+
     def capacity_cards(
         self,
         node: Mapping[str, Any],
@@ -471,19 +487,6 @@ class WholeDeviceBackend(WholeCards, SpecBackend):
             **hami_keys(self.node_word, self.vendor_word),
             **filter_keys(self.domain, self.type_word),
         )
-
-
-@runtime_checkable
-class RegisterEncoder(Protocol):
-    """A vendor whose register annotation is its own format, not HAMi's ``DeviceInfo`` list (Metax
-    sGPU): what its device plugin writes for ``devices``, each with its vendor-only fields
-    (``extras``, one mapping per device, named and typed by ``register_extras``: name -> (type,
-    default)). The fake device source writes this; the backend's ``node_cards`` reads it back."""
-
-    @property
-    def register_extras(self) -> Mapping[str, tuple[type, Any]]: ...
-
-    def encode_register(self, devices: Sequence[DeviceInfo], extras: Sequence[Mapping[str, Any]]) -> str: ...
 
 
 class ContainerAdmission:

@@ -47,7 +47,7 @@ in :mod:`hami.scheduling.fit`, usable by a backend that wraps it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from hami.devices.base import Card, DeviceBackend, DeviceRequest, Placement
@@ -309,15 +309,22 @@ class ContainerEditor(Protocol):
 
     def has_resource(self, name: str) -> bool: ...
 
+    def remove_resource(self, name: str) -> None:
+        """Drop ``name`` from the container's limits and requests (so a later ``set_limit`` also
+        sets the request: kube defaults an absent request to the limit)."""
+        ...
+
 
 @dataclass(slots=True)
 class AdmissionOutcome:
-    """What admission hooks report for one pod (the webhook collects it)."""
+    """What admission hooks report for one pod (the webhook collects it), and the pod's annotations
+    as submitted (read-only; e.g. Ascend's ``huawei.com/vnpu-mode``)."""
 
     opted_out: bool
     invalid: list[str]
     denials: list[str]
     warnings: list[str]
+    pod_annotations: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- defaults

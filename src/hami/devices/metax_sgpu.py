@@ -63,6 +63,7 @@ from hami.devices.metax_sgpu_wire import (
     vmemory_mib,
 )
 from hami.protocol import keys
+from hami.protocol.errors import ProtocolError
 from hami.protocol.node import DeviceInfo, card_problem
 from hami.protocol.pod import ContainerDevice, decode_pod_devices
 
@@ -201,15 +202,11 @@ class MetaxSGPUBackend(SpecBackend):
             health=d.healthy,
         )
 
-    #: card fields the fake device source reads beside HAMi's (name -> (type, default))
-    register_extras: Mapping[str, tuple[type, Any]] = {
-        "qosPolicy": (str, ""),
-        "linkZone": (int, 0),
-        "model": (str, ""),
-    }
-
-    def encode_register(self, devices: Sequence[DeviceInfo], extras: Sequence[Mapping[str, Any]]) -> str:
-        """The ``node-gpu-devices`` value Metax's device plugin writes for these cards."""
+    def encode_register(self, devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The ``node-gpu-devices`` value Metax's device plugin writes for these cards; card i's
+        ``custom[i]`` may give its ``qosPolicy``, ``linkZone`` and ``model`` (ProtocolError naming
+        the field otherwise)."""
+        extras = list(custom) or [{}] * len(devices)
         return encode_sgpu_devices(
             SGPUDevice(
                 uuid=d.id,
@@ -218,9 +215,7 @@ class MetaxSGPUBackend(SpecBackend):
                 total_vram=d.devmem,
                 numa=d.numa,
                 healthy=d.health,
-                qos_policy=str(x.get("qosPolicy", "")),
-                link_zone=int(x.get("linkZone", 0)),
-                model=str(x.get("model", "")),
+                **_register_extras(x, f"custominfo of card {d.id!r}"),
             )
             for d, x in zip(devices, extras, strict=True)
         )
@@ -311,6 +306,28 @@ class MetaxSGPUBackend(SpecBackend):
             tuple(Placement(device=d, payload=hold_for(ask, d.usedcores)) for d in c)
             for c in decode_pod_devices(value)
         ]
+
+
+#: the Metax-only card fields a registration may set (name -> SGPUDevice field, type)
+_EXTRAS: dict[str, tuple[str, type]] = {
+    "qosPolicy": ("qos_policy", str),
+    "linkZone": ("link_zone", int),
+    "model": ("model", str),
+}
+
+
+def _register_extras(custom: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``qosPolicy``/``linkZone``/``model`` from a card's custominfo as SGPUDevice fields; raises
+    ProtocolError naming an unknown or mistyped field."""
+    out: dict[str, Any] = {}
+    for name, value in custom.items():
+        if name not in _EXTRAS:
+            raise ProtocolError(f"{where}: unknown field {name!r} (one of {', '.join(_EXTRAS)})")
+        field, kind = _EXTRAS[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProtocolError(f"{where}: field {name!r} must be {kind.__name__}, got {value!r}")
+        out[field] = value
+    return out
 
 
 def _rule_refusal(card: Card, request: DeviceRequest, ask: SGPUAsk) -> str | None:

@@ -114,6 +114,7 @@ def registry_from_sections(
 def default_factories() -> dict[str, BackendFactory]:
     """The built-in backends, by config section (in registration order)."""
     from hami.devices.amd import AMDBackend
+    from hami.devices.ascend import ascend_backends
     from hami.devices.awsneuron import AWSNeuronBackend
     from hami.devices.biren import BirenBackend
     from hami.devices.cambricon import CambriconBackend
@@ -139,6 +140,7 @@ def default_factories() -> dict[str, BackendFactory]:
         "awsneuron": AWSNeuronBackend,
         "vastai": VastaiBackend,
         "biren": BirenBackend,
+        "ascend": ascend_backends,
     }
 
 

@@ -108,3 +108,14 @@ METAX_QOS_FIXED_SHARE: Final = "fixed-share"
 METAX_QOS_BURST_SHARE: Final = "burst-share"
 METAX_APP_ONLINE: Final = "online"
 METAX_APP_OFFLINE: Final = "offline"
+
+# --- Huawei Ascend (HAMi pkg/device/ascend) ---------------------------------------------------
+#: pod annotation choosing the vNPU mode: ``hami-core`` (soft slicing) or ``template`` (vNPU templates)
+ASCEND_VNPU_MODE: Final = "huawei.com/vnpu-mode"
+ASCEND_MODE_TEMPLATE: Final = "template"
+#: node annotation (``true``/``false``) saying whether the node runs hami-core soft slicing
+ASCEND_NODE_HAMI_CORE: Final = "hami-vnpu-core"
+#: pod annotation with the decision time (unix seconds), written beside the Ascend decision
+PREDICATE_TIME: Final = "predicate-time"
+#: container env the webhook blanks (``overwriteEnv``) in containers that ask for no NPU
+ENV_ASCEND_VISIBLE_DEVICES: Final = "ASCEND_VISIBLE_DEVICES"

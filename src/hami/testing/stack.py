@@ -52,8 +52,7 @@ class Stack:
     dra: bool = False
     #: more kube-scheduler flags (DRA mode: :data:`hami.testing.dra.DRA_GATES`)
     scheduler_args: tuple[str, ...] = ()
-    #: the extender's device-config (None: the default, NVIDIA only); its backends' resources are
-    #: kube-scheduler's managedResources
+    #: the extender's device config and kube-scheduler's managedResources (None: HAMi's default)
     device_config: DeviceConfig | None = None
 
     def _settings(self) -> ExtenderSettings:

@@ -115,7 +115,10 @@ def test_a_metax_section_registers_sgpu_cards_in_metaxs_json() -> None:
     """Metax's whole GPUs come from capacity, its sGPU cards from ``node-gpu-devices``: the section
     gives the sGPU backend's annotation, with the Metax-only card fields."""
     ann = FakeSource(
-        {"cards": [{}], "vendors": {"metax": {"count": 2, "card": {"memory": 65536, "linkZone": 1}}}},
+        {
+            "cards": [{}],
+            "vendors": {"metax": {"count": 2, "card": {"memory": 65536, "custominfo": {"linkZone": 1}}}},
+        },
         node_name="n",
     ).vendor_annotations()
     assert [
@@ -125,8 +128,14 @@ def test_a_metax_section_registers_sgpu_cards_in_metaxs_json() -> None:
         ("Metax-SGPU-fake-n-0", 65536, 1),
         ("Metax-SGPU-fake-n-1", 65536, 1),
     ]
-    with pytest.raises(FakeSpecError, match=r"vendors.metax.cards\[0\].linkZone: expected int"):
-        FakeSource({"cards": [{}], "vendors": {"metax": {"card": {"linkZone": "one"}}}})
+    with pytest.raises(
+        FakeSpecError, match=r"vendors.metax: custominfo of card .*: field 'linkZone' must be int"
+    ):
+        FakeSource({"cards": [{}], "vendors": {"metax": {"card": {"custominfo": {"linkZone": "one"}}}}})
+    with pytest.raises(
+        FakeSpecError, match=r"unknown field 'NetworkID' \(one of qosPolicy, linkZone, model\)"
+    ):
+        FakeSource({"cards": [{}], "vendors": {"metax": {"card": {"custominfo": {"NetworkID": 1}}}}})
 
 
 @pytest.mark.parametrize("section", ["cambricon", "mthreads", "enflame", "awsneuron"])

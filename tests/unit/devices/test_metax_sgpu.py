@@ -154,7 +154,17 @@ def test_a_corrupt_inventory_marks_the_node_bad_naming_the_annotation() -> None:
 
 def test_the_fake_device_source_writes_what_the_backend_reads() -> None:
     ann = vendor_annotations(
-        {"metax": {"cards": [{"uuid": "GPU-a", "memory": 65536, "linkZone": 3, "qosPolicy": "burst-share"}]}},
+        {
+            "metax": {
+                "cards": [
+                    {
+                        "uuid": "GPU-a",
+                        "memory": 65536,
+                        "custominfo": {"linkZone": 3, "qosPolicy": "burst-share"},
+                    }
+                ]
+            }
+        },
         node_name="mx",
         origin="spec",
     )
