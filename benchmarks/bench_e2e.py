@@ -6,6 +6,9 @@ that one control plane, one after another in this process:
 
 * ``baseline`` — the stock kube-scheduler alone: pods ask for the ``nvidia.com/gpu`` extended
   resource, no extender, kube-scheduler binds itself (the ceiling the API server allows here);
+* ``null`` — kube-scheduler behind the null extender (:mod:`hami.testing.nullextender`): the same
+  HTTP stack as hami's, ``/filter`` returns the candidates unchanged, ``/bind`` posts the Binding
+  with no annotation, no informers — what kube-scheduler's extender protocol itself costs here;
 * ``binpack-lock`` / ``spread-lock`` — hami's extender behind kube-scheduler, nodes on HAMi's lock
   protocol; a fake node agent completes each bind the way the device plugin's Allocate does
   (bind-phase ``success`` + node lock released: 2 writes);
@@ -23,7 +26,7 @@ extender, the node agent and the pod creator) over the same window. Between mode
 deleted and the extender's ledger is waited empty.
 
 Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--matrix | --modes binpack-cdi,...]
-       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N]
+       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
 import multiprocessing
 import os
 import platform
@@ -57,10 +61,11 @@ from hami.testing.gpucluster import (
     gpu_pod,
     set_allocation_mode,
 )
-from hami.testing.stack import Stack
+from hami.testing.nullextender import NullExtender
+from hami.testing.stack import Stack, extender_scheduler_config
 
 NAMESPACE = "bench"
-MATRIX = ("baseline", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
+MATRIX = ("baseline", "null", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
 _REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -112,15 +117,23 @@ class Window:
     pids: dict[str, int]
     cpu: dict[str, float] = field(default_factory=dict)
     writes: Counter[str] = field(default_factory=Counter)
+    #: with ``--profile DIR``: this process (the extender) under cProfile, in CPU time, dumped there
+    profile: str | None = None
 
     async def open(self, client: KubeClient) -> None:
+        self._writes0 = await mutating_requests(client)
         self._cpu0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
         self._self0 = time.process_time()
-        self._writes0 = await mutating_requests(client)
+        self._profiler = cProfile.Profile(time.process_time) if self.profile else None
+        if self._profiler is not None:
+            self._profiler.enable()
 
     async def close(self, client: KubeClient) -> None:
         self.cpu = {k: cpu_seconds(p) - self._cpu0[k] for k, p in self.pids.items()}
         self.cpu["this process"] = time.process_time() - self._self0
+        if self._profiler is not None and self.profile:
+            self._profiler.disable()
+            self._profiler.dump_stats(self.profile)
         self.writes = await mutating_requests(client)
         self.writes.subtract(self._writes0)
 
@@ -323,22 +336,70 @@ def pids(cp: ControlPlane, scheduler: SchedulerHandle, driver: Driver) -> dict[s
     }
 
 
-async def baseline(cp: ControlPlane, client: KubeClient, driver: Driver, args: argparse.Namespace) -> Row:
-    sched = await asyncio.to_thread(cp.start_scheduler, {"clientConnection": {"qps": 500, "burst": 1000}})
+StartScheduler = Callable[..., SchedulerHandle]
+
+
+def profile_path(args: argparse.Namespace, mode: str) -> str | None:
+    """Where ``--profile DIR`` puts this row's profile (``<mode>-<HHMMSS>.prof``), or None."""
+    if not args.profile:
+        return None
+    os.makedirs(args.profile, exist_ok=True)
+    return os.path.join(args.profile, f"{mode}-{time.strftime('%H%M%S')}.prof")
+
+
+def hami_pods(tag: str, count: int, annotations: dict[str, str]) -> list[dict[str, Any]]:
+    """``count`` pods for hami's scheduler: 1 GPU, 8000 MiB, 10 % each."""
+    return [gpu_pod(f"{tag}-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(count)]
+
+
+async def unmanaged(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    sched: SchedulerHandle,
+    mode: str,
+    pods: list[dict[str, Any]],
+) -> Row:
+    """One row where nothing allocates on the node side (baseline, null): bound is done."""
     try:
-        pods = []
-        for i in range(args.pods):
-            p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
-            p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
-            pods.append(p)
-        window = Window(pids(cp, sched, driver))
+        window = Window(pids(cp, sched, driver), profile=profile_path(args, mode))
         await window.open(client)
         bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=False)
         await window.close(client)
         await driver.clear()
-        return Row("baseline", args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
+        return Row(mode, args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
     finally:
         sched.stop()
+
+
+async def baseline(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    start_sched: StartScheduler,
+) -> Row:
+    sched = await asyncio.to_thread(start_sched, {})
+    pods = []
+    for i in range(args.pods):
+        p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
+        p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+        pods.append(p)
+    return await unmanaged(cp, client, driver, args, sched, "baseline", pods)
+
+
+async def null(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    start_sched: StartScheduler,
+) -> Row:
+    """hami's pods through kube-scheduler and the null extender (its CPU is this process's)."""
+    async with NullExtender(cp.kube_config()) as ext:
+        sched = await asyncio.to_thread(start_sched, extender_scheduler_config(ext.url))
+        return await unmanaged(cp, client, driver, args, sched, "null", hami_pods("n", args.pods, {}))
 
 
 async def hami(
@@ -361,8 +422,8 @@ async def hami(
     svc.bind_pod = timed(type(svc).bind_pod.__get__(svc), bind_lat)  # type: ignore[method-assign,assignment]
     annotations = {} if policy == "binpack" else {keys.NODE_SCHEDULER_POLICY: "spread"}
     tag = f"{policy[0]}{protocol[0]}"
-    pods = [gpu_pod(f"{tag}-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(args.pods)]
-    window = Window(pids(cp, stack.kube_scheduler, driver))
+    pods = hami_pods(tag, args.pods, annotations)
+    window = Window(pids(cp, stack.kube_scheduler, driver), profile=profile_path(args, mode))
     await window.open(client)
     bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=True)
     await window.close(client)
@@ -401,10 +462,11 @@ async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> l
 
         try:
             for _ in range(args.repeat):
-                if "baseline" in modes:
-                    rows.append(await baseline(cp, client, driver, args))
-                    print_row(rows[-1], rows)
-                hami_modes = [m for m in modes if m != "baseline"]
+                for mode, measure in (("baseline", baseline), ("null", null)):
+                    if mode in modes:
+                        rows.append(await measure(cp, client, driver, args, start_sched))
+                        print_row(rows[-1], rows)
+                hami_modes = [m for m in modes if m not in ("baseline", "null")]
                 if not hami_modes:
                     continue
                 stack = Stack(kc, start_sched, completer=False)
@@ -455,6 +517,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--annotate-at-bind", action="store_true", help="extender --annotate-at-bind mode")
     ap.add_argument("--bind-queue-limit", type=int, default=0, help="extender --bind-queue-limit")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile this process (the extender, in CPU time) during each row, into DIR/<mode>-<time>.prof",
+    )
     args = ap.parse_args()
     modes = list(MATRIX) if args.matrix else [m for m in args.modes.split(",") if m] or ["binpack-lock"]
     unknown = [m for m in modes if m not in MATRIX]
