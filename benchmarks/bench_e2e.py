@@ -9,12 +9,15 @@ that one control plane, one after another in this process:
 * ``null`` — kube-scheduler behind the null extender (:mod:`hami.testing.nullextender`): the same
   HTTP stack as hami's, ``/filter`` returns the candidates unchanged, ``/bind`` posts the Binding
   with no annotation, no informers — what kube-scheduler's extender protocol itself costs here;
+  ``null-first`` the same, its filter answering only the first candidate (kube-scheduler then skips
+  scoring, as it does after hami's filter, which answers the one node it chose);
 * ``binpack-lock`` / ``spread-lock`` — hami's extender behind kube-scheduler, nodes on HAMi's lock
   protocol; a fake node agent completes each bind the way the device plugin's Allocate does
   (bind-phase ``success`` + node lock released: 2 writes);
 * ``binpack-cdi`` / ``spread-cdi`` — the same nodes annotated ``hami.io/allocation-mode=cdi`` (the
   device plugin runs lock-free): the extender binds without the lock, and the agent does what the
-  lock-free plugin does per pod at PreStartContainer (one GET of the pod, no write).
+  lock-free plugin does per pod at PreStartContainer (one GET of the pod, no write; with
+  ``--agent-read watch`` it takes the bound pod from its own watch instead: no request).
 
 For each: P pods (1 GPU, 8000 MiB, 10 %) are created as fast as the API takes them; pods/s runs
 from the first creation to the last ``spec.nodeName``; the ratio is to the baseline of the same run.
@@ -26,7 +29,7 @@ extender, the node agent and the pod creator) over the same window. Between mode
 deleted and the extender's ledger is waited empty.
 
 Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--matrix | --modes binpack-cdi,...]
-       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N] [--profile DIR]
+       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N] [--agent-read get|watch] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from hami.testing.nullextender import NullExtender
 from hami.testing.stack import Stack, extender_scheduler_config
 
 NAMESPACE = "bench"
-MATRIX = ("baseline", "null", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
+MATRIX = ("baseline", "null", "null-first", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
 _REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -255,14 +258,14 @@ async def set_mode(client: KubeClient, stack: Stack, nodes: list[str], *, lock_f
 # do in a cluster: the extender's process serves kube-scheduler and its own watches only.
 
 
-def driver_main(kubeconfig: str, conn: Connection) -> None:
+def driver_main(kubeconfig: str, conn: Connection, read_from_api: bool = True) -> None:
     """Child process: create pods on command, report when they are bound and allocated."""
-    asyncio.run(_driver(kubeconfig, conn))
+    asyncio.run(_driver(kubeconfig, conn, read_from_api))
 
 
-async def _driver(kubeconfig: str, conn: Connection) -> None:
+async def _driver(kubeconfig: str, conn: Connection, read_from_api: bool) -> None:
     async with KubeClient(load_config(kubeconfig)) as client:
-        agent = AllocationCompleter(client)
+        agent = AllocationCompleter(client, read_from_api=read_from_api)
         bound = BoundWatch()
         bound.attach(agent.pods)
         await agent.start()
@@ -290,10 +293,10 @@ async def _driver(kubeconfig: str, conn: Connection) -> None:
 class Driver:
     """The parent's handle on the driver process."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(self, kubeconfig: str, *, read_from_api: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=driver_main, args=(kubeconfig, child), daemon=True)
+        self.process = ctx.Process(target=driver_main, args=(kubeconfig, child, read_from_api), daemon=True)
 
     async def start(self) -> None:
         self.process.start()
@@ -402,6 +405,27 @@ async def null(
         return await unmanaged(cp, client, driver, args, sched, "null", hami_pods("n", args.pods, {}))
 
 
+async def null_first(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    start_sched: StartScheduler,
+) -> Row:
+    """As :func:`null`, the filter answering only the first candidate."""
+    async with NullExtender(cp.kube_config(), first_only=True) as ext:
+        sched = await asyncio.to_thread(start_sched, extender_scheduler_config(ext.url))
+        return await unmanaged(cp, client, driver, args, sched, "null-first", hami_pods("f", args.pods, {}))
+
+
+#: the rows without hami's extender, measured before it starts (its informers would load them)
+UNMANAGED: dict[str, Callable[..., Awaitable[Row]]] = {
+    "baseline": baseline,
+    "null": null,
+    "null-first": null_first,
+}
+
+
 async def hami(
     cp: ControlPlane,
     client: KubeClient,
@@ -434,7 +458,9 @@ async def hami(
         "ledger empty",
     )
     return Row(
-        mode + (" annotate-at-bind" if args.annotate_at_bind else ""),
+        mode
+        + (" annotate-at-bind" if args.annotate_at_bind else "")
+        + (" agent-read=watch" if args.agent_read == "watch" and protocol == "cdi" else ""),
         args.pods,
         len(bound_nodes),
         elapsed,
@@ -448,7 +474,7 @@ async def hami(
 async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> list[Row]:
     kc = cp.kube_config()
     rows: list[Row] = []
-    driver = Driver(str(cp.kubeconfig_path))
+    driver = Driver(str(cp.kubeconfig_path), read_from_api=args.agent_read == "get")
     async with KubeClient(kc) as client:
         await client.create(api_path("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
         t0 = time.perf_counter()
@@ -462,11 +488,11 @@ async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> l
 
         try:
             for _ in range(args.repeat):
-                for mode, measure in (("baseline", baseline), ("null", null)):
+                for mode, measure in UNMANAGED.items():
                     if mode in modes:
                         rows.append(await measure(cp, client, driver, args, start_sched))
                         print_row(rows[-1], rows)
-                hami_modes = [m for m in modes if m not in ("baseline", "null")]
+                hami_modes = [m for m in modes if m not in UNMANAGED]
                 if not hami_modes:
                     continue
                 stack = Stack(kc, start_sched, completer=False)
@@ -505,6 +531,48 @@ HEADER = (
 )
 
 
+#: the processes whose CPU the summary shows, in its column order (Window.cpu keys)
+CPU_COLUMNS = ("apiserver", "etcd", "scheduler", "this process", "driver")
+SUMMARY_HEADER = (
+    "| mode (run 1 / run 2 ...) | pods/s | x baseline | filter p50 ms | filter p99 ms | bind p50 ms "
+    "| API writes/pod | CPU-s per 1000 pods: apiserver | etcd | kube-scheduler | extender | creator+agent "
+    "| all |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _side_by_side(values: Iterable[float], fmt: str = "{:.1f}") -> str:
+    """``"1.0 / 2.0"``; a missing value (NaN) is ``-``."""
+    return " / ".join("-" if v != v else fmt.format(v) for v in values)
+
+
+def _cpu_per_1000(row: Row, key: str | None) -> float:
+    """CPU seconds per 1000 pods of one process (``key``), or of all of them (None)."""
+    cpu = row.window.cpu
+    return (cpu[key] if key else sum(cpu[k] for k in CPU_COLUMNS)) * 1000 / row.pods
+
+
+def summary(rows: list[Row]) -> str:
+    """The markdown table for docs/benchmarks.md: one line per mode, each repeat's value side by side;
+    the ratio is to the median of the run's baselines; CPU seconds per 1000 pods, per process."""
+    base = [r.pods_per_s for r in rows if r.mode == "baseline"]
+    lines = [SUMMARY_HEADER]
+    for mode in dict.fromkeys(r.mode for r in rows):
+        runs = [r for r in rows if r.mode == mode]
+        ratio = (
+            _side_by_side((r.pods_per_s / statistics.median(base) for r in runs), "{:.2f}") if base else "-"
+        )
+        p50 = _side_by_side((r.filter_ms[0] for r in runs), "{:.2f}")
+        p99 = _side_by_side(r.filter_ms[1] for r in runs)
+        cpu = " | ".join(_side_by_side(_cpu_per_1000(r, k) for r in runs) for k in (*CPU_COLUMNS, None))
+        lines.append(
+            f"| {mode} | {_side_by_side(r.pods_per_s for r in runs)} | {ratio} | {p50} | {p99} "
+            f"| {_side_by_side((r.bind_ms[0] for r in runs), '{:.0f}')} "
+            f"| {_side_by_side((r.writes_per_pod() for r in runs), '{:.2f}')} | {cpu} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=500)
@@ -517,6 +585,13 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--annotate-at-bind", action="store_true", help="extender --annotate-at-bind mode")
     ap.add_argument("--bind-queue-limit", type=int, default=0, help="extender --bind-queue-limit")
+    ap.add_argument(
+        "--agent-read",
+        choices=("get", "watch"),
+        default="get",
+        help="how the fake lock-free plugin reads a bound pod: one GET (as hami's plugin does) or "
+        "from its own watch (no request)",
+    )
     ap.add_argument(
         "--profile",
         metavar="DIR",
@@ -538,6 +613,8 @@ def main() -> None:
     print(HEADER)
     for r in rows:
         print_row(r, rows)
+    print()
+    print(summary(rows))
 
 
 if __name__ == "__main__":

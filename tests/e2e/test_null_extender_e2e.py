@@ -65,6 +65,11 @@ async def test_the_null_extender_answers_bad_input_and_refused_binds(
         pod = {"metadata": {"name": "x", "namespace": namespace, "uid": "u1"}}
         async with http.post(f"{ext.url}/filter", json={"Pod": pod, "NodeNames": ["a", "b"]}) as r:
             assert (await r.json())["NodeNames"] == ["a", "b"]
+        async with (
+            NullExtender(kube_config, first_only=True) as first,
+            http.post(f"{first.url}/filter", json={"Pod": pod, "NodeNames": ["a", "b"]}) as r,
+        ):
+            assert (await r.json())["NodeNames"] == ["a"]
         missing = {"PodName": "nope", "PodNamespace": namespace, "PodUID": "u1", "Node": "a"}
         async with http.post(f"{ext.url}/bind", json=missing) as r:
             assert r.status == 200

@@ -2,11 +2,12 @@
 
 It serves ``/filter`` and ``/bind`` on the same HTTP stack as hami's extender (aiohttp, orjson, the
 request parsers of :mod:`hami.extender.wire`, the same error answers) but keeps no state: no
-informers, no ledger, no reservations. ``/filter`` answers every candidate it was sent, unchanged;
-``/bind`` posts the Binding kube-scheduler asks for, with the pod UID as precondition and no
+informers, no ledger, no reservations. ``/filter`` answers every candidate it was sent, unchanged
+(with ``first_only``, only the first one: kube-scheduler then has one feasible node and skips its
+scoring, as after hami's filter, which answers the one node it chose); ``/bind`` posts the Binding kube-scheduler asks for, with the pod UID as precondition and no
 annotation. So kube-scheduler + this extender costs what the protocol itself costs — two HTTP calls
 per pod and the Binding posted by another process — and hami's extender beside it in the same run
-shows what hami adds on top (``benchmarks/bench_e2e.py``, mode ``null``).
+shows what hami adds on top (``benchmarks/bench_e2e.py``, modes ``null`` and ``null-first``).
 
 Guarantees: a body that is not an extender request gets HTTP 400 naming the field (as hami's
 extender answers it); a Binding the API server refuses is answered with ``Error`` set (HTTP 200), so
@@ -24,12 +25,15 @@ from hami.kube.config import KubeConfig
 from hami.kube.errors import KubeError
 
 CLIENT_KEY = web.AppKey("client", KubeClient)
+FIRST_ONLY_KEY = web.AppKey("first_only", bool)
 
 
 async def handle_filter(request: web.Request) -> web.Response:
-    """Every candidate passes (with ``Nodes`` when kube-scheduler sent Node objects)."""
+    """Every candidate passes, or the first one only (with ``Nodes`` when kube-scheduler sent Node objects)."""
     args = await read_args(request, ExtenderArgs.parse)
-    return json_response(filter_result(node_names=list(args.node_names), nodes=args.nodes))
+    keep = 1 if request.app[FIRST_ONLY_KEY] else None
+    nodes = None if args.nodes is None else args.nodes[:keep]
+    return json_response(filter_result(node_names=args.node_names[:keep], nodes=nodes))
 
 
 async def handle_bind(request: web.Request) -> web.Response:
@@ -44,9 +48,10 @@ async def handle_bind(request: web.Request) -> web.Response:
     return json_response(binding_result())
 
 
-def make_null_app(client: KubeClient) -> web.Application:
+def make_null_app(client: KubeClient, *, first_only: bool = False) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[CLIENT_KEY] = client
+    app[FIRST_ONLY_KEY] = first_only
     app.router.add_post("/filter", handle_filter)
     app.router.add_post("/bind", handle_bind)
     return app
@@ -55,8 +60,11 @@ def make_null_app(client: KubeClient) -> web.Application:
 class NullExtender:
     """``await start()``, then ``url``; ``await stop()``. Port 0 picks a free port."""
 
-    def __init__(self, kube_config: KubeConfig, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, kube_config: KubeConfig, *, host: str = "127.0.0.1", port: int = 0, first_only: bool = False
+    ) -> None:
         self.client = KubeClient(kube_config)
+        self.first_only = first_only
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
@@ -66,7 +74,7 @@ class NullExtender:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        self._runner = web.AppRunner(make_null_app(self.client), access_log=None)
+        self._runner = web.AppRunner(make_null_app(self.client, first_only=self.first_only), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = int(self._runner.addresses[0][1])
