@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import multiprocessing
 import os
 import platform
@@ -398,31 +399,22 @@ async def null(
     driver: Driver,
     args: argparse.Namespace,
     start_sched: StartScheduler,
+    *,
+    first_only: bool = False,
 ) -> Row:
-    """hami's pods through kube-scheduler and the null extender (its CPU is this process's)."""
-    async with NullExtender(cp.kube_config()) as ext:
+    """hami's pods through kube-scheduler and the null extender (its CPU is this process's); with
+    ``first_only`` its filter answers only the first candidate (mode ``null-first``)."""
+    mode, tag = ("null-first", "f") if first_only else ("null", "n")
+    async with NullExtender(cp.kube_config(), first_only=first_only) as ext:
         sched = await asyncio.to_thread(start_sched, extender_scheduler_config(ext.url))
-        return await unmanaged(cp, client, driver, args, sched, "null", hami_pods("n", args.pods, {}))
-
-
-async def null_first(
-    cp: ControlPlane,
-    client: KubeClient,
-    driver: Driver,
-    args: argparse.Namespace,
-    start_sched: StartScheduler,
-) -> Row:
-    """As :func:`null`, the filter answering only the first candidate."""
-    async with NullExtender(cp.kube_config(), first_only=True) as ext:
-        sched = await asyncio.to_thread(start_sched, extender_scheduler_config(ext.url))
-        return await unmanaged(cp, client, driver, args, sched, "null-first", hami_pods("f", args.pods, {}))
+        return await unmanaged(cp, client, driver, args, sched, mode, hami_pods(tag, args.pods, {}))
 
 
 #: the rows without hami's extender, measured before it starts (its informers would load them)
 UNMANAGED: dict[str, Callable[..., Awaitable[Row]]] = {
     "baseline": baseline,
     "null": null,
-    "null-first": null_first,
+    "null-first": functools.partial(null, first_only=True),
 }
 
 
