@@ -16,6 +16,7 @@ from pathlib import Path
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import KUBELET_SOCKET_NAME
 from hami.deviceplugin.cdi import SpecStore
+from hami.deviceplugin.kubeletcheckpoint import CHECKPOINT_NAME
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.lockfree import LockFreeAllocator
 from hami.deviceplugin.podresources import PodResourcesClient
@@ -66,6 +67,7 @@ class NodeAgent:
                     self.allocator,
                     PodResourcesClient(settings.pod_resources_socket),
                     SpecStore(settings.cdi_spec_dir),
+                    checkpoint=Path(plugin_dir) / CHECKPOINT_NAME,
                 )
                 self.server.allocator = self.lockfree
             self.registrar = NodeRegistrar(

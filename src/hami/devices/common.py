@@ -32,7 +32,13 @@ from hami.devices.hooks import EXCLUSIVE_CONFLICT, QuotaNames
 from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import MODE_MIG
-from hami.protocol.node import DeviceInfo, card_problem, decode_node_devices
+from hami.protocol.node import (
+    DeviceInfo,
+    card_problem,
+    decode_node_devices,
+    encode_node_devices,
+    encode_node_devices_legacy,
+)
 from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
 from hami.protocol.quantity import parse_int_quantity
 
@@ -366,6 +372,16 @@ class SpecBackend:
         devices, rejected = usable_devices(decode_node_devices(value), needs_memory=bool(s.memory_name))
         cards = tuple(Card(**card_fields(d, s.vendor)) for d in devices)
         return NodeCards(cards=cards, rejected=rejected) if cards or rejected else None
+
+    def encode_register(self, devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The register annotation this vendor's device plugin writes for ``devices`` (HAMi's JSON, or
+        the legacy colon form); ``custom[i]`` is card i's ``custominfo``, which only vendors whose
+        registration carries one accept (ProtocolError otherwise)."""
+        if any(custom):
+            raise ProtocolError(f"custominfo: {self.vendor}'s register annotation carries none")
+        if self.spec.legacy_register:
+            return encode_node_devices_legacy(devices)
+        return encode_node_devices(devices)
 
     def capacity_cards(
         self,

@@ -22,8 +22,11 @@ hook                       what the backend decides                  shared defa
 :class:`PolicyNodeScore`   the same, knowing the node policy         none
 :class:`Admission`         webhook defaulting/validation             none
 :class:`PodAnnotations`    decision annotations that see the pod     ``decision_annotations``
+:class:`PlacedAnnotations` decision annotations that see the node    none
+                           and the time of the decision
 :class:`NodeLockFormat`    the node-lock codec                       HAMi's value under ``lock_key``
 :class:`NodeHandshake`     the node handshake annotation             none
+:class:`OneCardPod`        every container of a pod on one card      containers choose freely
 :class:`QuotaScoped`       the memory/cores resources a namespace's  none (no quota for the vendor)
                            ResourceQuota limits (``limits.<name>``)
 =========================  ========================================  ===================================
@@ -35,7 +38,7 @@ in :mod:`hami.scheduling.fit`, usable by a backend that wraps it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from hami.devices.base import Card, DeviceBackend, DeviceRequest, Placement
@@ -164,11 +167,35 @@ class PodAnnotations(Protocol):
 
 
 @runtime_checkable
+class PlacedAnnotations(Protocol):
+    """Decision annotations that depend on where and when the pod was placed (HAMi's
+    ``predicate-node`` / ``predicate-time`` family), merged after the decision annotations.
+
+    ``node`` is the chosen node; ``now_ns`` the decision time in Unix nanoseconds (HAMi writes
+    ``time.Now().UnixNano()`` at Filter). Every key written must be in ``decision_keys``.
+    """
+
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
+    ) -> dict[str, str]: ...
+
+
+@runtime_checkable
 class NodeLockFormat(Protocol):
     """The backend's node-lock key and value format (when it is not HAMi's ``<time>,<ns>,<name>``)."""
 
     @property
     def node_lock(self) -> NodeLockCodec: ...
+
+
+@runtime_checkable
+class OneCardPod(Protocol):
+    """HAMi's "whole pod on one device" rule (Mthreads, Metax GPUs): a card is refused
+    (``CardNotFoundCustomFilterRule``, after the capacity checks) unless every card the pod's
+    earlier containers took of this vendor is that card."""
+
+    @property
+    def one_card_per_pod(self) -> bool: ...
 
 
 @runtime_checkable
@@ -219,15 +246,22 @@ class ContainerEditor(Protocol):
 
     def has_resource(self, name: str) -> bool: ...
 
+    def remove_resource(self, name: str) -> None:
+        """Drop ``name`` from the container's limits and requests (so a later ``set_limit`` also
+        sets the request: kube defaults an absent request to the limit)."""
+        ...
+
 
 @dataclass(slots=True)
 class AdmissionOutcome:
-    """What admission hooks report for one pod (the webhook collects it)."""
+    """What admission hooks report for one pod (the webhook collects it), and the pod's annotations
+    as submitted (read-only; e.g. Ascend's ``huawei.com/vnpu-mode``)."""
 
     opted_out: bool
     invalid: list[str]
     denials: list[str]
     warnings: list[str]
+    pod_annotations: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- defaults
@@ -304,9 +338,13 @@ class VendorHooks:
     score: Callable[[Sequence[Card], Sequence[DeviceRequest]], float] | None = None
     policy_score: Callable[[Sequence[Card], Sequence[DeviceRequest], str], float] | None = None
     annotate: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]]], dict[str, str]] | None = None
+    placed: Callable[[Mapping[str, Any], Sequence[Sequence[Placement]], str, int], dict[str, str]] | None = (
+        None
+    )
     admission: Admission | None = None
     node_lock: NodeLockCodec | None = None
     handshake_key: str | None = None
+    one_card: bool = False
 
     def on(self, card: Card) -> bool:
         """Do the card-level hooks apply to ``card``?"""
@@ -345,7 +383,9 @@ def resolve_hooks(backend: DeviceBackend) -> VendorHooks:
         annotate=b.pod_decision_annotations
         if isinstance(b, PodAnnotations)
         else hami_decision_annotations(backend),
+        placed=b.placed_annotations if isinstance(b, PlacedAnnotations) else None,
         admission=b if isinstance(b, Admission) else None,
         node_lock=node_lock,
         handshake_key=b.handshake_key if isinstance(b, NodeHandshake) else None,
+        one_card=isinstance(b, OneCardPod) and b.one_card_per_pod,
     )

@@ -66,6 +66,8 @@ class Topology(NodeFacts):
 
 class MetaxGPUBackend(WholeCards, SpecBackend):
     config_type = MetaxConfig
+    #: HAMi: every container of a pod on the same GPU (so at most one container can have one)
+    one_card_per_pod = True
 
     def make_spec(self, config: MetaxConfig) -> VendorSpec:
         return VendorSpec(

@@ -110,10 +110,11 @@ def registry_from_sections(
 def default_factories() -> dict[str, BackendFactory]:
     """The built-in backends, by config section (in registration order)."""
     from hami.devices.amd import AMDBackend
+    from hami.devices.ascend import ascend_backends
     from hami.devices.awsneuron import AWSNeuronBackend
     from hami.devices.biren import BirenBackend
     from hami.devices.cambricon import CambriconBackend
-    from hami.devices.enflame import EnflameGCUBackend
+    from hami.devices.enflame import enflame_backends
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
     from hami.devices.kunlun import kunlun_backends
@@ -129,12 +130,13 @@ def default_factories() -> dict[str, BackendFactory]:
         "metax": MetaxGPUBackend,
         "iluvatars": IluvatarBackend,
         "mthreads": MthreadsBackend,
-        "enflame": EnflameGCUBackend,
+        "enflame": enflame_backends,
         "kunlun": kunlun_backends,
         "amd": AMDBackend,
         "awsneuron": AWSNeuronBackend,
         "vastai": VastaiBackend,
         "biren": BirenBackend,
+        "ascend": ascend_backends,
     }
 
 

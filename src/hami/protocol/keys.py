@@ -14,6 +14,9 @@ DEVICE_CORDON: Final = "hami.io/device-cordon"
 NODE_ALLOCATION_MODE: Final = "hami.io/allocation-mode"
 ALLOCATION_MODE_CDI: Final = "cdi"
 ALLOCATION_MODE_LOCK: Final = "lock"
+#: hami's own: the other vendors' annotations the node agent wrote for a simulated node (the fake
+#: source's ``vendors:`` section), comma-separated, so that it removes one the spec no longer has
+NODE_SIMULATED_VENDOR_KEYS: Final = "hami.io/simulated-vendor-annotations"
 
 # --- pod annotations written by the scheduler / device plugin ---------------------------------
 VGPU_NODE: Final = "hami.io/vgpu-node"
@@ -87,3 +90,14 @@ ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
 ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
 ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
 ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"
+
+# --- Huawei Ascend (HAMi pkg/device/ascend) ---------------------------------------------------
+#: pod annotation choosing the vNPU mode: ``hami-core`` (soft slicing) or ``template`` (vNPU templates)
+ASCEND_VNPU_MODE: Final = "huawei.com/vnpu-mode"
+ASCEND_MODE_TEMPLATE: Final = "template"
+#: node annotation (``true``/``false``) saying whether the node runs hami-core soft slicing
+ASCEND_NODE_HAMI_CORE: Final = "hami-vnpu-core"
+#: pod annotation with the decision time (unix seconds), written beside the Ascend decision
+PREDICATE_TIME: Final = "predicate-time"
+#: container env the webhook blanks (``overwriteEnv``) in containers that ask for no NPU
+ENV_ASCEND_VISIBLE_DEVICES: Final = "ASCEND_VISIBLE_DEVICES"

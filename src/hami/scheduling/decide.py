@@ -8,6 +8,7 @@ give each a reason.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from hami.scheduling.requests import PodRequest, check_against_largest_card, pod
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 NODE_UNREGISTERED = "node unregistered"
+#: ``now`` is in seconds; placed annotations get nanoseconds (HAMi's ``UnixNano``)
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -293,6 +296,9 @@ class Scheduler:
                 annotate = hooks[vendor].annotate
                 assert annotate is not None
                 out_annotations.update(annotate(pod, per_container))
+                placed_at = hooks[vendor].placed
+                if placed_at is not None:
+                    out_annotations.update(placed_at(pod, per_container, node.name, now * NS_PER_S))
             return Decision(
                 pod=display, node=node.name, annotations=out_annotations, placements=placed, failed=failed
             )
@@ -332,6 +338,8 @@ class Scheduler:
                 if fr is None:
                     placed[vendor].append(())
                     continue
+                if fr.hooks.one_card:
+                    fr = _pinned(fr, placed[vendor])
                 chosen, reason = fit_container(
                     scratch[vendor], fr, cordoned=node.cordoned, pair_scores=node.pair_scores
                 )
@@ -343,6 +351,12 @@ class Scheduler:
                     if held:
                         _hold_payloads(app_scratch[vendor], held)
         return placed
+
+
+def _pinned(fr: FitRequest, earlier: list[tuple[Placement, ...]]) -> FitRequest:
+    """``fr`` limited to the cards the pod's earlier containers took (a one-card vendor)."""
+    taken = frozenset(p.device.uuid for c in earlier for p in c)
+    return dataclasses.replace(fr, pinned=taken) if taken else fr
 
 
 def _hold_payloads(cards: list[Card], held: list[tuple[str, Any]]) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "CARD_INSUFFICIENT_CORE",
     "CARD_INSUFFICIENT_MEMORY",
     "CARD_NOT_HEALTHY",
+    "CARD_NOT_POD_CARD",
     "CARD_SLOTS_EXHAUSTED",
     "EXCLUSIVE_CONFLICT",
     "NODE_INSUFFICIENT_DEVICE",
@@ -55,6 +56,8 @@ CARD_SLOTS_EXHAUSTED = "CardTimeSlicingExhausted"
 NODE_INSUFFICIENT_DEVICE = "NodeInsufficientDevice"
 NUMA_NOT_FIT = "NumaNotFit"
 ALLOCATED_CARDS_INSUFFICIENT = "AllocatedCardsInsufficientRequest"
+#: HAMi's reason for a card outside the one the pod's earlier containers hold (one-card vendors)
+CARD_NOT_POD_CARD = "CardNotFoundCustomFilterRule"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +71,20 @@ class FitRequest:
     weights: ScoringWeights
     numa_bind: bool
     hooks: VendorHooks = DEFAULT_HOOKS
+    #: cards the pod's earlier containers took of this vendor, for a :class:`OneCardPod` vendor
+    #: (None: no constraint); a card is refused unless it is every one of them
+    pinned: frozenset[str] | None = None
 
 
 def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     """Why this card cannot take one more slice of the request right now, in HAMi's check order."""
+    reason = _card_rejection(card, fr, cordoned)
+    if reason is None and fr.pinned is not None and not fr.pinned <= {card.uuid}:
+        return CARD_NOT_POD_CARD
+    return reason
+
+
+def _card_rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     if not card.health:
         return CARD_NOT_HEALTHY
     if cordoned and card.uuid in cordoned:

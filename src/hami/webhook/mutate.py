@@ -361,7 +361,13 @@ def mutate_pod(
     opted_out = namespace in policy.enforcement_opt_out_namespaces
     admissions = policy.registry.admissions()
     core_limit_off = any(adm.core_limit_off() for _, adm in admissions)
-    out = AdmissionOutcome(opted_out=opted_out, invalid=invalid, denials=denials, warnings=warnings)
+    out = AdmissionOutcome(
+        opted_out=opted_out,
+        invalid=invalid,
+        denials=denials,
+        warnings=warnings,
+        pod_annotations=_annotations(pod),
+    )
 
     managed = False
     privileged: list[str] = []
