@@ -258,6 +258,13 @@ async def test_filter_of_a_pod_without_uid_reserves_nothing() -> None:
         ExtenderArgs.parse({"Pod": _pod(uid=None), "NodeNames": ["n1"]})
 
 
+@pytest.mark.parametrize("names", [["n1", 3], ["n1", None], [["n1"]], "n1", {"n1": 1}])
+def test_node_names_that_are_not_a_list_of_strings_are_refused(names: Any) -> None:
+    with pytest.raises(WireError, match=r"ExtenderArgs\.NodeNames must be a list of node names"):
+        ExtenderArgs.parse({"Pod": _pod(), "NodeNames": names})
+    assert ExtenderArgs.parse({"Pod": _pod(), "NodeNames": []}).node_names == []
+
+
 # --------------------------------------------------------------------------- 4. wrong-typed fields
 
 _WRONG: list[tuple[str, Any]] = [
