@@ -16,8 +16,10 @@ that one control plane, one after another in this process:
   (bind-phase ``success`` + node lock released: 2 writes);
 * ``binpack-cdi`` / ``spread-cdi`` — the same nodes annotated ``hami.io/allocation-mode=cdi`` (the
   device plugin runs lock-free): the extender binds without the lock, and the agent does what the
-  lock-free plugin does per pod at PreStartContainer (one GET of the pod, no write; with
-  ``--agent-read watch`` it takes the bound pod from its own watch instead: no request).
+  lock-free plugin does per pod at PreStartContainer: it takes the bound pod from its own watch
+  (the plugin's watch of its node's pods, the copy confirmed by the kubelet's checkpoint UID), no
+  request and no write; ``--agent-read get`` makes it read the pod with one GET instead (what the
+  plugin falls back to when its watch has no confirmed copy).
 
 For each: P pods (1 GPU, 8000 MiB, 10 %) are created as fast as the API takes them; pods/s runs
 from the first creation to the last ``spec.nodeName``; the ratio is to the baseline of the same run.
@@ -580,9 +582,9 @@ def main() -> None:
     ap.add_argument(
         "--agent-read",
         choices=("get", "watch"),
-        default="get",
-        help="how the fake lock-free plugin reads a bound pod: one GET (as hami's plugin does) or "
-        "from its own watch (no request)",
+        default="watch",
+        help="how the fake lock-free plugin reads a bound pod: from its own watch (as hami's plugin "
+        "does) or one GET (the plugin's fallback)",
     )
     ap.add_argument(
         "--profile",

@@ -322,6 +322,28 @@ async def test_gpu_init_container_before_non_gpu_app_containers(env: Env) -> Non
     assert device_name([f"{B}-0"]) in SpecStore(env.cdi).names()
 
 
+async def test_prestart_reads_the_pod_from_the_node_cache_when_the_kubelet_vouches(env: Env) -> None:
+    # the node's pod cache serves the pod without a request when the kubelet's checkpoint records the
+    # IDs for that copy's UID; a copy of another pod of the same name (recreated, cache behind) is
+    # never used: the API is read instead
+    env.kube.add_pod(bound_pod("p7", [gpu_ctr("a", 1)], [(dev(A, 1200, 12),)]))
+    ids = [f"{A}-3"]
+    env.pr.hold(NS, "p7", "a", RES, ids)
+    write_checkpoint(env, ("uid-p7", "a", ids))
+    before = list(env.kube.calls)
+    await env.kubelet.client(RES).pre_start(ids)
+    assert env.env_of(ids)["CUDA_DEVICE_MEMORY_LIMIT_0"] == "1200m"
+    assert [c for c in env.kube.calls[len(before) :] if c.startswith("get pod")] == []
+
+    stale = bound_pod("p7", [gpu_ctr("a", 1)], [(dev(B, 9000, 90),)])
+    stale["metadata"]["uid"] = "uid-old-p7"
+    env.kube.cached_pod = lambda namespace, name: stale  # type: ignore[method-assign]
+    before = list(env.kube.calls)
+    await env.kubelet.client(RES).pre_start(ids)
+    assert env.env_of(ids)["CUDA_DEVICE_MEMORY_LIMIT_0"] == "1200m"  # the API's pod, not the stale copy
+    assert f"get pod {NS}/p7" in env.kube.calls[len(before) :]
+
+
 async def test_checkpoint_failures_are_named(env: Env) -> None:
     ids = [f"{C}-1"]
     for p in ("p5", "p6"):

@@ -95,6 +95,7 @@ class NodeAgent:
             )
 
         if self.lockfree is not None:
+            await self.lockfree.core.kube.start_pod_cache(self.settings.node_name)
             self._tasks.append(
                 asyncio.create_task(
                     self.lockfree.run_collector(self.cdi_collect_interval), name="cdi-collect"
@@ -105,6 +106,8 @@ class NodeAgent:
         await cancel_tasks(self._tasks)
         self._tasks = []
         await self.server.stop()
+        if self.lockfree is not None:
+            await self.lockfree.core.kube.stop_pod_cache()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop`; on a node in DRA mode, serve nothing (no socket, no registration,

@@ -15,15 +15,17 @@ hami-core, MPS, MIG with instances created here) and writes the CDI spec (`cdi.S
 
 Guarantees:
  * never a guess: IDs no pod holds (in PodResources or the kubelet's checkpoint), IDs two pods
-   hold, a pod whose status cannot tell which of its containers is starting (after a bounded wait for the status to catch up), a missing or
-   unreadable decision, or a card this node does not have fail PreStart with a gRPC error whose
-   message names the IDs and what PodResources or the annotations said; where the pod is known it
-   gets `bind-phase=failed` and a `GPUAllocationFailed` event;
+   hold, a pod whose status cannot tell which of its containers is starting (after a bounded
+   wait for the status to catch up), a missing or unreadable decision, or a card this node does
+   not have fail PreStart with a gRPC error whose message names the IDs and what PodResources or
+   the annotations said; where the pod is known it gets `bind-phase=failed` and a `GPUAllocationFailed` event;
  * no memory across restarts: everything PreStart needs comes from PodResources and the device
    checkpoint (the kubelet keeps both across its own restarts) and the API, and the CDI name from
-   the IDs, so a new plugin instance serves a PreStart for an Allocate the old one answered; every (re)start of a
-   container rewrites its spec;
- * no API write on success when the scheduler bound lock-free (`bind-phase=success` already);
+   the IDs, so a new plugin instance serves a PreStart for an Allocate the old one answered;
+   every (re)start of a container rewrites its spec;
+ * no API request on success when the scheduler bound lock-free (`bind-phase=success` already)
+   and the node's pod cache (a watch of the node's pods, `KubeOps.cached_pod`) has the pod whose
+   UID the kubelet's device checkpoint records for the IDs; otherwise one GET of the pod;
    a pod bound the lock way (`bind-phase=allocating`, node lock taken) gets, after its first
    successful PreStart, one patch (to-allocate emptied, `success`) and its node lock released, so
    lock-mode binds to this node complete too;
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
 from pathlib import Path
@@ -223,6 +226,18 @@ class LockFreeAllocator:
         return PodHolding(bodies.namespace(pod) or "", bodies.name(pod), containers, ()), pod
 
     async def _get_pod(self, holding: PodHolding, ids: list[str]) -> Obj:
+        """The pod holding `ids`: the node's pod cache's copy when the kubelet's device checkpoint
+        records `ids` for that copy's UID (so it is this pod, not an older one of the same name),
+        else a read from the API."""
+        cached = self.core.kube.cached_pod(holding.namespace, holding.name)
+        if cached is not None:
+            try:
+                recorded = kubeletcheckpoint.holders(await self._checkpoint_entries(), self.resource, ids)
+            except AllocationError as e:
+                log.info("pod %s: reading it from the API: %s", holding.key, e)
+                recorded = {}
+            if set(recorded) == {bodies.uid(cached)}:
+                return copy.deepcopy(cached)
         try:
             return await self.core.kube.get_pod(holding.namespace, holding.name)
         except NotFoundError as e:
