@@ -6,12 +6,20 @@ that one control plane, one after another in this process:
 
 * ``baseline`` — the stock kube-scheduler alone: pods ask for the ``nvidia.com/gpu`` extended
   resource, no extender, kube-scheduler binds itself (the ceiling the API server allows here);
+* ``null`` — kube-scheduler behind the null extender (:mod:`hami.testing.nullextender`): the same
+  HTTP stack as hami's, ``/filter`` returns the candidates unchanged, ``/bind`` posts the Binding
+  with no annotation, no informers — what kube-scheduler's extender protocol itself costs here;
+  ``null-first`` the same, its filter answering only the first candidate (kube-scheduler then skips
+  scoring, as it does after hami's filter, which answers the one node it chose);
 * ``binpack-lock`` / ``spread-lock`` — hami's extender behind kube-scheduler, nodes on HAMi's lock
   protocol; a fake node agent completes each bind the way the device plugin's Allocate does
   (bind-phase ``success`` + node lock released: 2 writes);
 * ``binpack-cdi`` / ``spread-cdi`` — the same nodes annotated ``hami.io/allocation-mode=cdi`` (the
   device plugin runs lock-free): the extender binds without the lock, and the agent does what the
-  lock-free plugin does per pod at PreStartContainer (one GET of the pod, no write).
+  lock-free plugin does per pod at PreStartContainer: it takes the bound pod from its own watch
+  (the plugin's watch of its node's pods, the copy confirmed by the kubelet's checkpoint UID), no
+  request and no write; ``--agent-read get`` makes it read the pod with one GET instead (what the
+  plugin falls back to when its watch has no confirmed copy).
 
 For each: P pods (1 GPU, 8000 MiB, 10 %) are created as fast as the API takes them; pods/s runs
 from the first creation to the last ``spec.nodeName``; the ratio is to the baseline of the same run.
@@ -23,7 +31,7 @@ extender, the node agent and the pod creator) over the same window. Between mode
 deleted and the extender's ledger is waited empty.
 
 Usage: python benchmarks/bench_e2e.py [--nodes 500] [--pods 1000] [--matrix | --modes binpack-cdi,...]
-       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N]
+       [--repeat N] [--annotate-at-bind] [--bind-queue-limit N] [--agent-read get|watch] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import cProfile
+import functools
 import multiprocessing
 import os
 import platform
@@ -57,10 +67,11 @@ from hami.testing.gpucluster import (
     gpu_pod,
     set_allocation_mode,
 )
-from hami.testing.stack import Stack
+from hami.testing.nullextender import NullExtender
+from hami.testing.stack import Stack, extender_scheduler_config
 
 NAMESPACE = "bench"
-MATRIX = ("baseline", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
+MATRIX = ("baseline", "null", "null-first", "binpack-lock", "binpack-cdi", "spread-lock", "spread-cdi")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE", "DELETECOLLECTION", "APPLY"})
 _REQUEST_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
@@ -112,15 +123,23 @@ class Window:
     pids: dict[str, int]
     cpu: dict[str, float] = field(default_factory=dict)
     writes: Counter[str] = field(default_factory=Counter)
+    #: with ``--profile DIR``: this process (the extender) under cProfile, in CPU time, dumped there
+    profile: str | None = None
 
     async def open(self, client: KubeClient) -> None:
+        self._writes0 = await mutating_requests(client)
         self._cpu0 = {k: cpu_seconds(p) for k, p in self.pids.items()}
         self._self0 = time.process_time()
-        self._writes0 = await mutating_requests(client)
+        self._profiler = cProfile.Profile(time.process_time) if self.profile else None
+        if self._profiler is not None:
+            self._profiler.enable()
 
     async def close(self, client: KubeClient) -> None:
         self.cpu = {k: cpu_seconds(p) - self._cpu0[k] for k, p in self.pids.items()}
         self.cpu["this process"] = time.process_time() - self._self0
+        if self._profiler is not None and self.profile:
+            self._profiler.disable()
+            self._profiler.dump_stats(self.profile)
         self.writes = await mutating_requests(client)
         self.writes.subtract(self._writes0)
 
@@ -242,14 +261,14 @@ async def set_mode(client: KubeClient, stack: Stack, nodes: list[str], *, lock_f
 # do in a cluster: the extender's process serves kube-scheduler and its own watches only.
 
 
-def driver_main(kubeconfig: str, conn: Connection) -> None:
+def driver_main(kubeconfig: str, conn: Connection, read_from_api: bool = True) -> None:
     """Child process: create pods on command, report when they are bound and allocated."""
-    asyncio.run(_driver(kubeconfig, conn))
+    asyncio.run(_driver(kubeconfig, conn, read_from_api))
 
 
-async def _driver(kubeconfig: str, conn: Connection) -> None:
+async def _driver(kubeconfig: str, conn: Connection, read_from_api: bool) -> None:
     async with KubeClient(load_config(kubeconfig)) as client:
-        agent = AllocationCompleter(client)
+        agent = AllocationCompleter(client, read_from_api=read_from_api)
         bound = BoundWatch()
         bound.attach(agent.pods)
         await agent.start()
@@ -277,10 +296,10 @@ async def _driver(kubeconfig: str, conn: Connection) -> None:
 class Driver:
     """The parent's handle on the driver process."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(self, kubeconfig: str, *, read_from_api: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=driver_main, args=(kubeconfig, child), daemon=True)
+        self.process = ctx.Process(target=driver_main, args=(kubeconfig, child, read_from_api), daemon=True)
 
     async def start(self) -> None:
         self.process.start()
@@ -323,22 +342,82 @@ def pids(cp: ControlPlane, scheduler: SchedulerHandle, driver: Driver) -> dict[s
     }
 
 
-async def baseline(cp: ControlPlane, client: KubeClient, driver: Driver, args: argparse.Namespace) -> Row:
-    sched = await asyncio.to_thread(cp.start_scheduler, {"clientConnection": {"qps": 500, "burst": 1000}})
+StartScheduler = Callable[..., SchedulerHandle]
+
+
+def profile_path(args: argparse.Namespace, mode: str) -> str | None:
+    """Where ``--profile DIR`` puts this row's profile (``<mode>-<HHMMSS>.prof``), or None."""
+    if not args.profile:
+        return None
+    os.makedirs(args.profile, exist_ok=True)
+    return os.path.join(args.profile, f"{mode}-{time.strftime('%H%M%S')}.prof")
+
+
+def hami_pods(tag: str, count: int, annotations: dict[str, str]) -> list[dict[str, Any]]:
+    """``count`` pods for hami's scheduler: 1 GPU, 8000 MiB, 10 % each."""
+    return [gpu_pod(f"{tag}-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(count)]
+
+
+async def unmanaged(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    sched: SchedulerHandle,
+    mode: str,
+    pods: list[dict[str, Any]],
+) -> Row:
+    """One row where nothing allocates on the node side (baseline, null): bound is done."""
     try:
-        pods = []
-        for i in range(args.pods):
-            p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
-            p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
-            pods.append(p)
-        window = Window(pids(cp, sched, driver))
+        window = Window(pids(cp, sched, driver), profile=profile_path(args, mode))
         await window.open(client)
         bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=False)
         await window.close(client)
         await driver.clear()
-        return Row("baseline", args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
+        return Row(mode, args.pods, len(bound_nodes), elapsed, window, len(set(bound_nodes)))
     finally:
         sched.stop()
+
+
+async def baseline(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    start_sched: StartScheduler,
+) -> Row:
+    sched = await asyncio.to_thread(start_sched, {})
+    pods = []
+    for i in range(args.pods):
+        p = gpu_pod(f"b-{i:05d}", scheduler_name=None)
+        p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 1}}
+        pods.append(p)
+    return await unmanaged(cp, client, driver, args, sched, "baseline", pods)
+
+
+async def null(
+    cp: ControlPlane,
+    client: KubeClient,
+    driver: Driver,
+    args: argparse.Namespace,
+    start_sched: StartScheduler,
+    *,
+    first_only: bool = False,
+) -> Row:
+    """hami's pods through kube-scheduler and the null extender (its CPU is this process's); with
+    ``first_only`` its filter answers only the first candidate (mode ``null-first``)."""
+    mode, tag = ("null-first", "f") if first_only else ("null", "n")
+    async with NullExtender(cp.kube_config(), first_only=first_only) as ext:
+        sched = await asyncio.to_thread(start_sched, extender_scheduler_config(ext.url))
+        return await unmanaged(cp, client, driver, args, sched, mode, hami_pods(tag, args.pods, {}))
+
+
+#: the rows without hami's extender, measured before it starts (its informers would load them)
+UNMANAGED: dict[str, Callable[..., Awaitable[Row]]] = {
+    "baseline": baseline,
+    "null": null,
+    "null-first": functools.partial(null, first_only=True),
+}
 
 
 async def hami(
@@ -361,8 +440,8 @@ async def hami(
     svc.bind_pod = timed(type(svc).bind_pod.__get__(svc), bind_lat)  # type: ignore[method-assign,assignment]
     annotations = {} if policy == "binpack" else {keys.NODE_SCHEDULER_POLICY: "spread"}
     tag = f"{policy[0]}{protocol[0]}"
-    pods = [gpu_pod(f"{tag}-{i:05d}", mem=8000, cores=10, annotations=annotations) for i in range(args.pods)]
-    window = Window(pids(cp, stack.kube_scheduler, driver))
+    pods = hami_pods(tag, args.pods, annotations)
+    window = Window(pids(cp, stack.kube_scheduler, driver), profile=profile_path(args, mode))
     await window.open(client)
     bound_nodes, elapsed = await driver.run(pods, args.timeout, allocate=True)
     await window.close(client)
@@ -373,7 +452,9 @@ async def hami(
         "ledger empty",
     )
     return Row(
-        mode + (" annotate-at-bind" if args.annotate_at_bind else ""),
+        mode
+        + (" annotate-at-bind" if args.annotate_at_bind else "")
+        + (" agent-read=watch" if args.agent_read == "watch" and protocol == "cdi" else ""),
         args.pods,
         len(bound_nodes),
         elapsed,
@@ -387,7 +468,7 @@ async def hami(
 async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> list[Row]:
     kc = cp.kube_config()
     rows: list[Row] = []
-    driver = Driver(str(cp.kubeconfig_path))
+    driver = Driver(str(cp.kubeconfig_path), read_from_api=args.agent_read == "get")
     async with KubeClient(kc) as client:
         await client.create(api_path("v1", "namespaces"), {"metadata": {"name": NAMESPACE}})
         t0 = time.perf_counter()
@@ -401,10 +482,11 @@ async def run(cp: ControlPlane, args: argparse.Namespace, modes: list[str]) -> l
 
         try:
             for _ in range(args.repeat):
-                if "baseline" in modes:
-                    rows.append(await baseline(cp, client, driver, args))
-                    print_row(rows[-1], rows)
-                hami_modes = [m for m in modes if m != "baseline"]
+                for mode, measure in UNMANAGED.items():
+                    if mode in modes:
+                        rows.append(await measure(cp, client, driver, args, start_sched))
+                        print_row(rows[-1], rows)
+                hami_modes = [m for m in modes if m not in UNMANAGED]
                 if not hami_modes:
                     continue
                 stack = Stack(kc, start_sched, completer=False)
@@ -443,6 +525,48 @@ HEADER = (
 )
 
 
+#: the processes whose CPU the summary shows, in its column order (Window.cpu keys)
+CPU_COLUMNS = ("apiserver", "etcd", "scheduler", "this process", "driver")
+SUMMARY_HEADER = (
+    "| mode (run 1 / run 2 ...) | pods/s | x baseline | filter p50 ms | filter p99 ms | bind p50 ms "
+    "| API writes/pod | CPU-s per 1000 pods: apiserver | etcd | kube-scheduler | extender | creator+agent "
+    "| all |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def _side_by_side(values: Iterable[float], fmt: str = "{:.1f}") -> str:
+    """``"1.0 / 2.0"``; a missing value (NaN) is ``-``."""
+    return " / ".join("-" if v != v else fmt.format(v) for v in values)
+
+
+def _cpu_per_1000(row: Row, key: str | None) -> float:
+    """CPU seconds per 1000 pods of one process (``key``), or of all of them (None)."""
+    cpu = row.window.cpu
+    return (cpu[key] if key else sum(cpu[k] for k in CPU_COLUMNS)) * 1000 / row.pods
+
+
+def summary(rows: list[Row]) -> str:
+    """The markdown table for docs/benchmarks.md: one line per mode, each repeat's value side by side;
+    the ratio is to the median of the run's baselines; CPU seconds per 1000 pods, per process."""
+    base = [r.pods_per_s for r in rows if r.mode == "baseline"]
+    lines = [SUMMARY_HEADER]
+    for mode in dict.fromkeys(r.mode for r in rows):
+        runs = [r for r in rows if r.mode == mode]
+        ratio = (
+            _side_by_side((r.pods_per_s / statistics.median(base) for r in runs), "{:.2f}") if base else "-"
+        )
+        p50 = _side_by_side((r.filter_ms[0] for r in runs), "{:.2f}")
+        p99 = _side_by_side(r.filter_ms[1] for r in runs)
+        cpu = " | ".join(_side_by_side(_cpu_per_1000(r, k) for r in runs) for k in (*CPU_COLUMNS, None))
+        lines.append(
+            f"| {mode} | {_side_by_side(r.pods_per_s for r in runs)} | {ratio} | {p50} | {p99} "
+            f"| {_side_by_side((r.bind_ms[0] for r in runs), '{:.0f}')} "
+            f"| {_side_by_side((r.writes_per_pod() for r in runs), '{:.2f}')} | {cpu} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nodes", type=int, default=500)
@@ -455,6 +579,18 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300)
     ap.add_argument("--annotate-at-bind", action="store_true", help="extender --annotate-at-bind mode")
     ap.add_argument("--bind-queue-limit", type=int, default=0, help="extender --bind-queue-limit")
+    ap.add_argument(
+        "--agent-read",
+        choices=("get", "watch"),
+        default="watch",
+        help="how the fake lock-free plugin reads a bound pod: from its own watch (as hami's plugin "
+        "does) or one GET (the plugin's fallback)",
+    )
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="cProfile this process (the extender, in CPU time) during each row, into DIR/<mode>-<time>.prof",
+    )
     args = ap.parse_args()
     modes = list(MATRIX) if args.matrix else [m for m in args.modes.split(",") if m] or ["binpack-lock"]
     unknown = [m for m in modes if m not in MATRIX]
@@ -471,6 +607,8 @@ def main() -> None:
     print(HEADER)
     for r in rows:
         print_row(r, rows)
+    print()
+    print(summary(rows))
 
 
 if __name__ == "__main__":

@@ -413,20 +413,36 @@ API CUresult cuStreamSynchronize(CUstream s) {
     return CUDA_SUCCESS;
 }
 API CUresult cuStreamSynchronize_ptsz(CUstream s) { return cuStreamSynchronize(s); }
+/* a stream: its device and the context it was created in (the current one, as on a real driver) */
+struct fk_stream {
+    int ord;
+    CUcontext ctx;
+};
+static int is_real_stream(CUstream s) { return (uintptr_t)s > 2; } /* not the null/legacy/per-thread one */
 /* the device of a stream (the null, legacy and per-thread streams: the current one) */
-static int stream_ord(CUstream s) { return (uintptr_t)s > 2 ? *(int *)s : cur_ord(); }
+static int stream_ord(CUstream s) { return is_real_stream(s) ? ((struct fk_stream *)(void *)s)->ord : cur_ord(); }
 API CUresult cuStreamCreate(CUstream *s, unsigned int flags) {
     (void)flags;
-    *s = (CUstream)calloc(1, 16);
-    if (!*s) return CUDA_ERROR_OUT_OF_MEMORY;
-    *(int *)*s = cur_ord(); /* a stream belongs to the current context's device */
+    struct fk_stream *st = calloc(1, sizeof *st);
+    if (!st) return CUDA_ERROR_OUT_OF_MEMORY;
+    st->ord = cur_ord();
+    st->ctx = t_cur;
+    *s = (CUstream)(void *)st;
     return CUDA_SUCCESS;
 }
+/* CUDA 12.8; absent from build/pre128 (an older driver) */
 API CUresult cuStreamGetDevice(CUstream s, CUdevice *d) {
     if (!d) return CUDA_ERROR_INVALID_VALUE;
     *d = stream_ord(s);
     return CUDA_SUCCESS;
 }
+/* CUDA 9.2: what an older driver offers to find a stream's device (through the context) */
+API CUresult cuStreamGetCtx(CUstream s, CUcontext *c) {
+    if (!c) return CUDA_ERROR_INVALID_VALUE;
+    *c = is_real_stream(s) ? ((struct fk_stream *)(void *)s)->ctx : t_cur;
+    return *c ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+API CUresult cuStreamGetCtx_ptsz(CUstream s, CUcontext *c) { return cuStreamGetCtx(s, c); }
 API CUresult cuStreamDestroy_v2(CUstream s) {
     free(s);
     return CUDA_SUCCESS;
@@ -976,6 +992,7 @@ static const struct gpa {
     E(cuMemPoolCreate, 11020, 0, cuMemPoolCreate) E(cuMemPoolDestroy, 11020, 0, cuMemPoolDestroy)
     E(cuMemRetainAllocationHandle, 11000, 0, cuMemRetainAllocationHandle)
     E(cuStreamGetDevice, 12080, 0, cuStreamGetDevice)
+    E(cuStreamGetCtx, 9020, 0, cuStreamGetCtx) E(cuStreamGetCtx, 9020, 1, cuStreamGetCtx_ptsz)
     E(cuMemAddressReserve, 10020, 0, cuMemAddressReserve) E(cuMemAddressFree, 10020, 0, cuMemAddressFree)
     E(cuGraphCreate, 10000, 0, cuGraphCreate) E(cuGraphInstantiate, 11040, 0, cuGraphInstantiateWithFlags)
     E(cuModuleUnload, 2000, 0, cuModuleUnload)

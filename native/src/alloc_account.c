@@ -182,12 +182,30 @@ static int admit(struct hold *h, size_t size, int kind, const char *what) {
     return admit_on(h, vgpu_current_device(), size, kind, what);
 }
 
-/* the CUDA ordinal of a stream's device: the null, legacy and per-thread streams (and any stream
- * without cuStreamGetDevice, CUDA < 12.8) are the current device's */
+/* the CUDA ordinal of the device of context `c`, made current for the question on this thread only
+ * (push, ask, pop: every driver since CUDA 4.0 has them); -1 when the driver does not answer */
+static int ctx_ordinal(CUcontext c) {
+    CUcontext cur = NULL, popped = NULL;
+    CUdevice d = 0;
+    if (HELPER(cuCtxGetCurrent) && HELPER(cuCtxGetCurrent)(&cur) == CUDA_SUCCESS && cur == c) return current_ordinal();
+    if (!HELPER(cuCtxPushCurrent_v2) || !HELPER(cuCtxPopCurrent_v2) || !HELPER(cuCtxGetDevice) ||
+        HELPER(cuCtxPushCurrent_v2)(c) != CUDA_SUCCESS)
+        return -1;
+    CUresult r = HELPER(cuCtxGetDevice)(&d);
+    HELPER(cuCtxPopCurrent_v2)(&popped);
+    return r == CUDA_SUCCESS ? d : -1;
+}
+
+/* the CUDA ordinal of a stream's device: cuStreamGetDevice (CUDA 12.8), else the device of the
+ * stream's context (cuStreamGetCtx, CUDA 9.2); the null, legacy and per-thread streams, and a
+ * stream neither answers for, are the current device's */
 static int stream_ordinal(CUstream s) {
     CUdevice d;
-    if ((uintptr_t)s > 2 && HELPER(cuStreamGetDevice) && HELPER(cuStreamGetDevice)(s, &d) == CUDA_SUCCESS) return d;
-    return current_ordinal();
+    CUcontext c = NULL;
+    if ((uintptr_t)s <= 2 || vgpu_ndev == 1) return current_ordinal();
+    if (HELPER(cuStreamGetDevice) && HELPER(cuStreamGetDevice)(s, &d) == CUDA_SUCCESS) return d;
+    int ord = HELPER(cuStreamGetCtx) && HELPER(cuStreamGetCtx)(s, &c) == CUDA_SUCCESS && c ? ctx_ordinal(c) : -1;
+    return ord >= 0 ? ord : current_ordinal();
 }
 
 /* Pooled allocation: admit the part the pool cannot serve from its cache, call, then charge the

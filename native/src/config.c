@@ -217,8 +217,17 @@ void vgpu_config_load(struct vgpu_config *c) {
         load_sm(name, &c->sm_limit[i]);
     }
     load_uuids(c);
-    for (int i = c->nuuid; c->nuuid && i < VGPU_MAX_DEV; i++)
-        if (!c->mem_limit[i]) c->mem_limit[i] = VGPU_LIMIT_DENY; /* a card the container was not given */
+    /* with the file, a card without a memory limit is refused, never unlimited: one it lists (or
+     * card 0 when it lists none) is a file that does not describe the slice; one past its list is a
+     * card the container was not given */
+    for (int i = 0; g_from_file && i < VGPU_MAX_DEV; i++) {
+        if (c->mem_limit[i]) continue;
+        c->mem_limit[i] = VGPU_LIMIT_DENY;
+        if (fr > 0 && i < (c->nuuid ? c->nuuid : 1))
+            LOG_ERR("%s sets no CUDA_DEVICE_MEMORY_LIMIT_%d (nor CUDA_DEVICE_MEMORY_LIMIT) for card %d; refusing "
+                    "its allocations rather than running unlimited",
+                    VGPU_CONF_PATH, i, i);
+    }
     const char *p = cfg_get("GPU_CORE_UTILIZATION_POLICY");
     c->policy = POLICY_DEFAULT;
     if (p && *p) {

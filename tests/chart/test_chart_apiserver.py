@@ -178,6 +178,7 @@ DEVICE_PLUGIN_ALLOWED: list[Check] = [
     ("patch", "nodes", "", None, "n1", None),
     ("get", "pods", "", "tenant", "p", None),
     ("list", "pods", "", None, None, None),
+    ("watch", "pods", "", None, None, None),  # its node's pods (lock-free mode)
     ("patch", "pods", "", "tenant", "p", None),
     ("create", "events", "", "tenant", None, None),
 ]

@@ -603,7 +603,7 @@ vnpus: {}
 def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> None:
     """Issue 13: the kube-scheduler's managedResources and the webhook's matchConditions come from
     the configured backends (the registry built from device-config.content), not from NVIDIA alone;
-    a section without a backend (vnpus, Ascend) adds nothing; Metax adds its whole-GPU name only."""
+    ``vnpus: {}`` adds hami's default Ascend chips; Metax adds its whole-GPU and its sGPU names."""
     objs = helm.render(
         CHART, release="hami", namespace="x", values={"device-config": {"content": MIXED_CONTENT}}
     )
@@ -614,13 +614,41 @@ def test_configured_vendors_are_managed_and_sent_to_the_webhook(helm: Helm) -> N
     assert names == default_registry(cfg).resource_names()
     assert "iluvatar.ai/mr-gpu" in names and "amd.com/gpucores" in names
     assert "cambricon.com/vmlu" in names and "kunlunxin.com/vmem" in names
-    assert "metax-tech.com/gpu" in names and "metax-tech.com/sgpu" not in names
-    assert not any(n.startswith("huawei.com/") for n in names)
+    metax = ["metax-tech.com/gpu", "metax-tech.com/sgpu", "metax-tech.com/vmemory", "metax-tech.com/vcore"]
+    assert [n for n in names if n.startswith("metax-tech.com/")] == metax
+    assert names[-21:-18] == [
+        "huawei.com/Ascend910A",
+        "huawei.com/Ascend910A-memory",
+        "huawei.com/Ascend910A-core",
+    ]
+    assert names[-3:] == [
+        "huawei.com/Ascend910C",
+        "huawei.com/Ascend910C-memory",
+        "huawei.com/Ascend910C-core",
+    ]
     (mwc,) = [o for o in objs if o["kind"] == "MutatingWebhookConfiguration"]
     (cond,) = mwc["webhooks"][0]["matchConditions"]
     assert "mthreads.com/cores" in names and "aws.amazon.com/neuroncore" in names
-    for domain in ("nvidia.com/", "hygon.com/", "iluvatar.ai/", "amd.com/", "aws.amazon.com/"):
+    for domain in ("nvidia.com/", "hygon.com/", "iluvatar.ai/", "amd.com/", "aws.amazon.com/", "huawei.com/"):
         assert f"k.startsWith('{domain}')" in cond["expression"]
+
+
+@pytest.mark.parametrize(
+    ("content", "drs"),
+    [
+        ("enflame: {}\n", "enflame.com/drs-gcu"),
+        ("enflame:\n  resourceNameVGCU: enflame.com/vgcu\n", "enflame.com/vgcu"),
+    ],
+)
+def test_enflame_drs_names_are_managed_as_hami_resolves_them(helm: Helm, content: str, drs: str) -> None:
+    """Enflame's DRS count name is resourceNameDRSGCU, else the legacy resourceNameVGCU the file
+    sets (HAMi's chart sets it): the same names as the extender's registry."""
+    objs = helm.render(CHART, release="hami", namespace="x", values={"device-config": {"content": content}})
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "hami-scheduler"]
+    names = [r["name"] for r in yaml.safe_load(cm["data"]["config.yaml"])["extenders"][0]["managedResources"]]
+    cfg, _ = parse_device_config(content)
+    assert names == default_registry(cfg).resource_names()
+    assert drs in names and "enflame.com/gcu-memory" in names
 
 
 def test_webui_is_off_by_default(rendered: Render) -> None:
@@ -712,3 +740,24 @@ def test_lock_free_mode_mounts_the_cdi_dir_and_pod_resources(helm: Helm) -> None
 def test_lock_free_mode_value_is_checked(helm: Helm) -> None:
     with pytest.raises(HelmError, match="allocationMode"):
         helm.render(CHART, release="hami", namespace="x", values={"devicePlugin": {"allocationMode": "dra"}})
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "vnpus:\n  hamiVnpuCore: true\n  configs:\n"
+        "  - {chipName: 910B3, commonWord: Ascend910B3, resourceName: huawei.com/npu-b3}\n"
+        "  - {chipName: 310P3, commonWord: Ascend310P, resourceCoreName: huawei.com/p-core}\n",
+        "vnpus:\n- {chipName: 910B4, commonWord: Ascend910B4}\n",
+    ],
+)
+def test_ascend_chips_are_managed_as_the_registry_lists_them(helm: Helm, content: str) -> None:
+    """Issue 13: each vnpus chip's three names (count, -memory, -core; overrides honoured) reach
+    managedResources exactly as hami's registry lists them, in both of HAMi's section forms."""
+    objs = helm.render(CHART, release="hami", namespace="x", values={"device-config": {"content": content}})
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "hami-scheduler"]
+    shipped = yaml.safe_load(cm["data"]["config.yaml"])
+    cfg, _ = parse_device_config(content)
+    names = [r["name"] for r in shipped["extenders"][0]["managedResources"]]
+    assert names == default_registry(cfg).resource_names()
+    assert any(n.startswith("huawei.com/") for n in names)

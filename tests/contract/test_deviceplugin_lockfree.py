@@ -271,6 +271,94 @@ async def test_init_container_ids_reused_by_the_app_container(env: Env) -> None:
     assert env.annotations("p3")[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
 
 
+def write_checkpoint(env: Env, *entries: tuple[str, str, list[str]]) -> None:
+    """The kubelet's device checkpoint in the plugin directory, shaped as kubelet v1.34 writes it:
+    (pod UID, container, IDs) of RES, the IDs under NUMA node -1 (no topology)."""
+    data = {
+        "Data": {
+            "PodDeviceEntries": [
+                {
+                    "PodUID": uid,
+                    "ContainerName": c,
+                    "ResourceName": RES,
+                    "DeviceIDs": {"-1": ids},
+                    "AllocResp": "",
+                }
+                for uid, c, ids in entries
+            ],
+            "RegisteredDevices": {RES: []},
+        },
+        "Checksum": 1,
+    }
+    (env.dir / "kubelet_internal_checkpoint").write_text(json.dumps(data))
+
+
+async def test_gpu_init_container_before_non_gpu_app_containers(env: Env) -> None:
+    # only the init container asks for a GPU: PodResources lists nothing holding its IDs (the
+    # kubelet lists app containers and sidecars only); its device checkpoint names the pod's UID
+    env.kube.add_pod(bound_pod("p4", [{"name": "app"}], [(dev(A, 700, 7),), ()], init=[gpu_ctr("warm", 1)]))
+    env.kube.add_pod(bound_pod("other", [gpu_ctr("a", 1)], [(dev(B, 900, 9),)]))
+    env.pr.hold(NS, "other", "a", RES, [f"{B}-0"])
+    ids = [f"{C}-2"]
+    client = env.kubelet.client(RES)
+    await expect_failure(env, ids, f"{C}-2", "no pod holds them", "nor in its device checkpoint")
+    write_checkpoint(env, ("uid-other", "a", [f"{B}-0"]), ("uid-p4", "warm", ids))
+    await client.pre_start(ids)
+    e = env.env_of(ids)
+    assert (e["NVIDIA_VISIBLE_DEVICES"], e["CUDA_DEVICE_MEMORY_LIMIT_0"]) == (A, "700m")
+    assert env.annotations("p4")[keys.BIND_PHASE] == keys.BIND_PHASE_SUCCESS
+    # the collector keeps the spec while the checkpoint records the allocation, then removes it
+    assert env.agent.lockfree is not None
+    assert await env.agent.lockfree.collect() == []
+    # the kubelet rewrites its checkpoint only when it allocates: an entry of a pod that is gone
+    # from the API (or finished) keeps nothing
+    env.kube.pods[(NS, "p4")]["status"]["phase"] = "Succeeded"
+    assert await env.agent.lockfree.collect() == [device_name(ids)]
+    # an unreadable checkpoint skips collection instead of removing what may still be needed
+    await client.pre_start([f"{B}-0"])
+    env.pr.forget(NS, "other")
+    (env.dir / "kubelet_internal_checkpoint").write_text("{not json")
+    assert await env.agent.lockfree.collect() == []
+    assert device_name([f"{B}-0"]) in SpecStore(env.cdi).names()
+
+
+async def test_prestart_reads_the_pod_from_the_node_cache_when_the_kubelet_vouches(env: Env) -> None:
+    # the node's pod cache serves the pod without a request when the kubelet's checkpoint records the
+    # IDs for that copy's UID; a copy of another pod of the same name (recreated, cache behind) is
+    # never used: the API is read instead
+    env.kube.add_pod(bound_pod("p7", [gpu_ctr("a", 1)], [(dev(A, 1200, 12),)]))
+    ids = [f"{A}-3"]
+    env.pr.hold(NS, "p7", "a", RES, ids)
+    write_checkpoint(env, ("uid-p7", "a", ids))
+    before = list(env.kube.calls)
+    await env.kubelet.client(RES).pre_start(ids)
+    assert env.env_of(ids)["CUDA_DEVICE_MEMORY_LIMIT_0"] == "1200m"
+    assert [c for c in env.kube.calls[len(before) :] if c.startswith("get pod")] == []
+
+    stale = bound_pod("p7", [gpu_ctr("a", 1)], [(dev(B, 9000, 90),)])
+    stale["metadata"]["uid"] = "uid-old-p7"
+    env.kube.cached_pod = lambda namespace, name: stale  # type: ignore[method-assign]
+    before = list(env.kube.calls)
+    await env.kubelet.client(RES).pre_start(ids)
+    assert env.env_of(ids)["CUDA_DEVICE_MEMORY_LIMIT_0"] == "1200m"  # the API's pod, not the stale copy
+    assert f"get pod {NS}/p7" in env.kube.calls[len(before) :]
+
+
+async def test_checkpoint_failures_are_named(env: Env) -> None:
+    ids = [f"{C}-1"]
+    for p in ("p5", "p6"):
+        env.kube.add_pod(bound_pod(p, [{"name": "app"}], [(dev(A, 700, 7),), ()], init=[gpu_ctr("warm", 1)]))
+    write_checkpoint(env, ("uid-p5", "warm", ids), ("uid-p6", "warm", ids))
+    await expect_failure(env, ids, "held by 2 pods in the kubelet's device checkpoint", "uid-p5", "uid-p6")
+    write_checkpoint(env, ("uid-gone", "warm", ids))
+    await expect_failure(env, ids, "pod UIDs ['uid-gone']", "none of them a live pod of node n1")
+    (env.dir / "kubelet_internal_checkpoint").write_text(
+        json.dumps({"Data": {"PodDeviceEntries": [{"PodUID": "u", "ContainerName": 3}]}})
+    )
+    await expect_failure(env, ids, "kubelet_internal_checkpoint", "PodDeviceEntries[0].ContainerName")
+    assert not SpecStore(env.cdi).names()
+
+
 async def expect_failure(env: Env, ids: list[str], *fragments: str) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.kubelet.client(RES).pre_start(ids, timeout=10)

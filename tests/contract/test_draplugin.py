@@ -299,6 +299,7 @@ async def test_bad_claims_fail_alone_with_the_reason(
     node.kube.add_claim(claim("pending"))
     node.kube.add_claim(claim("elsewhere", result("gpu-7", memory="1Gi")))
     node.kube.add_claim(claim("badmem", result("gpu-0", memory="lots")))
+    node.kube.add_claim(claim("zeromem", result("gpu-0", memory="0")))  # 0 is never "unlimited"
     node.kube.add_claim(claim("replaced", result("gpu-0"), uid="uid-new"))
     resp = await kubelet.prepare(
         ("ns", "uid-good", "good"),
@@ -306,6 +307,7 @@ async def test_bad_claims_fail_alone_with_the_reason(
         ("ns", "uid-pending", "pending"),
         ("ns", "uid-elsewhere", "elsewhere"),
         ("ns", "uid-badmem", "badmem"),
+        ("ns", "uid-zeromem", "zeromem"),
         ("ns", "uid-replaced", "replaced"),
     )
     errors = {uid: c.error for uid, c in resp.claims.items()}
@@ -318,6 +320,9 @@ async def test_bad_claims_fail_alone_with_the_reason(
     assert errors["uid-elsewhere"] == "claim ns/elsewhere (uid-elsewhere): device gpu-7 is not on node n1"
     assert errors["uid-badmem"].startswith(
         "claim ns/badmem (uid-badmem): status.allocation.devices.results[0].consumedCapacity.memory: "
+    )
+    assert (
+        errors["uid-zeromem"] == "claim ns/zeromem (uid-zeromem): device gpu-0: refusing a 0-MiB memory share"
     )
     assert "the API has UID 'uid-new'" in errors["uid-replaced"]
     # failures leave nothing behind

@@ -161,7 +161,7 @@ def test_two_devices_have_independent_limits(sandbox: Sandbox) -> None:
 
 def test_old_driver_missing_symbols_are_tolerated(sandbox: Sandbox) -> None:
     """A driver without the stream-ordered allocator, cuLaunchKernelEx, cuCtxCreate_v3/v4 and
-    cuGetProcAddress_v2 (native/fake/old_driver.map): the rest keeps working and stays limited."""
+    cuGetProcAddress_v2 (native/fake/olddrv.map): the rest keeps working and stays limited."""
     r = sandbox.run(
         "alloc:linear:600m",
         "alloc:linear:600m",

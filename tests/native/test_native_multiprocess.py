@@ -212,13 +212,17 @@ def _ctx_checks(out: str, err: str) -> None:
     assert kv(lines(out, "procs ")[0])["n"] == "2", out + err
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root (unshare --pid)")
-def test_context_memory_is_charged_in_a_pid_namespace(sandbox: Sandbox) -> None:
-    """NVML lists host PIDs; inside `unshare --pid --fork` the library's getpid() is not among them.
-    The fake driver lists processes by host PID, as a real one does."""
-    script = _CTX_SCRIPT.format(held=sandbox.tmp / "held", out=sandbox.tmp / "holder.out")
+needs_pid_namespace = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root (unshare --pid)"
+)
+
+
+def in_pid_namespace(sandbox: Sandbox, script: str) -> subprocess.CompletedProcess[str]:
+    """`script` under `unshare --pid --fork`, with 300 MiB contexts against a 1000 MiB slice. NVML
+    lists host PIDs; inside the namespace the library's getpid() is not among them. The fake
+    driver lists processes by host PID, as a real one does."""
     env = sandbox.make_env(APP=str(APP), CUDA_DEVICE_MEMORY_LIMIT="1000m", FAKECUDA_CTX_BYTES="300m")
-    r = subprocess.run(
+    return subprocess.run(
         ["unshare", "--pid", "--fork", "sh", "-c", script],
         env=env,
         capture_output=True,
@@ -226,7 +230,32 @@ def test_context_memory_is_charged_in_a_pid_namespace(sandbox: Sandbox) -> None:
         timeout=60,
         check=False,
     )
+
+
+@needs_pid_namespace
+def test_context_memory_is_charged_in_a_pid_namespace(sandbox: Sandbox) -> None:
+    r = in_pid_namespace(
+        sandbox, _CTX_SCRIPT.format(held=sandbox.tmp / "held", out=sandbox.tmp / "holder.out")
+    )
     _ctx_checks(r.stdout, r.stderr)
+
+
+@needs_pid_namespace
+def test_three_processes_contexts_in_a_pid_namespace(sandbox: Sandbox) -> None:
+    """Issue 16's case as written: three processes with 300 MiB contexts in a 1000 MiB slice leave
+    100 MiB — the third process gets exactly that, not the 1000 MiB an uncharged context shows."""
+    t = sandbox.tmp
+    script = (
+        f"$APP info ready:{t}/h1 sleep:30000 > {t}/o1 & A=$!\n"
+        f"$APP waitfile:{t}/h1 info ready:{t}/h2 sleep:30000 > {t}/o2 & B=$!\n"
+        f"$APP waitfile:{t}/h2 info alloc:linear:101m alloc:linear:100m info\n"
+        f"kill $A $B; wait; cat {t}/o1 {t}/o2"
+    )
+    r = in_pid_namespace(sandbox, script)
+    # the third process's view before and after its allocations, then the first's and the second's
+    free = [int(kv(i)["free"]) // MiB for i in lines(r.stdout, "info ")]
+    assert free == [100, 0, 700, 400], r.stdout + r.stderr
+    assert [kv(a)["rc"] for a in lines(r.stdout, "alloc ")] == ["2", "0"], r.stdout + r.stderr
 
 
 def test_context_memory_is_charged_when_nvml_pids_are_foreign(sandbox: Sandbox) -> None:

@@ -3,8 +3,10 @@ streams and number of pools (issue 16, "Memory limits must hold without tamperin
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
-from native_helpers import MiB, Sandbox, kv, lines
+from native_helpers import BUILD, MiB, Sandbox, kv, lines
 
 pytestmark = pytest.mark.native
 
@@ -31,7 +33,7 @@ def test_two_threads_growing_one_pool_cannot_both_pass(sandbox: Sandbox) -> None
 
 
 def on_device_1_from_device_0(
-    sandbox: Sandbox, make: str, alloc: str, *more: str
+    sandbox: Sandbox, make: str, alloc: str, *more: str, **env: str
 ) -> tuple[list[str], int, int]:
     """`make` on device 1, `alloc` of 600 MiB with device 0 current, then `more` on device 1: the
     allocation return codes and each device's free memory (1 GiB limits)"""
@@ -47,6 +49,7 @@ def on_device_1_from_device_0(
         FAKECUDA_DEVICES="2",
         CUDA_DEVICE_MEMORY_LIMIT_0="1g",
         CUDA_DEVICE_MEMORY_LIMIT_1="1g",
+        **env,
     )
     free0, free1 = (int(kv(i)["free"]) for i in lines(r.stdout, "info "))
     return rcs(r.stdout), free0, free1
@@ -57,9 +60,28 @@ def test_a_pool_of_device_1_is_charged_to_device_1(sandbox: Sandbox) -> None:
     assert got == (["0"], GiB, GiB - 600 * MiB)
 
 
-def test_alloc_async_on_another_devices_stream(sandbox: Sandbox) -> None:
-    """cuMemAllocAsync takes the current pool of the stream's device, not of the current device."""
-    got = on_device_1_from_device_0(sandbox, "stream", "allocstream:600m", "alloc:linear:600m")
+@pytest.mark.parametrize(
+    "driver",
+    [
+        pytest.param({}, id="cuStreamGetDevice"),
+        # CUDA 12.0-12.7: no cuStreamGetDevice; the stream's device comes from its context
+        pytest.param(
+            {"LD_LIBRARY_PATH": str(BUILD / "pre128"), "FAKECUDA_DRIVER_VERSION": "12040"}, id="pre-12.8"
+        ),
+    ],
+)
+def test_alloc_async_on_another_devices_stream(sandbox: Sandbox, driver: dict[str, str]) -> None:
+    """cuMemAllocAsync takes the current pool of the stream's device, not of the current device,
+    whether or not the driver has cuStreamGetDevice."""
+    if driver:  # the old driver really lacks it (read from its symbol table, not loaded here)
+        syms = subprocess.run(
+            ["nm", "-D", "--defined-only", driver["LD_LIBRARY_PATH"] + "/libcuda.so.1"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert "cuStreamGetCtx" in syms and "cuStreamGetDevice" not in syms
+    got = on_device_1_from_device_0(sandbox, "stream", "allocstream:600m", "alloc:linear:600m", **driver)
     assert got == (["0", "2"], GiB, GiB - 600 * MiB)  # device 1 holds 600 MiB of its 1 GiB
 
 

@@ -113,6 +113,22 @@ def test_unreadable_file_fails_closed(sandbox: Sandbox) -> None:
     assert "no region path" in r.stderr  # no region at a default path shared with anything else
 
 
+@pytest.mark.parametrize(
+    "conf",
+    [
+        {"NVIDIA_VISIBLE_DEVICES": "GPU-face0000-0000-0000-0000-000000000000"},  # the card, no limit
+        {"CUDA_DEVICE_SM_LIMIT_0": "20"},  # no card list, no limit
+        {"CUDA_DEVICE_MEMORY_LIMIT_0": "0m"},  # a 0-MiB card that reached the file
+    ],
+)
+def test_a_file_without_a_memory_limit_is_not_unlimited(sandbox: Sandbox, conf: dict[str, str]) -> None:
+    """The file is the slice: a card it gives no (or a 0) memory limit is refused, whatever the
+    environment says (old: no limit in the file meant none at all)."""
+    r = run_in_pod(sandbox, conf, "$APP alloc:linear:1m", CUDA_DEVICE_MEMORY_LIMIT="1g")
+    assert _rcs(r.stdout) == ["2"], r.stdout + r.stderr
+    assert "rather than running unlimited" in r.stderr
+
+
 def test_file_card_order_decides_which_limit_a_card_gets(sandbox: Sandbox) -> None:
     """The file lists the container's cards (NVIDIA_VISIBLE_DEVICES) in the order of its _<i> limits;
     the process's own enumeration (here the reverse) does not decide which card gets which limit."""

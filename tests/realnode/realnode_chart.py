@@ -8,10 +8,11 @@ import contextlib
 import json
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hami.deviceplugin.kubeops import merge_patch
@@ -19,6 +20,7 @@ from hami.kube.client import KubeClient
 from hami.kube.errors import KubeError
 from hami.kube.paths import api_path
 from hami.kube.poll import poll_until
+from hami.protocol import keys
 from hami.sandbox.cluster import Sandbox, ensure_namespace
 from hami.sandbox.probe import PROBE, report
 from hami.testing.helm import Helm, HelmMissingError, find_helm
@@ -157,6 +159,35 @@ async def hami_leading(kc: KubeClient) -> None:
         raise AssertionError(f"{exc}: {await pods_summary(kc)}") from None
 
 
+def vendor_node_spec(node: str, vendors: dict[str, Any]) -> str:
+    """examples/fake-node-small.yaml, and another vendor's devices (the fake source's ``vendors:``
+    section) on ``node`` beside its NVIDIA cards."""
+    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
+    small["nodes"] = {node: {"cards": small["cards"], "vendors": vendors}}
+    return yaml.safe_dump(small, sort_keys=False)
+
+
+@contextlib.asynccontextmanager
+async def vendor_leading(kc: KubeClient, node: str, registered: Sequence[str]) -> AsyncIterator[None]:
+    """hami leads; afterwards the node lock and the ``registered`` node annotations are removed, as
+    the vendor's device plugin (the lock) and its uninstall (the registration) would."""
+    await hami_leading(kc)
+    yield
+    gone: dict[str, None] = dict.fromkeys([keys.NODE_LOCK, *registered])
+    await kc.merge_patch(api_path("v1", "nodes", name=node), {"metadata": {"annotations": gone}})
+
+
+async def bound_pod(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    """The pod once it is bound to a node."""
+
+    async def bound() -> dict[str, Any] | None:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        return p if p["spec"].get("nodeName") else None
+
+    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    return pod
+
+
 #: the probe, then holding what it allocated until the pod is deleted
 HOLD = PROBE + "\nimport time\ntime.sleep(10**6)\n"
 IMAGE = "hami.local/hami:0.1.0"
@@ -195,12 +226,16 @@ def gpu_pod(
     return {"metadata": meta, "spec": spec}
 
 
-async def probe_report(kc: KubeClient, ns: str, name: str, timeout: float = 180) -> dict[str, Any]:
-    """The probe's report from pod ``name``'s log, once it has printed it."""
+async def probe_report(
+    kc: KubeClient, ns: str, name: str, timeout: float = 180, *, container: str | None = None
+) -> dict[str, Any]:
+    """The probe's report from pod ``name``'s log (of ``container`` when given), once it has printed it."""
+    params = {"container": container} if container else None
 
     async def reported() -> dict[str, Any] | None:
         try:
-            return report(await kc.get_text(api_path("v1", "pods", namespace=ns, name=name) + "/log"))
+            path = api_path("v1", "pods", namespace=ns, name=name) + "/log"
+            return report(await kc.get_text(path, params=params))
         except (KubeError, ValueError):
             return None
 

@@ -6,8 +6,9 @@ the container through the kubelet's PodResources API and write the CDI spec into
 directory, and containerd (2.4, CDI on) applies it when it creates the container. Shown here: a
 binpack burst pinned to node1 starts every container with its own card and limits exactly as the
 scheduler decided; the specs go away with the pods; a device plugin restarted between a pod's
-Allocate and its GPU container's start still hands that container its limits; node2 (lock mode)
-pods run beside them.
+Allocate and its GPU container's start still hands that container its limits; a GPU init container
+followed only by containers without GPUs (PodResources never lists its IDs) gets its card through
+the kubelet's device checkpoint; node2 (lock mode) pods run beside them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from hami.kube.paths import api_path
 from hami.protocol import keys
 from hami.protocol.pod import decode_pod_devices
 from hami.sandbox.cluster import Sandbox
+from hami.sandbox.probe import PROBE
 from hami.testing.helm import Helm
 from hami.testing.stack import wait_for
 
@@ -178,3 +180,32 @@ async def test_plugin_restart_between_allocate_and_start(leading: None, kc: Kube
         field_selector=f"spec.nodeName={LOCK_FREE}",
     )
     assert [p["metadata"]["uid"] for p in plugins["items"]] != [old["metadata"]["uid"]]
+
+
+async def test_gpu_init_container_before_plain_containers(leading: None, kc: KubeClient, ns: str) -> None:
+    # only the init container asks for a GPU: the kubelet's PodResources lists app containers and
+    # sidecars only, so nothing there holds its IDs; the plugin finds the pod in the kubelet's
+    # device checkpoint and the init container runs with its card and limits
+    pod = pinned("initonly", LOCK_FREE, 2000, 20)
+    [gpu] = pod["spec"]["containers"]
+    gpu.update(name="warm", command=["python3", "-c", PROBE])
+    pod["spec"]["initContainers"] = [gpu]
+    pod["spec"]["containers"] = [
+        {
+            "name": "main",
+            "image": gpu["image"],
+            "command": ["python3", "-c", "import time; time.sleep(10**6)"],
+        }
+    ]
+    await kc.create(api_path("v1", "pods", namespace=ns), pod)
+    seen = await probe_report(kc, ns, "initonly", container="warm")
+    card, mem, cores = await decided(kc, ns, "initonly")
+    assert card.startswith(f"GPU-fake-{LOCK_FREE}-")
+    assert (seen["cards"], seen["memory"], seen["cores"]) == ([card], [f"{mem}m"], str(cores)), seen
+    assert (mem, cores) == (2000, 20)
+
+    async def app_running() -> bool:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name="initonly"))
+        return bool(p["status"].get("phase") == "Running")
+
+    await wait_for(app_running, timeout=120, interval=0.5)

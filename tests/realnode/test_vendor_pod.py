@@ -20,12 +20,10 @@ annotation afterwards, as the vendor's plugin and its uninstall would.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from realnode_chart import chart_installed, hami_leading
+from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -39,38 +37,25 @@ from hami.testing.stack import wait_for
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 HYGON_NODE, OTHER_NODE = "node1", "node2"
 DCU_REGISTER = "hami.io/node-dcu-register"
 DCU_TO_ALLOCATE, DCU_ALLOCATED = "hami.io/dcu-devices-to-allocate", "hami.io/dcu-devices-allocated"
 DCUS = ("DCU-fake-node1-0", "DCU-fake-node1-1")
 
 
-def fake_spec() -> str:
-    """examples/fake-node-small.yaml on both nodes, and two Hygon Z100 DCUs on node1."""
-    small = yaml.safe_load((ROOT / "examples" / "fake-node-small.yaml").read_text())
-    hygon = {"hygon": {"count": 2, "card": {"type": "DCU-Z100", "memory": 32768, "slots": 4}}}
-    small["nodes"] = {HYGON_NODE: {"cards": small["cards"], "vendors": hygon}}
-    return yaml.safe_dump(small, sort_keys=False)
-
-
 @pytest.fixture(scope="module")
 def installed(sandbox: Sandbox) -> Iterator[Helm]:
+    hygon = {"hygon": {"count": 2, "card": {"type": "DCU-Z100", "memory": 32768, "slots": 4}}}
     with chart_installed(
-        sandbox, {"device-config": {"content": "hygon: {}\n"}}, fake_node=fake_spec()
+        sandbox, {"device-config": {"content": "hygon: {}\n"}}, fake_node=vendor_node_spec(HYGON_NODE, hygon)
     ) as helm:
         yield helm
 
 
 @pytest.fixture
 async def leading(installed: Helm, kc: KubeClient) -> AsyncIterator[None]:
-    await hami_leading(kc)
-    yield
-    # what Hygon's device plugin (the lock) and its uninstall (the registration) would remove
-    await kc.merge_patch(
-        api_path("v1", "nodes", name=HYGON_NODE),
-        {"metadata": {"annotations": {keys.NODE_LOCK: None, DCU_REGISTER: None}}},
-    )
+    async with vendor_leading(kc, HYGON_NODE, [DCU_REGISTER]):
+        yield
 
 
 #: HAMi v2.10 examples/hygon/default_use.yaml, its wire content (comments left out)
@@ -120,12 +105,7 @@ async def test_hygon_example_pod_is_placed_and_bound_with_hygon_decision(
     assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
 
     name = HYGON_DEFAULT_USE["metadata"]["name"]
-
-    async def bound() -> dict[str, Any] | None:
-        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        return p if p["spec"].get("nodeName") else None
-
-    pod: dict[str, Any] = await wait_for(bound, timeout=60, interval=0.5)
+    pod = await bound_pod(kc, ns, name)
     assert pod["spec"]["nodeName"] == HYGON_NODE
     ann = pod["metadata"]["annotations"]
     assert ann[keys.VGPU_NODE] == HYGON_NODE

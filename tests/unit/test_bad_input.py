@@ -18,6 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
 from hami.cli import main
+from hami.deviceplugin.register import register_annotations
+from hami.deviceplugin.settings import NodeSettings, build_inventory
+from hami.deviceplugin.sources import FakeSource
 from hami.devices.registry import default_registry
 from hami.extender.metrics import Metrics
 from hami.extender.server import make_app
@@ -181,6 +184,28 @@ def test_an_unusable_card_is_left_out_with_a_warning_naming_node_card_and_field(
     assert d.node == "n1" and "GPU-bad" not in str(d.annotations)
 
 
+def test_a_memory_scaling_that_rounds_a_card_to_0_mib_never_hands_out_a_0_mib_slice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """deviceMemoryScaling 0.0001 of a 5000 MiB card is 0.5 MiB, rounded down to 0: the device
+    plugin says so naming the card and the field, registers it without memory, and the scheduler
+    leaves it out (a 0-MiB slice would reach the container as a 0 limit); the other card is used."""
+    cards = [
+        {"uuid": "GPU-tiny", "model": "Tesla T4", "memory": 5000},
+        {"uuid": "GPU-big", "model": "Tesla T4", "memory": 15360 * 10000},
+    ]
+    settings = NodeSettings(node_name="n1", memory_scaling=0.0001)
+    with caplog.at_level("WARNING"):
+        inventory = build_inventory(FakeSource({"cards": cards}), settings)
+    assert [d.devmem for d in inventory] == [0, 15360]
+    assert "GPU-tiny" in caplog.text and "devicememoryscaling" in caplog.text
+    node = {"metadata": {"name": "n1", "annotations": register_annotations(inventory)}}
+    sched = Scheduler(default_registry())
+    sched.observe_node(node)
+    assert [c.uuid for c in sched.state.nodes["n1"].cards] == ["GPU-big"]
+    assert "GPU-tiny" in sched.node_warnings["n1"][0] and "'devmem'" in sched.node_warnings["n1"][0]
+
+
 def test_a_node_whose_only_card_is_unusable_is_not_scheduled_onto() -> None:
     sched = Scheduler(default_registry())
     sched.observe_node(_node("n1", _dev("GPU-0", count=0)))
@@ -231,6 +256,13 @@ async def test_filter_of_a_pod_without_uid_reserves_nothing() -> None:
     assert svc.scheduler.state.pods == {} and not svc.reservations.assumed
     with pytest.raises(WireError, match=r"metadata\.uid"):
         ExtenderArgs.parse({"Pod": _pod(uid=None), "NodeNames": ["n1"]})
+
+
+@pytest.mark.parametrize("names", [["n1", 3], ["n1", None], [["n1"]], "n1", {"n1": 1}])
+def test_node_names_that_are_not_a_list_of_strings_are_refused(names: Any) -> None:
+    with pytest.raises(WireError, match=r"ExtenderArgs\.NodeNames must be a list of node names"):
+        ExtenderArgs.parse({"Pod": _pod(), "NodeNames": names})
+    assert ExtenderArgs.parse({"Pod": _pod(), "NodeNames": []}).node_names == []
 
 
 # --------------------------------------------------------------------------- 4. wrong-typed fields

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hami.config import ConfigError, parse_device_config
+from hami.devices.metax_sgpu_wire import decode_sgpu_devices, encode_sgpu_devices, vmemory_mib
 from hami.devices.registry import default_registry
 from hami.extender.service import ExtenderService
 from hami.extender.sync import LedgerSync
@@ -389,6 +390,37 @@ def test_pair_scores_decode_or_protocol_error_and_round_trip(value: Any) -> None
     assert decode_pair_scores(encode_pair_scores(decoded)) == decoded
 
 
+@given(
+    json_values
+    | st.lists(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "uuid",
+                    "totalDevCount",
+                    "totalCompute",
+                    "totalVRam",
+                    "numa",
+                    "healthy",
+                    "qosPolicy",
+                    "linkZone",
+                ]
+            ),
+            scalars,
+            max_size=8,
+        ),
+        max_size=3,
+    )
+)
+@FAST
+def test_metax_sgpu_inventories_decode_or_protocol_error_and_round_trip(value: Any) -> None:
+    try:
+        decoded = decode_sgpu_devices(orjson.dumps(value).decode())
+    except ProtocolError:
+        return
+    assert decode_sgpu_devices(encode_sgpu_devices(decoded)) == decoded
+
+
 # ---------------------------------------------------------------------------------- quantities
 
 quantity_text = st.from_regex(
@@ -411,6 +443,18 @@ def test_quantities_parse_or_protocol_error(value: Any) -> None:
     except ProtocolError:
         return
     assert n == q and -(2**63) <= n < 2**63
+
+
+@given(quantity_text | json_values)
+@FAST
+def test_metax_vmemory_parses_or_protocol_error(value: Any) -> None:
+    try:
+        mib = vmemory_mib(value, field="metax-tech.com/vmemory")
+    except ProtocolError:
+        return
+    q = parse_quantity(value)
+    # a bare number is GiB, one with a unit bytes: either way an exact whole number of MiB
+    assert mib in (int(q) * 1024, int(q) // 2**20)
 
 
 # ------------------------------------------------------------------------------- device config

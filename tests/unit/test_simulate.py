@@ -217,7 +217,7 @@ def test_mixed_cluster_places_each_vendor_and_names_what_is_unmanaged(tmp_path: 
         "1",
     )
     assert code == 0, err
-    assert "vnpus: hami has no backend for this vendor yet" in err
+    assert "no backend" not in err  # vnpus: has its Ascend backends (no chip named Ascend910B)
     placements = {p["pod"]: p for p in json.loads(out)["placements"]}
     dcu = placements["default/dcu-pod"]
     assert dcu["node"] == "dcu-node"

@@ -6,11 +6,14 @@ The examples are transcribed as data (names, images, commands, resources, annota
 HAMi's comments left out). A Deployment example is its pod template, as the ReplicaSet would create
 it. The cluster's nodes register the way each vendor's device plugin does: a register annotation
 in the vendor's format — written by the fake device source's ``vendors:`` section, the sandbox's
-node side — or the node's capacity.
+node side — or the node's capacity. The device config is the one a cluster running these
+examples has: Cambricon's MLU370 resource names (``mlu370.smlu.*``, as its ``default_use`` asks) and
+HAMi's chart's ``enflame.resourceNameVGCU`` (so ``enflame.com/vgcu`` asks for DRS slices).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -24,18 +27,31 @@ from hami.protocol.pod import decode_pod_devices
 from hami.simulate import SimulationResult, render_table, simulate
 
 DEVICE_CONFIG = """\
-cambricon: {}
+cambricon:
+  resourceMemoryName: cambricon.com/mlu370.smlu.vmemory
+  resourceCoreName: cambricon.com/mlu370.smlu.vcore
 hygon: {}
 metax: {}
 iluvatars: [{chipName: BI-V100}]
 mthreads: {}
-enflame: {}
+enflame:
+  resourceNameVGCU: enflame.com/vgcu
 kunlun: {}
 amd: {}
 awsneuron: {}
 vastai: {}
 biren: {}
 """
+
+#: the card HAMi's Metax ``sgpu/allocate_specific_gpu`` names
+METAX_UUID = "36beae85-c835-6b14-6ab2-02671837a59c"
+#: Metax sGPU cards: MetaLink zone 1 (4 cards), zone 2 (2 cards), then 6 in no zone, one of them METAX_UUID
+SGPU_CARDS: list[dict[str, Any]] = [
+    *({"uuid": f"sgpu-{i}", "custominfo": {"linkZone": 1}} for i in range(4)),
+    *({"uuid": f"sgpu-{i}", "custominfo": {"linkZone": 2}} for i in (4, 5)),
+    {"uuid": METAX_UUID},
+    *({"uuid": f"sgpu-{i}"} for i in range(7, 12)),
+]
 
 #: the UUIDs HAMi's Hygon examples name, and three more K100_AI cards
 DCU_Z100, DCU_K100 = "DCU-TPXS320016070601", "DCU-TPXS320010040501"
@@ -60,6 +76,16 @@ def _capacity(name: str, resources: dict[str, int], labels: dict[str, str] | Non
         "metadata": {"name": name, "labels": labels or {}},
         "status": {"capacity": quantities, "allocatable": quantities},
     }
+
+
+def _drs(name: str) -> dict[str, Any]:
+    """A node as Enflame's DRS device plugin registers it: two S60 GCUs of 6 slices."""
+    capacity = {
+        "devices": [{"index": str(i), "minor": str(i), "capacity": 6} for i in range(2)],
+        "profiles": {"1g.6gb": "0", "3g.20gb": "1", "6g.40gb": "2"},
+    }
+    annotations = {"enflame.com/gcu-drs-capacity": json.dumps(capacity)}
+    return {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "annotations": annotations}}
 
 
 def mixed_cluster() -> list[dict[str, Any]]:
@@ -102,13 +128,33 @@ def mixed_cluster() -> list[dict[str, Any]]:
             },
         ),
         _registered("vxpu-node", {"kunlun": {"count": 8, "card": {"type": "P800", "memory": 98304}}}),
+        _registered(
+            "sgpu-node",
+            {
+                "metax": {
+                    "cards": [
+                        {
+                            **c,
+                            "memory": 65536,
+                            "slots": 16,
+                            "custominfo": {**c.get("custominfo", {}), "model": "C500"},
+                        }
+                        for c in SGPU_CARDS
+                    ]
+                }
+            },
+        ),
         # one node, two vendors
         _registered("biren-vastai-node", {"biren": {"count": 2}, "vastai": {"count": 2}}),
+        *ascend_nodes(),
         _capacity("xpu-node", {"kunlunxin.com/xpu": 8}),
-        _capacity("mlu-node", {"cambricon.com/mlu.smlu.vcore": 200, "cambricon.com/mlu.smlu.vmemory": 192}),
+        _capacity(
+            "mlu-node", {"cambricon.com/mlu370.smlu.vcore": 200, "cambricon.com/mlu370.smlu.vmemory": 192}
+        ),
         _capacity("metax-node", {"metax-tech.com/gpu": 2}),
         _capacity("mthreads-node", {"mthreads.com/sgpu-core": 64, "mthreads.com/sgpu-memory": 384}),
         _capacity("gcu-node", {"enflame.com/gcu": 4}),
+        _drs("gcu-drs-node"),
         _capacity(
             "neuron-node",
             {"aws.amazon.com/neuron": 2, "aws.amazon.com/neuroncore": 4},
@@ -143,6 +189,19 @@ def _c(name: str, image: str, limits: dict[str, Any], **fields: Any) -> dict[str
     return {"name": name, "image": image, **fields, "resources": resources}
 
 
+def _vgcu(name: str, container: str, *, percentage: int | None = None) -> dict[str, Any]:
+    """One of HAMi's ``examples/enflame`` vGCU pods (namespace kube-system, as they are written)."""
+    limits: dict[str, Any] = {"enflame.com/vgcu": 1}
+    if percentage is not None:
+        limits["enflame.com/vgcu-percentage"] = percentage
+    return _pod(
+        name,
+        [_c(container, "ubuntu:18.04", limits, **GCU)],
+        namespace="kube-system",
+        terminationGracePeriodSeconds=0,
+    )
+
+
 DCU_IMAGE = "image.sourcefind.cn:5000/dcu/admin/base/pytorch:2.1.0-ubuntu22.04-dtk24.04.2-py3.10"
 DCU_SLICE = {"hygon.com/dcunum": 1, "hygon.com/dcucores": 60, "hygon.com/dcumem": 2000}
 DCU_ARGS = {"command": ["/bin/bash", "-c", "--"], "args": ["sleep infinity & wait"]}
@@ -166,6 +225,47 @@ ILU_SCRIPT = (
 )
 ILU_RES = {"iluvatar.ai/BI-V100-vgpu": 1, "iluvatar.ai/BI-V100.vCore": 50, "iluvatar.ai/BI-V100.vMem": 64}
 TF_LABELS = {"purpose": "demo-tf-amdgpu"}
+
+MX_IMAGE = "cr.metax-tech.com/public-ai-release/c500/colossalai:2.24.0.5-py38-ubuntu20.04-amd64 "
+MX: dict[str, Any] = {"imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"]}
+
+
+def _mx(limits: dict[str, Any], image: str = MX_IMAGE, **annotations: str) -> dict[str, Any]:
+    """A Metax sGPU example: pod ``gpu-pod``, one ``ubuntu-container`` asking ``limits``."""
+    return _pod("gpu-pod", [_c("ubuntu-container", image, limits, **MX)], annotations=annotations)
+
+
+SGPU_60_4 = {"metax-tech.com/sgpu": 1, "metax-tech.com/vcore": 60, "metax-tech.com/vmemory": 4}
+METAX_SGPU: dict[str, dict[str, Any]] = {
+    "allocate_exclusive": _mx({"metax-tech.com/sgpu": 1}),
+    "allocate_specific_gpu": _mx(SGPU_60_4, **{"metax-tech.com/use-gpuuuid": METAX_UUID}),
+    "allocate_specific_qos": _mx(
+        SGPU_60_4, "ubuntu:22.04", **{"metax-tech.com/sgpu-qos-policy": "best-effort"}
+    ),
+    "allocate_vmemory_MiB": _mx({**SGPU_60_4, "metax-tech.com/vmemory": "2048Mi"}),
+    "default_use": _mx(SGPU_60_4),
+    "enable_topology_aware": _mx(
+        {"metax-tech.com/sgpu": 4}, "ubuntu:22.04", **{"metax-tech.com/sgpu-topology-aware": "true"}
+    ),
+    "multi-containers": _pod(
+        "gpu-pod",
+        [
+            _c("ubuntu-container-1", MX_IMAGE, SGPU_60_4, **MX),
+            _c(
+                "ubuntu-container-2",
+                MX_IMAGE,
+                {"metax-tech.com/sgpu": 1, "metax-tech.com/vcore": 30, "metax-tech.com/vmemory": 8},
+                **MX,
+            ),
+        ],
+    ),
+    "offline": _mx(SGPU_60_4, "ubuntu:22.04", **{"metax-tech.com/sgpu-app-class": "offline"}),
+    "online": _mx(
+        {"metax-tech.com/sgpu": 1, "metax-tech.com/vmemory": 4},
+        "ubuntu:22.04",
+        **{"metax-tech.com/sgpu-app-class": "online"},
+    ),
+}
 
 HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
     "hygon/default_use": _pod(
@@ -281,6 +381,26 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
         [_c("c-1", "ubuntu:18.04", {"cambricon.com/vmlu": "1"}, **MLU)],
         labels={"app": "binpack-1"},
     ),
+    "mlu/default_use": _pod(
+        "binpack-1",
+        [
+            _c(
+                "c-1",
+                "ubuntu:18.04",
+                {
+                    "cambricon.com/vmlu": "1",
+                    "cambricon.com/mlu370.smlu.vmemory": "20",
+                    "cambricon.com/mlu370.smlu.vcore": "10",
+                },
+                **MLU,
+            )
+        ],
+        labels={"app": "binpack-1"},
+    ),
+    "enflame/vgcu_use#1": _vgcu("vgcu-pod-1", "pod-gcu-example1"),
+    "enflame/vgcu_use#2": _vgcu("vgcu-pod-2", "pod-gcu-example1", percentage=22),
+    "enflame/default_use": _vgcu("gcushare-pod-2", "pod-gcu-example1", percentage=22),
+    "enflame/use_exclusive": _vgcu("gcushare-pod-4", "pod-gcu-example3"),
     "metax/gpu/default_use": _pod(
         "gpu-pod1",
         [
@@ -293,6 +413,7 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
             )
         ],
     ),
+    **{f"metax/sgpu/{name}": example for name, example in METAX_SGPU.items()},
     "mthreads/default_use": _pod(
         "gpushare-pod-default",
         [
@@ -393,6 +514,14 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "hami.io/Biren-devices-allocated",
         "Biren-fake-biren-vastai-node-1,Biren,16384,100:;",
     ),
+    **dict.fromkeys(
+        ("enflame/default_use", "enflame/use_exclusive", "enflame/vgcu_use#1", "enflame/vgcu_use#2"),
+        (
+            "gcu-drs-node",
+            "hami.io/enflame-vgpu-devices-allocated",
+            "gcu-drs-node-enflame-drs-1,Enflame,6144,17:;",
+        ),
+    ),
     "enflame/gcu_use#1": (
         "gcu-node",
         "hami.io/enflame-gcu-devices-allocated",
@@ -450,10 +579,35 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "hami.io/metax-gpu-devices-allocated",
         "metax-node-metax-1,Metax-GPU,65536,100:;",
     ),
+    **{
+        f"metax/sgpu/{name}": ("sgpu-node", "hami.io/metax-sgpu-devices-allocated", value)
+        for name, value in {
+            # exclusive: the smallest MetaLink zone (2), its highest index first
+            "allocate_exclusive": "sgpu-5,Metax-SGPU,65536,100:;",
+            "allocate_specific_gpu": f"{METAX_UUID},Metax-SGPU,4096,60:;",
+            "allocate_specific_qos": "sgpu-11,Metax-SGPU,4096,60:;",
+            "allocate_vmemory_MiB": "sgpu-11,Metax-SGPU,2048,60:;",
+            "default_use": "sgpu-11,Metax-SGPU,4096,60:;",
+            # four exclusive cards: the one zone with four
+            "enable_topology_aware": (
+                "sgpu-3,Metax-SGPU,65536,100:sgpu-2,Metax-SGPU,65536,100:"
+                "sgpu-1,Metax-SGPU,65536,100:sgpu-0,Metax-SGPU,65536,100:;"
+            ),
+            "multi-containers": "sgpu-11,Metax-SGPU,4096,60:;sgpu-10,Metax-SGPU,8192,30:;",
+            "offline": "sgpu-11,Metax-SGPU,4096,60:;",
+            # an online pod takes no cores
+            "online": "sgpu-11,Metax-SGPU,4096,0:;",
+        }.items()
+    },
     "mlu/allocate_whole": (
         "mlu-node",
         "hami.io/cambricon-mlu-devices-allocated",
         "mlu-node-cambricon-mlu-1,MLU,24576,100:;",
+    ),
+    "mlu/default_use": (
+        "mlu-node",
+        "hami.io/cambricon-mlu-devices-allocated",
+        "mlu-node-cambricon-mlu-1,MLU,5120,10:;",
     ),
     "mthreads/default_use": (
         "mthreads-node",
@@ -476,6 +630,86 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "Vastai-fake-biren-vastai-node-1,Vastai,16384,100:;",
     ),
 }
+
+
+# ---------------------------------------------------------------------------------- Huawei Ascend
+
+DEVICE_CONFIG += "vnpus: {}\n"
+
+#: chip (CommonWord) -> the card memory its device plugin registers (HAMi chart: memoryAllocatable)
+ASCEND_CHIPS = {
+    "Ascend310P": 21527,
+    "Ascend910A": 32768,
+    "Ascend910B2": 65536,
+    "Ascend910B3": 65536,
+    "Ascend910B4": 32768,
+    "Ascend910C": 65536,
+}
+
+
+def ascend_nodes() -> list[dict[str, Any]]:
+    """One node per chip, two NPUs each, every card with a NetworkID (as the Ascend plugin registers)."""
+    return [
+        _registered(
+            f"{word.lower()}-node",
+            {
+                "vnpus": {
+                    "chip": word,
+                    "count": 2,
+                    "card": {"memory": mem, "cores": 20, "slots": 4, "custominfo": {"NetworkID": 0}},
+                }
+            },
+        )
+        for word, mem in ASCEND_CHIPS.items()
+    ]
+
+
+ASCEND_IMAGE = "ascendhub.huawei.com/public-ascendhub/ascend-mindspore:23.0.RC3-centos7"
+ASCEND_CMD = {"command": ["bash", "-c", "sleep 86400"]}
+#: examples/ascend/job-<chip>.yaml: (pod name, chip, memory asked); 910C asks 16384 (vir05_1c_16g)
+ASCEND_JOBS = {
+    "310P": ("ascend310p-job", "Ascend310P", 2000),
+    "910A": ("ascend910a-job", "Ascend910A", 2000),
+    "910B2": ("ascend910b2-job", "Ascend910B2", 2000),
+    "910B3": ("ascend910b3-job", "Ascend910B3", 2000),
+    "910B4": ("ascend910b4-job", "Ascend910B4", 2000),
+    "910C": ("ascend910c-job", "Ascend910C", 16384),
+}
+HAMI_EXAMPLES.update(
+    {
+        f"ascend/job-{job}": _pod(
+            name,
+            [
+                _c(
+                    "ubuntu-container",
+                    ASCEND_IMAGE,
+                    {f"huawei.com/{word}": 1, f"huawei.com/{word}-memory": mem},
+                    **ASCEND_CMD,
+                )
+            ],
+        )
+        for job, (name, word, mem) in ASCEND_JOBS.items()
+    }
+)
+#: the template each example's memory is rounded up to (HAMi chart's vnpus templates)
+ASCEND_TEMPLATE_MIB = {
+    "310P": 3072,
+    "910A": 2184,
+    "910B2": 8192,
+    "910B3": 16384,
+    "910B4": 8192,
+    "910C": 16384,
+}
+EXPECTED.update(
+    {
+        f"ascend/job-{job}": (
+            f"{word.lower()}-node",
+            f"hami.io/{word}-devices-allocated",
+            f"{word}-fake-{word.lower()}-node-1,{word},{ASCEND_TEMPLATE_MIB[job]},0:;",
+        )
+        for job, (_, word, _mem) in ASCEND_JOBS.items()
+    }
+)
 
 
 def run(pods: list[dict[str, Any]]) -> SimulationResult:
@@ -544,7 +778,50 @@ def test_all_examples_together_on_one_mixed_cluster() -> None:
             assert (placed["node"], placed["reason"]) == (EXPECTED[example][0], None), example
 
 
+def test_metax_sgpu_examples_write_metax_json_and_predicate_time() -> None:
+    """Beside HAMi's encoding, Metax's device plugin reads ``metax-tech.com/gpu-devices-allocated``
+    (one list per container, ``compute``/``vRam`` left out when 0) and ``predicate-time``."""
+    examples = ("metax/sgpu/multi-containers", "metax/sgpu/online")
+    result = run(
+        [
+            {**HAMI_EXAMPLES[e], "metadata": {**HAMI_EXAMPLES[e]["metadata"], "namespace": _namespace(e)}}
+            for e in examples
+        ]
+    )
+    multi, online = (p["annotations"] for p in result.placements)
+    assert multi["metax-tech.com/gpu-devices-allocated"] == (
+        '[[{"uuid":"sgpu-11","compute":60,"vRam":4096}],[{"uuid":"sgpu-10","compute":30,"vRam":8192}]]'
+    )
+    assert multi["hami.io/metax-sgpu-devices-to-allocate"] == multi["hami.io/metax-sgpu-devices-allocated"]
+    assert multi["metax-tech.com/predicate-time"].isdigit()
+    # the online pod keeps off the two cards the multi-container pod (no app class) shares
+    assert online["metax-tech.com/gpu-devices-allocated"] == '[[{"uuid":"sgpu-9","vRam":4096}]]'
+
+
 def test_the_table_shows_every_vendors_cards() -> None:
     table = render_table(run([HAMI_EXAMPLES["hygon/default_use"], HAMI_EXAMPLES["kunlunxin/default_use"]]))
     assert "[DCU-TPXS320010040504 2000MiB 60%]" in table
     assert "[xpu-node-kunlun-0 98304MiB 100%]" in table
+
+
+@pytest.mark.parametrize("job", sorted(ASCEND_JOBS))
+def test_ascend_examples_carry_every_decision_annotation_exactly(job: str) -> None:
+    """Beside the encoding under both keys: ``huawei.com/<chip>`` names the card and its vNPU
+    template (the 310P's vir01 is 3072 MiB), and ``predicate-time`` is the decision's time."""
+    _, word, _ = ASCEND_JOBS[job]
+    result = run([HAMI_EXAMPLES[f"ascend/job-{job}"]])
+    (placed,) = result.placements
+    node, _, encoded = EXPECTED[f"ascend/job-{job}"]
+    templates = {"310P": "vir01", "910A": "vir02", "910B2": "vir03_1c_8g", "910B3": "vir05_1c_16g"}
+    templates |= {"910B4": "vir05_1c_8g", "910C": "vir05_1c_16g"}
+    uuid = f"{word}-fake-{node}-1"
+    assert placed["annotations"] == {
+        keys.VGPU_NODE: node,
+        keys.VGPU_TIME: "0",
+        f"hami.io/{word}-devices-to-allocate": encoded,
+        f"hami.io/{word}-devices-allocated": encoded,
+        f"huawei.com/{word}": (
+            f'[{{"UUID":"{uuid}","temp":"{templates[job]}","memory":{ASCEND_TEMPLATE_MIB[job]}}}]'
+        ),
+        "predicate-time": "0",
+    }

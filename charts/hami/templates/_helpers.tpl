@@ -98,21 +98,23 @@ imagePullSecrets:
 {{/* Every managed resource name, in the order the extender lists them (managedResources): the
 NVIDIA names from the values, then those of each other vendor whose section is in
 device-config.content, in hami's registry order (hami.devices.registry.default_factories) with
-hami's default names for keys the section leaves out. A section hami has no backend for adds
-nothing (the extender warns about it). */}}
+hami's default names for keys the section leaves out. */}}
 {{- define "hami.resourceNames" -}}
 {{- $v := .Values -}}
 {{- $names := list $v.resourceName $v.resourceMem $v.resourceMemPercentage $v.resourceCores $v.resourcePriority -}}
 {{- $content := index $v "device-config" "content" -}}
 {{- if $content -}}
 {{- $dc := fromYaml $content -}}
+{{- /* Enflame DRS: resourceNameDRSGCU, else the legacy resourceNameVGCU (HAMi's resolution) */ -}}
+{{- $enf := index $dc "enflame" | default dict -}}
+{{- $drs := index $enf "resourceNameVGCU" | default "enflame.com/drs-gcu" -}}
 {{- $vendors := list
   (list "cambricon" (list (list "resourceCountName" "cambricon.com/vmlu") (list "resourceMemoryName" "cambricon.com/mlu.smlu.vmemory") (list "resourceCoreName" "cambricon.com/mlu.smlu.vcore")))
   (list "hygon" (list (list "resourceCountName" "hygon.com/dcunum") (list "resourceMemoryName" "hygon.com/dcumem") (list "resourceCoreName" "hygon.com/dcucores")))
-  (list "metax" (list (list "resourceCountName" "metax-tech.com/gpu")))
+  (list "metax" (list (list "resourceCountName" "metax-tech.com/gpu") (list "resourceVCountName" "metax-tech.com/sgpu") (list "resourceVMemoryName" "metax-tech.com/vmemory") (list "resourceVCoreName" "metax-tech.com/vcore")))
   (list "iluvatars" (list))
   (list "mthreads" (list (list "resourceCountName" "mthreads.com/vgpu") (list "resourceMemoryName" "mthreads.com/sgpu-memory") (list "resourceCoreName" "mthreads.com/sgpu-core")))
-  (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu")))
+  (list "enflame" (list (list "resourceNameGCU" "enflame.com/gcu") (list "resourceNameDRSGCU" $drs) (list "resourceNameGCUMemory" "enflame.com/gcu-memory") (list "resourceNameGCUCore" "enflame.com/gcu-core")))
   (list "kunlun" (list (list "resourceCountName" "kunlunxin.com/xpu") (list "resourceVCountName" "kunlunxin.com/vxpu") (list "resourceVMemoryName" "kunlunxin.com/vxpu-memory")))
   (list "amd" (list (list "resourceCountName" "amd.com/gpu") (list "resourceMemoryName" "amd.com/gpumem") (list "resourceMemoryPercentageName" "amd.com/gpumem-percentage") (list "resourceCoreName" "amd.com/gpucores")))
   (list "awsneuron" (list (list "resourceCountName" "aws.amazon.com/neuron") (list "resourceCoreName" "aws.amazon.com/neuroncore")))
@@ -135,6 +137,27 @@ nothing (the extender warns about it). */}}
 {{- $names = append $names ((index $section (index . 0)) | default (index . 1)) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- /* vnpus (Ascend): one chip per configs entry ({hamiVnpuCore, configs} or HAMi's older bare
+list); no configs: hami's default chips (hami.config.device._default_vnpus) */ -}}
+{{- if hasKey $dc "vnpus" -}}
+{{- $vnpus := index $dc "vnpus" -}}
+{{- $chips := list -}}
+{{- if kindIs "slice" $vnpus -}}
+{{- $chips = $vnpus -}}
+{{- else if and (kindIs "map" $vnpus) (hasKey $vnpus "configs") -}}
+{{- $chips = index $vnpus "configs" -}}
+{{- else -}}
+{{- range (list "Ascend910A" "Ascend910B2" "Ascend910B3" "Ascend910B4-1" "Ascend910B4" "Ascend310P" "Ascend910C") -}}
+{{- $chips = append $chips (dict "commonWord" .) -}}
+{{- end -}}
+{{- end -}}
+{{- range $chips -}}
+{{- $res := .resourceName | default (printf "huawei.com/%s" (toString .commonWord)) -}}
+{{- $names = append $names $res -}}
+{{- $names = append $names (.resourceMemoryName | default (printf "%s-memory" $res)) -}}
+{{- $names = append $names (.resourceCoreName | default (printf "%s-core" $res)) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}

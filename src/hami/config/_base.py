@@ -299,3 +299,19 @@ def load_json_or_yaml(text: str, source: str) -> Any:
         if text.lstrip().startswith(("{", "[")):
             raise ConfigError([json_error], source=source) from None
         raise
+
+
+def fill_defaults(data: Any, defaults: dict[tuple[str, str], str]) -> Any:
+    """Before-validator helper: fill derived defaults for keys given neither by alias nor by name."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for (alias, name), value in defaults.items():
+        if alias not in out and name not in out:
+            out[alias] = value
+    return out
+
+
+def key_value(data: dict[str, Any], alias: str, name: str) -> Any:
+    """A raw section's value under its file key ``alias`` or its field ``name``."""
+    return data.get(alias, data.get(name))

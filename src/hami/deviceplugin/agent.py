@@ -16,6 +16,7 @@ from pathlib import Path
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import KUBELET_SOCKET_NAME
 from hami.deviceplugin.cdi import SpecStore
+from hami.deviceplugin.kubeletcheckpoint import CHECKPOINT_NAME
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.lockfree import LockFreeAllocator
 from hami.deviceplugin.podresources import PodResourcesClient
@@ -66,6 +67,7 @@ class NodeAgent:
                     self.allocator,
                     PodResourcesClient(settings.pod_resources_socket),
                     SpecStore(settings.cdi_spec_dir),
+                    checkpoint=Path(plugin_dir) / CHECKPOINT_NAME,
                 )
                 self.server.allocator = self.lockfree
             self.registrar = NodeRegistrar(
@@ -93,6 +95,7 @@ class NodeAgent:
             )
 
         if self.lockfree is not None:
+            await self.lockfree.core.kube.start_pod_cache(self.settings.node_name)
             self._tasks.append(
                 asyncio.create_task(
                     self.lockfree.run_collector(self.cdi_collect_interval), name="cdi-collect"
@@ -103,6 +106,8 @@ class NodeAgent:
         await cancel_tasks(self._tasks)
         self._tasks = []
         await self.server.stop()
+        if self.lockfree is not None:
+            await self.lockfree.core.kube.stop_pod_cache()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop`; on a node in DRA mode, serve nothing (no socket, no registration,

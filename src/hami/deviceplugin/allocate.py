@@ -195,8 +195,9 @@ class PodAllocator:
                 )
             if not phys.healthy:
                 raise AllocationError(f"pod {bodies.pod_key(pod)}: card {d.uuid} is unhealthy")
-            if d.usedmem <= 0 and phys.mode not in (MIG, MPS):
-                # 0 must never reach a hami-core container as a limit
+            if d.usedmem <= 0 and phys.mode != MIG:
+                # 0 must never reach a container as a limit: libvgpu refuses every allocation, MPS
+                # would leave the card without a pinned limit (a MIG instance's size is its limit)
                 raise AllocationError(
                     f"pod {bodies.pod_key(pod)}: card {d.uuid} was assigned {d.usedmem} MiB; refusing a 0-MiB slice"
                 )

@@ -4,6 +4,11 @@
 (in-memory nodes and pods with resourceVersion preconditions, for unit and contract tests).
 Objects are raw dicts; `patch_pod_with_retry` is the optimistic read-modify-write over either.
 Errors are `hami.kube.errors` exceptions (NotFoundError, ConflictError).
+
+`start_pod_cache` keeps a watch of the node's own pods (field selector `spec.nodeName`) and
+`cached_pod` answers from it, without a request: possibly behind the API server, and keyed by
+namespace/name only, so a caller must confirm the copy is the pod it means (the lock-free
+allocator checks its UID against the kubelet's records) and read the API otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from hami.kube.client import retry_merge_patch
 
 if TYPE_CHECKING:
     from hami.kube.client import KubeClient
+    from hami.kube.informer import Informer
 
 Obj = dict[str, Any]
 
@@ -34,6 +40,12 @@ class KubeOps(Protocol):
     ) -> Obj: ...
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None: ...
+
+    async def start_pod_cache(self, node: str) -> None: ...
+
+    async def stop_pod_cache(self) -> None: ...
+
+    def cached_pod(self, namespace: str, name: str) -> Obj | None: ...
 
 
 async def patch_pod_with_retry(
@@ -74,6 +86,7 @@ class ClientKubeOps:
         self._path = api_path
         self._component = component
         self._host = host
+        self._pods: Informer | None = None
 
     async def get_node(self, name: str) -> Obj:
         return await self._kc.get(self._path("v1", "nodes", name=name))
@@ -97,6 +110,23 @@ class ClientKubeOps:
         return await self._kc.merge_patch(
             self._path("v1", "pods", namespace=namespace, name=name), patch, resource_version=resource_version
         )
+
+    async def start_pod_cache(self, node: str) -> None:
+        from hami.kube.informer import Informer
+
+        if self._pods is None:
+            self._pods = Informer(self._kc, self._path("v1", "pods"), field_selector=f"spec.nodeName={node}")
+            self._pods.start()
+
+    async def stop_pod_cache(self) -> None:
+        if self._pods is not None:
+            await self._pods.stop()
+            self._pods = None
+
+    def cached_pod(self, namespace: str, name: str) -> Obj | None:
+        if self._pods is None or not self._pods.has_synced:
+            return None
+        return self._pods.get_by_name(namespace, name)
 
     async def pod_event(self, pod: Obj, reason: str, message: str, *, warning: bool = False) -> None:
         await self._kc.create_event(

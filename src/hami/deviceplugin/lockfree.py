@@ -6,35 +6,43 @@ IDs>` (`cdi`): it neither waits for nor reads the node lock, so binds to one nod
 The plugin registers with `pre_start_required`; the kubelet calls PreStartContainer with the
 container's IDs just before it asks the runtime to create the container, and the runtime resolves
 the CDI device then. PreStart finds the one pod whose containers hold the IDs in PodResources
-(`podresources`), the one container of it that is starting (`startorder`), reads that container's
-cards from the scheduler's `hami.io/vgpu-devices-allocated` (index = its position, init
+(`podresources`) — or, for a regular init container with no later container sharing its IDs
+(PodResources never lists those), the one pod the kubelet's device checkpoint names
+(`kubeletcheckpoint`) — and the one container of it that is starting (`startorder`), reads that
+container's cards from the scheduler's `hami.io/vgpu-devices-allocated` (index = its position, init
 containers first), builds its edits exactly as the Allocate path does (`PodAllocator.container_edits`:
 hami-core, MPS, MIG with instances created here) and writes the CDI spec (`cdi.SpecStore`).
 
 Guarantees:
- * never a guess: IDs no pod holds, IDs two pods hold, a pod whose status cannot tell which of its
-   containers is starting (after a bounded wait for the status to catch up), a missing or
-   unreadable decision, or a card this node does not have fail PreStart with a gRPC error whose
-   message names the IDs and what PodResources or the annotations said; where the pod is known it
-   gets `bind-phase=failed` and a `GPUAllocationFailed` event;
- * no memory across restarts: everything PreStart needs comes from PodResources (the kubelet
-   keeps it across its own restarts) and the API, and the CDI name from the IDs, so a new plugin
-   instance serves a PreStart for an Allocate the old one answered; every (re)start of a
-   container rewrites its spec;
- * no API write on success when the scheduler bound lock-free (`bind-phase=success` already);
+ * never a guess: IDs no pod holds (in PodResources or the kubelet's checkpoint), IDs two pods
+   hold, a pod whose status cannot tell which of its containers is starting (after a bounded
+   wait for the status to catch up), a missing or unreadable decision, or a card this node does
+   not have fail PreStart with a gRPC error whose message names the IDs and what PodResources or
+   the annotations said; where the pod is known it gets `bind-phase=failed` and a `GPUAllocationFailed` event;
+ * no memory across restarts: everything PreStart needs comes from PodResources and the device
+   checkpoint (the kubelet keeps both across its own restarts) and the API, and the CDI name from
+   the IDs, so a new plugin instance serves a PreStart for an Allocate the old one answered;
+   every (re)start of a container rewrites its spec;
+ * no API request on success when the scheduler bound lock-free (`bind-phase=success` already)
+   and the node's pod cache (a watch of the node's pods, `KubeOps.cached_pod`) has the pod whose
+   UID the kubelet's device checkpoint records for the IDs; otherwise one GET of the pod;
    a pod bound the lock way (`bind-phase=allocating`, node lock taken) gets, after its first
    successful PreStart, one patch (to-allocate emptied, `success`) and its node lock released, so
    lock-mode binds to this node complete too;
- * `collect` removes the spec files of allocations PodResources no longer reports (`SpecStore.collect`).
+ * `collect` removes the spec files of allocations neither PodResources nor the checkpoint reports
+   (`SpecStore.collect`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
+from pathlib import Path
 
+from hami.deviceplugin import kubeletcheckpoint
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import api_pb2
 from hami.deviceplugin.cdi import SpecStore, device_name, qualified_name
@@ -77,10 +85,14 @@ class LockFreeAllocator:
         *,
         status_wait: float = 20.0,
         poll: float = 0.25,
+        checkpoint: Path | None = None,
     ) -> None:
         self.core = core
         self.pod_resources = pod_resources
         self.store = store
+        #: The kubelet's device checkpoint (`kubeletcheckpoint`): who holds IDs PodResources does
+        #: not show (regular init containers followed by no container asking for the resource).
+        self.checkpoint = checkpoint
         #: How long PreStart waits for a pod's status to show which container is starting (the
         #: kubelet allows PreStartContainer 30 s).
         self.status_wait = status_wait
@@ -136,11 +148,8 @@ class LockFreeAllocator:
             resp = await self._list()
             holdings = pods_holding(resp, self.resource, ids)
             if not holdings:
-                raise AllocationError(
-                    f"device IDs {ids}: no pod holds them in the kubelet's PodResources API (it reports: "
-                    f"{describe(resp, self.resource)}); refusing to guess which container is starting"
-                )
-            if len(holdings) > 1:
+                holding, pod = await self._from_checkpoint(ids, resp)
+            elif len(holdings) > 1:
                 msg = (
                     f"device IDs {ids} are held by {len(holdings)} pods in the kubelet's PodResources API "
                     f"({holders_text(holdings)}); refusing to guess which container is starting"
@@ -149,15 +158,16 @@ class LockFreeAllocator:
                     with contextlib.suppress(AllocationError):
                         await self.core.writer.mark_failed(await self._get_pod(h, ids), msg)
                 raise AllocationError(msg)
-            holding = holdings[0]
-            pod = await self._get_pod(holding, ids)
+            else:
+                holding = holdings[0]
+                pod = await self._get_pod(holding, ids)
             choice = starting_container(pod, holding.exact, self.resource, len(ids))
             if isinstance(choice, str):
                 names = [c.get("name") for c in bodies.pod_containers(pod)]
                 return pod, names.index(choice)
             msg = (
                 f"pod {holding.key}: cannot tell which container is starting with device IDs {ids}: "
-                f"{choice.reason} (PodResources: {holders_text(holdings)})"
+                f"{choice.reason} (PodResources: {holders_text(holdings) or 'nothing'})"
             )
             if isinstance(choice, Ambiguous) or loop.time() >= deadline:
                 await self.core.writer.mark_failed(pod, msg)
@@ -165,7 +175,69 @@ class LockFreeAllocator:
             log.info("%s; reading the pod again", msg)
             await asyncio.sleep(self.poll)
 
+    async def _checkpoint_entries(self) -> list[kubeletcheckpoint.Entry]:
+        if self.checkpoint is None:
+            return []
+        try:
+            return await asyncio.to_thread(kubeletcheckpoint.read, self.checkpoint)
+        except kubeletcheckpoint.CheckpointError as e:
+            raise AllocationError(f"the kubelet's device checkpoint: {e}") from e
+
+    async def _node_pods(self, what: str) -> dict[str, Obj]:
+        """This node's pods that are not finished (their containers may still start), by UID. The
+        kubelet rewrites its checkpoint only when it allocates, so it can still name deleted pods."""
+        try:
+            pods = await self.core.kube.list_node_pods(self.core.settings.node_name)
+        except KubeError as e:
+            raise AllocationError(f"{what}: listing this node's pods failed: {e}") from e
+        return {
+            bodies.uid(p): p
+            for p in pods
+            if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            and not (p.get("metadata") or {}).get("deletionTimestamp")
+        }
+
+    async def _from_checkpoint(
+        self, ids: list[str], resp: pr_pb2.ListPodResourcesResponse
+    ) -> tuple[PodHolding, Obj]:
+        """The pod whose regular init containers hold `ids` by the kubelet's checkpoint (PodResources
+        listed nobody): exactly one live pod of this node, or an error."""
+        recorded = kubeletcheckpoint.holders(await self._checkpoint_entries(), self.resource, ids)
+        if not recorded:
+            raise AllocationError(
+                f"device IDs {ids}: no pod holds them in the kubelet's PodResources API (it reports: "
+                f"{describe(resp, self.resource)}) nor in its device checkpoint; refusing to guess which "
+                "container is starting"
+            )
+        live = await self._node_pods(f"device IDs {ids}")
+        uids = {uid: names for uid, names in recorded.items() if uid in live}
+        if not uids:
+            raise AllocationError(
+                f"device IDs {ids}: the kubelet's device checkpoint records them for pod UIDs "
+                f"{sorted(recorded)}, none of them a live pod of node {self.core.settings.node_name}"
+            )
+        if len(uids) > 1:
+            raise AllocationError(
+                f"device IDs {ids} are held by {len(uids)} pods in the kubelet's device checkpoint "
+                f"(UIDs {sorted(uids)}); refusing to guess which container is starting"
+            )
+        [(uid, containers)] = uids.items()
+        pod = live[uid]
+        return PodHolding(bodies.namespace(pod) or "", bodies.name(pod), containers, ()), pod
+
     async def _get_pod(self, holding: PodHolding, ids: list[str]) -> Obj:
+        """The pod holding `ids`: the node's pod cache's copy when the kubelet's device checkpoint
+        records `ids` for that copy's UID (so it is this pod, not an older one of the same name),
+        else a read from the API."""
+        cached = self.core.kube.cached_pod(holding.namespace, holding.name)
+        if cached is not None:
+            try:
+                recorded = kubeletcheckpoint.holders(await self._checkpoint_entries(), self.resource, ids)
+            except AllocationError as e:
+                log.info("pod %s: reading it from the API: %s", holding.key, e)
+                recorded = {}
+            if set(recorded) == {bodies.uid(cached)}:
+                return copy.deepcopy(cached)
         try:
             return await self.core.kube.get_pod(holding.namespace, holding.name)
         except NotFoundError as e:
@@ -238,10 +310,23 @@ class LockFreeAllocator:
     # ---- spec garbage collection ---------------------------------------------------------
 
     async def collect(self) -> list[str]:
-        """Remove the spec files of allocations PodResources no longer reports."""
+        """Remove the spec files of allocations neither PodResources nor the kubelet's device
+        checkpoint (for a live pod of this node: a regular init container's IDs are only there)
+        reports. An unreadable checkpoint or pod list skips the pass: a spec kept too long harms
+        nobody, one removed too early fails a container start."""
         taken = time.time()
         resp = await self.pod_resources.list()
         live = {device_name(ids) for ids in live_id_sets(resp, self.resource)}
+        present = set(await asyncio.to_thread(self.store.names))
+        try:
+            entries = await self._checkpoint_entries()
+            if any(device_name(e.ids) in present - live for e in entries if e.resource == self.resource):
+                pods = await self._node_pods("CDI spec collection")
+                kept = [e for e in entries if e.pod_uid in pods]
+                live |= {device_name(ids) for ids in kubeletcheckpoint.id_sets(kept, self.resource)}
+        except AllocationError as e:
+            log.warning("CDI spec collection skipped: %s", e)
+            return []
         removed = await asyncio.to_thread(self.store.collect, live, taken)
         for name in removed:
             log.info("removed CDI spec %s: its allocation is gone", name)

@@ -214,13 +214,19 @@ def hami_core_edits(
 
 
 def mps_edits(devs: ContainerDevices, settings: NodeSettings) -> ContainerEdits:
-    """MPS: the thread percentage and pinned memory limits, and the MPS pipe and log directories."""
+    """MPS: the thread percentage and pinned memory limits, and the MPS pipe and log directories.
+
+    Every card gets its pinned limit: MPS leaves a card missing from the list unlimited, so a card
+    without a positive limit raises ValueError (Allocate refuses such a slice before it gets here)."""
     env: list[tuple[str, str]] = [(keys.ENV_VISIBLE_DEVICES, ",".join(d.uuid for d in devs))]
     if 0 < devs[0].usedcores < 100:
         env.append((ENV_MPS_THREADS, str(devs[0].usedcores)))
-    limits = [f"{i}={d.usedmem}M" for i, d in enumerate(devs) if d.usedmem > 0]
-    if limits:
-        env.append((ENV_MPS_MEM_LIMIT, ",".join(limits)))
+    zero = [d.uuid for d in devs if d.usedmem <= 0]
+    if zero:
+        raise ValueError(
+            f"MPS pinned memory limit: card {zero[0]} has no memory assigned (it would be unlimited)"
+        )
+    env.append((ENV_MPS_MEM_LIMIT, ",".join(f"{i}={d.usedmem}M" for i, d in enumerate(devs))))
     env.append((ENV_MPS_PIPE, settings.mps_pipe_dir))
     env.append((ENV_MPS_LOG, settings.mps_log_dir))
     return ContainerEdits(

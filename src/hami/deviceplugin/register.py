@@ -5,6 +5,9 @@ set back to `lock`, and a node that never ran lock-free gets no such annotation)
 The scheduler reads these to know the node's inventory (HAMi §2.1). Written on every inventory
 change and re-checked periodically (default 30 s, as HAMi); a patch is sent only when the node's
 current value differs, so a deleted or overwritten annotation is restored on the next pass.
+On a simulated node it also writes the other vendors' register annotations of the fake source's
+``vendors:`` section, lists their keys in ``hami.io/simulated-vendor-annotations`` and removes a
+listed one the section no longer has (a vendor taken out of the spec is withdrawn).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from hami.deviceplugin.kubeops import KubeOps
 from hami.deviceplugin.settings import PhysicalDevice
+from hami.devices.base import split_list
 from hami.protocol import bodies, keys
 from hami.protocol.node import DeviceInfo, encode_node_devices, encode_pair_scores
 from hami.protocol.node import MigPlacement as WireMigPlacement
@@ -65,6 +69,19 @@ def register_annotations(
     return out
 
 
+def simulated_vendor_patch(extra: Mapping[str, str], have: Mapping[str, str]) -> dict[str, str | None]:
+    """The node annotations for the other vendors ``extra`` of a simulated node: their values, the
+    list of their keys (:data:`keys.NODE_SIMULATED_VENDOR_KEYS`), and None (removal) for every key
+    that list held before and ``extra`` no longer has. A node that never had simulated vendors gets
+    nothing, so a real vendor plugin's annotations are never touched."""
+    before = split_list(have.get(keys.NODE_SIMULATED_VENDOR_KEYS))
+    out: dict[str, str | None] = {k: None for k in before if k not in extra}
+    out.update(extra)
+    if extra or before:
+        out[keys.NODE_SIMULATED_VENDOR_KEYS] = ",".join(sorted(extra)) or None
+    return out
+
+
 class NodeRegistrar:
     """Keeps the node's register annotations equal to the plugin's inventory."""
 
@@ -98,12 +115,13 @@ class NodeRegistrar:
     async def sync(self) -> bool:
         """Patch the node if its annotations differ; returns True when a patch was sent."""
         scores = await asyncio.to_thread(self._pair_scores) if self._pair_scores is not None else None
-        want = register_annotations(self._devices(), scores)
-        if self._extra is not None:
-            # other vendors' annotations (a simulated node); never in place of NVIDIA's own
-            want = {**self._extra(), **want}
+        nvidia = register_annotations(self._devices(), scores)
+        extra = self._extra() if self._extra is not None else {}
         node = await self.kube.get_node(self.node_name)
         have = bodies.annotations(node)
+        # other vendors' annotations (a simulated node), never in place of NVIDIA's own; those
+        # written before and no longer wanted are removed
+        want: dict[str, str | None] = {**simulated_vendor_patch(extra, have), **nvidia}
         mode = self.allocation_mode
         if mode != keys.ALLOCATION_MODE_LOCK or have.get(keys.NODE_ALLOCATION_MODE, mode) != mode:
             want[keys.NODE_ALLOCATION_MODE] = mode

@@ -154,6 +154,15 @@ def physical_device(
         devmem = int(devmem * settings.memory_scaling)
     if settings.preconfigured_memory > 0:
         devmem = settings.preconfigured_memory
+    if devmem <= 0:
+        # registered as is: the scheduler never places a slice on a 0-MiB card (0 is not "unlimited")
+        log.warning(
+            "card %s: %d MiB x devicememoryscaling %g is %d MiB; it is registered without memory and gets no pods",
+            card.uuid,
+            card.memory_mib,
+            settings.memory_scaling,
+            devmem,
+        )
     return PhysicalDevice(
         card=card,
         count=settings.split_count,

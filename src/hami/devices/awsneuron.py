@@ -10,7 +10,8 @@ bits of its device. Several devices must be contiguous idle devices: on ``inf*``
 elsewhere runs of 1, 4, 8 or 16 aligned to their size (HAMi's ring/alignment rule). Filters:
 ``aws.amazon.com/use-neuron-uuid`` / ``nouse-neuron-uuid``. Decision:
 ``hami.io/aws-neuron-devices-allocated`` only, ``AWS_NEURON_IDS`` (device indices, or core indices
-for core requests), ``NEURON_RESOURCE_TYPE`` for core requests and ``NEURON_ALLOCATED=false``; no
+for core requests), ``NEURON_RESOURCE_TYPE`` for core requests, ``NEURON_ALLOCATED=false``, and
+``NEURON_ALLOC_TIME`` (Unix nanoseconds) and ``aws.amazon.com/predicate-node`` at the decision; no
 node lock.
 """
 
@@ -42,6 +43,8 @@ CORES = "cores"
 IDS_KEY = "AWS_NEURON_IDS"
 RESOURCE_TYPE_KEY = "NEURON_RESOURCE_TYPE"
 ALLOCATED_FLAG_KEY = "NEURON_ALLOCATED"
+ALLOC_TIME_KEY = "NEURON_ALLOC_TIME"
+PREDICATE_NODE_KEY = "aws.amazon.com/predicate-node"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 #: device counts that may take aligned runs outside ``inf*`` instances (HAMi)
 ALIGNED_RUNS = (1, 4, 8, 16)
@@ -85,7 +88,14 @@ class AWSNeuronBackend(SpecBackend):
 
     @property
     def decision_keys(self) -> tuple[str, ...]:
-        return (self.spec.allocated_key, IDS_KEY, RESOURCE_TYPE_KEY, ALLOCATED_FLAG_KEY)
+        return (
+            self.spec.allocated_key,
+            IDS_KEY,
+            RESOURCE_TYPE_KEY,
+            ALLOCATED_FLAG_KEY,
+            ALLOC_TIME_KEY,
+            PREDICATE_NODE_KEY,
+        )
 
     def parse_container(self, container: Mapping[str, Any]) -> DeviceRequest | None:
         s = self.spec
@@ -183,3 +193,11 @@ class AWSNeuronBackend(SpecBackend):
             if by_core:
                 out[RESOURCE_TYPE_KEY] = self.spec.core_name
         return out
+
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
+    ) -> dict[str, str]:
+        """HAMi writes the time (ns) and the node beside ``AWS_NEURON_IDS``, at the decision."""
+        if not any(isinstance(p.payload, CoreSlice) for c in containers for p in c):
+            return {}
+        return {ALLOC_TIME_KEY: str(now_ns), PREDICATE_NODE_KEY: node}

@@ -14,7 +14,7 @@ values are rejected with a :class:`~hami.devices.base.RequestError`, never clamp
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self, TypedDict
 
@@ -32,7 +32,13 @@ from hami.devices.hooks import EXCLUSIVE_CONFLICT, QuotaNames
 from hami.protocol import bodies
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import MODE_MIG
-from hami.protocol.node import DeviceInfo, card_problem, decode_node_devices
+from hami.protocol.node import (
+    DeviceInfo,
+    card_problem,
+    decode_node_devices,
+    encode_node_devices,
+    encode_node_devices_legacy,
+)
 from hami.protocol.pod import ContainerDevice, decode_pod_devices, encode_pod_devices
 from hami.protocol.quantity import parse_int_quantity
 
@@ -52,7 +58,9 @@ __all__ = [
 # ------------------------------------------------------------------------------------ resources
 
 
-def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
+def resource_value(container: Mapping[str, Any], cname: str, name: str) -> Any:
+    """The container's raw quantity of ``name`` (limits first, then requests), or None;
+    raises RequestError when ``resources`` is malformed."""
     resources = container.get("resources") or {}
     if not isinstance(resources, Mapping):
         raise RequestError(container=cname, resource="resources", reason="must be an object")
@@ -66,15 +74,23 @@ def _resource(container: Mapping[str, Any], cname: str, name: str) -> Any:
     return requests.get(name)
 
 
-def int_resource(container: Mapping[str, Any], cname: str, name: str) -> int | None:
-    """The container's integer quantity of ``name`` (limits first, then requests), or None."""
+def int_resource(
+    container: Mapping[str, Any],
+    cname: str,
+    name: str,
+    parse: Callable[[object], int] | None = None,
+) -> int | None:
+    """The container's integer quantity of ``name`` (limits first, then requests), or None.
+
+    ``parse`` reads the raw quantity (default: its integer value; it raises ProtocolError); the
+    result must be 0..int32, else a RequestError names the resource."""
     if not name:
         return None
-    raw = _resource(container, cname, name)
+    raw = resource_value(container, cname, name)
     if raw is None:
         return None
     try:
-        value = parse_int_quantity(raw, field=name)
+        value = parse(raw) if parse is not None else parse_int_quantity(raw, field=name)
     except ProtocolError as exc:
         raise RequestError(
             container=cname, resource=name, reason=str(exc).removeprefix(f"{name}: ")
@@ -324,7 +340,7 @@ class SpecBackend:
         s = self.spec
         cname = str(container.get("name", "?"))
         count = int_resource(container, cname, s.count_name)
-        mem = int_resource(container, cname, s.memory_name)
+        mem = self.container_memory(container, cname)
         cores = int_resource(container, cname, s.core_name)
         if count is None:
             given = [n for n, v in ((s.memory_name, mem), (s.core_name, cores)) if v is not None]
@@ -338,6 +354,10 @@ class SpecBackend:
         if count == 0:
             return None
         return self.request(cname, count, mem, cores)
+
+    def container_memory(self, container: Mapping[str, Any], cname: str) -> int | None:
+        """The container's memory quantity, in the unit :meth:`request` takes (None: not given)."""
+        return int_resource(container, cname, self.spec.memory_name)
 
     def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
         """The request for ``count`` cards with the given memory (in the vendor's unit) and cores."""
@@ -366,6 +386,16 @@ class SpecBackend:
         devices, rejected = usable_devices(decode_node_devices(value), needs_memory=bool(s.memory_name))
         cards = tuple(Card(**card_fields(d, s.vendor)) for d in devices)
         return NodeCards(cards=cards, rejected=rejected) if cards or rejected else None
+
+    def encode_register(self, devices: Sequence[DeviceInfo], custom: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The register annotation this vendor's device plugin writes for ``devices`` (HAMi's JSON, or
+        the legacy colon form); ``custom[i]`` is card i's ``custominfo``, which only vendors whose
+        registration carries one accept (ProtocolError otherwise)."""
+        if any(custom):
+            raise ProtocolError(f"custominfo: {self.vendor}'s register annotation carries none")
+        if self.spec.legacy_register:
+            return encode_node_devices_legacy(devices)
+        return encode_node_devices(devices)
 
     def capacity_cards(
         self,

@@ -7,8 +7,8 @@ slot; exclusive. No card filters, no lock (as HAMi). Decision
 ``metax-tech.com/gpu.topology.scores`` (spread: 2000 - score), JSON maps of card count to value
 written by Metax's device plugin; a missing or unreadable annotation adds nothing.
 
-Metax sGPU (``sgpu``, ``vcore``, ``vmemory``; QoS policies, online/offline classes, MetaLink
-zones) is not implemented yet (docs/vendors.md).
+Metax sGPU (``sgpu``, ``vcore``, ``vmemory``) is its own backend, :mod:`hami.devices.metax_sgpu`,
+built from the same ``metax:`` section (:func:`metax_backends`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from hami.devices.base import Card, DeviceRequest, NodeCards
+from hami.devices.base import Card, DeviceBackend, DeviceRequest, NodeCards
 from hami.devices.common import (
     NodeFacts,
     SpecBackend,
@@ -66,6 +66,8 @@ class Topology(NodeFacts):
 
 class MetaxGPUBackend(WholeCards, SpecBackend):
     config_type = MetaxConfig
+    #: HAMi: every container of a pod on the same GPU (so at most one container can have one)
+    one_card_per_pod = True
 
     def make_spec(self, config: MetaxConfig) -> VendorSpec:
         return VendorSpec(
@@ -92,3 +94,10 @@ class MetaxGPUBackend(WholeCards, SpecBackend):
         if count not in table:
             return 0.0
         return 2000.0 - table[count]
+
+
+def metax_backends(config: MetaxConfig | None = None) -> list[DeviceBackend]:
+    """The ``metax:`` section's backends: whole GPUs, then sGPU slices (HAMi registers both)."""
+    from hami.devices.metax_sgpu import MetaxSGPUBackend
+
+    return [MetaxGPUBackend(config), MetaxSGPUBackend(config)]

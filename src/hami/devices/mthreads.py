@@ -6,7 +6,8 @@ with ``sgpu-memory`` x 512 x 16 / cores MiB, 16 cores and 100 slots. A container
 are divided among the cards it asks for; asking more than one card, or one card without memory,
 takes whole GPUs (HAMi's webhook sets 16 cores and 96 units per card). Filters:
 ``mthreads.ai/use-gpuuuid`` / ``nouse-gpuuuid``. Decision: ``hami.io/mthreads-vgpu-devices-allocated``
-only, and ``mthreads.com/gpu-index`` (the card indices, comma-separated); no node lock.
+only, ``mthreads.com/gpu-index`` (the card indices, comma-separated), ``mthreads.com/predicate-node``
+and ``predicate-time`` (the decision's node and Unix nanoseconds); no node lock.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ MEMORY_UNIT_MIB = 512
 WHOLE_GPU_UNITS = 96
 LEGAL_MEMORY_UNITS = (2, 4, 8, 16, 32, 64, 96)
 GPU_INDEX_KEY = "mthreads.com/gpu-index"
+PREDICATE_NODE_KEY = "mthreads.com/predicate-node"
+PREDICATE_TIME_KEY = "mthreads.com/predicate-time"
 
 
 class MthreadsBackend(ContainerAdmission, SpecBackend):
     config_type = MthreadsConfig
+    #: HAMi: every container of a pod on the same GPU
+    one_card_per_pod = True
 
     def make_spec(self, config: MthreadsConfig) -> VendorSpec:
         return VendorSpec(
@@ -53,7 +58,7 @@ class MthreadsBackend(ContainerAdmission, SpecBackend):
 
     @property
     def decision_keys(self) -> tuple[str, ...]:
-        return (self.spec.allocated_key, GPU_INDEX_KEY)
+        return (self.spec.allocated_key, GPU_INDEX_KEY, PREDICATE_NODE_KEY, PREDICATE_TIME_KEY)
 
     def request(self, cname: str, count: int, mem: int | None, cores: int | None) -> DeviceRequest:
         s = self.spec
@@ -95,6 +100,14 @@ class MthreadsBackend(ContainerAdmission, SpecBackend):
         if last:
             out[GPU_INDEX_KEY] = ",".join(str(card_index(p.device.uuid)) for p in last[-1])
         return out
+
+    def placed_annotations(
+        self, pod: Mapping[str, Any], containers: Sequence[Sequence[Placement]], node: str, now_ns: int
+    ) -> dict[str, str]:
+        """HAMi writes the node and the time (ns) beside ``gpu-index``, at the decision."""
+        if not any(containers):
+            return {}
+        return {PREDICATE_NODE_KEY: node, PREDICATE_TIME_KEY: str(now_ns)}
 
     # --- hook: Admission (HAMi's limits rewrite and memory-size check) --------------------------
     def admit_container(

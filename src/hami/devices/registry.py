@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from hami.devices.base import DeviceBackend
-from hami.devices.hooks import Admission, CardUse, VendorHooks, resolve_hooks
+from hami.devices.hooks import Admission, CardUse, PodAdmission, VendorHooks, resolve_hooks
 from hami.protocol.nodelock import NodeLockCodec
 
 if TYPE_CHECKING:
@@ -79,6 +79,10 @@ class BackendRegistry:
         """``(vendor, hook)`` for every backend with an admission hook, in registration order."""
         return [(v, h.admission) for v, h in self._hooks.items() if h.admission is not None]
 
+    def pod_admissions(self) -> list[tuple[str, PodAdmission]]:
+        """``(vendor, hook)`` for every backend with a pod-annotation admission hook, in registration order."""
+        return [(v, h.pod_admission) for v, h in self._hooks.items() if h.pod_admission is not None]
+
     def node_locks(self) -> dict[str, NodeLockCodec]:
         """Per-vendor node-lock codec, for vendors that take a lock."""
         return {v: h.node_lock for v, h in self._hooks.items() if h.node_lock is not None}
@@ -110,14 +114,15 @@ def registry_from_sections(
 def default_factories() -> dict[str, BackendFactory]:
     """The built-in backends, by config section (in registration order)."""
     from hami.devices.amd import AMDBackend
+    from hami.devices.ascend import ascend_backends
     from hami.devices.awsneuron import AWSNeuronBackend
     from hami.devices.biren import BirenBackend
     from hami.devices.cambricon import CambriconBackend
-    from hami.devices.enflame import EnflameGCUBackend
+    from hami.devices.enflame import enflame_backends
     from hami.devices.hygon import HygonBackend
     from hami.devices.iluvatar import IluvatarBackend
     from hami.devices.kunlun import kunlun_backends
-    from hami.devices.metax import MetaxGPUBackend
+    from hami.devices.metax import metax_backends
     from hami.devices.mthreads import MthreadsBackend
     from hami.devices.nvidia import NvidiaBackend
     from hami.devices.vastai import VastaiBackend
@@ -126,15 +131,16 @@ def default_factories() -> dict[str, BackendFactory]:
         "nvidia": NvidiaBackend,
         "cambricon": CambriconBackend,
         "hygon": HygonBackend,
-        "metax": MetaxGPUBackend,
+        "metax": metax_backends,
         "iluvatars": IluvatarBackend,
         "mthreads": MthreadsBackend,
-        "enflame": EnflameGCUBackend,
+        "enflame": enflame_backends,
         "kunlun": kunlun_backends,
         "amd": AMDBackend,
         "awsneuron": AWSNeuronBackend,
         "vastai": VastaiBackend,
         "biren": BirenBackend,
+        "ascend": ascend_backends,
     }
 
 

@@ -86,6 +86,8 @@ class NodeLocker:
         """The pod ``namespace/name`` bound to ``node`` was deleted: if it may hold the lock (its
         allocation had not finished, or the node cache shows its lock), release it in the
         background; the release reads the node and removes only this pod's lock."""
+        if not self.codec.records_owner:
+            return None  # whose lock it is cannot be told: it expires (or the vendor's plugin frees it)
         cached = self.node_lookup(node) if self.node_lookup is not None else None
         value = bodies.annotations(cached).get(self.codec.key) if cached is not None else None
         if not allocating and not (value and self.codec.held_by(value, namespace, name)):

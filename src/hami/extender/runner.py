@@ -19,6 +19,7 @@ from hami.config import DeviceConfig
 from hami.devices.registry import default_registry
 from hami.extender.devicepreempt import DevicePreemptor
 from hami.extender.dra import DraSteering
+from hami.extender.handshake import HandshakeWriter
 from hami.extender.leasefollow import LeaseFollower
 from hami.extender.metrics import Metrics
 from hami.extender.nodelock import NodeLocker
@@ -33,7 +34,7 @@ from hami.kube.leader import LeaderElector
 from hami.kube.paths import api_path
 from hami.protocol import bodies, keys
 from hami.protocol.dra import RESOURCE_API
-from hami.protocol.nodelock import HAMI_NODE_LOCK
+from hami.protocol.nodelock import HAMI_NODE_LOCK, NodeLockCodec
 from hami.scheduling.decide import Scheduler
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class ExtenderSettings:
     #: DRA mode: watch ResourceSlices and ResourceClaims (``resource.k8s.io/v1``) into the ledger
     #: and serve ``/dra/filter`` and ``/dra/prioritize`` (``--dra``)
     dra: bool = False
+    #: how often the vendors' node handshakes (``hami.io/node-handshake-<x>``) are answered (HAMi: 15 s)
+    handshake_interval: float = 15.0
 
 
 class _Lease(TypedDict):
@@ -184,19 +187,27 @@ class Extender:
             if settings.node_lock_expiry is not None
             else float(sched_cfg.node_lock_timeout_seconds)
         )
-        self.locker = NodeLocker(
-            self.client,
-            expiry=expiry,
-            wait=settings.bind_lock_wait,
-            owner_alive=lambda ns, name: owner_alive_from(self._pod, self.client, ns, name),
-            node_lookup=self.nodes.get,
-            codec=self.scheduler.registry.node_lock() or HAMI_NODE_LOCK,
-        )
+
+        def locker(codec: NodeLockCodec) -> NodeLocker:
+            return NodeLocker(
+                self.client,
+                expiry=expiry,
+                wait=settings.bind_lock_wait,
+                owner_alive=lambda ns, name: owner_alive_from(self._pod, self.client, ns, name),
+                node_lookup=self.nodes.get,
+                codec=codec,
+            )
+
+        self.locker = locker(self.scheduler.registry.node_lock() or HAMI_NODE_LOCK)
+        #: one locker per other lock key the configured vendors use (Cambricon's dsmlu lock)
+        codecs = {c.key: c for c in self.scheduler.registry.node_locks().values()}
+        self.lockers = [locker(c) for k, c in codecs.items() if k != self.locker.codec.key]
         self.service = ExtenderService(
             scheduler=self.scheduler,
             sync=self.sync,
             client=self.client,
             locker=self.locker,
+            lockers=self.lockers,
             pod_lookup=self._pod,
             node_lookup=self.nodes.get,
             is_leader=self._is_leader,
@@ -204,6 +215,14 @@ class Extender:
             scheduler_name=cfg.hami.scheduler_name,
             annotate_at_filter=settings.annotate_at_filter,
             bind_queue_limit=settings.bind_queue_limit,
+        )
+        #: HAMi's scheduler side of the vendors' node handshake (leader only)
+        self.handshakes = HandshakeWriter(
+            self.client,
+            self.scheduler.registry,
+            self.nodes.values,
+            is_leader=self._is_leader,
+            interval=settings.handshake_interval,
         )
         self.metrics = Metrics(
             self.scheduler.state,
@@ -238,9 +257,13 @@ class Extender:
         if self.dra is not None:
             self.dra.node_refreshed(node)
 
+    def _all_lockers(self) -> list[NodeLocker]:
+        return [self.locker, *self.lockers]
+
     def _node_updated(self, _old: dict[str, Any], new: dict[str, Any]) -> None:
         self._node_changed(new)
-        self.locker.node_changed(bodies.name(new))
+        for lk in self._all_lockers():
+            lk.node_changed(bodies.name(new))
 
     def _slice_changed(self, slice_: dict[str, Any]) -> None:
         assert self.dra is not None
@@ -260,16 +283,18 @@ class Extender:
 
     def _node_deleted(self, node: dict[str, Any]) -> None:
         self.sync.node_deleted(node)
-        self.locker.node_changed(bodies.name(node))
+        for lk in self._all_lockers():
+            lk.node_changed(bodies.name(node))
 
     def _pod_deleted(self, pod: dict[str, Any]) -> None:
         self.sync.pod_deleted(pod)
         node = bodies.node_name(pod)
         if node and self._is_leader():
             allocating = bodies.annotations(pod).get(keys.BIND_PHASE) == keys.BIND_PHASE_ALLOCATING
-            self.locker.owner_deleted(
-                str(node), bodies.namespace(pod) or "default", bodies.name(pod), allocating=allocating
-            )
+            for lk in self._all_lockers():
+                lk.owner_deleted(
+                    str(node), bodies.namespace(pod) or "default", bodies.name(pod), allocating=allocating
+                )
 
     def _pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(f"{namespace}/{name}")
@@ -332,6 +357,7 @@ class Extender:
         if self.settings.port == 0:
             for addr in self._runner.addresses:
                 self.port = int(addr[1])
+        self.handshakes.start()
         log.info(
             "hami scheduler extender listening on %s (%d nodes, %d pods cached)",
             self.url,
@@ -340,6 +366,7 @@ class Extender:
         )
 
     async def stop(self) -> None:
+        await self.handshakes.stop()
         for runner in (self._runner, self._ops_runner):
             if runner is not None:
                 await runner.cleanup()

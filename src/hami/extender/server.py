@@ -47,11 +47,11 @@ METRICS_KEY = web.AppKey("metrics", Metrics)
 DRA_KEY = web.AppKey("dra", DraSteering)
 
 
-def _json(data: object, status: int = 200) -> web.Response:
+def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
-async def _args(request: web.Request, parse: Callable[[object], A]) -> A:
+async def read_args(request: web.Request, parse: Callable[[object], A]) -> A:
     """The request body parsed as an extender request; HTTP 400 naming what is wrong otherwise."""
     raw = await request.read()
     try:
@@ -86,18 +86,18 @@ async def _run(verb: str, call: Awaitable[R], seconds: Histogram | None, started
 async def handle_filter(request: web.Request) -> web.Response:
     service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
     started = time.perf_counter()
-    args = await _args(request, ExtenderArgs.parse)
+    args = await read_args(request, ExtenderArgs.parse)
     outcome = await _run("filter", service.filter(args), metrics.filter_seconds, started)
     if isinstance(outcome, _Failed):
         metrics.filter_results.labels(outcome.label).inc()
-        return _json(filter_result(node_names=None, error=outcome.error))
+        return json_response(filter_result(node_names=None, error=outcome.error))
     result = "error" if outcome.error else ("scheduled" if outcome.node_names else "unschedulable")
     metrics.filter_results.labels(result).inc()
     nodes = None
     if args.nodes is not None:  # nodeCacheCapable: false -- kube-scheduler reads only Nodes
         chosen = set(outcome.node_names)
         nodes = [n for n in args.nodes if bodies.name(n) in chosen]
-    return _json(
+    return json_response(
         filter_result(node_names=outcome.node_names, failed=outcome.failed, error=outcome.error, nodes=nodes)
     )
 
@@ -105,7 +105,7 @@ async def handle_filter(request: web.Request) -> web.Response:
 async def handle_bind(request: web.Request) -> web.Response:
     service, metrics = request.app[SERVICE_KEY], request.app[METRICS_KEY]
     started = time.perf_counter()
-    args = await _args(request, BindingArgs.parse)
+    args = await read_args(request, BindingArgs.parse)
     result = await _run("bind", service.bind_pod(args), metrics.bind_seconds, started)
     match result:
         case Bound():
@@ -113,7 +113,7 @@ async def handle_bind(request: web.Request) -> web.Response:
         case BindRefused(reason=error) | _Failed(error=error):
             pass
     metrics.bind_results.labels("error" if error else "bound").inc()
-    return _json(binding_result(error))
+    return json_response(binding_result(error))
 
 
 async def handle_preempt(request: web.Request) -> web.Response:
@@ -122,16 +122,16 @@ async def handle_preempt(request: web.Request) -> web.Response:
     ``ExtenderPreemptionResult`` has no error field: a replica that does not lead answers HTTP 503,
     a bug HTTP 500, and kube-scheduler preempts nothing for the pod this cycle."""
     service = request.app[SERVICE_KEY]
-    args = await _args(request, PreemptionArgs.parse)
+    args = await read_args(request, PreemptionArgs.parse)
     outcome = await _run("preempt", service.preempt(args), None, time.perf_counter())
     if isinstance(outcome, _Failed):
         status = 503 if outcome.label == "not_leader" else 500
         return web.Response(status=status, text=outcome.error)
-    return _json(preemption_result(outcome, args.pdb_violations))
+    return json_response(preemption_result(outcome, args.pdb_violations))
 
 
 async def _dra_args(request: web.Request) -> tuple[DraSteering, ExtenderArgs]:
-    args = await _args(request, ExtenderArgs.parse)
+    args = await read_args(request, ExtenderArgs.parse)
     return request.app[DRA_KEY], args
 
 
@@ -141,8 +141,8 @@ async def handle_dra_filter(request: web.Request) -> web.Response:
     started = time.perf_counter()
     outcome = await _run("dra filter", _ready_then(request, lambda: steering.filter(args)), None, started)
     if isinstance(outcome, _Failed):
-        return _json(filter_result(node_names=None, error=outcome.error))
-    return _json(filter_result(node_names=outcome.node_names, failed=outcome.failed))
+        return json_response(filter_result(node_names=None, error=outcome.error))
+    return json_response(filter_result(node_names=outcome.node_names, failed=outcome.failed))
 
 
 async def handle_dra_prioritize(request: web.Request) -> web.Response:
@@ -151,7 +151,7 @@ async def handle_dra_prioritize(request: web.Request) -> web.Response:
     outcome = await _run("dra prioritize", _ready_then(request, lambda: steering.prioritize(args)), None, 0.0)
     if isinstance(outcome, _Failed):
         return web.Response(status=503 if outcome.label == "not_leader" else 500, text=outcome.error)
-    return _json(priority_result(outcome))
+    return json_response(priority_result(outcome))
 
 
 async def _ready_then(request: web.Request, call: Callable[[], R]) -> R:

@@ -95,6 +95,7 @@ class ExtenderService:
         client: KubeClient,
         locker: NodeLocker,
         pod_lookup: PodLookup,
+        lockers: Sequence[NodeLocker] = (),
         node_lookup: NodeLookup = lambda _name: None,
         lock_free_vendor: str = keys.VENDOR_NVIDIA,
         is_leader: Callable[[], bool] = lambda: True,
@@ -109,6 +110,8 @@ class ExtenderService:
         self.sync = sync
         self.client = client
         self.locker = locker
+        #: the node locks under other keys than ``locker``'s, by key (Cambricon's ``dsmlu.lock``)
+        self.lockers = {lk.codec.key: lk for lk in lockers}
         self.pod_lookup = pod_lookup
         #: the node informer's copy (no API call): the node's allocation mode is read from it
         self.node_lookup = node_lookup
@@ -299,20 +302,26 @@ class ExtenderService:
                     return self._refuse(uid, f"writing the decision on pod {ns}/{name} failed: {exc}")
             alloc = self.scheduler.state.pods[uid]
         if self._lock_free(node, alloc.containers):
-            needs_lock = False
+            lockers: list[NodeLocker] = []
             annotations.update(self._finished_allocation(alloc.containers))
         else:
-            needs_lock = self._needs_lock(alloc.containers, alloc.init_count)
+            lockers = self._lockers_for(alloc.containers)
             annotations[keys.BIND_PHASE] = keys.BIND_PHASE_ALLOCATING
-        if needs_lock:
+        taken: list[NodeLocker] = []
+        for lk in lockers:
             try:
-                await self.locker.acquire(node, ns, name)
+                await lk.acquire(node, ns, name)
             except (NodeLockContention, KubeError) as exc:
+                await self._release_locks(taken, node, ns, name)
                 return self._refuse(uid, f"binding pod {ns}/{name} to {node}: {exc}")
             except Exception:
-                with contextlib.suppress(Exception):  # it may have been written: only ours is removed
-                    await self.locker.release(node, ns, name)
+                # it may have been written: only ours is removed (a lock naming no owner may be
+                # another bind's, so it is left to expire)
+                codec = getattr(lk, "codec", None)
+                maybe_ours = codec is None or codec.records_owner
+                await self._release_locks([*taken, lk] if maybe_ours else taken, node, ns, name)
                 raise
+            taken.append(lk)
         try:
             await self.client.bind_pod(
                 ns,
@@ -325,11 +334,7 @@ class ExtenderService:
             if await self._bound_here(ns, name, uid, node):
                 return Bound(node)  # the binding landed (a lost reply, or a retried bind): nothing to undo
             self.sync.forget(uid)
-            if needs_lock:
-                try:
-                    await self.locker.release(node, ns, name)
-                except Exception as rel_exc:
-                    log.warning("releasing lock on %s after failed bind: %s", node, rel_exc)
+            await self._release_locks(taken, node, ns, name)
             if isinstance(exc, ConflictError):
                 return BindRefused(f"binding pod {ns}/{name} to {node} was refused: {exc}")
             if not isinstance(exc, KubeError):
@@ -360,22 +365,33 @@ class ExtenderService:
         empty = encode_pod_devices([() for _ in containers[self.lock_free_vendor]])
         return {backend.to_allocate_key: empty, keys.BIND_PHASE: keys.BIND_PHASE_SUCCESS}
 
-    def _needs_lock(self, containers: Mapping[str, Any], init_count: int) -> bool:
-        """Lock the node when any container (init containers too) gets a card of a locking vendor.
+    def _lockers_for(self, containers: Mapping[str, Sequence[Sequence[Any]]]) -> list[NodeLocker]:
+        """The node locks a bind takes, in key order (HAMi's ``lockAllDevices``): one per lock key of
+        the vendors any container (init containers too) gets cards of.
 
         HAMi locks only for regular containers; then an init-only pod is allocated without the lock
-        and the device plugin can serve it another pod's cards. Only vendors whose lock is the
-        locker's (its key) count: a lock under another vendor's key would never be released by that
-        vendor's device plugin.
+        and the device plugin can serve it another pod's cards. A key this extender has no locker
+        for is skipped: a lock its vendor's device plugin never releases must not be written.
         """
         codec = getattr(self.locker, "codec", None)
+        chosen: dict[str, NodeLocker] = {}
         for vendor, per_container in containers.items():
             lock_key = self.scheduler.registry.get(vendor).lock_key
-            if lock_key is None or (codec is not None and lock_key != codec.key):
+            if lock_key is None or not any(per_container):
                 continue
-            if any(per_container):
-                return True
-        return False
+            if codec is None or lock_key == codec.key:
+                chosen[lock_key if codec is not None else ""] = self.locker
+            elif lock_key in self.lockers:
+                chosen[lock_key] = self.lockers[lock_key]
+        return [chosen[k] for k in sorted(chosen)]
+
+    async def _release_locks(self, taken: Sequence[NodeLocker], node: str, ns: str, name: str) -> None:
+        """Release the locks a failed bind took, last first; a failure is logged, never raised."""
+        for lk in reversed(taken):
+            try:
+                await lk.release(node, ns, name)
+            except Exception as exc:
+                log.warning("releasing lock on %s after failed bind: %s", node, exc)
 
     # ------------------------------------------------------------------------------ events
     async def _event(self, pod: Mapping[str, Any], reason: str, message: str, *, warning: bool) -> None:

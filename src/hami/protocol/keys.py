@@ -14,6 +14,9 @@ DEVICE_CORDON: Final = "hami.io/device-cordon"
 NODE_ALLOCATION_MODE: Final = "hami.io/allocation-mode"
 ALLOCATION_MODE_CDI: Final = "cdi"
 ALLOCATION_MODE_LOCK: Final = "lock"
+#: hami's own: the other vendors' annotations the node agent wrote for a simulated node (the fake
+#: source's ``vendors:`` section), comma-separated, so that it removes one the spec no longer has
+NODE_SIMULATED_VENDOR_KEYS: Final = "hami.io/simulated-vendor-annotations"
 
 # --- pod annotations written by the scheduler / device plugin ---------------------------------
 VGPU_NODE: Final = "hami.io/vgpu-node"
@@ -99,3 +102,32 @@ ENV_TASK_PRIORITY: Final = "CUDA_TASK_PRIORITY"
 ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
 ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
 ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"
+
+# --- Metax sGPU (HAMi pkg/device/metax/protocol.go) -------------------------------------------
+#: node: the JSON list of sGPU-capable cards Metax's device plugin writes
+METAX_SGPU_DEVICES: Final = "metax-tech.com/node-gpu-devices"
+#: pod: the decision as Metax's device plugin reads it (``[[{"uuid","compute","vRam"}]]``)
+METAX_SGPU_ALLOCATED: Final = "metax-tech.com/gpu-devices-allocated"
+#: pod: when the decision was made (Unix nanoseconds)
+METAX_PREDICATE_TIME: Final = "metax-tech.com/predicate-time"
+METAX_USE_UUID: Final = "metax-tech.com/use-gpuuuid"
+METAX_NOUSE_UUID: Final = "metax-tech.com/nouse-gpuuuid"
+METAX_SGPU_QOS_POLICY: Final = "metax-tech.com/sgpu-qos-policy"
+METAX_SGPU_TOPOLOGY_AWARE: Final = "metax-tech.com/sgpu-topology-aware"
+METAX_SGPU_APP_CLASS: Final = "metax-tech.com/sgpu-app-class"
+METAX_QOS_BEST_EFFORT: Final = "best-effort"
+METAX_QOS_FIXED_SHARE: Final = "fixed-share"
+METAX_QOS_BURST_SHARE: Final = "burst-share"
+METAX_APP_ONLINE: Final = "online"
+METAX_APP_OFFLINE: Final = "offline"
+
+# --- Huawei Ascend (HAMi pkg/device/ascend) ---------------------------------------------------
+#: pod annotation choosing the vNPU mode: ``hami-core`` (soft slicing) or ``template`` (vNPU templates)
+ASCEND_VNPU_MODE: Final = "huawei.com/vnpu-mode"
+ASCEND_MODE_TEMPLATE: Final = "template"
+#: node annotation (``true``/``false``) saying whether the node runs hami-core soft slicing
+ASCEND_NODE_HAMI_CORE: Final = "hami-vnpu-core"
+#: pod annotation with the decision time (unix seconds), written beside the Ascend decision
+PREDICATE_TIME: Final = "predicate-time"
+#: container env the webhook blanks (``overwriteEnv``) in containers that ask for no NPU
+ENV_ASCEND_VISIBLE_DEVICES: Final = "ASCEND_VISIBLE_DEVICES"

@@ -68,7 +68,8 @@ class DeviceInfo:
     mig_profiles: tuple[MigProfile, ...] = field(default=())
 
 
-def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
+def json_int(obj: Mapping[str, Any], key: str, where: str) -> int:
+    """``obj[key]`` as a 64-bit integer (missing or null: 0); raises ProtocolError naming the field."""
     value = obj.get(key, 0)
     if value is None:
         return 0
@@ -79,13 +80,18 @@ def _int(obj: Mapping[str, Any], key: str, where: str) -> int:
     return value
 
 
-def _str(obj: Mapping[str, Any], key: str, where: str) -> str:
+def json_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """``obj[key]`` as a string (missing or null: empty); raises ProtocolError naming the field."""
     value = obj.get(key, "")
     if value is None:
         return ""
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: field {key!r} must be a string, got {value!r}")
     return value
+
+
+_int = json_int
+_str = json_str
 
 
 def _decode_mig_profile(raw: Any, where: str) -> MigProfile:
@@ -108,20 +114,29 @@ def _decode_mig_profile(raw: Any, where: str) -> MigProfile:
     )
 
 
-def _decode_json_devices(value: str) -> list[DeviceInfo]:
+def json_device_objects(value: str, *, what: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """The objects of a JSON array of devices (null: none), each with its location
+    ``<prefix>device[i]`` for error messages; raises ProtocolError naming ``what`` or the location."""
     try:
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        raise ProtocolError(f"node register annotation is not valid JSON: {exc}") from None
+        raise ProtocolError(f"{what} is not valid JSON: {exc}") from None
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise ProtocolError("node register annotation must be a JSON array of devices")
-    devices = []
+        raise ProtocolError(f"{what} must be a JSON array of devices")
+    out: list[tuple[str, dict[str, Any]]] = []
     for i, item in enumerate(raw):
-        where = f"device[{i}]"
+        where = f"{prefix}device[{i}]"
         if not isinstance(item, dict):
             raise ProtocolError(f"{where}: must be an object, got {item!r}")
+        out.append((where, item))
+    return out
+
+
+def _decode_json_devices(value: str) -> list[DeviceInfo]:
+    devices = []
+    for where, item in json_device_objects(value, what="node register annotation"):
         dev_id = _str(item, "id", where)
         if not dev_id:
             raise ProtocolError(f"{where}: field 'id' is missing or empty")

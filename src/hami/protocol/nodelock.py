@@ -91,6 +91,12 @@ class NodeLockCodec:
         """:func:`releasable_by` in this codec's format."""
         return _releasable(self, value, namespace, name)
 
+    @property
+    def records_owner(self) -> bool:
+        """Does a value name the pod holding the lock? (Cambricon's ``dsmlu.lock`` does not.)"""
+        sample = NodeLock(datetime(2000, 1, 1, tzinfo=UTC), "ns", "pod")
+        return self.decode(self.encode(sample)).namespace is not None
+
     def held_by(self, value: str, namespace: str, name: str) -> bool:
         """Is ``value`` a readable lock owned by ``namespace/name``?"""
         try:

@@ -8,6 +8,7 @@ give each a reason.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from hami.scheduling.requests import PodRequest, check_against_largest_card, pod
 from hami.scheduling.state import ClusterState, NodeState, PodAllocation
 
 NODE_UNREGISTERED = "node unregistered"
+#: ``now`` is in seconds; placed annotations get nanoseconds (HAMi's ``UnixNano``)
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(slots=True)
@@ -237,15 +240,16 @@ class Scheduler:
             else:
                 known.append(node)
         sign = -1.0 if policy.node_policy == "binpack" else 1.0
-        terms = [
-            (
-                vendor,
-                _score_term(h, policy.node_policy),
-                [c.devices[vendor] for c in request.containers if vendor in c.devices],
-            )
-            for vendor, h in hooks.items()
-            if h.score is not None or h.policy_score is not None
-        ]
+        terms: list[
+            tuple[str, Callable[[Sequence[Card], Sequence[DeviceRequest]], float], list[DeviceRequest]]
+        ] = []
+        for vendor, h in hooks.items():
+            if h.score is None and h.policy_score is None:
+                continue
+            reqs = [c.devices[vendor] for c in request.containers if vendor in c.devices]
+            # a term that cannot apply to this pod is skipped on every node
+            if h.score_scope is None or h.score_scope(reqs):
+                terms.append((vendor, _score_term(h, policy.node_policy), reqs))
         # best-first without sorting everything: heapify is O(n), each pop O(log n), and the
         # first node that fits usually comes after a handful of pops
         if terms:
@@ -293,6 +297,9 @@ class Scheduler:
                 annotate = hooks[vendor].annotate
                 assert annotate is not None
                 out_annotations.update(annotate(pod, per_container))
+                placed_at = hooks[vendor].placed
+                if placed_at is not None:
+                    out_annotations.update(placed_at(pod, per_container, node.name, now * NS_PER_S))
             return Decision(
                 pod=display, node=node.name, annotations=out_annotations, placements=placed, failed=failed
             )
@@ -332,6 +339,8 @@ class Scheduler:
                 if fr is None:
                     placed[vendor].append(())
                     continue
+                if fr.hooks.one_card:
+                    fr = _pinned(fr, placed[vendor])
                 chosen, reason = fit_container(
                     scratch[vendor], fr, cordoned=node.cordoned, pair_scores=node.pair_scores
                 )
@@ -343,6 +352,12 @@ class Scheduler:
                     if held:
                         _hold_payloads(app_scratch[vendor], held)
         return placed
+
+
+def _pinned(fr: FitRequest, earlier: list[tuple[Placement, ...]]) -> FitRequest:
+    """``fr`` limited to the cards the pod's earlier containers took (a one-card vendor)."""
+    taken = frozenset(p.device.uuid for c in earlier for p in c)
+    return dataclasses.replace(fr, pinned=taken) if taken else fr
 
 
 def _hold_payloads(cards: list[Card], held: list[tuple[str, Any]]) -> None:

@@ -20,6 +20,7 @@ from hami.devices.hooks import (
     CARD_COMPUTE_EXHAUSTED,
     CARD_INSUFFICIENT_CORE,
     CARD_INSUFFICIENT_MEMORY,
+    CARD_NOT_HEALTHY,
     DEFAULT_HOOKS,
     EXCLUSIVE_CONFLICT,
     CardUse,
@@ -38,6 +39,7 @@ __all__ = [
     "CARD_INSUFFICIENT_CORE",
     "CARD_INSUFFICIENT_MEMORY",
     "CARD_NOT_HEALTHY",
+    "CARD_NOT_POD_CARD",
     "CARD_SLOTS_EXHAUSTED",
     "EXCLUSIVE_CONFLICT",
     "NODE_INSUFFICIENT_DEVICE",
@@ -49,12 +51,13 @@ __all__ = [
     "rejection",
 ]
 
-CARD_NOT_HEALTHY = "CardNotHealth"
 CARD_CORDONED = "CardCordoned"
 CARD_SLOTS_EXHAUSTED = "CardTimeSlicingExhausted"
 NODE_INSUFFICIENT_DEVICE = "NodeInsufficientDevice"
 NUMA_NOT_FIT = "NumaNotFit"
 ALLOCATED_CARDS_INSUFFICIENT = "AllocatedCardsInsufficientRequest"
+#: HAMi's reason for a card outside the one the pod's earlier containers hold (one-card vendors)
+CARD_NOT_POD_CARD = "CardNotFoundCustomFilterRule"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +71,22 @@ class FitRequest:
     weights: ScoringWeights
     numa_bind: bool
     hooks: VendorHooks = DEFAULT_HOOKS
+    #: cards the pod's earlier containers took of this vendor, for a :class:`OneCardPod` vendor
+    #: (None: no constraint); a card is refused unless it is every one of them
+    pinned: frozenset[str] | None = None
 
 
 def rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     """Why this card cannot take one more slice of the request right now, in HAMi's check order."""
+    reason = _card_rejection(card, fr, cordoned)
+    if reason is None and fr.pinned is not None and not fr.pinned <= {card.uuid}:
+        return CARD_NOT_POD_CARD
+    return reason
+
+
+def _card_rejection(card: Card, fr: FitRequest, cordoned: frozenset[str]) -> str | None:
     if not card.health:
-        return CARD_NOT_HEALTHY
+        return fr.hooks.unhealthy
     if cordoned and card.uuid in cordoned:
         return CARD_CORDONED
     if not fr.selector.empty:
@@ -210,7 +223,9 @@ def fit_container(
             reasons[NUMA_NOT_FIT] += len(eligible)
             return None, format_reasons(reasons, len(cards))
         ordered = fitting[0]
-    if hooks.choose is not None:
+    if hooks.choose_request is not None:
+        ordered = hooks.choose_request(ordered, fr.request, fr.policy, pair_scores)
+    elif hooks.choose is not None:
         ordered = hooks.choose(ordered, need, fr.policy, pair_scores)
     else:
         ordered = default_choice(ordered, need, fr.policy, pair_scores, hooks)

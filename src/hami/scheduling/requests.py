@@ -66,8 +66,10 @@ def _backends(container: Mapping[str, Any], registry: BackendRegistry) -> Iterab
 
 
 def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodRequest:
-    """Parse every container; raises :class:`RequestError` naming the container, resource and reason."""
+    """Parse every container (a :class:`~hami.devices.hooks.PodScoped` vendor's requests completed
+    from the pod's annotations); raises :class:`RequestError` naming the container, resource and reason."""
     spec = bodies.spec(pod)
+    annotations = bodies.annotations(pod)
     init = spec.get("initContainers") or []
     app = spec.get("containers") or []
     containers: list[ContainerRequest] = []
@@ -78,13 +80,17 @@ def pod_requests(pod: Mapping[str, Any], registry: BackendRegistry) -> PodReques
                     container="?", resource="spec.containers", reason="container must be an object"
                 )
             devices: dict[str, DeviceRequest] = {}
+            cname = str(container.get("name", "?"))
             for backend in _backends(container, registry):
                 req = backend.parse_container(container)
                 if req is not None:
-                    devices[backend.vendor] = req
+                    pod_scoped = registry.hooks(backend.vendor).pod_request
+                    devices[backend.vendor] = (
+                        req if pod_scoped is None else pod_scoped(req, annotations, cname)
+                    )
             containers.append(
                 ContainerRequest(
-                    name=str(container.get("name", "?")),
+                    name=cname,
                     init=is_init,
                     devices=devices,
                     sidecar=is_init and container.get("restartPolicy") == "Always",

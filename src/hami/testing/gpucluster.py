@@ -206,11 +206,14 @@ class LockWatch:
 
 class AllocationCompleter:
     """Completes the node side of binds: bind-phase ``allocating`` -> ``success``, lock released;
-    a lock-free bind (``success`` from the start) is read once, as the lock-free plugin does."""
+    a lock-free bind (``success`` from the start) is read once, as the lock-free plugin does (one
+    GET of the pod). With ``read_from_api=False`` the lock-free read is the bound pod this agent's
+    own watch delivered (no request): what a plugin fed by a watch would cost the API server."""
 
-    def __init__(self, client: KubeClient, *, delay: float = 0.0) -> None:
+    def __init__(self, client: KubeClient, *, delay: float = 0.0, read_from_api: bool = True) -> None:
         self.client = client
         self.delay = delay
+        self.read_from_api = read_from_api
         #: uids whose allocation this agent finished (either protocol)
         self.completed: set[str] = set()
         #: of those, the ones bound lock-free (read once, never written)
@@ -247,7 +250,8 @@ class AllocationCompleter:
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
-            await self.client.get(api_path("v1", "pods", namespace=meta["namespace"], name=meta["name"]))
+            if self.read_from_api:
+                await self.client.get(api_path("v1", "pods", namespace=meta["namespace"], name=meta["name"]))
             self.lock_free.add(meta["uid"])
             self.completed.add(meta["uid"])
         except KubeError:

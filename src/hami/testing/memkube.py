@@ -23,6 +23,8 @@ class MemoryKube:
         self.pods: dict[tuple[str, str], Obj] = {}
         self.events: list[tuple[str, str, str]] = []  # (pod key, reason, message)
         self.calls: list[str] = []
+        #: the node whose pods `cached_pod` serves (set by `start_pod_cache`), as a watch would
+        self.cached_node: str | None = None
         for n in nodes or []:
             self.add_node(n)
         for p in pods or []:
@@ -78,6 +80,18 @@ class MemoryKube:
         node = self._stamp(merge_patch(self.nodes[name], clean))
         self.nodes[name] = node
         return copy.deepcopy(node)
+
+    async def start_pod_cache(self, node: str) -> None:
+        self.cached_node = node
+
+    async def stop_pod_cache(self) -> None:
+        self.cached_node = None
+
+    def cached_pod(self, namespace: str, name: str) -> Obj | None:
+        pod = self.pods.get((namespace, name))
+        if pod is None or self.cached_node is None or bodies.node_name(pod) != self.cached_node:
+            return None
+        return copy.deepcopy(pod)
 
     async def get_pod(self, namespace: str, name: str) -> Obj:
         self.calls.append(f"get pod {namespace}/{name}")

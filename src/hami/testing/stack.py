@@ -21,6 +21,22 @@ from hami.testing.controlplane import SchedulerHandle, free_port
 from hami.testing.gpucluster import AllocationCompleter
 
 
+def extender_scheduler_config(
+    url: str, *, preempt: bool = False, dra: bool = False, device_config: DeviceConfig | None = None
+) -> dict[str, Any]:
+    """kube-scheduler's configuration with hami's extender entry pointing at ``url`` (managedResources
+    from ``device_config``, None: HAMi's default). Without ``preempt`` DefaultPreemption looks at no
+    candidate node, so it never finds victims."""
+    cfg = scheduler_configuration(
+        extender_url=url, registry=default_registry(device_config), preempt=preempt, dra=dra
+    )
+    if not preempt:
+        cfg["profiles"][0]["pluginConfig"] = [
+            {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
+        ]
+    return cfg
+
+
 class Stack:
     def __init__(
         self,
@@ -52,12 +68,14 @@ class Stack:
     dra: bool = False
     #: more kube-scheduler flags (DRA mode: :data:`hami.testing.dra.DRA_GATES`)
     scheduler_args: tuple[str, ...] = ()
+    #: the extender's device config and kube-scheduler's managedResources (None: HAMi's default)
+    device_config: DeviceConfig | None = None
 
     def _settings(self) -> ExtenderSettings:
         return ExtenderSettings(
             host="127.0.0.1",
             port=self.port,
-            device_config=DeviceConfig.default(),
+            device_config=self.device_config or DeviceConfig.default(),
             node_lock_expiry=self.lock_expiry,
             bind_lock_wait=20.0,
             annotate_at_filter=self.annotate_at_filter,
@@ -81,16 +99,12 @@ class Stack:
         if self.use_completer:
             self.completer = AllocationCompleter(KubeClient(self.kube_config))
             await self.completer.start()
-        cfg = scheduler_configuration(
-            extender_url=f"http://127.0.0.1:{self.port}",
-            registry=default_registry(),
+        cfg = extender_scheduler_config(
+            f"http://127.0.0.1:{self.port}",
             preempt=self.preempt,
             dra=self.dra,
+            device_config=self.device_config,
         )
-        if not self.preempt:  # no candidate nodes: kube-scheduler's preemption never finds victims
-            cfg["profiles"][0]["pluginConfig"] = [
-                {"name": "DefaultPreemption", "args": {"minCandidateNodesAbsolute": 0}}
-            ]
         self.kube_scheduler = await asyncio.to_thread(
             self.start_scheduler, cfg, extra_args=self.scheduler_args
         )

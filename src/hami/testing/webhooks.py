@@ -32,11 +32,13 @@ async def served_webhook(
     namespace: str,
     *,
     create_object: ObjectCreator | None = None,
+    every_pod: bool = False,
 ) -> AsyncIterator[str]:
     """Serve ``policy`` over HTTPS (a self-signed CA) and register it with ``deploy/webhook.yaml``
     narrowed to ``namespace``; yields the configuration's name, removes both on exit. The API
     server picks the registration up asynchronously: create through
-    :func:`create_until_admitted_by_webhook`."""
+    :func:`create_until_admitted_by_webhook`. ``every_pod``: without the file's matchConditions
+    (which name NVIDIA's resources only; the chart generates them from the configured vendors)."""
     certs = generate_self_signed(["127.0.0.1"])
     runner = await start_webhook(
         policy,
@@ -49,7 +51,9 @@ async def served_webhook(
     doc["metadata"]["name"] = f"hami-webhook-{uuid.uuid4().hex[:6]}"
     hook = doc["webhooks"][0]
     hook["clientConfig"] = {"url": f"https://127.0.0.1:{runner_port(runner)}/webhook"}
-    if policy.dra is not None:  # as the chart renders it with dra.enabled
+    if every_pod:
+        hook.pop("matchConditions", None)
+    elif policy.dra is not None:  # as the chart renders it with dra.enabled
         for cond in hook["matchConditions"]:
             cond["expression"] += f" || {MATCH_CONDITION}"
     hook["namespaceSelector"]["matchExpressions"].append(

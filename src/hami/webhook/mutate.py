@@ -368,11 +368,18 @@ def mutate_pod(
     opted_out = namespace in policy.enforcement_opt_out_namespaces
     admissions = policy.registry.admissions()
     core_limit_off = any(adm.core_limit_off() for _, adm in admissions)
-    out = AdmissionOutcome(opted_out=opted_out, invalid=invalid, denials=denials, warnings=warnings)
+    out = AdmissionOutcome(
+        opted_out=opted_out,
+        invalid=invalid,
+        denials=denials,
+        warnings=warnings,
+        pod_annotations=_annotations(pod),
+    )
 
     managed = False
     privileged: list[str] = []
     used: set[str] = set()
+    vendor_requests: dict[str, list[DeviceRequest]] = {}
     edits: list[tuple[str, _ContainerEdit, dict[str, DeviceRequest]]] = []
     all_edits: list[_ContainerEdit] = []
     entries = [("initContainers", i, c) for i, c in enumerate(init_containers)] + [
@@ -404,6 +411,8 @@ def mutate_pod(
         if requests:
             managed = True
         used.update(requests)
+        for vendor, req in requests.items():
+            vendor_requests.setdefault(vendor, []).append(req)
 
         edit = _ContainerEdit(f"/spec/{field_name}/{index}", container, cname, ops)
         all_edits.append(edit)
@@ -412,6 +421,13 @@ def mutate_pod(
         if requests:
             claim = f"hami-gpu-{'init-' if field_name == 'initContainers' else ''}{index}"
             edits.append((claim, edit, requests))
+
+    annotation_defaults: dict[str, str] = {}
+    for vendor, pod_admission in policy.registry.pod_admissions():
+        if vendor in used:
+            annotation_defaults.update(
+                pod_admission.admit_annotations(_annotations(pod), vendor_requests[vendor], out)
+            )
 
     if invalid:
         return AdmissionDecision.deny(invalid + denials, code=400)
@@ -456,6 +472,7 @@ def mutate_pod(
             ops.append({"op": op, "path": "/spec/schedulerName", "value": policy.scheduler_name})
         for vendor, admission in admissions:
             ops += admission.admit_pod(spec, vendor in used)
+        ops += _annotation_ops(pod, annotation_defaults)
 
     return AdmissionDecision(
         allowed=True,
@@ -488,6 +505,19 @@ def _annotations(pod: Mapping[str, Any]) -> Mapping[str, Any]:
     meta = pod.get("metadata")
     annotations = meta.get("annotations") if isinstance(meta, Mapping) else None
     return annotations if isinstance(annotations, Mapping) else {}
+
+
+def _annotation_ops(pod: Mapping[str, Any], values: Mapping[str, str]) -> list[JsonPatchOp]:
+    """JSON-patch ops setting pod annotations (creating ``metadata.annotations`` when absent)."""
+    if not values:
+        return []
+    meta = pod.get("metadata")
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("annotations"), Mapping):
+        return [{"op": "add", "path": "/metadata/annotations", "value": dict(values)}]
+    return [
+        {"op": "add", "path": f"/metadata/annotations/{escape_pointer(k)}", "value": v}
+        for k, v in values.items()
+    ]
 
 
 def _convert_to_dra(

@@ -58,6 +58,9 @@ GLOSSARY = {
     NUMA_NOT_FIT: "no single NUMA node holds enough fitting cards (NUMA binding asked)",
     ALLOCATED_CARDS_INSUFFICIENT: "fewer cards fit than the pod asks for",
     NODE_UNREGISTERED: "the node has registered no card of this vendor",
+    "CardUnhealthy": "the card is reported unhealthy (Metax sGPU)",
+    "CardQosPolicyMismatch": "the shared card is in another QoS policy than the pod's (Metax sGPU)",
+    "CardAppClassMismatch": "the card's pods are of another app class: online/offline and plain pods keep apart (Metax sGPU)",
 }
 
 

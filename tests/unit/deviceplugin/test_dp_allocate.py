@@ -220,24 +220,27 @@ async def test_containers_in_order_with_init_container(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("to_allocate", "sizes", "message"),
+    ("to_allocate", "sizes", "message", "mode"),
     [
         (
             f"{A},NVIDIA,1000,0:;",
             (2,),
             "device number not matched: the kubelet asked for 2, the scheduler assigned 1",
+            "hami-core",
         ),
-        ("GPU-elsewhere,NVIDIA,1000,0:;", (1,), "card GPU-elsewhere is not on node n1"),
-        ("garbage;", (1,), "bad hami.io/vgpu-devices-to-allocate annotation"),
-        # 0 MiB never reaches a container as a limit (the library and MPS would read "none")
-        (f"{A},NVIDIA,0,30:;", (1,), "refusing a 0-MiB slice"),
+        ("GPU-elsewhere,NVIDIA,1000,0:;", (1,), "card GPU-elsewhere is not on node n1", "hami-core"),
+        ("garbage;", (1,), "bad hami.io/vgpu-devices-to-allocate annotation", "hami-core"),
+        # 0 MiB never reaches a container as a limit: libvgpu would refuse every allocation, MPS
+        # would leave the card out of CUDA_MPS_PINNED_DEVICE_MEM_LIMIT, i.e. unlimited (HAMi did)
+        (f"{A},NVIDIA,0,30:;", (1,), "refusing a 0-MiB slice", "hami-core"),
+        (f"{A},NVIDIA,3000,25:{B},NVIDIA,0,25:;", (2,), f"card {B} was assigned 0 MiB; refusing", "mps"),
     ],
 )
 async def test_errors_fail_the_pod_and_release_the_lock(
-    tmp_path: Path, to_allocate: str, sizes: tuple[int, ...], message: str
+    tmp_path: Path, to_allocate: str, sizes: tuple[int, ...], message: str, mode: str
 ) -> None:
     kube = MemoryKube([node(f"{LOCK_TIME},default,p1")], [pod("p1", to_allocate)])
-    alloc, _ = make(kube, tmp_path)
+    alloc, _ = make(kube, tmp_path, operating_mode=mode)
     with pytest.raises(AllocationError, match=message):
         await alloc.allocate(request(*sizes))
     a = ann(kube, "p1")

@@ -108,8 +108,11 @@ CASES: dict[str, tuple[dict[str, Any], tuple[int, ...], dict[str, Any], dict[str
         {"enforcement_opt_out_namespaces": frozenset({"trusted"}), "disable_core_limit": False},
         {},
     ),
+    # B had 0 MiB here, recorded as HAMi answers it: B left out of CUDA_MPS_PINNED_DEVICE_MEM_LIMIT,
+    # i.e. unlimited under MPS. A 0-MiB card now fails the pod (test_dp_allocate.py::
+    # test_errors_fail_the_pod_and_release_the_lock), so the case gives B 2000 MiB (see "_changes").
     "mps": (
-        pod(f"{A},NVIDIA,3000,25:{B},NVIDIA,0,25:;"),
+        pod(f"{A},NVIDIA,3000,25:{B},NVIDIA,2000,25:;"),
         (2,),
         {"operating_mode": "mps"},
         {},

@@ -159,12 +159,20 @@ def test_opt_out_allowed_drops_preload_and_disable_control() -> None:
 
 
 def test_mps_edits() -> None:
-    edits = mps_edits(DEVS, NodeSettings(node_name="n1"))
+    devs = (DEVS[0], ContainerDevice("GPU-b", "NVIDIA", 2000, 30))
+    edits = mps_edits(devs, NodeSettings(node_name="n1"))
     assert edits.env == (
         ("NVIDIA_VISIBLE_DEVICES", "GPU-a,GPU-b"),
         ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "30"),
-        ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=3000M"),
+        ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT", "0=3000M,1=2000M"),
         ("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"),
         ("CUDA_MPS_LOG_DIRECTORY", "/tmp/nvidia-log"),
     )
     assert [m.read_only for m in edits.mounts] == [False, False]
+
+
+def test_mps_edits_never_leave_a_card_without_a_pinned_limit() -> None:
+    """A card left out of CUDA_MPS_PINNED_DEVICE_MEM_LIMIT is unlimited under MPS (HAMi dropped
+    0-MiB cards from the list): a 0-MiB card is an error naming the card, never an omission."""
+    with pytest.raises(ValueError, match="card GPU-b has no memory assigned"):
+        mps_edits(DEVS, NodeSettings(node_name="n1"))

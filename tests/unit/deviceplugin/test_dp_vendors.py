@@ -111,7 +111,34 @@ def test_whole_card_vendors_have_one_slot() -> None:
     ]
 
 
-@pytest.mark.parametrize("section", ["cambricon", "metax", "mthreads", "enflame", "awsneuron"])
+def test_a_metax_section_registers_sgpu_cards_in_metaxs_json() -> None:
+    """Metax's whole GPUs come from capacity, its sGPU cards from ``node-gpu-devices``: the section
+    gives the sGPU backend's annotation, with the Metax-only card fields."""
+    ann = FakeSource(
+        {
+            "cards": [{}],
+            "vendors": {"metax": {"count": 2, "card": {"memory": 65536, "custominfo": {"linkZone": 1}}}},
+        },
+        node_name="n",
+    ).vendor_annotations()
+    assert [
+        (d["uuid"], d["totalVRam"], d["linkZone"])
+        for d in orjson.loads(ann["metax-tech.com/node-gpu-devices"])
+    ] == [
+        ("Metax-SGPU-fake-n-0", 65536, 1),
+        ("Metax-SGPU-fake-n-1", 65536, 1),
+    ]
+    with pytest.raises(
+        FakeSpecError, match=r"vendors.metax: custominfo of card .*: field 'linkZone' must be int"
+    ):
+        FakeSource({"cards": [{}], "vendors": {"metax": {"card": {"custominfo": {"linkZone": "one"}}}}})
+    with pytest.raises(
+        FakeSpecError, match=r"unknown field 'NetworkID' \(one of qosPolicy, linkZone, model\)"
+    ):
+        FakeSource({"cards": [{}], "vendors": {"metax": {"card": {"custominfo": {"NetworkID": 1}}}}})
+
+
+@pytest.mark.parametrize("section", ["cambricon", "mthreads", "enflame", "awsneuron"])
 def test_capacity_vendors_are_refused_with_the_reason(section: str) -> None:
     with pytest.raises(
         FakeSpecError, match=f"vendors.{section}: this vendor's inventory is the node's capacity"
@@ -172,3 +199,39 @@ def test_the_sandbox_shows_a_hygon_node() -> None:
         "DCU-fake-node2-1,4,32768,100,DCU-Z100,0,true,1,hami-core:"
     }
     assert FakeSource.from_file(path, node_name="node1").vendor_annotations() == {}
+
+
+async def test_a_vendor_taken_out_of_the_spec_is_withdrawn_from_the_node(tmp_path: Path) -> None:
+    """The agent restarted with a spec without Kunlun: its register annotation goes, the others
+    stay; with no vendors left the list of written keys goes too. Annotations the agent never
+    wrote (a real vendor plugin's) are left alone."""
+    kube = MemoryKube([{"metadata": {"name": "mixed", "annotations": {HYGON: "written-by-hygons-plugin"}}}])
+
+    async def agent_pass(vendors: dict[str, Any]) -> dict[str, str]:
+        spec = {**SPEC, "nodes": {"mixed": {"vendors": vendors}}}
+        agent = NodeAgent(
+            FakeSource(spec, node_name="mixed"),
+            NodeSettings(node_name="mixed"),
+            kube=kube,
+            plugin_dir=tmp_path,
+        )
+        assert agent.registrar is not None
+        await agent.registrar.sync()
+        annotations: dict[str, str] = kube.nodes["mixed"]["metadata"]["annotations"]
+        return annotations
+
+    everything = SPEC["nodes"]["mixed"]["vendors"]
+    ann = await agent_pass(everything)
+    assert ann[keys.NODE_SIMULATED_VENDOR_KEYS] == ",".join(sorted((AMD, ILUVATAR, KUNLUN)))
+    ann = await agent_pass({k: v for k, v in everything.items() if k != "kunlun"})
+    assert KUNLUN not in ann
+    assert {AMD, ILUVATAR} <= set(ann)
+    assert ann[keys.NODE_SIMULATED_VENDOR_KEYS] == f"{ILUVATAR},{AMD}"
+    # the scheduler sees no Kunlun vXPU on the node any more
+    config, _ = parse_device_config("kunlun: {}\namd: {}\n")
+    sched = Scheduler(default_registry(config))
+    assert sched.observe_node(kube.nodes["mixed"]) is None
+    assert "XPU" not in sched.state.nodes["mixed"].by_vendor
+    ann = await agent_pass({})
+    assert set(ann) == {keys.NODE_NVIDIA_REGISTER, HYGON}
+    assert ann[HYGON] == "written-by-hygons-plugin"

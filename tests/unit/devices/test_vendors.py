@@ -283,16 +283,23 @@ def test_default_config_registers_only_nvidia() -> None:
 
 def test_configured_sections_register_their_backends_in_order() -> None:
     cfg, _ = parse_device_config("hygon: {}\nbiren: {}\nenflame: {}\nvastai: {}\namd: {}\n")
-    assert [b.vendor for b in default_registry(cfg)] == ["NVIDIA", "DCU", "GCU", "AMD", "Vastai", "Biren"]
+    assert [b.vendor for b in default_registry(cfg)] == [
+        "NVIDIA",
+        "DCU",
+        "GCU",
+        "Enflame",
+        "AMD",
+        "Vastai",
+        "Biren",
+    ]
     assert "hygon.com/dcunum" in default_registry(cfg).resource_names()
 
 
 def test_sections_without_a_backend_are_reported_by_name() -> None:
+    # every vendor section has a backend now (vnpus: Ascend); an empty list still gives none
     cfg, _ = parse_device_config("vnpus: {}\nhygon: {}\niluvatars: []\n", source="dc.yaml")
     warnings = section_warnings(cfg, source="dc.yaml")
-    assert len(warnings) == 2
-    assert warnings[0] == "dc.yaml: iluvatars: empty list, no backend registered for this vendor"
-    assert warnings[1].startswith("dc.yaml: vnpus: hami has no backend for this vendor yet")
+    assert warnings == ["dc.yaml: iluvatars: empty list, no backend registered for this vendor"]
 
 
 def test_unmanaged_resource_is_named_when_a_pod_requests_no_managed_device() -> None:
@@ -538,11 +545,14 @@ def test_cambricon_takes_its_own_lock_without_owner() -> None:
     assert chosen(d, "MLU") == [["mlu-cambricon-mlu-0"]]
 
 
-def test_the_extender_takes_its_lock_only_for_vendors_that_share_its_key() -> None:
-    """A bind locks hami.io/mutex.lock for Hygon (HAMi's shared key), never for Cambricon (its own
-    dsmlu lock, which the NVIDIA codec would write under the wrong key) nor for lock-free vendors."""
+def test_the_extender_takes_each_vendors_own_lock_in_key_order() -> None:
+    """A bind locks hami.io/mutex.lock for Hygon (HAMi's shared key), cambricon.com/dsmlu.lock for
+    Cambricon (its own, which its device plugin releases), both for a pod with both (in key order,
+    as HAMi's lockAllDevices), and nothing for lock-free vendors. A key without a locker is never
+    written (the NVIDIA codec would write Cambricon's lock under the wrong key)."""
     from types import SimpleNamespace
 
+    from hami.devices.cambricon import DSMLU_LOCK
     from hami.extender.service import ExtenderService
     from hami.protocol.nodelock import HAMI_NODE_LOCK
 
@@ -551,10 +561,17 @@ def test_the_extender_takes_its_lock_only_for_vendors_that_share_its_key() -> No
     sched.registry.register(EnflameGCUBackend())
     svc = ExtenderService.__new__(ExtenderService)
     svc.scheduler = sched
-    svc.locker = SimpleNamespace(codec=HAMI_NODE_LOCK)  # type: ignore[assignment]
-    assert svc._needs_lock({"DCU": [("x",)]}, 0)
-    assert not svc._needs_lock({"MLU": [("x",)]}, 0)
-    assert not svc._needs_lock({"GCU": [("x",)]}, 0)
+    mutex = SimpleNamespace(codec=HAMI_NODE_LOCK)
+    dsmlu = SimpleNamespace(codec=DSMLU_LOCK)
+    svc.locker = mutex  # type: ignore[assignment]
+    svc.lockers = {}
+    assert svc._lockers_for({"DCU": [("x",)]}) == [mutex]
+    assert svc._lockers_for({"MLU": [("x",)]}) == []
+    svc.lockers = {DSMLU_LOCK.key: dsmlu}  # type: ignore[dict-item]
+    assert svc._lockers_for({"MLU": [(), ("x",)]}) == [dsmlu]
+    assert svc._lockers_for({"DCU": [("x",)], "MLU": [("x",)]}) == [dsmlu, mutex]
+    assert svc._lockers_for({"GCU": [("x",)], "MLU": [()]}) == []
+    assert not DSMLU_LOCK.records_owner and HAMI_NODE_LOCK.records_owner
 
 
 # --- Kunlun ----------------------------------------------------------------------------------------

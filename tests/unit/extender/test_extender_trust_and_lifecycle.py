@@ -90,7 +90,7 @@ def test_a_pod_with_cards_only_in_init_containers_takes_the_node_lock() -> None:
     d = svc.scheduler.decide(_pod("init-only", init_only=True))
     assert d.node == "a"
     alloc = svc.scheduler.state.pods["uid-init-only"]
-    assert svc._needs_lock(alloc.containers, alloc.init_count)
+    assert svc._lockers_for(alloc.containers) == [svc.locker]
 
 
 def test_redeciding_away_from_mig_removes_the_stale_mig_annotation() -> None:

@@ -12,11 +12,17 @@ plugin writes, so the scheduler sees a heterogeneous node::
         config: {chipName: BI-V100}            # the section's device-config (default: {})
         cards:                                 # ... or one entry per card
           - {uuid: ILU-0, type: BI-V100, memory: 32768, cores: 100, slots: 100, numa: 0}
+      vnpus:
+        chip: Ascend910B3                      # a section with several chips: the one to write
+        annotations: {hami-vnpu-core: "true"}  # other node annotations the vendor's plugin writes
+        count: 8
+        card: {memory: 65536, cores: 20, slots: 4, custominfo: {NetworkID: 0}}
 
-The key, the format (HAMi's legacy colon form for Hygon and Iluvatar, JSON otherwise) and the card
-type's default come from the vendor's backend, built from the section the way the scheduler builds
+The key, the format (HAMi's legacy colon form for Hygon and Iluvatar, Metax's own JSON for Metax
+sGPU — its ``custominfo`` gives ``qosPolicy``, ``linkZone``, ``model`` —, HAMi's JSON otherwise, with
+each card's ``custominfo`` for Ascend) and the card type's default come from the vendor's backend, built from the section the way the scheduler builds
 it, so the annotation is exactly what that backend's ``node_cards`` reads. Vendors whose inventory
-is the node's capacity (Cambricon, Metax, Mthreads, Enflame, AWS Neuron, whole Kunlun XPUs) are
+is the node's capacity (Cambricon, whole Metax GPUs, Mthreads, Enflame, AWS Neuron, whole Kunlun XPUs) are
 refused: kubelet publishes capacity only for a resource a device plugin serves, and the fake agent
 serves NVIDIA's alone.
 """
@@ -32,7 +38,7 @@ from hami.deviceplugin.sources.spec import FakeSpecError, req
 from hami.devices.common import SpecBackend, WholeCards
 from hami.devices.registry import default_registry
 from hami.protocol.errors import ProtocolError
-from hami.protocol.node import DeviceInfo, encode_node_devices, encode_node_devices_legacy
+from hami.protocol.node import DeviceInfo
 
 #: what a card is given when the spec does not say (memory in MiB, cores in the vendor's unit)
 DEFAULT_MEMORY_MIB = 16384
@@ -41,14 +47,15 @@ DEFAULT_CORES = 100
 DEFAULT_SLOTS = 10
 
 
-def _register_backend(section: str, config: Any, where: str) -> SpecBackend:
-    """The section's backend whose inventory is a register annotation."""
+def _register_backend(section: str, config: Any, where: str, chip: Any = None) -> SpecBackend:
+    """The section's backend whose inventory is a register annotation (``chip``: which one of a
+    section that gives several, by vendor word)."""
     entry = [config] if section == "iluvatars" and isinstance(config, dict) else config
     try:
         parsed, _ = parse_device_config(yaml.safe_dump({section: entry}), source=where)
     except ValueError as exc:
         raise FakeSpecError(f"{where}: {exc}") from None
-    if section == "nvidia" or section not in parsed.sections():
+    if section == "nvidia" or section not in {parsed.file_key(n) for n in parsed.sections()}:
         raise FakeSpecError(f"{where}: not another vendor's device-config section")
     made = [
         b
@@ -61,11 +68,34 @@ def _register_backend(section: str, config: Any, where: str) -> SpecBackend:
             f"resource a device plugin serves; the fake device source advertises register-annotation "
             f"vendors only (docs/sandbox.md)"
         )
+    if chip is not None:
+        picked = [b for b in made if b.vendor == chip]
+        if not picked:
+            words = ", ".join(b.vendor for b in made)
+            raise FakeSpecError(f"{where}.chip: {chip!r} is none of the section's chips ({words})")
+        return picked[0]
     if len(made) > 1:
         raise FakeSpecError(
-            f"{where}: the section gives {len(made)} backends; give one chip per vendors entry"
+            f"{where}: the section gives {len(made)} backends; give one chip per vendors entry "
+            f"(chip: one of {', '.join(b.vendor for b in made)})"
         )
     return made[0]
+
+
+def _custom(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    custom = raw.get("custominfo") or {}
+    if not isinstance(custom, dict):
+        raise FakeSpecError(f"{where}.custominfo: expected a mapping, got {custom!r}")
+    return custom
+
+
+def _extra_annotations(body: dict[str, Any], where: str) -> dict[str, str]:
+    extra = body.get("annotations") or {}
+    if not isinstance(extra, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in extra.items()
+    ):
+        raise FakeSpecError(f"{where}.annotations: expected a mapping of strings to strings, got {extra!r}")
+    return extra
 
 
 def _card(backend: SpecBackend, raw: Any, pos: int, node_name: str, where: str) -> DeviceInfo:
@@ -97,7 +127,7 @@ def vendor_annotations(raw: Any, *, node_name: str, origin: str) -> dict[str, st
         body = body or {}
         if not isinstance(body, dict):
             raise FakeSpecError(f"{where}: expected a mapping, got {body!r}")
-        backend = _register_backend(str(section), body.get("config") or {}, where)
+        backend = _register_backend(str(section), body.get("config") or {}, where, body.get("chip"))
         cards = body.get("cards")
         if cards is None:
             count = body.get("count", 1)
@@ -110,13 +140,14 @@ def vendor_annotations(raw: Any, *, node_name: str, origin: str) -> dict[str, st
         if not isinstance(cards, list) or not cards:
             raise FakeSpecError(f"{where}.cards: expected a non-empty list, got {cards!r}")
         devices = [_card(backend, c, i, node_name, f"{where}.cards[{i}]") for i, c in enumerate(cards)]
-        encode = encode_node_devices_legacy if backend.spec.legacy_register else encode_node_devices
+        custom = [_custom(c, f"{where}.cards[{i}]") for i, c in enumerate(cards)]
         try:
-            value = encode(devices)
+            value = backend.encode_register(devices, custom)
         except ProtocolError as exc:
             raise FakeSpecError(f"{where}: {exc}") from None
-        key = backend.spec.register_key
-        if key in out:
-            raise FakeSpecError(f"{where}: a second section writes {key}")
-        out[key] = value
+        written = {backend.spec.register_key: value, **_extra_annotations(body, where)}
+        for key, v in written.items():
+            if key in out:
+                raise FakeSpecError(f"{where}: a second section writes {key}")
+            out[key] = v
     return out
