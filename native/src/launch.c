@@ -302,30 +302,59 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
               cost, gain, rate / VGPU_UNIT);
 }
 
-/* The leader process (region's leader_pid) is stopped (SIGSTOP, a debugger): it keeps the leader
- * lock but no longer steps the controller, so the bucket would run on a frozen rate. */
-static int leader_stopped(struct vgpu_region *R) {
-    uint32_t pid = atomic_load_explicit(&R->leader_pid, memory_order_relaxed);
-    if (!pid || pid > 4194304 || pid == (uint32_t)getpid()) return 0;
-    char path[48], buf[512];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    FILE *f = fopen(path, "re");
-    if (!f) return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *rp = strrchr(buf, ')'); /* the state follows the command name, which may hold anything */
-    return rp && rp[1] == ' ' && (rp[2] == 'T' || rp[2] == 't');
+/* ---------------------------------------------------------------- who runs the controller
+ * The holder of the leader lock runs it and writes the region's heartbeat (ctl_ns, ctl_id) on every
+ * pass of its watcher (5 ms while limiting, 50 ms otherwise). A leader that stops passing — SIGSTOP,
+ * a debugger, a hung NVML call, in whatever PID namespace — keeps its lock, so liveness is judged by
+ * the heartbeat alone (CLOCK_MONOTONIC is system-wide): once it is CTL_STALE_NS old, the first
+ * limited process with NVML to claim it by CAS stands in, and writes the heartbeat itself; the
+ * others see a fresh heartbeat again. A stand-in steps down as soon as ctl_id names another process
+ * (the leader resumed, or another process stood in for a stand-in that went silent). Until then the
+ * bucket keeps refilling at the last rate from every waiting launch: a silent controller never
+ * means "no limit". */
+#define CTL_STALE_NS 500000000ULL
+#define CTL_CHECK_NS 100000000ULL /* how often a process that does not run the controller checks */
+
+static uint64_t g_ctl_id;    /* this process's id in ctl_id (random, never 0) */
+static uint64_t g_watch_ns;  /* when this process's watcher started */
+
+static uint64_t new_ctl_id(void) {
+    uint64_t id = vgpu_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&id;
+    id *= 0x9e3779b97f4a7c15ULL; /* spread: two processes started in the same ns differ by PID */
+    return id ? id : 1;
+}
+
+/* how long the controller has been silent (a garbage future stamp counts as silent) */
+static uint64_t ctl_silence(struct vgpu_region *R, uint64_t now, uint64_t *seen) {
+    *seen = atomic_load(&R->ctl_ns);
+    if (!*seen) return now - g_watch_ns; /* none yet: as long as this process has been waiting */
+    return now > *seen ? now - *seen : *seen - now;
+}
+
+/* claims the controller when its heartbeat is stale: 1 if this process now stands in */
+static int claim_controller(struct vgpu_region *R, uint64_t now, uint64_t stale_ns) {
+    uint64_t seen;
+    if (ctl_silence(R, now, &seen) < stale_ns) return 0;
+    if (!atomic_compare_exchange_strong(&R->ctl_ns, &seen, now)) return 0; /* another process did */
+    atomic_store(&R->ctl_id, g_ctl_id);
+    return 1;
+}
+
+static void heartbeat(struct vgpu_region *R, uint64_t now, int blind) {
+    atomic_store_explicit(&R->ctl_id, g_ctl_id, memory_order_relaxed);
+    atomic_store_explicit(&R->ctl_blind, (uint32_t)blind, memory_order_relaxed);
+    atomic_store_explicit(&R->ctl_ns, now, memory_order_release);
 }
 
 /* One thread per process. The process holding the container's leader lock runs the controller and
- * the periodic reaper (so a container of N processes makes one scan, not N); the others only retry
- * the leader lock (one fcntl every 50 ms, so a dead leader is replaced promptly) and report launch
- * activity for the node monitor. */
+ * the periodic reaper (so a container of N processes makes one scan, not N); the others retry the
+ * leader lock (one fcntl per pass, so a dead leader is replaced promptly), watch the controller's
+ * heartbeat and report launch activity for the node monitor. */
 static void *watcher(void *arg) {
     (void)arg;
     uint64_t last_ctl = 0, last_reap = 0, last_check = 0;
-    int standin = 0;
+    int standin = 0, owned = 0;
+    g_watch_ns = vgpu_now_ns();
     for (;;) {
         struct vgpu_region *R = vgpu_R;
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
@@ -333,18 +362,24 @@ static void *watcher(void *arg) {
         /* a process that cannot measure never takes the lead: it would leave the container unpaced */
         int leader = g_can_lead && vgpu_is_leader_try();
         int gated = (atomic_load(&vgpu_gate_any) & GATE_LIMIT) != 0;
-        /* a stopped leader is stood in for: a limited process runs the controller until it resumes */
-        if (!leader && gated && g_can_lead && now - last_check >= 100000000ULL) {
-            int was = standin;
-            standin = leader_stopped(R);
+        int was = standin;
+        if (leader) {
+            /* someone stood in while this leader was silent: restart from the learnt cost */
+            if (owned && atomic_load(&R->ctl_id) != g_ctl_id) owned = 0;
+            if (!owned) memset(g_ctl, 0, sizeof g_ctl);
+            standin = 0;
+        } else if (standin) { /* the leader resumed, or another process took over */
+            standin = gated && atomic_load(&R->ctl_id) == g_ctl_id;
+        } else if (gated && g_can_lead && now - last_check >= CTL_CHECK_NS) {
             last_check = now;
-            if (standin != was) {
-                LOG_INFO("limiter leader %u %s", atomic_load(&R->leader_pid),
-                         standin ? "is stopped: standing in" : "resumed");
-                memset(g_ctl, 0, sizeof g_ctl); /* start (or later restart) from the learnt cost */
-            }
+            standin = claim_controller(R, now, CTL_STALE_NS);
         }
-        if (leader) standin = 0;
+        if (standin != was) {
+            LOG_INFO("limiter controller %s", standin ? "silent: standing in" : "back: standing down");
+            memset(g_ctl, 0, sizeof g_ctl); /* start (or later restart) from the learnt cost */
+        }
+        if (leader || standin) heartbeat(R, now, 0);
+        owned = leader;
         int limiting = (leader || standin) && gated;
         if (held(R, now)) atomic_fetch_or(&vgpu_gate_any, GATE_HOLD);
         if (limiting) {
@@ -407,6 +442,7 @@ void vgpu_limiter_start(void) {
     if (any) atomic_fetch_or(&vgpu_gate_any, GATE_LIMIT);
     else atomic_fetch_and(&vgpu_gate_any, ~GATE_LIMIT);
     if (atomic_exchange(&g_thread_started, 1)) return;
+    g_ctl_id = new_ctl_id();
     sigset_t all, old;
     sigfillset(&all);
     /* the watcher never takes the application's signals, except the synchronous ones its own faults

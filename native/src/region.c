@@ -23,6 +23,9 @@ _Static_assert(offsetof(struct vgpu_region, utilization_switch) == 40, "region l
 _Static_assert(offsetof(struct vgpu_region, recent_kernel) == 44, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot_hwm) == 56, "region layout");
 _Static_assert(offsetof(struct vgpu_region, monitor_ns) == 64, "region layout");
+_Static_assert(offsetof(struct vgpu_region, ctl_ns) == 72, "region layout");
+_Static_assert(offsetof(struct vgpu_region, ctl_id) == 80, "region layout");
+_Static_assert(offsetof(struct vgpu_region, ctl_blind) == 88, "region layout");
 _Static_assert(offsetof(struct vgpu_region, lock) == 128, "region layout");
 _Static_assert(offsetof(struct vgpu_dev, used) == 8, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, sm_limit) == 32, "dev layout");

@@ -148,7 +148,7 @@ VGPU_HIDDEN const char *vgpu_knob(const char *name);
 /* ---------------------------------------------------------------- shared region (ABI v1) */
 #define VGPU_REGION_MAGIC 0x315550475649414dULL /* "MAIVGPU1" little-endian */
 #define VGPU_REGION_ABI_MAJOR 1
-#define VGPU_REGION_ABI_MINOR 2 /* 1: monitor_ns; 2: dev.throttled_ns */
+#define VGPU_REGION_ABI_MINOR 3 /* 1: monitor_ns; 2: dev.throttled_ns; 3: ctl_ns, ctl_id, ctl_blind */
 
 enum { SLOT_FREE = 0, SLOT_LIVE = 1 };
 
@@ -203,7 +203,13 @@ struct vgpu_region {
     /* CLOCK_MONOTONIC of the node monitor's last pass over this region (0: no monitor). A block
      * (recent_kernel < 0) is honoured only while this is fresh: a dead monitor never holds anyone. */
     _Atomic uint64_t monitor_ns;
-    uint64_t reserved0[3];
+    /* ABI 1.3 (zero in older regions): the compute controller's heartbeat, CLOCK_MONOTONIC of its last
+     * pass; the random id of the process running it (the leader, or one standing in for it); 1 while
+     * that process paces without NVML (launch sampling, see launch.c) */
+    _Atomic uint64_t ctl_ns;
+    _Atomic uint64_t ctl_id;
+    _Atomic uint32_t ctl_blind;
+    uint32_t reserved0;
     _Alignas(64) pthread_mutex_t lock; /* robust, process-shared: admission + slot table */
     _Alignas(64) struct vgpu_dev dev[VGPU_MAX_DEV];
     _Alignas(64) struct vgpu_slot slot[VGPU_MAX_SLOTS];
