@@ -5,8 +5,9 @@
  * where gain is a bounded integral correction applied only while the container is actually
  * throttled (no wind-up when the application asks for less than its share). Kernels of a quarter of
  * the control period or longer are settled by the GPU time NVML measured for them instead (see
- * control_step): charged what they ran, the debt carried over periods.
- * The launch path is one
+ * control_step): charged what they ran, the debt carried over periods. A silent controller is
+ * stood in for (its heartbeat in the region); a container where no process has NVML is paced by
+ * launches the library times itself (blind_step). The launch path is one
  * relaxed load when no limit is configured, and one atomic fetch_sub on the shared bucket when it is;
  * only a launch that finds the bucket empty sleeps. A launch that waits (for tokens, or in a node
  * monitor's priority hold) adds the time it waits to its card's throttled_ns in the region after each
@@ -70,9 +71,54 @@ static void waited(struct vgpu_region *R, uint64_t ns) {
     if (d >= 0 && d < VGPU_MAX_DEV) atomic_fetch_add_explicit(&R->dev[d].throttled_ns, ns, memory_order_relaxed);
 }
 
-void vgpu_launch_slow(void) {
+/* ---------------------------------------------------------------- pacing without NVML
+ * When the controller runs in a process without NVML (ctl_blind: no process of the container can
+ * measure), the library times launches itself: at most one launch per process every SAMPLE_EVERY_NS
+ * is run between two synchronisations of its stream (skipped while the stream is being captured
+ * into a graph), and the time from the first one's return to the second one's, less what a third
+ * synchronisation of the now idle stream takes, is that kernel's launch-to-completion time. It is summed in the card's sampled_ns/sampled_n (the controller's cost
+ * estimate), and the launch, which took one token at the estimated cost, is settled at what it
+ * measured. Only a limited launch that the bucket let through is ever timed. */
+#define SAMPLE_EVERY_NS 50000000ULL
+static _Atomic uint64_t g_next_sample;
+
+static int sample_due(struct vgpu_region *R) {
+    if (!atomic_load_explicit(&R->ctl_blind, memory_order_relaxed)) return 0;
+    uint64_t now = vgpu_now_ns(), next = atomic_load_explicit(&g_next_sample, memory_order_relaxed);
+    return now >= next && atomic_compare_exchange_strong(&g_next_sample, &next, now + SAMPLE_EVERY_NS);
+}
+
+/* the stream synchronised and the time after it; 0: this launch is not timed */
+static uint64_t sample_begin(CUstream s) {
+    int capturing = 0;
+    if (HELPER(cuStreamIsCapturing) && (HELPER(cuStreamIsCapturing)(s, &capturing) != CUDA_SUCCESS || capturing))
+        return 0;
+    if (!HELPER(cuStreamSynchronize) || HELPER(cuStreamSynchronize)(s) != CUDA_SUCCESS) return 0;
+    return vgpu_now_ns();
+}
+
+static void sample_end(CUstream s, uint64_t t0, CUresult launched) {
     struct vgpu_region *R = vgpu_R;
-    if (!R) return;
+    if (launched != CUDA_SUCCESS || !R || HELPER(cuStreamSynchronize)(s) != CUDA_SUCCESS) return;
+    uint64_t t1 = vgpu_now_ns();
+    HELPER(cuStreamSynchronize)(s); /* on an idle stream: what a synchronisation itself costs */
+    uint64_t idle = vgpu_now_ns() - t1, ns = t1 - t0 > idle ? t1 - t0 - idle : 1;
+    int d = g_single_dev >= 0 ? g_single_dev : vgpu_current_device();
+    if (d < 0 || d >= VGPU_MAX_DEV) return;
+    struct vgpu_dev *D = &R->dev[d];
+    atomic_fetch_add(&D->sampled_ns, ns);
+    atomic_fetch_add(&D->sampled_n, 1);
+    double cost = (double)atomic_load(&D->cost_ns), rate = (double)atomic_load(&D->rate);
+    if (cost < 1 || rate < 1) return;
+    /* charged one token (cost); settled at the measured time, the debt bounded by 10 s of refill */
+    double debit = ((double)ns - cost) / cost * VGPU_UNIT;
+    if (debit > rate * 10) debit = rate * 10;
+    atomic_fetch_sub(&D->tokens, (int64_t)debit);
+}
+
+int vgpu_launch_slow(void) {
+    struct vgpu_region *R = vgpu_R;
+    if (!R) return 0;
     int gate = atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed);
     if (gate & GATE_HOLD) {
         /* a higher-priority container is busy on one of our cards: wait while the monitor says so */
@@ -85,12 +131,12 @@ void vgpu_launch_slow(void) {
         }
         atomic_fetch_and(&vgpu_gate_any, ~GATE_HOLD);
     }
-    if (!(gate & GATE_LIMIT)) return;
+    if (!(gate & GATE_LIMIT)) return 0;
     int d = g_single_dev >= 0 ? g_single_dev : vgpu_current_device();
-    if (!g_limited[d]) return;
+    if (!g_limited[d]) return 0;
     struct vgpu_dev *D = &R->dev[d];
-    if (!atomic_load_explicit(&D->limiting, memory_order_relaxed)) return;
-    if (atomic_fetch_sub_explicit(&D->tokens, VGPU_UNIT, memory_order_relaxed) - VGPU_UNIT >= 0) return;
+    if (!atomic_load_explicit(&D->limiting, memory_order_relaxed)) return 0;
+    if (atomic_fetch_sub_explicit(&D->tokens, VGPU_UNIT, memory_order_relaxed) - VGPU_UNIT >= 0) return sample_due(R);
     /* empty bucket: this launch has taken its token on credit; wait until the debt is repaid */
     atomic_store_explicit(&D->throttled, 1, memory_order_relaxed);
     uint64_t last = vgpu_now_ns();
@@ -100,7 +146,8 @@ void vgpu_launch_slow(void) {
         last = now;
         refill(D, now);
         int64_t t = atomic_load(&D->tokens);
-        if (t >= 0 || !atomic_load(&D->limiting)) return;
+        if (!atomic_load(&D->limiting)) return 0;
+        if (t >= 0) return sample_due(R);
         uint64_t rate = atomic_load(&D->rate);
         uint64_t wait = rate ? (uint64_t)((__uint128_t)(uint64_t)(-t) * 1000000000ULL / rate) : 1000000;
         if (wait < 20000) wait = 20000;
@@ -110,22 +157,41 @@ void vgpu_launch_slow(void) {
 }
 
 /* launch activity for the node monitor: a load of a read-mostly flag, a store once per watcher
- * tick; then the slow branch only while a limit or a monitor's hold is on */
-#define LAUNCH_GATE()                                                                            \
-    do {                                                                                         \
-        if (unlikely(!atomic_load_explicit(&g_launched, memory_order_relaxed)))                  \
-            atomic_store_explicit(&g_launched, 1, memory_order_relaxed);                         \
-        if (unlikely(atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed))) vgpu_launch_slow(); \
-    } while (0)
+ * tick; then the slow branch only while a limit or a monitor's hold is on. 1: time this launch. */
+static inline int launch_gate(void) {
+    if (unlikely(!atomic_load_explicit(&g_launched, memory_order_relaxed)))
+        atomic_store_explicit(&g_launched, 1, memory_order_relaxed);
+    if (unlikely(atomic_load_explicit(&vgpu_gate_any, memory_order_relaxed))) return vgpu_launch_slow();
+    return 0;
+}
+
+/* the stream each launch path runs on (a _ptsz call's null stream is the per-thread one) */
+#define PER_THREAD(s) ((s) ? (s) : (CUstream)(uintptr_t)2) /* CU_STREAM_PER_THREAD */
+#define STREAM_cuLaunchKernel s
+#define STREAM_cuLaunchKernel_ptsz PER_THREAD(s)
+#define STREAM_cuLaunchKernelEx (config ? config->hStream : NULL)
+#define STREAM_cuLaunchKernelEx_ptsz PER_THREAD(config ? config->hStream : NULL)
+#define STREAM_cuLaunchCooperativeKernel s
+#define STREAM_cuLaunchCooperativeKernel_ptsz PER_THREAD(s)
+#define STREAM_cuLaunch NULL
+#define STREAM_cuLaunchGrid NULL
+#define STREAM_cuLaunchGridAsync s
+#define STREAM_cuGraphLaunch s
+#define STREAM_cuGraphLaunch_ptsz PER_THREAD(s)
 
 /* every launch path of hooks.def (cuLaunchKernel, cuLaunchKernelEx, cuLaunchCooperativeKernel,
- * cuGraphLaunch and their _ptsz twins): the gate, then the driver */
+ * cuGraphLaunch and their _ptsz twins, the legacy API): the gate, then the driver (timed when the
+ * gate says so) */
 #define WRAP_launch_gate(name, base, params, args)                                               \
     CUresult name params {                                                                       \
         name##_fn real = REAL_PTR(name);                                                         \
         if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;                                        \
-        LAUNCH_GATE();                                                                           \
-        return real args;                                                                        \
+        if (likely(!launch_gate())) return real args;                                            \
+        CUstream s_ = STREAM_##name;                                                             \
+        uint64_t t0_ = sample_begin(s_);                                                         \
+        CUresult r_ = real args;                                                                 \
+        if (t0_) sample_end(s_, t0_, r_);                                                        \
+        return r_;                                                                               \
     }
 #include "hooks_gen.h"
 
@@ -136,6 +202,7 @@ struct ctl {
     unsigned long long last_seen_us;
     nvmlDevice_t h;
     int have_cost;
+    uint64_t last_sampled_n, last_sampled_ns; /* blind_step's view of the card's sampled launches */
 };
 static struct ctl g_ctl[VGPU_MAX_DEV];
 
@@ -188,32 +255,107 @@ static double measure(struct ctl *c) {
     return total > 100 ? 100 : total;
 }
 
+/* whether the policy limits now. Default: while the node monitor says the card is contended; a
+ * monitor gone silent (heartbeat over 2 s old) falls back to limiting. */
+static int policy_on(struct vgpu_region *R, uint64_t now) {
+    uint64_t seen = atomic_load(&R->monitor_ns);
+    int stale = seen && (now > seen ? now - seen : seen - now) >= VGPU_MONITOR_STALE_NS;
+    return vgpu_policy(R) == POLICY_FORCE ||
+           (vgpu_policy(R) == POLICY_DEFAULT && (stale || atomic_load(&R->utilization_switch)));
+}
+
+/* first step of a controller (leader, stand-in, blind): the rate from the learnt cost, else from a
+ * neutral 1 ms estimate */
+static void ctl_start(struct vgpu_dev *D, struct ctl *c, uint32_t L, uint64_t now, int on) {
+    uint64_t cost = atomic_load(&D->cost_ns);
+    if (!cost) atomic_store(&D->cost_ns, cost = 1000000);
+    uint64_t g = atomic_load(&D->gain_ppm);
+    if (!g) atomic_store(&D->gain_ppm, 1000000);
+    uint64_t rate = (uint64_t)((double)L / 100.0 * 1e9 / (double)cost * VGPU_UNIT);
+    atomic_store(&D->rate, rate ? rate : 1);
+    atomic_store(&D->burst, (uint64_t)(rate / 20 > 2 * VGPU_UNIT ? rate / 20 : 2 * VGPU_UNIT));
+    atomic_store(&D->last_refill_ns, now);
+    c->last_ns = now;
+    c->last_refilled = atomic_load(&D->refilled);
+    c->last_tokens = atomic_load(&D->tokens);
+    c->last_seen_us = realtime_us();
+    c->last_sampled_n = atomic_load(&D->sampled_n);
+    c->last_sampled_ns = atomic_load(&D->sampled_ns);
+    atomic_store(&D->limiting, (uint32_t)on);
+}
+
+/* a debt is GPU time: re-express it in tokens of the new cost */
+static void reexpress_debt(struct vgpu_dev *D, struct ctl *c, double old_cost, double cost) {
+    if (cost == old_cost) return;
+    int64_t t0 = atomic_load(&D->tokens), t1 = t0;
+    while (t0 < 0 && !atomic_compare_exchange_weak(&D->tokens, &t0, t1 = (int64_t)(t0 * old_cost / cost))) {
+    }
+    if (t0 < 0) c->last_tokens += t1 - t0;
+}
+
+/* publishes a cost and rate (the burst: 50 ms of launches, at least two); returns the burst */
+static int64_t set_rate(struct vgpu_dev *D, double cost, double rate) {
+    atomic_store(&D->cost_ns, (uint64_t)cost);
+    atomic_store(&D->rate, (uint64_t)rate);
+    double burst = rate / 20;
+    int64_t cap = (int64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT);
+    atomic_store(&D->burst, (uint64_t)cap);
+    return cap;
+}
+
+/* a lower rate must not leave a bucket full of tokens saved at the old, cheaper cost */
+static void clamp_bucket(struct vgpu_dev *D, struct ctl *c, int64_t cap) {
+    int64_t t = atomic_load(&D->tokens);
+    while (t > cap && !atomic_compare_exchange_weak(&D->tokens, &t, cap)) {
+    }
+    if (t > cap) c->last_tokens = cap; /* the clamp is not consumption */
+}
+
+/* The controller of a process without NVML (no process of the container has it): the cost of a
+ * launch is what the sampled launches measured (launch-to-completion, see sample_end), the refill
+ * the share itself. No integral correction: nothing measures the container's utilisation. */
+static void blind_step(struct vgpu_region *R, int d, uint64_t now) {
+    struct vgpu_dev *D = &R->dev[d];
+    struct ctl *c = &g_ctl[d];
+    uint32_t L = vgpu_sm_limit(R, d);
+    int on = policy_on(R, now);
+    if (!c->last_ns) {
+        ctl_start(D, c, L, now, on);
+        return;
+    }
+    uint64_t n = atomic_load(&D->sampled_n), ns = atomic_load(&D->sampled_ns);
+    double cost = (double)atomic_load(&D->cost_ns), old_cost = cost;
+    if (n > c->last_sampled_n && ns >= c->last_sampled_ns) {
+        double sample = (double)(ns - c->last_sampled_ns) / (double)(n - c->last_sampled_n);
+        /* an average whose steps up are bounded (x1.9 a period): a timed launch is only ever late
+         * (the process was preempted), never early, and the timed launches themselves are charged
+         * exactly what they measured (sample_end), so longer kernels cost little overshoot while the
+         * estimate follows */
+        cost = !c->have_cost ? sample : 0.7 * cost + 0.3 * (sample < 4 * cost ? sample : 4 * cost);
+        c->have_cost = 1;
+        if (cost < 10) cost = 10;
+        if (cost > 1e9) cost = 1e9;
+    }
+    c->last_ns = now;
+    c->last_sampled_n = n;
+    c->last_sampled_ns = ns;
+    reexpress_debt(D, c, old_cost, cost);
+    double rate = (double)L / 100.0 * 1e9 / cost * VGPU_UNIT;
+    clamp_bucket(D, c, set_rate(D, cost, rate < 1 ? 1 : rate));
+    atomic_store(&D->limiting, (uint32_t)on);
+    LOG_DEBUG("blind limiter dev=%d L=%u samples=%llu cost=%.0fns rate=%.1f/s", d, L, (unsigned long long)n, cost,
+              rate / VGPU_UNIT);
+}
+
 static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     struct vgpu_dev *D = &R->dev[d];
     struct ctl *c = &g_ctl[d];
     uint32_t L = vgpu_sm_limit(R, d);
-    /* default policy: limit while the node monitor says the card is contended; a monitor gone
-     * silent (heartbeat over 2 s old) falls back to limiting */
-    uint64_t seen = atomic_load(&R->monitor_ns);
-    int stale = seen && (now > seen ? now - seen : seen - now) >= VGPU_MONITOR_STALE_NS;
-    int on = vgpu_policy(R) == POLICY_FORCE ||
-             (vgpu_policy(R) == POLICY_DEFAULT && (stale || atomic_load(&R->utilization_switch)));
+    int on = policy_on(R, now);
     if (!c->h) c->h = vgpu_nvml_device(d);
     if (!c->h) on = 0;
-    if (!c->last_ns) { /* first step as leader: start from a neutral estimate */
-        uint64_t cost = atomic_load(&D->cost_ns);
-        if (!cost) atomic_store(&D->cost_ns, cost = 1000000);
-        uint64_t g = atomic_load(&D->gain_ppm);
-        if (!g) atomic_store(&D->gain_ppm, 1000000);
-        uint64_t rate = (uint64_t)((double)L / 100.0 * 1e9 / (double)cost * VGPU_UNIT);
-        atomic_store(&D->rate, rate ? rate : 1);
-        atomic_store(&D->burst, (uint64_t)(rate / 20 > 2 * VGPU_UNIT ? rate / 20 : 2 * VGPU_UNIT));
-        atomic_store(&D->last_refill_ns, now);
-        c->last_ns = now;
-        c->last_refilled = atomic_load(&D->refilled);
-        c->last_tokens = atomic_load(&D->tokens);
-        c->last_seen_us = realtime_us();
-        atomic_store(&D->limiting, (uint32_t)on);
+    if (!c->last_ns) { /* first step as leader */
+        ctl_start(D, c, L, now, on);
         return;
     }
     double dt = (double)(now - c->last_ns);
@@ -258,21 +400,11 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         if (gain < 0.3) gain = 0.3;
         if (gain > 3.0) gain = 3.0;
     }
-    /* a debt is GPU time: re-express it in tokens of the new cost */
-    if (cost != old_cost) {
-        int64_t t0 = atomic_load(&D->tokens), t1 = t0;
-        while (t0 < 0 && !atomic_compare_exchange_weak(&D->tokens, &t0, t1 = (int64_t)(t0 * old_cost / cost))) {
-        }
-        if (t0 < 0) c->last_tokens += t1 - t0;
-    }
+    reexpress_debt(D, c, old_cost, cost);
     double rate = (double)L / 100.0 * 1e9 / cost * (long_kernels ? 1.0 : gain) * VGPU_UNIT;
     if (rate < 1) rate = 1;
-    atomic_store(&D->cost_ns, (uint64_t)cost);
     atomic_store(&D->gain_ppm, (uint64_t)(gain * 1e6));
-    atomic_store(&D->rate, (uint64_t)rate);
-    double burst = rate / 20; /* 50 ms of launches, at least two */
-    int64_t cap = (int64_t)(burst > 2 * VGPU_UNIT ? burst : 2 * VGPU_UNIT);
-    atomic_store(&D->burst, (uint64_t)cap);
+    int64_t cap = set_rate(D, cost, rate);
     /* Charge by measured GPU time: a launch takes one token (its estimated cost) when it is made;
      * here the period's measured busy time settles the difference, in tokens at the new cost. A
      * kernel longer than the period (its cost estimate, a per-period figure, is then too low) is so
@@ -291,11 +423,7 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
             c->last_tokens -= debit; /* a settlement, not consumption */
         }
     }
-    /* a lower rate must not leave a bucket full of tokens saved at the old, cheaper cost */
-    int64_t t = atomic_load(&D->tokens);
-    while (t > cap && !atomic_compare_exchange_weak(&D->tokens, &t, cap)) {
-    }
-    if (t > cap) c->last_tokens = cap; /* the clamp is not consumption */
+    clamp_bucket(D, c, cap);
     atomic_store(&D->util_x100, (uint64_t)(u * 100));
     atomic_store(&D->limiting, (uint32_t)on);
     LOG_DEBUG("limiter dev=%d L=%u u=%.1f launches=%.0f cost=%.0fns gain=%.3f rate=%.1f/s", d, L, u, launches,
@@ -313,6 +441,7 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
  * bucket keeps refilling at the last rate from every waiting launch: a silent controller never
  * means "no limit". */
 #define CTL_STALE_NS 500000000ULL
+#define CTL_STALE_BLIND_NS 1500000000ULL /* a process without NVML leaves it to one with NVML first */
 #define CTL_CHECK_NS 100000000ULL /* how often a process that does not run the controller checks */
 
 static uint64_t g_ctl_id;    /* this process's id in ctl_id (random, never 0) */
@@ -370,15 +499,16 @@ static void *watcher(void *arg) {
             standin = 0;
         } else if (standin) { /* the leader resumed, or another process took over */
             standin = gated && atomic_load(&R->ctl_id) == g_ctl_id;
-        } else if (gated && g_can_lead && now - last_check >= CTL_CHECK_NS) {
+        } else if (gated && now - last_check >= CTL_CHECK_NS) {
             last_check = now;
-            standin = claim_controller(R, now, CTL_STALE_NS);
+            /* a process without NVML stands in only when none with NVML did in the meantime */
+            standin = claim_controller(R, now, g_can_lead ? CTL_STALE_NS : CTL_STALE_BLIND_NS);
         }
         if (standin != was) {
             LOG_INFO("limiter controller %s", standin ? "silent: standing in" : "back: standing down");
             memset(g_ctl, 0, sizeof g_ctl); /* start (or later restart) from the learnt cost */
         }
-        if (leader || standin) heartbeat(R, now, 0);
+        if (leader || standin) heartbeat(R, now, !g_can_lead);
         owned = leader;
         int limiting = (leader || standin) && gated;
         if (held(R, now)) atomic_fetch_or(&vgpu_gate_any, GATE_HOLD);
@@ -387,7 +517,7 @@ static void *watcher(void *arg) {
                 if (g_limited[d]) refill(&R->dev[d], now);
             if (now - last_ctl >= (uint64_t)vgpu_cfg.period_ms * 1000000ULL) {
                 for (int d = 0; d < VGPU_MAX_DEV; d++)
-                    if (g_limited[d]) control_step(R, d, now);
+                    if (g_limited[d]) (g_can_lead ? control_step : blind_step)(R, d, now);
                 last_ctl = now;
             }
         }
@@ -429,12 +559,13 @@ void vgpu_limiter_start(void) {
         vgpu_nvml_load();
         if (!vgpu_nvml_ok || !NVML_HELPER_FN(nvmlDeviceGetProcessUtilization)) {
             /* its launches still take the container's tokens, paced by a process that can measure;
-             * it never leads (a leader without NVML left everyone unlimited) */
+             * it never takes the leader lock, and stands in only when no process with NVML runs the
+             * controller (then pacing by the launches it times itself) */
             static int warned;
             if (!warned++)
-                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: this process cannot measure; "
-                         "unless another process of the container leads, the compute limiter stands down "
-                         "(memory limits still apply)");
+                LOG_WARN("CUDA_DEVICE_SM_LIMIT is set but NVML is unavailable: this process cannot measure "
+                         "utilisation; unless another process of the container leads, the compute limit is "
+                         "paced by launch timing (approximate)");
             g_can_lead = 0;
         }
     }

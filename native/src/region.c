@@ -33,6 +33,8 @@ _Static_assert(offsetof(struct vgpu_dev, uuid) == 40, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, tokens) == 128, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, util_x100) == 192, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, throttled_ns) == 200, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, sampled_ns) == 208, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, sampled_n) == 216, "dev layout");
 _Static_assert(offsetof(struct vgpu_slot, used) == 24, "slot layout");
 _Static_assert(offsetof(struct vgpu_region, dev) == 192, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot) == 4288, "region layout");

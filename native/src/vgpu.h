@@ -176,7 +176,11 @@ struct vgpu_dev {
     /* ABI 1.2: cumulative ns this container's launches on the device spent waiting, in the limiter
      * or in a node monitor's priority hold (added by the waiting launch only; 0 in older regions) */
     _Atomic uint64_t throttled_ns;
-    char pad2[40];
+    /* ABI 1.3: launches timed by the library itself (stream synchronised before and after), summed
+     * ns and count; what a controller without NVML paces by (launch.c) */
+    _Atomic uint64_t sampled_ns;
+    _Atomic uint64_t sampled_n;
+    char pad2[24];
 };
 
 struct vgpu_slot {
@@ -271,7 +275,7 @@ VGPU_HIDDEN void vgpu_ctx_atfork_child(void);
 extern VGPU_HIDDEN _Atomic int vgpu_gate_any; /* GATE_LIMIT | GATE_HOLD: the launch path's slow branch */
 enum { GATE_LIMIT = 1, GATE_HOLD = 2 };
 #define VGPU_MONITOR_STALE_NS 2000000000ULL /* a monitor silent this long no longer holds launches */
-VGPU_HIDDEN void vgpu_launch_slow(void);
+VGPU_HIDDEN int vgpu_launch_slow(void); /* 1: time this launch (launch.c) */
 VGPU_HIDDEN void vgpu_limiter_start(void);
 VGPU_HIDDEN void vgpu_limiter_atfork_child(void);
 /* nvml.c */

@@ -64,6 +64,8 @@ NOISY = [(30, 1_000_000), (60, 1_000_000), (90, 1_000_000)]
 # each measured over whole cycles of (wait, kernel) from the first launch after 3 s to the last one
 LENGTHS = [10_000, 1_000_000, 100_000_000, 300_000_000, 1_000_000_000]
 PACED = "paced:{kns}:14:3"
+# no process of the container has NVML: paced by launches the library times itself, at 30 %
+BLIND = [1_000_000, 300_000_000]
 # a burst after idle: 1 s steady, then 4 x (1 s idle, 200 ms of launching without pause) at 30 %
 IDLE_BURST = "idleburst:1000000:1000:200:4"
 
@@ -128,6 +130,18 @@ def outputs(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     for kns in LENGTHS:
         procs[f"len{kns}"] = [
             _start(tmp, f"len{kns}", "", 0, op=PACED.format(kns=kns), CUDA_DEVICE_SM_LIMIT="20")
+        ]
+    for kns in BLIND:
+        procs[f"blind{kns}"] = [
+            _start(
+                tmp,
+                f"blind{kns}",
+                "",
+                0,
+                op=PACED.format(kns=kns),
+                CUDA_DEVICE_SM_LIMIT="30",
+                LD_LIBRARY_PATH=str(BUILD / "nonvml"),
+            )
         ]
     # one container, two processes: 1 ms and 300 ms kernels share one 30 % budget
     procs["mixedlen30"] = [
@@ -208,6 +222,15 @@ def test_every_kernel_length_gets_its_share(outputs: dict[str, list[str]], kns: 
     """Kernels longer than the control period are charged the GPU time they ran (issue 16)."""
     (util,) = _paced(outputs, f"len{kns}")
     assert abs(util - 20) <= 5.0, f"20 % with {kns / 1e6:g} ms kernels: measured {util:.1f}%"
+
+
+@pytest.mark.parametrize("kns", BLIND, ids=[f"{k // 1000}us" for k in BLIND])
+def test_a_container_without_nvml_is_paced_by_launch_timing(outputs: dict[str, list[str]], kns: int) -> None:
+    """No process of the container has NVML (issue 16: it was not paced at all, ~100 %). One stands in
+    after 1.5 s and paces by launches it times itself (the stream synchronised before and after): a
+    timed launch is only ever late, never early, so the share errs low, not high."""
+    (util,) = _paced(outputs, f"blind{kns}")
+    assert 22.0 <= util <= 33.0, f"30 % without NVML, {kns / 1e6:g} ms kernels: measured {util:.1f}%"
 
 
 def test_short_and_long_kernels_mixed_share_one_budget(outputs: dict[str, list[str]]) -> None:
