@@ -116,6 +116,111 @@ static void sample_end(CUstream s, uint64_t t0, CUresult launched) {
     atomic_fetch_sub(&D->tokens, (int64_t)debit);
 }
 
+/* ---------------------------------------------------------------- fairness between processes
+ * With two or more processes of the container waiting for a card's tokens in the last second (the
+ * controller counts them: contenders), each process keeps an account of its share: credited L% / n
+ * of wall time, debited its own estimated cost per launch (learnt from the GPU time the controller
+ * measured for it, busy_ns in its slot, per launch) and trued up to that measurement each period.
+ * Its launches take the shared bucket's tokens weighted by its own cost (a 1 ms launch is not
+ * charged like a 300 ms one), and a launch of a process in credit goes on while the shared bucket is
+ * in debt, down to FAIR_BORROW_S of refill; a process in debit waits for the bucket as before. So a
+ * process of long kernels, whose debt is its own, no longer holds back one of short kernels, and
+ * the total is still the shared bucket's: what a process in credit takes deepens the debt the
+ * others wait out. One process (or none contending): one token a launch, exactly as before. */
+#define FAIR_BANK_NS 50000000.0   /* an account saves at most 50 ms of its share */
+#define FAIR_DEBT_NS 10000000000.0 /* and owes at most 10 s of it */
+static struct {
+    pthread_mutex_t mu;
+    _Atomic int on;
+    uint64_t last_ns, last_busy;
+    double acct, cost, pending; /* ns: the balance; this process's cost per launch; charged, unmeasured */
+    long launches;              /* since the last measurement */
+} g_fair = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* brings the account to `now` (caller holds mu) */
+static void fair_update(struct vgpu_region *R, struct vgpu_dev *D, int d, uint32_t n, uint64_t now) {
+    uint64_t busy = atomic_load(&R->slot[vgpu_slot_index()].busy_ns);
+    double share = vgpu_sm_limit(R, d) / 100.0 / n;
+    if (!g_fair.last_ns || busy < g_fair.last_busy) { /* a fresh contention, or a reused slot */
+        g_fair.last_ns = now;
+        g_fair.last_busy = busy;
+        g_fair.acct = g_fair.pending = 0;
+        g_fair.launches = 0;
+        if (g_fair.cost <= 0) g_fair.cost = (double)atomic_load(&D->cost_ns);
+        return;
+    }
+    g_fair.acct += share * (double)(now - g_fair.last_ns);
+    g_fair.last_ns = now;
+    if (busy != g_fair.last_busy) { /* the controller measured another period of this process */
+        double measured = (double)(busy - g_fair.last_busy);
+        if (g_fair.launches > 0) g_fair.cost = 0.5 * g_fair.cost + 0.5 * measured / (double)g_fair.launches;
+        g_fair.acct += g_fair.pending - measured;
+        g_fair.pending = 0;
+        g_fair.launches = 0;
+        g_fair.last_busy = busy;
+    }
+    if (g_fair.acct > share * FAIR_BANK_NS) g_fair.acct = share * FAIR_BANK_NS;
+    if (g_fair.acct < -share * FAIR_DEBT_NS) g_fair.acct = -share * FAIR_DEBT_NS;
+}
+
+/* the card's contenders, or 0 when fairness is off (fewer than two, or this process has no slot) */
+static uint32_t fair_contenders(struct vgpu_dev *D) {
+    uint32_t n = atomic_load_explicit(&D->contenders, memory_order_relaxed);
+    if (n >= 2 && vgpu_slot_index() >= 0) return n;
+    if (atomic_load_explicit(&g_fair.on, memory_order_relaxed)) { /* contention over: start afresh next time */
+        pthread_mutex_lock(&g_fair.mu);
+        g_fair.last_ns = 0;
+        atomic_store(&g_fair.on, 0);
+        pthread_mutex_unlock(&g_fair.mu);
+    }
+    return 0;
+}
+
+/* charges a launch to this process's account: the units it takes from the shared bucket, and
+ * (credit) whether the account is still in credit */
+static int64_t fair_charge(struct vgpu_region *R, struct vgpu_dev *D, int d, int *credit) {
+    uint32_t n = fair_contenders(D);
+    if (!n) return VGPU_UNIT;
+    pthread_mutex_lock(&g_fair.mu);
+    atomic_store(&g_fair.on, 1);
+    fair_update(R, D, d, n, vgpu_now_ns());
+    double cost = g_fair.cost;
+    g_fair.acct -= cost;
+    g_fair.pending += cost;
+    g_fair.launches++;
+    *credit = g_fair.acct >= 0;
+    pthread_mutex_unlock(&g_fair.mu);
+    double unit_cost = (double)atomic_load(&D->cost_ns), units = VGPU_UNIT;
+    if (unit_cost >= 1 && cost >= 1) units = VGPU_UNIT * cost / unit_cost;
+    if (units < 1) units = 1;
+    if (units > 1000.0 * VGPU_UNIT) units = 1000.0 * VGPU_UNIT;
+    return (int64_t)units;
+}
+
+/* whether this process's account is in credit now (it accrues while the process waits) */
+static int fair_credit(struct vgpu_region *R, struct vgpu_dev *D, int d) {
+    uint32_t n = fair_contenders(D);
+    if (!n) return 0;
+    pthread_mutex_lock(&g_fair.mu);
+    fair_update(R, D, d, n, vgpu_now_ns());
+    int credit = g_fair.acct >= 0;
+    pthread_mutex_unlock(&g_fair.mu);
+    return credit;
+}
+
+/* this process found the bucket in debt: it counts as a contender for the next second */
+static void fair_want(struct vgpu_region *R) {
+    int slot = vgpu_slot_index();
+    if (slot >= 0) atomic_store_explicit(&R->slot[slot].want_ns, vgpu_now_ns(), memory_order_relaxed);
+}
+
+/* a process in credit may deepen the shared debt down to FAIR_BORROW_S of refill (a 300 ms kernel at a
+ * 30 % share is one second of it: its own debt must not hold back the others) */
+#define FAIR_BORROW_S 3
+static int borrowable(struct vgpu_dev *D, int64_t t) {
+    return t > -FAIR_BORROW_S * (int64_t)atomic_load_explicit(&D->rate, memory_order_relaxed);
+}
+
 int vgpu_launch_slow(void) {
     struct vgpu_region *R = vgpu_R;
     if (!R) return 0;
@@ -136,8 +241,14 @@ int vgpu_launch_slow(void) {
     if (!g_limited[d]) return 0;
     struct vgpu_dev *D = &R->dev[d];
     if (!atomic_load_explicit(&D->limiting, memory_order_relaxed)) return 0;
-    if (atomic_fetch_sub_explicit(&D->tokens, VGPU_UNIT, memory_order_relaxed) - VGPU_UNIT >= 0) return sample_due(R);
-    /* empty bucket: this launch has taken its token on credit; wait until the debt is repaid */
+    int credit = 0;
+    int64_t units = fair_charge(R, D, d, &credit);
+    int64_t t = atomic_fetch_sub_explicit(&D->tokens, units, memory_order_relaxed) - units;
+    if (t >= 0) return sample_due(R);
+    /* empty bucket: this launch has taken its tokens on credit; it goes on if its process is in
+     * credit of a fairly shared budget, else waits until the debt is repaid */
+    fair_want(R);
+    if (credit && borrowable(D, t)) return sample_due(R);
     atomic_store_explicit(&D->throttled, 1, memory_order_relaxed);
     uint64_t last = vgpu_now_ns();
     for (;;) {
@@ -145,9 +256,10 @@ int vgpu_launch_slow(void) {
         if (now > last) atomic_fetch_add_explicit(&D->throttled_ns, now - last, memory_order_relaxed);
         last = now;
         refill(D, now);
-        int64_t t = atomic_load(&D->tokens);
+        fair_want(R); /* still wanting, however long the wait */
+        t = atomic_load(&D->tokens);
         if (!atomic_load(&D->limiting)) return 0;
-        if (t >= 0) return sample_due(R);
+        if (t >= 0 || (borrowable(D, t) && fair_credit(R, D, d))) return sample_due(R);
         uint64_t rate = atomic_load(&D->rate);
         uint64_t wait = rate ? (uint64_t)((__uint128_t)(uint64_t)(-t) * 1000000000ULL / rate) : 1000000;
         if (wait < 20000) wait = 20000;
@@ -212,8 +324,9 @@ static uint64_t realtime_us(void) {
     return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000;
 }
 
-/* container utilisation in percent over (last_seen, now] from NVML per-process samples */
-static double measure(struct ctl *c) {
+/* container utilisation in percent over (last_seen, now] from NVML per-process samples; each
+ * process's share of the window's `dt` ns is added to its slot's busy_ns (fairness) */
+static double measure(struct ctl *c, double dt) {
     nvmlProcessUtilizationSample_t s[256];
     unsigned n = 256;
     unsigned long long seen = c->last_seen_us;
@@ -238,9 +351,11 @@ static double measure(struct ctl *c) {
     int matched = 0;
     for (unsigned k = 0; k < np; k++) {
         double avg = sum[k] / cnt[k];
-        if (vgpu_region_owns_pid(pids[k])) {
+        int slot = vgpu_region_slot_of_pid(pids[k]);
+        if (slot >= 0) {
             total += avg;
             matched = 1;
+            atomic_fetch_add(&vgpu_R->slot[slot].busy_ns, (uint64_t)((avg > 100 ? 100 : avg) / 100.0 * dt));
         } else {
             other += avg;
         }
@@ -347,6 +462,16 @@ static void blind_step(struct vgpu_region *R, int d, uint64_t now) {
               rate / VGPU_UNIT);
 }
 
+/* the processes that found this card's bucket in debt in the last second (fairness) */
+static void count_contenders(struct vgpu_region *R, struct vgpu_dev *D, uint64_t now) {
+    uint32_t n = 0, hwm = atomic_load(&R->slot_hwm);
+    for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++) {
+        uint64_t w = atomic_load_explicit(&R->slot[i].want_ns, memory_order_relaxed);
+        if (atomic_load(&R->slot[i].state) == SLOT_LIVE && w && w <= now && now - w < 1000000000ULL) n++;
+    }
+    atomic_store(&D->contenders, n);
+}
+
 static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     struct vgpu_dev *D = &R->dev[d];
     struct ctl *c = &g_ctl[d];
@@ -359,7 +484,8 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
         return;
     }
     double dt = (double)(now - c->last_ns);
-    double u = measure(c);
+    double u = measure(c, dt);
+    count_contenders(R, D, now);
     uint64_t refilled = atomic_load(&D->refilled);
     int64_t tokens = atomic_load(&D->tokens);
     double launches = ((double)(refilled - c->last_refilled) - (double)(tokens - c->last_tokens)) / VGPU_UNIT;
@@ -388,8 +514,10 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
     }
     /* Kernels of a quarter of the control period or longer: the per-period cost estimate cannot see
      * a whole kernel (it is capped by the period), so launches are settled by measured time below and
-     * the refill is the share itself; the gain (fitted to short kernels) is left as it is. */
-    int long_kernels = c->have_cost && cost * 4 >= dt;
+     * the refill is the share itself; the gain (fitted to short kernels) is left as it is. So are
+     * the launches of processes sharing the budget fairly (see fair_charge): weighted by each
+     * process's own cost, they average kernels of any lengths into one cost. */
+    int long_kernels = c->have_cost && (cost * 4 >= dt || atomic_load(&D->contenders) >= 2);
     /* integral correction: always pulls down when over the limit; pushes up only while the
      * container is actually being throttled (no wind-up while the application asks for less) */
     if (settled && u > 0.5 && !long_kernels) {

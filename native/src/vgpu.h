@@ -180,7 +180,11 @@ struct vgpu_dev {
      * ns and count; what a controller without NVML paces by (launch.c) */
     _Atomic uint64_t sampled_ns;
     _Atomic uint64_t sampled_n;
-    char pad2[24];
+    /* ABI 1.3: processes that waited for this card's tokens in the last second (the controller's
+     * count): with two or more, the budget is shared fairly between them (launch.c) */
+    _Atomic uint32_t contenders;
+    uint32_t pad3;
+    char pad2[16];
 };
 
 struct vgpu_slot {
@@ -190,7 +194,11 @@ struct vgpu_slot {
     int32_t hostpid; /* written by a node agent; 0 = same PID namespace */
     uint64_t start_ns;
     _Atomic uint64_t used[VGPU_MAX_DEV];
-    char pad[64 - 24];
+    /* ABI 1.3, the compute limiter's fairness: GPU ns the controller measured for this process
+     * (cumulative, all limited cards), and CLOCK_MONOTONIC of its last wait for tokens */
+    _Atomic uint64_t busy_ns;
+    _Atomic uint64_t want_ns;
+    char pad[64 - 40];
 };
 
 struct vgpu_region {
@@ -251,6 +259,8 @@ VGPU_HIDDEN int vgpu_host_pid(void);
 VGPU_HIDDEN void vgpu_slot_set_hostpid(int pid);
 /* whether NVML's `pid` (host namespace) is a live process of this container's region */
 VGPU_HIDDEN int vgpu_region_owns_pid(unsigned pid);
+/* the live slot of NVML's `pid`, or -1 */
+VGPU_HIDDEN int vgpu_region_slot_of_pid(unsigned pid);
 VGPU_HIDDEN int vgpu_is_leader_try(void);
 VGPU_HIDDEN void vgpu_region_atfork_child(void);
 VGPU_HIDDEN void vgpu_region_atfork_prepare(void);

@@ -233,9 +233,12 @@ def test_a_container_without_nvml_is_paced_by_launch_timing(outputs: dict[str, l
     assert 22.0 <= util <= 33.0, f"30 % without NVML, {kns / 1e6:g} ms kernels: measured {util:.1f}%"
 
 
-def test_short_and_long_kernels_mixed_share_one_budget(outputs: dict[str, list[str]]) -> None:
+def test_short_and_long_kernels_mixed_share_one_budget_fairly(outputs: dict[str, list[str]]) -> None:
+    """Two processes of one container, 1 ms and 300 ms kernels, 30 %: the total holds, and each gets
+    about half (issue 16: 0.15 % + 31.4 % — the long kernels' debt held the short ones back)."""
     a, b = _paced(outputs, "mixedlen30")
     assert abs(a + b - 30) <= 5.0, f"1 ms and 300 ms kernels in one container: {a:.1f}% + {b:.1f}%"
+    assert min(a, b) >= 9.0, f"1 ms and 300 ms kernels in one container, split {a:.1f}% / {b:.1f}%"
 
 
 def test_recovery_when_over_the_limit_without_being_throttled(outputs: dict[str, list[str]]) -> None:
@@ -346,21 +349,22 @@ def test_legacy_launch_api_is_limited(tmp_path: Path) -> None:
 
 
 def _leader_gone_silent(sandbox: Sandbox, how: str) -> float:
-    """The leader learns 10 us kernels, then its controller goes silent (`how`); another process of
-    the container launches 1 ms kernels at 30 %: its measured utilisation over 2..8 s."""
+    """The leader learns 10 us kernels for 1.4 s and then idles, running; its controller goes silent
+    (`how`); another process of the container launches 1 ms kernels at 30 %: its measured
+    utilisation over 2..8 s (the only one launching then, so it is the container's)."""
     hang = sandbox.tmp / "nvml.hang"
     env = {"CUDA_DEVICE_SM_LIMIT": "30", "FAKECUDA_NVML_HANG": str(hang)}
-    op = "launch:kernel:20:10000:1:1"
+    ops = ["launch:kernel:1.4:10000:0:1", "sleep:60000"]
     if how == "pidns":  # the leader runs in its own PID namespace: its leader_pid means nothing here
         leader = subprocess.Popen(
-            ["unshare", "--pid", "--fork", str(APP), op],
+            ["unshare", "--pid", "--fork", str(APP), *ops],
             env=sandbox.make_env(**env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
     else:
-        leader = sandbox.popen(op, **env)
+        leader = sandbox.popen(*ops, **env)
     try:
         time.sleep(1.5)  # leader, and the cost of its launches learnt
         assert region_state(sandbox.cache)["devices"][0]["cost_ns"] < 100_000
@@ -370,7 +374,7 @@ def _leader_gone_silent(sandbox: Sandbox, how: str) -> float:
                 int(c) for c in Path(f"/proc/{leader.pid}/task/{leader.pid}/children").read_text().split()
             )
         if how == "hung":
-            hang.touch()  # its NVML call never returns: the process runs on, its controller does not
+            hang.touch()  # its next NVML call never returns: the process runs on, its controller does not
         else:
             os.kill(target, signal.SIGSTOP)
         r = sandbox.run("launch:kernel:6:1000000:2:1", CUDA_DEVICE_SM_LIMIT="30")
