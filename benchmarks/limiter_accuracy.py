@@ -62,7 +62,11 @@ def run_batch(
             env = _env(shim, box, limit, nvml)
             procs[name] = [
                 subprocess.Popen(
-                    [str(APP), f"paced:{k}:{secs}:{warm}"], env=env, stdout=subprocess.PIPE, text=True
+                    [str(APP), f"paced:{k}:{secs}:{warm}"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.DEVNULL,
+                    text=True,
                 )
                 for k in kernels
             ]
