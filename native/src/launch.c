@@ -434,6 +434,7 @@ static void blind_step(struct vgpu_region *R, int d, uint64_t now) {
     struct ctl *c = &g_ctl[d];
     uint32_t L = vgpu_sm_limit(R, d);
     int on = policy_on(R, now);
+    atomic_store(&D->contenders, 0); /* fairness needs each process's measured time: off */
     if (!c->last_ns) {
         ctl_start(D, c, L, now, on);
         return;
@@ -636,9 +637,11 @@ static void *watcher(void *arg) {
             LOG_INFO("limiter controller %s", standin ? "silent: standing in" : "back: standing down");
             memset(g_ctl, 0, sizeof g_ctl); /* start (or later restart) from the learnt cost */
         }
-        if (leader || standin) heartbeat(R, now, !g_can_lead);
-        owned = leader;
         int limiting = (leader || standin) && gated;
+        /* only a process that runs the controller beats: a leader without a limit of its own (its
+         * cards are not limited) leaves the controller to a limited process standing in */
+        if (limiting) heartbeat(R, now, !g_can_lead);
+        owned = leader && gated;
         if (held(R, now)) atomic_fetch_or(&vgpu_gate_any, GATE_HOLD);
         if (limiting) {
             for (int d = 0; d < VGPU_MAX_DEV; d++)
