@@ -730,4 +730,10 @@ void vgpu_limiter_atfork_child(void) {
     atomic_store(&g_thread_started, 0);
     atomic_store(&vgpu_gate_any, 0); /* re-enabled when the child initialises CUDA */
     memset(g_ctl, 0, sizeof g_ctl);
+    /* the parent's account is not the child's, and a thread of the parent may have held its lock */
+    pthread_mutex_init(&g_fair.mu, NULL);
+    g_fair.last_ns = 0;
+    g_fair.cost = 0;
+    atomic_store(&g_fair.on, 0);
+    atomic_store(&g_next_sample, 0);
 }

@@ -233,6 +233,20 @@ def test_a_container_without_nvml_is_paced_by_launch_timing(outputs: dict[str, l
     assert 22.0 <= util <= 33.0, f"30 % without NVML, {kns / 1e6:g} ms kernels: measured {util:.1f}%"
 
 
+def test_without_nvml_a_stand_in_times_launches(sandbox: Sandbox) -> None:
+    """The region shows how a container without NVML is paced: its controller is blind and the
+    card's timed launches accumulate (one per 50 ms at most)."""
+    r = sandbox.run(
+        "launch:kernel:3:1000000:0", LD_LIBRARY_PATH=str(BUILD / "nonvml"), CUDA_DEVICE_SM_LIMIT="30"
+    )
+    assert r.returncode == 0, r.stderr
+    state = region_state(sandbox.cache)
+    (dev,) = state["devices"]
+    assert state["controller_blind"] == 1 and state["controller_ns"] > 0, state
+    assert 5 <= dev["sampled_n"] <= 3 / 0.05 + 1, dev
+    assert 500_000 <= dev["cost_ns"] <= 2_000_000, dev  # the 1 ms kernels' time, as timed
+
+
 def test_short_and_long_kernels_mixed_share_one_budget_fairly(outputs: dict[str, list[str]]) -> None:
     """Two processes of one container, 1 ms and 300 ms kernels, 30 %: the total holds, and each gets
     about half (issue 16: 0.15 % + 31.4 % — the long kernels' debt held the short ones back)."""
