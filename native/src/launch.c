@@ -76,9 +76,10 @@ static void waited(struct vgpu_region *R, uint64_t ns) {
  * measure), the library times launches itself: at most one launch per process every SAMPLE_EVERY_NS
  * is run between two synchronisations of its stream (skipped while the stream is being captured
  * into a graph), and the time from the first one's return to the second one's, less what a third
- * synchronisation of the now idle stream takes, is that kernel's launch-to-completion time. It is summed in the card's sampled_ns/sampled_n (the controller's cost
- * estimate), and the launch, which took one token at the estimated cost, is settled at what it
- * measured. Only a limited launch that the bucket let through is ever timed. */
+ * synchronisation of the now idle stream takes, is that kernel's launch-to-completion time. It is
+ * summed in the card's sampled_ns/sampled_n (the controller's cost estimate), and the launch, which
+ * took one token at the estimated cost, is settled at what it measured. Only a limited launch that
+ * the bucket let through is ever timed. */
 #define SAMPLE_EVERY_NS 50000000ULL
 static _Atomic uint64_t g_next_sample;
 
@@ -574,7 +575,6 @@ static void control_step(struct vgpu_region *R, int d, uint64_t now) {
 #define CTL_CHECK_NS 100000000ULL /* how often a process that does not run the controller checks */
 
 static uint64_t g_ctl_id;    /* this process's id in ctl_id (random, never 0) */
-static uint64_t g_watch_ns;  /* when this process's watcher started */
 
 static uint64_t new_ctl_id(void) {
     uint64_t id = vgpu_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&id;
@@ -582,17 +582,20 @@ static uint64_t new_ctl_id(void) {
     return id ? id : 1;
 }
 
-/* how long the controller has been silent (a garbage future stamp counts as silent) */
+/* how long the controller has been silent (never yet, or a garbage future stamp: for ever) */
 static uint64_t ctl_silence(struct vgpu_region *R, uint64_t now, uint64_t *seen) {
     *seen = atomic_load(&R->ctl_ns);
-    if (!*seen) return now - g_watch_ns; /* none yet: as long as this process has been waiting */
-    return now > *seen ? now - *seen : *seen - now;
+    if (!*seen || *seen > now) return UINT64_MAX;
+    return now - *seen;
 }
 
-/* claims the controller when its heartbeat is stale: 1 if this process now stands in */
+/* Claims the controller when its heartbeat is stale, or (for a process with NVML) when the one
+ * running it paces without NVML: 1 if this process now stands in. With no controller yet, anyone
+ * limited claims at once: a leader with NVML that comes up takes over at its first pass. */
 static int claim_controller(struct vgpu_region *R, uint64_t now, uint64_t stale_ns) {
     uint64_t seen;
-    if (ctl_silence(R, now, &seen) < stale_ns) return 0;
+    int better = g_can_lead && atomic_load(&R->ctl_blind);
+    if (ctl_silence(R, now, &seen) < stale_ns && !better) return 0;
     if (!atomic_compare_exchange_strong(&R->ctl_ns, &seen, now)) return 0; /* another process did */
     atomic_store(&R->ctl_id, g_ctl_id);
     return 1;
@@ -612,7 +615,6 @@ static void *watcher(void *arg) {
     (void)arg;
     uint64_t last_ctl = 0, last_reap = 0, last_check = 0;
     int standin = 0, owned = 0;
-    g_watch_ns = vgpu_now_ns();
     for (;;) {
         struct vgpu_region *R = vgpu_R;
         if (!R) break; /* forked child without re-attach: the child starts its own thread */
