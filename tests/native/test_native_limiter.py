@@ -227,8 +227,8 @@ def test_every_kernel_length_gets_its_share(outputs: dict[str, list[str]], kns: 
 @pytest.mark.parametrize("kns", BLIND, ids=[f"{k // 1000}us" for k in BLIND])
 def test_a_container_without_nvml_is_paced_by_launch_timing(outputs: dict[str, list[str]], kns: int) -> None:
     """No process of the container has NVML (issue 16: it was not paced at all, ~100 %). One stands in
-    after 1.5 s and paces by launches it times itself (the stream synchronised before and after): a
-    timed launch is only ever late, never early, so the share errs low, not high."""
+    at once (no controller has run) and paces by launches it times itself (the stream synchronised
+    before and after): a timed launch is only ever late, never early, so the share errs low."""
     (util,) = _paced(outputs, f"blind{kns}")
     assert 22.0 <= util <= 33.0, f"30 % without NVML, {kns / 1e6:g} ms kernels: measured {util:.1f}%"
 
