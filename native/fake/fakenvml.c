@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../include/nvml_abi.h"
 #include "fake_state.h"
@@ -160,11 +162,19 @@ API nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t d, unsi
     return procs(d, c, o, sizeof *o);
 }
 
+/* FAKECUDA_NVML_HANG=<path>: the call blocks while that file exists (a driver call that hangs) */
+static void hang_while_flagged(void) {
+    const char *path = getenv("FAKECUDA_NVML_HANG");
+    struct timespec ts = {0, 10000000};
+    while (path && *path && access(path, F_OK) == 0) nanosleep(&ts, NULL);
+}
+
 /* one sample per process that ran kernels in (lastSeen, now]: its exact share of that window */
 API nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizationSample_t *s,
                                                  unsigned int *count, unsigned long long lastSeen) {
     DEV(d);
     if (fk_fault("nvmlDeviceGetProcessUtilization")) return NVML_ERROR_UNKNOWN;
+    hang_while_flagged();
     struct fk_state *S = fk_state();
     uint64_t now = fk_mono_ns(), rt = fk_real_us();
     uint64_t back_us = lastSeen && lastSeen < rt ? rt - lastSeen : 1000000;

@@ -23,6 +23,9 @@ _Static_assert(offsetof(struct vgpu_region, utilization_switch) == 40, "region l
 _Static_assert(offsetof(struct vgpu_region, recent_kernel) == 44, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot_hwm) == 56, "region layout");
 _Static_assert(offsetof(struct vgpu_region, monitor_ns) == 64, "region layout");
+_Static_assert(offsetof(struct vgpu_region, ctl_ns) == 72, "region layout");
+_Static_assert(offsetof(struct vgpu_region, ctl_id) == 80, "region layout");
+_Static_assert(offsetof(struct vgpu_region, ctl_blind) == 88, "region layout");
 _Static_assert(offsetof(struct vgpu_region, lock) == 128, "region layout");
 _Static_assert(offsetof(struct vgpu_dev, used) == 8, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, sm_limit) == 32, "dev layout");
@@ -30,7 +33,12 @@ _Static_assert(offsetof(struct vgpu_dev, uuid) == 40, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, tokens) == 128, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, util_x100) == 192, "dev layout");
 _Static_assert(offsetof(struct vgpu_dev, throttled_ns) == 200, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, sampled_ns) == 208, "dev layout");
+_Static_assert(offsetof(struct vgpu_dev, sampled_n) == 216, "dev layout");
 _Static_assert(offsetof(struct vgpu_slot, used) == 24, "slot layout");
+_Static_assert(offsetof(struct vgpu_slot, busy_ns) == 152, "slot layout");
+_Static_assert(offsetof(struct vgpu_slot, want_ns) == 160, "slot layout");
+_Static_assert(offsetof(struct vgpu_dev, contenders) == 224, "dev layout");
 _Static_assert(offsetof(struct vgpu_region, dev) == 192, "region layout");
 _Static_assert(offsetof(struct vgpu_region, slot) == 4288, "region layout");
 _Static_assert(sizeof(struct vgpu_region) == 200896, "region layout");
@@ -146,6 +154,8 @@ static void slot_release_locked(struct vgpu_region *R, int i) {
     }
     s->pid = 0;
     s->hostpid = 0;
+    atomic_store(&s->busy_ns, 0);
+    atomic_store(&s->want_ns, 0);
     atomic_fetch_add(&s->gen, 1);
     atomic_store_explicit(&s->state, SLOT_FREE, memory_order_release);
 }
@@ -311,6 +321,8 @@ static void claim_slot(struct vgpu_region *R) {
         if (g_fd >= 0 && ofd_lock(g_fd, (off_t)VGPU_LOCK_SLOT(i), F_WRLCK, 0) != 0) continue;
         struct vgpu_slot *s = &R->slot[i];
         for (int d = 0; d < VGPU_MAX_DEV; d++) atomic_store(&s->used[d], 0);
+        atomic_store(&s->busy_ns, 0);
+        atomic_store(&s->want_ns, 0);
         s->pid = (int32_t)getpid();
         s->hostpid = hostpid; /* 0 = same namespace as NVML's, or unknown yet */
         s->start_ns = vgpu_now_ns();
@@ -448,16 +460,18 @@ int vgpu_host_pid(void) {
     return (int)getpid();
 }
 
-int vgpu_region_owns_pid(unsigned pid) {
+int vgpu_region_slot_of_pid(unsigned pid) {
     struct vgpu_region *R = vgpu_region();
     uint32_t hwm = atomic_load(&R->slot_hwm);
     for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++) {
         if (atomic_load(&R->slot[i].state) != SLOT_LIVE) continue;
         int32_t hp = R->slot[i].hostpid; /* known host PID: only it counts; else the same namespace */
-        if (hp > 0 ? (unsigned)hp == pid : (unsigned)R->slot[i].pid == pid) return 1;
+        if (hp > 0 ? (unsigned)hp == pid : (unsigned)R->slot[i].pid == pid) return (int)i;
     }
-    return 0;
+    return -1;
 }
+
+int vgpu_region_owns_pid(unsigned pid) { return vgpu_region_slot_of_pid(pid) >= 0; }
 
 void vgpu_slot_set_hostpid(int pid) {
     struct vgpu_region *R = vgpu_R;

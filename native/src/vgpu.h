@@ -148,7 +148,7 @@ VGPU_HIDDEN const char *vgpu_knob(const char *name);
 /* ---------------------------------------------------------------- shared region (ABI v1) */
 #define VGPU_REGION_MAGIC 0x315550475649414dULL /* "MAIVGPU1" little-endian */
 #define VGPU_REGION_ABI_MAJOR 1
-#define VGPU_REGION_ABI_MINOR 2 /* 1: monitor_ns; 2: dev.throttled_ns */
+#define VGPU_REGION_ABI_MINOR 3 /* 1: monitor_ns; 2: dev.throttled_ns; 3: ctl_ns, ctl_id, ctl_blind */
 
 enum { SLOT_FREE = 0, SLOT_LIVE = 1 };
 
@@ -176,7 +176,15 @@ struct vgpu_dev {
     /* ABI 1.2: cumulative ns this container's launches on the device spent waiting, in the limiter
      * or in a node monitor's priority hold (added by the waiting launch only; 0 in older regions) */
     _Atomic uint64_t throttled_ns;
-    char pad2[40];
+    /* ABI 1.3: launches timed by the library itself (stream synchronised before and after), summed
+     * ns and count; what a controller without NVML paces by (launch.c) */
+    _Atomic uint64_t sampled_ns;
+    _Atomic uint64_t sampled_n;
+    /* ABI 1.3: processes that waited for this card's tokens in the last second (the controller's
+     * count): with two or more, the budget is shared fairly between them (launch.c) */
+    _Atomic uint32_t contenders;
+    uint32_t pad3;
+    char pad2[16];
 };
 
 struct vgpu_slot {
@@ -186,7 +194,11 @@ struct vgpu_slot {
     int32_t hostpid; /* written by a node agent; 0 = same PID namespace */
     uint64_t start_ns;
     _Atomic uint64_t used[VGPU_MAX_DEV];
-    char pad[64 - 24];
+    /* ABI 1.3, the compute limiter's fairness: GPU ns the controller measured for this process
+     * (cumulative, all limited cards), and CLOCK_MONOTONIC of its last wait for tokens */
+    _Atomic uint64_t busy_ns;
+    _Atomic uint64_t want_ns;
+    char pad[64 - 40];
 };
 
 struct vgpu_region {
@@ -203,7 +215,13 @@ struct vgpu_region {
     /* CLOCK_MONOTONIC of the node monitor's last pass over this region (0: no monitor). A block
      * (recent_kernel < 0) is honoured only while this is fresh: a dead monitor never holds anyone. */
     _Atomic uint64_t monitor_ns;
-    uint64_t reserved0[3];
+    /* ABI 1.3 (zero in older regions): the compute controller's heartbeat, CLOCK_MONOTONIC of its last
+     * pass; the random id of the process running it (the leader, or one standing in for it); 1 while
+     * that process paces without NVML (launch sampling, see launch.c) */
+    _Atomic uint64_t ctl_ns;
+    _Atomic uint64_t ctl_id;
+    _Atomic uint32_t ctl_blind;
+    uint32_t reserved0;
     _Alignas(64) pthread_mutex_t lock; /* robust, process-shared: admission + slot table */
     _Alignas(64) struct vgpu_dev dev[VGPU_MAX_DEV];
     _Alignas(64) struct vgpu_slot slot[VGPU_MAX_SLOTS];
@@ -241,6 +259,8 @@ VGPU_HIDDEN int vgpu_host_pid(void);
 VGPU_HIDDEN void vgpu_slot_set_hostpid(int pid);
 /* whether NVML's `pid` (host namespace) is a live process of this container's region */
 VGPU_HIDDEN int vgpu_region_owns_pid(unsigned pid);
+/* the live slot of NVML's `pid`, or -1 */
+VGPU_HIDDEN int vgpu_region_slot_of_pid(unsigned pid);
 VGPU_HIDDEN int vgpu_is_leader_try(void);
 VGPU_HIDDEN void vgpu_region_atfork_child(void);
 VGPU_HIDDEN void vgpu_region_atfork_prepare(void);
@@ -265,7 +285,7 @@ VGPU_HIDDEN void vgpu_ctx_atfork_child(void);
 extern VGPU_HIDDEN _Atomic int vgpu_gate_any; /* GATE_LIMIT | GATE_HOLD: the launch path's slow branch */
 enum { GATE_LIMIT = 1, GATE_HOLD = 2 };
 #define VGPU_MONITOR_STALE_NS 2000000000ULL /* a monitor silent this long no longer holds launches */
-VGPU_HIDDEN void vgpu_launch_slow(void);
+VGPU_HIDDEN int vgpu_launch_slow(void); /* 1: time this launch (launch.c) */
 VGPU_HIDDEN void vgpu_limiter_start(void);
 VGPU_HIDDEN void vgpu_limiter_atfork_child(void);
 /* nvml.c */

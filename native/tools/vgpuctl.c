@@ -38,9 +38,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     printf("{\"path\": \"%s\", \"abi\": \"%u.%u\", \"policy\": %d, \"priority\": %d, \"utilization_switch\": %d, "
-           "\"recent_kernel\": %d, \"leader_pid\": %u,\n \"devices\": [",
+           "\"recent_kernel\": %d, \"leader_pid\": %u, \"controller_ns\": %llu, \"controller_blind\": %u,\n "
+           "\"devices\": [",
            path, R->abi_major, R->abi_minor, R->policy, R->priority, (int)R->utilization_switch,
-           (int)R->recent_kernel, (unsigned)R->leader_pid);
+           (int)R->recent_kernel, (unsigned)R->leader_pid, (unsigned long long)R->ctl_ns, (unsigned)R->ctl_blind);
     int first = 1, seen = 0;
     for (int d = 0; d < VGPU_MAX_DEV; d++) seen |= R->dev[d].uuid[0] != 0;
     for (int d = 0; d < VGPU_MAX_DEV; d++) {
@@ -49,10 +50,11 @@ int main(int argc, char **argv) {
         if (seen ? !D->uuid[0] : (!D->limit && !D->used && !D->sm_limit)) continue;
         printf("%s\n  {\"index\": %d, \"uuid\": \"%.48s\", \"limit\": %llu, \"used\": %llu, \"peak\": %llu, "
                "\"sm_limit\": %u, \"util\": %.2f, \"cost_ns\": %llu, \"rate_per_s\": %.1f, \"gain\": %.3f, "
-               "\"throttled_ns\": %llu}",
+               "\"throttled_ns\": %llu, \"contenders\": %u, \"sampled_n\": %llu}",
                first ? "" : ",", d, D->uuid, (unsigned long long)D->limit, (unsigned long long)D->used,
                (unsigned long long)D->peak, D->sm_limit, D->util_x100 / 100.0, (unsigned long long)D->cost_ns,
-               (double)D->rate / VGPU_UNIT, D->gain_ppm / 1e6, (unsigned long long)D->throttled_ns);
+               (double)D->rate / VGPU_UNIT, D->gain_ppm / 1e6, (unsigned long long)D->throttled_ns,
+               (unsigned)D->contenders, (unsigned long long)D->sampled_n);
         first = 0;
     }
     printf("],\n \"slots\": [");
@@ -62,8 +64,8 @@ int main(int argc, char **argv) {
         if (s->state != SLOT_LIVE) continue;
         struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = (off_t)VGPU_LOCK_SLOT(i), .l_len = 1};
         int alive = fcntl(fd, F_OFD_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
-        printf("%s\n  {\"slot\": %u, \"pid\": %d, \"hostpid\": %d, \"alive\": %s, \"used\": [", first ? "" : ",", i,
-               s->pid, s->hostpid, alive ? "true" : "false");
+        printf("%s\n  {\"slot\": %u, \"pid\": %d, \"hostpid\": %d, \"alive\": %s, \"busy_ns\": %llu, \"used\": [",
+               first ? "" : ",", i, s->pid, s->hostpid, alive ? "true" : "false", (unsigned long long)s->busy_ns);
         for (int d = 0; d < VGPU_MAX_DEV; d++) printf("%s%llu", d ? ", " : "", (unsigned long long)s->used[d]);
         printf("]}");
         first = 0;

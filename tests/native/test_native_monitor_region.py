@@ -79,7 +79,9 @@ def test_decoder_reads_what_libvgpu_charged(container: Sandbox) -> None:
         assert d0.used == 164 * MiB and d1.used == 74 * MiB  # allocations + one context each
         # 0.2 s of launches at a 40 % limit (and the last one's wait) waited on card 0 (ABI 1.2's
         # counter); none on card 1
-        assert r.abi_minor == 2 and 0 < d0.throttled_ns < 0.5e9 and d1.throttled_ns == 0
+        assert r.abi_minor == 3 and 0 < d0.throttled_ns < 0.5e9 and d1.throttled_ns == 0
+        # the controller's heartbeat (ABI 1.3): this limited process leads and writes it as it runs
+        assert 0 < r.controller_ns <= time.monotonic_ns()
         (proc,) = r.processes
         assert (proc.pid, proc.alive) == (p.pid, True)
         assert proc.used[:2] == (164 * MiB, 74 * MiB)

@@ -41,6 +41,9 @@ F_OFD_GETLK = 36  # Linux; the kernel drops an open-file-description lock when i
 FLOCK = struct.Struct("@hh4xqqi4x")  # struct flock on 64-bit Linux
 
 _HEADER = struct.Struct("<Q6I4iQ2I")  # magic .. leader_pid (64 bytes)
+# ABI 1.3: the compute controller's heartbeat at 72 (reserved, so zero, in older regions)
+_CTL_NS = struct.Struct("<Q")
+_CTL_NS_AT = 72
 # limit, used, peak, ctx_overhead, sm_limit, pad0, uuid[48]
 _DEV_A = struct.Struct("<4Q2I48s")
 # limiting, throttled (at 168), then cost_ns, gain_ppm, util_x100, throttled_ns (at 176; the last
@@ -93,6 +96,9 @@ class Region:
     last_kernel_ns: int  # CLOCK_MONOTONIC; 0 = no launch seen
     devices: tuple[DeviceUsage, ...]  # every record that is configured or in use
     processes: tuple[Process, ...]  # slots marked live (see Process.alive)
+    #: CLOCK_MONOTONIC of the compute controller's last pass (ABI 1.3; 0 in older regions or before
+    #: any limited process ran one)
+    controller_ns: int = 0
 
     def alive(self) -> list[Process]:
         return [p for p in self.processes if p.alive]
@@ -171,7 +177,10 @@ def decode(header_and_devs: bytes, slots: bytes, alive: Callable[[int], bool] | 
             )
         )
     procs = tuple(processes)
-    return Region(minor, policy, priority, util_switch, recent_kernel, last_kernel_ns, tuple(devices), procs)
+    (ctl_ns,) = _CTL_NS.unpack_from(header_and_devs, _CTL_NS_AT)
+    return Region(
+        minor, policy, priority, util_switch, recent_kernel, last_kernel_ns, tuple(devices), procs, ctl_ns
+    )
 
 
 def read_region(path: str) -> Region:

@@ -80,10 +80,10 @@ class FakeProcess:
 
 class FakeRegion(_Fields):
     """Header fields ``policy, priority, utilization_switch, recent_kernel, last_kernel_ns, magic,
-    abi_major``, plus the device records and the live process slots."""
+    abi_major, abi_minor, controller_ns``, plus the device records and the live process slots."""
 
     DEFAULTS = {"policy": 0, "priority": 1, "utilization_switch": 1, "recent_kernel": 0, "last_kernel_ns": 0}
-    DEFAULTS |= {"magic": MAGIC, "abi_major": 1}
+    DEFAULTS |= {"magic": MAGIC, "abi_major": 1, "abi_minor": 0, "controller_ns": 0}
 
     def __init__(
         self, devices: Sequence[FakeDevice] = (), processes: Sequence[FakeProcess] = (), **header: int
@@ -101,7 +101,7 @@ def encode_region(r: FakeRegion) -> bytes:
         0,
         r.magic,
         r.abi_major,
-        0,
+        r.abi_minor,
         HEADER_SIZE,
         REGION_SIZE,
         MAX_DEV,
@@ -114,6 +114,7 @@ def encode_region(r: FakeRegion) -> bytes:
         len(r.processes),
         0,
     )
+    struct.pack_into("<Q", buf, 72, r.controller_ns)
     for i, d in enumerate(r.devices):
         off = HEADER_SIZE + i * DEV_SIZE
         peak = d.peak or d.used

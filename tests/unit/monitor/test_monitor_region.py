@@ -73,6 +73,25 @@ def test_decodes_every_field(tmp_path: Path) -> None:
     assert r.held(0) == 300 * MiB and r.contexts_on(0) == 2
 
 
+@pytest.mark.parametrize(("minor", "ctl_ns"), [(2, 0), (3, 5_000_000_123)])
+def test_reads_regions_before_and_after_the_controller_heartbeat(
+    tmp_path: Path, minor: int, ctl_ns: int
+) -> None:
+    """ABI 1.3 adds the compute controller's heartbeat in what was reserved (zero) in 1.2: both read,
+    with the same values for everything else."""
+    path = str(tmp_path / "r.cache")
+    reg = _region()
+    reg.values.update(abi_minor=minor, controller_ns=ctl_ns)
+    write_region(path, reg)
+    r = read_region(path)
+    assert (r.abi_minor, r.controller_ns, r.last_kernel_ns, r.devices[0].throttled_ns) == (
+        minor,
+        ctl_ns,
+        123,
+        7_000,
+    )
+
+
 def test_a_slot_whose_owner_is_gone_is_not_usage(tmp_path: Path) -> None:
     path = str(tmp_path / "r.cache")
     write_region(path, _region())
