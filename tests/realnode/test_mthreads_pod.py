@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
+from realnode_chart import chart_installed, created_and_bound, started_pod, vendor_leading, vendor_node_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -99,14 +99,8 @@ async def test_mthreads_example_pod_is_placed_bound_and_runs(leading: None, kc: 
         return all(have.get(r) == str(n) for r, n in CAPACITY.items())
 
     await wait_for(allocatable, timeout=60, interval=0.5)
-    created = await kc.create(api_path("v1", "pods", namespace=ns), MT_DEFAULT_USE)
-    assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
-
     name = MT_DEFAULT_USE["metadata"]["name"]
-    pod = await bound_pod(kc, ns, name)
-    assert pod["spec"]["nodeName"] == MT_NODE
-    ann = pod["metadata"]["annotations"]
-    assert ann[keys.VGPU_NODE] == MT_NODE
+    ann = await created_and_bound(kc, ns, MT_DEFAULT_USE, MT_NODE)
     # equal idle GPUs: the higher index, as HAMi; 32 x 512 MiB and 8 of 16 cores
     assert ann["hami.io/mthreads-vgpu-devices-allocated"] == "node1-mthreads-1,Mthreads,16384,8:;"
     assert ann["mthreads.com/gpu-index"] == "1"
@@ -117,11 +111,7 @@ async def test_mthreads_example_pod_is_placed_bound_and_runs(leading: None, kc: 
     assert keys.NODE_LOCK not in (node["metadata"].get("annotations") or {})  # Mthreads takes no lock
 
     # kubelet admits it through the fake plugin's (empty) Allocate and runs the container
-    async def running() -> dict[str, Any] | None:
-        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        return p if p["status"].get("phase") in ("Running", "Succeeded", "Failed") else None
-
-    started: dict[str, Any] = await wait_for(running, timeout=120, interval=0.5)
+    started = await started_pod(kc, ns, name)
     assert started["status"]["phase"] == "Running", started["status"]
     (status,) = started["status"]["containerStatuses"]
     assert status["ready"], status
