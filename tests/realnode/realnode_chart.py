@@ -188,6 +188,29 @@ async def bound_pod(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
     return pod
 
 
+async def created_and_bound(kc: KubeClient, ns: str, pod: dict[str, Any], node: str) -> dict[str, str]:
+    """Create ``pod`` (no schedulerName) in ``ns``: the webhook must route it to hami-scheduler and
+    the pod be bound to ``node``, with ``hami.io/vgpu-node`` naming it. The bound pod's annotations."""
+    created = await kc.create(api_path("v1", "pods", namespace=ns), pod)
+    assert created["spec"]["schedulerName"] == "hami-scheduler", created["spec"]  # the webhook routed it
+    bound = await bound_pod(kc, ns, pod["metadata"]["name"])
+    assert bound["spec"]["nodeName"] == node
+    ann: dict[str, str] = bound["metadata"]["annotations"]
+    assert ann[keys.VGPU_NODE] == node
+    return ann
+
+
+async def started_pod(kc: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    """The pod once it has left Pending (Running, Succeeded or Failed)."""
+
+    async def started() -> dict[str, Any] | None:
+        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
+        return p if p["status"].get("phase") in ("Running", "Succeeded", "Failed") else None
+
+    pod: dict[str, Any] = await wait_for(started, timeout=120, interval=0.5)
+    return pod
+
+
 #: the probe, then holding what it allocated until the pod is deleted
 HOLD = PROBE + "\nimport time\ntime.sleep(10**6)\n"
 IMAGE = "hami.local/hami:0.1.0"

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from realnode_chart import bound_pod, chart_installed, vendor_leading, vendor_node_spec
+from realnode_chart import chart_installed, created_and_bound, started_pod, vendor_leading, vendor_node_spec
 
 from hami.kube.client import KubeClient
 from hami.kube.paths import api_path
@@ -101,14 +101,8 @@ async def test_hygon_example_pod_is_placed_and_bound_with_hygon_decision(
         return DCU_REGISTER in (node["metadata"].get("annotations") or {})
 
     await wait_for(registered, timeout=60, interval=0.5)
-    created = await kc.create(api_path("v1", "pods", namespace=ns), HYGON_DEFAULT_USE)
-    assert created["spec"]["schedulerName"] == "hami-scheduler"  # the webhook routed it
-
     name = HYGON_DEFAULT_USE["metadata"]["name"]
-    pod = await bound_pod(kc, ns, name)
-    assert pod["spec"]["nodeName"] == HYGON_NODE
-    ann = pod["metadata"]["annotations"]
-    assert ann[keys.VGPU_NODE] == HYGON_NODE
+    ann = await created_and_bound(kc, ns, HYGON_DEFAULT_USE, HYGON_NODE)
     assert ann[keys.BIND_PHASE] == keys.BIND_PHASE_ALLOCATING  # no Hygon device plugin to go further
     assert ann[DCU_TO_ALLOCATE] == ann[DCU_ALLOCATED]
     ((dev,),) = decode_pod_devices(ann[DCU_ALLOCATED])
@@ -122,9 +116,5 @@ async def test_hygon_example_pod_is_placed_and_bound_with_hygon_decision(
     assert lock.owned_by(ns, name)
 
     # kubelet drops the extended resource it has no device plugin for and runs the container
-    async def running() -> dict[str, Any] | None:
-        p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
-        return p if p["status"].get("phase") in ("Running", "Succeeded", "Failed") else None
-
-    started: dict[str, Any] = await wait_for(running, timeout=120, interval=0.5)
+    started = await started_pod(kc, ns, name)
     assert started["status"]["phase"] == "Running", started["status"]

@@ -8,7 +8,11 @@ it. The cluster's nodes register the way each vendor's device plugin does: a reg
 in the vendor's format — written by the fake device source's ``vendors:`` section, the sandbox's
 node side — or the node's capacity. The device config is the one a cluster running these
 examples has: Cambricon's MLU370 resource names (``mlu370.smlu.*``, as its ``default_use`` asks) and
-HAMi's chart's ``enflame.resourceNameVGCU`` (so ``enflame.com/vgcu`` asks for DRS slices).
+HAMi's chart's ``enflame.resourceNameVGCU`` (so ``enflame.com/vgcu`` asks for DRS slices), and
+Iluvatar's three chips plus an entry with the chip-less names HAMi's unsuffixed Iluvatar examples ask
+for (``iluvatar.ai/vgpu``, ``vcuda-memory``, ``vcuda-core``: HAMi's pre-2.6 defaults, commonWord
+``iluvatar``). HAMi's AMD UUID examples carry a ``<GPU UUID>`` placeholder: the simulated AMD node's
+``AMD-w7900`` is put in its place.
 """
 
 from __future__ import annotations
@@ -32,7 +36,15 @@ cambricon:
   resourceCoreName: cambricon.com/mlu370.smlu.vcore
 hygon: {}
 metax: {}
-iluvatars: [{chipName: BI-V100}]
+iluvatars:
+  - {chipName: BI-V100}
+  - {chipName: BI-V150}
+  - {chipName: MR-V100}
+  - chipName: Iluvatar
+    commonWord: iluvatar
+    resourceCountName: iluvatar.ai/vgpu
+    resourceMemoryName: iluvatar.ai/vcuda-memory
+    resourceCoreName: iluvatar.ai/vcuda-core
 mthreads: {}
 enflame:
   resourceNameVGCU: enflame.com/vgcu
@@ -43,6 +55,8 @@ vastai: {}
 biren: {}
 """
 
+#: the UUID put for HAMi's AMD ``<GPU UUID>`` placeholder (a card of the simulated AMD node)
+AMD_UUID = "AMD-w7900"
 #: the card HAMi's Metax ``sgpu/allocate_specific_gpu`` names
 METAX_UUID = "36beae85-c835-6b14-6ab2-02671837a59c"
 #: Metax sGPU cards: MetaLink zone 1 (4 cards), zone 2 (2 cards), then 6 in no zone, one of them METAX_UUID
@@ -88,6 +102,38 @@ def _drs(name: str) -> dict[str, Any]:
     return {"kind": "Node", "apiVersion": "v1", "metadata": {"name": name, "annotations": annotations}}
 
 
+#: node -> the ``iluvatars:`` entry its device plugin registers (as DEVICE_CONFIG lists them)
+ILUVATAR_NODES: dict[str, dict[str, str]] = {
+    "iluvatar-node": {"chipName": "BI-V100"},
+    "bi-v150-node": {"chipName": "BI-V150"},
+    "mr-v100-node": {"chipName": "MR-V100"},
+    "iluvatar-legacy-node": {
+        "chipName": "Iluvatar",
+        "commonWord": "iluvatar",
+        "resourceCountName": "iluvatar.ai/vgpu",
+        "resourceMemoryName": "iluvatar.ai/vcuda-memory",
+        "resourceCoreName": "iluvatar.ai/vcuda-core",
+    },
+}
+
+
+def iluvatar_nodes() -> list[dict[str, Any]]:
+    """One node per Iluvatar chip, six 32 GiB cards each (room for every example of the chip at once)."""
+    return [
+        _registered(
+            name,
+            {
+                "iluvatars": {
+                    "config": config,
+                    "count": 6,
+                    "card": {"type": config["chipName"], "memory": 32768},
+                }
+            },
+        )
+        for name, config in ILUVATAR_NODES.items()
+    ]
+
+
 def mixed_cluster() -> list[dict[str, Any]]:
     nvidia = _registered("nvidia-node", {})
     nvidia["metadata"]["annotations"][keys.NODE_NVIDIA_REGISTER] = encode_node_devices(
@@ -106,22 +152,13 @@ def mixed_cluster() -> list[dict[str, Any]]:
                 }
             },
         ),
-        _registered(
-            "iluvatar-node",
-            {
-                "iluvatars": {
-                    "config": {"chipName": "BI-V100"},
-                    "count": 2,
-                    "card": {"type": "BI-V100", "memory": 32768},
-                }
-            },
-        ),
+        *iluvatar_nodes(),
         _registered(
             "amd-node",
             {
                 "amd": {
                     "cards": [
-                        {"uuid": "AMD-w7900", "type": "AMD Radeon PRO W7900", "memory": 49152, "cores": 96},
+                        {"uuid": AMD_UUID, "type": "AMD Radeon PRO W7900", "memory": 49152, "cores": 96},
                         {"uuid": "AMD-mi300x", "type": "AMD Instinct MI300X", "memory": 196608, "cores": 304},
                     ]
                 }
@@ -207,7 +244,7 @@ DCU_SLICE = {"hygon.com/dcunum": 1, "hygon.com/dcucores": 60, "hygon.com/dcumem"
 DCU_ARGS = {"command": ["/bin/bash", "-c", "--"], "args": ["sleep infinity & wait"]}
 ALEXNET = {"workingDir": "/root", "command": ["sleep", "infinity"]}
 ROCM = ("rocm", "rocm/dev-ubuntu-24.04:7.2.4")
-ROCM_CMD = {"command": ["bash", "-c", "sleep infinity"]}
+ROCM_CMD: dict[str, Any] = {"command": ["bash", "-c", "sleep infinity"]}
 MT_IMAGE = "core.harbor.zlidc.mthreads.com:30003/mt-ai/lm-qy2:v17-mpc "
 MT = {"imagePullPolicy": "IfNotPresent", "command": ["sleep"], "args": ["100000"]}
 NEURON_IMAGE = "public.ecr.aws/neuron/pytorch-inference-neuron:1.13.1-neuron-py310-sdk2.20.2-ubuntu20.04"
@@ -223,8 +260,58 @@ ILU_SCRIPT = (
     "source /root/.bashrc\n"
     "sleep 360000\n"
 )
-ILU_RES = {"iluvatar.ai/BI-V100-vgpu": 1, "iluvatar.ai/BI-V100.vCore": 50, "iluvatar.ai/BI-V100.vMem": 64}
+ILU_COREX = "harbor.4pd.io/vgpu/corex_transformers@sha256:36a01ec452e6ee63c7aa08bfa1fa16d469ad19cc1e6000cf120ada83e4ceec1e"
+ILU_BI100 = "registry.iluvatar.com.cn:10443/saas/bi100-3.2.0-x86-ubuntu20.04-py3.10-poc-llm-finetune:v1.1"
+ILU_MR = "registry.iluvatar.com.cn:10443/saas/mr-bi150-4.3.0-x86-ubuntu22.04-py3.10-base-base:v1.0"
+#: file suffix -> (pod name, (count, memory, core) resource names, images of: default_use,
+#: multi-containers' two containers, multi-devices); "" is the unsuffixed files' chip-less names
+ILU_CHIPS: dict[str, tuple[str, tuple[str, str, str], tuple[str, str, str, str]]] = {
+    "": (
+        "poddemo",
+        ("iluvatar.ai/vgpu", "iluvatar.ai/vcuda-memory", "iluvatar.ai/vcuda-core"),
+        (ILU_COREX,) * 4,
+    ),
+    **{
+        f"_{chip}": (
+            f"{chip}-poddemo",
+            (f"iluvatar.ai/{chip}-vgpu", f"iluvatar.ai/{chip}.vMem", f"iluvatar.ai/{chip}.vCore"),
+            images,
+        )
+        for chip, images in (
+            ("BI-V100", (ILU_BI100,) * 4),
+            ("BI-V150", (ILU_MR, ILU_COREX, ILU_MR, ILU_MR)),
+            ("MR-V100", (ILU_MR,) * 4),
+        )
+    },
+}
+
+
+def iluvatar_examples() -> dict[str, dict[str, Any]]:
+    """HAMi's ``examples/iluvatar/{default_use,multi-containers,multi-devices}[_<chip>].yaml``: every
+    container asks the same in requests and limits (a slice: 1 card, 50 % cores, 64 x 256 MiB; the
+    multi-device pod: 2 whole cards). ``default_use_BI-V150.yaml`` lacks its ``command:`` line (it
+    does not parse as YAML); it is transcribed with ``command: [bash]`` as its siblings have it."""
+    out: dict[str, dict[str, Any]] = {}
+    for suffix, (name, (count, memory, core), images) in ILU_CHIPS.items():
+        slice_ = {count: 1, core: 50, memory: 64}
+
+        def ctr(cname: str, image: str, res: dict[str, Any]) -> dict[str, Any]:
+            return _c(cname, image, res, requests=res, command=["bash"], args=["-c", ILU_SCRIPT])
+
+        pods = {
+            "default_use": [ctr(name, images[0], slice_)],
+            "multi-containers": [ctr(name, images[1], slice_), ctr(f"{name}1", images[2], slice_)],
+            "multi-devices": [ctr(name, images[3], {count: 2})],
+        }
+        out |= {
+            f"iluvatar/{kind}{suffix}": _pod(name, containers, restartPolicy="Never")
+            for kind, containers in pods.items()
+        }
+    return out
+
+
 TF_LABELS = {"purpose": "demo-tf-amdgpu"}
+AMD_4G = {"amd.com/gpu": 1, "amd.com/gpumem": 4096}
 
 MX_IMAGE = "cr.metax-tech.com/public-ai-release/c500/colossalai:2.24.0.5-py38-ubuntu20.04-amd64 "
 MX: dict[str, Any] = {"imagePullPolicy": "IfNotPresent", "command": ["sleep", "infinity"]}
@@ -297,20 +384,6 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
     "hygon/use_exclusive_card": _pod(
         "dcu-pytorch-demo", [_c("dcu-pytorch-demo", DCU_IMAGE, {"hygon.com/dcunum": 2}, **DCU_ARGS)]
     ),
-    "iluvatar/default_use_BI-V100": _pod(
-        "BI-V100-poddemo",
-        [
-            _c(
-                "BI-V100-poddemo",
-                "registry.iluvatar.com.cn:10443/saas/bi100-3.2.0-x86-ubuntu20.04-py3.10-poc-llm-finetune:v1.1",
-                ILU_RES,
-                requests=ILU_RES,
-                command=["bash"],
-                args=["-c", ILU_SCRIPT],
-            )
-        ],
-        restartPolicy="Never",
-    ),
     "amd/default_use": _pod("amd-gpu-pod", [_c(*ROCM, {"amd.com/gpu": 1}, **ROCM_CMD)]),
     "amd/specify_card_type_to_use": _pod(
         "amd-gpu-type-to-use",
@@ -324,6 +397,21 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
     "amd/use_memory_percentage": _pod(
         "amd-gpu-memory-percentage",
         [_c(*ROCM, {"amd.com/gpu": 1, "amd.com/gpumem-percentage": 25}, **ROCM_CMD)],
+    ),
+    "amd/use_memory": _pod("amd-gpu-memory", [_c(*ROCM, AMD_4G, **ROCM_CMD)]),
+    "amd/specify_card_type_not_use": _pod(
+        "amd-gpu-type-not-use",
+        [_c(*ROCM, AMD_4G, **ROCM_CMD)],
+        annotations={"amd.com/nouse-gputype": "Radeon"},
+    ),
+    # <GPU UUID> in HAMi's files: the simulated node's W7900 (not the card the pod would get anyway)
+    "amd/specify_uuid_to_use": _pod(
+        "amd-gpu-uuid-to-use", [_c(*ROCM, AMD_4G, **ROCM_CMD)], annotations={"amd.com/use-gpu-uuid": AMD_UUID}
+    ),
+    "amd/specify_uuid_not_use": _pod(
+        "amd-gpu-uuid-not-use",
+        [_c(*ROCM, AMD_4G, **ROCM_CMD)],
+        annotations={"amd.com/nouse-gpu-uuid": AMD_UUID},
     ),
     "kunlun/default_use": _pod(
         "xpu-pod",
@@ -476,6 +564,29 @@ HAMI_EXAMPLES: dict[str, dict[str, Any]] = {
     ),
 }
 
+HAMI_EXAMPLES.update(iluvatar_examples())
+
+
+def iluvatar_expected() -> dict[str, tuple[str, str, str]]:
+    """Each chip's examples on its node: a slice on the highest card (16384 MiB, 50 %), the two
+    containers on two cards (spread), the two devices whole (HAMi's webhook: 100 % cores each)."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for node, config in ILUVATAR_NODES.items():
+        cw = config.get("commonWord", config["chipName"])
+        suffix = "" if "commonWord" in config else f"_{cw}"
+        card = [f"{cw}-fake-{node}-{i},{cw}" for i in (5, 4)]
+        allocated = {
+            "default_use": f"{card[0]},16384,50:;",
+            "multi-containers": f"{card[0]},16384,50:;{card[1]},16384,50:;",
+            "multi-devices": f"{card[0]},32768,100:{card[1]},32768,100:;",
+        }
+        out |= {
+            f"iluvatar/{kind}{suffix}": (node, f"hami.io/{cw}-devices-allocated", value)
+            for kind, value in allocated.items()
+        }
+    return out
+
+
 #: example -> (node, the vendor's allocated key, its value: HAMi's pod device encoding). Equal cards:
 #: the highest index first (HAMi); Kunlun's topology takes the lowest; AWS Neuron the devices' order.
 EXPECTED: dict[str, tuple[str, str, str]] = {
@@ -498,6 +609,15 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "amd-node",
         "hami.io/amd-devices-allocated",
         "AMD-mi300x,AMD Instinct MI300X,49152,0:;",
+    ),
+    **dict.fromkeys(
+        ("amd/use_memory", "amd/specify_card_type_not_use", "amd/specify_uuid_not_use"),
+        ("amd-node", "hami.io/amd-devices-allocated", "AMD-mi300x,AMD Instinct MI300X,4096,0:;"),
+    ),
+    "amd/specify_uuid_to_use": (
+        "amd-node",
+        "hami.io/amd-devices-allocated",
+        f"{AMD_UUID},AMD Radeon PRO W7900,4096,0:;",
     ),
     "awsneuron/allocate_core": (
         "neuron-node",
@@ -557,11 +677,6 @@ EXPECTED: dict[str, tuple[str, str, str]] = {
         "dcu-node",
         "hami.io/dcu-devices-allocated",
         "DCU-TPXS320010040504,DCU,65536,100:DCU-TPXS320010040503,DCU,65536,100:;",
-    ),
-    "iluvatar/default_use_BI-V100": (
-        "iluvatar-node",
-        "hami.io/BI-V100-devices-allocated",
-        "BI-V100-fake-iluvatar-node-1,BI-V100,16384,50:;",
     ),
     "kunlun/allocate_exclusive": (
         "vxpu-node",
@@ -710,6 +825,7 @@ EXPECTED.update(
         for job, (_, word, _mem) in ASCEND_JOBS.items()
     }
 )
+EXPECTED.update(iluvatar_expected())
 
 
 def run(pods: list[dict[str, Any]]) -> SimulationResult:
@@ -754,8 +870,10 @@ def _namespace(example: str) -> str:
 
 def test_all_examples_together_on_one_mixed_cluster() -> None:
     """Applied together in file order (each in its own namespace, as names repeat), every example
-    lands on its vendor's node — except two Hygon examples that want the one Z100 card after
-    ``specify_card_type_to_use`` took 60 % of its cores: refused for that, on the DCU node only."""
+    lands on its vendor's node — except those that want a card an earlier example took: two Hygon
+    examples want the one Z100 after ``specify_card_type_to_use`` took 60 % of its cores, two AMD
+    examples the MI300X after ``default_use`` took it whole. They are refused for that, on their
+    vendor's node only."""
     pods = [
         {**pod, "metadata": {**pod["metadata"], "namespace": _namespace(e)}}
         for e, pod in HAMI_EXAMPLES.items()
@@ -763,17 +881,21 @@ def test_all_examples_together_on_one_mixed_cluster() -> None:
     result = run(pods)
     assert not result.warnings
     got = {p["pod"].split("/")[0]: p for p in result.placements}
-    z100_taken = {
-        "hygon/specify_card_type_not_use": "CardTypeMismatch",
-        "hygon/specify_uuid_to_use": "CardUuidMismatch",
+    z100, mi300x = (
+        "1 node (dcu-node): 1/5 CardInsufficientCore, 4/5",
+        "1 node (amd-node): 1/2 CardInsufficientMemory, 1/2",
+    )
+    taken = {
+        "hygon/specify_card_type_not_use": f"{z100} CardTypeMismatch",
+        "hygon/specify_uuid_to_use": f"{z100} CardUuidMismatch",
+        "amd/specify_card_type_not_use": f"{mi300x} CardTypeMismatch",
+        "amd/specify_uuid_not_use": f"{mi300x} CardUuidMismatch",
     }
     for example in HAMI_EXAMPLES:
         placed = got[_namespace(example)]
-        if example in z100_taken:
+        if example in taken:
             assert placed["node"] is None
-            assert placed["reason"].endswith(
-                f"1 node (dcu-node): 1/5 CardInsufficientCore, 4/5 {z100_taken[example]}"
-            ), placed["reason"]
+            assert placed["reason"].endswith(taken[example]), placed["reason"]
         else:
             assert (placed["node"], placed["reason"]) == (EXPECTED[example][0], None), example
 

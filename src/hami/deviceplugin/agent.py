@@ -4,7 +4,9 @@
 `KubeOps` (standalone) only the kubelet side runs: ListAndWatch works, Allocate answers an error.
 In the lock-free allocation mode (`cdi`) the server's allocator is a `LockFreeAllocator` around
 the lock mode's `PodAllocator`, and a collector removes the CDI specs of gone allocations. On a node
-whose `operatingmode` is `dra` the agent serves nothing (docs/dra.md).
+whose `operatingmode` is `dra` the agent serves nothing (docs/dra.md). A simulated node whose source
+gives other vendors' capacity also serves one fake resource per name (`hami.deviceplugin.capacity`),
+started and stopped with the NVIDIA server.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from hami.deviceplugin.allocate import PodAllocator
 from hami.deviceplugin.api import KUBELET_SOCKET_NAME
+from hami.deviceplugin.capacity import capacity_servers
 from hami.deviceplugin.cdi import SpecStore
 from hami.deviceplugin.kubeletcheckpoint import CHECKPOINT_NAME
 from hami.deviceplugin.kubeops import KubeOps
@@ -54,6 +57,14 @@ class NodeAgent:
             kubelet_socket_name=kubelet_socket_name,
             watch_interval=watch_interval,
         )
+        #: other vendors' capacity resources (a simulated node's ``vendors:``), one server each
+        self.capacity = capacity_servers(
+            source.vendor_capacity(),
+            settings.node_name,
+            plugin_dir=plugin_dir,
+            kubelet_socket_name=kubelet_socket_name,
+            watch_interval=watch_interval,
+        )
         self.allocator: PodAllocator | None = None
         self.lockfree: LockFreeAllocator | None = None
         self.registrar: NodeRegistrar | None = None
@@ -85,6 +96,8 @@ class NodeAgent:
 
     async def start(self) -> None:
         await self.server.start()
+        for server in self.capacity:
+            await server.start()
         if self.registrar is not None:
             self._tasks.append(asyncio.create_task(self.registrar.run(), name="node-register"))
         if self.allocator is not None and self.settings.operating_mode == MIG:
@@ -105,6 +118,8 @@ class NodeAgent:
     async def stop(self) -> None:
         await cancel_tasks(self._tasks)
         self._tasks = []
+        for server in self.capacity:
+            await server.stop()
         await self.server.stop()
         if self.lockfree is not None:
             await self.lockfree.core.kube.stop_pod_cache()

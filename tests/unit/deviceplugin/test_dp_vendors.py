@@ -139,11 +139,62 @@ def test_a_metax_section_registers_sgpu_cards_in_metaxs_json() -> None:
 
 
 @pytest.mark.parametrize("section", ["cambricon", "mthreads", "enflame", "awsneuron"])
-def test_capacity_vendors_are_refused_with_the_reason(section: str) -> None:
+def test_capacity_vendors_without_resources_are_told_to_give_them(section: str) -> None:
     with pytest.raises(
-        FakeSpecError, match=f"vendors.{section}: this vendor's inventory is the node's capacity"
+        FakeSpecError,
+        match=f"vendors.{section}: this vendor's inventory is the node's capacity, .*give it as resources:",
     ):
         FakeSource({"cards": [{}], "vendors": {section: {}}})
+
+
+def test_capacity_vendors_give_resources_served_to_kubelet() -> None:
+    """``resources:`` of a capacity vendor (names as its config spells them) is the capacity the
+    node serves; it writes no annotation. Metax gives both kinds from one section."""
+    source = FakeSource(
+        {
+            "cards": [{}],
+            "vendors": {
+                "mthreads": {"resources": {"mthreads.com/sgpu-core": 32, "mthreads.com/sgpu-memory": 192}},
+                "cambricon": {
+                    "config": {"resourceCoreName": "cambricon.com/mlu370.smlu.vcore"},
+                    "resources": {"cambricon.com/mlu370.smlu.vcore": 200},
+                },
+                "metax": {"resources": {"metax-tech.com/gpu": 2}, "count": 1},
+            },
+        },
+        node_name="n",
+    )
+    assert source.vendor_capacity() == {
+        "mthreads.com/sgpu-core": 32,
+        "mthreads.com/sgpu-memory": 192,
+        "cambricon.com/mlu370.smlu.vcore": 200,
+        "metax-tech.com/gpu": 2,
+    }
+    assert set(source.vendor_annotations()) == {"metax-tech.com/node-gpu-devices"}
+
+
+@pytest.mark.parametrize(
+    ("vendors", "message"),
+    [
+        (
+            {"mthreads": {"resources": {"mthreads.com/gpu": 1}}},
+            r"vendors.mthreads.resources.mthreads.com/gpu: not a capacity resource of this section "
+            r"\(mthreads.com/vgpu, mthreads.com/sgpu-memory, mthreads.com/sgpu-core\)",
+        ),
+        (
+            {"enflame": {"resources": {"enflame.com/gcu": 0}}},
+            r"vendors.enflame.resources.enflame.com/gcu: expected a positive integer, got 0",
+        ),
+        ({"awsneuron": {"resources": []}}, r"vendors.awsneuron.resources: expected a non-empty mapping"),
+        (
+            {"hygon": {"resources": {"hygon.com/dcunum": 2}}},
+            r"vendors.hygon.resources: this vendor's inventory is a register annotation",
+        ),
+    ],
+)
+def test_bad_capacity_resources_name_the_key(vendors: Any, message: str) -> None:
+    with pytest.raises(FakeSpecError, match=message):
+        FakeSource({"cards": [{}], "vendors": vendors})
 
 
 @pytest.mark.parametrize(

@@ -214,6 +214,11 @@ class DeviceSource(abc.ABC):
         node each vendor's own device plugin writes its annotation)."""
         return {}
 
+    def vendor_capacity(self) -> dict[str, int]:
+        """Other vendors' capacity resources this node serves to kubelet, name -> devices (a
+        simulated node only; on a real node each vendor's own device plugin serves them)."""
+        return {}
+
     def pair_scores(self) -> dict[str, dict[str, int]]:
         """Symmetric map uuid -> {other uuid -> pair score} from `links()`."""
         scores: dict[str, dict[str, int]] = {c.uuid: {} for c in self.cards()}

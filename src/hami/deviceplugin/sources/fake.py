@@ -26,6 +26,7 @@ Used by the contract tests and the local sandbox. Schema (every key but `cards` 
       node2: {cards: [...], links: [...], vendors: {...}}
     vendors:                                             # other vendors' cards (sources/vendors.py)
       hygon: {count: 2, card: {type: DCU-Z100, memory: 65520}}
+      mthreads: {resources: {mthreads.com/sgpu-core: 32}}  # capacity vendors: served to kubelet
     fail_mig_create: [GPU-...]                           # MIG creation errors on these cards
     driver:                                              # the simulated driver GPU containers get
       root: /var/lib/hami-sandbox/driver                 # host dir with libcuda.so.1, libnvidia-ml.so.1
@@ -68,7 +69,7 @@ from hami.deviceplugin.sources.base import (
     xid_is_critical,
 )
 from hami.deviceplugin.sources.spec import FakeSpecError, req
-from hami.deviceplugin.sources.vendors import vendor_annotations
+from hami.deviceplugin.sources.vendors import vendor_annotations, vendor_capacity
 
 __all__ = ["FakeSource", "FakeSpecError"]
 
@@ -158,6 +159,7 @@ class FakeSource(DeviceSource):
                 self._profiles[card.uuid] = profile_sets[set_name]
         self._driver = self._parse_driver(spec.get("driver"))
         self._vendor_annotations = vendor_annotations(spec.get("vendors"), node_name=node_name, origin=origin)
+        self._vendor_capacity = vendor_capacity(spec.get("vendors"), origin=origin)
         self._base_health = {u: c.healthy for u, c in self._cards.items()}
         self._links = self._parse_links(spec.get("links") or [])
         self._failures = self._parse_failures(spec.get("failures") or [])
@@ -380,6 +382,9 @@ class FakeSource(DeviceSource):
 
     def vendor_annotations(self) -> dict[str, str]:
         return dict(self._vendor_annotations)
+
+    def vendor_capacity(self) -> dict[str, int]:
+        return dict(self._vendor_capacity)
 
     def mig_profiles(self, uuid: str) -> list[SourceMigProfile]:
         card = self._card(uuid)

@@ -21,10 +21,17 @@ plugin writes, so the scheduler sees a heterogeneous node::
 The key, the format (HAMi's legacy colon form for Hygon and Iluvatar, Metax's own JSON for Metax
 sGPU — its ``custominfo`` gives ``qosPolicy``, ``linkZone``, ``model`` —, HAMi's JSON otherwise, with
 each card's ``custominfo`` for Ascend) and the card type's default come from the vendor's backend, built from the section the way the scheduler builds
-it, so the annotation is exactly what that backend's ``node_cards`` reads. Vendors whose inventory
-is the node's capacity (Cambricon, whole Metax GPUs, Mthreads, Enflame, AWS Neuron, whole Kunlun XPUs) are
-refused: kubelet publishes capacity only for a resource a device plugin serves, and the fake agent
-serves NVIDIA's alone.
+it, so the annotation is exactly what that backend's ``node_cards`` reads.
+
+Vendors whose inventory is the node's capacity (Cambricon, whole Metax GPUs, Mthreads, Enflame GCU,
+AWS Neuron, whole Kunlun XPUs) give the capacity instead, which the node agent serves to kubelet as
+one fake device-plugin resource per name (``hami.deviceplugin.capacity``), so kubelet publishes it::
+
+      mthreads:
+        resources: {mthreads.com/sgpu-core: 32, mthreads.com/sgpu-memory: 192}   # name: devices
+      metax:                                   # both kinds in one section: capacity and sGPU cards
+        resources: {metax-tech.com/gpu: 2}
+        cards: [{uuid: SGPU-0, memory: 65536, slots: 16}]
 """
 
 from __future__ import annotations
@@ -47,9 +54,8 @@ DEFAULT_CORES = 100
 DEFAULT_SLOTS = 10
 
 
-def _register_backend(section: str, config: Any, where: str, chip: Any = None) -> SpecBackend:
-    """The section's backend whose inventory is a register annotation (``chip``: which one of a
-    section that gives several, by vendor word)."""
+def _section_backends(section: str, config: Any, where: str) -> list[SpecBackend]:
+    """The other-vendor backends the section ``config`` makes, built as the scheduler builds them."""
     entry = [config] if section == "iluvatars" and isinstance(config, dict) else config
     try:
         parsed, _ = parse_device_config(yaml.safe_dump({section: entry}), source=where)
@@ -57,16 +63,18 @@ def _register_backend(section: str, config: Any, where: str, chip: Any = None) -
         raise FakeSpecError(f"{where}: {exc}") from None
     if section == "nvidia" or section not in {parsed.file_key(n) for n in parsed.sections()}:
         raise FakeSpecError(f"{where}: not another vendor's device-config section")
-    made = [
-        b
-        for b in default_registry(parsed)
-        if isinstance(b, SpecBackend) and b.spec.register_key and b.vendor != "NVIDIA"
-    ]
+    return [b for b in default_registry(parsed) if isinstance(b, SpecBackend) and b.vendor != "NVIDIA"]
+
+
+def _register_backend(section: str, config: Any, where: str, chip: Any = None) -> SpecBackend:
+    """The section's backend whose inventory is a register annotation (``chip``: which one of a
+    section that gives several, by vendor word)."""
+    made = [b for b in _section_backends(section, config, where) if b.spec.register_key]
     if not made:
         raise FakeSpecError(
             f"{where}: this vendor's inventory is the node's capacity, which kubelet publishes only for a "
-            f"resource a device plugin serves; the fake device source advertises register-annotation "
-            f"vendors only (docs/sandbox.md)"
+            f"resource a device plugin serves: give it as resources: {{<resource name>: <devices>}} "
+            f"(docs/sandbox.md)"
         )
     if chip is not None:
         picked = [b for b in made if b.vendor == chip]
@@ -80,6 +88,70 @@ def _register_backend(section: str, config: Any, where: str, chip: Any = None) -
             f"(chip: one of {', '.join(b.vendor for b in made)})"
         )
     return made[0]
+
+
+def _capacity_names(section: str, config: Any, where: str) -> list[str]:
+    """The resource names of the section's capacity-registered backends (in backend order)."""
+    names: list[str] = []
+    for b in _section_backends(section, config, where):
+        if not b.spec.register_key:
+            names += [
+                n for n in (b.spec.count_name, b.spec.memory_name, b.spec.core_name) if n and n not in names
+            ]
+    return names
+
+
+def _sections(raw: Any, origin: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """``(section, where, body)`` of each entry of the ``vendors:`` mapping ``raw``."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise FakeSpecError(f"{origin}: vendors: expected a mapping of device-config sections, got {raw!r}")
+    out = []
+    for section, body in raw.items():
+        where = f"{origin}: vendors.{section}"
+        body = body or {}
+        if not isinstance(body, dict):
+            raise FakeSpecError(f"{where}: expected a mapping, got {body!r}")
+        out.append((str(section), where, body))
+    return out
+
+
+#: the keys of a ``vendors:`` entry that only a capacity-registered vendor's entry has
+CAPACITY_ONLY_KEYS = frozenset({"resources", "config"})
+
+
+def vendor_capacity(raw: Any, *, origin: str) -> dict[str, int]:
+    """The capacity the ``vendors:`` section ``raw`` asks kubelet to publish: resource name ->
+    number of devices, from each entry's ``resources:``. A name must be one of the section's
+    capacity-registered backends' resources (count, memory or cores, as its config names them);
+    a count must be a positive integer; a name given by two sections is refused."""
+    out: dict[str, int] = {}
+    for section, where, body in _sections(raw, origin):
+        resources = body.get("resources")
+        if resources is None:
+            continue
+        if not isinstance(resources, dict) or not resources:
+            raise FakeSpecError(
+                f"{where}.resources: expected a non-empty mapping of resource names, got {resources!r}"
+            )
+        names = _capacity_names(section, body.get("config") or {}, where)
+        if not names:
+            raise FakeSpecError(
+                f"{where}.resources: this vendor's inventory is a register annotation, not the node's "
+                f"capacity; give its cards (cards: or count:)"
+            )
+        for name, count in resources.items():
+            if name not in names:
+                raise FakeSpecError(
+                    f"{where}.resources.{name}: not a capacity resource of this section ({', '.join(names)})"
+                )
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise FakeSpecError(f"{where}.resources.{name}: expected a positive integer, got {count!r}")
+            if name in out:
+                raise FakeSpecError(f"{where}.resources.{name}: a second section serves this resource")
+            out[name] = count
+    return out
 
 
 def _custom(raw: dict[str, Any], where: str) -> dict[str, Any]:
@@ -116,18 +188,13 @@ def _card(backend: SpecBackend, raw: Any, pos: int, node_name: str, where: str) 
 
 
 def vendor_annotations(raw: Any, *, node_name: str, origin: str) -> dict[str, str]:
-    """The register annotations of the ``vendors:`` section ``raw`` on node ``node_name``."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise FakeSpecError(f"{origin}: vendors: expected a mapping of device-config sections, got {raw!r}")
+    """The register annotations of the ``vendors:`` section ``raw`` on node ``node_name`` (an
+    entry with ``resources:`` and no cards is a capacity vendor's: :func:`vendor_capacity`)."""
     out: dict[str, str] = {}
-    for section, body in raw.items():
-        where = f"{origin}: vendors.{section}"
-        body = body or {}
-        if not isinstance(body, dict):
-            raise FakeSpecError(f"{where}: expected a mapping, got {body!r}")
-        backend = _register_backend(str(section), body.get("config") or {}, where, body.get("chip"))
+    for section, where, body in _sections(raw, origin):
+        if "resources" in body and set(body) <= CAPACITY_ONLY_KEYS:
+            continue
+        backend = _register_backend(section, body.get("config") or {}, where, body.get("chip"))
         cards = body.get("cards")
         if cards is None:
             count = body.get("count", 1)
