@@ -28,7 +28,7 @@ import platform
 import time
 from typing import Any
 
-from bench_e2e import create_and_wait, pct, timed
+from bench_e2e import BoundWatch, create_and_wait, pct, timed
 
 from hami.config import DeviceConfig
 from hami.kube.client import KubeClient
@@ -106,6 +106,8 @@ async def alone(
         cp.start_scheduler, {"clientConnection": QPS}, extra_args=DRA_GATES if name.startswith("dra") else ()
     )
     watch = Informer(client, api_path("v1", "pods", namespace="bench"), name="bench-pods")
+    bound_watch = BoundWatch()
+    bound_watch.attach(watch)
     watch.start()
     await watch.wait_synced(timeout=30)
     try:
@@ -119,7 +121,7 @@ async def alone(
             pods, templates = dra_pods(args.pods, steered=False)
             for t in templates:
                 await api_creator(client)(t)
-        bound, elapsed = await create_and_wait(client, sem, pods, watch.values, args.timeout)
+        bound, elapsed = await create_and_wait(client, pods, bound_watch, args.timeout)
         return result(name, args, bound, elapsed)
     finally:
         await watch.stop()
@@ -149,9 +151,11 @@ async def with_hami(
             for t in templates:
                 await api_creator(client)(t)
         else:
-            ext.service.filter = timed(ext.service.filter, lat)  # type: ignore[method-assign]
+            ext.service.filter = timed(ext.service.filter, lat)  # type: ignore[method-assign,assignment]
             pods = [gpu_pod(f"p-{i:05d}", mem=8000, cores=10) for i in range(args.pods)]
-        bound, elapsed = await create_and_wait(client, sem, pods, ext.pods.values, args.timeout)
+        bound_watch = BoundWatch()
+        bound_watch.attach(ext.pods)
+        bound, elapsed = await create_and_wait(client, pods, bound_watch, args.timeout)
         out = result(name, args, bound, elapsed)
         verb = "prioritize" if ext.dra is not None else "filter"
         out[f"{verb}_p50_ms"] = pct(lat, 0.5)

@@ -181,8 +181,12 @@ def main() -> None:
             ],
         }
         for case, pods in cases.items():
-            r = measure(sched, names, pods)
-            r.update(nodes=size, case=case, pods=len(pods))
+            r: dict[str, Any] = {
+                **measure(sched, names, pods),
+                "nodes": size,
+                "case": case,
+                "pods": len(pods),
+            }
             results.append(r)
             print(
                 f"{size:>6} {case:<7} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {r['max_ms']:>8.3f} "
