@@ -7,7 +7,9 @@ are divided among the cards it asks for; asking more than one card, or one card 
 takes whole GPUs (HAMi's webhook sets 16 cores and 96 units per card). Filters:
 ``mthreads.ai/use-gpuuuid`` / ``nouse-gpuuuid``. Decision: ``hami.io/mthreads-vgpu-devices-allocated``
 only, ``mthreads.com/gpu-index`` (the card indices, comma-separated), ``mthreads.com/predicate-node``
-and ``predicate-time`` (the decision's node and Unix nanoseconds); no node lock.
+and ``predicate-time`` (the decision's node and Unix nanoseconds); no node lock. The webhook writes
+``mthreads.com/request-gpu-num`` (the card count of the last container asking for more than one
+card), as HAMi's does.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ LEGAL_MEMORY_UNITS = (2, 4, 8, 16, 32, 64, 96)
 GPU_INDEX_KEY = "mthreads.com/gpu-index"
 PREDICATE_NODE_KEY = "mthreads.com/predicate-node"
 PREDICATE_TIME_KEY = "mthreads.com/predicate-time"
+#: set by HAMi's webhook to a container's card count when it asks for more than one card
+REQUEST_GPU_NUM_KEY = "mthreads.com/request-gpu-num"
 
 
 class MthreadsBackend(ContainerAdmission, SpecBackend):
@@ -110,6 +114,13 @@ class MthreadsBackend(ContainerAdmission, SpecBackend):
         return {PREDICATE_NODE_KEY: node, PREDICATE_TIME_KEY: str(now_ns)}
 
     # --- hook: Admission (HAMi's limits rewrite and memory-size check) --------------------------
+    def admit_annotations(
+        self, annotations: Mapping[str, str], requests: Sequence[DeviceRequest], out: AdmissionOutcome
+    ) -> dict[str, str]:
+        """HAMi's webhook records a multi-card container's count on the pod (the last one wins)."""
+        counts = [r.count for r in requests if r.count > 1]
+        return {REQUEST_GPU_NUM_KEY: str(counts[-1])} if counts else {}
+
     def admit_container(
         self, request: DeviceRequest | None, edit: ContainerEditor, out: AdmissionOutcome
     ) -> None:

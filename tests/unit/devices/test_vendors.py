@@ -387,6 +387,13 @@ def test_mthreads_webhook_writes_whole_gpu_limits() -> None:
     assert {"op": "replace", "path": "/spec/schedulerName", "value": "hami-scheduler"} in d.patch or any(
         op["path"] == "/spec/schedulerName" and op["value"] == "hami-scheduler" for op in d.patch
     )
+    # HAMi's webhook records a multi-card request's count on the pod; a one-card pod gets nothing
+    annotations = [op for op in d.patch if op["path"].startswith("/metadata/annotations")]
+    assert annotations == [
+        {"op": "add", "path": "/metadata/annotations/mthreads.com~1request-gpu-num", "value": "2"}
+    ]
+    one = mutate_pod(pod("q", {"mthreads.com/vgpu": 1}), namespace="ns", namespace_labels={}, policy=policy)
+    assert not [op for op in one.patch if op["path"].startswith("/metadata/annotations")]
 
 
 def test_a_vendor_pod_is_sent_to_hamis_scheduler_by_the_webhook() -> None:
