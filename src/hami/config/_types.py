@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import PlainValidator
@@ -32,6 +32,17 @@ def rule_error(rule: str) -> PydanticCustomError:
 def cross_error(path: str, value: Any, rule: str) -> PydanticCustomError:
     """An error found by a model-level check; ``path`` is relative to the model being validated."""
     return PydanticCustomError(CROSS_ERROR, "{path}: {rule}", {"path": path, "value": value, "rule": rule})
+
+
+def require_unique(keys: Iterable[str], path: str, rule: str) -> None:
+    """Raise a `cross_error` at ``<path>[i].<field>`` for the first key seen before; ``path`` is
+    ``"<list>[{}].<field>"`` and ``rule`` is completed with ``" (also <list>[j])"``."""
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in first:
+            also = path.split("[", 1)[0] + f"[{first[key]}]"
+            raise cross_error(path.format(i), key, f"{rule} (also {also})")
+        first[key] = i
 
 
 # ---------------------------------------------------------------------------------------------- ints

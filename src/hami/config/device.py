@@ -32,6 +32,7 @@ from hami.config._types import (
     PositiveInt,
     ResourceName,
     cross_error,
+    require_unique,
 )
 from hami.config.errors import ConfigError
 from hami.devices.amd_config import AMDConfig
@@ -185,15 +186,9 @@ class DeviceConfig(SectionModel):
 
     @model_validator(mode="after")
     def _distinct_resources(self) -> DeviceConfig:
-        first: dict[str, int] = {}
-        for i, il in enumerate(self.iluvatars):
-            if il.common_word in first:
-                raise cross_error(
-                    f"iluvatars[{i}].commonWord",
-                    il.common_word,
-                    f"commonWord must be unique (also iluvatars[{first[il.common_word]}])",
-                )
-            first[il.common_word] = i
+        require_unique(
+            (il.common_word for il in self.iluvatars), "iluvatars[{}].commonWord", "commonWord must be unique"
+        )
         owner: dict[str, str] = {}
         for path, name in self.resource_names():
             if name in owner:

@@ -27,7 +27,7 @@ from hami.config._types import (
     PositiveFloat,
     PositiveInt,
     Str,
-    cross_error,
+    require_unique,
 )
 from hami.config.device import DeviceConfig, _read
 from hami.config.errors import ConfigError
@@ -91,15 +91,7 @@ class NodeConfigFile(ConfigModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> NodeConfigFile:
-        first: dict[str, int] = {}
-        for i, entry in enumerate(self.nodeconfig):
-            if entry.name in first:
-                raise cross_error(
-                    f"nodeconfig[{i}].name",
-                    entry.name,
-                    f"duplicate node name (also nodeconfig[{first[entry.name]}])",
-                )
-            first[entry.name] = i
+        require_unique((e.name for e in self.nodeconfig), "nodeconfig[{}].name", "duplicate node name")
         return self
 
     def for_node(self, node_name: str) -> NodeConfig | None:

@@ -20,6 +20,7 @@ from hami.config._types import (
     PositiveInt,
     ResourceName,
     cross_error,
+    require_unique,
 )
 
 __all__ = ["AscendConfig", "AscendTemplate", "VNPUConfig"]
@@ -87,15 +88,10 @@ class VNPUConfig(SectionModel):
                 self.memory_allocatable,
                 f"must be <= memoryCapacity ({self.memory_capacity})",
             )
-        first: dict[str, int] = {}
+        require_unique(
+            (t.name for t in self.templates), "templates[{}].name", "template names must be unique"
+        )
         for i, t in enumerate(self.templates):
-            if t.name in first:
-                raise cross_error(
-                    f"templates[{i}].name",
-                    t.name,
-                    f"template names must be unique (also templates[{first[t.name]}])",
-                )
-            first[t.name] = i
             if self.memory_capacity and t.memory > self.memory_capacity:
                 raise cross_error(
                     f"templates[{i}].memory", t.memory, f"must be <= memoryCapacity ({self.memory_capacity})"
@@ -217,15 +213,9 @@ class AscendConfig(SectionModel):
 
     @model_validator(mode="after")
     def _unique(self) -> AscendConfig:
-        first: dict[str, int] = {}
-        for i, c in enumerate(self.configs):
-            if c.common_word in first:
-                raise cross_error(
-                    f"configs[{i}].commonWord",
-                    c.common_word,
-                    f"commonWord must be unique (also configs[{first[c.common_word]}])",
-                )
-            first[c.common_word] = i
+        require_unique(
+            (c.common_word for c in self.configs), "configs[{}].commonWord", "commonWord must be unique"
+        )
         return self
 
 
