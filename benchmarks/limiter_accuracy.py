@@ -9,7 +9,8 @@ The scenarios of a batch run at once (they do not share anything but the host's 
 
 * alone: one process per kernel length at 20 %;
 * mixed: 1 ms kernels and a second process of each other length in one container at 30 %;
-* no NVML: one process per kernel length at 30 % whose NVML cannot be loaded (paced by launch timing).
+* no NVML: one process per kernel length at 30 % whose NVML cannot be loaded (paced by launch timing),
+  and a container of two such processes, of 10 us and of 300 ms kernels (with the mixed batch).
 
     python3 benchmarks/limiter_accuracy.py [--shim native/build/libvgpu.so] [--secs 14] [--json out.json]
 
@@ -92,6 +93,7 @@ def main() -> int:
     first: dict[str, tuple[int, bool, list[int]]] = {f"alone {_label(k)}": (20, True, [k]) for k in LENGTHS}
     first |= {f"no NVML {_label(k)}": (30, False, [k]) for k in LENGTHS}
     mixed = {f"mixed 1 ms + {_label(k)}": (30, True, [1_000_000, k]) for k in LENGTHS if k != 1_000_000}
+    mixed["no NVML mixed 10 us + 300 ms"] = (30, False, [10_000, 300_000_000])
     res = run_batch(args.shim, first, args.secs, args.warm) | run_batch(
         args.shim, mixed, args.secs, args.warm
     )

@@ -75,13 +75,73 @@ static void waited(struct vgpu_region *R, uint64_t ns) {
  * When the controller runs in a process without NVML (ctl_blind: no process of the container can
  * measure), the library times launches itself: at most one launch per process every SAMPLE_EVERY_NS
  * is run between two synchronisations of its stream (skipped while the stream is being captured
- * into a graph), and the time from the first one's return to the second one's, less what a third
- * synchronisation of the now idle stream takes, is that kernel's launch-to-completion time. It is
- * summed in the card's sampled_ns/sampled_n (the controller's cost estimate), and the launch, which
- * took one token at the estimated cost, is settled at what it measured. Only a limited launch that
- * the bucket let through is ever timed. */
+ * into a graph), and the time from the launch call's return to the second one's, less what a third
+ * synchronisation of the now idle stream takes, is that kernel's time (see sample_end). The
+ * process's cost per launch is the median of its recent timed launches (g_own); each of its launches
+ * takes that cost in tokens, the median is summed in the card's sampled_ns/sampled_n (the
+ * controller's unit cost), and the timed launch is settled at it. Only a limited launch that the
+ * bucket let through is ever timed. */
 #define SAMPLE_EVERY_NS 50000000ULL
 static _Atomic uint64_t g_next_sample;
+static _Thread_local double t_charged_ns; /* the GPU time this thread's last limited launch was charged */
+
+/* This process's cost per launch without NVML: the median of its last SAMPLE_KEEP timed launches.
+ * A timed launch is only ever late, never early: the process was preempted before its synchronise
+ * returned, or its kernel queued behind another process's on the card (a 10 us kernel behind a
+ * 300 ms one reads 300 ms). A median ignores such outliers while fewer than half the samples are
+ * late, and follows a real change of kernel length within SAMPLE_KEEP / 2 + 1 timed launches. */
+#define SAMPLE_KEEP 7
+static struct {
+    pthread_mutex_t mu;
+    uint64_t ns[SAMPLE_KEEP];
+    unsigned n;             /* timed launches so far */
+    _Atomic uint64_t median; /* 0: none yet */
+} g_own = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+/* adds a timed launch; returns the new median (the lower one of an even count) */
+static uint64_t own_cost_add(uint64_t ns) {
+    uint64_t v[SAMPLE_KEEP];
+    pthread_mutex_lock(&g_own.mu);
+    g_own.ns[g_own.n++ % SAMPLE_KEEP] = ns;
+    unsigned k = g_own.n < SAMPLE_KEEP ? g_own.n : SAMPLE_KEEP;
+    memcpy(v, g_own.ns, sizeof v);
+    pthread_mutex_unlock(&g_own.mu);
+    for (unsigned i = 1; i < k; i++) /* insertion sort of at most SAMPLE_KEEP */
+        for (unsigned j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            uint64_t x = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = x;
+        }
+    atomic_store(&g_own.median, v[(k - 1) / 2]);
+    return v[(k - 1) / 2];
+}
+
+/* this process's own timed cost per launch while paced without NVML; 0 otherwise (or none yet) */
+static double blind_own(struct vgpu_region *R) {
+    if (!atomic_load_explicit(&R->ctl_blind, memory_order_relaxed)) return 0;
+    return (double)atomic_load_explicit(&g_own.median, memory_order_relaxed);
+}
+
+/* a launch costing `own` ns in tokens of the card's cost: at least one unit, and at most 1000
+ * launches (with NVML) or, without, 10 s of refill (a process of 300 ms kernels beside one of 10 us
+ * kernels: the unit is the short one's cost, see blind_step) */
+static int64_t cost_units(struct vgpu_region *R, struct vgpu_dev *D, double own) {
+    double unit_cost = (double)atomic_load_explicit(&D->cost_ns, memory_order_relaxed), units = VGPU_UNIT;
+    if (unit_cost >= 1 && own >= 1) units = VGPU_UNIT * own / unit_cost;
+    double cap = 1000.0 * VGPU_UNIT;
+    double rate = (double)atomic_load_explicit(&D->rate, memory_order_relaxed);
+    if (atomic_load_explicit(&R->ctl_blind, memory_order_relaxed) && rate >= 1) cap = 10.0 * rate;
+    if (units > cap) units = cap;
+    return units < 1 ? 1 : (int64_t)units;
+}
+
+/* the units a launch of this process takes alone: one token, or, paced without NVML once it has
+ * timed launches, its own cost (a process of 300 ms kernels and one of 10 us kernels share one
+ * bucket in GPU time) */
+static int64_t solo_units(struct vgpu_region *R, struct vgpu_dev *D) {
+    double own = blind_own(R);
+    return own > 0 ? cost_units(R, D, own) : VGPU_UNIT;
+}
 
 static int sample_due(struct vgpu_region *R) {
     if (!atomic_load_explicit(&R->ctl_blind, memory_order_relaxed)) return 0;
@@ -89,16 +149,19 @@ static int sample_due(struct vgpu_region *R) {
     return now >= next && atomic_compare_exchange_strong(&g_next_sample, &next, now + SAMPLE_EVERY_NS);
 }
 
-/* the stream synchronised and the time after it; 0: this launch is not timed */
-static uint64_t sample_begin(CUstream s) {
+/* the stream synchronised (its earlier work is done, so this launch's kernel starts at once): 1, or
+ * 0: this launch is not timed */
+static int sample_begin(CUstream s) {
     int capturing = 0;
     if (HELPER(cuStreamIsCapturing) && (HELPER(cuStreamIsCapturing)(s, &capturing) != CUDA_SUCCESS || capturing))
         return 0;
-    if (!HELPER(cuStreamSynchronize) || HELPER(cuStreamSynchronize)(s) != CUDA_SUCCESS) return 0;
-    return vgpu_now_ns();
+    return HELPER(cuStreamSynchronize) && HELPER(cuStreamSynchronize)(s) == CUDA_SUCCESS;
 }
 
-static void sample_end(CUstream s, uint64_t t0, CUresult launched) {
+/* called as the launch returns: from then to the stream's synchronisation, less what synchronising
+ * the idle stream takes, is the kernel's time (the launch call's own CPU time is not GPU time) */
+static void sample_end(CUstream s, CUresult launched) {
+    uint64_t t0 = vgpu_now_ns();
     struct vgpu_region *R = vgpu_R;
     if (launched != CUDA_SUCCESS || !R || HELPER(cuStreamSynchronize)(s) != CUDA_SUCCESS) return;
     uint64_t t1 = vgpu_now_ns();
@@ -107,12 +170,14 @@ static void sample_end(CUstream s, uint64_t t0, CUresult launched) {
     int d = g_single_dev >= 0 ? g_single_dev : vgpu_current_device();
     if (d < 0 || d >= VGPU_MAX_DEV) return;
     struct vgpu_dev *D = &R->dev[d];
-    atomic_fetch_add(&D->sampled_ns, ns);
+    uint64_t own = own_cost_add(ns);
+    atomic_fetch_add(&D->sampled_ns, own);
     atomic_fetch_add(&D->sampled_n, 1);
     double cost = (double)atomic_load(&D->cost_ns), rate = (double)atomic_load(&D->rate);
     if (cost < 1 || rate < 1) return;
-    /* charged one token (cost); settled at the measured time, the debt bounded by 10 s of refill */
-    double debit = ((double)ns - cost) / cost * VGPU_UNIT;
+    /* charged its units at the cost known then; settled at this process's cost as now timed (a
+     * longer kernel is charged in full once the median follows), the debt bounded by 10 s of refill */
+    double debit = ((double)own - t_charged_ns) / cost * VGPU_UNIT;
     if (debit > rate * 10) debit = rate * 10;
     atomic_fetch_sub(&D->tokens, (int64_t)debit);
 }
@@ -181,21 +246,17 @@ static uint32_t fair_contenders(struct vgpu_dev *D) {
  * (credit) whether the account is still in credit */
 static int64_t fair_charge(struct vgpu_region *R, struct vgpu_dev *D, int d, int *credit) {
     uint32_t n = fair_contenders(D);
-    if (!n) return VGPU_UNIT;
+    if (!n) return solo_units(R, D);
     pthread_mutex_lock(&g_fair.mu);
     atomic_store(&g_fair.on, 1);
     fair_update(R, D, d, n, vgpu_now_ns());
-    double cost = g_fair.cost;
+    double own = blind_own(R), cost = own > 0 ? own : g_fair.cost; /* without NVML: its timed cost */
     g_fair.acct -= cost;
     g_fair.pending += cost;
     g_fair.launches++;
     *credit = g_fair.acct >= 0;
     pthread_mutex_unlock(&g_fair.mu);
-    double unit_cost = (double)atomic_load(&D->cost_ns), units = VGPU_UNIT;
-    if (unit_cost >= 1 && cost >= 1) units = VGPU_UNIT * cost / unit_cost;
-    if (units < 1) units = 1;
-    if (units > 1000.0 * VGPU_UNIT) units = 1000.0 * VGPU_UNIT;
-    return (int64_t)units;
+    return cost_units(R, D, cost);
 }
 
 /* whether this process's account is in credit now (it accrues while the process waits) */
@@ -244,6 +305,7 @@ int vgpu_launch_slow(void) {
     if (!atomic_load_explicit(&D->limiting, memory_order_relaxed)) return 0;
     int credit = 0;
     int64_t units = fair_charge(R, D, d, &credit);
+    t_charged_ns = (double)units * (double)atomic_load_explicit(&D->cost_ns, memory_order_relaxed) / VGPU_UNIT;
     int64_t t = atomic_fetch_sub_explicit(&D->tokens, units, memory_order_relaxed) - units;
     if (t >= 0) return sample_due(R);
     /* empty bucket: this launch has taken its tokens on credit; it goes on if its process is in
@@ -301,14 +363,15 @@ static inline int launch_gate(void) {
         if (unlikely(!real)) return CUDA_ERROR_NOT_FOUND;                                        \
         if (likely(!launch_gate())) return real args;                                            \
         CUstream s_ = STREAM_##name;                                                             \
-        uint64_t t0_ = sample_begin(s_);                                                         \
+        int timed_ = sample_begin(s_);                                                           \
         CUresult r_ = real args;                                                                 \
-        if (t0_) sample_end(s_, t0_, r_);                                                        \
+        if (timed_) sample_end(s_, r_);                                                          \
         return r_;                                                                               \
     }
 #include "hooks_gen.h"
 
 /* ---------------------------------------------------------------- controller (leader only) */
+#define BLIND_PERIODS 16
 struct ctl {
     uint64_t last_ns, last_refilled;
     int64_t last_tokens;
@@ -316,6 +379,8 @@ struct ctl {
     nvmlDevice_t h;
     int have_cost;
     uint64_t last_sampled_n, last_sampled_ns; /* blind_step's view of the card's sampled launches */
+    double recent[BLIND_PERIODS];             /* blind_step: the last periods' average timed cost */
+    unsigned nrecent;
 };
 static struct ctl g_ctl[VGPU_MAX_DEV];
 
@@ -427,29 +492,42 @@ static void clamp_bucket(struct vgpu_dev *D, struct ctl *c, int64_t cap) {
     if (t > cap) c->last_tokens = cap; /* the clamp is not consumption */
 }
 
-/* The controller of a process without NVML (no process of the container has it): the cost of a
- * launch is what the sampled launches measured (launch-to-completion, see sample_end), the refill
- * the share itself. No integral correction: nothing measures the container's utilisation. */
+/* the processes that found this card's bucket in debt in the last second (fairness) */
+static void count_contenders(struct vgpu_region *R, struct vgpu_dev *D, uint64_t now) {
+    uint32_t n = 0, hwm = atomic_load(&R->slot_hwm);
+    for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++) {
+        uint64_t w = atomic_load_explicit(&R->slot[i].want_ns, memory_order_relaxed);
+        if (atomic_load(&R->slot[i].state) == SLOT_LIVE && w && w <= now && now - w < 1000000000ULL) n++;
+    }
+    atomic_store(&D->contenders, n);
+}
+
+/* The controller of a process without NVML (no process of the container has it): the unit cost is
+ * what the processes' timed launches measured (each process's median, see g_own), the refill the
+ * share itself, and the contenders are counted (each process's fair account is debited its own timed
+ * cost). No integral correction: nothing measures the container's utilisation. */
 static void blind_step(struct vgpu_region *R, int d, uint64_t now) {
     struct vgpu_dev *D = &R->dev[d];
     struct ctl *c = &g_ctl[d];
     uint32_t L = vgpu_sm_limit(R, d);
     int on = policy_on(R, now);
-    atomic_store(&D->contenders, 0); /* fairness needs each process's measured time: off */
     if (!c->last_ns) {
         ctl_start(D, c, L, now, on);
         return;
     }
+    count_contenders(R, D, now); /* fairness: each process's account is debited its own timed cost */
     uint64_t n = atomic_load(&D->sampled_n), ns = atomic_load(&D->sampled_ns);
     double cost = (double)atomic_load(&D->cost_ns), old_cost = cost;
     if (n > c->last_sampled_n && ns >= c->last_sampled_ns) {
+        /* the unit cost: the least of the last BLIND_PERIODS periods' average timed cost. Each
+         * process's launches take their own cost in units of it (solo_units), so it only sets the
+         * scale; the least keeps a process of short kernels at a fine grain beside one of long ones */
         double sample = (double)(ns - c->last_sampled_ns) / (double)(n - c->last_sampled_n);
-        /* an average whose steps up are bounded (x1.9 a period): a timed launch is only ever late
-         * (the process was preempted), never early, and the timed launches themselves are charged
-         * exactly what they measured (sample_end), so longer kernels cost little overshoot while the
-         * estimate follows */
-        cost = !c->have_cost ? sample : 0.7 * cost + 0.3 * (sample < 4 * cost ? sample : 4 * cost);
-        c->have_cost = 1;
+        c->recent[c->nrecent++ % BLIND_PERIODS] = sample;
+        unsigned k = c->nrecent < BLIND_PERIODS ? c->nrecent : BLIND_PERIODS;
+        cost = c->recent[0];
+        for (unsigned i = 1; i < k; i++)
+            if (c->recent[i] < cost) cost = c->recent[i];
         if (cost < 10) cost = 10;
         if (cost > 1e9) cost = 1e9;
     }
@@ -462,16 +540,6 @@ static void blind_step(struct vgpu_region *R, int d, uint64_t now) {
     atomic_store(&D->limiting, (uint32_t)on);
     LOG_DEBUG("blind limiter dev=%d L=%u samples=%llu cost=%.0fns rate=%.1f/s", d, L, (unsigned long long)n, cost,
               rate / VGPU_UNIT);
-}
-
-/* the processes that found this card's bucket in debt in the last second (fairness) */
-static void count_contenders(struct vgpu_region *R, struct vgpu_dev *D, uint64_t now) {
-    uint32_t n = 0, hwm = atomic_load(&R->slot_hwm);
-    for (uint32_t i = 0; i < hwm && i < VGPU_MAX_SLOTS; i++) {
-        uint64_t w = atomic_load_explicit(&R->slot[i].want_ns, memory_order_relaxed);
-        if (atomic_load(&R->slot[i].state) == SLOT_LIVE && w && w <= now && now - w < 1000000000ULL) n++;
-    }
-    atomic_store(&D->contenders, n);
 }
 
 static void control_step(struct vgpu_region *R, int d, uint64_t now) {
@@ -738,4 +806,7 @@ void vgpu_limiter_atfork_child(void) {
     g_fair.cost = 0;
     atomic_store(&g_fair.on, 0);
     atomic_store(&g_next_sample, 0);
+    pthread_mutex_init(&g_own.mu, NULL);
+    g_own.n = 0;
+    atomic_store(&g_own.median, 0);
 }

@@ -65,7 +65,7 @@ NOISY = [(30, 1_000_000), (60, 1_000_000), (90, 1_000_000)]
 LENGTHS = [10_000, 1_000_000, 100_000_000, 300_000_000, 1_000_000_000]
 PACED = "paced:{kns}:14:3"
 # no process of the container has NVML: paced by launches the library times itself, at 30 %
-BLIND = [1_000_000, 300_000_000]
+BLIND = [10_000, 1_000_000, 300_000_000]
 # a burst after idle: 1 s steady, then 4 x (1 s idle, 200 ms of launching without pause) at 30 %
 IDLE_BURST = "idleburst:1000000:1000:200:4"
 
@@ -143,6 +143,19 @@ def outputs(native_build: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
                 LD_LIBRARY_PATH=str(BUILD / "nonvml"),
             )
         ]
+    # the same without NVML: 10 us and 300 ms kernels from two processes of one container
+    procs["blindmixed30"] = [
+        _start(
+            tmp,
+            "blindmixed30",
+            "",
+            0,
+            op=PACED.format(kns=kns),
+            CUDA_DEVICE_SM_LIMIT="30",
+            LD_LIBRARY_PATH=str(BUILD / "nonvml"),
+        )
+        for kns in (10_000, 300_000_000)
+    ]
     # one container, two processes: 1 ms and 300 ms kernels share one 30 % budget
     procs["mixedlen30"] = [
         _start(tmp, "mixedlen30", "", 0, op=PACED.format(kns=kns), CUDA_DEVICE_SM_LIMIT="30")
@@ -228,9 +241,27 @@ def test_every_kernel_length_gets_its_share(outputs: dict[str, list[str]], kns: 
 def test_a_container_without_nvml_is_paced_by_launch_timing(outputs: dict[str, list[str]], kns: int) -> None:
     """No process of the container has NVML (issue 16: it was not paced at all, ~100 %). One stands in
     at once (no controller has run) and paces by launches it times itself (the stream synchronised
-    before and after): a timed launch is only ever late, never early, so the share errs low."""
+    before and after). A timed launch is only ever late, never early: each process's cost is the
+    median of its recent timed launches, timed from the launch's return (10 us kernels read 19-27 %
+    when the mean of launch-to-completion times was the cost)."""
     (util,) = _paced(outputs, f"blind{kns}")
-    assert 22.0 <= util <= 33.0, f"30 % without NVML, {kns / 1e6:g} ms kernels: measured {util:.1f}%"
+    assert abs(util - 30) <= 5.0, f"30 % without NVML, {kns / 1e6:g} ms kernels: measured {util:.1f}%"
+
+
+def test_a_container_without_nvml_shares_its_budget_between_kernel_lengths(
+    outputs: dict[str, list[str]],
+) -> None:
+    """10 us and 300 ms kernels from two processes without NVML: each launch takes its own process's
+    timed cost from one bucket, and each process keeps a fair account of it, so the 10 us kernels
+    (which queue behind a 300 ms kernel when launched with it: a late sample the median ignores) are
+    not starved (it read 0.0 + 14.5 % before). It never exceeds the target by more than 5 points;
+    below, the band is wider than +-5: on this batch's loaded CPUs the short kernels' timed launches
+    are late by about a third (no measurement trues the accounts up without NVML), which read 24 %
+    in total here (28 % on an idle machine)."""
+    short, long_ = _paced(outputs, "blindmixed30")
+    total = short + long_
+    assert 21.0 <= total <= 35.0, f"30 % without NVML, 10 us + 300 ms: {short:.1f} + {long_:.1f}%"
+    assert short >= 9.0 and long_ >= 9.0, f"each process gets a share: {short:.1f} + {long_:.1f}%"
 
 
 def test_without_nvml_a_stand_in_times_launches(sandbox: Sandbox) -> None:
