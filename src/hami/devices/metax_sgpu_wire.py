@@ -26,7 +26,7 @@ import orjson
 
 from hami.protocol.errors import ProtocolError
 from hami.protocol.keys import METAX_SGPU_DEVICES
-from hami.protocol.node import json_device_objects, json_int, json_str
+from hami.protocol.node import json_bool, json_device_objects, json_id, json_int, json_str
 from hami.protocol.quantity import parse_quantity
 
 __all__ = [
@@ -62,15 +62,11 @@ def decode_sgpu_devices(value: str) -> list[SGPUDevice]:
     seen: dict[str, int] = {}
     located = json_device_objects(value, what=METAX_SGPU_DEVICES, prefix=f"{METAX_SGPU_DEVICES}: ")
     for i, (where, item) in enumerate(located):
-        uuid = json_str(item, "uuid", where)
-        if not uuid:
-            raise ProtocolError(f"{where}: field 'uuid' is missing or empty")
+        uuid = json_id(item, "uuid", where)
         if uuid in seen:
             raise ProtocolError(f"{where}: duplicate uuid {uuid!r} (also device[{seen[uuid]}])")
         seen[uuid] = i
-        healthy = item.get("healthy", False)
-        if not isinstance(healthy, bool):
-            raise ProtocolError(f"{where}: field 'healthy' must be a boolean, got {healthy!r}")
+        healthy = json_bool(item, "healthy", where)
         out.append(
             SGPUDevice(
                 uuid=uuid,

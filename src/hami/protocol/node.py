@@ -90,6 +90,22 @@ def json_str(obj: Mapping[str, Any], key: str, where: str) -> str:
     return value
 
 
+def json_id(obj: Mapping[str, Any], key: str, where: str) -> str:
+    """``obj[key]`` as a non-empty string (a device's identity); raises ProtocolError naming the field."""
+    value = json_str(obj, key, where)
+    if not value:
+        raise ProtocolError(f"{where}: field {key!r} is missing or empty")
+    return value
+
+
+def json_bool(obj: Mapping[str, Any], key: str, where: str) -> bool:
+    """``obj[key]`` as a boolean (missing: False); raises ProtocolError naming the field."""
+    value = obj.get(key, False)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{where}: field {key!r} must be a boolean, got {value!r}")
+    return value
+
+
 _int = json_int
 _str = json_str
 
@@ -137,12 +153,8 @@ def json_device_objects(value: str, *, what: str, prefix: str = "") -> list[tupl
 def _decode_json_devices(value: str) -> list[DeviceInfo]:
     devices = []
     for where, item in json_device_objects(value, what="node register annotation"):
-        dev_id = _str(item, "id", where)
-        if not dev_id:
-            raise ProtocolError(f"{where}: field 'id' is missing or empty")
-        health = item.get("health", False)
-        if not isinstance(health, bool):
-            raise ProtocolError(f"{where}: field 'health' must be a boolean, got {health!r}")
+        dev_id = json_id(item, "id", where)
+        health = json_bool(item, "health", where)
         profiles_raw = item.get("migProfiles") or []
         if not isinstance(profiles_raw, list):
             raise ProtocolError(f"{where}: field 'migProfiles' must be a list")
