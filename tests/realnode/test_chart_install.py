@@ -139,13 +139,15 @@ def _gpu_pod(name: str, limits: dict[str, Any], script: str) -> dict[str, Any]:
     return gpu_pod(name, limits, ["python3", "-c", script])
 
 
-async def _phase(kc: KubeClient, ns: str, name: str, phases: tuple[str, ...]) -> dict[str, Any]:
+async def _phase(
+    kc: KubeClient, ns: str, name: str, phases: tuple[str, ...], timeout: float = 120
+) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
         p = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
         return p if p["status"].get("phase") in phases else None
 
     try:
-        pod: dict[str, Any] = await wait_for(reached, timeout=120, interval=0.5)
+        pod: dict[str, Any] = await wait_for(reached, timeout=timeout, interval=0.5)
     except AssertionError:
         got = await kc.get(api_path("v1", "pods", namespace=ns, name=name))
         events = (await kc.get(api_path("v1", "events", namespace=ns))).get("items") or []
@@ -441,7 +443,9 @@ async def test_a_high_priority_pod_preempts_the_low_priority_pods_on_one_card(
         hi["spec"].update(priorityClassName=f"{ns}-high", nodeSelector={"kubernetes.io/hostname": "node1"})
         await kc.create(api_path("v1", "pods", namespace=ns), hi)
 
-        running = await _phase(kc, ns, "hi", ("Running",))
+        # kube-scheduler may leave the preemptor in its unschedulable queue until its 5-minute
+        # flush (seen in 2 of 4 full runs; open product issue, see docs/testing.md): wait past it
+        running = await _phase(kc, ns, "hi", ("Running",), timeout=330)
         assert running["spec"]["nodeName"] == "node1"
         assert running["metadata"]["annotations"][keys.VGPU_DEVICES_ALLOCATED].startswith("GPU-fake-node1-0,")
         left = {p["metadata"]["name"] for p in (await kc.get(api_path("v1", "pods", namespace=ns)))["items"]}
